@@ -1,1 +1,3 @@
-//! skiff
+//! skiff: a node agent that runs Kubernetes manifests.
+
+pub mod runtime;

@@ -1,0 +1,5 @@
+//! The container runtime: OCI bundles for libcontainer, run under `skiff-shim`.
+
+pub mod crilog;
+pub mod shim;
+pub mod spec;

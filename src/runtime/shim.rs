@@ -1,0 +1,474 @@
+//! `skiff-shim`: the per-container supervisor (the role of conmon or a
+//! containerd shim).
+//!
+//! libcontainer has process-wide side effects when it is called in-process
+//! (it makes the caller non-dumpable, writes the caller's `oom_score_adj`,
+//! `chdir`s the whole process) and is not safe to call from many threads, so
+//! every libcontainer call runs here, in a small single-threaded process per
+//! container. The shim creates and starts the container, owns its stdio and
+//! writes the CRI log, waits for it and records the exit status durably in the
+//! container's state directory. It outlives `skiffd`, which adopts it again
+//! after a restart.
+//!
+//! Protocol with the daemon: the shim prints exactly one line on its stdout,
+//! `ok <pid>` once the container runs or `error <message>` when it could not
+//! be started, then detaches from that stdout. `SIGTERM` to the shim is
+//! forwarded to the container's init; `SIGUSR1` kills it with `SIGKILL`.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, pipe2};
+use serde::{Deserialize, Serialize};
+
+use super::crilog::{LineSplitter, Stream};
+
+/// What the shim records once the container runs (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShimState {
+    pub pid: i32,
+    pub shim_pid: i32,
+    pub started_at: String,
+}
+
+/// What the shim records when the container has ended (`exit.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub reason: String,
+    pub finished_at: String,
+}
+
+pub const STATE_FILE: &str = "state.json";
+pub const EXIT_FILE: &str = "exit.json";
+
+/// Entry point of the `skiff-shim` binary.
+pub fn main() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    let Some(verb) = it.next() else {
+        eprintln!("usage: skiff-shim start|exec ...");
+        return 2;
+    };
+    let mut opts = Opts::default();
+    let mut rest = Vec::new();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--id" => opts.id = it.next().unwrap_or_default(),
+            "--bundle" => opts.bundle = it.next().map(PathBuf::from).unwrap_or_default(),
+            "--runtime-root" => {
+                opts.runtime_root = it.next().map(PathBuf::from).unwrap_or_default()
+            }
+            "--state-dir" => opts.state_dir = it.next().map(PathBuf::from).unwrap_or_default(),
+            "--log" => opts.log = it.next().map(PathBuf::from).unwrap_or_default(),
+            "--" => {
+                rest.extend(it.by_ref());
+            }
+            other => {
+                eprintln!("skiff-shim: unknown argument {other}");
+                return 2;
+            }
+        }
+    }
+    match verb.as_str() {
+        "start" => start(&opts),
+        "exec" => exec(&opts, rest),
+        other => {
+            eprintln!("skiff-shim: unknown verb {other}");
+            2
+        }
+    }
+}
+
+#[derive(Default)]
+struct Opts {
+    id: String,
+    bundle: PathBuf,
+    runtime_root: PathBuf,
+    state_dir: PathBuf,
+    log: PathBuf,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// Writes `data` to `dir/name` atomically (temp file, fsync, rename).
+pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))
+}
+
+fn report(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Points fd 1 at /dev/null so the daemon's pipe closes and a dead daemon
+/// never makes the shim die of SIGPIPE.
+fn detach_stdout() {
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto fd 1 with a valid open fd; no Rust object owns fd 1 exclusively.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+fn start(opts: &Opts) -> i32 {
+    // Own session: a Ctrl-C to the daemon's terminal or process group must not reach us.
+    let _ = nix::unistd::setsid();
+    // SAFETY: plain prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    match start_container(opts) {
+        Ok((pid, outs)) => {
+            let state = ShimState {
+                pid: pid.as_raw(),
+                shim_pid: std::process::id() as i32,
+                started_at: now_rfc3339(),
+            };
+            let json = serde_json::to_vec(&state).unwrap_or_default();
+            if let Err(e) = write_atomic(&opts.state_dir, STATE_FILE, &json) {
+                eprintln!("skiff-shim: writing state: {e}");
+            }
+            report(&format!("ok {}", pid.as_raw()));
+            detach_stdout();
+            let status = supervise(opts, pid, outs);
+            finish(opts, status);
+            0
+        }
+        Err(msg) => {
+            cleanup_runtime_state(opts);
+            report(&format!("error {}", msg.replace('\n', " ")));
+            1
+        }
+    }
+}
+
+struct Outputs {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+fn start_container(opts: &Opts) -> Result<(Pid, Outputs), String> {
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let builder = ContainerBuilder::new(opts.id.clone(), SyscallType::Linux)
+        .with_root_path(&opts.runtime_root)
+        .map_err(|e| e.to_string())?
+        .with_stdin(OwnedFd::from(devnull))
+        .with_stdout(out_w)
+        .with_stderr(err_w);
+    let mut container = builder
+        .as_init(&opts.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    container.start().map_err(|e| e.to_string())?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| "container has no pid after start".to_string())?;
+    Ok((
+        pid,
+        Outputs {
+            stdout: out_r,
+            stderr: err_r,
+        },
+    ))
+}
+
+/// Copies the container's output into the log until it has exited; returns its wait status.
+fn supervise(opts: &Opts, pid: Pid, outs: Outputs) -> Option<WaitStatus> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGUSR1);
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGHUP);
+    mask.add(Signal::SIGPIPE);
+    let _ = mask.thread_block();
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&opts.log)
+        .ok();
+    let mut out_split = LineSplitter::new(Stream::Stdout);
+    let mut err_split = LineSplitter::new(Stream::Stderr);
+    let mut stdout = Some(File::from(outs.stdout));
+    let mut stderr = Some(File::from(outs.stderr));
+    let mut status: Option<WaitStatus> = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut drain_deadline: Option<std::time::Instant> = None;
+
+    loop {
+        if status.is_none() {
+            status = reap(pid);
+            if status.is_some() {
+                // Processes outside a private PID namespace may still hold the pipes; give them a moment.
+                drain_deadline = Some(std::time::Instant::now() + Duration::from_millis(500));
+            }
+        }
+        if stdout.is_none() && stderr.is_none() {
+            if status.is_some() {
+                break;
+            }
+            // Output closed but init still alive: wait for it via the signalfd.
+        }
+        if let Some(deadline) = drain_deadline {
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mut fds = Vec::with_capacity(3);
+        let mut which = Vec::with_capacity(3);
+        if let Some(f) = &stdout {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+            which.push(0);
+        }
+        if let Some(f) = &stderr {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+            which.push(1);
+        }
+        if let Some(s) = &sfd {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            which.push(2);
+        }
+        let timeout = if drain_deadline.is_some() { 100u16 } else { 1000 };
+        match poll(&mut fds, PollTimeout::from(timeout)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+        let ready: Vec<(usize, bool)> = fds
+            .iter()
+            .zip(&which)
+            .map(|(fd, &w)| {
+                let ev = fd.revents().unwrap_or(PollFlags::empty());
+                (
+                    w,
+                    ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR),
+                )
+            })
+            .collect();
+        drop(fds);
+        for (w, is_ready) in ready {
+            if !is_ready {
+                continue;
+            }
+            match w {
+                0 | 1 => {
+                    let (slot, splitter) = if w == 0 {
+                        (&mut stdout, &mut out_split)
+                    } else {
+                        (&mut stderr, &mut err_split)
+                    };
+                    let Some(f) = slot.as_mut() else { continue };
+                    match f.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            if let Some(l) = log.as_mut() {
+                                let _ = splitter.finish(l, &now_rfc3339());
+                            }
+                            *slot = None;
+                        }
+                        Ok(n) => {
+                            if let Some(l) = log.as_mut() {
+                                let _ = splitter.feed(l, &buf[..n], &now_rfc3339());
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(s) = &sfd {
+                        while let Ok(Some(info)) = s.read_signal() {
+                            match Signal::try_from(info.ssi_signo as i32) {
+                                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
+                                    if status.is_none() {
+                                        let _ = kill(pid, Signal::SIGTERM);
+                                    }
+                                }
+                                Ok(Signal::SIGUSR1) => {
+                                    if status.is_none() {
+                                        let _ = kill(pid, Signal::SIGKILL);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(l) = log.as_mut() {
+        let now = now_rfc3339();
+        let _ = out_split.finish(l, &now);
+        let _ = err_split.finish(l, &now);
+        let _ = l.sync_data();
+    }
+    status
+}
+
+/// Reaps every exited child (we are a subreaper); returns the init's status once it is gone.
+fn reap(init: Pid) -> Option<WaitStatus> {
+    let mut found = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(st) => {
+                if st.pid() == Some(init) {
+                    found = Some(st);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn finish(opts: &Opts, status: Option<WaitStatus>) {
+    let oom = oom_killed(opts);
+    let (exit_code, signal) = match status {
+        Some(WaitStatus::Exited(_, code)) => (code, None),
+        Some(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    };
+    let reason = if oom {
+        "OOMKilled"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    let rec = ExitRecord {
+        exit_code,
+        signal,
+        reason: reason.to_string(),
+        finished_at: now_rfc3339(),
+    };
+    cleanup_runtime_state(opts);
+    if let Ok(json) = serde_json::to_vec(&rec) {
+        if let Err(e) = write_atomic(&opts.state_dir, EXIT_FILE, &json) {
+            eprintln!("skiff-shim: writing exit record: {e}");
+        }
+    }
+}
+
+/// Whether the kernel OOM killer acted in the container's cgroup (v1 or v2).
+fn oom_killed(opts: &Opts) -> bool {
+    let Ok(cfg) = fs::read(opts.bundle.join("config.json")) else {
+        return false;
+    };
+    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&cfg) else {
+        return false;
+    };
+    let Some(path) = spec
+        .pointer("/linux/cgroupsPath")
+        .and_then(|v| v.as_str())
+    else {
+        return false;
+    };
+    let rel = path.trim_start_matches('/');
+    let v2 = Path::new("/sys/fs/cgroup").join(rel).join("memory.events");
+    let v1 = Path::new("/sys/fs/cgroup/memory")
+        .join(rel)
+        .join("memory.oom_control");
+    for file in [v2, v1] {
+        if let Ok(text) = fs::read_to_string(&file) {
+            for line in text.lines() {
+                let mut parts = line.split_whitespace();
+                if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                    if k == "oom_kill" && v.parse::<u64>().unwrap_or(0) > 0 {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Removes libcontainer's state (and with it the container's cgroup).
+fn cleanup_runtime_state(opts: &Opts) {
+    let dir = opts.runtime_root.join(&opts.id);
+    if !dir.exists() {
+        return;
+    }
+    match Container::load(dir.clone()) {
+        Ok(mut c) => {
+            if let Err(e) = c.delete(true) {
+                eprintln!("skiff-shim: deleting container {}: {e}", opts.id);
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+        Err(_) => {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// `skiff-shim exec`: runs a process in a running container with the shim's
+/// stdio and exits with its status (126 when it could not start, 127 when the
+/// executable does not exist, 128+N when killed by signal N).
+fn exec(opts: &Opts, argv: Vec<String>) -> i32 {
+    if argv.is_empty() {
+        eprintln!("skiff-shim: exec needs a command");
+        return 126;
+    }
+    let builder = match ContainerBuilder::new(opts.id.clone(), SyscallType::Linux)
+        .with_root_path(&opts.runtime_root)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("skiff-shim: exec failed: {e}");
+            return 126;
+        }
+    };
+    let result = builder
+        .as_tenant()
+        .with_detach(false)
+        .with_container_args(argv.clone())
+        .build();
+    let pid = match result {
+        Ok(pid) => pid,
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("skiff-shim: exec {:?} failed: {msg}", argv[0]);
+            return if msg.contains("not found") { 127 } else { 126 };
+        }
+    };
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("skiff-shim: waiting for exec process: {e}");
+                return 126;
+            }
+        }
+    }
+}
