@@ -1,3 +1,5 @@
 //! skiff: a node agent that runs Kubernetes manifests.
 
+pub mod config;
+pub mod manifest;
 pub mod runtime;

@@ -146,7 +146,7 @@ mod tests {
         let v = render(&sample());
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
         let process = spec.process().as_ref().unwrap();
-        assert_eq!(process.no_new_privileges(), &Some(true));
+        assert_eq!(process.no_new_privileges(), Some(true));
         assert_eq!(v["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
         assert!(
             spec.linux().as_ref().unwrap().masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string())

@@ -1,0 +1,195 @@
+//! skiffd's configuration: command-line flags (kubelet's names), each also
+//! settable in a YAML/JSON config file given with `--config`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// skiffd: runs the Kubernetes pods whose manifests are in a directory.
+#[derive(Debug, Parser)]
+#[command(name = "skiffd", version)]
+pub struct Flags {
+    /// Config file (YAML or JSON) with any of the settings below in camelCase; flags win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of Pod manifests (*.yaml, *.yml, *.json) [default: /etc/skiff/manifests].
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Directory for skiff's state: images, pods, logs [default: /var/lib/skiff].
+    #[arg(long)]
+    pub root_dir: Option<PathBuf>,
+    /// Directory for the API socket, named namespaces and runtime state [default: /run/skiff].
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// This node's name [default: the hostname].
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// How often the manifest directory is re-listed in full, in seconds, in case an event was missed [default: 20].
+    #[arg(long)]
+    pub file_check_frequency: Option<u64>,
+    /// Path of the skiff-shim binary [default: next to skiffd, else from PATH].
+    #[arg(long)]
+    pub shim_path: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `skiff=debug` [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// The config file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    /// Directory of Pod manifests.
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Directory for skiff's state.
+    pub root_dir: Option<PathBuf>,
+    /// Directory for sockets, named namespaces and runtime state.
+    pub run_dir: Option<PathBuf>,
+    /// This node's name.
+    pub node_name: Option<String>,
+    /// Full re-list period of the manifest directory, in seconds.
+    pub file_check_frequency: Option<u64>,
+    /// Path of the skiff-shim binary.
+    pub shim_path: Option<PathBuf>,
+    /// Log filter.
+    pub log_level: Option<String>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pod_manifest_path: PathBuf,
+    pub root_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub node_name: String,
+    pub file_check_frequency: Duration,
+    pub shim_path: PathBuf,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Merges flags over the config file over built-in defaults.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let node_name = flags
+            .node_name
+            .or(file.node_name)
+            .unwrap_or_else(default_node_name);
+        Ok(Config {
+            pod_manifest_path: flags
+                .pod_manifest_path
+                .or(file.pod_manifest_path)
+                .unwrap_or_else(|| "/etc/skiff/manifests".into()),
+            root_dir: flags
+                .root_dir
+                .or(file.root_dir)
+                .unwrap_or_else(|| "/var/lib/skiff".into()),
+            run_dir: flags
+                .run_dir
+                .or(file.run_dir)
+                .unwrap_or_else(|| "/run/skiff".into()),
+            node_name,
+            file_check_frequency: Duration::from_secs(
+                flags
+                    .file_check_frequency
+                    .or(file.file_check_frequency)
+                    .unwrap_or(20)
+                    .max(1),
+            ),
+            shim_path: flags
+                .shim_path
+                .or(file.shim_path)
+                .unwrap_or_else(default_shim_path),
+            log_level: flags
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+        })
+    }
+
+    /// The API socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join("skiff.sock")
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn default_node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.to_lowercase())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn default_shim_path() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        let sibling = exe.with_file_name("skiff-shim");
+        if sibling.exists() {
+            return sibling;
+        }
+    }
+    "skiff-shim".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(&cfg, "nodeName: from-file\nrootDir: /var/lib/x\nfileCheckFrequency: 5\n")
+            .unwrap();
+        let flags = Flags::parse_from([
+            "skiffd",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--node-name",
+            "from-flag",
+        ]);
+        let c = Config::load(flags).unwrap();
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/x"));
+        assert_eq!(c.pod_manifest_path, PathBuf::from("/etc/skiff/manifests"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/skiff"));
+        assert_eq!(c.file_check_frequency, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_config_key_is_reported_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(&cfg, "nodeNme: typo\n").unwrap();
+        let flags = Flags::parse_from(["skiffd", "--config", cfg.to_str().unwrap()]);
+        let err = Config::load(flags).unwrap_err().to_string();
+        assert!(err.contains("c.yaml") && err.contains("nodeNme"), "{err}");
+    }
+}

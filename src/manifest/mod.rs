@@ -1,0 +1,5 @@
+//! The manifest source: the directory of Kubernetes manifests skiffd runs.
+
+pub mod parse;
+pub mod source;
+pub mod validate;
