@@ -885,3 +885,118 @@ fn store_is_send_sync_clone() {
     fn check<T: Send + Sync + Clone>() {}
     check::<ImageStore>();
 }
+
+#[test]
+fn imports_skopeo_archives() {
+    let have = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !Path::new("/bin/busybox").exists() || !have("skopeo") {
+        eprintln!("skipped: needs /bin/busybox and skopeo");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image.sh");
+    let (out, root) = (tmp(), tmp());
+    let layout = out.path().join("layout");
+    assert!(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&layout)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let docker = out.path().join("docker.tar");
+    let oci = out.path().join("oci.tar");
+    for dest in [
+        format!("docker-archive:{}:skiff.test/other:v1", docker.display()),
+        format!("oci-archive:{}:latest", oci.display()),
+    ] {
+        let ok = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "-q",
+                &format!("oci:{}:latest", layout.display()),
+                &dest,
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "skopeo copy to {dest}");
+    }
+    let store = ImageStore::open(root.path()).unwrap();
+    let from_layout = store.import(&layout).unwrap().remove(0);
+    // docker-archive: legacy manifest.json, uncompressed layers, RepoTags.
+    let from_docker = store.import(&docker).unwrap().remove(0);
+    assert_eq!(from_docker.id, from_layout.id);
+    // Same image id: the RepoTag is added to the name it already had.
+    assert_eq!(
+        from_docker.names,
+        ["skiff.test/busybox:latest", "skiff.test/other:v1"]
+    );
+    // oci-archive: only ref.name "latest".
+    let from_oci = store.import(&oci).unwrap().remove(0);
+    assert_eq!(from_oci.id, from_layout.id);
+    assert!(
+        from_oci
+            .names
+            .contains(&"localhost/import:latest".to_owned())
+    );
+    let dirs = store.layer_dirs(&from_oci).unwrap();
+    assert!(dirs[0].join("bin/busybox").is_file());
+}
+
+#[test]
+fn docker25_save_and_nested_index() {
+    // Docker 25+ writes an OCI layout whose index entry may lack a name; manifest.json's
+    // RepoTags then name the image. A multi-platform index nested in index.json is resolved to
+    // this host's platform.
+    let (src, root) = (tmp(), tmp());
+    let config_id = add_oci_image(src.path(), &[base_layer()], Compress::Gzip, &[], "d");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(src.path().join("index.json")).unwrap()).unwrap();
+    let mut manifest_desc = index["manifests"][0].clone();
+    manifest_desc["platform"] =
+        serde_json::json!({"architecture": crate::layout::host_arch(), "os": "linux"});
+    let other = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", "e".repeat(64)),
+        "size": 1,
+        "platform": {"architecture": "s390x-not-here", "os": "linux"},
+    });
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [other, manifest_desc],
+    }))
+    .unwrap();
+    let (nested_digest, nested_size) = put(src.path(), &nested);
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": nested_digest,
+        "size": nested_size,
+    }]});
+    fs::write(
+        src.path().join("index.json"),
+        serde_json::to_vec(&top).unwrap(),
+    )
+    .unwrap();
+    let docker_manifest = serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", hex(&config_id)),
+        "RepoTags": ["docker25:latest"],
+        "Layers": [],
+    }]);
+    fs::write(
+        src.path().join("manifest.json"),
+        serde_json::to_vec(&docker_manifest).unwrap(),
+    )
+    .unwrap();
+    let store = ImageStore::open(root.path()).unwrap();
+    let images = store.import(src.path()).unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].id, config_id);
+    assert_eq!(images[0].names, ["docker.io/library/docker25:latest"]);
+}
