@@ -32,7 +32,10 @@ pub enum ClientError {
     },
     /// The request could not be built (an invalid path).
     #[error("error: invalid request path {path}: {source}")]
-    Request { path: String, source: hyper::http::Error },
+    Request {
+        path: String,
+        source: hyper::http::Error,
+    },
     /// skiffd answered with a non-success status.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -81,7 +84,10 @@ impl ServerError {
             .filter(|s| s.kind.as_deref() == Some("Status") || s.message.is_some());
         let (reason, message) = match parsed {
             Some(s) => (s.reason.unwrap_or_default(), s.message.unwrap_or_default()),
-            None => (String::new(), String::from_utf8_lossy(body).trim().to_owned()),
+            None => (
+                String::new(),
+                String::from_utf8_lossy(body).trim().to_owned(),
+            ),
         };
         let reason = if reason.is_empty() {
             reason_for(status).to_owned()
@@ -253,16 +259,16 @@ impl Client {
                 source,
             })?;
 
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let stream =
+            UnixStream::connect(&self.socket)
                 .await
-                .map_err(http_err)?;
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_err)?;
         let conn = ConnTask(tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(?err, "connection to skiffd ended with an error");
@@ -307,10 +313,10 @@ impl BodyStream {
     /// The next chunk of data, or `None` at the end of the body.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, hyper::Error> {
         while let Some(frame) = self.body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                if !data.is_empty() {
-                    return Ok(Some(data));
-                }
+            if let Ok(data) = frame?.into_data()
+                && !data.is_empty()
+            {
+                return Ok(Some(data));
             }
         }
         Ok(None)

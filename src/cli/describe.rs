@@ -43,7 +43,10 @@ pub async fn run(client: &Client, g: &GlobalArgs, args: DescribeArgs) -> Result<
 async fn describe_pod_cmd(client: &Client, g: &GlobalArgs, name: &str) -> Result<u8, Error> {
     let ns = encode_component(&g.namespace);
     let pod: Pod = client
-        .get_json(&format!("/api/v1/namespaces/{ns}/pods/{}", encode_component(name)))
+        .get_json(&format!(
+            "/api/v1/namespaces/{ns}/pods/{}",
+            encode_component(name)
+        ))
         .await?;
     let selector = format!("involvedObject.name={name}");
     let path = with_query(
@@ -63,10 +66,18 @@ async fn describe_pod_cmd(client: &Client, g: &GlobalArgs, name: &str) -> Result
         .into_iter()
         .filter(|e| {
             e.involved_object.name.as_deref() == Some(name)
-                && matches!(e.involved_object.kind.as_deref(), None | Some("Pod") | Some(""))
+                && matches!(
+                    e.involved_object.kind.as_deref(),
+                    None | Some("Pod") | Some("")
+                )
         })
         .collect();
-    out(&describe_pod(&pod, &events, Timestamp::now(), &TimeZone::system()))?;
+    out(&describe_pod(
+        &pod,
+        &events,
+        Timestamp::now(),
+        &TimeZone::system(),
+    ))?;
     Ok(0)
 }
 
@@ -76,7 +87,9 @@ async fn describe_node_cmd(client: &Client, name: &str) -> Result<u8, Error> {
         Ok(node) => node,
         Err(ClientError::Server(err)) if err.is_not_found() => {
             eprintln!("{err}");
-            eprintln!("hint: `skiff get nodes` lists the node skiffd registers, if it serves nodes");
+            eprintln!(
+                "hint: `skiff get nodes` lists the node skiffd registers, if it serves nodes"
+            );
             return Ok(1);
         }
         Err(err) => return Err(err.into()),

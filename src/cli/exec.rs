@@ -20,7 +20,12 @@ pub struct ExecArgs {
     pub container: Option<String>,
 
     /// The command and its arguments, after `--`.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
 }
 
@@ -45,23 +50,33 @@ pub async fn run(client: &Client, g: &GlobalArgs, args: ExecArgs) -> Result<u8, 
     let mut stream = client.stream(Method::POST, &path).await?;
     let mut decoder = FrameDecoder::new();
     loop {
-        let chunk = stream.next_chunk().await.map_err(|source| ClientError::Http {
-            socket: client.socket().to_owned(),
-            method: Method::POST,
-            path: path.clone(),
-            source,
-        })?;
+        let chunk = stream
+            .next_chunk()
+            .await
+            .map_err(|source| ClientError::Http {
+                socket: client.socket().to_owned(),
+                method: Method::POST,
+                path: path.clone(),
+                source,
+            })?;
         let Some(chunk) = chunk else {
             decoder.finish().map_err(|e| Error::Exec(e.to_string()))?;
-            return Err(Error::Exec("the stream ended without an exit status".into()));
+            return Err(Error::Exec(
+                "the stream ended without an exit status".into(),
+            ));
         };
         decoder.push(&chunk);
-        while let Some(frame) = decoder.next_frame().map_err(|e| Error::Exec(e.to_string()))? {
+        while let Some(frame) = decoder
+            .next_frame()
+            .map_err(|e| Error::Exec(e.to_string()))?
+        {
             match frame.stream {
                 STDOUT => write_flush(&mut io::stdout().lock(), &frame.payload)?,
                 STDERR => write_flush(&mut io::stderr().lock(), &frame.payload)?,
                 EXIT => {
-                    let status = frame.exit_status().map_err(|e| Error::Exec(e.to_string()))?;
+                    let status = frame
+                        .exit_status()
+                        .map_err(|e| Error::Exec(e.to_string()))?;
                     if let Some(msg) = status.error.as_deref().filter(|m| !m.is_empty()) {
                         eprintln!("error: {msg}");
                     }
@@ -75,7 +90,9 @@ pub async fn run(client: &Client, g: &GlobalArgs, args: ExecArgs) -> Result<u8, 
 }
 
 fn write_flush(w: &mut impl Write, data: &[u8]) -> Result<(), Error> {
-    w.write_all(data).and_then(|()| w.flush()).map_err(Error::Output)
+    w.write_all(data)
+        .and_then(|()| w.flush())
+        .map_err(Error::Output)
 }
 
 /// The process exit status for a remote exit code, truncated to 8 bits as a shell would.
@@ -92,9 +109,21 @@ mod tests {
 
     #[test]
     fn each_argument_is_a_command_parameter() {
-        let cli = Cli::try_parse_from(["skiff", "exec", "web", "-c", "app", "--", "sh", "-c", "echo a&b /x"])
-            .expect("parse");
-        let Command::Exec(args) = cli.command else { panic!("not exec") };
+        let cli = Cli::try_parse_from([
+            "skiff",
+            "exec",
+            "web",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo a&b /x",
+        ])
+        .expect("parse");
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
         assert_eq!(
             exec_path("default", &args),
             "/api/v1/namespaces/default/pods/web/exec?container=app&command=sh&command=-c&command=echo%20a%26b%20%2Fx"

@@ -187,8 +187,20 @@ mod tests {
         }
         dec.finish().expect("complete");
         assert_eq!(frames.len(), 3);
-        assert_eq!(frames[0], Frame { stream: STDOUT, payload: b"hello\n".to_vec() });
-        assert_eq!(frames[1], Frame { stream: STDERR, payload: vec![0xff, 0, 1] });
+        assert_eq!(
+            frames[0],
+            Frame {
+                stream: STDOUT,
+                payload: b"hello\n".to_vec()
+            }
+        );
+        assert_eq!(
+            frames[1],
+            Frame {
+                stream: STDERR,
+                payload: vec![0xff, 0, 1]
+            }
+        );
         assert_eq!(frames[2].stream, EXIT);
         let status = frames[2].exit_status().expect("exit json");
         assert_eq!(status.exit_code, 127);
@@ -197,15 +209,30 @@ mod tests {
 
     #[test]
     fn exit_json_shape() {
-        let frame = encode_exit(&ExitStatus { exit_code: 0, error: None });
+        let frame = encode_exit(&ExitStatus {
+            exit_code: 0,
+            error: None,
+        });
         assert_eq!(&frame[HEADER_LEN..], br#"{"exitCode":0}"#);
-        let f = Frame { stream: EXIT, payload: br#"{"exitCode": 3, "error": "x"}"#.to_vec() };
+        let f = Frame {
+            stream: EXIT,
+            payload: br#"{"exitCode": 3, "error": "x"}"#.to_vec(),
+        };
         assert_eq!(
             f.exit_status(),
-            Ok(ExitStatus { exit_code: 3, error: Some("x".into()) })
+            Ok(ExitStatus {
+                exit_code: 3,
+                error: Some("x".into())
+            })
         );
-        let bad = Frame { stream: EXIT, payload: b"3".to_vec() };
-        assert!(matches!(bad.exit_status(), Err(FrameError::BadExitStatus(_))));
+        let bad = Frame {
+            stream: EXIT,
+            payload: b"3".to_vec(),
+        };
+        assert!(matches!(
+            bad.exit_status(),
+            Err(FrameError::BadExitStatus(_))
+        ));
     }
 
     #[test]

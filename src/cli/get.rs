@@ -57,7 +57,9 @@ pub enum OutputFormat {
 /// Runs `skiff get`.
 pub async fn run(client: &Client, g: &GlobalArgs, args: GetArgs) -> Result<u8, Error> {
     if args.name.is_some() && args.selector.is_some() {
-        return Err(Error::Usage("name cannot be provided when a selector is specified".into()));
+        return Err(Error::Usage(
+            "name cannot be provided when a selector is specified".into(),
+        ));
     }
     if args.name.is_some() && g.all_namespaces && args.resource != Resource::Nodes {
         return Err(Error::Usage(
@@ -77,7 +79,10 @@ pub(crate) fn collection_path(g: &GlobalArgs, plural: &str) -> String {
     if g.all_namespaces {
         format!("/api/v1/{plural}")
     } else {
-        format!("/api/v1/namespaces/{}/{plural}", encode_component(&g.namespace))
+        format!(
+            "/api/v1/namespaces/{}/{plural}",
+            encode_component(&g.namespace)
+        )
     }
 }
 
@@ -130,7 +135,11 @@ async fn get_events(
     now: Timestamp,
 ) -> Result<u8, Error> {
     if let Some(name) = &args.name {
-        let path = format!("{}/{}", collection_path(g, "events"), encode_component(name));
+        let path = format!(
+            "{}/{}",
+            collection_path(g, "events"),
+            encode_component(name)
+        );
         let event: Event = client.get_json(&path).await?;
         if let Some(text) = render_object(&event, args.output)? {
             out(&text)?;
@@ -215,7 +224,10 @@ pub fn render_list<T: serde::Serialize>(
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Render { format: "json", message: e.to_string() })?;
+        .map_err(|e| Error::Render {
+            format: "json",
+            message: e.to_string(),
+        })?;
     let list = serde_json::json!({
         "apiVersion": "v1",
         "kind": "List",
@@ -230,15 +242,20 @@ fn to_json<T: serde::Serialize>(obj: &T) -> Result<String, Error> {
     let mut buf = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-    obj.serialize(&mut ser)
-        .map_err(|e| Error::Render { format: "json", message: e.to_string() })?;
+    obj.serialize(&mut ser).map_err(|e| Error::Render {
+        format: "json",
+        message: e.to_string(),
+    })?;
     let mut text = String::from_utf8_lossy(&buf).into_owned();
     text.push('\n');
     Ok(text)
 }
 
 fn to_yaml<T: serde::Serialize>(obj: &T) -> Result<String, Error> {
-    serde_yaml_ng::to_string(obj).map_err(|e| Error::Render { format: "yaml", message: e.to_string() })
+    serde_yaml_ng::to_string(obj).map_err(|e| Error::Render {
+        format: "yaml",
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -248,8 +265,17 @@ mod tests {
 
     #[test]
     fn list_shape_matches_kubectl() {
-        let pods = [pod("web", &["app"], &[], "Running", vec![running("app", true, 0)], vec![])];
-        let json = render_list(&pods, Some(OutputFormat::Json)).expect("render").expect("json");
+        let pods = [pod(
+            "web",
+            &["app"],
+            &[],
+            "Running",
+            vec![running("app", true, 0)],
+            vec![],
+        )];
+        let json = render_list(&pods, Some(OutputFormat::Json))
+            .expect("render")
+            .expect("json");
         let v: serde_json::Value = serde_json::from_str(&json).expect("valid json");
         assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["kind"], "List");
@@ -259,18 +285,29 @@ mod tests {
         assert_eq!(v["items"][0]["metadata"]["name"], "web");
         assert!(json.starts_with("{\n    \"apiVersion\""), "{json}");
 
-        let yaml = render_list(&pods, Some(OutputFormat::Yaml)).expect("render").expect("yaml");
+        let yaml = render_list(&pods, Some(OutputFormat::Yaml))
+            .expect("render")
+            .expect("yaml");
         assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
         assert!(yaml.contains("kind: List\n"), "{yaml}");
 
-        assert!(render_list(&pods, Some(OutputFormat::Wide)).expect("render").is_none());
+        assert!(
+            render_list(&pods, Some(OutputFormat::Wide))
+                .expect("render")
+                .is_none()
+        );
         assert!(render_list(&pods, None).expect("render").is_none());
     }
 
     #[test]
     fn single_object_is_not_wrapped() {
         let p = pod("web", &["app"], &[], "Running", vec![], vec![]);
-        let yaml = render_object(&p, Some(OutputFormat::Yaml)).expect("render").expect("yaml");
-        assert!(yaml.starts_with("apiVersion: v1\nkind: Pod\nmetadata:\n"), "{yaml}");
+        let yaml = render_object(&p, Some(OutputFormat::Yaml))
+            .expect("render")
+            .expect("yaml");
+        assert!(
+            yaml.starts_with("apiVersion: v1\nkind: Pod\nmetadata:\n"),
+            "{yaml}"
+        );
     }
 }

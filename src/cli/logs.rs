@@ -75,12 +75,15 @@ pub async fn run(client: &Client, g: &GlobalArgs, args: LogsArgs) -> Result<u8, 
     };
     let mut stdout = io::stdout().lock();
     loop {
-        let chunk = stream.next_chunk().await.map_err(|source| ClientError::Http {
-            socket: client.socket().to_owned(),
-            method: Method::GET,
-            path: path.clone(),
-            source,
-        })?;
+        let chunk = stream
+            .next_chunk()
+            .await
+            .map_err(|source| ClientError::Http {
+                socket: client.socket().to_owned(),
+                method: Method::GET,
+                path: path.clone(),
+                source,
+            })?;
         let Some(chunk) = chunk else { break };
         stdout
             .write_all(&chunk)
@@ -114,7 +117,18 @@ mod tests {
         assert_eq!(
             log_path(
                 "kube-system",
-                &args(&["skiff", "logs", "web", "-c", "app", "-f", "--previous", "--tail", "20", "--timestamps"])
+                &args(&[
+                    "skiff",
+                    "logs",
+                    "web",
+                    "-c",
+                    "app",
+                    "-f",
+                    "--previous",
+                    "--tail",
+                    "20",
+                    "--timestamps"
+                ])
             ),
             "/api/v1/namespaces/kube-system/pods/web/log?container=app&follow=true&previous=true&tailLines=20&timestamps=true"
         );

@@ -90,7 +90,10 @@ pub enum Error {
     LocalFile { path: PathBuf, source: io::Error },
     /// Rendering `-o json|yaml` failed.
     #[error("error: cannot render {format}: {message}")]
-    Render { format: &'static str, message: String },
+    Render {
+        format: &'static str,
+        message: String,
+    },
     /// The flags make no sense together.
     #[error("error: {0}")]
     Usage(String),
@@ -145,8 +148,17 @@ mod tests {
 
     #[test]
     fn global_flags_work_after_the_subcommand() {
-        let cli = Cli::try_parse_from(["skiff", "get", "po", "web", "-n", "kube-system", "-o", "wide"])
-            .expect("parse");
+        let cli = Cli::try_parse_from([
+            "skiff",
+            "get",
+            "po",
+            "web",
+            "-n",
+            "kube-system",
+            "-o",
+            "wide",
+        ])
+        .expect("parse");
         assert_eq!(cli.global.namespace, "kube-system");
         assert!(!cli.global.all_namespaces);
         let Command::Get(args) = cli.command else {

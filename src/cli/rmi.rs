@@ -43,6 +43,9 @@ mod tests {
             rmi_path("docker.io/library/busybox:latest"),
             "/apis/skiff.dev/v1/images/docker.io%2Flibrary%2Fbusybox%3Alatest"
         );
-        assert_eq!(rmi_path("sha256:abc"), "/apis/skiff.dev/v1/images/sha256%3Aabc");
+        assert_eq!(
+            rmi_path("sha256:abc"),
+            "/apis/skiff.dev/v1/images/sha256%3Aabc"
+        );
     }
 }

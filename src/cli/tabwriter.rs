@@ -74,11 +74,11 @@ impl Writer<'_> {
         for line in &self.lines[line0..line1] {
             for (j, cell) in line.iter().enumerate() {
                 self.out.push_str(cell);
-                if let Some(&w) = self.widths.get(j) {
-                    if j + 1 < line.len() {
-                        let pad = w.saturating_sub(width(cell));
-                        self.out.extend(std::iter::repeat_n(' ', pad));
-                    }
+                if let Some(&w) = self.widths.get(j)
+                    && j + 1 < line.len()
+                {
+                    let pad = w.saturating_sub(width(cell));
+                    self.out.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             self.out.push('\n');

@@ -24,8 +24,16 @@ pub fn describe_node(node: &Node, tz: &TimeZone) -> String {
     let _ = writeln!(w, "Roles:\t{}", node_roles(node));
     labels_multiline(&mut w, "", "Labels", meta.labels.as_ref());
     annotations_multiline(&mut w, "Annotations", meta.annotations.as_ref());
-    let _ = writeln!(w, "CreationTimestamp:\t{}", time(meta.creation_timestamp.as_ref()));
-    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let _ = writeln!(
+        w,
+        "CreationTimestamp:\t{}",
+        time(meta.creation_timestamp.as_ref())
+    );
+    let unschedulable = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
     let _ = writeln!(w, "Unschedulable:\t{unschedulable}");
 
     match status.conditions.as_deref().filter(|c| !c.is_empty()) {
@@ -111,14 +119,14 @@ Annotations:        <none>
 CreationTimestamp:  Sun, 28 Apr 2024 12:00:00 +0000
 Unschedulable:      false
 Conditions:
-  Type   Status  LastHeartbeatTime                LastTransitionTime               Reason      Message
-  ----   ------  -----------------                ------------------               ------      -------
-  Ready  True    Wed, 01 May 2024 11:59:55 +0000  Wed, 01 May 2024 11:00:00 +0000  SkiffReady  skiffd is posting ready status
+  Type    Status  LastHeartbeatTime                 LastTransitionTime                Reason       Message
+  ----    ------  -----------------                 ------------------                ------       -------
+  Ready   True    Wed, 01 May 2024 11:59:55 +0000   Wed, 01 May 2024 11:00:00 +0000   SkiffReady   skiffd is posting ready status
 Addresses:
   InternalIP:  192.168.1.10
 Capacity:
-  cpu:     2
-  memory:  4020220Ki
+  cpu:        2
+  memory:     4020220Ki
 Allocatable:  <none>
 System Info:
   Machine ID:                 

@@ -31,19 +31,35 @@ pub fn describe_pod(pod: &Pod, events: &[Event], now: Timestamp, tz: &TimeZone) 
     let time = |t: Timestamp| rfc1123z_in(t, tz);
 
     let _ = writeln!(w, "Name:\t{}", meta.name.as_deref().unwrap_or_default());
-    let _ = writeln!(w, "Namespace:\t{}", meta.namespace.as_deref().unwrap_or_default());
+    let _ = writeln!(
+        w,
+        "Namespace:\t{}",
+        meta.namespace.as_deref().unwrap_or_default()
+    );
     if let Some(p) = spec.priority {
         let _ = writeln!(w, "Priority:\t{p}");
     }
-    if let Some(p) = spec.priority_class_name.as_deref().filter(|p| !p.is_empty()) {
+    if let Some(p) = spec
+        .priority_class_name
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
         let _ = writeln!(w, "Priority Class Name:\t{p}");
     }
-    if let Some(sa) = spec.service_account_name.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(sa) = spec
+        .service_account_name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
         let _ = writeln!(w, "Service Account:\t{sa}");
     }
     match spec.node_name.as_deref().filter(|n| !n.is_empty()) {
         Some(node) => {
-            let _ = writeln!(w, "Node:\t{node}/{}", status.host_ip.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                w,
+                "Node:\t{node}/{}",
+                status.host_ip.as_deref().unwrap_or_default()
+            );
         }
         None => w.push_str("Node:\t<none>\n"),
     }
@@ -61,7 +77,11 @@ pub fn describe_pod(pod: &Pod, events: &[Event], now: Timestamp, tz: &TimeZone) 
             }
         }
         None => {
-            let _ = writeln!(w, "Status:\t{}", status.phase.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                w,
+                "Status:\t{}",
+                status.phase.as_deref().unwrap_or_default()
+            );
         }
     }
     if let Some(r) = status.reason.as_deref().filter(|r| !r.is_empty()) {
@@ -80,17 +100,32 @@ pub fn describe_pod(pod: &Pod, events: &[Event], now: Timestamp, tz: &TimeZone) 
         }
         _ => w.push_str("IPs:\t<none>\n"),
     }
-    if let Some(owner) = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)) {
+    if let Some(owner) = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    {
         let _ = writeln!(w, "Controlled By:\t{}/{}", owner.kind, owner.name);
     }
 
     let ctx = EnvContext { pod };
     if let Some(init) = spec.init_containers.as_deref().filter(|c| !c.is_empty()) {
-        let statuses = status.init_container_statuses.as_deref().unwrap_or_default();
+        let statuses = status
+            .init_container_statuses
+            .as_deref()
+            .unwrap_or_default();
         describe_containers(&mut w, "Init Containers", init, statuses, &ctx, &time);
     }
     let statuses = status.container_statuses.as_deref().unwrap_or_default();
-    describe_containers(&mut w, "Containers", &spec.containers, statuses, &ctx, &time);
+    describe_containers(
+        &mut w,
+        "Containers",
+        &spec.containers,
+        statuses,
+        &ctx,
+        &time,
+    );
 
     if let Some(conds) = status.conditions.as_deref().filter(|c| !c.is_empty()) {
         w.push_str("Conditions:\n  Type\tStatus\n");
@@ -190,7 +225,11 @@ fn describe_containers(
         let status = statuses.iter().find(|s| s.name == c.name);
         let _ = writeln!(w, "{L1}{}:", c.name);
         if let Some(s) = status {
-            let _ = writeln!(w, "{L2}Container ID:\t{}", s.container_id.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                w,
+                "{L2}Container ID:\t{}",
+                s.container_id.as_deref().unwrap_or_default()
+            );
         }
         let _ = writeln!(w, "{L2}Image:\t{}", c.image.as_deref().unwrap_or_default());
         if let Some(s) = status {
@@ -208,8 +247,16 @@ fn describe_containers(
                 .join(", ")
         };
         for (title, list) in [("Port", port_list(false)), ("Host Port", port_list(true))] {
-            let title = if list.contains(',') { format!("{title}s") } else { title.to_owned() };
-            let list = if list.is_empty() { "<none>".to_owned() } else { list };
+            let title = if list.contains(',') {
+                format!("{title}s")
+            } else {
+                title.to_owned()
+            };
+            let list = if list.is_empty() {
+                "<none>".to_owned()
+            } else {
+                list
+            };
             let _ = writeln!(w, "{L2}{title}:\t{list}");
         }
         for (title, items) in [("Command", &c.command), ("Args", &c.args)] {
@@ -238,11 +285,21 @@ fn describe_containers(
             let mut mounts = mounts.to_vec();
             mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
             for m in mounts {
-                let mut flags = vec![if m.read_only == Some(true) { "ro".to_owned() } else { "rw".to_owned() }];
+                let mut flags = vec![if m.read_only == Some(true) {
+                    "ro".to_owned()
+                } else {
+                    "rw".to_owned()
+                }];
                 if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                     flags.push(format!("path={sub:?}"));
                 }
-                let _ = writeln!(w, "{L3}{} from {} ({})", m.mount_path, m.name, flags.join(","));
+                let _ = writeln!(
+                    w,
+                    "{L3}{} from {} ({})",
+                    m.mount_path,
+                    m.name,
+                    flags.join(",")
+                );
             }
         }
     }
@@ -275,7 +332,11 @@ fn describe_state(
         let _ = writeln!(w, "{L3}Finished:\t{}", fmt_time(ts(t.finished_at.as_ref())));
     } else {
         let _ = writeln!(w, "{L2}{name}:\tWaiting");
-        if let Some(r) = state.waiting.and_then(|wt| wt.reason).filter(|r| !r.is_empty()) {
+        if let Some(r) = state
+            .waiting
+            .and_then(|wt| wt.reason)
+            .filter(|r| !r.is_empty())
+        {
             let _ = writeln!(w, "{L3}Reason:\t{r}");
         }
     }
@@ -301,7 +362,13 @@ fn describe_env(w: &mut String, env: &[EnvVar], ctx: &EnvContext<'_>) {
     let _ = writeln!(w, "{L2}Environment:");
     for e in env {
         let Some(from) = e.value_from.as_ref() else {
-            for (i, line) in e.value.as_deref().unwrap_or_default().split('\n').enumerate() {
+            for (i, line) in e
+                .value
+                .as_deref()
+                .unwrap_or_default()
+                .split('\n')
+                .enumerate()
+            {
                 if i == 0 {
                     let _ = writeln!(w, "{L3}{}:\t{line}", e.name);
                 } else {
@@ -315,18 +382,30 @@ fn describe_env(w: &mut String, env: &[EnvVar], ctx: &EnvContext<'_>) {
             let value = ctx.field(&f.field_path);
             let _ = writeln!(w, "{L3}{}:\t{value} ({api}:{})", e.name, f.field_path);
         } else if let Some(r) = &from.resource_field_ref {
-            let _ = writeln!(w, "{L3}{}:\t{} ({})", e.name, r.container_name.as_deref().unwrap_or_default(), r.resource);
+            let _ = writeln!(
+                w,
+                "{L3}{}:\t{} ({})",
+                e.name,
+                r.container_name.as_deref().unwrap_or_default(),
+                r.resource
+            );
         } else if let Some(s) = &from.secret_key_ref {
             let _ = writeln!(
                 w,
                 "{L3}{}:\t<set to the key '{}' in secret '{}'>\tOptional: {}",
-                e.name, s.key, s.name, s.optional.unwrap_or(false)
+                e.name,
+                s.key,
+                s.name,
+                s.optional.unwrap_or(false)
             );
         } else if let Some(c) = &from.config_map_key_ref {
             let _ = writeln!(
                 w,
                 "{L3}{}:\t<set to the key '{}' of config map '{}'>\tOptional: {}",
-                e.name, c.key, c.name, c.optional.unwrap_or(false)
+                e.name,
+                c.key,
+                c.name,
+                c.optional.unwrap_or(false)
             );
         } else {
             let _ = writeln!(w, "{L3}{}:\t<unknown source>", e.name);
@@ -345,22 +424,43 @@ fn describe_volumes(w: &mut String, volumes: &[Volume]) {
         if let Some(h) = &v.host_path {
             let _ = writeln!(w, "{L2}Type:\tHostPath (bare host directory volume)");
             let _ = writeln!(w, "{L2}Path:\t{}", h.path);
-            let _ = writeln!(w, "{L2}HostPathType:\t{}", h.type_.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                w,
+                "{L2}HostPathType:\t{}",
+                h.type_.as_deref().unwrap_or_default()
+            );
         } else if let Some(e) = &v.empty_dir {
-            let _ = writeln!(w, "{L2}Type:\tEmptyDir (a temporary directory that shares a pod's lifetime)");
-            let _ = writeln!(w, "{L2}Medium:\t{}", e.medium.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                w,
+                "{L2}Type:\tEmptyDir (a temporary directory that shares a pod's lifetime)"
+            );
+            let _ = writeln!(
+                w,
+                "{L2}Medium:\t{}",
+                e.medium.as_deref().unwrap_or_default()
+            );
             let limit = e.size_limit.as_ref().map_or("<unset>", |q| q.0.as_str());
             let _ = writeln!(w, "{L2}SizeLimit:\t{limit}");
         } else if let Some(c) = &v.config_map {
-            let _ = writeln!(w, "{L2}Type:\tConfigMap (a volume populated by a ConfigMap)");
+            let _ = writeln!(
+                w,
+                "{L2}Type:\tConfigMap (a volume populated by a ConfigMap)"
+            );
             let _ = writeln!(w, "{L2}Name:\t{}", c.name);
             let _ = writeln!(w, "{L2}Optional:\t{}", c.optional.unwrap_or(false));
         } else if let Some(s) = &v.secret {
             let _ = writeln!(w, "{L2}Type:\tSecret (a volume populated by a Secret)");
-            let _ = writeln!(w, "{L2}SecretName:\t{}", s.secret_name.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                w,
+                "{L2}SecretName:\t{}",
+                s.secret_name.as_deref().unwrap_or_default()
+            );
             let _ = writeln!(w, "{L2}Optional:\t{}", s.optional.unwrap_or(false));
         } else if v.projected.is_some() {
-            let _ = writeln!(w, "{L2}Type:\tProjected (a volume that contains injected data from multiple sources)");
+            let _ = writeln!(
+                w,
+                "{L2}Type:\tProjected (a volume that contains injected data from multiple sources)"
+            );
         } else {
             let _ = writeln!(w, "{L2}<unknown>");
         }
@@ -384,7 +484,9 @@ fn tolerations_multiline(w: &mut String, tolerations: &[Toleration]) {
         if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty()) {
             let _ = write!(w, ":{e}");
         }
-        if t.operator.as_deref() == Some("Exists") && t.value.as_deref().unwrap_or_default().is_empty() {
+        if t.operator.as_deref() == Some("Exists")
+            && t.value.as_deref().unwrap_or_default().is_empty()
+        {
             w.push_str(" op=Exists");
         }
         if let Some(s) = t.toleration_seconds {
@@ -439,7 +541,14 @@ mod tests {
         app.last_state = terminated("app", 1, Some("Error")).state;
         let mut init = terminated("setup", 0, Some("Completed"));
         init.image_id = "sha256:bbbb".into();
-        let mut p = pod("web", &["app"], &["setup"], "Running", vec![app], vec![init]);
+        let mut p = pod(
+            "web",
+            &["app"],
+            &["setup"],
+            "Running",
+            vec![app],
+            vec![init],
+        );
         p.metadata.labels = Some(BTreeMap::from([
             ("app".to_owned(), "web".to_owned()),
             ("tier".to_owned(), "front".to_owned()),
@@ -483,15 +592,30 @@ mod tests {
         status.host_ip = Some("192.168.1.10".into());
         status.start_time = Some(ago(600));
         status.conditions = Some(vec![
-            PodCondition { type_: "Initialized".into(), status: "True".into(), ..Default::default() },
-            PodCondition { type_: "Ready".into(), status: "False".into(), ..Default::default() },
+            PodCondition {
+                type_: "Initialized".into(),
+                status: "True".into(),
+                ..Default::default()
+            },
+            PodCondition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                ..Default::default()
+            },
         ]);
         p
     }
 
     #[test]
     fn full_describe() {
-        let events = [event("BackOff", "Warning", 3, 60, 10, "Back-off restarting failed container")];
+        let events = [event(
+            "BackOff",
+            "Warning",
+            3,
+            60,
+            10,
+            "Back-off restarting failed container",
+        )];
         let text = describe_pod(&sample(), &events, now(), &TimeZone::UTC);
         let expected = "\
 Name:         web
@@ -548,9 +672,9 @@ Containers:
     Mounts:
       /data from data (ro)
 Conditions:
-  Type         Status
-  Initialized  True 
-  Ready        False 
+  Type          Status
+  Initialized   True 
+  Ready         False 
 Volumes:
   data:
     Type:          HostPath (bare host directory volume)
@@ -560,8 +684,8 @@ QoS Class:         BestEffort
 Node-Selectors:    <none>
 Tolerations:       <none>
 Events:
-  Type     Reason   Age               From    Message
-  ----     ------   ----              ----    -------
+  Type     Reason   Age                From    Message
+  ----     ------   ----               ----    -------
   Warning  BackOff  10s (x3 over 60s)  skiffd  Back-off restarting failed container
 ";
         assert_eq!(text, expected, "\n{text}");
@@ -569,31 +693,46 @@ Events:
 
     #[test]
     fn terminating_pod_and_qos() {
-        let mut p = pod("web", &["app"], &[], "Running", vec![running("app", true, 0)], vec![]);
+        let mut p = pod(
+            "web",
+            &["app"],
+            &[],
+            "Running",
+            vec![running("app", true, 0)],
+            vec![],
+        );
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             now() + jiff::SignedDuration::from_secs(25),
         ));
         p.metadata.deletion_grace_period_seconds = Some(30);
         let text = describe_pod(&p, &[], now(), &TimeZone::UTC);
-        assert!(text.contains("Status:                    Terminating (lasts 25s)\n"), "{text}");
+        assert!(
+            text.contains("Status:                    Terminating (lasts 25s)\n"),
+            "{text}"
+        );
         assert!(text.contains("Termination Grace Period:  30s\n"), "{text}");
-        assert!(text.ends_with("Events:                    <none>\n"), "{text}");
+        assert!(
+            text.ends_with("Tolerations:        <none>\nEvents:             <none>\n"),
+            "{text}"
+        );
 
         let q = |cpu_req: &str, cpu_lim: Option<&str>| {
-            let mut c = Container::default();
-            c.resources = Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_owned(), Quantity(cpu_req.into())),
-                    ("memory".to_owned(), Quantity("64Mi".into())),
-                ])),
-                limits: cpu_lim.map(|l| {
-                    BTreeMap::from([
-                        ("cpu".to_owned(), Quantity(l.into())),
+            let c = Container {
+                resources: Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".to_owned(), Quantity(cpu_req.into())),
                         ("memory".to_owned(), Quantity("64Mi".into())),
-                    ])
+                    ])),
+                    limits: cpu_lim.map(|l| {
+                        BTreeMap::from([
+                            ("cpu".to_owned(), Quantity(l.into())),
+                            ("memory".to_owned(), Quantity("64Mi".into())),
+                        ])
+                    }),
+                    ..Default::default()
                 }),
                 ..Default::default()
-            });
+            };
             qos_class(&[c])
         };
         assert_eq!(q("100m", Some("100m")), "Guaranteed");

@@ -46,7 +46,11 @@ pub fn events_table(events: &[Event], all_namespaces: bool, now: Timestamp) -> S
     text.push_str("LAST SEEN\tTYPE\tREASON\tOBJECT\tMESSAGE\n");
     for e in events {
         if all_namespaces {
-            let _ = write!(text, "{}\t", e.metadata.namespace.as_deref().unwrap_or_default());
+            let _ = write!(
+                text,
+                "{}\t",
+                e.metadata.namespace.as_deref().unwrap_or_default()
+            );
         }
         let obj = &e.involved_object;
         let kind = obj.kind.as_deref().unwrap_or_default().to_lowercase();
@@ -119,7 +123,14 @@ pub(crate) mod tests {
     use crate::cli::print::pods::tests::{ago, now};
     use crate::cli::tabwriter::KUBECTL_DESCRIBE;
 
-    pub(crate) fn event(reason: &str, type_: &str, count: i32, first: i64, last: i64, msg: &str) -> Event {
+    pub(crate) fn event(
+        reason: &str,
+        type_: &str,
+        count: i32,
+        first: i64,
+        last: i64,
+        msg: &str,
+    ) -> Event {
         Event {
             metadata: ObjectMeta {
                 name: Some(format!("web.{reason}")),
@@ -149,8 +160,22 @@ pub(crate) mod tests {
     #[test]
     fn get_events_table() {
         let mut events = vec![
-            event("BackOff", "Warning", 3, 60, 10, "Back-off restarting failed container app\n"),
-            event("Pulled", "Normal", 1, 90, 90, "Container image \"busybox\" already present"),
+            event(
+                "BackOff",
+                "Warning",
+                3,
+                60,
+                10,
+                "Back-off restarting failed container app\n",
+            ),
+            event(
+                "Pulled",
+                "Normal",
+                1,
+                90,
+                90,
+                "Container image \"busybox\" already present",
+            ),
         ];
         sort_events(&mut events);
         assert_eq!(
@@ -171,9 +196,9 @@ pub(crate) mod tests {
         assert_eq!(
             tabwriter::align(&describe_events(&events, now()), KUBECTL_DESCRIBE),
             "Events:\n  \
-             Type     Reason   Age               From    Message\n  \
-             ----     ------   ----              ----    -------\n  \
-             Normal   Started  70s               skiffd  Started container app\n  \
+             Type     Reason   Age                From    Message\n  \
+             ----     ------   ----               ----    -------\n  \
+             Normal   Started  70s                skiffd  Started container app\n  \
              Warning  BackOff  10s (x3 over 60s)  skiffd  Back-off restarting\n"
         );
     }

@@ -91,9 +91,18 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(split_reference("docker.io/library/busybox:latest"), ("docker.io/library/busybox", "latest"));
-        assert_eq!(split_reference("localhost:5000/app"), ("localhost:5000/app", "<none>"));
-        assert_eq!(split_reference("localhost:5000/app:v1"), ("localhost:5000/app", "v1"));
+        assert_eq!(
+            split_reference("docker.io/library/busybox:latest"),
+            ("docker.io/library/busybox", "latest")
+        );
+        assert_eq!(
+            split_reference("localhost:5000/app"),
+            ("localhost:5000/app", "<none>")
+        );
+        assert_eq!(
+            split_reference("localhost:5000/app:v1"),
+            ("localhost:5000/app", "v1")
+        );
         assert_eq!(split_reference("app@sha256:abcd"), ("app", "<none>"));
     }
 
@@ -109,10 +118,10 @@ mod tests {
         .expect("json");
         assert_eq!(
             images_table(&images, now()),
-            "REPOSITORY                  TAG       IMAGE ID       CREATED         SIZE\n\
-             <none>                      <none>    0123456789ab   2 hours ago     5kB\n\
-             docker.io/library/busybox   latest    fedcba987654   2 weeks ago     4.26MB\n\
-             registry.k8s.io/pause       3.9       fedcba987654   2 weeks ago     4.26MB\n"
+            "REPOSITORY                  TAG       IMAGE ID       CREATED       SIZE\n\
+             <none>                      <none>    0123456789ab   2 hours ago   5kB\n\
+             docker.io/library/busybox   latest    fedcba987654   2 weeks ago   4.26MB\n\
+             registry.k8s.io/pause       3.9       fedcba987654   2 weeks ago   4.26MB\n"
         );
     }
 }

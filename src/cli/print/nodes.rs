@@ -73,9 +73,7 @@ pub fn nodes_table(nodes: &[Node], now: Timestamp) -> String {
 pub(crate) mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::core::v1::{
-        NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo,
-    };
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 

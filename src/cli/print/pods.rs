@@ -35,7 +35,9 @@ impl PodSummary {
     /// The RESTARTS column: `0`, or `3 (45s ago)` when the last restart time is known.
     pub fn restarts_column(&self, now: Timestamp) -> String {
         match self.last_restart {
-            Some(t) if self.restarts != 0 => format!("{} ({} ago)", self.restarts, age(Some(t), now)),
+            Some(t) if self.restarts != 0 => {
+                format!("{} ({} ago)", self.restarts, age(Some(t), now))
+            }
             _ => self.restarts.to_string(),
         }
     }
@@ -75,7 +77,10 @@ pub fn summarize(pod: &Pod) -> PodSummary {
     let empty_status = Default::default();
     let status = pod.status.as_ref().unwrap_or(&empty_status);
     let init_specs = spec.init_containers.as_deref().unwrap_or_default();
-    let init_statuses = status.init_container_statuses.as_deref().unwrap_or_default();
+    let init_statuses = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default();
     let statuses = status.container_statuses.as_deref().unwrap_or_default();
 
     let mut reason = nonempty(status.reason.as_ref())
@@ -360,9 +365,19 @@ pub(crate) mod tests {
 
     #[test]
     fn running_pod() {
-        let p = pod("web", &["app"], &[], "Running", vec![running("app", true, 0)], vec![]);
+        let p = pod(
+            "web",
+            &["app"],
+            &[],
+            "Running",
+            vec![running("app", true, 0)],
+            vec![],
+        );
         let s = summarize(&p);
-        assert_eq!((s.ready_column().as_str(), s.status.as_str(), s.restarts), ("1/1", "Running", 0));
+        assert_eq!(
+            (s.ready_column().as_str(), s.status.as_str(), s.restarts),
+            ("1/1", "Running", 0)
+        );
     }
 
     #[test]
@@ -401,7 +416,10 @@ pub(crate) mod tests {
             &["one", "two"],
             "Pending",
             vec![waiting("app", "PodInitializing", 0)],
-            vec![terminated("one", 0, Some("Completed")), running("two", false, 0)],
+            vec![
+                terminated("one", 0, Some("Completed")),
+                running("two", false, 0),
+            ],
         );
         assert_eq!(summarize(&p).status, "Init:1/2");
         assert_eq!(summarize(&p).ready_column(), "0/1");
@@ -429,15 +447,36 @@ pub(crate) mod tests {
         let s = summarize(&p);
         assert_eq!(s.status, "Init:CrashLoopBackOff");
         assert_eq!(s.restarts, 3);
-        let p = pod("web", &["app"], &["one"], "Pending", vec![], vec![terminated("one", 2, None)]);
+        let p = pod(
+            "web",
+            &["app"],
+            &["one"],
+            "Pending",
+            vec![],
+            vec![terminated("one", 2, None)],
+        );
         assert_eq!(summarize(&p).status, "Init:ExitCode:2");
     }
 
     #[test]
     fn terminated_reasons() {
-        let p = pod("job", &["app"], &[], "Succeeded", vec![terminated("app", 0, Some("Completed"))], vec![]);
+        let p = pod(
+            "job",
+            &["app"],
+            &[],
+            "Succeeded",
+            vec![terminated("app", 0, Some("Completed"))],
+            vec![],
+        );
         assert_eq!(summarize(&p).status, "Completed");
-        let p = pod("job", &["app"], &[], "Failed", vec![terminated("app", 137, Some("OOMKilled"))], vec![]);
+        let p = pod(
+            "job",
+            &["app"],
+            &[],
+            "Failed",
+            vec![terminated("app", 137, Some("OOMKilled"))],
+            vec![],
+        );
         assert_eq!(summarize(&p).status, "OOMKilled");
         let mut c = terminated("app", 143, None);
         if let Some(t) = c.state.as_mut().and_then(|s| s.terminated.as_mut()) {
@@ -445,14 +484,28 @@ pub(crate) mod tests {
         }
         let p = pod("job", &["app"], &[], "Failed", vec![c], vec![]);
         assert_eq!(summarize(&p).status, "Signal:15");
-        let p = pod("job", &["app"], &[], "Failed", vec![terminated("app", 3, None)], vec![]);
+        let p = pod(
+            "job",
+            &["app"],
+            &[],
+            "Failed",
+            vec![terminated("app", 3, None)],
+            vec![],
+        );
         assert_eq!(summarize(&p).status, "ExitCode:3");
     }
 
     #[test]
     fn waiting_reasons() {
         for r in ["ErrImageNeverPull", "ContainerCreating"] {
-            let p = pod("web", &["app"], &[], "Pending", vec![waiting("app", r, 0)], vec![]);
+            let p = pod(
+                "web",
+                &["app"],
+                &[],
+                "Pending",
+                vec![waiting("app", r, 0)],
+                vec![],
+            );
             assert_eq!(summarize(&p).status, r);
         }
     }
@@ -464,7 +517,10 @@ pub(crate) mod tests {
             &["app", "helper"],
             &[],
             "Running",
-            vec![running("app", true, 0), terminated("helper", 0, Some("Completed"))],
+            vec![
+                running("app", true, 0),
+                terminated("helper", 0, Some("Completed")),
+            ],
             vec![],
         );
         assert_eq!(summarize(&p).status, "NotReady");
@@ -480,7 +536,14 @@ pub(crate) mod tests {
 
     #[test]
     fn terminating_and_pod_reason() {
-        let mut p = pod("web", &["app"], &[], "Running", vec![running("app", true, 0)], vec![]);
+        let mut p = pod(
+            "web",
+            &["app"],
+            &[],
+            "Running",
+            vec![running("app", true, 0)],
+            vec![],
+        );
         p.metadata.deletion_timestamp = Some(ago(1));
         assert_eq!(summarize(&p).status, "Terminating");
 
@@ -515,9 +578,23 @@ pub(crate) mod tests {
 
     #[test]
     fn table_layouts() {
-        let mut p1 = pod("web", &["app"], &[], "Running", vec![running("app", true, 0)], vec![]);
+        let mut p1 = pod(
+            "web",
+            &["app"],
+            &[],
+            "Running",
+            vec![running("app", true, 0)],
+            vec![],
+        );
         p1.metadata.namespace = Some("kube-system".into());
-        let mut p2 = pod("crashy-one", &["app"], &[], "Running", vec![waiting("app", "CrashLoopBackOff", 12)], vec![]);
+        let mut p2 = pod(
+            "crashy-one",
+            &["app"],
+            &[],
+            "Running",
+            vec![waiting("app", "CrashLoopBackOff", 12)],
+            vec![],
+        );
         p2.metadata.creation_timestamp = Some(ago(5 * 3600));
         p2.spec.as_mut().expect("spec").node_name = None;
         let pods = [p1, p2];
@@ -529,7 +606,14 @@ pub(crate) mod tests {
              crashy-one   0/1     CrashLoopBackOff   12         5h\n"
         );
         assert_eq!(
-            pods_table(&pods, PodTableOptions { all_namespaces: true, wide: true }, now()),
+            pods_table(
+                &pods,
+                PodTableOptions {
+                    all_namespaces: true,
+                    wide: true
+                },
+                now()
+            ),
             "NAMESPACE     NAME         READY   STATUS             RESTARTS   AGE     IP          NODE\n\
              kube-system   web          1/1     Running            0          3m12s   10.88.0.5   node1\n\
              default       crashy-one   0/1     CrashLoopBackOff   12         5h      10.88.0.5   <none>\n"
