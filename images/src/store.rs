@@ -213,9 +213,15 @@ impl ImageStore {
     }
 
     /// Imports every image found at `path`: an OCI image layout directory, an OCI layout tar,
-    /// or a `docker save`/`podman save` archive (either may be gzipped); see the `layout`
-    /// module docs for how images get their names. Layers are unpacked now. A name already
-    /// held by another image moves to the imported one. Returns the imported images.
+    /// or a `docker save`/`podman save` archive (either may be gzipped). An `index.json` is
+    /// preferred over `manifest.json` when both exist; nested indexes resolve to linux on this
+    /// host's architecture. Layers are unpacked now. Returns the imported images.
+    ///
+    /// Names: the index entry's `io.containerd.image.name` annotation if present; else its
+    /// `org.opencontainers.image.ref.name` if that is a full reference (has `/`, `:` or `@`);
+    /// else `localhost/import:<ref.name>`; plus the `RepoTags` of a `manifest.json` entry with
+    /// the same config. An image without any name is kept and reachable by id. A name already
+    /// held by another image moves to the imported one (the old image may end up nameless).
     pub fn import(&self, path: &Path) -> Result<Vec<Image>, Error> {
         let _lock = self.lock()?;
         let staging = self.tmp_dir().join(format!("import-{}", unique()));
