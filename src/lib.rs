@@ -2,4 +2,6 @@
 
 pub mod config;
 pub mod manifest;
+pub mod pod;
 pub mod runtime;
+pub mod store;

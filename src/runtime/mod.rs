@@ -1,5 +1,582 @@
-//! The container runtime: OCI bundles for libcontainer, run under `skiff-shim`.
+//! The container runtime: pod sandboxes (pinned namespaces), overlayfs root
+//! filesystems, OCI bundles for libcontainer, and one `skiff-shim` per
+//! container that outlives the daemon.
+//!
+//! On-disk layout, all of it findable again after a crash:
+//! - `<root>/pods/<uid>/pod.json`: the pod as last applied
+//! - `<root>/pods/<uid>/containers/<id>/`: `meta.json`, `bundle/` (config.json,
+//!   rootfs mount point), `upper/`, `work/`, and the shim's `state.json`/`exit.json`
+//! - `<root>/pods/<uid>/logs/<container>/<restart>.log`: CRI-format logs
+//! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
+//! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
 pub mod crilog;
+pub mod pidfd;
+pub mod process;
 pub mod shim;
 pub mod spec;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use images::{Image, ImageStore};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tracing::{debug, warn};
+
+use self::pidfd::PidFd;
+use self::shim::{EXIT_FILE, ExitRecord, STATE_FILE, ShimState, write_atomic};
+
+/// Prefix of container IDs in pod status, like `containerd://`.
+pub const ID_SCHEME: &str = "skiff://";
+
+/// Runtime errors; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Namespace(#[from] netns::Error),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Why a container could not be started; maps to the kubelet's waiting reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// `ErrImageNeverPull` / `ErrImagePull`.
+    ImageMissing { reason: &'static str, message: String },
+    /// `CreateContainerConfigError` or `CreateContainerError`: nothing ran.
+    Config { reason: &'static str, message: String },
+    /// The runtime could not start the process (`StartError`, exit code 128).
+    Start(String),
+}
+
+/// A pod's pinned namespaces.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub net: Option<PathBuf>,
+    pub ipc: PathBuf,
+    pub uts: PathBuf,
+}
+
+/// The record the daemon keeps next to each container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerMeta {
+    pub id: String,
+    pub name: String,
+    pub init: bool,
+    pub restart: u32,
+    pub image: String,
+    pub image_id: String,
+    pub log_path: PathBuf,
+    pub created_at: String,
+}
+
+/// A started container.
+pub struct Handle {
+    pub meta: ContainerMeta,
+    pub started_at: Timestamp,
+    pub shim: PidFd,
+}
+
+/// A container found on disk (after a daemon restart).
+pub struct Found {
+    pub meta: ContainerMeta,
+    pub state: Option<ShimState>,
+    pub exit: Option<ExitRecord>,
+    /// The live shim, when it is still running.
+    pub shim: Option<PidFd>,
+}
+
+/// Everything needed to start one container.
+pub struct StartRequest<'a> {
+    pub pod: &'a Pod,
+    pub sandbox: &'a Sandbox,
+    pub container: &'a Container,
+    pub init: bool,
+    pub restart: u32,
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// The runtime; cheap to share behind an `Arc`.
+pub struct Runtime {
+    root: PathBuf,
+    run: PathBuf,
+    shim: PathBuf,
+    pub images: ImageStore,
+    nofile: u64,
+}
+
+impl Runtime {
+    pub fn new(root: &Path, run: &Path, shim: &Path) -> Result<Runtime, RuntimeError> {
+        for d in [root.join("pods"), run.join("netns"), run.join("ns"), run.join("runtime")] {
+            fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+        }
+        let images = ImageStore::open(root.join("images")).map_err(|e| RuntimeError::Io {
+            op: "opening image store",
+            path: root.join("images"),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(_, hard)| hard)
+            .unwrap_or(1024);
+        Ok(Runtime {
+            root: root.to_path_buf(),
+            run: run.to_path_buf(),
+            shim: shim.to_path_buf(),
+            images,
+            nofile,
+        })
+    }
+
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+
+    fn container_dir(&self, uid: &str, id: &str) -> PathBuf {
+        self.pod_dir(uid).join("containers").join(id)
+    }
+
+    /// Log file of one run of a container.
+    pub fn log_path(&self, uid: &str, name: &str, restart: u32) -> PathBuf {
+        self.pod_dir(uid)
+            .join("logs")
+            .join(name)
+            .join(format!("{restart}.log"))
+    }
+
+    fn runtime_root(&self) -> PathBuf {
+        self.run.join("runtime")
+    }
+
+    /// UIDs of every pod with state on disk.
+    pub fn pods_on_disk(&self) -> Vec<String> {
+        let mut uids: Vec<String> = fs::read_dir(self.root.join("pods"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        uids.sort();
+        uids
+    }
+
+    /// Saves the pod spec next to its state, for adoption after a restart.
+    pub fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let dir = self.pod_dir(uid);
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let json = serde_json::to_vec(pod).unwrap_or_default();
+        write_atomic(&dir, "pod.json", &json).map_err(io_err("writing pod.json in", &dir))
+    }
+
+    pub fn load_pod(&self, uid: &str) -> Option<Pod> {
+        let data = fs::read(self.pod_dir(uid).join("pod.json")).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    fn sandbox_paths(&self, uid: &str, host_network: bool) -> Sandbox {
+        Sandbox {
+            net: (!host_network).then(|| self.run.join("netns").join(uid)),
+            ipc: self.run.join("ns").join(uid).join("ipc"),
+            uts: self.run.join("ns").join(uid).join("uts"),
+        }
+    }
+
+    /// Creates (or finds again) the pod's namespaces. The UTS namespace gets
+    /// the pod's hostname (`spec.hostname`, else the pod name).
+    pub fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let hostname = spec
+            .and_then(|s| s.hostname.clone())
+            .or_else(|| pod.metadata.name.clone())
+            .unwrap_or_default();
+        let hostname: String = hostname.chars().take(63).collect();
+        let sb = self.sandbox_paths(uid, host_network);
+        if let Some(net) = &sb.net {
+            netns::create(net, netns::Kind::Net, None)?;
+        }
+        netns::create(&sb.ipc, netns::Kind::Ipc, None)?;
+        if host_network {
+            // Host network pods keep the node's hostname, as on a kubelet.
+            let node = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or(hostname);
+            netns::create(&sb.uts, netns::Kind::Uts, Some(&node))?;
+        } else {
+            netns::create(&sb.uts, netns::Kind::Uts, Some(&hostname))?;
+        }
+        Ok(sb)
+    }
+
+    /// Removes the pod's namespaces and its cgroup parent. Idempotent.
+    pub fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
+        let sb = self.sandbox_paths(uid, false);
+        if let Some(net) = &sb.net {
+            netns::remove(net)?;
+        }
+        netns::remove(&sb.ipc)?;
+        netns::remove(&sb.uts)?;
+        let _ = fs::remove_dir(self.run.join("ns").join(uid));
+        remove_pod_cgroups(uid);
+        Ok(())
+    }
+
+    /// Removes everything of a pod on disk (after its containers are gone).
+    pub fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError> {
+        for found in self.list_containers(uid) {
+            self.remove_container(uid, &found.meta.id);
+        }
+        let dir = self.pod_dir(uid);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &dir)(e)),
+        }
+    }
+
+    /// Containers of a pod on disk, oldest first.
+    pub fn list_containers(&self, uid: &str) -> Vec<Found> {
+        let dir = self.pod_dir(uid).join("containers");
+        let mut found: Vec<Found> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let d = e.path();
+                let meta: ContainerMeta =
+                    serde_json::from_slice(&fs::read(d.join("meta.json")).ok()?).ok()?;
+                let state: Option<ShimState> = fs::read(d.join(STATE_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let exit: Option<ExitRecord> = fs::read(d.join(EXIT_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let shim = match (&state, &exit) {
+                    (Some(s), None) => live_shim(s.shim_pid, &meta.id),
+                    _ => None,
+                };
+                Some(Found {
+                    meta,
+                    state,
+                    exit,
+                    shim,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.meta.created_at.cmp(&b.meta.created_at));
+        found
+    }
+
+    /// Reads the exit record a shim left, if any.
+    pub fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord> {
+        fs::read(self.container_dir(uid, id).join(EXIT_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Unmounts and deletes one container's directory (its log stays). Idempotent.
+    pub fn remove_container(&self, uid: &str, id: &str) {
+        let dir = self.container_dir(uid, id);
+        let rootfs = dir.join("bundle/rootfs");
+        match umount2(&rootfs, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => warn!(path = %rootfs.display(), error = %e, "unmounting container rootfs"),
+        }
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn!(path = %dir.display(), error = %e, "removing container directory");
+            }
+        }
+        // libcontainer state of a shim that died without cleaning up.
+        let state = self.runtime_root().join(id);
+        if state.exists() {
+            let _ = fs::remove_dir_all(&state);
+        }
+    }
+
+    /// Looks up the image of a container according to its pull policy.
+    pub fn find_image(&self, c: &Container) -> Result<Image, StartError> {
+        let reference = c.image.clone().unwrap_or_default();
+        let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        match self.images.resolve(&reference) {
+            Ok(Some(img)) => Ok(img),
+            Ok(None) if policy == "Never" => Err(StartError::ImageMissing {
+                reason: "ErrImageNeverPull",
+                message: format!(
+                    "Container image \"{reference}\" is not present with pull policy of Never"
+                ),
+            }),
+            Ok(None) => Err(StartError::ImageMissing {
+                reason: "ErrImagePull",
+                message: format!(
+                    "image \"{reference}\" is not present on this node and pulling from registries is not supported yet; load it with `skiff image import`"
+                ),
+            }),
+            Err(e) => Err(StartError::ImageMissing {
+                reason: "InvalidImageName",
+                message: format!("Failed to apply default image tag \"{reference}\": {e}"),
+            }),
+        }
+    }
+
+    /// Creates the container's rootfs and bundle and starts it under a new shim.
+    pub async fn start(&self, req: StartRequest<'_>) -> Result<Handle, StartError> {
+        let uid = req.pod.metadata.uid.clone().unwrap_or_default();
+        let image = self.find_image(req.container)?;
+        let id = new_container_id();
+        let dir = self.container_dir(&uid, &id);
+        let cfg_err = |message: String| StartError::Config {
+            reason: "CreateContainerError",
+            message,
+        };
+        let meta = ContainerMeta {
+            id: id.clone(),
+            name: req.container.name.clone(),
+            init: req.init,
+            restart: req.restart,
+            image: req.container.image.clone().unwrap_or_default(),
+            image_id: image.id.clone(),
+            log_path: self.log_path(&uid, &req.container.name, req.restart),
+            created_at: Timestamp::now().to_string(),
+        };
+        let prepared = self.prepare(&dir, &meta, &image, &req).map_err(|e| {
+            self.remove_container(&uid, &id);
+            e
+        });
+        let bundle = prepared?;
+        let mut cmd = tokio::process::Command::new(&self.shim);
+        cmd.arg("start")
+            .arg("--id")
+            .arg(&id)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--runtime-root")
+            .arg(self.runtime_root())
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--log")
+            .arg(&meta.log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(false);
+        match fs::File::create(dir.join("shim.log")) {
+            Ok(f) => cmd.stderr(f),
+            Err(_) => cmd.stderr(Stdio::null()),
+        };
+        let mut child = cmd.spawn().map_err(|e| {
+            self.remove_container(&uid, &id);
+            cfg_err(format!("starting {}: {e}", self.shim.display()))
+        })?;
+        let shim_pid = child.id().unwrap_or_default() as i32;
+        let shim = PidFd::open(shim_pid);
+        let stdout = child.stdout.take();
+        // The shim is reaped by a task of its own; it lives on after we return.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let mut reader = tokio::io::BufReader::new(out);
+            let read = tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut line)).await;
+            if read.is_err() {
+                line = "error timed out waiting for the container to start".into();
+            }
+        }
+        let line = line.trim();
+        if let Some(pid) = line.strip_prefix("ok ") {
+            debug!(container = %meta.name, id = %id, pid, "container started");
+            let shim = shim.map_err(|e| StartError::Start(format!("watching shim: {e}")))?;
+            let started_at = fs::read(dir.join(STATE_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ShimState>(&b).ok())
+                .and_then(|s| s.started_at.parse().ok())
+                .unwrap_or_else(Timestamp::now);
+            Ok(Handle {
+                meta,
+                started_at,
+                shim,
+            })
+        } else {
+            let msg = line.strip_prefix("error ").unwrap_or(line);
+            let msg = if msg.is_empty() {
+                let log = fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+                format!("shim exited without a result: {}", log.trim())
+            } else {
+                msg.to_string()
+            };
+            self.remove_container(&uid, &id);
+            Err(StartError::Start(msg))
+        }
+    }
+
+    fn prepare(
+        &self,
+        dir: &Path,
+        meta: &ContainerMeta,
+        image: &Image,
+        req: &StartRequest<'_>,
+    ) -> Result<PathBuf, StartError> {
+        let cfg_err = |message: String| StartError::Config {
+            reason: "CreateContainerError",
+            message,
+        };
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+            fs::create_dir_all(d).map_err(|e| cfg_err(format!("creating {}: {e}", d.display())))?;
+        }
+        if let Some(parent) = meta.log_path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| cfg_err(format!("creating {}: {e}", parent.display())))?;
+        }
+        let json = serde_json::to_vec(meta).unwrap_or_default();
+        write_atomic(dir, "meta.json", &json)
+            .map_err(|e| cfg_err(format!("writing meta.json: {e}")))?;
+        let layers = self
+            .images
+            .layer_dirs(image)
+            .map_err(|e| cfg_err(format!("image {}: {e}", image.id)))?;
+        mount_overlay(&rootfs, &layers, &dir.join("upper"), &dir.join("work"))
+            .map_err(|e| cfg_err(format!("mounting root filesystem: {e}")))?;
+        let process = process::resolve(req.container, &image.config, &req.extra_env).map_err(
+            |message| StartError::Config {
+                reason: "CreateContainerConfigError",
+                message,
+            },
+        )?;
+        let (uid, gid) = process::resolve_user(&image.config.user, &rootfs).map_err(|message| {
+            StartError::Config {
+                reason: "CreateContainerConfigError",
+                message,
+            }
+        })?;
+        let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
+        let spec = spec::render(&spec::ContainerSpec {
+            rootfs: rootfs.clone(),
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            uid,
+            gid,
+            additional_gids: Vec::new(),
+            net_ns: req.sandbox.net.clone(),
+            ipc_ns: Some(req.sandbox.ipc.clone()),
+            uts_ns: Some(req.sandbox.uts.clone()),
+            cgroups_path: format!("/skiff/pod{pod_uid}/{}", meta.id),
+            binds: Vec::new(),
+            nofile_limit: self.nofile,
+        });
+        let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
+        write_atomic(&bundle, "config.json", &data)
+            .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
+        Ok(bundle)
+    }
+
+    /// A command that runs `argv` inside a running container (`skiff-shim exec`).
+    pub fn exec_command(&self, id: &str, argv: &[String]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.shim);
+        cmd.arg("exec")
+            .arg("--id")
+            .arg(id)
+            .arg("--runtime-root")
+            .arg(self.runtime_root())
+            .arg("--")
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Returns a pidfd for a shim that still runs, checking that the PID was not reused.
+fn live_shim(pid: i32, id: &str) -> Option<PidFd> {
+    let fd = PidFd::open(pid).ok()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&cmdline);
+    (text.contains("skiff-shim") && text.contains(id)).then_some(fd)
+}
+
+fn new_container_id() -> String {
+    let mut buf = [0u8; 32];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = io::Read::read_exact(&mut f, &mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Mounts the image layers (lowest first) with a private upper dir at `target`.
+fn mount_overlay(target: &Path, layers: &[PathBuf], upper: &Path, work: &Path) -> io::Result<()> {
+    if layers.is_empty() {
+        return Err(io::Error::other("image has no layers"));
+    }
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Removes `/skiff/pod<uid>` (and its leftover children) from every cgroup hierarchy.
+fn remove_pod_cgroups(uid: &str) {
+    let name = format!("pod{uid}");
+    let base = Path::new("/sys/fs/cgroup");
+    let mut candidates = vec![base.join("skiff").join(&name)];
+    if let Ok(rd) = fs::read_dir(base) {
+        for e in rd.flatten() {
+            candidates.push(e.path().join("skiff").join(&name));
+        }
+    }
+    for dir in candidates {
+        if !dir.is_dir() {
+            continue;
+        }
+        if let Ok(children) = fs::read_dir(&dir) {
+            for c in children.flatten() {
+                if c.path().is_dir() {
+                    let _ = fs::remove_dir(c.path());
+                }
+            }
+        }
+        if let Err(e) = fs::remove_dir(&dir) {
+            debug!(path = %dir.display(), error = %e, "removing pod cgroup");
+        }
+    }
+}

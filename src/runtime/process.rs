@@ -1,0 +1,230 @@
+//! What a container runs: command, args, environment and working directory,
+//! merged from the pod spec and the image config the way the kubelet does.
+
+use std::collections::HashMap;
+
+use images::ImageConfig;
+use k8s_openapi::api::core::v1::Container;
+
+/// The process to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+}
+
+/// Merges image defaults with the container spec.
+///
+/// Kubernetes' rules: `command` replaces the image's Entrypoint (and drops its
+/// Cmd), `args` replaces Cmd; env from the spec overrides the image's by name;
+/// `$(VAR)` in env values, command and args expands from the variables defined
+/// before it (`$$` escapes), unknown references stay as written.
+pub fn resolve(
+    c: &Container,
+    image: &ImageConfig,
+    extra_env: &[(String, String)],
+) -> Result<Process, String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        if let Some(slot) = env.iter_mut().find(|(n, _)| *n == k) {
+            slot.1 = v;
+        } else {
+            env.push((k, v));
+        }
+    };
+    for kv in &image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        set(&mut env, k.to_string(), v.to_string());
+    }
+    for (k, v) in extra_env {
+        set(&mut env, k.clone(), v.clone());
+    }
+    let mut defined: HashMap<String, String> = HashMap::new();
+    for (k, v) in extra_env {
+        defined.insert(k.clone(), v.clone());
+    }
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (_, Some(_)) => {
+                return Err(format!(
+                    "env {:?}: valueFrom is not supported by this version of skiff yet",
+                    e.name
+                ));
+            }
+            (Some(v), None) => expand(v, &defined),
+            (None, None) => String::new(),
+        };
+        defined.insert(e.name.clone(), value.clone());
+        set(&mut env, e.name.clone(), value);
+    }
+    let all: HashMap<String, String> = env.iter().cloned().collect();
+    let expand_all = |v: &Vec<String>| v.iter().map(|s| expand(s, &all)).collect::<Vec<_>>();
+    let args = match (&c.command, &c.args) {
+        (Some(cmd), args) if !cmd.is_empty() => {
+            let mut a = expand_all(cmd);
+            a.extend(expand_all(args.as_ref().unwrap_or(&Vec::new())));
+            a
+        }
+        (_, Some(args)) if !args.is_empty() => {
+            let mut a = image.entrypoint.clone();
+            a.extend(expand_all(args));
+            a
+        }
+        _ => {
+            let mut a = image.entrypoint.clone();
+            a.extend(image.cmd.iter().cloned());
+            a
+        }
+    };
+    if args.is_empty() {
+        return Err("no command specified: the image has no Entrypoint or Cmd and the container has no command".into());
+    }
+    let cwd = c
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| image.working_dir.clone());
+    Ok(Process {
+        args,
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd: if cwd.is_empty() { "/".into() } else { cwd },
+    })
+}
+
+/// Kubernetes' `$(VAR)` expansion.
+pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
+    let bytes = input.as_bytes();
+    let mut out = String::with_capacity(input.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && i + 1 < bytes.len() {
+            match bytes[i + 1] {
+                b'$' => {
+                    out.push('$');
+                    i += 2;
+                    continue;
+                }
+                b'(' => {
+                    if let Some(end) = input[i + 2..].find(')') {
+                        let name = &input[i + 2..i + 2 + end];
+                        match vars.get(name) {
+                            Some(v) => out.push_str(v),
+                            None => out.push_str(&input[i..i + 3 + end]),
+                        }
+                        i += 3 + end;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let ch = input[i..].chars().next().unwrap_or('\0');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Resolves an image `User` (`uid`, `uid:gid`, `name`, `name:group`) against
+/// the container's `/etc/passwd` and `/etc/group`.
+pub fn resolve_user(user: &str, rootfs: &std::path::Path) -> Result<(u32, u32), String> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => {
+            let gid = passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && f[2] == u)
+                .and_then(|f| f[3].parse().ok())
+                .unwrap_or(0);
+            (uid, gid)
+        }
+        Err(_) => passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == u)
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .ok_or_else(|| format!("unable to find user {u}: no matching entries in passwd file"))?,
+    };
+    let gid = match g {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => std::fs::read_to_string(rootfs.join("etc/group"))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(yaml: &str) -> Container {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["default".into()],
+            env: vec!["PATH=/bin".into(), "A=image".into()],
+            working_dir: "/app".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = image();
+        let p = resolve(&container("name: c"), &img, &[]).unwrap();
+        assert_eq!(p.args, vec!["/entry", "default"]);
+        assert_eq!(p.cwd, "/app");
+        let p = resolve(&container("name: c\nargs: [x]"), &img, &[]).unwrap();
+        assert_eq!(p.args, vec!["/entry", "x"]);
+        let p = resolve(&container("name: c\ncommand: [sh]"), &img, &[]).unwrap();
+        assert_eq!(p.args, vec!["sh"]);
+        let p = resolve(&container("name: c\ncommand: [sh]\nargs: [-c, x]\nworkingDir: /w"), &img, &[]).unwrap();
+        assert_eq!(p.args, vec!["sh", "-c", "x"]);
+        assert_eq!(p.cwd, "/w");
+        let empty = ImageConfig::default();
+        assert!(resolve(&container("name: c"), &empty, &[]).unwrap_err().contains("no command"));
+    }
+
+    #[test]
+    fn env_overrides_and_expands() {
+        let c = container(
+            "name: c\nenv: [{name: A, value: spec}, {name: B, value: '$(A)-x'}, {name: C, value: '$$(A) $(NOPE)'}]\ncommand: [echo, '$(B)']",
+        );
+        let p = resolve(&c, &image(), &[("HOSTNAME".into(), "pod".into())]).unwrap();
+        assert_eq!(p.env, vec!["PATH=/bin", "A=spec", "HOSTNAME=pod", "B=spec-x", "C=$(A) $(NOPE)"]);
+        assert_eq!(p.args, vec!["echo", "spec-x"]);
+    }
+
+    #[test]
+    fn users_resolve_from_the_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        assert_eq!(resolve_user("", dir.path()).unwrap(), (0, 0));
+        assert_eq!(resolve_user("nobody", dir.path()).unwrap(), (65534, 65534));
+        assert_eq!(resolve_user("1000:50", dir.path()).unwrap(), (1000, 50));
+        assert_eq!(resolve_user("65534:staff", dir.path()).unwrap(), (65534, 50));
+        assert!(resolve_user("ghost", dir.path()).unwrap_err().contains("unable to find user ghost"));
+    }
+}
