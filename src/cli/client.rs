@@ -457,19 +457,28 @@ mod tests {
                 let service = service_fn(move |req: Request<Incoming>| async move {
                     let uri = req.uri().to_string();
                     let (status, body) = if uri == "/api/v1/pods?labelSelector=app%3Dweb" {
-                        (StatusCode::OK, pod_list.to_owned())
+                        (StatusCode::OK, Bytes::from(pod_list))
+                    } else if req.method() == Method::POST && uri.ends_with("/exec?command=true") {
+                        let mut frames = crate::cli::exec_stream::encode_frame(1, b"out");
+                        frames.extend(crate::cli::exec_stream::encode_exit(
+                            &crate::cli::exec_stream::ExitStatus {
+                                exit_code: 0,
+                                error: None,
+                            },
+                        ));
+                        (StatusCode::OK, Bytes::from(frames))
                     } else {
                         (
                             StatusCode::NOT_FOUND,
-                            format!(
+                            Bytes::from(format!(
                                 r#"{{"kind":"Status","status":"Failure","message":"no route {uri}","reason":"NotFound","code":404}}"#
-                            ),
+                            )),
                         )
                     };
                     let response = Response::builder()
                         .status(status)
                         .header(CONTENT_TYPE, "application/json")
-                        .body(Full::new(Bytes::from(body)))
+                        .body(Full::new(body))
                         .expect("response");
                     Ok::<_, Infallible>(response)
                 });
@@ -500,6 +509,31 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "Error from server (NotFound): no route /api/v1/nodes"
+        );
+
+        let mut stream = client
+            .stream(
+                Method::POST,
+                "/api/v1/namespaces/default/pods/web/exec?command=true",
+            )
+            .await
+            .expect("exec stream");
+        let mut decoder = crate::cli::exec_stream::FrameDecoder::new();
+        while let Some(chunk) = stream.next_chunk().await.expect("chunk") {
+            decoder.push(&chunk);
+        }
+        let first = decoder.next_frame().expect("frame").expect("stdout frame");
+        assert_eq!((first.stream, first.payload.as_slice()), (1, &b"out"[..]));
+        let exit = decoder.next_frame().expect("frame").expect("exit frame");
+        assert_eq!(exit.exit_status().expect("status").exit_code, 0);
+
+        let err = client
+            .stream(Method::GET, "/api/v1/namespaces/default/pods/web/log")
+            .await
+            .expect_err("404");
+        assert!(
+            matches!(err, ClientError::Server(ref e) if e.is_not_found()),
+            "{err}"
         );
         server.abort();
     }

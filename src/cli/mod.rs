@@ -30,7 +30,7 @@ pub const DEFAULT_SOCKET: &str = "/run/skiff/skiff.sock";
 
 /// skiff: read and drive the static pods run by skiffd on this node.
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version, about, propagate_version = true)]
+#[command(name = "skiff", version, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
