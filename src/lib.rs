@@ -1,7 +1,9 @@
 //! skiff: a node agent that runs Kubernetes manifests.
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod manifest;
 pub mod pod;
 pub mod runtime;

@@ -1,4 +1,7 @@
-//! Pod workers: one reconcile loop per pod, kubelet-style.
+//! Pod workers: one reconcile loop per pod, kubelet-style, and the manager
+//! that starts, replaces and stops them as the manifests change.
 
 pub mod backoff;
+pub mod manager;
 pub mod status;
+pub mod worker;

@@ -296,6 +296,24 @@ impl Runtime {
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
+    /// Frees a finished container's filesystem but keeps its records
+    /// (`meta.json`, `exit.json`) so its last state survives a daemon restart.
+    pub fn release_container_fs(&self, uid: &str, id: &str) {
+        let dir = self.container_dir(uid, id);
+        let rootfs = dir.join("bundle/rootfs");
+        match umount2(&rootfs, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => warn!(path = %rootfs.display(), error = %e, "unmounting container rootfs"),
+        }
+        for sub in ["bundle", "upper", "work"] {
+            let _ = fs::remove_dir_all(dir.join(sub));
+        }
+        let state = self.runtime_root().join(id);
+        if state.exists() {
+            let _ = fs::remove_dir_all(&state);
+        }
+    }
+
     /// Unmounts and deletes one container's directory (its log stays). Idempotent.
     pub fn remove_container(&self, uid: &str, id: &str) {
         let dir = self.container_dir(uid, id);
@@ -357,7 +375,11 @@ impl Runtime {
             init: req.init,
             restart: req.restart,
             image: req.container.image.clone().unwrap_or_default(),
-            image_id: image.id.clone(),
+            image_id: image
+                .names
+                .first()
+                .map(|n| format!("{}@{}", repository_of(n), image.manifest_digest))
+                .unwrap_or_else(|| image.id.clone()),
             log_path: self.log_path(&uid, &req.container.name, req.restart),
             created_at: Timestamp::now().to_string(),
         };
@@ -509,6 +531,15 @@ impl Runtime {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         cmd
+    }
+}
+
+/// `docker.io/library/busybox:latest` -> `docker.io/library/busybox`.
+fn repository_of(name: &str) -> &str {
+    let name = name.split('@').next().unwrap_or(name);
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
     }
 }
 

@@ -68,3 +68,13 @@ impl AsRawFd for RawPidFd {
         self.0.as_raw_fd()
     }
 }
+
+impl PidFd {
+    /// A second handle on the same process.
+    pub fn try_clone(&self) -> io::Result<PidFd> {
+        Ok(PidFd {
+            fd: self.fd.try_clone()?,
+            pid: self.pid,
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! The HTTP API on a root-only unix socket. It speaks Kubernetes' REST paths
+//! and JSON shapes (`/api/v1/...`), so the `skiff` CLI and, later, the real
+//! `kubectl` can read a node.
+
+mod exec;
+mod images;
+mod logs;
+mod nodes;
+mod pods;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde_json::json;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub store: Arc<Store>,
+    pub runtime: Arc<Runtime>,
+    /// Asks the pod manager to let every pod re-check what it waits for.
+    pub resync: mpsc::UnboundedSender<()>,
+    pub started: jiff::Timestamp,
+}
+
+pub type Shared = Arc<ApiState>;
+
+/// A Kubernetes `Status` error response.
+pub struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            code: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            code: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "InternalError",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        (self.code, axum::Json(body)).into_response()
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/version", get(nodes::version))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/pods", get(pods::list_all))
+        .route("/api/v1/namespaces/{ns}/pods", get(pods::list_ns))
+        .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get_one))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            post(exec::exec).get(exec::exec),
+        )
+        .route("/api/v1/events", get(pods::events_all))
+        .route("/api/v1/namespaces/{ns}/events", get(pods::events_ns))
+        .route("/api/v1/nodes", get(nodes::list))
+        .route("/api/v1/nodes/{name}", get(nodes::get_one))
+        .route("/apis/skiff.dev/v1/images", get(images::list))
+        .route("/apis/skiff.dev/v1/images/import", post(images::import))
+        .route("/apis/skiff.dev/v1/images/{reference}", delete(images::remove))
+        .with_state(state)
+}
+
+/// Binds the socket with mode 0600 (root only) and serves until `shutdown`.
+pub async fn serve(
+    path: &Path,
+    state: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Bind under a tight umask so the socket is never briefly world-accessible.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

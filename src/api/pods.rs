@@ -1,0 +1,147 @@
+//! Pods and events.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use serde_json::{Value, json};
+
+use super::{ApiError, Shared};
+
+fn list(kind: &str, items: Vec<Value>) -> Json<Value> {
+    Json(json!({
+        "kind": kind,
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": ""},
+        "items": items,
+    }))
+}
+
+pub fn pod_json(pod: &Pod) -> Value {
+    let mut v = serde_json::to_value(pod).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("apiVersion".into(), "v1".into());
+        o.insert("kind".into(), "Pod".into());
+    }
+    v
+}
+
+fn event_json(e: &Event) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("apiVersion".into(), "v1".into());
+        o.insert("kind".into(), "Event".into());
+    }
+    v
+}
+
+/// Equality-based label selectors (`a=b`, `a==b`, `a!=b`, `a`, `!a`), comma-separated.
+fn matches(selector: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    for req in selector.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        let ok = if let Some((k, v)) = req.split_once("!=") {
+            labels.get(k.trim()).map(String::as_str) != Some(v.trim())
+        } else if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+            labels.get(k.trim()).map(String::as_str) == Some(v.trim())
+        } else if let Some(k) = req.strip_prefix('!') {
+            !labels.contains_key(k.trim())
+        } else if req.contains(' ') || req.contains('(') {
+            return Err(format!("unable to parse requirement: {req:?}: set-based selectors are not supported by this version of skiff yet"));
+        } else {
+            labels.contains_key(req)
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn filtered(pods: Vec<Pod>, q: &HashMap<String, String>) -> Result<Vec<Value>, ApiError> {
+    let selector = q.get("labelSelector").map(String::as_str).unwrap_or("");
+    let mut out = Vec::new();
+    for p in pods {
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        if matches(selector, &labels).map_err(ApiError::bad_request)? {
+            out.push(pod_json(&p));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn list_all(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(list("PodList", filtered(s.store.list_pods(None), &q)?))
+}
+
+pub async fn list_ns(
+    State(s): State<Shared>,
+    Path(ns): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(list("PodList", filtered(s.store.list_pods(Some(&ns)), &q)?))
+}
+
+/// Finds a pod or explains why it is not there (e.g. its manifest was refused).
+pub fn find(s: &Shared, ns: &str, name: &str) -> Result<Pod, ApiError> {
+    s.store.get_pod(ns, name).ok_or_else(|| {
+        let mut msg = format!("pods \"{name}\" not found");
+        if let Some(why) = s.store.rejection(ns, name) {
+            msg.push_str(&format!(": manifest rejected: {why}"));
+        }
+        ApiError::not_found(msg)
+    })
+}
+
+pub async fn get_one(
+    State(s): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(pod_json(&find(&s, &ns, &name)?)))
+}
+
+fn involved_name(q: &HashMap<String, String>) -> Option<String> {
+    q.get("fieldSelector").and_then(|fs| {
+        fs.split(',')
+            .find_map(|p| p.strip_prefix("involvedObject.name=").map(String::from))
+    })
+}
+
+pub async fn events_all(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let name = involved_name(&q);
+    let items = s.store.list_events(None, name.as_deref());
+    list("EventList", items.iter().map(event_json).collect())
+}
+
+pub async fn events_ns(
+    State(s): State<Shared>,
+    Path(ns): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let name = involved_name(&q);
+    let items = s.store.list_events(Some(&ns), name.as_deref());
+    list("EventList", items.iter().map(event_json).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equality_selectors() {
+        let labels: BTreeMap<String, String> =
+            [("app".to_string(), "web".to_string()), ("tier".to_string(), "fe".to_string())].into();
+        assert!(matches("", &labels).unwrap());
+        assert!(matches("app=web", &labels).unwrap());
+        assert!(matches("app==web,tier", &labels).unwrap());
+        assert!(!matches("app!=web", &labels).unwrap());
+        assert!(matches("!missing", &labels).unwrap());
+        assert!(!matches("app=db", &labels).unwrap());
+        assert!(matches("app in (web)", &labels).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! skiffd's core: wires the manifest source, the pod manager, the runtime
+//! and the API together and runs them until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::manifest::source::{self, DirSource};
+use crate::pod::manager::{self, Manager};
+use crate::pod::worker::Ctx;
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("serving the API on {path}: {source}")]
+    Api {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Runs skiffd until `shutdown` resolves. Containers keep running after it
+/// returns; the next skiffd adopts them.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let runtime = Arc::new(Runtime::new(
+        &config.root_dir,
+        &config.run_dir,
+        &config.shim_path,
+    )?);
+    let store = Arc::new(Store::new(config.node_name.clone()));
+    let ctx = Arc::new(Ctx {
+        runtime: runtime.clone(),
+        store: store.clone(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let (resync_tx, resync_rx) = mpsc::unbounded_channel();
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        runtime: runtime.clone(),
+        resync: resync_tx,
+        started: jiff::Timestamp::now(),
+    });
+    let socket = config.socket_path();
+    let api = {
+        let socket = socket.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { api::serve(&socket, state, stop).await })
+    };
+
+    let (snap_tx, snap_rx) = mpsc::channel(4);
+    let src = DirSource::new(&config.pod_manifest_path, &config.node_name);
+    let watcher = tokio::spawn(source::watch(src, config.file_check_frequency, snap_tx));
+    let pods = tokio::spawn(manager::run(
+        Manager::new(ctx),
+        snap_rx,
+        resync_rx,
+        stopped(stop_rx.clone()),
+    ));
+    info!(
+        node = %config.node_name,
+        manifests = %config.pod_manifest_path.display(),
+        root = %config.root_dir.display(),
+        socket = %socket.display(),
+        "skiffd running"
+    );
+
+    let api_failed = tokio::select! {
+        _ = shutdown => None,
+        res = api => Some(res),
+    };
+    let _ = stop_tx.send(true);
+    watcher.abort();
+    let _ = pods.await;
+    if let Some(res) = api_failed {
+        let err = match res {
+            Ok(Ok(())) => std::io::Error::other("API server stopped"),
+            Ok(Err(e)) => e,
+            Err(e) => std::io::Error::other(e.to_string()),
+        };
+        return Err(DaemonError::Api { path: socket, source: err });
+    }
+    let _ = std::fs::remove_file(&socket);
+    info!("skiffd stopped; containers keep running");
+    Ok(())
+}

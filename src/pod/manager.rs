@@ -1,0 +1,198 @@
+//! Starts, replaces and stops pod workers as the desired set changes, and
+//! finds what a previous skiffd left behind.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::worker::{self, Ctx, Msg};
+use crate::manifest::source::{PodKey, Snapshot, SourceError};
+use crate::store::{EventType, Involved};
+
+struct Entry {
+    uid: String,
+    tx: mpsc::UnboundedSender<Msg>,
+    handle: JoinHandle<()>,
+}
+
+/// The pod manager.
+pub struct Manager {
+    ctx: Arc<Ctx>,
+    workers: HashMap<PodKey, Entry>,
+    /// Workers of pods being removed, until they are done.
+    leaving: Vec<(mpsc::UnboundedSender<Msg>, JoinHandle<()>)>,
+    reported: Vec<SourceError>,
+    adopted: bool,
+}
+
+impl Manager {
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Manager {
+            ctx,
+            workers: HashMap::new(),
+            leaving: Vec::new(),
+            reported: Vec::new(),
+            adopted: false,
+        }
+    }
+
+    /// Brings the running set in line with `snapshot`.
+    pub fn apply(&mut self, snapshot: Snapshot) {
+        self.report(&snapshot.errors);
+        if !self.adopted {
+            self.adopted = true;
+            self.reap_orphans(&snapshot);
+        }
+        for (key, desired) in &snapshot.pods {
+            let uid = desired.uid().to_string();
+            match self.workers.get(key) {
+                Some(e) if e.uid == uid => continue,
+                _ => {}
+            }
+            let previous = self.workers.remove(key).map(|old| {
+                info!(pod = %key.1, namespace = %key.0, "manifest changed; replacing pod");
+                let _ = old.tx.send(Msg::Terminate);
+                old.handle
+            });
+            let mut pod = desired.pod.clone();
+            pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now(),
+            ));
+            if let Some(saved) = self.ctx.runtime.load_pod(&uid) {
+                pod.metadata.creation_timestamp = saved.metadata.creation_timestamp;
+            }
+            if previous.is_none() {
+                info!(pod = %key.1, namespace = %key.0, uid = %uid, "pod added");
+            }
+            // Show the new pod at once; the worker fills in its status.
+            self.ctx.store.put_pod(pod.clone(), true);
+            if let Err(e) = self.ctx.runtime.save_pod(&pod) {
+                warn!(pod = %key.1, error = %e, "saving pod");
+            }
+            let (tx, handle) = worker::spawn(self.ctx.clone(), pod, previous);
+            self.workers.insert(key.clone(), Entry { uid, tx, handle });
+        }
+        let gone: Vec<PodKey> = self
+            .workers
+            .keys()
+            .filter(|k| !snapshot.pods.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(old) = self.workers.remove(&key) {
+                info!(pod = %key.1, namespace = %key.0, "manifest removed; stopping pod");
+                let _ = old.tx.send(Msg::Terminate);
+                self.leaving.push((old.tx, old.handle));
+            }
+        }
+        self.leaving.retain(|(_, h)| !h.is_finished());
+    }
+
+    /// Pods on disk that no manifest asks for any more are stopped and removed.
+    fn reap_orphans(&mut self, snapshot: &Snapshot) {
+        let wanted: HashSet<&str> = snapshot.pods.values().map(|d| d.uid()).collect();
+        for uid in self.ctx.runtime.pods_on_disk() {
+            if wanted.contains(uid.as_str()) {
+                continue;
+            }
+            match self.ctx.runtime.load_pod(&uid) {
+                Some(pod) => {
+                    info!(uid = %uid, pod = ?pod.metadata.name, "removing pod left by a previous run");
+                    let (tx, handle) = worker::spawn(self.ctx.clone(), pod, None);
+                    let _ = tx.send(Msg::Terminate);
+                    self.leaving.push((tx, handle));
+                }
+                None => {
+                    warn!(uid = %uid, "removing unreadable pod state");
+                    for found in self.ctx.runtime.list_containers(&uid) {
+                        if let Some(shim) = &found.shim {
+                            let _ = shim.signal(libc::SIGKILL);
+                        }
+                    }
+                    let _ = self.ctx.runtime.remove_sandbox(&uid);
+                    let _ = self.ctx.runtime.remove_pod_state(&uid);
+                }
+            }
+        }
+    }
+
+    /// Logs and records new manifest errors once, and tells the store which pods were refused.
+    fn report(&mut self, errors: &[SourceError]) {
+        let mut rejected = BTreeMap::new();
+        for e in errors {
+            if let Some(o) = &e.object {
+                rejected.insert((o.namespace.clone(), o.name.clone()), e.to_string());
+            }
+            if self.reported.contains(e) {
+                continue;
+            }
+            warn!(file = %e.file.display(), object = ?e.object.as_ref().map(|o| o.to_string()), error = %e.message, "manifest rejected");
+            let involved = match &e.object {
+                Some(o) => Involved {
+                    kind: o.kind.clone(),
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                    uid: None,
+                },
+                None => Involved {
+                    kind: "Manifest".into(),
+                    namespace: "default".into(),
+                    name: e
+                        .file
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    uid: None,
+                },
+            };
+            self.ctx
+                .store
+                .event(&involved, EventType::Warning, "FailedManifest", &e.to_string());
+        }
+        self.ctx.store.set_rejected(rejected);
+        self.reported = errors.to_vec();
+    }
+
+    /// Asks every worker to re-check what it waits for.
+    pub fn resync_all(&self) {
+        for e in self.workers.values() {
+            let _ = e.tx.send(Msg::Resync);
+        }
+    }
+
+    /// Stops the workers without touching their containers (they keep
+    /// running and are adopted by the next skiffd), like a kubelet restart.
+    pub async fn detach(self) {
+        for e in self.workers.into_values() {
+            e.handle.abort();
+        }
+        // Pods already being removed finish their removal first.
+        for (_, h) in self.leaving {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Runs the manager on snapshots until the channel closes or `resync` asks.
+pub async fn run(
+    mut manager: Manager,
+    mut snapshots: mpsc::Receiver<Snapshot>,
+    mut resync: mpsc::UnboundedReceiver<()>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            snap = snapshots.recv() => match snap {
+                Some(s) => manager.apply(s),
+                None => break,
+            },
+            Some(()) = resync.recv() => manager.resync_all(),
+            _ = &mut shutdown => break,
+        }
+    }
+    manager.detach().await;
+}

@@ -1,0 +1,680 @@
+//! One pod's reconcile loop: sandbox, init containers in order, app
+//! containers with the restart policy and CrashLoopBackOff, status, and
+//! graceful termination.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{info, warn};
+
+use super::backoff::Backoff;
+use super::status::{self, ContainerView, PodView, State, Terminated};
+use crate::manifest::source::PodKey;
+use crate::runtime::pidfd::PidFd;
+use crate::runtime::{ID_SCHEME, Runtime, Sandbox, StartError, StartRequest};
+use crate::store::{EventType, Involved, Store, key_of};
+
+/// How often a container waiting for its image or config is retried.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Messages to a worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// Stop the pod's containers (grace period, then SIGKILL) and remove it.
+    Terminate,
+    /// Something the pod may be waiting for changed (e.g. an image was imported).
+    Resync,
+}
+
+/// Shared services of all workers.
+pub struct Ctx {
+    pub runtime: Arc<Runtime>,
+    pub store: Arc<Store>,
+}
+
+struct Running {
+    id: String,
+    started_at: Timestamp,
+    since: Instant,
+    shim: PidFd,
+}
+
+struct Slot {
+    spec: Container,
+    init: bool,
+    restart_count: u32,
+    started_once: bool,
+    current: Option<Running>,
+    last: Option<Terminated>,
+    /// The last finished instance's ID, whose records are kept on disk.
+    last_id: Option<String>,
+    waiting: Option<(String, Option<String>)>,
+    image_id: String,
+    backoff: Backoff,
+    not_before: Option<Instant>,
+}
+
+impl Slot {
+    fn new(spec: Container, init: bool) -> Self {
+        Slot {
+            spec,
+            init,
+            restart_count: 0,
+            started_once: false,
+            current: None,
+            last: None,
+            last_id: None,
+            waiting: None,
+            image_id: String::new(),
+            backoff: Backoff::default(),
+            not_before: None,
+        }
+    }
+
+    fn view(&self, default_waiting: &str) -> ContainerView {
+        let state = match (&self.current, &self.waiting, &self.last) {
+            (Some(r), _, _) => State::Running {
+                started_at: r.started_at,
+            },
+            (None, Some((reason, message)), _) => State::Waiting {
+                reason: reason.clone(),
+                message: message.clone(),
+            },
+            (None, None, Some(t)) => State::Terminated(t.clone()),
+            (None, None, None) => State::Waiting {
+                reason: default_waiting.into(),
+                message: None,
+            },
+        };
+        let (last, state) = match state {
+            // A finished container that will be restarted shows as waiting with its last state.
+            State::Waiting { .. } => (self.last.clone(), state),
+            s => (
+                if matches!(s, State::Running { .. }) {
+                    self.last.clone()
+                } else {
+                    None
+                },
+                s,
+            ),
+        };
+        ContainerView {
+            name: self.spec.name.clone(),
+            image: self.spec.image.clone().unwrap_or_default(),
+            image_id: self.image_id.clone(),
+            container_id: self
+                .current
+                .as_ref()
+                .map(|r| format!("{ID_SCHEME}{}", r.id))
+                .or_else(|| self.last.as_ref().and_then(|t| t.container_id.clone())),
+            state,
+            last,
+            restart_count: self.restart_count as i32,
+        }
+    }
+}
+
+/// Starts a worker for `pod`. When `after` is given (the previous pod of the
+/// same name being replaced), it first waits for that one to be gone.
+pub fn spawn(
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    after: Option<JoinHandle<()>>,
+) -> (mpsc::UnboundedSender<Msg>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = tokio::spawn(async move {
+        if let Some(prev) = after {
+            let _ = prev.await;
+        }
+        let mut w = Worker::new(ctx, pod);
+        w.run(rx).await;
+    });
+    (tx, handle)
+}
+
+struct Worker {
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    key: PodKey,
+    uid: String,
+    obj: Involved,
+    slots: Vec<Slot>,
+    sandbox: Option<Sandbox>,
+    start_time: Option<Timestamp>,
+    exits: JoinSet<String>,
+    terminal: bool,
+    failed: Option<(String, String)>,
+    wake: Option<Instant>,
+}
+
+impl Worker {
+    fn new(ctx: Arc<Ctx>, pod: Pod) -> Self {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut slots: Vec<Slot> = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| Slot::new(c, true))
+            .collect();
+        slots.extend(spec.containers.into_iter().map(|c| Slot::new(c, false)));
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        Worker {
+            key: key_of(&pod),
+            obj: Involved::pod(&pod),
+            uid,
+            pod,
+            ctx,
+            slots,
+            sandbox: None,
+            start_time: None,
+            exits: JoinSet::new(),
+            terminal: false,
+            failed: None,
+            wake: None,
+        }
+    }
+
+    fn policy(&self) -> &str {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always")
+    }
+
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
+        self.ctx.store.event(&self.obj, kind, reason, message);
+    }
+
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        self.adopt();
+        loop {
+            self.sync().await;
+            self.publish();
+            let wake = self.wake.take();
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Resync) => {}
+                    Some(Msg::Terminate) | None => {
+                        self.terminate().await;
+                        return;
+                    }
+                },
+                Some(res) = self.exits.join_next(), if !self.exits.is_empty() => {
+                    if let Ok(id) = res {
+                        self.on_exit(&id);
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => {}
+            }
+        }
+    }
+
+    /// Picks up containers and state left by a previous skiffd.
+    fn adopt(&mut self) {
+        let mut first = self.pod.clone();
+        if let Some(saved) = self.ctx.runtime.load_pod(&self.uid) {
+            self.start_time = saved
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0);
+            if self.start_time.is_some() {
+                first.status = saved.status.clone();
+            }
+        }
+        let mut adopted = 0;
+        for found in self.ctx.runtime.list_containers(&self.uid) {
+            let Some(slot) = self
+                .slots
+                .iter_mut()
+                .find(|s| s.spec.name == found.meta.name && s.init == found.meta.init)
+            else {
+                self.ctx.runtime.remove_container(&self.uid, &found.meta.id);
+                continue;
+            };
+            slot.restart_count = found.meta.restart;
+            slot.started_once = true;
+            slot.image_id = found.meta.image_id.clone();
+            let started_at = found
+                .state
+                .as_ref()
+                .and_then(|s| s.started_at.parse().ok());
+            if let Some(shim) = found.shim {
+                adopted += 1;
+                if let Ok(watch) = shim.try_clone() {
+                    let id = found.meta.id.clone();
+                    self.exits.spawn(async move {
+                        let _ = watch.exited().await;
+                        id
+                    });
+                }
+                slot.current = Some(Running {
+                    id: found.meta.id.clone(),
+                    started_at: started_at.unwrap_or_else(Timestamp::now),
+                    since: Instant::now(),
+                    shim,
+                });
+            } else {
+                if let Some(old) = slot.last_id.replace(found.meta.id.clone()) {
+                    self.ctx.runtime.remove_container(&self.uid, &old);
+                }
+                let t = match found.exit {
+                    Some(e) => Terminated {
+                        exit_code: e.exit_code,
+                        signal: e.signal,
+                        reason: e.reason,
+                        message: None,
+                        started_at,
+                        finished_at: e.finished_at.parse().unwrap_or_else(|_| Timestamp::now()),
+                        container_id: Some(format!("{ID_SCHEME}{}", found.meta.id)),
+                    },
+                    None => Terminated {
+                        exit_code: 137,
+                        signal: None,
+                        reason: "ContainerStatusUnknown".into(),
+                        message: Some(
+                            "The container could not be located when skiffd restarted".into(),
+                        ),
+                        started_at,
+                        finished_at: Timestamp::now(),
+                        container_id: Some(format!("{ID_SCHEME}{}", found.meta.id)),
+                    },
+                };
+                self.ctx.runtime.release_container_fs(&self.uid, &found.meta.id);
+                slot.last = Some(t);
+            }
+        }
+        if adopted > 0 {
+            info!(pod = %self.key.1, namespace = %self.key.0, adopted, "adopted running containers");
+        }
+        first.status = Some(status::build(&self.view(), first.status.as_ref()));
+        self.ctx.store.put_pod(first, true);
+    }
+
+    fn view(&self) -> PodView {
+        let initializing = self
+            .slots
+            .iter()
+            .filter(|s| s.init)
+            .any(|s| !matches!(&s.last, Some(t) if t.exit_code == 0) || s.current.is_some());
+        PodView {
+            restart_policy: self.policy().to_string(),
+            init: self
+                .slots
+                .iter()
+                .filter(|s| s.init)
+                .map(|s| s.view("PodInitializing"))
+                .collect(),
+            app: self
+                .slots
+                .iter()
+                .filter(|s| !s.init)
+                .map(|s| {
+                    s.view(if initializing {
+                        "PodInitializing"
+                    } else {
+                        "ContainerCreating"
+                    })
+                })
+                .collect(),
+            start_time: self.start_time,
+            pod_ip: None,
+            host_ip: None,
+            sandbox_ready: self.sandbox.is_some(),
+            failed: self.failed.clone(),
+        }
+    }
+
+    fn publish(&self) {
+        let view = self.view();
+        self.ctx.store.update_pod(&self.key, &self.uid, |p| {
+            p.status = Some(status::build(&view, p.status.as_ref()));
+        });
+    }
+
+    fn set_wake(&mut self, at: Instant) {
+        self.wake = Some(match self.wake {
+            Some(w) if w < at => w,
+            _ => at,
+        });
+    }
+
+    async fn sync(&mut self) {
+        if self.terminal {
+            return;
+        }
+        if self.start_time.is_none() {
+            self.start_time = Some(Timestamp::now());
+            let mut saved = self.pod.clone();
+            saved.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                start_time: self.start_time.map(Time),
+                ..Default::default()
+            });
+            if let Err(e) = self.ctx.runtime.save_pod(&saved) {
+                warn!(pod = %self.key.1, error = %e, "saving pod state");
+            }
+        }
+        if self.sandbox.is_none() {
+            match self.ctx.runtime.create_sandbox(&self.pod) {
+                Ok(sb) => self.sandbox = Some(sb),
+                Err(e) => {
+                    let msg = format!("Failed to create pod sandbox: {e}");
+                    warn!(pod = %self.key.1, namespace = %self.key.0, error = %e, "sandbox setup failed");
+                    self.event(EventType::Warning, "FailedCreatePodSandBox", &msg);
+                    self.set_wake(Instant::now() + RETRY);
+                    return;
+                }
+            }
+        }
+        let now = Instant::now();
+        let policy = self.policy().to_string();
+        // Init containers, one at a time, in order.
+        for i in 0..self.slots.len() {
+            if !self.slots[i].init {
+                continue;
+            }
+            let slot = &self.slots[i];
+            if slot.current.is_some() {
+                return;
+            }
+            match &slot.last {
+                Some(t) if t.exit_code == 0 => continue,
+                Some(_) if policy == "Never" => {
+                    self.finish_pod();
+                    return;
+                }
+                _ => {
+                    if self.may_start(i, now) {
+                        self.start(i).await;
+                    }
+                    return;
+                }
+            }
+        }
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            if slot.init || slot.current.is_some() {
+                continue;
+            }
+            if let Some(t) = &slot.last {
+                let restart = match policy.as_str() {
+                    "Always" => true,
+                    "OnFailure" => t.exit_code != 0,
+                    _ => false,
+                };
+                if !restart && slot.waiting.is_none() {
+                    continue;
+                }
+            }
+            if self.may_start(i, now) {
+                self.start(i).await;
+            }
+        }
+        let all_done = self.slots.iter().filter(|s| !s.init).all(|s| {
+            s.current.is_none()
+                && s.waiting.is_none()
+                && s.last.as_ref().is_some_and(|t| match policy.as_str() {
+                    "Always" => false,
+                    "OnFailure" => t.exit_code == 0,
+                    _ => true,
+                })
+        });
+        if all_done {
+            self.finish_pod();
+        }
+    }
+
+    /// Whether slot `i` may start now; otherwise marks it backing off and schedules a wake-up.
+    fn may_start(&mut self, i: usize, now: Instant) -> bool {
+        let Some(at) = self.slots[i].not_before else {
+            return true;
+        };
+        if now >= at {
+            return true;
+        }
+        self.set_wake(at);
+        let slot = &self.slots[i];
+        if slot.last.is_some() && !matches!(&slot.waiting, Some((r, _)) if r.starts_with("Err") || r.starts_with("Create") || r == "InvalidImageName")
+        {
+            let left = at.saturating_duration_since(now).as_secs().max(1);
+            let msg = format!(
+                "back-off {}s restarting failed container={} pod={}_{}({})",
+                left.next_multiple_of(10).min(300),
+                slot.spec.name,
+                self.key.1,
+                self.key.0,
+                self.uid
+            );
+            let event = format!("Back-off restarting failed container {} in pod {}_{}({})", slot.spec.name, self.key.1, self.key.0, self.uid);
+            self.slots[i].waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
+            self.event(EventType::Warning, "BackOff", &event);
+        }
+        false
+    }
+
+    /// The pod has reached Succeeded or Failed: its sandbox goes, its records stay.
+    fn finish_pod(&mut self) {
+        self.terminal = true;
+        if let Err(e) = self.ctx.runtime.remove_sandbox(&self.uid) {
+            warn!(pod = %self.key.1, error = %e, "removing sandbox of finished pod");
+        }
+        self.sandbox = None;
+    }
+
+    fn extra_env(&self) -> Vec<(String, String)> {
+        let hostname = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| self.key.1.clone());
+        vec![("HOSTNAME".into(), hostname)]
+    }
+
+    async fn start(&mut self, i: usize) {
+        let Some(sandbox) = self.sandbox.clone() else {
+            return;
+        };
+        let restart = if self.slots[i].started_once {
+            self.slots[i].restart_count + 1
+        } else {
+            0
+        };
+        let spec = self.slots[i].spec.clone();
+        let req = StartRequest {
+            pod: &self.pod,
+            sandbox: &sandbox,
+            container: &spec,
+            init: self.slots[i].init,
+            restart,
+            extra_env: self.extra_env(),
+        };
+        let image = spec.image.clone().unwrap_or_default();
+        let result = self.ctx.runtime.start(req).await;
+        let name = spec.name.clone();
+        match result {
+            Ok(handle) => {
+                self.event(
+                    EventType::Normal,
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                );
+                self.event(EventType::Normal, "Created", &format!("Created container {name}"));
+                self.event(EventType::Normal, "Started", &format!("Started container {name}"));
+                let slot = &mut self.slots[i];
+                slot.restart_count = restart;
+                slot.started_once = true;
+                slot.waiting = None;
+                slot.not_before = None;
+                slot.image_id = handle.meta.image_id.clone();
+                if let Ok(watch) = handle.shim.try_clone() {
+                    let id = handle.meta.id.clone();
+                    self.exits.spawn(async move {
+                        let _ = watch.exited().await;
+                        id
+                    });
+                }
+                slot.current = Some(Running {
+                    id: handle.meta.id,
+                    started_at: handle.started_at,
+                    since: Instant::now(),
+                    shim: handle.shim,
+                });
+            }
+            Err(StartError::ImageMissing { reason, message }) => {
+                self.event(EventType::Warning, "Failed", &format!("Error: {reason}: {message}"));
+                self.slots[i].waiting = Some((reason.into(), Some(message)));
+                self.set_wake(Instant::now() + RETRY);
+            }
+            Err(StartError::Config { reason, message }) => {
+                self.event(EventType::Warning, "Failed", &format!("Error: {message}"));
+                let slot = &mut self.slots[i];
+                slot.waiting = Some((reason.into(), Some(message)));
+                let delay = slot.backoff.delay_after_exit(Duration::ZERO).max(RETRY);
+                slot.not_before = Some(Instant::now() + delay);
+                self.set_wake(Instant::now() + delay);
+            }
+            Err(StartError::Start(message)) => {
+                warn!(pod = %self.key.1, container = %name, error = %message, "container failed to start");
+                self.event(EventType::Warning, "Failed", &format!("Error: {message}"));
+                let now = Timestamp::now();
+                let slot = &mut self.slots[i];
+                slot.restart_count = restart;
+                slot.started_once = true;
+                slot.waiting = None;
+                slot.last = Some(Terminated {
+                    exit_code: 128,
+                    signal: None,
+                    reason: "StartError".into(),
+                    message: Some(message),
+                    started_at: Some(now),
+                    finished_at: now,
+                    container_id: None,
+                });
+                let delay = slot.backoff.delay_after_exit(Duration::ZERO);
+                slot.not_before = Some(Instant::now() + delay);
+                self.set_wake(Instant::now() + delay);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, id: &str) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.current.as_ref().is_some_and(|r| r.id == id))
+        else {
+            return;
+        };
+        let record = self.ctx.runtime.exit_record(&self.uid, id);
+        let slot = &mut self.slots[i];
+        let Some(run) = slot.current.take() else {
+            return;
+        };
+        let t = match record {
+            Some(e) => Terminated {
+                exit_code: e.exit_code,
+                signal: e.signal,
+                reason: e.reason,
+                message: None,
+                started_at: Some(run.started_at),
+                finished_at: e.finished_at.parse().unwrap_or_else(|_| Timestamp::now()),
+                container_id: Some(format!("{ID_SCHEME}{id}")),
+            },
+            None => Terminated {
+                exit_code: 137,
+                signal: None,
+                reason: "ContainerStatusUnknown".into(),
+                message: Some("The container's supervisor exited without recording a status".into()),
+                started_at: Some(run.started_at),
+                finished_at: Timestamp::now(),
+                container_id: Some(format!("{ID_SCHEME}{id}")),
+            },
+        };
+        info!(pod = %self.key.1, namespace = %self.key.0, container = %slot.spec.name, exit_code = t.exit_code, reason = %t.reason, "container exited");
+        let delay = slot.backoff.delay_after_exit(run.since.elapsed());
+        slot.not_before = Some(Instant::now() + delay);
+        slot.last = Some(t);
+        if let Some(old) = slot.last_id.replace(id.to_string()) {
+            self.ctx.runtime.remove_container(&self.uid, &old);
+        }
+        self.ctx.runtime.release_container_fs(&self.uid, id);
+    }
+
+    async fn terminate(&mut self) {
+        let grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
+        let now = Time(Timestamp::now());
+        self.ctx.store.update_pod(&self.key, &self.uid, |p| {
+            p.metadata.deletion_timestamp = Some(now);
+            p.metadata.deletion_grace_period_seconds = Some(grace as i64);
+        });
+        for slot in &self.slots {
+            if let Some(r) = &slot.current {
+                self.event(
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Stopping container {}", slot.spec.name),
+                );
+                let _ = r.shim.signal(libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(grace);
+        self.wait_exits(deadline).await;
+        if self.slots.iter().any(|s| s.current.is_some()) {
+            for slot in &self.slots {
+                if let Some(r) = &slot.current {
+                    // The shim turns SIGUSR1 into SIGKILL for the container.
+                    let _ = r.shim.signal(libc::SIGUSR1);
+                }
+            }
+            self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
+        }
+        for slot in &self.slots {
+            if let Some(r) = &slot.current {
+                warn!(pod = %self.key.1, container = %slot.spec.name, "container did not stop; killing its supervisor");
+                let _ = r.shim.signal(libc::SIGKILL);
+            }
+        }
+        if let Err(e) = self.ctx.runtime.remove_sandbox(&self.uid) {
+            warn!(pod = %self.key.1, error = %e, "removing sandbox");
+        }
+        if let Err(e) = self.ctx.runtime.remove_pod_state(&self.uid) {
+            warn!(pod = %self.key.1, error = %e, "removing pod state");
+        }
+        self.ctx.store.remove_pod(&self.key, &self.uid);
+        info!(pod = %self.key.1, namespace = %self.key.0, "pod removed");
+    }
+
+    async fn wait_exits(&mut self, deadline: Instant) {
+        while self.slots.iter().any(|s| s.current.is_some()) {
+            tokio::select! {
+                Some(res) = self.exits.join_next(), if !self.exits.is_empty() => {
+                    if let Ok(id) = res {
+                        self.on_exit(&id);
+                        self.publish();
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => return,
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
