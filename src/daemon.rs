@@ -20,6 +20,16 @@ use crate::store::Store;
 pub enum DaemonError {
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("another skiffd is already running with root dir {root} (lock {lock})")]
+    AlreadyRunning {
+        root: std::path::PathBuf,
+        lock: std::path::PathBuf,
+    },
+    #[error("locking {path}: {source}")]
+    Lock {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("serving the API on {path}: {source}")]
     Api {
         path: std::path::PathBuf,
@@ -30,6 +40,7 @@ pub enum DaemonError {
 /// Runs skiffd until `shutdown` resolves. Containers keep running after it
 /// returns; the next skiffd adopts them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let _lock = lock_root(&config.root_dir)?;
     let runtime = Arc::new(Runtime::new(
         &config.root_dir,
         &config.run_dir,
@@ -94,4 +105,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = std::fs::remove_file(&socket);
     info!("skiffd stopped; containers keep running");
     Ok(())
+}
+
+/// One skiffd per root dir: a second one would fight the first over the same pods.
+fn lock_root(root: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+    use std::os::fd::AsRawFd;
+    let path = root.join("skiffd.lock");
+    let err = |source| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(err)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    // SAFETY: flock on an fd we own; it is released when the file is closed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DaemonError::AlreadyRunning {
+                root: root.to_path_buf(),
+                lock: path,
+            });
+        }
+        return Err(err(e));
+    }
+    Ok(file)
 }

@@ -68,7 +68,9 @@ impl Manager {
                 info!(pod = %key.1, namespace = %key.0, uid = %uid, "pod added");
             }
             // Show the new pod at once; the worker fills in its status.
-            self.ctx.store.put_pod(pod.clone(), true);
+            let mut shown = pod.clone();
+            shown.status = Some(worker::initial_status(&pod));
+            self.ctx.store.put_pod(shown, true);
             if let Err(e) = self.ctx.runtime.save_pod(&pod) {
                 warn!(pod = %key.1, error = %e, "saving pod");
             }
@@ -166,12 +168,12 @@ impl Manager {
     /// Stops the workers without touching their containers (they keep
     /// running and are adopted by the next skiffd), like a kubelet restart.
     pub async fn detach(self) {
+        // Pods half-way through removal are found again as orphans by the next skiffd.
         for e in self.workers.into_values() {
             e.handle.abort();
         }
-        // Pods already being removed finish their removal first.
         for (_, h) in self.leaving {
-            let _ = h.await;
+            h.abort();
         }
     }
 }

@@ -119,6 +119,37 @@ impl Slot {
     }
 }
 
+/// The status a pod shows before its worker has done anything.
+pub fn initial_status(pod: &Pod) -> k8s_openapi::api::core::v1::PodStatus {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
+    let view = |c: &Container, reason: &str| {
+        Slot::new(c.clone(), false).view(reason)
+    };
+    status::build(
+        &PodView {
+            restart_policy: spec.restart_policy.clone().unwrap_or_else(|| "Always".into()),
+            init: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| view(c, "PodInitializing"))
+                .collect(),
+            app: spec
+                .containers
+                .iter()
+                .map(|c| view(c, if has_init { "PodInitializing" } else { "ContainerCreating" }))
+                .collect(),
+            start_time: None,
+            pod_ip: None,
+            host_ip: None,
+            sandbox_ready: false,
+            failed: None,
+        },
+        None,
+    )
+}
+
 /// Starts a worker for `pod`. When `after` is given (the previous pod of the
 /// same name being replaced), it first waits for that one to be gone.
 pub fn spawn(
@@ -294,7 +325,9 @@ impl Worker {
             info!(pod = %self.key.1, namespace = %self.key.0, adopted, "adopted running containers");
         }
         first.status = Some(status::build(&self.view(), first.status.as_ref()));
-        self.ctx.store.put_pod(first, true);
+        // A pod left by a previous run that is only being removed must not
+        // hide a newer pod of the same name.
+        self.ctx.store.put_pod(first, false);
     }
 
     fn view(&self) -> PodView {

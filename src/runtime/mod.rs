@@ -442,8 +442,11 @@ impl Runtime {
             })
         } else {
             let msg = line.strip_prefix("error ").unwrap_or(line);
+            let log = fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+            if !log.trim().is_empty() {
+                warn!(container = %meta.name, id = %id, shim_log = %log.trim(), "container start failed");
+            }
             let msg = if msg.is_empty() {
-                let log = fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
                 format!("shim exited without a result: {}", log.trim())
             } else {
                 msg.to_string()

@@ -60,6 +60,17 @@ pub const EXIT_FILE: &str = "exit.json";
 
 /// Entry point of the `skiff-shim` binary.
 pub fn main() -> i32 {
+    // libcontainer reports details through `tracing`; they go to the shim's
+    // stderr, which the daemon points at `shim.log` in the container's state dir.
+    // `exec` keeps stderr for the command's own output.
+    let verbose = std::env::args().nth(1).as_deref() == Some("start");
+    let _ = verbose
+        && tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,libcgroups=error"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init()
+        .is_ok();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
     let Some(verb) = it.next() else {
@@ -172,31 +183,55 @@ struct Outputs {
 
 fn start_container(opts: &Opts) -> Result<(Pid, Outputs), String> {
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| format!("pipe: {e}"))?;
     let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    let builder = ContainerBuilder::new(opts.id.clone(), SyscallType::Linux)
-        .with_root_path(&opts.runtime_root)
-        .map_err(|e| e.to_string())?
-        .with_stdin(OwnedFd::from(devnull))
-        .with_stdout(out_w)
-        .with_stderr(err_w);
-    let mut container = builder
-        .as_init(&opts.bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    container.start().map_err(|e| e.to_string())?;
-    let pid = container
-        .pid()
-        .ok_or_else(|| "container has no pid after start".to_string())?;
-    Ok((
-        pid,
-        Outputs {
-            stdout: out_r,
-            stderr: err_r,
-        },
-    ))
+    let result = (|| {
+        let builder = ContainerBuilder::new(opts.id.clone(), SyscallType::Linux)
+            .with_root_path(&opts.runtime_root)
+            .map_err(|e| e.to_string())?
+            .with_stdin(OwnedFd::from(devnull))
+            .with_stdout(out_w)
+            .with_stderr(err_w);
+        let mut container = builder
+            .as_init(&opts.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        container.start().map_err(|e| e.to_string())?;
+        container
+            .pid()
+            .ok_or_else(|| "container has no pid after start".to_string())
+    })();
+    match result {
+        Ok(pid) => {
+            // Back to blocking reads for the supervision loop.
+            let _ = nix::fcntl::fcntl(err_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+            Ok((
+                pid,
+                Outputs {
+                    stdout: out_r,
+                    stderr: err_r,
+                },
+            ))
+        }
+        Err(msg) => {
+            // The container's init reports why it failed on its stderr, which is our pipe.
+            let mut detail = Vec::new();
+            let _ = File::from(err_r).read_to_end(&mut detail);
+            let detail = String::from_utf8_lossy(&detail);
+            let lines: Vec<&str> = detail
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(|l| l.split_once("ERROR").map(|(_, r)| r.trim()).unwrap_or(l))
+                .collect();
+            if lines.is_empty() {
+                Err(msg)
+            } else {
+                Err(format!("{msg}: {}", lines.join("; ")))
+            }
+        }
+    }
 }
 
 /// Copies the container's output into the log until it has exited; returns its wait status.
@@ -455,8 +490,13 @@ fn exec(opts: &Opts, argv: Vec<String>) -> i32 {
         Ok(pid) => pid,
         Err(e) => {
             let msg = e.to_string();
-            eprintln!("skiff-shim: exec {:?} failed: {msg}", argv[0]);
-            return if msg.contains("not found") { 127 } else { 126 };
+            let detail = msg.rsplit(" : ").next().unwrap_or(&msg);
+            if msg.contains("not found") {
+                eprintln!("exec: {:?}: executable file not found in $PATH", argv[0]);
+                return 127;
+            }
+            eprintln!("exec {:?} failed: {detail}", argv[0]);
+            return 126;
         }
     };
     loop {

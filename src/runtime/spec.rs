@@ -117,8 +117,7 @@ pub fn render(c: &ContainerSpec) -> Value {
             "cgroupsPath": c.cgroups_path,
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-            "rootfsPropagation": "rprivate"
+            "readonlyPaths": READONLY_PATHS
         }
     })
 }
