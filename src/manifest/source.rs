@@ -66,6 +66,9 @@ pub struct DirSource {
     dir: PathBuf,
     node_name: String,
     cache: HashMap<PathBuf, Cached>,
+    /// Which file each pod came from last time, so a newcomer with a taken
+    /// name is the one refused, not the pod already running.
+    owners: HashMap<PodKey, PathBuf>,
 }
 
 impl DirSource {
@@ -74,6 +77,7 @@ impl DirSource {
             dir: dir.into(),
             node_name: node_name.into(),
             cache: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -99,6 +103,7 @@ impl DirSource {
         };
         files.sort();
         self.cache.retain(|path, _| files.contains(path));
+        let mut candidates: BTreeMap<PodKey, Vec<DesiredPod>> = BTreeMap::new();
         for file in files {
             let (pods, errors) = self.read_file(&file);
             snapshot.errors.extend(errors);
@@ -107,30 +112,40 @@ impl DirSource {
                     pod.metadata.namespace.clone().unwrap_or_default(),
                     pod.metadata.name.clone().unwrap_or_default(),
                 );
-                if let Some(first) = snapshot.pods.get(&key) {
-                    snapshot.errors.push(SourceError {
-                        file: file.clone(),
-                        object: Some(ObjectRef {
-                            kind: "Pod".into(),
-                            namespace: key.0.clone(),
-                            name: key.1.clone(),
-                        }),
-                        message: format!(
-                            "duplicate pod name: already defined in {}",
-                            first.source.display()
-                        ),
-                    });
-                    continue;
-                }
-                snapshot.pods.insert(
-                    key,
-                    DesiredPod {
-                        pod,
-                        source: file.clone(),
-                    },
-                );
+                candidates.entry(key).or_default().push(DesiredPod {
+                    pod,
+                    source: file.clone(),
+                });
             }
         }
+        for (key, mut list) in candidates {
+            let winner = self
+                .owners
+                .get(&key)
+                .and_then(|owner| list.iter().position(|d| &d.source == owner))
+                .unwrap_or(0);
+            let chosen = list.remove(winner);
+            for other in list {
+                snapshot.errors.push(SourceError {
+                    file: other.source.clone(),
+                    object: Some(ObjectRef {
+                        kind: "Pod".into(),
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                    }),
+                    message: format!(
+                        "duplicate pod name: already defined in {}",
+                        chosen.source.display()
+                    ),
+                });
+            }
+            snapshot.pods.insert(key, chosen);
+        }
+        self.owners = snapshot
+            .pods
+            .iter()
+            .map(|(k, d)| (k.clone(), d.source.clone()))
+            .collect();
         snapshot
     }
 
@@ -372,6 +387,18 @@ mod tests {
         assert_eq!(s.errors.len(), 1);
         assert!(s.errors[0].message.contains("duplicate pod name"));
         assert!(s.errors[0].file.ends_with("2.yaml"));
+    }
+
+    #[test]
+    fn a_running_pod_keeps_its_name_against_a_newcomer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.yaml"), pod("x")).unwrap();
+        let mut src = DirSource::new(dir.path(), "n");
+        assert_eq!(src.relist().pods.len(), 1);
+        std::fs::write(dir.path().join("a.yaml"), pod("x")).unwrap();
+        let s = src.relist();
+        assert!(s.pods.values().next().unwrap().source.ends_with("b.yaml"));
+        assert!(s.errors[0].file.ends_with("a.yaml"));
     }
 
     #[test]

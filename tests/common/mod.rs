@@ -1,0 +1,431 @@
+//! Test harness for root integration tests: a throwaway network namespace as
+//! the "host", a skiffd started inside it on temp dirs, the real `skiff` CLI
+//! to talk to it, and a leak check. Everything is removed in `Drop`, also
+//! when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const IMAGE: &str = "skiff.test/busybox:latest";
+
+/// True when running as root; root tests say so loudly when they cannot run.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: this test needs root (CI runs it as root)");
+    if std::env::var_os("CI").is_some() {
+        panic!("root tests must run in CI");
+    }
+    false
+}
+
+fn random_suffix() -> String {
+    let mut buf = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A network namespace standing in for a host; deleted on drop.
+pub struct Host {
+    pub name: String,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let name = format!("skiff-t-{}", random_suffix());
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        assert!(st.success(), "ip netns add {name} failed");
+        Host { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The test image (built once per test binary).
+pub fn test_image() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = root.join("target/test-image");
+        let st = Command::new("bash")
+            .arg(root.join("scripts/build-test-image.sh"))
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .expect("running build-test-image.sh");
+        assert!(st.success(), "build-test-image.sh failed");
+        out
+    })
+}
+
+/// One skiff node: a host netns, temp dirs and a skiffd.
+pub struct Node {
+    pub host: Host,
+    dir: tempfile::TempDir,
+    pub manifests: PathBuf,
+    pub root: PathBuf,
+    pub run: PathBuf,
+    daemon: Option<Child>,
+    log: PathBuf,
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "skiffd" => PathBuf::from(env!("CARGO_BIN_EXE_skiffd")),
+        "skiff" => PathBuf::from(env!("CARGO_BIN_EXE_skiff")),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_skiff-shim")),
+    }
+}
+
+impl Node {
+    /// A running node with the test image imported.
+    pub fn start() -> Node {
+        let mut n = Node::new();
+        n.start_daemon();
+        n.import_image();
+        n
+    }
+
+    /// A node whose daemon is not started yet.
+    pub fn new() -> Node {
+        let host = Host::new();
+        let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("tempdir");
+        let manifests = dir.path().join("manifests");
+        let root = dir.path().join("root");
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let log = dir.path().join("skiffd.log");
+        Node { host, manifests, root, run, daemon: None, log, dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run.join("skiff.sock")
+    }
+
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.host.path().display()))
+            .arg(bin("skiffd"))
+            .arg("--pod-manifest-path")
+            .arg(&self.manifests)
+            .arg("--root-dir")
+            .arg(&self.root)
+            .arg("--run-dir")
+            .arg(&self.run)
+            .args(["--node-name", "test-node", "--file-check-frequency", "2", "--log-level", "info,skiff=debug"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting skiffd");
+        self.daemon = Some(child);
+        self.wait_for("skiffd to answer", Duration::from_secs(20), || {
+            let out = self.skiff(&["get", "pods", "-A", "-o", "json"]);
+            out.status.success().then_some(())
+        });
+    }
+
+    /// SIGKILLs skiffd (a crash): containers and shims must survive.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs skiffd and waits for it.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn import_image(&self) {
+        let out = self.skiff(&["image", "import", test_image().to_str().unwrap()]);
+        assert!(out.status.success(), "image import failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Writes a manifest atomically (a dotfile then a rename, as editors do).
+    pub fn write_manifest(&self, name: &str, text: &str) {
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifests.join(name)).unwrap();
+    }
+
+    pub fn remove_manifest(&self, name: &str) {
+        std::fs::remove_file(self.manifests.join(name)).unwrap();
+    }
+
+    /// Runs the `skiff` CLI against this node.
+    pub fn skiff(&self, args: &[&str]) -> Output {
+        Command::new(bin("skiff"))
+            .args(args)
+            .env("SKIFF_SOCKET", self.socket())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running skiff")
+    }
+
+    /// `skiff ARGS` that must succeed; returns stdout.
+    pub fn skiff_ok(&self, args: &[&str]) -> String {
+        let out = self.skiff(args);
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pod as JSON, or None when it does not exist.
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        let out = self.skiff(&["get", "pod", name, "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn pods(&self) -> Vec<Value> {
+        let out = self.skiff_ok(&["get", "pods", "-A", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls `f` every 50 ms until it returns Some; panics with the daemon log on timeout.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}\n--- skiffd log (tail) ---\n{}", self.log_tail(60));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until the pod is Running with every container ready; returns it.
+    pub fn wait_running(&self, name: &str) -> Value {
+        self.wait_for(&format!("pod {name} Running and ready"), Duration::from_secs(30), || {
+            let p = self.pod(name)?;
+            let ready = p["status"]["containerStatuses"]
+                .as_array()?
+                .iter()
+                .all(|c| c["ready"] == true);
+            (p["status"]["phase"] == "Running" && ready).then_some(p)
+        })
+    }
+
+    pub fn wait_gone(&self, name: &str) {
+        self.wait_for(&format!("pod {name} to be removed"), Duration::from_secs(40), || {
+            self.pod(name).is_none().then_some(())
+        });
+    }
+
+    /// Everything skiff created for its pods that is still there.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines() {
+            if let Some(mp) = line.split(' ').nth(4) {
+                if mp.starts_with(&dir) {
+                    left.push(format!("mount {mp}"));
+                }
+            }
+        }
+        for p in shim_pids(&dir) {
+            left.push(format!("skiff-shim process {p}"));
+        }
+        for sub in ["run/netns", "run/ns", "run/runtime", "root/pods"] {
+            for e in std::fs::read_dir(self.dir.path().join(sub)).into_iter().flatten().flatten() {
+                left.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+        for uid in self.known_pod_uids() {
+            for cg in pod_cgroups(&uid) {
+                left.push(format!("cgroup {}", cg.display()));
+            }
+        }
+        left
+    }
+
+    fn known_pod_uids(&self) -> Vec<String> {
+        let mut uids: Vec<String> = std::fs::read_dir(self.root.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        // Pods seen in logs (already removed from disk) may still have cgroups.
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(i) = line.find("uid=") {
+                let uid: String = line[i + 4..].chars().take(36).collect();
+                if uid.len() == 36 && !uids.contains(&uid) {
+                    uids.push(uid);
+                }
+            }
+        }
+        uids
+    }
+}
+
+fn shim_pids(dir: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("skiff-shim") && cmd.contains(dir) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn pod_cgroups(uid: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let name = format!("pod{uid}");
+    let base = Path::new("/sys/fs/cgroup");
+    let mut cands = vec![base.join("skiff").join(&name)];
+    for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        cands.push(e.path().join("skiff").join(&name));
+    }
+    for c in cands {
+        if c.is_dir() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Let skiff clean up after itself first, as a user would.
+        if self.daemon.is_some() {
+            for e in std::fs::read_dir(&self.manifests).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                let out = self.skiff(&["get", "pods", "-A", "-o", "json"]);
+                let empty = serde_json::from_slice::<Value>(&out.stdout)
+                    .map(|v| v["items"].as_array().is_none_or(|a| a.is_empty()))
+                    .unwrap_or(true);
+                if empty {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.stop_daemon();
+        // Then force whatever is left (a failed test may have left anything).
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        for state in glob_state_files(&self.root) {
+            if let Ok(b) = std::fs::read(&state) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                    if let Some(pid) = v["pid"].as_i64() {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        for pid in shim_pids(&dir) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<String> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .map(String::from)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for uid in self.known_pod_uids() {
+            for cg in pod_cgroups(&uid) {
+                for _ in 0..50 {
+                    for e in std::fs::read_dir(&cg).into_iter().flatten().flatten() {
+                        if e.path().is_dir() {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
+                    }
+                    if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+fn glob_state_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for pod in std::fs::read_dir(root.join("pods")).into_iter().flatten().flatten() {
+        for c in std::fs::read_dir(pod.path().join("containers")).into_iter().flatten().flatten() {
+            out.push(c.path().join("state.json"));
+        }
+    }
+    out
+}
+
+/// A pod manifest with one busybox container running `script` under sh.
+pub fn pod_yaml(name: &str, script: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [sh, -c, {script:?}]\n"
+    )
+}
+
+/// Parses an RFC 3339 time from pod status.
+pub fn ts(v: &Value) -> jiff::Timestamp {
+    v.as_str().expect("timestamp string").parse().expect("RFC 3339 timestamp")
+}
