@@ -406,3 +406,67 @@ fn crash_of_skiffd_keeps_containers_and_records_exits_that_happened_meanwhile() 
         (!node.root.join("pods").join(uid).exists()).then_some(())
     });
 }
+
+#[test]
+fn containers_get_safe_defaults_and_no_leaked_descriptors() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    node.write_manifest(
+        "safe.yaml",
+        &pod_yaml(
+            "safe",
+            "echo fds $(ls /proc/self/fd | tr '\\n' ' '); grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; \
+             cat /proc/kcore >/dev/null 2>&1 && echo kcore-readable; \
+             (echo 1 > /proc/sys/kernel/panic) 2>/dev/null && echo proc-sys-writable; \
+             ulimit -n; exec sleep 3600",
+        ),
+    );
+    node.wait_running("safe");
+    let logs = node.wait_for("the checks to print", Duration::from_secs(10), || {
+        let l = node.skiff_ok(&["logs", "safe"]);
+        l.contains("NoNewPrivs").then_some(l)
+    });
+    // 0-2 plus the directory `ls` itself opened: nothing of skiffd or the shim.
+    assert!(logs.contains("fds 0 1 2 3\n"), "{logs}");
+    // Docker's default capability set (CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+    // NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP).
+    assert!(logs.contains("CapEff:\t00000000a80425fb"), "{logs}");
+    assert!(logs.contains("NoNewPrivs:\t1"), "{logs}");
+    assert!(!logs.contains("kcore-readable"), "{logs}");
+    assert!(!logs.contains("proc-sys-writable"), "{logs}");
+    let nofile: u64 = logs
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .expect("ulimit -n output");
+    let host_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap().1;
+    assert!(nofile <= host_hard, "container nofile {nofile} above host hard limit {host_hard}");
+    // An exec'd process is just as clean.
+    let fds = node.skiff_ok(&["exec", "safe", "--", "ls", "/proc/self/fd"]);
+    assert_eq!(fds.split_whitespace().collect::<Vec<_>>(), vec!["0", "1", "2", "3"], "{fds}");
+}
+
+#[test]
+fn logs_follow_streams_until_the_container_ends() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    node.write_manifest(
+        "ticker.yaml",
+        &pod_yaml("ticker", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done")
+            .replace("spec:\n", "spec:\n  restartPolicy: Never\n"),
+    );
+    node.wait_for("ticker to start", Duration::from_secs(20), || {
+        let p = node.pod("ticker")?;
+        container(&p, "main")["state"]["running"].is_object().then_some(())
+    });
+    let out = node.skiff_ok(&["logs", "-f", "ticker"]);
+    let ticks: Vec<&str> = out.lines().collect();
+    assert_eq!(ticks, vec!["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"], "{out}");
+    let ts_out = node.skiff_ok(&["logs", "ticker", "--timestamps", "--tail", "1"]);
+    let (stamp, rest) = ts_out.trim().split_once(' ').unwrap();
+    assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{ts_out}");
+    assert_eq!(rest, "tick 6");
+}
