@@ -48,7 +48,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )?);
     let store = Arc::new(Store::new(config.node_name.clone()));
     let ctx = Arc::new(Ctx {
-        runtime: runtime.clone(),
+        runtime: runtime.clone() as Arc<dyn crate::runtime::PodRuntime>,
         store: store.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -111,7 +111,7 @@ impl Manager {
                     warn!(uid = %uid, "removing unreadable pod state");
                     for found in self.ctx.runtime.list_containers(&uid) {
                         if let Some(shim) = &found.shim {
-                            let _ = shim.signal(libc::SIGKILL);
+                            shim.signal(libc::SIGKILL);
                         }
                     }
                     let _ = self.ctx.runtime.remove_sandbox(&uid);

@@ -2,6 +2,8 @@
 //! that starts, replaces and stops them as the manifests change.
 
 pub mod backoff;
+#[cfg(test)]
+pub mod fake;
 pub mod manager;
 pub mod status;
 pub mod worker;

@@ -343,10 +343,17 @@ mod tests {
     #[test]
     fn transition_time_is_kept_while_status_is_unchanged() {
         let v = view("Always", vec![], vec![c("a", running(), None)]);
-        let first = build(&v, None);
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut first = build(&v, None);
+        let old = Time("2020-01-01T00:00:00Z".parse().unwrap());
+        for c in first.conditions.as_mut().unwrap() {
+            c.last_transition_time = Some(old.clone());
+        }
         let second = build(&v, Some(&first));
         let t = |s: &PodStatus| s.conditions.as_ref().unwrap()[2].last_transition_time.clone();
-        assert_eq!(t(&first), t(&second));
+        assert_eq!(t(&second), Some(old.clone()));
+        // A condition that changed gets a new transition time.
+        let failed = view("Never", vec![], vec![c("a", State::Terminated(term(1)), None)]);
+        let third = build(&failed, Some(&first));
+        assert_ne!(t(&third), Some(old));
     }
 }

@@ -3,7 +3,9 @@
 //! graceful termination.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -15,8 +17,7 @@ use tracing::{info, warn};
 use super::backoff::Backoff;
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use crate::manifest::source::PodKey;
-use crate::runtime::pidfd::PidFd;
-use crate::runtime::{ID_SCHEME, Runtime, Sandbox, StartError, StartRequest};
+use crate::runtime::{ID_SCHEME, PodRuntime, Process, Sandbox, StartError, StartRequest};
 use crate::store::{EventType, Involved, Store, key_of};
 
 /// How often a container waiting for its image or config is retried.
@@ -33,7 +34,7 @@ pub enum Msg {
 
 /// Shared services of all workers.
 pub struct Ctx {
-    pub runtime: Arc<Runtime>,
+    pub runtime: Arc<dyn PodRuntime>,
     pub store: Arc<Store>,
 }
 
@@ -41,7 +42,7 @@ struct Running {
     id: String,
     started_at: Timestamp,
     since: Instant,
-    shim: PidFd,
+    shim: Box<dyn Process>,
 }
 
 struct Slot {
@@ -278,13 +279,12 @@ impl Worker {
                 .and_then(|s| s.started_at.parse().ok());
             if let Some(shim) = found.shim {
                 adopted += 1;
-                if let Ok(watch) = shim.try_clone() {
-                    let id = found.meta.id.clone();
-                    self.exits.spawn(async move {
-                        let _ = watch.exited().await;
-                        id
-                    });
-                }
+                let exited = shim.exited();
+                let id = found.meta.id.clone();
+                self.exits.spawn(async move {
+                    exited.await;
+                    id
+                });
                 slot.current = Some(Running {
                     id: found.meta.id.clone(),
                     started_at: started_at.unwrap_or_else(Timestamp::now),
@@ -546,13 +546,12 @@ impl Worker {
                 slot.waiting = None;
                 slot.not_before = None;
                 slot.image_id = handle.meta.image_id.clone();
-                if let Ok(watch) = handle.shim.try_clone() {
-                    let id = handle.meta.id.clone();
-                    self.exits.spawn(async move {
-                        let _ = watch.exited().await;
-                        id
-                    });
-                }
+                let exited = handle.shim.exited();
+                let id = handle.meta.id.clone();
+                self.exits.spawn(async move {
+                    exited.await;
+                    id
+                });
                 slot.current = Some(Running {
                     id: handle.meta.id,
                     started_at: handle.started_at,
@@ -592,7 +591,10 @@ impl Worker {
                 });
                 let delay = slot.backoff.delay_after_exit(Duration::ZERO);
                 slot.not_before = Some(Instant::now() + delay);
-                self.set_wake(Instant::now() + delay);
+                // Shows CrashLoopBackOff (and schedules the retry) when a back-off applies.
+                if self.may_start(i, Instant::now()) {
+                    self.set_wake(Instant::now());
+                }
             }
         }
     }
@@ -660,7 +662,7 @@ impl Worker {
                     "Killing",
                     &format!("Stopping container {}", slot.spec.name),
                 );
-                let _ = r.shim.signal(libc::SIGTERM);
+                r.shim.signal(libc::SIGTERM);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(grace);
@@ -669,7 +671,7 @@ impl Worker {
             for slot in &self.slots {
                 if let Some(r) = &slot.current {
                     // The shim turns SIGUSR1 into SIGKILL for the container.
-                    let _ = r.shim.signal(libc::SIGUSR1);
+                    r.shim.signal(libc::SIGUSR1);
                 }
             }
             self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
@@ -677,7 +679,7 @@ impl Worker {
         for slot in &self.slots {
             if let Some(r) = &slot.current {
                 warn!(pod = %self.key.1, container = %slot.spec.name, "container did not stop; killing its supervisor");
-                let _ = r.shim.signal(libc::SIGKILL);
+                r.shim.signal(libc::SIGKILL);
             }
         }
         if let Err(e) = self.ctx.runtime.remove_sandbox(&self.uid) {
@@ -699,7 +701,7 @@ impl Worker {
                         self.publish();
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => return,
+                _ = tokio::time::sleep_until(deadline) => return,
             }
         }
     }
@@ -707,7 +709,161 @@ impl Worker {
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pod::fake::{FakeRuntime, Script};
+
+    fn pod(yaml: &str) -> Pod {
+        let mut p: Pod = serde_yaml_ng::from_str(yaml).unwrap();
+        p.metadata.uid = Some("uid-1".into());
+        crate::manifest::validate::validate_pod(p).unwrap()
+    }
+
+    fn setup(p: &Pod) -> (FakeRuntime, Arc<Store>, mpsc::UnboundedSender<Msg>, JoinHandle<()>) {
+        let fake = FakeRuntime::default();
+        let store = Arc::new(Store::new("n"));
+        store.put_pod(p.clone(), true);
+        let ctx = Arc::new(Ctx {
+            runtime: Arc::new(fake.clone()),
+            store: store.clone(),
+        });
+        let (tx, h) = spawn(ctx, p.clone(), None);
+        (fake, store, tx, h)
+    }
+
+    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..20_000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    fn phase(store: &Store) -> String {
+        store
+            .get_pod("default", "p")
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn init_containers_run_in_order_before_app_containers() {
+        let p = pod("metadata: {name: p}\nspec:\n  initContainers: [{name: i1, image: x}, {name: i2, image: x}]\n  containers: [{name: a, image: x}, {name: b, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script("i1", Script { exit_after: Some(Duration::from_secs(1)), ..Default::default() });
+        fake.script("i2", Script { exit_after: Some(Duration::from_secs(1)), ..Default::default() });
+        wait_until("both app containers started", || fake.started().len() == 4).await;
+        let names: Vec<String> = fake.started().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names, vec!["i1", "i2", "a", "b"]);
+        let s = fake.started();
+        assert!(s[1].at >= s[0].at + Duration::from_secs(1));
+        wait_until("Running", || phase(&store) == "Running").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crash_loop_backs_off_zero_then_ten_then_twenty_seconds() {
+        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script("a", Script { exit_after: Some(Duration::from_secs(1)), code: 1, ..Default::default() });
+        wait_until("four starts", || fake.started().len() >= 4).await;
+        let s = fake.started();
+        let gaps: Vec<u64> = s
+            .windows(2)
+            .map(|w| w[1].at.duration_since(fake.exit_time(&w[0].id).unwrap()).as_secs())
+            .collect();
+        assert_eq!(gaps, vec![0, 10, 20]);
+        assert_eq!(s.iter().map(|x| x.restart).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        let pod = store.get_pod("default", "p").unwrap();
+        assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Running"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_policy_never_fails_and_on_failure_succeeds() {
+        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: Never\n  containers: [{name: a, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script("a", Script { exit_after: Some(Duration::from_secs(1)), code: 2, ..Default::default() });
+        wait_until("Failed", || phase(&store) == "Failed").await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(fake.started().len(), 1, "a Never pod restarted");
+        assert_eq!(fake.sandboxes_removed(), 1, "a finished pod keeps its sandbox");
+
+        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: a, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script("a", Script { exit_after: Some(Duration::from_secs(1)), code: 0, ..Default::default() });
+        wait_until("Succeeded", || phase(&store) == "Succeeded").await;
+        assert_eq!(fake.started().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_init_container_with_never_fails_the_pod_without_starting_apps() {
+        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: Never\n  initContainers: [{name: i, image: x}]\n  containers: [{name: a, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script("i", Script { exit_after: Some(Duration::from_secs(1)), code: 1, ..Default::default() });
+        wait_until("Failed", || phase(&store) == "Failed").await;
+        assert_eq!(fake.started().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn start_error_counts_as_a_failed_run_with_exit_code_128() {
+        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script("a", Script { start_error: Some("exec: nope".into()), ..Default::default() });
+        wait_until("a back-off", || fake.started().len() >= 2).await;
+        wait_until("CrashLoopBackOff", || {
+            let st = store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+            let cs = st.container_statuses.unwrap_or_default();
+            let Some(c) = cs.first() else { return false };
+            let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+            c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
+                && last.is_some_and(|t| t.exit_code == 128 && t.reason.as_deref() == Some("StartError"))
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_image_waits_and_starts_on_resync() {
+        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, imagePullPolicy: Never}]");
+        let (fake, store, tx, _h) = setup(&p);
+        fake.script("a", Script { no_image: true, ..Default::default() });
+        wait_until("ErrImageNeverPull", || {
+            let st = store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+            let cs = st.container_statuses.unwrap_or_default();
+            let Some(c) = cs.first() else { return false };
+            c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()) == Some("ErrImageNeverPull")
+        })
+        .await;
+        assert_eq!(phase(&store), "Pending");
+        fake.script("a", Script::default());
+        tx.send(Msg::Resync).unwrap();
+        wait_until("Running", || phase(&store) == "Running").await;
+        assert_eq!(fake.started()[0].restart, 0, "a start after a missing image is not a restart");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn terminate_sends_sigterm_then_sigkill_after_the_grace_period() {
+        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers: [{name: polite, image: x}, {name: stubborn, image: x}]");
+        let (fake, store, tx, h) = setup(&p);
+        fake.script("polite", Script { exits_on_term: true, ..Default::default() });
+        wait_until("Running", || phase(&store) == "Running").await;
+        let t0 = Instant::now();
+        tx.send(Msg::Terminate).unwrap();
+        h.await.unwrap();
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+        let sigs: Vec<i32> = fake.signals().iter().map(|s| s.1).collect();
+        assert_eq!(sigs, vec![libc::SIGTERM, libc::SIGTERM, libc::SIGUSR1]);
+        assert!(store.get_pod("default", "p").is_none());
+        assert_eq!(fake.sandboxes_removed(), 1);
     }
 }

@@ -17,6 +17,8 @@ pub mod shim;
 pub mod spec;
 
 use std::fs;
+use std::future::Future;
+use std::pin::Pin;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -90,11 +92,95 @@ pub struct ContainerMeta {
     pub created_at: String,
 }
 
+/// A container's supervisor as the pod worker sees it: something to signal
+/// and to wait for.
+pub trait Process: Send + Sync {
+    /// Sends `signal` (the shim forwards SIGTERM and turns SIGUSR1 into SIGKILL).
+    fn signal(&self, signal: i32);
+    /// Resolves when the supervisor has exited (its exit record is then on disk).
+    fn exited(&self) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl Process for PidFd {
+    fn signal(&self, signal: i32) {
+        if let Err(e) = PidFd::signal(self, signal) {
+            warn!(pid = self.pid(), signal, error = %e, "signalling shim");
+        }
+    }
+
+    fn exited(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let watch = self.try_clone();
+        Box::pin(async move {
+            if let Ok(w) = watch {
+                let _ = w.exited().await;
+            }
+        })
+    }
+}
+
+/// What the pod workers need from a container runtime. The real one is
+/// [`Runtime`]; unit tests drive the workers with a fake.
+pub trait PodRuntime: Send + Sync + 'static {
+    fn load_pod(&self, uid: &str) -> Option<Pod>;
+    fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError>;
+    fn pods_on_disk(&self) -> Vec<String>;
+    fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError>;
+    fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError>;
+    fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError>;
+    fn list_containers(&self, uid: &str) -> Vec<Found>;
+    fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
+    fn release_container_fs(&self, uid: &str, id: &str);
+    fn remove_container(&self, uid: &str, id: &str);
+    fn start<'a>(
+        &'a self,
+        req: StartRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<Handle, StartError>> + Send + 'a>>;
+}
+
+impl PodRuntime for Runtime {
+    fn load_pod(&self, uid: &str) -> Option<Pod> {
+        Runtime::load_pod(self, uid)
+    }
+    fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
+        Runtime::save_pod(self, pod)
+    }
+    fn pods_on_disk(&self) -> Vec<String> {
+        Runtime::pods_on_disk(self)
+    }
+    fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError> {
+        Runtime::create_sandbox(self, pod)
+    }
+    fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
+        Runtime::remove_sandbox(self, uid)
+    }
+    fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError> {
+        Runtime::remove_pod_state(self, uid)
+    }
+    fn list_containers(&self, uid: &str) -> Vec<Found> {
+        Runtime::list_containers(self, uid)
+    }
+    fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord> {
+        Runtime::exit_record(self, uid, id)
+    }
+    fn release_container_fs(&self, uid: &str, id: &str) {
+        Runtime::release_container_fs(self, uid, id)
+    }
+    fn remove_container(&self, uid: &str, id: &str) {
+        Runtime::remove_container(self, uid, id)
+    }
+    fn start<'a>(
+        &'a self,
+        req: StartRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<Handle, StartError>> + Send + 'a>> {
+        Box::pin(Runtime::start(self, req))
+    }
+}
+
 /// A started container.
 pub struct Handle {
     pub meta: ContainerMeta,
     pub started_at: Timestamp,
-    pub shim: PidFd,
+    pub shim: Box<dyn Process>,
 }
 
 /// A container found on disk (after a daemon restart).
@@ -103,7 +189,7 @@ pub struct Found {
     pub state: Option<ShimState>,
     pub exit: Option<ExitRecord>,
     /// The live shim, when it is still running.
-    pub shim: Option<PidFd>,
+    pub shim: Option<Box<dyn Process>>,
 }
 
 /// Everything needed to start one container.
@@ -274,7 +360,8 @@ impl Runtime {
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 let shim = match (&state, &exit) {
-                    (Some(s), None) => live_shim(s.shim_pid, &meta.id),
+                    (Some(s), None) => live_shim(s.shim_pid, &meta.id)
+                        .map(|p| Box::new(p) as Box<dyn Process>),
                     _ => None,
                 };
                 Some(Found {
@@ -438,7 +525,7 @@ impl Runtime {
             Ok(Handle {
                 meta,
                 started_at,
-                shim,
+                shim: Box::new(shim),
             })
         } else {
             let msg = line.strip_prefix("error ").unwrap_or(line);

@@ -1,0 +1,221 @@
+//! A fake container runtime for unit tests of the pod workers: containers
+//! are scripted (run, exit after a while with a code, fail to start, lack an
+//! image) and every call is recorded. Time is tokio's, so tests can pause it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::runtime::shim::ExitRecord;
+use crate::runtime::{
+    ContainerMeta, Found, Handle, PodRuntime, Process, RuntimeError, Sandbox, StartError,
+    StartRequest,
+};
+
+/// How a scripted container behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// Exit by itself after this long, with `code`.
+    pub exit_after: Option<Duration>,
+    pub code: i32,
+    /// Exit 0 on SIGTERM (otherwise only SIGKILL stops it, like a PID 1 without a handler).
+    pub exits_on_term: bool,
+    /// Fail to start with this message.
+    pub start_error: Option<String>,
+    /// Report the image as missing.
+    pub no_image: bool,
+}
+
+/// One recorded start.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub name: String,
+    pub restart: u32,
+    pub at: Instant,
+    pub id: String,
+}
+
+#[derive(Default)]
+struct State {
+    scripts: HashMap<String, Script>,
+    started: Vec<Started>,
+    exits: HashMap<String, (ExitRecord, Instant)>,
+    signals: Vec<(String, i32)>,
+    sandboxes_removed: u32,
+    next: u32,
+}
+
+/// The fake runtime.
+#[derive(Default, Clone)]
+pub struct FakeRuntime {
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeRuntime {
+    pub fn script(&self, name: &str, s: Script) {
+        self.state.lock().unwrap().scripts.insert(name.into(), s);
+    }
+
+    pub fn started(&self) -> Vec<Started> {
+        self.state.lock().unwrap().started.clone()
+    }
+
+    /// When each container instance exited.
+    pub fn exit_time(&self, id: &str) -> Option<Instant> {
+        self.state.lock().unwrap().exits.get(id).map(|e| e.1)
+    }
+
+    pub fn signals(&self) -> Vec<(String, i32)> {
+        self.state.lock().unwrap().signals.clone()
+    }
+
+    pub fn sandboxes_removed(&self) -> u32 {
+        self.state.lock().unwrap().sandboxes_removed
+    }
+}
+
+struct FakeProc {
+    id: String,
+    tx: watch::Sender<bool>,
+    state: Arc<Mutex<State>>,
+    exits_on_term: bool,
+}
+
+fn exit(state: &Arc<Mutex<State>>, tx: &watch::Sender<bool>, id: &str, code: i32, signal: Option<i32>) {
+    {
+        let mut st = state.lock().unwrap();
+        if st.exits.contains_key(id) {
+            return;
+        }
+        let rec = ExitRecord {
+            exit_code: code,
+            signal,
+            reason: if code == 0 { "Completed" } else { "Error" }.into(),
+            finished_at: Timestamp::now().to_string(),
+        };
+        st.exits.insert(id.to_string(), (rec, Instant::now()));
+    }
+    let _ = tx.send(true);
+}
+
+impl Process for FakeProc {
+    fn signal(&self, signal: i32) {
+        self.state
+            .lock()
+            .unwrap()
+            .signals
+            .push((self.id.clone(), signal));
+        match signal {
+            libc::SIGTERM if self.exits_on_term => exit(&self.state, &self.tx, &self.id, 0, None),
+            libc::SIGUSR1 | libc::SIGKILL => exit(&self.state, &self.tx, &self.id, 137, Some(9)),
+            _ => {}
+        }
+    }
+
+    fn exited(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut rx = self.tx.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|v| *v).await;
+        })
+    }
+}
+
+impl PodRuntime for FakeRuntime {
+    fn load_pod(&self, _uid: &str) -> Option<Pod> {
+        None
+    }
+    fn save_pod(&self, _pod: &Pod) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    fn pods_on_disk(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn create_sandbox(&self, _pod: &Pod) -> Result<Sandbox, RuntimeError> {
+        Ok(Sandbox {
+            net: None,
+            ipc: "/fake/ipc".into(),
+            uts: "/fake/uts".into(),
+        })
+    }
+    fn remove_sandbox(&self, _uid: &str) -> Result<(), RuntimeError> {
+        self.state.lock().unwrap().sandboxes_removed += 1;
+        Ok(())
+    }
+    fn remove_pod_state(&self, _uid: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    fn list_containers(&self, _uid: &str) -> Vec<Found> {
+        Vec::new()
+    }
+    fn exit_record(&self, _uid: &str, id: &str) -> Option<ExitRecord> {
+        self.state.lock().unwrap().exits.get(id).map(|e| e.0.clone())
+    }
+    fn release_container_fs(&self, _uid: &str, _id: &str) {}
+    fn remove_container(&self, _uid: &str, _id: &str) {}
+    fn start<'a>(
+        &'a self,
+        req: StartRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<Handle, StartError>> + Send + 'a>> {
+        Box::pin(async move {
+            let name = req.container.name.clone();
+            let (script, id) = {
+                let mut st = self.state.lock().unwrap();
+                st.next += 1;
+                let id = format!("c{}", st.next);
+                (st.scripts.get(&name).cloned().unwrap_or_default(), id)
+            };
+            if script.no_image {
+                return Err(StartError::ImageMissing {
+                    reason: "ErrImageNeverPull",
+                    message: "not present".into(),
+                });
+            }
+            self.state.lock().unwrap().started.push(Started {
+                name: name.clone(),
+                restart: req.restart,
+                at: Instant::now(),
+                id: id.clone(),
+            });
+            if let Some(msg) = script.start_error {
+                return Err(StartError::Start(msg));
+            }
+            let (tx, _) = watch::channel(false);
+            let proc = FakeProc {
+                id: id.clone(),
+                tx: tx.clone(),
+                state: self.state.clone(),
+                exits_on_term: script.exits_on_term,
+            };
+            if let Some(after) = script.exit_after {
+                let state = self.state.clone();
+                let id = id.clone();
+                let code = script.code;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    exit(&state, &tx, &id, code, None);
+                });
+            }
+            Ok(Handle {
+                meta: ContainerMeta {
+                    id,
+                    name,
+                    init: req.init,
+                    restart: req.restart,
+                    image: String::new(),
+                    image_id: "fake@sha256:0".into(),
+                    log_path: "/dev/null".into(),
+                    created_at: Timestamp::now().to_string(),
+                },
+                started_at: Timestamp::now(),
+                shim: Box::new(proc),
+            })
+        })
+    }
+}
