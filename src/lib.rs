@@ -6,5 +6,6 @@ pub mod config;
 pub mod daemon;
 pub mod manifest;
 pub mod pod;
+pub mod quantity;
 pub mod runtime;
 pub mod store;

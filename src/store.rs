@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use tokio::sync::watch;
 
@@ -46,6 +46,8 @@ struct Inner {
     pods: BTreeMap<PodKey, Pod>,
     /// Why a named pod from the manifests is not running (shown in 404s).
     rejected: BTreeMap<PodKey, String>,
+    config_maps: BTreeMap<PodKey, ConfigMap>,
+    secrets: BTreeMap<PodKey, Secret>,
     events: Vec<Event>,
     next_event: u64,
 }
@@ -143,6 +145,55 @@ impl Store {
             .iter()
             .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
             .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Replaces the ConfigMaps and Secrets; returns whether anything changed.
+    pub fn set_config(
+        &self,
+        config_maps: BTreeMap<PodKey, ConfigMap>,
+        secrets: BTreeMap<PodKey, Secret>,
+    ) -> bool {
+        let mut inner = self.write();
+        let changed = inner.config_maps != config_maps || inner.secrets != secrets;
+        inner.config_maps = config_maps;
+        inner.secrets = secrets;
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+        changed
+    }
+
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        self.read()
+            .config_maps
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        self.read()
+            .secrets
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn list_config_maps(&self, namespace: Option<&str>) -> Vec<ConfigMap> {
+        self.read()
+            .config_maps
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    pub fn list_secrets(&self, namespace: Option<&str>) -> Vec<Secret> {
+        self.read()
+            .secrets
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .map(|(_, c)| c.clone())
             .collect()
     }
 

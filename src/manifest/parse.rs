@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -11,6 +11,24 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub enum Object {
     Pod(Box<Pod>),
+    ConfigMap(Box<ConfigMap>),
+    Secret(Box<Secret>),
+}
+
+impl Object {
+    /// Kind, namespace and name.
+    pub fn object_ref(&self) -> ObjectRef {
+        let (kind, meta) = match self {
+            Object::Pod(p) => ("Pod", &p.metadata),
+            Object::ConfigMap(c) => ("ConfigMap", &c.metadata),
+            Object::Secret(s) => ("Secret", &s.metadata),
+        };
+        ObjectRef {
+            kind: kind.into(),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// Why a file or one object in it was refused; the message names the object.
@@ -36,14 +54,7 @@ impl std::fmt::Display for ObjectRef {
 }
 
 /// Kinds skiff knows about but whose support lands later; refused with a clear message.
-const NOT_YET: [&str; 6] = [
-    "Service",
-    "ConfigMap",
-    "Secret",
-    "Deployment",
-    "Endpoints",
-    "ReplicaSet",
-];
+const NOT_YET: [&str; 4] = ["Service", "Deployment", "Endpoints", "ReplicaSet"];
 
 /// Whether the manifest source should read this directory entry at all.
 pub fn is_manifest_file(name: &str) -> bool {
@@ -120,6 +131,23 @@ fn object_ref(v: &Value, kind: &str) -> Option<ObjectRef> {
     })
 }
 
+/// Deserializes like kubectl's strict field validation: an unknown field is an error.
+fn strict<T: serde::de::DeserializeOwned>(
+    v: Value,
+    fail: &impl Fn(String) -> ManifestError,
+) -> Result<T, ManifestError> {
+    let kind = v.get("kind").and_then(Value::as_str).unwrap_or("object").to_string();
+    let mut unknown = BTreeSet::new();
+    let obj: T = serde_ignored::deserialize(v, |path| {
+        unknown.insert(field_path(&path.to_string()));
+    })
+    .map_err(|e| fail(format!("invalid {kind}: {e}")))?;
+    if let Some(field) = unknown.into_iter().next() {
+        return Err(fail(format!("unknown field \"{field}\"")));
+    }
+    Ok(obj)
+}
+
 /// Turns serde_ignored's `spec.?.containers.?.0.x` into kubectl's `spec.containers[0].x`.
 fn field_path(raw: &str) -> String {
     let mut out = String::new();
@@ -154,16 +182,29 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
                     "apiVersion {api_version:?} is not served for Pod (use \"v1\")"
                 )));
             }
-            let mut unknown = BTreeSet::new();
-            let pod: Pod = serde_ignored::deserialize(v.clone(), |path| {
-                unknown.insert(field_path(&path.to_string()));
-            })
-            .map_err(|e| fail(format!("invalid Pod: {e}")))?;
-            if let Some(field) = unknown.into_iter().next() {
-                return Err(fail(format!("unknown field \"{field}\"")));
-            }
+            let pod: Pod = strict(v, &fail)?;
             let pod = super::validate::validate_pod(pod).map_err(fail)?;
             Ok(Object::Pod(Box::new(pod)))
+        }
+        "ConfigMap" => {
+            if api_version != "v1" {
+                return Err(fail(format!(
+                    "apiVersion {api_version:?} is not served for ConfigMap (use \"v1\")"
+                )));
+            }
+            let cm: ConfigMap = strict(v, &fail)?;
+            let cm = super::validate::validate_config_map(cm).map_err(fail)?;
+            Ok(Object::ConfigMap(Box::new(cm)))
+        }
+        "Secret" => {
+            if api_version != "v1" {
+                return Err(fail(format!(
+                    "apiVersion {api_version:?} is not served for Secret (use \"v1\")"
+                )));
+            }
+            let secret: Secret = strict(v, &fail)?;
+            let secret = super::validate::validate_secret(secret).map_err(fail)?;
+            Ok(Object::Secret(Box::new(secret)))
         }
         k if NOT_YET.contains(&k) => Err(fail(format!(
             "kind {k} is not supported by this version of skiff yet"

@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sha2::{Digest, Sha256};
 use tokio::io::unix::AsyncFd;
@@ -52,12 +52,14 @@ impl std::fmt::Display for SourceError {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub pods: BTreeMap<PodKey, DesiredPod>,
+    pub config_maps: BTreeMap<PodKey, ConfigMap>,
+    pub secrets: BTreeMap<PodKey, Secret>,
     pub errors: Vec<SourceError>,
 }
 
 struct Cached {
     hash: [u8; 32],
-    good: Vec<Pod>,
+    good: Vec<Object>,
     errors: Vec<SourceError>,
 }
 
@@ -68,7 +70,7 @@ pub struct DirSource {
     cache: HashMap<PathBuf, Cached>,
     /// Which file each pod came from last time, so a newcomer with a taken
     /// name is the one refused, not the pod already running.
-    owners: HashMap<PodKey, PathBuf>,
+    owners: HashMap<ObjectRef, PathBuf>,
 }
 
 impl DirSource {
@@ -103,53 +105,55 @@ impl DirSource {
         };
         files.sort();
         self.cache.retain(|path, _| files.contains(path));
-        let mut candidates: BTreeMap<PodKey, Vec<DesiredPod>> = BTreeMap::new();
+        let mut candidates: BTreeMap<ObjectRef, Vec<(Object, PathBuf)>> = BTreeMap::new();
         for file in files {
-            let (pods, errors) = self.read_file(&file);
+            let (objects, errors) = self.read_file(&file);
             snapshot.errors.extend(errors);
-            for pod in pods {
-                let key = (
-                    pod.metadata.namespace.clone().unwrap_or_default(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                );
-                candidates.entry(key).or_default().push(DesiredPod {
-                    pod,
-                    source: file.clone(),
-                });
+            for obj in objects {
+                candidates
+                    .entry(obj.object_ref())
+                    .or_default()
+                    .push((obj, file.clone()));
             }
         }
-        for (key, mut list) in candidates {
+        let mut owners = HashMap::new();
+        for (oref, mut list) in candidates {
             let winner = self
                 .owners
-                .get(&key)
-                .and_then(|owner| list.iter().position(|d| &d.source == owner))
+                .get(&oref)
+                .and_then(|owner| list.iter().position(|(_, f)| f == owner))
                 .unwrap_or(0);
-            let chosen = list.remove(winner);
-            for other in list {
+            let (chosen, source) = list.remove(winner);
+            for (_, other) in list {
                 snapshot.errors.push(SourceError {
-                    file: other.source.clone(),
-                    object: Some(ObjectRef {
-                        kind: "Pod".into(),
-                        namespace: key.0.clone(),
-                        name: key.1.clone(),
-                    }),
+                    file: other,
+                    object: Some(oref.clone()),
                     message: format!(
-                        "duplicate pod name: already defined in {}",
-                        chosen.source.display()
+                        "duplicate {} name: already defined in {}",
+                        oref.kind.to_lowercase(),
+                        source.display()
                     ),
                 });
             }
-            snapshot.pods.insert(key, chosen);
+            owners.insert(oref.clone(), source.clone());
+            let key = (oref.namespace, oref.name);
+            match chosen {
+                Object::Pod(pod) => {
+                    snapshot.pods.insert(key, DesiredPod { pod: *pod, source });
+                }
+                Object::ConfigMap(cm) => {
+                    snapshot.config_maps.insert(key, *cm);
+                }
+                Object::Secret(secret) => {
+                    snapshot.secrets.insert(key, *secret);
+                }
+            }
         }
-        self.owners = snapshot
-            .pods
-            .iter()
-            .map(|(k, d)| (k.clone(), d.source.clone()))
-            .collect();
+        self.owners = owners;
         snapshot
     }
 
-    fn read_file(&mut self, file: &Path) -> (Vec<Pod>, Vec<SourceError>) {
+    fn read_file(&mut self, file: &Path) -> (Vec<Object>, Vec<SourceError>) {
         let text = match std::fs::read(file) {
             Ok(t) => t,
             Err(e) => {
@@ -172,19 +176,17 @@ impl DirSource {
         let text = String::from_utf8_lossy(&text);
         let (good, errors) = match parse_file(file, &text) {
             Ok((objects, errs)) => {
-                let mut good: Vec<Pod> = objects
+                let mut good: Vec<Object> = objects
                     .into_iter()
                     .map(|o| match o {
-                        Object::Pod(p) => self.stamp(*p, file),
+                        Object::Pod(p) => Object::Pod(Box::new(self.stamp(*p, file))),
+                        other => other,
                     })
                     .collect();
                 // An object that turned invalid keeps running in its last good form.
                 for e in &errs {
                     if let Some(o) = &e.object {
-                        if let Some(old) = previous.iter().find(|p| {
-                            p.metadata.name.as_deref() == Some(o.name.as_str())
-                                && p.metadata.namespace.as_deref() == Some(o.namespace.as_str())
-                        }) {
+                        if let Some(old) = previous.iter().find(|p| p.object_ref() == *o) {
                             good.push(old.clone());
                         }
                     }

@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 
 /// Checks a DNS-1123 label (container names, namespaces): at most 63
 /// characters of `[a-z0-9-]`, starting and ending alphanumeric.
@@ -46,6 +47,86 @@ pub fn check_dns1123_subdomain(value: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks a ConfigMap/Secret data key: `[-._a-zA-Z0-9]+`, at most 253 characters, not `.` or `..`.
+pub fn check_config_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 253 {
+        return Err(format!("{key:?}: a valid config key must be 1 to 253 characters"));
+    }
+    if key == "." || key == ".." || key.starts_with("..") {
+        return Err(format!("{key:?}: must not be '.' or '..' or start with '..'"));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(format!(
+            "{key:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<(), String> {
+    let name = meta.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err("metadata.name: Required value".into());
+    }
+    check_dns1123_subdomain(&name)
+        .map_err(|e| format!("metadata.name: Invalid value {name:?}: {e}"))?;
+    let namespace = meta.namespace.get_or_insert_with(|| "default".to_string()).clone();
+    check_dns1123_label(&namespace)
+        .map_err(|e| format!("metadata.namespace: Invalid value {namespace:?}: {e}"))
+}
+
+/// Validates a ConfigMap: name, keys, and no key both in data and binaryData.
+pub fn validate_config_map(mut cm: ConfigMap) -> Result<ConfigMap, String> {
+    check_meta(&mut cm.metadata)?;
+    for key in cm.data.iter().flatten().map(|(k, _)| k) {
+        check_config_key(key).map_err(|e| format!("data[{key}]: Invalid value: {e}"))?;
+    }
+    for key in cm.binary_data.iter().flatten().map(|(k, _)| k) {
+        check_config_key(key).map_err(|e| format!("binaryData[{key}]: Invalid value: {e}"))?;
+        if cm.data.as_ref().is_some_and(|d| d.contains_key(key)) {
+            return Err(format!("data[{key}]: Invalid value: duplicate of key present in binaryData"));
+        }
+    }
+    Ok(cm)
+}
+
+/// Validates a Secret, merges `stringData` into `data` (as the API server
+/// does) and checks the keys a typed Secret must have.
+pub fn validate_secret(mut s: Secret) -> Result<Secret, String> {
+    check_meta(&mut s.metadata)?;
+    let type_ = s.type_.get_or_insert_with(|| "Opaque".into()).clone();
+    if let Some(strings) = s.string_data.take() {
+        let data = s.data.get_or_insert_with(Default::default);
+        for (k, v) in strings {
+            data.insert(k, ByteString(v.into_bytes()));
+        }
+    }
+    for key in s.data.iter().flatten().map(|(k, _)| k) {
+        check_config_key(key).map_err(|e| format!("data[{key}]: Invalid value: {e}"))?;
+    }
+    let has = |k: &str| s.data.as_ref().is_some_and(|d| d.contains_key(k));
+    match type_.as_str() {
+        "kubernetes.io/tls" => {
+            for k in ["tls.crt", "tls.key"] {
+                if !has(k) {
+                    return Err(format!("data[{k}]: Required value"));
+                }
+            }
+        }
+        "kubernetes.io/dockerconfigjson" if !has(".dockerconfigjson") => {
+            return Err("data[.dockerconfigjson]: Required value".into());
+        }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            return Err("data: Required value: one of username or password".into());
+        }
+        _ => {}
+    }
+    Ok(s)
 }
 
 /// Validates a Pod and fills in the API server's defaults.

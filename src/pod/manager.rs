@@ -42,6 +42,10 @@ impl Manager {
     /// Brings the running set in line with `snapshot`.
     pub fn apply(&mut self, snapshot: Snapshot) {
         self.report(&snapshot.errors);
+        let config_changed = self
+            .ctx
+            .store
+            .set_config(snapshot.config_maps.clone(), snapshot.secrets.clone());
         if !self.adopted {
             self.adopted = true;
             self.reap_orphans(&snapshot);
@@ -91,6 +95,10 @@ impl Manager {
             }
         }
         self.leaving.retain(|(_, h)| !h.is_finished());
+        if config_changed {
+            // Mounted ConfigMaps and Secrets are updated in place; waiting pods may start.
+            self.resync_all();
+        }
     }
 
     /// Pods on disk that no manifest asks for any more are stopped and removed.

@@ -2,6 +2,7 @@
 //! that starts, replaces and stops them as the manifests change.
 
 pub mod backoff;
+pub mod env;
 #[cfg(test)]
 pub mod fake;
 pub mod manager;

@@ -15,6 +15,7 @@ pub mod pidfd;
 pub mod process;
 pub mod shim;
 pub mod spec;
+pub mod volumes;
 
 use std::fs;
 use std::future::Future;

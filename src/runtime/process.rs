@@ -17,13 +17,14 @@ pub struct Process {
 /// Merges image defaults with the container spec.
 ///
 /// Kubernetes' rules: `command` replaces the image's Entrypoint (and drops its
-/// Cmd), `args` replaces Cmd; env from the spec overrides the image's by name;
-/// `$(VAR)` in env values, command and args expands from the variables defined
-/// before it (`$$` escapes), unknown references stay as written.
+/// Cmd), `args` replaces Cmd; `env` (already resolved, see `pod::env`)
+/// overrides the image's variables by name; `$(VAR)` in command and args
+/// expands from the container's variables (`$$` escapes), unknown references
+/// stay as written.
 pub fn resolve(
     c: &Container,
     image: &ImageConfig,
-    extra_env: &[(String, String)],
+    env_in: &[(String, String)],
 ) -> Result<Process, String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
@@ -37,29 +38,11 @@ pub fn resolve(
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         set(&mut env, k.to_string(), v.to_string());
     }
-    for (k, v) in extra_env {
+    for (k, v) in env_in {
         set(&mut env, k.clone(), v.clone());
     }
-    let mut defined: HashMap<String, String> = HashMap::new();
-    for (k, v) in extra_env {
-        defined.insert(k.clone(), v.clone());
-    }
-    for e in c.env.iter().flatten() {
-        let value = match (&e.value, &e.value_from) {
-            (_, Some(_)) => {
-                return Err(format!(
-                    "env {:?}: valueFrom is not supported by this version of skiff yet",
-                    e.name
-                ));
-            }
-            (Some(v), None) => expand(v, &defined),
-            (None, None) => String::new(),
-        };
-        defined.insert(e.name.clone(), value.clone());
-        set(&mut env, e.name.clone(), value);
-    }
-    let all: HashMap<String, String> = env.iter().cloned().collect();
-    let expand_all = |v: &Vec<String>| v.iter().map(|s| expand(s, &all)).collect::<Vec<_>>();
+    let vars: HashMap<String, String> = env_in.iter().cloned().collect();
+    let expand_all = |v: &Vec<String>| v.iter().map(|s| expand(s, &vars)).collect::<Vec<_>>();
     let args = match (&c.command, &c.args) {
         (Some(cmd), args) if !cmd.is_empty() => {
             let mut a = expand_all(cmd);
@@ -206,13 +189,13 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_and_expands() {
-        let c = container(
-            "name: c\nenv: [{name: A, value: spec}, {name: B, value: '$(A)-x'}, {name: C, value: '$$(A) $(NOPE)'}]\ncommand: [echo, '$(B)']",
-        );
-        let p = resolve(&c, &image(), &[("HOSTNAME".into(), "pod".into())]).unwrap();
-        assert_eq!(p.env, vec!["PATH=/bin", "A=spec", "HOSTNAME=pod", "B=spec-x", "C=$(A) $(NOPE)"]);
-        assert_eq!(p.args, vec!["echo", "spec-x"]);
+    fn env_overrides_the_image_and_expands_in_command() {
+        let c = container("name: c\ncommand: [echo, '$(B)', '$$(B)', '$(PATH)']");
+        let env = vec![("A".to_string(), "spec".to_string()), ("B".to_string(), "b".to_string())];
+        let p = resolve(&c, &image(), &env).unwrap();
+        assert_eq!(p.env, vec!["PATH=/bin", "A=spec", "B=b"]);
+        // Image variables are not used for expansion, as on a kubelet.
+        assert_eq!(p.args, vec!["echo", "b", "$(B)", "$(PATH)"]);
     }
 
     #[test]
