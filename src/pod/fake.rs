@@ -140,8 +140,9 @@ impl PodRuntime for FakeRuntime {
     fn create_sandbox(&self, _pod: &Pod) -> Result<Sandbox, RuntimeError> {
         Ok(Sandbox {
             net: None,
-            ipc: "/fake/ipc".into(),
+            ipc: Some("/fake/ipc".into()),
             uts: "/fake/uts".into(),
+            etc: "/fake/etc".into(),
         })
     }
     fn remove_sandbox(&self, _uid: &str) -> Result<(), RuntimeError> {
@@ -159,6 +160,13 @@ impl PodRuntime for FakeRuntime {
     }
     fn release_container_fs(&self, _uid: &str, _id: &str) {}
     fn remove_container(&self, _uid: &str, _id: &str) {}
+    fn setup_volumes(
+        &self,
+        _pod: &Pod,
+        _cx: &crate::pod::env::EnvContext<'_>,
+    ) -> Result<std::collections::BTreeMap<String, crate::runtime::volumes::Ready>, String> {
+        Ok(Default::default())
+    }
     fn start<'a>(
         &'a self,
         req: StartRequest<'a>,

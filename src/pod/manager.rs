@@ -26,6 +26,9 @@ pub struct Manager {
     leaving: Vec<(mpsc::UnboundedSender<Msg>, JoinHandle<()>)>,
     reported: Vec<SourceError>,
     adopted: bool,
+    /// Pods refused at admission (by UID), shown as Failed and never retried,
+    /// like the kubelet; a new version of the manifest is judged afresh.
+    refused: HashMap<PodKey, String>,
 }
 
 impl Manager {
@@ -36,6 +39,7 @@ impl Manager {
             leaving: Vec::new(),
             reported: Vec::new(),
             adopted: false,
+            refused: HashMap::new(),
         }
     }
 
@@ -50,11 +54,40 @@ impl Manager {
             self.adopted = true;
             self.reap_orphans(&snapshot);
         }
+        self.refused.retain(|k, uid| {
+            snapshot.pods.get(k).is_some_and(|d| d.uid() == uid.as_str())
+        });
         for (key, desired) in &snapshot.pods {
             let uid = desired.uid().to_string();
             match self.workers.get(key) {
                 Some(e) if e.uid == uid => continue,
                 _ => {}
+            }
+            if self.refused.get(key) == Some(&uid) {
+                continue;
+            }
+            if let Err((reason, message)) = self.admit(key, &desired.pod) {
+                warn!(pod = %key.1, namespace = %key.0, reason = %reason, "pod rejected at admission");
+                let mut pod = desired.pod.clone();
+                pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::now(),
+                ));
+                pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                    phase: Some("Failed".into()),
+                    reason: Some(reason.clone()),
+                    message: Some(message.clone()),
+                    qos_class: Some(crate::runtime::resources::qos_class(&pod).into()),
+                    ..Default::default()
+                });
+                let obj = Involved::pod(&pod);
+                if let Some(old) = self.workers.remove(key) {
+                    let _ = old.tx.send(Msg::Terminate);
+                    self.leaving.push((old.tx, old.handle));
+                }
+                self.ctx.store.put_pod(pod, true);
+                self.ctx.store.event(&obj, EventType::Warning, &reason, &message);
+                self.refused.insert(key.clone(), uid);
+                continue;
             }
             let previous = self.workers.remove(key).map(|old| {
                 info!(pod = %key.1, namespace = %key.0, "manifest changed; replacing pod");
@@ -87,6 +120,15 @@ impl Manager {
             .filter(|k| !snapshot.pods.contains_key(*k))
             .cloned()
             .collect();
+        // Refused pods whose manifest went away just disappear.
+        for pod in self.ctx.store.list_pods(None) {
+            let key = crate::store::key_of(&pod);
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let failed_admission = pod.status.as_ref().and_then(|s| s.reason.as_deref()).is_some_and(|r| r.starts_with("OutOf") || r == "SysctlForbidden");
+            if failed_admission && !self.workers.contains_key(&key) && !snapshot.pods.contains_key(&key) {
+                self.ctx.store.remove_pod(&key, &uid);
+            }
+        }
         for key in gone {
             if let Some(old) = self.workers.remove(&key) {
                 info!(pod = %key.1, namespace = %key.0, "manifest removed; stopping pod");
@@ -99,6 +141,51 @@ impl Manager {
             // Mounted ConfigMaps and Secrets are updated in place; waiting pods may start.
             self.resync_all();
         }
+    }
+
+    /// The kubelet's admission: the pod's requests must fit what the node
+    /// has left after the pods already admitted; sysctls must be allowed.
+    fn admit(&self, key: &PodKey, pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), (String, String)> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        for s in spec.security_context.iter().flat_map(|s| s.sysctls.iter().flatten()) {
+            if !crate::runtime::security::is_namespaced_sysctl(&s.name, host_network) {
+                return Err((
+                    "SysctlForbidden".into(),
+                    format!("Pod was rejected: forbidden sysctl: {:?} not allowlisted", s.name),
+                ));
+            }
+        }
+        let (want_cpu, want_mem) = crate::runtime::resources::pod_requests(pod);
+        let (used_cpu, used_mem) = self
+            .ctx
+            .store
+            .list_pods(None)
+            .iter()
+            .filter(|p| crate::store::key_of(p) != *key)
+            .filter(|p| self.workers.contains_key(&crate::store::key_of(p)))
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded") | Some("Failed")
+                )
+            })
+            .map(crate::runtime::resources::pod_requests)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (cap_cpu, cap_mem) = crate::node::allocatable();
+        if want_cpu > 0 && used_cpu + want_cpu > cap_cpu {
+            return Err((
+                "OutOfcpu".into(),
+                format!("Pod was rejected: Node didn't have enough resource: cpu, requested: {want_cpu}, used: {used_cpu}, capacity: {cap_cpu}"),
+            ));
+        }
+        if want_mem > 0 && used_mem + want_mem > cap_mem {
+            return Err((
+                "OutOfmemory".into(),
+                format!("Pod was rejected: Node didn't have enough resource: memory, requested: {want_mem}, used: {used_mem}, capacity: {cap_mem}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Pods on disk that no manifest asks for any more are stopped and removed.

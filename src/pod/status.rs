@@ -112,6 +112,7 @@ pub struct PodView {
     pub sandbox_ready: bool,
     /// Set when the pod was refused as a whole (e.g. admission), with a reason.
     pub failed: Option<(String, String)>,
+    pub qos_class: &'static str,
 }
 
 /// Pod phase, following the kubelet's `getPhase`.
@@ -247,7 +248,7 @@ pub fn build(v: &PodView, previous: Option<&PodStatus>) -> PodStatus {
             Some(v.init.iter().map(|c| c.to_status(true)).collect())
         },
         container_statuses: Some(v.app.iter().map(|c| c.to_status(false)).collect()),
-        qos_class: Some("BestEffort".into()),
+        qos_class: Some(v.qos_class.into()),
         reason,
         message,
         ..Default::default()
@@ -305,6 +306,7 @@ mod tests {
             host_ip: None,
             sandbox_ready: true,
             failed: None,
+            qos_class: "BestEffort",
         }
     }
 

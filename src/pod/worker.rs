@@ -146,6 +146,7 @@ pub fn initial_status(pod: &Pod) -> k8s_openapi::api::core::v1::PodStatus {
             host_ip: None,
             sandbox_ready: false,
             failed: None,
+            qos_class: crate::runtime::resources::qos_class(pod),
         },
         None,
     )
@@ -177,6 +178,9 @@ struct Worker {
     obj: Involved,
     slots: Vec<Slot>,
     sandbox: Option<Sandbox>,
+    volumes: Option<std::collections::BTreeMap<String, crate::runtime::volumes::Ready>>,
+    /// ConfigMaps or Secrets may have changed: rewrite the volumes that show them.
+    refresh_volumes: bool,
     start_time: Option<Timestamp>,
     exits: JoinSet<String>,
     terminal: bool,
@@ -203,6 +207,8 @@ impl Worker {
             ctx,
             slots,
             sandbox: None,
+            volumes: None,
+            refresh_volumes: false,
             start_time: None,
             exits: JoinSet::new(),
             terminal: false,
@@ -231,7 +237,7 @@ impl Worker {
             let wake = self.wake.take();
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Resync) => {}
+                    Some(Msg::Resync) => self.refresh_volumes = true,
                     Some(Msg::Terminate) | None => {
                         self.terminate().await;
                         return;
@@ -361,6 +367,7 @@ impl Worker {
             host_ip: None,
             sandbox_ready: self.sandbox.is_some(),
             failed: self.failed.clone(),
+            qos_class: crate::runtime::resources::qos_class(&self.pod),
         }
     }
 
@@ -402,6 +409,24 @@ impl Worker {
                     self.event(EventType::Warning, "FailedCreatePodSandBox", &msg);
                     self.set_wake(Instant::now() + RETRY);
                     return;
+                }
+            }
+        }
+        if self.volumes.is_none() || self.refresh_volumes {
+            self.refresh_volumes = false;
+            let result = {
+                let cx = self.env_context();
+                self.ctx.runtime.setup_volumes(&self.pod, &cx)
+            };
+            match result {
+                Ok(v) => self.volumes = Some(v),
+                Err(e) => {
+                    warn!(pod = %self.key.1, namespace = %self.key.0, error = %e, "volume setup failed");
+                    self.event(EventType::Warning, "FailedMount", &e);
+                    if self.volumes.is_none() {
+                        self.set_wake(Instant::now() + RETRY);
+                        return;
+                    }
                 }
             }
         }
@@ -500,14 +525,28 @@ impl Worker {
         self.sandbox = None;
     }
 
-    fn extra_env(&self) -> Vec<(String, String)> {
+    fn env_context(&self) -> crate::pod::env::EnvContext<'_> {
+        crate::pod::env::EnvContext {
+            pod: &self.pod,
+            pod_ip: None,
+            host_ip: None,
+            allocatable: crate::node::allocatable(),
+            store: &self.ctx.store,
+            service_env: &[],
+        }
+    }
+
+    /// HOSTNAME (as container runtimes set it) and the container's own variables.
+    fn container_env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
         let hostname = self
             .pod
             .spec
             .as_ref()
             .and_then(|s| s.hostname.clone())
             .unwrap_or_else(|| self.key.1.clone());
-        vec![("HOSTNAME".into(), hostname)]
+        let mut env = vec![("HOSTNAME".to_string(), hostname)];
+        env.extend(crate::pod::env::resolve(c, &self.env_context())?);
+        Ok(env)
     }
 
     async fn start(&mut self, i: usize) {
@@ -520,16 +559,26 @@ impl Worker {
             0
         };
         let spec = self.slots[i].spec.clone();
-        let req = StartRequest {
-            pod: &self.pod,
-            sandbox: &sandbox,
-            container: &spec,
-            init: self.slots[i].init,
-            restart,
-            extra_env: self.extra_env(),
+        let volumes = self.volumes.clone().unwrap_or_default();
+        let result = match self.container_env(&spec) {
+            Ok(env) => {
+                let req = StartRequest {
+                    pod: &self.pod,
+                    sandbox: &sandbox,
+                    container: &spec,
+                    init: self.slots[i].init,
+                    restart,
+                    env,
+                    volumes: &volumes,
+                };
+                self.ctx.runtime.start(req).await
+            }
+            Err(message) => Err(StartError::Config {
+                reason: "CreateContainerConfigError",
+                message,
+            }),
         };
         let image = spec.image.clone().unwrap_or_default();
-        let result = self.ctx.runtime.start(req).await;
         let name = spec.name.clone();
         match result {
             Ok(handle) => {

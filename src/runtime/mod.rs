@@ -11,8 +11,11 @@
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
 pub mod crilog;
+pub mod etc_files;
 pub mod pidfd;
 pub mod process;
+pub mod resources;
+pub mod security;
 pub mod shim;
 pub mod spec;
 pub mod volumes;
@@ -74,9 +77,13 @@ pub enum StartError {
 /// A pod's pinned namespaces.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
+    /// `None`: the host's network (`hostNetwork`).
     pub net: Option<PathBuf>,
-    pub ipc: PathBuf,
+    /// `None`: the host's IPC namespace (`hostIPC`).
+    pub ipc: Option<PathBuf>,
     pub uts: PathBuf,
+    /// `hosts`, `hostname` and `resolv.conf` for the pod's containers.
+    pub etc: PathBuf,
 }
 
 /// The record the daemon keeps next to each container.
@@ -132,6 +139,12 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
     fn release_container_fs(&self, uid: &str, id: &str);
     fn remove_container(&self, uid: &str, id: &str);
+    /// Sets up (or refreshes in place) the pod's volumes.
+    fn setup_volumes(
+        &self,
+        pod: &Pod,
+        cx: &crate::pod::env::EnvContext<'_>,
+    ) -> Result<std::collections::BTreeMap<String, volumes::Ready>, String>;
     fn start<'a>(
         &'a self,
         req: StartRequest<'a>,
@@ -169,6 +182,23 @@ impl PodRuntime for Runtime {
     fn remove_container(&self, uid: &str, id: &str) {
         Runtime::remove_container(self, uid, id)
     }
+    fn setup_volumes(
+        &self,
+        pod: &Pod,
+        cx: &crate::pod::env::EnvContext<'_>,
+    ) -> Result<std::collections::BTreeMap<String, volumes::Ready>, String> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let pod_dir = self.pod_dir(uid);
+        let pvc_dir = self.pvc_dir();
+        volumes::setup(
+            &volumes::Layout {
+                pod_dir: &pod_dir,
+                pvc_dir: &pvc_dir,
+            },
+            pod,
+            cx,
+        )
+    }
     fn start<'a>(
         &'a self,
         req: StartRequest<'a>,
@@ -200,7 +230,10 @@ pub struct StartRequest<'a> {
     pub container: &'a Container,
     pub init: bool,
     pub restart: u32,
-    pub extra_env: Vec<(String, String)>,
+    /// The container's environment, resolved (see `pod::env`).
+    pub env: Vec<(String, String)>,
+    /// The pod's volumes, set up.
+    pub volumes: &'a std::collections::BTreeMap<String, volumes::Ready>,
 }
 
 /// The runtime; cheap to share behind an `Arc`.
@@ -210,6 +243,8 @@ pub struct Runtime {
     shim: PathBuf,
     pub images: ImageStore,
     nofile: u64,
+    /// `--pod-pids-limit`; none when negative.
+    pids_limit: Option<i64>,
 }
 
 impl Runtime {
@@ -231,7 +266,19 @@ impl Runtime {
             shim: shim.to_path_buf(),
             images,
             nofile,
+            pids_limit: None,
         })
+    }
+
+    /// Sets the pids cgroup limit of every container (`--pod-pids-limit`).
+    pub fn with_pids_limit(mut self, limit: i64) -> Self {
+        self.pids_limit = (limit > 0).then_some(limit);
+        self
+    }
+
+    /// Where persistent volume claims live.
+    pub fn pvc_dir(&self) -> PathBuf {
+        self.root.join("volumes").join("pvc")
     }
 
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -280,11 +327,12 @@ impl Runtime {
         serde_json::from_slice(&data).ok()
     }
 
-    fn sandbox_paths(&self, uid: &str, host_network: bool) -> Sandbox {
+    fn sandbox_paths(&self, uid: &str, host_network: bool, host_ipc: bool) -> Sandbox {
         Sandbox {
             net: (!host_network).then(|| self.run.join("netns").join(uid)),
-            ipc: self.run.join("ns").join(uid).join("ipc"),
+            ipc: (!host_ipc).then(|| self.run.join("ns").join(uid).join("ipc")),
             uts: self.run.join("ns").join(uid).join("uts"),
+            etc: self.pod_dir(uid).join("etc"),
         }
     }
 
@@ -294,16 +342,19 @@ impl Runtime {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let host_ipc = spec.and_then(|s| s.host_ipc).unwrap_or(false);
         let hostname = spec
             .and_then(|s| s.hostname.clone())
             .or_else(|| pod.metadata.name.clone())
             .unwrap_or_default();
         let hostname: String = hostname.chars().take(63).collect();
-        let sb = self.sandbox_paths(uid, host_network);
+        let sb = self.sandbox_paths(uid, host_network, host_ipc);
         if let Some(net) = &sb.net {
             netns::create(net, netns::Kind::Net, None)?;
         }
-        netns::create(&sb.ipc, netns::Kind::Ipc, None)?;
+        if let Some(ipc) = &sb.ipc {
+            netns::create(ipc, netns::Kind::Ipc, None)?;
+        }
         if host_network {
             // Host network pods keep the node's hostname, as on a kubelet.
             let node = nix::unistd::gethostname()
@@ -314,16 +365,19 @@ impl Runtime {
         } else {
             netns::create(&sb.uts, netns::Kind::Uts, Some(&hostname))?;
         }
+        etc_files::write(&sb.etc, pod, None).map_err(io_err("writing pod files in", &sb.etc))?;
         Ok(sb)
     }
 
     /// Removes the pod's namespaces and its cgroup parent. Idempotent.
     pub fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
-        let sb = self.sandbox_paths(uid, false);
+        let sb = self.sandbox_paths(uid, false, false);
         if let Some(net) = &sb.net {
             netns::remove(net)?;
         }
-        netns::remove(&sb.ipc)?;
+        if let Some(ipc) = &sb.ipc {
+            netns::remove(ipc)?;
+        }
         netns::remove(&sb.uts)?;
         let _ = fs::remove_dir(self.run.join("ns").join(uid));
         remove_pod_cgroups(uid);
@@ -336,6 +390,8 @@ impl Runtime {
             self.remove_container(uid, &found.meta.id);
         }
         let dir = self.pod_dir(uid);
+        // tmpfs volumes and subPath binds.
+        volumes::unmount_below(&dir);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -573,38 +629,143 @@ impl Runtime {
             .map_err(|e| cfg_err(format!("image {}: {e}", image.id)))?;
         mount_overlay(&rootfs, &layers, &dir.join("upper"), &dir.join("work"))
             .map_err(|e| cfg_err(format!("mounting root filesystem: {e}")))?;
-        let process = process::resolve(req.container, &image.config, &req.extra_env).map_err(
-            |message| StartError::Config {
-                reason: "CreateContainerConfigError",
-                message,
-            },
-        )?;
-        let (uid, gid) = process::resolve_user(&image.config.user, &rootfs).map_err(|message| {
-            StartError::Config {
-                reason: "CreateContainerConfigError",
-                message,
+        let config_err = |message: String| StartError::Config {
+            reason: "CreateContainerConfigError",
+            message,
+        };
+        let process =
+            process::resolve(req.container, &image.config, &req.env).map_err(config_err)?;
+        let image_user = process::resolve_user(&image.config.user, &rootfs).map_err(config_err)?;
+        let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+        let gid_of = |uid: u32| {
+            passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && f[2] == uid.to_string())
+                .and_then(|f| f[3].parse().ok())
+        };
+        let sec = security::compute(req.pod, req.container, image_user, gid_of).map_err(config_err)?;
+        let cgroup = resources::cgroup(req.container, self.pids_limit).map_err(config_err)?;
+        let seccomp = match &sec.seccomp {
+            security::Seccomp::Unconfined => None,
+            security::Seccomp::RuntimeDefault => Some(security::runtime_default_profile()),
+            security::Seccomp::Localhost(rel) => {
+                let path = self.root.join("seccomp").join(rel);
+                let text = fs::read(&path).map_err(|e| {
+                    config_err(format!("seccomp profile {}: {e}", path.display()))
+                })?;
+                Some(serde_json::from_slice(&text).map_err(|e| {
+                    config_err(format!("seccomp profile {}: {e}", path.display()))
+                })?)
             }
-        })?;
+        };
         let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
+        let binds = self
+            .binds(req, &process.env)
+            .map_err(config_err)?;
         let spec = spec::render(&spec::ContainerSpec {
             rootfs: rootfs.clone(),
             args: process.args,
             env: process.env,
             cwd: process.cwd,
-            uid,
-            gid,
-            additional_gids: Vec::new(),
+            uid: sec.uid,
+            gid: sec.gid,
+            additional_gids: sec.additional_gids.clone(),
             net_ns: req.sandbox.net.clone(),
-            ipc_ns: Some(req.sandbox.ipc.clone()),
+            ipc_ns: req.sandbox.ipc.clone(),
             uts_ns: Some(req.sandbox.uts.clone()),
             cgroups_path: format!("/skiff/pod{pod_uid}/{}", meta.id),
-            binds: Vec::new(),
+            binds,
             nofile_limit: self.nofile,
+            caps: Some(sec.caps.clone()),
+            privileged: sec.privileged,
+            read_only_rootfs: sec.read_only_rootfs,
+            no_new_privs: sec.no_new_privs,
+            seccomp,
+            sysctls: sec.sysctls.clone(),
+            host_pid: sec.host_pid,
+            cgroup,
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)
             .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
         Ok(bundle)
+    }
+
+    /// The container's bind mounts: its volumeMounts (subPaths bound safely
+    /// first) and the pod's `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
+    fn binds(&self, req: &StartRequest<'_>, env: &[String]) -> Result<Vec<spec::Bind>, String> {
+        let c = req.container;
+        let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
+        let vars: std::collections::HashMap<String, String> = env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let privileged = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false);
+        let mut binds = Vec::new();
+        for (i, vm) in c.volume_mounts.iter().flatten().enumerate() {
+            let field = format!("volumeMounts[{i}]");
+            let vol = req
+                .volumes
+                .get(&vm.name)
+                .ok_or_else(|| format!("{field}: volume {:?} not found in the pod", vm.name))?;
+            if !vm.mount_path.starts_with('/') {
+                return Err(format!("{field}.mountPath: must be an absolute path"));
+            }
+            let sub = match (&vm.sub_path, &vm.sub_path_expr) {
+                (Some(s), Some(e)) if !s.is_empty() && !e.is_empty() => {
+                    return Err(format!("{field}: subPath and subPathExpr are mutually exclusive"));
+                }
+                (Some(s), _) if !s.is_empty() => Some(s.clone()),
+                (_, Some(e)) if !e.is_empty() => Some(process::expand(e, &vars)),
+                _ => None,
+            };
+            let source = match sub {
+                Some(sub) => {
+                    let target = self
+                        .pod_dir(pod_uid)
+                        .join("volume-subpaths")
+                        .join(&vm.name)
+                        .join(&c.name)
+                        .join(i.to_string());
+                    volumes::bind_subpath(&vol.path, &sub, &target)
+                        .map_err(|e| format!("{field}: subPath {sub:?}: {e}"))?
+                }
+                None => vol.path.clone(),
+            };
+            let propagation = match vm.mount_propagation.as_deref() {
+                None | Some("None") => "rprivate",
+                Some("HostToContainer") => "rslave",
+                Some("Bidirectional") if privileged => "rshared",
+                Some("Bidirectional") => {
+                    return Err(format!("{field}.mountPropagation: Bidirectional is allowed only in privileged containers"));
+                }
+                Some(other) => return Err(format!("{field}.mountPropagation: Unsupported value {other:?}")),
+            };
+            binds.push(spec::Bind {
+                source,
+                destination: vm.mount_path.clone(),
+                read_only: vm.read_only.unwrap_or(false) || vol.read_only,
+                propagation,
+            });
+        }
+        for (file, dest) in [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname"), ("resolv.conf", "/etc/resolv.conf")] {
+            let src = req.sandbox.etc.join(file);
+            if src.exists() && !binds.iter().any(|b| b.destination == dest) {
+                binds.push(spec::Bind {
+                    source: src,
+                    destination: dest.into(),
+                    read_only: false,
+                    propagation: "rprivate",
+                });
+            }
+        }
+        Ok(binds)
     }
 
     /// A command that runs `argv` inside a running container (`skiff-shim exec`).

@@ -63,21 +63,47 @@ pub struct ContainerSpec {
     pub uts_ns: Option<PathBuf>,
     /// Absolute cgroup path below every hierarchy, e.g. `/skiff/pod<uid>/<id>`.
     pub cgroups_path: String,
-    /// Extra bind mounts: (host source, container destination, read-only).
-    pub binds: Vec<(PathBuf, String, bool)>,
+    /// Extra bind mounts, in order.
+    pub binds: Vec<Bind>,
     /// Hard limit of open files the host allows; the container never gets more.
     pub nofile_limit: u64,
+    /// Capabilities (bounding, effective, permitted); `None` means the defaults.
+    pub caps: Option<Vec<String>>,
+    pub privileged: bool,
+    pub read_only_rootfs: bool,
+    pub no_new_privs: bool,
+    /// An OCI seccomp profile, or none (unconfined).
+    pub seccomp: Option<Value>,
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    /// Share the host's PID namespace.
+    pub host_pid: bool,
+    pub cgroup: super::resources::Cgroup,
+}
+
+/// A bind mount into the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+    /// `rprivate` (default), `rslave` (HostToContainer) or `rshared` (Bidirectional).
+    pub propagation: &'static str,
 }
 
 /// Renders the spec as JSON.
 pub fn render(c: &ContainerSpec) -> Value {
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    let caps: Vec<String> = c
+        .caps
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CAPS.iter().map(|s| s.to_string()).collect());
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if !c.host_pid {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    // A missing path means the host's namespace (hostNetwork, hostIPC).
     for (kind, path) in [("network", &c.net_ns), ("ipc", &c.ipc_ns), ("uts", &c.uts_ns)] {
-        match path {
-            Some(p) => namespaces.push(json!({"type": kind, "path": p})),
-            None if kind == "network" => {}
-            None => namespaces.push(json!({"type": kind})),
+        if let Some(p) = path {
+            namespaces.push(json!({"type": kind, "path": p}));
         }
     }
     namespaces.push(json!({"type": "cgroup"}));
@@ -87,17 +113,62 @@ pub fn render(c: &ContainerSpec) -> Value {
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": if c.privileged { json!(["nosuid", "noexec", "nodev"]) } else { json!(["nosuid", "noexec", "nodev", "ro"]) }}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
-    for (src, dst, ro) in &c.binds {
-        let mut opts = vec!["rbind", "rprivate"];
-        if *ro {
+    for b in &c.binds {
+        let propagation = if b.propagation.is_empty() { "rprivate" } else { b.propagation };
+        let mut opts = vec!["rbind", propagation];
+        if b.read_only {
             opts.push("ro");
         }
-        mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": opts}));
+        mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": opts}));
     }
     let nofile = c.nofile_limit.clamp(1024, 1_048_576);
+    let mut resources = json!({
+        "devices": if c.privileged {
+            json!([{"allow": true, "access": "rwm"}])
+        } else {
+            json!([{"allow": false, "access": "rwm"}])
+        }
+    });
+    let mut cpu = serde_json::Map::new();
+    if let Some(v) = c.cgroup.cpu_shares {
+        cpu.insert("shares".into(), json!(v));
+    }
+    if let Some(v) = c.cgroup.cpu_quota {
+        cpu.insert("quota".into(), json!(v));
+    }
+    if let Some(v) = c.cgroup.cpu_period {
+        cpu.insert("period".into(), json!(v));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if let Some(m) = c.cgroup.memory_limit {
+        resources["memory"] = json!({"limit": m});
+    }
+    if let Some(p) = c.cgroup.pids_limit {
+        resources["pids"] = json!({"limit": p});
+    }
+    let (masked, readonly): (Vec<&str>, Vec<&str>) = if c.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (MASKED_PATHS.to_vec(), READONLY_PATHS.to_vec())
+    };
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": c.cgroups_path,
+        "resources": resources,
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
+    });
+    if !c.sysctls.is_empty() {
+        linux["sysctl"] = json!(c.sysctls);
+    }
+    if let Some(profile) = &c.seccomp {
+        linux["seccomp"] = profile.clone();
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -108,17 +179,11 @@ pub fn render(c: &ContainerSpec) -> Value {
             "cwd": if c.cwd.is_empty() { "/" } else { c.cwd.as_str() },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
-            "noNewPrivileges": true
+            "noNewPrivileges": c.no_new_privs
         },
-        "root": {"path": c.rootfs, "readonly": false},
+        "root": {"path": c.rootfs, "readonly": c.read_only_rootfs},
         "mounts": mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": c.cgroups_path,
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS
-        }
+        "linux": linux
     })
 }
 
@@ -136,6 +201,7 @@ mod tests {
             uts_ns: Some("/run/skiff/ns/x/uts".into()),
             cgroups_path: "/skiff/podu/c".into(),
             nofile_limit: 20000,
+            no_new_privs: true,
             ..Default::default()
         }
     }
@@ -163,5 +229,30 @@ mod tests {
         let v = render(&c);
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network"));
+    }
+
+    #[test]
+    fn privileged_resources_and_binds() {
+        let mut c = sample();
+        c.privileged = true;
+        c.host_pid = true;
+        c.cgroup.memory_limit = Some(1 << 20);
+        c.cgroup.cpu_shares = Some(256);
+        c.binds.push(Bind {
+            source: "/v".into(),
+            destination: "/data".into(),
+            read_only: true,
+            propagation: "rslave",
+        });
+        let v = render(&c);
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
+        assert!(spec.linux().as_ref().unwrap().masked_paths().as_ref().unwrap().is_empty());
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 1 << 20);
+        assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 256);
+        assert_eq!(v["linux"]["resources"]["devices"][0]["allow"], true);
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(!ns.iter().any(|n| n["type"] == "pid"));
+        let m = v["mounts"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(m["options"], json!(["rbind", "rslave", "ro"]));
     }
 }

@@ -1,0 +1,138 @@
+//! The pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, written
+//! once per pod and bind-mounted into each of its containers, like the kubelet.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// The cluster domain used for pod FQDNs.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Writes the three files into `dir`. `pod_ip` adds the pod's own entry.
+pub fn write(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let hostname: String = spec.hostname.clone().unwrap_or(name).chars().take(63).collect();
+    fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+    fs::write(dir.join("hosts"), hosts(pod, &hostname, pod_ip))?;
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    fs::write(dir.join("resolv.conf"), resolv_conf(pod, &host_resolv))?;
+    Ok(())
+}
+
+/// The kubelet's managed hosts file, with `hostAliases`.
+pub fn hosts(pod: &Pod, hostname: &str, pod_ip: Option<&str>) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = pod_ip {
+        match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => out.push_str(&format!(
+                "{ip}\t{hostname}.{sub}.{ns}.svc.{CLUSTER_DOMAIN}\t{hostname}\n"
+            )),
+            None => out.push_str(&format!("{ip}\t{hostname}\n")),
+        }
+    }
+    let aliases = spec.host_aliases.unwrap_or_default();
+    if !aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases {
+            out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.unwrap_or_default().join("\t")));
+        }
+    }
+    out
+}
+
+/// resolv.conf from `dnsPolicy` and `dnsConfig`. skiff has no cluster DNS,
+/// so `ClusterFirst` falls back to the node's resolver, as the kubelet does
+/// when no cluster DNS is configured.
+pub fn resolv_conf(pod: &Pod, host: &str) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let policy = spec.dns_policy.clone().unwrap_or_else(|| "ClusterFirst".into());
+    let (mut ns, mut search, mut options): (Vec<String>, Vec<String>, Vec<(String, Option<String>)>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    if policy != "None" {
+        for line in host.lines() {
+            let mut f = line.split_whitespace();
+            match f.next() {
+                Some("nameserver") => ns.extend(f.next().map(String::from)),
+                Some("search") => search.extend(f.map(String::from)),
+                Some("options") => {
+                    for o in f {
+                        let (k, v) = match o.split_once(':') {
+                            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                            None => (o.to_string(), None),
+                        };
+                        options.push((k, v));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(cfg) = spec.dns_config {
+        ns.extend(cfg.nameservers.unwrap_or_default());
+        search.extend(cfg.searches.unwrap_or_default());
+        for o in cfg.options.unwrap_or_default() {
+            let name = o.name.unwrap_or_default();
+            options.retain(|(k, _)| *k != name);
+            options.push((name, o.value));
+        }
+    }
+    ns.dedup();
+    ns.truncate(3);
+    search.dedup();
+    search.truncate(32);
+    let mut out = String::new();
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    for n in ns {
+        out.push_str(&format!("nameserver {n}\n"));
+    }
+    if !options.is_empty() {
+        let opts: Vec<String> = options
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}:{v}"),
+                None => k,
+            })
+            .collect();
+        out.push_str(&format!("options {}\n", opts.join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn hosts_file_has_pod_entry_and_aliases() {
+        let p = pod("metadata: {name: web, namespace: shop}\nspec:\n  subdomain: backend\n  hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]\n  containers: []");
+        let h = hosts(&p, "web", Some("10.244.0.7"));
+        assert!(h.contains("127.0.0.1\tlocalhost\n"));
+        assert!(h.contains("10.244.0.7\tweb.backend.shop.svc.cluster.local\tweb\n"), "{h}");
+        assert!(h.contains("10.1.2.3\tfoo.local\tbar.local\n"), "{h}");
+    }
+
+    #[test]
+    fn resolv_conf_policies() {
+        let host = "nameserver 1.1.1.1\nsearch example.com\noptions ndots:2\n";
+        let p = pod("spec: {containers: []}");
+        assert_eq!(resolv_conf(&p, host), "search example.com\nnameserver 1.1.1.1\noptions ndots:2\n");
+        let p = pod("spec:\n  dnsPolicy: None\n  dnsConfig: {nameservers: [9.9.9.9], searches: [a.b], options: [{name: ndots, value: '5'}, {name: edns0}]}\n  containers: []");
+        assert_eq!(resolv_conf(&p, host), "search a.b\nnameserver 9.9.9.9\noptions ndots:5 edns0\n");
+        let p = pod("spec:\n  dnsConfig: {options: [{name: ndots, value: '1'}]}\n  containers: []");
+        assert!(resolv_conf(&p, host).contains("options ndots:1\n"));
+    }
+}

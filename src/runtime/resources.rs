@@ -1,0 +1,157 @@
+//! Requests and limits: cgroup values, QoS class and the pod's total request.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use crate::quantity;
+
+/// cgroup settings for one container (libcontainer maps them to v1 or v2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cgroup {
+    pub cpu_shares: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    pub memory_limit: Option<i64>,
+    pub pids_limit: Option<i64>,
+}
+
+/// (cpu millicores, memory bytes) of `requests` or `limits`; requests default to limits.
+pub fn amounts(c: &Container) -> Result<((Option<i64>, Option<i64>), (Option<i64>, Option<i64>)), String> {
+    let r = c.resources.clone().unwrap_or_default();
+    let get = |m: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+               k: &str,
+               cpu: bool|
+     -> Result<Option<i64>, String> {
+        m.as_ref()
+            .and_then(|m| m.get(k))
+            .map(|q| if cpu { quantity::millicores(&q.0) } else { quantity::bytes(&q.0) })
+            .transpose()
+            .map_err(|e| format!("container {}: resources {k}: {e}", c.name))
+    };
+    let lim = (get(&r.limits, "cpu", true)?, get(&r.limits, "memory", false)?);
+    let req = (
+        get(&r.requests, "cpu", true)?.or(lim.0),
+        get(&r.requests, "memory", false)?.or(lim.1),
+    );
+    for (what, rq, lm) in [("cpu", req.0, lim.0), ("memory", req.1, lim.1)] {
+        if let (Some(rq), Some(lm)) = (rq, lm) {
+            if rq > lm {
+                return Err(format!(
+                    "container {}: resources.requests.{what}: Invalid value: must be less than or equal to {what} limit",
+                    c.name
+                ));
+            }
+        }
+    }
+    Ok((req, lim))
+}
+
+/// The container's cgroup values, as the kubelet computes them.
+pub fn cgroup(c: &Container, pids_limit: Option<i64>) -> Result<Cgroup, String> {
+    let ((req_cpu, _), (lim_cpu, lim_mem)) = amounts(c)?;
+    let shares = match req_cpu {
+        Some(m) => (m as u64 * 1024 / 1000).max(2),
+        None => 2,
+    };
+    let (quota, period) = match lim_cpu {
+        Some(m) => (Some((m * 100).max(1000)), Some(100_000)),
+        None => (None, None),
+    };
+    Ok(Cgroup {
+        cpu_shares: Some(shares),
+        cpu_quota: quota,
+        cpu_period: period,
+        memory_limit: lim_mem,
+        pids_limit,
+    })
+}
+
+/// The pod's QoS class: Guaranteed, Burstable or BestEffort.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = &pod.spec else {
+        return "BestEffort";
+    };
+    let all: Vec<&Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &all {
+        let Ok(((rc, rm), (lc, lm))) = amounts(c) else {
+            return "Burstable";
+        };
+        if rc.is_some() || rm.is_some() || lc.is_some() || lm.is_some() {
+            any = true;
+        }
+        if !(lc.is_some() && lm.is_some() && rc == lc && rm == lm) {
+            guaranteed = false;
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// What the pod asks of the node: the larger of the biggest init container
+/// and the sum of the app containers, per resource (the scheduler's rule).
+pub fn pod_requests(pod: &Pod) -> (i64, i64) {
+    let Some(spec) = &pod.spec else {
+        return (0, 0);
+    };
+    let req = |c: &Container| amounts(c).map(|(r, _)| (r.0.unwrap_or(0), r.1.unwrap_or(0))).unwrap_or((0, 0));
+    let (mut cpu, mut mem) = (0, 0);
+    for c in &spec.containers {
+        let (a, b) = req(c);
+        cpu += a;
+        mem += b;
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let (a, b) = req(c);
+        cpu = cpu.max(a);
+        mem = mem.max(b);
+    }
+    (cpu, mem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn qos_classes() {
+        assert_eq!(qos_class(&pod("spec: {containers: [{name: a}]}")), "BestEffort");
+        assert_eq!(qos_class(&pod("spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}}}]}")), "Guaranteed");
+        assert_eq!(qos_class(&pod("spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}, requests: {cpu: 500m}}}]}")), "Burstable");
+        assert_eq!(qos_class(&pod("spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}}}, {name: b}]}")), "Burstable");
+    }
+
+    #[test]
+    fn cgroup_values_follow_the_kubelet() {
+        let p = pod("spec: {containers: [{name: a, resources: {requests: {cpu: 250m}, limits: {cpu: 500m, memory: 64Mi}}}]}");
+        let cg = cgroup(&p.spec.unwrap().containers[0], Some(1024)).unwrap();
+        assert_eq!(cg.cpu_shares, Some(256));
+        assert_eq!(cg.cpu_quota, Some(50_000));
+        assert_eq!(cg.cpu_period, Some(100_000));
+        assert_eq!(cg.memory_limit, Some(64 << 20));
+        assert_eq!(cg.pids_limit, Some(1024));
+        let p = pod("spec: {containers: [{name: a}]}");
+        assert_eq!(cgroup(&p.spec.unwrap().containers[0], None).unwrap().cpu_shares, Some(2));
+        let p = pod("spec: {containers: [{name: a, resources: {requests: {cpu: 2}, limits: {cpu: 1}}}]}");
+        assert!(cgroup(&p.spec.unwrap().containers[0], None).unwrap_err().contains("less than or equal"));
+    }
+
+    #[test]
+    fn pod_requests_take_the_larger_of_init_and_apps() {
+        let p = pod("spec:\n  initContainers: [{name: i, resources: {requests: {cpu: '3', memory: 1Gi}}}]\n  containers: [{name: a, resources: {requests: {cpu: '1', memory: 2Gi}}}, {name: b, resources: {limits: {cpu: '1', memory: 1Gi}}}]");
+        assert_eq!(pod_requests(&p), (3000, 3 << 30));
+    }
+}

@@ -1,0 +1,308 @@
+//! A container's security settings from the pod's and the container's
+//! `securityContext`, with safe defaults when nothing is asked.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use super::spec::DEFAULT_CAPS;
+
+/// Every capability the kernel knows, for `privileged` and `add: [ALL]`.
+pub const ALL_CAPS: [&str; 41] = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Sysctls that are namespaced (safe to set per pod), as the kubelet's list.
+pub fn is_namespaced_sysctl(name: &str, host_network: bool) -> bool {
+    matches!(
+        name,
+        "kernel.shm_rmid_forced" | "kernel.shmmax" | "kernel.shmall" | "kernel.shmmni" | "kernel.sem"
+            | "kernel.msgmax" | "kernel.msgmnb" | "kernel.msgmni"
+    ) || name.starts_with("fs.mqueue.")
+        || (!host_network && name.starts_with("net."))
+}
+
+/// The seccomp choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seccomp {
+    Unconfined,
+    RuntimeDefault,
+    /// A profile file under `<root-dir>/seccomp/`.
+    Localhost(String),
+}
+
+/// Resolved security settings of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub privileged: bool,
+    pub caps: Vec<String>,
+    pub read_only_rootfs: bool,
+    pub no_new_privs: bool,
+    pub seccomp: Seccomp,
+    pub sysctls: BTreeMap<String, String>,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+}
+
+fn cap_name(c: &str) -> String {
+    let up = c.to_ascii_uppercase();
+    if up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
+}
+
+/// Computes the settings. `image_user` is the image's user already resolved
+/// against its `/etc/passwd` (uid, primary gid), `gid_of` looks up a uid's
+/// primary group in the image.
+pub fn compute(
+    pod: &Pod,
+    c: &Container,
+    image_user: (u32, u32),
+    gid_of: impl Fn(u32) -> Option<u32>,
+) -> Result<Security, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let psc = spec.security_context.clone().unwrap_or_default();
+    let csc = c.security_context.clone().unwrap_or_default();
+    let run_as_user = csc.run_as_user.or(psc.run_as_user);
+    let run_as_group = csc.run_as_group.or(psc.run_as_group);
+    for (what, v) in [("runAsUser", run_as_user), ("runAsGroup", run_as_group)] {
+        if let Some(v) = v {
+            if !(0..=i64::from(u32::MAX - 1)).contains(&v) {
+                return Err(format!("{what}: Invalid value: {v}"));
+            }
+        }
+    }
+    let uid = run_as_user.map(|u| u as u32).unwrap_or(image_user.0);
+    let gid = match (run_as_group, run_as_user) {
+        (Some(g), _) => g as u32,
+        (None, Some(u)) => gid_of(u as u32).unwrap_or(0),
+        (None, None) => image_user.1,
+    };
+    let non_root = csc.run_as_non_root.or(psc.run_as_non_root).unwrap_or(false);
+    if non_root && uid == 0 {
+        return Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {})",
+            pod.metadata.name.clone().unwrap_or_default(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.uid.clone().unwrap_or_default(),
+            c.name
+        ));
+    }
+    let mut additional_gids: Vec<u32> = psc
+        .supplemental_groups
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| g as u32)
+        .collect();
+    if let Some(g) = psc.fs_group {
+        additional_gids.push(g as u32);
+    }
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    let privileged = csc.privileged.unwrap_or(false);
+    let mut caps: Vec<String> = if privileged {
+        ALL_CAPS.iter().map(|s| s.to_string()).collect()
+    } else {
+        DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+    };
+    if !privileged {
+        if let Some(cs) = &csc.capabilities {
+            for d in cs.drop.iter().flatten() {
+                if d.eq_ignore_ascii_case("ALL") {
+                    caps.clear();
+                } else {
+                    let n = cap_name(d);
+                    caps.retain(|c| *c != n);
+                }
+            }
+            for a in cs.add.iter().flatten() {
+                if a.eq_ignore_ascii_case("ALL") {
+                    caps = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+                    continue;
+                }
+                let n = cap_name(a);
+                if !ALL_CAPS.contains(&n.as_str()) {
+                    return Err(format!("capabilities.add: unknown capability {a:?}"));
+                }
+                if !caps.contains(&n) {
+                    caps.push(n);
+                }
+            }
+        }
+    }
+    let escalation = csc.allow_privilege_escalation;
+    if escalation == Some(false) && privileged {
+        return Err("cannot set allowPrivilegeEscalation to false and privileged to true".into());
+    }
+    // skiff's safe default: no_new_privs unless escalation is asked for explicitly.
+    let no_new_privs = !privileged && escalation != Some(true);
+    let profile = csc.seccomp_profile.or(psc.seccomp_profile);
+    let seccomp = match profile {
+        None => Seccomp::Unconfined,
+        Some(p) => match p.type_.as_str() {
+            "Unconfined" => Seccomp::Unconfined,
+            "RuntimeDefault" => Seccomp::RuntimeDefault,
+            "Localhost" => {
+                let path = p.localhost_profile.unwrap_or_default();
+                if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                    return Err(format!("seccompProfile.localhostProfile: Invalid value {path:?}: must be a relative path without '..'"));
+                }
+                Seccomp::Localhost(path)
+            }
+            other => return Err(format!("seccompProfile.type: Unsupported value: {other:?}")),
+        },
+    };
+    let seccomp = if privileged { Seccomp::Unconfined } else { seccomp };
+    let host_network = spec.host_network.unwrap_or(false);
+    let mut sysctls = BTreeMap::new();
+    for s in psc.sysctls.iter().flatten() {
+        if !is_namespaced_sysctl(&s.name, host_network) {
+            return Err(format!("forbidden sysctl: {:?} is not a namespaced sysctl skiff allows", s.name));
+        }
+        sysctls.insert(s.name.clone(), s.value.clone());
+    }
+    Ok(Security {
+        uid,
+        gid,
+        additional_gids,
+        privileged,
+        caps,
+        read_only_rootfs: csc.read_only_root_filesystem.unwrap_or(false),
+        no_new_privs,
+        seccomp,
+        sysctls,
+        host_pid: spec.host_pid.unwrap_or(false),
+        host_ipc: spec.host_ipc.unwrap_or(false),
+    })
+}
+
+/// The RuntimeDefault seccomp profile: default-deny (EPERM) with an
+/// allowlist in the spirit of Docker's default profile, which leaves out
+/// what containers should not do: kernel modules, kexec, mount and namespace
+/// games, keyrings, BPF, perf, clock setting, reboot, swap, ptrace of others.
+pub fn runtime_default_profile() -> serde_json::Value {
+    const ALLOW: &[&str] = &[
+        "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "capget", "capset",
+        "chdir", "chmod", "chown", "clock_getres", "clock_gettime", "clock_nanosleep", "clone",
+        "clone3", "close", "close_range", "connect", "copy_file_range", "creat", "dup", "dup2", "dup3",
+        "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait",
+        "eventfd", "eventfd2", "execve", "execveat", "exit", "exit_group", "faccessat", "faccessat2",
+        "fadvise64", "fallocate", "fanotify_mark", "fchdir", "fchmod", "fchmodat", "fchmodat2", "fchown",
+        "fchownat", "fcntl", "fdatasync", "fgetxattr", "flistxattr", "flock", "fork", "fremovexattr",
+        "fsetxattr", "fstat", "fstatfs", "fsync", "ftruncate", "futex", "futex_waitv", "futimesat",
+        "get_robust_list", "get_thread_area", "getcpu", "getcwd", "getdents", "getdents64", "getegid",
+        "geteuid", "getgid", "getgroups", "getitimer", "getpeername", "getpgid", "getpgrp", "getpid",
+        "getppid", "getpriority", "getrandom", "getresgid", "getresuid", "getrlimit", "getrusage",
+        "getsid", "getsockname", "getsockopt", "gettid", "gettimeofday", "getuid", "getxattr",
+        "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch", "io_cancel",
+        "io_destroy", "io_getevents", "io_pgetevents", "io_setup", "io_submit", "ioctl", "ioprio_get",
+        "ioprio_set", "kill", "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self",
+        "lchown", "lgetxattr", "link", "linkat", "listen", "listxattr", "llistxattr", "lremovexattr",
+        "lseek", "lsetxattr", "lstat", "madvise", "membarrier", "memfd_create", "mincore", "mkdir",
+        "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mprotect", "mq_getsetattr",
+        "mq_notify", "mq_open", "mq_timedreceive", "mq_timedsend", "mq_unlink", "mremap", "msgctl",
+        "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap", "nanosleep",
+        "newfstatat", "open", "openat", "openat2", "pause", "pidfd_getfd", "pidfd_open",
+        "pidfd_send_signal", "pipe", "pipe2", "poll", "ppoll", "prctl", "pread64", "preadv", "preadv2",
+        "prlimit64", "pselect6", "pwrite64", "pwritev", "pwritev2", "read", "readahead", "readlink",
+        "readlinkat", "readv", "recvfrom", "recvmmsg", "recvmsg", "remap_file_pages", "removexattr",
+        "rename", "renameat", "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction",
+        "rt_sigpending", "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend",
+        "rt_sigtimedwait", "rt_tgsigqueueinfo", "sched_get_priority_max", "sched_get_priority_min",
+        "sched_getaffinity", "sched_getattr", "sched_getparam", "sched_getscheduler",
+        "sched_rr_get_interval", "sched_setaffinity", "sched_setattr", "sched_setparam",
+        "sched_setscheduler", "sched_yield", "seccomp", "select", "semctl", "semget", "semop",
+        "semtimedop", "send", "sendfile", "sendmmsg", "sendmsg", "sendto", "set_robust_list",
+        "set_thread_area", "set_tid_address", "setfsgid", "setfsuid", "setgid", "setgroups",
+        "setitimer", "setpgid", "setpriority", "setregid", "setresgid", "setresuid", "setreuid",
+        "setrlimit", "setsid", "setsockopt", "setuid", "setxattr", "shmat", "shmctl", "shmdt", "shmget",
+        "shutdown", "sigaltstack", "signalfd", "signalfd4", "socket", "socketpair", "splice", "stat",
+        "statfs", "statx", "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee",
+        "tgkill", "time", "timer_create", "timer_delete", "timer_getoverrun", "timer_gettime",
+        "timer_settime", "timerfd_create", "timerfd_gettime", "timerfd_settime", "times", "tkill",
+        "truncate", "umask", "uname", "unlink", "unlinkat", "utime", "utimensat", "utimes", "vfork",
+        "vmsplice", "wait4", "waitid", "write", "writev", "arch_prctl", "chroot", "modify_ldt",
+    ];
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "syscalls": [{"names": ALLOW, "action": "SCMP_ACT_ALLOW"}]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        let mut p: Pod = serde_yaml_ng::from_str(yaml).unwrap();
+        p.metadata.uid = Some("u".into());
+        crate::manifest::validate::validate_pod(p).unwrap()
+    }
+
+    fn sec(yaml: &str, image_user: (u32, u32)) -> Result<Security, String> {
+        let p = pod(yaml);
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        compute(&p, &c, image_user, |u| (u == 1000).then_some(1000))
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let s = sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}", (0, 0)).unwrap();
+        assert_eq!(s.caps.len(), 14);
+        assert!(s.no_new_privs && !s.privileged && !s.read_only_rootfs);
+        assert_eq!(s.seccomp, Seccomp::Unconfined);
+        assert_eq!((s.uid, s.gid), (0, 0));
+    }
+
+    #[test]
+    fn users_groups_and_non_root() {
+        let s = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000, supplementalGroups: [5, 6], fsGroup: 2000}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap();
+        assert_eq!((s.uid, s.gid), (1000, 1000));
+        assert_eq!(s.additional_gids, vec![5, 6, 2000]);
+        let s = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000}\n  containers: [{name: c, image: i, securityContext: {runAsUser: 7, runAsGroup: 8}}]", (0, 0)).unwrap();
+        assert_eq!((s.uid, s.gid), (7, 8));
+        let err = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap_err();
+        assert!(err.contains("runAsNonRoot and image will run as root"), "{err}");
+        assert!(sec("metadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: c, image: i}]", (65534, 65534)).is_ok());
+    }
+
+    #[test]
+    fn capabilities_privileged_and_escalation() {
+        let s = sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {capabilities: {drop: [ALL], add: [NET_ADMIN, CAP_CHOWN]}}}]}", (0, 0)).unwrap();
+        assert_eq!(s.caps, vec!["CAP_NET_ADMIN", "CAP_CHOWN"]);
+        let s = sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {capabilities: {drop: [NET_RAW]}}}]}", (0, 0)).unwrap();
+        assert!(!s.caps.contains(&"CAP_NET_RAW".to_string()) && s.caps.len() == 13);
+        let s = sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}", (0, 0)).unwrap();
+        assert!(s.privileged && !s.no_new_privs && s.caps.len() == ALL_CAPS.len());
+        let s = sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {allowPrivilegeEscalation: true}}]}", (0, 0)).unwrap();
+        assert!(!s.no_new_privs);
+        assert!(sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {capabilities: {add: [BOGUS]}}}]}", (0, 0)).is_err());
+    }
+
+    #[test]
+    fn seccomp_and_sysctls() {
+        let s = sec("metadata: {name: p}\nspec:\n  securityContext: {seccompProfile: {type: RuntimeDefault}, sysctls: [{name: net.core.somaxconn, value: '1024'}]}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap();
+        assert_eq!(s.seccomp, Seccomp::RuntimeDefault);
+        assert_eq!(s.sysctls.get("net.core.somaxconn").map(String::as_str), Some("1024"));
+        let err = sec("metadata: {name: p}\nspec:\n  securityContext: {sysctls: [{name: kernel.panic, value: '1'}]}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap_err();
+        assert!(err.contains("forbidden sysctl"), "{err}");
+        let err = sec("metadata: {name: p}\nspec:\n  containers: [{name: c, image: i, securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../x.json}}}]", (0, 0)).unwrap_err();
+        assert!(err.contains("localhostProfile"), "{err}");
+        let profile = runtime_default_profile();
+        let names = profile["syscalls"][0]["names"].as_array().unwrap();
+        for denied in ["mount", "kexec_load", "init_module", "bpf", "unshare", "setns", "reboot", "keyctl"] {
+            assert!(!names.iter().any(|n| n == denied), "{denied} allowed");
+        }
+    }
+}
