@@ -180,15 +180,6 @@ for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
 [[ -S $SOCK ]] || { cat "$D/skiffd.log"; die "skiffd did not create $SOCK"; }
 SKIFF_SOCKET=$SOCK "$BIN/skiff" image import "$D/img" >/dev/null
 
-# ---- 1. skiff, one pod at a time -----------------------------------------------------------
-echo "skiff: warm-up pod, then $SINGLE_RUNS single pods..."
-"$DRIVER" single "$SOCK" "$D/manifests" 1 >/dev/null
-single=$("$DRIVER" single "$SOCK" "$D/manifests" "$SINGLE_RUNS")
-skiff_ms=$(grep '^single_running_ms ' <<<"$single" | cut -d' ' -f2-)
-skiff_vis=$(grep '^single_visible_ms ' <<<"$single" | cut -d' ' -f2-)
-s_skiff=$(stats "$skiff_ms")
-s_vis=$(stats "$skiff_vis")
-
 # ---- 2. podman kube play -------------------------------------------------------------------
 echo "podman: importing the image, warm-up, then $PODMAN_RUNS kube play runs..."
 mkdir -p "$D/podman/root" "$D/podman/runroot" "$D/podman/tmp" "$D/podman/yaml"
@@ -218,9 +209,6 @@ podman_play() { # name -> prints elapsed ms
     elapsed "$t0" "$t1"
 }
 podman_play bench-podman-warmup >/dev/null # builds podman's pause image, not counted
-podman_ms=
-for i in $(seq "$PODMAN_RUNS"); do podman_ms+=" $(podman_play "bench-podman-$i")"; done
-s_podman=$(stats "$podman_ms")
 
 # ---- 3. runc run -d ------------------------------------------------------------------------
 echo "runc: unpacking the image, warm-up, then $RUNC_RUNS runs..."
@@ -240,12 +228,37 @@ runc_run() { # id -> prints elapsed ms
     elapsed "$t0" "$t1"
 }
 runc_run bench-runc-warmup >/dev/null
-runc_ms=
-for i in $(seq "$RUNC_RUNS"); do runc_ms+=" $(runc_run "bench-runc-$i")"; done
+
+# ---- 1-3. single starts, interleaved -------------------------------------------------------
+# Round-robin skiff / podman / runc so that background load hits all three alike. Before each
+# timed start, `sync` and a short pause, so no run pays for the previous one's writeback (skiff
+# fsyncs state files, and an ext4 fsync waits for whatever else is in the journal transaction).
+settle() { sync; sleep 0.2; }
+echo "single starts, interleaved: skiff x$SINGLE_RUNS, podman x$PODMAN_RUNS, runc x$RUNC_RUNS..."
+"$DRIVER" single "$SOCK" "$D/manifests" 1 >/dev/null # warm-up, not counted
+skiff_ms= skiff_vis= podman_ms= runc_ms=
+load_before=$(cut -d' ' -f1 /proc/loadavg)
+max=$SINGLE_RUNS
+((PODMAN_RUNS > max)) && max=$PODMAN_RUNS
+((RUNC_RUNS > max)) && max=$RUNC_RUNS
+for i in $(seq "$max"); do
+    if ((i <= SINGLE_RUNS)); then
+        settle
+        one=$("$DRIVER" single "$SOCK" "$D/manifests" 1)
+        skiff_ms+=" $(awk '$1 == "single_running_ms" { print $2 }' <<<"$one")"
+        skiff_vis+=" $(awk '$1 == "single_visible_ms" { print $2 }' <<<"$one")"
+    fi
+    ((i <= PODMAN_RUNS)) && settle && podman_ms+=" $(podman_play "bench-podman-$i")"
+    ((i <= RUNC_RUNS)) && settle && runc_ms+=" $(runc_run "bench-runc-$i")"
+done
+s_skiff=$(stats "$skiff_ms")
+s_vis=$(stats "$skiff_vis")
+s_podman=$(stats "$podman_ms")
 s_runc=$(stats "$runc_ms")
 
 # ---- 4. skiff, BURST pods at once, then memory ---------------------------------------------
 echo "skiff: $BURST pods at once..."
+settle
 burst=$("$DRIVER" burst "$SOCK" "$D/manifests" "$D/staging" "$BURST")
 b_run=$(grep '^burst_running_ms ' <<<"$burst" | cut -d' ' -f2-)
 b_all=$(tr ' ' '\n' <<<"$b_run" | sort -g | tail -1)
@@ -281,7 +294,7 @@ r_sr=$(ratio "$(field "$s_skiff" 1)" "$(field "$s_runc" 1)")
 b_s=$(awk -v m="$b_all" 'BEGIN { printf "%.2f", m / 1000 }')
 shim_max=$(field "$a_rss" 1)
 echo
-echo "pod start (manifest -> Running), same image, same run ($(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "pod start (manifest -> Running), same image, same run, interleaved ($(nproc) CPUs, 1-min load $load_before -> $(cut -d' ' -f1 /proc/loadavg))"
 printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (%s runs)\n' \
     "skiff  single pod" $s_skiff "$SINGLE_RUNS"
 printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (manifest -> pod listed by the API)\n' \
@@ -303,7 +316,7 @@ if ((LEFTOVERS)); then
 else
     echo "  no skiff-shim process or mount left under $D"
 fi
-echo "raw ms: skiff $skiff_ms"
+echo "raw ms: skiff$skiff_ms"
 echo "raw ms: podman$podman_ms"
 echo "raw ms: runc$runc_ms"
 echo "(also in $OUT; skiffd log in target/bench/skiffd.log)"
