@@ -293,15 +293,10 @@ pub async fn watch(mut source: DirSource, period: Duration, tx: mpsc::Sender<Sna
             Some(fd) => {
                 tokio::select! {
                     _ = ticker.tick() => {}
-                    guard = fd.readable() => {
-                        if let Ok(mut g) = guard {
-                            drain(&fd.get_ref().0);
-                            g.clear_ready();
+                    changed = wait_change(fd) => {
+                        if changed {
+                            debug!("manifest directory changed");
                         }
-                        // Editors write in several steps; let the burst settle.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        drain(&fd.get_ref().0);
-                        debug!("manifest directory changed");
                     }
                 }
             }
@@ -309,6 +304,34 @@ pub async fn watch(mut source: DirSource, period: Duration, tx: mpsc::Sender<Sna
                 ticker.tick().await;
             }
         }
+    }
+}
+
+/// Waits for a change worth a re-list. A finished write (close, rename,
+/// delete) counts at once; a file being created or written counts only when
+/// its writer closes it, or after a short pause, so a half-written file is
+/// not reported as broken.
+async fn wait_change(fd: &AsyncFd<InotifyFd>) -> bool {
+    const SETTLE: Duration = Duration::from_millis(250);
+    let mut pending = false;
+    loop {
+        let ready = if pending {
+            match tokio::time::timeout(SETTLE, fd.readable()).await {
+                Ok(r) => r,
+                Err(_) => return true,
+            }
+        } else {
+            fd.readable().await
+        };
+        let Ok(mut guard) = ready else {
+            return true;
+        };
+        let (complete, partial) = drain(&fd.get_ref().0);
+        guard.clear_ready();
+        if complete {
+            return true;
+        }
+        pending |= partial;
     }
 }
 
@@ -321,12 +344,30 @@ impl std::os::fd::AsRawFd for InotifyFd {
     }
 }
 
-fn drain(i: &Inotify) {
+/// Reads all queued events: (a completed change, a change still in progress).
+fn drain(i: &Inotify) -> (bool, bool) {
+    let done = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_Q_OVERFLOW;
+    let (mut complete, mut partial) = (false, false);
     while let Ok(events) = i.read_events() {
         if events.is_empty() {
             break;
         }
+        for e in events {
+            if e.mask.intersects(done) {
+                complete = true;
+            } else {
+                partial = true;
+            }
+        }
     }
+    (complete, partial)
 }
 
 #[cfg(test)]

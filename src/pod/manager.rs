@@ -108,9 +108,6 @@ impl Manager {
             let mut shown = pod.clone();
             shown.status = Some(worker::initial_status(&pod));
             self.ctx.store.put_pod(shown, true);
-            if let Err(e) = self.ctx.runtime.save_pod(&pod) {
-                warn!(pod = %key.1, error = %e, "saving pod");
-            }
             let (tx, handle) = worker::spawn(self.ctx.clone(), pod, previous);
             self.workers.insert(key.clone(), Entry { uid, tx, handle });
         }

@@ -162,7 +162,7 @@ impl PodRuntime for Runtime {
         Runtime::pods_on_disk(self)
     }
     fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError> {
-        Runtime::create_sandbox(self, pod)
+        blocking(|| Runtime::create_sandbox(self, pod))
     }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
         Runtime::remove_sandbox(self, uid)
@@ -190,14 +190,14 @@ impl PodRuntime for Runtime {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let pod_dir = self.pod_dir(uid);
         let pvc_dir = self.pvc_dir();
-        volumes::setup(
+        blocking(|| volumes::setup(
             &volumes::Layout {
                 pod_dir: &pod_dir,
                 pvc_dir: &pvc_dir,
             },
             pod,
             cx,
-        )
+        ))
     }
     fn start<'a>(
         &'a self,
@@ -527,7 +527,7 @@ impl Runtime {
             log_path: self.log_path(&uid, &req.container.name, req.restart),
             created_at: Timestamp::now().to_string(),
         };
-        let prepared = self.prepare(&dir, &meta, &image, &req).map_err(|e| {
+        let prepared = blocking(|| self.prepare(&dir, &meta, &image, &req)).map_err(|e| {
             self.remove_container(&uid, &id);
             e
         });
@@ -783,6 +783,18 @@ impl Runtime {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         cmd
+    }
+}
+
+/// Runs blocking filesystem and namespace work without stalling the other
+/// tasks of a worker thread (the pod start path does mounts, unshares and
+/// writes).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -120,15 +120,28 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
-/// Writes `data` to `dir/name` atomically (temp file, fsync, rename).
+/// Writes `data` to `dir/name` atomically (temp file, rename): a reader sees
+/// the old or the new content, never a torn file.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+    }
+    fs::rename(&tmp, dir.join(name))
+}
+
+/// Like [`write_atomic`], and also survives a power loss (fsync before the
+/// rename). Only for records nothing else can rebuild, such as an exit status.
+pub fn write_durable(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, dir.join(name))
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
 }
 
 fn report(line: &str) {
@@ -164,6 +177,7 @@ fn start(opts: &Opts) -> i32 {
             }
             report(&format!("ok {}", pid.as_raw()));
             detach_stdout();
+            release_startup_pages();
             let status = supervise(opts, pid, outs);
             finish(opts, status);
             0
@@ -231,6 +245,40 @@ fn start_container(opts: &Opts) -> Result<(Pid, Outputs), String> {
                 Err(format!("{msg}: {}", lines.join("; ")))
             }
         }
+    }
+}
+
+/// Most of the shim's binary (libcontainer's setup code) is only needed to
+/// start the container. Hand those pages back so that a long-running shim
+/// keeps just its small supervision loop resident; they are shared and
+/// file-backed, so this only drops them from our page tables.
+fn release_startup_pages() {
+    let Ok(exe) = fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let exe = exe.to_string_lossy().into_owned();
+    for line in maps.lines() {
+        if !line.ends_with(&exe) {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        // Writable mappings hold relocated data we still use; leave them.
+        if perms.contains('w') {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else { continue };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        // SAFETY: advising the kernel about our own file-backed, read-only
+        // mappings; MADV_PAGEOUT never changes their contents.
+        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT) };
     }
 }
 
@@ -405,7 +453,7 @@ fn finish(opts: &Opts, status: Option<WaitStatus>) {
     };
     cleanup_runtime_state(opts);
     if let Ok(json) = serde_json::to_vec(&rec) {
-        if let Err(e) = write_atomic(&opts.state_dir, EXIT_FILE, &json) {
+        if let Err(e) = write_durable(&opts.state_dir, EXIT_FILE, &json) {
             eprintln!("skiff-shim: writing exit record: {e}");
         }
     }
