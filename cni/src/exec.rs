@@ -115,7 +115,8 @@ pub struct Attachment {
     pub netns: PathBuf,
     /// Interface name inside the container, usually `eth0`.
     pub ifname: String,
-    /// `CNI_ARGS` pairs (the kubelet passes `K8S_POD_NAMESPACE`, `K8S_POD_NAME`, ...).
+    /// `CNI_ARGS` pairs (the kubelet passes `K8S_POD_NAMESPACE`, `K8S_POD_NAME`, ...);
+    /// `IgnoreUnknown=1` is put first when missing, as the kubelet and containerd do.
     pub args: Vec<(String, String)>,
     /// Capability arguments, turned into `runtimeConfig` for plugins that ask.
     pub capabilities: Capabilities,
@@ -536,7 +537,12 @@ impl Network {
         let cni_path = std::env::join_paths(&self.bin_dirs)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let args: Vec<String> = att.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args: Vec<String> = att.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // The reference plugins reject CNI_ARGS keys they do not know unless
+        // IgnoreUnknown is set; the kubelet and containerd always set it first.
+        if !args.is_empty() && !att.args.iter().any(|(k, _)| k == "IgnoreUnknown") {
+            args.insert(0, "IgnoreUnknown=1".to_string());
+        }
         let env = vec![
             ("CNI_COMMAND".to_string(), command.as_str().to_string()),
             ("CNI_CONTAINERID".to_string(), att.container_id.clone()),
