@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use crate::invoke::{ProcessRunner, RunError, Runner, find_plugin};
 use crate::skel::Command;
 use crate::types::{
-    CniResult, ErrorResult, GcAttachment, NetConfList, PortMapping, SUPPORTED_VERSIONS, VALID_ATTACHMENTS_KEY,
-    VersionInfo, version_at_least,
+    CniResult, ErrorResult, GcAttachment, NetConfList, PortMapping, SUPPORTED_VERSIONS,
+    VALID_ATTACHMENTS_KEY, VersionInfo, version_at_least,
 };
 
 /// Default plugin directory (the kubelet's and containerd's).
@@ -66,7 +66,9 @@ pub enum Error {
     #[error("CNI result cache {path}: {source}")]
     Cache { path: PathBuf, source: io::Error },
     /// CHECK needs a cached ADD result and there is none.
-    #[error("no cached CNI result for container {container_id} interface {ifname} on network {network}")]
+    #[error(
+        "no cached CNI result for container {container_id} interface {ifname} on network {network}"
+    )]
     NotCached {
         network: String,
         container_id: String,
@@ -187,7 +189,10 @@ impl Network {
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json")) && p.is_file()
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("conflist" | "conf" | "json")
+                ) && p.is_file()
             })
             .collect();
         files.sort();
@@ -219,16 +224,27 @@ impl Network {
             reason,
         };
         let v: Value = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-        let obj = v.as_object().ok_or_else(|| invalid("not a JSON object".into()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| invalid("not a JSON object".into()))?;
         let (config, raw) = if obj.contains_key("plugins") {
-            let c: NetConfList = serde_json::from_value(v.clone()).map_err(|e| invalid(e.to_string()))?;
+            let c: NetConfList =
+                serde_json::from_value(v.clone()).map_err(|e| invalid(e.to_string()))?;
             (c, bytes.to_vec())
         } else if obj.contains_key("type") {
             let single = obj.clone();
             let c = NetConfList {
-                cni_version: single.get("cniVersion").and_then(Value::as_str).unwrap_or("").to_string(),
+                cni_version: single
+                    .get("cniVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
                 cni_versions: Vec::new(),
-                name: single.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+                name: single
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
                 disable_check: false,
                 disable_gc: false,
                 plugins: vec![single],
@@ -236,7 +252,9 @@ impl Network {
             let raw = serde_json::to_vec(&c).unwrap_or_default();
             (c, raw)
         } else {
-            return Err(invalid("neither a plugin list (\"plugins\") nor a plugin config (\"type\")".into()));
+            return Err(invalid(
+                "neither a plugin list (\"plugins\") nor a plugin config (\"type\")".into(),
+            ));
         };
         let mut config = config;
         if !config.cni_versions.is_empty() {
@@ -263,7 +281,10 @@ impl Network {
             return Err(invalid("no plugins".into()));
         }
         for p in &config.plugins {
-            if p.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if p.get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 return Err(invalid("a plugin has no \"type\"".into()));
             }
         }
@@ -317,16 +338,26 @@ impl Network {
         self.write_cache(&entry)?;
         let mut prev: Option<Value> = None;
         for plugin in &self.config.plugins {
-            let conf = self.plugin_config(&self.config, plugin, prev.take(), Some(&att.capabilities))?;
-            let out = self.exec(Command::Add, plugin, &conf, att, &att.netns.to_string_lossy())?;
+            let conf =
+                self.plugin_config(&self.config, plugin, prev.take(), Some(&att.capabilities))?;
+            let out = self.exec(
+                Command::Add,
+                plugin,
+                &conf,
+                att,
+                &att.netns.to_string_lossy(),
+            )?;
             let kind = plugin_type(plugin);
-            let v: Value = serde_json::from_slice(&out).map_err(|e| bad_output(kind, Command::Add, &out, e.to_string()))?;
+            let v: Value = serde_json::from_slice(&out)
+                .map_err(|e| bad_output(kind, Command::Add, &out, e.to_string()))?;
             // Validate now so a malformed result fails here, not in a later plugin.
-            CniResult::from_value(v.clone()).map_err(|e| bad_output(kind, Command::Add, &out, e.to_string()))?;
+            CniResult::from_value(v.clone())
+                .map_err(|e| bad_output(kind, Command::Add, &out, e.to_string()))?;
             prev = Some(v);
         }
         let v = prev.unwrap_or_default();
-        let mut result = CniResult::from_value(v.clone()).map_err(|e| bad_output("", Command::Add, &[], e.to_string()))?;
+        let mut result = CniResult::from_value(v.clone())
+            .map_err(|e| bad_output("", Command::Add, &[], e.to_string()))?;
         result.cni_version = self.config.cni_version.clone();
         entry.result = Some(result.to_value(&self.config.cni_version));
         self.write_cache(&entry)?;
@@ -342,7 +373,9 @@ impl Network {
         let cached = self.read_cache(&att.container_id, &att.ifname)?;
         let (list, prev, caps) = match &cached {
             Some(c) => {
-                let raw = base64::engine::general_purpose::STANDARD.decode(&c.config).ok();
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(&c.config)
+                    .ok();
                 let list = raw
                     .and_then(|r| serde_json::from_slice::<NetConfList>(&r).ok())
                     .unwrap_or_else(|| self.config.clone());
@@ -388,8 +421,19 @@ impl Network {
             });
         };
         for plugin in &self.config.plugins {
-            let conf = self.plugin_config(&self.config, plugin, Some(prev.clone()), Some(&att.capabilities))?;
-            self.exec(Command::Check, plugin, &conf, att, &att.netns.to_string_lossy())?;
+            let conf = self.plugin_config(
+                &self.config,
+                plugin,
+                Some(prev.clone()),
+                Some(&att.capabilities),
+            )?;
+            self.exec(
+                Command::Check,
+                plugin,
+                &conf,
+                att,
+                &att.netns.to_string_lossy(),
+            )?;
         }
         Ok(())
     }
@@ -429,7 +473,10 @@ impl Network {
             let none = Attachment::default();
             for plugin in &self.config.plugins {
                 let mut conf = self.plugin_config(&self.config, plugin, None, None)?;
-                conf.insert(VALID_ATTACHMENTS_KEY.into(), serde_json::to_value(&keep).unwrap_or_default());
+                conf.insert(
+                    VALID_ATTACHMENTS_KEY.into(),
+                    serde_json::to_value(&keep).unwrap_or_default(),
+                );
                 if let Err(e) = self.exec(Command::Gc, plugin, &conf, &none, "") {
                     first_err.get_or_insert(e);
                 }
@@ -458,13 +505,21 @@ impl Network {
         let mut plugin = Map::new();
         plugin.insert("type".into(), Value::String(kind.into()));
         let mut conf = Map::new();
-        conf.insert("cniVersion".into(), Value::String(self.config.cni_version.clone()));
+        conf.insert(
+            "cniVersion".into(),
+            Value::String(self.config.cni_version.clone()),
+        );
         let out = self.exec(Command::Version, &plugin, &conf, &Attachment::default(), "")?;
-        serde_json::from_slice(&out).map_err(|e| bad_output(kind, Command::Version, &out, e.to_string()))
+        serde_json::from_slice(&out)
+            .map_err(|e| bad_output(kind, Command::Version, &out, e.to_string()))
     }
 
     /// The result ADD cached for this attachment, if any.
-    pub fn cached_result(&self, container_id: &str, ifname: &str) -> Result<Option<CniResult>, Error> {
+    pub fn cached_result(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<CniResult>, Error> {
         Ok(self
             .read_cache(container_id, ifname)?
             .and_then(|c| c.result)
@@ -503,10 +558,10 @@ impl Network {
             let declared = plugin.get("capabilities").and_then(Value::as_object);
             let mut rc = Map::new();
             for (cap, on) in declared.into_iter().flatten() {
-                if on.as_bool() == Some(true) {
-                    if let Some(v) = offered.get(cap) {
-                        rc.insert(cap.clone(), v.clone());
-                    }
+                if on.as_bool() == Some(true)
+                    && let Some(v) = offered.get(cap)
+                {
+                    rc.insert(cap.clone(), v.clone());
                 }
             }
             if !rc.is_empty() {
@@ -570,7 +625,11 @@ impl Network {
             if !stderr.trim().is_empty() {
                 text = format!("{text} {}", stderr.trim());
             }
-            ErrorResult::new(crate::types::Code::Internal, "plugin failed without error JSON").with_details(text)
+            ErrorResult::new(
+                crate::types::Code::Internal,
+                "plugin failed without error JSON",
+            )
+            .with_details(text)
         });
         Err(Error::Plugin {
             plugin: kind.to_string(),

@@ -36,7 +36,13 @@ pub enum RunError {
 /// substitute their own (for instance one that enters a test netns first).
 pub trait Runner: Send + Sync {
     /// Runs `binary` with `env` added to the inherited environment.
-    fn run(&self, binary: &Path, env: &[(String, String)], stdin: &[u8], timeout: Duration) -> Result<Output, RunError>;
+    fn run(
+        &self,
+        binary: &Path,
+        env: &[(String, String)],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Output, RunError>;
 }
 
 /// Runs plugins as child processes, optionally behind a command prefix
@@ -48,7 +54,13 @@ pub struct ProcessRunner {
 }
 
 impl Runner for ProcessRunner {
-    fn run(&self, binary: &Path, env: &[(String, String)], stdin: &[u8], timeout: Duration) -> Result<Output, RunError> {
+    fn run(
+        &self,
+        binary: &Path,
+        env: &[(String, String)],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Output, RunError> {
         let mut cmd = match self.prefix.split_first() {
             Some((prog, rest)) => {
                 let mut c = Command::new(prog);
@@ -83,8 +95,18 @@ impl Runner for ProcessRunner {
                 buf
             })
         };
-        let out = reader(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
-        let err = reader(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+        let out = reader(
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        let err = reader(
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
         let deadline = Instant::now() + timeout;
         let status = loop {
             match child.try_wait() {

@@ -42,7 +42,10 @@ impl IpNet {
 
     /// The last address of the network (IPv4 broadcast).
     pub fn last(&self) -> IpAddr {
-        from_u128(self.addr, to_u128(self.addr) | !self.mask() & family_max(self.addr))
+        from_u128(
+            self.addr,
+            to_u128(self.addr) | !self.mask() & family_max(self.addr),
+        )
     }
 
     /// True when `ip` lies inside this network (same family).
@@ -54,7 +57,11 @@ impl IpNet {
         let bits = max_prefix(self.addr) as u32;
         let host_bits = bits - self.prefix as u32;
         let all = family_max(self.addr);
-        if host_bits >= 128 { 0 } else { all & !((1u128 << host_bits) - 1) }
+        if host_bits >= 128 {
+            0
+        } else {
+            all & !((1u128 << host_bits) - 1)
+        }
     }
 }
 
@@ -64,7 +71,11 @@ pub fn max_prefix(ip: IpAddr) -> u8 {
 }
 
 fn family_max(ip: IpAddr) -> u128 {
-    if ip.is_ipv4() { u32::MAX as u128 } else { u128::MAX }
+    if ip.is_ipv4() {
+        u32::MAX as u128
+    } else {
+        u128::MAX
+    }
 }
 
 /// The address as an integer (IPv4 in the low 32 bits).

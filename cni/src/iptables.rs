@@ -15,7 +15,11 @@ pub enum Error {
     Spawn { program: String, source: io::Error },
     /// It ran and failed.
     #[error("iptables -t {table} {args}: {stderr}")]
-    Failed { table: String, args: String, stderr: String },
+    Failed {
+        table: String,
+        args: String,
+        stderr: String,
+    },
 }
 
 /// The operations the plugins need, in `iptables` argument terms.
@@ -43,7 +47,13 @@ pub fn ensure_chain(ipt: &dyn Iptables, table: &str, chain: &str) -> Result<(), 
 }
 
 /// Appends (or with `prepend` inserts first) `rule` unless it is there.
-pub fn add_unique(ipt: &dyn Iptables, table: &str, chain: &str, prepend: bool, rule: &[String]) -> Result<(), Error> {
+pub fn add_unique(
+    ipt: &dyn Iptables,
+    table: &str,
+    chain: &str,
+    prepend: bool,
+    rule: &[String],
+) -> Result<(), Error> {
     if ipt.exists(table, chain, rule)? {
         return Ok(());
     }
@@ -56,7 +66,12 @@ pub fn add_unique(ipt: &dyn Iptables, table: &str, chain: &str, prepend: bool, r
 }
 
 /// Deletes `rule` if it is there.
-pub fn delete_if_exists(ipt: &dyn Iptables, table: &str, chain: &str, rule: &[String]) -> Result<(), Error> {
+pub fn delete_if_exists(
+    ipt: &dyn Iptables,
+    table: &str,
+    chain: &str,
+    rule: &[String],
+) -> Result<(), Error> {
     if ipt.exists(table, chain, rule)? {
         let mut args = vec!["-D", chain];
         args.extend(strs(rule));
@@ -66,7 +81,12 @@ pub fn delete_if_exists(ipt: &dyn Iptables, table: &str, chain: &str, rule: &[St
 }
 
 /// Deletes every rule of `from` that jumps to `target`.
-pub fn delete_jumps(ipt: &dyn Iptables, table: &str, from: &str, target: &str) -> Result<(), Error> {
+pub fn delete_jumps(
+    ipt: &dyn Iptables,
+    table: &str,
+    from: &str,
+    target: &str,
+) -> Result<(), Error> {
     if !ipt.chains(table)?.iter().any(|c| c == from) {
         return Ok(());
     }
@@ -196,15 +216,21 @@ impl Iptables for Binary {
 
     fn rules(&self, table: &str, chain: &str) -> Result<Vec<String>, Error> {
         let s = self.run(table, &["-S", chain])?;
-        Ok(s.lines().filter(|l| l.starts_with("-A ")).map(str::to_string).collect())
+        Ok(s.lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_string)
+            .collect())
     }
 }
+
+/// Rules of each `(table, chain)` as word lists.
+pub type FakeTables = BTreeMap<(String, String), Vec<Vec<String>>>;
 
 /// In-memory iptables for unit tests: chains of rules as word lists.
 #[derive(Debug, Default)]
 pub struct Fake {
     /// `(table, chain)` to rules; built-in chains appear once used.
-    pub tables: Mutex<BTreeMap<(String, String), Vec<Vec<String>>>>,
+    pub tables: Mutex<FakeTables>,
 }
 
 impl Fake {
@@ -212,7 +238,10 @@ impl Fake {
     pub fn new() -> Self {
         let f = Fake::default();
         for c in ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] {
-            f.tables.lock().unwrap_or_else(|e| e.into_inner()).insert(("nat".into(), c.into()), Vec::new());
+            f.tables
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(("nat".into(), c.into()), Vec::new());
         }
         f
     }
@@ -220,7 +249,8 @@ impl Fake {
     /// Rules of a chain, joined with spaces.
     pub fn dump(&self, table: &str, chain: &str) -> Option<Vec<String>> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        t.get(&(table.into(), chain.into())).map(|rs| rs.iter().map(|r| r.join(" ")).collect())
+        t.get(&(table.into(), chain.into()))
+            .map(|rs| rs.iter().map(|r| r.join(" ")).collect())
     }
 }
 
@@ -233,7 +263,12 @@ impl Iptables for Fake {
             stderr: m.into(),
         };
         let key = |c: &str| (table.to_string(), c.to_string());
-        let words = |from: usize| args[from..].iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let words = |from: usize| {
+            args[from..]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        };
         match args {
             ["-N", c] => {
                 if t.contains_key(&key(c)) {
@@ -250,7 +285,10 @@ impl Iptables for Fake {
                 t.remove(&key(c)).ok_or_else(|| fail("No chain"))?;
             }
             ["-A", c, ..] => {
-                if args.iter().any(|a| a.starts_with("CNI-") && *a != *c && !t.contains_key(&key(a))) {
+                if args
+                    .iter()
+                    .any(|a| a.starts_with("CNI-") && *a != *c && !t.contains_key(&key(a)))
+                {
                     return Err(fail("jump target missing"));
                 }
                 let r = words(2);
@@ -258,12 +296,17 @@ impl Iptables for Fake {
             }
             ["-I", c, "1", ..] => {
                 let r = words(3);
-                t.get_mut(&key(c)).ok_or_else(|| fail("No chain"))?.insert(0, r);
+                t.get_mut(&key(c))
+                    .ok_or_else(|| fail("No chain"))?
+                    .insert(0, r);
             }
             ["-D", c, ..] => {
                 let r = words(2);
                 let rules = t.get_mut(&key(c)).ok_or_else(|| fail("No chain"))?;
-                let i = rules.iter().position(|x| *x == r).ok_or_else(|| fail("Bad rule"))?;
+                let i = rules
+                    .iter()
+                    .position(|x| *x == r)
+                    .ok_or_else(|| fail("Bad rule"))?;
                 rules.remove(i);
             }
             _ => return Err(fail("unsupported by fake")),
@@ -273,19 +316,38 @@ impl Iptables for Fake {
 
     fn exists(&self, table: &str, chain: &str, rule: &[String]) -> Result<bool, Error> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(t.get(&(table.into(), chain.into())).is_some_and(|rs| rs.iter().any(|r| r == rule)))
+        Ok(t.get(&(table.into(), chain.into()))
+            .is_some_and(|rs| rs.iter().any(|r| r == rule)))
     }
 
     fn chains(&self, table: &str) -> Result<Vec<String>, Error> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(t.keys().filter(|(tb, _)| tb == table).map(|(_, c)| c.clone()).collect())
+        Ok(t.keys()
+            .filter(|(tb, _)| tb == table)
+            .map(|(_, c)| c.clone())
+            .collect())
     }
 
     fn rules(&self, table: &str, chain: &str) -> Result<Vec<String>, Error> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        let quote = |w: &String| if w.contains(' ') || w.contains('"') { format!("\"{}\"", w.replace('"', "\\\"")) } else { w.clone() };
+        let quote = |w: &String| {
+            if w.contains(' ') || w.contains('"') {
+                format!("\"{}\"", w.replace('"', "\\\""))
+            } else {
+                w.clone()
+            }
+        };
         Ok(t.get(&(table.into(), chain.into()))
-            .map(|rs| rs.iter().map(|r| format!("-A {chain} {}", r.iter().map(quote).collect::<Vec<_>>().join(" "))).collect())
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        format!(
+                            "-A {chain} {}",
+                            r.iter().map(quote).collect::<Vec<_>>().join(" ")
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
@@ -296,7 +358,8 @@ mod tests {
 
     #[test]
     fn split_words_handles_quotes() {
-        let w = split_words(r#"-A X -m comment --comment "dnat name: \"n\" id: \"c\"" -j CNI-DN-1"#);
+        let w =
+            split_words(r#"-A X -m comment --comment "dnat name: \"n\" id: \"c\"" -j CNI-DN-1"#);
         assert_eq!(w[5], r#"dnat name: "n" id: "c""#);
         assert_eq!(w.last().unwrap(), "CNI-DN-1");
     }
@@ -304,7 +367,10 @@ mod tests {
     #[test]
     fn fake_helpers_are_idempotent() {
         let f = Fake::new();
-        let r: Vec<String> = ["-s", "10.0.0.2", "-j", "CNI-X"].iter().map(|s| s.to_string()).collect();
+        let r: Vec<String> = ["-s", "10.0.0.2", "-j", "CNI-X"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         ensure_chain(&f, "nat", "CNI-X").unwrap();
         ensure_chain(&f, "nat", "CNI-X").unwrap();
         add_unique(&f, "nat", "POSTROUTING", false, &r).unwrap();

@@ -8,18 +8,19 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::AddressFamily;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 
@@ -56,7 +57,10 @@ fn errno(e: i32) -> io::Error {
 
 /// True for "no such device" answers.
 pub fn is_not_found(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
+    )
 }
 
 impl Handle {
@@ -69,7 +73,11 @@ impl Handle {
     }
 
     /// Sends `msg` and collects the answers until the ACK or the end of a dump.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq += 1;
         let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
         packet.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
@@ -83,8 +91,9 @@ impl Handle {
             let (data, _) = self.sock.recv_from_full()?;
             let mut offset = 0;
             while offset < data.len() {
-                let rx: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::deserialize(&data[offset..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let rx: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&data[offset..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = rx.header.length as usize;
                 if rx.header.sequence_number == self.seq {
                     match rx.payload {
@@ -123,7 +132,10 @@ impl Handle {
 
     /// All links.
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let msgs = self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)?;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {
@@ -140,12 +152,22 @@ impl Handle {
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
-        m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
     }
 
     /// Creates a veth pair: `host` here, `peer` directly in the netns `peer_netns`.
-    pub fn add_veth(&mut self, host: &str, peer: &str, peer_netns: RawFd, mtu: Option<u32>) -> io::Result<()> {
+    pub fn add_veth(
+        &mut self,
+        host: &str,
+        peer: &str,
+        peer_netns: RawFd,
+        mtu: Option<u32>,
+    ) -> io::Result<()> {
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
         p.attributes.push(LinkAttribute::NetNsFd(peer_netns));
@@ -159,7 +181,8 @@ impl Handle {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
     }
 
     fn set_link(&mut self, index: u32, f: impl FnOnce(&mut LinkMessage)) -> io::Result<()> {
@@ -187,7 +210,9 @@ impl Handle {
 
     /// Enslaves `index` to bridge `master`.
     pub fn set_master(&mut self, index: u32, master: u32) -> io::Result<()> {
-        self.set_link(index, |m| m.attributes.push(LinkAttribute::Controller(master)))
+        self.set_link(index, |m| {
+            m.attributes.push(LinkAttribute::Controller(master))
+        })
     }
 
     /// Sets the bridge port's hairpin mode (what `ip link set X type bridge_slave hairpin on` does).
@@ -196,7 +221,9 @@ impl Handle {
         m.header.index = index;
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)])),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )])),
         ]));
         self.request(RouteNetlinkMessage::NewLink(m), 0).map(drop)
     }
@@ -219,14 +246,16 @@ impl Handle {
         m.header.index = index;
         m.attributes.push(AddressAttribute::Local(addr.addr));
         m.attributes.push(AddressAttribute::Address(addr.addr));
-        if let IpAddr::V4(_) = addr.addr {
-            if addr.prefix < 31 {
-                if let IpAddr::V4(b) = addr.last() {
-                    m.attributes.push(AddressAttribute::Broadcast(b));
-                }
-            }
+        if addr.addr.is_ipv4()
+            && addr.prefix < 31
+            && let IpAddr::V4(b) = addr.last()
+        {
+            m.attributes.push(AddressAttribute::Broadcast(b));
         }
-        match self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL) {
+        match self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             r => r.map(drop),
         }
@@ -234,7 +263,10 @@ impl Handle {
 
     /// Addresses on link `index`.
     pub fn addrs(&mut self, index: u32) -> io::Result<Vec<IpNet>> {
-        let msgs = self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {
@@ -265,15 +297,23 @@ impl Handle {
             destination_prefix_length: dst.prefix,
             table: RouteHeader::RT_TABLE_MAIN,
             protocol: RouteProtocol::Boot,
-            scope: if gw.is_some() { RouteScope::Universe } else { RouteScope::Link },
+            scope: if gw.is_some() {
+                RouteScope::Universe
+            } else {
+                RouteScope::Link
+            },
             kind: RouteType::Unicast,
             ..m.header
         };
         if dst.prefix > 0 {
-            m.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst.network())));
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    dst.network(),
+                )));
         }
         if let Some(gw) = gw {
-            m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         }
         m.attributes.push(RouteAttribute::Oif(index));
         match self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
@@ -284,7 +324,11 @@ impl Handle {
 }
 
 fn family(ip: IpAddr) -> AddressFamily {
-    if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
 }
 
 fn to_link(l: &LinkMessage) -> Link {
@@ -301,7 +345,11 @@ fn to_link(l: &LinkMessage) -> Link {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Address(mac) => {
-                link.mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+                link.mac = mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
             }
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::Controller(m) => link.master = Some(*m),

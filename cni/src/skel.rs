@@ -141,28 +141,47 @@ fn dispatch(
     let command = match Command::parse(&cmd_str) {
         Some(c) => c,
         None if cmd_str.is_empty() => {
-            return Err(ErrorResult::new(Code::InvalidEnvironment, "required env variables [CNI_COMMAND] missing"));
+            return Err(ErrorResult::new(
+                Code::InvalidEnvironment,
+                "required env variables [CNI_COMMAND] missing",
+            ));
         }
         None => {
-            return Err(ErrorResult::new(Code::InvalidEnvironment, format!("unknown CNI_COMMAND: {cmd_str}")));
+            return Err(ErrorResult::new(
+                Code::InvalidEnvironment,
+                format!("unknown CNI_COMMAND: {cmd_str}"),
+            ));
         }
     };
     if command == Command::Version {
         // The config may be empty here; answer in its version when there is one.
         let v = serde_json::from_slice::<Value>(stdin).ok();
-        let asked = v.as_ref().and_then(|v| v.get("cniVersion")).and_then(Value::as_str);
+        let asked = v
+            .as_ref()
+            .and_then(|v| v.get("cniVersion"))
+            .and_then(Value::as_str);
         let info = VersionInfo {
             cni_version: asked.unwrap_or(CURRENT_VERSION).to_string(),
-            supported_versions: plugin.supported_versions().iter().map(|s| s.to_string()).collect(),
+            supported_versions: plugin
+                .supported_versions()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         };
         return Ok(Some(serde_json::to_value(info).unwrap_or_default()));
     }
     let required: &[&str] = match command {
-        Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
+        Command::Add | Command::Check => {
+            &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+        }
         Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
         Command::Gc | Command::Status | Command::Version => &["CNI_PATH"],
     };
-    let missing: Vec<&str> = required.iter().copied().filter(|k| get(k).is_empty()).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|k| get(k).is_empty())
+        .collect();
     if !missing.is_empty() {
         return Err(ErrorResult::new(
             Code::InvalidEnvironment,
@@ -172,25 +191,43 @@ fn dispatch(
     let container_id = get("CNI_CONTAINERID");
     let ifname = get("CNI_IFNAME");
     if !container_id.is_empty() && !valid_container_id(&container_id) {
-        return Err(ErrorResult::new(Code::InvalidEnvironment, "invalid characters in containerID")
-            .with_details(container_id));
+        return Err(ErrorResult::new(
+            Code::InvalidEnvironment,
+            "invalid characters in containerID",
+        )
+        .with_details(container_id));
     }
-    if !ifname.is_empty() {
-        if let Err(why) = validate_ifname(&ifname) {
-            return Err(ErrorResult::new(Code::InvalidEnvironment, format!("invalid CNI_IFNAME: {why}"))
-                .with_details(ifname));
-        }
+    if !ifname.is_empty()
+        && let Err(why) = validate_ifname(&ifname)
+    {
+        return Err(ErrorResult::new(
+            Code::InvalidEnvironment,
+            format!("invalid CNI_IFNAME: {why}"),
+        )
+        .with_details(ifname));
     }
     let config: Value = serde_json::from_slice(stdin).map_err(|e| {
-        ErrorResult::new(Code::DecodingFailure, "failed to decode network configuration").with_details(e.to_string())
+        ErrorResult::new(
+            Code::DecodingFailure,
+            "failed to decode network configuration",
+        )
+        .with_details(e.to_string())
     })?;
     if !config.is_object() {
-        return Err(ErrorResult::new(Code::DecodingFailure, "network configuration is not a JSON object"));
+        return Err(ErrorResult::new(
+            Code::DecodingFailure,
+            "network configuration is not a JSON object",
+        ));
     }
     let version = match config.get("cniVersion") {
         None => "0.1.0".to_string(),
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(ErrorResult::new(Code::DecodingFailure, "cniVersion must be a string")),
+        Some(_) => {
+            return Err(ErrorResult::new(
+                Code::DecodingFailure,
+                "cniVersion must be a string",
+            ));
+        }
     };
     if !plugin.supported_versions().contains(&version.as_str()) {
         return Err(ErrorResult::new(
@@ -206,13 +243,16 @@ fn dispatch(
         Command::Gc | Command::Status => Some("1.1.0"),
         _ => None,
     };
-    if let Some(min) = min {
-        if !version_at_least(&version, min) {
-            return Err(ErrorResult::new(
-                Code::IncompatibleVersion,
-                format!("config version \"{version}\" does not allow {}", command.as_str()),
-            ));
-        }
+    if let Some(min) = min
+        && !version_at_least(&version, min)
+    {
+        return Err(ErrorResult::new(
+            Code::IncompatibleVersion,
+            format!(
+                "config version \"{version}\" does not allow {}",
+                command.as_str()
+            ),
+        ));
     }
     let args = CmdArgs {
         command,
@@ -220,7 +260,9 @@ fn dispatch(
         netns: get("CNI_NETNS"),
         ifname,
         args: parse_cni_args(&get("CNI_ARGS"))?,
-        path: std::env::split_paths(&get("CNI_PATH")).filter(|p| !p.as_os_str().is_empty()).collect(),
+        path: std::env::split_paths(&get("CNI_PATH"))
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
         stdin: stdin.to_vec(),
         version: version.clone(),
     };
@@ -239,9 +281,14 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, ErrorResult> {
     s.split(';')
         .filter(|p| !p.is_empty())
         .map(|p| {
-            p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| {
-                ErrorResult::new(Code::InvalidEnvironment, format!("invalid CNI_ARGS pair {p:?}"))
-            })
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| {
+                    ErrorResult::new(
+                        Code::InvalidEnvironment,
+                        format!("invalid CNI_ARGS pair {p:?}"),
+                    )
+                })
         })
         .collect()
 }
@@ -264,7 +311,10 @@ pub fn validate_ifname(name: &str) -> Result<(), &'static str> {
     if name == "." || name == ".." {
         return Err("is . or ..");
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err("contains / : or whitespace");
     }
     Ok(())
@@ -290,10 +340,17 @@ pub(crate) mod tests {
 
     /// Runs a plugin with the given env and stdin; returns (exit code, stdout JSON).
     pub(crate) fn call(plugin: &dyn Plugin, env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut out = Vec::new();
         let code = run(plugin, &|k| env.get(k).cloned(), stdin.as_bytes(), &mut out);
-        let v = if out.is_empty() { Value::Null } else { serde_json::from_slice(&out).expect("stdout is JSON") };
+        let v = if out.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out).expect("stdout is JSON")
+        };
         (code, v)
     }
 
@@ -355,10 +412,20 @@ pub(crate) mod tests {
 
     #[test]
     fn version_verb() {
-        let (rc, v) = call(&Nop, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+        let (rc, v) = call(
+            &Nop,
+            &[("CNI_COMMAND", "VERSION")],
+            r#"{"cniVersion":"1.0.0"}"#,
+        );
         assert_eq!(rc, 0);
         assert_eq!(v["cniVersion"], "1.0.0");
-        assert!(v["supportedVersions"].as_array().unwrap().iter().any(|x| x == "1.1.0"));
+        assert!(
+            v["supportedVersions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "1.1.0")
+        );
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub fn get(key: &str) -> io::Result<String> {
 fn path(key: &str) -> PathBuf {
     // Interface names may contain dots, so only the well-known prefix is converted.
     let key = key.trim_start_matches('/');
-    let slashed = if key.contains('/') { key.to_string() } else { key.replace('.', "/") };
+    let slashed = if key.contains('/') {
+        key.to_string()
+    } else {
+        key.replace('.', "/")
+    };
     PathBuf::from("/proc/sys").join(slashed)
 }

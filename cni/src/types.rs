@@ -98,7 +98,11 @@ pub struct Interface {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
     /// Socket path for userspace interfaces (1.1.0).
-    #[serde(rename = "socketPath", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "socketPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub socket_path: Option<String>,
     /// PCI id of the device (1.1.0).
     #[serde(rename = "pciID", default, skip_serializing_if = "Option::is_none")]
@@ -226,12 +230,12 @@ impl CniResult {
         let mut r = self.clone();
         r.cni_version = version.to_string();
         let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
-        if !version_at_least(version, "1.0.0") {
-            if let Some(ips) = v.get_mut("ips").and_then(Value::as_array_mut) {
-                for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
-                    let fam = if cfg.address.addr.is_ipv4() { "4" } else { "6" };
-                    ip["version"] = Value::String(fam.into());
-                }
+        if !version_at_least(version, "1.0.0")
+            && let Some(ips) = v.get_mut("ips").and_then(Value::as_array_mut)
+        {
+            for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
+                let fam = if cfg.address.addr.is_ipv4() { "4" } else { "6" };
+                ip["version"] = Value::String(fam.into());
             }
         }
         v
@@ -243,10 +247,12 @@ impl CniResult {
         self.ips
             .iter()
             .filter(|ip| ip.address.addr.is_ipv4() == v4)
-            .find(|ip| match ip.interface.and_then(|i| self.interfaces.get(i)) {
-                Some(iface) => iface.name == ifname && iface.sandbox.is_some(),
-                None => true,
-            })
+            .find(
+                |ip| match ip.interface.and_then(|i| self.interfaces.get(i)) {
+                    Some(iface) => iface.name == ifname && iface.sandbox.is_some(),
+                    None => true,
+                },
+            )
             .map(|ip| ip.address)
     }
 }
@@ -372,7 +378,10 @@ mod tests {
         assert!(v1.get("dns").is_none());
         let v04 = r.to_value("0.4.0");
         assert_eq!(v04["ips"][0]["version"], "4");
-        assert_eq!(r.container_ip("eth0", true).unwrap().to_string(), "10.0.0.2/24");
+        assert_eq!(
+            r.container_ip("eth0", true).unwrap().to_string(),
+            "10.0.0.2/24"
+        );
     }
 
     #[test]

@@ -60,7 +60,10 @@ fn run_conflist(lab: &mut Lab, net: &Network, subnet_prefix: &str, reference: bo
     assert_eq!(default_gateway(&c1), Some(gw));
     assert_eq!(addrs_in(&c2, "eth0"), vec![r2.ips[0].address]);
     // The cache holds the result for DEL and CHECK.
-    assert_eq!(net.cached_result("pod-web", "eth0").unwrap().unwrap().ips, r1.ips);
+    assert_eq!(
+        net.cached_result("pod-web", "eth0").unwrap().unwrap().ips,
+        r1.ips
+    );
     assert_eq!(net.cached_attachments().unwrap().len(), 2);
     if !reference {
         net.check(&web).unwrap();
@@ -90,16 +93,27 @@ fn run_conflist(lab: &mut Lab, net: &Network, subnet_prefix: &str, reference: bo
     assert!(!Lab::links(&lab.host).iter().any(|l| l.kind == "veth"));
     let nat = common::nat_rules(&lab.host);
     assert!(!nat.contains(&dn), "{nat}");
-    assert!(!nat.contains(&cni::plugins::chain_name("podnet", "pod-web", "")), "{nat}");
+    assert!(
+        !nat.contains(&cni::plugins::chain_name("podnet", "pod-web", "")),
+        "{nat}"
+    );
 }
 
 #[test]
 fn executor_runs_skiff_conflist_add_check_del() {
     need_root!();
     let mut lab = Lab::new();
-    let net = lab.network(&conflist(&lab, "1.1.0", "skiff-", "10.70.0.0/24"), vec![skiff_bin_dir()]);
+    let net = lab.network(
+        &conflist(&lab, "1.1.0", "skiff-", "10.70.0.0/24"),
+        vec![skiff_bin_dir()],
+    );
     net.status().unwrap();
-    assert!(net.version("skiff-bridge").unwrap().supported_versions.contains(&"1.1.0".to_string()));
+    assert!(
+        net.version("skiff-bridge")
+            .unwrap()
+            .supported_versions
+            .contains(&"1.1.0".to_string())
+    );
     run_conflist(&mut lab, &net, "10.70.0", false);
 }
 
@@ -107,12 +121,17 @@ fn executor_runs_skiff_conflist_add_check_del() {
 fn executor_runs_reference_plugins_as_drop_in() {
     need_root!();
     if !Path::new(REFERENCE_DIR).join("bridge").exists() {
-        eprintln!("SKIPPED: reference plugins missing in {REFERENCE_DIR} (apt-get install containernetworking-plugins)");
+        eprintln!(
+            "SKIPPED: reference plugins missing in {REFERENCE_DIR} (apt-get install containernetworking-plugins)"
+        );
         return;
     }
     let mut lab = Lab::new();
     // Debian's reference plugins (1.1.1) speak up to CNI 1.0.0.
-    let net = lab.network(&conflist(&lab, "1.0.0", "", "10.71.0.0/24"), vec![PathBuf::from(REFERENCE_DIR)]);
+    let net = lab.network(
+        &conflist(&lab, "1.0.0", "", "10.71.0.0/24"),
+        vec![PathBuf::from(REFERENCE_DIR)],
+    );
     net.status().unwrap();
     run_conflist(&mut lab, &net, "10.71.0", true);
 }
@@ -124,7 +143,11 @@ fn del_uses_the_cached_config_and_gc_removes_stale_attachments() {
     let list = conflist(&lab, "1.1.0", "skiff-", "10.72.0.0/24");
     let net = lab.network(&list, vec![skiff_bin_dir()]);
     let (c1, c2, c3) = (lab.container("a"), lab.container("b"), lab.container("c"));
-    let (a, b, c) = (attachment("a", &c1, &[(9000, 80)]), attachment("b", &c2, &[]), attachment("c", &c3, &[]));
+    let (a, b, c) = (
+        attachment("a", &c1, &[(9000, 80)]),
+        attachment("b", &c2, &[]),
+        attachment("c", &c3, &[]),
+    );
     for att in [&a, &b, &c] {
         net.add(att).unwrap();
     }
@@ -135,7 +158,9 @@ fn del_uses_the_cached_config_and_gc_removes_stale_attachments() {
     let net2 = lab.network(&changed, vec![skiff_bin_dir()]);
     net2.del(&a).unwrap();
     assert_eq!(lab.allocations("podnet").len(), 2);
-    assert!(!common::nat_rules(&lab.host).contains(&cni::plugins::chain_name("podnet", "a", "DN-")));
+    assert!(
+        !common::nat_rules(&lab.host).contains(&cni::plugins::chain_name("podnet", "a", "DN-"))
+    );
     // Pod c's netns disappears (crash + reboot); GC with only b valid frees c.
     lab.remove_container(&c3);
     net.gc(std::slice::from_ref(&b)).unwrap();
@@ -155,7 +180,11 @@ fn load_picks_the_first_config_by_name_and_reports_bad_ones() {
     let err = Network::load(dir.path()).unwrap_err();
     assert!(err.to_string().contains("no valid CNI config"), "{err}");
     std::fs::write(dir.path().join("00-broken.conflist"), "{").unwrap();
-    std::fs::write(dir.path().join("10-single.conf"), r#"{"cniVersion":"1.0.0","name":"single","type":"bridge"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("10-single.conf"),
+        r#"{"cniVersion":"1.0.0","name":"single","type":"bridge"}"#,
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("20-list.conflist"),
         r#"{"cniVersion":"1.1.0","name":"list","plugins":[{"type":"bridge"}]}"#,
@@ -167,9 +196,16 @@ fn load_picks_the_first_config_by_name_and_reports_bad_ones() {
     assert_eq!(n.config.plugins.len(), 1);
     std::fs::remove_file(dir.path().join("10-single.conf")).unwrap();
     assert_eq!(Network::load(dir.path()).unwrap().name(), "list");
-    std::fs::write(dir.path().join("20-list.conflist"), r#"{"cniVersion":"7.0.0","name":"x","plugins":[{"type":"a"}]}"#).unwrap();
+    std::fs::write(
+        dir.path().join("20-list.conflist"),
+        r#"{"cniVersion":"7.0.0","name":"x","plugins":[{"type":"a"}]}"#,
+    )
+    .unwrap();
     let err = Network::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("00-broken.conflist") && err.contains("7.0.0"), "{err}");
+    assert!(
+        err.contains("00-broken.conflist") && err.contains("7.0.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -177,14 +213,26 @@ fn missing_plugin_and_timeout_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let slow = dir.path().join("slow");
     std::fs::write(&slow, "#!/bin/sh\nsleep 5\n").unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&slow).unwrap().permissions(), 0o755);
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&slow).unwrap().permissions(),
+        0o755,
+    );
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let failing = dir.path().join("failing");
-    std::fs::write(&failing, "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"busy\"}'\nexit 1\n").unwrap();
-    std::fs::set_permissions(&failing, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"busy\"}'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &failing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let mk = |t: &str| {
         Network::from_bytes(
-            format!(r#"{{"cniVersion":"1.0.0","name":"n","plugins":[{{"type":"{t}"}}]}}"#).as_bytes(),
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","plugins":[{{"type":"{t}"}}]}}"#)
+                .as_bytes(),
             Path::new("x"),
         )
         .unwrap()
@@ -201,5 +249,8 @@ fn missing_plugin_and_timeout_are_clear_errors() {
     assert_eq!(e.cni_code(), Some(11), "{e}");
     assert!(e.to_string().contains("busy"));
     // "../x" never escapes the plugin directories.
-    assert!(matches!(mk("../bin/sh").add(&att).unwrap_err(), cni::Error::PluginNotFound { .. }));
+    assert!(matches!(
+        mk("../bin/sh").add(&att).unwrap_err(),
+        cni::Error::PluginNotFound { .. }
+    ));
 }

@@ -68,12 +68,20 @@ fn add_gives_address_route_and_masq_and_del_cleans_up() {
     // CHECK passes with the ADD result as prevResult.
     let mut with_prev: Value = serde_json::from_str(&conf).unwrap();
     with_prev["prevResult"] = r.clone();
-    let (rc, v) = lab.plugin(&bridge_bin(), &env("CHECK", "ctr-a", c1.to_str().unwrap()), &with_prev.to_string());
+    let (rc, v) = lab.plugin(
+        &bridge_bin(),
+        &env("CHECK", "ctr-a", c1.to_str().unwrap()),
+        &with_prev.to_string(),
+    );
     assert_eq!(rc, 0, "{v}");
 
     // DEL: link, address and chain are gone; DEL again is fine.
     for _ in 0..2 {
-        let (rc, v) = lab.plugin(&bridge_bin(), &env("DEL", "ctr-a", c1.to_str().unwrap()), &conf);
+        let (rc, v) = lab.plugin(
+            &bridge_bin(),
+            &env("DEL", "ctr-a", c1.to_str().unwrap()),
+            &conf,
+        );
         assert_eq!(rc, 0, "{v}");
     }
     assert!(addrs_in(&c1, "eth0").is_empty());
@@ -110,12 +118,18 @@ fn del_after_netns_is_gone_still_frees_the_address() {
     assert_eq!(lab.allocations("testnet").len(), 1);
     lab.remove_container(&c1);
     // The path is gone (as after a reboot); DEL with it and with an empty netns.
-    let (rc, v) = lab.plugin(&bridge_bin(), &env("DEL", "ctr-a", c1.to_str().unwrap()), &conf);
+    let (rc, v) = lab.plugin(
+        &bridge_bin(),
+        &env("DEL", "ctr-a", c1.to_str().unwrap()),
+        &conf,
+    );
     assert_eq!(rc, 0, "{v}");
     let (rc, v) = lab.plugin(&bridge_bin(), &env("DEL", "ctr-a", ""), &conf);
     assert_eq!(rc, 0, "{v}");
     assert!(lab.allocations("testnet").is_empty());
-    assert!(!common::nat_rules(&lab.host).contains(&cni::plugins::chain_name("testnet", "ctr-a", "")));
+    assert!(
+        !common::nat_rules(&lab.host).contains(&cni::plugins::chain_name("testnet", "ctr-a", ""))
+    );
     // The veth died with the netns.
     assert!(!Lab::links(&lab.host).iter().any(|l| l.kind == "veth"));
 }
@@ -136,7 +150,8 @@ fn gc_frees_stale_allocations() {
     }
     assert_eq!(lab.allocations("testnet").len(), 3);
     let mut gc: Value = serde_json::from_str(&conf).unwrap();
-    gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "ctr-b", "ifname": "eth0"}]);
+    gc["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "ctr-b", "ifname": "eth0"}]);
     let (rc, v) = lab.plugin(&bridge_bin(), &[("CNI_COMMAND", "GC")], &gc.to_string());
     assert_eq!(rc, 0, "{v}");
     assert_eq!(lab.allocations("testnet"), vec![kept]);
@@ -156,9 +171,15 @@ fn exhausted_range_gives_a_clear_error() {
     let (rc, v) = add(&lab, "ctr-b", &c2, &conf);
     assert_eq!(rc, 1);
     assert_eq!(v["code"], 100, "{v}");
-    assert_eq!(v["msg"], "no IP addresses available in range set: 10.92.0.1-10.92.0.2");
+    assert_eq!(
+        v["msg"],
+        "no IP addresses available in range set: 10.92.0.1-10.92.0.2"
+    );
     // The failed ADD left no veth behind.
-    let veths = Lab::links(&lab.host).into_iter().filter(|l| l.kind == "veth").count();
+    let veths = Lab::links(&lab.host)
+        .into_iter()
+        .filter(|l| l.kind == "veth")
+        .count();
     assert_eq!(veths, 1);
     assert!(addrs_in(&c2, "eth0").is_empty());
 }
@@ -167,7 +188,9 @@ fn exhausted_range_gives_a_clear_error() {
 fn reference_host_local_reads_skiff_allocations() {
     need_root!();
     if !Path::new("/usr/lib/cni/host-local").exists() {
-        eprintln!("SKIPPED: /usr/lib/cni/host-local missing (apt-get install containernetworking-plugins)");
+        eprintln!(
+            "SKIPPED: /usr/lib/cni/host-local missing (apt-get install containernetworking-plugins)"
+        );
         return;
     }
     let mut lab = Lab::new();
@@ -182,7 +205,11 @@ fn reference_host_local_reads_skiff_allocations() {
     let (rc, v) = lab.plugin(Path::new("/usr/lib/cni/host-local"), &e, &ipam);
     assert_eq!(rc, 0, "{v}");
     assert_eq!(v["ips"][0]["address"], "10.93.0.3/24");
-    let (rc, v) = lab.plugin(Path::new("/usr/lib/cni/host-local"), &env("DEL", "ctr-a", ""), &ipam);
+    let (rc, v) = lab.plugin(
+        Path::new("/usr/lib/cni/host-local"),
+        &env("DEL", "ctr-a", ""),
+        &ipam,
+    );
     assert_eq!(rc, 0, "{v}");
     assert_eq!(lab.allocations("testnet"), vec!["10.93.0.3"]);
 }

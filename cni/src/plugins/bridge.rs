@@ -77,18 +77,30 @@ fn parse(args: &CmdArgs) -> Result<BridgeConf, ErrorResult> {
             "cannot set hairpin mode and promiscuous mode at the same time",
         ));
     }
-    validate_ifname(&c.bridge)
-        .map_err(|why| ErrorResult::new(Code::InvalidNetworkConfig, format!("invalid bridge name {:?}: {why}", c.bridge)))?;
-    if let Some(ipam) = &c.ipam {
-        if !ipam.is_object() || ipam.get("type").is_some_and(|t| !t.is_string()) {
-            return Err(ErrorResult::new(Code::InvalidNetworkConfig, "\"ipam\" must be an object with a string \"type\""));
-        }
+    validate_ifname(&c.bridge).map_err(|why| {
+        ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            format!("invalid bridge name {:?}: {why}", c.bridge),
+        )
+    })?;
+    if let Some(ipam) = &c.ipam
+        && (!ipam.is_object() || ipam.get("type").is_some_and(|t| !t.is_string()))
+    {
+        return Err(ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            "\"ipam\" must be an object with a string \"type\"",
+        ));
     }
     Ok(c)
 }
 
 fn ipam_type(c: &BridgeConf) -> Option<String> {
-    c.ipam.as_ref()?.get("type")?.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+    c.ipam
+        .as_ref()?
+        .get("type")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 fn nl_err(what: impl Into<String>, e: io::Error) -> ErrorResult {
@@ -100,7 +112,10 @@ fn random_veth_name() -> String {
     if let Ok(mut f) = File::open("/dev/urandom") {
         let _ = io::Read::read_exact(&mut f, &mut b);
     }
-    format!("veth{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "veth{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 /// Runs `f` with a netlink handle inside the netns at `path`.
@@ -120,7 +135,10 @@ fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<Link, ErrorResult> {
         Some(l) if l.kind != "bridge" => {
             return Err(ErrorResult::new(
                 Code::Internal,
-                format!("{} already exists but is not a bridge ({})", c.bridge, l.kind),
+                format!(
+                    "{} already exists but is not a bridge ({})",
+                    c.bridge, l.kind
+                ),
             ));
         }
         Some(l) => l,
@@ -130,9 +148,9 @@ fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<Link, ErrorResult> {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 r => r.map_err(err)?,
             }
-            h.link(&c.bridge)
-                .map_err(err)?
-                .ok_or_else(|| ErrorResult::new(Code::Internal, format!("bridge {} vanished", c.bridge)))?
+            h.link(&c.bridge).map_err(err)?.ok_or_else(|| {
+                ErrorResult::new(Code::Internal, format!("bridge {} vanished", c.bridge))
+            })?
         }
     };
     if c.promisc_mode {
@@ -160,18 +178,55 @@ fn default_route(v4: bool) -> IpNet {
 
 fn masq_rules(ip: &IpConfig, chain: &str, cmt: &str) -> (Vec<Vec<String>>, Vec<String>) {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let multicast = if ip.address.addr.is_ipv4() { "224.0.0.0/4" } else { "ff00::/8" };
+    let multicast = if ip.address.addr.is_ipv4() {
+        "224.0.0.0/4"
+    } else {
+        "ff00::/8"
+    };
     let net = ip.address.trunc().to_string();
     let rules = vec![
-        s(&["-d", &net, "-j", "ACCEPT", "-m", "comment", "--comment", cmt]),
-        s(&["!", "-d", multicast, "-j", "MASQUERADE", "-m", "comment", "--comment", cmt]),
+        s(&[
+            "-d",
+            &net,
+            "-j",
+            "ACCEPT",
+            "-m",
+            "comment",
+            "--comment",
+            cmt,
+        ]),
+        s(&[
+            "!",
+            "-d",
+            multicast,
+            "-j",
+            "MASQUERADE",
+            "-m",
+            "comment",
+            "--comment",
+            cmt,
+        ]),
     ];
-    let entry = s(&["-s", &ip.address.addr.to_string(), "-j", chain, "-m", "comment", "--comment", cmt]);
+    let entry = s(&[
+        "-s",
+        &ip.address.addr.to_string(),
+        "-j",
+        chain,
+        "-m",
+        "comment",
+        "--comment",
+        cmt,
+    ]);
     (rules, entry)
 }
 
 /// Installs the per-container masquerade chain (reference `SetupIPMasq`).
-pub fn setup_masq(ipt: &dyn Iptables, network: &str, container_id: &str, ips: &[IpConfig]) -> Result<(), iptables::Error> {
+pub fn setup_masq(
+    ipt: &dyn Iptables,
+    network: &str,
+    container_id: &str,
+    ips: &[IpConfig],
+) -> Result<(), iptables::Error> {
     let chain = chain_name(network, container_id, "");
     let cmt = comment(network, container_id);
     for ip in ips.iter().filter(|i| i.address.addr.is_ipv4()) {
@@ -187,25 +242,47 @@ pub fn setup_masq(ipt: &dyn Iptables, network: &str, container_id: &str, ips: &[
 
 /// Removes the masquerade chain and every POSTROUTING jump to it; idempotent
 /// and independent of the container's addresses, so it works after the netns is gone.
-pub fn teardown_masq(ipt: &dyn Iptables, network: &str, container_id: &str) -> Result<(), iptables::Error> {
+pub fn teardown_masq(
+    ipt: &dyn Iptables,
+    network: &str,
+    container_id: &str,
+) -> Result<(), iptables::Error> {
     let chain = chain_name(network, container_id, "");
     iptables::delete_jumps(ipt, "nat", "POSTROUTING", &chain)?;
     iptables::clear_and_delete_chain(ipt, "nat", &chain)
 }
 
 impl Bridge {
-    fn add_inner(&self, args: &CmdArgs, c: &BridgeConf, host_veth: &mut Option<String>) -> Result<CniResult, ErrorResult> {
+    fn add_inner(
+        &self,
+        args: &CmdArgs,
+        c: &BridgeConf,
+        host_veth: &mut Option<String>,
+    ) -> Result<CniResult, ErrorResult> {
         let ns_file = File::open(&args.netns).map_err(|e| {
-            ErrorResult::new(Code::UnknownContainer, format!("failed to open netns {:?}", args.netns)).with_details(e.to_string())
+            ErrorResult::new(
+                Code::UnknownContainer,
+                format!("failed to open netns {:?}", args.netns),
+            )
+            .with_details(e.to_string())
         })?;
         let ifname = args.ifname.clone();
         let exists = in_netns(&args.netns, move |h| h.link(&ifname).map(|l| l.is_some()))
-            .map_err(|e| ErrorResult::new(Code::UnknownContainer, format!("entering netns {:?}", args.netns)).with_details(e.to_string()))?
+            .map_err(|e| {
+                ErrorResult::new(
+                    Code::UnknownContainer,
+                    format!("entering netns {:?}", args.netns),
+                )
+                .with_details(e.to_string())
+            })?
             .map_err(|e| nl_err("looking up container interface", e))?;
         if exists {
             return Err(ErrorResult::new(
                 Code::Internal,
-                format!("container veth name provided ({}) already exists", args.ifname),
+                format!(
+                    "container veth name provided ({}) already exists",
+                    args.ifname
+                ),
             ));
         }
         let mut h = Handle::new().map_err(|e| nl_err("opening netlink", e))?;
@@ -227,12 +304,17 @@ impl Bridge {
         let host = h
             .link(&name)
             .map_err(|e| nl_err("looking up host veth", e))?
-            .ok_or_else(|| ErrorResult::new(Code::Internal, format!("host veth {name} vanished")))?;
-        h.set_master(host.index, br.index).map_err(|e| nl_err(format!("attaching {name} to {}", c.bridge), e))?;
+            .ok_or_else(|| {
+                ErrorResult::new(Code::Internal, format!("host veth {name} vanished"))
+            })?;
+        h.set_master(host.index, br.index)
+            .map_err(|e| nl_err(format!("attaching {name} to {}", c.bridge), e))?;
         if c.hairpin_mode {
-            h.set_hairpin(host.index, true).map_err(|e| nl_err(format!("setting hairpin on {name}"), e))?;
+            h.set_hairpin(host.index, true)
+                .map_err(|e| nl_err(format!("setting hairpin on {name}"), e))?;
         }
-        h.set_up(host.index).map_err(|e| nl_err(format!("bringing up {name}"), e))?;
+        h.set_up(host.index)
+            .map_err(|e| nl_err(format!("bringing up {name}"), e))?;
 
         let mut result = CniResult::new(&args.version);
         result.interfaces = vec![
@@ -254,9 +336,13 @@ impl Bridge {
             },
         ];
         if let Some(kind) = ipam_type(c) {
-            let ipam = delegate(&kind, args, Command::Add)?.unwrap_or_else(|| CniResult::new(&args.version));
+            let ipam = delegate(&kind, args, Command::Add)?
+                .unwrap_or_else(|| CniResult::new(&args.version));
             if ipam.ips.is_empty() {
-                return Err(ErrorResult::new(Code::Internal, format!("IPAM plugin {kind} returned no IP configuration")));
+                return Err(ErrorResult::new(
+                    Code::Internal,
+                    format!("IPAM plugin {kind} returned no IP configuration"),
+                ));
             }
             result.ips = ipam.ips;
             result.routes = ipam.routes;
@@ -269,7 +355,12 @@ impl Bridge {
             }
             if c.is_default_gateway {
                 for v4 in [true, false] {
-                    let Some(gw) = result.ips.iter().find(|i| i.address.addr.is_ipv4() == v4).and_then(|i| i.gateway) else {
+                    let Some(gw) = result
+                        .ips
+                        .iter()
+                        .find(|i| i.address.addr.is_ipv4() == v4)
+                        .and_then(|i| i.gateway)
+                    else {
                         continue;
                     };
                     if !result.routes.iter().any(|r| r.dst == default_route(v4)) {
@@ -283,17 +374,24 @@ impl Bridge {
                         addr: gateway_of(ip),
                         prefix: ip.address.prefix,
                     };
-                    h.add_addr(br.index, gw).map_err(|e| nl_err(format!("adding {gw} to {}", c.bridge), e))?;
-                    let key = if gw.addr.is_ipv4() { "net.ipv4.ip_forward" } else { "net.ipv6.conf.all.forwarding" };
-                    crate::sysctl::set(key, "1")
-                        .map_err(|e| ErrorResult::new(Code::Internal, "enabling forwarding").with_details(e.to_string()))?;
+                    h.add_addr(br.index, gw)
+                        .map_err(|e| nl_err(format!("adding {gw} to {}", c.bridge), e))?;
+                    let key = if gw.addr.is_ipv4() {
+                        "net.ipv4.ip_forward"
+                    } else {
+                        "net.ipv6.conf.all.forwarding"
+                    };
+                    crate::sysctl::set(key, "1").map_err(|e| {
+                        ErrorResult::new(Code::Internal, "enabling forwarding")
+                            .with_details(e.to_string())
+                    })?;
                 }
             }
         }
-        if let Some(dns) = &c.dns {
-            if !dns.is_empty() {
-                result.dns = dns.clone();
-            }
+        if let Some(dns) = &c.dns
+            && !dns.is_empty()
+        {
+            result.dns = dns.clone();
         }
 
         // Container side: up, addresses, routes (a route without gw goes via the
@@ -302,26 +400,40 @@ impl Bridge {
         let ips = result.ips.clone();
         let routes = result.routes.clone();
         let cont = in_netns(&args.netns, move |h| {
-            let l = h.link(&ifname)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+            let l = h
+                .link(&ifname)?
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
             for ip in &ips {
                 h.add_addr(l.index, ip.address)?;
             }
             h.set_up(l.index)?;
             for r in &routes {
                 let gw = r.gw.or_else(|| {
-                    ips.iter().find(|i| i.address.addr.is_ipv4() == r.dst.addr.is_ipv4()).and_then(|i| i.gateway)
+                    ips.iter()
+                        .find(|i| i.address.addr.is_ipv4() == r.dst.addr.is_ipv4())
+                        .and_then(|i| i.gateway)
                 });
                 h.add_route(r.dst, gw, l.index)?;
             }
             Ok(l)
         })
-        .map_err(|e| ErrorResult::new(Code::UnknownContainer, "entering container netns").with_details(e.to_string()))?
+        .map_err(|e| {
+            ErrorResult::new(Code::UnknownContainer, "entering container netns")
+                .with_details(e.to_string())
+        })?
         .map_err(|e| nl_err(format!("configuring {} in the container", args.ifname), e))?;
         result.interfaces[2].mac = Some(cont.mac);
 
         if c.ip_masq {
-            setup_masq(&iptables::Binary::default(), &c.name, &args.container_id, &result.ips)
-                .map_err(|e| ErrorResult::new(Code::Internal, "setting up ipMasq").with_details(e.to_string()))?;
+            setup_masq(
+                &iptables::Binary::default(),
+                &c.name,
+                &args.container_id,
+                &result.ips,
+            )
+            .map_err(|e| {
+                ErrorResult::new(Code::Internal, "setting up ipMasq").with_details(e.to_string())
+            })?;
         }
         Ok(result)
     }
@@ -334,12 +446,11 @@ impl Plugin for Bridge {
         let r = self.add_inner(args, &c, &mut host_veth);
         if r.is_err() {
             // Undo what was done; errors here would hide the real one.
-            if let Some(name) = host_veth {
-                if let Ok(mut h) = Handle::new() {
-                    if let Ok(Some(l)) = h.link(&name) {
-                        let _ = h.del_link(l.index);
-                    }
-                }
+            if let Some(name) = host_veth
+                && let Ok(mut h) = Handle::new()
+                && let Ok(Some(l)) = h.link(&name)
+            {
+                let _ = h.del_link(l.index);
             }
             if let Some(kind) = ipam_type(&c) {
                 let _ = delegate(&kind, args, Command::Del);
@@ -361,53 +472,82 @@ impl Plugin for Bridge {
                 Some(l) => h.del_link(l.index),
                 None => Ok(()),
             }) {
-                Ok(r) => r.map_err(|e| nl_err(format!("deleting {} in the container", args.ifname), e))?,
+                Ok(r) => {
+                    r.map_err(|e| nl_err(format!("deleting {} in the container", args.ifname), e))?
+                }
                 Err(netns::Error::Enter { .. }) => {}
-                Err(e) => return Err(ErrorResult::new(Code::Internal, "entering container netns").with_details(e.to_string())),
+                Err(e) => {
+                    return Err(ErrorResult::new(Code::Internal, "entering container netns")
+                        .with_details(e.to_string()));
+                }
             }
         }
         if let Some(kind) = ipam_type(&c) {
             delegate(&kind, args, Command::Del)?;
         }
         if c.ip_masq {
-            teardown_masq(&iptables::Binary::default(), &c.name, &args.container_id)
-                .map_err(|e| ErrorResult::new(Code::Internal, "removing ipMasq chain").with_details(e.to_string()))?;
+            teardown_masq(&iptables::Binary::default(), &c.name, &args.container_id).map_err(
+                |e| {
+                    ErrorResult::new(Code::Internal, "removing ipMasq chain")
+                        .with_details(e.to_string())
+                },
+            )?;
         }
         Ok(())
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), ErrorResult> {
         let c = parse(args)?;
-        let prev = c
-            .prev_result
-            .clone()
-            .ok_or_else(|| ErrorResult::new(Code::InvalidNetworkConfig, "CHECK needs prevResult"))?;
-        let prev = CniResult::from_value(prev)
-            .map_err(|e| ErrorResult::new(Code::DecodingFailure, "decoding prevResult").with_details(e.to_string()))?;
+        let prev = c.prev_result.clone().ok_or_else(|| {
+            ErrorResult::new(Code::InvalidNetworkConfig, "CHECK needs prevResult")
+        })?;
+        let prev = CniResult::from_value(prev).map_err(|e| {
+            ErrorResult::new(Code::DecodingFailure, "decoding prevResult")
+                .with_details(e.to_string())
+        })?;
         if let Some(kind) = ipam_type(&c) {
             delegate(&kind, args, Command::Check)?;
         }
         let mut h = Handle::new().map_err(|e| nl_err("opening netlink", e))?;
-        match h.link(&c.bridge).map_err(|e| nl_err("looking up bridge", e))? {
+        match h
+            .link(&c.bridge)
+            .map_err(|e| nl_err("looking up bridge", e))?
+        {
             Some(l) if l.kind == "bridge" => {}
-            _ => return Err(ErrorResult::new(Code::Internal, format!("bridge {} not found", c.bridge))),
+            _ => {
+                return Err(ErrorResult::new(
+                    Code::Internal,
+                    format!("bridge {} not found", c.bridge),
+                ));
+            }
         }
         let ifname = args.ifname.clone();
         let (link, addrs) = in_netns(&args.netns, move |h| {
-            let l = h.link(&ifname)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+            let l = h
+                .link(&ifname)?
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
             let a = h.addrs(l.index)?;
             Ok((l, a))
         })
-        .map_err(|e| ErrorResult::new(Code::UnknownContainer, "entering container netns").with_details(e.to_string()))?
+        .map_err(|e| {
+            ErrorResult::new(Code::UnknownContainer, "entering container netns")
+                .with_details(e.to_string())
+        })?
         .map_err(|e| nl_err(format!("interface {} in the container", args.ifname), e))?;
         if !link.up {
-            return Err(ErrorResult::new(Code::Internal, format!("{} is down", args.ifname)));
+            return Err(ErrorResult::new(
+                Code::Internal,
+                format!("{} is down", args.ifname),
+            ));
         }
         for ip in &prev.ips {
             if !addrs.contains(&ip.address) {
                 return Err(ErrorResult::new(
                     Code::Internal,
-                    format!("{} lacks address {} from prevResult", args.ifname, ip.address),
+                    format!(
+                        "{} lacks address {} from prevResult",
+                        args.ifname, ip.address
+                    ),
                 ));
             }
         }
@@ -453,7 +593,12 @@ mod tests {
         assert!(rules[0].starts_with("-d 10.5.0.0/24 -j ACCEPT"));
         assert!(rules[1].starts_with("! -d 224.0.0.0/4 -j MASQUERADE"));
         let post = f.dump("nat", "POSTROUTING").unwrap();
-        assert_eq!(post, vec![format!("-s 10.5.0.7 -j {chain} -m comment --comment name: \"net\" id: \"cid\"")]);
+        assert_eq!(
+            post,
+            vec![format!(
+                "-s 10.5.0.7 -j {chain} -m comment --comment name: \"net\" id: \"cid\""
+            )]
+        );
         teardown_masq(&f, "net", "cid").unwrap();
         teardown_masq(&f, "net", "cid").unwrap();
         assert!(f.dump("nat", &chain).is_none());
@@ -471,14 +616,32 @@ mod tests {
         ];
         let cases = [
             ("", 6),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","hairpinMode":true,"promiscMode":true}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","bridge":"a/b"}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","mtu":"big"}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","ipam":"x"}"#, 7),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","hairpinMode":true,"promiscMode":true}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","bridge":"a/b"}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","mtu":"big"}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge","ipam":"x"}"#,
+                7,
+            ),
             (r#"{"cniVersion":"1.0.0","type":"skiff-bridge"}"#, 7),
-            (r#"{"cniVersion":"2.0.0","name":"n","type":"skiff-bridge"}"#, 1),
+            (
+                r#"{"cniVersion":"2.0.0","name":"n","type":"skiff-bridge"}"#,
+                1,
+            ),
             // Valid config, but the netns does not exist: code 3.
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge"}"#, 3),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge"}"#,
+                3,
+            ),
         ];
         for (stdin, code) in cases {
             let (rc, v) = call(&Bridge, &env, stdin);
@@ -486,8 +649,17 @@ mod tests {
             assert_eq!(v["code"].as_u64(), Some(code), "{stdin}: {v}");
         }
         // DEL with no netns and no IPAM is a successful no-op.
-        let del = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")];
-        let (rc, v) = call(&Bridge, &del, r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge"}"#);
+        let del = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/x"),
+        ];
+        let (rc, v) = call(
+            &Bridge,
+            &del,
+            r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-bridge"}"#,
+        );
         assert_eq!(rc, 0, "{v}");
     }
 }

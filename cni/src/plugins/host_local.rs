@@ -14,7 +14,9 @@ use serde_json::Value;
 
 use crate::ipnet::{IpNet, from_u128, to_u128};
 use crate::skel::{CmdArgs, Plugin, decode_config};
-use crate::types::{CniResult, Code, Dns, ErrorResult, GcAttachment, IpConfig, Route, VALID_ATTACHMENTS_KEY};
+use crate::types::{
+    CniResult, Code, Dns, ErrorResult, GcAttachment, IpConfig, Route, VALID_ATTACHMENTS_KEY,
+};
 
 /// Default allocation directory (the reference plugin's).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -120,8 +122,16 @@ impl Range {
                 Err(format!("{what} {ip} not in network {subnet}"))
             }
         };
-        let start = c.range_start.map(|ip| inside("rangeStart", ip)).transpose()?.unwrap_or(first);
-        let end = c.range_end.map(|ip| inside("rangeEnd", ip)).transpose()?.unwrap_or(last);
+        let start = c
+            .range_start
+            .map(|ip| inside("rangeStart", ip))
+            .transpose()?
+            .unwrap_or(first);
+        let end = c
+            .range_end
+            .map(|ip| inside("rangeEnd", ip))
+            .transpose()?
+            .unwrap_or(last);
         if to_u128(start) > to_u128(end) {
             return Err(format!("rangeStart {start} is after rangeEnd {end}"));
         }
@@ -135,7 +145,8 @@ impl Range {
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.start.is_ipv4() && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
+        ip.is_ipv4() == self.start.is_ipv4()
+            && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
     }
 }
 
@@ -158,14 +169,20 @@ pub fn range_sets(ipam: &IpamConf) -> Result<Vec<Vec<Range>>, String> {
         if set.is_empty() {
             return Err("empty range set".into());
         }
-        let ranges = set.iter().map(Range::from_conf).collect::<Result<Vec<_>, _>>()?;
+        let ranges = set
+            .iter()
+            .map(Range::from_conf)
+            .collect::<Result<Vec<_>, _>>()?;
         for (i, a) in ranges.iter().enumerate() {
             if a.start.is_ipv4() != ranges[0].start.is_ipv4() {
                 return Err("mixed address families in one range set".into());
             }
             for b in &ranges[i + 1..] {
                 if a.contains(b.start) || a.contains(b.end) || b.contains(a.start) {
-                    return Err(format!("ranges {}-{} and {}-{} overlap", a.start, a.end, b.start, b.end));
+                    return Err(format!(
+                        "ranges {}-{} and {}-{} overlap",
+                        a.start, a.end, b.start, b.end
+                    ));
                 }
             }
         }
@@ -175,7 +192,10 @@ pub fn range_sets(ipam: &IpamConf) -> Result<Vec<Vec<Range>>, String> {
 }
 
 fn set_string(set: &[Range]) -> String {
-    set.iter().map(|r| format!("{}-{}", r.start, r.end)).collect::<Vec<_>>().join(",")
+    set.iter()
+        .map(|r| format!("{}-{}", r.start, r.end))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An allocation: which container interface holds an address.
@@ -216,7 +236,10 @@ impl DiskStore {
     /// Opens (creating) `<data_dir>/<network>`.
     pub fn open(data_dir: &Path, network: &str) -> io::Result<DiskStore> {
         if network.is_empty() || network.contains('/') || network == "." || network == ".." {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid network name {network:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid network name {network:?}"),
+            ));
         }
         let dir = data_dir.join(network);
         fs::create_dir_all(&dir)?;
@@ -244,11 +267,16 @@ impl Store for DiskStore {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(e),
         };
-        if let Err(e) = f.write_all(format!("{}{LINE_BREAK}{}", a.container_id.trim(), a.ifname).as_bytes()) {
+        if let Err(e) =
+            f.write_all(format!("{}{LINE_BREAK}{}", a.container_id.trim(), a.ifname).as_bytes())
+        {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        fs::write(self.dir.join(format!("{LAST_IP_PREFIX}{range_id}")), a.ip.to_string())?;
+        fs::write(
+            self.dir.join(format!("{LAST_IP_PREFIX}{range_id}")),
+            a.ip.to_string(),
+        )?;
         Ok(true)
     }
 
@@ -315,9 +343,11 @@ pub fn allocate(
     let existing = store.list()?;
     let mut got: Vec<(IpAddr, IpConfig)> = Vec::new();
     for (range_id, set) in sets.iter().enumerate() {
-        let mine = existing
-            .iter()
-            .find(|a| a.container_id == container_id && a.ifname == ifname && set.iter().any(|r| r.contains(a.ip)));
+        let mine = existing.iter().find(|a| {
+            a.container_id == container_id
+                && a.ifname == ifname
+                && set.iter().any(|r| r.contains(a.ip))
+        });
         if let Some(a) = mine {
             // Roll back what this call already took, then refuse.
             for (ip, _) in &got {
@@ -350,17 +380,20 @@ fn allocate_in_set(
 ) -> Result<IpConfig, AllocError> {
     // Start just after the last reserved address when it is still in the set.
     let (mut ri, mut cur) = (0usize, to_u128(set[0].start));
-    if let Some(last) = store.last_reserved(range_id) {
-        if let Some(i) = set.iter().position(|r| r.contains(last)) {
-            ri = i;
-            cur = to_u128(last) + 1;
-            if cur > to_u128(set[i].end) {
-                ri = (i + 1) % set.len();
-                cur = to_u128(set[ri].start);
-            }
+    if let Some(last) = store.last_reserved(range_id)
+        && let Some(i) = set.iter().position(|r| r.contains(last))
+    {
+        ri = i;
+        cur = to_u128(last) + 1;
+        if cur > to_u128(set[i].end) {
+            ri = (i + 1) % set.len();
+            cur = to_u128(set[ri].start);
         }
     }
-    let total: u128 = set.iter().map(|r| to_u128(r.end) - to_u128(r.start) + 1).sum();
+    let total: u128 = set
+        .iter()
+        .map(|r| to_u128(r.end) - to_u128(r.start) + 1)
+        .sum();
     // Caps the scan for huge IPv6 ranges; the reference plugin walks them just as linearly.
     let limit = total.min(1 << 20);
     for _ in 0..limit {
@@ -403,7 +436,9 @@ pub fn release(store: &dyn Store, container_id: &str, ifname: &str) -> io::Resul
         .filter(|a| a.container_id == container_id.trim() && a.ifname == ifname)
         .collect();
     let victims: Vec<&Allocation> = if exact.is_empty() {
-        all.iter().filter(|a| a.container_id == container_id.trim() && a.ifname.is_empty()).collect()
+        all.iter()
+            .filter(|a| a.container_id == container_id.trim() && a.ifname.is_empty())
+            .collect()
     } else {
         exact
     };
@@ -419,9 +454,9 @@ pub fn gc(store: &dyn Store, valid: &[GcAttachment]) -> io::Result<Vec<Allocatio
     let _guard = store.lock()?;
     let mut freed = Vec::new();
     for a in store.list()? {
-        let keep = valid
-            .iter()
-            .any(|v| v.container_id == a.container_id && (v.ifname == a.ifname || a.ifname.is_empty()));
+        let keep = valid.iter().any(|v| {
+            v.container_id == a.container_id && (v.ifname == a.ifname || a.ifname.is_empty())
+        });
         if !keep {
             store.release(a.ip)?;
             freed.push(a);
@@ -446,10 +481,17 @@ fn parse(stdin: &[u8]) -> Result<Parsed, ErrorResult> {
     let ipam = conf
         .ipam
         .ok_or_else(|| ErrorResult::new(Code::InvalidNetworkConfig, "missing \"ipam\" section"))?;
-    let sets = range_sets(&ipam)
-        .map_err(|e| ErrorResult::new(Code::InvalidNetworkConfig, format!("invalid IPAM ranges: {e}")))?;
+    let sets = range_sets(&ipam).map_err(|e| {
+        ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            format!("invalid IPAM ranges: {e}"),
+        )
+    })?;
     if conf.name.is_empty() || conf.name.contains('/') {
-        return Err(ErrorResult::new(Code::InvalidNetworkConfig, "invalid or missing network name"));
+        return Err(ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            "invalid or missing network name",
+        ));
     }
     Ok(Parsed {
         name: conf.name,
@@ -460,10 +502,17 @@ fn parse(stdin: &[u8]) -> Result<Parsed, ErrorResult> {
 }
 
 fn open_store(p: &Parsed) -> Result<DiskStore, ErrorResult> {
-    let data_dir = p.ipam.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let data_dir = p
+        .ipam
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     DiskStore::open(&data_dir, &p.name).map_err(|e| {
-        ErrorResult::new(Code::IoFailure, format!("opening IPAM store {}/{}", data_dir.display(), p.name))
-            .with_details(e.to_string())
+        ErrorResult::new(
+            Code::IoFailure,
+            format!("opening IPAM store {}/{}", data_dir.display(), p.name),
+        )
+        .with_details(e.to_string())
     })
 }
 
@@ -475,11 +524,12 @@ impl Plugin for HostLocal {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, ErrorResult> {
         let p = parse(&args.stdin)?;
         let store = open_store(&p)?;
-        let ips = allocate(&store, &p.sets, &args.container_id, &args.ifname).map_err(|e| match e {
-            AllocError::Exhausted(_) => ErrorResult::new(Code::RangeExhausted, e.to_string()),
-            AllocError::Duplicate { .. } => ErrorResult::new(Code::Internal, e.to_string()),
-            AllocError::Store(io) => io_err("IPAM store", io),
-        })?;
+        let ips =
+            allocate(&store, &p.sets, &args.container_id, &args.ifname).map_err(|e| match e {
+                AllocError::Exhausted(_) => ErrorResult::new(Code::RangeExhausted, e.to_string()),
+                AllocError::Duplicate { .. } => ErrorResult::new(Code::Internal, e.to_string()),
+                AllocError::Store(io) => io_err("IPAM store", io),
+            })?;
         let mut result = CniResult::new(&args.version);
         result.ips = ips;
         result.routes = p.ipam.routes.clone();
@@ -490,7 +540,8 @@ impl Plugin for HostLocal {
     fn del(&self, args: &CmdArgs) -> Result<(), ErrorResult> {
         let p = parse(&args.stdin)?;
         let store = open_store(&p)?;
-        release(&store, &args.container_id, &args.ifname).map_err(|e| io_err("releasing addresses", e))?;
+        release(&store, &args.container_id, &args.ifname)
+            .map_err(|e| io_err("releasing addresses", e))?;
         Ok(())
     }
 
@@ -498,12 +549,18 @@ impl Plugin for HostLocal {
         let p = parse(&args.stdin)?;
         let store = open_store(&p)?;
         let all = store.list().map_err(|e| io_err("listing allocations", e))?;
-        if all.iter().any(|a| a.container_id == args.container_id && a.ifname == args.ifname) {
+        if all
+            .iter()
+            .any(|a| a.container_id == args.container_id && a.ifname == args.ifname)
+        {
             Ok(())
         } else {
             Err(ErrorResult::new(
                 Code::Internal,
-                format!("host-local: failed to find address added by container {}", args.container_id),
+                format!(
+                    "host-local: failed to find address added by container {}",
+                    args.container_id
+                ),
             ))
         }
     }
@@ -511,7 +568,10 @@ impl Plugin for HostLocal {
     fn gc(&self, args: &CmdArgs) -> Result<(), ErrorResult> {
         let p = parse(&args.stdin)?;
         let valid = p.valid.clone().ok_or_else(|| {
-            ErrorResult::new(Code::InvalidNetworkConfig, format!("GC needs \"{VALID_ATTACHMENTS_KEY}\""))
+            ErrorResult::new(
+                Code::InvalidNetworkConfig,
+                format!("GC needs \"{VALID_ATTACHMENTS_KEY}\""),
+            )
         })?;
         let store = open_store(&p)?;
         gc(&store, &valid).map_err(|e| io_err("garbage-collecting allocations", e))?;
@@ -525,14 +585,18 @@ impl Plugin for HostLocal {
             ..e
         })?;
         store.lock().map(drop).map_err(|e| {
-            ErrorResult::new(Code::PluginNotAvailable, "IPAM store not usable").with_details(e.to_string())
+            ErrorResult::new(Code::PluginNotAvailable, "IPAM store not usable")
+                .with_details(e.to_string())
         })
     }
 }
 
 /// Extracts the `ipam.type` of a config, for plugins that delegate.
 pub fn ipam_type(conf: &Value) -> Option<&str> {
-    conf.get("ipam")?.get("type")?.as_str().filter(|s| !s.is_empty())
+    conf.get("ipam")?
+        .get("type")?
+        .as_str()
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -627,7 +691,10 @@ pub(crate) mod tests {
         assert!(matches!(err, AllocError::Exhausted(_)), "{err}");
         assert!(err.to_string().contains("10.1.0.1-10.1.0.6"));
         // Duplicates are refused.
-        assert!(matches!(allocate(&s, &sets, "b", "eth0"), Err(AllocError::Duplicate { .. })));
+        assert!(matches!(
+            allocate(&s, &sets, "b", "eth0"),
+            Err(AllocError::Duplicate { .. })
+        ));
     }
 
     #[test]
@@ -656,8 +723,14 @@ pub(crate) mod tests {
         let got = allocate(&store, &sets, "cid1", "eth0").unwrap();
         assert_eq!(got[0].address.addr.to_string(), "10.2.0.10");
         let net = dir.path().join("net1");
-        assert_eq!(fs::read_to_string(net.join("10.2.0.10")).unwrap(), "cid1\r\neth0");
-        assert_eq!(fs::read_to_string(net.join("last_reserved_ip.0")).unwrap(), "10.2.0.10");
+        assert_eq!(
+            fs::read_to_string(net.join("10.2.0.10")).unwrap(),
+            "cid1\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(net.join("last_reserved_ip.0")).unwrap(),
+            "10.2.0.10"
+        );
         assert!(net.join("lock").exists());
         // A file in the old layout (id only) is released by id.
         fs::write(net.join("10.2.0.15"), "old").unwrap();
@@ -696,11 +769,20 @@ pub(crate) mod tests {
         // A /30 has one usable address besides the gateway.
         let (rc, v) = call(&HostLocal, &env("ADD", "c2"), &conf(""));
         assert_eq!((rc, v["code"].as_u64()), (1, Some(100)));
-        assert!(v["msg"].as_str().unwrap().contains("no IP addresses available"), "{v}");
+        assert!(
+            v["msg"]
+                .as_str()
+                .unwrap()
+                .contains("no IP addresses available"),
+            "{v}"
+        );
         assert_eq!(call(&HostLocal, &env("CHECK", "c1"), &conf("")).0, 0);
         assert_eq!(call(&HostLocal, &env("DEL", "c1"), &conf("")).0, 0);
         assert_eq!(call(&HostLocal, &env("DEL", "c1"), &conf("")).0, 0);
-        assert_eq!(call(&HostLocal, &env("CHECK", "c1"), &conf("")).1["code"], 999);
+        assert_eq!(
+            call(&HostLocal, &env("CHECK", "c1"), &conf("")).1["code"],
+            999
+        );
         // GC: c3 is stale, c4 is valid.
         call(&HostLocal, &env("ADD", "c3"), &conf(""));
         let net = dir.path().join("n1");
@@ -714,7 +796,15 @@ pub(crate) mod tests {
         let (rc, v) = call(&HostLocal, &gc_env, &gc);
         assert_eq!(rc, 0, "{v}");
         assert_eq!(fs::read_dir(&net).unwrap().count(), 2);
-        assert_eq!(call(&HostLocal, &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")], &conf("")).0, 0);
+        assert_eq!(
+            call(
+                &HostLocal,
+                &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")],
+                &conf("")
+            )
+            .0,
+            0
+        );
     }
 
     #[test]
@@ -725,11 +815,26 @@ pub(crate) mod tests {
             ("[1,2]", 6),
             (r#"{"cniVersion":"0.0.1","name":"n","ipam":{}}"#, 1),
             (r#"{"cniVersion":"1.0.0","name":"n"}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"x"}}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"nope"}]]}}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/32"}]]}}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.9.0.1"}]]}}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":5,"ipam":{"subnet":"10.0.0.0/24"}}"#, 7),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"x"}}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"nope"}]]}}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/32"}]]}}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.9.0.1"}]]}}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":5,"ipam":{"subnet":"10.0.0.0/24"}}"#,
+                7,
+            ),
             (r#"{"cniVersion":1,"name":"n"}"#, 6),
         ];
         for (stdin, code) in cases {

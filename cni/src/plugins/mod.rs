@@ -33,12 +33,21 @@ pub fn comment(network: &str, container_id: &str) -> String {
 /// Runs the delegated (IPAM) plugin `kind` from `CNI_PATH` with the same
 /// stdin and environment, as the reference `ipam.Exec*` helpers do; the
 /// delegate's error code is passed on unchanged.
-pub fn delegate(kind: &str, args: &CmdArgs, command: Command) -> Result<Option<CniResult>, ErrorResult> {
+pub fn delegate(
+    kind: &str,
+    args: &CmdArgs,
+    command: Command,
+) -> Result<Option<CniResult>, ErrorResult> {
     let binary = find_plugin(kind, &args.path).ok_or_else(|| {
-        ErrorResult::new(Code::InvalidNetworkConfig, format!("failed to find plugin {kind:?} in path {:?}", args.path))
+        ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            format!("failed to find plugin {kind:?} in path {:?}", args.path),
+        )
     })?;
     let cni_args: Vec<String> = args.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let cni_path = std::env::join_paths(&args.path).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let cni_path = std::env::join_paths(&args.path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let env = vec![
         ("CNI_COMMAND".to_string(), command.as_str().to_string()),
         ("CNI_CONTAINERID".to_string(), args.container_id.clone()),
@@ -49,21 +58,34 @@ pub fn delegate(kind: &str, args: &CmdArgs, command: Command) -> Result<Option<C
     ];
     let out = ProcessRunner::default()
         .run(&binary, &env, &args.stdin, Duration::from_secs(60))
-        .map_err(|e| ErrorResult::new(Code::Internal, format!("running IPAM plugin {kind}")).with_details(e.to_string()))?;
+        .map_err(|e| {
+            ErrorResult::new(Code::Internal, format!("running IPAM plugin {kind}"))
+                .with_details(e.to_string())
+        })?;
     if !out.success {
-        return Err(serde_json::from_slice::<ErrorResult>(&out.stdout).unwrap_or_else(|_| {
-            ErrorResult::new(Code::Internal, format!("IPAM plugin {kind} failed"))
-                .with_details(String::from_utf8_lossy(&out.stdout).into_owned())
-        }));
+        return Err(
+            serde_json::from_slice::<ErrorResult>(&out.stdout).unwrap_or_else(|_| {
+                ErrorResult::new(Code::Internal, format!("IPAM plugin {kind} failed"))
+                    .with_details(String::from_utf8_lossy(&out.stdout).into_owned())
+            }),
+        );
     }
     if command != Command::Add {
         return Ok(None);
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        ErrorResult::new(Code::DecodingFailure, format!("decoding result of IPAM plugin {kind}")).with_details(e.to_string())
+        ErrorResult::new(
+            Code::DecodingFailure,
+            format!("decoding result of IPAM plugin {kind}"),
+        )
+        .with_details(e.to_string())
     })?;
     CniResult::from_value(v).map(Some).map_err(|e| {
-        ErrorResult::new(Code::DecodingFailure, format!("decoding result of IPAM plugin {kind}")).with_details(e.to_string())
+        ErrorResult::new(
+            Code::DecodingFailure,
+            format!("decoding result of IPAM plugin {kind}"),
+        )
+        .with_details(e.to_string())
     })
 }
 

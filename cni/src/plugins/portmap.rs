@@ -103,7 +103,10 @@ impl Chain {
 
     fn check(&self, ipt: &dyn Iptables) -> Result<(), String> {
         for r in &self.rules {
-            if !ipt.exists("nat", &self.name, r).map_err(|e| e.to_string())? {
+            if !ipt
+                .exists("nat", &self.name, r)
+                .map_err(|e| e.to_string())?
+            {
                 return Err(format!("rule {:?} missing in {}", r.join(" "), self.name));
             }
         }
@@ -129,7 +132,16 @@ fn mark_def(bit: i64) -> String {
 fn setmark_chain(bit: i64) -> Chain {
     Chain {
         name: SETMARK_CHAIN.into(),
-        rules: vec![words(&["-m", "comment", "--comment", "CNI portfwd masquerade mark", "-j", "MARK", "--set-xmark", &mark_def(bit)])],
+        rules: vec![words(&[
+            "-m",
+            "comment",
+            "--comment",
+            "CNI portfwd masquerade mark",
+            "-j",
+            "MARK",
+            "--set-xmark",
+            &mark_def(bit),
+        ])],
         entry_chains: Vec::new(),
         entry_rules: Vec::new(),
         prepend_entry: false,
@@ -139,9 +151,21 @@ fn setmark_chain(bit: i64) -> Chain {
 fn masq_chain(bit: i64) -> Chain {
     Chain {
         name: MASQ_CHAIN.into(),
-        rules: vec![words(&["-m", "mark", "--mark", &mark_def(bit), "-j", "MASQUERADE"])],
+        rules: vec![words(&[
+            "-m",
+            "mark",
+            "--mark",
+            &mark_def(bit),
+            "-j",
+            "MASQUERADE",
+        ])],
         entry_chains: words(&["POSTROUTING"]),
-        entry_rules: vec![words(&["-m", "comment", "--comment", "CNI portfwd requiring masquerade"])],
+        entry_rules: vec![words(&[
+            "-m",
+            "comment",
+            "--comment",
+            "CNI portfwd requiring masquerade",
+        ])],
         prepend_entry: true,
     }
 }
@@ -154,7 +178,12 @@ fn dnat_comment(network: &str, container_id: &str) -> String {
 }
 
 /// The per-container DNAT chain for `mappings` to `container` (reference `fillDnatRules`).
-pub fn dnat_chain(c: &PortmapConf, container_id: &str, container: IpNet, mappings: &[PortMapping]) -> Chain {
+pub fn dnat_chain(
+    c: &PortmapConf,
+    container_id: &str,
+    container: IpNet,
+    mappings: &[PortMapping],
+) -> Chain {
     let mut chain = Chain {
         name: chain_name(&c.name, container_id, "DN-"),
         rules: Vec::new(),
@@ -167,10 +196,25 @@ pub fn dnat_chain(c: &PortmapConf, container_id: &str, container: IpNet, mapping
     protos.sort();
     protos.dedup();
     for proto in protos {
-        let ports: Vec<String> = mappings.iter().filter(|m| m.protocol == proto).map(|m| m.host_port.to_string()).collect();
+        let ports: Vec<String> = mappings
+            .iter()
+            .filter(|m| m.protocol == proto)
+            .map(|m| m.host_port.to_string())
+            .collect();
         // multiport takes at most 15 ports per rule.
         for chunk in ports.chunks(15) {
-            let mut r = words(&["-m", "comment", "--comment", &cmt, "-m", "multiport", "-p", proto, "--destination-ports", &chunk.join(",")]);
+            let mut r = words(&[
+                "-m",
+                "comment",
+                "--comment",
+                &cmt,
+                "-m",
+                "multiport",
+                "-p",
+                proto,
+                "--destination-ports",
+                &chunk.join(","),
+            ]);
             if let Some(cond) = c.conditions_v4.as_ref().filter(|v| !v.is_empty()) {
                 r.extend(cond.iter().cloned());
             }
@@ -178,11 +222,16 @@ pub fn dnat_chain(c: &PortmapConf, container_id: &str, container: IpNet, mapping
         }
     }
     let snat = c.snat.unwrap_or(true);
-    let setmark = c.external_set_mark_chain.clone().unwrap_or_else(|| SETMARK_CHAIN.into());
+    let setmark = c
+        .external_set_mark_chain
+        .clone()
+        .unwrap_or_else(|| SETMARK_CHAIN.into());
     for m in mappings {
         let mut base = words(&["-p", &m.protocol, "--dport", &m.host_port.to_string()]);
         if !m.host_ip.is_empty() {
-            let Ok(ip) = m.host_ip.parse::<std::net::IpAddr>() else { continue };
+            let Ok(ip) = m.host_ip.parse::<std::net::IpAddr>() else {
+                continue;
+            };
             if ip.is_ipv4() != container.addr.is_ipv4() {
                 continue;
             }
@@ -191,7 +240,11 @@ pub fn dnat_chain(c: &PortmapConf, container_id: &str, container: IpNet, mapping
             }
         }
         if snat {
-            let src = if c.masq_all { "0.0.0.0/0".to_string() } else { container.trunc().to_string() };
+            let src = if c.masq_all {
+                "0.0.0.0/0".to_string()
+            } else {
+                container.trunc().to_string()
+            };
             let mut hairpin = base.clone();
             hairpin.extend(words(&["-s", &src, "-j", &setmark]));
             chain.rules.push(hairpin);
@@ -202,7 +255,12 @@ pub fn dnat_chain(c: &PortmapConf, container_id: &str, container: IpNet, mapping
             }
         }
         let mut dnat = base;
-        dnat.extend(words(&["-j", "DNAT", "--to-destination", &format!("{}:{}", container.addr, m.container_port)]));
+        dnat.extend(words(&[
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{}:{}", container.addr, m.container_port),
+        ]));
         chain.rules.push(dnat);
     }
     chain
@@ -212,34 +270,56 @@ fn parse(args: &CmdArgs) -> Result<PortmapConf, ErrorResult> {
     let c: PortmapConf = decode_config(&args.stdin)?;
     let bit = c.mark_masq_bit.unwrap_or(DEFAULT_MARK_BIT);
     if c.mark_masq_bit.is_some() && c.external_set_mark_chain.is_some() {
-        return Err(ErrorResult::new(Code::InvalidNetworkConfig, "cannot specify externalSetMarkChain and markMasqBit"));
+        return Err(ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            "cannot specify externalSetMarkChain and markMasqBit",
+        ));
     }
     if !(0..=31).contains(&bit) {
-        return Err(ErrorResult::new(Code::InvalidNetworkConfig, "markMasqBit must be between 0 and 31"));
+        return Err(ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            "markMasqBit must be between 0 and 31",
+        ));
     }
     for m in &c.runtime_config.port_mappings {
         if !(1..=65535).contains(&m.container_port) {
-            return Err(ErrorResult::new(Code::InvalidNetworkConfig, format!("invalid container port number: {}", m.container_port)));
+            return Err(ErrorResult::new(
+                Code::InvalidNetworkConfig,
+                format!("invalid container port number: {}", m.container_port),
+            ));
         }
         if !(1..=65535).contains(&m.host_port) {
-            return Err(ErrorResult::new(Code::InvalidNetworkConfig, format!("invalid host port number: {}", m.host_port)));
+            return Err(ErrorResult::new(
+                Code::InvalidNetworkConfig,
+                format!("invalid host port number: {}", m.host_port),
+            ));
         }
         if !matches!(m.protocol.as_str(), "tcp" | "udp" | "sctp") {
-            return Err(ErrorResult::new(Code::InvalidNetworkConfig, format!("invalid protocol {:?}", m.protocol)));
+            return Err(ErrorResult::new(
+                Code::InvalidNetworkConfig,
+                format!("invalid protocol {:?}", m.protocol),
+            ));
         }
         if !m.host_ip.is_empty() && m.host_ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(ErrorResult::new(Code::InvalidNetworkConfig, format!("invalid hostIP {:?}", m.host_ip)));
+            return Err(ErrorResult::new(
+                Code::InvalidNetworkConfig,
+                format!("invalid hostIP {:?}", m.host_ip),
+            ));
         }
     }
     Ok(c)
 }
 
 fn prev(c: &PortmapConf) -> Result<CniResult, ErrorResult> {
-    let v = c
-        .prev_result
-        .clone()
-        .ok_or_else(|| ErrorResult::new(Code::InvalidNetworkConfig, "must be called as chained plugin (no prevResult)"))?;
-    CniResult::from_value(v).map_err(|e| ErrorResult::new(Code::DecodingFailure, "decoding prevResult").with_details(e.to_string()))
+    let v = c.prev_result.clone().ok_or_else(|| {
+        ErrorResult::new(
+            Code::InvalidNetworkConfig,
+            "must be called as chained plugin (no prevResult)",
+        )
+    })?;
+    CniResult::from_value(v).map_err(|e| {
+        ErrorResult::new(Code::DecodingFailure, "decoding prevResult").with_details(e.to_string())
+    })
 }
 
 fn ipt_err(what: &str) -> impl Fn(iptables::Error) -> ErrorResult + '_ {
@@ -247,7 +327,12 @@ fn ipt_err(what: &str) -> impl Fn(iptables::Error) -> ErrorResult + '_ {
 }
 
 /// Sets up forwarding for one container (the testable core of ADD).
-pub fn forward(ipt: &dyn Iptables, c: &PortmapConf, container_id: &str, container: IpNet) -> Result<(), iptables::Error> {
+pub fn forward(
+    ipt: &dyn Iptables,
+    c: &PortmapConf,
+    container_id: &str,
+    container: IpNet,
+) -> Result<(), iptables::Error> {
     let bit = c.mark_masq_bit.unwrap_or(DEFAULT_MARK_BIT);
     if c.snat.unwrap_or(true) && c.external_set_mark_chain.is_none() {
         setmark_chain(bit).setup(ipt)?;
@@ -261,7 +346,11 @@ pub fn forward(ipt: &dyn Iptables, c: &PortmapConf, container_id: &str, containe
 }
 
 /// Removes one container's DNAT chain and the jumps to it; idempotent.
-pub fn unforward(ipt: &dyn Iptables, network: &str, container_id: &str) -> Result<(), iptables::Error> {
+pub fn unforward(
+    ipt: &dyn Iptables,
+    network: &str,
+    container_id: &str,
+) -> Result<(), iptables::Error> {
     Chain {
         name: chain_name(network, container_id, "DN-"),
         rules: Vec::new(),
@@ -274,7 +363,11 @@ pub fn unforward(ipt: &dyn Iptables, network: &str, container_id: &str) -> Resul
 
 /// Removes the DNAT chains of this network whose container is not in `valid`,
 /// found through the comments on the top-level jumps.
-pub fn gc(ipt: &dyn Iptables, network: &str, valid: &[GcAttachment]) -> Result<usize, iptables::Error> {
+pub fn gc(
+    ipt: &dyn Iptables,
+    network: &str,
+    valid: &[GcAttachment],
+) -> Result<usize, iptables::Error> {
     if !ipt.chains("nat")?.iter().any(|c| c == TOP_DNAT_CHAIN) {
         return Ok(0);
     }
@@ -282,8 +375,16 @@ pub fn gc(ipt: &dyn Iptables, network: &str, valid: &[GcAttachment]) -> Result<u
     let mut stale = Vec::new();
     for line in ipt.rules("nat", TOP_DNAT_CHAIN)? {
         let w = iptables::split_words(&line);
-        let Some(cmt) = w.windows(2).find(|p| p[0] == "--comment").map(|p| p[1].clone()) else { continue };
-        let Some(id) = cmt.strip_prefix(&prefix).and_then(|r| r.strip_suffix('"')) else { continue };
+        let Some(cmt) = w
+            .windows(2)
+            .find(|p| p[0] == "--comment")
+            .map(|p| p[1].clone())
+        else {
+            continue;
+        };
+        let Some(id) = cmt.strip_prefix(&prefix).and_then(|r| r.strip_suffix('"')) else {
+            continue;
+        };
         if !valid.iter().any(|v| v.container_id == id) && !stale.contains(&id.to_string()) {
             stale.push(id.to_string());
         }
@@ -308,7 +409,11 @@ fn routable_host_if(ip: std::net::Ipv4Addr) -> Option<String> {
         // Fields are little-endian hex.
         let dst = u32::from_str_radix(f[1], 16).ok()?.swap_bytes();
         let mask = u32::from_str_radix(f[7], 16).ok()?.swap_bytes();
-        if target & mask == dst && best.as_ref().is_none_or(|(m, _)| mask.count_ones() > m.count_ones()) {
+        if target & mask == dst
+            && best
+                .as_ref()
+                .is_none_or(|(m, _)| mask.count_ones() > m.count_ones())
+        {
             best = Some((mask, f[0].to_string()));
         }
     }
@@ -330,12 +435,15 @@ impl Plugin for Portmap {
         forward(&ipt, &c, &args.container_id, ip).map_err(ipt_err("setting up port mappings"))?;
         if c.snat.unwrap_or(true) {
             // 127.0.0.1:hostPort must be routable to the container (reference behaviour).
-            if let (std::net::IpAddr::V4(v4), true) = (ip.addr, true) {
-                if let Some(iface) = routable_host_if(v4) {
-                    crate::sysctl::set(&format!("net/ipv4/conf/{iface}/route_localnet"), "1").map_err(|e| {
-                        ErrorResult::new(Code::Internal, "enabling route_localnet").with_details(e.to_string())
-                    })?;
-                }
+            if let (std::net::IpAddr::V4(v4), true) = (ip.addr, true)
+                && let Some(iface) = routable_host_if(v4)
+            {
+                crate::sysctl::set(&format!("net/ipv4/conf/{iface}/route_localnet"), "1").map_err(
+                    |e| {
+                        ErrorResult::new(Code::Internal, "enabling route_localnet")
+                            .with_details(e.to_string())
+                    },
+                )?;
             }
         }
         Ok(result)
@@ -343,7 +451,8 @@ impl Plugin for Portmap {
 
     fn del(&self, args: &CmdArgs) -> Result<(), ErrorResult> {
         let c = parse(args)?;
-        unforward(&iptables::Binary::default(), &c.name, &args.container_id).map_err(ipt_err("removing port mappings"))
+        unforward(&iptables::Binary::default(), &c.name, &args.container_id)
+            .map_err(ipt_err("removing port mappings"))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), ErrorResult> {
@@ -352,10 +461,14 @@ impl Plugin for Portmap {
         if c.runtime_config.port_mappings.is_empty() {
             return Ok(());
         }
-        let Some(ip) = result.container_ip(&args.ifname, true) else { return Ok(()) };
+        let Some(ip) = result.container_ip(&args.ifname, true) else {
+            return Ok(());
+        };
         dnat_chain(&c, &args.container_id, ip, &c.runtime_config.port_mappings)
             .check(&iptables::Binary::default())
-            .map_err(|e| ErrorResult::new(Code::Internal, "port mappings not in place").with_details(e))
+            .map_err(|e| {
+                ErrorResult::new(Code::Internal, "port mappings not in place").with_details(e)
+            })
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), ErrorResult> {
@@ -366,9 +479,19 @@ impl Plugin for Portmap {
             .cloned()
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| ErrorResult::new(Code::InvalidNetworkConfig, "invalid valid-attachments").with_details(e.to_string()))?
-            .ok_or_else(|| ErrorResult::new(Code::InvalidNetworkConfig, "GC needs cni.dev/valid-attachments"))?;
-        gc(&iptables::Binary::default(), &c.name, &valid).map(drop).map_err(ipt_err("garbage-collecting port mappings"))
+            .map_err(|e| {
+                ErrorResult::new(Code::InvalidNetworkConfig, "invalid valid-attachments")
+                    .with_details(e.to_string())
+            })?
+            .ok_or_else(|| {
+                ErrorResult::new(
+                    Code::InvalidNetworkConfig,
+                    "GC needs cni.dev/valid-attachments",
+                )
+            })?;
+        gc(&iptables::Binary::default(), &c.name, &valid)
+            .map(drop)
+            .map_err(ipt_err("garbage-collecting port mappings"))
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), ErrorResult> {
@@ -376,7 +499,10 @@ impl Plugin for Portmap {
         iptables::Binary::default()
             .run("nat", &["-S", "OUTPUT"])
             .map(drop)
-            .map_err(|e| ErrorResult::new(Code::PluginNotAvailable, "iptables not usable").with_details(e.to_string()))
+            .map_err(|e| {
+                ErrorResult::new(Code::PluginNotAvailable, "iptables not usable")
+                    .with_details(e.to_string())
+            })
     }
 }
 
@@ -387,13 +513,18 @@ mod tests {
     use crate::skel::tests::call;
 
     fn conf(mappings: &str) -> PortmapConf {
-        serde_json::from_str(&format!(r#"{{"name":"net","runtimeConfig":{{"portMappings":{mappings}}}}}"#)).unwrap()
+        serde_json::from_str(&format!(
+            r#"{{"name":"net","runtimeConfig":{{"portMappings":{mappings}}}}}"#
+        ))
+        .unwrap()
     }
 
     #[test]
     fn chains_like_the_reference() {
         let f = Fake::new();
-        let c = conf(r#"[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},{"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"192.168.1.5"}]"#);
+        let c = conf(
+            r#"[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},{"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"192.168.1.5"}]"#,
+        );
         let ip: IpNet = "10.9.0.4/24".parse().unwrap();
         forward(&f, &c, "cid", ip).unwrap();
         forward(&f, &c, "cid", ip).unwrap();
@@ -404,8 +535,17 @@ mod tests {
         );
         assert_eq!(f.dump("nat", "OUTPUT").unwrap().len(), 1);
         let post = f.dump("nat", "POSTROUTING").unwrap();
-        assert_eq!(post, vec!["-m comment --comment CNI portfwd requiring masquerade -j CNI-HOSTPORT-MASQ".to_string()]);
-        assert_eq!(f.dump("nat", MASQ_CHAIN).unwrap(), vec!["-m mark --mark 0x2000/0x2000 -j MASQUERADE".to_string()]);
+        assert_eq!(
+            post,
+            vec![
+                "-m comment --comment CNI portfwd requiring masquerade -j CNI-HOSTPORT-MASQ"
+                    .to_string()
+            ]
+        );
+        assert_eq!(
+            f.dump("nat", MASQ_CHAIN).unwrap(),
+            vec!["-m mark --mark 0x2000/0x2000 -j MASQUERADE".to_string()]
+        );
         let top = f.dump("nat", TOP_DNAT_CHAIN).unwrap();
         assert_eq!(top.len(), 2, "{top:?}");
         assert!(top[0].contains("-p tcp --destination-ports 8080 -j CNI-DN-"));
@@ -448,11 +588,30 @@ mod tests {
         let base = r#""cniVersion":"1.0.0","name":"n","type":"skiff-portmap""#;
         let cases = [
             (format!("{{{base}}}"), 7), // no prevResult
-            (format!(r#"{{{base},"markMasqBit":40,"prevResult":{{}}}}"#), 7),
-            (format!(r#"{{{base},"runtimeConfig":{{"portMappings":[{{"hostPort":0,"containerPort":80}}]}}}}"#), 7),
-            (format!(r#"{{{base},"runtimeConfig":{{"portMappings":[{{"hostPort":80,"containerPort":80,"protocol":"icmp"}}]}}}}"#), 7),
-            (format!(r#"{{{base},"runtimeConfig":{{"portMappings":"x"}}}}"#), 7),
-            (format!(r#"{{{base},"prevResult":{{"ips":[{{"address":"bad"}}]}}}}"#), 6),
+            (
+                format!(r#"{{{base},"markMasqBit":40,"prevResult":{{}}}}"#),
+                7,
+            ),
+            (
+                format!(
+                    r#"{{{base},"runtimeConfig":{{"portMappings":[{{"hostPort":0,"containerPort":80}}]}}}}"#
+                ),
+                7,
+            ),
+            (
+                format!(
+                    r#"{{{base},"runtimeConfig":{{"portMappings":[{{"hostPort":80,"containerPort":80,"protocol":"icmp"}}]}}}}"#
+                ),
+                7,
+            ),
+            (
+                format!(r#"{{{base},"runtimeConfig":{{"portMappings":"x"}}}}"#),
+                7,
+            ),
+            (
+                format!(r#"{{{base},"prevResult":{{"ips":[{{"address":"bad"}}]}}}}"#),
+                6,
+            ),
         ];
         for (stdin, code) in cases {
             let (rc, v) = call(&Portmap, &env, &stdin);
@@ -460,7 +619,13 @@ mod tests {
             assert_eq!(v["code"].as_u64(), Some(code), "{stdin}: {v}");
         }
         // No mappings: prevResult passes through unchanged.
-        let (rc, v) = call(&Portmap, &env, &format!(r#"{{{base},"prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"10.0.0.2/24"}}]}}}}"#));
+        let (rc, v) = call(
+            &Portmap,
+            &env,
+            &format!(
+                r#"{{{base},"prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"10.0.0.2/24"}}]}}}}"#
+            ),
+        );
         assert_eq!(rc, 0, "{v}");
         assert_eq!(v["ips"][0]["address"], "10.0.0.2/24");
     }

@@ -32,7 +32,10 @@ macro_rules! need_root {
 
 /// Directory holding skiff's plugin binaries built for this test run.
 pub fn skiff_bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_skiff-bridge")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_skiff-bridge"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub struct Lab {
@@ -43,7 +46,10 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Lab {
-        let dir = tempfile::Builder::new().prefix("skiff-cni-").tempdir_in("/run").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-cni-")
+            .tempdir_in("/run")
+            .unwrap();
         let host = dir.path().join("host");
         netns::create(&host, netns::Kind::Net, None).unwrap();
         Lab {
@@ -86,7 +92,12 @@ impl Lab {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         (out.status.code().unwrap_or(-1), v)
@@ -100,7 +111,10 @@ impl Lab {
             .with_cache_dir(self.cache_dir())
             .with_timeout(Duration::from_secs(30))
             .with_runner(Arc::new(ProcessRunner {
-                prefix: vec!["nsenter".into(), format!("--net={}", self.host.display()).into()],
+                prefix: vec![
+                    "nsenter".into(),
+                    format!("--net={}", self.host.display()).into(),
+                ],
             }))
     }
 
@@ -135,12 +149,17 @@ impl Drop for Lab {
 
 /// Opens a listener inside `ns` on `addr` (port 0 = any).
 pub fn listen_in(ns: &Path, addr: SocketAddr) -> TcpListener {
-    netns::run_in(ns, move || TcpListener::bind(addr)).unwrap().unwrap()
+    netns::run_in(ns, move || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap()
 }
 
 /// Whether a TCP connection from inside `ns` to `to` is accepted.
 pub fn connects_from(ns: &Path, to: SocketAddr) -> bool {
-    netns::run_in(ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(3)).is_ok()).unwrap()
+    netns::run_in(ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3)).is_ok()
+    })
+    .unwrap()
 }
 
 /// Routes in `ns` as (iface, dst, gateway, mask) hex lines of /proc/thread-self/net/route.
@@ -164,7 +183,12 @@ pub fn addrs_in(ns: &Path, ifname: &str) -> Vec<cni::IpNet> {
     netns::run_in(ns, move || {
         let mut h = cni::netlink::Handle::new().unwrap();
         match h.link(&ifname).unwrap() {
-            Some(l) => h.addrs(l.index).unwrap().into_iter().filter(|a| a.addr.is_ipv4()).collect(),
+            Some(l) => h
+                .addrs(l.index)
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.addr.is_ipv4())
+                .collect(),
             None => Vec::new(),
         }
     })
