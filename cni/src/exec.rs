@@ -723,3 +723,120 @@ fn bad_output(plugin: &str, command: Command, out: &[u8], reason: String) -> Err
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::invoke::Output;
+
+    /// Records every call and answers ADD with a result naming the plugin.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<(String, String, Value)>>,
+    }
+
+    impl Runner for Recorder {
+        fn run(
+            &self,
+            binary: &Path,
+            env: &[(String, String)],
+            stdin: &[u8],
+            _: Duration,
+        ) -> Result<Output, RunError> {
+            let get = |k: &str| {
+                env.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let name = binary.file_name().unwrap().to_string_lossy().into_owned();
+            let conf: Value = serde_json::from_slice(stdin).unwrap();
+            self.calls
+                .lock()
+                .unwrap()
+                .push((name.clone(), get("CNI_COMMAND"), conf));
+            let n = if name == "first" { 2 } else { 3 };
+            let out = format!(r#"{{"cniVersion":"1.1.0","ips":[{{"address":"10.0.0.{n}/24"}}]}}"#);
+            Ok(Output {
+                success: true,
+                stdout: out.into_bytes(),
+                stderr: Vec::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn chaining_capabilities_cache_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["first", "second"] {
+            let f = dir.path().join(p);
+            std::fs::write(&f, "").unwrap();
+            std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let rec = Arc::new(Recorder::default());
+        let list = r#"{"cniVersion":"1.1.0","name":"n","plugins":[{"type":"first","x":1},
+            {"type":"second","capabilities":{"portMappings":true,"bandwidth":false}}]}"#;
+        let net = Network::from_bytes(list.as_bytes(), Path::new("t"))
+            .unwrap()
+            .with_bin_dirs(vec![dir.path().into()])
+            .with_cache_dir(dir.path().join("cache"))
+            .with_runner(rec.clone());
+        let mut att = Attachment {
+            container_id: "c".into(),
+            netns: "/proc/self/ns/net".into(),
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
+        att.capabilities.port_mappings.push(PortMapping {
+            host_port: 80,
+            container_port: 8080,
+            protocol: "tcp".into(),
+            host_ip: String::new(),
+        });
+        att.capabilities
+            .other
+            .insert("bandwidth".into(), serde_json::json!({"rate": 1}));
+        let r = net.add(&att).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.0.0.3/24");
+        net.del(&att).unwrap();
+        net.gc(&[]).unwrap();
+        let calls = rec.calls.lock().unwrap();
+        let seq: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|(n, c, _)| (n.as_str(), c.as_str()))
+            .collect();
+        assert_eq!(
+            seq,
+            [
+                ("first", "ADD"),
+                ("second", "ADD"),
+                ("second", "DEL"),
+                ("first", "DEL"),
+                ("first", "GC"),
+                ("second", "GC")
+            ]
+        );
+        let (first_add, second_add) = (&calls[0].2, &calls[1].2);
+        assert_eq!(first_add["name"], "n");
+        assert_eq!(first_add["x"], 1);
+        assert!(first_add.get("prevResult").is_none() && first_add.get("runtimeConfig").is_none());
+        assert_eq!(second_add["prevResult"]["ips"][0]["address"], "10.0.0.2/24");
+        // Only declared (and true) capabilities reach the plugin.
+        assert_eq!(
+            second_add["runtimeConfig"]["portMappings"][0]["hostPort"],
+            80
+        );
+        assert!(second_add["runtimeConfig"].get("bandwidth").is_none());
+        // DEL gets the cached final result and the cached capabilities.
+        assert_eq!(calls[2].2["prevResult"]["ips"][0]["address"], "10.0.0.3/24");
+        assert_eq!(
+            calls[2].2["runtimeConfig"]["portMappings"][0]["containerPort"],
+            8080
+        );
+        assert_eq!(calls[4].2[VALID_ATTACHMENTS_KEY], serde_json::json!([]));
+        assert!(net.cached_attachments().unwrap().is_empty());
+    }
+}

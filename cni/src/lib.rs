@@ -41,6 +41,18 @@
 //!
 //! # Plugins
 //!
+//! Build with `cargo build -p cni --release` and install `skiff-bridge`,
+//! `skiff-host-local` and `skiff-portmap` from `target/release/` into a plugin
+//! directory (`/opt/cni/bin`). Config names the reference options:
+//!
+//! ```json
+//! {"cniVersion":"1.1.0","name":"skiff","plugins":[
+//!   {"type":"skiff-bridge","bridge":"cni0","isGateway":true,"isDefaultGateway":true,
+//!    "ipMasq":true,"hairpinMode":true,
+//!    "ipam":{"type":"skiff-host-local","ranges":[[{"subnet":"10.244.0.0/24"}]]}},
+//!   {"type":"skiff-portmap","capabilities":{"portMappings":true}}]}
+//! ```
+//!
 //! The binaries in `src/bin/` are one line each around [`skel::main`]; the
 //! logic lives in [`plugins`]. Host-side work (bridge, veth host end, iptables)
 //! happens in the netns the plugin process runs in; container-side work runs on

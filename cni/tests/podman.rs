@@ -19,7 +19,10 @@ use common::{Lab, listen_in, skiff_bin_dir};
 fn podman_uses_skiff_plugins() {
     need_root!();
     let have = |p: &str| Path::new(p).exists();
-    if !have("/usr/bin/podman") || !have("/usr/sbin/runc") && !have("/usr/bin/runc") || !have("/usr/bin/busybox") {
+    if !have("/usr/bin/podman")
+        || !have("/usr/sbin/runc") && !have("/usr/bin/runc")
+        || !have("/usr/bin/busybox")
+    {
         eprintln!("SKIPPED: needs podman, runc and busybox (apt-get install podman runc busybox)");
         return;
     }
@@ -89,7 +92,8 @@ events_logger = "file"
         None
     });
 
-    let script = format!("ip -4 -o addr show eth0; echo hello-from-podman | nc -w 3 {pod_ip} {port}");
+    let script =
+        format!("ip -4 -o addr show eth0; echo hello-from-podman | nc -w 3 {pod_ip} {port}");
     for d in ["root", "runroot", "tmp"] {
         std::fs::create_dir_all(t.join(d)).unwrap();
     }
@@ -100,7 +104,15 @@ events_logger = "file"
         .arg(t.join("root"))
         .arg("--runroot")
         .arg(t.join("runroot"))
-        .args(["--runtime", "runc", "run", "--rm", "--network", "skiffpod", "--rootfs"])
+        .args([
+            "--runtime",
+            "runc",
+            "run",
+            "--rm",
+            "--network",
+            "skiffpod",
+            "--rootfs",
+        ])
         .arg(&rootfs)
         .args(["/bin/sh", "-c", &script])
         .env("CONTAINERS_CONF", &containers_conf)
@@ -108,7 +120,11 @@ events_logger = "file"
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "podman failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "podman failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // "2: eth0    inet 10.78.0.3/24 brd ..." from skiff-host-local's range.
     let podman_ip: IpAddr = stdout
         .split_whitespace()
@@ -119,7 +135,10 @@ events_logger = "file"
         .unwrap_or_else(|| panic!("no IPv4 address in {stdout:?}"));
     assert!(podman_ip.to_string().starts_with("10.78.0."), "{podman_ip}");
     assert_ne!(podman_ip, pod_ip);
-    let (peer, got) = server.join().unwrap().expect("podman container connected to the skiff pod");
+    let (peer, got) = server
+        .join()
+        .unwrap()
+        .expect("podman container connected to the skiff pod");
     assert_eq!(peer, podman_ip);
     assert_eq!(got.trim(), "hello-from-podman");
     // podman's DEL (on --rm) went through skiff-host-local: only the pod's address is left.
