@@ -1,0 +1,5 @@
+//! The `skiff-bridge` CNI plugin; see `cni::plugins::bridge`.
+
+fn main() {
+    std::process::exit(cni::skel::main(&cni::plugins::bridge::Bridge));
+}
