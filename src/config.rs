@@ -35,6 +35,21 @@ pub struct Flags {
     /// Log filter, e.g. `info` or `skiff=debug` [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// CNI network configs; the first by file name wins. skiffd writes its default bridge network here when it is empty [default: /etc/cni/net.d].
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directories, comma-separated [default: skiffd's own directory, /opt/cni/bin, /usr/lib/cni].
+    #[arg(long, value_delimiter = ',')]
+    pub cni_bin_dir: Option<Vec<PathBuf>>,
+    /// CNI result cache [default: <root-dir>/cni/cache].
+    #[arg(long)]
+    pub cni_cache_dir: Option<PathBuf>,
+    /// This node's pod subnet, used by the default network [default: 10.244.0.0/24].
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Maximum processes per container (pids cgroup); -1 for no limit [default: -1].
+    #[arg(long, allow_hyphen_values = true)]
+    pub pod_pids_limit: Option<i64>,
 }
 
 /// The config file's shape.
@@ -55,6 +70,16 @@ pub struct FileConfig {
     pub shim_path: Option<PathBuf>,
     /// Log filter.
     pub log_level: Option<String>,
+    /// CNI network config directory.
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directories.
+    pub cni_bin_dir: Option<Vec<PathBuf>>,
+    /// CNI result cache directory.
+    pub cni_cache_dir: Option<PathBuf>,
+    /// This node's pod subnet.
+    pub pod_cidr: Option<String>,
+    /// pids cgroup limit per container; -1 for none.
+    pub pod_pids_limit: Option<i64>,
 }
 
 /// The effective configuration.
@@ -67,6 +92,11 @@ pub struct Config {
     pub file_check_frequency: Duration,
     pub shim_path: PathBuf,
     pub log_level: String,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub cni_cache_dir: PathBuf,
+    pub pod_cidr: String,
+    pub pod_pids_limit: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +117,11 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let root_dir: PathBuf = flags
+            .root_dir
+            .clone()
+            .or(file.root_dir.clone())
+            .unwrap_or_else(|| "/var/lib/skiff".into());
         let node_name = flags
             .node_name
             .or(file.node_name)
@@ -96,10 +131,24 @@ impl Config {
                 .pod_manifest_path
                 .or(file.pod_manifest_path)
                 .unwrap_or_else(|| "/etc/skiff/manifests".into()),
-            root_dir: flags
-                .root_dir
-                .or(file.root_dir)
-                .unwrap_or_else(|| "/var/lib/skiff".into()),
+            cni_conf_dir: flags
+                .cni_conf_dir
+                .or(file.cni_conf_dir)
+                .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            cni_bin_dirs: flags
+                .cni_bin_dir
+                .or(file.cni_bin_dir)
+                .unwrap_or_else(default_cni_bin_dirs),
+            cni_cache_dir: flags
+                .cni_cache_dir
+                .or(file.cni_cache_dir)
+                .unwrap_or_else(|| root_dir.join("cni/cache")),
+            pod_cidr: flags
+                .pod_cidr
+                .or(file.pod_cidr)
+                .unwrap_or_else(|| "10.244.0.0/24".into()),
+            pod_pids_limit: flags.pod_pids_limit.or(file.pod_pids_limit).unwrap_or(-1),
+            root_dir,
             run_dir: flags
                 .run_dir
                 .or(file.run_dir)
@@ -146,6 +195,16 @@ fn default_node_name() -> String {
         .and_then(|h| h.into_string().ok())
         .map(|h| h.to_lowercase())
         .unwrap_or_else(|| "localhost".into())
+}
+
+fn default_cni_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+        dirs.push(dir);
+    }
+    dirs.push("/opt/cni/bin".into());
+    dirs.push("/usr/lib/cni".into());
+    dirs
 }
 
 fn default_shim_path() -> PathBuf {

@@ -13,6 +13,7 @@ use crate::manifest::source::{self, DirSource};
 use crate::pod::manager::{self, Manager};
 use crate::pod::worker::Ctx;
 use crate::runtime::Runtime;
+use crate::runtime::network::{NetConfig, PodNetwork};
 use crate::store::Store;
 
 /// Errors that stop the daemon from starting.
@@ -41,11 +42,22 @@ pub enum DaemonError {
 /// returns; the next skiffd adopts them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let _lock = lock_root(&config.root_dir)?;
-    let runtime = Arc::new(Runtime::new(
-        &config.root_dir,
-        &config.run_dir,
-        &config.shim_path,
-    )?);
+    let network = PodNetwork::new(NetConfig {
+        conf_dir: config.cni_conf_dir.clone(),
+        bin_dirs: config.cni_bin_dirs.clone(),
+        cache_dir: config.cni_cache_dir.clone(),
+        data_dir: config.root_dir.join("cni/networks"),
+        pod_cidr: config.pod_cidr.clone(),
+        mtu: 1500,
+    });
+    if let Err(e) = network.setup_node() {
+        tracing::warn!(conf_dir = %config.cni_conf_dir.display(), error = %e, "preparing the pod network");
+    }
+    let runtime = Arc::new(
+        Runtime::new(&config.root_dir, &config.run_dir, &config.shim_path)?
+            .with_pids_limit(config.pod_pids_limit)
+            .with_network(network),
+    );
     let store = Arc::new(Store::new(config.node_name.clone()));
     let ctx = Arc::new(Ctx {
         runtime: runtime.clone() as Arc<dyn crate::runtime::PodRuntime>,

@@ -143,6 +143,7 @@ impl PodRuntime for FakeRuntime {
             ipc: Some("/fake/ipc".into()),
             uts: "/fake/uts".into(),
             etc: "/fake/etc".into(),
+            ip: Some("10.244.0.9".parse().unwrap()),
         })
     }
     fn remove_sandbox(&self, _uid: &str) -> Result<(), RuntimeError> {
@@ -160,6 +161,7 @@ impl PodRuntime for FakeRuntime {
     }
     fn release_container_fs(&self, _uid: &str, _id: &str) {}
     fn remove_container(&self, _uid: &str, _id: &str) {}
+    fn gc_network(&self, _live_uids: &[String]) {}
     fn setup_volumes(
         &self,
         _pod: &Pod,

@@ -188,6 +188,11 @@ impl Manager {
     /// Pods on disk that no manifest asks for any more are stopped and removed.
     fn reap_orphans(&mut self, snapshot: &Snapshot) {
         let wanted: HashSet<&str> = snapshot.pods.values().map(|d| d.uid()).collect();
+        // Network attachments of pods that no longer exist at all (e.g. a
+        // crash between CNI ADD and writing the pod's state) are freed now;
+        // pods being removed below DEL their own.
+        let on_disk = self.ctx.runtime.pods_on_disk();
+        self.ctx.runtime.gc_network(&on_disk);
         for uid in self.ctx.runtime.pods_on_disk() {
             if wanted.contains(uid.as_str()) {
                 continue;

@@ -178,6 +178,9 @@ struct Worker {
     obj: Involved,
     slots: Vec<Slot>,
     sandbox: Option<Sandbox>,
+    /// The IP the pod had, kept in its status after the sandbox is gone.
+    last_ip: Option<String>,
+    host_ip: Option<String>,
     volumes: Option<std::collections::BTreeMap<String, crate::runtime::volumes::Ready>>,
     /// ConfigMaps or Secrets may have changed: rewrite the volumes that show them.
     refresh_volumes: bool,
@@ -207,6 +210,8 @@ impl Worker {
             ctx,
             slots,
             sandbox: None,
+            last_ip: None,
+            host_ip: crate::runtime::network::node_ip().map(|i| i.to_string()),
             volumes: None,
             refresh_volumes: false,
             start_time: None,
@@ -363,8 +368,8 @@ impl Worker {
                 })
                 .collect(),
             start_time: self.start_time,
-            pod_ip: None,
-            host_ip: None,
+            pod_ip: self.pod_ip(),
+            host_ip: self.host_ip.clone(),
             sandbox_ready: self.sandbox.is_some(),
             failed: self.failed.clone(),
             qos_class: crate::runtime::resources::qos_class(&self.pod),
@@ -402,7 +407,10 @@ impl Worker {
         }
         if self.sandbox.is_none() {
             match self.ctx.runtime.create_sandbox(&self.pod) {
-                Ok(sb) => self.sandbox = Some(sb),
+                Ok(sb) => {
+                    self.last_ip = sb.ip.map(|i| i.to_string());
+                    self.sandbox = Some(sb);
+                }
                 Err(e) => {
                     let msg = format!("Failed to create pod sandbox: {e}");
                     warn!(pod = %self.key.1, namespace = %self.key.0, error = %e, "sandbox setup failed");
@@ -525,11 +533,15 @@ impl Worker {
         self.sandbox = None;
     }
 
+    fn pod_ip(&self) -> Option<String> {
+        self.sandbox.as_ref().and_then(|s| s.ip).map(|ip| ip.to_string()).or_else(|| self.last_ip.clone())
+    }
+
     fn env_context(&self) -> crate::pod::env::EnvContext<'_> {
         crate::pod::env::EnvContext {
             pod: &self.pod,
-            pod_ip: None,
-            host_ip: None,
+            pod_ip: self.last_ip.as_deref(),
+            host_ip: self.host_ip.as_deref(),
             allocatable: crate::node::allocatable(),
             store: &self.ctx.store,
             service_env: &[],

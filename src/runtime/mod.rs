@@ -12,6 +12,7 @@
 
 pub mod crilog;
 pub mod etc_files;
+pub mod network;
 pub mod pidfd;
 pub mod process;
 pub mod resources;
@@ -53,6 +54,8 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Namespace(#[from] netns::Error),
+    #[error("{0}")]
+    Network(String),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RuntimeError + 'a {
@@ -84,6 +87,8 @@ pub struct Sandbox {
     pub uts: PathBuf,
     /// `hosts`, `hostname` and `resolv.conf` for the pod's containers.
     pub etc: PathBuf,
+    /// The pod's IP (the node's for `hostNetwork` pods).
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// The record the daemon keeps next to each container.
@@ -139,6 +144,8 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
     fn release_container_fs(&self, uid: &str, id: &str);
     fn remove_container(&self, uid: &str, id: &str);
+    /// Frees network attachments of every pod not in `live_uids`.
+    fn gc_network(&self, live_uids: &[String]);
     /// Sets up (or refreshes in place) the pod's volumes.
     fn setup_volumes(
         &self,
@@ -165,7 +172,7 @@ impl PodRuntime for Runtime {
         blocking(|| Runtime::create_sandbox(self, pod))
     }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
-        Runtime::remove_sandbox(self, uid)
+        blocking(|| Runtime::remove_sandbox(self, uid))
     }
     fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError> {
         Runtime::remove_pod_state(self, uid)
@@ -181,6 +188,9 @@ impl PodRuntime for Runtime {
     }
     fn remove_container(&self, uid: &str, id: &str) {
         Runtime::remove_container(self, uid, id)
+    }
+    fn gc_network(&self, live_uids: &[String]) {
+        blocking(|| Runtime::gc_network(self, live_uids))
     }
     fn setup_volumes(
         &self,
@@ -245,6 +255,8 @@ pub struct Runtime {
     nofile: u64,
     /// `--pod-pids-limit`; none when negative.
     pids_limit: Option<i64>,
+    /// The pod network; `None` leaves pods with loopback only.
+    network: Option<network::PodNetwork>,
 }
 
 impl Runtime {
@@ -267,6 +279,7 @@ impl Runtime {
             images,
             nofile,
             pids_limit: None,
+            network: None,
         })
     }
 
@@ -274,6 +287,27 @@ impl Runtime {
     pub fn with_pids_limit(mut self, limit: i64) -> Self {
         self.pids_limit = (limit > 0).then_some(limit);
         self
+    }
+
+    /// Gives pods a network through CNI.
+    pub fn with_network(mut self, network: network::PodNetwork) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    pub fn network(&self) -> Option<&network::PodNetwork> {
+        self.network.as_ref()
+    }
+
+    /// Frees network attachments of pods that no longer exist.
+    pub fn gc_network(&self, live_uids: &[String]) {
+        if let Some(n) = &self.network {
+            let live: Vec<(String, PathBuf)> = live_uids
+                .iter()
+                .map(|u| (u.clone(), self.run.join("netns").join(u)))
+                .collect();
+            n.gc(&live);
+        }
     }
 
     /// Where persistent volume claims live.
@@ -333,6 +367,7 @@ impl Runtime {
             ipc: (!host_ipc).then(|| self.run.join("ns").join(uid).join("ipc")),
             uts: self.run.join("ns").join(uid).join("uts"),
             etc: self.pod_dir(uid).join("etc"),
+            ip: None,
         }
     }
 
@@ -348,9 +383,15 @@ impl Runtime {
             .or_else(|| pod.metadata.name.clone())
             .unwrap_or_default();
         let hostname: String = hostname.chars().take(63).collect();
-        let sb = self.sandbox_paths(uid, host_network, host_ipc);
+        let mut sb = self.sandbox_paths(uid, host_network, host_ipc);
         if let Some(net) = &sb.net {
             netns::create(net, netns::Kind::Net, None)?;
+            if let Some(network) = &self.network {
+                let ip = network.attach(pod, net).map_err(RuntimeError::Network)?;
+                sb.ip = Some(ip);
+            }
+        } else {
+            sb.ip = network::node_ip();
         }
         if let Some(ipc) = &sb.ipc {
             netns::create(ipc, netns::Kind::Ipc, None)?;
@@ -365,7 +406,8 @@ impl Runtime {
         } else {
             netns::create(&sb.uts, netns::Kind::Uts, Some(&hostname))?;
         }
-        etc_files::write(&sb.etc, pod, None).map_err(io_err("writing pod files in", &sb.etc))?;
+        let ip = sb.ip.map(|i| i.to_string());
+        etc_files::write(&sb.etc, pod, ip.as_deref()).map_err(io_err("writing pod files in", &sb.etc))?;
         Ok(sb)
     }
 
@@ -373,6 +415,13 @@ impl Runtime {
     pub fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
         let sb = self.sandbox_paths(uid, false, false);
         if let Some(net) = &sb.net {
+            if let Some(network) = &self.network {
+                // DEL works on a netns that is already gone; an error is logged
+                // and the next start's GC frees what it could not.
+                if let Err(e) = network.detach(uid, net) {
+                    warn!(uid, error = %e, "CNI DEL failed");
+                }
+            }
             netns::remove(net)?;
         }
         if let Some(ipc) = &sb.ipc {

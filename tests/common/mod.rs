@@ -75,6 +75,24 @@ pub fn test_image() -> &'static Path {
     })
 }
 
+/// skiff's CNI plugins live next to skiffd; build them if this test run did not.
+pub fn ensure_cni_plugins() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = bin("skiffd").parent().unwrap().to_path_buf();
+        if ["skiff-bridge", "skiff-host-local", "skiff-portmap"].iter().all(|p| dir.join(p).exists()) {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", "cni", "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("building the CNI plugins");
+        assert!(st.success(), "cargo build -p cni --bins failed");
+    });
+}
+
 /// One skiff node: a host netns, temp dirs and a skiffd.
 pub struct Node {
     pub host: Host,
@@ -84,6 +102,7 @@ pub struct Node {
     pub run: PathBuf,
     daemon: Option<Child>,
     log: PathBuf,
+    flags: Vec<String>,
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -112,7 +131,7 @@ impl Node {
         let run = dir.path().join("run");
         std::fs::create_dir_all(&manifests).unwrap();
         let log = dir.path().join("skiffd.log");
-        Node { host, manifests, root, run, daemon: None, log, dir }
+        Node { host, manifests, root, run, daemon: None, log, dir, flags: Vec::new() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -123,8 +142,14 @@ impl Node {
         self.run.join("skiff.sock")
     }
 
+    /// Extra skiffd flags (set before `start_daemon`).
+    pub fn extra_flags(&mut self, flags: &[&str]) {
+        self.flags.extend(flags.iter().map(|s| s.to_string()));
+    }
+
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
+        ensure_cni_plugins();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let _ = std::fs::remove_file(self.socket());
         let child = Command::new("nsenter")
@@ -137,6 +162,9 @@ impl Node {
             .arg("--run-dir")
             .arg(&self.run)
             .args(["--node-name", "test-node", "--file-check-frequency", "2", "--log-level", "info,skiff=debug"])
+            .arg("--cni-conf-dir")
+            .arg(self.dir.path().join("cni/net.d"))
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
