@@ -7,4 +7,5 @@ pub mod daemon;
 pub mod manifest;
 pub mod pod;
 pub mod runtime;
+pub mod selector;
 pub mod store;
