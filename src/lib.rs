@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod manifest;
 pub mod pod;
+pub mod proxy;
 pub mod runtime;
 pub mod selector;
 pub mod store;
