@@ -58,6 +58,8 @@ impl<T: Iptables + ?Sized> Iptables for &mut T {
 #[derive(Debug, Clone)]
 pub struct RealIptables {
     netns: Option<PathBuf>,
+    restore_cmd: String,
+    save_cmd: String,
     variant: String,
 }
 
@@ -73,27 +75,42 @@ impl RealIptables {
         RealIptables::build(Some(path.into()))
     }
 
+    /// Uses other binaries than `iptables-restore`/`iptables-save`, e.g.
+    /// `iptables-legacy-restore` and `iptables-legacy-save`.
+    pub fn with_commands(mut self, restore: &str, save: &str) -> RealIptables {
+        self.restore_cmd = restore.into();
+        self.save_cmd = save.into();
+        self.detect_variant();
+        self
+    }
+
     fn build(netns: Option<PathBuf>) -> RealIptables {
         let mut ipt = RealIptables {
             netns,
+            restore_cmd: "iptables-restore".into(),
+            save_cmd: "iptables-save".into(),
             variant: String::new(),
         };
+        ipt.detect_variant();
+        ipt
+    }
+
+    fn detect_variant(&mut self) {
         // "iptables-restore v1.8.9 (nf_tables)" or "... (legacy)".
-        let version = ipt
-            .command("iptables-restore")
+        let version = self
+            .command(&self.restore_cmd)
             .arg("--version")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        ipt.variant = if version.contains("nf_tables") {
+        self.variant = if version.contains("nf_tables") {
             "nf_tables".into()
         } else if version.is_empty() {
             "unknown".into()
         } else {
             "legacy".into()
         };
-        info!(%version, variant = %ipt.variant, "proxy: using iptables-restore from PATH");
-        ipt
+        info!(%version, variant = %self.variant, "proxy: using iptables-restore from PATH");
     }
 
     /// `nf_tables`, `legacy` or `unknown`.
@@ -159,12 +176,12 @@ impl Default for RealIptables {
 
 impl Iptables for RealIptables {
     fn restore(&mut self, text: &str) -> Result<(), IptablesError> {
-        self.run("iptables-restore", &["--noflush", "--wait"], Some(text))
+        self.run(&self.restore_cmd, &["--noflush", "--wait"], Some(text))
             .map(drop)
     }
 
     fn save(&mut self, table: &str) -> Result<String, IptablesError> {
-        self.run("iptables-save", &["-t", table], None)
+        self.run(&self.save_cmd, &["-t", table], None)
     }
 }
 
