@@ -8,7 +8,9 @@
 //! to `sync()` returning with the rule in the kernel (partial sync). Also the
 //! generator's heap for the largest size, measured by a counting allocator.
 //!
-//! Sizes can be overridden: `SKIFF_BENCH_SIZES=1000,2000`.
+//! Sizes can be overridden: `SKIFF_BENCH_SIZES=1000,2000`; the binaries
+//! with `SKIFF_BENCH_IPTABLES=legacy` or `=nft` (default: whatever
+//! `iptables-restore` is on PATH).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
@@ -19,8 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use skiff::proxy::{
-    Endpoint, FakeConntrack, FakeIptables, Iptables, IptablesError, Protocol, Proxier, RealIptables, RuleConfig,
-    ServicePort, ServicePortKey,
+    Endpoint, FakeConntrack, FakeIptables, Iptables, IptablesError, Protocol, Proxier,
+    RealIptables, RuleConfig, ServicePort, ServicePortKey,
 };
 
 /// Counts live heap bytes and the high-water mark.
@@ -71,9 +73,17 @@ struct Netns {
 impl Netns {
     fn new() -> Netns {
         let mut buf = [0u8; 4];
-        File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("urandom");
-        let name = format!("skiff-px-bench-{}", buf.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut buf))
+            .expect("urandom");
+        let name = format!(
+            "skiff-px-bench-{}",
+            buf.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
         assert!(st.success(), "ip netns add {name}");
         Netns { name }
     }
@@ -85,7 +95,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -120,7 +132,8 @@ fn service(i: usize) -> ServicePort {
 fn endpoints(i: usize, generation: u32) -> Vec<Endpoint> {
     (0..4u32)
         .map(|j| {
-            let n = u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (i as u32) * 4 + j + generation * 65536;
+            let n =
+                u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (i as u32) * 4 + j + generation * 65536;
             Endpoint::ready(Ipv4Addr::from(n), 8080)
         })
         .collect()
@@ -133,14 +146,38 @@ fn config() -> RuleConfig {
     }
 }
 
+/// (restore, save) binaries chosen by `SKIFF_BENCH_IPTABLES`.
+fn binaries() -> (&'static str, &'static str) {
+    match std::env::var("SKIFF_BENCH_IPTABLES").as_deref() {
+        Ok("legacy") => ("iptables-legacy-restore", "iptables-legacy-save"),
+        Ok("nft") => ("iptables-nft-restore", "iptables-nft-save"),
+        _ => ("iptables-restore", "iptables-save"),
+    }
+}
+
+fn real(netns: &str) -> RealIptables {
+    let (restore, save) = binaries();
+    RealIptables::in_netns(netns).with_commands(restore, save)
+}
+
 fn raw_restore(netns: &str, text: &str) -> Duration {
     let start = Instant::now();
     let mut child = Command::new("nsenter")
-        .args([&format!("--net={netns}"), "iptables-restore", "--noflush", "--wait"])
+        .args([
+            &format!("--net={netns}"),
+            binaries().0,
+            "--noflush",
+            "--wait",
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .expect("iptables-restore");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let st = child.wait().unwrap();
     let elapsed = start.elapsed();
     assert!(st.success(), "raw iptables-restore failed");
@@ -161,7 +198,10 @@ fn main() {
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 5000, 10000]);
     let largest = *sizes.iter().max().unwrap_or(&0);
-    let variant = RealIptables::new().variant().to_string();
+    let variant = RealIptables::new()
+        .with_commands(binaries().0, binaries().1)
+        .variant()
+        .to_string();
     println!("iptables-restore variant: {variant}; 4 endpoints per Service; times are wall clock");
     println!();
     println!(
@@ -174,7 +214,7 @@ fn main() {
         let skiff_ns = Netns::new();
         let mut p = Proxier::new(
             Recording {
-                inner: RealIptables::in_netns(skiff_ns.path()),
+                inner: real(&skiff_ns.path()),
                 last: String::new(),
             },
             FakeConntrack::default(),
@@ -187,7 +227,10 @@ fn main() {
         p.sync().expect("full sync");
         let full = start.elapsed();
         let text = std::mem::take(&mut p.iptables().last);
-        let rules = text.lines().filter(|l| l.starts_with("-A ") || l.starts_with("-I ")).count();
+        let rules = text
+            .lines()
+            .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+            .count();
 
         let raw_ns = Netns::new();
         let raw = raw_restore(&raw_ns.path(), &text);
