@@ -7,6 +7,8 @@ pub mod daemon;
 pub mod manifest;
 pub mod node;
 pub mod pod;
+pub mod proxy;
 pub mod quantity;
 pub mod runtime;
+pub mod selector;
 pub mod store;
