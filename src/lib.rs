@@ -11,4 +11,5 @@ pub mod proxy;
 pub mod quantity;
 pub mod runtime;
 pub mod selector;
+pub mod service;
 pub mod store;

@@ -205,6 +205,7 @@ struct Worker {
     volumes: Option<std::collections::BTreeMap<String, crate::runtime::volumes::Ready>>,
     /// ConfigMaps or Secrets may have changed: rewrite the volumes that show them.
     refresh_volumes: bool,
+    service_env: Vec<(String, String)>,
     start_time: Option<Timestamp>,
     exits: JoinSet<String>,
     probes_tx: mpsc::UnboundedSender<(String, probe::Report)>,
@@ -240,6 +241,7 @@ impl Worker {
             host_ip: crate::runtime::network::node_ip().map(|i| i.to_string()),
             volumes: None,
             refresh_volumes: false,
+            service_env: Vec::new(),
             start_time: None,
             exits: JoinSet::new(),
             terminal: false,
@@ -597,17 +599,17 @@ impl Worker {
 
     fn env_context(&self) -> crate::pod::env::EnvContext<'_> {
         crate::pod::env::EnvContext {
+            service_env: &self.service_env,
             pod: &self.pod,
             pod_ip: self.last_ip.as_deref(),
             host_ip: self.host_ip.as_deref(),
             allocatable: crate::node::allocatable(),
             store: &self.ctx.store,
-            service_env: &[],
         }
     }
 
     /// HOSTNAME (as container runtimes set it) and the container's own variables.
-    fn container_env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
+    fn container_env(&mut self, c: &Container) -> Result<Vec<(String, String)>, String> {
         let hostname = self
             .pod
             .spec
@@ -615,6 +617,13 @@ impl Worker {
             .and_then(|s| s.hostname.clone())
             .unwrap_or_else(|| self.key.1.clone());
         let mut env = vec![("HOSTNAME".to_string(), hostname)];
+        // Service links: the Services of the namespace that exist now.
+        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+        self.service_env = if links {
+            crate::service::env::service_env(&self.ctx.store.services(Some(&self.key.0)))
+        } else {
+            Vec::new()
+        };
         env.extend(crate::pod::env::resolve(c, &self.env_context())?);
         Ok(env)
     }
