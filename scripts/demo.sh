@@ -195,6 +195,7 @@ say "starting skiffd in network namespace $netns (log: $log)"
 args=(
     --config scripts/skiff.yaml
     --pod-manifest-path "$manifests" --root-dir "$root_dir" --run-dir "$run_dir"
+    --cni-conf-dir "$demo/cni/net.d"
     --file-check-frequency 5
 )
 echo "skiffd ${args[*]}"
@@ -245,6 +246,13 @@ skiff logs web -c fetcher || { loud "skiff logs failed"; failed=1; }
 
 say "skiff logs init-demo -c setup"
 skiff logs init-demo -c setup || { loud "skiff logs failed"; failed=1; }
+
+say "skiff get svc,ep    (the web Service and its endpoints)"
+skiff get svc || { loud "skiff get svc failed"; failed=1; }
+skiff get ep || { loud "skiff get ep failed"; failed=1; }
+vip=$(skiff get svc web -o json | sed -n 's/.*"clusterIP": *"\([^"]*\)".*/\1/p' | head -1)
+say "skiff exec web -c fetcher -- wget -q -O - http://$vip/    (the Service's cluster IP)"
+skiff exec web -c fetcher -- wget -q -O - "http://$vip/" || { loud "fetching the Service failed"; failed=1; }
 
 say "skiff exec web -c httpd -- sh -c 'hostname; id; wget -q -O - http://127.0.0.1:8080/'"
 skiff exec web -c httpd -- sh -c 'hostname; id; wget -q -O - http://127.0.0.1:8080/' ||
