@@ -252,7 +252,12 @@ skiff get svc || { loud "skiff get svc failed"; failed=1; }
 skiff get ep || { loud "skiff get ep failed"; failed=1; }
 vip=$(skiff get svc web -o json | sed -n 's/.*"clusterIP": *"\([^"]*\)".*/\1/p' | head -1)
 say "skiff exec web -c fetcher -- wget -q -O - http://$vip/    (the Service's cluster IP)"
-skiff exec web -c fetcher -- wget -q -O - "http://$vip/" || { loud "fetching the Service failed"; failed=1; }
+fetched=0
+for _ in $(seq 1 20); do
+    if skiff exec web -c fetcher -- wget -q -O - "http://$vip/"; then fetched=1; break; fi
+    sleep 0.5
+done
+((fetched)) || { loud "fetching the Service at $vip failed"; failed=1; }
 
 say "skiff exec web -c httpd -- sh -c 'hostname; id; wget -q -O - http://127.0.0.1:8080/'"
 skiff exec web -c httpd -- sh -c 'hostname; id; wget -q -O - http://127.0.0.1:8080/' ||
