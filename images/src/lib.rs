@@ -15,8 +15,11 @@
 
 mod digest;
 mod layout;
+mod policy;
+pub mod pull;
 pub mod reference;
 mod source;
+mod staging;
 mod store;
 mod sys;
 #[cfg(test)]
@@ -29,6 +32,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::policy::{InvalidPullPolicy, PolicyError, PullDecision, PullPolicy};
+pub use crate::pull::{
+    Credential, Credentials, LayerPhase, Progress, ProgressFn, PullError, PullOptions, Puller,
+    PullerConfig, RegistriesConfig, RegistryConfig, Timeouts,
+};
 pub use crate::reference::{ReferenceError, normalize};
 pub use crate::store::ImageStore;
 pub use crate::unpack::UnpackError;
