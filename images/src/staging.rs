@@ -44,13 +44,12 @@ impl Staging {
             .mode(0o600)
             .open(&path)
             .map_err(Error::io("create", &path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            Error::Io {
+        let lock =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| Error::Io {
                 op: "flock",
                 path,
                 source: errno.into(),
-            }
-        })?;
+            })?;
         Ok(Staging { dir, _lock: lock })
     }
 

@@ -571,7 +571,12 @@ impl ImageStore {
 
     /// Adds `name` (a normalised reference) to the image `id`, taking it from any other image:
     /// a pull that found the image already present still moves the tag.
-    pub(crate) fn tag(&self, id: &str, name: Option<&str>, repo_digest: &str) -> Result<Image, Error> {
+    pub(crate) fn tag(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        repo_digest: &str,
+    ) -> Result<Image, Error> {
         let _lock = self.lock()?;
         let mut index = self.load()?;
         let mut record = index
@@ -687,7 +692,8 @@ pub(crate) fn merge(index: &mut IndexFile, mut record: Record) {
             let mut names: BTreeSet<String> = existing.image.names.iter().cloned().collect();
             names.extend(new_names);
             record.image.names = names.into_iter().collect();
-            let mut repo_digests: BTreeSet<String> = existing.repo_digests.iter().cloned().collect();
+            let mut repo_digests: BTreeSet<String> =
+                existing.repo_digests.iter().cloned().collect();
             repo_digests.extend(record.repo_digests);
             record.repo_digests = repo_digests.into_iter().collect();
             record.last_used = record.last_used.max(existing.last_used);
@@ -737,16 +743,12 @@ fn find(index: &IndexFile, reference: &str) -> Result<Option<usize>, Error> {
         Ok(r) => {
             if let Some(digest) = &r.digest {
                 let repo = r.repository();
-                let mut by_digest = index
-                    .images
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, x)| {
-                        &x.image.manifest_digest == digest
-                            || x.repo_digests.iter().any(|rd| {
-                                rd.rsplit_once('@').is_some_and(|(_, d)| d == digest)
-                            })
-                    });
+                let mut by_digest = index.images.iter().enumerate().filter(|(_, x)| {
+                    &x.image.manifest_digest == digest
+                        || x.repo_digests
+                            .iter()
+                            .any(|rd| rd.rsplit_once('@').is_some_and(|(_, d)| d == digest))
+                });
                 let all: Vec<_> = by_digest.by_ref().collect();
                 // Prefer an image of the same repository; any image with that manifest will do.
                 let same_repo = all.iter().find(|(_, x)| {

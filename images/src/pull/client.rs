@@ -154,9 +154,7 @@ fn tls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
             return Err(format!("CA file {}: no PEM certificates", path.display()));
         }
     }
-    Ok(builder
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Accepts any server certificate (`skip_verify`), still checking handshake signatures.
@@ -300,9 +298,8 @@ impl Session {
                         format!("Bearer {token}")
                     }
                     (other, _) => {
-                        return Err(
-                            self.unauthorized(&format!("unsupported authentication scheme {other}"))
-                        );
+                        return Err(self
+                            .unauthorized(&format!("unsupported authentication scheme {other}")));
                     }
                 };
                 *self.authorization.lock().unwrap_or_else(|p| p.into_inner()) = Some(auth);
@@ -502,6 +499,9 @@ mod tests {
             "http://h:5000/blobs/x?sig=1"
         );
         let loc = HeaderValue::from_static("https://s3/x");
-        assert_eq!(resolve_location("http://h/v2", &loc).unwrap(), "https://s3/x");
+        assert_eq!(
+            resolve_location("http://h/v2", &loc).unwrap(),
+            "https://s3/x"
+        );
     }
 }

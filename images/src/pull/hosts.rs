@@ -113,6 +113,7 @@ impl RegistriesConfig {
                 prefix,
                 tls: tls_for(settings, extra_ca),
                 mirror: true,
+                fallback: false,
             });
         }
         if own.is_some_and(|r| r.mirrors_only && !r.mirrors.is_empty()) {
@@ -129,7 +130,10 @@ impl RegistriesConfig {
             Some(_) => out.push(Endpoint::https(authority, tls)),
             None if is_loopback(registry) => {
                 out.push(Endpoint::https(authority.clone(), tls));
-                out.push(Endpoint::plain(authority));
+                out.push(Endpoint {
+                    fallback: true,
+                    ..Endpoint::plain(authority)
+                });
             }
             None => out.push(Endpoint::https(authority, tls)),
         }
@@ -203,6 +207,8 @@ pub(crate) struct Endpoint {
     pub(crate) tls: TlsSettings,
     /// A mirror rather than the registry itself.
     pub(crate) mirror: bool,
+    /// The plain-HTTP retry of a loopback registry that failed over HTTPS.
+    pub(crate) fallback: bool,
 }
 
 impl Endpoint {
@@ -213,6 +219,7 @@ impl Endpoint {
             prefix: String::new(),
             tls: TlsSettings::default(),
             mirror: false,
+            fallback: false,
         }
     }
 
@@ -223,6 +230,7 @@ impl Endpoint {
             prefix: String::new(),
             tls,
             mirror: false,
+            fallback: false,
         }
     }
 

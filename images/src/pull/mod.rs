@@ -377,7 +377,9 @@ impl Puller {
             result = registry::pull(self, r, options).await;
         }
         match &result {
-            Ok(image) => info!(reference = %r, id = %image.id, elapsed = ?started.elapsed(), "pull complete"),
+            Ok(image) => {
+                info!(reference = %r, id = %image.id, elapsed = ?started.elapsed(), "pull complete")
+            }
             Err(err) => warn!(reference = %r, %err, "pull failed"),
         }
         result

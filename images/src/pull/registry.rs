@@ -65,7 +65,7 @@ pub(super) async fn pull(
     let n = endpoints.len();
     let mut last_err = None;
     for (i, endpoint) in endpoints.into_iter().enumerate() {
-        let mirror = endpoint.mirror;
+        let (mirror, fallback) = (endpoint.mirror, endpoint.fallback);
         let session = Arc::new(Session::new(
             p.transport.clone(),
             endpoint,
@@ -77,11 +77,22 @@ pub(super) async fn pull(
             Ok(resolved) => return fetch(p, session, r, resolved, options).await,
             Err(err) => {
                 let next = i + 1 < n
-                    && (err.is_transient()
-                        || mirror
-                        || matches!(err, PullError::Tls { .. }));
+                    && (err.is_transient() || mirror || matches!(err, PullError::Tls { .. }));
                 if !next {
-                    return Err(err);
+                    // When the plain-HTTP retry of a loopback registry fails too, the HTTPS
+                    // error (say, an unknown certificate) is the one that explains it.
+                    return match last_err {
+                        Some(https_err)
+                            if fallback
+                                && !matches!(
+                                    err,
+                                    PullError::NotFound { .. } | PullError::Unauthorized { .. }
+                                ) =>
+                        {
+                            Err(https_err)
+                        }
+                        _ => Err(err),
+                    };
                 }
                 warn!(reference = %r, endpoint = %session.endpoint.url(""), %err, "registry endpoint failed; trying the next one");
                 last_err = Some(err);
@@ -216,11 +227,19 @@ fn header_str(v: Option<&HeaderValue>) -> Option<&str> {
     v.and_then(|v| v.to_str().ok())
 }
 
-async fn status_error(resp: hyper::Response<hyper::body::Incoming>, url: &str, s: &Session) -> PullError {
+async fn status_error(
+    resp: hyper::Response<hyper::body::Incoming>,
+    url: &str,
+    s: &Session,
+) -> PullError {
     let status = resp.status().as_u16();
     let body = read_body(resp, 64 << 10, url, s.timeouts().idle)
         .await
-        .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).trim().to_owned())
+        .map(|b| {
+            String::from_utf8_lossy(&b[..b.len().min(512)])
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default();
     if status == 403 {
         return PullError::Unauthorized {
@@ -242,11 +261,13 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, PullError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| PullError::Store(Arc::new(crate::Error::Io {
-            op: "run blocking task",
-            path: PathBuf::new(),
-            source: std::io::Error::other(e.to_string()),
-        })))?
+        .map_err(|e| {
+            PullError::Store(Arc::new(crate::Error::Io {
+                op: "run blocking task",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            }))
+        })?
         .map_err(PullError::from)
 }
 
@@ -307,10 +328,16 @@ async fn fetch(
     // Config.
     let config_bytes = if store.has_blob(&config_digest) {
         let path = store.blob_path(&config_digest)?;
-        Bytes::from(tokio::fs::read(&path).await.map_err(io_err("read", &path))?)
+        Bytes::from(
+            tokio::fs::read(&path)
+                .await
+                .map_err(io_err("read", &path))?,
+        )
     } else {
         let path = format!("blobs/{config_digest}");
-        let url = session.endpoint.url(&format!("{}/{path}", session.repository));
+        let url = session
+            .endpoint
+            .url(&format!("{}/{path}", session.repository));
         let resp = session.get(&path, &[]).await?;
         if !resp.status().is_success() {
             return Err(status_error(resp, &url, &session).await);
@@ -328,7 +355,8 @@ async fn fetch(
         write_synced(&dest, &bytes).await?;
         bytes
     };
-    let config: ConfigFile = layout::parse_json(&config_bytes, || format!("config {config_digest}"))?;
+    let config: ConfigFile =
+        layout::parse_json(&config_bytes, || format!("config {config_digest}"))?;
     let diff_ids = config.rootfs.diff_ids.clone();
     if diff_ids.len() != manifest.layers.len() {
         return Err(PullError::from(crate::Error::InvalidImage {
@@ -504,7 +532,10 @@ async fn download_blob(
                     if done > 0 {
                         debug!(%url, "server ignored the Range request; starting over");
                         out.flush().await.map_err(io_err("write", dest))?;
-                        out.get_mut().set_len(0).await.map_err(io_err("truncate", dest))?;
+                        out.get_mut()
+                            .set_len(0)
+                            .await
+                            .map_err(io_err("truncate", dest))?;
                         out.seek(std::io::SeekFrom::Start(0))
                             .await
                             .map_err(io_err("seek", dest))?;
@@ -537,7 +568,10 @@ async fn download_blob(
                 if done + len > desc.size {
                     return Err(PullError::Protocol {
                         url: url.clone(),
-                        reason: format!("blob is larger than the {} bytes its descriptor says", desc.size),
+                        reason: format!(
+                            "blob is larger than the {} bytes its descriptor says",
+                            desc.size
+                        ),
                     });
                 }
                 hasher.update(&chunk);
@@ -561,7 +595,8 @@ async fn download_blob(
             Ok(()) => break,
             Err(err) if err.is_transient() && failures < retries => {
                 failures += 1;
-                let delay = Duration::from_millis(100 << failures.min(6)).min(Duration::from_secs(5));
+                let delay =
+                    Duration::from_millis(100 << failures.min(6)).min(Duration::from_secs(5));
                 warn!(%url, %err, done, attempt = failures, "blob download interrupted; resuming");
                 tokio::time::sleep(delay).await;
             }
@@ -569,7 +604,10 @@ async fn download_blob(
         }
     }
     out.flush().await.map_err(io_err("write", dest))?;
-    out.get_mut().sync_all().await.map_err(io_err("fsync", dest))?;
+    out.get_mut()
+        .sync_all()
+        .await
+        .map_err(io_err("fsync", dest))?;
     let actual = format!("sha256:{}", hex(&hasher.finalize()));
     if actual != desc.digest {
         return Err(PullError::DigestMismatch {
