@@ -14,6 +14,8 @@
 //! Layers are unpacked at import time, so starting a container only stacks directories.
 
 mod digest;
+mod export;
+mod gc;
 mod layout;
 mod policy;
 pub mod pull;
@@ -32,6 +34,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::export::ExportFormat;
+pub use crate::gc::{DiskUsage, GcPolicy, PruneReport};
 pub use crate::policy::{InvalidPullPolicy, PolicyError, PullDecision, PullPolicy};
 pub use crate::pull::{
     Credential, Credentials, LayerPhase, Progress, ProgressFn, PullError, PullOptions, Puller,

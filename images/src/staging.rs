@@ -82,3 +82,29 @@ pub(crate) fn in_use(path: &Path) -> bool {
         Err((_, Errno::EWOULDBLOCK))
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ImageStore;
+
+    #[test]
+    fn open_removes_only_dead_staging() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).unwrap();
+        let live = Staging::new(&store.tmp_dir(), "pull").unwrap();
+        assert!(in_use(&live.dir));
+        // What a SIGKILLed pull leaves: the directory and an unlocked lock file.
+        let dead = store.tmp_dir().join("pull-dead");
+        std::fs::create_dir_all(dead.join("blobs")).unwrap();
+        std::fs::write(dead.join(LOCK_FILE), b"").unwrap();
+        std::fs::write(dead.join("blobs/partial"), b"xx").unwrap();
+        assert!(!in_use(&dead));
+        ImageStore::open(root.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(live.dir.exists());
+        let dir = live.dir.clone();
+        drop(live);
+        assert!(!dir.exists());
+    }
+}

@@ -244,6 +244,25 @@ async fn multi_layer_zstd_and_multi_arch_index() {
     );
     let layers = fs::read_dir(root.path().join("layers")).unwrap().count();
     assert_eq!(layers, 4);
+
+    // Garbage collection: at 90% disk use, the unused image goes, the kept one stays with
+    // the layer they shared.
+    let keep: HashSet<String> = [image.id.clone()].into();
+    let full = images::DiskUsage {
+        capacity: 1000,
+        available: 100,
+    };
+    let report = p
+        .store()
+        .prune_with_usage(&keep, &images::GcPolicy::default(), full)
+        .unwrap();
+    assert_eq!(report.removed, [s.id.clone()]);
+    assert_eq!(fs::read_dir(root.path().join("layers")).unwrap().count(), 3);
+    assert!(p.store().layer_dirs(&image).is_ok());
+    let report = p.store().prune_unused(&HashSet::new()).unwrap();
+    assert_eq!(report.removed, [image.id.clone()]);
+    drop(p);
+    assert_clean(root.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
