@@ -27,7 +27,10 @@ async fn main() -> ExitCode {
         let host = images::reference::Reference::parse_normalized(reference)
             .map(|r| r.domain)
             .unwrap_or_default();
-        match RegistriesConfig::parse(&format!("[registry.\"{host}\"]\nplain_http = true\n"), "cli") {
+        match RegistriesConfig::parse(
+            &format!("[registry.\"{host}\"]\nplain_http = true\n"),
+            "cli",
+        ) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{e}");

@@ -20,11 +20,8 @@ fn puller(root: &Path, config: PullerConfig) -> Puller {
 }
 
 /// A config that reaches `hosts` over plain HTTP, with short timeouts.
-fn http_config(hosts: &[String]) -> PullerConfig {
-    let toml: String = hosts
-        .iter()
-        .map(|h| format!("[registry.\"{h}\"]\nplain_http = true\n"))
-        .collect();
+fn http_config(host: &str) -> PullerConfig {
+    let toml = format!("[registry.\"{host}\"]\nplain_http = true\n");
     PullerConfig {
         registries: RegistriesConfig::parse(&toml, "test").unwrap(),
         timeouts: Timeouts {
@@ -69,7 +66,7 @@ async fn pulls_oci_and_docker_manifests_and_digests() {
     let (registry, _layout) = busybox_registry();
     let host = registry.host();
     let root = tempfile::tempdir().unwrap();
-    let p = puller(root.path(), http_config(&[host.clone()]));
+    let p = puller(root.path(), http_config(&host));
 
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
@@ -193,7 +190,7 @@ async fn multi_layer_zstd_and_multi_arch_index() {
     let proxy = Proxy::start(registry.port, u64::MAX, 0).await;
     let host = proxy.host();
     let root = tempfile::tempdir().unwrap();
-    let p = puller(root.path(), http_config(&[host.clone()]));
+    let p = puller(root.path(), http_config(&host));
     let image = p
         .pull(&format!("{host}/test/multi:v1"), &PullOptions::default())
         .await
@@ -256,11 +253,11 @@ async fn multi_layer_zstd_and_multi_arch_index() {
         .store()
         .prune_with_usage(&keep, &images::GcPolicy::default(), full)
         .unwrap();
-    assert_eq!(report.removed, [s.id.clone()]);
+    assert_eq!(report.removed, std::slice::from_ref(&s.id));
     assert_eq!(fs::read_dir(root.path().join("layers")).unwrap().count(), 3);
     assert!(p.store().layer_dirs(&image).is_ok());
     let report = p.store().prune_unused(&HashSet::new()).unwrap();
-    assert_eq!(report.removed, [image.id.clone()]);
+    assert_eq!(report.removed, std::slice::from_ref(&image.id));
     drop(p);
     assert_clean(root.path());
 }
@@ -293,7 +290,7 @@ async fn corrupted_blob_fails_and_leaves_store_clean() {
     fs::write(&data, bytes).unwrap();
 
     let root = tempfile::tempdir().unwrap();
-    let p = puller(root.path(), http_config(&[host.clone()]));
+    let p = puller(root.path(), http_config(&host));
     let err = p
         .pull(&format!("{host}/test/busybox"), &PullOptions::default())
         .await
@@ -317,7 +314,7 @@ async fn dropped_connections_resume_or_fail_clearly() {
     let proxy = Proxy::start(registry.port, 200_000, 2).await;
     let host = proxy.host();
     let root = tempfile::tempdir().unwrap();
-    let p = puller(root.path(), http_config(&[host.clone()]));
+    let p = puller(root.path(), http_config(&host));
     let image = p
         .pull(&format!("{host}/test/busybox"), &PullOptions::default())
         .await
@@ -342,7 +339,7 @@ async fn dropped_connections_resume_or_fail_clearly() {
         root.path(),
         PullerConfig {
             retries: 0,
-            ..http_config(&[host.clone()])
+            ..http_config(&host)
         },
     );
     let err = p
@@ -360,7 +357,7 @@ async fn silent_registry_times_out() {
     let silent = Silent::start();
     let host = format!("127.0.0.1:{}", silent.port);
     let root = tempfile::tempdir().unwrap();
-    let mut config = http_config(&[host.clone()]);
+    let mut config = http_config(&host);
     config.timeouts.response = Duration::from_millis(500);
     let p = puller(root.path(), config);
     let started = std::time::Instant::now();
@@ -382,7 +379,7 @@ async fn concurrent_pulls_share_one_download() {
     let proxy = Proxy::start(registry.port, u64::MAX, 0).await;
     let host = proxy.host();
     let root = tempfile::tempdir().unwrap();
-    let p = puller(root.path(), http_config(&[host.clone()]));
+    let p = puller(root.path(), http_config(&host));
     let reference = format!("{host}/test/busybox:latest");
     let pulls = (0..5).map(|_| {
         let p = p.clone();
@@ -491,8 +488,10 @@ async fn tls_registry_with_basic_auth() {
     // Without the CA the certificate is refused, and the message says so.
     let root = tempfile::tempdir().unwrap();
     let registries = format!("[registry.\"{host}\"]\n");
-    let mut no_ca = PullerConfig::default();
-    no_ca.registries = RegistriesConfig::parse(&registries, "t").unwrap();
+    let no_ca = PullerConfig {
+        registries: RegistriesConfig::parse(&registries, "t").unwrap(),
+        ..PullerConfig::default()
+    };
     let p = puller(root.path(), no_ca);
     let err = p
         .pull(&reference, &PullOptions::default())

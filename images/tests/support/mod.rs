@@ -359,6 +359,9 @@ pub struct Layout {
     pub manifests: Vec<serde_json::Value>,
 }
 
+/// A layer: its files (path, content) and compression.
+pub type LayerSpec<'a> = (Vec<(&'a str, Vec<u8>)>, Compress);
+
 pub enum Compress {
     None,
     Gzip,
@@ -394,7 +397,7 @@ impl Layout {
     }
 
     /// An image whose layers are tars of the given (path, content) files.
-    pub fn image(&self, arch: &str, layers: &[(Vec<(&str, Vec<u8>)>, Compress)]) -> Built {
+    pub fn image(&self, arch: &str, layers: &[LayerSpec<'_>]) -> Built {
         let mut layer_descs = Vec::new();
         let mut diff_ids = Vec::new();
         let mut layer_digests = Vec::new();
