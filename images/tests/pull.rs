@@ -503,3 +503,51 @@ async fn tls_registry_with_basic_auth() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_are_tried_first() {
+    if !tools_present() {
+        return;
+    }
+    let (registry, _layout) = busybox_registry();
+    let silent = Silent::start();
+    // A dead mirror (times out), then a working one; the registry itself does not exist.
+    let toml = format!(
+        "[registry.\"registry.skiff.invalid\"]\nmirrors = [\"http://127.0.0.1:{}\", \"http://{}\"]\n",
+        silent.port,
+        registry.host()
+    );
+    let root = tempfile::tempdir().unwrap();
+    let p = puller(
+        root.path(),
+        PullerConfig {
+            registries: RegistriesConfig::parse(&toml, "t").unwrap(),
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                response: Duration::from_millis(500),
+                idle: Duration::from_secs(2),
+            },
+            ..PullerConfig::default()
+        },
+    );
+    let image = p
+        .pull(
+            "registry.skiff.invalid/test/busybox",
+            &PullOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(image.names, ["registry.skiff.invalid/test/busybox:latest"]);
+    let err = p
+        .pull(
+            "registry.skiff.invalid/test/busybox:nope",
+            &PullOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    // The working mirror said NotFound; the registry itself cannot be resolved: its error is last.
+    assert!(
+        matches!(err, PullError::Connect { .. } | PullError::NotFound { .. }),
+        "{err:?}"
+    );
+}
