@@ -50,6 +50,18 @@ pub struct Flags {
     /// Maximum processes per container (pids cgroup); -1 for no limit [default: -1].
     #[arg(long, allow_hyphen_values = true)]
     pub pod_pids_limit: Option<i64>,
+    /// Docker-style config.json with registry credentials for every pull [default: <root-dir>/config.json if it exists, else /root/.docker/config.json].
+    #[arg(long)]
+    pub image_credential_config: Option<PathBuf>,
+    /// Per-registry settings (TOML: plain_http, ca_file, skip_verify, mirrors); a missing file is empty [default: /etc/skiff/registries.toml].
+    #[arg(long)]
+    pub registries_config: Option<PathBuf>,
+    /// Disk use (percent) of the image store's filesystem at which image GC starts; 100 disables it [default: 85].
+    #[arg(long)]
+    pub image_gc_high_threshold: Option<u8>,
+    /// Disk use (percent) image GC frees down to [default: 80].
+    #[arg(long)]
+    pub image_gc_low_threshold: Option<u8>,
 }
 
 /// The config file's shape.
@@ -80,6 +92,14 @@ pub struct FileConfig {
     pub pod_cidr: Option<String>,
     /// pids cgroup limit per container; -1 for none.
     pub pod_pids_limit: Option<i64>,
+    /// Docker-style config.json with registry credentials.
+    pub image_credential_config: Option<PathBuf>,
+    /// Registries TOML file.
+    pub registries_config: Option<PathBuf>,
+    /// Image GC high threshold, percent of disk.
+    pub image_gc_high_threshold: Option<u8>,
+    /// Image GC low threshold, percent of disk.
+    pub image_gc_low_threshold: Option<u8>,
 }
 
 /// The effective configuration.
@@ -97,6 +117,10 @@ pub struct Config {
     pub cni_cache_dir: PathBuf,
     pub pod_cidr: String,
     pub pod_pids_limit: i64,
+    pub image_credential_config: PathBuf,
+    pub registries_config: PathBuf,
+    pub image_gc_high_threshold: u8,
+    pub image_gc_low_threshold: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +132,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 impl Config {
@@ -126,7 +152,32 @@ impl Config {
             .node_name
             .or(file.node_name)
             .unwrap_or_else(default_node_name);
+        let image_gc_high_threshold = flags
+            .image_gc_high_threshold
+            .or(file.image_gc_high_threshold)
+            .unwrap_or(85);
+        let image_gc_low_threshold = flags
+            .image_gc_low_threshold
+            .or(file.image_gc_low_threshold)
+            .unwrap_or(80);
+        // The kubelet's validation of the same two flags.
+        if image_gc_high_threshold > 100 || image_gc_low_threshold > image_gc_high_threshold {
+            return Err(ConfigError::Invalid(format!(
+                "imageGCLowThresholdPercent ({image_gc_low_threshold}) must be at most imageGCHighThresholdPercent ({image_gc_high_threshold}), which must be at most 100"
+            )));
+        }
+        let image_credential_config = flags
+            .image_credential_config
+            .or(file.image_credential_config)
+            .unwrap_or_else(|| default_credential_config(&root_dir));
         Ok(Config {
+            image_credential_config,
+            registries_config: flags
+                .registries_config
+                .or(file.registries_config)
+                .unwrap_or_else(|| "/etc/skiff/registries.toml".into()),
+            image_gc_high_threshold,
+            image_gc_low_threshold,
             pod_manifest_path: flags
                 .pod_manifest_path
                 .or(file.pod_manifest_path)
@@ -207,6 +258,15 @@ fn default_cni_bin_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Where the kubelet looks for a node-wide docker config: its root dir first, then root's home.
+fn default_credential_config(root_dir: &Path) -> PathBuf {
+    let in_root = root_dir.join("config.json");
+    if in_root.exists() {
+        return in_root;
+    }
+    "/root/.docker/config.json".into()
+}
+
 fn default_shim_path() -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
         let sibling = exe.with_file_name("skiff-shim");
@@ -240,6 +300,30 @@ mod tests {
         assert_eq!(c.pod_manifest_path, PathBuf::from("/etc/skiff/manifests"));
         assert_eq!(c.run_dir, PathBuf::from("/run/skiff"));
         assert_eq!(c.file_check_frequency, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn image_flags_and_gc_threshold_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let flags = Flags::parse_from(["skiffd", "--root-dir", root.to_str().unwrap()]);
+        let c = Config::load(flags).unwrap();
+        assert_eq!((c.image_gc_high_threshold, c.image_gc_low_threshold), (85, 80));
+        assert_eq!(c.registries_config, PathBuf::from("/etc/skiff/registries.toml"));
+        assert_eq!(c.image_credential_config, PathBuf::from("/root/.docker/config.json"));
+        std::fs::write(root.join("config.json"), "{}").unwrap();
+        let flags = Flags::parse_from(["skiffd", "--root-dir", root.to_str().unwrap()]);
+        assert_eq!(Config::load(flags).unwrap().image_credential_config, root.join("config.json"));
+        let flags = Flags::parse_from([
+            "skiffd",
+            "--image-gc-high-threshold",
+            "70",
+            "--image-gc-low-threshold",
+            "75",
+        ]);
+        let err = Config::load(flags).unwrap_err().to_string();
+        assert!(err.contains("75") && err.contains("70"), "{err}");
     }
 
     #[test]
