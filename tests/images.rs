@@ -222,10 +222,10 @@ fn pod_pulls_its_image_from_a_registry_and_runs_then_pull_export_and_prune() {
     let listed = node.skiff_ok(&["images"]);
     assert!(listed.contains(&format!("{}/test/busybox", reg.host())), "{listed}");
 
-    // `skiff pull` of the same image: layers are there already; plain lines off a terminal.
+    // `skiff pull` of the same image: nothing to download.
     let pulled = node.skiff_ok(&["pull", &image]);
     assert!(pulled.starts_with(&format!("Pulling {image}\n")), "{pulled}");
-    assert!(pulled.contains("Already exists") || pulled.contains("Pull complete"), "{pulled}");
+    assert!(pulled.contains(&format!("Status: Image is up to date for {image}")), "{pulled}");
     let digest = image_id.split('@').nth(1).unwrap();
     assert!(pulled.contains(&format!("Digest: {digest}")) && pulled.contains("Image ID: sha256:"), "{pulled}");
 
@@ -249,13 +249,21 @@ fn pod_pulls_its_image_from_a_registry_and_runs_then_pull_export_and_prune() {
     // prune keeps an image a container uses ...
     let pruned = node.skiff_ok(&["image", "prune"]);
     assert!(!pruned.contains("Deleted"), "{pruned}");
-    assert!(node.skiff_ok(&["images"]).contains("test/busybox"));
+    let listed = node.skiff_ok(&["images"]);
+    assert!(listed.contains("test/busybox"), "{pruned}\n{listed}");
     // ... and removes it once no container does.
     node.remove_manifest("web.yaml");
     node.wait_gone("web");
     let pruned = node.skiff_ok(&["image", "prune"]);
     assert!(pruned.contains(&format!("Deleted: {}", inspected["id"].as_str().unwrap())), "{pruned}");
     assert!(!node.skiff_ok(&["images"]).contains("test/busybox"));
+
+    // A fresh `skiff pull`: one plain line per layer and phase (stdout is not a terminal).
+    let pulled = node.skiff_ok(&["pull", &image]);
+    assert!(pulled.contains(": Pull complete\n"), "{pulled}");
+    assert!(pulled.contains(&format!("Status: Downloaded newer image for {image}")), "{pulled}");
+    let listed = node.skiff_ok(&["images"]);
+    assert!(listed.contains("test/busybox"), "{pulled}\n{listed}\n{}", node.log_tail(30));
 }
 
 #[test]

@@ -205,7 +205,7 @@ pub async fn pull(
                 tracing::info!(image = %reference, id = %image.id, "image pulled");
                 // Pods waiting for this image can start now.
                 let _ = resync.send(());
-                service.request_gc();
+                service.pulled(&image);
                 serde_json::json!({ "image": image })
             }
             Err(e) => serde_json::json!({ "error": e.to_string() }),

@@ -116,11 +116,16 @@ pub async fn run(client: &Client, args: PullArgs) -> Result<u8, Error> {
             if args.quiet {
                 out(&format!("{}\n", image.id))?;
             } else {
+                let name = images::normalize(&args.image).unwrap_or_else(|_| args.image.clone());
+                // No layer reports: the manifest was in the store already.
+                let status = if layers.is_empty() {
+                    format!("Image is up to date for {name}")
+                } else {
+                    format!("Downloaded newer image for {name}")
+                };
                 out(&format!(
-                    "Digest: {}\nImage ID: {}\n{}\n",
-                    image.manifest_digest,
-                    image.id,
-                    images::normalize(&args.image).unwrap_or_else(|_| args.image.clone())
+                    "Digest: {}\nImage ID: {}\nStatus: {status}\n{name}\n",
+                    image.manifest_digest, image.id
                 ))?;
             }
             Ok(0)

@@ -30,6 +30,10 @@ pub const PULL_WAIT: Duration = Duration::from_secs(1);
 pub const PULLING: &str = "ContainerCreating";
 /// How often images are garbage-collected (the kubelet's `ImageGCPeriod`).
 pub const GC_PERIOD: Duration = Duration::from_secs(300);
+/// GC leaves images pulled more recently than this (the kubelet's
+/// `--minimum-image-ttl-duration`), so a fresh pull is not collected before its container
+/// starts or right after `skiff pull`.
+pub const GC_MIN_AGE: Duration = Duration::from_secs(120);
 /// The kubelet's image pull back-off: 10 s, doubling, at most 300 s.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -83,10 +87,23 @@ struct Shared {
     entries: Mutex<HashMap<String, Entry>>,
     /// Image ids between lookup and container creation (not yet on disk), with a count.
     starting: Mutex<HashMap<String, usize>>,
+    /// When images were last pulled, by id (for [`GC_MIN_AGE`]).
+    pulled: Mutex<HashMap<String, Instant>>,
     /// Wakes every pod worker (a pull ended).
     resync: mpsc::UnboundedSender<()>,
     /// Asks the GC loop for a run (after a pull).
     gc: mpsc::UnboundedSender<()>,
+}
+
+impl Shared {
+    fn note_pulled(&self, image: &Image) {
+        let now = Instant::now();
+        let mut pulled = lock(&self.pulled);
+        pulled.retain(|_, at| now.duration_since(*at) < GC_MIN_AGE);
+        pulled.insert(image.id.clone(), now);
+        drop(pulled);
+        let _ = self.gc.send(());
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,6 +157,7 @@ impl ImageService {
                 store,
                 entries: Mutex::new(HashMap::new()),
                 starting: Mutex::new(HashMap::new()),
+                pulled: Mutex::new(HashMap::new()),
                 resync,
                 gc,
             }),
@@ -157,9 +175,9 @@ impl ImageService {
         self.shared.puller.store()
     }
 
-    /// Asks for a GC run soon (after a pull outside of pods).
-    pub fn request_gc(&self) {
-        let _ = self.shared.gc.send(());
+    /// Records a pull that did not come from a pod (`skiff pull`) and asks for a GC run.
+    pub fn pulled(&self, image: &Image) {
+        self.shared.note_pulled(image);
     }
 
     /// Finds or pulls the image of `c` according to its pull policy, with events on `pod`.
@@ -317,6 +335,7 @@ impl ImageService {
                             image.size
                         );
                         shared.store.event(&obj, EventType::Normal, "Pulled", &msg);
+                        shared.note_pulled(&image);
                         entry.phase = Phase::Idle;
                         entry.backoff = PullBackoff::default();
                         Ok(image)
@@ -335,16 +354,12 @@ impl ImageService {
                     }
                 }
             };
-            let pulled = outcome.is_ok();
             let _ = tx.send(Some(outcome));
             // A start still waiting takes the result itself; otherwise wake the workers (not
             // both: an immediate resync would turn `ErrImagePull` into `ImagePullBackOff` at
             // once, where the kubelet shows it until its next sync).
             if tx.receiver_count() == 0 {
                 let _ = shared.resync.send(());
-            }
-            if pulled {
-                let _ = shared.gc.send(());
             }
         });
         rx
@@ -427,7 +442,18 @@ impl ImageService {
     /// in use. Blocking.
     pub fn gc(&self, container_images: &[String]) -> Result<PruneReport, images::Error> {
         self.forget_gone_pods();
-        let keep = self.keep(container_images)?;
+        // The kubelet's rule: a high threshold of 100 disables image GC.
+        if self.gc_policy.high_threshold_percent >= 100 {
+            return Ok(PruneReport::default());
+        }
+        let mut keep = self.keep(container_images)?;
+        let now = Instant::now();
+        keep.extend(
+            lock(&self.shared.pulled)
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) < GC_MIN_AGE)
+                .map(|(id, _)| id.clone()),
+        );
         let report = self.images().prune(&keep, &self.gc_policy)?;
         if !report.removed.is_empty() {
             info!(removed = ?report.removed, freed = report.freed, "image garbage collection");
