@@ -250,7 +250,10 @@ fn default_node_name() -> String {
 
 fn default_cni_bin_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(PathBuf::from))
+    {
         dirs.push(dir);
     }
     dirs.push("/opt/cni/bin".into());
@@ -285,8 +288,11 @@ mod tests {
     fn flags_override_file_and_defaults_apply() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.yaml");
-        std::fs::write(&cfg, "nodeName: from-file\nrootDir: /var/lib/x\nfileCheckFrequency: 5\n")
-            .unwrap();
+        std::fs::write(
+            &cfg,
+            "nodeName: from-file\nrootDir: /var/lib/x\nfileCheckFrequency: 5\n",
+        )
+        .unwrap();
         let flags = Flags::parse_from([
             "skiffd",
             "--config",
@@ -309,12 +315,24 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         let flags = Flags::parse_from(["skiffd", "--root-dir", root.to_str().unwrap()]);
         let c = Config::load(flags).unwrap();
-        assert_eq!((c.image_gc_high_threshold, c.image_gc_low_threshold), (85, 80));
-        assert_eq!(c.registries_config, PathBuf::from("/etc/skiff/registries.toml"));
-        assert_eq!(c.image_credential_config, PathBuf::from("/root/.docker/config.json"));
+        assert_eq!(
+            (c.image_gc_high_threshold, c.image_gc_low_threshold),
+            (85, 80)
+        );
+        assert_eq!(
+            c.registries_config,
+            PathBuf::from("/etc/skiff/registries.toml")
+        );
+        assert_eq!(
+            c.image_credential_config,
+            PathBuf::from("/root/.docker/config.json")
+        );
         std::fs::write(root.join("config.json"), "{}").unwrap();
         let flags = Flags::parse_from(["skiffd", "--root-dir", root.to_str().unwrap()]);
-        assert_eq!(Config::load(flags).unwrap().image_credential_config, root.join("config.json"));
+        assert_eq!(
+            Config::load(flags).unwrap().image_credential_config,
+            root.join("config.json")
+        );
         let flags = Flags::parse_from([
             "skiffd",
             "--image-gc-high-threshold",

@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::manifest::source::{self, DirSource};
 use crate::pod::manager::{self, Manager};
 use crate::pod::worker::Ctx;
-use crate::runtime::{Runtime, pull};
 use crate::runtime::network::{NetConfig, PodNetwork};
+use crate::runtime::{Runtime, pull};
 use crate::store::Store;
 
 /// Errors that stop the daemon from starting.
@@ -128,7 +128,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Ok(Err(e)) => e,
             Err(e) => std::io::Error::other(e.to_string()),
         };
-        return Err(DaemonError::Api { path: socket, source: err });
+        return Err(DaemonError::Api {
+            path: socket,
+            source: err,
+        });
     }
     let _ = std::fs::remove_file(&socket);
     info!("skiffd stopped; containers keep running");
@@ -143,12 +146,13 @@ fn image_service(
     resync: &mpsc::UnboundedSender<()>,
     gc: mpsc::UnboundedSender<()>,
 ) -> Result<pull::ImageService, DaemonError> {
-    let registries = images::RegistriesConfig::load(&config.registries_config).map_err(|source| {
-        DaemonError::Registries {
-            path: config.registries_config.clone(),
-            source,
-        }
-    })?;
+    let registries =
+        images::RegistriesConfig::load(&config.registries_config).map_err(|source| {
+            DaemonError::Registries {
+                path: config.registries_config.clone(),
+                source,
+            }
+        })?;
     let puller = images::Puller::new(
         runtime.images.clone(),
         images::PullerConfig {
@@ -161,7 +165,13 @@ fn image_service(
         high_threshold_percent: config.image_gc_high_threshold,
         low_threshold_percent: config.image_gc_low_threshold,
     };
-    Ok(pull::ImageService::new(puller, store.clone(), policy, resync.clone(), gc))
+    Ok(pull::ImageService::new(
+        puller,
+        store.clone(),
+        policy,
+        resync.clone(),
+        gc,
+    ))
 }
 
 /// One skiffd per root dir: a second one would fight the first over the same pods.

@@ -26,7 +26,9 @@ fn ready() -> bool {
     }
     for tool in TOOLS {
         if !Path::new(tool).exists() {
-            eprintln!("SKIPPED: {tool} missing (scripts/install-deps.sh installs docker-registry skopeo openssl apache2-utils)");
+            eprintln!(
+                "SKIPPED: {tool} missing (scripts/install-deps.sh installs docker-registry skopeo openssl apache2-utils)"
+            );
             if std::env::var_os("CI").is_some() {
                 panic!("{tool} must be installed in CI");
             }
@@ -61,7 +63,10 @@ impl Registry {
     fn start(node: &Node, secure: bool) -> Registry {
         // A fresh netns has its loopback down.
         run(Command::new("ip").args(["-n", &node.host.name, "link", "set", "lo", "up"]));
-        let dir = tempfile::Builder::new().prefix("skiff-registry-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-registry-")
+            .tempdir()
+            .unwrap();
         let d = dir.path();
         let storage = d.join("storage");
         std::fs::create_dir(&storage).unwrap();
@@ -69,7 +74,13 @@ impl Registry {
         let mut extra = String::new();
         let mut ca = None;
         if secure {
-            let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ];
             run(Command::new("openssl")
                 .args(["req", "-x509", "-days", "2", "-subj", "/CN=skiff test CA"])
                 .args(ec)
@@ -84,7 +95,11 @@ impl Registry {
                 .arg(d.join("key.pem"))
                 .arg("-out")
                 .arg(d.join("req.csr")));
-            std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+            std::fs::write(
+                d.join("ext.cnf"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            )
+            .unwrap();
             run(Command::new("openssl")
                 .args(["x509", "-req", "-days", "2", "-set_serial", "2", "-in"])
                 .arg(d.join("req.csr"))
@@ -127,7 +142,13 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("starting docker-registry");
-        Registry { dir, netns, port, child, ca }
+        Registry {
+            dir,
+            netns,
+            port,
+            child,
+            ca,
+        }
     }
 
     fn host(&self) -> String {
@@ -143,8 +164,13 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut cmd = Command::new("nsenter");
-            cmd.arg(format!("--net={}", self.netns.display()))
-                .args(["skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false"]);
+            cmd.arg(format!("--net={}", self.netns.display())).args([
+                "skopeo",
+                "--insecure-policy",
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+            ]);
             if self.ca.is_some() {
                 cmd.arg("--dest-creds=user:pass");
             }
@@ -193,7 +219,10 @@ fn main_status(pod: &Value) -> Value {
 fn waiting_reason(node: &Node, pod: &str) -> Option<(String, String)> {
     let p = node.pod(pod)?;
     let w = &main_status(&p)["state"]["waiting"];
-    Some((w["reason"].as_str()?.to_owned(), w["message"].as_str().unwrap_or("").to_owned()))
+    Some((
+        w["reason"].as_str()?.to_owned(),
+        w["message"].as_str().unwrap_or("").to_owned(),
+    ))
 }
 
 fn events(node: &Node) -> String {
@@ -214,37 +243,82 @@ fn pod_pulls_its_image_from_a_registry_and_runs_then_pull_export_and_prune() {
     node.write_manifest("web.yaml", &pod_yaml("web", &image, "IfNotPresent", ""));
     let pod = node.wait_running("web");
     let image_id = main_status(&pod)["imageID"].as_str().unwrap().to_owned();
-    assert!(image_id.starts_with(&format!("{}/test/busybox@sha256:", reg.host())), "{image_id}");
+    assert!(
+        image_id.starts_with(&format!("{}/test/busybox@sha256:", reg.host())),
+        "{image_id}"
+    );
     let ev = events(&node);
     assert!(ev.contains(&format!("Pulling image \"{image}\"")), "{ev}");
-    assert!(ev.contains(&format!("Successfully pulled image \"{image}\" in ")), "{ev}");
-    assert!(ev.contains("Image size: ") && ev.contains(" bytes."), "{ev}");
+    assert!(
+        ev.contains(&format!("Successfully pulled image \"{image}\" in ")),
+        "{ev}"
+    );
+    assert!(
+        ev.contains("Image size: ") && ev.contains(" bytes."),
+        "{ev}"
+    );
     let listed = node.skiff_ok(&["images"]);
-    assert!(listed.contains(&format!("{}/test/busybox", reg.host())), "{listed}");
+    assert!(
+        listed.contains(&format!("{}/test/busybox", reg.host())),
+        "{listed}"
+    );
 
     // `skiff pull` of the same image: nothing to download.
     let pulled = node.skiff_ok(&["pull", &image]);
-    assert!(pulled.starts_with(&format!("Pulling {image}\n")), "{pulled}");
-    assert!(pulled.contains(&format!("Status: Image is up to date for {image}")), "{pulled}");
+    assert!(
+        pulled.starts_with(&format!("Pulling {image}\n")),
+        "{pulled}"
+    );
+    assert!(
+        pulled.contains(&format!("Status: Image is up to date for {image}")),
+        "{pulled}"
+    );
     let digest = image_id.split('@').nth(1).unwrap();
-    assert!(pulled.contains(&format!("Digest: {digest}")) && pulled.contains("Image ID: sha256:"), "{pulled}");
+    assert!(
+        pulled.contains(&format!("Digest: {digest}")) && pulled.contains("Image ID: sha256:"),
+        "{pulled}"
+    );
 
     // inspect
-    let inspected: Value = serde_json::from_str(&node.skiff_ok(&["image", "inspect", &image])).unwrap();
+    let inspected: Value =
+        serde_json::from_str(&node.skiff_ok(&["image", "inspect", &image])).unwrap();
     assert_eq!(inspected["digest"], digest);
-    assert!(inspected["layers"].as_array().is_some_and(|l| !l.is_empty()), "{inspected}");
+    assert!(
+        inspected["layers"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{inspected}"
+    );
     assert!(inspected["size"].as_u64().unwrap() > 0);
 
     // export, checked by skopeo: same manifest digest in an OCI layout; same layers in a
     // docker archive.
     let oci = node.dir().join("export-oci");
-    node.skiff_ok(&["image", "export", &image, oci.to_str().unwrap(), "--format", "oci"]);
+    node.skiff_ok(&[
+        "image",
+        "export",
+        &image,
+        oci.to_str().unwrap(),
+        "--format",
+        "oci",
+    ]);
     let seen = reg.skopeo_inspect(&format!("oci:{}", oci.display()));
     assert_eq!(seen["Digest"], digest, "{seen}");
     let archive = node.dir().join("export.tar");
-    node.skiff_ok(&["image", "export", &image, archive.to_str().unwrap(), "--format", "docker-archive"]);
+    node.skiff_ok(&[
+        "image",
+        "export",
+        &image,
+        archive.to_str().unwrap(),
+        "--format",
+        "docker-archive",
+    ]);
     let seen = reg.skopeo_inspect(&format!("docker-archive:{}", archive.display()));
-    assert_eq!(seen["Layers"].as_array().map(Vec::len), inspected["layers"].as_array().map(Vec::len), "{seen}");
+    assert_eq!(
+        seen["Layers"].as_array().map(Vec::len),
+        inspected["layers"].as_array().map(Vec::len),
+        "{seen}"
+    );
 
     // prune keeps an image a container uses ...
     let pruned = node.skiff_ok(&["image", "prune"]);
@@ -255,15 +329,25 @@ fn pod_pulls_its_image_from_a_registry_and_runs_then_pull_export_and_prune() {
     node.remove_manifest("web.yaml");
     node.wait_gone("web");
     let pruned = node.skiff_ok(&["image", "prune"]);
-    assert!(pruned.contains(&format!("Deleted: {}", inspected["id"].as_str().unwrap())), "{pruned}");
+    assert!(
+        pruned.contains(&format!("Deleted: {}", inspected["id"].as_str().unwrap())),
+        "{pruned}"
+    );
     assert!(!node.skiff_ok(&["images"]).contains("test/busybox"));
 
     // A fresh `skiff pull`: one plain line per layer and phase (stdout is not a terminal).
     let pulled = node.skiff_ok(&["pull", &image]);
     assert!(pulled.contains(": Pull complete\n"), "{pulled}");
-    assert!(pulled.contains(&format!("Status: Downloaded newer image for {image}")), "{pulled}");
+    assert!(
+        pulled.contains(&format!("Status: Downloaded newer image for {image}")),
+        "{pulled}"
+    );
     let listed = node.skiff_ok(&["images"]);
-    assert!(listed.contains("test/busybox"), "{pulled}\n{listed}\n{}", node.log_tail(30));
+    assert!(
+        listed.contains("test/busybox"),
+        "{pulled}\n{listed}\n{}",
+        node.log_tail(30)
+    );
 }
 
 #[test]
@@ -280,14 +364,29 @@ fn missing_tag_is_err_image_pull_then_image_pull_back_off() {
     let (_, msg) = node.wait_for("ErrImagePull", Duration::from_secs(20), || {
         waiting_reason(&node, "bad").filter(|(r, _)| r == "ErrImagePull")
     });
-    assert!(msg.contains("test/busybox:nope") && msg.contains("not found"), "{msg}");
+    assert!(
+        msg.contains("test/busybox:nope") && msg.contains("not found"),
+        "{msg}"
+    );
     let (_, msg) = node.wait_for("ImagePullBackOff", Duration::from_secs(20), || {
         waiting_reason(&node, "bad").filter(|(r, _)| r == "ImagePullBackOff")
     });
-    assert!(msg.starts_with(&format!("Back-off pulling image \"{image}\"")) && msg.contains("not found"), "{msg}");
+    assert!(
+        msg.starts_with(&format!("Back-off pulling image \"{image}\""))
+            && msg.contains("not found"),
+        "{msg}"
+    );
     let described = node.skiff_ok(&["describe", "pod", "bad"]);
-    for want in ["ImagePullBackOff", "not found", "Failed to pull image", "Back-off pulling image"] {
-        assert!(described.contains(want), "describe lacks {want:?}:\n{described}");
+    for want in [
+        "ImagePullBackOff",
+        "not found",
+        "Failed to pull image",
+        "Back-off pulling image",
+    ] {
+        assert!(
+            described.contains(want),
+            "describe lacks {want:?}:\n{described}"
+        );
     }
     let p = node.pod("bad").unwrap();
     assert_eq!(p["status"]["phase"], "Pending");
@@ -309,7 +408,11 @@ fn pull_secret_authenticates_against_a_tls_registry_with_htpasswd() {
     let registries = node.dir().join("registries.toml");
     std::fs::write(
         &registries,
-        format!("[registry.\"{}\"]\nca_file = \"{}\"\n", reg.host(), reg.ca.as_ref().unwrap().display()),
+        format!(
+            "[registry.\"{}\"]\nca_file = \"{}\"\n",
+            reg.host(),
+            reg.ca.as_ref().unwrap().display()
+        ),
     )
     .unwrap();
     node.extra_flags(&["--registries-config", registries.to_str().unwrap()]);
@@ -319,20 +422,33 @@ fn pull_secret_authenticates_against_a_tls_registry_with_htpasswd() {
 
     // Without credentials: the registry's refusal.
     node.write_manifest("anon.yaml", &pod_yaml("anon", &image, "IfNotPresent", ""));
-    let (_, msg) = node.wait_for("ErrImagePull without credentials", Duration::from_secs(20), || {
-        waiting_reason(&node, "anon").filter(|(r, _)| r == "ErrImagePull")
-    });
+    let (_, msg) = node.wait_for(
+        "ErrImagePull without credentials",
+        Duration::from_secs(20),
+        || waiting_reason(&node, "anon").filter(|(r, _)| r == "ErrImagePull"),
+    );
     assert!(msg.contains("unauthorized"), "{msg}");
 
     // With an imagePullSecrets Secret from the manifest directory.
     let auth = "dXNlcjpwYXNz"; // user:pass
-    let config = format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", reg.host());
+    let config = format!(
+        "{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}",
+        reg.host()
+    );
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: regcred\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{config}'\n"
     );
-    let pod = pod_yaml("authed", &image, "IfNotPresent", "  imagePullSecrets:\n  - name: regcred\n");
+    let pod = pod_yaml(
+        "authed",
+        &image,
+        "IfNotPresent",
+        "  imagePullSecrets:\n  - name: regcred\n",
+    );
     node.write_manifest("authed.yaml", &format!("{secret}---\n{pod}"));
     node.wait_running("authed");
     let ev = events(&node);
-    assert!(ev.contains(&format!("Successfully pulled image \"{image}\"")), "{ev}");
+    assert!(
+        ev.contains(&format!("Successfully pulled image \"{image}\"")),
+        "{ev}"
+    );
 }

@@ -82,7 +82,9 @@ pub async fn remove(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::not_found(e.to_string()))?;
-    Ok(Json(serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": reference}})))
+    Ok(Json(
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": reference}}),
+    ))
 }
 
 fn service(s: &Shared) -> Result<std::sync::Arc<crate::runtime::pull::ImageService>, ApiError> {
@@ -168,7 +170,10 @@ pub async fn pull(
     let line = |v: &Value| axum::body::Bytes::from(format!("{v}\n"));
     // Progress is reported very often; send a layer's line at most every 100 ms or on a change
     // of phase.
-    let last = std::sync::Mutex::new(std::collections::HashMap::<usize, (std::time::Instant, &'static str)>::new());
+    let last = std::sync::Mutex::new(std::collections::HashMap::<
+        usize,
+        (std::time::Instant, &'static str),
+    >::new());
     let progress_tx = tx.clone();
     let progress: images::ProgressFn = std::sync::Arc::new(move |p: &images::Progress| {
         let phase = phase_name(p.phase);
@@ -227,7 +232,9 @@ pub async fn prune(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(serde_json::json!({ "removed": report.removed, "freed": report.freed })))
+    Ok(Json(
+        serde_json::json!({ "removed": report.removed, "freed": report.freed }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -126,13 +126,13 @@ pub fn inspect_json(image: &images::Image) -> serde_json::Value {
 }
 
 async fn export(client: &Client, args: ExportArgs) -> Result<u8, Error> {
-    let format = args.format.unwrap_or(
-        if args.path.extension().is_some_and(|e| e == "tar") {
+    let format = args
+        .format
+        .unwrap_or(if args.path.extension().is_some_and(|e| e == "tar") {
             ExportFormat::OciArchive
         } else {
             ExportFormat::Oci
-        },
-    );
+        });
     // skiffd writes the path from its own working directory: send it absolute.
     let local = |source| Error::LocalFile {
         path: args.path.clone(),
@@ -150,8 +150,15 @@ async fn export(client: &Client, args: ExportArgs) -> Result<u8, Error> {
         "path": path.to_string_lossy(),
         "format": format,
     });
-    let image: images::Image = client.post_json(&format!("{IMAGES_PATH}/export"), &body).await?;
-    out(&format!("Exported {} ({}) to {format}:{}\n", args.reference, image.id, path.display()))?;
+    let image: images::Image = client
+        .post_json(&format!("{IMAGES_PATH}/export"), &body)
+        .await?;
+    out(&format!(
+        "Exported {} ({}) to {format}:{}\n",
+        args.reference,
+        image.id,
+        path.display()
+    ))?;
     Ok(0)
 }
 
@@ -168,7 +175,10 @@ async fn prune(client: &Client) -> Result<u8, Error> {
     for id in &r.removed {
         text.push_str(&format!("Deleted: {id}\n"));
     }
-    text.push_str(&format!("Total reclaimed space: {}\n", super::pull::size(r.freed)));
+    text.push_str(&format!(
+        "Total reclaimed space: {}\n",
+        super::pull::size(r.freed)
+    ));
     out(&text)?;
     Ok(0)
 }

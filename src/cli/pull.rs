@@ -82,7 +82,9 @@ pub async fn run(client: &Client, args: PullArgs) -> Result<u8, Error> {
                 result = Some(line);
                 continue;
             }
-            let Some(digest) = line.layer.clone() else { continue };
+            let Some(digest) = line.layer.clone() else {
+                continue;
+            };
             let entry = layers.entry(line.index).or_default();
             let changed = entry.phase != line.phase;
             if entry.started.is_none() && line.phase == "downloading" {
@@ -207,14 +209,21 @@ pub fn bar_line(l: &LayerState, now: Instant) -> String {
         Some((t, base)) => {
             let secs = now.duration_since(t).as_secs_f64();
             if secs > 0.2 {
-                format!(" {}/s", size(((l.done.saturating_sub(base)) as f64 / secs) as u64))
+                format!(
+                    " {}/s",
+                    size(((l.done.saturating_sub(base)) as f64 / secs) as u64)
+                )
             } else {
                 String::new()
             }
         }
         None => String::new(),
     };
-    format!("{name}: Downloading [{bar}] {}/{}{rate}", size(l.done), size(l.total))
+    format!(
+        "{name}: Downloading [{bar}] {}/{}{rate}",
+        size(l.done),
+        size(l.total)
+    )
 }
 
 /// Bytes in docker's units (powers of 1000).

@@ -72,7 +72,10 @@ enum Phase {
     Idle,
     Pulling(watch::Receiver<Outcome>),
     /// The last pull failed; `reported` once a start returned `ErrImagePull` for it.
-    Failed { message: String, reported: bool },
+    Failed {
+        message: String,
+        reported: bool,
+    },
 }
 
 struct Entry {
@@ -202,7 +205,9 @@ impl ImageService {
         let image = match policy.decide(present.is_some()) {
             PullDecision::UseLocal => {
                 let msg = format!("Container image \"{reference}\" already present on machine");
-                self.shared.store.event(&obj, EventType::Normal, "Pulled", &msg);
+                self.shared
+                    .store
+                    .event(&obj, EventType::Normal, "Pulled", &msg);
                 present.ok_or_else(|| invalid(&"image vanished"))?
             }
             PullDecision::NeverPull => {
@@ -222,14 +227,21 @@ impl ImageService {
     }
 
     fn starting(&self, id: &str) -> Starting {
-        *lock(&self.shared.starting).entry(id.to_owned()).or_default() += 1;
+        *lock(&self.shared.starting)
+            .entry(id.to_owned())
+            .or_default() += 1;
         Starting {
             shared: self.shared.clone(),
             id: id.to_owned(),
         }
     }
 
-    async fn pull_for(&self, pod: &Pod, obj: &Involved, reference: &str) -> Result<Image, StartError> {
+    async fn pull_for(
+        &self,
+        pod: &Pod,
+        obj: &Involved,
+        reference: &str,
+    ) -> Result<Image, StartError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let key = format!("{uid}_{reference}");
         let now = Instant::now();
@@ -247,7 +259,9 @@ impl ImageService {
                 }
                 Phase::Failed { message, .. } if entry.backoff.remaining(now).is_some() => {
                     let msg = format!("Back-off pulling image \"{reference}\"");
-                    self.shared.store.event(obj, EventType::Normal, "BackOff", &msg);
+                    self.shared
+                        .store
+                        .event(obj, EventType::Normal, "BackOff", &msg);
                     return Err(StartError::ImageMissing {
                         reason: "ImagePullBackOff",
                         message: format!("{msg}: {message}"),
@@ -384,7 +398,12 @@ impl ImageService {
                 Ok(c) => creds.extend(c),
                 Err(e) => {
                     warn!(secret = %name, namespace = %ns, error = %e, "unusable image pull secret");
-                    self.shared.store.event(obj, EventType::Warning, "FailedToRetrieveImagePullSecret", &e);
+                    self.shared.store.event(
+                        obj,
+                        EventType::Warning,
+                        "FailedToRetrieveImagePullSecret",
+                        &e,
+                    );
                 }
             }
         }
@@ -394,7 +413,12 @@ impl ImageService {
                 "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
                 missing.join(", ")
             );
-            self.shared.store.event(obj, EventType::Warning, "FailedToRetrieveImagePullSecret", &msg);
+            self.shared.store.event(
+                obj,
+                EventType::Warning,
+                "FailedToRetrieveImagePullSecret",
+                &msg,
+            );
         }
         creds
     }
@@ -620,12 +644,22 @@ mod tests {
         let c = secret_credentials(&s, "secret default/reg").unwrap();
         let found = c.matching("127.0.0.1:5000", "test/busybox");
         assert_eq!(found.len(), 1);
-        assert_eq!((found[0].username.as_str(), found[0].password.as_str()), ("user", "pass"));
+        assert_eq!(
+            (found[0].username.as_str(), found[0].password.as_str()),
+            ("user", "pass")
+        );
         s.type_ = Some("Opaque".into());
         let err = secret_credentials(&s, "secret default/reg").unwrap_err();
-        assert!(err.contains("secret default/reg") && err.contains("Opaque"), "{err}");
+        assert!(
+            err.contains("secret default/reg") && err.contains("Opaque"),
+            "{err}"
+        );
         s.type_ = Some("kubernetes.io/dockerconfigjson".into());
         s.data = None;
-        assert!(secret_credentials(&s, "x").unwrap_err().contains(".dockerconfigjson"));
+        assert!(
+            secret_credentials(&s, "x")
+                .unwrap_err()
+                .contains(".dockerconfigjson")
+        );
     }
 }
