@@ -65,6 +65,18 @@ pub struct Flags {
     /// Also remove skiff's iptables rules on an orderly shutdown.
     #[arg(long)]
     pub cleanup_iptables_on_exit: bool,
+    /// Docker-style config.json with registry credentials for every pull [default: <root-dir>/config.json if it exists, else /root/.docker/config.json].
+    #[arg(long)]
+    pub image_credential_config: Option<PathBuf>,
+    /// Per-registry settings (TOML: plain_http, ca_file, skip_verify, mirrors); a missing file is empty [default: /etc/skiff/registries.toml].
+    #[arg(long)]
+    pub registries_config: Option<PathBuf>,
+    /// Disk use (percent) of the image store's filesystem at which image GC starts; 100 disables it [default: 85].
+    #[arg(long)]
+    pub image_gc_high_threshold: Option<u8>,
+    /// Disk use (percent) image GC frees down to [default: 80].
+    #[arg(long)]
+    pub image_gc_low_threshold: Option<u8>,
 }
 
 /// The config file's shape.
@@ -103,6 +115,14 @@ pub struct FileConfig {
     pub cluster_cidr: Option<String>,
     /// Remove skiff's iptables rules on an orderly shutdown.
     pub cleanup_iptables_on_exit: Option<bool>,
+    /// Docker-style config.json with registry credentials.
+    pub image_credential_config: Option<PathBuf>,
+    /// Registries TOML file.
+    pub registries_config: Option<PathBuf>,
+    /// Image GC high threshold, percent of disk.
+    pub image_gc_high_threshold: Option<u8>,
+    /// Image GC low threshold, percent of disk.
+    pub image_gc_low_threshold: Option<u8>,
 }
 
 /// The effective configuration.
@@ -125,6 +145,10 @@ pub struct Config {
     pub cluster_cidr: crate::proxy::Ipv4Cidr,
     pub cleanup_iptables: bool,
     pub cleanup_iptables_on_exit: bool,
+    pub image_credential_config: PathBuf,
+    pub registries_config: PathBuf,
+    pub image_gc_high_threshold: u8,
+    pub image_gc_low_threshold: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +162,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{flag}: {message}")]
     Invalid { flag: &'static str, message: String },
+    #[error("invalid configuration: {0}")]
+    Bad(String),
 }
 
 impl Config {
@@ -156,7 +182,32 @@ impl Config {
             .node_name
             .or(file.node_name)
             .unwrap_or_else(default_node_name);
+        let image_gc_high_threshold = flags
+            .image_gc_high_threshold
+            .or(file.image_gc_high_threshold)
+            .unwrap_or(85);
+        let image_gc_low_threshold = flags
+            .image_gc_low_threshold
+            .or(file.image_gc_low_threshold)
+            .unwrap_or(80);
+        // The kubelet's validation of the same two flags.
+        if image_gc_high_threshold > 100 || image_gc_low_threshold > image_gc_high_threshold {
+            return Err(ConfigError::Bad(format!(
+                "imageGCLowThresholdPercent ({image_gc_low_threshold}) must be at most imageGCHighThresholdPercent ({image_gc_high_threshold}), which must be at most 100"
+            )));
+        }
+        let image_credential_config = flags
+            .image_credential_config
+            .or(file.image_credential_config)
+            .unwrap_or_else(|| default_credential_config(&root_dir));
         Ok(Config {
+            image_credential_config,
+            registries_config: flags
+                .registries_config
+                .or(file.registries_config)
+                .unwrap_or_else(|| "/etc/skiff/registries.toml".into()),
+            image_gc_high_threshold,
+            image_gc_low_threshold,
             pod_manifest_path: flags
                 .pod_manifest_path
                 .or(file.pod_manifest_path)
@@ -272,12 +323,24 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
 
 fn default_cni_bin_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(PathBuf::from))
+    {
         dirs.push(dir);
     }
     dirs.push("/opt/cni/bin".into());
     dirs.push("/usr/lib/cni".into());
     dirs
+}
+
+/// Where the kubelet looks for a node-wide docker config: its root dir first, then root's home.
+fn default_credential_config(root_dir: &Path) -> PathBuf {
+    let in_root = root_dir.join("config.json");
+    if in_root.exists() {
+        return in_root;
+    }
+    "/root/.docker/config.json".into()
 }
 
 fn default_shim_path() -> PathBuf {
@@ -298,8 +361,11 @@ mod tests {
     fn flags_override_file_and_defaults_apply() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.yaml");
-        std::fs::write(&cfg, "nodeName: from-file\nrootDir: /var/lib/x\nfileCheckFrequency: 5\n")
-            .unwrap();
+        std::fs::write(
+            &cfg,
+            "nodeName: from-file\nrootDir: /var/lib/x\nfileCheckFrequency: 5\n",
+        )
+        .unwrap();
         let flags = Flags::parse_from([
             "skiffd",
             "--config",
@@ -313,6 +379,42 @@ mod tests {
         assert_eq!(c.pod_manifest_path, PathBuf::from("/etc/skiff/manifests"));
         assert_eq!(c.run_dir, PathBuf::from("/run/skiff"));
         assert_eq!(c.file_check_frequency, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn image_flags_and_gc_threshold_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let flags = Flags::parse_from(["skiffd", "--root-dir", root.to_str().unwrap()]);
+        let c = Config::load(flags).unwrap();
+        assert_eq!(
+            (c.image_gc_high_threshold, c.image_gc_low_threshold),
+            (85, 80)
+        );
+        assert_eq!(
+            c.registries_config,
+            PathBuf::from("/etc/skiff/registries.toml")
+        );
+        assert_eq!(
+            c.image_credential_config,
+            PathBuf::from("/root/.docker/config.json")
+        );
+        std::fs::write(root.join("config.json"), "{}").unwrap();
+        let flags = Flags::parse_from(["skiffd", "--root-dir", root.to_str().unwrap()]);
+        assert_eq!(
+            Config::load(flags).unwrap().image_credential_config,
+            root.join("config.json")
+        );
+        let flags = Flags::parse_from([
+            "skiffd",
+            "--image-gc-high-threshold",
+            "70",
+            "--image-gc-low-threshold",
+            "75",
+        ]);
+        let err = Config::load(flags).unwrap_err().to_string();
+        assert!(err.contains("75") && err.contains("70"), "{err}");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::manifest::source::{self, DirSource};
 use crate::pod::manager::{self, Manager};
 use crate::pod::worker::Ctx;
-use crate::runtime::Runtime;
 use crate::runtime::network::{NetConfig, PodNetwork};
+use crate::runtime::{Runtime, pull};
 use crate::store::Store;
 
 /// Errors that stop the daemon from starting.
@@ -30,6 +30,11 @@ pub enum DaemonError {
     Lock {
         path: std::path::PathBuf,
         source: std::io::Error,
+    },
+    #[error("registries config {path}: {source}")]
+    Registries {
+        path: std::path::PathBuf,
+        source: images::PullError,
     },
     #[error("serving the API on {path}: {source}")]
     Api {
@@ -53,12 +58,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Err(e) = network.setup_node() {
         tracing::warn!(conf_dir = %config.cni_conf_dir.display(), error = %e, "preparing the pod network");
     }
-    let runtime = Arc::new(
-        Runtime::new(&config.root_dir, &config.run_dir, &config.shim_path)?
-            .with_pids_limit(config.pod_pids_limit)
-            .with_network(network),
-    );
     let store = Arc::new(Store::new(config.node_name.clone()));
+    let (resync_tx, resync_rx) = mpsc::unbounded_channel();
+    let runtime = Runtime::new(&config.root_dir, &config.run_dir, &config.shim_path)?
+        .with_pids_limit(config.pod_pids_limit)
+        .with_network(network);
+    let (gc_tx, gc_rx) = mpsc::unbounded_channel();
+    let image_service = Arc::new(image_service(&config, &runtime, &store, &resync_tx, gc_tx)?);
+    let runtime = Arc::new(runtime.with_image_service(image_service.clone()));
     let ctx = Arc::new(Ctx {
         runtime: runtime.clone() as Arc<dyn crate::runtime::PodRuntime>,
         store: store.clone(),
@@ -88,7 +95,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stopped(stop_rx.clone()),
     ));
 
-    let (resync_tx, resync_rx) = mpsc::unbounded_channel();
+    let image_gc = {
+        let rt = runtime.clone();
+        tokio::spawn(pull::gc_loop(
+            image_service,
+            move || rt.container_images(),
+            gc_rx,
+            stopped(stop_rx.clone()),
+        ))
+    };
     let state = Arc::new(ApiState {
         store: store.clone(),
         runtime: runtime.clone(),
@@ -127,17 +142,57 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     watcher.abort();
     let _ = pods.await;
     let _ = services.await;
+    let _ = image_gc.await;
     if let Some(res) = api_failed {
         let err = match res {
             Ok(Ok(())) => std::io::Error::other("API server stopped"),
             Ok(Err(e)) => e,
             Err(e) => std::io::Error::other(e.to_string()),
         };
-        return Err(DaemonError::Api { path: socket, source: err });
+        return Err(DaemonError::Api {
+            path: socket,
+            source: err,
+        });
     }
     let _ = std::fs::remove_file(&socket);
     info!("skiffd stopped; containers keep running");
     Ok(())
+}
+
+/// The registry puller over the runtime's image store, with the node's registry settings.
+fn image_service(
+    config: &Config,
+    runtime: &Runtime,
+    store: &Arc<Store>,
+    resync: &mpsc::UnboundedSender<()>,
+    gc: mpsc::UnboundedSender<()>,
+) -> Result<pull::ImageService, DaemonError> {
+    let registries =
+        images::RegistriesConfig::load(&config.registries_config).map_err(|source| {
+            DaemonError::Registries {
+                path: config.registries_config.clone(),
+                source,
+            }
+        })?;
+    let puller = images::Puller::new(
+        runtime.images.clone(),
+        images::PullerConfig {
+            registries,
+            docker_config: Some(config.image_credential_config.clone()),
+            ..images::PullerConfig::default()
+        },
+    );
+    let policy = images::GcPolicy {
+        high_threshold_percent: config.image_gc_high_threshold,
+        low_threshold_percent: config.image_gc_low_threshold,
+    };
+    Ok(pull::ImageService::new(
+        puller,
+        store.clone(),
+        policy,
+        resync.clone(),
+        gc,
+    ))
 }
 
 /// One skiffd per root dir: a second one would fight the first over the same pods.

@@ -12,11 +12,53 @@
 //! ```
 //!
 //! Layers are unpacked at import time, so starting a container only stacks directories.
+//!
+//! # Pulling
+//!
+//! The store's API is blocking; pulling is async (tokio). The daemon builds one [`Puller`]
+//! and shares it (it is cheap to clone):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use images::{ImageStore, PullDecision, PullOptions, PullPolicy, Puller, PullerConfig};
+//! let store = ImageStore::open("/var/lib/skiff/images")?;
+//! let puller = Puller::new(store.clone(), PullerConfig {
+//!     registries: images::RegistriesConfig::load("/etc/skiff/registries.toml".as_ref())?,
+//!     docker_config: Some("/root/.docker/config.json".into()),
+//!     ..PullerConfig::default()
+//! });
+//! let image = "nginx:1.27";
+//! let policy = PullPolicy::for_container(None, image)?;
+//! let present = store.resolve(image)?;
+//! let image = match policy.decide(present.is_some()) {
+//!     PullDecision::UseLocal => present.unwrap(),
+//!     PullDecision::Pull => puller.pull(image, &PullOptions::default()).await?,
+//!     PullDecision::NeverPull => return Err("ErrImageNeverPull".into()),
+//! };
+//! store.touch(&image.id)?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`PullOptions`] carries the pod's `imagePullSecrets` ([`Credentials::from_docker_config`]
+//! on each secret's `.dockerconfigjson`) and a [`ProgressFn`]. Registry settings (plain HTTP,
+//! CAs, mirrors) are described in [`RegistriesConfig`]. A pull writes only into a locked
+//! staging directory under `tmp/` until every digest is verified and every layer unpacked,
+//! then moves blobs and layers into place and updates `images.json` under the store lock: a
+//! killed pull leaves no image, and the next `open` removes its staging directory.
+//!
+//! Housekeeping: [`ImageStore::prune`] (kubelet-style GC by disk thresholds, least recently
+//! used first, never an image in `keep`), [`ImageStore::prune_unused`], and
+//! [`ImageStore::export`] to an OCI layout or docker archive.
 
 mod digest;
+mod export;
+mod gc;
 mod layout;
+mod policy;
+pub mod pull;
 pub mod reference;
 mod source;
+mod staging;
 mod store;
 mod sys;
 #[cfg(test)]
@@ -29,6 +71,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::export::ExportFormat;
+pub use crate::gc::{DiskUsage, GcPolicy, PruneReport};
+pub use crate::policy::{InvalidPullPolicy, PolicyError, PullDecision, PullPolicy};
+pub use crate::pull::{
+    Credential, Credentials, LayerPhase, Progress, ProgressFn, PullError, PullOptions, Puller,
+    PullerConfig, RegistriesConfig, RegistryConfig, Timeouts,
+};
 pub use crate::reference::{ReferenceError, normalize};
 pub use crate::store::ImageStore;
 pub use crate::unpack::UnpackError;

@@ -39,20 +39,28 @@ pub struct ImageStore {
 
 /// `images.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct IndexFile {
-    version: u32,
-    images: Vec<Record>,
+pub(crate) struct IndexFile {
+    pub(crate) version: u32,
+    pub(crate) images: Vec<Record>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    image: Image,
+pub(crate) struct Record {
+    pub(crate) image: Image,
     /// Digests of the (compressed) layer blobs, in manifest order.
-    layer_digests: Vec<String>,
+    pub(crate) layer_digests: Vec<String>,
+    /// `repository@digest` references the image was pulled by (the digest may be that of a
+    /// multi-platform index), so `resolve` finds it by them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) repo_digests: Vec<String>,
+    /// Seconds since the epoch of the last import, pull or [`ImageStore::touch`]; the image
+    /// garbage collector removes least recently used images first.
+    #[serde(default)]
+    pub(crate) last_used: u64,
 }
 
 /// Unique-enough suffix for temporary names: pid, time and a counter.
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -75,7 +83,7 @@ impl Drop for TempDir {
     }
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -84,7 +92,7 @@ fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
-fn fsync_dir(path: &Path) -> Result<(), Error> {
+pub(crate) fn fsync_dir(path: &Path) -> Result<(), Error> {
     File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(Error::io("fsync", path))
@@ -117,27 +125,27 @@ impl ImageStore {
         &self.root
     }
 
-    fn blobs_dir(&self) -> PathBuf {
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs").join("sha256")
     }
 
-    fn layers_dir(&self) -> PathBuf {
+    pub(crate) fn layers_dir(&self) -> PathBuf {
         self.root.join("layers")
     }
 
-    fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
-    fn blob_path(&self, digest: &str) -> Result<PathBuf, Error> {
+    pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf, Error> {
         Ok(self.blobs_dir().join(sha256_hex(digest)?))
     }
 
-    fn layer_path(&self, diff_id: &str) -> Result<PathBuf, Error> {
+    pub(crate) fn layer_path(&self, diff_id: &str) -> Result<PathBuf, Error> {
         Ok(self.layers_dir().join(sha256_hex(diff_id)?))
     }
 
-    fn lock(&self) -> Result<Flock<File>, Error> {
+    pub(crate) fn lock(&self) -> Result<Flock<File>, Error> {
         let path = self.root.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -157,7 +165,12 @@ impl ImageStore {
         let mut garbage = Vec::new();
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(Error::io("read directory", &tmp))? {
-            garbage.push(entry.map_err(Error::io("read directory", &tmp))?.path());
+            let path = entry.map_err(Error::io("read directory", &tmp))?.path();
+            if crate::staging::in_use(&path) {
+                debug!(path = %path.display(), "staging directory in use by a running pull");
+                continue;
+            }
+            garbage.push(path);
         }
         for dir in [self.layers_dir(), self.blobs_dir()] {
             for entry in fs::read_dir(&dir).map_err(Error::io("read directory", &dir))? {
@@ -178,7 +191,7 @@ impl ImageStore {
         Ok(())
     }
 
-    fn load(&self) -> Result<IndexFile, Error> {
+    pub(crate) fn load(&self) -> Result<IndexFile, Error> {
         let path = self.root.join(INDEX_FILE);
         match fs::read(&path) {
             Ok(bytes) => layout::parse_json(&bytes, || path.display().to_string()),
@@ -195,7 +208,7 @@ impl ImageStore {
     }
 
     /// Writes the index to a temporary file, fsyncs it and renames it over the old one.
-    fn save(&self, index: &IndexFile) -> Result<(), Error> {
+    pub(crate) fn save(&self, index: &IndexFile) -> Result<(), Error> {
         let bytes = serde_json::to_vec_pretty(index).map_err(|source| Error::Json {
             what: INDEX_FILE.into(),
             source,
@@ -322,6 +335,8 @@ impl ImageStore {
                 .iter()
                 .map(|l| l.descriptor.digest.clone())
                 .collect(),
+            repo_digests: Vec::new(),
+            last_used: now_secs(),
         })
     }
 
@@ -424,29 +439,11 @@ impl ImageStore {
 
     fn unpack_into(&self, blob_digest: &str, diff_id: &str, tmp: &Path) -> Result<(), Error> {
         let blob = self.blob_path(blob_digest)?;
-        let file = File::open(&blob).map_err(Error::io("open", &blob))?;
-        let reader = unpack::decompressed(file).map_err(Error::io("read", &blob))?;
-        let mut hashing = HashingReader::new(reader);
-        unpack::unpack(&mut hashing, tmp).map_err(|source| Error::Unpack {
-            diff_id: diff_id.to_owned(),
-            source,
-        })?;
-        let (actual, _) = hashing.finish().map_err(|e| Error::Unpack {
-            diff_id: diff_id.to_owned(),
-            source: unpack::UnpackError::Archive(e),
-        })?;
-        if actual != diff_id {
-            return Err(Error::DigestMismatch {
-                what: format!("uncompressed layer {blob_digest}"),
-                expected: diff_id.to_owned(),
-                actual,
-            });
-        }
-        Ok(())
+        unpack_file(&blob, blob_digest, diff_id, tmp)
     }
 
     /// Removes blobs and layers no image references.
-    fn gc(&self, index: &IndexFile) -> Result<(), Error> {
+    pub(crate) fn gc(&self, index: &IndexFile) -> Result<(), Error> {
         let mut blobs = HashSet::new();
         let mut layers = HashSet::new();
         for r in &index.images {
@@ -487,6 +484,128 @@ impl ImageStore {
                 doomed
             };
             remove_any(&path).map_err(Error::io("remove", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Moves what a pull staged into the store and records the image, under the store lock.
+    /// Blobs and layers missing from `staging` must already be in the store (the pull skipped
+    /// them); if one vanished meanwhile (a concurrent removal), [`Error::LayerMissing`] or
+    /// [`Error::NotFound`] tells the puller to try again.
+    pub(crate) fn commit_pull(
+        &self,
+        staging: &crate::staging::Staging,
+        mut record: Record,
+    ) -> Result<Image, Error> {
+        let _lock = self.lock()?;
+        let blobs = [&record.image.manifest_digest, &record.image.id]
+            .into_iter()
+            .chain(&record.layer_digests);
+        for digest in blobs {
+            let hex = sha256_hex(digest)?;
+            let dest = self.blob_path(digest)?;
+            let staged = staging.blob(hex);
+            if dest.exists() {
+                continue;
+            }
+            if !staged.exists() {
+                return Err(Error::NotFound(format!("blob {digest}")));
+            }
+            fs::rename(&staged, &dest).map_err(Error::io("rename", &dest))?;
+        }
+        fsync_dir(&self.blobs_dir())?;
+        for diff_id in &record.image.diff_ids {
+            let hex = sha256_hex(diff_id)?;
+            let dest = self.layer_path(diff_id)?;
+            let staged = staging.layer(hex);
+            if dest.is_dir() {
+                continue;
+            }
+            if !staged.is_dir() {
+                return Err(Error::LayerMissing {
+                    image: record.image.id.clone(),
+                    diff_id: diff_id.clone(),
+                });
+            }
+            fs::rename(&staged, &dest).map_err(Error::io("rename", &dest))?;
+        }
+        fsync_dir(&self.layers_dir())?;
+        let mut index = self.load()?;
+        record.last_used = now_secs();
+        let id = record.image.id.clone();
+        merge(&mut index, record);
+        self.save(&index)?;
+        let image = index
+            .images
+            .iter()
+            .find(|r| r.image.id == id)
+            .map(|r| r.image.clone())
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        info!(id = %image.id, names = ?image.names, "pulled image");
+        Ok(image)
+    }
+
+    /// The image with manifest `manifest_digest`, if it is stored with all its layers.
+    pub(crate) fn find_complete(&self, manifest_digest: &str) -> Result<Option<Image>, Error> {
+        let index = self.load()?;
+        Ok(index
+            .images
+            .into_iter()
+            .find(|r| {
+                r.image.manifest_digest == manifest_digest
+                    && r.image.diff_ids.iter().all(|d| self.has_layer(d))
+                    && r.layer_digests.iter().all(|d| self.has_blob(d))
+            })
+            .map(|r| r.image))
+    }
+
+    /// Whether the blob `digest` is in the store.
+    pub(crate) fn has_blob(&self, digest: &str) -> bool {
+        self.blob_path(digest).is_ok_and(|p| p.exists())
+    }
+
+    /// Whether the layer `diff_id` is unpacked in the store.
+    pub(crate) fn has_layer(&self, diff_id: &str) -> bool {
+        self.layer_path(diff_id).is_ok_and(|p| p.is_dir())
+    }
+
+    /// Adds `name` (a normalised reference) to the image `id`, taking it from any other image:
+    /// a pull that found the image already present still moves the tag.
+    pub(crate) fn tag(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        repo_digest: &str,
+    ) -> Result<Image, Error> {
+        let _lock = self.lock()?;
+        let mut index = self.load()?;
+        let mut record = index
+            .images
+            .iter()
+            .find(|r| r.image.id == id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        record.image.names = name.map(|n| vec![n.to_owned()]).unwrap_or_default();
+        record.repo_digests = vec![repo_digest.to_owned()];
+        record.last_used = now_secs();
+        merge(&mut index, record);
+        self.save(&index)?;
+        index
+            .images
+            .iter()
+            .find(|r| r.image.id == id)
+            .map(|r| r.image.clone())
+            .ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    /// Marks the image as used now (a container started from it), for the least recently used
+    /// order of [`ImageStore::prune`]. Unknown ids are ignored.
+    pub fn touch(&self, id: &str) -> Result<(), Error> {
+        let _lock = self.lock()?;
+        let mut index = self.load()?;
+        if let Some(r) = index.images.iter_mut().find(|r| r.image.id == id) {
+            r.last_used = now_secs();
+            self.save(&index)?;
         }
         Ok(())
     }
@@ -555,7 +674,7 @@ impl ImageStore {
 }
 
 /// Adds or updates an image record; names it takes are removed from other images.
-fn merge(index: &mut IndexFile, mut record: Record) {
+pub(crate) fn merge(index: &mut IndexFile, mut record: Record) {
     let new_names: BTreeSet<String> = record.image.names.iter().cloned().collect();
     for other in index
         .images
@@ -573,6 +692,11 @@ fn merge(index: &mut IndexFile, mut record: Record) {
             let mut names: BTreeSet<String> = existing.image.names.iter().cloned().collect();
             names.extend(new_names);
             record.image.names = names.into_iter().collect();
+            let mut repo_digests: BTreeSet<String> =
+                existing.repo_digests.iter().cloned().collect();
+            repo_digests.extend(record.repo_digests);
+            record.repo_digests = repo_digests.into_iter().collect();
+            record.last_used = record.last_used.max(existing.last_used);
             *existing = record;
         }
         None => index.images.push(record),
@@ -619,11 +743,12 @@ fn find(index: &IndexFile, reference: &str) -> Result<Option<usize>, Error> {
         Ok(r) => {
             if let Some(digest) = &r.digest {
                 let repo = r.repository();
-                let mut by_digest = index
-                    .images
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, x)| &x.image.manifest_digest == digest);
+                let mut by_digest = index.images.iter().enumerate().filter(|(_, x)| {
+                    &x.image.manifest_digest == digest
+                        || x.repo_digests
+                            .iter()
+                            .any(|rd| rd.rsplit_once('@').is_some_and(|(_, d)| d == digest))
+                });
                 let all: Vec<_> = by_digest.by_ref().collect();
                 // Prefer an image of the same repository; any image with that manifest will do.
                 let same_repo = all.iter().find(|(_, x)| {
@@ -652,6 +777,42 @@ fn find(index: &IndexFile, reference: &str) -> Result<Option<usize>, Error> {
     Ok(None)
 }
 
+/// Seconds since the epoch.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Unpacks the layer blob at `blob` into the empty directory `dest`, checking that the
+/// uncompressed stream hashes to `diff_id`.
+pub(crate) fn unpack_file(
+    blob: &Path,
+    blob_digest: &str,
+    diff_id: &str,
+    dest: &Path,
+) -> Result<(), Error> {
+    let file = File::open(blob).map_err(Error::io("open", blob))?;
+    let reader = unpack::decompressed(file).map_err(Error::io("read", blob))?;
+    let mut hashing = HashingReader::new(reader);
+    unpack::unpack(&mut hashing, dest).map_err(|source| Error::Unpack {
+        diff_id: diff_id.to_owned(),
+        source,
+    })?;
+    let (actual, _) = hashing.finish().map_err(|e| Error::Unpack {
+        diff_id: diff_id.to_owned(),
+        source: unpack::UnpackError::Archive(e),
+    })?;
+    if actual != diff_id {
+        return Err(Error::DigestMismatch {
+            what: format!("uncompressed layer {blob_digest}"),
+            expected: diff_id.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,6 +830,8 @@ mod tests {
                 diff_ids: Vec::new(),
             },
             layer_digests: Vec::new(),
+            repo_digests: Vec::new(),
+            last_used: 0,
         }
     }
 

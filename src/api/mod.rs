@@ -110,7 +110,13 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/nodes/{name}", get(nodes::get_one))
         .route("/apis/skiff.dev/v1/images", get(images::list))
         .route("/apis/skiff.dev/v1/images/import", post(images::import))
-        .route("/apis/skiff.dev/v1/images/{reference}", delete(images::remove))
+        .route("/apis/skiff.dev/v1/images/pull", post(images::pull))
+        .route("/apis/skiff.dev/v1/images/prune", post(images::prune))
+        .route("/apis/skiff.dev/v1/images/export", post(images::export))
+        .route(
+            "/apis/skiff.dev/v1/images/{reference}",
+            delete(images::remove).get(images::get_one),
+        )
         .with_state(state)
 }
 

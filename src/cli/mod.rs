@@ -19,6 +19,7 @@ pub mod image;
 pub mod images;
 pub mod logs;
 pub mod print;
+pub mod pull;
 pub mod rmi;
 pub mod tabwriter;
 pub mod version;
@@ -68,8 +69,10 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// List images in skiffd's image store.
     Images(images::ImagesArgs),
-    /// Manage images: import, ls, rm.
+    /// Manage images: import, ls, rm, pull, inspect, export, prune.
     Image(image::ImageArgs),
+    /// Pull an image from a registry into skiffd's store.
+    Pull(pull::PullArgs),
     /// Remove one or more images.
     Rmi(rmi::RmiArgs),
     /// Print the client version.
@@ -121,6 +124,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Exec(args) => exec::run(&client, g, args).await,
         Command::Images(args) => images::run(&client, args).await,
         Command::Image(args) => image::run(&client, args).await,
+        Command::Pull(args) => pull::run(&client, args).await,
         Command::Rmi(args) => rmi::run(&client, args).await,
         Command::Version(args) => version::run(args),
     }

@@ -657,15 +657,10 @@ impl Worker {
                 message,
             }),
         };
-        let image = spec.image.clone().unwrap_or_default();
         let name = spec.name.clone();
         match result {
             Ok(handle) => {
-                self.event(
-                    EventType::Normal,
-                    "Pulled",
-                    &format!("Container image \"{image}\" already present on machine"),
-                );
+                // The runtime reports the image (`Pulled`: present or pulled) itself.
                 self.event(EventType::Normal, "Created", &format!("Created container {name}"));
                 self.event(EventType::Normal, "Started", &format!("Started container {name}"));
                 let slot = &mut self.slots[i];
@@ -694,8 +689,14 @@ impl Worker {
                 self.post_start(i).await;
             }
             Err(StartError::ImageMissing { reason, message }) => {
-                self.event(EventType::Warning, "Failed", &format!("Error: {reason}: {message}"));
-                self.slots[i].waiting = Some((reason.into(), Some(message)));
+                if reason == crate::runtime::pull::PULLING {
+                    // A pull runs in the background; its end resyncs the workers.
+                    self.slots[i].waiting = Some((reason.into(), None));
+                } else {
+                    // The kubelet's events: `Error: ErrImagePull`, `Error: ImagePullBackOff`.
+                    self.event(EventType::Warning, "Failed", &format!("Error: {reason}"));
+                    self.slots[i].waiting = Some((reason.into(), Some(message)));
+                }
                 self.set_wake(Instant::now() + RETRY);
             }
             Err(StartError::Config { reason, message }) => {

@@ -15,6 +15,7 @@ pub mod etc_files;
 pub mod network;
 pub mod pidfd;
 pub mod process;
+pub mod pull;
 pub mod resources;
 pub mod security;
 pub mod shim;
@@ -295,6 +296,8 @@ pub struct Runtime {
     pids_limit: Option<i64>,
     /// The pod network; `None` leaves pods with loopback only.
     network: Option<network::PodNetwork>,
+    /// Registry pulls; `None`: local images only.
+    pull: Option<std::sync::Arc<pull::ImageService>>,
 }
 
 impl Runtime {
@@ -318,6 +321,7 @@ impl Runtime {
             nofile,
             pids_limit: None,
             network: None,
+            pull: None,
         })
     }
 
@@ -331,6 +335,32 @@ impl Runtime {
     pub fn with_network(mut self, network: network::PodNetwork) -> Self {
         self.network = Some(network);
         self
+    }
+
+    /// Pulls images from registries for container starts.
+    pub fn with_image_service(mut self, service: std::sync::Arc<pull::ImageService>) -> Self {
+        self.pull = Some(service);
+        self
+    }
+
+    pub fn image_service(&self) -> Option<&std::sync::Arc<pull::ImageService>> {
+        self.pull.as_ref()
+    }
+
+    /// The image (`repo@digest` or id) of every container on disk, running or not: what image
+    /// GC must keep.
+    pub fn container_images(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for uid in self.pods_on_disk() {
+            let dir = self.pod_dir(&uid).join("containers");
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let meta = fs::read(e.path().join("meta.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<ContainerMeta>(&b).ok());
+                out.extend(meta.map(|m| m.image_id));
+            }
+        }
+        out
     }
 
     pub fn network(&self) -> Option<&network::PodNetwork> {
@@ -593,7 +623,14 @@ impl Runtime {
     /// Creates the container's rootfs and bundle and starts it under a new shim.
     pub async fn start(&self, req: StartRequest<'_>) -> Result<Handle, StartError> {
         let uid = req.pod.metadata.uid.clone().unwrap_or_default();
-        let image = self.find_image(req.container)?;
+        // Held until the container's record is on disk, so image GC keeps the image.
+        let (image, _starting) = match &self.pull {
+            Some(service) => {
+                let e = service.ensure(req.pod, req.container).await?;
+                (e.image, Some(e.starting))
+            }
+            None => (self.find_image(req.container)?, None),
+        };
         let id = new_container_id();
         let dir = self.container_dir(&uid, &id);
         let cfg_err = |message: String| StartError::Config {
@@ -660,6 +697,10 @@ impl Runtime {
         let line = line.trim();
         if let Some(pid) = line.strip_prefix("ok ") {
             debug!(container = %meta.name, id = %id, pid, "container started");
+            // Least recently used order for image GC.
+            if let Err(e) = self.images.touch(&image.id) {
+                warn!(image = %image.id, error = %e, "marking image used");
+            }
             let shim = shim.map_err(|e| StartError::Start(format!("watching shim: {e}")))?;
             let started_at = fs::read(dir.join(STATE_FILE))
                 .ok()
