@@ -917,7 +917,7 @@ impl Runtime {
 /// Runs blocking filesystem and namespace work without stalling the other
 /// tasks of a worker thread (the pod start path does mounts, unshares and
 /// writes).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

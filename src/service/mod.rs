@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use self::alloc::Allocator;
 use crate::manifest::source::PodKey;
 use crate::proxy::{self, Endpoint, Iptables, Conntrack, Protocol, Proxier, ServicePort, ServicePortKey};
+use crate::runtime::blocking;
 use crate::selector::Selector;
 use crate::store::{EventType, Involved, Store};
 
@@ -380,14 +381,5 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
             Ok(()) => info!("removed skiff's service rules"),
             Err(e) => warn!(error = %e, "removing skiff's service rules"),
         }
-    }
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
