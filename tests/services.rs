@@ -284,6 +284,7 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
     wait_endpoints(&node, "web", 2);
     let answers = pod_gets(&node, "client", &format!("http://{vip}/"), 20);
     assert!(answers.iter().all(|a| a == "web-a" || a == "web-b"), "{answers:?}");
+    node.wait_gone("web-c");
 
     // kubectl's columns.
     let table = node.skiff_ok(&["get", "svc"]);

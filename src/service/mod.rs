@@ -390,7 +390,10 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
     // flowing; syncing before the manifests are read and the running pods
     // adopted would remove them or point them at nothing (kube-proxy
     // likewise waits for its informers to sync before the first sync).
-    let warm_up = tokio::time::Instant::now() + WARM_UP;
+    // With nothing installed there is nothing to keep: sync at once, or
+    // clients would see cluster IPs before their rules.
+    let installed = blocking(|| ctl.proxier.rules_installed());
+    let warm_up = tokio::time::Instant::now() + if installed { WARM_UP } else { Duration::ZERO };
     let mut seen_services = None;
     ctl.hold_rules = true;
     loop {
