@@ -39,12 +39,17 @@ fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'sta
 fn host_get(netns: &Path, addr: &str) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().unwrap();
     in_netns(netns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(b"GET / HTTP/1.0\r\nHost: svc\r\n\r\n").map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: svc\r\n\r\n")
+            .map_err(|e| e.to_string())?;
         let mut resp = String::new();
-        s.read_to_string(&mut resp).map_err(|e| format!("read {addr}: {e}"))?;
-        resp.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).ok_or(resp)
+        s.read_to_string(&mut resp)
+            .map_err(|e| format!("read {addr}: {e}"))?;
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+            .ok_or(resp)
     })
 }
 
@@ -54,18 +59,28 @@ fn sh(netns: &Path, cmd: &str) -> String {
         .args(["sh", "-c", cmd])
         .output()
         .expect("nsenter");
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `iptables-save` of both tables inside the node's host netns.
 fn iptables_save(node: &Node) -> String {
-    sh(&node.host.path(), "iptables-save -t nat; iptables-save -t filter")
+    sh(
+        &node.host.path(),
+        "iptables-save -t nat; iptables-save -t filter",
+    )
 }
 
 /// The rules that match on `vip`.
 fn vip_rules(save: &str, vip: &str) -> Vec<String> {
-    save.lines().filter(|l| l.contains(&format!("-d {vip}/32 "))).map(String::from).collect()
+    save.lines()
+        .filter(|l| l.contains(&format!("-d {vip}/32 ")))
+        .map(String::from)
+        .collect()
 }
 
 /// A node whose host netns has `lo` up and an uplink (one end of a veth pair) with [`UPLINK`] and a
@@ -130,32 +145,46 @@ fn service(name: &str, body: &str) -> String {
 
 fn svc_json(node: &Node, name: &str) -> Option<Value> {
     let out = node.skiff(&["get", "svc", name, "-o", "json"]);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
 /// Waits for the Service and returns its cluster IP.
 fn cluster_ip(node: &Node, name: &str) -> String {
     node.wait_for(&format!("service {name}"), Duration::from_secs(20), || {
-        svc_json(node, name)?["spec"]["clusterIP"].as_str().map(String::from)
+        svc_json(node, name)?["spec"]["clusterIP"]
+            .as_str()
+            .map(String::from)
     })
 }
 
 fn node_port(node: &Node, name: &str) -> u16 {
     let v = svc_json(node, name).expect("service");
-    v["spec"]["ports"][0]["nodePort"].as_u64().expect("nodePort") as u16
+    v["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("nodePort") as u16
 }
 
 /// Waits until the Endpoints of `name` list exactly `want` ready addresses.
 fn wait_endpoints(node: &Node, name: &str, want: usize) -> Value {
-    node.wait_for(&format!("{want} ready endpoints of {name}"), Duration::from_secs(30), || {
-        let out = node.skiff(&["get", "ep", name, "-o", "json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let n: usize = v["subsets"]
-            .as_array()
-            .map(|s| s.iter().map(|s| s["addresses"].as_array().map_or(0, Vec::len)).sum())
-            .unwrap_or(0);
-        (n == want).then_some(v)
-    })
+    node.wait_for(
+        &format!("{want} ready endpoints of {name}"),
+        Duration::from_secs(30),
+        || {
+            let out = node.skiff(&["get", "ep", name, "-o", "json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let n: usize = v["subsets"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .map(|s| s["addresses"].as_array().map_or(0, Vec::len))
+                        .sum()
+                })
+                .unwrap_or(0);
+            (n == want).then_some(v)
+        },
+    )
 }
 
 /// `n` HTTP GETs of `url` from inside pod `from`, one line per answer
@@ -165,7 +194,10 @@ fn pod_gets(node: &Node, from: &str, url: &str, n: usize) -> Vec<String> {
         "for i in $(seq {n}); do timeout 3 wget -q -O- {url} 2>/tmp/err || echo FAIL $(cat /tmp/err); done"
     );
     let out = node.skiff_ok(&["exec", from, "--", "sh", "-c", &script]);
-    out.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    out.lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 fn count(answers: &[String]) -> BTreeMap<String, usize> {
@@ -187,11 +219,17 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
     }
     let node = node_with_uplink(&[]);
     for b in ["web-a", "web-b", "web-c"] {
-        node.write_manifest(&format!("{b}.yaml"), &backend(b, &format!("app: web, who: {b}"), ""));
+        node.write_manifest(
+            &format!("{b}.yaml"),
+            &backend(b, &format!("app: web, who: {b}"), ""),
+        );
     }
     // Matches the selector but never passes its readiness probe.
     let probe = "    readinessProbe:\n      exec: {command: [\"false\"]}\n      periodSeconds: 1\n";
-    node.write_manifest("web-x.yaml", &backend("web-x", "app: web, who: web-x", probe));
+    node.write_manifest(
+        "web-x.yaml",
+        &backend("web-x", "app: web, who: web-x", probe),
+    );
     node.write_manifest(
         "svc.yaml",
         &[
@@ -221,7 +259,10 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
         .filter_map(|a| a["targetRef"]["name"].as_str())
         .collect();
     assert_eq!(not_ready, ["web-x"], "{ep:#}");
-    assert_eq!(ep["subsets"][0]["ports"][0]["port"], 8080, "named targetPort resolved: {ep:#}");
+    assert_eq!(
+        ep["subsets"][0]["ports"][0]["port"], 8080,
+        "named targetPort resolved: {ep:#}"
+    );
 
     // A client started after the Services sees their env vars.
     node.write_manifest("client.yaml", &client("client", "exec sleep 3600"));
@@ -252,7 +293,11 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
     // ClientIP affinity: 10 requests, one backend.
     let answers = pod_gets(&node, "client", &format!("http://{sticky}:8000/"), 10);
     assert_eq!(answers.len(), 10, "{answers:?}");
-    assert_eq!(count(&answers).len(), 1, "affinity did not stick: {answers:?}");
+    assert_eq!(
+        count(&answers).len(),
+        1,
+        "affinity did not stick: {answers:?}"
+    );
     assert_ne!(answers[0], "FAIL");
 
     // Hairpin: web-a reaches itself through a VIP whose only backend it is.
@@ -272,24 +317,47 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
     assert!((30000..=32767).contains(&np), "{np}");
     let body = host_get(&host, &format!("{UPLINK}:{np}")).expect("node port from the host");
     assert!(body.starts_with("web-"), "{body}");
-    let gw = sh(&host, "ip -4 -o addr show dev cni0 | awk '{print $4}' | cut -d/ -f1");
-    let body = host_get(&host, &format!("{}:{np}", gw.trim())).expect("node port on the bridge address");
+    let gw = sh(
+        &host,
+        "ip -4 -o addr show dev cni0 | awk '{print $4}' | cut -d/ -f1",
+    );
+    let body =
+        host_get(&host, &format!("{}:{np}", gw.trim())).expect("node port on the bridge address");
     assert!(body.starts_with("web-"), "{body}");
     // And the node port from a pod, through the host's address.
     let answers = pod_gets(&node, "client", &format!("http://{UPLINK}:{np}/"), 3);
-    assert!(answers.iter().all(|a| a.starts_with("web-") && a != "web-x"), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.starts_with("web-") && a != "web-x"),
+        "{answers:?}"
+    );
 
     // A selector-matched pod going away leaves rotation.
     node.remove_manifest("web-c.yaml");
     wait_endpoints(&node, "web", 2);
     let answers = pod_gets(&node, "client", &format!("http://{vip}/"), 20);
-    assert!(answers.iter().all(|a| a == "web-a" || a == "web-b"), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a == "web-a" || a == "web-b"),
+        "{answers:?}"
+    );
     node.wait_gone("web-c");
 
     // kubectl's columns.
     let table = node.skiff_ok(&["get", "svc"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], "{table}");
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{table}"
+    );
     let row = |t: &str, name: &str| -> Vec<String> {
         t.lines()
             .find(|l| l.split_whitespace().next() == Some(name))
@@ -298,7 +366,11 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
             .map(String::from)
             .collect()
     };
-    assert_eq!(row(&table, "web")[..5], ["web", "ClusterIP", &vip, "<none>", "80/TCP"], "{table}");
+    assert_eq!(
+        row(&table, "web")[..5],
+        ["web", "ClusterIP", &vip, "<none>", "80/TCP"],
+        "{table}"
+    );
     assert_eq!(row(&table, "web-np")[4], format!("80:{np}/TCP"), "{table}");
     let wide = node.skiff_ok(&["get", "svc", "-o", "wide"]);
     assert!(wide.lines().next().unwrap().ends_with("SELECTOR"), "{wide}");
@@ -310,7 +382,11 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
     assert_eq!(web_eps.split(',').count(), 2, "{eps}");
     assert!(web_eps.split(',').all(|e| e.ends_with(":8080")), "{eps}");
     let pods = node.skiff_ok(&["get", "pods", "-l", "app=web,who!=web-x"]);
-    let names: BTreeSet<&str> = pods.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let names: BTreeSet<&str> = pods
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert_eq!(names, BTreeSet::from(["web-a", "web-b"]), "{pods}");
 }
 
@@ -333,12 +409,15 @@ impl UdpResponder {
             // Bound to the endpoint address: a 0.0.0.0 socket would answer from
             // the route's source address, which conntrack cannot un-DNAT.
             let sock = UdpSocket::bind((UPLINK, port)).expect("bind udp");
-            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
             tx.send(()).unwrap();
             let mut peers = Vec::new();
             let mut buf = [0u8; 1500];
             while !stop2.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 peers.push(peer);
                 if n >= 12 {
                     buf[2] |= 0x80; // QR: a response
@@ -348,8 +427,12 @@ impl UdpResponder {
             }
             peers
         });
-        rx.recv_timeout(Duration::from_secs(5)).expect("udp responder up");
-        UdpResponder { stop, thread: Some(thread) }
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("udp responder up");
+        UdpResponder {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn finish(mut self) -> Vec<SocketAddr> {
@@ -386,7 +469,11 @@ fn udp_service_with_manual_endpoints() {
     node.write_manifest("client.yaml", &client("client", "exec sleep 3600"));
     node.wait_running("client");
     let out = node.skiff(&["exec", "client", "--", "nslookup", "skiff.test", &vip]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("NXDOMAIN"),
         "no answer through the UDP service: {text}\n{}\n{}",
@@ -400,11 +487,16 @@ fn udp_service_with_manual_endpoints() {
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s.send_to(&[0u8; 12], format!("{vip}:53")).unwrap();
         let mut buf = [0u8; 64];
-        s.recv_from(&mut buf).map(|(n, from)| (buf[..n].to_vec(), from))
+        s.recv_from(&mut buf)
+            .map(|(n, from)| (buf[..n].to_vec(), from))
     });
     let (data, from) = reply.expect("UDP reply from the cluster IP in the host netns");
     assert_eq!(data[2] & 0x80, 0x80);
-    assert_eq!(from.port(), 53, "reply un-NATed to the service port: {from}");
+    assert_eq!(
+        from.port(),
+        53,
+        "reply un-NATed to the service port: {from}"
+    );
     let peers = responder.finish();
     assert!(!peers.is_empty());
 }
@@ -420,7 +512,14 @@ fn update_remove_restart_and_cleanup() {
     let mut node = node_with_uplink(&[]);
     node.write_manifest("web-a.yaml", &backend("web-a", "app: web", ""));
     node.write_manifest("web-b.yaml", &backend("web-b", "app: web", ""));
-    let svc = |port: u16| service("web", &format!("  type: NodePort\n  selector: {{app: web}}\n  ports: [{{port: {port}, targetPort: 8080}}]\n"));
+    let svc = |port: u16| {
+        service(
+            "web",
+            &format!(
+                "  type: NodePort\n  selector: {{app: web}}\n  ports: [{{port: {port}, targetPort: 8080}}]\n"
+            ),
+        )
+    };
     node.write_manifest("svc.yaml", &svc(80));
     let vip = cluster_ip(&node, "web");
     let np = node_port(&node, "web");
@@ -431,7 +530,10 @@ fn update_remove_restart_and_cleanup() {
     // port start: it must not take web's node port after a restart.
     node.write_manifest(
         "abc.yaml",
-        &service("abc", "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"),
+        &service(
+            "abc",
+            "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+        ),
     );
     let abc_ip = cluster_ip(&node, "abc");
     let abc_np = node_port(&node, "abc");
@@ -446,28 +548,61 @@ fn update_remove_restart_and_cleanup() {
     );
     node.wait_running("client");
     let log_lines = |node: &Node| -> Vec<String> {
-        node.skiff_ok(&["logs", "client"]).lines().map(String::from).collect()
+        node.skiff_ok(&["logs", "client"])
+            .lines()
+            .map(String::from)
+            .collect()
     };
     node.wait_for("client requests answered", Duration::from_secs(10), || {
-        (log_lines(&node).iter().filter(|l| l.starts_with("web-")).count() >= 3).then_some(())
+        (log_lines(&node)
+            .iter()
+            .filter(|l| l.starts_with("web-"))
+            .count()
+            >= 3)
+            .then_some(())
     });
 
     // Restart: same cluster IP and node port, and no request fails meanwhile.
     let before = log_lines(&node).len();
     let rules_before = iptables_save(&node);
     node.stop_daemon();
-    assert!(iptables_save(&node).contains(&format!("-d {vip}/32")), "rules stay while skiffd is down");
+    assert!(
+        iptables_save(&node).contains(&format!("-d {vip}/32")),
+        "rules stay while skiffd is down"
+    );
     std::thread::sleep(Duration::from_secs(1));
     node.start_daemon();
-    assert_eq!(cluster_ip(&node, "web"), vip, "cluster IP changed across a restart");
-    assert_eq!(node_port(&node, "web"), np, "node port changed across a restart");
-    assert_eq!(cluster_ip(&node, "abc"), abc_ip, "cluster IP changed across a restart");
-    assert_eq!(node_port(&node, "abc"), abc_np, "node port changed across a restart");
+    assert_eq!(
+        cluster_ip(&node, "web"),
+        vip,
+        "cluster IP changed across a restart"
+    );
+    assert_eq!(
+        node_port(&node, "web"),
+        np,
+        "node port changed across a restart"
+    );
+    assert_eq!(
+        cluster_ip(&node, "abc"),
+        abc_ip,
+        "cluster IP changed across a restart"
+    );
+    assert_eq!(
+        node_port(&node, "abc"),
+        abc_np,
+        "node port changed across a restart"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let lines = log_lines(&node);
     let during: Vec<&String> = lines[before..].iter().collect();
-    assert!(during.len() >= 8, "the client stalled during the restart: {during:?}");
-    assert!(during.iter().all(|l| l.starts_with("web-")), "requests failed during the restart: {during:?}");
+    assert!(
+        during.len() >= 8,
+        "the client stalled during the restart: {during:?}"
+    );
+    assert!(
+        during.iter().all(|l| l.starts_with("web-")),
+        "requests failed during the restart: {during:?}"
+    );
     let svc_chains = |t: &str| -> BTreeSet<String> {
         t.lines()
             .filter_map(|l| l.strip_prefix(':'))
@@ -476,27 +611,45 @@ fn update_remove_restart_and_cleanup() {
             .map(String::from)
             .collect()
     };
-    assert_eq!(svc_chains(&iptables_save(&node)), svc_chains(&rules_before), "chains changed across a restart");
+    assert_eq!(
+        svc_chains(&iptables_save(&node)),
+        svc_chains(&rules_before),
+        "chains changed across a restart"
+    );
     node.remove_manifest("abc.yaml");
 
     // Port changed while the client runs (its env still says 80): the new
     // port answers, the old one is refused.
     node.write_manifest("svc.yaml", &svc(8081));
     node.wait_for("port 8081 in rules", Duration::from_secs(20), || {
-        vip_rules(&iptables_save(&node), &vip).iter().any(|l| l.contains("--dport 8081 ")).then_some(())
+        vip_rules(&iptables_save(&node), &vip)
+            .iter()
+            .any(|l| l.contains("--dport 8081 "))
+            .then_some(())
     });
-    assert_eq!(cluster_ip(&node, "web"), vip, "cluster IP kept when the port changes");
+    assert_eq!(
+        cluster_ip(&node, "web"),
+        vip,
+        "cluster IP kept when the port changes"
+    );
     let answers = pod_gets(&node, "web-a", &format!("http://{vip}:8081/"), 4);
     assert!(answers.iter().all(|a| a.starts_with("web-")), "{answers:?}");
     assert!(pod_gets(&node, "web-a", &format!("http://{vip}:80/"), 1)[0].starts_with("FAIL"));
-    let left: Vec<String> = vip_rules(&iptables_save(&node), &vip).into_iter().filter(|l| l.contains("--dport 80 ")).collect();
+    let left: Vec<String> = vip_rules(&iptables_save(&node), &vip)
+        .into_iter()
+        .filter(|l| l.contains("--dport 80 "))
+        .collect();
     assert!(left.is_empty(), "old port's rules left: {left:#?}");
 
     // Removed: no rule mentions it, no SVC/SEP chain is left, the VIP is refused or unrouted.
     node.remove_manifest("svc.yaml");
     node.wait_for("service chains removed", Duration::from_secs(20), || {
         let t = iptables_save(&node);
-        (!t.contains("SKIFF-SVC-") && !t.contains("SKIFF-SEP-") && !t.contains("SKIFF-EXT-") && !t.contains(&vip)).then_some(())
+        (!t.contains("SKIFF-SVC-")
+            && !t.contains("SKIFF-SEP-")
+            && !t.contains("SKIFF-EXT-")
+            && !t.contains(&vip))
+        .then_some(())
     });
     assert!(svc_json(&node, "web").is_none());
     assert!(pod_gets(&node, "web-a", &format!("http://{vip}:8081/"), 1)[0].starts_with("FAIL"));
@@ -504,7 +657,9 @@ fn update_remove_restart_and_cleanup() {
     // Back, then cleaned up by `skiffd --cleanup-iptables` with skiffd stopped.
     node.write_manifest("svc.yaml", &svc(80));
     cluster_ip(&node, "web");
-    node.wait_for("rules back", Duration::from_secs(20), || iptables_save(&node).contains("SKIFF-SVC-").then_some(()));
+    node.wait_for("rules back", Duration::from_secs(20), || {
+        iptables_save(&node).contains("SKIFF-SVC-").then_some(())
+    });
     node.stop_daemon();
     let out = Command::new("nsenter")
         .arg(format!("--net={}", node.host.path().display()))
@@ -512,8 +667,16 @@ fn update_remove_restart_and_cleanup() {
         .arg("--cleanup-iptables")
         .output()
         .unwrap();
-    assert!(out.status.success(), "--cleanup-iptables: {}", String::from_utf8_lossy(&out.stderr));
-    let left: Vec<String> = iptables_save(&node).lines().filter(|l| l.contains("SKIFF")).map(String::from).collect();
+    assert!(
+        out.status.success(),
+        "--cleanup-iptables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<String> = iptables_save(&node)
+        .lines()
+        .filter(|l| l.contains("SKIFF"))
+        .map(String::from)
+        .collect();
     assert!(left.is_empty(), "left after --cleanup-iptables: {left:#?}");
     // Idempotent.
     let out = Command::new("nsenter")
@@ -533,7 +696,12 @@ fn invalid_services_are_rejected_clearly() {
     if !require_root() {
         return;
     }
-    let node = node_with_uplink(&["--service-cluster-ip-range", "10.100.0.0/24", "--service-node-port-range", "31000-31999"]);
+    let node = node_with_uplink(&[
+        "--service-cluster-ip-range",
+        "10.100.0.0/24",
+        "--service-node-port-range",
+        "31000-31999",
+    ]);
     node.write_manifest("web-a.yaml", &backend("web-a", "app: web", ""));
     node.write_manifest(
         "good.yaml",
@@ -541,17 +709,41 @@ fn invalid_services_are_rejected_clearly() {
     );
     assert_eq!(cluster_ip(&node, "good"), "10.100.0.50");
     let cases = [
-        ("port-range", "  selector: {app: web}\n  ports: [{port: 70000}]\n", "spec.ports[0].port: Invalid value: 70000"),
-        ("ip-range", "  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80}]\n", "not in the valid range"),
-        ("ip-taken", "  clusterIP: 10.100.0.50\n  selector: {app: web}\n  ports: [{port: 80}]\n", "already allocated (to Service default/good)"),
+        (
+            "port-range",
+            "  selector: {app: web}\n  ports: [{port: 70000}]\n",
+            "spec.ports[0].port: Invalid value: 70000",
+        ),
+        (
+            "ip-range",
+            "  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80}]\n",
+            "not in the valid range",
+        ),
+        (
+            "ip-taken",
+            "  clusterIP: 10.100.0.50\n  selector: {app: web}\n  ports: [{port: 80}]\n",
+            "already allocated (to Service default/good)",
+        ),
         (
             "np-clash",
             "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, nodePort: 31080}]\n",
             "provided port is already allocated (to Service default/good)",
         ),
-        ("np-range", "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, nodePort: 30080}]\n", "31000-31999"),
-        ("bad-sel", "  selector: {'app/x/y': web}\n  ports: [{port: 80}]\n", "spec.selector"),
-        ("bad-sel-value", "  selector: {app: 'not ok!'}\n  ports: [{port: 80}]\n", "spec.selector"),
+        (
+            "np-range",
+            "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, nodePort: 30080}]\n",
+            "31000-31999",
+        ),
+        (
+            "bad-sel",
+            "  selector: {'app/x/y': web}\n  ports: [{port: 80}]\n",
+            "spec.selector",
+        ),
+        (
+            "bad-sel-value",
+            "  selector: {app: 'not ok!'}\n  ports: [{port: 80}]\n",
+            "spec.selector",
+        ),
     ];
     for (name, body, _) in &cases {
         node.write_manifest(&format!("{name}.yaml"), &service(name, body));
@@ -559,29 +751,43 @@ fn invalid_services_are_rejected_clearly() {
     for (name, _, want) in &cases {
         let msg = node.wait_for(&format!("{name} rejected"), Duration::from_secs(20), || {
             let out = node.skiff(&["get", "svc", name]);
-            (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned()).filter(|m| m.contains(want))
+            (!out.status.success())
+                .then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+                .filter(|m| m.contains(want))
         });
         assert!(msg.contains(&format!("\"{name}\"")), "{msg}");
     }
     let events = node.skiff_ok(&["get", "events"]);
     for (name, _, _) in &cases {
         assert!(
-            events.lines().any(|l| l.contains("Warning") && l.contains(&format!("service/{name}"))),
+            events
+                .lines()
+                .any(|l| l.contains("Warning") && l.contains(&format!("service/{name}"))),
             "no warning event for {name}:\n{events}"
         );
     }
     // None of them made rules; the good one still works and kept its address.
     let rules = iptables_save(&node);
     for (name, _, _) in &cases {
-        assert!(!rules.contains(&format!("default/{name} ")), "rules for {name}:\n{rules}");
+        assert!(
+            !rules.contains(&format!("default/{name} ")),
+            "rules for {name}:\n{rules}"
+        );
     }
     node.wait_running("web-a");
     wait_endpoints(&node, "good", 1);
     let host = node.host.path();
     assert_eq!(host_get(&host, "10.100.0.50:80").unwrap(), "web-a");
-    assert_eq!(host_get(&host, &format!("{UPLINK}:31080")).unwrap(), "web-a");
+    assert_eq!(
+        host_get(&host, &format!("{UPLINK}:31080")).unwrap(),
+        "web-a"
+    );
     let table = node.skiff_ok(&["get", "svc"]);
-    assert_eq!(table.lines().count(), 2, "only the good Service is listed:\n{table}");
+    assert_eq!(
+        table.lines().count(),
+        2,
+        "only the good Service is listed:\n{table}"
+    );
 
     // Fixing one brings it up.
     node.write_manifest("ip-taken.yaml", &service("ip-taken", "  clusterIP: 10.100.0.51\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"));
