@@ -155,6 +155,15 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
         self.force_full = true;
     }
 
+    /// Whether skiff's entry chain is in the kernel already (rules of a
+    /// previous run, or unreadable: assumed present).
+    pub fn rules_installed(&mut self) -> bool {
+        match self.ipt.save("nat") {
+            Ok(saved) => scan_saved(&saved, chains::PREFIX).chains.iter().any(|c| c == SERVICES),
+            Err(_) => true,
+        }
+    }
+
     /// The service ports currently known (as of the last sync).
     pub fn service_ports(&self) -> impl Iterator<Item = &ServicePort> {
         self.entries.values().map(|e| &e.sp)

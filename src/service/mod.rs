@@ -40,6 +40,9 @@ pub struct Controller<I: Iptables, C: Conntrack> {
     proxier: Proxier<I, C>,
     reported: HashMap<PodKey, String>,
     synced_once: bool,
+    /// Publish Services and Endpoints but leave the kernel's rules alone
+    /// (the warm-up after a start, see [`run`]).
+    hold_rules: bool,
 }
 
 fn protocol(p: &str) -> Protocol {
@@ -79,6 +82,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             proxier,
             reported: HashMap::new(),
             synced_once: false,
+            hold_rules: false,
         }
     }
 
@@ -93,9 +97,28 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         let mut views = Views::default();
         let mut rules: Vec<(ServicePort, Vec<Endpoint>)> = Vec::new();
         let live: HashSet<String> = desired.keys().map(|(ns, n)| format!("{ns}/{n}")).collect();
-        self.alloc.retain(&live);
+        // Until the manifests are surely read (the warm-up), an absent
+        // Service may just not be loaded yet: keep its addresses.
+        if !self.hold_rules {
+            self.alloc.retain(&live);
+        }
         for (key, svc) in &desired {
-            match self.one(key, svc, &pods, &manual) {
+            let id = format!("{}/{}", key.0, key.1);
+            let before = self.alloc.by_service.get(&id).cloned();
+            let result = self.one(key, svc, &pods, &manual);
+            if result.is_err() {
+                // A refused Service must not keep what it got before the
+                // failing step (a cluster IP when its node port clashes).
+                match before {
+                    Some(a) => {
+                        self.alloc.by_service.insert(id, a);
+                    }
+                    None => {
+                        self.alloc.by_service.remove(&id);
+                    }
+                }
+            }
+            match result {
                 Ok((view, eps, sps)) => {
                     views.services.insert(key.clone(), view);
                     if let Some(e) = eps {
@@ -124,6 +147,9 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             warn!(error = %e, "saving service allocations");
         }
         self.store.set_service_views(views);
+        if self.hold_rules {
+            return;
+        }
         self.proxier.replace_all(rules);
         match self.proxier.sync() {
             Ok(stats) => {
@@ -361,6 +387,41 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
     let mut ticker = tokio::time::interval(resync);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    // Rules of the previous skiffd are still in the kernel and keep traffic
+    // flowing; syncing before the manifests are read and the running pods
+    // adopted would remove them or point them at nothing (kube-proxy
+    // likewise waits for its informers to sync before the first sync).
+    // With nothing installed there is nothing to keep: sync at once, or
+    // clients would see cluster IPs before their rules.
+    let installed = blocking(|| ctl.proxier.rules_installed());
+    let warm_up = tokio::time::Instant::now() + if installed { WARM_UP } else { Duration::ZERO };
+    let mut seen_services = None;
+    ctl.hold_rules = true;
+    loop {
+        blocking(|| ctl.reconcile());
+        let now = tokio::time::Instant::now();
+        if now >= warm_up {
+            break;
+        }
+        if !ctl.store.desired_services().0.is_empty() {
+            // The manager puts the pods of a snapshot right after its Services.
+            let since = *seen_services.get_or_insert(now);
+            if now >= since + Duration::from_millis(200) && ctl.store.list_pods(None).iter().all(pod_settled) {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut shutdown => {
+                if cleanup_on_exit {
+                    let _ = blocking(|| ctl.cleanup());
+                }
+                return;
+            }
+        }
+    }
+    ctl.hold_rules = false;
     loop {
         blocking(|| ctl.reconcile());
         tokio::select! {
@@ -382,4 +443,18 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
             Err(e) => warn!(error = %e, "removing skiff's service rules"),
         }
     }
+}
+
+/// The longest the first sync waits for manifests and adopted pods.
+const WARM_UP: Duration = Duration::from_secs(5);
+
+/// Whether the pod's worker has reported it Ready or finished: the manager
+/// first shows a pod with a placeholder status (no IP) and an adopted pod
+/// is not Ready until its worker's first sync.
+fn pod_settled(p: &Pod) -> bool {
+    pod_ready(p)
+        || matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        )
 }
