@@ -31,6 +31,31 @@ fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no status for container {name} in {pod}"))
 }
 
+/// Waits until the pod runs with every container ready; on timeout says why.
+fn running(node: &Node, name: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(p) = node.pod(name) {
+            let ready = p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|c| c["ready"] == true));
+            if p["status"]["phase"] == "Running" && ready {
+                return p;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let d = node.skiff(&["describe", "pod", name]);
+            panic!(
+                "pod {name} not Running and ready after 30s:\n{}{}\n{}",
+                String::from_utf8_lossy(&d.stdout),
+                String::from_utf8_lossy(&d.stderr),
+                node.log_tail(30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `skiff exec POD [-c C] -- sh -c SCRIPT`: (exit code, stdout, stderr).
 fn exec(node: &Node, pod: &str, c: Option<&str>, script: &str) -> (i32, String, String) {
     let mut args = vec!["exec", pod];
@@ -183,7 +208,7 @@ spec:
         host = host_dir.display()
     );
     node.write_manifest("vols.yaml", &yaml);
-    node.wait_running("vols");
+    running(&node, "vols");
     // emptyDir shared between the two containers, and read-only where asked.
     node.wait_for("the writer's file", Duration::from_secs(10), || {
         exec(&node, "vols", Some("reader"), "cat /ro/msg").1.contains("shared-data").then_some(())
@@ -213,7 +238,7 @@ spec:
     node.wait_for("the replaced pod's second pvc write", Duration::from_secs(60), || {
         std::fs::read_to_string(claim.join("runs")).ok().filter(|s| s == "run\nrun\n")
     });
-    node.wait_running("vols");
+    running(&node, "vols");
     assert_eq!(exec_ok(&node, "vols", Some("reader"), "cat /pvc-ro/runs"), "run\nrun\n");
     remove_all_and_check_leftovers(&node);
     assert!(claim.join("runs").exists(), "a pvc outlives its pods");
@@ -252,9 +277,9 @@ fn config_map_secret_downward_api_and_projected_volumes() {
     node.write_manifest("configmap.yaml", example("configmap.yaml"));
     node.write_manifest("secret.yaml", example("secret.yaml"));
     node.write_manifest("volumes.yaml", example("volumes.yaml"));
-    node.wait_running("configmap-demo");
-    node.wait_running("secret-demo");
-    let pod = node.wait_running("volumes-demo");
+    running(&node, "configmap-demo");
+    running(&node, "secret-demo");
+    let pod = running(&node, "volumes-demo");
 
     // configMap: items (a nested path), per-item mode, defaultMode.
     let cm = |s: &str| exec_ok(&node, "configmap-demo", None, s);
@@ -278,7 +303,10 @@ fn config_map_secret_downward_api_and_projected_volumes() {
     // downwardAPI: labels, annotations, name, namespace, uid, limits.
     let v = |s: &str| exec_ok(&node, "volumes-demo", Some("reader"), s);
     assert_eq!(v("cat /etc/podinfo/labels"), "app=\"volumes-demo\"\ntier=\"example\"");
-    assert_eq!(v("cat /etc/podinfo/annotations"), "owner=\"skiff\"");
+    // Static pods also carry the kubelet's config annotations.
+    let annotations = v("cat /etc/podinfo/annotations");
+    assert!(annotations.lines().any(|l| l == "owner=\"skiff\""), "{annotations}");
+    assert!(annotations.contains("kubernetes.io/config.source=\"file\""), "{annotations}");
     assert_eq!(v("cat /etc/podinfo/name /etc/podinfo/namespace"), "volumes-demodefault");
     assert_eq!(v("cat /etc/podinfo/uid"), pod["metadata"]["uid"].as_str().unwrap());
     // No memory limit: the node's allocatable memory, in Mi.
@@ -303,7 +331,7 @@ fn config_map_update_reaches_mounted_files_in_place_but_not_env() {
     let node = Node::start();
     let text = example("configmap.yaml");
     node.write_manifest("configmap.yaml", text);
-    let before = node.wait_running("configmap-demo");
+    let before = running(&node, "configmap-demo");
     let id = container_id(&before, "main");
     assert_eq!(exec_ok(&node, "configmap-demo", None, "cat /etc/config/color"), "blue");
     // Edit only the ConfigMap (its own file, so the pod's manifest is untouched).
@@ -324,7 +352,7 @@ fn config_map_update_reaches_mounted_files_in_place_but_not_env() {
         let p = node.pod("configmap-demo")?;
         (p["metadata"]["uid"] != before["metadata"]["uid"] && p["status"]["phase"] == "Running").then_some(())
     });
-    node.wait_running("configmap-demo");
+    running(&node, "configmap-demo");
     assert_eq!(exec_ok(&node, "configmap-demo", None, "echo $COLOR"), "green\n");
     remove_all_and_check_leftovers(&node);
 }
@@ -417,7 +445,7 @@ fn env_sources_and_expansion() {
     }
     let node = Node::start();
     node.write_manifest("env.yaml", example("env.yaml"));
-    let pod = node.wait_running("env-demo");
+    let pod = running(&node, "env-demo");
     let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
     let log = wait_log(&node, "env-demo", "main", "escaped=");
     let want = [
@@ -482,7 +510,7 @@ fn security_context_users_capabilities_rootfs_and_privileged() {
     );
     node.write_manifest("plain.yaml", &pod_with("plain", "exec sleep 100000", "", ""));
     for p in ["security-restricted", "security-sysctls", "security-privileged", "security-nonroot", "caps", "plain"] {
-        node.wait_running(p);
+        running(&node, p);
     }
     const CHOWN: u64 = 1 << 0;
     const NET_BIND_SERVICE: u64 = 1 << 10;
@@ -494,9 +522,10 @@ fn security_context_users_capabilities_rootfs_and_privileged() {
     assert_eq!(plain.count_ones(), 14, "{plain:x}");
     let caps = cap_eff(&node, "caps");
     assert_eq!(caps, (plain & !NET_RAW & !CHOWN) | NET_ADMIN | SYS_TIME, "{caps:x}");
-    // privileged: every capability the kernel has, writable /sys.
-    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
-    let all = (1u64 << (last_cap + 1)) - 1;
+    // privileged: every capability skiff has itself (the host's bounding set), writable /sys.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim();
+    let all = u64::from_str_radix(bnd, 16).unwrap();
     assert_eq!(cap_eff(&node, "security-privileged"), all);
     assert!(exec_ok(&node, "security-privileged", None, "grep ' /sys ' /proc/mounts").contains(" rw,"));
     assert!(exec_ok(&node, "plain", None, "grep ' /sys ' /proc/mounts").contains(" ro,"));
@@ -581,7 +610,7 @@ fn run_as_non_root_refuses_a_root_image_user() {
         "nonroot.yaml",
         &pod_with("nonroot", "exec sleep 100000", "securityContext: {runAsNonRoot: true, runAsUser: 65534}", ""),
     );
-    node.wait_running("nonroot");
+    running(&node, "nonroot");
     assert_eq!(exec_ok(&node, "nonroot", None, "id -u"), "65534\n");
     remove_all_and_check_leftovers(&node);
 }
@@ -593,7 +622,7 @@ fn admission_rejects_pods_that_do_not_fit_and_others_keep_running() {
     }
     let node = Node::start();
     node.write_manifest("ok.yaml", &pod_with("fits", "exec sleep 100000", "resources: {requests: {cpu: 100m}}", ""));
-    node.wait_running("fits");
+    running(&node, "fits");
     node.write_manifest("big.yaml", &pod_with("too-big", "exec sleep 100000", "resources: {requests: {cpu: '1000'}}", ""));
     let p = node.wait_for("too-big rejected", Duration::from_secs(20), || {
         let p = node.pod("too-big")?;
@@ -609,7 +638,7 @@ fn admission_rejects_pods_that_do_not_fit_and_others_keep_running() {
     });
     assert_eq!(p["status"]["reason"], "OutOfmemory", "{p}");
     wait_event(&node, &["OutOfcpu", "cpu"]);
-    let fits = node.wait_running("fits");
+    let fits = running(&node, "fits");
     assert_eq!(container(&fits, "main")["restartCount"], 0);
     remove_all_and_check_leftovers(&node);
 }
@@ -638,9 +667,9 @@ fn resources_become_cgroup_settings_and_qos_classes() {
     }
     let node = Node::start();
     node.write_manifest("resources.yaml", example("resources.yaml"));
-    let g = node.wait_running("resources-guaranteed");
-    let b = node.wait_running("resources-burstable");
-    let e = node.wait_running("resources-besteffort");
+    let g = running(&node, "resources-guaranteed");
+    let b = running(&node, "resources-burstable");
+    let e = running(&node, "resources-besteffort");
     assert_eq!(g["status"]["qosClass"], "Guaranteed");
     assert_eq!(b["status"]["qosClass"], "Burstable");
     assert_eq!(e["status"]["qosClass"], "BestEffort");
@@ -673,7 +702,7 @@ fn hostname_subdomain_host_aliases_and_dns_config() {
     }
     let node = Node::start();
     node.write_manifest("dns.yaml", example("dns.yaml"));
-    node.wait_running("dns-demo");
+    running(&node, "dns-demo");
     assert_eq!(exec_ok(&node, "dns-demo", None, "hostname; cat /etc/hostname"), "db-0\ndb-0\n");
     let hosts = exec_ok(&node, "dns-demo", None, "cat /etc/hosts");
     assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
