@@ -143,6 +143,11 @@ pub fn compute_with(
     if let Some(g) = psc.fs_group {
         additional_gids.push(g as u32);
     }
+    // The runtime keeps the primary group in the supplementary list too
+    // (`id` in a pod shows groups=<fsGroup>,<runAsGroup>,<supplementalGroups>).
+    if !additional_gids.is_empty() {
+        additional_gids.push(gid);
+    }
     additional_gids.sort_unstable();
     additional_gids.dedup();
     let privileged = csc.privileged.unwrap_or(false);
@@ -306,7 +311,7 @@ mod tests {
     fn users_groups_and_non_root() {
         let s = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000, supplementalGroups: [5, 6], fsGroup: 2000}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap();
         assert_eq!((s.uid, s.gid), (1000, 1000));
-        assert_eq!(s.additional_gids, vec![5, 6, 2000]);
+        assert_eq!(s.additional_gids, vec![5, 6, 1000, 2000]);
         let s = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000}\n  containers: [{name: c, image: i, securityContext: {runAsUser: 7, runAsGroup: 8}}]", (0, 0)).unwrap();
         assert_eq!((s.uid, s.gid), (7, 8));
         let err = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap_err();
