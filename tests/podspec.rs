@@ -509,7 +509,8 @@ fn security_context_users_capabilities_rootfs_and_privileged() {
         ),
     );
     node.write_manifest("plain.yaml", &pod_with("plain", "exec sleep 100000", "", ""));
-    for p in ["security-restricted", "security-sysctls", "security-privileged", "security-nonroot", "caps", "plain"] {
+    node.write_manifest("host.yaml", &pod_with("host-ns", "exec sleep 100000", "", "hostPID: true\nhostIPC: true"));
+    for p in ["security-restricted", "security-sysctls", "security-privileged", "security-nonroot", "caps", "plain", "host-ns"] {
         running(&node, p);
     }
     const CHOWN: u64 = 1 << 0;
@@ -548,6 +549,12 @@ fn security_context_users_capabilities_rootfs_and_privileged() {
     assert_eq!(exec_ok(&node, "security-sysctls", None, "cat /proc/sys/net/core/somaxconn"), "1024\n");
     assert_eq!(exec_ok(&node, "security-sysctls", None, "cat /proc/sys/kernel/shm_rmid_forced"), "1\n");
     assert_ne!(plain & SYS_ADMIN, SYS_ADMIN);
+    // hostPID and hostIPC: the node's PID and IPC namespaces.
+    let ns = |p: &str| std::fs::read_link(format!("/proc/self/ns/{p}")).unwrap().to_string_lossy().into_owned();
+    assert_eq!(exec_ok(&node, "host-ns", None, "readlink /proc/self/ns/ipc").trim(), ns("ipc"));
+    assert_eq!(exec_ok(&node, "host-ns", None, "readlink /proc/self/ns/pid").trim(), ns("pid"));
+    assert_ne!(exec_ok(&node, "plain", None, "readlink /proc/self/ns/pid").trim(), ns("pid"));
+    assert_ne!(exec_ok(&node, "plain", None, "readlink /proc/self/ns/ipc").trim(), ns("ipc"));
     remove_all_and_check_leftovers(&node);
 }
 
@@ -593,6 +600,7 @@ fn seccomp_runtime_default_refuses_unshare_and_unconfined_allows_it() {
     assert!(log.contains("Operation not permitted"), "{log}");
     let (_, out, _) = exec(&node, "sc-default", None, "grep Seccomp: /proc/1/status");
     assert_eq!(out, "Seccomp:\t2\n");
+
     remove_all_and_check_leftovers(&node);
 }
 
@@ -753,4 +761,32 @@ fn every_example_runs() {
     }
     remove_all_and_check_leftovers(&node);
     let _ = std::fs::remove_dir_all("/tmp/skiff-examples");
+}
+
+/// Known gap: libcontainer 0.7's tenant builder (used by `skiff exec`) rebuilds
+/// `linux` with namespaces and cgroups only, so an exec'd process runs without
+/// the container's seccomp profile (runc applies it). Ignored until
+/// libcontainer carries `linux.seccomp` over to tenants.
+#[test]
+#[ignore = "libcontainer's tenant builder drops linux.seccomp"]
+fn exec_processes_get_the_containers_seccomp_profile() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    node.write_manifest(
+        "sc.yaml",
+        &pod_with(
+            "sc",
+            "exec sleep 100000",
+            "securityContext: {capabilities: {add: [SYS_ADMIN]}, seccompProfile: {type: RuntimeDefault}}",
+            "",
+        ),
+    );
+    running(&node, "sc");
+    assert_eq!(exec_ok(&node, "sc", None, "grep Seccomp: /proc/self/status"), "Seccomp:\t2\n");
+    let (code, _, err) = exec(&node, "sc", None, "unshare -n true");
+    assert_ne!(code, 0, "unshare allowed in an exec");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    remove_all_and_check_leftovers(&node);
 }
