@@ -208,6 +208,12 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
             "{field}.imagePullPolicy: Unsupported value: {policy:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""
         ));
     }
+    // Quantities that do not parse, or requests above limits, are refused
+    // like the API server does instead of failing at container start.
+    crate::runtime::resources::amounts(c).map_err(|e| {
+        let e = e.strip_prefix(&format!("container {}: ", c.name)).unwrap_or(&e).to_string();
+        format!("{field}.{e}")
+    })?;
     c.termination_message_path
         .get_or_insert_with(|| "/dev/termination-log".into());
     c.termination_message_policy
@@ -370,6 +376,10 @@ fn validate_volumes(volumes: &[Volume]) -> Result<HashSet<String>, String> {
             if !h.path.starts_with('/') {
                 return Err(format!("{field}.hostPath.path: Invalid value: {:?}: must be an absolute path", h.path));
             }
+            const TYPES: [&str; 8] = ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"];
+            if let Some(t) = h.type_.as_deref().filter(|t| !TYPES.contains(t)) {
+                return Err(format!("{field}.hostPath.type: Unsupported value: {t:?}: supported values: {}", TYPES[1..].join(", ")));
+            }
         }
         if let Some(e) = &v.empty_dir {
             if let Some(m) = e.medium.as_deref().filter(|m| !m.is_empty() && *m != "Memory") {
@@ -514,6 +524,9 @@ mod tests {
             ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, mountPropagation: Bidirectional}]}]}", "only to privileged containers"),
             ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {medium: HugePages}}], containers: [{name: c, image: i}]}", "emptyDir.medium: Unsupported value"),
             ("metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: rel}}], containers: [{name: c, image: i}]}", "hostPath.path: Invalid value"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: /x, type: Dir}}], containers: [{name: c, image: i}]}", "hostPath.type: Unsupported value: \"Dir\""),
+            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}]}", "spec.containers[0].resources.requests.cpu: Invalid value: must be less than or equal to cpu limit"),
+            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {limits: {memory: 12Q}}}]}", "spec.containers[0].resources.limits.memory: Invalid value: quantity \"12Q\""),
         ];
         for (yaml, want) in cases {
             let err = validate_pod(pod(yaml)).unwrap_err();
