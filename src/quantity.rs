@@ -48,7 +48,11 @@ pub fn parse(s: &str) -> Result<f64, String> {
 /// (`0.7 * 1000` is `700.0000000000001`, which must stay 700).
 pub fn ceil(v: f64) -> i64 {
     let r = v.round();
-    if (v - r).abs() <= 1e-9 * r.abs().max(1.0) { r as i64 } else { v.ceil() as i64 }
+    if (v - r).abs() <= 1e-9 * r.abs().max(1.0) {
+        r as i64
+    } else {
+        v.ceil() as i64
+    }
 }
 
 /// CPU in millicores, rounded up as the kubelet does.
@@ -68,7 +72,11 @@ mod tests {
     #[test]
     fn parses_kubernetes_quantities() {
         assert_eq!(millicores("100m").unwrap(), 100);
-        assert_eq!(millicores("110m").unwrap(), 110, "float noise must not round up");
+        assert_eq!(
+            millicores("110m").unwrap(),
+            110,
+            "float noise must not round up"
+        );
         assert_eq!(millicores("0.7").unwrap(), 700);
         assert_eq!(millicores("1001u").unwrap(), 2, "a real fraction rounds up");
         assert_eq!(bytes("1.1k").unwrap(), 1100);
