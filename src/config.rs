@@ -50,6 +50,21 @@ pub struct Flags {
     /// Maximum processes per container (pids cgroup); -1 for no limit [default: -1].
     #[arg(long, allow_hyphen_values = true)]
     pub pod_pids_limit: Option<i64>,
+    /// Range of Service cluster IPs [default: 10.96.0.0/12].
+    #[arg(long)]
+    pub service_cluster_ip_range: Option<String>,
+    /// Range of Service node ports, `LOW-HIGH` [default: 30000-32767].
+    #[arg(long)]
+    pub service_node_port_range: Option<String>,
+    /// The pod network of the whole cluster; traffic to a Service from outside it is masqueraded [default: 10.244.0.0/16].
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// Remove every iptables rule skiff installed and exit.
+    #[arg(long)]
+    pub cleanup_iptables: bool,
+    /// Also remove skiff's iptables rules on an orderly shutdown.
+    #[arg(long)]
+    pub cleanup_iptables_on_exit: bool,
 }
 
 /// The config file's shape.
@@ -80,6 +95,14 @@ pub struct FileConfig {
     pub pod_cidr: Option<String>,
     /// pids cgroup limit per container; -1 for none.
     pub pod_pids_limit: Option<i64>,
+    /// Range of Service cluster IPs.
+    pub service_cluster_ip_range: Option<String>,
+    /// Range of Service node ports, `LOW-HIGH`.
+    pub service_node_port_range: Option<String>,
+    /// The cluster's pod network.
+    pub cluster_cidr: Option<String>,
+    /// Remove skiff's iptables rules on an orderly shutdown.
+    pub cleanup_iptables_on_exit: Option<bool>,
 }
 
 /// The effective configuration.
@@ -97,6 +120,11 @@ pub struct Config {
     pub cni_cache_dir: PathBuf,
     pub pod_cidr: String,
     pub pod_pids_limit: i64,
+    pub service_cluster_ip_range: crate::proxy::Ipv4Cidr,
+    pub service_node_port_range: (u16, u16),
+    pub cluster_cidr: crate::proxy::Ipv4Cidr,
+    pub cleanup_iptables: bool,
+    pub cleanup_iptables_on_exit: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +136,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
 }
 
 impl Config {
@@ -148,6 +178,28 @@ impl Config {
                 .or(file.pod_cidr)
                 .unwrap_or_else(|| "10.244.0.0/24".into()),
             pod_pids_limit: flags.pod_pids_limit.or(file.pod_pids_limit).unwrap_or(-1),
+            service_cluster_ip_range: parse_cidr(
+                "--service-cluster-ip-range",
+                flags
+                    .service_cluster_ip_range
+                    .or(file.service_cluster_ip_range)
+                    .as_deref()
+                    .unwrap_or("10.96.0.0/12"),
+            )?,
+            service_node_port_range: parse_port_range(
+                flags
+                    .service_node_port_range
+                    .or(file.service_node_port_range)
+                    .as_deref()
+                    .unwrap_or("30000-32767"),
+            )?,
+            cluster_cidr: parse_cidr(
+                "--cluster-cidr",
+                flags.cluster_cidr.or(file.cluster_cidr).as_deref().unwrap_or("10.244.0.0/16"),
+            )?,
+            cleanup_iptables: flags.cleanup_iptables,
+            cleanup_iptables_on_exit: flags.cleanup_iptables_on_exit
+                || file.cleanup_iptables_on_exit.unwrap_or(false),
             root_dir,
             run_dir: flags
                 .run_dir
@@ -195,6 +247,27 @@ fn default_node_name() -> String {
         .and_then(|h| h.into_string().ok())
         .map(|h| h.to_lowercase())
         .unwrap_or_else(|| "localhost".into())
+}
+
+fn parse_cidr(flag: &'static str, s: &str) -> Result<crate::proxy::Ipv4Cidr, ConfigError> {
+    s.parse().map_err(|e| ConfigError::Invalid {
+        flag,
+        message: format!("{s:?}: {e}"),
+    })
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let err = |m: &str| ConfigError::Invalid {
+        flag: "--service-node-port-range",
+        message: format!("{s:?}: {m}"),
+    };
+    let (a, b) = s.split_once('-').ok_or_else(|| err("expected LOW-HIGH"))?;
+    let lo: u16 = a.trim().parse().map_err(|_| err("not a port number"))?;
+    let hi: u16 = b.trim().parse().map_err(|_| err("not a port number"))?;
+    if lo == 0 || lo > hi {
+        return Err(err("LOW must be at least 1 and not above HIGH"));
+    }
+    Ok((lo, hi))
 }
 
 fn default_cni_bin_dirs() -> Vec<PathBuf> {

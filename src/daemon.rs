@@ -68,6 +68,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = rx.wait_for(|v| *v).await;
     };
 
+    let alloc = crate::service::alloc::Allocator::load(
+        &config.root_dir.join("services.json"),
+        config.service_cluster_ip_range,
+        config.service_node_port_range,
+    );
+    let proxier = crate::proxy::Proxier::new(
+        crate::proxy::RealIptables::new(),
+        crate::proxy::RealConntrack::new(),
+        crate::proxy::RuleConfig {
+            cluster_cidr: Some(config.cluster_cidr),
+            ..Default::default()
+        },
+    );
+    let services = tokio::spawn(crate::service::run(
+        crate::service::Controller::new(store.clone(), alloc, proxier),
+        std::time::Duration::from_secs(30),
+        config.cleanup_iptables_on_exit,
+        stopped(stop_rx.clone()),
+    ));
+
     let (resync_tx, resync_rx) = mpsc::unbounded_channel();
     let state = Arc::new(ApiState {
         store: store.clone(),
@@ -106,6 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(true);
     watcher.abort();
     let _ = pods.await;
+    let _ = services.await;
     if let Some(res) = api_failed {
         let err = match res {
             Ok(Ok(())) => std::io::Error::other("API server stopped"),

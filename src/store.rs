@@ -48,6 +48,9 @@ struct Inner {
     rejected: BTreeMap<PodKey, String>,
     config_maps: BTreeMap<PodKey, ConfigMap>,
     secrets: BTreeMap<PodKey, Secret>,
+    desired_services: BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
+    manual_endpoints: BTreeMap<PodKey, k8s_openapi::api::core::v1::Endpoints>,
+    service_views: crate::service::Views,
     events: Vec<Event>,
     next_event: u64,
 }
@@ -163,6 +166,68 @@ impl Store {
             self.bump();
         }
         changed
+    }
+
+    /// Services and manual Endpoints from the manifests; returns whether they changed.
+    pub fn set_desired_services(
+        &self,
+        services: BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
+        endpoints: BTreeMap<PodKey, k8s_openapi::api::core::v1::Endpoints>,
+    ) -> bool {
+        let mut inner = self.write();
+        let changed = inner.desired_services != services || inner.manual_endpoints != endpoints;
+        inner.desired_services = services;
+        inner.manual_endpoints = endpoints;
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+        changed
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub fn desired_services(
+        &self,
+    ) -> (
+        BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
+        BTreeMap<PodKey, k8s_openapi::api::core::v1::Endpoints>,
+    ) {
+        let inner = self.read();
+        (inner.desired_services.clone(), inner.manual_endpoints.clone())
+    }
+
+    /// What the service controller computed. Does not wake watchers (the
+    /// controller itself is one).
+    pub fn set_service_views(&self, views: crate::service::Views) {
+        self.write().service_views = views;
+    }
+
+    pub fn services(&self, namespace: Option<&str>) -> Vec<k8s_openapi::api::core::v1::Service> {
+        self.read()
+            .service_views
+            .services
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    pub fn endpoints(&self, namespace: Option<&str>) -> Vec<k8s_openapi::api::core::v1::Endpoints> {
+        self.read()
+            .service_views
+            .endpoints
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    pub fn service_rejection(&self, namespace: &str, name: &str) -> Option<String> {
+        self.read()
+            .service_views
+            .rejected
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {

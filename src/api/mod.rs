@@ -7,6 +7,7 @@ mod images;
 mod logs;
 mod nodes;
 mod pods;
+mod services;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -97,6 +98,14 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/api/v1/events", get(pods::events_all))
         .route("/api/v1/namespaces/{ns}/events", get(pods::events_ns))
+        .route("/api/v1/services", get(services::services_all))
+        .route("/api/v1/namespaces/{ns}/services", get(services::services_ns))
+        .route("/api/v1/namespaces/{ns}/services/{name}", get(services::service))
+        .route("/api/v1/endpoints", get(services::endpoints_all))
+        .route("/api/v1/namespaces/{ns}/endpoints", get(services::endpoints_ns))
+        .route("/api/v1/namespaces/{ns}/endpoints/{name}", get(services::endpoints))
+        .route("/apis/discovery.k8s.io/v1/endpointslices", get(services::slices_all))
+        .route("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", get(services::slices_ns))
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{name}", get(nodes::get_one))
         .route("/apis/skiff.dev/v1/images", get(images::list))

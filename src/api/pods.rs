@@ -1,6 +1,6 @@
 //! Pods and events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -36,37 +36,15 @@ fn event_json(e: &Event) -> Value {
     v
 }
 
-/// Equality-based label selectors (`a=b`, `a==b`, `a!=b`, `a`, `!a`), comma-separated.
-fn matches(selector: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
-    for req in selector.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-        let ok = if let Some((k, v)) = req.split_once("!=") {
-            labels.get(k.trim()).map(String::as_str) != Some(v.trim())
-        } else if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
-            labels.get(k.trim()).map(String::as_str) == Some(v.trim())
-        } else if let Some(k) = req.strip_prefix('!') {
-            !labels.contains_key(k.trim())
-        } else if req.contains(' ') || req.contains('(') {
-            return Err(format!("unable to parse requirement: {req:?}: set-based selectors are not supported by this version of skiff yet"));
-        } else {
-            labels.contains_key(req)
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 fn filtered(pods: Vec<Pod>, q: &HashMap<String, String>) -> Result<Vec<Value>, ApiError> {
     let selector = q.get("labelSelector").map(String::as_str).unwrap_or("");
-    let mut out = Vec::new();
-    for p in pods {
-        let labels = p.metadata.labels.clone().unwrap_or_default();
-        if matches(selector, &labels).map_err(ApiError::bad_request)? {
-            out.push(pod_json(&p));
-        }
-    }
-    Ok(out)
+    let selector = crate::selector::Selector::parse(selector)
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+    Ok(pods
+        .into_iter()
+        .filter(|p| selector.matches(&p.metadata.labels.clone().unwrap_or_default()))
+        .map(|p| pod_json(&p))
+        .collect())
 }
 
 pub async fn list_all(
@@ -128,20 +106,3 @@ pub async fn events_ns(
     list("EventList", items.iter().map(event_json).collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn equality_selectors() {
-        let labels: BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string()), ("tier".to_string(), "fe".to_string())].into();
-        assert!(matches("", &labels).unwrap());
-        assert!(matches("app=web", &labels).unwrap());
-        assert!(matches("app==web,tier", &labels).unwrap());
-        assert!(!matches("app!=web", &labels).unwrap());
-        assert!(matches("!missing", &labels).unwrap());
-        assert!(!matches("app=db", &labels).unwrap());
-        assert!(matches("app in (web)", &labels).is_err());
-    }
-}

@@ -30,6 +30,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if config.cleanup_iptables {
+        let mut ipt = skiff::proxy::RealIptables::new();
+        return match skiff::proxy::cleanup(&mut ipt) {
+            Ok(()) => {
+                tracing::info!("removed every iptables rule skiff installed");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cleaning up iptables");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = rt.block_on(skiff::daemon::run(config, shutdown_signal()));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,18 +2,19 @@
 
 use jiff::Timestamp;
 use k8s_openapi::List;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, Service};
 
 use super::client::{Client, encode_component, with_query};
 use super::print::events::{events_table, sort_events};
 use super::print::nodes::nodes_table;
 use super::print::pods::{PodTableOptions, pods_table};
+use super::print::services::{endpoints_table, services_table};
 use super::{Error, GlobalArgs, out};
 
 /// Arguments of `skiff get`.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// Kind of object: pods (pod, po), events (event, ev) or nodes (node, no).
+    /// Kind of object: pods (pod, po), services (svc), endpoints (ep), events (ev) or nodes (no).
     #[arg(value_enum)]
     pub resource: Resource,
 
@@ -41,6 +42,12 @@ pub enum Resource {
     /// Nodes.
     #[value(name = "nodes", aliases = ["node", "no"])]
     Nodes,
+    /// Services.
+    #[value(name = "services", aliases = ["service", "svc"])]
+    Services,
+    /// Endpoints.
+    #[value(name = "endpoints", aliases = ["endpoint", "ep"])]
+    Endpoints,
 }
 
 /// `-o` choices.
@@ -71,7 +78,63 @@ pub async fn run(client: &Client, g: &GlobalArgs, args: GetArgs) -> Result<u8, E
         Resource::Pods => get_pods(client, g, &args, now).await,
         Resource::Events => get_events(client, g, &args, now).await,
         Resource::Nodes => get_nodes(client, &args, now).await,
+        Resource::Services => {
+            let items: Vec<Service> = get_items(client, g, &args, "services").await?;
+            let Some(items) = items_or_printed(items, g, &args)? else { return Ok(0) };
+            let wide = args.output == Some(OutputFormat::Wide);
+            out(&services_table(&items, g.all_namespaces, wide, now))?;
+            Ok(0)
+        }
+        Resource::Endpoints => {
+            let items: Vec<Endpoints> = get_items(client, g, &args, "endpoints").await?;
+            let Some(items) = items_or_printed(items, g, &args)? else { return Ok(0) };
+            out(&endpoints_table(&items, g.all_namespaces, now))?;
+            Ok(0)
+        }
     }
+}
+
+/// One named object or the list, from `/api/v1/.../{plural}`.
+async fn get_items<T: serde::de::DeserializeOwned + k8s_openapi::ListableResource>(
+    client: &Client,
+    g: &GlobalArgs,
+    args: &GetArgs,
+    plural: &str,
+) -> Result<Vec<T>, Error> {
+    match &args.name {
+        Some(name) => {
+            let path = format!("{}/{}", collection_path(g, plural), encode_component(name));
+            Ok(vec![client.get_json(&path).await?])
+        }
+        None => {
+            let list: List<T> = client.get_json(&collection_path(g, plural)).await?;
+            Ok(list.items)
+        }
+    }
+}
+
+/// Prints `-o json|yaml` output (or "No resources found") and returns None, else the items.
+fn items_or_printed<T: serde::Serialize + k8s_openapi::Resource>(
+    items: Vec<T>,
+    g: &GlobalArgs,
+    args: &GetArgs,
+) -> Result<Option<Vec<T>>, Error> {
+    if args.name.is_some() && items.len() == 1 {
+        if let Some(text) = render_object(&items[0], args.output)? {
+            out(&text)?;
+            return Ok(None);
+        }
+        return Ok(Some(items));
+    }
+    if let Some(text) = render_list(&items, args.output)? {
+        out(&text)?;
+        return Ok(None);
+    }
+    if items.is_empty() {
+        no_resources(g);
+        return Ok(None);
+    }
+    Ok(Some(items))
 }
 
 /// `/api/v1/namespaces/{ns}/{plural}`, or `/api/v1/{plural}` with `-A`.

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, Secret, Service};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -13,6 +13,8 @@ pub enum Object {
     Pod(Box<Pod>),
     ConfigMap(Box<ConfigMap>),
     Secret(Box<Secret>),
+    Service(Box<Service>),
+    Endpoints(Box<Endpoints>),
 }
 
 impl Object {
@@ -22,6 +24,8 @@ impl Object {
             Object::Pod(p) => ("Pod", &p.metadata),
             Object::ConfigMap(c) => ("ConfigMap", &c.metadata),
             Object::Secret(s) => ("Secret", &s.metadata),
+            Object::Service(s) => ("Service", &s.metadata),
+            Object::Endpoints(e) => ("Endpoints", &e.metadata),
         };
         ObjectRef {
             kind: kind.into(),
@@ -54,7 +58,7 @@ impl std::fmt::Display for ObjectRef {
 }
 
 /// Kinds skiff knows about but whose support lands later; refused with a clear message.
-const NOT_YET: [&str; 4] = ["Service", "Deployment", "Endpoints", "ReplicaSet"];
+const NOT_YET: [&str; 2] = ["Deployment", "ReplicaSet"];
 
 /// Whether the manifest source should read this directory entry at all.
 pub fn is_manifest_file(name: &str) -> bool {
@@ -206,6 +210,22 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
             let secret: Secret = strict(v, &fail)?;
             let secret = super::validate::validate_secret(secret).map_err(fail)?;
             Ok(Object::Secret(Box::new(secret)))
+        }
+        "Service" | "Endpoints" => {
+            if api_version != "v1" {
+                return Err(fail(format!(
+                    "apiVersion {api_version:?} is not served for {kind} (use \"v1\")"
+                )));
+            }
+            if kind == "Service" {
+                let svc: Service = strict(v, &fail)?;
+                let svc = super::service::validate_service(svc).map_err(fail)?;
+                Ok(Object::Service(Box::new(svc)))
+            } else {
+                let ep: Endpoints = strict(v, &fail)?;
+                let ep = super::service::validate_endpoints(ep).map_err(fail)?;
+                Ok(Object::Endpoints(Box::new(ep)))
+            }
         }
         k if NOT_YET.contains(&k) => Err(fail(format!(
             "kind {k} is not supported by this version of skiff yet"

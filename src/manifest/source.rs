@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, Secret, Service};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sha2::{Digest, Sha256};
 use tokio::io::unix::AsyncFd;
@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub pods: BTreeMap<PodKey, DesiredPod>,
     pub config_maps: BTreeMap<PodKey, ConfigMap>,
     pub secrets: BTreeMap<PodKey, Secret>,
+    pub services: BTreeMap<PodKey, Service>,
+    pub endpoints: BTreeMap<PodKey, Endpoints>,
     pub errors: Vec<SourceError>,
 }
 
@@ -146,6 +148,12 @@ impl DirSource {
                 }
                 Object::Secret(secret) => {
                     snapshot.secrets.insert(key, *secret);
+                }
+                Object::Service(svc) => {
+                    snapshot.services.insert(key, *svc);
+                }
+                Object::Endpoints(ep) => {
+                    snapshot.endpoints.insert(key, *ep);
                 }
             }
         }

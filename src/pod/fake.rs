@@ -48,6 +48,7 @@ struct State {
     started: Vec<Started>,
     exits: HashMap<String, (ExitRecord, Instant)>,
     signals: Vec<(String, i32)>,
+    execs: Vec<Vec<String>>,
     sandboxes_removed: u32,
     next: u32,
 }
@@ -74,6 +75,10 @@ impl FakeRuntime {
 
     pub fn signals(&self) -> Vec<(String, i32)> {
         self.state.lock().unwrap().signals.clone()
+    }
+
+    pub fn execs(&self) -> Vec<Vec<String>> {
+        self.state.lock().unwrap().execs.clone()
     }
 
     pub fn sandboxes_removed(&self) -> u32 {
@@ -119,6 +124,16 @@ impl Process for FakeProc {
         }
     }
 
+    fn signal_handle(&self) -> Box<dyn Fn(i32) + Send + Sync> {
+        let me = FakeProc {
+            id: self.id.clone(),
+            tx: self.tx.clone(),
+            state: self.state.clone(),
+            exits_on_term: self.exits_on_term,
+        };
+        Box::new(move |sig| me.signal(sig))
+    }
+
     fn exited(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let mut rx = self.tx.subscribe();
         Box::pin(async move {
@@ -162,6 +177,17 @@ impl PodRuntime for FakeRuntime {
     fn release_container_fs(&self, _uid: &str, _id: &str) {}
     fn remove_container(&self, _uid: &str, _id: &str) {}
     fn gc_network(&self, _live_uids: &[String]) {}
+    fn exec(
+        &self,
+        _id: &str,
+        argv: Vec<String>,
+        _timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(i32, String), String>> + Send>> {
+        // `true`/`false` scripts: the first word decides the exit code.
+        let code = if argv.first().map(String::as_str) == Some("false") { 1 } else { 0 };
+        self.state.lock().unwrap().execs.push(argv);
+        Box::pin(async move { Ok((code, String::new())) })
+    }
     fn setup_volumes(
         &self,
         _pod: &Pod,

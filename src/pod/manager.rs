@@ -50,6 +50,9 @@ impl Manager {
             .ctx
             .store
             .set_config(snapshot.config_maps.clone(), snapshot.secrets.clone());
+        self.ctx
+            .store
+            .set_desired_services(snapshot.services.clone(), snapshot.endpoints.clone());
         if !self.adopted {
             self.adopted = true;
             self.reap_orphans(&snapshot);

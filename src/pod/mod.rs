@@ -6,5 +6,6 @@ pub mod env;
 #[cfg(test)]
 pub mod fake;
 pub mod manager;
+pub mod probe;
 pub mod status;
 pub mod worker;

@@ -37,11 +37,15 @@ pub struct ContainerView {
     pub state: State,
     pub last: Option<Terminated>,
     pub restart_count: i32,
+    /// Readiness from the probes (true when running without a readiness probe).
+    pub ready: bool,
+    /// Whether the startup probe (if any) has succeeded.
+    pub started: bool,
 }
 
 impl ContainerView {
     fn ready(&self) -> bool {
-        matches!(self.state, State::Running { .. })
+        matches!(self.state, State::Running { .. }) && self.ready
     }
 
     fn to_status(&self, is_init: bool) -> ContainerStatus {
@@ -57,7 +61,7 @@ impl ContainerView {
             container_id: self.container_id.clone(),
             ready,
             restart_count: self.restart_count,
-            started: Some(matches!(self.state, State::Running { .. })),
+            started: Some(matches!(self.state, State::Running { .. }) && self.started),
             state: Some(to_state(&self.state)),
             last_state: Some(
                 self.last
@@ -268,6 +272,8 @@ mod tests {
             state,
             last,
             restart_count: 0,
+            ready: true,
+            started: true,
         }
     }
 

@@ -15,6 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
+use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use crate::manifest::source::PodKey;
 use crate::runtime::{ID_SCHEME, PodRuntime, Process, Sandbox, StartError, StartRequest};
@@ -43,6 +44,21 @@ struct Running {
     started_at: Timestamp,
     since: Instant,
     shim: Box<dyn Process>,
+    /// Readiness and startup as the probes report them.
+    ready: bool,
+    started: bool,
+    /// The container's probes; stopped when the container goes.
+    prober: Option<tokio::task::AbortHandle>,
+    /// Set when the container is being killed (failed probe or hook): SIGKILL then.
+    kill_at: Option<Instant>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(p) = &self.prober {
+            p.abort();
+        }
+    }
 }
 
 struct Slot {
@@ -58,6 +74,8 @@ struct Slot {
     image_id: String,
     backoff: Backoff,
     not_before: Option<Instant>,
+    /// An adopted container whose prober still has to be started.
+    needs_prober: bool,
 }
 
 impl Slot {
@@ -74,6 +92,7 @@ impl Slot {
             image_id: String::new(),
             backoff: Backoff::default(),
             not_before: None,
+            needs_prober: false,
         }
     }
 
@@ -116,6 +135,8 @@ impl Slot {
             state,
             last,
             restart_count: self.restart_count as i32,
+            ready: self.current.as_ref().is_some_and(|r| r.ready),
+            started: self.current.as_ref().is_some_and(|r| r.started),
         }
     }
 }
@@ -184,8 +205,11 @@ struct Worker {
     volumes: Option<std::collections::BTreeMap<String, crate::runtime::volumes::Ready>>,
     /// ConfigMaps or Secrets may have changed: rewrite the volumes that show them.
     refresh_volumes: bool,
+    service_env: Vec<(String, String)>,
     start_time: Option<Timestamp>,
     exits: JoinSet<String>,
+    probes_tx: mpsc::UnboundedSender<(String, probe::Report)>,
+    probes_rx: mpsc::UnboundedReceiver<(String, probe::Report)>,
     terminal: bool,
     failed: Option<(String, String)>,
     wake: Option<Instant>,
@@ -202,7 +226,10 @@ impl Worker {
             .collect();
         slots.extend(spec.containers.into_iter().map(|c| Slot::new(c, false)));
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let (probes_tx, probes_rx) = mpsc::unbounded_channel();
         Worker {
+            probes_tx,
+            probes_rx,
             key: key_of(&pod),
             obj: Involved::pod(&pod),
             uid,
@@ -214,6 +241,7 @@ impl Worker {
             host_ip: crate::runtime::network::node_ip().map(|i| i.to_string()),
             volumes: None,
             refresh_volumes: false,
+            service_env: Vec::new(),
             start_time: None,
             exits: JoinSet::new(),
             terminal: false,
@@ -253,6 +281,7 @@ impl Worker {
                         self.on_exit(&id);
                     }
                 }
+                Some((id, report)) = self.probes_rx.recv() => self.on_probe(&id, report),
                 _ = sleep_until(wake), if wake.is_some() => {}
             }
         }
@@ -301,7 +330,13 @@ impl Worker {
                     started_at: started_at.unwrap_or_else(Timestamp::now),
                     since: Instant::now(),
                     shim,
+                    ready: false,
+                    started: false,
+                    prober: None,
+                    kill_at: None,
                 });
+                // Probers start once the sandbox is known again (first sync).
+                slot.needs_prober = true;
             } else {
                 if let Some(old) = slot.last_id.replace(found.meta.id.clone()) {
                     self.ctx.runtime.remove_container(&self.uid, &old);
@@ -438,7 +473,32 @@ impl Worker {
                 }
             }
         }
+        for i in 0..self.slots.len() {
+            if self.slots[i].needs_prober {
+                self.slots[i].needs_prober = false;
+                self.start_prober(i);
+            }
+        }
         let now = Instant::now();
+        for slot in &mut self.slots {
+            if let Some(r) = &mut slot.current {
+                if let Some(at) = r.kill_at {
+                    if now >= at {
+                        // The shim turns SIGUSR1 into SIGKILL.
+                        r.shim.signal(libc::SIGUSR1);
+                        r.kill_at = None;
+                    }
+                }
+            }
+        }
+        let kill_wakes: Vec<Instant> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.current.as_ref().and_then(|r| r.kill_at))
+            .collect();
+        for at in kill_wakes {
+            self.set_wake(at);
+        }
         let policy = self.policy().to_string();
         // Init containers, one at a time, in order.
         for i in 0..self.slots.len() {
@@ -539,17 +599,17 @@ impl Worker {
 
     fn env_context(&self) -> crate::pod::env::EnvContext<'_> {
         crate::pod::env::EnvContext {
+            service_env: &self.service_env,
             pod: &self.pod,
             pod_ip: self.last_ip.as_deref(),
             host_ip: self.host_ip.as_deref(),
             allocatable: crate::node::allocatable(),
             store: &self.ctx.store,
-            service_env: &[],
         }
     }
 
     /// HOSTNAME (as container runtimes set it) and the container's own variables.
-    fn container_env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
+    fn container_env(&mut self, c: &Container) -> Result<Vec<(String, String)>, String> {
         let hostname = self
             .pod
             .spec
@@ -557,6 +617,13 @@ impl Worker {
             .and_then(|s| s.hostname.clone())
             .unwrap_or_else(|| self.key.1.clone());
         let mut env = vec![("HOSTNAME".to_string(), hostname)];
+        // Service links: the Services of the namespace that exist now.
+        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+        self.service_env = if links {
+            crate::service::env::service_env(&self.ctx.store.services(Some(&self.key.0)))
+        } else {
+            Vec::new()
+        };
         env.extend(crate::pod::env::resolve(c, &self.env_context())?);
         Ok(env)
     }
@@ -618,7 +685,13 @@ impl Worker {
                     started_at: handle.started_at,
                     since: Instant::now(),
                     shim: handle.shim,
+                    ready: false,
+                    started: false,
+                    prober: None,
+                    kill_at: None,
                 });
+                self.start_prober(i);
+                self.post_start(i).await;
             }
             Err(StartError::ImageMissing { reason, message }) => {
                 self.event(EventType::Warning, "Failed", &format!("Error: {reason}: {message}"));
@@ -657,6 +730,150 @@ impl Worker {
                     self.set_wake(Instant::now());
                 }
             }
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        )
+    }
+
+    /// Starts the probes of the container in slot `i` (or marks it ready at
+    /// once when it has none).
+    fn start_prober(&mut self, i: usize) {
+        let spec = self.slots[i].spec.clone();
+        let init = self.slots[i].init;
+        let Some(run) = self.slots[i].current.as_mut() else {
+            return;
+        };
+        let has_probes = !init
+            && (spec.liveness_probe.is_some()
+                || spec.readiness_probe.is_some()
+                || spec.startup_probe.is_some());
+        if !has_probes {
+            run.ready = true;
+            run.started = true;
+            return;
+        }
+        let target = probe::Target {
+            container_id: run.id.clone(),
+            container: spec,
+            netns: self.sandbox.as_ref().and_then(|s| s.net.clone()),
+            pod_ip: self.sandbox.as_ref().and_then(|s| s.ip),
+            runtime: self.ctx.runtime.clone(),
+        };
+        let task = tokio::spawn(probe::prober(target, self.probes_tx.clone()));
+        run.prober = Some(task.abort_handle());
+    }
+
+    fn on_probe(&mut self, id: &str, report: probe::Report) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.current.as_ref().is_some_and(|r| r.id == id))
+        else {
+            return;
+        };
+        let name = self.slots[i].spec.name.clone();
+        match report {
+            probe::Report::Ready(ready) => {
+                if let Some(r) = self.slots[i].current.as_mut() {
+                    r.ready = ready;
+                }
+            }
+            probe::Report::Started => {
+                if let Some(r) = self.slots[i].current.as_mut() {
+                    r.started = true;
+                }
+            }
+            probe::Report::Unhealthy(kind, msg) => {
+                self.event(EventType::Warning, "Unhealthy", &format!("{} probe failed: {msg}", kind.name()));
+            }
+            probe::Report::Restart(kind, _msg) => {
+                let why = format!("Container {name} failed {} probe, will be restarted", kind.name().to_lowercase());
+                info!(pod = %self.key.1, container = %name, "{why}");
+                self.kill_container(i, &why);
+            }
+        }
+    }
+
+    /// Stops one container (preStop, SIGTERM, SIGKILL after the grace period);
+    /// its exit then goes through the restart policy like any other.
+    fn kill_container(&mut self, i: usize, why: &str) {
+        self.event(EventType::Normal, "Killing", why);
+        let grace = self.grace();
+        let pre_stop = self.slots[i]
+            .spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(probe::Handler::of_lifecycle);
+        let target = self.probe_target(i);
+        let Some(r) = self.slots[i].current.as_mut() else {
+            return;
+        };
+        if r.kill_at.is_some() {
+            return;
+        }
+        r.ready = false;
+        if let Some(p) = r.prober.take() {
+            p.abort();
+        }
+        let deadline = Instant::now() + grace;
+        r.kill_at = Some(deadline);
+        match (pre_stop, target) {
+            (Some(h), Some(t)) => {
+                let term = r.shim.signal_handle();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(grace, probe::run(&h, &t, grace)).await;
+                    term(libc::SIGTERM);
+                });
+            }
+            _ => r.shim.signal(libc::SIGTERM),
+        }
+        self.set_wake(deadline);
+    }
+
+    fn probe_target(&self, i: usize) -> Option<probe::Target> {
+        let r = self.slots[i].current.as_ref()?;
+        Some(probe::Target {
+            container_id: r.id.clone(),
+            container: self.slots[i].spec.clone(),
+            netns: self.sandbox.as_ref().and_then(|s| s.net.clone()),
+            pod_ip: self.sandbox.as_ref().and_then(|s| s.ip),
+            runtime: self.ctx.runtime.clone(),
+        })
+    }
+
+    /// Runs the postStart hook; a failure kills the container (FailedPostStartHook).
+    async fn post_start(&mut self, i: usize) {
+        let Some(h) = self.slots[i]
+            .spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+            .and_then(probe::Handler::of_lifecycle)
+        else {
+            return;
+        };
+        let Some(t) = self.probe_target(i) else {
+            return;
+        };
+        let grace = self.grace().max(Duration::from_secs(1));
+        let result = match tokio::time::timeout(grace, probe::run(&h, &t, grace)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {grace:?}")),
+        };
+        if let Err(msg) = result {
+            let name = self.slots[i].spec.name.clone();
+            self.event(EventType::Warning, "FailedPostStartHook", &format!("PostStartHook failed: {msg}"));
+            self.kill_container(i, &format!("FailedPostStartHook: stopping container {name}"));
         }
     }
 
@@ -716,14 +933,35 @@ impl Worker {
             p.metadata.deletion_timestamp = Some(now);
             p.metadata.deletion_grace_period_seconds = Some(grace as i64);
         });
-        for slot in &self.slots {
-            if let Some(r) = &slot.current {
-                self.event(
-                    EventType::Normal,
-                    "Killing",
-                    &format!("Stopping container {}", slot.spec.name),
-                );
-                r.shim.signal(libc::SIGTERM);
+        let grace_d = Duration::from_secs(grace);
+        for i in 0..self.slots.len() {
+            let Some(r) = &self.slots[i].current else {
+                continue;
+            };
+            self.event(
+                EventType::Normal,
+                "Killing",
+                &format!("Stopping container {}", self.slots[i].spec.name),
+            );
+            if let Some(p) = &r.prober {
+                p.abort();
+            }
+            let pre_stop = self.slots[i]
+                .spec
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref())
+                .and_then(probe::Handler::of_lifecycle);
+            match (pre_stop, self.probe_target(i)) {
+                // preStop runs first, within the grace period; SIGTERM follows it.
+                (Some(h), Some(t)) => {
+                    let term = r.shim.signal_handle();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(grace_d, probe::run(&h, &t, grace_d)).await;
+                        term(libc::SIGTERM);
+                    });
+                }
+                _ => r.shim.signal(libc::SIGTERM),
             }
         }
         let deadline = Instant::now() + Duration::from_secs(grace);
@@ -926,5 +1164,64 @@ mod tests {
         assert_eq!(sigs, vec![libc::SIGTERM, libc::SIGTERM, libc::SIGUSR1]);
         assert!(store.get_pod("default", "p").is_none());
         assert_eq!(fake.sandboxes_removed(), 1);
+    }
+
+    fn container_ready(store: &Store) -> Option<bool> {
+        let st = store.get_pod("default", "p")?.status?;
+        Some(st.container_statuses?.first()?.ready)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_liveness_probe_restarts_the_container() {
+        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: a\n    image: x\n    livenessProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 2}");
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("a restart", || fake.started().len() >= 2).await;
+        let sigs: Vec<i32> = fake.signals().iter().map(|s| s.1).collect();
+        assert_eq!(&sigs[..2], &[libc::SIGTERM, libc::SIGUSR1], "{sigs:?}");
+        let events = store.list_events(Some("default"), Some("p"));
+        assert!(events.iter().any(|e| e.reason.as_deref() == Some("Unhealthy")));
+        assert!(events.iter().any(|e| e.message.as_deref().is_some_and(|m| m.contains("failed liveness probe, will be restarted"))));
+        assert_eq!(fake.started()[1].restart, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_probe_gates_ready_and_startup_gates_the_others() {
+        let p = pod("metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    readinessProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 1}");
+        let (_fake, store, _tx, _h) = setup(&p);
+        wait_until("Running", || phase(&store) == "Running").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(container_ready(&store), Some(false));
+        let ready_cond = store.get_pod("default", "p").unwrap().status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready_cond.status, "False");
+
+        let p = pod("metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    startupProbe: {exec: {command: [true, startup]}, periodSeconds: 1}\n    readinessProbe: {exec: {command: [true, ready]}, periodSeconds: 1}");
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("ready", || container_ready(&store) == Some(true)).await;
+        let execs = fake.execs();
+        assert_eq!(execs[0], vec!["true", "startup"], "startup runs first: {execs:?}");
+        let st = store.get_pod("default", "p").unwrap().status.unwrap();
+        assert_eq!(st.container_statuses.unwrap()[0].started, Some(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pre_stop_hook_runs_before_sigterm() {
+        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 3\n  containers:\n  - name: a\n    image: x\n    lifecycle: {preStop: {exec: {command: [true, bye]}}, postStart: {exec: {command: [true, hello]}}}");
+        let (fake, store, tx, h) = setup(&p);
+        fake.script("a", Script { exits_on_term: true, ..Default::default() });
+        wait_until("Running", || phase(&store) == "Running").await;
+        assert_eq!(fake.execs(), vec![vec!["true".to_string(), "hello".to_string()]]);
+        tx.send(Msg::Terminate).unwrap();
+        h.await.unwrap();
+        assert_eq!(fake.execs().last().unwrap(), &vec!["true".to_string(), "bye".to_string()]);
+        assert_eq!(fake.signals().iter().map(|s| s.1).collect::<Vec<_>>(), vec![libc::SIGTERM]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_post_start_hook_kills_the_container() {
+        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n  - name: a\n    image: x\n    lifecycle: {postStart: {exec: {command: [false]}}}");
+        let (_fake, store, _tx, _h) = setup(&p);
+        wait_until("Failed", || phase(&store) == "Failed").await;
+        let events = store.list_events(Some("default"), Some("p"));
+        assert!(events.iter().any(|e| e.reason.as_deref() == Some("FailedPostStartHook")));
     }
 }

@@ -112,6 +112,8 @@ pub trait Process: Send + Sync {
     fn signal(&self, signal: i32);
     /// Resolves when the supervisor has exited (its exit record is then on disk).
     fn exited(&self) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// A handle to signal the process later from another task.
+    fn signal_handle(&self) -> Box<dyn Fn(i32) + Send + Sync>;
 }
 
 impl Process for PidFd {
@@ -126,6 +128,15 @@ impl Process for PidFd {
         Box::pin(async move {
             if let Ok(w) = watch {
                 let _ = w.exited().await;
+            }
+        })
+    }
+
+    fn signal_handle(&self) -> Box<dyn Fn(i32) + Send + Sync> {
+        let fd = self.try_clone().ok();
+        Box::new(move |sig| {
+            if let Some(fd) = &fd {
+                let _ = PidFd::signal(fd, sig);
             }
         })
     }
@@ -146,6 +157,13 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn remove_container(&self, uid: &str, id: &str);
     /// Frees network attachments of every pod not in `live_uids`.
     fn gc_network(&self, live_uids: &[String]);
+    /// Runs a command in a running container: (exit code, combined output).
+    fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(i32, String), String>> + Send>>;
     /// Sets up (or refreshes in place) the pod's volumes.
     fn setup_volumes(
         &self,
@@ -191,6 +209,26 @@ impl PodRuntime for Runtime {
     }
     fn gc_network(&self, live_uids: &[String]) {
         blocking(|| Runtime::gc_network(self, live_uids))
+    }
+    fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(i32, String), String>> + Send>> {
+        let mut cmd = self.exec_command(id, &argv);
+        Box::pin(async move {
+            let child = cmd.spawn().map_err(|e| format!("starting exec: {e}"))?;
+            match tokio::time::timeout(timeout, child.wait_with_output()).await {
+                Err(_) => Err(format!("command {:?} timed out after {timeout:?}", argv.join(" "))),
+                Ok(Err(e)) => Err(format!("exec: {e}")),
+                Ok(Ok(out)) => {
+                    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    text.push_str(&String::from_utf8_lossy(&out.stderr));
+                    Ok((out.status.code().unwrap_or(126), text))
+                }
+            }
+        })
     }
     fn setup_volumes(
         &self,

@@ -10,6 +10,7 @@ pub mod events;
 pub mod images;
 pub mod nodes;
 pub mod pods;
+pub mod services;
 
 /// Unwraps an optional API time.
 pub(crate) fn ts(t: Option<&Time>) -> Option<Timestamp> {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Benchmarks the service proxy's iptables sync in throwaway network
+# namespaces (never the host's rules): full sync vs a raw iptables-restore
+# of the same text at 1k/5k/10k Services x 4 endpoints, a one-endpoint
+# change at the largest size, and the generator's memory.
+#
+#   sudo scripts/bench-proxy.sh                 # 1000,5000,10000
+#   sudo SKIFF_BENCH_SIZES=2000 scripts/bench-proxy.sh
+#
+# Needs root, ip(8), nsenter(1) and iptables-restore/-save on PATH (nf_tables
+# or legacy, whichever PATH gives).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "bench-proxy.sh: needs root (throwaway network namespaces)" >&2
+    exit 1
+fi
+for tool in ip nsenter iptables-restore iptables-save; do
+    command -v "$tool" >/dev/null || { echo "bench-proxy.sh: $tool not found" >&2; exit 1; }
+done
+
+echo "iptables: $(iptables-restore --version 2>&1)"
+echo "kernel:   $(uname -r), $(nproc) CPUs"
+exec cargo bench --bench proxy_sync

@@ -1,0 +1,579 @@
+//! The proxier: keeps the desired service ports, what was last written to
+//! the kernel, and turns the difference into one `iptables-restore
+//! --noflush` per sync.
+//!
+//! Under `--noflush`, declaring `:CHAIN - [0:0]` creates or flushes that
+//! chain and leaves every other chain alone, so a partial sync declares and
+//! rewrites only the chains whose text changed and deletes (`-X`) the ones
+//! that are gone, as kube-proxy does. A full sync rewrites every skiff
+//! chain and also removes `SKIFF-` chains it does not know (left by an
+//! earlier run) and inserts missing jumps from the built-in chains.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::chains::{self, EXTERNAL_SERVICES, NODEPORTS, SERVICES};
+use super::conntrack::{Conntrack, ConntrackFilter};
+use super::iptables::{Iptables, IptablesError, scan_saved};
+use super::rules::{self, Fragment, JUMPS, RuleConfig};
+use super::types::{Endpoint, Protocol, ServicePort, ServicePortKey};
+
+/// Why a sync or cleanup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// `iptables-save` of a table failed.
+    #[error("reading the {table} table: {source}")]
+    Save {
+        /// The table.
+        table: &'static str,
+        /// The cause.
+        source: IptablesError,
+    },
+    /// `iptables-restore` rejected a full sync (the next sync is full again).
+    #[error("full sync of {chains} chains: {source}")]
+    Restore {
+        /// How many chains the text declared.
+        chains: usize,
+        /// The cause.
+        source: IptablesError,
+    },
+    /// Removing skiff's rules failed.
+    #[error("cleanup: {source}")]
+    Cleanup {
+        /// The cause.
+        source: IptablesError,
+    },
+}
+
+/// What one sync did, for logs and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Whether every chain was rewritten.
+    pub full: bool,
+    /// Chains declared and rewritten.
+    pub chains_written: usize,
+    /// Chains deleted.
+    pub chains_deleted: usize,
+    /// Size of the restore text (0: nothing to do, no restore run).
+    pub bytes: usize,
+}
+
+/// A service port with its ready endpoints and the rules made from them.
+#[derive(Debug, Clone)]
+struct Entry {
+    sp: ServicePort,
+    ready: Vec<Endpoint>,
+    fragment: Fragment,
+}
+
+/// The text of the four chains every service port adds lines to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Shared {
+    filter_services: String,
+    filter_external: String,
+    nat_services: String,
+    nat_nodeports: String,
+}
+
+impl Shared {
+    fn build(entries: &BTreeMap<ServicePortKey, Entry>) -> Shared {
+        let mut s = Shared::default();
+        for e in entries.values() {
+            s.filter_services.push_str(&e.fragment.filter_services);
+            s.filter_external.push_str(&e.fragment.filter_external);
+            s.nat_services.push_str(&e.fragment.nat_services);
+            s.nat_nodeports.push_str(&e.fragment.nat_nodeports);
+        }
+        s.nat_services.push_str(&rules::nodeports_jump());
+        s
+    }
+}
+
+/// kube-proxy's iptables proxier, reduced to skiff's needs. Feed it service
+/// ports with [`Proxier::update`]/[`Proxier::remove`] (or
+/// [`Proxier::replace_all`]) and call [`Proxier::sync`].
+pub struct Proxier<I: Iptables, C: Conntrack> {
+    ipt: I,
+    conntrack: C,
+    cfg: RuleConfig,
+    /// Desired and generated, as of the last sync.
+    entries: BTreeMap<ServicePortKey, Entry>,
+    /// Changes since the last sync (`None`: removed).
+    pending: BTreeMap<ServicePortKey, Option<(ServicePort, Vec<Endpoint>)>>,
+    /// The shared chains as last written; `None` until a full sync
+    /// succeeded (and again after a failed sync).
+    applied: Option<Shared>,
+    /// Force the next sync to be full.
+    force_full: bool,
+}
+
+impl<I: Iptables, C: Conntrack> Proxier<I, C> {
+    /// A proxier with nothing applied yet; the first sync is full.
+    pub fn new(ipt: I, conntrack: C, cfg: RuleConfig) -> Proxier<I, C> {
+        Proxier {
+            ipt,
+            conntrack,
+            cfg,
+            entries: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            applied: None,
+            force_full: true,
+        }
+    }
+
+    /// Sets a service port and its endpoints (not-ready ones are kept out
+    /// of rotation). Takes effect at the next sync.
+    pub fn update(&mut self, sp: ServicePort, endpoints: Vec<Endpoint>) {
+        self.pending.insert(sp.key.clone(), Some((sp, endpoints)));
+    }
+
+    /// Removes a service port. Takes effect at the next sync.
+    pub fn remove(&mut self, key: &ServicePortKey) {
+        self.pending.insert(key.clone(), None);
+    }
+
+    /// Replaces the whole desired state (service ports not listed are
+    /// removed). Takes effect at the next sync.
+    pub fn replace_all(&mut self, all: impl IntoIterator<Item = (ServicePort, Vec<Endpoint>)>) {
+        let mut gone: BTreeSet<ServicePortKey> = self.entries.keys().cloned().collect();
+        self.pending.clear();
+        for (sp, eps) in all {
+            gone.remove(&sp.key);
+            self.update(sp, eps);
+        }
+        for key in gone {
+            self.pending.insert(key, None);
+        }
+    }
+
+    /// Makes the next sync a full one (call it periodically, as kube-proxy's
+    /// `--iptables-sync-period`, to repair rules changed behind skiff's back).
+    pub fn request_full_sync(&mut self) {
+        self.force_full = true;
+    }
+
+    /// The service ports currently known (as of the last sync).
+    pub fn service_ports(&self) -> impl Iterator<Item = &ServicePort> {
+        self.entries.values().map(|e| &e.sp)
+    }
+
+    /// The backend, e.g. to inspect a fake in tests.
+    pub fn iptables(&mut self) -> &mut I {
+        &mut self.ipt
+    }
+
+    /// The conntrack backend.
+    pub fn conntrack(&mut self) -> &mut C {
+        &mut self.conntrack
+    }
+
+    /// Applies pending changes with one `iptables-restore`: only changed
+    /// chains, or everything when a full sync is due. A failed partial sync
+    /// is retried at once as a full sync; a failed full sync makes the next
+    /// one full too.
+    pub fn sync(&mut self) -> Result<SyncStats, ProxyError> {
+        let start = Instant::now();
+        let changes = self.apply_pending();
+        let partial = match &self.applied {
+            Some(applied) if !self.force_full => Some(self.partial_text(applied, &changes)),
+            _ => None,
+        };
+        let result = match partial {
+            None => self.full_sync(),
+            Some((text, stats, _)) if text.is_empty() => Ok(stats),
+            Some((text, mut stats, shared)) => match self.ipt.restore(&text) {
+                Ok(()) => {
+                    stats.bytes = text.len();
+                    self.applied = Some(shared);
+                    Ok(stats)
+                }
+                Err(err) => {
+                    warn!(%err, "proxy: partial sync failed, resyncing everything");
+                    self.full_sync()
+                }
+            },
+        };
+        match &result {
+            Ok(stats) => {
+                self.force_full = false;
+                self.clear_conntrack(&changes);
+                if stats.bytes > 0 {
+                    info!(
+                        full = stats.full,
+                        services = self.entries.len(),
+                        written = stats.chains_written,
+                        deleted = stats.chains_deleted,
+                        bytes = stats.bytes,
+                        elapsed_ms = start.elapsed().as_millis() as u64,
+                        "proxy: rules synced"
+                    );
+                }
+            }
+            Err(err) => {
+                warn!(%err, "proxy: sync failed; the next sync is a full one");
+                self.applied = None;
+                self.force_full = true;
+            }
+        }
+        result
+    }
+
+    /// Moves pending changes into `entries`, generating rules for those
+    /// whose input changed. Returns (key, old, new) for each real change.
+    fn apply_pending(&mut self) -> Vec<(ServicePortKey, Option<Entry>, Option<Entry>)> {
+        let mut changes = Vec::new();
+        for (key, want) in std::mem::take(&mut self.pending) {
+            let new = want.map(|(sp, eps)| {
+                let mut ready: Vec<Endpoint> = eps.into_iter().filter(|e| e.ready).collect();
+                ready.sort();
+                ready.dedup_by_key(|e| (e.ip, e.port));
+                (sp, ready)
+            });
+            let unchanged = match (self.entries.get(&key), &new) {
+                (Some(old), Some((sp, ready))) => old.sp == *sp && old.ready == *ready,
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                continue;
+            }
+            let new = new.map(|(sp, ready)| Entry {
+                fragment: rules::service_port_rules(&self.cfg, &sp, &ready),
+                sp,
+                ready,
+            });
+            let old = match &new {
+                Some(e) => self.entries.insert(key.clone(), e.clone()),
+                None => self.entries.remove(&key),
+            };
+            changes.push((key, old, new));
+        }
+        changes
+    }
+
+    /// Restore text for the changed chains only; empty when nothing changed.
+    fn partial_text(
+        &self,
+        applied: &Shared,
+        changes: &[(ServicePortKey, Option<Entry>, Option<Entry>)],
+    ) -> (String, SyncStats, Shared) {
+        let mut stats = SyncStats::default();
+        let mut write: Vec<(&str, &str)> = Vec::new();
+        let mut delete: Vec<&str> = Vec::new();
+        let mut shared_touched = false;
+        let empty = Fragment::default();
+        for (_, old, new) in changes {
+            let of = old.as_ref().map_or(&empty, |e| &e.fragment);
+            let nf = new.as_ref().map_or(&empty, |e| &e.fragment);
+            shared_touched |= of.nat_services != nf.nat_services
+                || of.nat_nodeports != nf.nat_nodeports
+                || of.filter_services != nf.filter_services
+                || of.filter_external != nf.filter_external;
+            for (name, text) in &nf.chains {
+                if !of.chains.iter().any(|(n, t)| n == name && t == text) {
+                    write.push((name, text));
+                }
+            }
+            for (name, _) in &of.chains {
+                if !nf.chains.iter().any(|(n, _)| n == name) {
+                    delete.push(name);
+                }
+            }
+        }
+        let shared = if shared_touched {
+            Shared::build(&self.entries)
+        } else {
+            applied.clone()
+        };
+
+        let mut filter = String::new();
+        let mut nat = String::new();
+        let mut nat_rules = String::new();
+        let mut filter_rules = String::new();
+        write_changed(
+            SERVICES,
+            &shared.filter_services,
+            &applied.filter_services,
+            &mut filter,
+            &mut filter_rules,
+            &mut stats,
+        );
+        write_changed(
+            EXTERNAL_SERVICES,
+            &shared.filter_external,
+            &applied.filter_external,
+            &mut filter,
+            &mut filter_rules,
+            &mut stats,
+        );
+        write_changed(
+            SERVICES,
+            &shared.nat_services,
+            &applied.nat_services,
+            &mut nat,
+            &mut nat_rules,
+            &mut stats,
+        );
+        write_changed(
+            NODEPORTS,
+            &shared.nat_nodeports,
+            &applied.nat_nodeports,
+            &mut nat,
+            &mut nat_rules,
+            &mut stats,
+        );
+        for (name, text) in &write {
+            let _ = writeln!(nat, ":{name} - [0:0]");
+            nat_rules.push_str(text);
+            stats.chains_written += 1;
+        }
+        for name in &delete {
+            let _ = writeln!(nat, ":{name} - [0:0]");
+            let _ = writeln!(nat_rules, "-X {name}");
+            stats.chains_deleted += 1;
+        }
+        let mut text = String::new();
+        if !filter.is_empty() {
+            let _ = write!(text, "*filter\n{filter}{filter_rules}COMMIT\n");
+        }
+        if !nat.is_empty() {
+            let _ = write!(text, "*nat\n{nat}{nat_rules}COMMIT\n");
+        }
+        (text, stats, shared)
+    }
+
+    /// Rewrites every skiff chain, removes unknown `SKIFF-` chains and adds
+    /// missing jumps from the built-in chains.
+    fn full_sync(&mut self) -> Result<SyncStats, ProxyError> {
+        let mut stats = SyncStats {
+            full: true,
+            ..SyncStats::default()
+        };
+        let shared = Shared::build(&self.entries);
+        let mut text = String::with_capacity(self.estimated_size());
+        for table in ["filter", "nat"] {
+            let saved = self
+                .ipt
+                .save(table)
+                .map_err(|source| ProxyError::Save { table, source })?;
+            let installed = scan_saved(&saved, chains::PREFIX);
+
+            // (name, rules) of every chain skiff wants in this table.
+            let mut ours: Vec<(&str, &str)> = Vec::new();
+            let fixed;
+            if table == "filter" {
+                ours.push((SERVICES, &shared.filter_services));
+                ours.push((EXTERNAL_SERVICES, &shared.filter_external));
+            } else {
+                fixed = rules::fixed_nat_chains(&self.cfg);
+                ours.extend(fixed.iter().map(|(n, r)| (n.as_str(), r.as_str())));
+                ours.push((SERVICES, &shared.nat_services));
+                ours.push((NODEPORTS, &shared.nat_nodeports));
+                for e in self.entries.values() {
+                    ours.extend(
+                        e.fragment
+                            .chains
+                            .iter()
+                            .map(|(n, r)| (n.as_str(), r.as_str())),
+                    );
+                }
+            }
+            let wanted: BTreeSet<&str> = ours.iter().map(|(n, _)| *n).collect();
+            let stale: Vec<&String> = installed
+                .chains
+                .iter()
+                .filter(|c| !wanted.contains(c.as_str()))
+                .collect();
+
+            let _ = writeln!(text, "*{table}");
+            for (name, _) in &ours {
+                let _ = writeln!(text, ":{name} - [0:0]");
+            }
+            for name in &stale {
+                let _ = writeln!(text, ":{name} - [0:0]");
+            }
+            // Jumps into chains about to be deleted would block the `-X`.
+            for line in &installed.jumps {
+                let target = line.rsplit(" -j ").next().unwrap_or("");
+                if stale.iter().any(|s| s.as_str() == target) {
+                    let _ = writeln!(text, "-D {}", &line[3..]);
+                }
+            }
+            for jump in JUMPS.iter().filter(|j| j.table == table) {
+                let present = installed.jumps.iter().any(|line| {
+                    line.starts_with(&format!("-A {} ", jump.from))
+                        && line.ends_with(&format!("-j {}", jump.to))
+                        && line.contains(jump.comment)
+                });
+                if !present {
+                    let _ = writeln!(text, "-I {} 1 {}", jump.from, jump.spec());
+                }
+            }
+            for (_, rules) in &ours {
+                text.push_str(rules);
+            }
+            for name in &stale {
+                let _ = writeln!(text, "-X {name}");
+            }
+            text.push_str("COMMIT\n");
+            stats.chains_written += ours.len();
+            stats.chains_deleted += stale.len();
+        }
+        stats.bytes = text.len();
+        debug!(bytes = text.len(), "proxy: full restore");
+        match self.ipt.restore(&text) {
+            Ok(()) => {
+                self.applied = Some(shared);
+                Ok(stats)
+            }
+            Err(source) => Err(ProxyError::Restore {
+                chains: stats.chains_written + stats.chains_deleted,
+                source,
+            }),
+        }
+    }
+
+    fn estimated_size(&self) -> usize {
+        self.entries
+            .values()
+            .map(|e| {
+                e.fragment
+                    .chains
+                    .iter()
+                    .map(|(n, r)| n.len() + r.len() + 12)
+                    .sum::<usize>()
+                    + 512
+            })
+            .sum::<usize>()
+            + 4096
+    }
+
+    /// Deletes UDP flows that point at endpoints that went away, and flows
+    /// of service ports that just got their first endpoint (they were
+    /// created while nothing DNATed them).
+    fn clear_conntrack(&mut self, changes: &[(ServicePortKey, Option<Entry>, Option<Entry>)]) {
+        let mut filters = BTreeSet::new();
+        for (_, old, new) in changes {
+            fn udp(e: &Option<Entry>) -> Option<&Entry> {
+                e.as_ref().filter(|e| e.sp.protocol == Protocol::Udp)
+            }
+            if let Some(old) = udp(old) {
+                let still: &[Endpoint] = new.as_ref().map_or(&[], |n| &n.ready);
+                for ep in old
+                    .ready
+                    .iter()
+                    .filter(|ep| !still.iter().any(|n| n.ip == ep.ip))
+                {
+                    for dst in std::iter::once(old.sp.cluster_ip)
+                        .chain(old.sp.external_ips.iter().copied())
+                    {
+                        filters.insert(ConntrackFilter {
+                            protocol: Protocol::Udp,
+                            orig_dst: Some(dst),
+                            orig_port_dst: None,
+                            dst_nat: Some(ep.ip),
+                        });
+                    }
+                    if let Some(np) = old.sp.node_port {
+                        filters.insert(ConntrackFilter {
+                            protocol: Protocol::Udp,
+                            orig_dst: None,
+                            orig_port_dst: Some(np),
+                            dst_nat: Some(ep.ip),
+                        });
+                    }
+                }
+            }
+            if let Some(new) = udp(new) {
+                let had = old.as_ref().is_some_and(|o| !o.ready.is_empty());
+                if !had && !new.ready.is_empty() {
+                    for dst in std::iter::once(new.sp.cluster_ip)
+                        .chain(new.sp.external_ips.iter().copied())
+                    {
+                        filters.insert(ConntrackFilter {
+                            protocol: Protocol::Udp,
+                            orig_dst: Some(dst),
+                            orig_port_dst: None,
+                            dst_nat: None,
+                        });
+                    }
+                    if let Some(np) = new.sp.node_port {
+                        filters.insert(ConntrackFilter {
+                            protocol: Protocol::Udp,
+                            orig_dst: None,
+                            orig_port_dst: Some(np),
+                            dst_nat: None,
+                        });
+                    }
+                }
+            }
+        }
+        for f in &filters {
+            if let Err(err) = self.conntrack.delete(f) {
+                warn!(%err, "proxy: clearing stale UDP conntrack entries failed");
+            }
+        }
+    }
+
+    /// Removes everything skiff installed (see [`cleanup`]) and forgets the
+    /// applied state, so a later sync starts with a full one.
+    pub fn cleanup(&mut self) -> Result<(), ProxyError> {
+        self.applied = None;
+        self.force_full = true;
+        cleanup(&mut self.ipt)
+    }
+}
+
+/// Declares (flushes) and rewrites `name` when its rules changed.
+fn write_changed(
+    name: &str,
+    now: &str,
+    before: &str,
+    decl: &mut String,
+    rules: &mut String,
+    stats: &mut SyncStats,
+) {
+    if now != before {
+        let _ = writeln!(decl, ":{name} - [0:0]");
+        rules.push_str(now);
+        stats.chains_written += 1;
+    }
+}
+
+/// Removes every jump into a `SKIFF-` chain from other chains and every
+/// `SKIFF-` chain, in both tables, with one restore. Works without a
+/// proxier (`skiffd --cleanup-iptables`, after a crash); nothing to remove
+/// is success.
+pub fn cleanup(ipt: &mut impl Iptables) -> Result<(), ProxyError> {
+    let mut text = String::new();
+    for table in ["filter", "nat"] {
+        let saved = ipt
+            .save(table)
+            .map_err(|source| ProxyError::Save { table, source })?;
+        let installed = scan_saved(&saved, chains::PREFIX);
+        if installed.chains.is_empty() && installed.jumps.is_empty() {
+            continue;
+        }
+        let _ = writeln!(text, "*{table}");
+        for name in &installed.chains {
+            let _ = writeln!(text, ":{name} - [0:0]");
+        }
+        for line in &installed.jumps {
+            let _ = writeln!(text, "-D {}", &line[3..]);
+        }
+        for name in &installed.chains {
+            let _ = writeln!(text, "-X {name}");
+        }
+        text.push_str("COMMIT\n");
+    }
+    if text.is_empty() {
+        return Ok(());
+    }
+    ipt.restore(&text)
+        .map_err(|source| ProxyError::Cleanup { source })?;
+    info!("proxy: removed skiff's iptables rules");
+    Ok(())
+}

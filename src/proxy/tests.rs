@@ -1,0 +1,402 @@
+//! Rule text against golden files (`src/proxy/testdata/*.golden`; rewrite
+//! them with `SKIFF_UPDATE_GOLDEN=1 cargo test --lib proxy` and review the
+//! diff), and the proxier's sync logic against the recording fakes.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::*;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn ep(addr: &str, port: u16) -> Endpoint {
+    Endpoint::ready(ip(addr), port)
+}
+
+fn svc(
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    proto: Protocol,
+    cip: &str,
+    port: u16,
+) -> ServicePort {
+    ServicePort {
+        key: ServicePortKey::new(ns, name, port_name),
+        protocol: proto,
+        cluster_ip: ip(cip),
+        port,
+        node_port: None,
+        external_ips: vec![],
+        session_affinity_timeout: None,
+    }
+}
+
+fn cfg() -> RuleConfig {
+    RuleConfig {
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        ..RuleConfig::default()
+    }
+}
+
+fn proxier() -> Proxier<FakeIptables, FakeConntrack> {
+    Proxier::new(FakeIptables::default(), FakeConntrack::default(), cfg())
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/proxy/testdata")
+        .join(format!("{name}.golden"));
+    if std::env::var_os("SKIFF_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with SKIFF_UPDATE_GOLDEN=1)", path.display()));
+    if expected != actual {
+        panic!(
+            "{name}: generated rules differ from {}\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        );
+    }
+}
+
+/// The full-sync text for a set of service ports on an empty host.
+fn full_text(ports: Vec<(ServicePort, Vec<Endpoint>)>) -> String {
+    let mut p = proxier();
+    p.replace_all(ports);
+    let stats = p.sync().unwrap();
+    assert!(stats.full);
+    let restores = &p.iptables().restores;
+    assert_eq!(restores.len(), 1, "one iptables-restore per sync");
+    restores[0].clone()
+}
+
+#[test]
+fn golden_three_endpoints() {
+    let sp = svc("default", "web", "http", Protocol::Tcp, "10.96.0.10", 80);
+    let mut not_ready = ep("10.244.1.9", 8080);
+    not_ready.ready = false;
+    let eps = vec![
+        ep("10.244.1.3", 8080),
+        ep("10.244.1.2", 8080),
+        ep("10.244.2.5", 8080),
+        not_ready,
+    ];
+    let text = full_text(vec![(sp, eps)]);
+    assert!(
+        !text.contains("10.244.1.9"),
+        "a not-ready endpoint gets no traffic"
+    );
+    golden("three_endpoints", &text);
+}
+
+#[test]
+fn golden_session_affinity() {
+    let mut sp = svc("default", "sticky", "", Protocol::Tcp, "10.96.0.11", 80);
+    sp.session_affinity_timeout = Some(10800);
+    golden(
+        "session_affinity",
+        &full_text(vec![(sp, vec![ep("10.244.1.2", 80), ep("10.244.1.3", 80)])]),
+    );
+}
+
+#[test]
+fn golden_node_port() {
+    let mut sp = svc("default", "np", "http", Protocol::Tcp, "10.96.0.12", 80);
+    sp.node_port = Some(30080);
+    golden(
+        "node_port",
+        &full_text(vec![(
+            sp,
+            vec![ep("10.244.1.2", 8080), ep("10.244.2.2", 8080)],
+        )]),
+    );
+}
+
+#[test]
+fn golden_external_ip() {
+    let mut sp = svc("default", "ext", "", Protocol::Tcp, "10.96.0.13", 443);
+    sp.external_ips = vec![ip("192.0.2.10"), ip("192.0.2.11")];
+    golden(
+        "external_ip",
+        &full_text(vec![(sp, vec![ep("10.244.1.2", 8443)])]),
+    );
+}
+
+#[test]
+fn golden_no_endpoints_rejects() {
+    let mut sp = svc("default", "empty", "http", Protocol::Tcp, "10.96.0.14", 80);
+    sp.node_port = Some(30081);
+    sp.external_ips = vec![ip("192.0.2.20")];
+    let mut not_ready = ep("10.244.1.2", 80);
+    not_ready.ready = false;
+    let text = full_text(vec![(sp, vec![not_ready])]);
+    assert!(
+        !text.contains("SKIFF-SVC-"),
+        "no service chain without endpoints"
+    );
+    golden("no_endpoints", &text);
+}
+
+#[test]
+fn golden_udp() {
+    let sp = svc("kube-system", "dns", "dns", Protocol::Udp, "10.96.0.53", 53);
+    golden(
+        "udp",
+        &full_text(vec![(sp, vec![ep("10.244.1.7", 53), ep("10.244.2.7", 53)])]),
+    );
+}
+
+#[test]
+fn golden_multi_port() {
+    let http = svc("shop", "front", "http", Protocol::Tcp, "10.96.0.20", 80);
+    let https = svc("shop", "front", "https", Protocol::Tcp, "10.96.0.20", 443);
+    let eps = |port| vec![ep("10.244.1.2", port), ep("10.244.1.3", port)];
+    golden(
+        "multi_port",
+        &full_text(vec![(http, eps(8080)), (https, eps(8443))]),
+    );
+}
+
+#[test]
+fn golden_partial_sync_after_one_endpoint_change() {
+    let mut p = proxier();
+    let a = svc("default", "a", "http", Protocol::Tcp, "10.96.1.1", 80);
+    let b = svc("default", "b", "http", Protocol::Tcp, "10.96.1.2", 80);
+    p.update(a.clone(), vec![ep("10.244.1.2", 80), ep("10.244.1.3", 80)]);
+    p.update(b, vec![ep("10.244.1.4", 80)]);
+    p.sync().unwrap();
+    // 10.244.1.3 replaced by 10.244.1.5: only a's service chain and the two
+    // endpoint chains change.
+    p.update(a, vec![ep("10.244.1.2", 80), ep("10.244.1.5", 80)]);
+    let stats = p.sync().unwrap();
+    assert!(!stats.full);
+    assert_eq!((stats.chains_written, stats.chains_deleted), (2, 1));
+    let text = p.iptables().restores[1].clone();
+    assert!(!text.contains("*filter"), "filter unchanged: {text}");
+    assert!(
+        !text.contains(":SKIFF-SERVICES"),
+        "entry chain unchanged: {text}"
+    );
+    assert!(!text.contains("10.244.1.4"), "service b untouched: {text}");
+    golden("partial_endpoint_change", &text);
+}
+
+#[test]
+fn chain_names_are_stable_and_prefixed() {
+    let sp = svc("default", "web", "http", Protocol::Tcp, "10.96.0.10", 80);
+    let f = service_port_rules(&cfg(), &sp, &[ep("10.244.1.2", 80)]);
+    let g = service_port_rules(&cfg(), &sp, &[ep("10.244.1.2", 80)]);
+    assert_eq!(f, g);
+    for (name, _) in &f.chains {
+        assert!(name.starts_with("SKIFF-") && name.len() <= 28, "{name}");
+    }
+    let udp = svc("default", "web", "http", Protocol::Udp, "10.96.0.10", 80);
+    let h = service_port_rules(&cfg(), &udp, &[ep("10.244.1.2", 80)]);
+    assert_ne!(f.chains[0].0, h.chains[0].0, "protocol is part of the hash");
+}
+
+#[test]
+fn unchanged_input_does_not_restore() {
+    let mut p = proxier();
+    let a = svc("default", "a", "", Protocol::Tcp, "10.96.1.1", 80);
+    p.update(a.clone(), vec![ep("10.244.1.2", 80)]);
+    p.sync().unwrap();
+    // Same endpoints in another order, plus a not-ready one.
+    let mut nr = ep("10.244.1.9", 80);
+    nr.ready = false;
+    p.update(a, vec![nr, ep("10.244.1.2", 80)]);
+    let stats = p.sync().unwrap();
+    assert_eq!(stats.bytes, 0);
+    assert_eq!(p.iptables().restores.len(), 1);
+}
+
+#[test]
+fn removing_a_service_deletes_its_chains() {
+    let mut p = proxier();
+    let a = svc("default", "a", "", Protocol::Tcp, "10.96.1.1", 80);
+    let b = svc("default", "b", "", Protocol::Tcp, "10.96.1.2", 80);
+    p.update(a.clone(), vec![ep("10.244.1.2", 80)]);
+    p.update(b, vec![ep("10.244.1.3", 80)]);
+    p.sync().unwrap();
+    p.remove(&a.key);
+    let stats = p.sync().unwrap();
+    assert_eq!((stats.chains_written, stats.chains_deleted), (1, 2));
+    let text = p.iptables().restores[1].clone();
+    let svc_chain = chains::service_chain(&a.key, Protocol::Tcp);
+    assert!(text.contains(&format!(":{svc_chain} - [0:0]\n")));
+    assert!(text.contains(&format!("-X {svc_chain}\n")));
+    assert!(text.contains(":SKIFF-SERVICES - [0:0]\n"));
+    assert!(
+        !text.contains("10.96.1.1"),
+        "a's entry rule is gone: {text}"
+    );
+    assert!(
+        text.contains("10.96.1.2"),
+        "SKIFF-SERVICES rewritten with b: {text}"
+    );
+}
+
+#[test]
+fn losing_all_endpoints_switches_to_reject() {
+    let mut p = proxier();
+    let a = svc("default", "a", "", Protocol::Tcp, "10.96.1.1", 80);
+    p.update(a.clone(), vec![ep("10.244.1.2", 80)]);
+    p.sync().unwrap();
+    p.update(a, vec![]);
+    p.sync().unwrap();
+    let text = p.iptables().restores[1].clone();
+    assert!(text.contains("*filter\n:SKIFF-SERVICES - [0:0]\n"));
+    assert!(text.contains("\"default/a has no endpoints\""));
+    assert!(text.contains("-X SKIFF-SVC-"));
+    assert!(text.contains("-X SKIFF-SEP-"));
+}
+
+#[test]
+fn failed_partial_sync_falls_back_to_full() {
+    let mut p = proxier();
+    let a = svc("default", "a", "", Protocol::Tcp, "10.96.1.1", 80);
+    p.update(a.clone(), vec![ep("10.244.1.2", 80)]);
+    p.sync().unwrap();
+    p.update(a.clone(), vec![ep("10.244.1.3", 80)]);
+    p.iptables().fail_restores = 1;
+    let stats = p.sync().unwrap();
+    assert!(stats.full, "retried as a full sync");
+    assert_eq!(p.iptables().restores.len(), 3);
+    // Both attempts failing: error, and the next sync is full.
+    p.update(a.clone(), vec![ep("10.244.1.4", 80)]);
+    p.iptables().fail_restores = 2;
+    assert!(p.sync().is_err());
+    p.update(a, vec![ep("10.244.1.5", 80)]);
+    assert!(p.sync().unwrap().full);
+}
+
+#[test]
+fn full_sync_removes_stale_chains_and_keeps_existing_jumps() {
+    let mut ipt = FakeIptables::default();
+    ipt.saved.insert(
+        "nat".into(),
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+         :KUBE-SERVICES - [0:0]\n:SKIFF-SERVICES - [0:0]\n:SKIFF-SVC-OLDOLDOLDOLDOLD - [0:0]\n\
+         :SKIFF-EXT-OLDOLDOLDOLDOLD - [0:0]\n\
+         -A PREROUTING -m comment --comment \"skiff service portals\" -j SKIFF-SERVICES\n\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"leftover\" -j SKIFF-SVC-OLDOLDOLDOLDOLD\n\
+         -A SKIFF-EXT-OLDOLDOLDOLDOLD -j SKIFF-SVC-OLDOLDOLDOLDOLD\nCOMMIT\n"
+            .into(),
+    );
+    let mut p = Proxier::new(ipt, FakeConntrack::default(), cfg());
+    p.sync().unwrap();
+    let text = p.iptables().restores[0].clone();
+    assert!(text.contains(":SKIFF-SVC-OLDOLDOLDOLDOLD - [0:0]\n"));
+    assert!(text.contains("-X SKIFF-SVC-OLDOLDOLDOLDOLD\n"));
+    assert!(text.contains("-X SKIFF-EXT-OLDOLDOLDOLDOLD\n"));
+    assert!(
+        text.contains("-D OUTPUT -m comment --comment \"leftover\" -j SKIFF-SVC-OLDOLDOLDOLDOLD\n")
+    );
+    assert!(
+        !text.contains("-I PREROUTING"),
+        "jump already present: {text}"
+    );
+    assert!(text.contains(
+        "-I OUTPUT 1 -m comment --comment \"skiff service portals\" -j SKIFF-SERVICES\n"
+    ));
+    assert!(
+        !text.contains("KUBE-"),
+        "kube-proxy's chains are not touched"
+    );
+    assert_eq!(p.iptables().saves, ["filter", "nat"]);
+}
+
+#[test]
+fn cleanup_removes_jumps_and_chains() {
+    let mut ipt = FakeIptables::default();
+    ipt.saved.insert(
+        "filter".into(),
+        "*filter\n:INPUT ACCEPT [0:0]\n:SKIFF-SERVICES - [0:0]\n:SKIFF-EXTERNAL-SERVICES - [0:0]\n:FLANNEL-FWD - [0:0]\n\
+         -A INPUT -m conntrack --ctstate NEW -m comment --comment \"skiff externally-visible service portals\" -j SKIFF-EXTERNAL-SERVICES\n\
+         -A FORWARD -j FLANNEL-FWD\nCOMMIT\n"
+            .into(),
+    );
+    cleanup(&mut ipt).unwrap();
+    golden("cleanup", &ipt.restores[0]);
+    // Nothing installed: no restore at all.
+    let mut empty = FakeIptables::default();
+    cleanup(&mut empty).unwrap();
+    assert!(empty.restores.is_empty());
+}
+
+#[test]
+fn udp_conntrack_cleared_for_removed_endpoints_and_first_endpoint() {
+    let mut p = proxier();
+    let mut dns = svc("kube-system", "dns", "dns", Protocol::Udp, "10.96.0.53", 53);
+    dns.node_port = Some(30053);
+    p.update(dns.clone(), vec![]);
+    p.sync().unwrap();
+    assert!(p.conntrack().deleted.is_empty());
+
+    // 0 -> 2 endpoints: flows created while nothing DNATed are cleared.
+    p.update(
+        dns.clone(),
+        vec![ep("10.244.1.7", 53), ep("10.244.2.7", 53)],
+    );
+    p.sync().unwrap();
+    let mut args: Vec<String> = p
+        .conntrack()
+        .deleted
+        .iter()
+        .map(|f| f.args().join(" "))
+        .collect();
+    args.sort();
+    assert_eq!(
+        args,
+        [
+            "-D -p udp --orig-dst 10.96.0.53",
+            "-D -p udp --orig-port-dst 30053"
+        ]
+    );
+
+    // One endpoint goes away: its flows, and only its flows, are cleared.
+    p.conntrack().deleted.clear();
+    p.update(dns, vec![ep("10.244.1.7", 53)]);
+    p.sync().unwrap();
+    let mut args: Vec<String> = p
+        .conntrack()
+        .deleted
+        .iter()
+        .map(|f| f.args().join(" "))
+        .collect();
+    args.sort();
+    assert_eq!(
+        args,
+        [
+            "-D -p udp --orig-dst 10.96.0.53 --dst-nat 10.244.2.7",
+            "-D -p udp --orig-port-dst 30053 --dst-nat 10.244.2.7",
+        ]
+    );
+
+    // TCP services never touch conntrack.
+    p.conntrack().deleted.clear();
+    let web = svc("default", "web", "", Protocol::Tcp, "10.96.0.10", 80);
+    p.update(web.clone(), vec![ep("10.244.1.2", 80)]);
+    p.sync().unwrap();
+    p.remove(&web.key);
+    p.sync().unwrap();
+    assert!(p.conntrack().deleted.is_empty());
+}
+
+#[test]
+fn cidr_parsing() {
+    let c: Ipv4Cidr = "10.244.3.4/16".parse().unwrap();
+    assert_eq!(c.to_string(), "10.244.0.0/16");
+    assert!("10.0.0.0".parse::<Ipv4Cidr>().is_err());
+    assert!("10.0.0.0/33".parse::<Ipv4Cidr>().is_err());
+    assert_eq!(
+        "0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().to_string(),
+        "0.0.0.0/0"
+    );
+}

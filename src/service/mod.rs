@@ -1,0 +1,393 @@
+//! The service controller: allocates cluster IPs and node ports, computes
+//! Endpoints from Ready pods that match each Service's selector (or takes a
+//! selector-less Service's Endpoints from the manifests), and programs the
+//! proxy (kube-proxy's iptables mode, see [`crate::proxy`]).
+
+pub mod alloc;
+pub mod env;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tracing::{info, warn};
+
+use self::alloc::Allocator;
+use crate::manifest::source::PodKey;
+use crate::proxy::{self, Endpoint, Iptables, Conntrack, Protocol, Proxier, ServicePort, ServicePortKey};
+use crate::selector::Selector;
+use crate::store::{EventType, Involved, Store};
+
+/// What the controller publishes for one Service.
+#[derive(Debug, Clone, Default)]
+pub struct Views {
+    pub services: BTreeMap<PodKey, Service>,
+    pub endpoints: BTreeMap<PodKey, Endpoints>,
+    /// Services refused (bad allocation), with the reason.
+    pub rejected: BTreeMap<PodKey, String>,
+}
+
+/// The controller.
+pub struct Controller<I: Iptables, C: Conntrack> {
+    store: Arc<Store>,
+    alloc: Allocator,
+    proxier: Proxier<I, C>,
+    reported: HashMap<PodKey, String>,
+    synced_once: bool,
+}
+
+fn protocol(p: &str) -> Protocol {
+    match p {
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        _ => Protocol::Tcp,
+    }
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The port a pod serves a Service port on: a number, or a container port by name.
+fn target_port(tp: &IntOrString, proto: &str, pod: &Pod) -> Option<u16> {
+    match tp {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == proto)
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+impl<I: Iptables, C: Conntrack> Controller<I, C> {
+    pub fn new(store: Arc<Store>, alloc: Allocator, proxier: Proxier<I, C>) -> Self {
+        Controller {
+            store,
+            alloc,
+            proxier,
+            reported: HashMap::new(),
+            synced_once: false,
+        }
+    }
+
+    pub fn request_full_sync(&mut self) {
+        self.proxier.request_full_sync();
+    }
+
+    /// Recomputes everything from the store and programs the proxy.
+    pub fn reconcile(&mut self) {
+        let (desired, manual) = self.store.desired_services();
+        let pods = self.store.list_pods(None);
+        let mut views = Views::default();
+        let mut rules: Vec<(ServicePort, Vec<Endpoint>)> = Vec::new();
+        let live: HashSet<String> = desired.keys().map(|(ns, n)| format!("{ns}/{n}")).collect();
+        self.alloc.retain(&live);
+        for (key, svc) in &desired {
+            match self.one(key, svc, &pods, &manual) {
+                Ok((view, eps, sps)) => {
+                    views.services.insert(key.clone(), view);
+                    if let Some(e) = eps {
+                        views.endpoints.insert(key.clone(), e);
+                    }
+                    rules.extend(sps);
+                    self.reported.remove(key);
+                }
+                Err(msg) => {
+                    if self.reported.get(key) != Some(&msg) {
+                        warn!(service = %format!("{}/{}", key.0, key.1), error = %msg, "service rejected");
+                        let obj = Involved {
+                            kind: "Service".into(),
+                            namespace: key.0.clone(),
+                            name: key.1.clone(),
+                            uid: None,
+                        };
+                        self.store.event(&obj, EventType::Warning, "FailedAllocation", &msg);
+                        self.reported.insert(key.clone(), msg.clone());
+                    }
+                    views.rejected.insert(key.clone(), msg);
+                }
+            }
+        }
+        if let Err(e) = self.alloc.save() {
+            warn!(error = %e, "saving service allocations");
+        }
+        self.store.set_service_views(views);
+        self.proxier.replace_all(rules);
+        match self.proxier.sync() {
+            Ok(stats) => {
+                if !self.synced_once {
+                    self.synced_once = true;
+                    info!(?stats, "service rules programmed");
+                }
+            }
+            Err(e) => warn!(error = %e, "programming service rules"),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn one(
+        &mut self,
+        key: &PodKey,
+        svc: &Service,
+        pods: &[Pod],
+        manual: &BTreeMap<PodKey, Endpoints>,
+    ) -> Result<(Service, Option<Endpoints>, Vec<(ServicePort, Vec<Endpoint>)>), String> {
+        let id = format!("{}/{}", key.0, key.1);
+        let mut view = svc.clone();
+        let spec = view.spec.get_or_insert_with(Default::default);
+        let type_ = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+        if type_ == "ExternalName" {
+            return Ok((view, None, Vec::new()));
+        }
+        let headless = spec.cluster_ip.as_deref() == Some("None");
+        let cluster_ip = if headless {
+            None
+        } else {
+            let wanted = spec
+                .cluster_ip
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<Ipv4Addr>().map_err(|_| format!("spec.clusterIP: Invalid value {s:?}: only IPv4 is supported")))
+                .transpose()?;
+            let ip = self.alloc.cluster_ip(&id, wanted)?;
+            spec.cluster_ip = Some(ip.to_string());
+            spec.cluster_ips = Some(vec![ip.to_string()]);
+            Some(ip)
+        };
+        spec.ip_families = Some(vec!["IPv4".into()]);
+        spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+        spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        let node_ports = type_ == "NodePort" || type_ == "LoadBalancer";
+        if node_ports {
+            spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        }
+        let mut keep = HashSet::new();
+        for p in spec.ports.iter_mut().flatten() {
+            if node_ports {
+                let pk = format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP"));
+                let np = self.alloc.node_port(&id, &pk, p.node_port.map(|n| n as u16))?;
+                p.node_port = Some(np.into());
+                keep.insert(pk);
+            }
+        }
+        self.alloc.retain_ports(&id, &keep);
+        let external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800) as u32
+        });
+        let ports = spec.ports.clone().unwrap_or_default();
+        // Endpoints: from matching pods, or the manual object of a selector-less Service.
+        let (endpoints_obj, per_port) = match &spec.selector {
+            Some(sel) if !sel.is_empty() => {
+                let selector = Selector::from_map(sel).map_err(|e| format!("spec.selector: {e}"))?;
+                let matching: Vec<&Pod> = pods
+                    .iter()
+                    .filter(|p| p.metadata.namespace.as_deref() == Some(key.0.as_str()))
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| selector.matches(&p.metadata.labels.clone().unwrap_or_default()))
+                    .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+                    .filter(|p| {
+                        !matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded") | Some("Failed")
+                        )
+                    })
+                    .collect();
+                let mut per_port: Vec<Vec<Endpoint>> = Vec::new();
+                let mut subsets: BTreeMap<Vec<(String, i32, String)>, EndpointSubset> = BTreeMap::new();
+                for sp in &ports {
+                    let proto = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
+                    let tp = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
+                    let mut eps = Vec::new();
+                    for pod in &matching {
+                        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|s| s.parse::<Ipv4Addr>().ok()) else {
+                            continue;
+                        };
+                        let Some(port) = target_port(&tp, &proto, pod) else {
+                            continue;
+                        };
+                        eps.push(Endpoint {
+                            ip,
+                            port,
+                            ready: pod_ready(pod),
+                            local: true,
+                        });
+                    }
+                    eps.sort();
+                    per_port.push(eps);
+                }
+                // Endpoints object: group pods by the ports they serve.
+                for pod in &matching {
+                    let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
+                    let pod_ports: Vec<(String, i32, String)> = ports
+                        .iter()
+                        .filter_map(|sp| {
+                            let proto = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
+                            let tp = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
+                            target_port(&tp, &proto, pod).map(|p| (sp.name.clone().unwrap_or_default(), p as i32, proto))
+                        })
+                        .collect();
+                    if pod_ports.is_empty() {
+                        continue;
+                    }
+                    let subset = subsets.entry(pod_ports.clone()).or_insert_with(|| EndpointSubset {
+                        ports: Some(
+                            pod_ports
+                                .iter()
+                                .map(|(n, p, proto)| EndpointPort {
+                                    name: (!n.is_empty()).then(|| n.clone()),
+                                    port: *p,
+                                    protocol: Some(proto.clone()),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        ),
+                        ..Default::default()
+                    });
+                    let addr = EndpointAddress {
+                        ip,
+                        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                        target_ref: Some(ObjectReference {
+                            kind: Some("Pod".into()),
+                            name: pod.metadata.name.clone(),
+                            namespace: pod.metadata.namespace.clone(),
+                            uid: pod.metadata.uid.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    };
+                    if pod_ready(pod) {
+                        subset.addresses.get_or_insert_with(Vec::new).push(addr);
+                    } else {
+                        subset.not_ready_addresses.get_or_insert_with(Vec::new).push(addr);
+                    }
+                }
+                let ep = Endpoints {
+                    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                        name: Some(key.1.clone()),
+                        namespace: Some(key.0.clone()),
+                        labels: view.metadata.labels.clone(),
+                        creation_timestamp: view.metadata.creation_timestamp.clone(),
+                        ..Default::default()
+                    },
+                    subsets: (!subsets.is_empty()).then(|| subsets.into_values().collect()),
+                };
+                (Some(ep), per_port)
+            }
+            _ => {
+                let ep = manual.get(key).cloned();
+                let mut per_port = Vec::new();
+                for sp in &ports {
+                    let name = sp.name.clone().unwrap_or_default();
+                    let mut eps = Vec::new();
+                    for s in ep.iter().flat_map(|e| e.subsets.iter().flatten()) {
+                        let port = s
+                            .ports
+                            .iter()
+                            .flatten()
+                            .find(|p| p.name.clone().unwrap_or_default() == name)
+                            .map(|p| p.port as u16);
+                        let Some(port) = port else { continue };
+                        for (addrs, ready) in [(&s.addresses, true), (&s.not_ready_addresses, false)] {
+                            for a in addrs.iter().flatten() {
+                                if let Ok(ip) = a.ip.parse() {
+                                    eps.push(Endpoint { ip, port, ready, local: false });
+                                }
+                            }
+                        }
+                    }
+                    eps.sort();
+                    per_port.push(eps);
+                }
+                (ep, per_port)
+            }
+        };
+        let mut rules = Vec::new();
+        if let Some(ip) = cluster_ip {
+            for (sp, eps) in ports.iter().zip(per_port) {
+                rules.push((
+                    ServicePort {
+                        key: ServicePortKey::new(&key.0, &key.1, sp.name.as_deref().unwrap_or("")),
+                        protocol: protocol(sp.protocol.as_deref().unwrap_or("TCP")),
+                        cluster_ip: ip,
+                        port: sp.port as u16,
+                        node_port: if node_ports { sp.node_port.map(|n| n as u16) } else { None },
+                        external_ips: external_ips.clone(),
+                        session_affinity_timeout: affinity,
+                    },
+                    eps,
+                ));
+            }
+        }
+        Ok((view, endpoints_obj, rules))
+    }
+
+    /// Removes every rule skiff installed (`--cleanup-iptables`, orderly shutdown).
+    pub fn cleanup(&mut self) -> Result<(), proxy::ProxyError> {
+        self.proxier.cleanup()
+    }
+}
+
+/// Runs the controller until `shutdown`: after every change in the store
+/// (debounced) and a full resync every `resync`.
+pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
+    mut ctl: Controller<I, C>,
+    resync: Duration,
+    cleanup_on_exit: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut changes = ctl.store.subscribe();
+    let mut ticker = tokio::time::interval(resync);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        blocking(|| ctl.reconcile());
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                // Let a burst of status updates settle into one sync.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                changes.borrow_and_update();
+            }
+            _ = ticker.tick() => ctl.request_full_sync(),
+            _ = &mut shutdown => break,
+        }
+    }
+    if cleanup_on_exit {
+        match blocking(|| ctl.cleanup()) {
+            Ok(()) => info!("removed skiff's service rules"),
+            Err(e) => warn!(error = %e, "removing skiff's service rules"),
+        }
+    }
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
