@@ -381,10 +381,8 @@ fn validate_volumes(volumes: &[Volume]) -> Result<HashSet<String>, String> {
                 return Err(format!("{field}.hostPath.type: Unsupported value: {t:?}: supported values: {}", TYPES[1..].join(", ")));
             }
         }
-        if let Some(e) = &v.empty_dir {
-            if let Some(m) = e.medium.as_deref().filter(|m| !m.is_empty() && *m != "Memory") {
-                return Err(format!("{field}.emptyDir.medium: Unsupported value: {m:?}: supported values: \"\", \"Memory\""));
-            }
+        if let Some(m) = v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()).filter(|m| !m.is_empty() && *m != "Memory") {
+            return Err(format!("{field}.emptyDir.medium: Unsupported value: {m:?}: supported values: \"\", \"Memory\""));
         }
     }
     Ok(names)
