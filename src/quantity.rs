@@ -44,14 +44,25 @@ pub fn parse(s: &str) -> Result<f64, String> {
     Ok(value * factor)
 }
 
+/// Rounds up, ignoring the binary floating point noise of decimal suffixes
+/// (`0.7 * 1000` is `700.0000000000001`, which must stay 700).
+pub fn ceil(v: f64) -> i64 {
+    let r = v.round();
+    if (v - r).abs() <= 1e-9 * r.abs().max(1.0) {
+        r as i64
+    } else {
+        v.ceil() as i64
+    }
+}
+
 /// CPU in millicores, rounded up as the kubelet does.
 pub fn millicores(s: &str) -> Result<i64, String> {
-    Ok((parse(s)? * 1000.0).ceil() as i64)
+    Ok(ceil(parse(s)? * 1000.0))
 }
 
 /// Memory in bytes.
 pub fn bytes(s: &str) -> Result<i64, String> {
-    Ok(parse(s)?.ceil() as i64)
+    Ok(ceil(parse(s)?))
 }
 
 #[cfg(test)]
@@ -61,6 +72,14 @@ mod tests {
     #[test]
     fn parses_kubernetes_quantities() {
         assert_eq!(millicores("100m").unwrap(), 100);
+        assert_eq!(
+            millicores("110m").unwrap(),
+            110,
+            "float noise must not round up"
+        );
+        assert_eq!(millicores("0.7").unwrap(), 700);
+        assert_eq!(millicores("1001u").unwrap(), 2, "a real fraction rounds up");
+        assert_eq!(bytes("1.1k").unwrap(), 1100);
         assert_eq!(millicores("1.5").unwrap(), 1500);
         assert_eq!(millicores("2").unwrap(), 2000);
         assert_eq!(bytes("128Mi").unwrap(), 134_217_728);

@@ -86,7 +86,8 @@ pub fn parse_file(path: &Path, text: &str) -> Result<(Vec<Object>, Vec<ManifestE
         }
     } else {
         for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let v = Value::deserialize(doc).map_err(|e| format!("invalid YAML: {e}"))?;
+            let mut v = Value::deserialize(doc).map_err(|e| format!("invalid YAML: {e}"))?;
+            super::validate::yaml11_octal_modes(&mut v);
             if !v.is_null() {
                 values.push(v);
             }

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
+};
 
 /// Checks a DNS-1123 label (container names, namespaces): at most 63
 /// characters of `[a-z0-9-]`, starting and ending alphanumeric.
@@ -167,6 +169,7 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
         .get_or_insert_with(|| "default-scheduler".into());
     spec.enable_service_links.get_or_insert(true);
     spec.node_name.get_or_insert_with(String::new);
+    let volumes = validate_volumes(spec.volumes.as_deref().unwrap_or_default())?;
     let mut seen = HashSet::new();
     let groups = [
         ("spec.initContainers", spec.init_containers.get_or_insert_with(Vec::new)),
@@ -174,10 +177,12 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
     for (field, list) in groups {
         for (i, c) in list.iter_mut().enumerate() {
             validate_container(c, &format!("{field}[{i}]"), &mut seen)?;
+            validate_mounts(c, &format!("{field}[{i}]"), &volumes)?;
         }
     }
     for (i, c) in spec.containers.iter_mut().enumerate() {
         validate_container(c, &format!("spec.containers[{i}]"), &mut seen)?;
+        validate_mounts(c, &format!("spec.containers[{i}]"), &volumes)?;
     }
     if spec.init_containers.as_ref().is_some_and(Vec::is_empty) {
         spec.init_containers = None;
@@ -203,6 +208,12 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
             "{field}.imagePullPolicy: Unsupported value: {policy:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""
         ));
     }
+    // Quantities that do not parse, or requests above limits, are refused
+    // like the API server does instead of failing at container start.
+    crate::runtime::resources::amounts(c).map_err(|e| {
+        let e = e.strip_prefix(&format!("container {}: ", c.name)).unwrap_or(&e).to_string();
+        format!("{field}.{e}")
+    })?;
     c.termination_message_path
         .get_or_insert_with(|| "/dev/termination-log".into());
     c.termination_message_policy
@@ -219,6 +230,197 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
             return Err(format!(
                 "{field}.ports[{j}].protocol: Unsupported value: {proto:?}"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// File modes in manifests are written the YAML 1.1 way, as kubectl reads
+/// them: `defaultMode: 0644` is octal. YAML 1.2 (our parser) reads a leading
+/// zero as a string, so below `volumes` a `mode`/`defaultMode` that looks like
+/// `0644` or `0o644` becomes the octal number it means.
+pub fn yaml11_octal_modes(v: &mut serde_json::Value) {
+    fn fix(v: &mut serde_json::Value, in_volumes: bool) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    if in_volumes && (k == "mode" || k == "defaultMode") {
+                        if let Some(s) = child.as_str() {
+                            let digits = s.strip_prefix("0o").or_else(|| s.strip_prefix('0'));
+                            if let Some(n) = digits.and_then(|d| i64::from_str_radix(d, 8).ok()) {
+                                *child = serde_json::Value::from(n);
+                            }
+                        }
+                        continue;
+                    }
+                    fix(child, in_volumes || (k == "volumes" && child.is_array()));
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| fix(i, in_volumes)),
+            _ => {}
+        }
+    }
+    fix(v, false);
+}
+
+/// A path below a volume (`items[].path`, `subPath`): relative and without a
+/// `..` element, so nothing can be written or mounted from outside the volume
+/// (the API server's `validateLocalDescendingPath`). Key paths also must not
+/// start with `..`, which the atomic writer reserves.
+pub fn check_local_path(path: &str, reserved_dots: bool) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err("must be a relative path".into());
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err("must not contain '..'".into());
+    }
+    if reserved_dots && path.starts_with("..") {
+        return Err("must not start with '..'".into());
+    }
+    Ok(())
+}
+
+fn check_mode(field: &str, mode: Option<i32>) -> Result<(), String> {
+    match mode {
+        Some(m) if !(0..=0o777).contains(&m) => Err(format!(
+            "{field}: Invalid value: {m}: must be a number between 0 and 0777 (octal), both inclusive"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Validates `spec.volumes`: names, one source each, file paths and modes.
+/// Returns the volume names.
+fn validate_volumes(volumes: &[Volume]) -> Result<HashSet<String>, String> {
+    let mut names = HashSet::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let field = format!("spec.volumes[{i}]");
+        check_dns1123_label(&v.name)
+            .map_err(|e| format!("{field}.name: Invalid value {:?}: {e}", v.name))?;
+        if !names.insert(v.name.clone()) {
+            return Err(format!("{field}.name: Duplicate value: {:?}", v.name));
+        }
+        let sources = [
+            v.empty_dir.is_some(),
+            v.host_path.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+            v.downward_api.is_some(),
+            v.projected.is_some(),
+            v.persistent_volume_claim.is_some(),
+        ];
+        let known = sources.iter().filter(|s| **s).count();
+        let json = serde_json::to_value(v).unwrap_or_default();
+        let given = json.as_object().map_or(0, |o| o.keys().filter(|k| *k != "name").count());
+        if given == 0 {
+            return Err(format!("{field}: Required value: must specify a volume type"));
+        }
+        if given > 1 {
+            return Err(format!("{field}: Forbidden: may not specify more than 1 volume type"));
+        }
+        if known == 0 {
+            let kind = json.as_object().and_then(|o| o.keys().find(|k| *k != "name").cloned()).unwrap_or_default();
+            return Err(format!("{field}.{kind}: Unsupported value: this volume type is not supported by skiff"));
+        }
+        let items = |sub: &str, items: Option<&[KeyToPath]>, default_mode: Option<i32>| -> Result<(), String> {
+            check_mode(&format!("{field}.{sub}.defaultMode"), default_mode)?;
+            for (j, it) in items.unwrap_or_default().iter().enumerate() {
+                let f = format!("{field}.{sub}.items[{j}]");
+                if it.path.is_empty() {
+                    return Err(format!("{f}.path: Required value"));
+                }
+                check_local_path(&it.path, true)
+                    .map_err(|e| format!("{f}.path: Invalid value: {:?}: {e}", it.path))?;
+                check_mode(&format!("{f}.mode"), it.mode)?;
+            }
+            Ok(())
+        };
+        let downward = |sub: &str, items: &[DownwardAPIVolumeFile]| -> Result<(), String> {
+            for (j, it) in items.iter().enumerate() {
+                let f = format!("{field}.{sub}.items[{j}]");
+                check_local_path(&it.path, true)
+                    .map_err(|e| format!("{f}.path: Invalid value: {:?}: {e}", it.path))?;
+                check_mode(&format!("{f}.mode"), it.mode)?;
+                if it.field_ref.is_some() == it.resource_field_ref.is_some() {
+                    return Err(format!("{f}: Invalid value: exactly one of fieldRef or resourceFieldRef is required"));
+                }
+            }
+            Ok(())
+        };
+        if let Some(c) = &v.config_map {
+            items("configMap", c.items.as_deref(), c.default_mode)?;
+        }
+        if let Some(s) = &v.secret {
+            items("secret", s.items.as_deref(), s.default_mode)?;
+        }
+        if let Some(d) = &v.downward_api {
+            check_mode(&format!("{field}.downwardAPI.defaultMode"), d.default_mode)?;
+            downward("downwardAPI", d.items.as_deref().unwrap_or_default())?;
+        }
+        if let Some(p) = &v.projected {
+            check_mode(&format!("{field}.projected.defaultMode"), p.default_mode)?;
+            for (j, src) in p.sources.iter().flatten().enumerate() {
+                let sub = format!("projected.sources[{j}]");
+                if let Some(c) = &src.config_map {
+                    items(&format!("{sub}.configMap"), c.items.as_deref(), None)?;
+                }
+                if let Some(s) = &src.secret {
+                    items(&format!("{sub}.secret"), s.items.as_deref(), None)?;
+                }
+                if let Some(d) = &src.downward_api {
+                    downward(&format!("{sub}.downwardAPI"), d.items.as_deref().unwrap_or_default())?;
+                }
+            }
+        }
+        if let Some(h) = &v.host_path {
+            if !h.path.starts_with('/') {
+                return Err(format!("{field}.hostPath.path: Invalid value: {:?}: must be an absolute path", h.path));
+            }
+            const TYPES: [&str; 8] = ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"];
+            if let Some(t) = h.type_.as_deref().filter(|t| !TYPES.contains(t)) {
+                return Err(format!("{field}.hostPath.type: Unsupported value: {t:?}: supported values: {}", TYPES[1..].join(", ")));
+            }
+        }
+        if let Some(m) = v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()).filter(|m| !m.is_empty() && *m != "Memory") {
+            return Err(format!("{field}.emptyDir.medium: Unsupported value: {m:?}: supported values: \"\", \"Memory\""));
+        }
+    }
+    Ok(names)
+}
+
+/// Validates a container's `volumeMounts` against the pod's volumes.
+fn validate_mounts(c: &Container, field: &str, volumes: &HashSet<String>) -> Result<(), String> {
+    let mut paths = HashSet::new();
+    for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+        let f = format!("{field}.volumeMounts[{j}]");
+        if !volumes.contains(&m.name) {
+            return Err(format!("{f}.name: Not found: {:?}", m.name));
+        }
+        if !m.mount_path.starts_with('/') {
+            return Err(format!("{f}.mountPath: Invalid value: {:?}: must be an absolute path", m.mount_path));
+        }
+        if !paths.insert(m.mount_path.trim_end_matches('/').to_string()) {
+            return Err(format!("{f}.mountPath: Invalid value: {:?}: must be unique", m.mount_path));
+        }
+        let sub = m.sub_path.as_deref().unwrap_or_default();
+        let expr = m.sub_path_expr.as_deref().unwrap_or_default();
+        if !sub.is_empty() && !expr.is_empty() {
+            return Err(format!("{f}.subPathExpr: Invalid value: {expr:?}: subPathExpr and subPath are mutually exclusive"));
+        }
+        for (name, value) in [("subPath", sub), ("subPathExpr", expr)] {
+            check_local_path(value, false)
+                .map_err(|e| format!("{f}.{name}: Invalid value: {value:?}: {e}"))?;
+        }
+        if let Some(p) = m.mount_propagation.as_deref() {
+            if !["None", "HostToContainer", "Bidirectional"].contains(&p) {
+                return Err(format!(
+                    "{f}.mountPropagation: Unsupported value: {p:?}: supported values: \"Bidirectional\", \"HostToContainer\", \"None\""
+                ));
+            }
+            let privileged = c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
+            if p == "Bidirectional" && !privileged {
+                return Err(format!("{f}.mountPropagation: Forbidden: Bidirectional mount propagation is available only to privileged containers"));
+            }
         }
     }
     Ok(())
@@ -260,6 +462,30 @@ mod tests {
     }
 
     #[test]
+    fn volumes_and_mounts_that_stay_inside_are_accepted() {
+        let p = validate_pod(pod(
+            "metadata: {name: a}\nspec:\n  volumes:\n  - {name: cm, configMap: {name: c, defaultMode: 0o640, items: [{key: k, path: conf/app.ini, mode: 0o600}]}}\n  - {name: d, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}}\n  - {name: e, emptyDir: {medium: Memory}}\n  containers: [{name: c, image: i, volumeMounts: [{name: cm, mountPath: /etc/c}, {name: e, mountPath: /x, subPath: a/b..c}, {name: e, mountPath: /y, subPathExpr: $(POD)}]}]",
+        ));
+        assert!(p.is_ok(), "{p:?}");
+    }
+
+    #[test]
+    fn yaml_1_1_octal_modes_are_read_as_kubectl_reads_them() {
+        let yaml = "kind: Pod\nmetadata: {name: a}\nspec:\n  volumes:\n  - {name: cm, configMap: {name: c, defaultMode: 0640, items: [{key: k, path: p, mode: 0400}]}}\n  - {name: s, secret: {secretName: s, defaultMode: 420}}\n  - {name: p, projected: {defaultMode: 0o755, sources: []}}\n  containers: [{name: c, image: i, env: [{name: mode, value: '0644'}]}]\n";
+        let mut v: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        yaml11_octal_modes(&mut v);
+        let p: Pod = serde_json::from_value(v).unwrap();
+        let vols = p.spec.as_ref().unwrap().volumes.clone().unwrap();
+        let cm = vols[0].config_map.clone().unwrap();
+        assert_eq!(cm.default_mode, Some(0o640));
+        assert_eq!(cm.items.unwrap()[0].mode, Some(0o400));
+        assert_eq!(vols[1].secret.clone().unwrap().default_mode, Some(420));
+        assert_eq!(vols[2].projected.clone().unwrap().default_mode, Some(0o755));
+        let env = p.spec.unwrap().containers[0].env.clone().unwrap();
+        assert_eq!(env[0].value.as_deref(), Some("0644"), "only modes below volumes change");
+    }
+
+    #[test]
     fn pull_policy_defaults() {
         assert_eq!(default_pull_policy("busybox"), "Always");
         assert_eq!(default_pull_policy("busybox:latest"), "Always");
@@ -279,6 +505,26 @@ mod tests {
             ("metadata: {name: a}\nspec: {restartPolicy: Sometimes, containers: [{name: c, image: i}]}", "spec.restartPolicy"),
             ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, ports: [{containerPort: 70000}]}]}", "containerPort"),
             ("metadata: {name: a, namespace: Not_OK}\nspec: {containers: [{name: c, image: i}]}", "metadata.namespace"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ../x}]}}], containers: [{name: c, image: i}]}", "spec.volumes[0].configMap.items[0].path: Invalid value: \"../x\": must not contain '..'"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, secret: {secretName: s, items: [{key: k, path: /etc/x}]}}], containers: [{name: c, image: i}]}", "spec.volumes[0].secret.items[0].path: Invalid value: \"/etc/x\": must be a relative path"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ..data}]}}], containers: [{name: c, image: i}]}", "must not start with '..'"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, projected: {sources: [{downwardAPI: {items: [{path: a/../../b, fieldRef: {fieldPath: metadata.name}}]}}]}}], containers: [{name: c, image: i}]}", "spec.volumes[0].projected.sources[0].downwardAPI.items[0].path"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, defaultMode: 4096}}], containers: [{name: c, image: i}]}", "defaultMode: Invalid value: 4096"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}, {name: v, emptyDir: {}}], containers: [{name: c, image: i}]}", "spec.volumes[1].name: Duplicate value"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v}], containers: [{name: c, image: i}]}", "must specify a volume type"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}, hostPath: {path: /x}}], containers: [{name: c, image: i}]}", "may not specify more than 1 volume type"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, nfs: {server: s, path: /x}}], containers: [{name: c, image: i}]}", "spec.volumes[0].nfs: Unsupported value"),
+            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, volumeMounts: [{name: nope, mountPath: /x}]}]}", "spec.containers[0].volumeMounts[0].name: Not found: \"nope\""),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: ../../etc}]}]}", "volumeMounts[0].subPath: Invalid value: \"../../etc\": must not contain '..'"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: /etc}]}]}", "subPath: Invalid value: \"/etc\": must be a relative path"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: a, subPathExpr: b}]}]}", "mutually exclusive"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: x}]}]}", "mountPath: Invalid value: \"x\": must be an absolute path"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, mountPropagation: Bidirectional}]}]}", "only to privileged containers"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {medium: HugePages}}], containers: [{name: c, image: i}]}", "emptyDir.medium: Unsupported value"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: rel}}], containers: [{name: c, image: i}]}", "hostPath.path: Invalid value"),
+            ("metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: /x, type: Dir}}], containers: [{name: c, image: i}]}", "hostPath.type: Unsupported value: \"Dir\""),
+            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}]}", "spec.containers[0].resources.requests.cpu: Invalid value: must be less than or equal to cpu limit"),
+            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {limits: {memory: 12Q}}}]}", "spec.containers[0].resources.limits.memory: Invalid value: quantity \"12Q\""),
         ];
         for (yaml, want) in cases {
             let err = validate_pod(pod(yaml)).unwrap_err();

@@ -201,24 +201,30 @@ pub fn resource_value(
     let get = |m: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
         m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
     };
+    // As the kubelet: cpu in millicores, the rest in base units, integer
+    // values divided and rounded up (`ceil(MilliValue / divisor.MilliValue)`).
+    let (lim, req) = (&res.limits, &res.requests);
     let (value, is_cpu) = match resource {
-        "limits.cpu" => (get(&res.limits, "cpu").map(|q| quantity::parse(&q)).transpose()?.unwrap_or(cx.allocatable.0 as f64 / 1000.0), true),
-        "requests.cpu" => (get(&res.requests, "cpu").map(|q| quantity::parse(&q)).transpose()?.unwrap_or(0.0), true),
-        "limits.memory" => (get(&res.limits, "memory").map(|q| quantity::parse(&q)).transpose()?.unwrap_or(cx.allocatable.1 as f64), false),
-        "requests.memory" => (get(&res.requests, "memory").map(|q| quantity::parse(&q)).transpose()?.unwrap_or(0.0), false),
+        "limits.cpu" => (get(lim, "cpu").map(|q| quantity::millicores(&q)).transpose()?.unwrap_or(cx.allocatable.0), true),
+        "requests.cpu" => (get(req, "cpu").map(|q| quantity::millicores(&q)).transpose()?.unwrap_or(0), true),
+        "limits.memory" => (get(lim, "memory").map(|q| quantity::bytes(&q)).transpose()?.unwrap_or(cx.allocatable.1), false),
+        "requests.memory" => (get(req, "memory").map(|q| quantity::bytes(&q)).transpose()?.unwrap_or(0), false),
         "limits.ephemeral-storage" | "requests.ephemeral-storage" => {
-            let m = if resource.starts_with("limits") { &res.limits } else { &res.requests };
-            (get(m, "ephemeral-storage").map(|q| quantity::parse(&q)).transpose()?.unwrap_or(0.0), false)
+            let m = if resource.starts_with("limits") { lim } else { req };
+            (get(m, "ephemeral-storage").map(|q| quantity::bytes(&q)).transpose()?.unwrap_or(0), false)
         }
         other => return Err(format!("unsupported resourceFieldRef resource {other:?}")),
     };
-    let divisor = match divisor {
-        Some(d) => quantity::parse(d)?,
-        None => 1.0,
+    let divisor = match (divisor, is_cpu) {
+        (Some(d), true) => quantity::millicores(d)?,
+        (Some(d), false) => quantity::bytes(d)?,
+        (None, true) => 1000,
+        (None, false) => 1,
     };
-    let divisor = if divisor == 0.0 { 1.0 } else { divisor };
-    let _ = is_cpu;
-    Ok(format!("{}", (value / divisor).ceil() as i64))
+    if divisor <= 0 {
+        return Err(format!("resourceFieldRef {resource}: divisor must be positive"));
+    }
+    Ok(format!("{}", quantity::ceil(value as f64 / divisor as f64)))
 }
 
 #[cfg(test)]
@@ -267,7 +273,7 @@ spec:
   containers:
   - name: c
     image: i
-    resources: {limits: {memory: 256Mi}, requests: {cpu: 250m}}
+    resources: {limits: {memory: 256Mi}, requests: {cpu: 110m}}
     envFrom: [{configMapRef: {name: cfg}, prefix: CFG_}]
     env:
     - {name: NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
@@ -276,6 +282,8 @@ spec:
     - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
     - {name: MEM, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
     - {name: CPU, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: 1m}}}
+    - {name: CPUREQ, valueFrom: {resourceFieldRef: {resource: requests.cpu}}}
+    - {name: MEMBYTES, valueFrom: {resourceFieldRef: {resource: limits.memory}}}
     - {name: CPULIM, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}
     - {name: PASS, valueFrom: {secretKeyRef: {name: sec, key: password}}}
     - {name: COLOR, valueFrom: {configMapKeyRef: {name: cfg, key: color}}}
@@ -291,7 +299,9 @@ spec:
         assert_eq!(get("IP"), Some("10.244.0.5"));
         assert_eq!(get("NODE"), Some("node1"));
         assert_eq!(get("MEM"), Some("256"));
-        assert_eq!(get("CPU"), Some("250"));
+        assert_eq!(get("CPU"), Some("110"), "no float noise");
+        assert_eq!(get("CPUREQ"), Some("1"), "cores, rounded up");
+        assert_eq!(get("MEMBYTES"), Some("268435456"));
         assert_eq!(get("CPULIM"), Some("2"));
         assert_eq!(get("PASS"), Some("secret"));
         assert_eq!(get("COLOR"), Some("blue"));

@@ -15,9 +15,24 @@ pub fn write(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let spec = pod.spec.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let hostname: String = spec.hostname.clone().unwrap_or(name).chars().take(63).collect();
+    let host_network = spec.host_network.unwrap_or(false);
+    let hostname: String = if host_network {
+        // hostNetwork pods share the node's UTS name and hosts file, as on a kubelet.
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or(name)
+    } else {
+        spec.hostname.clone().unwrap_or(name).chars().take(63).collect()
+    };
     fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    fs::write(dir.join("hosts"), hosts(pod, &hostname, pod_ip))?;
+    let hosts_file = if host_network {
+        let node = fs::read_to_string("/etc/hosts").unwrap_or_default();
+        host_network_hosts(pod, &node)
+    } else {
+        hosts(pod, &hostname, pod_ip)
+    };
+    fs::write(dir.join("hosts"), hosts_file)?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     fs::write(dir.join("resolv.conf"), resolv_conf(pod, &host_resolv))?;
     Ok(())
@@ -38,14 +53,28 @@ pub fn hosts(pod: &Pod, hostname: &str, pod_ip: Option<&str>) -> String {
             None => out.push_str(&format!("{ip}\t{hostname}\n")),
         }
     }
-    let aliases = spec.host_aliases.unwrap_or_default();
+    push_aliases(&mut out, pod);
+    out
+}
+
+/// A `hostNetwork` pod's hosts file: the node's, plus `hostAliases`.
+pub fn host_network_hosts(pod: &Pod, node_hosts: &str) -> String {
+    let mut out = node_hosts.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    push_aliases(&mut out, pod);
+    out
+}
+
+fn push_aliases(out: &mut String, pod: &Pod) {
+    let aliases = pod.spec.as_ref().and_then(|s| s.host_aliases.clone()).unwrap_or_default();
     if !aliases.is_empty() {
         out.push_str("\n# Entries added by HostAliases.\n");
         for a in aliases {
             out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.unwrap_or_default().join("\t")));
         }
     }
-    out
 }
 
 /// resolv.conf from `dnsPolicy` and `dnsConfig`. skiff has no cluster DNS,
@@ -84,9 +113,12 @@ pub fn resolv_conf(pod: &Pod, host: &str) -> String {
             options.push((name, o.value));
         }
     }
-    ns.dedup();
+    // The kubelet's omitDuplicates: the first occurrence wins, order kept.
+    let mut seen = std::collections::HashSet::new();
+    ns.retain(|n| seen.insert(n.clone()));
     ns.truncate(3);
-    search.dedup();
+    let mut seen = std::collections::HashSet::new();
+    search.retain(|n| seen.insert(n.clone()));
     search.truncate(32);
     let mut out = String::new();
     if !search.is_empty() {
@@ -126,12 +158,21 @@ mod tests {
     }
 
     #[test]
+    fn host_network_pods_get_the_node_hosts_file_and_aliases() {
+        let p = pod("metadata: {name: web}\nspec:\n  hostNetwork: true\n  hostAliases: [{ip: 10.9.9.9, hostnames: [x.local]}]\n  containers: []");
+        let h = host_network_hosts(&p, "127.0.0.1 localhost\n192.168.1.5 node1");
+        assert_eq!(h, "127.0.0.1 localhost\n192.168.1.5 node1\n\n# Entries added by HostAliases.\n10.9.9.9\tx.local\n");
+    }
+
+    #[test]
     fn resolv_conf_policies() {
         let host = "nameserver 1.1.1.1\nsearch example.com\noptions ndots:2\n";
         let p = pod("spec: {containers: []}");
         assert_eq!(resolv_conf(&p, host), "search example.com\nnameserver 1.1.1.1\noptions ndots:2\n");
         let p = pod("spec:\n  dnsPolicy: None\n  dnsConfig: {nameservers: [9.9.9.9], searches: [a.b], options: [{name: ndots, value: '5'}, {name: edns0}]}\n  containers: []");
         assert_eq!(resolv_conf(&p, host), "search a.b\nnameserver 9.9.9.9\noptions ndots:5 edns0\n");
+        let p = pod("spec:\n  dnsConfig: {nameservers: [8.8.8.8, 1.1.1.1], searches: [x.y, example.com]}\n  containers: []");
+        assert_eq!(resolv_conf(&p, host), "search example.com x.y\nnameserver 1.1.1.1\nnameserver 8.8.8.8\noptions ndots:2\n");
         let p = pod("spec:\n  dnsConfig: {options: [{name: ndots, value: '1'}]}\n  containers: []");
         assert!(resolv_conf(&p, host).contains("options ndots:1\n"));
     }

@@ -18,6 +18,7 @@ pub struct Cgroup {
 pub fn amounts(c: &Container) -> Result<((Option<i64>, Option<i64>), (Option<i64>, Option<i64>)), String> {
     let r = c.resources.clone().unwrap_or_default();
     let get = |m: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+               which: &str,
                k: &str,
                cpu: bool|
      -> Result<Option<i64>, String> {
@@ -25,12 +26,12 @@ pub fn amounts(c: &Container) -> Result<((Option<i64>, Option<i64>), (Option<i64
             .and_then(|m| m.get(k))
             .map(|q| if cpu { quantity::millicores(&q.0) } else { quantity::bytes(&q.0) })
             .transpose()
-            .map_err(|e| format!("container {}: resources {k}: {e}", c.name))
+            .map_err(|e| format!("container {}: resources.{which}.{k}: Invalid value: {e}", c.name))
     };
-    let lim = (get(&r.limits, "cpu", true)?, get(&r.limits, "memory", false)?);
+    let lim = (get(&r.limits, "limits", "cpu", true)?, get(&r.limits, "limits", "memory", false)?);
     let req = (
-        get(&r.requests, "cpu", true)?.or(lim.0),
-        get(&r.requests, "memory", false)?.or(lim.1),
+        get(&r.requests, "requests", "cpu", true)?.or(lim.0),
+        get(&r.requests, "requests", "memory", false)?.or(lim.1),
     );
     for (what, rq, lm) in [("cpu", req.0, lim.0), ("memory", req.1, lim.1)] {
         if let (Some(rq), Some(lm)) = (rq, lm) {

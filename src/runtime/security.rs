@@ -68,6 +68,43 @@ pub fn compute(
     image_user: (u32, u32),
     gid_of: impl Fn(u32) -> Option<u32>,
 ) -> Result<Security, String> {
+    compute_with(pod, c, image_user, gid_of, current_bounding_set())
+}
+
+/// The capability bounding set skiff itself runs with (`CapBnd`); all bits
+/// when it cannot be read.
+pub fn current_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// Every capability in `bounding`: what `privileged` and `add: [ALL]` grant.
+/// Like containerd's `WithAllCurrentCapabilities`, a capability skiff does not
+/// have itself is left out (asking for it would make capset fail with EPERM,
+/// e.g. inside a VM or container without CAP_SYS_RESOURCE).
+fn all_caps(bounding: u64) -> Vec<String> {
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bounding & (1u64 << i) != 0)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+/// [`compute`] with the bounding set to draw `privileged`/`ALL` from.
+pub fn compute_with(
+    pod: &Pod,
+    c: &Container,
+    image_user: (u32, u32),
+    gid_of: impl Fn(u32) -> Option<u32>,
+    bounding: u64,
+) -> Result<Security, String> {
     let spec = pod.spec.clone().unwrap_or_default();
     let psc = spec.security_context.clone().unwrap_or_default();
     let csc = c.security_context.clone().unwrap_or_default();
@@ -106,11 +143,16 @@ pub fn compute(
     if let Some(g) = psc.fs_group {
         additional_gids.push(g as u32);
     }
+    // The runtime keeps the primary group in the supplementary list too
+    // (`id` in a pod shows groups=<fsGroup>,<runAsGroup>,<supplementalGroups>).
+    if !additional_gids.is_empty() {
+        additional_gids.push(gid);
+    }
     additional_gids.sort_unstable();
     additional_gids.dedup();
     let privileged = csc.privileged.unwrap_or(false);
     let mut caps: Vec<String> = if privileged {
-        ALL_CAPS.iter().map(|s| s.to_string()).collect()
+        all_caps(bounding)
     } else {
         DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
     };
@@ -126,7 +168,7 @@ pub fn compute(
             }
             for a in cs.add.iter().flatten() {
                 if a.eq_ignore_ascii_case("ALL") {
-                    caps = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+                    caps = all_caps(bounding);
                     continue;
                 }
                 let n = cap_name(a);
@@ -253,7 +295,7 @@ mod tests {
     fn sec(yaml: &str, image_user: (u32, u32)) -> Result<Security, String> {
         let p = pod(yaml);
         let c = p.spec.as_ref().unwrap().containers[0].clone();
-        compute(&p, &c, image_user, |u| (u == 1000).then_some(1000))
+        compute_with(&p, &c, image_user, |u| (u == 1000).then_some(1000), u64::MAX)
     }
 
     #[test]
@@ -269,7 +311,7 @@ mod tests {
     fn users_groups_and_non_root() {
         let s = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000, supplementalGroups: [5, 6], fsGroup: 2000}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap();
         assert_eq!((s.uid, s.gid), (1000, 1000));
-        assert_eq!(s.additional_gids, vec![5, 6, 2000]);
+        assert_eq!(s.additional_gids, vec![5, 6, 1000, 2000]);
         let s = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000}\n  containers: [{name: c, image: i, securityContext: {runAsUser: 7, runAsGroup: 8}}]", (0, 0)).unwrap();
         assert_eq!((s.uid, s.gid), (7, 8));
         let err = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap_err();
@@ -288,6 +330,12 @@ mod tests {
         let s = sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {allowPrivilegeEscalation: true}}]}", (0, 0)).unwrap();
         assert!(!s.no_new_privs);
         assert!(sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {capabilities: {add: [BOGUS]}}}]}", (0, 0)).is_err());
+        // privileged gets what skiff itself has: here everything but CAP_SYS_RESOURCE (24).
+        let p = pod("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}");
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        let s = compute_with(&p, &c, (0, 0), |_| None, ((1u64 << 41) - 1) & !(1 << 24)).unwrap();
+        assert_eq!(s.caps.len(), ALL_CAPS.len() - 1);
+        assert!(!s.caps.contains(&"CAP_SYS_RESOURCE".to_string()));
     }
 
     #[test]

@@ -512,6 +512,41 @@ fn cleanup_runtime_state(opts: &Opts) {
     }
 }
 
+/// The identity an exec'd process gets: the container's own.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ExecIdentity {
+    uid: u32,
+    gid: u32,
+    additional_gids: Vec<u32>,
+    cwd: Option<PathBuf>,
+}
+
+fn exec_identity(opts: &Opts) -> ExecIdentity {
+    let Ok(c) = Container::load(opts.runtime_root.join(&opts.id)) else {
+        return ExecIdentity::default();
+    };
+    fs::read(c.bundle().join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|spec| identity_of(&spec))
+        .unwrap_or_default()
+}
+
+/// Reads the process identity out of an OCI `config.json`.
+fn identity_of(spec: &serde_json::Value) -> ExecIdentity {
+    let user = &spec["process"]["user"];
+    let id = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    ExecIdentity {
+        uid: id(&user["uid"]),
+        gid: id(&user["gid"]),
+        additional_gids: user["additionalGids"]
+            .as_array()
+            .map(|a| a.iter().map(id).collect())
+            .unwrap_or_default(),
+        cwd: spec["process"]["cwd"].as_str().filter(|c| c.starts_with('/')).map(PathBuf::from),
+    }
+}
+
 /// `skiff-shim exec`: runs a process in a running container with the shim's
 /// stdio and exits with its status (126 when it could not start, 127 when the
 /// executable does not exist, 128+N when killed by signal N).
@@ -529,9 +564,18 @@ fn exec(opts: &Opts, argv: Vec<String>) -> i32 {
             return 126;
         }
     };
+    // libcontainer's tenant process runs as root in "/" unless told
+    // otherwise; an exec runs as the container's user, groups and workingDir,
+    // as with runc and the kubelet (a runAsUser container must not hand out
+    // root shells).
+    let user = exec_identity(opts);
     let result = builder
         .as_tenant()
         .with_detach(false)
+        .with_user(Some(user.uid))
+        .with_group(Some(user.gid))
+        .with_additional_gids(user.additional_gids)
+        .with_cwd(user.cwd)
         .with_container_args(argv.clone())
         .build();
     let pid = match result {
@@ -558,5 +602,20 @@ fn exec(opts: &Opts, argv: Vec<String>) -> i32 {
                 return 126;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_runs_as_the_containers_user_groups_and_cwd() {
+        let spec = serde_json::json!({"process": {"user": {"uid": 1000, "gid": 3000, "additionalGids": [2000, 4000]}, "cwd": "/work"}});
+        assert_eq!(
+            identity_of(&spec),
+            ExecIdentity { uid: 1000, gid: 3000, additional_gids: vec![2000, 4000], cwd: Some("/work".into()) }
+        );
+        assert_eq!(identity_of(&serde_json::json!({})), ExecIdentity::default());
     }
 }

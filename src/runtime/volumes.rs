@@ -398,22 +398,25 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|mp| unescape_mountinfo(mp) == want)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
+/// mountinfo escapes space, tab, newline and backslash as octal. Works on
+/// bytes so that non-ASCII paths come back as the same UTF-8.
 pub fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v as char);
+        let octal = (i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)))
+            .then(|| u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0'))
+            .and_then(|v| u8::try_from(v).ok());
+        if let (b'\\', Some(v)) = (b[i], octal) {
+            out.push(v);
             i += 4;
         } else {
-            out.push(b[i] as char);
+            out.push(b[i]);
             i += 1;
         }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// hostPath `type` checks, creating what `...OrCreate` asks for.
@@ -674,6 +677,13 @@ mod tests {
             let err = open_in_volume(&root, bad).unwrap_err();
             assert!(err.contains("outside") || err.contains("relative"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b/c\\134d"), "/a b/c\\d");
+        assert_eq!(unescape_mountinfo("/tmp/caf\u{e9}/x\\011"), "/tmp/caf\u{e9}/x\t");
+        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
     }
 
     #[test]
