@@ -68,7 +68,7 @@ find_cargo || { failed+=(cargo); summary; }
 # The integration tests find the binaries through CARGO_BIN_EXE_*; building them first
 # separates build errors from test failures.
 step build cargo build --workspace --bins || summary
-step tests cargo test --workspace -- --test-threads=2
+step tests cargo test --workspace --no-fail-fast -- --test-threads=2
 step demo bash scripts/demo.sh --no-wait
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}
 
