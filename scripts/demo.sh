@@ -40,8 +40,8 @@ source scripts/install-deps.sh
 install_deps
 find_cargo
 
-say "building skiffd, skiff and skiff-shim (cargo build --release --bins)"
-cargo build --release --bins
+say "building skiffd, skiff, skiff-shim and the CNI plugins (cargo build --release --workspace --bins)"
+cargo build --release --workspace --bins
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}
 bin=$repo/target/release
 

@@ -2,11 +2,11 @@
 # Install skiff on this machine: binaries, config, manifest directory and systemd unit.
 #
 # Usage: sudo scripts/install.sh [--prefix DIR] [--no-build]
-#   --prefix DIR   install skiffd, skiff and skiff-shim to DIR/bin (default /usr/local)
+#   --prefix DIR   install skiffd, skiff, skiff-shim and the CNI plugins to DIR/bin (default /usr/local)
 #   --no-build     install the binaries already in target/release
 #
 # Installs:
-#   PREFIX/bin/{skiffd,skiff,skiff-shim}
+#   PREFIX/bin/{skiffd,skiff,skiff-shim,skiff-bridge,skiff-host-local,skiff-portmap}
 #   /etc/skiff/manifests/             (pod manifests; left as is if present)
 #   /etc/skiff/skiffd.yaml            (from scripts/skiff.yaml, only if absent)
 #   /etc/systemd/system/skiffd.service
@@ -41,17 +41,17 @@ if ((build)); then
     source scripts/install-deps.sh
     install_deps
     find_cargo
-    echo "install: cargo build --release --bins"
-    cargo build --release --bins
+    echo "install: cargo build --release --workspace --bins"
+    cargo build --release --workspace --bins
     fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}
 fi
 
 bindir=$prefix/bin
-for b in skiffd skiff skiff-shim; do
-    [[ -x target/release/$b ]] || die "target/release/$b missing (build with cargo build --release --bins)"
+for b in skiffd skiff skiff-shim skiff-bridge skiff-host-local skiff-portmap; do
+    [[ -x target/release/$b ]] || die "target/release/$b missing (build with cargo build --release --workspace --bins)"
 done
 install -d -m 0755 "$bindir"
-for b in skiffd skiff skiff-shim; do
+for b in skiffd skiff skiff-shim skiff-bridge skiff-host-local skiff-portmap; do
     # install(1) writes a new file and renames it: a running skiffd or shim keeps its old binary.
     install -m 0755 "target/release/$b" "$bindir/$b"
     echo "install: $bindir/$b"
