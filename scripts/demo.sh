@@ -40,10 +40,17 @@ source scripts/install-deps.sh
 install_deps
 find_cargo
 
-say "building skiffd, skiff, skiff-shim and the CNI plugins (cargo build --release --workspace --bins)"
-cargo build --release --workspace --bins
+# SKIFF_PROFILE=debug reuses a debug build (scripts/test.sh's smoke run has one already).
+profile=${SKIFF_PROFILE:-release}
+if [[ $profile == release ]]; then
+    say "building skiffd, skiff, skiff-shim and the CNI plugins (cargo build --release --workspace --bins)"
+    cargo build --release --workspace --bins
+else
+    say "building skiffd, skiff, skiff-shim and the CNI plugins (cargo build --workspace --bins)"
+    cargo build --workspace --bins
+fi
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}
-bin=$repo/target/release
+bin=$repo/target/$profile
 
 say "building the test image skiff.test/busybox:latest into target/demo/image"
 image=$repo/target/demo/image
@@ -272,11 +279,11 @@ cat <<EOF
 
 ${bold}skiffd runs (pid $skiffd_pid, network namespace $netns). Try:${off}
     export SKIFF_SOCKET=$SKIFF_SOCKET
-    target/release/skiff get pods -A -o wide
-    target/release/skiff describe pod web
-    target/release/skiff logs -f web -c fetcher
-    target/release/skiff exec hello -- ps
-    target/release/skiff get events -A
+    target/$profile/skiff get pods -A -o wide
+    target/$profile/skiff describe pod web
+    target/$profile/skiff logs -f web -c fetcher
+    target/$profile/skiff exec hello -- ps
+    target/$profile/skiff get events -A
   Edit, add or remove pod manifests in $manifests and watch the pods follow.
   skiffd's log: $log
 ${bold}Ctrl-C stops the pods and skiffd and cleans up.${off}

@@ -69,7 +69,7 @@ find_cargo || { failed+=(cargo); summary; }
 # separates build errors from test failures.
 step build cargo build --workspace --bins || summary
 step tests cargo test --workspace --no-fail-fast -- --test-threads=2
-step demo bash scripts/demo.sh --no-wait
+step demo env SKIFF_PROFILE=debug bash scripts/demo.sh --no-wait
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}
 
 say "leftovers: named netns skiff-*, skiff-shim processes, mounts mentioning skiff"

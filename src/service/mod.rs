@@ -39,6 +39,8 @@ pub struct Controller<I: Iptables, C: Conntrack> {
     alloc: Allocator,
     proxier: Proxier<I, C>,
     reported: HashMap<PodKey, String>,
+    /// When each Service was first seen (its creationTimestamp).
+    first_seen: HashMap<PodKey, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     synced_once: bool,
     /// Publish Services and Endpoints but leave the kernel's rules alone
     /// (the warm-up after a start, see [`run`]).
@@ -81,6 +83,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             alloc,
             proxier,
             reported: HashMap::new(),
+            first_seen: HashMap::new(),
             synced_once: false,
             hold_rules: false,
         }
@@ -172,6 +175,12 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
     ) -> Result<(Service, Option<Endpoints>, Vec<(ServicePort, Vec<Endpoint>)>), String> {
         let id = format!("{}/{}", key.0, key.1);
         let mut view = svc.clone();
+        let created = self
+            .first_seen
+            .entry(key.clone())
+            .or_insert_with(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()))
+            .clone();
+        view.metadata.creation_timestamp.get_or_insert(created);
         let spec = view.spec.get_or_insert_with(Default::default);
         let type_ = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
         if type_ == "ExternalName" {
