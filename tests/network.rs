@@ -51,7 +51,8 @@ fn web_pod(name: &str, port: u16, host_port: Option<u16>, body: &str) -> String 
 /// Fetches `url` from inside a pod with busybox wget, retrying briefly
 /// (the first packets may race the bridge's port becoming forwarding).
 fn wget_from(node: &Node, pod: &str, url: &str) -> String {
-    let script = format!("wget -q -T 3 -O- {url}");
+    // busybox 1.35 (Debian 12) wget segfaults with -T, so `timeout` bounds it instead.
+    let script = format!("timeout 5 wget -q -O- {url}");
     node.wait_for(&format!("{pod}: wget {url}"), Duration::from_secs(20), || {
         let (code, out) = node.exec_sh(pod, &script);
         (code == 0).then_some(out)
@@ -65,10 +66,19 @@ fn remove_all_and_check(node: &Node, alloc_dir: &Path) {
         std::fs::remove_file(e.path()).unwrap();
     }
     node.wait_for("all pods removed", Duration::from_secs(40), || node.pods().is_empty().then_some(()));
-    node.wait_for("no leftovers", Duration::from_secs(10), || {
-        (node.leftovers().is_empty() && node.host_veths().is_empty() && Node::allocations_in(alloc_dir).is_empty())
-            .then_some(())
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (left, veths, ips) = (node.leftovers(), node.host_veths(), Node::allocations_in(alloc_dir));
+        if left.is_empty() && veths.is_empty() && ips.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left after all pods were removed: {left:?}, veths {veths:?}, IPs {ips:?}\n--- skiffd log ---\n{}",
+            node.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
