@@ -360,3 +360,30 @@ fn host_network_pods_skip_cni() {
     assert!(!node.run.join("netns").join(uid).exists(), "no pinned netns for a hostNetwork pod");
     remove_all_and_check(&node, &node.root.join("cni/networks/skiff"));
 }
+
+#[test]
+fn reboot_with_pods_kept_gives_them_a_working_network_again() {
+    if !common::require_root() {
+        return;
+    }
+    let mut node = Node::start();
+    node.write_manifest("server.yaml", &web_pod("server", 8080, None, "after-reboot"));
+    node.write_manifest("client.yaml", &pod_yaml("client", "sleep 3600"));
+    node.wait_running("server");
+    node.wait_running("client");
+    // The netns are gone after the reboot, the CNI result cache (root dir) is not:
+    // a cached result must not stand in for an attachment that no longer exists.
+    node.simulate_reboot();
+    node.start_daemon();
+    let s_ip = node.wait_for("server back with an IP", Duration::from_secs(40), || {
+        let p = node.pod("server")?;
+        (p["status"]["phase"] == "Running" && !p["status"]["podIP"].is_null()).then(|| pod_ip(&p))
+    });
+    node.wait_running("client");
+    let (code, addr) = node.exec_sh("server", "ip -4 addr show eth0");
+    assert!(code == 0 && addr.contains(&s_ip.to_string()), "eth0 must carry {s_ip} after the reboot ({code}):\n{addr}");
+    assert_eq!(wget_from(&node, "client", &format!("http://{s_ip}:8080/")).trim(), "after-reboot");
+    assert_eq!(node.allocations().len(), 2, "one IP per pod: {:?}", node.allocations());
+    assert_eq!(node.host_veths().len(), 2);
+    remove_all_and_check(&node, &node.root.join("cni/networks/skiff"));
+}
