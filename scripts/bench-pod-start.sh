@@ -52,8 +52,12 @@ if ((${#missing[@]})); then
     } || die "could not install ${missing[*]}"
 fi
 
-echo "building (cargo build --release --bins; bench driver)..."
-cargo build --release --bins -q
+echo "building (cargo build --release --bins -p skiff -p cni; bench driver)..."
+# -p cni: skiff's CNI plugins must sit next to skiffd (its default --cni-bin-dir).
+cargo build --release --bins -p skiff -p cni -q
+for b in skiffd skiff skiff-shim skiff-bridge skiff-host-local skiff-portmap; do
+    [[ -x target/release/$b ]] || die "target/release/$b did not build"
+done
 DRIVER=$(cargo bench --bench pod_start --no-run --message-format=json -q 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "pod_start") | .executable')
 [[ -x $DRIVER ]] || die "bench driver did not build (cargo bench --bench pod_start --no-run)"
@@ -176,6 +180,9 @@ EOF
 }
 
 # ---- setup ---------------------------------------------------------------------------------
+# Neither skiff nor podman may touch the real host's network config; checked at the end.
+host_net_files() { ls -l --time-style=+%s /etc/cni/net.d /etc/containers/networks /var/lib/cni 2>&1; }
+HOST_NET_BEFORE=$(host_net_files)
 echo "work dir $D, netns $NS"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
@@ -184,16 +191,19 @@ scripts/build-test-image.sh "$D/img" "$IMAGE" >/dev/null
 
 nsenter --net="/run/netns/$NS" "$BIN/skiffd" --pod-manifest-path "$D/manifests" \
     --root-dir "$D/root" --run-dir "$D/run" --node-name bench --log-level "$SKIFF_LOG_LEVEL" \
-    >"$D/skiffd.log" 2>&1 &
+    --cni-conf-dir "$D/net.d" >"$D/skiffd.log" 2>&1 &
 SKIFFD_PID=$!
 for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
 [[ -S $SOCK ]] || { cat "$D/skiffd.log"; die "skiffd did not create $SOCK"; }
+[[ -f $D/net.d/10-skiff.conflist ]] || die "skiffd did not write its default network into $D/net.d"
 SKIFF_SOCKET=$SOCK "$BIN/skiff" image import "$D/img" >/dev/null
 
 # ---- 2. podman kube play -------------------------------------------------------------------
 echo "podman: importing the image, warm-up, then $PODMAN_RUNS kube play runs..."
 mkdir -p "$D/podman/root" "$D/podman/runroot" "$D/podman/tmp" "$D/podman/yaml"
-cat >"$CONTAINERS_CONF" <<'EOF'
+# network_config_dir keeps podman's network files (and netavark's) off the real /etc.
+mkdir -p "$D/podman/net.d"
+cat >"$CONTAINERS_CONF" <<EOF
 [containers]
 default_ulimits = ["nofile=20000:20000","nproc=32768:32768"]
 
@@ -201,6 +211,10 @@ default_ulimits = ["nofile=20000:20000","nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+
+[network]
+network_backend = "netavark"
+network_config_dir = "$D/podman/net.d"
 EOF
 skopeo copy -q "oci:$D/img:latest" \
     "containers-storage:[overlay@$D/podman/root+$D/podman/runroot]$IMAGE" >/dev/null
@@ -331,6 +345,8 @@ echo "  skiffd RSS with $nshims pods: $(mib "$d_rss") MiB (target < 30 MiB: $(ok
 echo "  shim RSS max $shim_max MiB mean $(field "$a_rss" 2) MiB (target < 2 MiB each: $(ok "$shim_max" '<' 2))"
 echo "    of which private anon: max $(field "$a_anon" 1) MiB mean $(field "$a_anon" 2) MiB; PSS max $(field "$a_pss" 1) MiB mean $(field "$a_pss" 2) MiB"
 echo "  teardown of $BURST pods + skiffd stop: $(elapsed "$t0" "$t1") ms"
+[[ $(host_net_files) == "$HOST_NET_BEFORE" ]] ||
+    echo "  !!! /etc/cni/net.d, /etc/containers/networks or /var/lib/cni changed during the run"
 if ((LEFTOVERS)); then
     echo "  !!! skiff left processes or mounts behind (see above)"
 else
