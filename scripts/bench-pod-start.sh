@@ -181,7 +181,7 @@ EOF
 
 # ---- setup ---------------------------------------------------------------------------------
 # Neither skiff nor podman may touch the real host's network config; checked at the end.
-host_net_files() { ls -l --time-style=+%s /etc/cni/net.d /etc/containers/networks /var/lib/cni 2>&1; }
+host_net_files() { ls -l --time-style=+%s /etc/cni/net.d /etc/containers/networks /var/lib/cni 2>&1 || true; }
 HOST_NET_BEFORE=$(host_net_files)
 echo "work dir $D, netns $NS"
 ip netns add "$NS"
