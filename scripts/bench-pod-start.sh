@@ -6,14 +6,17 @@
 # Measures, all in one run so the ratios compare like with like on a noisy machine:
 #   1. skiff: manifest file renamed into the manifest dir -> pod Running (20 pods, one at a time)
 #   2. skiff: 50 manifests renamed in at once -> all Running; then skiffd and shim RSS
-#   3. podman kube play of the same pod YAML (--network none), until the command returns
+#   3. podman kube play of the same pod YAML, until the command returns: once with
+#      `--network none`, once with podman's own network (netavark bridge podman0, created inside
+#      the throwaway netns), since skiff pods always get their CNI network now
 #   4. runc run -d of a bundle with the same rootfs, until the command returns
 # The skiff timings come from a small driver (benches/pod_start.rs) that polls the API over the
 # unix socket every 2 ms without spawning processes. Everything runs inside a throwaway network
 # namespace and a temp dir, which an EXIT trap removes, also on failure or Ctrl-C.
 # Output goes to the terminal and to target/bench/pod-start.txt.
 #
-# Knobs (environment): SINGLE_RUNS=20 BURST=50 PODMAN_RUNS=10 RUNC_RUNS=20 SKIFF_LOG_LEVEL=info
+# Knobs (environment): SINGLE_RUNS=20 BURST=50 PODMAN_RUNS=10 PODMAN_NET_RUNS=10 RUNC_RUNS=20
+#   SKIFF_LOG_LEVEL=info
 set -euo pipefail
 
 die() { echo "bench-pod-start: $*" >&2; exit 1; }
@@ -24,6 +27,7 @@ die() { echo "bench-pod-start: $*" >&2; exit 1; }
 SINGLE_RUNS=${SINGLE_RUNS:-20}
 BURST=${BURST:-50}
 PODMAN_RUNS=${PODMAN_RUNS:-10}
+PODMAN_NET_RUNS=${PODMAN_NET_RUNS:-$PODMAN_RUNS}
 RUNC_RUNS=${RUNC_RUNS:-20}
 SKIFF_LOG_LEVEL=${SKIFF_LOG_LEVEL:-info}
 IMAGE=skiff.test/busybox:latest
@@ -48,8 +52,12 @@ if ((${#missing[@]})); then
     } || die "could not install ${missing[*]}"
 fi
 
-echo "building (cargo build --release --bins; bench driver)..."
-cargo build --release --bins -q
+echo "building (cargo build --release --bins -p skiff -p cni; bench driver)..."
+# -p cni: skiff's CNI plugins must sit next to skiffd (its default --cni-bin-dir).
+cargo build --release --bins -p skiff -p cni -q
+for b in skiffd skiff skiff-shim skiff-bridge skiff-host-local skiff-portmap; do
+    [[ -x target/release/$b ]] || die "target/release/$b did not build"
+done
 DRIVER=$(cargo bench --bench pod_start --no-run --message-format=json -q 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "pod_start") | .executable')
 [[ -x $DRIVER ]] || die "bench driver did not build (cargo bench --bench pod_start --no-run)"
@@ -97,6 +105,12 @@ check_skiff_leftovers() {
         echo "!!! SKIFF BUG: skiff-shim processes left after all pods were removed and skiffd stopped:"
         ps -o pid=,rss=,args= -p "${pids//$'\n'/,}" | cut -c1-200 | sed 's/^/!!!   /'
         kill -KILL $pids 2>/dev/null || true
+    fi
+    local ips
+    ips=$(ls "$D/root/cni/networks/skiff" 2>/dev/null | grep '^[0-9]' || true)
+    if [[ -n $ips ]]; then
+        LEFTOVERS=1
+        echo "!!! SKIFF BUG: pod IPs still allocated after all pods were removed:" $ips
     fi
     for dir in "$D/root" "$D/run"; do
         while read -r m; do
@@ -166,6 +180,9 @@ EOF
 }
 
 # ---- setup ---------------------------------------------------------------------------------
+# Neither skiff nor podman may touch the real host's network config; checked at the end.
+host_net_files() { ls -l --time-style=+%s /etc/cni/net.d /etc/containers/networks /var/lib/cni 2>&1 || true; }
+HOST_NET_BEFORE=$(host_net_files)
 echo "work dir $D, netns $NS"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
@@ -174,16 +191,19 @@ scripts/build-test-image.sh "$D/img" "$IMAGE" >/dev/null
 
 nsenter --net="/run/netns/$NS" "$BIN/skiffd" --pod-manifest-path "$D/manifests" \
     --root-dir "$D/root" --run-dir "$D/run" --node-name bench --log-level "$SKIFF_LOG_LEVEL" \
-    >"$D/skiffd.log" 2>&1 &
+    --cni-conf-dir "$D/net.d" >"$D/skiffd.log" 2>&1 &
 SKIFFD_PID=$!
 for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
 [[ -S $SOCK ]] || { cat "$D/skiffd.log"; die "skiffd did not create $SOCK"; }
+[[ -f $D/net.d/10-skiff.conflist ]] || die "skiffd did not write its default network into $D/net.d"
 SKIFF_SOCKET=$SOCK "$BIN/skiff" image import "$D/img" >/dev/null
 
 # ---- 2. podman kube play -------------------------------------------------------------------
 echo "podman: importing the image, warm-up, then $PODMAN_RUNS kube play runs..."
 mkdir -p "$D/podman/root" "$D/podman/runroot" "$D/podman/tmp" "$D/podman/yaml"
-cat >"$CONTAINERS_CONF" <<'EOF'
+# network_config_dir keeps podman's network files (and netavark's) off the real /etc.
+mkdir -p "$D/podman/net.d"
+cat >"$CONTAINERS_CONF" <<EOF
 [containers]
 default_ulimits = ["nofile=20000:20000","nproc=32768:32768"]
 
@@ -191,15 +211,20 @@ default_ulimits = ["nofile=20000:20000","nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+
+[network]
+network_backend = "netavark"
+network_config_dir = "$D/podman/net.d"
 EOF
 skopeo copy -q "oci:$D/img:latest" \
     "containers-storage:[overlay@$D/podman/root+$D/podman/runroot]$IMAGE" >/dev/null
 pn() { nsenter --net="/run/netns/$NS" "${PODMAN[@]}" "$@"; }
-podman_play() { # name -> prints elapsed ms
-    local y=$D/podman/yaml/$1.yaml t0 t1
+podman_play() { # name [network] -> prints elapsed ms
+    local y=$D/podman/yaml/$1.yaml t0 t1 net=()
+    [[ ${2:-none} == none ]] && net=(--network none) # else podman's default bridge (netavark)
     pod_yaml "$1" >"$y"
     t0=$(now_ms)
-    pn kube play --network none "$y" >"$D/podman/last.log" 2>&1 ||
+    pn kube play "${net[@]}" "$y" >"$D/podman/last.log" 2>&1 ||
         { cat "$D/podman/last.log"; die "podman kube play failed"; }
     t1=$(now_ms)
     [[ $(pn pod inspect "$1" --format '{{.State}}' 2>/dev/null) == Running ]] ||
@@ -209,6 +234,8 @@ podman_play() { # name -> prints elapsed ms
     elapsed "$t0" "$t1"
 }
 podman_play bench-podman-warmup >/dev/null # builds podman's pause image, not counted
+podman_play bench-podman-net-warmup bridge >/dev/null # creates podman0 and its rules, not counted
+podman_net_ip=$(pn network inspect podman --format '{{range .Subnets}}{{.Subnet}}{{end}}' 2>/dev/null || true)
 
 # ---- 3. runc run -d ------------------------------------------------------------------------
 echo "runc: unpacking the image, warm-up, then $RUNC_RUNS runs..."
@@ -236,10 +263,11 @@ runc_run bench-runc-warmup >/dev/null
 settle() { sync; sleep 0.2; }
 echo "single starts, interleaved: skiff x$SINGLE_RUNS, podman x$PODMAN_RUNS, runc x$RUNC_RUNS..."
 "$DRIVER" single "$SOCK" "$D/manifests" 1 >/dev/null # warm-up, not counted
-skiff_ms= skiff_vis= podman_ms= runc_ms=
+skiff_ms= skiff_vis= podman_ms= podman_net_ms= runc_ms=
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 max=$SINGLE_RUNS
 ((PODMAN_RUNS > max)) && max=$PODMAN_RUNS
+((PODMAN_NET_RUNS > max)) && max=$PODMAN_NET_RUNS
 ((RUNC_RUNS > max)) && max=$RUNC_RUNS
 for i in $(seq "$max"); do
     if ((i <= SINGLE_RUNS)); then
@@ -249,11 +277,13 @@ for i in $(seq "$max"); do
         skiff_vis+=" $(awk '$1 == "single_visible_ms" { print $2 }' <<<"$one")"
     fi
     ((i <= PODMAN_RUNS)) && settle && podman_ms+=" $(podman_play "bench-podman-$i")"
+    ((i <= PODMAN_NET_RUNS)) && settle && podman_net_ms+=" $(podman_play "bench-podman-net-$i" bridge)"
     ((i <= RUNC_RUNS)) && settle && runc_ms+=" $(runc_run "bench-runc-$i")"
 done
 s_skiff=$(stats "$skiff_ms")
 s_vis=$(stats "$skiff_vis")
 s_podman=$(stats "$podman_ms")
+s_podman_net=$(stats "$podman_net_ms")
 s_runc=$(stats "$runc_ms")
 
 # ---- 4. skiff, BURST pods at once, then memory ---------------------------------------------
@@ -290,20 +320,24 @@ cp "$D/skiffd.log" target/bench/skiffd.log
 # ---- report --------------------------------------------------------------------------------
 ok() { awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { r = (op == "<" ? a < b : a >= b); print (r ? "ok" : "MISSED") }'; }
 r_ps=$(ratio "$(field "$s_podman" 1)" "$(field "$s_skiff" 1)")
+r_pns=$(ratio "$(field "$s_podman_net" 1)" "$(field "$s_skiff" 1)")
 r_sr=$(ratio "$(field "$s_skiff" 1)" "$(field "$s_runc" 1)")
 b_s=$(awk -v m="$b_all" 'BEGIN { printf "%.2f", m / 1000 }')
 shim_max=$(field "$a_rss" 1)
 echo
 echo "pod start (manifest -> Running), same image, same run, interleaved ($(nproc) CPUs, 1-min load $load_before -> $(cut -d' ' -f1 /proc/loadavg))"
-printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (%s runs)\n' \
+printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (%s runs, with its CNI network)\n' \
     "skiff  single pod" $s_skiff "$SINGLE_RUNS"
 printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (manifest -> pod listed by the API)\n' \
     "  of which listing" $s_vis
-printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (%s runs)\n' \
+printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (%s runs, --network none)\n' \
     "podman kube play" $s_podman "$PODMAN_RUNS"
+printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (%s runs, netavark bridge %s)\n' \
+    "podman kube play" $s_podman_net "$PODMAN_NET_RUNS" "${podman_net_ip:-?}"
 printf '  %-20s median %7.1f ms  p90 %7.1f ms  min %7.1f ms  (%s runs)\n' \
     "runc run -d" $s_runc "$RUNC_RUNS"
-echo "  ratio podman/skiff  ${r_ps}x  (target >= 5x: $(ok "$r_ps" '>=' 5))"
+echo "  ratio podman/skiff  ${r_ps}x  (podman without a network; target >= 5x: $(ok "$r_ps" '>=' 5))"
+echo "  ratio podman+net/skiff  ${r_pns}x  (both with a network; target >= 4x: $(ok "$r_pns" '>=' 4))"
 echo "  ratio skiff/runc    ${r_sr}x  (skiff's cost over a bare runtime start)"
 echo "  skiff $BURST pods at once: all Running in $b_s s (target < 3 s: $(ok "$b_s" '<' 3));" \
     "first $(printf %.0f "$b_first") ms, median $(printf %.0f "$b_med") ms"
@@ -311,12 +345,15 @@ echo "  skiffd RSS with $nshims pods: $(mib "$d_rss") MiB (target < 30 MiB: $(ok
 echo "  shim RSS max $shim_max MiB mean $(field "$a_rss" 2) MiB (target < 2 MiB each: $(ok "$shim_max" '<' 2))"
 echo "    of which private anon: max $(field "$a_anon" 1) MiB mean $(field "$a_anon" 2) MiB; PSS max $(field "$a_pss" 1) MiB mean $(field "$a_pss" 2) MiB"
 echo "  teardown of $BURST pods + skiffd stop: $(elapsed "$t0" "$t1") ms"
+[[ $(host_net_files) == "$HOST_NET_BEFORE" ]] ||
+    echo "  !!! /etc/cni/net.d, /etc/containers/networks or /var/lib/cni changed during the run"
 if ((LEFTOVERS)); then
     echo "  !!! skiff left processes or mounts behind (see above)"
 else
-    echo "  no skiff-shim process or mount left under $D"
+    echo "  no skiff-shim process, mount or pod IP allocation left under $D"
 fi
 echo "raw ms: skiff$skiff_ms"
 echo "raw ms: podman$podman_ms"
+echo "raw ms: podman+net$podman_net_ms"
 echo "raw ms: runc$runc_ms"
 echo "(also in $OUT; skiffd log in target/bench/skiffd.log)"

@@ -177,7 +177,7 @@ fn exhausted_range_gives_a_clear_error() {
     assert_eq!(v["code"], 100, "{v}");
     assert_eq!(
         v["msg"],
-        "no IP addresses available in range set: 10.92.0.1-10.92.0.2"
+        "no IP addresses available in range set: 10.92.0.1-10.92.0.2 (subnet 10.92.0.0/30)"
     );
     // The failed ADD left no veth behind.
     let veths = Lab::links(&lab.host)

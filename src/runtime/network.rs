@@ -116,7 +116,16 @@ impl PodNetwork {
         let att = Self::attachment(pod, netns);
         if let Ok(Some(res)) = net.cached_result(&att.container_id, IFNAME) {
             if let Some(ip) = res.ips.first() {
-                return Ok(ip.address.addr);
+                if has_interface(netns, IFNAME) {
+                    return Ok(ip.address.addr);
+                }
+            }
+            // The cache (under the root dir) outlived the netns (under /run): after a
+            // reboot the pod's netns is new and empty. DEL the stale attachment, which
+            // frees its IP, and ADD afresh.
+            info!(uid = %att.container_id, netns = %netns.display(), "cached CNI result without its interface; re-attaching");
+            if let Err(e) = net.del(&att) {
+                warn!(uid = %att.container_id, error = %e, "CNI DEL of a stale attachment");
             }
         }
         match net.add(&att) {
@@ -166,6 +175,11 @@ impl PodNetwork {
             Err(e) => warn!(network = %net.name(), error = %e, "CNI garbage collection"),
         }
     }
+}
+
+/// True when the netns at `netns` has an interface `ifname`.
+fn has_interface(netns: &Path, ifname: &'static str) -> bool {
+    netns::run_in(netns, move || nix::net::if_::if_nametoindex(ifname).is_ok()).unwrap_or(false)
 }
 
 fn set_sysctl(key: &str, value: &str) {

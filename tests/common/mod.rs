@@ -457,3 +457,184 @@ pub fn pod_yaml(name: &str, script: &str) -> String {
 pub fn ts(v: &Value) -> jiff::Timestamp {
     v.as_str().expect("timestamp string").parse().expect("RFC 3339 timestamp")
 }
+
+// ---- networking helpers (tests/network.rs) -------------------------------------------------
+
+/// Runs `f` on a fresh OS thread inside the network namespace at `ns` and
+/// returns its result; sockets made there stay in that namespace.
+pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        let f_ns = std::fs::File::open(&ns).expect("opening netns");
+        nix::sched::setns(&f_ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// A TCP server in a netns answering every connection with a tiny HTTP
+/// response carrying `body`; stops when dropped.
+pub struct HttpStub {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpStub {
+    pub fn start(ns: &Path, addr: std::net::SocketAddr, body: &str) -> HttpStub {
+        let listener = in_netns(ns, move || std::net::TcpListener::bind(addr).expect("bind in netns"));
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = body.to_string();
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                        let mut buf = [0u8; 1024];
+                        let _ = std::io::Read::read(&mut c, &mut buf);
+                        let resp = format!(
+                            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
+                            body.len(),
+                            body
+                        );
+                        let _ = std::io::Write::write_all(&mut c, resp.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        HttpStub { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for HttpStub {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A plain HTTP GET from inside the netns at `ns`; the body, or None.
+pub fn http_get_in(ns: &Path, addr: std::net::SocketAddr) -> Option<String> {
+    in_netns(ns, move || {
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        std::io::Write::write_all(&mut c, format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut c, &mut out).ok()?;
+        let (_, body) = out.split_once("\r\n\r\n")?;
+        Some(body.to_string())
+    })
+}
+
+impl Node {
+    /// Runs `ip -n <host> ARGS`; panics on failure.
+    pub fn host_ip_cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("ip").arg("-n").arg(&self.host.name).args(args).output().expect("ip");
+        assert!(out.status.success(), "ip -n {} {args:?}: {}", self.host.name, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Gives the host netns a fake uplink: a veth pair with both ends up,
+    /// `addr` (CIDR) on one end and a default route through `gw` on it,
+    /// so skiffd finds a node IP.
+    pub fn add_uplink(&self, addr: &str, gw: &str) {
+        self.host_ip_cmd(&["link", "set", "lo", "up"]);
+        self.host_ip_cmd(&["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1"]);
+        self.host_ip_cmd(&["addr", "add", addr, "dev", "uplink0"]);
+        self.host_ip_cmd(&["link", "set", "uplink0", "up"]);
+        self.host_ip_cmd(&["link", "set", "uplink1", "up"]);
+        self.host_ip_cmd(&["route", "add", "default", "via", gw, "dev", "uplink0"]);
+    }
+
+    /// veth interfaces in the host netns other than the fake uplink.
+    pub fn host_veths(&self) -> Vec<String> {
+        self.host_ip_cmd(&["-o", "link", "show", "type", "veth"])
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .filter(|n| !n.starts_with("uplink"))
+            .collect()
+    }
+
+    /// IPs that host-local has allocated in `dir` (one file per address).
+    pub fn allocations_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Allocations of skiff's default network (`<root>/cni/networks/skiff`).
+    pub fn allocations(&self) -> Vec<String> {
+        Node::allocations_in(&self.root.join("cni/networks/skiff"))
+    }
+
+    /// `skiff exec POD -- sh -c SCRIPT`: (exit code, stdout+stderr).
+    pub fn exec_sh(&self, pod: &str, script: &str) -> (i32, String) {
+        let out = self.skiff(&["exec", pod, "--", "sh", "-c", script]);
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Simulates a reboot after a crash of skiffd: skiffd SIGKILLed, every
+    /// shim and container process killed, every mount under the node's dirs
+    /// gone, the run dir emptied (tmpfs), the pods' cgroups gone and the cni0
+    /// bridge gone. The root dir (state, CNI cache, IP allocations) stays.
+    pub fn simulate_reboot(&mut self) {
+        self.kill_daemon();
+        for state in glob_state_files(&self.root) {
+            if let Ok(v) = std::fs::read(&state).map(|b| serde_json::from_slice::<Value>(&b)) {
+                if let Some(pid) = v.ok().and_then(|v| v["pid"].as_i64()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        for pid in shim_pids(&dir) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<String> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .map(String::from)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.run);
+        for uid in self.known_pod_uids() {
+            for cg in pod_cgroups(&uid) {
+                for _ in 0..50 {
+                    for e in std::fs::read_dir(&cg).into_iter().flatten().flatten() {
+                        if e.path().is_dir() {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
+                    }
+                    if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["-n", &self.host.name, "link", "del", "cni0"]).status();
+    }
+}

@@ -231,7 +231,15 @@ pub fn setup_masq(
     let cmt = comment(network, container_id);
     for ip in ips.iter().filter(|i| i.address.addr.is_ipv4()) {
         let (rules, entry) = masq_rules(ip, &chain, &cmt);
-        iptables::ensure_chain(ipt, "nat", &chain)?;
+        // Fast path (every first ADD): the per-container chain is new, so none of
+        // its rules and no POSTROUTING jump to it can exist (iptables refuses a
+        // jump to a missing chain); install it all in one batch.
+        if !ipt.chains("nat")?.iter().any(|c| *c == chain) {
+            let mut batch: Vec<(&str, Vec<String>)> = rules.iter().map(|r| (chain.as_str(), r.clone())).collect();
+            batch.push(("POSTROUTING", entry));
+            ipt.apply("nat", &[chain.as_str()], &batch)?;
+            continue;
+        }
         for r in &rules {
             iptables::add_unique(ipt, "nat", &chain, false, r)?;
         }

@@ -191,9 +191,11 @@ pub fn range_sets(ipam: &IpamConf) -> Result<Vec<Vec<Range>>, String> {
     Ok(sets)
 }
 
+/// The reference plugin's `start-end` form, plus the subnet, so an
+/// exhaustion error names the pod CIDR an operator configured.
 fn set_string(set: &[Range]) -> String {
     set.iter()
-        .map(|r| format!("{}-{}", r.start, r.end))
+        .map(|r| format!("{}-{} (subnet {})", r.start, r.end, r.subnet))
         .collect::<Vec<_>>()
         .join(",")
 }
