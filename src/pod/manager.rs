@@ -203,9 +203,8 @@ impl Manager {
             match self.ctx.runtime.load_pod(&uid) {
                 Some(pod) => {
                     info!(uid = %uid, pod = ?pod.metadata.name, "removing pod left by a previous run");
-                    let (tx, handle) = worker::spawn(self.ctx.clone(), pod, None);
-                    let _ = tx.send(Msg::Terminate);
-                    self.leaving.push((tx, handle));
+                    let handle = worker::spawn_removal(self.ctx.clone(), pod);
+                    self.leaving.push((mpsc::unbounded_channel().0, handle));
                 }
                 None => {
                     warn!(uid = %uid, "removing unreadable pod state");

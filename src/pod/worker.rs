@@ -180,13 +180,34 @@ pub fn spawn(
     pod: Pod,
     after: Option<JoinHandle<()>>,
 ) -> (mpsc::UnboundedSender<Msg>, JoinHandle<()>) {
+    spawn_with(ctx, pod, after, false)
+}
+
+/// A worker that only finds what a previous skiffd left of `pod` and removes
+/// it: it never syncs, so a pod whose manifest is gone is not brought back
+/// to life (new sandbox, restarted containers) just to be torn down.
+pub fn spawn_removal(ctx: Arc<Ctx>, pod: Pod) -> JoinHandle<()> {
+    spawn_with(ctx, pod, None, true).1
+}
+
+fn spawn_with(
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    after: Option<JoinHandle<()>>,
+    remove_only: bool,
+) -> (mpsc::UnboundedSender<Msg>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = tokio::spawn(async move {
         if let Some(prev) = after {
             let _ = prev.await;
         }
         let mut w = Worker::new(ctx, pod);
-        w.run(rx).await;
+        if remove_only {
+            w.adopt();
+            w.terminate().await;
+        } else {
+            w.run(rx).await;
+        }
     });
     (tx, handle)
 }
