@@ -657,7 +657,7 @@ mod tests {
             ns.ip(&[
                 "addr",
                 "add",
-                &format!("{}/{}", subnet.nth(1), subnet.len()),
+                &format!("{}/{}", subnet.nth(1), subnet.prefix_len()),
                 "dev",
                 "pod0",
             ]);
