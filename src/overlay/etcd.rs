@@ -602,6 +602,9 @@ pub async fn acquire(
                 ttl,
             });
         }
+        tracing::debug!(%subnet, "lost the race for a subnet; re-reading");
+        #[cfg(test)]
+        tests::LOST_RACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let _ = c.revoke(lease_id).await;
     Err(EtcdError::Contention(MAX_CONFLICTS))
@@ -666,6 +669,10 @@ mod tests {
     use super::*;
 
     const ETCD: &str = "/usr/bin/etcd";
+
+    /// Races [`acquire`] lost, so the racing test can show it really raced.
+    pub(super) static LOST_RACES: std::sync::atomic::AtomicU32 =
+        std::sync::atomic::AtomicU32::new(0);
 
     /// A throwaway single-member etcd on loopback, killed on drop.
     struct Etcd {
@@ -804,9 +811,12 @@ mod tests {
         let c = etcd.client();
         let cfg = setup(&c).await;
         let mut set = tokio::task::JoinSet::new();
+        // A barrier lines them up so they read the same free subnets and collide on the txn.
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
         for i in 1..=12u8 {
-            let (c, cfg) = (c.clone(), cfg.clone());
+            let (c, cfg, barrier) = (c.clone(), cfg.clone(), barrier.clone());
             set.spawn(async move {
+                barrier.wait().await;
                 acquire(&c, "/skiff", &cfg, &node(i), None, 30)
                     .await
                     .unwrap()
@@ -820,6 +830,11 @@ mod tests {
             );
         }
         assert_eq!(subnets.len(), 12);
+        // Other tests share the counter but never race, so anything here came from this one.
+        assert!(
+            LOST_RACES.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the acquirers never actually raced"
+        );
         let (leases, _) = list_leases(&c, "/skiff").await.unwrap();
         assert_eq!(leases.len(), 12);
         let ips: HashSet<_> = leases.iter().map(|(_, a)| a.public_ip).collect();
