@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod manifest;
 pub mod node;
+pub mod overlay;
 pub mod pod;
 pub mod proxy;
 pub mod quantity;

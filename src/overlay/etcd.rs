@@ -1,0 +1,934 @@
+//! A minimal etcd v3 client over etcd's JSON gRPC gateway (`/v3/...`), and flannel-style subnet
+//! leases on top of it.
+//!
+//! The gateway is plain HTTP/1.1 with JSON bodies: keys and values are base64, int64 fields come
+//! back as strings, and fields holding their zero value are left out. That is enough for range,
+//! put, txn, leases and watch without protoc or a gRPC stack.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::lease::{
+    self, Ipv4Net, LeaseAttrs, LeaseError, NetworkConfig, Pick, Resolved, subnet_key,
+    subnet_of_key, subnets_prefix,
+};
+
+/// How often [`acquire`] retries after losing a race for a subnet.
+const MAX_CONFLICTS: u32 = 16;
+
+/// Errors talking to etcd or interpreting what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("invalid etcd endpoint {0:?}: expected http://host:port")]
+    Endpoint(String),
+    #[error("connecting to etcd at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("etcd request {path}: {source}")]
+    Http {
+        path: &'static str,
+        source: hyper::Error,
+    },
+    #[error("etcd {path} answered {status}: {body}")]
+    Status {
+        path: &'static str,
+        status: u16,
+        body: String,
+    },
+    #[error("etcd {path}: unexpected response: {source}")]
+    Decode {
+        path: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("etcd {path}: invalid base64 in response: {source}")]
+    Base64 {
+        path: &'static str,
+        source: base64::DecodeError,
+    },
+    #[error("etcd key {key}: invalid value: {source}")]
+    Value {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("no network config at {0}")]
+    NoConfig(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("etcd lease {0:x} has expired")]
+    LeaseGone(i64),
+    #[error("gave up acquiring a subnet after {0} lost races")]
+    Contention(u32),
+    #[error("etcd watch failed: {0}")]
+    Watch(String),
+}
+
+/// One key-value pair as etcd returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: String,
+    /// The raw value.
+    pub value: Vec<u8>,
+    /// Revision of the key's creation (0: absent).
+    pub create_revision: i64,
+    /// Revision of the key's last change.
+    pub mod_revision: i64,
+    /// The lease it is attached to (0: none).
+    pub lease: i64,
+}
+
+/// A condition for [`Client::put_if`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    /// The key does not exist (create_revision == 0).
+    Absent,
+    /// The key was last modified at this revision (nobody changed it since we read it).
+    ModRevision(i64),
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Key created or changed.
+    Put(Kv),
+    /// Key deleted (or its lease expired).
+    Delete(Kv),
+}
+
+/// An etcd v3 client for one endpoint, over the JSON gateway.
+#[derive(Debug, Clone)]
+pub struct Client {
+    addr: String,
+}
+
+/// Accepts etcd's int64-as-string as well as plain numbers.
+fn int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int {
+        N(i64),
+        S(String),
+    }
+    match Int::deserialize(d)? {
+        Int::N(n) => Ok(n),
+        Int::S(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawKv {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default, deserialize_with = "int")]
+    create_revision: i64,
+    #[serde(default, deserialize_with = "int")]
+    mod_revision: i64,
+    #[serde(default, deserialize_with = "int")]
+    lease: i64,
+}
+
+impl RawKv {
+    fn decode(self, path: &'static str) -> Result<Kv, EtcdError> {
+        let b64 = |s: &str| {
+            B64.decode(s)
+                .map_err(|source| EtcdError::Base64 { path, source })
+        };
+        Ok(Kv {
+            key: String::from_utf8_lossy(&b64(&self.key)?).into_owned(),
+            value: b64(&self.value)?,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            lease: self.lease,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Header {
+    #[serde(default, deserialize_with = "int")]
+    revision: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RangeResponse {
+    #[serde(default)]
+    header: Header,
+    #[serde(default)]
+    kvs: Vec<RawKv>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxnResponse {
+    #[serde(default)]
+    succeeded: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct LeaseResponse {
+    #[serde(rename = "ID", default, deserialize_with = "int")]
+    id: i64,
+    #[serde(rename = "TTL", default, deserialize_with = "int")]
+    ttl: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeepAliveResponse {
+    #[serde(default)]
+    result: Option<LeaseResponse>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchChunk {
+    #[serde(default)]
+    result: Option<WatchResult>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchResult {
+    #[serde(default)]
+    events: Vec<RawEvent>,
+    #[serde(default)]
+    canceled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    kv: RawKv,
+}
+
+fn b64(s: &str) -> String {
+    B64.encode(s.as_bytes())
+}
+
+/// The range end that makes a range request cover every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return B64.encode(&end);
+        }
+    }
+    // An all-0xff (or empty) prefix: "\0" means "to the end of the keyspace".
+    B64.encode([0u8])
+}
+
+impl Client {
+    /// A client for `endpoint` (`http://127.0.0.1:2379` or `127.0.0.1:2379`). Only plain HTTP.
+    pub fn new(endpoint: &str) -> Result<Self, EtcdError> {
+        let addr = endpoint
+            .strip_prefix("http://")
+            .unwrap_or(endpoint)
+            .trim_end_matches('/');
+        if addr.is_empty() || addr.contains('/') || endpoint.starts_with("https://") {
+            return Err(EtcdError::Endpoint(endpoint.to_string()));
+        }
+        Ok(Client {
+            addr: addr.to_string(),
+        })
+    }
+
+    /// Send one POST; returns the response (status checked) and the task driving the connection.
+    async fn post(
+        &self,
+        path: &'static str,
+        body: &Value,
+    ) -> Result<(Response<Incoming>, ConnTask), EtcdError> {
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|source| EtcdError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| EtcdError::Http { path, source })?;
+        let conn = ConnTask(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let req = Request::post(path)
+            .header("host", &self.addr)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("static request parts are valid");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| EtcdError::Http { path, source })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&body).into_owned();
+            return Err(EtcdError::Status { path, status, body });
+        }
+        Ok((resp, conn))
+    }
+
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &'static str,
+        body: Value,
+    ) -> Result<T, EtcdError> {
+        let (resp, _conn) = self.post(path, &body).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| EtcdError::Http { path, source })?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|source| EtcdError::Decode { path, source })
+    }
+
+    /// The key `key`, or every key under it with `prefix`; plus the store's revision.
+    pub async fn range(&self, key: &str, prefix: bool) -> Result<(Vec<Kv>, i64), EtcdError> {
+        const PATH: &str = "/v3/kv/range";
+        let mut body = json!({ "key": b64(key) });
+        if prefix {
+            body["range_end"] = json!(prefix_end(key));
+        }
+        let r: RangeResponse = self.call(PATH, body).await?;
+        let kvs = r
+            .kvs
+            .into_iter()
+            .map(|kv| kv.decode(PATH))
+            .collect::<Result<_, _>>()?;
+        Ok((kvs, r.header.revision))
+    }
+
+    /// Put `value` at `key`, attached to `lease` (0: none).
+    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), EtcdError> {
+        let body =
+            json!({ "key": b64(key), "value": B64.encode(value), "lease": lease.to_string() });
+        self.call::<Value>("/v3/kv/put", body).await.map(drop)
+    }
+
+    /// Put `value` at `key` on `lease` only if `cond` holds, in one transaction. Returns whether it did.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+        cond: Cond,
+    ) -> Result<bool, EtcdError> {
+        let compare = match cond {
+            Cond::Absent => {
+                json!({ "key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" })
+            }
+            Cond::ModRevision(rev) => {
+                json!({ "key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string() })
+            }
+        };
+        let put = json!({ "request_put": { "key": b64(key), "value": B64.encode(value), "lease": lease.to_string() } });
+        let body = json!({ "compare": [compare], "success": [put] });
+        let r: TxnResponse = self.call("/v3/kv/txn", body).await?;
+        Ok(r.succeeded)
+    }
+
+    /// Grant a lease of `ttl` seconds; returns its ID.
+    pub async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        let r: LeaseResponse = self
+            .call("/v3/lease/grant", json!({ "TTL": ttl.to_string() }))
+            .await?;
+        Ok(r.id)
+    }
+
+    /// Refresh a lease once; returns its new TTL, or [`EtcdError::LeaseGone`] if it has expired.
+    pub async fn keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        // The gateway streams keepalive responses; one request gets one response and the
+        // connection is closed when we drop it.
+        const PATH: &str = "/v3/lease/keepalive";
+        let (resp, _conn) = self.post(PATH, &json!({ "ID": id.to_string() })).await?;
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| EtcdError::Http { path: PATH, source })?;
+            if let Some(data) = frame.data_ref() {
+                buf.extend_from_slice(data);
+            }
+            let mut it =
+                serde_json::Deserializer::from_slice(&buf).into_iter::<KeepAliveResponse>();
+            match it.next() {
+                Some(Ok(r)) => {
+                    let ttl = r.result.map(|r| r.ttl).unwrap_or(0);
+                    return if ttl > 0 {
+                        Ok(ttl)
+                    } else {
+                        Err(EtcdError::LeaseGone(id))
+                    };
+                }
+                Some(Err(e)) if !e.is_eof() => {
+                    return Err(EtcdError::Decode {
+                        path: PATH,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(EtcdError::LeaseGone(id))
+    }
+
+    /// Revoke a lease: every key on it goes at once. An expired lease is success.
+    pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        match self
+            .call::<Value>("/v3/lease/revoke", json!({ "ID": id.to_string() }))
+            .await
+        {
+            Err(EtcdError::Status { body, .. }) if body.contains("not found") => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// Watch every key under `prefix`, starting at revision `start` (0: from now).
+    pub async fn watch(&self, prefix: &str, start: i64) -> Result<Watcher, EtcdError> {
+        const PATH: &str = "/v3/watch";
+        let mut req = json!({ "key": b64(prefix), "range_end": prefix_end(prefix) });
+        if start > 0 {
+            req["start_revision"] = json!(start.to_string());
+        }
+        let (resp, conn) = self.post(PATH, &json!({ "create_request": req })).await?;
+        Ok(Watcher {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            _conn: conn,
+        })
+    }
+}
+
+/// Owns the task driving one HTTP connection; aborted when dropped.
+#[derive(Debug)]
+struct ConnTask(JoinHandle<()>);
+
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A running watch. Dropping it closes the stream.
+#[derive(Debug)]
+pub struct Watcher {
+    body: Incoming,
+    buf: Vec<u8>,
+    _conn: ConnTask,
+}
+
+impl Watcher {
+    /// The next batch of events; `None` when etcd closed the stream.
+    pub async fn next(&mut self) -> Option<Result<Vec<Event>, EtcdError>> {
+        const PATH: &str = "/v3/watch";
+        loop {
+            // The gateway sends one JSON object per message; a message may span frames.
+            let (parsed, used) = {
+                let mut it =
+                    serde_json::Deserializer::from_slice(&self.buf).into_iter::<WatchChunk>();
+                match it.next() {
+                    Some(Ok(c)) => (Some(Ok(c)), it.byte_offset()),
+                    Some(Err(e)) if e.is_eof() => (None, 0),
+                    Some(Err(e)) => (Some(Err(e)), 0),
+                    None => (None, 0),
+                }
+            };
+            match parsed {
+                Some(Ok(chunk)) => {
+                    self.buf.drain(..used);
+                    if let Some(err) = chunk.error {
+                        return Some(Err(EtcdError::Watch(err.to_string())));
+                    }
+                    let Some(result) = chunk.result else { continue };
+                    if result.canceled {
+                        return Some(Err(EtcdError::Watch(
+                            "canceled by etcd (compacted?)".into(),
+                        )));
+                    }
+                    // The "created" acknowledgement carries no events; skip it.
+                    if result.events.is_empty() {
+                        continue;
+                    }
+                    let events = result
+                        .events
+                        .into_iter()
+                        .map(|e| {
+                            let kv = e.kv.decode(PATH)?;
+                            Ok(match e.kind.as_deref() {
+                                Some("DELETE") => Event::Delete(kv),
+                                _ => Event::Put(kv),
+                            })
+                        })
+                        .collect();
+                    return Some(events);
+                }
+                Some(Err(source)) => return Some(Err(EtcdError::Decode { path: PATH, source })),
+                None => {}
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                Err(source) => return Some(Err(EtcdError::Http { path: PATH, source })),
+            }
+        }
+    }
+}
+
+/// A subnet held by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetLease {
+    /// The node's subnet.
+    pub subnet: Ipv4Net,
+    /// What was published for it.
+    pub attrs: LeaseAttrs,
+    /// The etcd lease the key is on; renew it with [`renew`].
+    pub lease_id: i64,
+    /// The lease's TTL in seconds.
+    pub ttl: i64,
+}
+
+/// A change to the set of subnet leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A node took or updated a subnet.
+    Added(Ipv4Net, LeaseAttrs),
+    /// A subnet's lease went (expired or released).
+    Removed(Ipv4Net),
+}
+
+/// Store the network config at `<prefix>/network/config`.
+pub async fn put_config(c: &Client, prefix: &str, cfg: &NetworkConfig) -> Result<(), EtcdError> {
+    let value = serde_json::to_vec(cfg).expect("config serializes");
+    c.put(&lease::config_key(prefix), &value, 0).await
+}
+
+/// Read and check the network config.
+pub async fn get_config(c: &Client, prefix: &str) -> Result<Resolved, EtcdError> {
+    let key = lease::config_key(prefix);
+    let (kvs, _) = c.range(&key, false).await?;
+    let kv = kvs
+        .into_iter()
+        .next()
+        .ok_or_else(|| EtcdError::NoConfig(key.clone()))?;
+    let cfg: NetworkConfig =
+        serde_json::from_slice(&kv.value).map_err(|source| EtcdError::Value { key, source })?;
+    Ok(cfg.resolved()?)
+}
+
+/// Every subnet lease with its raw record, plus the revision they were read at.
+/// Records that are not valid leases are skipped: one bad writer must not stop the cluster.
+async fn list_raw(
+    c: &Client,
+    prefix: &str,
+) -> Result<(Vec<(Ipv4Net, LeaseAttrs, Kv)>, i64), EtcdError> {
+    let (kvs, rev) = c.range(&subnets_prefix(prefix), true).await?;
+    let leases = kvs
+        .into_iter()
+        .filter_map(|kv| {
+            let subnet = subnet_of_key(prefix, &kv.key)?;
+            let attrs = serde_json::from_slice(&kv.value).ok()?;
+            Some((subnet, attrs, kv))
+        })
+        .collect();
+    Ok((leases, rev))
+}
+
+/// Every current subnet lease, plus the revision to start a [`watch_leases`] from.
+pub async fn list_leases(
+    c: &Client,
+    prefix: &str,
+) -> Result<(Vec<(Ipv4Net, LeaseAttrs)>, i64), EtcdError> {
+    let (leases, rev) = list_raw(c, prefix).await?;
+    Ok((leases.into_iter().map(|(s, a, _)| (s, a)).collect(), rev))
+}
+
+/// Take a subnet for `attrs.public_ip` on a fresh etcd lease of `ttl` seconds.
+///
+/// The subnet this PublicIP already holds is taken over (a restarted node keeps it), else
+/// `previous` if free, else the lowest free one. Each choice is committed with a transaction
+/// conditioned on what was read, so two nodes racing never end up with the same subnet: the
+/// loser re-reads and tries again.
+pub async fn acquire(
+    c: &Client,
+    prefix: &str,
+    cfg: &Resolved,
+    attrs: &LeaseAttrs,
+    previous: Option<Ipv4Net>,
+    ttl: i64,
+) -> Result<SubnetLease, EtcdError> {
+    let lease_id = c.grant(ttl).await?;
+    let value = serde_json::to_vec(attrs).expect("lease attrs serialize");
+    for _ in 0..MAX_CONFLICTS {
+        let (leases, _) = list_raw(c, prefix).await?;
+        let taken: Vec<_> = leases.iter().map(|(s, a, _)| (*s, a.clone())).collect();
+        let (subnet, cond) = match lease::pick(cfg, &taken, attrs.public_ip, previous)? {
+            Pick::Existing(s) => {
+                let rev = leases
+                    .iter()
+                    .find(|(t, _, _)| *t == s)
+                    .map(|(_, _, kv)| kv.mod_revision);
+                (s, Cond::ModRevision(rev.unwrap_or(0)))
+            }
+            Pick::Free(s) => (s, Cond::Absent),
+        };
+        if c.put_if(&subnet_key(prefix, subnet), &value, lease_id, cond)
+            .await?
+        {
+            return Ok(SubnetLease {
+                subnet,
+                attrs: attrs.clone(),
+                lease_id,
+                ttl,
+            });
+        }
+        tracing::debug!(%subnet, "lost the race for a subnet; re-reading");
+        #[cfg(test)]
+        tests::LOST_RACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let _ = c.revoke(lease_id).await;
+    Err(EtcdError::Contention(MAX_CONFLICTS))
+}
+
+/// Renew a subnet lease once (call it every TTL/3 or so). [`EtcdError::LeaseGone`] means the
+/// subnet was lost: acquire again, passing the old subnet as `previous`.
+pub async fn renew(c: &Client, lease: &SubnetLease) -> Result<(), EtcdError> {
+    c.keepalive(lease.lease_id).await.map(drop)
+}
+
+/// Give a subnet back at once (orderly shutdown), instead of waiting for its TTL.
+pub async fn release(c: &Client, lease: &SubnetLease) -> Result<(), EtcdError> {
+    c.revoke(lease.lease_id).await
+}
+
+/// Lease changes after revision `after` (from [`list_leases`]).
+pub struct LeaseWatcher {
+    inner: Watcher,
+    prefix: String,
+}
+
+/// Watch subnet leases come and go, starting after revision `after`.
+pub async fn watch_leases(c: &Client, prefix: &str, after: i64) -> Result<LeaseWatcher, EtcdError> {
+    let inner = c.watch(&subnets_prefix(prefix), after + 1).await?;
+    Ok(LeaseWatcher {
+        inner,
+        prefix: prefix.to_string(),
+    })
+}
+
+impl LeaseWatcher {
+    /// The next batch of lease changes; `None` when the stream ended (re-list and watch again).
+    pub async fn next(&mut self) -> Option<Result<Vec<LeaseEvent>, EtcdError>> {
+        let events = match self.inner.next().await? {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e)),
+        };
+        let out = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Put(kv) => {
+                    let subnet = subnet_of_key(&self.prefix, &kv.key)?;
+                    let attrs = serde_json::from_slice(&kv.value).ok()?;
+                    Some(LeaseEvent::Added(subnet, attrs))
+                }
+                Event::Delete(kv) => subnet_of_key(&self.prefix, &kv.key).map(LeaseEvent::Removed),
+            })
+            .collect();
+        Some(Ok(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const ETCD: &str = "/usr/bin/etcd";
+
+    /// Races [`acquire`] lost, so the racing test can show it really raced.
+    pub(super) static LOST_RACES: std::sync::atomic::AtomicU32 =
+        std::sync::atomic::AtomicU32::new(0);
+
+    /// A throwaway single-member etcd on loopback, killed on drop.
+    struct Etcd {
+        child: Child,
+        _dir: tempfile::TempDir,
+        url: String,
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    impl Etcd {
+        /// Start etcd, or `None` (with a message) when it is not installed.
+        async fn start() -> Option<Etcd> {
+            if !Path::new(ETCD).exists() {
+                eprintln!("SKIPPED: {ETCD} is missing (apt-get install etcd-server)");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (cp, pp) = (free_port(), free_port());
+            let url = format!("http://127.0.0.1:{cp}");
+            let peer = format!("http://127.0.0.1:{pp}");
+            let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+            let child = Command::new(ETCD)
+                .args(["--name", "t", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args(["--initial-cluster", &format!("t={peer}")])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let etcd = Etcd {
+                child,
+                _dir: dir,
+                url,
+            };
+            let c = etcd.client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.range("/ready", false).await.is_err() {
+                assert!(Instant::now() < deadline, "etcd did not come up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(etcd)
+        }
+
+        fn client(&self) -> Client {
+            Client::new(&self.url).unwrap()
+        }
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn node(i: u8) -> LeaseAttrs {
+        LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 168, 77, i),
+            1,
+            format!("02:00:00:00:00:{i:02x}"),
+        )
+    }
+
+    async fn setup(c: &Client) -> Resolved {
+        put_config(c, "/skiff", &NetworkConfig::vxlan(net("10.244.0.0/16")))
+            .await
+            .unwrap();
+        get_config(c, "/skiff").await.unwrap()
+    }
+
+    #[test]
+    fn prefix_end_increments_last_byte() {
+        assert_eq!(B64.decode(prefix_end("/a/")).unwrap(), b"/a0");
+        assert_eq!(B64.decode(prefix_end("")).unwrap(), b"\0");
+    }
+
+    #[tokio::test]
+    async fn kv_and_txn_basics() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let c = etcd.client();
+        assert!(matches!(
+            get_config(&c, "/skiff").await,
+            Err(EtcdError::NoConfig(_))
+        ));
+        c.put("/t/a", b"1", 0).await.unwrap();
+        assert!(!c.put_if("/t/a", b"2", 0, Cond::Absent).await.unwrap());
+        let (kvs, _) = c.range("/t/", true).await.unwrap();
+        assert_eq!(kvs.len(), 1);
+        assert_eq!(kvs[0].value, b"1");
+        assert!(
+            c.put_if("/t/a", b"3", 0, Cond::ModRevision(kvs[0].mod_revision))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !c.put_if("/t/a", b"4", 0, Cond::ModRevision(kvs[0].mod_revision))
+                .await
+                .unwrap()
+        );
+        assert!(c.put_if("/t/b", b"5", 0, Cond::Absent).await.unwrap());
+        let (kvs, _) = c.range("/t/", true).await.unwrap();
+        let vals: Vec<_> = kvs.iter().map(|kv| kv.value.clone()).collect();
+        assert_eq!(vals, [b"3".to_vec(), b"5".to_vec()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_acquirers_never_share_a_subnet() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let c = etcd.client();
+        let cfg = setup(&c).await;
+        let mut set = tokio::task::JoinSet::new();
+        // A barrier lines them up so they read the same free subnets and collide on the txn.
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
+        for i in 1..=12u8 {
+            let (c, cfg, barrier) = (c.clone(), cfg.clone(), barrier.clone());
+            set.spawn(async move {
+                barrier.wait().await;
+                acquire(&c, "/skiff", &cfg, &node(i), None, 30)
+                    .await
+                    .unwrap()
+            });
+        }
+        let mut subnets = HashSet::new();
+        while let Some(l) = set.join_next().await {
+            assert!(
+                subnets.insert(l.unwrap().subnet),
+                "a subnet was handed out twice"
+            );
+        }
+        assert_eq!(subnets.len(), 12);
+        // Other tests share the counter but never race, so anything here came from this one.
+        assert!(
+            LOST_RACES.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the acquirers never actually raced"
+        );
+        let (leases, _) = list_leases(&c, "/skiff").await.unwrap();
+        assert_eq!(leases.len(), 12);
+        let ips: HashSet<_> = leases.iter().map(|(_, a)| a.public_ip).collect();
+        assert_eq!(ips.len(), 12);
+    }
+
+    #[tokio::test]
+    async fn lease_expires_after_ttl_unless_renewed_and_watch_sees_it() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let c = etcd.client();
+        let cfg = setup(&c).await;
+        let (_, rev) = list_leases(&c, "/skiff").await.unwrap();
+        let mut w = watch_leases(&c, "/skiff", rev).await.unwrap();
+        let kept = acquire(&c, "/skiff", &cfg, &node(1), None, 2)
+            .await
+            .unwrap();
+        let lost = acquire(&c, "/skiff", &cfg, &node(2), None, 2)
+            .await
+            .unwrap();
+        assert_ne!(kept.subnet, lost.subnet);
+
+        let got = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, [LeaseEvent::Added(kept.subnet, node(1))]);
+
+        // Renew one for 5 s (2.5x its TTL); the other must be gone by then.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            renew(&c, &kept).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (leases, _) = list_leases(&c, "/skiff").await.unwrap();
+        assert_eq!(leases, [(kept.subnet, node(1))]);
+        assert!(matches!(
+            renew(&c, &lost).await,
+            Err(EtcdError::LeaseGone(_))
+        ));
+
+        let mut seen = Vec::new();
+        while !seen.contains(&LeaseEvent::Removed(lost.subnet)) {
+            let batch = tokio::time::timeout(Duration::from_secs(5), w.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            seen.extend(batch);
+        }
+        assert_eq!(seen[0], LeaseEvent::Added(lost.subnet, node(2)));
+
+        release(&c, &kept).await.unwrap();
+        release(&c, &kept).await.unwrap();
+        assert!(list_leases(&c, "/skiff").await.unwrap().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn restarted_node_gets_its_subnet_back() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let c = etcd.client();
+        let cfg = setup(&c).await;
+        let a = acquire(&c, "/skiff", &cfg, &node(1), None, 30)
+            .await
+            .unwrap();
+        let b = acquire(&c, "/skiff", &cfg, &node(2), None, 30)
+            .await
+            .unwrap();
+        // Restart: same PublicIP, a new VTEP MAC, and no memory of the old lease.
+        let mut again = node(1);
+        again.backend_data.vtep_mac = "02:00:00:00:01:01".into();
+        let a2 = acquire(&c, "/skiff", &cfg, &again, None, 30).await.unwrap();
+        assert_eq!(a2.subnet, a.subnet);
+        assert_ne!(a2.lease_id, a.lease_id);
+        let (mut leases, _) = list_leases(&c, "/skiff").await.unwrap();
+        leases.sort_by_key(|(s, _)| *s);
+        assert_eq!(leases, [(a.subnet, again.clone()), (b.subnet, node(2))]);
+        // The old lease no longer owns the key: revoking it does not remove the subnet.
+        c.revoke(a.lease_id).await.unwrap();
+        assert_eq!(list_leases(&c, "/skiff").await.unwrap().0.len(), 2);
+
+        // After its lease is gone, `previous` (from subnet.env) brings the same subnet back.
+        release(&c, &a2).await.unwrap();
+        let c3 = acquire(&c, "/skiff", &cfg, &node(3), Some(net("10.244.7.0/24")), 30)
+            .await
+            .unwrap();
+        assert_eq!(c3.subnet, net("10.244.7.0/24"));
+        let a3 = acquire(&c, "/skiff", &cfg, &again, Some(a.subnet), 30)
+            .await
+            .unwrap();
+        assert_eq!(a3.subnet, a.subnet);
+    }
+}
