@@ -395,15 +395,7 @@ impl Drop for Node {
         self.stop_daemon();
         // Then force whatever is left (a failed test may have left anything).
         let dir = self.dir.path().to_string_lossy().into_owned();
-        for state in glob_state_files(&self.root) {
-            if let Ok(b) = std::fs::read(&state) {
-                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-                    if let Some(pid) = v["pid"].as_i64() {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-                    }
-                }
-            }
-        }
+        kill_pod_processes(&self.known_pod_uids());
         for pid in shim_pids(&dir) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
@@ -436,6 +428,22 @@ impl Drop for Node {
     }
 }
 
+/// SIGKILLs the processes in these pods' cgroups. A pid from a state file
+/// could have been reused by an unrelated process; a cgroup cannot lie.
+fn kill_pod_processes(uids: &[String]) {
+    if uids.is_empty() {
+        return;
+    }
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { continue };
+        if uids.iter().any(|u| cg.contains(&format!("/skiff/pod{u}/"))) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+#[allow(dead_code)]
 fn glob_state_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for pod in std::fs::read_dir(root.join("pods")).into_iter().flatten().flatten() {
@@ -596,13 +604,7 @@ impl Node {
     /// bridge gone. The root dir (state, CNI cache, IP allocations) stays.
     pub fn simulate_reboot(&mut self) {
         self.kill_daemon();
-        for state in glob_state_files(&self.root) {
-            if let Ok(v) = std::fs::read(&state).map(|b| serde_json::from_slice::<Value>(&b)) {
-                if let Some(pid) = v.ok().and_then(|v| v["pid"].as_i64()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-                }
-            }
-        }
+        kill_pod_processes(&self.known_pod_uids());
         let dir = self.dir.path().to_string_lossy().into_owned();
         for pid in shim_pids(&dir) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
