@@ -37,6 +37,41 @@ fn memory_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The kubelet's pressure conditions with its default hard eviction
+/// thresholds: memory.available < 100Mi, nodefs.available < 10% (of the
+/// filesystem holding the root dir), and PIDs over 90% of pid_max.
+pub fn pressure_conditions(root: &std::path::Path) -> Vec<(&'static str, bool, &'static str, String)> {
+    let avail_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    let memory = avail_kib < 100 * 1024;
+    let disk = nix::sys::statvfs::statvfs(root)
+        .map(|st| {
+            let total = st.blocks() as f64;
+            total > 0.0 && (st.blocks_available() as f64) / total < 0.10
+        })
+        .unwrap_or(false);
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    let procs = std::fs::read_dir("/proc")
+        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count() as u64)
+        .unwrap_or(0);
+    let pids = procs * 10 > pid_max * 9;
+    vec![
+        ("MemoryPressure", memory, if memory { "KubeletHasInsufficientMemory" } else { "KubeletHasSufficientMemory" },
+         if memory { "memory.available is below 100Mi".into() } else { "skiffd has sufficient memory available".into() }),
+        ("DiskPressure", disk, if disk { "KubeletHasDiskPressure" } else { "KubeletHasNoDiskPressure" },
+         if disk { format!("less than 10% of the filesystem of {} is free", root.display()) } else { "skiffd has no disk pressure".into() }),
+        ("PIDPressure", pids, if pids { "KubeletHasInsufficientPID" } else { "KubeletHasSufficientPID" },
+         if pids { "more than 90% of pid_max is in use".into() } else { "skiffd has sufficient PID available".into() }),
+    ]
+}
+
 fn node(s: &Shared) -> Value {
     let (kernel, arch) = uname();
     let arch = match arch.as_str() {
@@ -70,9 +105,11 @@ fn node(s: &Shared) -> Value {
         "status": {
             "capacity": capacity,
             "allocatable": capacity,
-            "conditions": [
+            "conditions": pressure_conditions(&s.runtime.root_dir()).into_iter().map(|(t, on, reason, msg)| {
+                cond(t, if on { "True" } else { "False" }, reason, &msg)
+            }).chain(std::iter::once(
                 cond("Ready", "True", "KubeletReady", "skiffd is posting ready status"),
-            ],
+            )).collect::<Vec<_>>(),
             "addresses": [{"type": "Hostname", "address": name}],
             "nodeInfo": {
                 "machineID": std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim(),
@@ -108,4 +145,17 @@ pub async fn version() -> Json<Value> {
         "gitVersion": format!("v1.33.0-skiff.{}", env!("CARGO_PKG_VERSION")),
         "platform": "linux",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pressure_conditions_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let conds = super::pressure_conditions(dir.path());
+        let types: Vec<&str> = conds.iter().map(|c| c.0).collect();
+        assert_eq!(types, vec!["MemoryPressure", "DiskPressure", "PIDPressure"]);
+        // This test machine is not out of memory or PIDs.
+        assert!(!conds[0].1 && !conds[2].1, "{conds:?}");
+    }
 }

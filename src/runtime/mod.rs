@@ -325,6 +325,11 @@ impl Runtime {
         })
     }
 
+    /// The root dir (`--root-dir`).
+    pub fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
     /// Sets the pids cgroup limit of every container (`--pod-pids-limit`).
     pub fn with_pids_limit(mut self, limit: i64) -> Self {
         self.pids_limit = (limit > 0).then_some(limit);
