@@ -769,29 +769,25 @@ impl Worker {
     /// Starts the probes of the container in slot `i` (or marks it ready at
     /// once when it has none).
     fn start_prober(&mut self, i: usize) {
-        let spec = self.slots[i].spec.clone();
-        let init = self.slots[i].init;
+        let slot = &self.slots[i];
+        let has_probes = !slot.init
+            && (slot.spec.liveness_probe.is_some()
+                || slot.spec.readiness_probe.is_some()
+                || slot.spec.startup_probe.is_some());
+        let target = if has_probes { self.probe_target(i) } else { None };
         let Some(run) = self.slots[i].current.as_mut() else {
             return;
         };
-        let has_probes = !init
-            && (spec.liveness_probe.is_some()
-                || spec.readiness_probe.is_some()
-                || spec.startup_probe.is_some());
-        if !has_probes {
-            run.ready = true;
-            run.started = true;
-            return;
+        match target {
+            Some(t) => {
+                let task = tokio::spawn(probe::prober(t, self.probes_tx.clone()));
+                run.prober = Some(task.abort_handle());
+            }
+            None => {
+                run.ready = true;
+                run.started = true;
+            }
         }
-        let target = probe::Target {
-            container_id: run.id.clone(),
-            container: spec,
-            netns: self.sandbox.as_ref().and_then(|s| s.net.clone()),
-            pod_ip: self.sandbox.as_ref().and_then(|s| s.ip),
-            runtime: self.ctx.runtime.clone(),
-        };
-        let task = tokio::spawn(probe::prober(target, self.probes_tx.clone()));
-        run.prober = Some(task.abort_handle());
     }
 
     fn on_probe(&mut self, id: &str, report: probe::Report) {

@@ -443,17 +443,6 @@ fn kill_pod_processes(uids: &[String]) {
     }
 }
 
-#[allow(dead_code)]
-fn glob_state_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for pod in std::fs::read_dir(root.join("pods")).into_iter().flatten().flatten() {
-        for c in std::fs::read_dir(pod.path().join("containers")).into_iter().flatten().flatten() {
-            out.push(c.path().join("state.json"));
-        }
-    }
-    out
-}
-
 /// A pod manifest with one busybox container running `script` under sh.
 pub fn pod_yaml(name: &str, script: &str) -> String {
     format!(
