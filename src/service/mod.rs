@@ -149,8 +149,8 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         if let Err(e) = self.alloc.save() {
             warn!(error = %e, "saving service allocations");
         }
-        self.store.set_service_views(views);
         if self.hold_rules {
+            self.store.set_service_views(views);
             return;
         }
         self.proxier.replace_all(rules);
@@ -163,6 +163,10 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             }
             Err(e) => warn!(error = %e, "programming service rules"),
         }
+        // Published only now: a client that sees an endpoint and connects
+        // at once must meet its rules, or its conntrack entry pins the
+        // un-translated path for the whole connection.
+        self.store.set_service_views(views);
     }
 
     #[allow(clippy::type_complexity)]
