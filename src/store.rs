@@ -53,6 +53,18 @@ struct Inner {
     service_views: crate::service::Views,
     events: Vec<Event>,
     next_event: u64,
+    /// Node conditions reported by skiffd's parts: type -> (status, reason, message, since).
+    node_conditions: BTreeMap<String, NodeCondition>,
+}
+
+/// One node condition as a part of skiffd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCondition {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    /// When the status last changed.
+    pub since: Timestamp,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -271,6 +283,34 @@ impl Store {
             .rejected
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// Sets a node condition (`skiff get node -o json`); the transition time moves only when
+    /// the status changes.
+    pub fn set_node_condition(&self, kind: &str, status: bool, reason: &str, message: &str) {
+        let mut inner = self.write();
+        let since = match inner.node_conditions.get(kind) {
+            Some(c) if c.status == status => c.since,
+            _ => Timestamp::now(),
+        };
+        inner.node_conditions.insert(
+            kind.to_string(),
+            NodeCondition {
+                status,
+                reason: reason.into(),
+                message: message.into(),
+                since,
+            },
+        );
+    }
+
+    /// Node conditions reported so far, by type.
+    pub fn node_conditions(&self) -> Vec<(String, NodeCondition)> {
+        self.read()
+            .node_conditions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Records an event; a repeat of the same reason and message on the same

@@ -107,7 +107,10 @@ fn node(s: &Shared) -> Value {
             "allocatable": capacity,
             "conditions": pressure_conditions(&s.runtime.root_dir()).into_iter().map(|(t, on, reason, msg)| {
                 cond(t, if on { "True" } else { "False" }, reason, &msg)
-            }).chain(std::iter::once(
+            }).chain(s.store.node_conditions().into_iter().map(|(t, c)| {
+                json!({"type": t, "status": if c.status { "True" } else { "False" }, "reason": c.reason,
+                       "message": c.message, "lastHeartbeatTime": now, "lastTransitionTime": c.since.to_string()})
+            })).chain(std::iter::once(
                 cond("Ready", "True", "KubeletReady", "skiffd is posting ready status"),
             )).collect::<Vec<_>>(),
             "addresses": [{"type": "Hostname", "address": name}],
