@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )
         .await
         .map_err(|e| DaemonError::Overlay(e.to_string()))?;
+        store.set_node_network(Some(joined.subnet.to_string()), Some(agent.public_ip().to_string()));
         pod_cidr = joined.subnet.to_string();
         mtu = joined.mtu;
         ip_masq = false;
@@ -144,6 +145,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         resync: resync_tx,
         started: jiff::Timestamp::now(),
     });
+    let cluster_task = config.etcd.as_ref().map(|etcd| {
+        let refs: Vec<&str> = etcd.endpoints.iter().map(String::as_str).collect();
+        let client = overlay::etcd::Client::with_endpoints(&refs).expect("endpoints checked by the config");
+        let st = state.clone();
+        let cluster = overlay::state::ClusterState::new(
+            client,
+            &etcd.prefix,
+            etcd.subnet_lease_ttl,
+            store.clone(),
+            Arc::new(move || api::nodes::node(&st)),
+        );
+        tokio::spawn(cluster.run(stopped(stop_rx.clone())))
+    });
     let socket = config.socket_path();
     let api = {
         let socket = socket.clone();
@@ -177,7 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = pods.await;
     let _ = services.await;
     let _ = image_gc.await;
-    if let Some(t) = overlay_task {
+    for t in [overlay_task, cluster_task].into_iter().flatten() {
         let _ = t.await;
     }
     if let Some(res) = api_failed {

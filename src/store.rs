@@ -55,6 +55,21 @@ struct Inner {
     next_event: u64,
     /// Node conditions reported by skiffd's parts: type -> (status, reason, message, since).
     node_conditions: BTreeMap<String, NodeCondition>,
+    /// What the other nodes of the cluster published (multi-host).
+    remote: Remote,
+    /// (pod CIDR, InternalIP) of this node.
+    node_network: (Option<String>, Option<String>),
+}
+
+/// The cluster as the other nodes published it in etcd.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Remote {
+    /// Services defined on other nodes, with their cluster-wide addresses.
+    pub services: BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
+    /// Other nodes' pods, as endpoints need them (IP, labels, readiness, ports).
+    pub pods: Vec<Pod>,
+    /// Other nodes' Node objects.
+    pub nodes: Vec<serde_json::Value>,
 }
 
 /// One node condition as a part of skiffd reports it.
@@ -283,6 +298,33 @@ impl Store {
             .rejected
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// Replaces what is known of the other nodes; wakes watchers when their Services or pods
+    /// changed. Node objects alone (heartbeats) do not wake anyone.
+    pub fn set_remote(&self, remote: Remote) {
+        let mut inner = self.write();
+        let changed = inner.remote.services != remote.services || inner.remote.pods != remote.pods;
+        inner.remote = remote;
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// What the other nodes published.
+    pub fn remote(&self) -> Remote {
+        self.read().remote.clone()
+    }
+
+    /// This node's pod subnet and underlay address, for its Node object.
+    pub fn set_node_network(&self, pod_cidr: Option<String>, internal_ip: Option<String>) {
+        self.write().node_network = (pod_cidr, internal_ip);
+    }
+
+    /// (pod CIDR, InternalIP) as set by [`Store::set_node_network`].
+    pub fn node_network(&self) -> (Option<String>, Option<String>) {
+        self.read().node_network.clone()
     }
 
     /// Sets a node condition (`skiff get node -o json`); the transition time moves only when

@@ -84,7 +84,10 @@ pub struct Uplink {
 
 /// Choose the underlay: `iface` if given, else the interface holding `public_ip`, else the one of
 /// the default route, else the first interface with an IPv4 address that is not skiff's own.
-pub fn find_uplink(iface: Option<&str>, public_ip: Option<Ipv4Addr>) -> Result<Uplink, OverlayError> {
+pub fn find_uplink(
+    iface: Option<&str>,
+    public_ip: Option<Ipv4Addr>,
+) -> Result<Uplink, OverlayError> {
     let addrs: Vec<Uplink> = nix::ifaddrs::getifaddrs()
         .map_err(|e| OverlayError::Uplink(format!("listing interfaces: {e}")))?
         .filter_map(|a| {
@@ -125,7 +128,8 @@ pub fn find_uplink(iface: Option<&str>, public_ip: Option<Ipv4Addr>) -> Result<U
         .find(|u| u.name != "cni0" && !u.name.starts_with("skiff."))
         .ok_or_else(|| {
             OverlayError::Uplink(
-                "no interface with an IPv4 address for the overlay; pass --iface or --public-ip".into(),
+                "no interface with an IPv4 address for the overlay; pass --iface or --public-ip"
+                    .into(),
             )
         })
 }
@@ -145,7 +149,9 @@ pub fn subnet_env(j: &Joined, ip_masq: bool) -> String {
 /// The subnet recorded in a `subnet.env` (its `FLANNEL_SUBNET`, as a network).
 pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
     let text = std::fs::read_to_string(path).ok()?;
-    let v = text.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
     let (ip, len) = v.trim().split_once('/')?;
     let (ip, len): (Ipv4Addr, u8) = (ip.parse().ok()?, len.parse().ok()?);
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
@@ -176,7 +182,10 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 impl Agent {
     /// Join the overlay: config, VTEP, lease, subnet.env, masquerade. Waits (retrying, with a
     /// log line and the node condition each time) while etcd cannot be reached.
-    pub async fn join(settings: Settings, store: Arc<Store>) -> Result<(Agent, Joined), OverlayError> {
+    pub async fn join(
+        settings: Settings,
+        store: Arc<Store>,
+    ) -> Result<(Agent, Joined), OverlayError> {
         let refs: Vec<&str> = settings.endpoints.iter().map(String::as_str).collect();
         let client = Client::with_endpoints(&refs)?;
         let uplink = find_uplink(settings.iface.as_deref(), settings.public_ip)?;
@@ -331,6 +340,11 @@ impl Agent {
         Ok(())
     }
 
+    /// The address other nodes reach this one at.
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.attrs.public_ip
+    }
+
     fn is_direct(&self, peer: &Peer) -> bool {
         self.cfg.direct_routing && self.uplink.net.contains(peer.public_ip)
     }
@@ -367,7 +381,9 @@ impl Agent {
             vxlan::remove_peer(&self.runner, &self.vtep.name, peer)
         };
         match res {
-            Ok(()) => info!(subnet = %peer.subnet, public_ip = %peer.public_ip, "route to a peer node removed"),
+            Ok(()) => {
+                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, "route to a peer node removed")
+            }
             Err(e) => warn!(subnet = %peer.subnet, error = %e, "removing the route to a peer node"),
         }
     }
@@ -480,7 +496,10 @@ struct Health {
 impl Health {
     fn new(store: Arc<Store>) -> Self {
         set_condition(&store, None);
-        Health { store, reported: None }
+        Health {
+            store,
+            reported: None,
+        }
     }
 }
 
@@ -581,11 +600,19 @@ fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
         .expect("piped")
         .write_all(masquerade_rules(network, subnet).as_bytes())
         .map_err(|e| format!("iptables-restore: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("iptables-restore: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("iptables-restore: {e}"))?;
     if !out.status.success() {
-        return Err(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    for (table, from, to) in [("nat", "POSTROUTING", MASQ_CHAIN), ("filter", "FORWARD", FWD_CHAIN)] {
+    for (table, from, to) in [
+        ("nat", "POSTROUTING", MASQ_CHAIN),
+        ("filter", "FORWARD", FWD_CHAIN),
+    ] {
         let rule = ["-j", to];
         let check = Command::new("iptables")
             .args(["-w", "-t", table, "-C", from])
@@ -599,7 +626,10 @@ fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
                 .output()
                 .map_err(|e| format!("iptables: {e}"))?;
             if !add.status.success() {
-                return Err(format!("iptables -A {from}: {}", String::from_utf8_lossy(&add.stderr).trim()));
+                return Err(format!(
+                    "iptables -A {from}: {}",
+                    String::from_utf8_lossy(&add.stderr).trim()
+                ));
             }
         }
     }
@@ -637,9 +667,18 @@ mod tests {
     fn masquerade_keeps_pod_to_pod_sources() {
         let text = masquerade_rules(&net("10.244.0.0/16"), &net("10.244.3.0/24"));
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("-A")).collect();
-        assert!(lines[0].contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && lines[0].ends_with("-j RETURN"));
+        assert!(
+            lines[0].contains("-s 10.244.0.0/16 -d 10.244.0.0/16")
+                && lines[0].ends_with("-j RETURN")
+        );
         assert!(lines[1].contains("! -d 224.0.0.0/4") && lines[1].contains("MASQUERADE"));
-        assert!(lines[2].contains("! -s 10.244.0.0/16 -d 10.244.3.0/24") && lines[2].ends_with("RETURN"));
-        assert!(lines[3].contains("! -s 10.244.0.0/16 -d 10.244.0.0/16") && lines[3].contains("MASQUERADE"));
+        assert!(
+            lines[2].contains("! -s 10.244.0.0/16 -d 10.244.3.0/24")
+                && lines[2].ends_with("RETURN")
+        );
+        assert!(
+            lines[3].contains("! -s 10.244.0.0/16 -d 10.244.0.0/16")
+                && lines[3].contains("MASQUERADE")
+        );
     }
 }

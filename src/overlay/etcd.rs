@@ -98,6 +98,26 @@ pub enum Cond {
     ModRevision(i64),
 }
 
+/// One comparison of [`Client::txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key was last modified at this revision.
+    ModRevision(String, i64),
+    /// The key holds exactly this value.
+    Value(String, Vec<u8>),
+}
+
+/// One operation of [`Client::txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Put a value on a lease (0: none).
+    Put(String, Vec<u8>, i64),
+    /// Delete a key.
+    Delete(String),
+}
+
 /// A change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -391,6 +411,40 @@ impl Client {
         let put = json!({ "request_put": { "key": b64(key), "value": B64.encode(value), "lease": lease.to_string() } });
         let body = json!({ "compare": [compare], "success": [put] });
         let r: TxnResponse = self.call("/v3/kv/txn", body).await?;
+        Ok(r.succeeded)
+    }
+
+    /// A transaction: when every comparison holds, run every operation. Returns whether it did.
+    pub async fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<bool, EtcdError> {
+        let compare: Vec<Value> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(k) => {
+                    json!({ "key": b64(k), "target": "CREATE", "result": "EQUAL", "create_revision": "0" })
+                }
+                Compare::ModRevision(k, rev) => {
+                    json!({ "key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string() })
+                }
+                Compare::Value(k, v) => {
+                    json!({ "key": b64(k), "target": "VALUE", "result": "EQUAL", "value": B64.encode(v) })
+                }
+            })
+            .collect();
+        let success: Vec<Value> = ops
+            .iter()
+            .map(|o| match o {
+                Op::Put(k, v, lease) => {
+                    json!({ "request_put": { "key": b64(k), "value": B64.encode(v), "lease": lease.to_string() } })
+                }
+                Op::Delete(k) => json!({ "request_delete_range": { "key": b64(k) } }),
+            })
+            .collect();
+        let r: TxnResponse = self
+            .call(
+                "/v3/kv/txn",
+                json!({ "compare": compare, "success": success }),
+            )
+            .await?;
         Ok(r.succeeded)
     }
 

@@ -4,4 +4,5 @@
 pub mod agent;
 pub mod etcd;
 pub mod lease;
+pub mod state;
 pub mod vxlan;

@@ -362,7 +362,10 @@ pub struct Installed {
 /// List what is installed on `dev`.
 pub fn installed(r: &dyn Runner, dev: &str) -> Result<Installed, VxlanError> {
     let routes = r.run("ip", &["-4", "-o", "route", "show", "dev", dev])?;
-    let neigh = r.run("ip", &["-4", "neigh", "show", "dev", dev, "nud", "permanent"])?;
+    let neigh = r.run(
+        "ip",
+        &["-4", "neigh", "show", "dev", dev, "nud", "permanent"],
+    )?;
     let fdb = r.run("bridge", &["fdb", "show", "dev", dev])?;
     Ok(Installed {
         routes: routes
@@ -402,7 +405,10 @@ pub fn remove_installed(
         ignore_missing(r.run("ip", &["neigh", "del", ip, "dev", dev]))?;
     }
     if let Some((mac, dst)) = fdb {
-        ignore_missing(r.run("bridge", &["fdb", "del", mac, "dev", dev, "dst", dst, "self"]))?;
+        ignore_missing(r.run(
+            "bridge",
+            &["fdb", "del", mac, "dev", dev, "dst", dst, "self"],
+        ))?;
     }
     Ok(())
 }
