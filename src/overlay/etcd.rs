@@ -881,7 +881,7 @@ impl LeaseWatcher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
     use std::net::Ipv4Addr;
     use std::path::Path;
@@ -897,10 +897,10 @@ mod tests {
         std::sync::atomic::AtomicU32::new(0);
 
     /// A throwaway single-member etcd on loopback, killed on drop.
-    struct Etcd {
+    pub(crate) struct Etcd {
         child: Child,
         _dir: tempfile::TempDir,
-        url: String,
+        pub(crate) url: String,
     }
 
     fn free_port() -> u16 {
@@ -913,14 +913,24 @@ mod tests {
 
     impl Etcd {
         /// Start etcd, or `None` (with a message) when it is not installed.
-        async fn start() -> Option<Etcd> {
+        pub(crate) async fn start() -> Option<Etcd> {
+            Self::start_with(None).await
+        }
+
+        /// Start etcd serving TLS with the certificates in `tls` (see [`make_certs`]), with
+        /// client certificate auth.
+        pub(crate) async fn start_with(tls: Option<&Path>) -> Option<Etcd> {
             if !Path::new(ETCD).exists() {
                 eprintln!("SKIPPED: {ETCD} is missing (apt-get install etcd-server)");
+                if std::env::var_os("CI").is_some() {
+                    panic!("etcd must be installed in CI");
+                }
                 return None;
             }
             let dir = tempfile::tempdir().unwrap();
             let (cp, pp) = (free_port(), free_port());
-            let url = format!("http://127.0.0.1:{cp}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://127.0.0.1:{cp}");
             let peer = format!("http://127.0.0.1:{pp}");
             let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
             let child = Command::new(ETCD)
@@ -939,6 +949,14 @@ mod tests {
                     &peer,
                 ])
                 .args(["--initial-cluster", &format!("t={peer}")])
+                .args(tls.map(|d| {
+                    vec![
+                        format!("--cert-file={}", d.join("server.pem").display()),
+                        format!("--key-file={}", d.join("server-key.pem").display()),
+                        format!("--trusted-ca-file={}", d.join("ca.pem").display()),
+                        "--client-cert-auth".to_string(),
+                    ]
+                }).unwrap_or_default())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -948,7 +966,10 @@ mod tests {
                 _dir: dir,
                 url,
             };
-            let c = etcd.client();
+            let c = match tls {
+                Some(d) => Client::connect_to(&[&etcd.url], Some(&tls_files(d))).unwrap(),
+                None => etcd.client(),
+            };
             let deadline = Instant::now() + Duration::from_secs(20);
             while c.range("/ready", false).await.is_err() {
                 assert!(Instant::now() < deadline, "etcd did not come up");
@@ -957,9 +978,68 @@ mod tests {
             Some(etcd)
         }
 
-        fn client(&self) -> Client {
+        pub(crate) fn client(&self) -> Client {
             Client::new(&self.url).unwrap()
         }
+    }
+
+    /// The client side of [`make_certs`].
+    fn tls_files(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca_file: Some(dir.join("ca.pem")),
+            cert_file: Some(dir.join("client.pem")),
+            key_file: Some(dir.join("client-key.pem")),
+        }
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+    fn make_certs(dir: &Path) {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1", "-subj", "/CN=skiff-test-ca"]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        for who in ["server", "client"] {
+            let key = format!("{who}-key.pem");
+            let csr = format!("{who}.csr");
+            let pem = format!("{who}.pem");
+            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={who}")]);
+            run(&["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", &pem, "-days", "1", "-extfile", "san.ext"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_with_client_certificates() {
+        let certs = tempfile::tempdir().unwrap();
+        make_certs(certs.path());
+        let Some(etcd) = Etcd::start_with(Some(certs.path())).await else {
+            return;
+        };
+        let c = Client::connect_to(&[&etcd.url], Some(&tls_files(certs.path()))).unwrap();
+        c.put("/tls/k", b"v", 0).await.unwrap();
+        let (kvs, _) = c.range("/tls/k", false).await.unwrap();
+        assert_eq!(kvs[0].value, b"v");
+        // Without a client certificate etcd refuses the connection.
+        let anon = TlsFiles {
+            ca_file: Some(certs.path().join("ca.pem")),
+            ..Default::default()
+        };
+        let c = Client::connect_to(&[&etcd.url], Some(&anon)).unwrap();
+        assert!(c.range("/tls/k", false).await.is_err());
+        // A CA that did not sign the server's certificate is refused by us.
+        let other = tempfile::tempdir().unwrap();
+        make_certs(other.path());
+        let c = Client::connect_to(&[&etcd.url], Some(&tls_files(other.path()))).unwrap();
+        let err = c.range("/tls/k", false).await.unwrap_err().to_string();
+        assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
+        // Half a client certificate is a configuration error naming the flags.
+        let half = TlsFiles {
+            cert_file: Some(certs.path().join("client.pem")),
+            ..Default::default()
+        };
+        let err = Client::connect_to(&[&etcd.url], Some(&half)).unwrap_err().to_string();
+        assert!(err.contains("--etcd-keyfile"), "{err}");
     }
 
     impl Drop for Etcd {
