@@ -674,6 +674,46 @@ fn out_of_memory_is_oom_killed_with_exit_code_137() {
     remove_all_and_check_leftovers(&node);
 }
 
+/// Local ephemeral storage over its limits evicts the pod, as the kubelet does: an emptyDir
+/// over its sizeLimit, and a container's writable layer over its ephemeral-storage limit.
+/// Pods under their limits keep running.
+#[test]
+fn ephemeral_storage_over_the_limit_evicts_the_pod() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    let fill = |path: &str, mib: u32| format!("dd if=/dev/zero of={path} bs=1048576 count={mib} 2>/dev/null; sync; exec sleep 3600");
+    node.write_manifest(
+        "scratch.yaml",
+        &pod_with("scratch", &fill("/scratch/f", 3), "volumeMounts: [{name: s, mountPath: /scratch}]", "volumes: [{name: s, emptyDir: {sizeLimit: 1Mi}}]"),
+    );
+    node.write_manifest(
+        "layer.yaml",
+        &pod_with("layer", &fill("/big", 3), "resources: {limits: {ephemeral-storage: 2Mi}}", ""),
+    );
+    node.write_manifest(
+        "fits.yaml",
+        &pod_with("fits", &fill("/small", 1), "resources: {limits: {ephemeral-storage: 8Mi}}", ""),
+    );
+    for (pod, want) in [
+        ("scratch", "Usage of EmptyDir volume \"s\" exceeds the limit \"1Mi\"."),
+        ("layer", "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi."),
+    ] {
+        let status = node.wait_for(&format!("{pod} evicted"), Duration::from_secs(40), || {
+            let p = node.pod(pod)?;
+            (p["status"]["phase"] == "Failed").then(|| p["status"].clone())
+        });
+        assert_eq!(status["reason"], "Evicted", "{status}");
+        assert_eq!(status["message"], want, "{status}");
+    }
+    wait_event(&node, &["Evicted", "pod/scratch"]);
+    let described = node.skiff_ok(&["describe", "pod", "scratch"]);
+    assert!(described.contains("Evicted") && described.contains("exceeds the limit"), "{described}");
+    assert_eq!(node.pod("fits").unwrap()["status"]["phase"], "Running");
+    remove_all_and_check_leftovers(&node);
+}
+
 /// The effective capability mask of the container's first process.
 fn cap_eff(node: &Node, pod: &str) -> u64 {
     let line = exec_ok(node, pod, None, "grep CapEff /proc/1/status");

@@ -51,6 +51,7 @@ struct State {
     execs: Vec<Vec<String>>,
     sandboxes_removed: u32,
     next: u32,
+    usage: crate::runtime::EphemeralUsage,
 }
 
 /// The fake runtime.
@@ -83,6 +84,11 @@ impl FakeRuntime {
 
     pub fn sandboxes_removed(&self) -> u32 {
         self.state.lock().unwrap().sandboxes_removed
+    }
+
+    /// What [`PodRuntime::ephemeral_usage`] reports from now on.
+    pub fn set_usage(&self, usage: crate::runtime::EphemeralUsage) {
+        self.state.lock().unwrap().usage = usage;
     }
 }
 
@@ -143,6 +149,13 @@ impl Process for FakeProc {
 }
 
 impl PodRuntime for FakeRuntime {
+    fn ephemeral_usage(&self, _uid: &str, containers: &[(String, String)], empty_dirs: &[String]) -> crate::runtime::EphemeralUsage {
+        let all = self.state.lock().unwrap().usage.clone();
+        crate::runtime::EphemeralUsage {
+            containers: all.containers.into_iter().filter(|(n, _)| containers.iter().any(|(c, _)| c == n)).collect(),
+            empty_dirs: all.empty_dirs.into_iter().filter(|(n, _)| empty_dirs.contains(n)).collect(),
+        }
+    }
     fn load_pod(&self, _uid: &str) -> Option<Pod> {
         None
     }

@@ -234,7 +234,12 @@ struct Worker {
     terminal: bool,
     failed: Option<(String, String)>,
     wake: Option<Instant>,
+    /// When local ephemeral storage is measured next.
+    next_storage_check: Option<Instant>,
 }
+
+/// How often a pod's ephemeral storage is measured (the kubelet's housekeeping period).
+const STORAGE_CHECK: Duration = Duration::from_secs(10);
 
 impl Worker {
     fn new(ctx: Arc<Ctx>, pod: Pod) -> Self {
@@ -268,6 +273,7 @@ impl Worker {
             terminal: false,
             failed: None,
             wake: None,
+            next_storage_check: None,
         }
     }
 
@@ -448,6 +454,10 @@ impl Worker {
 
     async fn sync(&mut self) {
         if self.terminal {
+            return;
+        }
+        if let Some(msg) = self.check_ephemeral_storage() {
+            self.evict(msg).await;
             return;
         }
         if self.start_time.is_none() {
@@ -1009,6 +1019,98 @@ impl Worker {
         info!(pod = %self.key.1, namespace = %self.key.0, "pod removed");
     }
 
+    /// The kubelet's local-storage eviction, checked every [`STORAGE_CHECK`] when the pod has
+    /// an ephemeral-storage limit or a disk emptyDir with a sizeLimit: the reason to evict, if
+    /// any (emptyDir first, then the pod's total, then each container, as the kubelet does).
+    fn check_ephemeral_storage(&mut self) -> Option<String> {
+        let bytes = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+            crate::quantity::bytes(&q.0).ok().and_then(|b| u64::try_from(b).ok())
+        };
+        let limit_of = |c: &k8s_openapi::api::core::v1::Container| {
+            c.resources.as_ref()?.limits.as_ref()?.get("ephemeral-storage").and_then(bytes)
+        };
+        let spec = self.pod.spec.as_ref()?;
+        let empty_dirs: Vec<(String, Option<(u64, String)>)> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                let e = v.empty_dir.as_ref()?;
+                if e.medium.as_deref() == Some("Memory") {
+                    return None;
+                }
+                let limit = e.size_limit.as_ref().and_then(|q| Some((bytes(q)?, q.0.clone())));
+                Some((v.name.clone(), limit))
+            })
+            .collect();
+        let limits: Vec<(String, u64, String)> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let q = s.spec.resources.as_ref()?.limits.as_ref()?.get("ephemeral-storage")?;
+                Some((s.spec.name.clone(), limit_of(&s.spec)?, q.0.clone()))
+            })
+            .collect();
+        if limits.is_empty() && empty_dirs.iter().all(|(_, l)| l.is_none()) {
+            return None;
+        }
+        let now = Instant::now();
+        if self.next_storage_check.is_some_and(|at| now < at) {
+            return None;
+        }
+        self.next_storage_check = Some(now + STORAGE_CHECK);
+        self.set_wake(now + STORAGE_CHECK);
+        let running: Vec<(String, String)> = self
+            .slots
+            .iter()
+            .filter_map(|s| Some((s.spec.name.clone(), s.current.as_ref()?.id.clone())))
+            .collect();
+        let names: Vec<String> = empty_dirs.iter().map(|(n, _)| n.clone()).collect();
+        let usage = self.ctx.runtime.ephemeral_usage(&self.uid, &running, &names);
+        for (name, limit) in &empty_dirs {
+            if let (Some((max, text)), Some(used)) = (limit, usage.empty_dirs.get(name)) {
+                if used > max {
+                    return Some(format!("Usage of EmptyDir volume {name:?} exceeds the limit {text:?}. "));
+                }
+            }
+        }
+        if !limits.is_empty() {
+            let total_limit: u64 = limits.iter().map(|(_, l, _)| l).sum();
+            let used: u64 = usage.containers.values().sum::<u64>() + usage.empty_dirs.values().sum::<u64>();
+            if used > total_limit {
+                return Some(format!(
+                    "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
+                    crate::quantity::format_bytes(total_limit)
+                ));
+            }
+        }
+        for (name, max, text) in &limits {
+            if usage.containers.get(name).is_some_and(|u| u > max) {
+                return Some(format!("Container {name} exceeded its local ephemeral storage limit {text:?}. "));
+            }
+        }
+        None
+    }
+
+    /// Evict the pod (the kubelet's local-storage eviction): containers killed at once, the pod
+    /// Failed with reason `Evicted`, its sandbox removed; nothing restarts it.
+    async fn evict(&mut self, msg: String) {
+        warn!(pod = %self.key.1, namespace = %self.key.0, reason = %msg.trim(), "evicting pod");
+        self.event(EventType::Warning, "Evicted", msg.trim());
+        for slot in &self.slots {
+            if let Some(r) = &slot.current {
+                if let Some(p) = &r.prober {
+                    p.abort();
+                }
+                // The shim turns SIGUSR1 into SIGKILL for the container.
+                r.shim.signal(libc::SIGUSR1);
+            }
+        }
+        self.failed = Some(("Evicted".into(), msg.trim().to_string()));
+        self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
+        self.finish_pod();
+    }
+
     async fn wait_exits(&mut self, deadline: Instant) {
         while self.slots.iter().any(|s| s.current.is_some()) {
             tokio::select! {
@@ -1103,6 +1205,35 @@ mod tests {
         assert_eq!(s.iter().map(|x| x.restart).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         let pod = store.get_pod("default", "p").unwrap();
         assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Running"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_storage_over_its_limits_evicts_the_pod() {
+        use crate::runtime::EphemeralUsage;
+        let status = |store: &Arc<crate::store::Store>| store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+        // A container over its own limit.
+        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, resources: {limits: {ephemeral-storage: 10Mi}}}, {name: b, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("Running", || phase(&store) == "Running").await;
+        fake.set_usage(EphemeralUsage { containers: [("a".to_string(), 5 << 20)].into(), ..Default::default() });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(phase(&store), "Running", "under its limit");
+        fake.set_usage(EphemeralUsage { containers: [("a".to_string(), 11 << 20)].into(), ..Default::default() });
+        wait_until("Evicted", || phase(&store) == "Failed").await;
+        let st = status(&store);
+        assert_eq!(st.reason.as_deref(), Some("Evicted"));
+        assert_eq!(st.message.as_deref(), Some("Pod ephemeral local storage usage exceeds the total limit of containers 10Mi."));
+        assert!(fake.signals().iter().filter(|(_, s)| *s == libc::SIGUSR1).count() >= 2, "both containers killed");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(fake.started().len(), 2, "an evicted pod does not restart");
+
+        // An emptyDir over its sizeLimit.
+        let p = pod("metadata: {name: p}\nspec:\n  volumes: [{name: scratch, emptyDir: {sizeLimit: 1Mi}}]\n  containers: [{name: a, image: x}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("Running", || phase(&store) == "Running").await;
+        fake.set_usage(EphemeralUsage { empty_dirs: [("scratch".to_string(), 2 << 20)].into(), ..Default::default() });
+        wait_until("Evicted", || phase(&store) == "Failed").await;
+        assert_eq!(status(&store).message.as_deref(), Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\"."));
     }
 
     #[tokio::test(start_paused = true)]

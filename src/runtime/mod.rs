@@ -175,11 +175,70 @@ pub trait PodRuntime: Send + Sync + 'static {
         &'a self,
         req: StartRequest<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<Handle, StartError>> + Send + 'a>>;
+    /// Disk use of the pod's local ephemeral storage, as the kubelet counts it: each running
+    /// container's writable layer plus its logs, and each disk-backed emptyDir.
+    fn ephemeral_usage(&self, _uid: &str, _containers: &[(String, String)], _empty_dirs: &[String]) -> EphemeralUsage {
+        EphemeralUsage::default()
+    }
+}
+
+/// Bytes used on disk, see [`PodRuntime::ephemeral_usage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EphemeralUsage {
+    /// Container name -> writable layer + logs.
+    pub containers: std::collections::BTreeMap<String, u64>,
+    /// emptyDir volume name -> contents.
+    pub empty_dirs: std::collections::BTreeMap<String, u64>,
+}
+
+/// Disk use of a directory tree (allocated blocks, like `du`), not crossing into other
+/// filesystems and not following links.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let dev = top.dev();
+    let mut total = top.blocks() * 512;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
 }
 
 impl PodRuntime for Runtime {
     fn load_pod(&self, uid: &str) -> Option<Pod> {
         Runtime::load_pod(self, uid)
+    }
+    fn ephemeral_usage(&self, uid: &str, containers: &[(String, String)], empty_dirs: &[String]) -> EphemeralUsage {
+        blocking(|| {
+            let pod = self.pod_dir(uid);
+            EphemeralUsage {
+                containers: containers
+                    .iter()
+                    .map(|(name, id)| {
+                        let layer = disk_usage(&self.container_dir(uid, id).join("upper"));
+                        let logs = disk_usage(&pod.join("logs").join(name));
+                        (name.clone(), layer + logs)
+                    })
+                    .collect(),
+                empty_dirs: empty_dirs
+                    .iter()
+                    .map(|v| (v.clone(), disk_usage(&pod.join("volumes/empty-dir").join(v))))
+                    .collect(),
+            }
+        })
     }
     fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
         Runtime::save_pod(self, pod)
