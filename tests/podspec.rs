@@ -714,6 +714,87 @@ fn ephemeral_storage_over_the_limit_evicts_the_pod() {
     remove_all_and_check_leftovers(&node);
 }
 
+/// A host directory made a shared mount of its own; unmounted (with whatever propagated
+/// into it) on drop.
+struct SharedDir {
+    _tmp: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl SharedDir {
+    fn new() -> SharedDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("shared");
+        std::fs::create_dir(&path).unwrap();
+        let p = path.to_str().unwrap();
+        for args in [vec!["--bind", p, p], vec!["--make-rshared", p]] {
+            let st = std::process::Command::new("mount").args(&args).status().unwrap();
+            assert!(st.success(), "mount {args:?}");
+        }
+        SharedDir { _tmp: tmp, path }
+    }
+
+    fn mount_tmpfs(&self, sub: &str) {
+        let target = self.path.join(sub);
+        std::fs::create_dir_all(&target).unwrap();
+        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&target).status().unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// mountPropagation: HostToContainer sees mounts the host makes later, the default (None)
+/// does not, and a privileged Bidirectional container's mounts show up on the host; a
+/// non-privileged Bidirectional mount is refused.
+#[test]
+fn mount_propagation_host_to_container_none_and_bidirectional() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    let shared = SharedDir::new();
+    let host = shared.path.display().to_string();
+    let vol = format!("volumes: [{{name: h, hostPath: {{path: {host}}}}}]");
+    let mount = |prop: &str| format!("volumeMounts: [{{name: h, mountPath: /mnt{prop}}}]");
+    node.write_manifest("h2c.yaml", &pod_with("h2c", "exec sleep 3600", &mount(", mountPropagation: HostToContainer"), &vol));
+    node.write_manifest("none.yaml", &pod_with("none", "exec sleep 3600", &mount(""), &vol));
+    node.write_manifest(
+        "bidi.yaml",
+        &pod_with(
+            "bidi",
+            "mkdir -p /mnt/fromc && mount -t tmpfs tmpfs /mnt/fromc && echo hi > /mnt/fromc/f && exec sleep 3600",
+            &format!("{}\nsecurityContext: {{privileged: true}}", mount(", mountPropagation: Bidirectional")),
+            &vol,
+        ),
+    );
+    node.write_manifest(
+        "bidi-unpriv.yaml",
+        &pod_with("bidi-unpriv", "exec sleep 3600", &mount(", mountPropagation: Bidirectional"), &vol),
+    );
+    for p in ["h2c", "none", "bidi"] {
+        running(&node, p);
+    }
+    wait_event(&node, &["bidi-unpriv", "Bidirectional mount propagation is available only to privileged containers"]);
+
+    shared.mount_tmpfs("fromh");
+    std::fs::write(shared.path.join("fromh/f"), "x").unwrap();
+    node.wait_for("the host's mount inside h2c", Duration::from_secs(10), || {
+        let (code, out, _) = exec(&node, "h2c", None, "cat /mnt/fromh/f");
+        (code == 0 && out.trim() == "x").then_some(())
+    });
+    let (code, _, _) = exec(&node, "none", None, "cat /mnt/fromh/f");
+    assert_ne!(code, 0, "a private mount saw the host's new mount");
+    node.wait_for("bidi's mount on the host", Duration::from_secs(10), || {
+        std::fs::read_to_string(shared.path.join("fromc/f")).ok().filter(|s| s.trim() == "hi")
+    });
+    remove_all_and_check_leftovers(&node);
+}
+
 /// The effective capability mask of the container's first process.
 fn cap_eff(node: &Node, pod: &str) -> u64 {
     let line = exec_ok(node, pod, None, "grep CapEff /proc/1/status");

@@ -15,6 +15,7 @@ pub mod etc_files;
 pub mod network;
 pub mod pidfd;
 pub mod process;
+pub mod propagation;
 pub mod pull;
 pub mod resources;
 pub mod security;

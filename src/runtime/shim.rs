@@ -212,6 +212,9 @@ fn start_container(opts: &Opts) -> Result<(Pid, Outputs), String> {
             .with_detach(true)
             .build()
             .map_err(|e| e.to_string())?;
+        if let Some(pid) = container.pid() {
+            super::propagation::apply(&opts.bundle, pid)?;
+        }
         container.start().map_err(|e| e.to_string())?;
         container
             .pid()

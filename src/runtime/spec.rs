@@ -169,6 +169,12 @@ pub fn render(c: &ContainerSpec) -> Value {
     if let Some(profile) = &c.seccomp {
         linux["seccomp"] = profile.clone();
     }
+    // As containerd does: a Bidirectional mount needs the container's mount namespace to be
+    // shared with the host's, or its mounts cannot travel back. The other bind mounts get
+    // their own propagation afterwards (see `propagation`).
+    if c.binds.iter().any(|b| b.propagation == "rshared") {
+        linux["rootfsPropagation"] = json!("shared");
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
