@@ -261,9 +261,11 @@ launch_skiffd() {
 
 # wait_skiffd HOST: until skiffd answers on its socket (30 s), or dies loudly.
 wait_skiffd() {
-    local h=$1 i
+    local h=$1 i pid
+    pid=$(cat "$RUN/$h/skiffd.pid")
     for ((i = 0; i < 300; i++)); do
-        [[ -n $(skiffd_pid "$h") ]] || { tail -n 30 "$STATE/$h/skiffd.log" >&2; die "$h: skiffd exited at start (log above: $STATE/$h/skiffd.log)"; }
+        # alive, not skiffd_pid: right after the fork the command line is still this script's.
+        alive "$pid" || { tail -n 30 "$STATE/$h/skiffd.log" >&2; die "$h: skiffd exited at start (the end of its log is above)"; }
         [[ -S $(host_sock "$h") ]] && on "$h" get nodes >/dev/null 2>&1 && return 0
         sleep 0.1
     done
