@@ -77,6 +77,24 @@ pub struct Flags {
     /// Disk use (percent) image GC frees down to [default: 80].
     #[arg(long)]
     pub image_gc_low_threshold: Option<u8>,
+    /// etcd client URLs, comma-separated: join the multi-host overlay (VXLAN subnets, shared Services) kept there. Without it everything stays local.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Key prefix of skiff's data in etcd (flannel's layout below it) [default: /skiff].
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// TTL of this node's subnet lease in etcd, in seconds; a node gone that long loses its subnet and routes [default: 60].
+    #[arg(long)]
+    pub subnet_lease_ttl: Option<u64>,
+    /// The underlay interface for VXLAN [default: the default route's].
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// The address other nodes send VXLAN packets to [default: the underlay interface's].
+    #[arg(long)]
+    pub public_ip: Option<std::net::Ipv4Addr>,
+    /// Turn off tx checksum offload on the VXLAN device (workaround for the kernel/NIC checksum bug that drops VXLAN traffic).
+    #[arg(long)]
+    pub vxlan_tx_checksum_off: bool,
 }
 
 /// The config file's shape.
@@ -123,6 +141,18 @@ pub struct FileConfig {
     pub image_gc_high_threshold: Option<u8>,
     /// Image GC low threshold, percent of disk.
     pub image_gc_low_threshold: Option<u8>,
+    /// etcd client URLs.
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Key prefix in etcd.
+    pub etcd_prefix: Option<String>,
+    /// Subnet lease TTL, seconds.
+    pub subnet_lease_ttl: Option<u64>,
+    /// Underlay interface.
+    pub iface: Option<String>,
+    /// Public (underlay) address.
+    pub public_ip: Option<std::net::Ipv4Addr>,
+    /// tx checksum offload off on the VXLAN device.
+    pub vxlan_tx_checksum_off: Option<bool>,
 }
 
 /// The effective configuration.
@@ -149,6 +179,19 @@ pub struct Config {
     pub registries_config: PathBuf,
     pub image_gc_high_threshold: u8,
     pub image_gc_low_threshold: u8,
+    /// The overlay, when `--etcd-endpoints` is given.
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// Multi-host settings.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub subnet_lease_ttl: Duration,
+    pub iface: Option<String>,
+    pub public_ip: Option<std::net::Ipv4Addr>,
+    pub vxlan_tx_checksum_off: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +243,47 @@ impl Config {
             .image_credential_config
             .or(file.image_credential_config)
             .unwrap_or_else(|| default_credential_config(&root_dir));
+        let endpoints: Vec<String> = flags
+            .etcd_endpoints
+            .or(file.etcd_endpoints)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        let etcd = if endpoints.is_empty() {
+            None
+        } else {
+            let prefix = flags
+                .etcd_prefix
+                .or(file.etcd_prefix)
+                .unwrap_or_else(|| "/skiff".into());
+            if !prefix.starts_with('/') {
+                return Err(ConfigError::Invalid {
+                    flag: "--etcd-prefix",
+                    message: format!("{prefix:?}: must start with /"),
+                });
+            }
+            for e in &endpoints {
+                crate::overlay::etcd::Client::new(e).map_err(|err| ConfigError::Invalid {
+                    flag: "--etcd-endpoints",
+                    message: err.to_string(),
+                })?;
+            }
+            Some(EtcdConfig {
+                endpoints,
+                prefix: prefix.trim_end_matches('/').to_string(),
+                subnet_lease_ttl: Duration::from_secs(
+                    flags.subnet_lease_ttl.or(file.subnet_lease_ttl).unwrap_or(60).max(1),
+                ),
+                iface: flags.iface.or(file.iface),
+                public_ip: flags.public_ip.or(file.public_ip),
+                vxlan_tx_checksum_off: flags.vxlan_tx_checksum_off
+                    || file.vxlan_tx_checksum_off.unwrap_or(false),
+            })
+        };
         Ok(Config {
+            etcd,
             image_credential_config,
             registries_config: flags
                 .registries_config

@@ -10,6 +10,7 @@ use tracing::info;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::manifest::source::{self, DirSource};
+use crate::overlay::{self, agent::Agent, lease::Ipv4Net};
 use crate::pod::manager::{self, Manager};
 use crate::pod::worker::Ctx;
 use crate::runtime::network::{NetConfig, PodNetwork};
@@ -36,6 +37,8 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: images::PullError,
     },
+    #[error("joining the overlay: {0}")]
+    Overlay(String),
     #[error("serving the API on {path}: {source}")]
     Api {
         path: std::path::PathBuf,
@@ -47,18 +50,54 @@ pub enum DaemonError {
 /// returns; the next skiffd adopts them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let _lock = lock_root(&config.root_dir)?;
+    let store = Arc::new(Store::new(config.node_name.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    // Multi-host: the overlay decides the pod subnet, the MTU and the cluster network.
+    let mut cluster_cidr = config.cluster_cidr;
+    let (mut pod_cidr, mut mtu, mut ip_masq) = (config.pod_cidr.clone(), 1500, true);
+    let mut overlay_task = None;
+    if let Some(etcd) = &config.etcd {
+        let (agent, joined) = Agent::join(
+            overlay::agent::Settings {
+                endpoints: etcd.endpoints.clone(),
+                prefix: etcd.prefix.clone(),
+                lease_ttl: etcd.subnet_lease_ttl,
+                public_ip: etcd.public_ip,
+                iface: etcd.iface.clone(),
+                network: Ipv4Net::new(config.cluster_cidr.addr, config.cluster_cidr.prefix)
+                    .map_err(|e| DaemonError::Overlay(e.to_string()))?,
+                tx_checksum_off: etcd.vxlan_tx_checksum_off,
+                subnet_file: config.run_dir.join("subnet.env"),
+            },
+            store.clone(),
+        )
+        .await
+        .map_err(|e| DaemonError::Overlay(e.to_string()))?;
+        store.set_node_network(Some(joined.subnet.to_string()), Some(agent.public_ip().to_string()));
+        pod_cidr = joined.subnet.to_string();
+        mtu = joined.mtu;
+        ip_masq = false;
+        cluster_cidr = crate::proxy::Ipv4Cidr {
+            addr: joined.network.addr(),
+            prefix: joined.network.prefix_len(),
+        };
+        overlay_task = Some(tokio::spawn(agent.run(stopped(stop_rx.clone()))));
+    }
     let network = PodNetwork::new(NetConfig {
         conf_dir: config.cni_conf_dir.clone(),
         bin_dirs: config.cni_bin_dirs.clone(),
         cache_dir: config.cni_cache_dir.clone(),
         data_dir: config.root_dir.join("cni/networks"),
-        pod_cidr: config.pod_cidr.clone(),
-        mtu: 1500,
+        pod_cidr,
+        mtu,
+        ip_masq,
     });
     if let Err(e) = network.setup_node() {
         tracing::warn!(conf_dir = %config.cni_conf_dir.display(), error = %e, "preparing the pod network");
     }
-    let store = Arc::new(Store::new(config.node_name.clone()));
     let (resync_tx, resync_rx) = mpsc::unbounded_channel();
     let runtime = Runtime::new(&config.root_dir, &config.run_dir, &config.shim_path)?
         .with_pids_limit(config.pod_pids_limit)
@@ -70,10 +109,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         runtime: runtime.clone() as Arc<dyn crate::runtime::PodRuntime>,
         store: store.clone(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
 
     let alloc = crate::service::alloc::Allocator::load(
         &config.root_dir.join("services.json"),
@@ -84,7 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         crate::proxy::RealIptables::new(),
         crate::proxy::RealConntrack::new(),
         crate::proxy::RuleConfig {
-            cluster_cidr: Some(config.cluster_cidr),
+            cluster_cidr: Some(cluster_cidr),
             ..Default::default()
         },
     );
@@ -109,6 +144,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         runtime: runtime.clone(),
         resync: resync_tx,
         started: jiff::Timestamp::now(),
+    });
+    let cluster_task = config.etcd.as_ref().map(|etcd| {
+        let refs: Vec<&str> = etcd.endpoints.iter().map(String::as_str).collect();
+        let client = overlay::etcd::Client::with_endpoints(&refs).expect("endpoints checked by the config");
+        let st = state.clone();
+        let cluster = overlay::state::ClusterState::new(
+            client,
+            &etcd.prefix,
+            etcd.subnet_lease_ttl,
+            store.clone(),
+            Arc::new(move || api::nodes::node(&st)),
+        );
+        tokio::spawn(cluster.run(stopped(stop_rx.clone())))
     });
     let socket = config.socket_path();
     let api = {
@@ -143,6 +191,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = pods.await;
     let _ = services.await;
     let _ = image_gc.await;
+    for t in [overlay_task, cluster_task].into_iter().flatten() {
+        let _ = t.await;
+    }
     if let Some(res) = api_failed {
         let err = match res {
             Ok(Ok(())) => std::io::Error::other("API server stopped"),

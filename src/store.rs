@@ -53,6 +53,33 @@ struct Inner {
     service_views: crate::service::Views,
     events: Vec<Event>,
     next_event: u64,
+    /// Node conditions reported by skiffd's parts: type -> (status, reason, message, since).
+    node_conditions: BTreeMap<String, NodeCondition>,
+    /// What the other nodes of the cluster published (multi-host).
+    remote: Remote,
+    /// (pod CIDR, InternalIP) of this node.
+    node_network: (Option<String>, Option<String>),
+}
+
+/// The cluster as the other nodes published it in etcd.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Remote {
+    /// Services defined on other nodes, with their cluster-wide addresses.
+    pub services: BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
+    /// Other nodes' pods, as endpoints need them (IP, labels, readiness, ports).
+    pub pods: Vec<Pod>,
+    /// Other nodes' Node objects.
+    pub nodes: Vec<serde_json::Value>,
+}
+
+/// One node condition as a part of skiffd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCondition {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    /// When the status last changed.
+    pub since: Timestamp,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -271,6 +298,61 @@ impl Store {
             .rejected
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// Replaces what is known of the other nodes; wakes watchers when their Services or pods
+    /// changed. Node objects alone (heartbeats) do not wake anyone.
+    pub fn set_remote(&self, remote: Remote) {
+        let mut inner = self.write();
+        let changed = inner.remote.services != remote.services || inner.remote.pods != remote.pods;
+        inner.remote = remote;
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// What the other nodes published.
+    pub fn remote(&self) -> Remote {
+        self.read().remote.clone()
+    }
+
+    /// This node's pod subnet and underlay address, for its Node object.
+    pub fn set_node_network(&self, pod_cidr: Option<String>, internal_ip: Option<String>) {
+        self.write().node_network = (pod_cidr, internal_ip);
+    }
+
+    /// (pod CIDR, InternalIP) as set by [`Store::set_node_network`].
+    pub fn node_network(&self) -> (Option<String>, Option<String>) {
+        self.read().node_network.clone()
+    }
+
+    /// Sets a node condition (`skiff get node -o json`); the transition time moves only when
+    /// the status changes.
+    pub fn set_node_condition(&self, kind: &str, status: bool, reason: &str, message: &str) {
+        let mut inner = self.write();
+        let since = match inner.node_conditions.get(kind) {
+            Some(c) if c.status == status => c.since,
+            _ => Timestamp::now(),
+        };
+        inner.node_conditions.insert(
+            kind.to_string(),
+            NodeCondition {
+                status,
+                reason: reason.into(),
+                message: message.into(),
+                since,
+            },
+        );
+    }
+
+    /// Node conditions reported so far, by type.
+    pub fn node_conditions(&self) -> Vec<(String, NodeCondition)> {
+        self.read()
+            .node_conditions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Records an event; a repeat of the same reason and message on the same

@@ -5,7 +5,7 @@
 mod exec;
 mod images;
 mod logs;
-mod nodes;
+pub mod nodes;
 mod pods;
 mod services;
 

@@ -40,7 +40,9 @@ fn memory_kib() -> u64 {
 /// The kubelet's pressure conditions with its default hard eviction
 /// thresholds: memory.available < 100Mi, nodefs.available < 10% (of the
 /// filesystem holding the root dir), and PIDs over 90% of pid_max.
-pub fn pressure_conditions(root: &std::path::Path) -> Vec<(&'static str, bool, &'static str, String)> {
+pub fn pressure_conditions(
+    root: &std::path::Path,
+) -> Vec<(&'static str, bool, &'static str, String)> {
     let avail_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -59,20 +61,69 @@ pub fn pressure_conditions(root: &std::path::Path) -> Vec<(&'static str, bool, &
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(u64::MAX);
     let procs = std::fs::read_dir("/proc")
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count() as u64)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .count() as u64
+        })
         .unwrap_or(0);
     let pids = procs * 10 > pid_max * 9;
     vec![
-        ("MemoryPressure", memory, if memory { "KubeletHasInsufficientMemory" } else { "KubeletHasSufficientMemory" },
-         if memory { "memory.available is below 100Mi".into() } else { "skiffd has sufficient memory available".into() }),
-        ("DiskPressure", disk, if disk { "KubeletHasDiskPressure" } else { "KubeletHasNoDiskPressure" },
-         if disk { format!("less than 10% of the filesystem of {} is free", root.display()) } else { "skiffd has no disk pressure".into() }),
-        ("PIDPressure", pids, if pids { "KubeletHasInsufficientPID" } else { "KubeletHasSufficientPID" },
-         if pids { "more than 90% of pid_max is in use".into() } else { "skiffd has sufficient PID available".into() }),
+        (
+            "MemoryPressure",
+            memory,
+            if memory {
+                "KubeletHasInsufficientMemory"
+            } else {
+                "KubeletHasSufficientMemory"
+            },
+            if memory {
+                "memory.available is below 100Mi".into()
+            } else {
+                "skiffd has sufficient memory available".into()
+            },
+        ),
+        (
+            "DiskPressure",
+            disk,
+            if disk {
+                "KubeletHasDiskPressure"
+            } else {
+                "KubeletHasNoDiskPressure"
+            },
+            if disk {
+                format!(
+                    "less than 10% of the filesystem of {} is free",
+                    root.display()
+                )
+            } else {
+                "skiffd has no disk pressure".into()
+            },
+        ),
+        (
+            "PIDPressure",
+            pids,
+            if pids {
+                "KubeletHasInsufficientPID"
+            } else {
+                "KubeletHasSufficientPID"
+            },
+            if pids {
+                "more than 90% of pid_max is in use".into()
+            } else {
+                "skiffd has sufficient PID available".into()
+            },
+        ),
     ]
 }
 
-fn node(s: &Shared) -> Value {
+/// This node as a Kubernetes `Node`.
+pub fn node(s: &Shared) -> Value {
     let (kernel, arch) = uname();
     let arch = match arch.as_str() {
         "x86_64" => "amd64",
@@ -80,14 +131,26 @@ fn node(s: &Shared) -> Value {
         other => other,
     }
     .to_string();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let now = jiff::Timestamp::now().to_string();
     let started = s.started.to_string();
     let name = s.store.node_name().to_string();
-    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": "110"});
+    let capacity =
+        json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": "110"});
     let cond = |t: &str, status: &str, reason: &str, msg: &str| {
         json!({"type": t, "status": status, "reason": reason, "message": msg,
                "lastHeartbeatTime": now, "lastTransitionTime": started})
+    };
+    let (pod_cidr, internal_ip) = s.store.node_network();
+    let mut addresses = vec![json!({"type": "Hostname", "address": name})];
+    if let Some(ip) = internal_ip {
+        addresses.insert(0, json!({"type": "InternalIP", "address": ip}));
+    }
+    let spec = match pod_cidr {
+        Some(c) => json!({"podCIDR": c, "podCIDRs": [c]}),
+        None => json!({}),
     };
     json!({
         "apiVersion": "v1",
@@ -101,16 +164,19 @@ fn node(s: &Shared) -> Value {
                 "kubernetes.io/arch": arch,
             }
         },
-        "spec": {},
+        "spec": spec,
         "status": {
             "capacity": capacity,
             "allocatable": capacity,
             "conditions": pressure_conditions(&s.runtime.root_dir()).into_iter().map(|(t, on, reason, msg)| {
                 cond(t, if on { "True" } else { "False" }, reason, &msg)
-            }).chain(std::iter::once(
+            }).chain(s.store.node_conditions().into_iter().map(|(t, c)| {
+                json!({"type": t, "status": if c.status { "True" } else { "False" }, "reason": c.reason,
+                       "message": c.message, "lastHeartbeatTime": now, "lastTransitionTime": c.since.to_string()})
+            })).chain(std::iter::once(
                 cond("Ready", "True", "KubeletReady", "skiffd is posting ready status"),
             )).collect::<Vec<_>>(),
-            "addresses": [{"type": "Hostname", "address": name}],
+            "addresses": addresses,
             "nodeInfo": {
                 "machineID": std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim(),
                 "systemUUID": "",
@@ -127,15 +193,35 @@ fn node(s: &Shared) -> Value {
     })
 }
 
+/// This node, then the other nodes of the cluster (multi-host) by name.
 pub async fn list(State(s): State<Shared>) -> Json<Value> {
-    Json(json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": ""}, "items": [node(&s)]}))
+    let mut items = vec![node(&s)];
+    let mut others = s.store.remote().nodes;
+    others.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
+    items.extend(others);
+    Json(
+        json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": ""}, "items": items}),
+    )
 }
 
-pub async fn get_one(State(s): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    if name != s.store.node_name() {
-        return Err(ApiError::not_found(format!("nodes \"{name}\" not found")));
+pub async fn get_one(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if name == s.store.node_name() {
+        return Ok(Json(node(&s)));
     }
-    Ok(Json(node(&s)))
+    s.store
+        .remote()
+        .nodes
+        .into_iter()
+        .find(|n| n["metadata"]["name"].as_str() == Some(name.as_str()))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("nodes \"{name}\" not found")))
 }
 
 pub async fn version() -> Json<Value> {

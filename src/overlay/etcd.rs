@@ -68,6 +68,8 @@ pub enum EtcdError {
     LeaseGone(i64),
     #[error("gave up acquiring a subnet after {0} lost races")]
     Contention(u32),
+    #[error("etcd {0}: no answer in time")]
+    Timeout(&'static str),
     #[error("etcd watch failed: {0}")]
     Watch(String),
 }
@@ -96,6 +98,26 @@ pub enum Cond {
     ModRevision(i64),
 }
 
+/// One comparison of [`Client::txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key was last modified at this revision.
+    ModRevision(String, i64),
+    /// The key holds exactly this value.
+    Value(String, Vec<u8>),
+}
+
+/// One operation of [`Client::txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Put a value on a lease (0: none).
+    Put(String, Vec<u8>, i64),
+    /// Delete a key.
+    Delete(String),
+}
+
 /// A change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -105,11 +127,18 @@ pub enum Event {
     Delete(Kv),
 }
 
-/// An etcd v3 client for one endpoint, over the JSON gateway.
+/// An etcd v3 client over the JSON gateway. With several endpoints (members of one cluster) a
+/// request goes to the last one that answered and fails over to the others in turn.
 #[derive(Debug, Clone)]
 pub struct Client {
-    addr: String,
+    addrs: Vec<String>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// How long connecting to one endpoint may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a unary request may take, all endpoints together.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Accepts etcd's int64-as-string as well as plain numbers.
 fn int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -233,16 +262,56 @@ fn prefix_end(prefix: &str) -> String {
 impl Client {
     /// A client for `endpoint` (`http://127.0.0.1:2379` or `127.0.0.1:2379`). Only plain HTTP.
     pub fn new(endpoint: &str) -> Result<Self, EtcdError> {
-        let addr = endpoint
-            .strip_prefix("http://")
-            .unwrap_or(endpoint)
-            .trim_end_matches('/');
-        if addr.is_empty() || addr.contains('/') || endpoint.starts_with("https://") {
-            return Err(EtcdError::Endpoint(endpoint.to_string()));
+        Self::with_endpoints(&[endpoint])
+    }
+
+    /// A client for the members of one etcd cluster.
+    pub fn with_endpoints(endpoints: &[&str]) -> Result<Self, EtcdError> {
+        let mut addrs = Vec::new();
+        for endpoint in endpoints {
+            let addr = endpoint
+                .strip_prefix("http://")
+                .unwrap_or(endpoint)
+                .trim_end_matches('/');
+            if addr.is_empty() || addr.contains('/') || endpoint.starts_with("https://") {
+                return Err(EtcdError::Endpoint(endpoint.to_string()));
+            }
+            addrs.push(addr.to_string());
+        }
+        if addrs.is_empty() {
+            return Err(EtcdError::Endpoint(String::new()));
         }
         Ok(Client {
-            addr: addr.to_string(),
+            addrs,
+            current: Default::default(),
         })
+    }
+
+    /// A connection to the first endpoint that takes one, starting with the last that did.
+    async fn connect(&self) -> Result<(TcpStream, String), EtcdError> {
+        use std::sync::atomic::Ordering;
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.addrs.len() {
+            let n = (start + i) % self.addrs.len();
+            let addr = &self.addrs[n];
+            let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+            match res {
+                Ok(Ok(stream)) => {
+                    self.current.store(n, Ordering::Relaxed);
+                    return Ok((stream, addr.clone()));
+                }
+                Ok(Err(source)) => last = Some((addr.clone(), source)),
+                Err(_) => {
+                    last = Some((
+                        addr.clone(),
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                    ))
+                }
+            }
+        }
+        let (addr, source) = last.expect("at least one endpoint");
+        Err(EtcdError::Connect { addr, source })
     }
 
     /// Send one POST; returns the response (status checked) and the task driving the connection.
@@ -251,12 +320,7 @@ impl Client {
         path: &'static str,
         body: &Value,
     ) -> Result<(Response<Incoming>, ConnTask), EtcdError> {
-        let stream = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|source| EtcdError::Connect {
-                addr: self.addr.clone(),
-                source,
-            })?;
+        let (stream, addr) = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| EtcdError::Http { path, source })?;
@@ -264,7 +328,7 @@ impl Client {
             let _ = conn.await;
         }));
         let req = Request::post(path)
-            .header("host", &self.addr)
+            .header("host", &addr)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("static request parts are valid");
@@ -291,13 +355,17 @@ impl Client {
         path: &'static str,
         body: Value,
     ) -> Result<T, EtcdError> {
-        let (resp, _conn) = self.post(path, &body).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
+        let request = async {
+            let (resp, _conn) = self.post(path, &body).await?;
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(|source| EtcdError::Http { path, source })
+                .map(|b| b.to_bytes())
+        };
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, request)
             .await
-            .map_err(|source| EtcdError::Http { path, source })?
-            .to_bytes();
+            .map_err(|_| EtcdError::Timeout(path))??;
         serde_json::from_slice(&bytes).map_err(|source| EtcdError::Decode { path, source })
     }
 
@@ -346,6 +414,40 @@ impl Client {
         Ok(r.succeeded)
     }
 
+    /// A transaction: when every comparison holds, run every operation. Returns whether it did.
+    pub async fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<bool, EtcdError> {
+        let compare: Vec<Value> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(k) => {
+                    json!({ "key": b64(k), "target": "CREATE", "result": "EQUAL", "create_revision": "0" })
+                }
+                Compare::ModRevision(k, rev) => {
+                    json!({ "key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string() })
+                }
+                Compare::Value(k, v) => {
+                    json!({ "key": b64(k), "target": "VALUE", "result": "EQUAL", "value": B64.encode(v) })
+                }
+            })
+            .collect();
+        let success: Vec<Value> = ops
+            .iter()
+            .map(|o| match o {
+                Op::Put(k, v, lease) => {
+                    json!({ "request_put": { "key": b64(k), "value": B64.encode(v), "lease": lease.to_string() } })
+                }
+                Op::Delete(k) => json!({ "request_delete_range": { "key": b64(k) } }),
+            })
+            .collect();
+        let r: TxnResponse = self
+            .call(
+                "/v3/kv/txn",
+                json!({ "compare": compare, "success": success }),
+            )
+            .await?;
+        Ok(r.succeeded)
+    }
+
     /// Grant a lease of `ttl` seconds; returns its ID.
     pub async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
         let r: LeaseResponse = self
@@ -356,6 +458,12 @@ impl Client {
 
     /// Refresh a lease once; returns its new TTL, or [`EtcdError::LeaseGone`] if it has expired.
     pub async fn keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.keepalive_once(id))
+            .await
+            .map_err(|_| EtcdError::Timeout("/v3/lease/keepalive"))?
+    }
+
+    async fn keepalive_once(&self, id: i64) -> Result<i64, EtcdError> {
         // The gateway streams keepalive responses; one request gets one response and the
         // connection is closed when we drop it.
         const PATH: &str = "/v3/lease/keepalive";
@@ -408,7 +516,10 @@ impl Client {
         if start > 0 {
             req["start_revision"] = json!(start.to_string());
         }
-        let (resp, conn) = self.post(PATH, &json!({ "create_request": req })).await?;
+        let body = json!({ "create_request": req });
+        let (resp, conn) = tokio::time::timeout(REQUEST_TIMEOUT, self.post(PATH, &body))
+            .await
+            .map_err(|_| EtcdError::Timeout(PATH))??;
         Ok(Watcher {
             body: resp.into_body(),
             buf: Vec::new(),

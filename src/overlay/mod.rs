@@ -1,6 +1,8 @@
-//! The multi-host overlay (issue #6): flannel's etcd layout, a small etcd v3 client, and the
-//! VXLAN data path. Not wired into skiffd yet.
+//! The multi-host overlay: flannel's etcd layout, a small etcd v3 client, the VXLAN data path
+//! and the agent that runs them inside skiffd.
 
+pub mod agent;
 pub mod etcd;
 pub mod lease;
+pub mod state;
 pub mod vxlan;

@@ -185,8 +185,9 @@ pub struct VtepConfig {
     pub local_ip: Ipv4Addr,
     /// The underlay interface carrying VXLAN packets.
     pub uplink: String,
-    /// This node's leased subnet; its `.0` goes on the VTEP as a `/32`.
-    pub subnet: Ipv4Net,
+    /// This node's leased subnet; its `.0` goes on the VTEP as a `/32`. `None` while the
+    /// subnet is not known yet (the lease needs the VTEP's MAC first).
+    pub subnet: Option<Ipv4Net>,
     /// Turn off tx checksum offload on the VTEP (the known kernel/NIC VXLAN checksum bug).
     pub tx_checksum_off: bool,
 }
@@ -305,8 +306,9 @@ pub fn ensure_vtep(r: &dyn Runner, cfg: &VtepConfig) -> Result<Vtep, VxlanError>
         "ip",
         &["link", "set", "dev", &name, "mtu", &mtu.to_string()],
     )?;
-    let addr = format!("{}/32", cfg.subnet.addr());
-    r.run("ip", &["addr", "replace", &addr, "dev", &name])?;
+    if let Some(subnet) = cfg.subnet {
+        set_vtep_address(r, &name, subnet)?;
+    }
     r.run("ip", &["link", "set", "dev", &name, "up"])?;
 
     let mut tx_checksum_off = false;
@@ -329,6 +331,111 @@ pub fn ensure_vtep(r: &dyn Runner, cfg: &VtepConfig) -> Result<Vtep, VxlanError>
         mtu,
         tx_checksum_off,
     })
+}
+
+/// Put `subnet`'s `.0` on the VTEP as a `/32`, removing any other IPv4 address (a node that
+/// came back with another subnet).
+pub fn set_vtep_address(r: &dyn Runner, dev: &str, subnet: Ipv4Net) -> Result<(), VxlanError> {
+    let want = format!("{}/32", subnet.addr());
+    let shown = r.run("ip", &["-4", "-o", "addr", "show", "dev", dev])?;
+    for old in shown.lines().filter_map(|l| field(l, "inet")) {
+        if old != want {
+            ignore_missing(r.run("ip", &["addr", "del", old, "dev", dev]))?;
+        }
+    }
+    r.run("ip", &["addr", "replace", &want, "dev", dev])?;
+    Ok(())
+}
+
+/// What the kernel holds on the VTEP `dev`: route destinations, permanent neighbours and fdb
+/// entries `(mac, dst)`. A restarted node compares them with the leases and removes the rest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// Destinations of routes through the device.
+    pub routes: Vec<String>,
+    /// Addresses of permanent neighbour entries.
+    pub neighbours: Vec<String>,
+    /// `(mac, dst)` of fdb entries with a remote destination.
+    pub fdb: Vec<(String, String)>,
+}
+
+/// List what is installed on `dev`.
+pub fn installed(r: &dyn Runner, dev: &str) -> Result<Installed, VxlanError> {
+    let routes = r.run("ip", &["-4", "-o", "route", "show", "dev", dev])?;
+    let neigh = r.run(
+        "ip",
+        &["-4", "neigh", "show", "dev", dev, "nud", "permanent"],
+    )?;
+    let fdb = r.run("bridge", &["fdb", "show", "dev", dev])?;
+    Ok(Installed {
+        routes: routes
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|d| d.contains('/'))
+            .map(str::to_string)
+            .collect(),
+        neighbours: neigh
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect(),
+        fdb: fdb
+            .lines()
+            .filter_map(|l| {
+                let mac = l.split_whitespace().next()?;
+                let dst = field(l, "dst")?;
+                Some((mac.to_string(), dst.to_string()))
+            })
+            .collect(),
+    })
+}
+
+/// Remove a route, neighbour or fdb entry found by [`installed`]; already gone is success.
+pub fn remove_installed(
+    r: &dyn Runner,
+    dev: &str,
+    route: Option<&str>,
+    neighbour: Option<&str>,
+    fdb: Option<(&str, &str)>,
+) -> Result<(), VxlanError> {
+    if let Some(dst) = route {
+        ignore_missing(r.run("ip", &["route", "del", dst, "dev", dev]))?;
+    }
+    if let Some(ip) = neighbour {
+        ignore_missing(r.run("ip", &["neigh", "del", ip, "dev", dev]))?;
+    }
+    if let Some((mac, dst)) = fdb {
+        ignore_missing(r.run(
+            "bridge",
+            &["fdb", "del", mac, "dev", dev, "dst", dst, "self"],
+        ))?;
+    }
+    Ok(())
+}
+
+/// A plain route to a peer on the same L2 network (`DirectRouting`): no encapsulation.
+pub fn add_direct_route(r: &dyn Runner, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
+    r.run(
+        "ip",
+        &[
+            "route",
+            "replace",
+            &peer.subnet.to_string(),
+            "via",
+            &peer.public_ip.to_string(),
+            "dev",
+            uplink,
+        ],
+    )
+    .map(drop)
+}
+
+/// Undo [`add_direct_route`].
+pub fn remove_direct_route(r: &dyn Runner, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
+    ignore_missing(r.run(
+        "ip",
+        &["route", "del", &peer.subnet.to_string(), "dev", uplink],
+    ))
 }
 
 /// Remove the VTEP (and with it every neighbour, fdb entry and route on it). Idempotent.
@@ -428,7 +535,7 @@ mod tests {
             port: 8472,
             local_ip: Ipv4Addr::new(192, 168, 77, 1),
             uplink: "eth0".into(),
-            subnet: net("10.244.1.0/24"),
+            subnet: Some(net("10.244.1.0/24")),
             tx_checksum_off: true,
         }
     }
@@ -504,7 +611,7 @@ mod tests {
     #[test]
     fn peer_entries_and_idempotent_removal() {
         let peer = Peer {
-            subnet: net("10.244.2.0/24"),
+            subnet: Some(net("10.244.2.0/24")),
             public_ip: Ipv4Addr::new(192, 168, 77, 2),
             vtep_mac: "02:00:00:00:00:02".into(),
         };
@@ -668,7 +775,7 @@ mod tests {
                 port: 8472,
                 local_ip: public,
                 uplink: uplink.into(),
-                subnet,
+                subnet: Some(subnet),
                 tx_checksum_off: true,
             };
             let v = ensure_vtep(&ns.runner(), &cfg).unwrap();
@@ -715,12 +822,12 @@ mod tests {
             assert_eq!((va.mtu, vb.mtu), (1450, 1450));
 
             let to_b = Peer {
-                subnet: sb,
+                subnet: Some(sb),
                 public_ip: pb,
                 vtep_mac: vb.mac.clone(),
             };
             let to_a = Peer {
-                subnet: sa,
+                subnet: Some(sa),
                 public_ip: pa,
                 vtep_mac: va.mac.clone(),
             };

@@ -32,6 +32,9 @@ pub struct NetConfig {
     pub pod_cidr: String,
     /// MTU of the pod interfaces and the bridge.
     pub mtu: u32,
+    /// Whether the bridge masquerades traffic leaving the pod subnet. Off with the overlay,
+    /// whose own rules masquerade only traffic leaving the cluster.
+    pub ip_masq: bool,
 }
 
 /// The node's pod network.
@@ -56,10 +59,14 @@ impl PodNetwork {
             let n = e.file_name().to_string_lossy().into_owned();
             n.ends_with(".conflist") || n.ends_with(".conf") || n.ends_with(".json")
         });
-        if !has_config {
-            let path = self.cfg.conf_dir.join(DEFAULT_CONFLIST);
-            fs::write(&path, default_conflist(&self.cfg))?;
-            info!(path = %path.display(), pod_cidr = %self.cfg.pod_cidr, "wrote the default pod network config (bridge cni0)");
+        let ours = self.cfg.conf_dir.join(DEFAULT_CONFLIST);
+        let want = default_conflist(&self.cfg);
+        // skiffd owns its default file: a new pod subnet (the overlay leased another one,
+        // --pod-cidr changed) or MTU rewrites it. Any other file is the operator's.
+        let stale = fs::read_to_string(&ours).is_ok_and(|text| text != want);
+        if !has_config || stale {
+            fs::write(&ours, &want)?;
+            info!(path = %ours.display(), pod_cidr = %self.cfg.pod_cidr, mtu = self.cfg.mtu, "wrote the default pod network config (bridge cni0)");
         }
         set_sysctl("net/ipv4/ip_forward", "1");
         if Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
@@ -206,7 +213,7 @@ pub fn default_conflist(cfg: &NetConfig) -> String {
                 "bridge": "cni0",
                 "isGateway": true,
                 "isDefaultGateway": true,
-                "ipMasq": true,
+                "ipMasq": cfg.ip_masq,
                 "hairpinMode": true,
                 "mtu": cfg.mtu,
                 "ipam": {

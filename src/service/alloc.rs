@@ -94,7 +94,10 @@ impl Allocator {
                     "spec.clusterIP: Invalid value: {ip:?}: provided IP is already allocated (to Service {other})"
                 ));
             }
-            self.by_service.entry(key.to_string()).or_default().cluster_ip = Some(ip);
+            self.by_service
+                .entry(key.to_string())
+                .or_default()
+                .cluster_ip = Some(ip);
             return Ok(ip);
         }
         if let Some(ip) = self.by_service.get(key).and_then(|a| a.cluster_ip) {
@@ -106,14 +109,24 @@ impl Allocator {
         if size < 4 {
             return Err("the service cluster IP range is too small".into());
         }
-        let used: HashSet<Ipv4Addr> = self.by_service.values().filter_map(|a| a.cluster_ip).collect();
+        let used: HashSet<Ipv4Addr> = self
+            .by_service
+            .values()
+            .filter_map(|a| a.cluster_ip)
+            .collect();
         // Start from a hash of the name so allocations do not all crowd at the start.
-        let start = key.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619)) % (size - 3);
+        let start = key
+            .bytes()
+            .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
+            % (size - 3);
         for i in 0..size - 3 {
             let offset = 2 + (start + i) % (size - 3);
             let ip = Ipv4Addr::from(u32::from(self.range.addr) + offset);
             if !used.contains(&ip) {
-                self.by_service.entry(key.to_string()).or_default().cluster_ip = Some(ip);
+                self.by_service
+                    .entry(key.to_string())
+                    .or_default()
+                    .cluster_ip = Some(ip);
                 return Ok(ip);
             }
         }
@@ -124,7 +137,12 @@ impl Allocator {
     }
 
     /// The node port of one Service port (`port/PROTO`).
-    pub fn node_port(&mut self, key: &str, port_key: &str, wanted: Option<u16>) -> Result<u16, String> {
+    pub fn node_port(
+        &mut self,
+        key: &str,
+        port_key: &str,
+        wanted: Option<u16>,
+    ) -> Result<u16, String> {
         let (lo, hi) = self.node_ports;
         if let Some(p) = wanted {
             if !(lo..=hi).contains(&p) {
@@ -144,7 +162,12 @@ impl Allocator {
                 .insert(port_key.to_string(), p);
             return Ok(p);
         }
-        if let Some(p) = self.by_service.get(key).and_then(|a| a.node_ports.get(port_key)).copied() {
+        if let Some(p) = self
+            .by_service
+            .get(key)
+            .and_then(|a| a.node_ports.get(port_key))
+            .copied()
+        {
             if (lo..=hi).contains(&p) && self.owner_of_port(p, key).is_none() {
                 return Ok(p);
             }
@@ -167,7 +190,33 @@ impl Allocator {
                 return Ok(p);
             }
         }
-        Err(format!("failed to allocate a nodePort: range {lo}-{hi} is full"))
+        Err(format!(
+            "failed to allocate a nodePort: range {lo}-{hi} is full"
+        ))
+    }
+
+    /// Takes `ip` and `node_ports` away from every Service but `key`: they were claimed
+    /// cluster-wide for `key` (on another node), so a local Service that picked them on its own
+    /// must pick again.
+    pub fn evict(&mut self, key: &str, ip: Option<Ipv4Addr>, node_ports: &[u16]) -> Vec<String> {
+        let mut evicted = Vec::new();
+        for (k, a) in self
+            .by_service
+            .iter_mut()
+            .filter(|(k, _)| k.as_str() != key)
+        {
+            let mut hit = false;
+            if ip.is_some() && a.cluster_ip == ip {
+                a.cluster_ip = None;
+                hit = true;
+            }
+            let before = a.node_ports.len();
+            a.node_ports.retain(|_, p| !node_ports.contains(p));
+            if hit || a.node_ports.len() != before {
+                evicted.push(k.clone());
+            }
+        }
+        evicted
     }
 
     /// Drops node ports a Service no longer has.
@@ -188,24 +237,38 @@ mod tests {
     use super::*;
 
     fn alloc(dir: &Path) -> Allocator {
-        Allocator::load(&dir.join("a.json"), "10.96.0.0/29".parse().unwrap(), (30000, 30002))
+        Allocator::load(
+            &dir.join("a.json"),
+            "10.96.0.0/29".parse().unwrap(),
+            (30000, 30002),
+        )
     }
 
     #[test]
     fn allocations_are_unique_stable_and_persisted() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = alloc(dir.path());
-        let ips: Vec<Ipv4Addr> = (0..5).map(|i| a.cluster_ip(&format!("ns/s{i}"), None).unwrap()).collect();
+        let ips: Vec<Ipv4Addr> = (0..5)
+            .map(|i| a.cluster_ip(&format!("ns/s{i}"), None).unwrap())
+            .collect();
         let set: HashSet<_> = ips.iter().collect();
         assert_eq!(set.len(), 5);
-        assert!(!ips.contains(&"10.96.0.0".parse().unwrap()) && !ips.contains(&"10.96.0.1".parse().unwrap()));
+        assert!(
+            !ips.contains(&"10.96.0.0".parse().unwrap())
+                && !ips.contains(&"10.96.0.1".parse().unwrap())
+        );
         assert!(a.cluster_ip("ns/s5", None).unwrap_err().contains("full"));
         a.save().unwrap();
         let mut b = alloc(dir.path());
         assert_eq!(b.cluster_ip("ns/s3", None).unwrap(), ips[3]);
         let err = b.cluster_ip("ns/other", Some(ips[0])).unwrap_err();
-        assert!(err.contains("already allocated (to Service ns/s0)"), "{err}");
-        let err = b.cluster_ip("ns/other", Some("10.97.0.5".parse().unwrap())).unwrap_err();
+        assert!(
+            err.contains("already allocated (to Service ns/s0)"),
+            "{err}"
+        );
+        let err = b
+            .cluster_ip("ns/other", Some("10.97.0.5".parse().unwrap()))
+            .unwrap_err();
         assert!(err.contains("not in the valid range"), "{err}");
     }
 
@@ -214,8 +277,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = alloc(dir.path());
         assert_eq!(a.node_port("ns/a", "80/TCP", Some(30001)).unwrap(), 30001);
-        assert!(a.node_port("ns/b", "80/TCP", Some(30001)).unwrap_err().contains("already allocated (to Service ns/a)"));
-        assert!(a.node_port("ns/b", "80/TCP", Some(40000)).unwrap_err().contains("valid range"));
+        assert!(
+            a.node_port("ns/b", "80/TCP", Some(30001))
+                .unwrap_err()
+                .contains("already allocated (to Service ns/a)")
+        );
+        assert!(
+            a.node_port("ns/b", "80/TCP", Some(40000))
+                .unwrap_err()
+                .contains("valid range")
+        );
         let p1 = a.node_port("ns/b", "80/TCP", None).unwrap();
         let p2 = a.node_port("ns/c", "80/TCP", None).unwrap();
         assert_ne!(p1, p2);

@@ -95,11 +95,35 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
 
     /// Recomputes everything from the store and programs the proxy.
     pub fn reconcile(&mut self) {
-        let (desired, manual) = self.store.desired_services();
-        let pods = self.store.list_pods(None);
+        let (local, manual) = self.store.desired_services();
+        let remote = self.store.remote();
+        let mut pods = self.store.list_pods(None);
+        pods.extend(remote.pods);
+        // Services of other nodes hold their addresses cluster-wide (claimed in etcd): they go
+        // first and take their addresses from any local Service that picked the same on its
+        // own. A local Service of the same name wins on this node.
+        let mut desired: Vec<(PodKey, Service)> = remote
+            .services
+            .into_iter()
+            .filter(|(k, _)| !local.contains_key(k))
+            .collect();
+        for (key, svc) in &desired {
+            let spec = svc.spec.as_ref();
+            let ip = spec.and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse().ok());
+            let ports: Vec<u16> = spec
+                .and_then(|s| s.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
+                .collect();
+            for other in self.alloc.evict(&format!("{}/{}", key.0, key.1), ip, &ports) {
+                info!(service = %other, claimed_by = %format!("{}/{}", key.0, key.1), "address taken cluster-wide by another node's Service; allocating again");
+            }
+        }
+        desired.extend(local);
         let mut views = Views::default();
         let mut rules: Vec<(ServicePort, Vec<Endpoint>)> = Vec::new();
-        let live: HashSet<String> = desired.keys().map(|(ns, n)| format!("{ns}/{n}")).collect();
+        let live: HashSet<String> = desired.iter().map(|((ns, n), _)| format!("{ns}/{n}")).collect();
         // Until the manifests are surely read (the warm-up), an absent
         // Service may just not be loaded yet: keep its addresses.
         if !self.hold_rules {
@@ -270,7 +294,8 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                             ip,
                             port,
                             ready: pod_ready(pod),
-                            local: true,
+                            local: pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                                .is_none_or(|n| n == self.store.node_name()),
                         });
                     }
                     eps.sort();

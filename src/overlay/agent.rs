@@ -1,0 +1,684 @@
+//! The node's overlay agent: flanneld's job inside skiffd.
+//!
+//! At start it reads (or seeds) the network config in etcd, creates the VTEP, takes a subnet
+//! lease (its old one back after a restart), writes `subnet.env` and the masquerade rules. Then
+//! it keeps the lease renewed and follows every other node's lease with a list + watch: a lease
+//! that appears gets a neighbour, an fdb entry and an onlink route (or a plain route with
+//! `DirectRouting` on the same L2 network), a lease that goes takes them away. When etcd cannot
+//! be reached, everything installed stays as it is, the node reports `EtcdUnavailable`, and the
+//! agent converges once etcd answers again.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::etcd::{self, Client, EtcdError, LeaseEvent, SubnetLease};
+use super::lease::{Ipv4Net, LeaseAttrs, NetworkConfig, Resolved};
+use super::vxlan::{self, CommandRunner, Peer, Vtep, VtepConfig};
+use crate::store::Store;
+
+/// The node condition the agent reports.
+pub const CONDITION: &str = "EtcdUnavailable";
+
+/// How the node joins the overlay (skiffd's flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// etcd client URLs (`http://host:port`).
+    pub endpoints: Vec<String>,
+    /// Key prefix, flannel's `--etcd-prefix` (`/skiff`).
+    pub prefix: String,
+    /// TTL of the subnet lease; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// The address other nodes send VXLAN packets to [default: the uplink's].
+    pub public_ip: Option<Ipv4Addr>,
+    /// The underlay interface [default: the default route's].
+    pub iface: Option<String>,
+    /// The cluster network written to etcd when no config is there yet.
+    pub network: Ipv4Net,
+    /// Turn tx checksum offload off on the VTEP.
+    pub tx_checksum_off: bool,
+    /// Where `subnet.env` goes.
+    pub subnet_file: PathBuf,
+}
+
+/// What the rest of skiffd needs from the overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The cluster network (from etcd's config).
+    pub network: Ipv4Net,
+    /// This node's pod subnet.
+    pub subnet: Ipv4Net,
+    /// MTU for pod interfaces.
+    pub mtu: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Vxlan(#[from] vxlan::VxlanError),
+    #[error("{0}")]
+    Uplink(String),
+    #[error("writing {path}: {source}")]
+    SubnetFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The underlay interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    /// Interface name.
+    pub name: String,
+    /// Its IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The L2 network it is on (for `DirectRouting`).
+    pub net: Ipv4Net,
+}
+
+/// Choose the underlay: `iface` if given, else the interface holding `public_ip`, else the one of
+/// the default route, else the first interface with an IPv4 address that is not skiff's own.
+pub fn find_uplink(
+    iface: Option<&str>,
+    public_ip: Option<Ipv4Addr>,
+) -> Result<Uplink, OverlayError> {
+    let addrs: Vec<Uplink> = nix::ifaddrs::getifaddrs()
+        .map_err(|e| OverlayError::Uplink(format!("listing interfaces: {e}")))?
+        .filter_map(|a| {
+            let ip = a.address?.as_sockaddr_in()?.ip();
+            let mask = a.netmask?.as_sockaddr_in()?.ip();
+            let len = u32::from(mask).count_ones() as u8;
+            let net = Ipv4Addr::from(u32::from(ip) & u32::from(mask));
+            Some(Uplink {
+                name: a.interface_name,
+                ip,
+                net: Ipv4Net::new(net, len).ok()?,
+            })
+        })
+        .filter(|u| !u.ip.is_loopback())
+        .collect();
+    if let Some(name) = iface {
+        return addrs
+            .into_iter()
+            .find(|u| u.name == name)
+            .ok_or_else(|| OverlayError::Uplink(format!("interface {name} has no IPv4 address")));
+    }
+    if let Some(ip) = public_ip {
+        if let Some(u) = addrs.iter().find(|u| u.ip == ip) {
+            return Ok(u.clone());
+        }
+    }
+    // /proc/self/net follows the reader's network namespace (unlike /sys/class/net).
+    let route = std::fs::read_to_string("/proc/self/net/route").unwrap_or_default();
+    let default_if = route.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    });
+    if let Some(u) = default_if.and_then(|d| addrs.iter().find(|u| u.name == d)) {
+        return Ok(u.clone());
+    }
+    addrs
+        .into_iter()
+        .find(|u| u.name != "cni0" && !u.name.starts_with("skiff."))
+        .ok_or_else(|| {
+            OverlayError::Uplink(
+                "no interface with an IPv4 address for the overlay; pass --iface or --public-ip"
+                    .into(),
+            )
+        })
+}
+
+/// `subnet.env` as flannel writes it.
+pub fn subnet_env(j: &Joined, ip_masq: bool) -> String {
+    format!(
+        "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+        j.network,
+        j.subnet.nth(1),
+        j.subnet.prefix_len(),
+        j.mtu,
+        ip_masq
+    )
+}
+
+/// The subnet recorded in a `subnet.env` (its `FLANNEL_SUBNET`, as a network).
+pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+    let (ip, len) = v.trim().split_once('/')?;
+    let (ip, len): (Ipv4Addr, u8) = (ip.parse().ok()?, len.parse().ok()?);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ipv4Net::new(Ipv4Addr::from(u32::from(ip) & mask), len).ok()
+}
+
+/// The running agent.
+pub struct Agent {
+    client: Client,
+    settings: Settings,
+    runner: CommandRunner,
+    cfg: Resolved,
+    vtep: Vtep,
+    uplink: Uplink,
+    attrs: LeaseAttrs,
+    lease: SubnetLease,
+    /// Peers installed, by subnet, with whether they are routed directly.
+    peers: BTreeMap<Ipv4Net, (Peer, bool)>,
+    store: Arc<Store>,
+    /// The last etcd problem reported (None: healthy).
+    reported: Option<String>,
+}
+
+/// Back-off between etcd attempts.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Agent {
+    /// Join the overlay: config, VTEP, lease, subnet.env, masquerade. Waits (retrying, with a
+    /// log line and the node condition each time) while etcd cannot be reached.
+    pub async fn join(
+        settings: Settings,
+        store: Arc<Store>,
+    ) -> Result<(Agent, Joined), OverlayError> {
+        let refs: Vec<&str> = settings.endpoints.iter().map(String::as_str).collect();
+        let client = Client::with_endpoints(&refs)?;
+        let uplink = find_uplink(settings.iface.as_deref(), settings.public_ip)?;
+        let public_ip = settings.public_ip.unwrap_or(uplink.ip);
+        let previous = previous_subnet(&settings.subnet_file);
+        let runner = CommandRunner::host();
+        let mut health = Health::new(store.clone());
+
+        let cfg = retry(&mut health, || config(&client, &settings)).await;
+        let vtep = vxlan::ensure_vtep(
+            &runner,
+            &VtepConfig {
+                vni: cfg.vni,
+                port: cfg.port,
+                local_ip: uplink.ip,
+                uplink: uplink.name.clone(),
+                subnet: None,
+                tx_checksum_off: settings.tx_checksum_off,
+            },
+        )?;
+        let attrs = LeaseAttrs::vxlan(public_ip, cfg.vni, vtep.mac.clone());
+        let ttl = settings.lease_ttl.as_secs().max(1) as i64;
+        let lease = retry(&mut health, || {
+            etcd::acquire(&client, &settings.prefix, &cfg, &attrs, previous, ttl)
+        })
+        .await;
+        if previous.is_some_and(|p| p != lease.subnet) {
+            warn!(previous = %previous.unwrap(), subnet = %lease.subnet, "the node's old subnet was taken; pods started from now on use the new one");
+        }
+        vxlan::set_vtep_address(&runner, &vtep.name, lease.subnet)?;
+        let joined = Joined {
+            network: cfg.network,
+            subnet: lease.subnet,
+            mtu: vtep.mtu,
+        };
+        write_subnet_file(&settings.subnet_file, &joined)?;
+        if let Err(e) = masquerade(&cfg.network, &lease.subnet) {
+            warn!(error = %e, "installing the overlay's masquerade rules");
+        }
+        info!(
+            subnet = %lease.subnet, network = %cfg.network, public_ip = %public_ip,
+            vtep = %vtep.name, mtu = vtep.mtu, uplink = %uplink.name,
+            "joined the overlay"
+        );
+        let agent = Agent {
+            client,
+            settings,
+            runner,
+            cfg,
+            vtep,
+            uplink,
+            attrs,
+            lease,
+            peers: BTreeMap::new(),
+            store,
+            reported: health.reported,
+        };
+        Ok((agent, joined))
+    }
+
+    /// Keep the lease and the peers up to date until `shutdown`. The lease is not released on
+    /// the way out: a restart takes it over, and a node that is gone for good loses it after
+    /// its TTL.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let renew_every = (self.settings.lease_ttl / 3).max(Duration::from_millis(300));
+        let mut first = true;
+        let mut delay = RETRY_MIN;
+        loop {
+            let ended = tokio::select! {
+                err = self.follow(renew_every, &mut first) => Some(err),
+                _ = &mut shutdown => None,
+            };
+            let Some(err) = ended else { return };
+            self.unhealthy(&err);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut shutdown => return,
+            }
+            delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// One list + watch round, renewing the lease meanwhile; returns why it ended.
+    async fn follow(&mut self, renew_every: Duration, first: &mut bool) -> EtcdError {
+        // A lease that expired while etcd was away (or this node was) is taken again.
+        if let Err(e) = etcd::renew(&self.client, &self.lease).await {
+            match e {
+                EtcdError::LeaseGone(_) => {
+                    if let Err(e) = self.reacquire().await {
+                        return e;
+                    }
+                }
+                e => return e,
+            }
+        }
+        let (leases, rev) = match etcd::list_leases(&self.client, &self.settings.prefix).await {
+            Ok(l) => l,
+            Err(e) => return e,
+        };
+        self.healthy();
+        self.sync_peers(&leases, std::mem::take(first));
+        let mut watch = match etcd::watch_leases(&self.client, &self.settings.prefix, rev).await {
+            Ok(w) => w,
+            Err(e) => return e,
+        };
+        let mut ticker = tokio::time::interval(renew_every);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    match etcd::renew(&self.client, &self.lease).await {
+                        Ok(()) => self.healthy(),
+                        Err(EtcdError::LeaseGone(id)) => {
+                            warn!(lease = %format!("{id:x}"), subnet = %self.lease.subnet, "the subnet lease expired; taking it again");
+                            if let Err(e) = self.reacquire().await {
+                                return e;
+                            }
+                        }
+                        Err(e) => return e,
+                    }
+                }
+                batch = watch.next() => match batch {
+                    Some(Ok(events)) => {
+                        for ev in events {
+                            self.apply(ev);
+                        }
+                    }
+                    Some(Err(e)) => return e,
+                    None => return EtcdError::Watch("the watch stream ended".into()),
+                },
+            }
+        }
+    }
+
+    async fn reacquire(&mut self) -> Result<(), EtcdError> {
+        let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
+        let lease = etcd::acquire(
+            &self.client,
+            &self.settings.prefix,
+            &self.cfg,
+            &self.attrs,
+            Some(self.lease.subnet),
+            ttl,
+        )
+        .await?;
+        if lease.subnet != self.lease.subnet {
+            // Pods keep their addresses from the old subnet; only a restart fixes that.
+            warn!(old = %self.lease.subnet, new = %lease.subnet, "lost the node's subnet to another node; restart skiffd to move the pods");
+        }
+        self.lease = lease;
+        Ok(())
+    }
+
+    /// The address other nodes reach this one at.
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.attrs.public_ip
+    }
+
+    fn is_direct(&self, peer: &Peer) -> bool {
+        self.cfg.direct_routing && self.uplink.net.contains(peer.public_ip)
+    }
+
+    fn add(&mut self, peer: Peer) {
+        if peer.subnet == self.lease.subnet {
+            return;
+        }
+        let direct = self.is_direct(&peer);
+        if self.peers.get(&peer.subnet) == Some(&(peer.clone(), direct)) {
+            return;
+        }
+        if let Some((old, old_direct)) = self.peers.remove(&peer.subnet) {
+            self.remove_installed(&old, old_direct);
+        }
+        let res = if direct {
+            vxlan::add_direct_route(&self.runner, &self.uplink.name, &peer)
+        } else {
+            vxlan::add_peer(&self.runner, &self.vtep.name, &peer)
+        };
+        match res {
+            Ok(()) => {
+                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, direct, "route to a peer node added");
+                self.peers.insert(peer.subnet, (peer, direct));
+            }
+            Err(e) => warn!(subnet = %peer.subnet, error = %e, "adding the route to a peer node"),
+        }
+    }
+
+    fn remove_installed(&self, peer: &Peer, direct: bool) {
+        let res = if direct {
+            vxlan::remove_direct_route(&self.runner, &self.uplink.name, peer)
+        } else {
+            vxlan::remove_peer(&self.runner, &self.vtep.name, peer)
+        };
+        match res {
+            Ok(()) => {
+                info!(subnet = %peer.subnet, public_ip = %peer.public_ip, "route to a peer node removed")
+            }
+            Err(e) => warn!(subnet = %peer.subnet, error = %e, "removing the route to a peer node"),
+        }
+    }
+
+    fn apply(&mut self, ev: LeaseEvent) {
+        match ev {
+            LeaseEvent::Added(subnet, attrs) => self.add(Peer::from_lease(subnet, &attrs)),
+            LeaseEvent::Removed(subnet) => {
+                if subnet == self.lease.subnet {
+                    // Our own lease went: the renew loop takes it again.
+                    return;
+                }
+                if let Some((peer, direct)) = self.peers.remove(&subnet) {
+                    self.remove_installed(&peer, direct);
+                }
+            }
+        }
+    }
+
+    /// Make the installed peers exactly `leases`. On the first sync after start, also remove
+    /// what an earlier skiffd left on the VTEP for nodes that are gone now.
+    fn sync_peers(&mut self, leases: &[(Ipv4Net, LeaseAttrs)], first: bool) {
+        let want: BTreeMap<Ipv4Net, Peer> = leases
+            .iter()
+            .filter(|(s, _)| *s != self.lease.subnet)
+            .map(|(s, a)| (*s, Peer::from_lease(*s, a)))
+            .collect();
+        let gone: Vec<Ipv4Net> = self
+            .peers
+            .keys()
+            .filter(|s| !want.contains_key(s))
+            .copied()
+            .collect();
+        for s in gone {
+            if let Some((peer, direct)) = self.peers.remove(&s) {
+                self.remove_installed(&peer, direct);
+            }
+        }
+        for peer in want.values() {
+            self.add(peer.clone());
+        }
+        if first {
+            self.remove_strays(&want);
+        }
+    }
+
+    /// Routes, neighbours and fdb entries on the VTEP that no lease accounts for.
+    fn remove_strays(&self, want: &BTreeMap<Ipv4Net, Peer>) {
+        let dev = &self.vtep.name;
+        let installed = match vxlan::installed(&self.runner, dev) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "listing the VTEP's routes");
+                return;
+            }
+        };
+        let routes: Vec<String> = want.keys().map(|s| s.to_string()).collect();
+        let gws: Vec<String> = want.keys().map(|s| s.addr().to_string()).collect();
+        let fdb: Vec<(String, String)> = want
+            .values()
+            .map(|p| (p.vtep_mac.to_lowercase(), p.public_ip.to_string()))
+            .collect();
+        for r in installed.routes.iter().filter(|r| !routes.contains(r)) {
+            info!(route = %r, "removing a stale overlay route");
+            let _ = vxlan::remove_installed(&self.runner, dev, Some(r), None, None);
+        }
+        for n in installed.neighbours.iter().filter(|n| !gws.contains(n)) {
+            let _ = vxlan::remove_installed(&self.runner, dev, None, Some(n), None);
+        }
+        for (mac, dst) in installed
+            .fdb
+            .iter()
+            .filter(|(m, d)| !fdb.contains(&(m.to_lowercase(), d.clone())))
+        {
+            let _ = vxlan::remove_installed(&self.runner, dev, None, None, Some((mac, dst)));
+        }
+    }
+
+    fn healthy(&mut self) {
+        if self.reported.take().is_some() {
+            info!("etcd is reachable again");
+            set_condition(&self.store, None);
+        }
+    }
+
+    fn unhealthy(&mut self, err: &EtcdError) {
+        let msg = err.to_string();
+        if self.reported.as_deref() != Some(msg.as_str()) {
+            warn!(error = %msg, "etcd is unreachable; routes and rules stay as they are until it is back");
+            set_condition(&self.store, Some(&msg));
+            self.reported = Some(msg);
+        }
+    }
+}
+
+/// The node condition `EtcdUnavailable`: `Some(reason)` while etcd cannot be reached.
+fn set_condition(store: &Store, problem: Option<&str>) {
+    match problem {
+        Some(msg) => store.set_node_condition(CONDITION, true, "EtcdUnreachable", msg),
+        None => store.set_node_condition(CONDITION, false, "EtcdReachable", "etcd answers"),
+    }
+}
+
+/// Reporting for the start-up retries.
+struct Health {
+    store: Arc<Store>,
+    reported: Option<String>,
+}
+
+impl Health {
+    fn new(store: Arc<Store>) -> Self {
+        set_condition(&store, None);
+        Health {
+            store,
+            reported: None,
+        }
+    }
+}
+
+/// Run `f` until it succeeds, backing off, reporting each new error.
+async fn retry<T, F, Fut>(health: &mut Health, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EtcdError>>,
+{
+    let mut delay = RETRY_MIN;
+    loop {
+        match f().await {
+            Ok(v) => {
+                if health.reported.take().is_some() {
+                    info!("etcd is reachable again");
+                    set_condition(&health.store, None);
+                }
+                return v;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if health.reported.as_deref() != Some(msg.as_str()) {
+                    warn!(error = %msg, "joining the overlay: etcd is not usable yet; retrying");
+                    set_condition(&health.store, Some(&msg));
+                    health.reported = Some(msg);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// The network config from etcd; written there first (only if still absent) from `--cluster-cidr`.
+async fn config(client: &Client, settings: &Settings) -> Result<Resolved, EtcdError> {
+    match etcd::get_config(client, &settings.prefix).await {
+        Err(EtcdError::NoConfig(key)) => {
+            let cfg = NetworkConfig::vxlan(settings.network);
+            let value = serde_json::to_vec(&cfg).expect("config serializes");
+            if client.put_if(&key, &value, 0, etcd::Cond::Absent).await? {
+                info!(%key, network = %settings.network, "wrote the overlay's network config");
+            }
+            etcd::get_config(client, &settings.prefix).await
+        }
+        r => r,
+    }
+}
+
+fn write_subnet_file(path: &Path, j: &Joined) -> Result<(), OverlayError> {
+    let err = |source| OverlayError::SubnetFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, subnet_env(j, true)).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The chain holding the overlay's masquerade rules (flannel's `FLANNEL-POSTRTG`).
+pub const MASQ_CHAIN: &str = "SKIFF-OVERLAY-MASQ";
+/// The chain accepting forwarded cluster traffic (flannel's `FLANNEL-FWD`).
+pub const FWD_CHAIN: &str = "SKIFF-OVERLAY-FWD";
+
+/// The iptables-restore text of the overlay's rules: pod traffic inside the cluster keeps its
+/// source address, pod traffic leaving it is masqueraded, and traffic from outside the cluster
+/// to another node's pods is masqueraded so the answers come back the same way.
+pub fn masquerade_rules(network: &Ipv4Net, subnet: &Ipv4Net) -> String {
+    let (n, s) = (network.to_string(), subnet.to_string());
+    format!(
+        "*nat\n:{MASQ_CHAIN} - [0:0]\n\
+         -A {MASQ_CHAIN} -s {n} -d {n} -m comment --comment \"skiff overlay: pod to pod\" -j RETURN\n\
+         -A {MASQ_CHAIN} -s {n} ! -d 224.0.0.0/4 -m comment --comment \"skiff overlay: leaving the cluster\" -j MASQUERADE --random-fully\n\
+         -A {MASQ_CHAIN} ! -s {n} -d {s} -m comment --comment \"skiff overlay: to local pods\" -j RETURN\n\
+         -A {MASQ_CHAIN} ! -s {n} -d {n} -m comment --comment \"skiff overlay: to remote pods\" -j MASQUERADE --random-fully\n\
+         COMMIT\n*filter\n:{FWD_CHAIN} - [0:0]\n\
+         -A {FWD_CHAIN} -s {n} -m comment --comment \"skiff overlay: from pods\" -j ACCEPT\n\
+         -A {FWD_CHAIN} -d {n} -m comment --comment \"skiff overlay: to pods\" -j ACCEPT\n\
+         COMMIT\n"
+    )
+}
+
+/// Install [`masquerade_rules`] and the jumps to them (idempotent).
+fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("iptables-restore: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(masquerade_rules(network, subnet).as_bytes())
+        .map_err(|e| format!("iptables-restore: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("iptables-restore: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    for (table, from, to) in [
+        ("nat", "POSTROUTING", MASQ_CHAIN),
+        ("filter", "FORWARD", FWD_CHAIN),
+    ] {
+        let rule = ["-j", to];
+        let check = Command::new("iptables")
+            .args(["-w", "-t", table, "-C", from])
+            .args(rule)
+            .output()
+            .map_err(|e| format!("iptables: {e}"))?;
+        if !check.status.success() {
+            let add = Command::new("iptables")
+                .args(["-w", "-t", table, "-A", from])
+                .args(rule)
+                .output()
+                .map_err(|e| format!("iptables: {e}"))?;
+            if !add.status.success() {
+                return Err(format!(
+                    "iptables -A {from}: {}",
+                    String::from_utf8_lossy(&add.stderr).trim()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn subnet_env_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/subnet.env");
+        let j = Joined {
+            network: net("10.244.0.0/16"),
+            subnet: net("10.244.3.0/24"),
+            mtu: 1450,
+        };
+        write_subnet_file(&path, &j).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        assert_eq!(previous_subnet(&path), Some(net("10.244.3.0/24")));
+        assert_eq!(previous_subnet(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn masquerade_keeps_pod_to_pod_sources() {
+        let text = masquerade_rules(&net("10.244.0.0/16"), &net("10.244.3.0/24"));
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("-A")).collect();
+        assert!(
+            lines[0].contains("-s 10.244.0.0/16 -d 10.244.0.0/16")
+                && lines[0].ends_with("-j RETURN")
+        );
+        assert!(lines[1].contains("! -d 224.0.0.0/4") && lines[1].contains("MASQUERADE"));
+        assert!(
+            lines[2].contains("! -s 10.244.0.0/16 -d 10.244.3.0/24")
+                && lines[2].ends_with("RETURN")
+        );
+        assert!(
+            lines[3].contains("! -s 10.244.0.0/16 -d 10.244.0.0/16")
+                && lines[3].contains("MASQUERADE")
+        );
+    }
+}
