@@ -5,7 +5,9 @@
 #   2. with HOSTS hosts (the last one joining late): the time from the new host's skiffd start
 #      until every other host has its route (target < 2 s), and until a Service endpoint on it
 #      answers from every other host's network namespace.
-# It prints figures and ratios and asserts nothing.
+# It prints figures and ratios and asserts nothing. The join times come from polling every
+# other host in turn (`ip route`, `curl` to the Service from its netns), so each is an upper
+# bound, late by up to one polling round (~10 ms per host on an idle machine).
 #
 # Usage: sudo scripts/bench-overlay.sh   (from the repository root)
 #
