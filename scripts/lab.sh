@@ -16,6 +16,7 @@
 #   status                hosts, their skiffd, underlay IP, leased subnet and pods
 #   env [HOST]            how to reach each host; `eval "$(scripts/lab.sh env h2)"` sets SKIFF_SOCKET
 #   exec HOST CMD...      runs CMD in HOST's network namespace, SKIFF_SOCKET set, skiff on PATH
+#                         (options of lab.sh, like --name, go before HOST)
 #   apply HOST FILE...    copies manifests into HOST's manifest directory (atomically)
 #   demo                  examples/lab/: web.yaml and client.yaml on every host, service.yaml on h1
 #   add [--no-start] [--no-wait]   adds the next host (hN+1) and starts its skiffd
@@ -52,6 +53,7 @@ ETCD_PREFIX=/skiff
 
 # ---- arguments -----------------------------------------------------------------------------
 (($#)) || { usage >&2; exit 2; }
+[[ $1 == -h || $1 == --help || $1 == help ]] && { usage; exit 0; }
 cmd=$1
 shift
 name=skiff-lab
@@ -533,6 +535,9 @@ cmd_remove() {
     return "$rc"
 }
 
+# One compound command, parsed whole before it runs, ending in `exit`: bash reads a script as it
+# goes, so editing lab.sh while a lab command runs must not make it run the edited text.
+{
 case $cmd in
     up) cmd_up ;;
     down) cmd_down ;;
@@ -571,3 +576,5 @@ case $cmd in
         ;;
     *) usage >&2; die "unknown command $cmd" ;;
 esac
+exit
+}

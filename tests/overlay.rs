@@ -66,7 +66,7 @@ impl Lab {
     fn up(n: usize, opts: &[&str]) -> Lab {
         ensure_cni_plugins();
         let image = test_image();
-        let mut lab = Lab {
+        let lab = Lab {
             name: random_name(),
             down: false,
         };
@@ -81,7 +81,7 @@ impl Lab {
         args.extend(opts.iter().map(|s| s.to_string()));
         let out = lab.lab_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
         if !out.status.success() {
-            lab.down = true; // up removes a lab it could not finish
+            // `up` removes a lab it could not finish; `down` in Drop makes sure.
             panic!("lab.sh up {n} --name {} failed:\n{}", lab.name, text(&out));
         }
         lab
