@@ -83,6 +83,15 @@ pub struct Flags {
     /// Key prefix of skiff's data in etcd (flannel's layout below it) [default: /skiff].
     #[arg(long)]
     pub etcd_prefix: Option<String>,
+    /// CA bundle (PEM) that signed etcd's server certificate, for https:// endpoints [default: the system roots].
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client certificate auth.
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-certfile.
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
     /// TTL of this node's subnet lease in etcd, in seconds; a node gone that long loses its subnet and routes [default: 60].
     #[arg(long)]
     pub subnet_lease_ttl: Option<u64>,
@@ -145,6 +154,12 @@ pub struct FileConfig {
     pub etcd_endpoints: Option<Vec<String>>,
     /// Key prefix in etcd.
     pub etcd_prefix: Option<String>,
+    /// etcd CA bundle.
+    pub etcd_cafile: Option<PathBuf>,
+    /// etcd client certificate.
+    pub etcd_certfile: Option<PathBuf>,
+    /// etcd client key.
+    pub etcd_keyfile: Option<PathBuf>,
     /// Subnet lease TTL, seconds.
     pub subnet_lease_ttl: Option<u64>,
     /// Underlay interface.
@@ -192,6 +207,16 @@ pub struct EtcdConfig {
     pub iface: Option<String>,
     pub public_ip: Option<std::net::Ipv4Addr>,
     pub vxlan_tx_checksum_off: bool,
+    pub tls: crate::overlay::etcd::TlsFiles,
+}
+
+impl EtcdConfig {
+    /// A client for the configured endpoints.
+    pub fn client(&self) -> Result<crate::overlay::etcd::Client, crate::overlay::etcd::EtcdError> {
+        let refs: Vec<&str> = self.endpoints.iter().map(String::as_str).collect();
+        let tls = (self.tls != Default::default()).then_some(&self.tls);
+        crate::overlay::etcd::Client::connect_to(&refs, tls)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,13 +289,7 @@ impl Config {
                     message: format!("{prefix:?}: must start with /"),
                 });
             }
-            for e in &endpoints {
-                crate::overlay::etcd::Client::new(e).map_err(|err| ConfigError::Invalid {
-                    flag: "--etcd-endpoints",
-                    message: err.to_string(),
-                })?;
-            }
-            Some(EtcdConfig {
+            let cfg = EtcdConfig {
                 endpoints,
                 prefix: prefix.trim_end_matches('/').to_string(),
                 subnet_lease_ttl: Duration::from_secs(
@@ -280,7 +299,17 @@ impl Config {
                 public_ip: flags.public_ip.or(file.public_ip),
                 vxlan_tx_checksum_off: flags.vxlan_tx_checksum_off
                     || file.vxlan_tx_checksum_off.unwrap_or(false),
-            })
+                tls: crate::overlay::etcd::TlsFiles {
+                    ca_file: flags.etcd_cafile.or(file.etcd_cafile),
+                    cert_file: flags.etcd_certfile.or(file.etcd_certfile),
+                    key_file: flags.etcd_keyfile.or(file.etcd_keyfile),
+                },
+            };
+            cfg.client().map_err(|err| ConfigError::Invalid {
+                flag: "--etcd-endpoints",
+                message: err.to_string(),
+            })?;
+            Some(cfg)
         };
         Ok(Config {
             etcd,

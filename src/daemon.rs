@@ -62,7 +62,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(etcd) = &config.etcd {
         let (agent, joined) = Agent::join(
             overlay::agent::Settings {
-                endpoints: etcd.endpoints.clone(),
+                client: etcd.client().map_err(|e| DaemonError::Overlay(e.to_string()))?,
                 prefix: etcd.prefix.clone(),
                 lease_ttl: etcd.subnet_lease_ttl,
                 public_ip: etcd.public_ip,
@@ -85,6 +85,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             prefix: joined.network.prefix_len(),
         };
         overlay_task = Some(tokio::spawn(agent.run(stopped(stop_rx.clone()))));
+    }
+    if config.etcd.is_none() {
+        // A node that was in a cluster before and runs alone now.
+        for what in overlay::agent::remove_leftovers() {
+            info!(removed = %what, "removed a leftover of the overlay (no --etcd-endpoints now)");
+        }
     }
     let network = PodNetwork::new(NetConfig {
         conf_dir: config.cni_conf_dir.clone(),
@@ -146,8 +152,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started: jiff::Timestamp::now(),
     });
     let cluster_task = config.etcd.as_ref().map(|etcd| {
-        let refs: Vec<&str> = etcd.endpoints.iter().map(String::as_str).collect();
-        let client = overlay::etcd::Client::with_endpoints(&refs).expect("endpoints checked by the config");
+        let client = etcd.client().expect("endpoints checked by the config");
         let st = state.clone();
         let cluster = overlay::state::ClusterState::new(
             client,

@@ -31,6 +31,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     if config.cleanup_iptables {
+        for what in skiff::overlay::agent::remove_leftovers() {
+            tracing::info!(removed = %what, "removed the overlay's state");
+        }
         let mut ipt = skiff::proxy::RealIptables::new();
         return match skiff::proxy::cleanup(&mut ipt) {
             Ok(()) => {

@@ -25,10 +25,10 @@ use crate::store::Store;
 pub const CONDITION: &str = "EtcdUnavailable";
 
 /// How the node joins the overlay (skiffd's flags).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
-    /// etcd client URLs (`http://host:port`).
-    pub endpoints: Vec<String>,
+    /// The etcd client (endpoints, TLS).
+    pub client: Client,
     /// Key prefix, flannel's `--etcd-prefix` (`/skiff`).
     pub prefix: String,
     /// TTL of the subnet lease; renewed every third of it.
@@ -186,8 +186,7 @@ impl Agent {
         settings: Settings,
         store: Arc<Store>,
     ) -> Result<(Agent, Joined), OverlayError> {
-        let refs: Vec<&str> = settings.endpoints.iter().map(String::as_str).collect();
-        let client = Client::with_endpoints(&refs)?;
+        let client = settings.client.clone();
         let uplink = find_uplink(settings.iface.as_deref(), settings.public_ip)?;
         let public_ip = settings.public_ip.unwrap_or(uplink.ip);
         let previous = previous_subnet(&settings.subnet_file);
@@ -634,6 +633,44 @@ fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Remove what an overlay run left on this node: skiff's VXLAN devices (with their routes,
+/// neighbours and fdb entries) and the masquerade/forward chains. For a node started without
+/// etcd after having been in a cluster, and for `--cleanup-iptables`. Returns what it removed.
+pub fn remove_leftovers() -> Vec<String> {
+    use std::process::Command;
+    let mut removed = Vec::new();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show", "type", "vxlan"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for line in links.lines() {
+        // "7: skiff.1: <BROADCAST,...> ..."
+        let Some(name) = line.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("")) else {
+            continue;
+        };
+        if name.starts_with("skiff.")
+            && Command::new("ip").args(["link", "del", "dev", name]).status().is_ok_and(|s| s.success())
+        {
+            removed.push(format!("device {name}"));
+        }
+    }
+    for (table, from, chain) in [("nat", "POSTROUTING", MASQ_CHAIN), ("filter", "FORWARD", FWD_CHAIN)] {
+        let ipt = |args: &[&str]| {
+            Command::new("iptables")
+                .args(["-w", "-t", table])
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        while ipt(&["-D", from, "-j", chain]) {}
+        if ipt(&["-F", chain]) && ipt(&["-X", chain]) {
+            removed.push(format!("iptables chain {table}/{chain}"));
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -27,8 +27,10 @@ const MAX_CONFLICTS: u32 = 16;
 /// Errors talking to etcd or interpreting what it holds.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("invalid etcd endpoint {0:?}: expected http://host:port")]
+    #[error("invalid etcd endpoint {0:?}: expected http://host:port or https://host:port (all alike)")]
     Endpoint(String),
+    #[error("etcd TLS: {0}")]
+    Tls(String),
     #[error("connecting to etcd at {addr}: {source}")]
     Connect {
         addr: String,
@@ -129,11 +131,89 @@ pub enum Event {
 
 /// An etcd v3 client over the JSON gateway. With several endpoints (members of one cluster) a
 /// request goes to the last one that answered and fails over to the others in turn.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     addrs: Vec<String>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addrs", &self.addrs)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// TLS settings for etcd (etcdctl's and flannel's `--cacert`/`--cert`/`--key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA bundle (PEM) that signed etcd's server certificate [default: the system roots].
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for etcd's `--client-cert-auth`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// Build the TLS client configuration; every problem names the file.
+    pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, EtcdError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |path: &std::path::Path, what: String| EtcdError::Tls(format!("{}: {what}", path.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| bad(path, e.to_string()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(path, e.to_string()))?;
+                if certs.is_empty() {
+                    return Err(bad(path, "no certificate in the file".into()));
+                }
+                for c in certs {
+                    roots.add(c).map_err(|e| bad(path, e.to_string()))?;
+                }
+            }
+            None => {
+                for c in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| EtcdError::Tls(e.to_string()))?
+            .with_root_certificates(roots);
+        let config = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| bad(cert, e.to_string()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(cert, e.to_string()))?;
+                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| bad(cert, e.to_string()))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(EtcdError::Tls(
+                    "a client certificate needs both --etcd-certfile and --etcd-keyfile".into(),
+                ));
+            }
+        };
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+    }
+}
+
+/// A connection to etcd, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long connecting to one endpoint may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -265,30 +345,61 @@ impl Client {
         Self::with_endpoints(&[endpoint])
     }
 
-    /// A client for the members of one etcd cluster.
+    /// A client for the members of one etcd cluster, over plain HTTP.
     pub fn with_endpoints(endpoints: &[&str]) -> Result<Self, EtcdError> {
+        Self::connect_to(endpoints, None)
+    }
+
+    /// A client for the members of one etcd cluster; `https://` endpoints need `tls`.
+    pub fn connect_to(endpoints: &[&str], tls: Option<&TlsFiles>) -> Result<Self, EtcdError> {
         let mut addrs = Vec::new();
+        let mut https = None;
         for endpoint in endpoints {
-            let addr = endpoint
-                .strip_prefix("http://")
-                .unwrap_or(endpoint)
-                .trim_end_matches('/');
-            if addr.is_empty() || addr.contains('/') || endpoint.starts_with("https://") {
+            let (secure, rest) = match (endpoint.strip_prefix("https://"), endpoint.strip_prefix("http://")) {
+                (Some(r), _) => (true, r),
+                (_, Some(r)) => (false, r),
+                _ => (tls.is_some(), *endpoint),
+            };
+            let addr = rest.trim_end_matches('/');
+            if addr.is_empty() || addr.contains('/') || https.is_some_and(|h| h != secure) {
                 return Err(EtcdError::Endpoint(endpoint.to_string()));
             }
+            https = Some(secure);
             addrs.push(addr.to_string());
         }
         if addrs.is_empty() {
             return Err(EtcdError::Endpoint(String::new()));
         }
+        let tls = match (https, tls) {
+            (Some(true), Some(files)) => Some(files.connector()?),
+            (Some(true), None) => Some(TlsFiles::default().connector()?),
+            _ => None,
+        };
         Ok(Client {
             addrs,
             current: Default::default(),
+            tls,
         })
     }
 
     /// A connection to the first endpoint that takes one, starting with the last that did.
-    async fn connect(&self) -> Result<(TcpStream, String), EtcdError> {
+    async fn connect(&self) -> Result<(Box<dyn Io>, String), EtcdError> {
+        let (tcp, addr) = self.connect_tcp().await?;
+        let Some(tls) = &self.tls else {
+            return Ok((Box::new(tcp), addr));
+        };
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| EtcdError::Tls(format!("{addr}: {e}")))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+            .await
+            .map_err(|_| EtcdError::Tls(format!("{addr}: TLS handshake timed out")))?
+            .map_err(|e| EtcdError::Tls(format!("{addr}: {e}")))?;
+        Ok((Box::new(stream), addr))
+    }
+
+    async fn connect_tcp(&self) -> Result<(TcpStream, String), EtcdError> {
         use std::sync::atomic::Ordering;
         let start = self.current.load(Ordering::Relaxed);
         let mut last = None;
@@ -770,7 +881,7 @@ impl LeaseWatcher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
     use std::net::Ipv4Addr;
     use std::path::Path;
@@ -786,10 +897,10 @@ mod tests {
         std::sync::atomic::AtomicU32::new(0);
 
     /// A throwaway single-member etcd on loopback, killed on drop.
-    struct Etcd {
+    pub(crate) struct Etcd {
         child: Child,
         _dir: tempfile::TempDir,
-        url: String,
+        pub(crate) url: String,
     }
 
     fn free_port() -> u16 {
@@ -802,14 +913,24 @@ mod tests {
 
     impl Etcd {
         /// Start etcd, or `None` (with a message) when it is not installed.
-        async fn start() -> Option<Etcd> {
+        pub(crate) async fn start() -> Option<Etcd> {
+            Self::start_with(None).await
+        }
+
+        /// Start etcd serving TLS with the certificates in `tls` (see [`make_certs`]), with
+        /// client certificate auth.
+        pub(crate) async fn start_with(tls: Option<&Path>) -> Option<Etcd> {
             if !Path::new(ETCD).exists() {
                 eprintln!("SKIPPED: {ETCD} is missing (apt-get install etcd-server)");
+                if std::env::var_os("CI").is_some() {
+                    panic!("etcd must be installed in CI");
+                }
                 return None;
             }
             let dir = tempfile::tempdir().unwrap();
             let (cp, pp) = (free_port(), free_port());
-            let url = format!("http://127.0.0.1:{cp}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://127.0.0.1:{cp}");
             let peer = format!("http://127.0.0.1:{pp}");
             let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
             let child = Command::new(ETCD)
@@ -828,6 +949,14 @@ mod tests {
                     &peer,
                 ])
                 .args(["--initial-cluster", &format!("t={peer}")])
+                .args(tls.map(|d| {
+                    vec![
+                        format!("--cert-file={}", d.join("server.pem").display()),
+                        format!("--key-file={}", d.join("server-key.pem").display()),
+                        format!("--trusted-ca-file={}", d.join("ca.pem").display()),
+                        "--client-cert-auth".to_string(),
+                    ]
+                }).unwrap_or_default())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -837,7 +966,10 @@ mod tests {
                 _dir: dir,
                 url,
             };
-            let c = etcd.client();
+            let c = match tls {
+                Some(d) => Client::connect_to(&[&etcd.url], Some(&tls_files(d))).unwrap(),
+                None => etcd.client(),
+            };
             let deadline = Instant::now() + Duration::from_secs(20);
             while c.range("/ready", false).await.is_err() {
                 assert!(Instant::now() < deadline, "etcd did not come up");
@@ -846,9 +978,68 @@ mod tests {
             Some(etcd)
         }
 
-        fn client(&self) -> Client {
+        pub(crate) fn client(&self) -> Client {
             Client::new(&self.url).unwrap()
         }
+    }
+
+    /// The client side of [`make_certs`].
+    fn tls_files(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca_file: Some(dir.join("ca.pem")),
+            cert_file: Some(dir.join("client.pem")),
+            key_file: Some(dir.join("client-key.pem")),
+        }
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+    fn make_certs(dir: &Path) {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1", "-subj", "/CN=skiff-test-ca"]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        for who in ["server", "client"] {
+            let key = format!("{who}-key.pem");
+            let csr = format!("{who}.csr");
+            let pem = format!("{who}.pem");
+            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={who}")]);
+            run(&["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", &pem, "-days", "1", "-extfile", "san.ext"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_with_client_certificates() {
+        let certs = tempfile::tempdir().unwrap();
+        make_certs(certs.path());
+        let Some(etcd) = Etcd::start_with(Some(certs.path())).await else {
+            return;
+        };
+        let c = Client::connect_to(&[&etcd.url], Some(&tls_files(certs.path()))).unwrap();
+        c.put("/tls/k", b"v", 0).await.unwrap();
+        let (kvs, _) = c.range("/tls/k", false).await.unwrap();
+        assert_eq!(kvs[0].value, b"v");
+        // Without a client certificate etcd refuses the connection.
+        let anon = TlsFiles {
+            ca_file: Some(certs.path().join("ca.pem")),
+            ..Default::default()
+        };
+        let c = Client::connect_to(&[&etcd.url], Some(&anon)).unwrap();
+        assert!(c.range("/tls/k", false).await.is_err());
+        // A CA that did not sign the server's certificate is refused by us.
+        let other = tempfile::tempdir().unwrap();
+        make_certs(other.path());
+        let c = Client::connect_to(&[&etcd.url], Some(&tls_files(other.path()))).unwrap();
+        let err = c.range("/tls/k", false).await.unwrap_err().to_string();
+        assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
+        // Half a client certificate is a configuration error naming the flags.
+        let half = TlsFiles {
+            cert_file: Some(certs.path().join("client.pem")),
+            ..Default::default()
+        };
+        let err = Client::connect_to(&[&etcd.url], Some(&half)).unwrap_err().to_string();
+        assert!(err.contains("--etcd-keyfile"), "{err}");
     }
 
     impl Drop for Etcd {

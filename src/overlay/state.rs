@@ -458,3 +458,118 @@ impl ClusterState {
         self.store.set_remote(remote);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{PodStatus, ServiceSpec};
+
+    use super::*;
+    use crate::overlay::etcd::tests::Etcd;
+    use crate::service::Views;
+
+    fn service(name: &str, ip: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(ip.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A node with one local Service (already allocated `ip`) and one running pod.
+    fn node(etcd: &Etcd, name: &str, svc: &str, ip: &str, pod_ip: &str) -> ClusterState {
+        let store = Arc::new(Store::new(name));
+        let key = ("default".to_string(), svc.to_string());
+        store.set_desired_services(BTreeMap::from([(key.clone(), service(svc, ip))]), BTreeMap::new());
+        store.set_service_views(Views {
+            services: BTreeMap::from([(key, service(svc, ip))]),
+            ..Default::default()
+        });
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("{svc}-pod")),
+                namespace: Some("default".into()),
+                uid: Some(format!("uid-{name}")),
+                labels: Some(BTreeMap::from([("app".into(), svc.into())])),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                pod_ip: Some(pod_ip.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        store.put_pod(pod, true);
+        let n = name.to_string();
+        ClusterState::new(
+            etcd.client(),
+            "/t",
+            Duration::from_secs(5),
+            store,
+            Arc::new(move || serde_json::json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready"}]}})),
+        )
+    }
+
+    async fn refresh(cs: &mut ClusterState) {
+        let (kvs, _) = cs.client.range(&cs.keys.root, true).await.unwrap();
+        cs.seen = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        cs.hand_over();
+    }
+
+    /// Two nodes that picked the same cluster IP on their own: the first to publish holds it,
+    /// the other's Service is refused (and its node then sees the winner's). Pods and Node
+    /// objects of each node reach the other; a Service that goes releases its claims.
+    #[tokio::test]
+    async fn claims_are_exclusive_and_objects_reach_the_other_node() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let mut a = node(&etcd, "a", "web", "10.96.0.10", "10.244.1.2");
+        let mut b = node(&etcd, "b", "api", "10.96.0.10", "10.244.2.2");
+        a.keepalive().await.unwrap();
+        b.keepalive().await.unwrap();
+        a.publish().await.unwrap();
+        b.publish().await.unwrap();
+        assert!(a.refused.is_empty());
+        let why = &b.refused["default/api"];
+        assert!(why.contains("clusterips/10.96.0.10 is held by default/web@a"), "{why}");
+
+        refresh(&mut b).await;
+        let remote = b.store.remote();
+        assert_eq!(remote.services.keys().collect::<Vec<_>>(), [&("default".to_string(), "web".to_string())]);
+        assert_eq!(remote.pods.len(), 1);
+        assert_eq!(remote.pods[0].status.as_ref().unwrap().pod_ip.as_deref(), Some("10.244.1.2"));
+        assert_eq!(remote.pods[0].spec.as_ref().unwrap().node_name.as_deref(), Some("a"));
+        assert_eq!(remote.nodes[0]["metadata"]["name"], "a");
+        assert!(remote.nodes[0]["status"]["conditions"][0]["lastHeartbeatTime"].is_string());
+
+        // b moves to another address: now it publishes.
+        let key = ("default".to_string(), "api".to_string());
+        b.store.set_service_views(Views {
+            services: BTreeMap::from([(key, service("api", "10.96.0.11"))]),
+            ..Default::default()
+        });
+        b.publish().await.unwrap();
+        assert!(b.refused.is_empty());
+        refresh(&mut a).await;
+        assert!(a.store.remote().services.contains_key(&("default".to_string(), "api".to_string())));
+
+        // a's Service goes: its object and claim go with it, so b can take the address.
+        a.store.set_desired_services(BTreeMap::new(), BTreeMap::new());
+        a.store.set_service_views(Views::default());
+        a.publish().await.unwrap();
+        let (kvs, _) = etcd.client().range("/t/registry/clusterips/", true).await.unwrap();
+        let claims: Vec<String> = kvs.iter().map(|kv| kv.key.clone()).collect();
+        assert_eq!(claims, ["/t/registry/clusterips/10.96.0.11"]);
+        refresh(&mut b).await;
+        assert!(b.store.remote().services.is_empty());
+    }
+}

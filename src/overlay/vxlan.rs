@@ -569,15 +569,56 @@ mod tests {
         );
         let calls = fake.calls();
         assert_eq!(
-            &calls[2..6],
+            &calls[2..7],
             [
                 "ip link add skiff.1 type vxlan id 1 local 192.168.77.1 dev eth0 dstport 8472 nolearning",
                 "ip link set dev skiff.1 mtu 1450",
+                "ip -4 -o addr show dev skiff.1",
                 "ip addr replace 10.244.1.0/32 dev skiff.1",
                 "ip link set dev skiff.1 up",
             ]
         );
-        assert_eq!(calls[6], "ethtool -K skiff.1 tx-checksum-ip-generic off");
+        assert_eq!(calls[7], "ethtool -K skiff.1 tx-checksum-ip-generic off");
+    }
+
+    #[test]
+    fn vtep_address_moves_and_installed_entries_are_parsed() {
+        let fake = FakeRunner {
+            script: vec![
+                (
+                    "ip -4 -o addr show dev skiff.1".into(),
+                    Ok("5: skiff.1    inet 10.244.7.0/32 scope global skiff.1\\       valid_lft forever preferred_lft forever\n".into()),
+                ),
+                (
+                    "ip -4 -o route show dev skiff.1".into(),
+                    Ok("10.244.2.0/24 via 10.244.2.0 onlink \n10.244.3.0/24 via 10.244.3.0 onlink \n".into()),
+                ),
+                (
+                    "ip -4 neigh show dev skiff.1".into(),
+                    Ok("10.244.2.0 lladdr 02:00:00:00:00:02 PERMANENT\n".into()),
+                ),
+                (
+                    "bridge fdb show dev skiff.1".into(),
+                    Ok("02:00:00:00:00:02 dst 192.168.77.2 self permanent\n6e:0b:1f:aa:bb:cc vlan 1 master br0 permanent\n".into()),
+                ),
+            ],
+            ..Default::default()
+        };
+        set_vtep_address(&fake, "skiff.1", net("10.244.1.0/24")).unwrap();
+        assert_eq!(
+            fake.calls()[1..],
+            [
+                "ip addr del 10.244.7.0/32 dev skiff.1",
+                "ip addr replace 10.244.1.0/32 dev skiff.1"
+            ]
+        );
+        let got = installed(&fake, "skiff.1").unwrap();
+        assert_eq!(got.routes, ["10.244.2.0/24", "10.244.3.0/24"]);
+        assert_eq!(got.neighbours, ["10.244.2.0"]);
+        assert_eq!(
+            got.fdb,
+            [("02:00:00:00:00:02".to_string(), "192.168.77.2".to_string())]
+        );
     }
 
     #[test]
@@ -611,7 +652,7 @@ mod tests {
     #[test]
     fn peer_entries_and_idempotent_removal() {
         let peer = Peer {
-            subnet: Some(net("10.244.2.0/24")),
+            subnet: net("10.244.2.0/24"),
             public_ip: Ipv4Addr::new(192, 168, 77, 2),
             vtep_mac: "02:00:00:00:00:02".into(),
         };
@@ -822,12 +863,12 @@ mod tests {
             assert_eq!((va.mtu, vb.mtu), (1450, 1450));
 
             let to_b = Peer {
-                subnet: Some(sb),
+                subnet: sb,
                 public_ip: pb,
                 vtep_mac: vb.mac.clone(),
             };
             let to_a = Peer {
-                subnet: Some(sa),
+                subnet: sa,
                 public_ip: pa,
                 vtep_mac: va.mac.clone(),
             };

@@ -496,3 +496,116 @@ fn pod_settled(p: &Pod) -> bool {
             Some("Succeeded") | Some("Failed")
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, ServicePort as KPort, ServiceSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::proxy::{FakeConntrack, FakeIptables, RuleConfig};
+    use crate::store::Remote;
+
+    fn service(name: &str, ip: Option<&str>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: ip.map(String::from),
+                selector: Some(BTreeMap::from([("app".into(), "web".into())])),
+                ports: Some(vec![KPort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn remote_pod(name: &str, ip: &str, node: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                labels: Some(BTreeMap::from([("app".into(), "web".into())])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn cluster_ip_of(store: &Store, name: &str) -> String {
+        store
+            .services(None)
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.spec?.cluster_ip)
+            .unwrap_or_else(|| panic!("no view of {name}"))
+    }
+
+    /// Another node's Service keeps the address it claimed cluster-wide; a local Service that
+    /// had picked the same one on its own moves; endpoints come from every node's pods.
+    #[test]
+    fn remote_services_keep_their_claims_and_local_ones_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::new("a"));
+        let alloc = Allocator::load(&dir.path().join("a.json"), "10.96.0.0/24".parse().unwrap(), (30000, 30010));
+        let proxier = Proxier::new(FakeIptables::default(), FakeConntrack::default(), RuleConfig::default());
+        let mut ctl = Controller::new(store.clone(), alloc, proxier);
+        let key = |n: &str| ("default".to_string(), n.to_string());
+        store.set_desired_services(BTreeMap::from([(key("mine"), service("mine", None))]), BTreeMap::new());
+        ctl.reconcile();
+        let picked = cluster_ip_of(&store, "mine");
+
+        store.set_remote(Remote {
+            services: BTreeMap::from([(key("theirs"), service("theirs", Some(&picked)))]),
+            pods: vec![remote_pod("web-b", "10.244.2.5", "b")],
+            nodes: Vec::new(),
+        });
+        ctl.reconcile();
+        assert_eq!(cluster_ip_of(&store, "theirs"), picked);
+        let moved = cluster_ip_of(&store, "mine");
+        assert_ne!(moved, picked, "the local Service must give up the claimed address");
+        let eps = store.endpoints(None);
+        let theirs = eps.iter().find(|e| e.metadata.name.as_deref() == Some("theirs")).unwrap();
+        let addrs: Vec<&str> = theirs
+            .subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .map(|a| a.ip.as_str())
+            .collect();
+        assert_eq!(addrs, ["10.244.2.5"]);
+        assert_eq!(
+            theirs.subsets.as_ref().unwrap()[0].addresses.as_ref().unwrap()[0].node_name.as_deref(),
+            Some("b")
+        );
+
+        // A local Service of the same name as a remote one wins on this node.
+        store.set_desired_services(
+            BTreeMap::from([(key("mine"), service("mine", None)), (key("theirs"), service("theirs", Some("10.96.0.77")))]),
+            BTreeMap::new(),
+        );
+        ctl.reconcile();
+        assert_eq!(cluster_ip_of(&store, "theirs"), "10.96.0.77");
+    }
+}
