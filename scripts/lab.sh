@@ -4,12 +4,14 @@
 # its own, with one etcd on that underlay. Nothing touches the real host network.
 #
 # Usage: sudo scripts/lab.sh COMMAND [--name NAME] [options]
-#   up N [--ttl S] [--cluster-cidr CIDR] [--bin DIR] [--image DIR] [--flags "..."] [--no-overlay] [--demo]
+#   up N [--ttl S] [--cluster-cidr CIDR] [--bin DIR] [--image DIR] [--flags "..."] [--no-overlay] [--demo] [--direct-routing]
 #       builds hosts h1..hN, starts etcd, then every skiffd at the same time, imports the test
 #       image into each and prints how to reach them. --ttl is skiffd's --subnet-lease-ttl
 #       (default 60); --flags are extra skiffd flags for every host (e.g. --vxlan-tx-checksum-off);
 #       --no-overlay runs the skiffds without etcd (independent single nodes, to debug the lab);
-#       --demo puts the demo manifests on the hosts (as `demo` below).
+#       --demo puts the demo manifests on the hosts (as `demo` below); --direct-routing writes
+#       the network config with the vxlan backend's DirectRouting on (hosts share one L2
+#       underlay, so peers get plain routes instead of VXLAN).
 #   down                  stops the pods, every skiffd and etcd, removes every netns and directory
 #                         of the lab; idempotent. Leftovers skiff should have removed are reported
 #                         as BUG (and removed); the exit status is then 1.
@@ -57,7 +59,7 @@ ETCD_PREFIX=/skiff
 cmd=$1
 shift
 name=skiff-lab
-ttl=60 cidr=10.244.0.0/16 bin=${SKIFF_BIN:-} image= flags= overlay=1 demo=0 wait=1 start=1
+ttl=60 cidr=10.244.0.0/16 bin=${SKIFF_BIN:-} image= flags= overlay=1 demo=0 wait=1 start=1 direct=0
 args=()
 while (($#)); do
     case $1 in
@@ -69,6 +71,7 @@ while (($#)); do
         --flags) flags=${2?--flags needs a value}; shift ;;
         --no-overlay) overlay=0 ;;
         --demo) demo=1 ;;
+        --direct-routing) direct=1 ;;
         --no-wait) wait=0 ;;
         --no-start) start=0 ;;
         -h | --help) usage; exit 0 ;;
@@ -193,6 +196,14 @@ make_underlay() {
 
 etcd_healthy() {
     nsenter --net="/run/netns/$UNDERLAY" curl -sf -m 1 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"'
+}
+
+# Puts KEY=VALUE into the lab's etcd through its JSON gateway.
+etcd_put() {
+    local body
+    body=$(printf '{"key":"%s","value":"%s"}' "$(printf %s "$1" | base64 -w0)" "$(printf %s "$2" | base64 -w0)")
+    nsenter --net="/run/netns/$UNDERLAY" curl -sf -m 5 -X POST "$ETCD_URL/v3/kv/put" -d "$body" >/dev/null ||
+        die "writing $1 to etcd failed"
 }
 
 start_etcd() {
@@ -428,7 +439,14 @@ cmd_up() {
     save_state
     say "lab $name: underlay netns $UNDERLAY (br0 $ETCD_IP/24)"
     make_underlay
-    if ((overlay)); then start_etcd; fi
+    if ((overlay)); then
+        start_etcd
+        if ((direct)); then
+            etcd_put "$ETCD_PREFIX/network/config" \
+                "{\"Network\":\"$cidr\",\"Backend\":{\"Type\":\"vxlan\",\"DirectRouting\":true}}"
+            say "network config: DirectRouting on"
+        fi
+    fi
     for ((i = 1; i <= n; i++)); do make_host "h$i"; done
     say "starting $n skiffd at once (lease TTL ${ttl}s, cluster CIDR $cidr)"
     for ((i = 1; i <= n; i++)); do launch_skiffd "h$i"; done

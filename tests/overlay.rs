@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{IMAGE, bin, ensure_cni_plugins, require_root, test_image};
+use common::{IMAGE, bin, ensure_cni_plugins, in_netns, require_root, test_image};
 use serde_json::Value;
 
 /// The underlay address of host `hI` as lab.sh assigns it.
@@ -985,5 +985,73 @@ fn racing_nodes_never_get_the_same_subnet() {
         );
     }
     lab.wait_meshed(&hosts, Duration::from_secs(20));
+    lab.down_checked();
+}
+
+/// A pod whose httpd answers /cgi-bin/ip with the client's address as it arrives.
+fn whoami_pod(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: {IMAGE}
+    imagePullPolicy: Never
+    command: [sh, -c, "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod 755 /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www"]
+"#
+    )
+}
+
+/// DirectRouting (hosts on one L2 underlay): peers get a plain route via their PublicIP and no
+/// VXLAN entries, pods still reach each other. Across hosts a pod sees the other pod's own
+/// address (no masquerade inside the cluster network), while traffic that leaves the cluster
+/// network is masqueraded to the host's address.
+#[test]
+fn direct_routing_and_masquerade_only_out_of_the_cluster() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up(2, &["--direct-routing"]);
+    let s2 = lab.wait_subnet("h2");
+    lab.wait_subnet("h1");
+    let route = lab.wait_for("h1: a plain route to h2's subnet", Duration::from_secs(20), || {
+        lab.netlink_json("ip", "h1", &["route", "show", &s2])
+            .into_iter()
+            .find(|r| r["gateway"] == host_ip("h2").to_string().as_str())
+    });
+    assert_eq!(route["dev"], "eth0", "{route}");
+    assert_eq!(lab.peer_state("h1", &s2, host_ip("h2")), (false, false, false), "no VXLAN entries for a direct peer");
+
+    for h in ["h1", "h2"] {
+        lab.write_manifest(h, "who.yaml", &whoami_pod("who"));
+    }
+    let ip1 = lab.wait_running("h1", "who");
+    let ip2 = lab.wait_running("h2", "who");
+    let seen = lab.wait_for("h1's pod asks h2's pod who it is", Duration::from_secs(15), || {
+        lab.get_from_pod("h1", "who", &format!("http://{ip2}:8080/cgi-bin/ip"))
+    });
+    // busybox httpd listens on IPv6 and shows an IPv4 client as [::ffff:a.b.c.d].
+    let seen = seen.trim_start_matches("[::ffff:").trim_end_matches(']');
+    assert_eq!(seen, ip1.to_string(), "pod-to-pod across hosts keeps the source address");
+
+    // Leaving the cluster network: a listener in the underlay's netns sees h1's address.
+    let underlay = PathBuf::from("/run/netns").join(format!("{}-underlay", lab.name));
+    let listener = std::thread::spawn(move || {
+        in_netns(&underlay, || {
+            let l = std::net::TcpListener::bind("10.77.0.1:9099").expect("bind in the underlay");
+            let (mut s, peer) = l.accept().expect("accept");
+            let _ = std::io::Write::write_all(&mut s, format!("HTTP/1.0 200 OK\r\n\r\n{}\n", peer.ip()).as_bytes());
+            peer.ip()
+        })
+    });
+    let seen = lab.wait_for("h1's pod reaches the underlay", Duration::from_secs(15), || {
+        lab.get_from_pod("h1", "who", "http://10.77.0.1:9099/")
+    });
+    assert_eq!(seen, host_ip("h1").to_string(), "traffic leaving the cluster is masqueraded");
+    assert_eq!(listener.join().unwrap().to_string(), host_ip("h1").to_string());
     lab.down_checked();
 }

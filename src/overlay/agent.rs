@@ -296,6 +296,11 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
+                    // Rules someone flushed come back (flannel re-checks its rules too).
+                    let (network, subnet) = (self.cfg.network, self.lease.subnet);
+                    if let Err(e) = crate::runtime::blocking(|| masquerade(&network, &subnet)) {
+                        warn!(error = %e, "installing the overlay's masquerade rules");
+                    }
                     match etcd::renew(&self.client, &self.lease).await {
                         Ok(()) => self.healthy(),
                         Err(EtcdError::LeaseGone(id)) => {
@@ -560,10 +565,11 @@ fn write_subnet_file(path: &Path, j: &Joined) -> Result<(), OverlayError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// The chain holding the overlay's masquerade rules (flannel's `FLANNEL-POSTRTG`).
-pub const MASQ_CHAIN: &str = "SKIFF-OVERLAY-MASQ";
+/// The chain holding the overlay's masquerade rules (flannel's `FLANNEL-POSTRTG`). Not under
+/// the service proxy's `SKIFF-` prefix: the proxy removes every such chain it does not own.
+pub const MASQ_CHAIN: &str = "SKIFFNET-POSTRTG";
 /// The chain accepting forwarded cluster traffic (flannel's `FLANNEL-FWD`).
-pub const FWD_CHAIN: &str = "SKIFF-OVERLAY-FWD";
+pub const FWD_CHAIN: &str = "SKIFFNET-FWD";
 
 /// The iptables-restore text of the overlay's rules: pod traffic inside the cluster keeps its
 /// source address, pod traffic leaving it is masqueraded, and traffic from outside the cluster
