@@ -1275,12 +1275,10 @@ fn every_example_runs() {
     let _ = std::fs::remove_dir_all("/tmp/skiff-examples");
 }
 
-/// Known gap: libcontainer 0.7's tenant builder (used by `skiff exec`) rebuilds
-/// `linux` with namespaces and cgroups only, so an exec'd process runs without
-/// the container's seccomp profile (runc applies it). Ignored until
-/// libcontainer carries `linux.seccomp` over to tenants.
+/// An exec'd process runs under the container's seccomp profile (libcontainer 0.7's tenant
+/// builder drops `linux.seccomp`; skiff's supervisor loads it itself), and a container
+/// without one gives its exec'd processes none.
 #[test]
-#[ignore = "libcontainer's tenant builder drops linux.seccomp"]
 fn exec_processes_get_the_containers_seccomp_profile() {
     if !require_root() {
         return;
@@ -1303,5 +1301,14 @@ fn exec_processes_get_the_containers_seccomp_profile() {
     let (code, _, err) = exec(&node, "sc", None, "unshare -n true");
     assert_ne!(code, 0, "unshare allowed in an exec");
     assert!(err.contains("Operation not permitted"), "{err}");
+    // Without a profile: no filter, and with SYS_ADMIN unshare works.
+    node.write_manifest(
+        "free.yaml",
+        &pod_with("free", "exec sleep 100000", "securityContext: {capabilities: {add: [SYS_ADMIN]}, seccompProfile: {type: Unconfined}}", ""),
+    );
+    running(&node, "free");
+    assert_eq!(exec_ok(&node, "free", None, "grep Seccomp: /proc/self/status"), "Seccomp:\t0\n");
+    let (code, _, err) = exec(&node, "free", None, "unshare -n true");
+    assert_eq!(code, 0, "{err}");
     remove_all_and_check_leftovers(&node);
 }

@@ -12,6 +12,7 @@
 
 pub mod crilog;
 pub mod etc_files;
+pub mod exec_seccomp;
 pub mod network;
 pub mod pidfd;
 pub mod process;

@@ -572,8 +572,19 @@ fn exec(opts: &Opts, argv: Vec<String>) -> i32 {
     // as with runc and the kubelet (a runAsUser container must not hand out
     // root shells).
     let user = exec_identity(opts);
-    let result = builder
-        .as_tenant()
+    // The container's seccomp filter applies to exec'd processes too (libcontainer's tenant
+    // path drops it); loading it needs no_new_privs.
+    let executor = super::exec_seccomp::SeccompExecutor::new(super::exec_seccomp::of_container(
+        &opts.runtime_root,
+        &opts.id,
+    ));
+    let filtered = executor.has_filter();
+    let builder = builder.with_executor(executor);
+    let mut tenant = builder.as_tenant();
+    if filtered {
+        tenant = tenant.with_no_new_privs(true);
+    }
+    let result = tenant
         .with_detach(false)
         .with_user(Some(user.uid))
         .with_group(Some(user.gid))
