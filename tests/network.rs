@@ -282,8 +282,10 @@ fn ip_exhaustion_is_a_clear_pod_error_and_heals() {
     assert_eq!(pod_ip(&a), ipv4("10.99.0.2"));
     node.write_manifest("b.yaml", &pod_yaml("b", "sleep 3600"));
     let describe = node.wait_for("FailedCreatePodSandBox on b", Duration::from_secs(20), || {
-        let d = node.skiff_ok(&["describe", "pod", "b"]);
-        d.contains("FailedCreatePodSandBox").then_some(d)
+        // Until skiffd has read b.yaml, b is not found: poll.
+        let out = node.skiff(&["describe", "pod", "b"]);
+        let d = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && d.contains("FailedCreatePodSandBox")).then_some(d)
     });
     assert!(describe.contains("10.99.0.0/30"), "the event must name the exhausted range:\n{describe}");
     let b = node.pod("b").unwrap();
