@@ -2,15 +2,17 @@
 //!
 //! For 1k, 5k and 10k ClusterIP Services with 4 endpoints each, in
 //! throwaway network namespaces, prints side by side: skiff's full sync
-//! (generation + iptables-save + one iptables-restore), a raw
-//! `iptables-restore --noflush` of the very same text in a fresh namespace
-//! (the floor), and at the largest size the time from changing one endpoint
-//! to `sync()` returning with the rule in the kernel (partial sync). Also the
+//! (generation + iptables-save + the restores: one on legacy, several on
+//! iptables-nft), raw `iptables-restore --noflush` runs of the very same
+//! texts in a fresh namespace (the floor), and the time from changing one
+//! endpoint to `sync()` returning with the rule in the kernel (partial
+//! sync; median of 7, spread printed for the largest size). Also the
 //! generator's heap for the largest size, measured by a counting allocator.
 //!
 //! Sizes can be overridden: `SKIFF_BENCH_SIZES=1000,2000`; the binaries
 //! with `SKIFF_BENCH_IPTABLES=legacy` or `=nft` (default: whatever
-//! `iptables-restore` is on PATH).
+//! `iptables-restore` is on PATH); the full sync's chunking with
+//! `SKIFF_BENCH_CHAINS_PER_RESTORE=N` (0: one restore).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
@@ -101,19 +103,23 @@ impl Drop for Netns {
     }
 }
 
-/// Passes through to a real backend and keeps the last restore text.
+/// Passes through to a real backend and keeps the restore texts (a full
+/// sync on iptables-nft is several restores).
 struct Recording<I> {
     inner: I,
-    last: String,
+    texts: Vec<String>,
 }
 
 impl<I: Iptables> Iptables for Recording<I> {
     fn restore(&mut self, text: &str) -> Result<(), IptablesError> {
-        self.last = text.to_string();
+        self.texts.push(text.to_string());
         self.inner.restore(text)
     }
     fn save(&mut self, table: &str) -> Result<String, IptablesError> {
         self.inner.save(table)
+    }
+    fn chains_per_restore(&self) -> Option<usize> {
+        self.inner.chains_per_restore()
     }
 }
 
@@ -146,42 +152,76 @@ fn config() -> RuleConfig {
     }
 }
 
-/// (restore, save) binaries chosen by `SKIFF_BENCH_IPTABLES`.
-fn binaries() -> (&'static str, &'static str) {
+/// (restore, save, iptables) binaries chosen by `SKIFF_BENCH_IPTABLES`.
+fn binaries() -> (&'static str, &'static str, &'static str) {
     match std::env::var("SKIFF_BENCH_IPTABLES").as_deref() {
-        Ok("legacy") => ("iptables-legacy-restore", "iptables-legacy-save"),
-        Ok("nft") => ("iptables-nft-restore", "iptables-nft-save"),
-        _ => ("iptables-restore", "iptables-save"),
+        Ok("legacy") => (
+            "iptables-legacy-restore",
+            "iptables-legacy-save",
+            "iptables-legacy",
+        ),
+        Ok("nft") => ("iptables-nft-restore", "iptables-nft-save", "iptables-nft"),
+        _ => ("iptables-restore", "iptables-save", "iptables"),
     }
 }
 
+/// `SKIFF_BENCH_CHAINS_PER_RESTORE=N` (0: no limit) overrides the backend's
+/// default chunking of full syncs.
 fn real(netns: &str) -> RealIptables {
-    let (restore, save) = binaries();
-    RealIptables::in_netns(netns).with_commands(restore, save)
+    let (restore, save, _) = binaries();
+    let ipt = RealIptables::in_netns(netns).with_commands(restore, save);
+    match std::env::var("SKIFF_BENCH_CHAINS_PER_RESTORE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(0) => ipt.with_chains_per_restore(None),
+        Some(n) => ipt.with_chains_per_restore(Some(n)),
+        None => ipt,
+    }
 }
 
-fn raw_restore(netns: &str, text: &str) -> Duration {
+/// Runs the texts one after the other, each with its own
+/// `iptables-restore --noflush`, as skiff did; the total wall time.
+fn raw_restore(netns: &str, texts: &[String]) -> Duration {
     let start = Instant::now();
-    let mut child = Command::new("nsenter")
+    for text in texts {
+        let mut child = Command::new("nsenter")
+            .args([
+                &format!("--net={netns}"),
+                binaries().0,
+                "--noflush",
+                "--wait",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("iptables-restore");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let st = child.wait().unwrap();
+        assert!(st.success(), "raw iptables-restore failed");
+    }
+    start.elapsed()
+}
+
+/// `iptables -t nat -S chain` in the namespace (one chain: cheap at any size).
+fn list_chain(netns: &str, chain: &str) -> String {
+    let out = Command::new("nsenter")
         .args([
             &format!("--net={netns}"),
-            binaries().0,
-            "--noflush",
-            "--wait",
+            binaries().2,
+            "-w",
+            "-t",
+            "nat",
+            "-S",
+            chain,
         ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("iptables-restore");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let st = child.wait().unwrap();
-    let elapsed = start.elapsed();
-    assert!(st.success(), "raw iptables-restore failed");
-    elapsed
+        .output()
+        .expect("iptables -S");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn ms(d: Duration) -> String {
@@ -198,6 +238,7 @@ fn main() {
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 5000, 10000]);
     let largest = *sizes.iter().max().unwrap_or(&0);
+    let mut partial_report = None;
     let variant = RealIptables::new()
         .with_commands(binaries().0, binaries().1)
         .variant()
@@ -205,17 +246,25 @@ fn main() {
     println!("iptables-restore variant: {variant}; 4 endpoints per Service; times are wall clock");
     println!();
     println!(
-        "{:>8} {:>9} {:>9} {:>14} {:>14} {:>7}",
-        "services", "rules", "MiB text", "skiff full", "raw restore", "ratio"
+        "{:>8} {:>9} {:>9} {:>8} {:>12} {:>12} {:>7} {:>11} {:>11} {:>11}",
+        "services",
+        "rules",
+        "MiB text",
+        "restores",
+        "skiff full",
+        "raw restore",
+        "ratio",
+        "1-endpoint",
+        "raw same",
+        "resync"
     );
 
-    let mut partial_report = None;
     for &n in &sizes {
         let skiff_ns = Netns::new();
         let mut p = Proxier::new(
             Recording {
                 inner: real(&skiff_ns.path()),
-                last: String::new(),
+                texts: Vec::new(),
             },
             FakeConntrack::default(),
             config(),
@@ -226,48 +275,82 @@ fn main() {
         }
         p.sync().expect("full sync");
         let full = start.elapsed();
-        let text = std::mem::take(&mut p.iptables().last);
-        let rules = text
-            .lines()
-            .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
-            .count();
+        let texts = std::mem::take(&mut p.iptables().texts);
+        let rules: usize = texts
+            .iter()
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+                    .count()
+            })
+            .sum();
+        let bytes: usize = texts.iter().map(|t| t.len()).sum();
 
         let raw_ns = Netns::new();
-        let raw = raw_restore(&raw_ns.path(), &text);
+        let raw = raw_restore(&raw_ns.path(), &texts);
         drop(raw_ns);
+        let restores = texts.len();
+        drop(texts);
+
+        // One endpoint of one Service changes; time until sync() returns
+        // with the rule in the kernel.
+        let mut times = Vec::new();
+        let mut raw_partial = Vec::new();
+        for round in 1..=7u32 {
+            let i = (round as usize * 997) % n;
+            let mut eps = endpoints(i, 0);
+            eps[3] = endpoints(i, round)[3];
+            let start = Instant::now();
+            p.update(service(i), eps.clone());
+            let stats = p.sync().expect("partial sync");
+            times.push(start.elapsed());
+            assert!(!stats.full);
+            let sp = service(i);
+            let sep = skiff::proxy::chains::endpoint_chain(&sp.key, sp.protocol, &eps[3]);
+            let in_kernel = || {
+                list_chain(&skiff_ns.path(), &sep)
+                    .contains(&format!("--to-destination {}:8080", eps[3].ip))
+            };
+            assert!(in_kernel(), "changed endpoint is in the kernel");
+            // The floor: the same text restored raw in the same namespace
+            // (after skiff undid it), i.e. the kernel's and iptables-restore's
+            // cost of that commit at this size.
+            let forward = p.iptables().texts.pop().expect("a partial restore");
+            p.update(service(i), endpoints(i, 0));
+            p.sync().expect("partial sync back");
+            let back = p.iptables().texts.pop().expect("a partial restore back");
+            raw_partial.push(raw_restore(
+                &skiff_ns.path(),
+                std::slice::from_ref(&forward),
+            ));
+            assert!(in_kernel(), "the raw restore applied it too");
+            // Back to the original so every round changes exactly one
+            // endpoint and the kernel matches what skiff applied.
+            raw_restore(&skiff_ns.path(), std::slice::from_ref(&back));
+        }
+        p.iptables().texts.clear();
+        times.sort();
+        // A periodic full resync over the live rules (jumps installed).
+        p.request_full_sync();
+        let start = Instant::now();
+        assert!(p.sync().expect("resync").full);
+        let resync = start.elapsed();
+        p.iptables().texts.clear();
+        raw_partial.sort();
         println!(
-            "{:>8} {:>9} {:>9.1} {:>14} {:>14} {:>6.2}x",
+            "{:>8} {:>9} {:>9.1} {:>8} {:>12} {:>12} {:>6.2}x {:>11} {:>11} {:>11}",
             n,
             rules,
-            text.len() as f64 / 1048576.0,
+            bytes as f64 / 1048576.0,
+            restores,
             ms(full),
             ms(raw),
-            full.as_secs_f64() / raw.as_secs_f64()
+            full.as_secs_f64() / raw.as_secs_f64(),
+            ms(times[times.len() / 2]),
+            ms(raw_partial[raw_partial.len() / 2]),
+            ms(resync),
         );
-        drop(text);
-
         if n == largest {
-            // One endpoint of one Service changes; time until the kernel has it.
-            let mut times = Vec::new();
-            for round in 1..=7u32 {
-                let i = (round as usize * 997) % n;
-                let mut eps = endpoints(i, 0);
-                eps[3] = endpoints(i, round)[3];
-                let start = Instant::now();
-                p.update(service(i), eps.clone());
-                let stats = p.sync().expect("partial sync");
-                times.push(start.elapsed());
-                assert!(!stats.full);
-                let saved = p.iptables().inner.save("nat").unwrap();
-                assert!(
-                    saved.contains(&format!("--to-destination {}:8080", eps[3].ip)),
-                    "changed endpoint is in the kernel"
-                );
-                // Back to the original so every round changes exactly one endpoint.
-                p.update(service(i), endpoints(i, 0));
-                p.sync().expect("partial sync back");
-            }
-            times.sort();
             partial_report = Some((n, times));
         }
     }
@@ -308,5 +391,10 @@ fn main() {
         );
     }
     println!();
+    println!(
+        "1-endpoint: median of 7 one-endpoint changes, sync() until the rule is in the kernel; \
+         raw same: the same restore text run raw in the same namespace; \
+         resync: a periodic full sync over the live rules"
+    );
     println!("targets: full sync <= 1.3x raw restore; one-endpoint change at 10k < 100 ms");
 }

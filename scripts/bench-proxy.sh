@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks the service proxy's iptables sync in throwaway network
 # namespaces (never the host's rules): full sync vs a raw iptables-restore
-# of the same text at 1k/5k/10k Services x 4 endpoints, a one-endpoint
-# change at the largest size, and the generator's memory.
+# of the same texts at 1k/5k/10k Services x 4 endpoints, a one-endpoint
+# change next to a raw restore of the same text, a periodic resync, and the
+# generator's memory.
 #
 #   sudo scripts/bench-proxy.sh                 # 1000,5000,10000
 #   sudo SKIFF_BENCH_SIZES=2000 scripts/bench-proxy.sh
+#   sudo SKIFF_BENCH_IPTABLES=legacy scripts/bench-proxy.sh   # or =nft
 #
 # Needs root, ip(8), nsenter(1) and iptables-restore/-save on PATH (nf_tables
 # or legacy, whichever PATH gives).
@@ -20,6 +22,10 @@ for tool in ip nsenter iptables-restore iptables-save; do
     command -v "$tool" >/dev/null || { echo "bench-proxy.sh: $tool not found" >&2; exit 1; }
 done
 
-echo "iptables: $(iptables-restore --version 2>&1)"
+case "${SKIFF_BENCH_IPTABLES:-}" in
+    legacy|nft) restore="iptables-${SKIFF_BENCH_IPTABLES}-restore" ;;
+    *) restore=iptables-restore ;;
+esac
+echo "iptables: $($restore --version 2>&1)"
 echo "kernel:   $(uname -r), $(nproc) CPUs"
 exec cargo bench --bench proxy_sync

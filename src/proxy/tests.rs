@@ -400,3 +400,124 @@ fn cidr_parsing() {
         "0.0.0.0/0"
     );
 }
+
+#[test]
+fn chunked_full_sync_writes_the_same_chains_service_by_service() {
+    let ports: Vec<(ServicePort, Vec<Endpoint>)> = (0..5u8)
+        .map(|i| {
+            let mut sp = svc(
+                "default",
+                &format!("s{i}"),
+                "",
+                Protocol::Tcp,
+                "10.96.1.1",
+                80,
+            );
+            sp.cluster_ip = Ipv4Addr::new(10, 96, 1, i + 1);
+            if i == 2 {
+                sp.node_port = Some(30000);
+            }
+            let eps = (0..=i)
+                .map(|j| Endpoint::ready(Ipv4Addr::new(10, 244, i, j + 2), 80))
+                .collect();
+            (sp, eps)
+        })
+        .collect();
+    let single = full_text(ports.clone());
+
+    let mut ipt = FakeIptables {
+        chains_per_restore: Some(4),
+        ..FakeIptables::default()
+    };
+    ipt.saved.insert(
+        "nat".into(),
+        "*nat\n:SKIFF-SVC-OLDOLDOLDOLDOLD - [0:0]\nCOMMIT\n".into(),
+    );
+    let mut p = Proxier::new(ipt, FakeConntrack::default(), cfg());
+    p.replace_all(ports);
+    let stats = p.sync().unwrap();
+    assert!(stats.full);
+    let restores = p.iptables().restores.clone();
+    assert!(restores.len() > 2, "split: {restores:#?}");
+
+    let chains_of = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    let (pieces, last) = restores.split_at(restores.len() - 1);
+    let last = &last[0];
+    let mut seen = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        assert!(
+            piece.starts_with("*nat\n") && piece.ends_with("COMMIT\n"),
+            "{piece}"
+        );
+        let chains = chains_of(piece);
+        // A service port's chains are never split, so a piece may exceed
+        // the limit only when one service port alone does.
+        let svcs = chains
+            .iter()
+            .filter(|c| c.starts_with("SKIFF-SVC-"))
+            .count();
+        assert!(chains.len() <= 4 || svcs == 1, "{piece}");
+        assert!(!piece.contains("-X ") && !piece.contains("-I ") && !piece.contains("-D "));
+        assert!(
+            !chains
+                .iter()
+                .any(|c| c == "SKIFF-SERVICES" || c == "SKIFF-NODEPORTS")
+        );
+        if i == 0 {
+            assert!(chains.iter().any(|c| c == "SKIFF-MARK-MASQ"), "{piece}");
+        }
+        // Every jump target in a piece exists by then.
+        for target in piece.lines().filter_map(|l| l.rsplit(" -j ").next()) {
+            if let Some(t) = target.strip_prefix("SKIFF-") {
+                let t = format!("SKIFF-{t}");
+                assert!(
+                    chains.contains(&t) || seen.contains(&t),
+                    "{t} used before it exists in {piece}"
+                );
+            }
+        }
+        for rule in piece.lines().filter(|l| l.starts_with("-A ")) {
+            assert!(single.contains(&format!("{rule}\n")), "{rule}");
+        }
+        seen.extend(chains);
+    }
+    // The last restore: both tables' dispatch chains, jumps and deletions.
+    assert!(last.contains("*filter\n") && last.contains("-I OUTPUT 1 "));
+    assert!(last.contains(":SKIFF-SERVICES - [0:0]\n"));
+    assert!(last.contains("-X SKIFF-SVC-OLDOLDOLDOLDOLD\n"));
+    assert!(!last.contains(":SKIFF-SEP-"), "{last}");
+    // Together they write exactly what the single restore does.
+    let mut all: Vec<String> = restores.iter().flat_map(|t| chains_of(t)).collect();
+    let mut expected = chains_of(&single);
+    expected.push("SKIFF-SVC-OLDOLDOLDOLDOLD".into());
+    all.sort();
+    expected.sort();
+    assert_eq!(all, expected);
+    let rules = |texts: &[String]| -> Vec<String> {
+        let mut r: Vec<String> = texts
+            .iter()
+            .flat_map(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with("-A "))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(rules(&restores), rules(&[single]));
+    assert_eq!(stats.chains_deleted, 1);
+
+    // Small enough for one restore: unchanged behaviour.
+    p.request_full_sync();
+    p.iptables().chains_per_restore = Some(1000);
+    p.iptables().restores.clear();
+    p.sync().unwrap();
+    assert_eq!(p.iptables().restores.len(), 1);
+}
