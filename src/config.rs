@@ -77,6 +77,9 @@ pub struct Flags {
     /// Disk use (percent) image GC frees down to [default: 80].
     #[arg(long)]
     pub image_gc_low_threshold: Option<u8>,
+    /// How often the service proxy checks its rules (kube-proxy's --iptables-sync-period): a flush by someone else is repaired then; everything is rewritten hourly anyway. A duration like 30s, 500ms, 1m [default: 30s].
+    #[arg(long)]
+    pub iptables_sync_period: Option<String>,
     /// etcd client URLs, comma-separated: join the multi-host overlay (VXLAN subnets, shared Services) kept there. Without it everything stays local.
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Option<Vec<String>>,
@@ -150,6 +153,8 @@ pub struct FileConfig {
     pub image_gc_high_threshold: Option<u8>,
     /// Image GC low threshold, percent of disk.
     pub image_gc_low_threshold: Option<u8>,
+    /// Service proxy check period (duration).
+    pub iptables_sync_period: Option<String>,
     /// etcd client URLs.
     pub etcd_endpoints: Option<Vec<String>>,
     /// Key prefix in etcd.
@@ -196,6 +201,30 @@ pub struct Config {
     pub image_gc_low_threshold: u8,
     /// The overlay, when `--etcd-endpoints` is given.
     pub etcd: Option<EtcdConfig>,
+    pub iptables_sync_period: Duration,
+}
+
+/// A duration as Kubernetes components take them: `500ms`, `30s`, `1m`, `1h`, or bare seconds.
+pub fn parse_duration(flag: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::Invalid {
+        flag,
+        message: format!("{s:?}: expected a duration like 500ms, 30s, 1m"),
+    };
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Multi-host settings.
@@ -311,7 +340,16 @@ impl Config {
             })?;
             Some(cfg)
         };
+        let iptables_sync_period = parse_duration(
+            "--iptables-sync-period",
+            flags
+                .iptables_sync_period
+                .or(file.iptables_sync_period)
+                .as_deref()
+                .unwrap_or("30s"),
+        )?;
         Ok(Config {
+            iptables_sync_period,
             etcd,
             image_credential_config,
             registries_config: flags
@@ -468,6 +506,43 @@ fn default_shim_path() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The documented example config (scripts/skiff.yaml, every key) loads as is.
+    #[test]
+    fn the_example_config_file_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/skiff.yaml");
+        let c = Config::load(Flags::parse_from(["skiffd", "--config", path])).unwrap();
+        assert_eq!(c.iptables_sync_period, Duration::from_secs(30));
+        assert!(c.etcd.is_none());
+    }
+
+    #[test]
+    fn durations_and_etcd_settings() {
+        let d = |s| parse_duration("--x", s);
+        assert_eq!(d("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(d("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(d("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(d("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(d("7").unwrap(), Duration::from_secs(7));
+        for bad in ["", "0s", "-1s", "5x", "s"] {
+            assert!(d(bad).is_err(), "{bad:?}");
+        }
+        let load = |args: &[&str]| Config::load(Flags::parse_from([&["skiffd"], args].concat()));
+        let c = load(&[]).unwrap();
+        assert!(c.etcd.is_none());
+        assert_eq!(c.iptables_sync_period, Duration::from_secs(30));
+        let c = load(&["--etcd-endpoints", "http://10.0.0.1:2379,http://10.0.0.2:2379", "--etcd-prefix", "/lab/", "--subnet-lease-ttl", "5"]).unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(e.endpoints.len(), 2);
+        assert_eq!(e.prefix, "/lab");
+        assert_eq!(e.subnet_lease_ttl, Duration::from_secs(5));
+        let err = load(&["--etcd-endpoints", "http://a:1/x"]).unwrap_err().to_string();
+        assert!(err.contains("--etcd-endpoints"), "{err}");
+        let err = load(&["--etcd-endpoints", "http://a:1", "--etcd-prefix", "skiff"]).unwrap_err().to_string();
+        assert!(err.contains("--etcd-prefix"), "{err}");
+        let err = load(&["--etcd-endpoints", "https://a:1", "--etcd-certfile", "/c.pem"]).unwrap_err().to_string();
+        assert!(err.contains("--etcd-keyfile"), "{err}");
+    }
 
     #[test]
     fn flags_override_file_and_defaults_apply() {

@@ -131,7 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let services = tokio::spawn(crate::service::run(
         crate::service::Controller::new(store.clone(), alloc, proxier),
-        std::time::Duration::from_secs(30),
+        config.iptables_sync_period,
         config.cleanup_iptables_on_exit,
         stopped(stop_rx.clone()),
     ));

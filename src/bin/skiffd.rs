@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
             tracing::info!(removed = %what, "removed the overlay's state");
         }
         let mut ipt = skiff::proxy::RealIptables::new();
+        let _ = skiff::proxy::remove_canary(&mut ipt);
         return match skiff::proxy::cleanup(&mut ipt) {
             Ok(()) => {
                 tracing::info!("removed every iptables rule skiff installed");

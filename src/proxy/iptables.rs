@@ -47,6 +47,14 @@ pub trait Iptables {
     fn chains_per_restore(&self) -> Option<usize> {
         None
     }
+    /// Whether `chain` exists in `table`; the real backend lists only that chain, so this stays
+    /// cheap however many rules the other tables hold.
+    fn has_chain(&mut self, table: &str, chain: &str) -> bool {
+        self.save(table).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.strip_prefix(':').and_then(|d| d.split_whitespace().next()) == Some(chain))
+        })
+    }
 }
 
 impl<T: Iptables + ?Sized> Iptables for &mut T {
@@ -55,6 +63,9 @@ impl<T: Iptables + ?Sized> Iptables for &mut T {
     }
     fn save(&mut self, table: &str) -> Result<String, IptablesError> {
         (**self).save(table)
+    }
+    fn has_chain(&mut self, table: &str, chain: &str) -> bool {
+        (**self).has_chain(table, chain)
     }
     fn chains_per_restore(&self) -> Option<usize> {
         (**self).chains_per_restore()
@@ -212,6 +223,12 @@ impl Iptables for RealIptables {
 
     fn save(&mut self, table: &str) -> Result<String, IptablesError> {
         self.run(&self.save_cmd, &["-t", table], None)
+    }
+
+    fn has_chain(&mut self, table: &str, chain: &str) -> bool {
+        // `iptables-restore` -> `iptables`, `iptables-legacy-restore` -> `iptables-legacy`.
+        let list = self.restore_cmd.replace("-restore", "");
+        self.run(&list, &["-w", "-t", table, "-n", "-L", chain], None).is_ok()
     }
 
     fn chains_per_restore(&self) -> Option<usize> {

@@ -21,5 +21,28 @@ pub use proxier::{Proxier, ProxyError, SyncStats, cleanup};
 pub use rules::{RuleConfig, service_port_rules};
 pub use types::{Endpoint, Ipv4Cidr, Protocol, ServicePort, ServicePortKey};
 
+/// An empty chain in the small mangle table that skiff creates with every full sync. When it is
+/// gone, someone flushed the tables (a firewall reload, `iptables -F`): resync everything at
+/// once instead of waiting for the next periodic full sync (kube-proxy's canary chains).
+pub const CANARY: &str = "SKIFF-PROXY-CANARY";
+
+/// Creates (or keeps) the canary chain.
+pub fn ensure_canary(ipt: &mut impl Iptables) -> Result<(), IptablesError> {
+    ipt.restore(&format!("*mangle\n:{CANARY} - [0:0]\nCOMMIT\n"))
+}
+
+/// Whether the canary chain is still there.
+pub fn canary_present(ipt: &mut impl Iptables) -> bool {
+    ipt.has_chain("mangle", CANARY)
+}
+
+/// Removes the canary chain (cleanup); absent is fine.
+pub fn remove_canary(ipt: &mut impl Iptables) -> Result<(), IptablesError> {
+    if !canary_present(ipt) {
+        return Ok(());
+    }
+    ipt.restore(&format!("*mangle\n-X {CANARY}\nCOMMIT\n"))
+}
+
 #[cfg(test)]
 mod tests;

@@ -45,7 +45,13 @@ pub struct Controller<I: Iptables, C: Conntrack> {
     /// Publish Services and Endpoints but leave the kernel's rules alone
     /// (the warm-up after a start, see [`run`]).
     hold_rules: bool,
+    /// When the rules were last written in full.
+    last_full_sync: std::time::Instant,
 }
+
+/// How often everything is rewritten even when nothing seems to have changed (kube-proxy's
+/// full-sync period); a flush someone else did is caught sooner by the canary chain.
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 fn protocol(p: &str) -> Protocol {
     match p {
@@ -86,11 +92,23 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             first_seen: HashMap::new(),
             synced_once: false,
             hold_rules: false,
+            last_full_sync: std::time::Instant::now(),
         }
     }
 
     pub fn request_full_sync(&mut self) {
         self.proxier.request_full_sync();
+    }
+
+    /// The periodic check: a full sync when the canary chain is gone (the tables were flushed)
+    /// or [`FULL_SYNC_PERIOD`] has passed; otherwise the next reconcile writes only changes.
+    pub fn periodic(&mut self) {
+        if !proxy::canary_present(self.proxier.iptables()) {
+            warn!("the proxy's canary chain is gone (tables flushed?); rewriting every service rule");
+            self.proxier.request_full_sync();
+        } else if self.last_full_sync.elapsed() >= FULL_SYNC_PERIOD {
+            self.proxier.request_full_sync();
+        }
     }
 
     /// Recomputes everything from the store and programs the proxy.
@@ -183,6 +201,12 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                 if !self.synced_once {
                     self.synced_once = true;
                     info!(?stats, "service rules programmed");
+                }
+                if stats.full {
+                    self.last_full_sync = std::time::Instant::now();
+                    if let Err(e) = proxy::ensure_canary(self.proxier.iptables()) {
+                        warn!(error = %e, "creating the proxy's canary chain");
+                    }
                 }
             }
             Err(e) => warn!(error = %e, "programming service rules"),
@@ -409,7 +433,11 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
 
     /// Removes every rule skiff installed (`--cleanup-iptables`, orderly shutdown).
     pub fn cleanup(&mut self) -> Result<(), proxy::ProxyError> {
-        self.proxier.cleanup()
+        self.proxier.cleanup()?;
+        if let Err(e) = proxy::remove_canary(self.proxier.iptables()) {
+            warn!(error = %e, "removing the proxy's canary chain");
+        }
+        Ok(())
     }
 }
 
@@ -471,7 +499,7 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 changes.borrow_and_update();
             }
-            _ = ticker.tick() => ctl.request_full_sync(),
+            _ = ticker.tick() => blocking(|| ctl.periodic()),
             _ = &mut shutdown => break,
         }
     }
