@@ -536,6 +536,19 @@ fn pods_on_different_hosts_reach_each_other() {
         assert_eq!(link[0]["linkinfo"]["info_data"]["id"], 1, "{h}: VNI");
     }
 
+    // Every node lists the whole cluster, with each node's InternalIP and pod CIDR.
+    let table = lab.wait_for("h1 lists the 3 nodes", Duration::from_secs(20), || {
+        let t = lab.skiff_ok("h1", &["get", "nodes", "-o", "wide"]);
+        hosts.iter().all(|h| t.contains(&host_ip(h).to_string())).then_some(t)
+    });
+    assert_eq!(table.lines().count(), 4, "{table}");
+    let nodes = lab.json("h2", &["get", "nodes", "-o", "json"]).unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        let name = n["metadata"]["name"].as_str().unwrap();
+        let h = name.rsplit('-').next().unwrap();
+        assert_eq!(n["spec"]["podCIDR"], subnets[h].as_str(), "{n}");
+    }
+
     let mut ips = BTreeMap::new();
     for h in hosts {
         lab.write_manifest(h, "web.yaml", &web_pod("web", "web"));

@@ -251,7 +251,7 @@ async fn get_nodes(client: &Client, args: &GetArgs, now: Timestamp) -> Result<u8
             list.items
         }
     };
-    out(&nodes_table(&nodes, now))?;
+    out(&nodes_table(&nodes, now, args.output == Some(OutputFormat::Wide)))?;
     Ok(0)
 }
 

@@ -46,17 +46,18 @@ pub fn node_roles(node: &Node) -> String {
     }
 }
 
-/// Renders the `skiff get nodes` table.
-pub fn nodes_table(nodes: &[Node], now: Timestamp) -> String {
-    let mut text = String::from("NAME\tSTATUS\tROLES\tAGE\tVERSION\n");
+/// Renders the `skiff get nodes` table; `wide` adds kubectl's INTERNAL-IP, EXTERNAL-IP,
+/// OS-IMAGE, KERNEL-VERSION and CONTAINER-RUNTIME columns.
+pub fn nodes_table(nodes: &[Node], now: Timestamp, wide: bool) -> String {
+    let mut text = String::from("NAME\tSTATUS\tROLES\tAGE\tVERSION");
+    if wide {
+        text.push_str("\tINTERNAL-IP\tEXTERNAL-IP\tOS-IMAGE\tKERNEL-VERSION\tCONTAINER-RUNTIME");
+    }
+    text.push('\n');
     for node in nodes {
-        let version = node
-            .status
-            .as_ref()
-            .and_then(|s| s.node_info.as_ref())
-            .map(|i| i.kubelet_version.as_str())
-            .unwrap_or_default();
-        let _ = writeln!(
+        let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
+        let version = info.map(|i| i.kubelet_version.as_str()).unwrap_or_default();
+        let _ = write!(
             text,
             "{}\t{}\t{}\t{}\t{}",
             node.metadata.name.as_deref().unwrap_or_default(),
@@ -65,6 +66,28 @@ pub fn nodes_table(nodes: &[Node], now: Timestamp) -> String {
             age(ts(node.metadata.creation_timestamp.as_ref()), now),
             version,
         );
+        if wide {
+            let address = |kind: &str| {
+                node.status
+                    .as_ref()
+                    .and_then(|s| s.addresses.as_ref())
+                    .and_then(|a| a.iter().find(|a| a.type_ == kind))
+                    .map_or("<none>".to_owned(), |a| a.address.clone())
+            };
+            let field = |f: fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> &str| {
+                info.map(f).filter(|v| !v.is_empty()).unwrap_or("<unknown>").to_owned()
+            };
+            let _ = write!(
+                text,
+                "\t{}\t{}\t{}\t{}\t{}",
+                address("InternalIP"),
+                address("ExternalIP"),
+                field(|i| &i.os_image),
+                field(|i| &i.kernel_version),
+                field(|i| &i.container_runtime_version),
+            );
+        }
+        text.push('\n');
     }
     tabwriter::align(&text, KUBECTL_GET)
 }
@@ -128,11 +151,19 @@ pub(crate) mod tests {
         )]));
         let nodes = [node("node1", Some("True")), worker, node("node-c", None)];
         assert_eq!(
-            nodes_table(&nodes, now()),
+            nodes_table(&nodes, now(), false),
             "NAME     STATUS     ROLES    AGE   VERSION\n\
              node1    Ready      <none>   3d    skiff-v0.1.0\n\
              node-b   NotReady   worker   3d    skiff-v0.1.0\n\
              node-c   Unknown    <none>   3d    skiff-v0.1.0\n"
         );
+        let wide = nodes_table(&nodes[..1], now(), true);
+        let mut lines = wide.lines();
+        assert_eq!(
+            lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+            ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"]
+        );
+        let row = lines.next().unwrap();
+        assert!(row.contains("192.168.1.10") && row.contains("<none>") && row.contains("6.8.0"), "{row}");
     }
 }
