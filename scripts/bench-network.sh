@@ -85,24 +85,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
-# iperf3 SERVER_NS CLIENT_NS SERVER_IP -> Gbit/s received
-iperf() {
-    local port=$((5201 + RANDOM % 1000)) pid gbps
-    nsenter --net="$1" iperf3 -s -1 -B "$3" -p "$port" >/dev/null 2>&1 &
-    pid=$!
-    IPERF_PIDS+=("$pid")
-    for _ in $(seq 50); do
-        nsenter --net="$1" ss -ltnH "sport = :$port" 2>/dev/null | grep -q . && break
-        sleep 0.05
-    done
-    gbps=$(nsenter --net="$2" iperf3 -c "$3" -p "$port" -t "$SECONDS_PER_RUN" -J |
-        jq '.end.sum_received.bits_per_second / 1e9')
-    wait "$pid" 2>/dev/null || true
-    printf '%.2f' "$gbps"
-}
 
 # ---- raw veth pair -------------------------------------------------------------------------
 echo "work dir $D"

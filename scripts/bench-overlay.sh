@@ -68,8 +68,8 @@ trap 'exit 130' INT TERM
 on() { local h=$1; shift; SKIFF_SOCKET=$RUN/$h/run/skiff.sock "$BIN/skiff" "$@"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 pod_manifest() { # NAME APP COMMAND
     cat <<EOF
@@ -105,21 +105,6 @@ wait_running() { # HOST POD -> pod IP
 }
 pod_netns() { echo "$RUN/$1/run/netns/$(on "$1" get pod "$2" -o json | jq -r .metadata.uid)"; }
 
-# iperf SERVER_NETNS CLIENT_NETNS SERVER_IP -> Gbit/s received
-iperf() {
-    local port=$((5201 + RANDOM % 1000)) pid gbps
-    nsenter --net="$1" iperf3 -s -1 -B "$3" -p "$port" >/dev/null 2>&1 &
-    pid=$!
-    IPERF_PIDS+=("$pid")
-    for _ in $(seq 50); do
-        nsenter --net="$1" ss -ltnH "sport = :$port" 2>/dev/null | grep -q . && break
-        sleep 0.05
-    done
-    gbps=$(nsenter --net="$2" iperf3 -c "$3" -p "$port" -t "$SECONDS_PER_RUN" -J |
-        jq '.end.sum_received.bits_per_second / 1e9')
-    wait "$pid" 2>/dev/null || true
-    printf '%.2f' "$gbps"
-}
 
 # ---- the lab -------------------------------------------------------------------------------
 echo "lab $NAME: $((HOSTS - 1)) hosts now, h$HOSTS joins later${FLAGS:+ (skiffd flags: $FLAGS)}"

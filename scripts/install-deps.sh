@@ -17,7 +17,7 @@ SKIFF_DEB_PACKAGES=(
     build-essential pkg-config libseccomp-dev
     busybox-static iproute2 util-linux curl
     runc podman skopeo umoci etcd-server docker-registry containernetworking-plugins
-    iperf3 iptables conntrack ethtool
+    iperf3 iptables conntrack ethtool jq
 )
 
 # install_deps: installs whatever in SKIFF_DEB_PACKAGES is missing; prints what it installs.

@@ -499,6 +499,20 @@ fn service(name: &str, app: &str) -> String {
     )
 }
 
+/// Three meshed hosts with a Service `web` written on h1, backends `web-a` on h1 and `web-b`
+/// on h2, and an idle `client` pod on h3: (web-a's IP, web-b's IP, the cluster IP seen on h3).
+fn service_across_hosts(lab: &Lab) -> (String, String, String) {
+    lab.wait_meshed(&["h1", "h2", "h3"], Duration::from_secs(20));
+    lab.write_manifest("h1", "web.yaml", &web_pod("web-a", "web"));
+    lab.write_manifest("h2", "web.yaml", &web_pod("web-b", "web"));
+    lab.write_manifest("h1", "svc.yaml", &service("web", "web"));
+    lab.write_manifest("h3", "client.yaml", &idle_pod("client"));
+    let a = lab.wait_running("h1", "web-a").to_string();
+    let b = lab.wait_running("h2", "web-b").to_string();
+    lab.wait_running("h3", "client");
+    (a, b, lab.cluster_ip("h3", "web"))
+}
+
 fn count(answers: &[String]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for a in answers {
@@ -590,7 +604,7 @@ fn pods_on_different_hosts_reach_each_other() {
     lab.down_checked();
 }
 
-/// Needs shared Services. A ClusterIP Service with backends on h1 and h2, written on h1 only,
+/// A ClusterIP Service with backends on h1 and h2, written on h1 only,
 /// answers from a pod and from the host netns on h3, and both backends are hit.
 #[test]
 fn cluster_ip_service_with_backends_on_two_hosts_answers_from_a_third() {
@@ -598,15 +612,7 @@ fn cluster_ip_service_with_backends_on_two_hosts_answers_from_a_third() {
         return;
     }
     let lab = Lab::up(3, &[]);
-    lab.wait_meshed(&["h1", "h2", "h3"], Duration::from_secs(20));
-    lab.write_manifest("h1", "web.yaml", &web_pod("web-a", "web"));
-    lab.write_manifest("h2", "web.yaml", &web_pod("web-b", "web"));
-    lab.write_manifest("h1", "svc.yaml", &service("web", "web"));
-    lab.write_manifest("h3", "client.yaml", &idle_pod("client"));
-    let a = lab.wait_running("h1", "web-a").to_string();
-    let b = lab.wait_running("h2", "web-b").to_string();
-    lab.wait_running("h3", "client");
-    let vip = lab.cluster_ip("h3", "web");
+    let (a, b, vip) = service_across_hosts(&lab);
     assert_eq!(
         vip,
         lab.cluster_ip("h1", "web"),
@@ -697,7 +703,7 @@ fn removed_host_leaves_routes_and_fdb_within_ttl() {
     lab.down_checked();
 }
 
-/// Needs shared Services. The pods of a host that dies leave the Service endpoints the other
+/// The pods of a host that dies leave the Service endpoints the other
 /// hosts see within the lease TTL, and the Service keeps answering from the rest.
 #[test]
 fn removed_host_leaves_service_endpoints_within_ttl() {
@@ -911,7 +917,7 @@ fn etcd_outage_keeps_pod_traffic_and_converges() {
     lab.down_checked();
 }
 
-/// Needs shared Services. A ClusterIP Service keeps answering across hosts while etcd is down for
+/// A ClusterIP Service keeps answering across hosts while etcd is down for
 /// 30 s, and a backend started during the outage shows up everywhere once etcd is back.
 #[test]
 fn etcd_outage_keeps_service_traffic_and_converges() {
@@ -919,15 +925,7 @@ fn etcd_outage_keeps_service_traffic_and_converges() {
         return;
     }
     let lab = Lab::up(3, &[]);
-    lab.wait_meshed(&["h1", "h2", "h3"], Duration::from_secs(20));
-    lab.write_manifest("h1", "web.yaml", &web_pod("web-a", "web"));
-    lab.write_manifest("h2", "web.yaml", &web_pod("web-b", "web"));
-    lab.write_manifest("h1", "svc.yaml", &service("web", "web"));
-    lab.write_manifest("h3", "client.yaml", &idle_pod("client"));
-    let a = lab.wait_running("h1", "web-a").to_string();
-    let b = lab.wait_running("h2", "web-b").to_string();
-    lab.wait_running("h3", "client");
-    let vip = lab.cluster_ip("h3", "web");
+    let (a, b, vip) = service_across_hosts(&lab);
     let url = format!("http://{vip}/");
     lab.wait_for("h3 sees both backends", Duration::from_secs(30), || {
         (lab.endpoint_ips("h3", "web") == BTreeSet::from([a.clone(), b.clone()])).then_some(())

@@ -1,0 +1,24 @@
+# Helpers shared by the benchmark scripts; `source` it (defines functions, runs nothing).
+
+# median "1 3 2" -> 2 (the mean of the middle two for an even count)
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# ratio A B -> A/B with two decimals ("nan" when B is 0)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
+
+# iperf SERVER_NETNS CLIENT_NETNS SERVER_IP -> Gbit/s received, one run of $SECONDS_PER_RUN
+# seconds. The server's pid goes into IPERF_PIDS (the caller's cleanup kills what is left).
+iperf() {
+    local port=$((5201 + RANDOM % 1000)) pid gbps
+    nsenter --net="$1" iperf3 -s -1 -B "$3" -p "$port" >/dev/null 2>&1 &
+    pid=$!
+    IPERF_PIDS+=("$pid")
+    for _ in $(seq 50); do
+        nsenter --net="$1" ss -ltnH "sport = :$port" 2>/dev/null | grep -q . && break
+        sleep 0.05
+    done
+    gbps=$(nsenter --net="$2" iperf3 -c "$3" -p "$port" -t "$SECONDS_PER_RUN" -J |
+        jq '.end.sum_received.bits_per_second / 1e9')
+    wait "$pid" 2>/dev/null || true
+    printf '%.2f' "$gbps"
+}
