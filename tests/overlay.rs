@@ -851,6 +851,14 @@ fn etcd_outage_keeps_pod_traffic_and_converges() {
     }
     // A host joining while etcd is down must wait for it, not give up.
     lab.lab_ok(&["add", "--no-wait"]);
+    // A host restarting during the outage comes up at once on the subnet it had (subnet.env
+    // and its copy of the network config), reporting the outage; its pod keeps serving.
+    lab.lab_ok(&["restart", "h3"]);
+    lab.wait_for("h3's skiffd serves again during the outage", Duration::from_secs(20), || {
+        lab.pod("h3", "web")
+    });
+    assert_eq!(lab.node_condition("h3", "EtcdUnavailable").as_deref(), Some("True"));
+    assert_eq!(lab.subnet("h3").as_deref(), Some(subnets["h3"].as_str()));
     let mut rounds = 0;
     while stopped.elapsed() < Duration::from_secs(30) {
         for (from, to, url) in &urls {

@@ -175,6 +175,9 @@ pub struct Agent {
     reported: Option<String>,
 }
 
+/// How long a restarting node with a known subnet waits for etcd before it comes up on it.
+const START_WAIT: Duration = Duration::from_secs(3);
+
 /// Back-off between etcd attempts.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -193,7 +196,30 @@ impl Agent {
         let runner = CommandRunner::host();
         let mut health = Health::new(store.clone());
 
-        let cfg = retry(&mut health, || config(&client, &settings)).await;
+        // A node that held a subnet before (subnet.env) and kept the network config comes up
+        // on them when etcd does not answer, so its pods keep their network and its API
+        // serves; the lease is taken again once etcd is back.
+        let cache = settings.subnet_file.with_file_name("overlay-network.json");
+        let cached: Option<NetworkConfig> = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let fresh = match (previous, &cached) {
+            (Some(_), Some(_)) => tokio::time::timeout(START_WAIT, config(&client, &settings))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            _ => Some(retry(&mut health, || config(&client, &settings)).await),
+        };
+        let (network_config, degraded) = match fresh {
+            Some(c) => (c, false),
+            None => (cached.clone().expect("checked above"), true),
+        };
+        let cfg = network_config
+            .resolved()
+            .map_err(|e| OverlayError::Etcd(e.into()))?;
+        if let Ok(bytes) = serde_json::to_vec(&network_config) {
+            let _ = std::fs::write(&cache, bytes);
+        }
         let vtep = vxlan::ensure_vtep(
             &runner,
             &VtepConfig {
@@ -207,10 +233,24 @@ impl Agent {
         )?;
         let attrs = LeaseAttrs::vxlan(public_ip, cfg.vni, vtep.mac.clone());
         let ttl = settings.lease_ttl.as_secs().max(1) as i64;
-        let lease = retry(&mut health, || {
-            etcd::acquire(&client, &settings.prefix, &cfg, &attrs, previous, ttl)
-        })
-        .await;
+        let lease = if degraded {
+            let msg = "etcd did not answer at start; running on the subnet from subnet.env until it does";
+            warn!(subnet = %previous.expect("checked above"), "{msg}");
+            set_condition(&store, Some(msg));
+            health.reported = Some(msg.to_string());
+            // lease_id 0: not held; the agent's first round takes it.
+            SubnetLease {
+                subnet: previous.expect("checked above"),
+                attrs: attrs.clone(),
+                lease_id: 0,
+                ttl,
+            }
+        } else {
+            retry(&mut health, || {
+                etcd::acquire(&client, &settings.prefix, &cfg, &attrs, previous, ttl)
+            })
+            .await
+        };
         if previous.is_some_and(|p| p != lease.subnet) {
             warn!(previous = %previous.unwrap(), subnet = %lease.subnet, "the node's old subnet was taken; pods started from now on use the new one");
         }
@@ -270,8 +310,13 @@ impl Agent {
 
     /// One list + watch round, renewing the lease meanwhile; returns why it ended.
     async fn follow(&mut self, renew_every: Duration, first: &mut bool) -> EtcdError {
-        // A lease that expired while etcd was away (or this node was) is taken again.
-        if let Err(e) = etcd::renew(&self.client, &self.lease).await {
+        // A lease not held yet (a start while etcd was away), or one that expired while etcd
+        // was away (or this node was), is taken again.
+        if self.lease.lease_id == 0 {
+            if let Err(e) = self.reacquire().await {
+                return e;
+            }
+        } else if let Err(e) = etcd::renew(&self.client, &self.lease).await {
             match e {
                 EtcdError::LeaseGone(_) => {
                     if let Err(e) = self.reacquire().await {
@@ -339,6 +384,17 @@ impl Agent {
         if lease.subnet != self.lease.subnet {
             // Pods keep their addresses from the old subnet; only a restart fixes that.
             warn!(old = %self.lease.subnet, new = %lease.subnet, "lost the node's subnet to another node; restart skiffd to move the pods");
+            if let Err(e) = vxlan::set_vtep_address(&self.runner, &self.vtep.name, lease.subnet) {
+                warn!(error = %e, "moving the VTEP to the new subnet");
+            }
+            let joined = Joined {
+                network: self.cfg.network,
+                subnet: lease.subnet,
+                mtu: self.vtep.mtu,
+            };
+            if let Err(e) = write_subnet_file(&self.settings.subnet_file, &joined) {
+                warn!(error = %e, "writing subnet.env");
+            }
         }
         self.lease = lease;
         Ok(())
@@ -538,18 +594,21 @@ where
 }
 
 /// The network config from etcd; written there first (only if still absent) from `--cluster-cidr`.
-async fn config(client: &Client, settings: &Settings) -> Result<Resolved, EtcdError> {
-    match etcd::get_config(client, &settings.prefix).await {
+/// An invalid config in etcd is an error (retried: someone may fix it).
+async fn config(client: &Client, settings: &Settings) -> Result<NetworkConfig, EtcdError> {
+    let cfg = match etcd::get_network_config(client, &settings.prefix).await {
         Err(EtcdError::NoConfig(key)) => {
             let cfg = NetworkConfig::vxlan(settings.network);
             let value = serde_json::to_vec(&cfg).expect("config serializes");
             if client.put_if(&key, &value, 0, etcd::Cond::Absent).await? {
                 info!(%key, network = %settings.network, "wrote the overlay's network config");
             }
-            etcd::get_config(client, &settings.prefix).await
+            etcd::get_network_config(client, &settings.prefix).await?
         }
-        r => r,
-    }
+        r => r?,
+    };
+    cfg.resolved()?;
+    Ok(cfg)
 }
 
 fn write_subnet_file(path: &Path, j: &Joined) -> Result<(), OverlayError> {

@@ -747,15 +747,18 @@ pub async fn put_config(c: &Client, prefix: &str, cfg: &NetworkConfig) -> Result
 
 /// Read and check the network config.
 pub async fn get_config(c: &Client, prefix: &str) -> Result<Resolved, EtcdError> {
+    Ok(get_network_config(c, prefix).await?.resolved()?)
+}
+
+/// The network config as stored (to keep a copy for starts while etcd is away).
+pub async fn get_network_config(c: &Client, prefix: &str) -> Result<NetworkConfig, EtcdError> {
     let key = lease::config_key(prefix);
     let (kvs, _) = c.range(&key, false).await?;
     let kv = kvs
         .into_iter()
         .next()
         .ok_or_else(|| EtcdError::NoConfig(key.clone()))?;
-    let cfg: NetworkConfig =
-        serde_json::from_slice(&kv.value).map_err(|source| EtcdError::Value { key, source })?;
-    Ok(cfg.resolved()?)
+    serde_json::from_slice(&kv.value).map_err(|source| EtcdError::Value { key, source })
 }
 
 /// Every subnet lease with its raw record, plus the revision they were read at.
