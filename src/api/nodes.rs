@@ -193,10 +193,32 @@ pub fn node(s: &Shared) -> Value {
     })
 }
 
+/// How long another node may go without a heartbeat before its Ready condition turns
+/// `Unknown` (the node controller's default --node-monitor-grace-period).
+const NODE_MONITOR_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(40);
+
+/// Another node's object as this node sees it: `Ready` turns `Unknown` when its heartbeat is
+/// older than [`NODE_MONITOR_GRACE`], like the node controller marks it; it goes from the list
+/// when its etcd lease expires.
+fn observed(mut n: Value, now: jiff::Timestamp) -> Value {
+    if let Some(conds) = n["status"]["conditions"].as_array_mut() {
+        for c in conds.iter_mut().filter(|c| c["type"] == "Ready") {
+            let beat = c["lastHeartbeatTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            if beat.is_some_and(|b| now.duration_since(b) > NODE_MONITOR_GRACE) {
+                c["status"] = json!("Unknown");
+                c["reason"] = json!("NodeStatusUnknown");
+                c["message"] = json!("skiffd stopped posting node status.");
+            }
+        }
+    }
+    n
+}
+
 /// This node, then the other nodes of the cluster (multi-host) by name.
 pub async fn list(State(s): State<Shared>) -> Json<Value> {
     let mut items = vec![node(&s)];
-    let mut others = s.store.remote().nodes;
+    let now = jiff::Timestamp::now();
+    let mut others: Vec<Value> = s.store.remote().nodes.into_iter().map(|n| observed(n, now)).collect();
     others.sort_by(|a, b| {
         a["metadata"]["name"]
             .as_str()
@@ -220,7 +242,7 @@ pub async fn get_one(
         .nodes
         .into_iter()
         .find(|n| n["metadata"]["name"].as_str() == Some(name.as_str()))
-        .map(Json)
+        .map(|n| Json(observed(n, jiff::Timestamp::now())))
         .ok_or_else(|| ApiError::not_found(format!("nodes \"{name}\" not found")))
 }
 
@@ -235,6 +257,17 @@ pub async fn version() -> Json<Value> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_silent_node_turns_unknown() {
+        let now: jiff::Timestamp = "2026-11-26T10:00:00Z".parse().unwrap();
+        let n = |beat: &str| serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": beat}]}});
+        let fresh = super::observed(n("2026-11-26T09:59:50Z"), now);
+        assert_eq!(fresh["status"]["conditions"][0]["status"], "True");
+        let stale = super::observed(n("2026-11-26T09:59:00Z"), now);
+        assert_eq!(stale["status"]["conditions"][0]["status"], "Unknown");
+        assert_eq!(stale["status"]["conditions"][0]["reason"], "NodeStatusUnknown");
+    }
+
     #[test]
     fn pressure_conditions_are_reported() {
         let dir = tempfile::tempdir().unwrap();
