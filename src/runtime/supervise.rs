@@ -223,6 +223,7 @@ pub fn monitor_main() -> i32 {
     let (out, err) = unsafe { (OwnedFd::from_raw_fd(m.stdout_fd), OwnedFd::from_raw_fd(m.stderr_fd)) };
     let _ = set_cloexec(out.as_raw_fd(), true);
     let _ = set_cloexec(err.as_raw_fd(), true);
+    drop_startup_pages();
     let exit = supervise(m.pid, out, err, &m.log);
     let finished_at = now_rfc3339();
     let mut finish: Vec<OsString> = vec!["finish".into()];
@@ -249,6 +250,52 @@ pub fn monitor_main() -> i32 {
         return 1;
     }
     0
+}
+
+/// Drops the pages that only process startup touched (the dynamic loader's
+/// relocation pass, libc's init and IFUNC resolvers, which fault in 64 KiB at
+/// a time) from our page tables, so that RSS shows what the loop really uses.
+///
+/// Only clean, read-only, file-backed private mappings are touched: their
+/// pages are exactly the file's, so `MADV_DONTNEED` just unmaps them and a
+/// later access maps the same page-cache page again. Mappings with anonymous
+/// (copy-on-write) pages, such as RELRO after relocation, are left alone.
+fn drop_startup_pages() {
+    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(first), Some(second)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if let Some((a, b)) = first.split_once('-') {
+            // A mapping header: `start-end perms offset dev inode [path]`.
+            let path = f.nth(3).unwrap_or("");
+            let clean_candidate = second.len() == 4
+                && second.starts_with('r')
+                && !second.contains('w')
+                && second.ends_with('p')
+                && path.starts_with('/');
+            current = match (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                (Ok(a), Ok(b)) if clean_candidate && b > a => Some((a, b)),
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            if let (Some(r), "0") = (current.take(), second) {
+                ranges.push(r);
+            }
+        }
+    }
+    for (a, b) in ranges {
+        // SAFETY: the range is a whole private, read-only file mapping of this
+        // process without copy-on-write pages (checked above; the process is
+        // single-threaded, so nothing changes in between); dropping its pages
+        // cannot change what a later read sees.
+        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+    }
 }
 
 /// The `exit.json` document (the shape of `shim::ExitRecord`), without serde.
