@@ -55,7 +55,7 @@ fi
 echo "building (cargo build --release --bins -p skiff -p cni; bench driver)..."
 # -p cni: skiff's CNI plugins must sit next to skiffd (its default --cni-bin-dir).
 cargo build --release --bins -p skiff -p cni -q
-for b in skiffd skiff skiff-shim skiff-bridge skiff-host-local skiff-portmap; do
+for b in skiffd skiff skiff-shim skiff-shim-mon skiff-bridge skiff-host-local skiff-portmap; do
     [[ -x target/release/$b ]] || die "target/release/$b did not build"
 done
 DRIVER=$(cargo bench --bench pod_start --no-run --message-format=json -q 2>/dev/null |
@@ -99,7 +99,7 @@ mounts_under() {
 # Anything skiff leaves behind after all its pods are gone and skiffd stopped is a skiff bug.
 check_skiff_leftovers() {
     local pids m
-    pids=$(pgrep -f "skiff-shim start.*$D" || true)
+    pids=$(pgrep -f "skiff-shim(-mon supervise| start| finish) .*$D" || true)
     if [[ -n $pids ]]; then
         LEFTOVERS=1
         echo "!!! SKIFF BUG: skiff-shim processes left after all pods were removed and skiffd stopped:"
@@ -300,7 +300,7 @@ pss() { awk '$1 == "Pss:" { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null || e
 [[ $(cat "/proc/$SKIFFD_PID/comm") == skiffd ]] || die "pid $SKIFFD_PID is not skiffd"
 d_rss=$(kb "$SKIFFD_PID" VmRSS)
 d_anon=$(kb "$SKIFFD_PID" RssAnon)
-shims=$(pgrep -f "skiff-shim start.*$D" || true)
+shims=$(pgrep -f "skiff-shim(-mon supervise| start| finish) .*$D" || true)
 nshims=$(wc -w <<<"$shims")
 shim_rss= shim_anon= shim_pss=
 for p in $shims; do
@@ -350,7 +350,7 @@ echo "  teardown of $BURST pods + skiffd stop: $(elapsed "$t0" "$t1") ms"
 if ((LEFTOVERS)); then
     echo "  !!! skiff left processes or mounts behind (see above)"
 else
-    echo "  no skiff-shim process, mount or pod IP allocation left under $D"
+    echo "  no skiff-shim(-mon) process, mount or pod IP allocation left under $D"
 fi
 echo "raw ms: skiff$skiff_ms"
 echo "raw ms: podman$podman_ms"

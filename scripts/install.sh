@@ -6,7 +6,7 @@
 #   --no-build     install the binaries already in target/release
 #
 # Installs:
-#   PREFIX/bin/{skiffd,skiff,skiff-shim,skiff-bridge,skiff-host-local,skiff-portmap}
+#   PREFIX/bin/{skiffd,skiff,skiff-shim,skiff-shim-mon,skiff-bridge,skiff-host-local,skiff-portmap}
 #   /etc/skiff/manifests/             (pod manifests; left as is if present)
 #   /etc/skiff/skiffd.yaml            (from scripts/skiff.yaml, only if absent)
 #   /etc/systemd/system/skiffd.service
@@ -47,11 +47,11 @@ if ((build)); then
 fi
 
 bindir=$prefix/bin
-for b in skiffd skiff skiff-shim skiff-bridge skiff-host-local skiff-portmap; do
+for b in skiffd skiff skiff-shim skiff-shim-mon skiff-bridge skiff-host-local skiff-portmap; do
     [[ -x target/release/$b ]] || die "target/release/$b missing (build with cargo build --release --workspace --bins)"
 done
 install -d -m 0755 "$bindir"
-for b in skiffd skiff skiff-shim skiff-bridge skiff-host-local skiff-portmap; do
+for b in skiffd skiff skiff-shim skiff-shim-mon skiff-bridge skiff-host-local skiff-portmap; do
     # install(1) writes a new file and renames it: a running skiffd or shim keeps its old binary.
     install -m 0755 "target/release/$b" "$bindir/$b"
     echo "install: $bindir/$b"

@@ -53,7 +53,7 @@ step() {
 host_leftovers() {
     ip netns list 2>/dev/null | awk '$1 ~ /^skiff-/ {print "netns " $1}'
     local pid
-    for pid in $(pgrep -x skiff-shim); do
+    for pid in $(pgrep -x 'skiff-shim(-mon)?'); do
         echo "process $pid: $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | cut -c1-200)"
     done
     awk '/skiff/ {print "mount " $5}' /proc/self/mountinfo

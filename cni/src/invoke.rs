@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -108,6 +109,10 @@ impl Runner for ProcessRunner {
                 .map(|r| Box::new(r) as Box<dyn Read + Send>),
         );
         let deadline = Instant::now() + timeout;
+        // A pidfd turns readable when the plugin exits, so we wake at once
+        // instead of polling (a 5 ms poll cost ~2.5 ms per plugin on average).
+        // Without one (kernel < 5.3) the loop falls back to short sleeps.
+        let pidfd = open_pidfd(child.id());
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -119,7 +124,13 @@ impl Runner for ProcessRunner {
                         timeout,
                     });
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match &pidfd {
+                        Some(fd) => wait_readable(fd, left),
+                        None => std::thread::sleep(left.min(Duration::from_millis(5))),
+                    }
+                }
                 Err(source) => {
                     return Err(RunError::Wait {
                         binary: binary.to_path_buf(),
@@ -135,6 +146,29 @@ impl Runner for ProcessRunner {
             stderr: err.join().unwrap_or_default(),
         })
     }
+}
+
+/// A pidfd for our own, not yet reaped child (so its PID cannot be reused).
+fn open_pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Blocks until `fd` is readable (the process exited) or `timeout` passed.
+fn wait_readable(fd: &OwnedFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd that lives across the call; EINTR just loops in the caller.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 /// Finds the executable for plugin `kind` in `dirs`, first match wins.

@@ -22,6 +22,7 @@ pub mod resources;
 pub mod security;
 pub mod shim;
 pub mod spec;
+pub mod supervise;
 pub mod volumes;
 
 use std::fs;

@@ -10,6 +10,10 @@
 //! container's state directory. It outlives `skiffd`, which adopts it again
 //! after a restart.
 //!
+//! Once the container runs, the shim `execve`s the small `skiff-shim-mon`
+//! (see [`super::supervise`]) for the long supervision phase, which execs
+//! `skiff-shim finish` again when the container has exited.
+//!
 //! Protocol with the daemon: the shim prints exactly one line on its stdout,
 //! `ok <pid>` once the container runs or `error <message>` when it could not
 //! be started, then detaches from that stdout. `SIGTERM` to the shim is
@@ -18,22 +22,18 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 use serde::{Deserialize, Serialize};
 
-use super::crilog::{LineSplitter, Stream};
+use super::supervise::{self, Exit, MonitorArgs};
 
 /// What the shim records once the container runs (`state.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ pub fn main() -> i32 {
     // libcontainer reports details through `tracing`; they go to the shim's
     // stderr, which the daemon points at `shim.log` in the container's state dir.
     // `exec` keeps stderr for the command's own output.
-    let verbose = std::env::args().nth(1).as_deref() == Some("start");
+    let verbose = matches!(std::env::args().nth(1).as_deref(), Some("start" | "finish"));
     let _ = verbose
         && tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn,libcgroups=error"))
@@ -88,6 +88,8 @@ pub fn main() -> i32 {
             }
             "--state-dir" => opts.state_dir = it.next().map(PathBuf::from).unwrap_or_default(),
             "--log" => opts.log = it.next().map(PathBuf::from).unwrap_or_default(),
+            "--status" => opts.status = it.next(),
+            "--finished-at" => opts.finished_at = it.next(),
             "--" => {
                 rest.extend(it.by_ref());
             }
@@ -100,6 +102,11 @@ pub fn main() -> i32 {
     match verb.as_str() {
         "start" => start(&opts),
         "exec" => exec(&opts, rest),
+        "finish" => {
+            let exit = opts.status.as_deref().map_or(Exit::Unknown, Exit::from_arg);
+            finish(&opts, exit);
+            0
+        }
         other => {
             eprintln!("skiff-shim: unknown verb {other}");
             2
@@ -114,6 +121,10 @@ struct Opts {
     runtime_root: PathBuf,
     state_dir: PathBuf,
     log: PathBuf,
+    /// `finish`: how the container ended (`supervise::Exit::to_arg`).
+    status: Option<String>,
+    /// `finish`: when the monitor saw it end.
+    finished_at: Option<String>,
 }
 
 fn now_rfc3339() -> String {
@@ -133,16 +144,7 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
 
 /// Like [`write_atomic`], and also survives a power loss (fsync before the
 /// rename). Only for records nothing else can rebuild, such as an exit status.
-pub fn write_durable(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
-}
+pub use super::supervise::write_durable;
 
 fn report(line: &str) {
     let mut out = io::stdout().lock();
@@ -177,9 +179,8 @@ fn start(opts: &Opts) -> i32 {
             }
             report(&format!("ok {}", pid.as_raw()));
             detach_stdout();
-            release_startup_pages();
-            let status = supervise(opts, pid, outs);
-            finish(opts, status);
+            let exit = hand_over(opts, pid, outs);
+            finish(opts, exit);
             0
         }
         Err(msg) => {
@@ -251,196 +252,42 @@ fn start_container(opts: &Opts) -> Result<(Pid, Outputs), String> {
     }
 }
 
-/// Most of the shim's binary (libcontainer's setup code) is only needed to
-/// start the container. Hand those pages back so that a long-running shim
-/// keeps just its small supervision loop resident; they are shared and
-/// file-backed, so this only drops them from our page tables.
-fn release_startup_pages() {
-    let Ok(exe) = fs::read_link("/proc/self/exe") else {
-        return;
+/// Continues as `skiff-shim-mon` (same process, small binary) for the
+/// supervision phase. Returns only when that is impossible; the supervision
+/// then runs here, in the big binary.
+fn hand_over(opts: &Opts, pid: Pid, outs: Outputs) -> Exit {
+    supervise::block_signals();
+    let shim = fs::read_link("/proc/self/exe").unwrap_or_default();
+    let monitor = shim.with_file_name(supervise::MONITOR_BIN);
+    let args = MonitorArgs {
+        id: opts.id.clone(),
+        pid: pid.as_raw(),
+        stdout_fd: outs.stdout.as_raw_fd(),
+        stderr_fd: outs.stderr.as_raw_fd(),
+        log: opts.log.clone(),
+        shim,
+        bundle: opts.bundle.clone(),
+        runtime_root: opts.runtime_root.clone(),
+        state_dir: opts.state_dir.clone(),
     };
-    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
-        return;
+    let inherit = |on: bool| {
+        supervise::set_cloexec(args.stdout_fd, !on).and_then(|()| supervise::set_cloexec(args.stderr_fd, !on))
     };
-    let exe = exe.to_string_lossy().into_owned();
-    for line in maps.lines() {
-        if !line.ends_with(&exe) {
-            continue;
-        }
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        // Writable mappings hold relocated data we still use; leave them.
-        if perms.contains('w') {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else { continue };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
-            continue;
-        };
-        // SAFETY: advising the kernel about our own file-backed, read-only
-        // mappings; MADV_PAGEOUT never changes their contents.
-        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT) };
-    }
+    let err = match inherit(true) {
+        Ok(()) => supervise::exec(&monitor, &args.to_args()),
+        Err(e) => e,
+    };
+    let _ = inherit(false);
+    eprintln!("skiff-shim: running {}: {err}; supervising in-process", monitor.display());
+    supervise::supervise(pid.as_raw(), outs.stdout, outs.stderr, &opts.log)
 }
 
-/// Copies the container's output into the log until it has exited; returns its wait status.
-fn supervise(opts: &Opts, pid: Pid, outs: Outputs) -> Option<WaitStatus> {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGUSR1);
-    mask.add(Signal::SIGCHLD);
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGHUP);
-    mask.add(Signal::SIGPIPE);
-    let _ = mask.thread_block();
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
-
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&opts.log)
-        .ok();
-    let mut out_split = LineSplitter::new(Stream::Stdout);
-    let mut err_split = LineSplitter::new(Stream::Stderr);
-    let mut stdout = Some(File::from(outs.stdout));
-    let mut stderr = Some(File::from(outs.stderr));
-    let mut status: Option<WaitStatus> = None;
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut drain_deadline: Option<std::time::Instant> = None;
-
-    loop {
-        if status.is_none() {
-            status = reap(pid);
-            if status.is_some() {
-                // Processes outside a private PID namespace may still hold the pipes; give them a moment.
-                drain_deadline = Some(std::time::Instant::now() + Duration::from_millis(500));
-            }
-        }
-        if stdout.is_none() && stderr.is_none() {
-            if status.is_some() {
-                break;
-            }
-            // Output closed but init still alive: wait for it via the signalfd.
-        }
-        if let Some(deadline) = drain_deadline {
-            if std::time::Instant::now() >= deadline {
-                break;
-            }
-        }
-        let mut fds = Vec::with_capacity(3);
-        let mut which = Vec::with_capacity(3);
-        if let Some(f) = &stdout {
-            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
-            which.push(0);
-        }
-        if let Some(f) = &stderr {
-            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
-            which.push(1);
-        }
-        if let Some(s) = &sfd {
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-            which.push(2);
-        }
-        let timeout = if drain_deadline.is_some() { 100u16 } else { 1000 };
-        match poll(&mut fds, PollTimeout::from(timeout)) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-        let ready: Vec<(usize, bool)> = fds
-            .iter()
-            .zip(&which)
-            .map(|(fd, &w)| {
-                let ev = fd.revents().unwrap_or(PollFlags::empty());
-                (
-                    w,
-                    ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR),
-                )
-            })
-            .collect();
-        drop(fds);
-        for (w, is_ready) in ready {
-            if !is_ready {
-                continue;
-            }
-            match w {
-                0 | 1 => {
-                    let (slot, splitter) = if w == 0 {
-                        (&mut stdout, &mut out_split)
-                    } else {
-                        (&mut stderr, &mut err_split)
-                    };
-                    let Some(f) = slot.as_mut() else { continue };
-                    match f.read(&mut buf) {
-                        Ok(0) | Err(_) => {
-                            if let Some(l) = log.as_mut() {
-                                let _ = splitter.finish(l, &now_rfc3339());
-                            }
-                            *slot = None;
-                        }
-                        Ok(n) => {
-                            if let Some(l) = log.as_mut() {
-                                let _ = splitter.feed(l, &buf[..n], &now_rfc3339());
-                            }
-                        }
-                    }
-                }
-                _ => {
-                    if let Some(s) = &sfd {
-                        while let Ok(Some(info)) = s.read_signal() {
-                            match Signal::try_from(info.ssi_signo as i32) {
-                                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
-                                    if status.is_none() {
-                                        let _ = kill(pid, Signal::SIGTERM);
-                                    }
-                                }
-                                Ok(Signal::SIGUSR1) => {
-                                    if status.is_none() {
-                                        let _ = kill(pid, Signal::SIGKILL);
-                                    }
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if let Some(l) = log.as_mut() {
-        let now = now_rfc3339();
-        let _ = out_split.finish(l, &now);
-        let _ = err_split.finish(l, &now);
-        let _ = l.sync_data();
-    }
-    status
-}
-
-/// Reaps every exited child (we are a subreaper); returns the init's status once it is gone.
-fn reap(init: Pid) -> Option<WaitStatus> {
-    let mut found = None;
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => break,
-            Ok(st) => {
-                if st.pid() == Some(init) {
-                    found = Some(st);
-                }
-            }
-        }
-    }
-    found
-}
-
-fn finish(opts: &Opts, status: Option<WaitStatus>) {
+/// Records how the container ended: OOM check, libcontainer state and cgroup
+/// removed, then `exit.json` written durably (in that order, so a daemon that
+/// sees the record finds nothing else left to clean).
+fn finish(opts: &Opts, exit: Exit) {
     let oom = oom_killed(opts);
-    let (exit_code, signal) = match status {
-        Some(WaitStatus::Exited(_, code)) => (code, None),
-        Some(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, Some(sig as i32)),
-        _ => (255, None),
-    };
+    let (exit_code, signal) = exit.code_and_signal();
     let reason = if oom {
         "OOMKilled"
     } else if exit_code == 0 {
@@ -452,7 +299,7 @@ fn finish(opts: &Opts, status: Option<WaitStatus>) {
         exit_code,
         signal,
         reason: reason.to_string(),
-        finished_at: now_rfc3339(),
+        finished_at: opts.finished_at.clone().unwrap_or_else(now_rfc3339),
     };
     cleanup_runtime_state(opts);
     if let Ok(json) = serde_json::to_vec(&rec) {
