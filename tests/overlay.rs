@@ -232,6 +232,18 @@ impl Lab {
         (route, neigh, fdb)
     }
 
+    /// Asserts that every host in `hosts` has a route, neigh and fdb entry for every other
+    /// host of `subnets` right now (`when` says when, for the message).
+    fn assert_meshed(&self, hosts: &[&str], subnets: &BTreeMap<String, String>, when: &str) {
+        for h in hosts {
+            for (p, s) in subnets {
+                if p != h {
+                    assert_eq!(self.peer_state(h, s, host_ip(p)), (true, true, true), "{h} lost {p} {when}");
+                }
+            }
+        }
+    }
+
     /// Waits until every host has a route, neigh and fdb entry for every other host.
     fn wait_meshed(&self, hosts: &[&str], timeout: Duration) -> BTreeMap<String, String> {
         let subnets: BTreeMap<String, String> = hosts
@@ -870,17 +882,7 @@ fn etcd_outage_keeps_pod_traffic_and_converges() {
                 stopped.elapsed()
             );
         }
-        for h in hosts {
-            for (p, s) in &subnets {
-                if p != h {
-                    assert_eq!(
-                        lab.peer_state(h, s, host_ip(p)),
-                        (true, true, true),
-                        "{h} lost {p} during the outage"
-                    );
-                }
-            }
-        }
+        lab.assert_meshed(&hosts, &subnets, "during the outage");
         rounds += 1;
     }
     assert!(rounds >= 3, "only {rounds} rounds of checks in 30 s");
@@ -911,17 +913,7 @@ fn etcd_outage_keeps_pod_traffic_and_converges() {
         4,
         "a lease expired after the outage"
     );
-    for h in all {
-        for (p, s) in &after {
-            if p != h {
-                assert_eq!(
-                    lab.peer_state(h, s, host_ip(p)),
-                    (true, true, true),
-                    "{h} lost {p} a TTL after the outage"
-                );
-            }
-        }
-    }
+    lab.assert_meshed(&all, &after, "a TTL after the outage");
     lab.down_checked();
 }
 
