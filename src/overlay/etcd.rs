@@ -340,12 +340,12 @@ fn prefix_end(prefix: &str) -> String {
 }
 
 impl Client {
-    /// A client for `endpoint` (`http://127.0.0.1:2379` or `127.0.0.1:2379`). Only plain HTTP.
+    /// A client for one `endpoint` (`http://127.0.0.1:2379`, `127.0.0.1:2379`, or `https://...` with the system roots).
     pub fn new(endpoint: &str) -> Result<Self, EtcdError> {
         Self::with_endpoints(&[endpoint])
     }
 
-    /// A client for the members of one etcd cluster, over plain HTTP.
+    /// A client for the members of one etcd cluster (`https://` ones with the system roots).
     pub fn with_endpoints(endpoints: &[&str]) -> Result<Self, EtcdError> {
         Self::connect_to(endpoints, None)
     }
