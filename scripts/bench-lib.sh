@@ -22,3 +22,19 @@ iperf() {
     wait "$pid" 2>/dev/null || true
     printf '%.2f' "$gbps"
 }
+
+# iperf_alternating LABEL_A SERVER_NS_A CLIENT_NS_A SERVER_IP_A LABEL_B SERVER_NS_B CLIENT_NS_B SERVER_IP_B
+# $RUNS rounds of one A run then one B run (so load drifts hit both alike), a line per round.
+# Sets RUNS_A/RUNS_B (the figures, space-separated) and MEDIAN_A/MEDIAN_B.
+iperf_alternating() {
+    local i a b
+    RUNS_A= RUNS_B=
+    for i in $(seq "$RUNS"); do
+        a=$(iperf "$2" "$3" "$4")
+        b=$(iperf "$6" "$7" "$8")
+        echo "  run $i: $1 $a Gbit/s, $5 $b Gbit/s"
+        RUNS_A+=" $a" RUNS_B+=" $b"
+    done
+    MEDIAN_A=$(median "$RUNS_A")
+    MEDIAN_B=$(median "$RUNS_B")
+}

@@ -141,16 +141,9 @@ S_IP=$("$BIN/skiff" get pod server -o json | jq -r .status.podIP)
 
 # ---- runs ----------------------------------------------------------------------------------
 echo "iperf3 TCP, ${SECONDS_PER_RUN}s per run, $RUNS runs each, alternating raw veth / pod-to-pod..."
-raw= pod=
 load_before=$(cut -d' ' -f1 /proc/loadavg)
-for i in $(seq "$RUNS"); do
-    r=$(iperf "/run/netns/$RA" "/run/netns/$RB" 10.250.0.1)
-    p=$(iperf "$S_NS" "$C_NS" "$S_IP")
-    echo "  run $i: raw veth $r Gbit/s, pod-to-pod $p Gbit/s"
-    raw+=" $r" pod+=" $p"
-done
-m_raw=$(median "$raw")
-m_pod=$(median "$pod")
+iperf_alternating "raw veth" "/run/netns/$RA" "/run/netns/$RB" 10.250.0.1 pod-to-pod "$S_NS" "$C_NS" "$S_IP"
+raw=$RUNS_A pod=$RUNS_B m_raw=$MEDIAN_A m_pod=$MEDIAN_B
 r=$(ratio "$m_pod" "$m_raw")
 ok=$(awk -v r="$r" 'BEGIN { print (r >= 0.9) ? "ok" : "MISSED" }')
 echo

@@ -133,16 +133,10 @@ C_NS=$(pod_netns h2 client)
 
 # ---- 1. throughput -------------------------------------------------------------------------
 echo "iperf3 TCP h2 -> h1, ${SECONDS_PER_RUN}s per run, $RUNS runs each, alternating underlay / overlay..."
-under= over=
 load_before=$(cut -d' ' -f1 /proc/loadavg)
-for i in $(seq "$RUNS"); do
-    u=$(iperf "/run/netns/$NAME-h1" "/run/netns/$NAME-h2" 10.77.0.11)
-    o=$(iperf "$S_NS" "$C_NS" "$S_IP")
-    echo "  run $i: underlay host-to-host $u Gbit/s, overlay pod-to-pod $o Gbit/s"
-    under+=" $u" over+=" $o"
-done
-m_under=$(median "$under")
-m_over=$(median "$over")
+iperf_alternating "underlay host-to-host" "/run/netns/$NAME-h1" "/run/netns/$NAME-h2" 10.77.0.11 \
+    "overlay pod-to-pod" "$S_NS" "$C_NS" "$S_IP"
+under=$RUNS_A over=$RUNS_B m_under=$MEDIAN_A m_over=$MEDIAN_B
 r=$(ratio "$m_over" "$m_under")
 
 # ---- 2. a host joins -----------------------------------------------------------------------
