@@ -170,9 +170,8 @@ pub struct Agent {
     lease: SubnetLease,
     /// Peers installed, by subnet, with whether they are routed directly.
     peers: BTreeMap<Ipv4Net, (Peer, bool)>,
-    store: Arc<Store>,
-    /// The last etcd problem reported (None: healthy).
-    reported: Option<String>,
+    /// etcd's reachability, as reported (log and node condition).
+    health: Health,
 }
 
 /// How long a restarting node with a known subnet waits for etcd before it comes up on it.
@@ -236,8 +235,7 @@ impl Agent {
         let lease = if degraded {
             let msg = "etcd did not answer at start; running on the subnet from subnet.env until it does";
             warn!(subnet = %previous.expect("checked above"), "{msg}");
-            set_condition(&store, Some(msg));
-            health.reported = Some(msg.to_string());
+            health.failed(msg, "");
             // lease_id 0: not held; the agent's first round takes it.
             SubnetLease {
                 subnet: previous.expect("checked above"),
@@ -279,8 +277,7 @@ impl Agent {
             attrs,
             lease,
             peers: BTreeMap::new(),
-            store,
-            reported: health.reported,
+            health,
         };
         Ok((agent, joined))
     }
@@ -299,7 +296,7 @@ impl Agent {
                 _ = &mut shutdown => None,
             };
             let Some(err) = ended else { return };
-            self.unhealthy(&err);
+            self.health.failed(&err.to_string(), "etcd is unreachable; routes and rules stay as they are until it is back");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut shutdown => return,
@@ -330,7 +327,7 @@ impl Agent {
             Ok(l) => l,
             Err(e) => return e,
         };
-        self.healthy();
+        self.health.ok();
         self.sync_peers(&leases, std::mem::take(first));
         let mut watch = match etcd::watch_leases(&self.client, &self.settings.prefix, rev).await {
             Ok(w) => w,
@@ -347,7 +344,7 @@ impl Agent {
                         warn!(error = %e, "installing the overlay's masquerade rules");
                     }
                     match etcd::renew(&self.client, &self.lease).await {
-                        Ok(()) => self.healthy(),
+                        Ok(()) => self.health.ok(),
                         Err(EtcdError::LeaseGone(id)) => {
                             warn!(lease = %format!("{id:x}"), subnet = %self.lease.subnet, "the subnet lease expired; taking it again");
                             if let Err(e) = self.reacquire().await {
@@ -521,22 +518,6 @@ impl Agent {
             let _ = vxlan::remove_installed(&self.runner, dev, None, None, Some((mac, dst)));
         }
     }
-
-    fn healthy(&mut self) {
-        if self.reported.take().is_some() {
-            info!("etcd is reachable again");
-            set_condition(&self.store, None);
-        }
-    }
-
-    fn unhealthy(&mut self, err: &EtcdError) {
-        let msg = err.to_string();
-        if self.reported.as_deref() != Some(msg.as_str()) {
-            warn!(error = %msg, "etcd is unreachable; routes and rules stay as they are until it is back");
-            set_condition(&self.store, Some(&msg));
-            self.reported = Some(msg);
-        }
-    }
 }
 
 /// The node condition `EtcdUnavailable`: `Some(reason)` while etcd cannot be reached.
@@ -547,7 +528,7 @@ fn set_condition(store: &Store, problem: Option<&str>) {
     }
 }
 
-/// Reporting for the start-up retries.
+/// etcd's reachability as reported: a log line and the node condition on each change.
 struct Health {
     store: Arc<Store>,
     reported: Option<String>,
@@ -559,6 +540,26 @@ impl Health {
         Health {
             store,
             reported: None,
+        }
+    }
+
+    /// etcd answered: clear a reported problem.
+    fn ok(&mut self) {
+        if self.reported.take().is_some() {
+            info!("etcd is reachable again");
+            set_condition(&self.store, None);
+        }
+    }
+
+    /// etcd failed with `msg`: logged (with `context`, when given) and put in the node
+    /// condition, once per distinct message.
+    fn failed(&mut self, msg: &str, context: &str) {
+        if self.reported.as_deref() != Some(msg) {
+            if !context.is_empty() {
+                warn!(error = %msg, "{context}");
+            }
+            set_condition(&self.store, Some(msg));
+            self.reported = Some(msg.to_string());
         }
     }
 }
@@ -573,19 +574,11 @@ where
     loop {
         match f().await {
             Ok(v) => {
-                if health.reported.take().is_some() {
-                    info!("etcd is reachable again");
-                    set_condition(&health.store, None);
-                }
+                health.ok();
                 return v;
             }
             Err(e) => {
-                let msg = e.to_string();
-                if health.reported.as_deref() != Some(msg.as_str()) {
-                    warn!(error = %msg, "joining the overlay: etcd is not usable yet; retrying");
-                    set_condition(&health.store, Some(&msg));
-                    health.reported = Some(msg);
-                }
+                health.failed(&e.to_string(), "joining the overlay: etcd is not usable yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RETRY_MAX);
             }
