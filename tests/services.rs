@@ -249,16 +249,21 @@ fn cluster_ip_node_port_affinity_hairpin_readiness() {
     for b in ["web-a", "web-b", "web-c"] {
         node.wait_running(b);
     }
-    let ep = wait_endpoints(&node, "web", 3);
-    // The not-ready backend is listed, but as not ready.
-    let not_ready: Vec<&str> = ep["subsets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["notReadyAddresses"].as_array().into_iter().flatten())
-        .filter_map(|a| a["targetRef"]["name"].as_str())
-        .collect();
-    assert_eq!(not_ready, ["web-x"], "{ep:#}");
+    // The not-ready backend is listed, but as not ready (it may start after
+    // the others are already in rotation, so poll for both).
+    let not_ready = |ep: &Value| -> Vec<String> {
+        ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["notReadyAddresses"].as_array().into_iter().flatten())
+            .filter_map(|a| a["targetRef"]["name"].as_str().map(String::from))
+            .collect()
+    };
+    let ep = node.wait_for("web-x listed as not ready", Duration::from_secs(30), || {
+        let ep = wait_endpoints(&node, "web", 3);
+        (not_ready(&ep) == ["web-x"]).then_some(ep)
+    });
     assert_eq!(
         ep["subsets"][0]["ports"][0]["port"], 8080,
         "named targetPort resolved: {ep:#}"
