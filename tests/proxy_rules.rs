@@ -247,9 +247,22 @@ fn in_netns<T: Send + 'static>(
 
 #[test]
 fn cluster_ip_reaches_a_listener_in_another_namespace() {
-    if !require_root() {
-        return;
+    if require_root() {
+        reach_through_cluster_ip(0);
     }
+}
+
+/// The same with 1040 more endpoints (260 Services x 4): kube-proxy's
+/// large-cluster mode, where the service and endpoint chains have no
+/// comments, still balances, masquerades and rejects the same way.
+#[test]
+fn cluster_ip_reaches_a_listener_in_large_cluster_mode() {
+    if require_root() {
+        reach_through_cluster_ip(260);
+    }
+}
+
+fn reach_through_cluster_ip(bulk: usize) {
     let host = Netns::new();
     let pod = Netns::new();
     let suffix = random_suffix();
@@ -292,7 +305,44 @@ fn cluster_ip_reaches_a_listener_in_another_namespace() {
         vec![Endpoint::ready(ip("10.244.1.2"), 8080)],
     );
     p.update(service("none", "10.96.0.11", 80), vec![]);
+    for i in 0..bulk {
+        let eps = (0..4u8)
+            .map(|e| {
+                Endpoint::ready(
+                    Ipv4Addr::new(10, 244, 100 + (i / 60) as u8, (i % 60) as u8 * 4 + e + 1),
+                    80,
+                )
+            })
+            .collect();
+        p.update(
+            service(
+                &format!("bulk{i}"),
+                &format!("10.97.{}.{}", i / 200, i % 200 + 1),
+                80,
+            ),
+            eps,
+        );
+    }
     p.sync().expect("sync");
+    let saved = host.save("iptables-save");
+    let endpoint_rules: Vec<&str> = saved
+        .lines()
+        .filter(|l| l.starts_with("-A SKIFF-SEP-"))
+        .collect();
+    assert_eq!(endpoint_rules.len(), 2 * (1 + 4 * bulk), "{saved}");
+    let commented = endpoint_rules
+        .iter()
+        .filter(|l| l.contains("--comment"))
+        .count();
+    assert_eq!(
+        commented,
+        if bulk * 4 > 1000 {
+            0
+        } else {
+            endpoint_rules.len()
+        },
+        "{saved}"
+    );
 
     let client = in_netns(host.path(), || {
         let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();

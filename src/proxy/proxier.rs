@@ -125,6 +125,9 @@ pub struct Proxier<I: Iptables, C: Conntrack> {
     applied: Option<Shared>,
     /// Force the next sync to be full.
     force_full: bool,
+    /// More than [`rules::LARGE_CLUSTER_ENDPOINTS`] ready endpoints: the
+    /// service ports' own chains are written without comments.
+    large_cluster: bool,
 }
 
 impl<I: Iptables, C: Conntrack> Proxier<I, C> {
@@ -138,6 +141,7 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             pending: BTreeMap::new(),
             applied: None,
             force_full: true,
+            large_cluster: false,
         }
     }
 
@@ -176,7 +180,10 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
     /// previous run, or unreadable: assumed present).
     pub fn rules_installed(&mut self) -> bool {
         match self.ipt.save("nat") {
-            Ok(saved) => scan_saved(&saved, chains::PREFIX).chains.iter().any(|c| c == SERVICES),
+            Ok(saved) => scan_saved(&saved, chains::PREFIX)
+                .chains
+                .iter()
+                .any(|c| c == SERVICES),
             Err(_) => true,
         }
     }
@@ -251,6 +258,7 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
     /// Moves pending changes into `entries`, generating rules for those
     /// whose input changed. Returns (key, old, new) for each real change.
     fn apply_pending(&mut self) -> Vec<(ServicePortKey, Option<Entry>, Option<Entry>)> {
+        self.switch_cluster_mode();
         let mut changes = Vec::new();
         for (key, want) in std::mem::take(&mut self.pending) {
             let new = want.map(|(sp, eps)| {
@@ -268,7 +276,7 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
                 continue;
             }
             let new = new.map(|(sp, ready)| Entry {
-                fragment: rules::service_port_rules(&self.cfg, &sp, &ready),
+                fragment: rules::service_port_rules(&self.cfg, &sp, &ready, self.large_cluster),
                 sp,
                 ready,
             });
@@ -279,6 +287,39 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             changes.push((key, old, new));
         }
         changes
+    }
+
+    /// Enters or leaves large-cluster mode when the pending changes take the
+    /// number of ready endpoints across the threshold (kube-proxy's rule):
+    /// every service port's chains are then regenerated and the sync is a
+    /// full one, so no chain keeps the other mode's text.
+    fn switch_cluster_mode(&mut self) {
+        let ready = |eps: &[Endpoint]| eps.iter().filter(|e| e.ready).count();
+        let kept: usize = self
+            .entries
+            .iter()
+            .filter(|(key, _)| !self.pending.contains_key(*key))
+            .map(|(_, e)| e.ready.len())
+            .sum();
+        let pending: usize = self
+            .pending
+            .values()
+            .flatten()
+            .map(|(_, eps)| ready(eps))
+            .sum();
+        let large = kept + pending > rules::LARGE_CLUSTER_ENDPOINTS;
+        if large == self.large_cluster {
+            return;
+        }
+        info!(
+            endpoints = kept + pending,
+            large, "proxy: large-cluster mode changed (comments in service chains), full sync"
+        );
+        self.large_cluster = large;
+        for e in self.entries.values_mut() {
+            e.fragment = rules::service_port_rules(&self.cfg, &e.sp, &e.ready, large);
+        }
+        self.force_full = true;
     }
 
     /// Restore text for the changed chains only; empty when nothing changed.

@@ -52,11 +52,21 @@ pub struct Fragment {
     pub chains: Vec<(String, String)>,
 }
 
-/// A match on the protocol, like `-p tcp -m tcp`.
+/// A match on the protocol, like `-p tcp -m tcp` (the `-m` is what lets
+/// `--dport` follow).
 fn proto_match(sp: &ServicePort) -> String {
     let p = sp.protocol.as_str();
     format!("-p {p} -m {p}")
 }
+
+/// Above this many ready endpoints in total, the per-service-port chains
+/// carry no comments: kube-proxy's "large cluster mode"
+/// (`largeClusterEndpointsThreshold`). On iptables-nft every comment is an
+/// xtables match that the kernel revisits on each commit when it validates
+/// every rule reachable from the built-in chains, so at 10k Services x 4
+/// endpoints the comments alone double the cost of changing one endpoint.
+/// The dispatch chains (`SKIFF-SERVICES`, `SKIFF-NODEPORTS`) keep theirs.
+pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
 /// `%0.10f` of 1/n, kube-proxy's probability formatting.
 pub fn probability(n: usize) -> String {
@@ -74,7 +84,14 @@ fn comment(text: &str) -> String {
 
 /// Generates the rules of one service port. Only ready endpoints are used,
 /// each `ip:port` once, in address order so that the output is stable.
-pub fn service_port_rules(cfg: &RuleConfig, sp: &ServicePort, endpoints: &[Endpoint]) -> Fragment {
+/// `large_cluster`: leave the comments out of the service port's own chains
+/// (see [`LARGE_CLUSTER_ENDPOINTS`]).
+pub fn service_port_rules(
+    cfg: &RuleConfig,
+    sp: &ServicePort,
+    endpoints: &[Endpoint],
+    large_cluster: bool,
+) -> Fragment {
     let mut ready: Vec<Endpoint> = endpoints.iter().filter(|e| e.ready).copied().collect();
     ready.sort_by_key(|e| (e.ip, e.port));
     ready.dedup_by_key(|e| (e.ip, e.port));
@@ -130,14 +147,24 @@ pub fn service_port_rules(cfg: &RuleConfig, sp: &ServicePort, endpoints: &[Endpo
         );
     }
 
+    // Comments in the chains this service port owns ("" in large clusters),
+    // each followed by a space when present.
+    let own = |text: &str| {
+        if large_cluster {
+            String::new()
+        } else {
+            format!("{} ", comment(text))
+        }
+    };
+
     // The service chain: masquerade off-cluster sources, then affinity, then
     // the random pick with probability 1/(n-i) so each endpoint gets 1/n.
     let mut svc_rules = String::new();
     if let Some(cidr) = cfg.cluster_cidr {
-        let c = comment(&format!("{name} cluster IP"));
+        let c = own(&format!("{name} cluster IP"));
         let _ = writeln!(
             svc_rules,
-            "-A {svc} {c} {pm} -d {cip}/32 --dport {port} ! -s {cidr} -j {MARK_MASQ}"
+            "-A {svc} {c}{pm} -d {cip}/32 --dport {port} ! -s {cidr} -j {MARK_MASQ}"
         );
     }
     let seps: Vec<String> = ready
@@ -146,50 +173,53 @@ pub fn service_port_rules(cfg: &RuleConfig, sp: &ServicePort, endpoints: &[Endpo
         .collect();
     if let Some(timeout) = sp.session_affinity_timeout {
         for (ep, sep) in ready.iter().zip(&seps) {
-            let c = comment(&format!("{name} -> {}:{}", ep.ip, ep.port));
+            let c = own(&format!("{name} -> {}:{}", ep.ip, ep.port));
             let _ = writeln!(
                 svc_rules,
-                "-A {svc} {c} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}"
+                "-A {svc} {c}-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}"
             );
         }
     }
     let n = ready.len();
     for (i, (ep, sep)) in ready.iter().zip(&seps).enumerate() {
-        let c = comment(&format!("{name} -> {}:{}", ep.ip, ep.port));
+        let c = own(&format!("{name} -> {}:{}", ep.ip, ep.port));
         if i + 1 < n {
             let p = probability(n - i);
             let _ = writeln!(
                 svc_rules,
-                "-A {svc} {c} -m statistic --mode random --probability {p} -j {sep}"
+                "-A {svc} {c}-m statistic --mode random --probability {p} -j {sep}"
             );
         } else {
-            let _ = writeln!(svc_rules, "-A {svc} {c} -j {sep}");
+            let _ = writeln!(svc_rules, "-A {svc} {c}-j {sep}");
         }
     }
     f.chains.push((svc.clone(), svc_rules));
 
     if has_ext {
-        let c = comment(&format!(
+        let c = own(&format!(
             "masquerade traffic for {name} external destinations"
         ));
-        let rules = format!("-A {ext} {c} -j {MARK_MASQ}\n-A {ext} -j {svc}\n");
+        let rules = format!("-A {ext} {c}-j {MARK_MASQ}\n-A {ext} -j {svc}\n");
         f.chains.push((ext, rules));
     }
 
-    let c = comment(&name);
+    let c = own(&name);
+    let proto = sp.protocol.as_str();
     for (ep, sep) in ready.iter().zip(seps) {
         let ip: Ipv4Addr = ep.ip;
         // Hairpin: a pod reaching itself through the VIP must be
         // masqueraded, or it would answer itself from its own address.
-        let mut rules = format!("-A {sep} {c} -s {ip}/32 -j {MARK_MASQ}\n");
+        let mut rules = format!("-A {sep} {c}-s {ip}/32 -j {MARK_MASQ}\n");
         let recent = if sp.session_affinity_timeout.is_some() {
             format!(" -m recent --name {sep} --set")
         } else {
             String::new()
         };
+        // `-p` alone: DNAT to a port needs the protocol, not the `-m tcp`
+        // match (one xtables match less per endpoint for the kernel).
         let _ = writeln!(
             rules,
-            "-A {sep} {c} {pm}{recent} -j DNAT --to-destination {ip}:{}",
+            "-A {sep} {c}-p {proto}{recent} -j DNAT --to-destination {ip}:{}",
             ep.port
         );
         f.chains.push((sep, rules));

@@ -189,14 +189,14 @@ fn golden_partial_sync_after_one_endpoint_change() {
 #[test]
 fn chain_names_are_stable_and_prefixed() {
     let sp = svc("default", "web", "http", Protocol::Tcp, "10.96.0.10", 80);
-    let f = service_port_rules(&cfg(), &sp, &[ep("10.244.1.2", 80)]);
-    let g = service_port_rules(&cfg(), &sp, &[ep("10.244.1.2", 80)]);
+    let f = service_port_rules(&cfg(), &sp, &[ep("10.244.1.2", 80)], false);
+    let g = service_port_rules(&cfg(), &sp, &[ep("10.244.1.2", 80)], false);
     assert_eq!(f, g);
     for (name, _) in &f.chains {
         assert!(name.starts_with("SKIFF-") && name.len() <= 28, "{name}");
     }
     let udp = svc("default", "web", "http", Protocol::Udp, "10.96.0.10", 80);
-    let h = service_port_rules(&cfg(), &udp, &[ep("10.244.1.2", 80)]);
+    let h = service_port_rules(&cfg(), &udp, &[ep("10.244.1.2", 80)], false);
     assert_ne!(f.chains[0].0, h.chains[0].0, "protocol is part of the hash");
 }
 
@@ -520,4 +520,86 @@ fn chunked_full_sync_writes_the_same_chains_service_by_service() {
     p.iptables().restores.clear();
     p.sync().unwrap();
     assert_eq!(p.iptables().restores.len(), 1);
+}
+
+/// kube-proxy's large-cluster mode: above 1000 ready endpoints the service
+/// ports' own chains lose their comments (each one is an xtables match the
+/// kernel revisits on every commit); the dispatch chain keeps them. Crossing
+/// the threshold either way rewrites everything in one full sync.
+#[test]
+fn large_cluster_mode_drops_comments_in_service_chains() {
+    fn ports(n: usize) -> Vec<(ServicePort, Vec<Endpoint>)> {
+        (0..n)
+            .map(|i| {
+                let sp = svc(
+                    "bulk",
+                    &format!("s{i}"),
+                    "",
+                    Protocol::Tcp,
+                    &format!("10.96.{}.{}", i / 200, i % 200 + 1),
+                    80,
+                );
+                let eps = (0..4)
+                    .map(|e| ep(&format!("10.244.{}.{}", i / 60, (i % 60) * 4 + e + 1), 8080))
+                    .collect();
+                (sp, eps)
+            })
+            .collect()
+    }
+    // Per service port: the masquerade rule and 4 jumps in SKIFF-SVC-*,
+    // 2 rules in each of 4 SKIFF-SEP-*.
+    let own_chain_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("-A SKIFF-SVC-") || l.starts_with("-A SKIFF-SEP-"))
+            .map(String::from)
+            .collect()
+    };
+    let mut p = proxier();
+    // 250 x 4 = 1000 endpoints: not above the threshold, comments everywhere.
+    p.replace_all(ports(250));
+    assert!(p.sync().unwrap().full);
+    let text = p.iptables().restores.concat();
+    let own = own_chain_lines(&text);
+    assert_eq!(own.len(), 250 * (5 + 4 * 2));
+    assert!(
+        own.iter().all(|l| l.contains("-m comment")),
+        "small cluster keeps comments"
+    );
+
+    // One more Service crosses it: a full sync without comments in the
+    // service and endpoint chains.
+    p.iptables().restores.clear();
+    p.replace_all(ports(251));
+    let stats = p.sync().unwrap();
+    assert!(stats.full, "crossing the threshold rewrites everything");
+    let text = p.iptables().restores.concat();
+    let own = own_chain_lines(&text);
+    assert_eq!(own.len(), 251 * (5 + 4 * 2));
+    assert!(own.iter().all(|l| !l.contains("-m comment")), "{}", own[0]);
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("-A SKIFF-SERVICES -m comment --comment \"bulk/s"))
+            .count()
+            == 251,
+        "the dispatch chain keeps its comments"
+    );
+
+    // A change inside large mode is a partial sync, still without comments.
+    p.iptables().restores.clear();
+    let mut more = ports(251);
+    more[7].1.pop();
+    p.replace_all(more);
+    let stats = p.sync().unwrap();
+    assert!(!stats.full);
+    let text = p.iptables().restores.concat();
+    assert!(!own_chain_lines(&text).is_empty());
+    assert!(!text.contains("-m comment"), "{text}");
+
+    // Back under the threshold: comments return, everywhere, at once.
+    p.iptables().restores.clear();
+    p.replace_all(ports(200));
+    assert!(p.sync().unwrap().full);
+    let own = own_chain_lines(&p.iptables().restores.concat());
+    assert_eq!(own.len(), 200 * (5 + 4 * 2));
+    assert!(own.iter().all(|l| l.contains("-m comment")));
 }
