@@ -161,6 +161,11 @@ impl Registry {
 
     /// Pushes the test image as `REPO:TAG`, retrying while the registry starts.
     fn push(&self, repo_tag: &str) {
+        self.push_layout(test_image(), repo_tag);
+    }
+
+    /// Pushes the `latest` image of the OCI layout at `layout` as `REPO:TAG`.
+    fn push_layout(&self, layout: &Path, repo_tag: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut cmd = Command::new("nsenter");
@@ -174,7 +179,7 @@ impl Registry {
             if self.ca.is_some() {
                 cmd.arg("--dest-creds=user:pass");
             }
-            cmd.arg(format!("oci:{}:latest", test_image().display()))
+            cmd.arg(format!("oci:{}:latest", layout.display()))
                 .arg(format!("docker://{}/{repo_tag}", self.host()));
             let out = cmd.output().expect("running skopeo");
             if out.status.success() {
@@ -196,6 +201,22 @@ impl Registry {
             .arg(format!("--net={}", self.netns.display()))
             .args(["skopeo", "inspect", "--tls-verify=false", what]));
         serde_json::from_str(&out).expect("skopeo inspect JSON")
+    }
+
+    /// `skopeo inspect --raw` (the manifest as stored) or, with `config`, `--config --raw`.
+    fn skopeo_raw(&self, what: &str, config: bool) -> Value {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns.display())).args([
+            "skopeo",
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+        ]);
+        if config {
+            cmd.arg("--config");
+        }
+        let out = run(cmd.arg(what));
+        serde_json::from_str(&out).expect("skopeo inspect --raw JSON")
     }
 }
 
@@ -451,4 +472,513 @@ fn pull_secret_authenticates_against_a_tls_registry_with_htpasswd() {
         ev.contains(&format!("Successfully pulled image \"{image}\"")),
         "{ev}"
     );
+}
+
+// ---- SIGKILL of skiffd in the middle of a pull ----------------------------------------------
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A one-file ustar archive: `name` holding `data` (a layer tar, written by hand).
+fn one_file_tar(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let mut field = |at: usize, len: usize, value: u64| {
+        let text = format!("{value:0width$o}\0", width = len - 1);
+        h[at..at + len].copy_from_slice(text.as_bytes());
+    };
+    field(100, 8, 0o644); // mode
+    field(108, 8, 0); // uid
+    field(116, 8, 0); // gid
+    field(124, 12, data.len() as u64); // size
+    field(136, 12, 0); // mtime
+    h[156] = b'0'; // regular file
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    // The checksum is computed with its own field as spaces.
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = h.to_vec();
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+    tar
+}
+
+/// The test image plus one layer holding `size` random bytes (incompressible, so the registry
+/// serves about `size` bytes for it whatever skopeo does to it), as an OCI layout in `dir`.
+/// Returns the new layer's diff id.
+fn layout_with_random_layer(dir: &Path, size: usize) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let src = test_image();
+    for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), blobs.join(e.file_name())).unwrap();
+    }
+    std::fs::copy(src.join("oci-layout"), dir.join("oci-layout")).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let hex = sha256_hex(bytes);
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let read_blob = |digest: &str| -> Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(blobs.join(hex)).unwrap()).unwrap()
+    };
+
+    let mut random = vec![0u8; size];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut random,
+    )
+    .unwrap();
+    let tar = one_file_tar("random.bin", &random);
+    let (layer_digest, layer_size) = put(&tar);
+    let diff_id = layer_digest.clone(); // uncompressed: the blob is the tar
+
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let mut manifest = read_blob(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read_blob(manifest["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(diff_id.clone().into());
+    if let Some(history) = config["history"].as_array_mut() {
+        history.push(serde_json::json!({"created_by": "tests/images.rs: random layer"}));
+    }
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = config_digest.into();
+    manifest["config"]["size"] = config_size.into();
+    manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer_digest,
+            "size": layer_size,
+        }));
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    index["manifests"][0]["digest"] = manifest_digest.into();
+    index["manifests"][0]["size"] = manifest_size.into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    diff_id
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Once open, everything flows.
+    open: bool,
+    /// How many times a connection stopped at the gate (never decreases).
+    holds: u64,
+}
+
+/// Where the proxy holds the watched blob's download.
+struct Gate {
+    /// `blobs/sha256:<hex>`, as in the request line of the watched blob.
+    needle: Vec<u8>,
+    /// Response bytes let through before holding.
+    limit: u64,
+    state: std::sync::Mutex<GateState>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn holds(&self) -> u64 {
+        self.state.lock().unwrap().holds
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().open = true;
+        self.cv.notify_all();
+    }
+
+    /// Blocks the calling connection while the gate is closed.
+    fn hold(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.open {
+            return;
+        }
+        st.holds += 1;
+        while !st.open {
+            st = self.cv.wait(st).unwrap();
+        }
+    }
+}
+
+/// A TCP proxy in the node's netns in front of the registry. A connection that asks for the
+/// watched blob gets `limit` bytes of the response, then nothing until the gate opens: the
+/// download stops midway for as long as the test wants, and no timing is involved.
+struct GatedProxy {
+    port: u16,
+    gate: std::sync::Arc<Gate>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GatedProxy {
+    fn start(node: &Node, upstream: u16, blob_digest: &str, limit: u64) -> GatedProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let gate = Arc::new(Gate {
+            needle: format!("blobs/{blob_digest}").into_bytes(),
+            limit,
+            state: Default::default(),
+            cv: Default::default(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let netns = node.host.path();
+        let (g, s) = (gate.clone(), stop.clone());
+        // The accept loop runs in the node's netns, so the listener and the upstream
+        // connections it makes live there (the registry listens on that netns' loopback).
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&netns).expect("opening netns");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+            listener.set_nonblocking(true).unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let watched = Arc::new(AtomicBool::new(false));
+                // client -> registry: watch the request lines for the blob.
+                {
+                    let (mut from, mut to) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (g, watched) = (g.clone(), watched.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 16 << 10];
+                        let mut window: Vec<u8> = Vec::new();
+                        loop {
+                            let n = match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            window.extend_from_slice(&buf[..n]);
+                            if window
+                                .windows(g.needle.len())
+                                .any(|w| w == g.needle.as_slice())
+                            {
+                                watched.store(true, Ordering::SeqCst);
+                            }
+                            let keep = window.len().saturating_sub(g.needle.len());
+                            window.drain(..keep);
+                            if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+                // registry -> client: the gate.
+                let g = g.clone();
+                let (mut from, mut to) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    let mut sent = 0u64;
+                    loop {
+                        let n = match std::io::Read::read(&mut from, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut chunk = &buf[..n];
+                        if watched.load(Ordering::SeqCst) {
+                            let allowed = g.limit.saturating_sub(sent).min(n as u64) as usize;
+                            if allowed < n {
+                                if std::io::Write::write_all(&mut to, &chunk[..allowed]).is_err() {
+                                    break;
+                                }
+                                chunk = &chunk[allowed..];
+                                g.hold();
+                            }
+                            sent += n as u64;
+                        }
+                        if std::io::Write::write_all(&mut to, chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Both);
+                    let _ = from.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        let port = rx.recv().expect("proxy port");
+        GatedProxy { port, gate, stop }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for GatedProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.gate.open();
+    }
+}
+
+/// Names in a directory (empty if it does not exist).
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The pulls' staging directories, `<store>/tmp/pull-*`.
+fn staging_dirs(store: &Path) -> Vec<PathBuf> {
+    dir_names(&store.join("tmp"))
+        .into_iter()
+        .filter(|n| n.starts_with("pull-"))
+        .map(|n| store.join("tmp").join(n))
+        .collect()
+}
+
+/// The images recorded in `<store>/images.json`, the index `skiff images`, `resolve` and the
+/// pod workers read (none when the file does not exist yet).
+fn indexed_images(store: &Path) -> Vec<Value> {
+    match std::fs::read(store.join("images.json")) {
+        Ok(bytes) => {
+            let index: Value = serde_json::from_slice(&bytes).expect("images.json is JSON");
+            index["images"].as_array().cloned().unwrap_or_default()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("reading images.json: {e}"),
+    }
+}
+
+/// After a kill, with skiffd down: the store of this fresh node shows nothing of the image.
+/// The index lists no image, and nothing sits at a final path: `blobs/sha256/` and `layers/`
+/// are empty, so neither `resolve` nor the puller's "already have this blob/layer" checks can
+/// pick up a partial download or unpack: whatever the pull did is in its staging dir.
+fn assert_nothing_visible(store: &Path, when: &str) {
+    let images = indexed_images(store);
+    assert!(images.is_empty(), "{when}: images.json lists {images:?}");
+    for sub in ["blobs/sha256", "layers"] {
+        let names = dir_names(&store.join(sub));
+        assert!(names.is_empty(), "{when}: {sub}/ holds {names:?}");
+    }
+}
+
+/// Whether process `pid` waits for the flock on `path` (a `->` line in /proc/locks).
+fn waits_for_flock(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"->")
+            && f.get(2) == Some(&"FLOCK")
+            && f.get(5) == Some(&pid.to_string().as_str())
+            && f.get(6)
+                .is_some_and(|dev_ino| dev_ino.ends_with(&format!(":{ino}")))
+    })
+}
+
+/// The first file named `name` under `dir`, depth first.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = e.path();
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if e.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// SIGKILL of skiffd mid-download and again after every layer is unpacked (with the commit
+/// waiting for the store lock): each time the image is absent from the store, not half
+/// there; the restart removes the dead pull's staging directory; with the registry
+/// reachable again the pod gets the image and runs, listed once with the registry's digest,
+/// and the store holds exactly that image's blobs and layers. (A kill in the middle of one
+/// layer's unpack cannot be timed from outside without a hook in skiffd; the second kill is
+/// the last moment before the commit, with every layer unpacked in staging.)
+#[test]
+fn sigkill_mid_pull_leaves_no_image_and_restart_cleans_up() {
+    if !ready() {
+        return;
+    }
+    const BIG: usize = 8 << 20;
+    const LIMIT: u64 = 4 << 20;
+    let mut node = Node::new();
+    let reg = Registry::start(&node, false);
+    let layout = node.dir().join("big-layout");
+    let diff_id = layout_with_random_layer(&layout, BIG);
+    reg.push_layout(&layout, "test/big:latest");
+    // What the registry serves (skopeo may have compressed the layer on the way).
+    let direct = format!("docker://{}/test/big:latest", reg.host());
+    let digest = reg.skopeo_inspect(&direct)["Digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let manifest = reg.skopeo_raw(&direct, false);
+    let config = reg.skopeo_raw(&direct, true);
+    let layers: Vec<(String, u64)> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(diff_ids.last(), Some(&diff_id), "{config}");
+    let (big_digest, big_size) = layers.last().unwrap().clone();
+    assert!(big_size > LIMIT + (1 << 20), "{manifest}");
+    let hex = |d: &str| d.strip_prefix("sha256:").unwrap().to_owned();
+    let big_hex = hex(&big_digest);
+
+    let proxy = GatedProxy::start(&node, reg.port, &big_digest, LIMIT);
+    let image = format!("{}/test/big:latest", proxy.host());
+    let store = node.root.join("images");
+    node.start_daemon();
+    node.write_manifest("big.yaml", &pod_yaml("big", &image, "IfNotPresent", ""));
+
+    // 1. Mid-download: the proxy holds the big layer after LIMIT bytes; wait until skiffd has
+    //    written more than half of that to disk (wherever it writes it), then SIGKILL.
+    let staged_blob = |dir: &Path| dir.join("blobs").join(&big_hex);
+    let partial = node.wait_for(
+        "the big layer's download held midway",
+        Duration::from_secs(30),
+        || {
+            if proxy.gate.holds() < 1 {
+                return None;
+            }
+            find_file(&store, &big_hex).filter(|p| file_len(p) >= 2 << 20)
+        },
+    );
+    let (reason, _) = waiting_reason(&node, "big").expect("pod big");
+    assert_eq!(reason, "ContainerCreating");
+    node.kill_daemon();
+    assert_nothing_visible(&store, "killed mid-download");
+    let first = staging_dirs(&store)
+        .into_iter()
+        .find(|d| staged_blob(d) == partial)
+        .unwrap_or_else(|| panic!("partial download outside staging: {}", partial.display()));
+    let written = file_len(&partial);
+    assert!(
+        written >= 2 << 20 && written < big_size,
+        "staged blob has {written} of {big_size} bytes"
+    );
+
+    // 2. Restart: the dead pull's staging dir goes before the API answers. The new pull stops
+    //    at the gate again; the test takes the store lock, then opens the gate: the download
+    //    and every unpack finish and the commit waits for the lock. Then SIGKILL.
+    node.start_daemon();
+    assert!(!first.exists(), "{} survived the restart", first.display());
+    let lock_path = store.join("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .expect("the store's lock file");
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock the store");
+    proxy.gate.open();
+    let pid = node.daemon_pid().unwrap();
+    let second = node.wait_for(
+        "the pull's commit waiting for the store lock",
+        Duration::from_secs(60),
+        || {
+            if !waits_for_flock(pid, &lock_path) {
+                return None;
+            }
+            let dirs = staging_dirs(&store);
+            assert_eq!(dirs.len(), 1, "staging dirs: {dirs:?}");
+            let unpacked = dirs[0]
+                .join("layers")
+                .join(hex(&diff_id))
+                .join("random.bin");
+            (file_len(&staged_blob(&dirs[0])) == big_size && file_len(&unpacked) == BIG as u64)
+                .then(|| dirs[0].clone())
+        },
+    );
+    node.kill_daemon();
+    drop(lock);
+    // Everything was downloaded, verified and unpacked, only in staging.
+    assert_nothing_visible(&store, "killed before the commit");
+    let layer_dirs = dir_names(&second.join("layers"));
+    assert_eq!(layer_dirs.len(), diff_ids.len(), "{layer_dirs:?}");
+
+    // 3. Restart with the gate open: the pod gets the image and runs.
+    node.start_daemon();
+    assert!(
+        !second.exists(),
+        "{} survived the restart",
+        second.display()
+    );
+    let pod = node.wait_running("big");
+    assert_eq!(
+        main_status(&pod)["imageID"],
+        format!("{}/test/big@{digest}", proxy.host()),
+        "{pod}"
+    );
+    let listed = node.skiff_ok(&["images"]);
+    let rows: Vec<&str> = listed.lines().filter(|l| l.contains("/test/big")).collect();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert!(
+        rows[0].starts_with(&format!("{}/test/big", proxy.host())) && rows[0].contains("latest"),
+        "{listed}"
+    );
+    let inspected: Value =
+        serde_json::from_str(&node.skiff_ok(&["image", "inspect", &image])).unwrap();
+    assert_eq!(inspected["digest"], digest.as_str(), "{inspected}");
+
+    // No garbage: no staging left, and the store holds exactly this image's blobs (manifest,
+    // config, layers) and unpacked layers: nothing from the killed pulls.
+    node.wait_for("tmp/ to be empty", Duration::from_secs(10), || {
+        dir_names(&store.join("tmp")).is_empty().then_some(())
+    });
+    let images = indexed_images(&store);
+    assert_eq!(images.len(), 1, "{images:?}");
+    let mut want_blobs: Vec<String> = layers.iter().map(|(d, _)| hex(d)).collect();
+    want_blobs.push(hex(&digest));
+    want_blobs.push(hex(inspected["id"].as_str().unwrap()));
+    want_blobs.sort();
+    assert_eq!(dir_names(&store.join("blobs/sha256")), want_blobs);
+    let mut want_layers: Vec<String> = diff_ids.iter().map(|d| hex(d)).collect();
+    want_layers.sort();
+    assert_eq!(dir_names(&store.join("layers")), want_layers);
 }

@@ -100,7 +100,9 @@ pub(crate) fn fsync_dir(path: &Path) -> Result<(), Error> {
 
 impl ImageStore {
     /// Opens (creating if needed) the store at `root` and removes what a crash left behind:
-    /// staging files under `tmp/` and half-unpacked `layers/.tmp-*` directories.
+    /// staging files under `tmp/`, half-unpacked `layers/.tmp-*` directories, and blobs and
+    /// layers no image in the index refers to (a pull killed inside its commit has moved some
+    /// into place but not recorded the image).
     pub fn open(root: impl Into<PathBuf>) -> Result<ImageStore, Error> {
         let store = ImageStore { root: root.into() };
         for dir in [
@@ -117,6 +119,11 @@ impl ImageStore {
         }
         let _lock = store.lock()?;
         store.remove_garbage()?;
+        // Under the lock no import or commit is half done, so whatever the index does not
+        // refer to is garbage. A store whose index cannot be read keeps everything.
+        if let Err(err) = store.load().and_then(|index| store.gc(&index)) {
+            warn!(%err, "cannot collect unreferenced blobs and layers");
+        }
         Ok(store)
     }
 

@@ -564,6 +564,41 @@ fn open_removes_crash_garbage() {
     assert_eq!(count_dir(&root.path().join("layers")), 0);
 }
 
+/// What a pull SIGKILLed inside its commit leaves: blobs and an unpacked layer already renamed
+/// into `blobs/` and `layers/`, the index not saved. No image refers to them; `open` removes
+/// them and keeps the stored image's.
+#[test]
+fn open_removes_blobs_and_layers_no_image_refers_to() {
+    let (src, root) = (tmp(), tmp());
+    let id = add_oci_image(
+        src.path(),
+        &[base_layer()],
+        Compress::Gzip,
+        &[("io.containerd.image.name", "kept")],
+        "kept",
+    );
+    let store = ImageStore::open(root.path()).unwrap();
+    store.import(src.path()).unwrap();
+    let (blobs, layers) = (root.path().join("blobs/sha256"), root.path().join("layers"));
+    let (n_blobs, n_layers) = (count_dir(&blobs), count_dir(&layers));
+    let orphan_blob = blobs.join("ab".repeat(32));
+    fs::write(&orphan_blob, b"a layer of a pull killed mid-commit").unwrap();
+    let orphan_layer = layers.join("cd".repeat(32));
+    fs::create_dir_all(orphan_layer.join("srv")).unwrap();
+    fs::write(orphan_layer.join("srv/file"), b"x").unwrap();
+    drop(store);
+    let store = ImageStore::open(root.path()).unwrap();
+    assert!(!orphan_blob.exists());
+    assert!(!orphan_layer.exists());
+    assert_eq!(count_dir(&blobs), n_blobs);
+    assert_eq!(count_dir(&layers), n_layers);
+    let image = store.resolve("kept").unwrap().unwrap();
+    assert_eq!(image.id, id);
+    for dir in store.layer_dirs(&image).unwrap() {
+        assert!(dir.is_dir());
+    }
+}
+
 #[test]
 fn corrupt_blob_is_rejected_and_nothing_kept() {
     let (src, root) = (tmp(), tmp());

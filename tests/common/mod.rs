@@ -177,6 +177,11 @@ impl Node {
         });
     }
 
+    /// The running skiffd's pid (nsenter execs it, so it is the child's).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// SIGKILLs skiffd (a crash): containers and shims must survive.
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
