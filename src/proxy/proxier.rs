@@ -63,17 +63,61 @@ pub struct SyncStats {
 }
 
 /// A service port with its ready endpoints and the rules made from them.
+///
+/// Between syncs the text of the service port's own chains is not kept
+/// (`fragment.chains` is empty, see [`Entry::compact`]), only each chain's
+/// name and a digest of its text, which is all a partial sync needs to see
+/// what changed; a full sync generates the text again. At 10k Services x 4
+/// endpoints that text is most of the proxier's memory.
 #[derive(Debug, Clone)]
 struct Entry {
     sp: ServicePort,
     ready: Vec<Endpoint>,
+    /// The dispatch lines always; the own chains' text only until compacted.
     fragment: Fragment,
+    /// (name, digest of the text) of each own chain, in writing order.
+    own: Vec<(String, u64)>,
+}
+
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 impl Entry {
+    fn new(sp: ServicePort, ready: Vec<Endpoint>, fragment: Fragment) -> Entry {
+        let own = fragment
+            .chains
+            .iter()
+            .map(|(n, t)| (n.clone(), digest(t)))
+            .collect();
+        Entry {
+            sp,
+            ready,
+            fragment,
+            own,
+        }
+    }
+
     /// The service chain's name (none without endpoints).
     fn order_key(&self) -> &str {
-        self.fragment.chains.first().map_or("", |(n, _)| n.as_str())
+        self.own.first().map_or("", |(n, _)| n.as_str())
+    }
+
+    /// Drops the own chains' text (kept: names and digests).
+    fn compact(&mut self) {
+        if !self.fragment.chains.is_empty() {
+            self.fragment.chains = Vec::new();
+        }
+    }
+
+    /// Generates the own chains' text again if it was compacted away.
+    fn expand(&mut self, cfg: &RuleConfig, large_cluster: bool) {
+        if self.fragment.chains.is_empty() && !self.own.is_empty() {
+            self.fragment = rules::service_port_rules(cfg, &self.sp, &self.ready, large_cluster);
+        }
     }
 }
 
@@ -252,6 +296,9 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
                 self.force_full = true;
             }
         }
+        for e in self.entries.values_mut() {
+            e.compact();
+        }
         result
     }
 
@@ -275,10 +322,10 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             if unchanged {
                 continue;
             }
-            let new = new.map(|(sp, ready)| Entry {
-                fragment: rules::service_port_rules(&self.cfg, &sp, &ready, self.large_cluster),
-                sp,
-                ready,
+            let new = new.map(|(sp, ready)| {
+                let fragment =
+                    rules::service_port_rules(&self.cfg, &sp, &ready, self.large_cluster);
+                Entry::new(sp, ready, fragment)
             });
             let old = match &new {
                 Some(e) => self.entries.insert(key.clone(), e.clone()),
@@ -317,7 +364,8 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
         );
         self.large_cluster = large;
         for e in self.entries.values_mut() {
-            e.fragment = rules::service_port_rules(&self.cfg, &e.sp, &e.ready, large);
+            let fragment = rules::service_port_rules(&self.cfg, &e.sp, &e.ready, large);
+            *e = Entry::new(e.sp.clone(), std::mem::take(&mut e.ready), fragment);
         }
         self.force_full = true;
     }
@@ -333,19 +381,24 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
         let mut delete: Vec<&str> = Vec::new();
         let mut shared_touched = false;
         let empty = Fragment::default();
+        let none: Vec<(String, u64)> = Vec::new();
         for (_, old, new) in changes {
             let of = old.as_ref().map_or(&empty, |e| &e.fragment);
             let nf = new.as_ref().map_or(&empty, |e| &e.fragment);
+            let old_own = old.as_ref().map_or(&none, |e| &e.own);
             shared_touched |= of.nat_services != nf.nat_services
                 || of.nat_nodeports != nf.nat_nodeports
                 || of.filter_services != nf.filter_services
                 || of.filter_external != nf.filter_external;
+            // The new entry still has its text (compacted after the sync);
+            // the old one has digests.
             for (name, text) in &nf.chains {
-                if !of.chains.iter().any(|(n, t)| n == name && t == text) {
+                let d = digest(text);
+                if !old_own.iter().any(|(n, od)| n == name && *od == d) {
                     write.push((name, text));
                 }
             }
-            for (name, _) in &of.chains {
+            for (name, _) in old_own {
                 if !nf.chains.iter().any(|(n, _)| n == name) {
                     delete.push(name);
                 }
@@ -427,6 +480,9 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             full: true,
             ..SyncStats::default()
         };
+        for e in self.entries.values_mut() {
+            e.expand(&self.cfg, self.large_cluster);
+        }
         let shared = Shared::build(&self.entries);
         let fixed = rules::fixed_nat_chains(&self.cfg);
         let mut installed = Vec::with_capacity(2);

@@ -489,7 +489,10 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
     }
     ctl.hold_rules = false;
     loop {
-        blocking(|| ctl.reconcile());
+        blocking(|| {
+            ctl.reconcile();
+            crate::runtime::release_free_heap();
+        });
         tokio::select! {
             r = changes.changed() => {
                 if r.is_err() {
