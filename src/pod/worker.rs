@@ -500,11 +500,13 @@ impl Worker {
     /// Whether the sandbox may be created with its CNI ADD running alongside the first
     /// container's create: not when the pod reads its own IP (env, downward API), which
     /// must be known before specs and volumes are built; not after such a start failed
-    /// on the network; and not while containers run (a restarted skiffd finding its pod
-    /// again must not rewrite their /etc/hosts without the pod's entry, even briefly).
+    /// on the network; and only for a pod none of whose containers has run yet (a restarted
+    /// skiffd finding its pod again must not rewrite running containers' /etc/hosts
+    /// without the pod's entry, even briefly, nor start an ADD for a pod that may turn out
+    /// to be finished, whose sandbox is then removed at once).
     fn may_overlap_network(&self) -> bool {
         self.overlap_net
-            && self.slots.iter().all(|s| s.current.is_none())
+            && self.slots.iter().all(|s| s.current.is_none() && s.last.is_none())
             && !crate::pod::env::needs_pod_ip(&self.pod)
     }
 
