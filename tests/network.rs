@@ -405,3 +405,218 @@ fn reboot_with_pods_kept_gives_them_a_working_network_again() {
     assert_eq!(node.host_veths().len(), 2);
     remove_all_and_check(&node, &node.root.join("cni/networks/skiff"));
 }
+
+// ---- the pod network and the first container's create, overlapped ------------------------
+
+/// A CNI plugin wrapper around skiff-bridge, installed as `<node dir>/cni-bin/<name>`, with a
+/// conflist of skiff's default network that uses it. On ADD it first sleeps `delay`, then
+/// appends to `<node dir>/cni-adds` one line naming the container cgroups that exist in the
+/// pod's cgroup at that moment (so a test sees what was created while the ADD ran), then
+/// runs skiff-bridge, or fails with `fail` instead when set. Every other command goes
+/// straight to skiff-bridge. Returns (extra skiffd flags, the IPAM allocation dir).
+fn wrapped_bridge(node: &Node, name: &str, delay: &str, fail: Option<&str>) -> (Vec<String>, std::path::PathBuf) {
+    let skiff_bins = common::bin("skiffd").parent().unwrap().to_path_buf();
+    let bin_dir = node.dir().join("cni-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let adds = node.dir().join("cni-adds");
+    let on_add = match fail {
+        Some(msg) => format!(
+            "printf '{{\"cniVersion\":\"1.1.0\",\"code\":999,\"msg\":\"{msg}\"}}'\n  exit 1"
+        ),
+        None => format!("\"{}/skiff-bridge\" \"$@\"; rc=$?; echo done >> {}.done; exit $rc", skiff_bins.display(), adds.display()),
+    };
+    let script = format!(
+        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  sleep {delay}\n  cgs=$(for d in /sys/fs/cgroup/*/skiff/pod$CNI_CONTAINERID/* /sys/fs/cgroup/skiff/pod$CNI_CONTAINERID/*; do [ -d \"$d\" ] && basename \"$d\"; done | sort -u | tr '\\n' ' ')\n  echo \"ADD $cgs\" >> {adds}\n  {on_add}\nfi\nexec \"{bins}/skiff-bridge\" \"$@\"\n",
+        adds = adds.display(),
+        bins = skiff_bins.display(),
+    );
+    let path = bin_dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = node.dir().join("ipam");
+    let conf_dir = node.dir().join("cni/net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "wrapped",
+        "plugins": [{
+            "type": name, "bridge": "cni0", "isGateway": true, "isDefaultGateway": true,
+            "ipMasq": true, "hairpinMode": true,
+            "ipam": {"type": "skiff-host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "dataDir": data}
+        }]
+    });
+    std::fs::write(conf_dir.join("10-wrapped.conflist"), serde_json::to_string_pretty(&conf).unwrap()).unwrap();
+    let flags = vec!["--cni-bin-dir".to_string(), format!("{},{}", bin_dir.display(), skiff_bins.display())];
+    (flags, data.join("wrapped"))
+}
+
+/// The lines `wrapped_bridge` recorded, one per ADD.
+fn cni_adds(node: &Node) -> Vec<String> {
+    std::fs::read_to_string(node.dir().join("cni-adds")).unwrap_or_default().lines().map(String::from).collect()
+}
+
+/// A container ID (64 hex digits) among the words of `line`.
+fn has_container_cgroup(line: &str) -> bool {
+    line.split_whitespace().any(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn shims_with(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("skiff-shim") && cmd.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Processes in any cgroup of the pod, and the pod's container cgroups (cgroup v1 or v2).
+fn pod_cgroup_contents(uid: &str) -> (Vec<String>, Vec<String>) {
+    let mut procs = Vec::new();
+    let mut dirs = Vec::new();
+    let mut pod_dirs = vec![Path::new("/sys/fs/cgroup/skiff").join(format!("pod{uid}"))];
+    for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        pod_dirs.push(e.path().join("skiff").join(format!("pod{uid}")));
+    }
+    for d in pod_dirs {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path().display().to_string());
+                let p = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                procs.extend(p.lines().map(|l| format!("{l} in {}", e.path().display())));
+            }
+        }
+    }
+    (procs, dirs)
+}
+
+#[test]
+fn first_container_runs_only_once_its_network_is_up() {
+    if !common::require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    // ADD takes a second: long enough for the first container to be created meanwhile,
+    // and for it to run without a network if the start gate did not hold it.
+    let (flags, alloc) = wrapped_bridge(&node, "slow-bridge", "1", None);
+    node.extra_flags(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    node.start_daemon();
+    node.import_image();
+    // The first container (an init container) looks at its network first thing.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: early\nspec:\n  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: look\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [sh, -c, \"ip -4 addr show eth0 2>&1; cat /etc/hosts\"]\n  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [sh, -c, \"ip -4 addr show eth0 2>&1; cat /etc/hosts; exec sleep 3600\"]\n"
+    );
+    node.write_manifest("early.yaml", &yaml);
+    let pod = node.wait_running("early");
+    let ip = pod_ip(&pod);
+    let adds = cni_adds(&node);
+    assert_eq!(adds.len(), 1, "one ADD: {adds:?}");
+    assert!(has_container_cgroup(&adds[0]), "the first container must have been created while ADD ran: {adds:?}");
+    for c in ["look", "main"] {
+        // The app container may be Running before its output is in its log.
+        let log = node.wait_for(&format!("{c}'s output"), Duration::from_secs(10), || {
+            let l = node.skiff_ok(&["logs", "early", "-c", c]);
+            l.contains("localhost").then_some(l)
+        });
+        assert!(log.contains(&format!("inet {ip}/")), "{c}: eth0 must carry {ip} when the container starts:\n{log}");
+        assert!(log.contains(&format!("{ip}\tearly\n")), "{c}: /etc/hosts must have '{ip}\\tearly' when the container starts:\n{log}");
+    }
+    remove_all_and_check(&node, &alloc);
+}
+
+#[test]
+fn cni_failure_removes_the_container_created_meanwhile() {
+    if !common::require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    let (flags, alloc) = wrapped_bridge(&node, "fail-bridge", "1", Some("injected ADD failure"));
+    node.extra_flags(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    node.start_daemon();
+    node.import_image();
+    node.write_manifest("doomed.yaml", &pod_yaml("doomed", "echo ran; sleep 3600"));
+    let describe = node.wait_for("FailedCreatePodSandBox on doomed", Duration::from_secs(20), || {
+        let out = node.skiff(&["describe", "pod", "doomed"]);
+        let d = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && d.contains("FailedCreatePodSandBox")).then_some(d)
+    });
+    assert!(describe.contains("injected ADD failure"), "the event must carry the plugin's error:\n{describe}");
+    let adds = cni_adds(&node);
+    assert!(has_container_cgroup(&adds[0]), "the first ADD ran alongside the container's create: {adds:?}");
+    let pod = node.pod("doomed").unwrap();
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["restartCount"], 0, "{status}");
+    assert_eq!(status["state"]["waiting"]["reason"], "ContainerCreating", "{status}");
+    assert!(status["lastState"]["terminated"].is_null(), "the container never ran: {status}");
+    assert_ne!(pod["status"]["phase"], "Running");
+    // Nothing of the created container is left: no shim, no process, no cgroup, no
+    // libcontainer state, no container directory or rootfs mount.
+    node.wait_for("the created container gone", Duration::from_secs(10), || {
+        let (procs, dirs) = pod_cgroup_contents(&uid);
+        let shims = shims_with(&uid);
+        let state: Vec<_> = std::fs::read_dir(node.run.join("runtime")).unwrap().flatten().collect();
+        let containers: Vec<_> =
+            std::fs::read_dir(node.root.join("pods").join(&uid).join("containers")).into_iter().flatten().flatten().collect();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains("/containers/")).filter(|l| l.contains(&uid)).count();
+        (procs.is_empty() && dirs.is_empty() && shims.is_empty() && state.is_empty() && containers.is_empty() && mounts == 0)
+            .then_some(())
+    });
+    let logs = node.skiff(&["logs", "doomed"]);
+    assert!(!String::from_utf8_lossy(&logs.stdout).contains("ran"), "the container must never have run");
+    // The retry (5 s later) attaches first: no container is created for nothing again.
+    node.wait_for("a second ADD", Duration::from_secs(20), || (cni_adds(&node).len() >= 2).then_some(()));
+    let adds = cni_adds(&node);
+    assert!(!has_container_cgroup(&adds[1]), "the retry must not overlap: {adds:?}");
+    assert_eq!(node.pod("doomed").unwrap()["status"]["containerStatuses"][0]["restartCount"], 0);
+    remove_all_and_check(&node, &alloc);
+}
+
+#[test]
+fn daemon_crash_while_a_container_waits_for_its_network_leaves_nothing_behind() {
+    if !common::require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    let (flags, alloc) = wrapped_bridge(&node, "slow-bridge", "2", None);
+    node.extra_flags(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    node.start_daemon();
+    node.import_image();
+    node.write_manifest("gated.yaml", &pod_yaml("gated", "echo ran; sleep 3600"));
+    let shim = node.wait_for("a shim waiting at the start gate", Duration::from_secs(20), || {
+        shims_with("--gate-fd").into_iter().find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*node.dir().to_string_lossy()))
+        })
+    });
+    let uid = node.pod("gated").unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    node.kill_daemon();
+    // EOF on the gate: the shim deletes the created container and exits, without skiffd.
+    node.wait_for("the gated shim to exit", Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{shim}")).exists()).then_some(())
+    });
+    let (procs, dirs) = pod_cgroup_contents(&uid);
+    assert!(procs.is_empty() && dirs.is_empty(), "the container must be gone with its shim: {procs:?} {dirs:?}");
+    assert!(std::fs::read_dir(node.run.join("runtime")).unwrap().next().is_none(), "libcontainer state left");
+    // The orphaned ADD finishes on its own; a restarted skiffd then treats the pod as a
+    // half-created sandbox, and the abandoned container as never having existed.
+    node.wait_for("the orphaned ADD to finish", Duration::from_secs(10), || {
+        node.dir().join("cni-adds.done").exists().then_some(())
+    });
+    node.start_daemon();
+    let pod = node.wait_for("gated Running after the restart", Duration::from_secs(40), || {
+        let p = node.pod("gated")?;
+        (p["status"]["phase"] == "Running").then_some(p)
+    });
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["restartCount"], 0, "the abandoned container is no restart: {status}");
+    assert!(status["lastState"]["terminated"].is_null(), "the abandoned container left no status: {status}");
+    let containers: Vec<_> =
+        std::fs::read_dir(node.root.join("pods").join(&uid).join("containers")).unwrap().flatten().collect();
+    assert_eq!(containers.len(), 1, "only the running container is on disk: {containers:?}");
+    assert_eq!(node.skiff_ok(&["logs", "gated"]).matches("ran").count(), 1);
+    remove_all_and_check(&node, &alloc);
+}

@@ -153,6 +153,23 @@ fn value_of(
     Ok(Some(String::new()))
 }
 
+/// Whether anything of the pod (an env `fieldRef` of any container, a downwardAPI or
+/// projected volume item) reads the pod's own IP: such a pod needs its network attached
+/// before its containers' specs and volumes are built, so it gets no overlapped start.
+pub fn needs_pod_ip(pod: &Pod) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().any(|(k, v)| {
+                (k == "fieldPath" && v.as_str().is_some_and(|p| p.starts_with("status.podIP"))) || walk(v)
+            }),
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    // Unserializable (cannot happen for a parsed pod): take the safe, sequential path.
+    serde_json::to_value(&pod.spec).map_or(true, |spec| walk(&spec))
+}
+
 /// The downward API's field paths.
 pub fn field_value(path: &str, cx: &EnvContext<'_>) -> Result<String, String> {
     let meta = &cx.pod.metadata;
@@ -323,5 +340,16 @@ spec:
             let err = env_of(&p, &s).unwrap_err();
             assert!(err.contains(want), "{env}: {err}");
         }
+    }
+
+    #[test]
+    fn pods_reading_their_own_ip_are_found() {
+        let uses = |spec: &str| needs_pod_ip(&pod(&format!("metadata: {{name: p}}\nspec:\n{spec}")));
+        assert!(!uses("  containers:\n  - {name: c, image: i, env: [{name: N, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}]}\n"));
+        assert!(!uses("  containers:\n  - {name: c, image: i, command: [echo, status.podIP]}\n"));
+        assert!(uses("  containers:\n  - {name: c, image: i, env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]}\n"));
+        assert!(uses("  initContainers:\n  - {name: i, image: i, env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}]}\n  containers:\n  - {name: c, image: i}\n"));
+        assert!(uses("  containers:\n  - {name: c, image: i}\n  volumes:\n  - name: info\n    downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}\n"));
+        assert!(uses("  containers:\n  - {name: c, image: i}\n  volumes:\n  - name: all\n    projected: {sources: [{downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}}]}\n"));
     }
 }

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::runtime::shim::ExitRecord;
 use crate::runtime::{
-    ContainerMeta, Found, Handle, PodRuntime, Process, RuntimeError, Sandbox, StartError,
-    StartRequest,
+    ContainerMeta, Found, Handle, PendingNetwork, PodRuntime, Process, RuntimeError, Sandbox,
+    StartError, StartRequest,
 };
 
 /// How a scripted container behaves.
@@ -52,6 +52,21 @@ struct State {
     sandboxes_removed: u32,
     next: u32,
     usage: crate::runtime::EphemeralUsage,
+    network: NetScript,
+    /// Sandboxes created with their network attached first / in the background.
+    sequential_sandboxes: u32,
+    overlapped_sandboxes: u32,
+    /// Containers created for an overlapped start and removed again (network failed).
+    aborted: Vec<String>,
+}
+
+/// How the fake pod network behaves.
+#[derive(Debug, Clone, Default)]
+pub struct NetScript {
+    /// How long the (background) attach takes.
+    pub delay: Duration,
+    /// Attaching fails with this message.
+    pub error: Option<String>,
 }
 
 /// The fake runtime.
@@ -84,6 +99,22 @@ impl FakeRuntime {
 
     pub fn sandboxes_removed(&self) -> u32 {
         self.state.lock().unwrap().sandboxes_removed
+    }
+
+    /// How the pod network behaves from now on.
+    pub fn network(&self, n: NetScript) {
+        self.state.lock().unwrap().network = n;
+    }
+
+    /// (sequential, overlapped) sandbox creations so far.
+    pub fn sandboxes_created(&self) -> (u32, u32) {
+        let st = self.state.lock().unwrap();
+        (st.sequential_sandboxes, st.overlapped_sandboxes)
+    }
+
+    /// Containers created while the network was attached, then removed as it failed.
+    pub fn aborted(&self) -> Vec<String> {
+        self.state.lock().unwrap().aborted.clone()
     }
 
     /// What [`PodRuntime::ephemeral_usage`] reports from now on.
@@ -166,6 +197,11 @@ impl PodRuntime for FakeRuntime {
         Vec::new()
     }
     fn create_sandbox(&self, _pod: &Pod) -> Result<Sandbox, RuntimeError> {
+        let mut st = self.state.lock().unwrap();
+        st.sequential_sandboxes += 1;
+        if let Some(e) = &st.network.error {
+            return Err(RuntimeError::Network(e.clone()));
+        }
         Ok(Sandbox {
             net: None,
             ipc: Some("/fake/ipc".into()),
@@ -173,6 +209,30 @@ impl PodRuntime for FakeRuntime {
             etc: "/fake/etc".into(),
             ip: Some("10.244.0.9".parse().unwrap()),
         })
+    }
+    fn create_sandbox_overlapped(&self, _pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+        let net = {
+            let mut st = self.state.lock().unwrap();
+            st.overlapped_sandboxes += 1;
+            st.network.clone()
+        };
+        let sb = Sandbox {
+            net: None,
+            ipc: Some("/fake/ipc".into()),
+            uts: "/fake/uts".into(),
+            etc: "/fake/etc".into(),
+            ip: None,
+        };
+        let (report, pending) = PendingNetwork::channel();
+        let outcome = match net.error {
+            Some(e) => Err(e),
+            None => Ok("10.244.0.9".parse().unwrap()),
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(net.delay).await;
+            report.send(outcome);
+        });
+        Ok((sb, Some(pending)))
     }
     fn remove_sandbox(&self, _uid: &str) -> Result<(), RuntimeError> {
         self.state.lock().unwrap().sandboxes_removed += 1;
@@ -225,6 +285,13 @@ impl PodRuntime for FakeRuntime {
                     reason: "ErrImageNeverPull",
                     message: "not present".into(),
                 });
+            }
+            // As the real runtime: created now, started only once the network is ready.
+            if let Some(net) = &req.network {
+                if let Err(e) = net.wait().await {
+                    self.state.lock().unwrap().aborted.push(name.clone());
+                    return Err(StartError::Start(format!("network failed: {e}")));
+                }
             }
             self.state.lock().unwrap().started.push(Started {
                 name: name.clone(),

@@ -18,7 +18,7 @@ use super::backoff::Backoff;
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use crate::manifest::source::PodKey;
-use crate::runtime::{ID_SCHEME, PodRuntime, Process, Sandbox, StartError, StartRequest};
+use crate::runtime::{ID_SCHEME, PendingNetwork, PodRuntime, Process, Sandbox, StartError, StartRequest};
 use crate::store::{EventType, Involved, Store, key_of};
 
 /// How often a container waiting for its image or config is retried.
@@ -220,6 +220,12 @@ struct Worker {
     obj: Involved,
     slots: Vec<Slot>,
     sandbox: Option<Sandbox>,
+    /// The sandbox's network while CNI ADD still runs (overlapped with the first
+    /// container's create); settled before `sync` returns.
+    pending_net: Option<PendingNetwork>,
+    /// Cleared once the network failed on an overlapped start: retries go the
+    /// sequential way, with no container created for nothing.
+    overlap_net: bool,
     /// The IP the pod had, kept in its status after the sandbox is gone.
     last_ip: Option<String>,
     host_ip: Option<String>,
@@ -263,6 +269,8 @@ impl Worker {
             ctx,
             slots,
             sandbox: None,
+            pending_net: None,
+            overlap_net: true,
             last_ip: None,
             host_ip: crate::runtime::network::node_ip().map(|i| i.to_string()),
             volumes: None,
@@ -453,6 +461,56 @@ impl Worker {
     }
 
     async fn sync(&mut self) {
+        self.sync_steps().await;
+        // The network is never left pending past a sync (when no container start took
+        // it, e.g. the image was missing): the pod's status and probes need the IP.
+        self.settle_network().await;
+    }
+
+    /// Waits for a pending pod network: sets the pod IP, or turns the sandbox failure
+    /// into what a failed `create_sandbox` gives (event, retry). False when it failed.
+    async fn settle_network(&mut self) -> bool {
+        let Some(pending) = self.pending_net.take() else {
+            return true;
+        };
+        match pending.wait().await {
+            Ok(ip) => {
+                if let Some(sb) = &mut self.sandbox {
+                    sb.ip = Some(ip);
+                }
+                self.last_ip = Some(ip.to_string());
+                true
+            }
+            Err(e) => {
+                self.sandbox = None;
+                self.overlap_net = false;
+                self.sandbox_failed(&e);
+                false
+            }
+        }
+    }
+
+    fn sandbox_failed(&mut self, e: &dyn std::fmt::Display) {
+        let msg = format!("Failed to create pod sandbox: {e}");
+        warn!(pod = %self.key.1, namespace = %self.key.0, error = %e, "sandbox setup failed");
+        self.event(EventType::Warning, "FailedCreatePodSandBox", &msg);
+        self.set_wake(Instant::now() + RETRY);
+    }
+
+    /// Whether the sandbox may be created with its CNI ADD running alongside the first
+    /// container's create: not when the pod reads its own IP (env, downward API), which
+    /// must be known before specs and volumes are built; not after such a start failed
+    /// on the network; and only for a pod none of whose containers has run yet (a restarted
+    /// skiffd finding its pod again must not rewrite running containers' /etc/hosts
+    /// without the pod's entry, even briefly, nor start an ADD for a pod that may turn out
+    /// to be finished, whose sandbox is then removed at once).
+    fn may_overlap_network(&self) -> bool {
+        self.overlap_net
+            && self.slots.iter().all(|s| s.current.is_none() && s.last.is_none())
+            && !crate::pod::env::needs_pod_ip(&self.pod)
+    }
+
+    async fn sync_steps(&mut self) {
         if self.terminal {
             return;
         }
@@ -472,16 +530,21 @@ impl Worker {
             }
         }
         if self.sandbox.is_none() {
-            match self.ctx.runtime.create_sandbox(&self.pod) {
-                Ok(sb) => {
-                    self.last_ip = sb.ip.map(|i| i.to_string());
+            let created = if self.may_overlap_network() {
+                self.ctx.runtime.create_sandbox_overlapped(&self.pod)
+            } else {
+                self.ctx.runtime.create_sandbox(&self.pod).map(|sb| (sb, None))
+            };
+            match created {
+                Ok((sb, pending)) => {
+                    if pending.is_none() {
+                        self.last_ip = sb.ip.map(|i| i.to_string());
+                    }
                     self.sandbox = Some(sb);
+                    self.pending_net = pending;
                 }
                 Err(e) => {
-                    let msg = format!("Failed to create pod sandbox: {e}");
-                    warn!(pod = %self.key.1, namespace = %self.key.0, error = %e, "sandbox setup failed");
-                    self.event(EventType::Warning, "FailedCreatePodSandBox", &msg);
-                    self.set_wake(Instant::now() + RETRY);
+                    self.sandbox_failed(&e);
                     return;
                 }
             }
@@ -680,6 +743,7 @@ impl Worker {
                     restart,
                     env,
                     volumes: &volumes,
+                    network: self.pending_net.clone(),
                 };
                 self.ctx.runtime.start(req).await
             }
@@ -688,6 +752,17 @@ impl Worker {
                 message,
             }),
         };
+        // The first start of a new sandbox overlapped its CNI ADD. When the network failed,
+        // the runtime removed the created container again: the pod is back to "no
+        // sandbox" and this attempt does not count for the container.
+        if !self.settle_network().await {
+            if let Ok(handle) = result {
+                // Not possible with a runtime that keeps the contract; never leave one running.
+                warn!(pod = %self.key.1, container = %spec.name, "container started without its pod network; killing it");
+                handle.shim.signal(libc::SIGUSR1);
+            }
+            return;
+        }
         let name = spec.name.clone();
         match result {
             Ok(handle) => {
@@ -1372,5 +1447,66 @@ mod tests {
         wait_until("Failed", || phase(&store) == "Failed").await;
         let events = store.list_events(Some("default"), Some("p"));
         assert!(events.iter().any(|e| e.reason.as_deref() == Some("FailedPostStartHook")));
+    }
+
+    fn pod_ip_of(store: &Store) -> Option<String> {
+        store.get_pod("default", "p").and_then(|p| p.status).and_then(|s| s.pod_ip)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_container_is_created_alongside_the_network_and_runs_after_it() {
+        let p = pod("metadata: {name: p}\nspec:\n  initContainers:\n  - {name: i, image: x}\n  containers:\n  - {name: a, image: x}");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script("i", Script { exit_after: Some(Duration::from_millis(10)), ..Default::default() });
+        fake.network(crate::pod::fake::NetScript { delay: Duration::from_secs(2), error: None });
+        let t0 = Instant::now();
+        wait_until("Running", || phase(&store) == "Running").await;
+        assert_eq!(fake.sandboxes_created(), (0, 1), "one sandbox, network attached in the background");
+        let started = fake.started();
+        assert_eq!(started.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["i", "a"]);
+        assert!(started[0].at >= t0 + Duration::from_secs(2), "the init container ran before its network was ready");
+        assert_eq!(pod_ip_of(&store).as_deref(), Some("10.244.0.9"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn network_failure_of_an_overlapped_start_is_a_sandbox_failure() {
+        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: a, image: x}");
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.network(crate::pod::fake::NetScript { delay: Duration::from_millis(500), error: Some("no IP addresses available in range set".into()) });
+        wait_until("FailedCreatePodSandBox", || {
+            store.list_events(Some("default"), Some("p")).iter().any(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox"))
+        })
+        .await;
+        let events = store.list_events(Some("default"), Some("p"));
+        let failed: Vec<_> = events.iter().filter(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox")).collect();
+        assert_eq!(failed[0].message.as_deref(), Some("Failed to create pod sandbox: no IP addresses available in range set"));
+        assert!(!events.iter().any(|e| e.reason.as_deref() == Some("Failed")), "not a container failure: {events:?}");
+        assert_eq!(fake.aborted(), vec!["a".to_string()], "the created container was removed");
+        assert!(fake.started().is_empty());
+        // The container shows as never started (not Failed/StartError), and the pod is Pending.
+        let st = store.get_pod("default", "p").unwrap().status.unwrap();
+        let cs = &st.container_statuses.unwrap()[0];
+        assert_eq!(cs.restart_count, 0);
+        assert!(cs.last_state.as_ref().is_none_or(|l| l.terminated.is_none()), "{cs:?}");
+        assert_eq!(cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()), Some("ContainerCreating"));
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+        assert!(st.pod_ip.is_none());
+        // The retry (after the usual 5 s) goes the sequential way and fails the same; once
+        // the network heals, the container starts for the first time.
+        wait_until("a sequential retry", || fake.sandboxes_created().0 >= 1).await;
+        assert_eq!(fake.sandboxes_created().1, 1, "no second overlapped attempt");
+        fake.network(crate::pod::fake::NetScript::default());
+        wait_until("Running", || phase(&store) == "Running").await;
+        assert_eq!(fake.started().len(), 1);
+        assert_eq!(fake.started()[0].restart, 0);
+        assert_eq!(pod_ip_of(&store).as_deref(), Some("10.244.0.9"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pods_that_read_their_own_ip_attach_the_network_first() {
+        let p = pod("metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("Running", || phase(&store) == "Running").await;
+        assert_eq!(fake.sandboxes_created(), (1, 0));
     }
 }

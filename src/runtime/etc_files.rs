@@ -11,31 +11,46 @@ use k8s_openapi::api::core::v1::Pod;
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// Writes the three files into `dir`. `pod_ip` adds the pod's own entry.
+///
+/// Each file is rewritten in place (truncated, same inode), never replaced: containers
+/// bind-mount them as files, and a bind mount keeps pointing at the old inode.
 pub fn write(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let spec = pod.spec.clone().unwrap_or_default();
+    fs::write(dir.join("hostname"), format!("{}\n", hostname_of(pod)))?;
+    write_hosts(dir, pod, pod_ip)?;
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    fs::write(dir.join("resolv.conf"), resolv_conf(pod, &host_resolv))?;
+    Ok(())
+}
+
+/// Rewrites only `dir/hosts`, in place: how the pod's own entry is added once its IP is
+/// known, after its first container was created with the file bind-mounted (see
+/// `Runtime::create_sandbox_overlapped`).
+pub fn write_hosts(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()> {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    let text = if host_network {
+        let node = fs::read_to_string("/etc/hosts").unwrap_or_default();
+        host_network_hosts(pod, &node)
+    } else {
+        hosts(pod, &hostname_of(pod), pod_ip)
+    };
+    // `fs::write` opens with O_TRUNC: the inode stays, as the bind mounts need.
+    fs::write(dir.join("hosts"), text)
+}
+
+/// The pod's hostname as its containers see it.
+fn hostname_of(pod: &Pod) -> String {
+    let spec = pod.spec.as_ref();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let host_network = spec.host_network.unwrap_or(false);
-    let hostname: String = if host_network {
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
         // hostNetwork pods share the node's UTS name and hosts file, as on a kubelet.
         nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or(name)
     } else {
-        spec.hostname.clone().unwrap_or(name).chars().take(63).collect()
-    };
-    fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    let hosts_file = if host_network {
-        let node = fs::read_to_string("/etc/hosts").unwrap_or_default();
-        host_network_hosts(pod, &node)
-    } else {
-        hosts(pod, &hostname, pod_ip)
-    };
-    fs::write(dir.join("hosts"), hosts_file)?;
-    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    fs::write(dir.join("resolv.conf"), resolv_conf(pod, &host_resolv))?;
-    Ok(())
+        spec.and_then(|s| s.hostname.clone()).unwrap_or(name).chars().take(63).collect()
+    }
 }
 
 /// The kubelet's managed hosts file, with `hostAliases`.
@@ -162,6 +177,20 @@ mod tests {
         let p = pod("metadata: {name: web}\nspec:\n  hostNetwork: true\n  hostAliases: [{ip: 10.9.9.9, hostnames: [x.local]}]\n  containers: []");
         let h = host_network_hosts(&p, "127.0.0.1 localhost\n192.168.1.5 node1");
         assert_eq!(h, "127.0.0.1 localhost\n192.168.1.5 node1\n\n# Entries added by HostAliases.\n10.9.9.9\tx.local\n");
+    }
+
+    #[test]
+    fn hosts_is_rewritten_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = pod("metadata: {name: web, namespace: shop}\nspec:\n  containers: []");
+        write(dir.path(), &p, None).unwrap();
+        let before = fs::metadata(dir.path().join("hosts")).unwrap().ino();
+        assert!(!fs::read_to_string(dir.path().join("hosts")).unwrap().contains("\tweb\n"));
+        write_hosts(dir.path(), &p, Some("10.244.0.7")).unwrap();
+        // Same inode: a bind mount of the old file sees the new content.
+        assert_eq!(fs::metadata(dir.path().join("hosts")).unwrap().ino(), before);
+        assert!(fs::read_to_string(dir.path().join("hosts")).unwrap().contains("10.244.0.7\tweb\n"));
     }
 
     #[test]

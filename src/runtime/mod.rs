@@ -95,6 +95,39 @@ pub struct Sandbox {
     pub ip: Option<std::net::IpAddr>,
 }
 
+/// The pod network being attached in the background (CNI ADD on a thread of its own) while
+/// the pod's first container is created; see [`PodRuntime::create_sandbox_overlapped`].
+/// Clones wait for the same outcome. Ready means attached *and* `/etc/hosts` final.
+#[derive(Clone)]
+pub struct PendingNetwork(tokio::sync::watch::Receiver<Option<Result<std::net::IpAddr, String>>>);
+
+/// The sending half of a [`PendingNetwork`]: whoever attaches the network reports here once.
+/// Dropped without a report, the network counts as failed.
+pub struct NetworkReport(tokio::sync::watch::Sender<Option<Result<std::net::IpAddr, String>>>);
+
+impl PendingNetwork {
+    pub fn channel() -> (NetworkReport, PendingNetwork) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (NetworkReport(tx), PendingNetwork(rx))
+    }
+
+    /// The pod's IP once its network is ready, or why it could not be set up (the
+    /// message of the [`RuntimeError`] the sequential path would have returned).
+    pub async fn wait(&self) -> Result<std::net::IpAddr, String> {
+        let mut rx = self.0.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| Err("no network result".into())),
+            Err(_) => Err("the pod network setup ended without a result".into()),
+        }
+    }
+}
+
+impl NetworkReport {
+    pub fn send(self, result: Result<std::net::IpAddr, String>) {
+        let _ = self.0.send(Some(result));
+    }
+}
+
 /// The record the daemon keeps next to each container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -153,6 +186,16 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError>;
     fn pods_on_disk(&self) -> Vec<String>;
     fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError>;
+    /// Like [`PodRuntime::create_sandbox`], but the pod network may still be being attached
+    /// when this returns: then the sandbox has no IP yet, its `/etc/hosts` lacks the pod's
+    /// entry, and the [`PendingNetwork`] tells when both are done. The caller must pass it
+    /// to the next container start ([`StartRequest::network`]), which creates the container
+    /// meanwhile but lets it run only once the network is ready (and tears it down, with
+    /// an error, when it fails), and must wait for it before anything else uses the sandbox.
+    /// A failure means the sandbox failed, as an `Err` of `create_sandbox` would.
+    fn create_sandbox_overlapped(&self, pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+        self.create_sandbox(pod).map(|sb| (sb, None))
+    }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError>;
     fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError>;
     fn list_containers(&self, uid: &str) -> Vec<Found>;
@@ -252,6 +295,9 @@ impl PodRuntime for Runtime {
     fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError> {
         blocking(|| Runtime::create_sandbox(self, pod))
     }
+    fn create_sandbox_overlapped(&self, pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+        blocking(|| Runtime::create_sandbox_overlapped(self, pod))
+    }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
         blocking(|| Runtime::remove_sandbox(self, uid))
     }
@@ -345,6 +391,10 @@ pub struct StartRequest<'a> {
     pub env: Vec<(String, String)>,
     /// The pod's volumes, set up.
     pub volumes: &'a std::collections::BTreeMap<String, volumes::Ready>,
+    /// The pod network still being attached: the container is created now and started
+    /// only once it is ready; when it fails, the container is removed again and the start
+    /// fails (the caller reports the network's error, not this one).
+    pub network: Option<PendingNetwork>,
 }
 
 /// The runtime; cheap to share behind an `Arc`.
@@ -509,6 +559,18 @@ impl Runtime {
     /// Creates (or finds again) the pod's namespaces. The UTS namespace gets
     /// the pod's hostname (`spec.hostname`, else the pod name).
     pub fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError> {
+        self.sandbox_with(pod, false).map(|(sb, _)| sb)
+    }
+
+    /// [`Runtime::create_sandbox`], with the CNI ADD moved to a thread of its own when the pod
+    /// gets a CNI network: the namespaces and the pod files (`/etc/hosts` without the pod's
+    /// own entry yet) are there when this returns, and the thread, once the ADD is done,
+    /// rewrites `/etc/hosts` in place with the IP and then reports the [`PendingNetwork`].
+    pub fn create_sandbox_overlapped(&self, pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+        self.sandbox_with(pod, true)
+    }
+
+    fn sandbox_with(&self, pod: &Pod, overlap: bool) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
@@ -519,11 +581,16 @@ impl Runtime {
             .unwrap_or_default();
         let hostname: String = hostname.chars().take(63).collect();
         let mut sb = self.sandbox_paths(uid, host_network, host_ipc);
+        let mut deferred = None;
         if let Some(net) = &sb.net {
             netns::create(net, netns::Kind::Net, None)?;
             if let Some(network) = &self.network {
-                let ip = network.attach(pod, net).map_err(RuntimeError::Network)?;
-                sb.ip = Some(ip);
+                if overlap {
+                    deferred = Some(network.config().clone());
+                } else {
+                    let ip = network.attach(pod, net).map_err(RuntimeError::Network)?;
+                    sb.ip = Some(ip);
+                }
             }
         } else {
             sb.ip = network::node_ip();
@@ -543,7 +610,13 @@ impl Runtime {
         }
         let ip = sb.ip.map(|i| i.to_string());
         etc_files::write(&sb.etc, pod, ip.as_deref()).map_err(io_err("writing pod files in", &sb.etc))?;
-        Ok(sb)
+        // Nothing can fail after this point: the thread is never left running for a
+        // sandbox the caller believes failed (a retry would ADD the same pod twice at once).
+        let pending = match (deferred, &sb.net) {
+            (Some(cfg), Some(net)) => Some(attach_in_background(cfg, pod.clone(), net.clone(), sb.etc.clone())),
+            _ => None,
+        };
+        Ok((sb, pending))
     }
 
     /// Removes the pod's namespaces and its cgroup parent. Idempotent.
@@ -592,6 +665,15 @@ impl Runtime {
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let d = e.path();
+                if never_started(&d) {
+                    // Created while the pod network was set up, then abandoned at the start
+                    // gate (its daemon died): nothing of it ever ran, so it is no container
+                    // of the pod's history, just leftovers.
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    debug!(uid, id = %id, "removing a container that was created but never started");
+                    self.remove_container(uid, &id);
+                    return None;
+                }
                 let meta: ContainerMeta =
                     serde_json::from_slice(&fs::read(d.join("meta.json")).ok()?).ok()?;
                 let state: Option<ShimState> = fs::read(d.join(STATE_FILE))
@@ -742,10 +824,59 @@ impl Runtime {
             Ok(f) => cmd.stderr(f),
             Err(_) => cmd.stderr(Stdio::null()),
         };
-        let mut child = cmd.spawn().map_err(|e| {
+        // The start gate: the shim creates the container, then waits for one byte on
+        // this pipe before it starts it (EOF: remove it, fail). Both ends are close-on-exec
+        // here, so no other child (CNI plugins run meanwhile) inherits them; the read end
+        // becomes the shim's fd GATE_FD, which the shim marks close-on-exec itself.
+        let gate = match &req.network {
+            Some(net) => {
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+                    self.remove_container(&uid, &id);
+                    cfg_err(format!("creating the start gate pipe: {e}"))
+                })?;
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&r);
+                cmd.arg("--gate-fd").arg(shim::GATE_FD.to_string());
+                // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if raw == shim::GATE_FD {
+                            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                                return Err(io::Error::last_os_error());
+                            }
+                        } else if libc::dup2(raw, shim::GATE_FD) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                Some((r, w, net.clone()))
+            }
+            None => None,
+        };
+        let spawned = cmd.spawn();
+        // The shim has its copy of the read end (or failed to start).
+        let gate = gate.map(|(r, w, net)| {
+            drop(r);
+            (w, net)
+        });
+        let mut child = spawned.map_err(|e| {
             self.remove_container(&uid, &id);
             cfg_err(format!("starting {}: {e}", self.shim.display()))
         })?;
+        if let Some((w, net)) = gate {
+            match net.wait().await {
+                Ok(ip) => {
+                    debug!(container = %meta.name, id = %id, %ip, "pod network ready; releasing the container");
+                    // A shim that failed already is gone: EPIPE, and its error line follows.
+                    let _ = io::Write::write_all(&mut fs::File::from(w), b"g");
+                }
+                Err(e) => {
+                    // Closing without a byte: the shim removes the container and exits.
+                    debug!(container = %meta.name, id = %id, error = %e, "pod network failed; aborting the created container");
+                    drop(w);
+                }
+            }
+        }
         let shim_pid = child.id().unwrap_or_default() as i32;
         let shim = PidFd::open(shim_pid);
         let stdout = child.stdout.take();
@@ -981,16 +1112,25 @@ impl Runtime {
     }
 }
 
-/// Hands the heap's free pages back to the kernel. glibc keeps what a
-/// large transient computation freed (a service reconcile at 10k Services
-/// copies every object once), so without this the daemon's RSS would stay
-/// at its peak.
-pub fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks and trims glibc's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
+/// CNI ADD for `pod` on a thread of its own, then its `/etc/hosts` entry (in place, the
+/// file may be bind-mounted into a created container already); reports the IP or the
+/// error, worded as [`Runtime::create_sandbox`] would have returned it.
+fn attach_in_background(cfg: network::NetConfig, pod: Pod, netns: PathBuf, etc: PathBuf) -> PendingNetwork {
+    let (report, pending) = PendingNetwork::channel();
+    let work = move || {
+        let network = network::PodNetwork::new(cfg);
+        let result = network.attach(&pod, &netns).map_err(RuntimeError::Network).and_then(|ip| {
+            etc_files::write_hosts(&etc, &pod, Some(&ip.to_string()))
+                .map_err(io_err("writing pod files in", &etc))
+                .map(|()| ip)
+        });
+        report.send(result.map_err(|e| e.to_string()));
+    };
+    if let Err(e) = std::thread::Builder::new().name("cni-add".into()).spawn(work) {
+        // The closure (and with it the report) is dropped: waiters see a failure.
+        warn!(error = %e, "starting the CNI ADD thread");
     }
+    pending
 }
 
 /// Runs blocking filesystem and namespace work without stalling the other
@@ -1012,6 +1152,28 @@ fn repository_of(name: &str) -> &str {
         Some(i) if !name[i..].contains('/') => &name[..i],
         _ => name,
     }
+}
+
+/// True for a container whose shim waited at the start gate and did not start it (see
+/// [`shim::GATED_FILE`]). A shim still there is left a moment to delete what it created:
+/// with its daemon gone, it has seen EOF on the gate and is on its way out.
+fn never_started(dir: &Path) -> bool {
+    let Ok(pid) = fs::read_to_string(dir.join(shim::GATED_FILE)) else {
+        return false;
+    };
+    if dir.join(STATE_FILE).exists() {
+        return false;
+    }
+    let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Ok(pid) = pid.trim().parse::<i32>() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let gated = || dir.join(shim::GATED_FILE).exists() && !dir.join(STATE_FILE).exists();
+        while gated() && live_shim(pid, &id).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Released just now (the shim removes the file before it starts the container)?
+    !dir.join(STATE_FILE).exists() && dir.join(shim::GATED_FILE).exists()
 }
 
 /// Returns a pidfd for a shim that still runs, checking that the PID was not reused.

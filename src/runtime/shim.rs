@@ -18,6 +18,13 @@
 //! `ok <pid>` once the container runs or `error <message>` when it could not
 //! be started, then detaches from that stdout. `SIGTERM` to the shim is
 //! forwarded to the container's init; `SIGUSR1` kills it with `SIGKILL`.
+//!
+//! The start gate (`--gate-fd N`, the read end of a pipe): the shim creates the
+//! container, then blocks on that fd until the daemon writes one byte (the pod
+//! network is ready: go on and start it) or closes it without writing (the network
+//! failed, or the daemon died: delete the created container and report an error).
+//! While it waits, a `gated` file with its pid marks the container as created but
+//! never started, so that a restarted daemon removes it instead of adopting it.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -57,6 +64,11 @@ pub struct ExitRecord {
 
 pub const STATE_FILE: &str = "state.json";
 pub const EXIT_FILE: &str = "exit.json";
+/// Present while a shim waits at the start gate (content: its pid), and left behind
+/// when the container was not started after all.
+pub const GATED_FILE: &str = "gated";
+/// The fd number the daemon gives the gate's read end in the shim.
+pub const GATE_FD: std::os::fd::RawFd = 3;
 
 /// Entry point of the `skiff-shim` binary.
 pub fn main() -> i32 {
@@ -90,6 +102,13 @@ pub fn main() -> i32 {
             "--log" => opts.log = it.next().map(PathBuf::from).unwrap_or_default(),
             "--status" => opts.status = it.next(),
             "--finished-at" => opts.finished_at = it.next(),
+            "--gate-fd" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(fd) => opts.gate_fd = Some(fd),
+                None => {
+                    eprintln!("skiff-shim: --gate-fd needs an fd number");
+                    return 2;
+                }
+            },
             "--" => {
                 rest.extend(it.by_ref());
             }
@@ -125,6 +144,8 @@ struct Opts {
     status: Option<String>,
     /// `finish`: when the monitor saw it end.
     finished_at: Option<String>,
+    /// `start`: the start gate's read end (see the module docs).
+    gate_fd: Option<std::os::fd::RawFd>,
 }
 
 fn now_rfc3339() -> String {
@@ -162,11 +183,18 @@ fn detach_stdout() {
 }
 
 fn start(opts: &Opts) -> i32 {
+    // First of all: the gate fd must never reach the container (libcontainer forks its
+    // init from this process).
+    let gate = opts.gate_fd.map(|fd| {
+        let _ = supervise::set_cloexec(fd, true);
+        // SAFETY: the daemon handed us this fd for exactly this use; nothing else owns it.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    });
     // Own session: a Ctrl-C to the daemon's terminal or process group must not reach us.
     let _ = nix::unistd::setsid();
     // SAFETY: plain prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    match start_container(opts) {
+    match start_container(opts, gate) {
         Ok((pid, outs)) => {
             let state = ShimState {
                 pid: pid.as_raw(),
@@ -196,7 +224,32 @@ struct Outputs {
     stderr: OwnedFd,
 }
 
-fn start_container(opts: &Opts) -> Result<(Pid, Outputs), String> {
+/// Waits at the start gate: `Ok` when the daemon lets the container start.
+fn wait_gate(opts: &Opts, gate: OwnedFd) -> Result<(), String> {
+    let pid = std::process::id().to_string();
+    if let Err(e) = write_atomic(&opts.state_dir, GATED_FILE, pid.as_bytes()) {
+        eprintln!("skiff-shim: writing {GATED_FILE}: {e}");
+    }
+    let mut f = File::from(gate);
+    let mut byte = [0u8; 1];
+    let n = loop {
+        match f.read(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
+    drop(f);
+    match n {
+        Ok(1) => {
+            let _ = fs::remove_file(opts.state_dir.join(GATED_FILE));
+            Ok(())
+        }
+        Ok(_) => Err("the pod network could not be set up; the created container was removed without being started".into()),
+        Err(e) => Err(format!("waiting at the start gate: {e}; the created container was removed without being started")),
+    }
+}
+
+fn start_container(opts: &Opts, gate: Option<OwnedFd>) -> Result<(Pid, Outputs), String> {
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| format!("pipe: {e}"))?;
     let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
@@ -215,6 +268,10 @@ fn start_container(opts: &Opts) -> Result<(Pid, Outputs), String> {
             .map_err(|e| e.to_string())?;
         if let Some(pid) = container.pid() {
             super::propagation::apply(&opts.bundle, pid)?;
+        }
+        // Created, not started: no process of the container has run its own code yet.
+        if let Some(gate) = gate {
+            wait_gate(opts, gate)?;
         }
         container.start().map_err(|e| e.to_string())?;
         container

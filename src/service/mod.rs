@@ -489,10 +489,7 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
     }
     ctl.hold_rules = false;
     loop {
-        blocking(|| {
-            ctl.reconcile();
-            crate::runtime::release_free_heap();
-        });
+        blocking(|| ctl.reconcile());
         tokio::select! {
             r = changes.changed() => {
                 if r.is_err() {
