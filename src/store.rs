@@ -2,7 +2,7 @@
 //! Workers write status here; the API reads from it.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, ObjectReference, Pod, Secret};
@@ -48,8 +48,8 @@ struct Inner {
     rejected: BTreeMap<PodKey, String>,
     config_maps: BTreeMap<PodKey, ConfigMap>,
     secrets: BTreeMap<PodKey, Secret>,
-    desired_services: BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
-    manual_endpoints: BTreeMap<PodKey, k8s_openapi::api::core::v1::Endpoints>,
+    desired_services: BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Service>>,
+    manual_endpoints: BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>>,
     service_views: crate::service::Views,
     events: Vec<Event>,
     next_event: u64,
@@ -198,8 +198,8 @@ impl Store {
     /// Services and manual Endpoints from the manifests; returns whether they changed.
     pub fn set_desired_services(
         &self,
-        services: BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
-        endpoints: BTreeMap<PodKey, k8s_openapi::api::core::v1::Endpoints>,
+        services: BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Service>>,
+        endpoints: BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>>,
     ) -> bool {
         let mut inner = self.write();
         let changed = inner.desired_services != services || inner.manual_endpoints != endpoints;
@@ -216,8 +216,8 @@ impl Store {
     pub fn desired_services(
         &self,
     ) -> (
-        BTreeMap<PodKey, k8s_openapi::api::core::v1::Service>,
-        BTreeMap<PodKey, k8s_openapi::api::core::v1::Endpoints>,
+        BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Service>>,
+        BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>>,
     ) {
         let inner = self.read();
         (inner.desired_services.clone(), inner.manual_endpoints.clone())

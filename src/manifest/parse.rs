@@ -13,8 +13,10 @@ pub enum Object {
     Pod(Box<Pod>),
     ConfigMap(Box<ConfigMap>),
     Secret(Box<Secret>),
-    Service(Box<Service>),
-    Endpoints(Box<Endpoints>),
+    /// Shared with the store (a Service and its Endpoints are kept once,
+    /// however many parts of skiffd read them).
+    Service(std::sync::Arc<Service>),
+    Endpoints(std::sync::Arc<Endpoints>),
 }
 
 impl Object {
@@ -220,11 +222,11 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
             if kind == "Service" {
                 let svc: Service = strict(v, &fail)?;
                 let svc = super::service::validate_service(svc).map_err(fail)?;
-                Ok(Object::Service(Box::new(svc)))
+                Ok(Object::Service(std::sync::Arc::new(svc)))
             } else {
                 let ep: Endpoints = strict(v, &fail)?;
                 let ep = super::service::validate_endpoints(ep).map_err(fail)?;
-                Ok(Object::Endpoints(Box::new(ep)))
+                Ok(Object::Endpoints(std::sync::Arc::new(ep)))
             }
         }
         k if NOT_YET.contains(&k) => Err(fail(format!(

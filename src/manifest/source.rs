@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, Secret, Service};
@@ -54,8 +55,8 @@ pub struct Snapshot {
     pub pods: BTreeMap<PodKey, DesiredPod>,
     pub config_maps: BTreeMap<PodKey, ConfigMap>,
     pub secrets: BTreeMap<PodKey, Secret>,
-    pub services: BTreeMap<PodKey, Service>,
-    pub endpoints: BTreeMap<PodKey, Endpoints>,
+    pub services: BTreeMap<PodKey, Arc<Service>>,
+    pub endpoints: BTreeMap<PodKey, Arc<Endpoints>>,
     pub errors: Vec<SourceError>,
 }
 
@@ -150,10 +151,10 @@ impl DirSource {
                     snapshot.secrets.insert(key, *secret);
                 }
                 Object::Service(svc) => {
-                    snapshot.services.insert(key, *svc);
+                    snapshot.services.insert(key, svc);
                 }
                 Object::Endpoints(ep) => {
-                    snapshot.endpoints.insert(key, *ep);
+                    snapshot.endpoints.insert(key, ep);
                 }
             }
         }

@@ -488,7 +488,7 @@ mod tests {
     fn node(etcd: &Etcd, name: &str, svc: &str, ip: &str, pod_ip: &str) -> ClusterState {
         let store = Arc::new(Store::new(name));
         let key = ("default".to_string(), svc.to_string());
-        store.set_desired_services(BTreeMap::from([(key.clone(), service(svc, ip))]), BTreeMap::new());
+        store.set_desired_services(BTreeMap::from([(key.clone(), Arc::new(service(svc, ip)))]), BTreeMap::new());
         store.set_service_views(Views {
             services: BTreeMap::from([(key, service(svc, ip))]),
             ..Default::default()

@@ -306,6 +306,7 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
     /// whose input changed. Returns (key, old, new) for each real change.
     fn apply_pending(&mut self) -> Vec<(ServicePortKey, Option<Entry>, Option<Entry>)> {
         self.switch_cluster_mode();
+        let full_next = self.force_full || self.applied.is_none();
         let mut changes = Vec::new();
         for (key, want) in std::mem::take(&mut self.pending) {
             let new = want.map(|(sp, eps)| {
@@ -325,7 +326,13 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             let new = new.map(|(sp, ready)| {
                 let fragment =
                     rules::service_port_rules(&self.cfg, &sp, &ready, self.large_cluster);
-                Entry::new(sp, ready, fragment)
+                let mut e = Entry::new(sp, ready, fragment);
+                if full_next {
+                    // A full sync writes every chain from scratch anyway;
+                    // keeping 10k texts until then only raises the peak.
+                    e.compact();
+                }
+                e
             });
             let old = match &new {
                 Some(e) => self.entries.insert(key.clone(), e.clone()),
@@ -480,9 +487,6 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             full: true,
             ..SyncStats::default()
         };
-        for e in self.entries.values_mut() {
-            e.expand(&self.cfg, self.large_cluster);
-        }
         let shared = Shared::build(&self.entries);
         let fixed = rules::fixed_nat_chains(&self.cfg);
         let mut installed = Vec::with_capacity(2);
@@ -494,32 +498,40 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             installed.push((table, scan_saved(&saved, chains::PREFIX)));
         }
 
-        let own_chains: usize = self.entries.values().map(|e| e.fragment.chains.len()).sum();
+        let own_chains: usize = self.entries.values().map(|e| e.own.len()).sum();
         let chunked = match self.ipt.chains_per_restore() {
             Some(limit) if own_chains + fixed.len() > limit => Some(limit.max(1)),
             _ => None,
         };
+        if chunked.is_none() {
+            // One restore with every chain: all the text at once.
+            for e in self.entries.values_mut() {
+                e.expand(&self.cfg, self.large_cluster);
+            }
+        }
         if let Some(limit) = chunked {
             // The fixed chains come first: every service chain jumps to
             // SKIFF-MARK-MASQ, which must exist by then.
-            let mut chunk: Vec<(&str, &str)> = fixed
-                .iter()
-                .map(|(n, r)| (n.as_str(), r.as_str()))
-                .collect();
+            // The service ports' text is generated chunk by chunk and
+            // dropped once restored (the entries keep digests only).
+            let mut batch: Vec<Vec<(String, String)>> = vec![fixed.clone()];
+            let mut in_batch = fixed.len();
             for e in self.entries.values() {
-                if !chunk.is_empty() && chunk.len() + e.fragment.chains.len() > limit {
-                    restore_nat_chains(&mut self.ipt, &chunk, &mut stats)?;
-                    chunk.clear();
+                if in_batch > 0 && in_batch + e.own.len() > limit {
+                    restore_batch(&mut self.ipt, &batch, &mut stats)?;
+                    batch.clear();
+                    in_batch = 0;
                 }
-                chunk.extend(
-                    e.fragment
-                        .chains
-                        .iter()
-                        .map(|(n, r)| (n.as_str(), r.as_str())),
-                );
+                let chains = if e.fragment.chains.is_empty() {
+                    rules::service_port_rules(&self.cfg, &e.sp, &e.ready, self.large_cluster).chains
+                } else {
+                    e.fragment.chains.clone()
+                };
+                in_batch += chains.len();
+                batch.push(chains);
             }
-            if !chunk.is_empty() {
-                restore_nat_chains(&mut self.ipt, &chunk, &mut stats)?;
+            if in_batch > 0 {
+                restore_batch(&mut self.ipt, &batch, &mut stats)?;
             }
         }
 
@@ -546,12 +558,18 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
                 ours.push((SERVICES, &shared.nat_services, true));
                 ours.push((NODEPORTS, &shared.nat_nodeports, true));
                 for e in self.entries.values() {
-                    ours.extend(
-                        e.fragment
-                            .chains
-                            .iter()
-                            .map(|(n, r)| (n.as_str(), r.as_str(), write_own)),
-                    );
+                    if write_own {
+                        // Expanded above.
+                        ours.extend(
+                            e.fragment
+                                .chains
+                                .iter()
+                                .map(|(n, r)| (n.as_str(), r.as_str(), true)),
+                        );
+                    } else {
+                        // Written by the chunks: only their names count here.
+                        ours.extend(e.own.iter().map(|(n, _)| (n.as_str(), "", false)));
+                    }
                 }
             }
             let wanted: BTreeSet<&str> = ours.iter().map(|(n, _, _)| *n).collect();
@@ -706,6 +724,20 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
 
 /// One restore that declares (creates or flushes) and fills the given nat
 /// chains: a piece of a chunked full sync.
+/// [`restore_nat_chains`] of several service ports' chains.
+fn restore_batch(
+    ipt: &mut impl Iptables,
+    batch: &[Vec<(String, String)>],
+    stats: &mut SyncStats,
+) -> Result<(), ProxyError> {
+    let chains: Vec<(&str, &str)> = batch
+        .iter()
+        .flatten()
+        .map(|(n, r)| (n.as_str(), r.as_str()))
+        .collect();
+    restore_nat_chains(ipt, &chains, stats)
+}
+
 fn restore_nat_chains(
     ipt: &mut impl Iptables,
     chains: &[(&str, &str)],

@@ -120,10 +120,11 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         // Services of other nodes hold their addresses cluster-wide (claimed in etcd): they go
         // first and take their addresses from any local Service that picked the same on its
         // own. A local Service of the same name wins on this node.
-        let mut desired: Vec<(PodKey, Service)> = remote
+        let mut desired: Vec<(PodKey, Arc<Service>)> = remote
             .services
             .into_iter()
             .filter(|(k, _)| !local.contains_key(k))
+            .map(|(k, s)| (k, Arc::new(s)))
             .collect();
         for (key, svc) in &desired {
             let spec = svc.spec.as_ref();
@@ -223,7 +224,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         key: &PodKey,
         svc: &Service,
         pods: &[Pod],
-        manual: &BTreeMap<PodKey, Endpoints>,
+        manual: &BTreeMap<PodKey, Arc<Endpoints>>,
     ) -> Result<(Service, Option<Endpoints>, Vec<(ServicePort, Vec<Endpoint>)>), String> {
         let id = format!("{}/{}", key.0, key.1);
         let mut view = svc.clone();
@@ -384,7 +385,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                 (Some(ep), per_port)
             }
             _ => {
-                let ep = manual.get(key).cloned();
+                let ep = manual.get(key).map(|e| Endpoints::clone(e));
                 let mut per_port = Vec::new();
                 for sp in &ports {
                     let name = sp.name.clone().unwrap_or_default();
@@ -600,7 +601,7 @@ mod tests {
         let proxier = Proxier::new(FakeIptables::default(), FakeConntrack::default(), RuleConfig::default());
         let mut ctl = Controller::new(store.clone(), alloc, proxier);
         let key = |n: &str| ("default".to_string(), n.to_string());
-        store.set_desired_services(BTreeMap::from([(key("mine"), service("mine", None))]), BTreeMap::new());
+        store.set_desired_services(BTreeMap::from([(key("mine"), Arc::new(service("mine", None)))]), BTreeMap::new());
         ctl.reconcile();
         let picked = cluster_ip_of(&store, "mine");
 
@@ -630,7 +631,7 @@ mod tests {
 
         // A local Service of the same name as a remote one wins on this node.
         store.set_desired_services(
-            BTreeMap::from([(key("mine"), service("mine", None)), (key("theirs"), service("theirs", Some("10.96.0.77")))]),
+            BTreeMap::from([(key("mine"), Arc::new(service("mine", None))), (key("theirs"), Arc::new(service("theirs", Some("10.96.0.77"))))]),
             BTreeMap::new(),
         );
         ctl.reconcile();
