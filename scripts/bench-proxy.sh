@@ -2,8 +2,9 @@
 # Benchmarks the service proxy's iptables sync in throwaway network
 # namespaces (never the host's rules): full sync vs a raw iptables-restore
 # of the same texts at 1k/5k/10k Services x 4 endpoints, a one-endpoint
-# change next to a raw restore of the same text, a periodic resync, and the
-# generator's memory.
+# change next to a raw restore of the same text, a periodic resync, the
+# generator's memory, and then skiffd itself with that many Services
+# (scripts/bench-proxy-daemon.sh: its memory, idle and peak).
 #
 #   sudo scripts/bench-proxy.sh                 # 1000,5000,10000
 #   sudo SKIFF_BENCH_SIZES=2000 scripts/bench-proxy.sh
@@ -28,4 +29,8 @@ case "${SKIFF_BENCH_IPTABLES:-}" in
 esac
 echo "iptables: $($restore --version 2>&1)"
 echo "kernel:   $(uname -r), $(nproc) CPUs"
-exec cargo bench --bench proxy_sync
+cargo bench --bench proxy_sync
+# skiffd itself at the largest size: memory and time to program the rules.
+echo
+cargo build --release --bins --quiet
+SERVICES=$(tr ',' '\n' <<<"${SKIFF_BENCH_SIZES:-10000}" | sort -n | tail -1) scripts/bench-proxy-daemon.sh
