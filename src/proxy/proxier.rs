@@ -306,7 +306,11 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
     /// whose input changed. Returns (key, old, new) for each real change.
     fn apply_pending(&mut self) -> Vec<(ServicePortKey, Option<Entry>, Option<Entry>)> {
         self.switch_cluster_mode();
-        let full_next = self.force_full || self.applied.is_none();
+        // Before a chunked full sync (iptables-nft), which generates every
+        // chain's text again chunk by chunk, the text is not kept; a single
+        // full restore (legacy) writes it as generated here.
+        let full_next = (self.force_full || self.applied.is_none())
+            && self.ipt.chains_per_restore().is_some();
         let mut changes = Vec::new();
         for (key, want) in std::mem::take(&mut self.pending) {
             let new = want.map(|(sp, eps)| {
