@@ -106,6 +106,16 @@ impl Entry {
         self.own.first().map_or("", |(n, _)| n.as_str())
     }
 
+    /// A copy without the own chains' text.
+    fn without_text(&self) -> Entry {
+        Entry {
+            sp: self.sp.clone(),
+            ready: self.ready.clone(),
+            fragment: self.fragment.dispatch_only(),
+            own: self.own.clone(),
+        }
+    }
+
     /// Drops the own chains' text (kept: names and digests).
     fn compact(&mut self) {
         if !self.fragment.chains.is_empty() {
@@ -152,6 +162,10 @@ impl Shared {
         s
     }
 }
+
+/// Up to this many changed service ports, a full sync keeps the text it
+/// generated for them instead of generating it again per chunk.
+const KEEP_TEXT_UP_TO: usize = 5000;
 
 /// kube-proxy's iptables proxier, reduced to skiff's needs. Feed it service
 /// ports with [`Proxier::update`]/[`Proxier::remove`] (or
@@ -306,11 +320,13 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
     /// whose input changed. Returns (key, old, new) for each real change.
     fn apply_pending(&mut self) -> Vec<(ServicePortKey, Option<Entry>, Option<Entry>)> {
         self.switch_cluster_mode();
-        // Before a chunked full sync (iptables-nft), which generates every
-        // chain's text again chunk by chunk, the text is not kept; a single
-        // full restore (legacy) writes it as generated here.
-        let full_next = (self.force_full || self.applied.is_none())
-            && self.ipt.chains_per_restore().is_some();
+        // A full sync on iptables-nft generates each chain's text again
+        // chunk by chunk; for a large one the text made here is not kept
+        // until then (at 10k Services it would raise skiffd's peak by a
+        // fifth). Smaller ones keep it and generate it once.
+        let drop_text = (self.force_full || self.applied.is_none())
+            && self.ipt.chains_per_restore().is_some()
+            && self.pending.len() > KEEP_TEXT_UP_TO;
         let mut changes = Vec::new();
         for (key, want) in std::mem::take(&mut self.pending) {
             let new = want.map(|(sp, eps)| {
@@ -331,16 +347,19 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
                 let fragment =
                     rules::service_port_rules(&self.cfg, &sp, &ready, self.large_cluster);
                 let mut e = Entry::new(sp, ready, fragment);
-                if full_next {
-                    // A full sync writes every chain from scratch anyway;
-                    // keeping 10k texts until then only raises the peak.
+                if drop_text {
                     e.compact();
                 }
                 e
             });
-            let old = match &new {
-                Some(e) => self.entries.insert(key.clone(), e.clone()),
-                None => self.entries.remove(&key),
+            // The change keeps no copy of the text: a partial sync reads it
+            // from `entries` (compacted only after the sync).
+            let (old, new) = match new {
+                Some(e) => {
+                    let summary = e.without_text();
+                    (self.entries.insert(key.clone(), e), Some(summary))
+                }
+                None => (self.entries.remove(&key), None),
             };
             changes.push((key, old, new));
         }
@@ -393,9 +412,13 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
         let mut shared_touched = false;
         let empty = Fragment::default();
         let none: Vec<(String, u64)> = Vec::new();
-        for (_, old, new) in changes {
+        for (key, old, new) in changes {
             let of = old.as_ref().map_or(&empty, |e| &e.fragment);
-            let nf = new.as_ref().map_or(&empty, |e| &e.fragment);
+            // The new text lives in `entries` until the end of the sync.
+            let nf = match new {
+                Some(_) => self.entries.get(key).map_or(&empty, |e| &e.fragment),
+                None => &empty,
+            };
             let old_own = old.as_ref().map_or(&none, |e| &e.own);
             shared_touched |= of.nat_services != nf.nat_services
                 || of.nat_nodeports != nf.nat_nodeports
@@ -520,16 +543,18 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
             // dropped once restored (the entries keep digests only).
             let mut batch: Vec<Vec<(String, String)>> = vec![fixed.clone()];
             let mut in_batch = fixed.len();
-            for e in self.entries.values() {
+            for e in self.entries.values_mut() {
                 if in_batch > 0 && in_batch + e.own.len() > limit {
                     restore_batch(&mut self.ipt, &batch, &mut stats)?;
                     batch.clear();
                     in_batch = 0;
                 }
+                // The text generated for this sync moves into the batch (and
+                // is freed with it); compacted entries are generated again.
                 let chains = if e.fragment.chains.is_empty() {
                     rules::service_port_rules(&self.cfg, &e.sp, &e.ready, self.large_cluster).chains
                 } else {
-                    e.fragment.chains.clone()
+                    std::mem::take(&mut e.fragment.chains)
                 };
                 in_batch += chains.len();
                 batch.push(chains);

@@ -52,6 +52,19 @@ pub struct Fragment {
     pub chains: Vec<(String, String)>,
 }
 
+impl Fragment {
+    /// A copy with the lines for the shared chains only (no own chains).
+    pub fn dispatch_only(&self) -> Fragment {
+        Fragment {
+            nat_services: self.nat_services.clone(),
+            nat_nodeports: self.nat_nodeports.clone(),
+            filter_services: self.filter_services.clone(),
+            filter_external: self.filter_external.clone(),
+            chains: Vec::new(),
+        }
+    }
+}
+
 /// A match on the protocol, like `-p tcp -m tcp` (the `-m` is what lets
 /// `--dport` follow).
 fn proto_match(sp: &ServicePort) -> String {
