@@ -635,3 +635,75 @@ fn resync_after_compaction_writes_the_same_rules() {
     p.update(web, vec![ep("10.244.1.3", 8080), ep("10.244.1.2", 8080)]);
     assert_eq!(p.sync().unwrap().bytes, 0);
 }
+
+/// Above 5000 changed service ports a chunked full sync drops the text it
+/// generated for the digests and generates it again per chunk: the rules
+/// written are the same as when it keeps the text (fewer ports).
+#[test]
+fn large_chunked_full_sync_generates_the_same_text_again() {
+    let ports = |n: usize| -> Vec<(ServicePort, Vec<Endpoint>)> {
+        (0..n)
+            .map(|i| {
+                let sp = svc(
+                    "bulk",
+                    &format!("s{i}"),
+                    "",
+                    Protocol::Tcp,
+                    &format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                    80,
+                );
+                let e = Endpoint::ready(
+                    Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1),
+                    8080,
+                );
+                (sp, vec![e])
+            })
+            .collect()
+    };
+    let own_lines = |restores: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = restores
+            .iter()
+            .flat_map(|r| r.lines())
+            .filter(|l| l.starts_with("-A SKIFF-SVC-") || l.starts_with("-A SKIFF-SEP-"))
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let chunked = || {
+        let ipt = FakeIptables {
+            chains_per_restore: Some(1000),
+            ..FakeIptables::default()
+        };
+        Proxier::new(ipt, FakeConntrack::default(), cfg())
+    };
+    // 5001 ports: text dropped after the digests, generated again.
+    let mut big = chunked();
+    big.replace_all(ports(5001));
+    assert!(big.sync().unwrap().full);
+    let written = own_lines(&big.iptables().restores);
+    assert_eq!(
+        written.len(),
+        5001 * 4,
+        "masquerade + jump + 2 endpoint rules each"
+    );
+    // The same ports synced in two steps (each small enough to keep its
+    // text) end with exactly these rules.
+    let mut small = chunked();
+    small.replace_all(ports(2500));
+    assert!(small.sync().unwrap().full);
+    small.request_full_sync();
+    let all = ports(5001);
+    for (sp, eps) in all.into_iter().skip(2500) {
+        small.update(sp, eps);
+    }
+    assert!(small.sync().unwrap().full);
+    // The second full sync (every restore after the first one's last,
+    // which writes the dispatch chain) writes exactly the big one's rules.
+    let restores = small.iptables().restores.clone();
+    let first_done = restores
+        .iter()
+        .position(|r| r.contains("-A SKIFF-SERVICES"))
+        .unwrap();
+    assert_eq!(own_lines(&restores[first_done + 1..]), written);
+}
