@@ -528,24 +528,7 @@ fn chunked_full_sync_writes_the_same_chains_service_by_service() {
 /// the threshold either way rewrites everything in one full sync.
 #[test]
 fn large_cluster_mode_drops_comments_in_service_chains() {
-    fn ports(n: usize) -> Vec<(ServicePort, Vec<Endpoint>)> {
-        (0..n)
-            .map(|i| {
-                let sp = svc(
-                    "bulk",
-                    &format!("s{i}"),
-                    "",
-                    Protocol::Tcp,
-                    &format!("10.96.{}.{}", i / 200, i % 200 + 1),
-                    80,
-                );
-                let eps = (0..4)
-                    .map(|e| ep(&format!("10.244.{}.{}", i / 60, (i % 60) * 4 + e + 1), 8080))
-                    .collect();
-                (sp, eps)
-            })
-            .collect()
-    }
+    let ports = |n| bulk_ports(n, 4);
     // Per service port: the masquerade rule and 4 jumps in SKIFF-SVC-*,
     // 2 rules in each of 4 SKIFF-SEP-*.
     let own_chain_lines = |text: &str| -> Vec<String> {
@@ -641,25 +624,7 @@ fn resync_after_compaction_writes_the_same_rules() {
 /// written are the same as when it keeps the text (fewer ports).
 #[test]
 fn large_chunked_full_sync_generates_the_same_text_again() {
-    let ports = |n: usize| -> Vec<(ServicePort, Vec<Endpoint>)> {
-        (0..n)
-            .map(|i| {
-                let sp = svc(
-                    "bulk",
-                    &format!("s{i}"),
-                    "",
-                    Protocol::Tcp,
-                    &format!("10.96.{}.{}", i / 250, i % 250 + 1),
-                    80,
-                );
-                let e = Endpoint::ready(
-                    Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1),
-                    8080,
-                );
-                (sp, vec![e])
-            })
-            .collect()
-    };
+    let ports = |n| bulk_ports(n, 1);
     let own_lines = |restores: &[String]| -> Vec<String> {
         let mut v: Vec<String> = restores
             .iter()
@@ -706,4 +671,30 @@ fn large_chunked_full_sync_generates_the_same_text_again() {
         .position(|r| r.contains("-A SKIFF-SERVICES"))
         .unwrap();
     assert_eq!(own_lines(&restores[first_done + 1..]), written);
+}
+
+/// `n` service ports "bulk/s<i>" (up to 15k), each with `per` (at most 4)
+/// ready endpoints of its own.
+fn bulk_ports(n: usize, per: u8) -> Vec<(ServicePort, Vec<Endpoint>)> {
+    (0..n)
+        .map(|i| {
+            let sp = svc(
+                "bulk",
+                &format!("s{i}"),
+                "",
+                Protocol::Tcp,
+                &format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                80,
+            );
+            let eps = (0..per)
+                .map(|e| {
+                    Endpoint::ready(
+                        Ipv4Addr::new(10, 244, (i / 60) as u8, (i % 60) as u8 * 4 + e + 1),
+                        8080,
+                    )
+                })
+                .collect();
+            (sp, eps)
+        })
+        .collect()
 }
