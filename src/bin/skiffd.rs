@@ -3,13 +3,6 @@
 use clap::Parser;
 use skiff::config::{Config, Flags};
 
-/// jemalloc instead of glibc's malloc: the service reconcile at 10k Services
-/// allocates and frees a copy of every object in bursts; glibc's heap keeps
-/// the freed space fragmented across its arenas (the RSS stayed at the
-/// peak), jemalloc's background thread hands it back.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> std::process::ExitCode {
     let config = match Config::load(Flags::parse()) {
         Ok(c) => c,
