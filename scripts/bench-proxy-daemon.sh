@@ -24,6 +24,8 @@ D=$(mktemp -d /tmp/skiff-pxd.XXXXXX)
 PID=
 cleanup() {
     [[ -n $PID ]] && kill -KILL "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+    # With a wrapper in SKIFFD_ENV (heaptrack, say) skiffd is its child, not $PID.
+    pkill -KILL -f -- "--pod-manifest-path $D/manifests" 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
     rm -rf "$D"
 }
