@@ -39,7 +39,7 @@ pub fn write_hosts(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()
 }
 
 /// The pod's hostname as its containers see it.
-fn hostname_of(pod: &Pod) -> String {
+pub fn hostname_of(pod: &Pod) -> String {
     let spec = pod.spec.as_ref();
     let name = pod.metadata.name.clone().unwrap_or_default();
     if spec.and_then(|s| s.host_network).unwrap_or(false) {

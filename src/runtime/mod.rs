@@ -575,11 +575,6 @@ impl Runtime {
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let host_ipc = spec.and_then(|s| s.host_ipc).unwrap_or(false);
-        let hostname = spec
-            .and_then(|s| s.hostname.clone())
-            .or_else(|| pod.metadata.name.clone())
-            .unwrap_or_default();
-        let hostname: String = hostname.chars().take(63).collect();
         let mut sb = self.sandbox_paths(uid, host_network, host_ipc);
         let mut deferred = None;
         if let Some(net) = &sb.net {
@@ -598,16 +593,8 @@ impl Runtime {
         if let Some(ipc) = &sb.ipc {
             netns::create(ipc, netns::Kind::Ipc, None)?;
         }
-        if host_network {
-            // Host network pods keep the node's hostname, as on a kubelet.
-            let node = nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or(hostname);
-            netns::create(&sb.uts, netns::Kind::Uts, Some(&node))?;
-        } else {
-            netns::create(&sb.uts, netns::Kind::Uts, Some(&hostname))?;
-        }
+        // spec.hostname or the pod name; host network pods keep the node's, as on a kubelet.
+        netns::create(&sb.uts, netns::Kind::Uts, Some(&etc_files::hostname_of(pod)))?;
         let ip = sb.ip.map(|i| i.to_string());
         etc_files::write(&sb.etc, pod, ip.as_deref()).map_err(io_err("writing pod files in", &sb.etc))?;
         // Nothing can fail after this point: the thread is never left running for a
