@@ -224,6 +224,28 @@ fn list_chain(netns: &str, chain: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One row of `scripts/bench.sh`'s summary table, appended (tab-separated) to the file named by
+/// `BENCH_RESULTS` when that is set.
+fn bench_result(cells: [&str; 6]) {
+    let Some(path) = std::env::var_os("BENCH_RESULTS") else {
+        return;
+    };
+    use std::io::Write;
+    let line = format!("{}\n", cells.join("\t"));
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(err) = written {
+        eprintln!("cannot append to BENCH_RESULTS {path:?}: {err}");
+    }
+}
+
+fn yes_no(ok: bool) -> &'static str {
+    if ok { "yes" } else { "no" }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -350,7 +372,26 @@ fn main() {
             ms(raw_partial[raw_partial.len() / 2]),
             ms(resync),
         );
+        let ratio = full.as_secs_f64() / raw.as_secs_f64();
+        bench_result([
+            &format!("proxy full sync, {n} Services x 4 endpoints (ms)"),
+            &format!("{:.0}", full.as_secs_f64() * 1000.0),
+            &format!("{:.0} (raw iptables-restore)", raw.as_secs_f64() * 1000.0),
+            &format!("{ratio:.2}x"),
+            "skiff/raw <= 1.3x",
+            yes_no(ratio <= 1.3),
+        ]);
         if n == largest {
+            let median = times[times.len() / 2].as_secs_f64() * 1000.0;
+            let raw_median = raw_partial[raw_partial.len() / 2].as_secs_f64() * 1000.0;
+            bench_result([
+                &format!("one-endpoint change at {n} Services, rule in kernel (median ms)"),
+                &format!("{median:.1}"),
+                &format!("{raw_median:.1} (raw restore of the same text)"),
+                &format!("{:.2}x", median / raw_median),
+                "< 100 ms",
+                yes_no(median < 100.0),
+            ]);
             partial_report = Some((n, times));
         }
     }

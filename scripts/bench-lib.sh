@@ -38,3 +38,44 @@ iperf_alternating() {
     MEDIAN_A=$(median "$RUNS_A")
     MEDIAN_B=$(median "$RUNS_B")
 }
+
+# bench_require PKG... : every Debian package a benchmark (or its peer) needs must be installed.
+# Missing ones are installed through scripts/install-deps.sh's list when we can (root + apt);
+# otherwise, or when that fails, the benchmark stops naming the packages. Checking packages, not
+# commands, matters for podman: without its recommended catatonit (the pod's infra init) and
+# netavark/aardvark-dns, `podman kube play` fails although `podman` itself is on PATH.
+bench_require() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        [[ $(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null) == installed ]] ||
+            missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    echo "bench: installing missing packages: ${missing[*]}" >&2
+    if ((EUID == 0)) && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+            >/tmp/skiff-bench-apt.log 2>&1 </dev/null ||
+            { apt-get update -q >/dev/null 2>&1 &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                    "${missing[@]}" >/tmp/skiff-bench-apt.log 2>&1 </dev/null; } && return 0
+        tail -n 20 /tmp/skiff-bench-apt.log >&2
+    fi
+    echo "bench: missing Debian package(s): ${missing[*]} (sudo scripts/install-deps.sh installs them)" >&2
+    exit 1
+}
+
+# bench_result MEASURE SKIFF PEER RATIO GOAL MET : one row of scripts/bench.sh's summary table,
+# appended to $BENCH_RESULTS (tab-separated) when that is set; a no-op otherwise. Use "-" for
+# an empty cell; MET is "yes", "no" or "-" (no goal).
+bench_result() {
+    [[ -n ${BENCH_RESULTS:-} ]] || return 0
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" >>"$BENCH_RESULTS"
+}
+
+# met A OP B -> "yes" when A OP B holds (OP is one of < <= >= >), else "no"; "-" for a non-number.
+met() {
+    awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN {
+        if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) { print "-"; exit }
+        r = (op == "<") ? a < b : (op == "<=") ? a <= b : (op == ">=") ? a >= b : a > b
+        print (r ? "yes" : "no") }'
+}

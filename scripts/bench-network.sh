@@ -30,16 +30,9 @@ mkdir -p target/bench
 OUT=target/bench/network.txt
 exec > >(tee "$OUT") 2>&1
 
-missing=()
-for pair in iperf3:iperf3 jq:jq nsenter:util-linux ip:iproute2 iptables:iptables; do
-    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null ||
-        die "could not install ${missing[*]}"
-fi
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+bench_require iperf3 jq util-linux iproute2 iptables busybox-static
 
 echo "building ($PROFILE)..."
 if [[ $PROFILE == release ]]; then
@@ -85,8 +78,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=scripts/bench-lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 
 # ---- raw veth pair -------------------------------------------------------------------------
@@ -151,4 +142,5 @@ echo "same-node TCP throughput (iperf3, $(nproc) CPUs, 1-min load $load_before -
 printf '  %-34s median %6.2f Gbit/s  (runs:%s)\n' "raw veth pair, two netns" "$m_raw" "$raw"
 printf '  %-34s median %6.2f Gbit/s  (runs:%s)\n' "skiff pod -> pod (cni0 bridge)" "$m_pod" "$pod"
 echo "  ratio pod/raw ${r}x  (target >= 0.9x: $ok)"
+bench_result "same-node pod -> pod TCP (Gbit/s)" "$m_pod" "$m_raw (raw veth)" "${r}x" "pod/raw >= 0.9x" "$(met "$r" '>=' 0.9)"
 echo "(also in $OUT)"

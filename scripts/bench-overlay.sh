@@ -34,9 +34,9 @@ mkdir -p target/bench
 OUT=target/bench/overlay.txt
 exec > >(tee "$OUT") 2>&1
 
-for t in iperf3 jq etcd nsenter curl; do
-    command -v "$t" >/dev/null || die "$t missing (sudo scripts/install-deps.sh; jq: apt-get install jq)"
-done
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+bench_require iperf3 jq etcd-server util-linux curl iproute2 busybox-static
 
 echo "building ($PROFILE)..."
 if [[ $PROFILE == release ]]; then
@@ -68,8 +68,6 @@ trap 'exit 130' INT TERM
 on() { local h=$1; shift; SKIFF_SOCKET=$RUN/$h/run/skiff.sock "$BIN/skiff" "$@"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-# shellcheck source=scripts/bench-lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 pod_manifest() { # NAME APP COMMAND
     cat <<EOF
@@ -204,3 +202,7 @@ for h in "${others[@]}"; do
     printf '    %-4s route %-8s endpoint %s\n' "$h" "${t_route[$h]:-n/a}" "${t_ep[$h]:-n/a}"
 done
 echo "(also in $OUT)"
+bench_result "cross-host pod -> pod TCP over VXLAN (Gbit/s)" "$m_over" "$m_under (underlay)" "${r}x" \
+    "overlay/underlay >= 0.8x" "$(met "$r" '>=' 0.8)"
+bench_result "a host joins $((HOSTS - 1)): every host has its route (s)" "${max_route%% *}" "-" "-" "< 2 s" \
+    "$(met "${max_route%% *}" '<' 2)"

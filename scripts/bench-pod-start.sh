@@ -37,20 +37,12 @@ OUT=target/bench/pod-start.txt
 exec > >(tee "$OUT") 2>&1
 
 # ---- tools ---------------------------------------------------------------------------------
-missing=()
-for pair in podman:podman runc:runc skopeo:skopeo umoci:umoci curl:curl jq:jq nsenter:util-linux \
-    ip:iproute2 conmon:conmon; do
-    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null || {
-        apt-get update >/dev/null &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null
-    } || die "could not install ${missing[*]}"
-fi
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+# podman's pods need catatonit (the infra container's init) and its network netavark +
+# aardvark-dns: Debian only recommends them, so a --no-install-recommends podman lacks them.
+bench_require podman catatonit netavark aardvark-dns conmon runc skopeo umoci curl jq \
+    util-linux iproute2 busybox-static
 
 echo "building (cargo build --release --bins -p skiff -p cni; bench driver)..."
 # -p cni: skiff's CNI plugins must sit next to skiffd (its default --cni-bin-dir).
@@ -225,10 +217,10 @@ podman_play() { # name [network] -> prints elapsed ms
     pod_yaml "$1" >"$y"
     t0=$(now_ms)
     pn kube play "${net[@]}" "$y" >"$D/podman/last.log" 2>&1 ||
-        { cat "$D/podman/last.log"; die "podman kube play failed"; }
+        { cat "$D/podman/last.log" >&2; die "podman kube play $1 failed (its output above)"; }
     t1=$(now_ms)
     [[ $(pn pod inspect "$1" --format '{{.State}}' 2>/dev/null) == Running ]] ||
-        die "podman pod $1 not Running after kube play"
+        { pn pod inspect "$1" >&2 || true; die "podman pod $1 not Running after kube play"; }
     pn kube down "$y" >/dev/null 2>&1 || true
     pn pod rm -f "$1" >/dev/null 2>&1 || true
     elapsed "$t0" "$t1"
@@ -249,7 +241,7 @@ runc_run() { # id -> prints elapsed ms
     local t0 t1
     t0=$(now_ms)
     nsenter --net="/run/netns/$NS" runc --root "$D/runc-state" run -d --bundle "$B" "$1" \
-        </dev/null >/dev/null 2>"$D/runc.err" || { cat "$D/runc.err"; die "runc run failed"; }
+        </dev/null >/dev/null 2>"$D/runc.err" || { cat "$D/runc.err" >&2; die "runc run failed (its output above)"; }
     t1=$(now_ms)
     runc --root "$D/runc-state" delete -f "$1" >/dev/null 2>&1 || true
     elapsed "$t0" "$t1"
@@ -357,3 +349,12 @@ echo "raw ms: podman$podman_ms"
 echo "raw ms: podman+net$podman_net_ms"
 echo "raw ms: runc$runc_ms"
 echo "(also in $OUT; skiffd log in target/bench/skiffd.log)"
+bench_result "single pod start, manifest -> Running (median ms)" "$(field "$s_skiff" 1)" \
+    "$(field "$s_podman" 1) (podman kube play)" "${r_ps}x" "podman/skiff >= 5x" "$(met "$r_ps" '>=' 5)"
+bench_result "single pod start with a network (median ms)" "$(field "$s_skiff" 1)" \
+    "$(field "$s_podman_net" 1) (podman + netavark)" "${r_pns}x" "podman/skiff >= 4x" "$(met "$r_pns" '>=' 4)"
+bench_result "pod start vs a bare runtime start (median ms)" "$(field "$s_skiff" 1)" \
+    "$(field "$s_runc" 1) (runc run -d)" "${r_sr}x" "-" "-"
+bench_result "$BURST pods at once, all Running (s)" "$b_s" "-" "-" "< 3 s" "$(met "$b_s" '<' 3)"
+bench_result "skiffd RSS with $nshims pods (MiB)" "$(mib "$d_rss")" "-" "-" "< 30 MiB" "$(met "$(mib "$d_rss")" '<' 30)"
+bench_result "shim RSS, largest (MiB)" "$shim_max" "-" "-" "< 2 MiB" "$(met "$shim_max" '<' 2)"

@@ -89,6 +89,14 @@ for _ in $(seq 20); do
     ((r < low)) && low=$r
 done
 hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$PID/status")
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
+low_mib=$(awk -v k="$low" 'BEGIN { printf "%.1f", k / 1024 }')
+hwm_mib=$(awk -v k="$hwm" 'BEGIN { printf "%.1f", k / 1024 }')
+# The 150 MiB goal is for 10k Services; smaller runs (--quick) report without a verdict.
+goal=- ok=-
+((N == 10000)) && goal="< 150 MiB" ok=$(met "$hwm_mib" '<' 150)
+bench_result "skiffd with $N Services x 4 endpoints, peak RSS (MiB)" "$hwm_mib (idle $low_mib)" "-" "-" "$goal" "$ok"
 printf 'skiffd idle afterwards: VmRSS %.1f MiB (lowest over 10 s), peak (VmHWM) %.1f MiB\n' \
     "$(awk -v k="$low" 'BEGIN { print k / 1024 }')" "$(awk -v k="$hwm" 'BEGIN { print k / 1024 }')"
 kill -TERM "$PID"

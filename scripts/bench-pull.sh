@@ -16,13 +16,9 @@ die() { echo "bench-pull: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (layers are unpacked with their owners)"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-need=()
-for tool in docker-registry:docker-registry skopeo:skopeo umoci:umoci; do
-    command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
-done
-if ((${#need[@]})); then
-    apt-get install -y "${need[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
-fi
+# shellcheck source=scripts/bench-lib.sh
+source "$repo/scripts/bench-lib.sh"
+bench_require docker-registry skopeo umoci python3
 
 work=$(mktemp -d /var/tmp/skiff-bench.XXXXXX)
 registry_pid=
@@ -117,3 +113,8 @@ printf '%-28s %10.0f %10.0f\n' "skiff pull+unpack" "$skiff_cold" "$skiff_warm"
 printf '%-28s %10.0f %10.0f\n' "skopeo copy + umoci unpack" "$peer_cold" "$peer_warm"
 echo "ratio peers/skiff: cold $(ratio "$peer_cold" "$skiff_cold")x, warm $(ratio "$peer_warm" "$skiff_warm")x"
 printf 'skiff warm start (IfNotPresent: store lookup + layer dirs): %s us\n' "$skiff_resolve"
+r_cold=$(ratio "$peer_cold" "$skiff_cold")
+bench_result "cold pull + unpack of a 5-layer image (ms)" "$skiff_cold" "$peer_cold (skopeo + umoci)" \
+    "${r_cold}x" "peer/skiff >= 1x" "$(met "$r_cold" '>=' 1)"
+bench_result "warm start of a pulled image (ms)" "$skiff_warm" "$peer_warm (skopeo + umoci)" \
+    "$(ratio "$peer_warm" "$skiff_warm")x" "-" "-"

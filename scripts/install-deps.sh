@@ -13,10 +13,14 @@
 # Build: a C toolchain and libseccomp (libcontainer links it). Demo and tests: a static busybox
 # for the test image, ip/nsenter for throwaway network namespaces. Later tests and benchmarks:
 # the reference runtimes, image tools, etcd, a registry, CNI plugins and network tools.
+# Everything is installed without recommends, so podman's own helpers are named here: catatonit
+# (the init of a pod's infra container: `podman kube play` fails without it), and netavark +
+# aardvark-dns (podman's network, which the pod-start benchmark compares against).
 SKIFF_DEB_PACKAGES=(
     build-essential pkg-config libseccomp-dev
-    busybox-static iproute2 util-linux curl
-    runc podman skopeo umoci etcd-server docker-registry containernetworking-plugins
+    busybox-static iproute2 util-linux curl python3
+    runc podman catatonit netavark aardvark-dns conmon skopeo umoci etcd-server docker-registry
+    containernetworking-plugins
     iperf3 iptables conntrack ethtool jq
 )
 
