@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build and test all of skiff: the workspace's unit and root integration tests, then the demo as
-# an end-to-end smoke test, then a check that nothing was left behind on this host.
+# Build and test all of skiff: formatting and clippy (-D warnings), the workspace's unit and root
+# integration tests, the demo as an end-to-end smoke test, the attack campaign
+# (scripts/attack.sh), then a check that nothing was left behind on this host.
 #
 # Usage: sudo scripts/test.sh      (CI runs it through .ci/run)
 #
@@ -67,9 +68,12 @@ find_cargo || { failed+=(cargo); summary; }
 
 # The integration tests find the binaries through CARGO_BIN_EXE_*; building them first
 # separates build errors from test failures.
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets -q -- -D warnings
 step build cargo build --workspace --bins || summary
 step tests cargo test --workspace --no-fail-fast -- --test-threads=2
 step demo env SKIFF_PROFILE=debug bash scripts/demo.sh --no-wait
+step attack bash scripts/attack.sh
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}
 
 say "leftovers: named netns skiff-*, skiff-shim processes, mounts mentioning skiff"
