@@ -15,6 +15,7 @@ pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
 pub mod pidfd;
+pub mod private;
 pub mod process;
 pub mod propagation;
 pub mod pull;
@@ -414,8 +415,13 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(root: &Path, run: &Path, shim: &Path) -> Result<Runtime, RuntimeError> {
-        for d in [root.join("pods"), run.join("netns"), run.join("ns"), run.join("runtime")] {
-            fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+        // Root's only, fixed when an older skiffd (or an admin) left them open: the modes
+        // of these directories are what keeps other host users out of every pod's files.
+        for d in [root.to_path_buf(), run.to_path_buf(), root.join("pods"), run.join("netns"), run.join("ns"), run.join("runtime")] {
+            private::ensure_private(&d).map_err(io_err("creating", &d))?;
+        }
+        for e in fs::read_dir(root.join("pods")).into_iter().flatten().flatten() {
+            let _ = private::ensure_private(&e.path());
         }
         let images = ImageStore::open(root.join("images")).map_err(|e| RuntimeError::Io {
             op: "opening image store",
@@ -536,7 +542,7 @@ impl Runtime {
     pub fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let dir = self.pod_dir(uid);
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        private::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let json = serde_json::to_vec(pod).unwrap_or_default();
         write_atomic(&dir, "pod.json", &json).map_err(io_err("writing pod.json in", &dir))
     }
@@ -596,6 +602,8 @@ impl Runtime {
         // spec.hostname or the pod name; host network pods keep the node's, as on a kubelet.
         netns::create(&sb.uts, netns::Kind::Uts, Some(&etc_files::hostname_of(pod)))?;
         let ip = sb.ip.map(|i| i.to_string());
+        let pod_dir = self.pod_dir(uid);
+        private::create_dir_all(&pod_dir).map_err(io_err("creating", &pod_dir))?;
         etc_files::write(&sb.etc, pod, ip.as_deref()).map_err(io_err("writing pod files in", &sb.etc))?;
         // Nothing can fail after this point: the thread is never left running for a
         // sandbox the caller believes failed (a retry would ADD the same pod twice at once).
@@ -807,7 +815,7 @@ impl Runtime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(false);
-        match fs::File::create(dir.join("shim.log")) {
+        match private::file_options().open(dir.join("shim.log")) {
             Ok(f) => cmd.stderr(f),
             Err(_) => cmd.stderr(Stdio::null()),
         };
@@ -926,11 +934,15 @@ impl Runtime {
         };
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
+        // The container dir and bundle are root's only; the rootfs mount point and `upper`
+        // keep 0755 below them, for `upper`'s mode becomes the mode of the container's `/`.
+        private::create_dir_all(&bundle)
+            .map_err(|e| cfg_err(format!("creating {}: {e}", bundle.display())))?;
         for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
             fs::create_dir_all(d).map_err(|e| cfg_err(format!("creating {}: {e}", d.display())))?;
         }
         if let Some(parent) = meta.log_path.parent() {
-            fs::create_dir_all(parent)
+            private::create_dir_all(parent)
                 .map_err(|e| cfg_err(format!("creating {}: {e}", parent.display())))?;
         }
         let json = serde_json::to_vec(meta).unwrap_or_default();

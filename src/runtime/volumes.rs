@@ -47,6 +47,10 @@ pub fn setup(
     cx: &EnvContext<'_>,
 ) -> Result<BTreeMap<String, Ready>, String> {
     let mut out = BTreeMap::new();
+    // The pod dir is the gate that keeps other host users out of its Secrets (see
+    // `runtime::private`); it may be created here first.
+    super::private::create_dir_all(layout.pod_dir)
+        .map_err(|e| format!("creating {}: {e}", layout.pod_dir.display()))?;
     let spec = pod.spec.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let fs_group = spec
