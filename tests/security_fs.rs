@@ -166,3 +166,44 @@ spec:
         "the fix of the root dir is logged"
     );
 }
+
+/// The unpacked layer of the test image (the directory holding its `etc/passwd`).
+fn test_image_layer(node: &Node) -> PathBuf {
+    let mut stack = vec![node.root.join("images")];
+    while let Some(d) = stack.pop() {
+        if d.join("etc/passwd").is_file() && d.join("bin").is_dir() {
+            return d;
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    panic!("no unpacked layer with etc/passwd under {}", node.root.display());
+}
+
+#[test]
+fn an_image_passwd_that_is_a_fifo_fails_that_container_only() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    // What a crafted layer unpacks to: `etc/passwd -> ../fifo`, a FIFO nobody ever writes to.
+    // Reading it on the host would block a thread of skiffd forever.
+    let layer = test_image_layer(&node);
+    nix::unistd::mkfifo(&layer.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    std::fs::remove_file(layer.join("etc/passwd")).unwrap();
+    std::os::unix::fs::symlink("../fifo", layer.join("etc/passwd")).unwrap();
+    node.write_manifest("fifo.yaml", &common::pod_yaml("fifo", "exec sleep 3600"));
+    let w = node.wait_for("fifo/main waiting with CreateContainerError", Duration::from_secs(30), || {
+        let p = node.pod("fifo")?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerError").then_some(w)
+    });
+    let msg = w["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("/etc/passwd is not a regular file (a FIFO)"), "{w}");
+    // skiffd is not stuck: the pod goes away when its manifest does.
+    node.remove_manifest("fifo.yaml");
+    node.wait_gone("fifo");
+}

@@ -20,6 +20,7 @@ pub mod process;
 pub mod propagation;
 pub mod pull;
 pub mod resources;
+pub mod rootfs_file;
 pub mod security;
 pub mod shim;
 pub mod spec;
@@ -960,8 +961,16 @@ impl Runtime {
         };
         let process =
             process::resolve(req.container, &image.config, &req.env).map_err(config_err)?;
-        let image_user = process::resolve_user(&image.config.user, &rootfs).map_err(config_err)?;
-        let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+        // The image's user database, read inside its rootfs, never following it onto the
+        // host, regular files only, size-capped (issue 13): a hostile image fails only itself.
+        let user_db = |path: &str| {
+            rootfs_file::read(&rootfs, path, rootfs_file::MAX_USER_DB)
+                .map(|d| String::from_utf8_lossy(&d.unwrap_or_default()).into_owned())
+                .map_err(|e| cfg_err(format!("reading the image's user database: {e}")))
+        };
+        let (passwd, group) = (user_db("/etc/passwd")?, user_db("/etc/group")?);
+        let image_user =
+            process::resolve_user(&image.config.user, &passwd, &group).map_err(config_err)?;
         let gid_of = |uid: u32| {
             passwd
                 .lines()

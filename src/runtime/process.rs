@@ -110,8 +110,9 @@ pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
 }
 
 /// Resolves an image `User` (`uid`, `uid:gid`, `name`, `name:group`) against
-/// the container's `/etc/passwd` and `/etc/group`.
-pub fn resolve_user(user: &str, rootfs: &std::path::Path) -> Result<(u32, u32), String> {
+/// the container's `/etc/passwd` and `/etc/group` (their contents, read safely with
+/// `rootfs_file`).
+pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32), String> {
     if user.is_empty() {
         return Ok((0, 0));
     }
@@ -119,7 +120,6 @@ pub fn resolve_user(user: &str, rootfs: &std::path::Path) -> Result<(u32, u32), 
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(uid) => {
             let gid = passwd
@@ -141,8 +141,7 @@ pub fn resolve_user(user: &str, rootfs: &std::path::Path) -> Result<(u32, u32), 
         None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => std::fs::read_to_string(rootfs.join("etc/group"))
-                .unwrap_or_default()
+            Err(_) => group
                 .lines()
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() > 2 && f[0] == g)
@@ -204,10 +203,15 @@ mod tests {
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(resolve_user("", dir.path()).unwrap(), (0, 0));
-        assert_eq!(resolve_user("nobody", dir.path()).unwrap(), (65534, 65534));
-        assert_eq!(resolve_user("1000:50", dir.path()).unwrap(), (1000, 50));
-        assert_eq!(resolve_user("65534:staff", dir.path()).unwrap(), (65534, 50));
-        assert!(resolve_user("ghost", dir.path()).unwrap_err().contains("unable to find user ghost"));
+        let read = |p| {
+            let d = super::super::rootfs_file::read(dir.path(), p, 1 << 20).unwrap().unwrap();
+            String::from_utf8(d).unwrap()
+        };
+        let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
+        assert_eq!(resolve_user("", &passwd, &group).unwrap(), (0, 0));
+        assert_eq!(resolve_user("nobody", &passwd, &group).unwrap(), (65534, 65534));
+        assert_eq!(resolve_user("1000:50", &passwd, &group).unwrap(), (1000, 50));
+        assert_eq!(resolve_user("65534:staff", &passwd, &group).unwrap(), (65534, 50));
+        assert!(resolve_user("ghost", &passwd, &group).unwrap_err().contains("unable to find user ghost"));
     }
 }
