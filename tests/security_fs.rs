@@ -207,3 +207,44 @@ fn an_image_passwd_that_is_a_fifo_fails_that_container_only() {
     node.remove_manifest("fifo.yaml");
     node.wait_gone("fifo");
 }
+
+#[test]
+fn writes_to_etc_hosts_count_against_the_ephemeral_storage_limit() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    // CVE-2020-8557: /etc/hosts is the pod's file, bind-mounted, outside the writable layer.
+    node.write_manifest(
+        "hosts.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hosts\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    resources: {{limits: {{ephemeral-storage: 20Mi}}}}\n    command: [sh, -c, 'dd if=/dev/zero of=/etc/hosts bs=1000000 count=30 2>/dev/null; sync; exec sleep 3600']\n"
+        ),
+    );
+    let status = node.wait_for("hosts evicted", Duration::from_secs(40), || {
+        let p = node.pod("hosts")?;
+        (p["status"]["phase"] == "Failed").then(|| p["status"].clone())
+    });
+    assert_eq!(status["reason"], "Evicted", "{status}");
+    assert_eq!(status["message"], "Pod ephemeral local storage usage exceeds the total limit of containers 20Mi.", "{status}");
+    // And the files cannot grow without bound even without a limit: they sit on a capped tmpfs.
+    node.write_manifest(
+        "flood.yaml",
+        &common::pod_yaml("flood", "dd if=/dev/zero of=/etc/resolv.conf bs=1048576 count=100 2>/dev/null; echo rc=$?; exec sleep 3600"),
+    );
+    node.wait_running("flood");
+    let logs = node.wait_for("the flood to end", Duration::from_secs(30), || {
+        let l = node.skiff_ok(&["logs", "flood"]);
+        l.contains("rc=").then_some(l)
+    });
+    assert!(!logs.contains("rc=0"), "100 MiB written into /etc/resolv.conf: {logs}");
+    let (_, size) = node.exec_sh("flood", "stat -c %s /etc/resolv.conf");
+    let size: u64 = size.trim().parse().unwrap_or_else(|_| panic!("stat: {size}"));
+    assert!(size <= 64 << 20, "resolv.conf grew to {size} bytes");
+    node.remove_manifest("hosts.yaml");
+    node.remove_manifest("flood.yaml");
+    node.wait_gone("hosts");
+    node.wait_gone("flood");
+    let left = node.leftovers();
+    assert!(left.is_empty(), "leftovers: {left:?}");
+}

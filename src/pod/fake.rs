@@ -185,6 +185,7 @@ impl PodRuntime for FakeRuntime {
         crate::runtime::EphemeralUsage {
             containers: all.containers.into_iter().filter(|(n, _)| containers.iter().any(|(c, _)| c == n)).collect(),
             empty_dirs: all.empty_dirs.into_iter().filter(|(n, _)| empty_dirs.contains(n)).collect(),
+            pod_files: all.pod_files,
         }
     }
     fn load_pod(&self, _uid: &str) -> Option<Pod> {

@@ -1151,7 +1151,9 @@ impl Worker {
         }
         if !limits.is_empty() {
             let total_limit: u64 = limits.iter().map(|(_, l, _)| l).sum();
-            let used: u64 = usage.containers.values().sum::<u64>() + usage.empty_dirs.values().sum::<u64>();
+            let used: u64 = usage.containers.values().sum::<u64>()
+                + usage.empty_dirs.values().sum::<u64>()
+                + usage.pod_files;
             if used > total_limit {
                 return Some(format!(
                     "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
@@ -1280,6 +1282,20 @@ mod tests {
         assert_eq!(s.iter().map(|x| x.restart).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         let pod = store.get_pod("default", "p").unwrap();
         assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Running"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_to_the_pod_files_count_against_the_pod_limit() {
+        use crate::runtime::EphemeralUsage;
+        // CVE-2020-8557: /etc/hosts is outside every writable layer, and still the pod's.
+        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, resources: {limits: {ephemeral-storage: 20Mi}}}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("Running", || phase(&store) == "Running").await;
+        fake.set_usage(EphemeralUsage { containers: [("a".to_string(), 1 << 20)].into(), pod_files: 30 << 20, ..Default::default() });
+        wait_until("Evicted", || phase(&store) == "Failed").await;
+        let st = store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+        assert_eq!(st.reason.as_deref(), Some("Evicted"));
+        assert_eq!(st.message.as_deref(), Some("Pod ephemeral local storage usage exceeds the total limit of containers 20Mi."));
     }
 
     #[tokio::test(start_paused = true)]

@@ -237,6 +237,10 @@ pub struct EphemeralUsage {
     pub containers: std::collections::BTreeMap<String, u64>,
     /// emptyDir volume name -> contents.
     pub empty_dirs: std::collections::BTreeMap<String, u64>,
+    /// The pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`: writable by its
+    /// containers and outside their writable layers, so counted for the pod as a whole (the
+    /// kubelet's fix of CVE-2020-8557).
+    pub pod_files: u64,
 }
 
 /// Disk use of a directory tree (allocated blocks, like `du`), not crossing into other
@@ -285,6 +289,7 @@ impl PodRuntime for Runtime {
                     .iter()
                     .map(|v| (v.clone(), disk_usage(&pod.join("volumes/empty-dir").join(v))))
                     .collect(),
+                pod_files: disk_usage(&pod.join("etc")),
             }
         })
     }
@@ -605,6 +610,14 @@ impl Runtime {
         let ip = sb.ip.map(|i| i.to_string());
         let pod_dir = self.pod_dir(uid);
         private::create_dir_all(&pod_dir).map_err(io_err("creating", &pod_dir))?;
+        // A size-capped tmpfs: the files are writable from the containers, and nothing else
+        // would bound them (removed with the pod's other tmpfs mounts, `unmount_below`).
+        fs::create_dir_all(&sb.etc).map_err(io_err("creating", &sb.etc))?;
+        volumes::mount_tmpfs(&sb.etc, Some(etc_files::SIZE_LIMIT)).map_err(|e| RuntimeError::Io {
+            op: "mounting the pod files' tmpfs on",
+            path: sb.etc.clone(),
+            source: io::Error::other(e),
+        })?;
         etc_files::write(&sb.etc, pod, ip.as_deref()).map_err(io_err("writing pod files in", &sb.etc))?;
         // Nothing can fail after this point: the thread is never left running for a
         // sandbox the caller believes failed (a retry would ADD the same pod twice at once).

@@ -371,7 +371,9 @@ fn same_content(dir: &Path, payload: &Payload) -> bool {
     count == existing
 }
 
-fn mount_tmpfs(dir: &Path, size: Option<i64>) -> Result<(), String> {
+/// Mounts a tmpfs (mode 0755, `nosuid,nodev`, `size` bytes at most) on `dir`, unless
+/// something is mounted there already.
+pub fn mount_tmpfs(dir: &Path, size: Option<i64>) -> Result<(), String> {
     if is_mountpoint(dir) {
         return Ok(());
     }
