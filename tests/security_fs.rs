@@ -248,3 +248,28 @@ fn writes_to_etc_hosts_count_against_the_ephemeral_storage_limit() {
     let left = node.leftovers();
     assert!(left.is_empty(), "leftovers: {left:?}");
 }
+
+#[test]
+fn a_command_line_too_long_for_execve_is_a_start_error() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    let arg = "x".repeat(200_000);
+    node.write_manifest(
+        "long.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: long\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [echo, {arg}]\n"
+        ),
+    );
+    let t = node.wait_for("long/main terminated", Duration::from_secs(30), || {
+        let p = node.pod("long")?;
+        let c = &p["status"]["containerStatuses"][0];
+        let t = c["state"]["terminated"].clone();
+        let t = if t.is_null() { c["lastState"]["terminated"].clone() } else { t };
+        (!t.is_null()).then_some(t)
+    });
+    assert_eq!(t["exitCode"], 128, "{t}");
+    assert_eq!(t["reason"], "StartError", "{t}");
+    assert!(t["message"].as_str().unwrap_or_default().contains("argument list too long"), "{t}");
+}

@@ -974,6 +974,13 @@ impl Runtime {
         };
         let process =
             process::resolve(req.container, &image.config, &req.env).map_err(config_err)?;
+        // The container inherits skiffd's stack limit (the spec sets no RLIMIT_STACK).
+        let stack = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
+            .map(|(soft, _)| soft)
+            .unwrap_or(8 << 20);
+        if let Some(why) = process::exec_too_long(&process.args, &process.env, stack) {
+            return Err(StartError::Start(why));
+        }
         // The image's user database, read inside its rootfs, never following it onto the
         // host, regular files only, size-capped (issue 13): a hostile image fails only itself.
         let user_db = |path: &str| {

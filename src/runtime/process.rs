@@ -75,6 +75,34 @@ pub fn resolve(
     })
 }
 
+/// Longest single argument or environment string `execve` takes (`MAX_ARG_STRLEN`, 32 pages).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Why `execve` would refuse `args` and `env` with `E2BIG`, if it would: a string longer than
+/// `MAX_ARG_STRLEN`, or strings and pointers together over a quarter of the stack limit
+/// `stack_limit` (the process inherits skiffd's `RLIMIT_STACK`), as the kernel counts
+/// (`fs/exec.c`). Found before the container is created, the start fails as a missing
+/// executable does (`StartError`, exit code 128), not as a process that ran and failed.
+pub fn exec_too_long(args: &[String], env: &[String], stack_limit: u64) -> Option<String> {
+    let argv0 = args.first().map(String::as_str).unwrap_or_default();
+    if let Some(s) = args.iter().chain(env).find(|s| s.len() + 1 > MAX_ARG_STRLEN) {
+        let what = if args.contains(s) { "an argument" } else { "an environment variable" };
+        return Some(format!(
+            "exec: {argv0:?}: argument list too long: {what} of {} bytes (at most {} each)",
+            s.len(),
+            MAX_ARG_STRLEN - 1
+        ));
+    }
+    let ptr = std::mem::size_of::<usize>();
+    let total: usize = args.iter().chain(env).map(|s| s.len() + 1 + ptr).sum();
+    // The kernel's bounds: at most 3/4 of the default 8 MiB stack (an unlimited stack too),
+    // at least 32 pages whatever the stack limit.
+    let limit = (stack_limit / 4).min(6 << 20).max(MAX_ARG_STRLEN as u64);
+    (total as u64 > limit).then(|| {
+        format!("exec: {argv0:?}: argument list too long: {total} bytes of arguments and environment (at most {limit})")
+    })
+}
+
 /// Kubernetes' `$(VAR)` expansion.
 pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
     let bytes = input.as_bytes();
@@ -195,6 +223,22 @@ mod tests {
         assert_eq!(p.env, vec!["PATH=/bin", "A=spec", "B=b"]);
         // Image variables are not used for expansion, as on a kubelet.
         assert_eq!(p.args, vec!["echo", "b", "$(B)", "$(PATH)"]);
+    }
+
+    #[test]
+    fn command_lines_execve_would_refuse_are_found() {
+        let short = vec!["sh".to_string(), "-c".to_string(), "true".to_string()];
+        assert_eq!(exec_too_long(&short, &["A=b".to_string()], 8 << 20), None);
+        let long_arg = vec!["sh".to_string(), "x".repeat(MAX_ARG_STRLEN)];
+        let e = exec_too_long(&long_arg, &[], 8 << 20).unwrap();
+        assert!(e.contains("exec: \"sh\": argument list too long: an argument"), "{e}");
+        let long_env = vec![format!("A={}", "x".repeat(MAX_ARG_STRLEN))];
+        assert!(exec_too_long(&short, &long_env, 8 << 20).unwrap().contains("environment variable"));
+        // Many strings, each short: the total counts against a quarter of the stack limit.
+        let many: Vec<String> = (0..30_000).map(|i| format!("arg-{i:060}")).collect();
+        assert!(exec_too_long(&many, &[], 8 << 20).unwrap().contains("bytes of arguments and environment"));
+        assert_eq!(exec_too_long(&many, &[], 64 << 20), None);
+        assert!(exec_too_long(&vec!["y".repeat(100); 80_000], &[], u64::MAX).is_some());
     }
 
     #[test]
