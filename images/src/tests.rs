@@ -1080,3 +1080,29 @@ fn corrupt_index_is_rebuilt_from_the_blobs() {
     store.import(src.path()).unwrap();
     assert_eq!(store.resolve("example.com/one:1").unwrap().unwrap().id, id);
 }
+
+/// `skiff image import` of a FIFO used to block a thread of skiffd in `open` forever (and the
+/// store's lock with it); anything neither a directory nor a regular file is refused at once.
+#[test]
+fn fifo_and_devices_are_refused_without_blocking() {
+    let (dir, root) = (tmp(), tmp());
+    let store = ImageStore::open(root.path()).unwrap();
+    let fifo = dir.path().join("image.tar");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = store.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.import(&fifo).map_err(|e| e.to_string()));
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("import of a FIFO returns at once")
+        .unwrap_err();
+    assert!(err.contains("image.tar: cannot import a FIFO"), "{err}");
+    match store.import(Path::new("/dev/zero")) {
+        Err(e @ Error::NotImportable { .. }) => assert!(e.to_string().contains("a character device"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // The store is still usable (its lock was not left held).
+    assert!(store.list().unwrap().is_empty());
+}
