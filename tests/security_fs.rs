@@ -180,7 +180,10 @@ fn test_image_layer(node: &Node) -> PathBuf {
             }
         }
     }
-    panic!("no unpacked layer with etc/passwd under {}", node.root.display());
+    panic!(
+        "no unpacked layer with etc/passwd under {}",
+        node.root.display()
+    );
 }
 
 #[test]
@@ -192,17 +195,28 @@ fn an_image_passwd_that_is_a_fifo_fails_that_container_only() {
     // What a crafted layer unpacks to: `etc/passwd -> ../fifo`, a FIFO nobody ever writes to.
     // Reading it on the host would block a thread of skiffd forever.
     let layer = test_image_layer(&node);
-    nix::unistd::mkfifo(&layer.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::mkfifo(
+        &layer.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     std::fs::remove_file(layer.join("etc/passwd")).unwrap();
     std::os::unix::fs::symlink("../fifo", layer.join("etc/passwd")).unwrap();
     node.write_manifest("fifo.yaml", &common::pod_yaml("fifo", "exec sleep 3600"));
-    let w = node.wait_for("fifo/main waiting with CreateContainerError", Duration::from_secs(30), || {
-        let p = node.pod("fifo")?;
-        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
-        (w["reason"] == "CreateContainerError").then_some(w)
-    });
+    let w = node.wait_for(
+        "fifo/main waiting with CreateContainerError",
+        Duration::from_secs(30),
+        || {
+            let p = node.pod("fifo")?;
+            let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+            (w["reason"] == "CreateContainerError").then_some(w)
+        },
+    );
     let msg = w["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("/etc/passwd is not a regular file (a FIFO)"), "{w}");
+    assert!(
+        msg.contains("/etc/passwd is not a regular file (a FIFO)"),
+        "{w}"
+    );
     // skiffd is not stuck: the pod goes away when its manifest does.
     node.remove_manifest("fifo.yaml");
     node.wait_gone("fifo");
@@ -226,7 +240,11 @@ fn writes_to_etc_hosts_count_against_the_ephemeral_storage_limit() {
         (p["status"]["phase"] == "Failed").then(|| p["status"].clone())
     });
     assert_eq!(status["reason"], "Evicted", "{status}");
-    assert_eq!(status["message"], "Pod ephemeral local storage usage exceeds the total limit of containers 20Mi.", "{status}");
+    assert_eq!(
+        status["message"],
+        "Pod ephemeral local storage usage exceeds the total limit of containers 20Mi.",
+        "{status}"
+    );
     // And the files cannot grow without bound even without a limit: they sit on a capped tmpfs.
     node.write_manifest(
         "flood.yaml",
@@ -237,9 +255,15 @@ fn writes_to_etc_hosts_count_against_the_ephemeral_storage_limit() {
         let l = node.skiff_ok(&["logs", "flood"]);
         l.contains("rc=").then_some(l)
     });
-    assert!(!logs.contains("rc=0"), "100 MiB written into /etc/resolv.conf: {logs}");
+    assert!(
+        !logs.contains("rc=0"),
+        "100 MiB written into /etc/resolv.conf: {logs}"
+    );
     let (_, size) = node.exec_sh("flood", "stat -c %s /etc/resolv.conf");
-    let size: u64 = size.trim().parse().unwrap_or_else(|_| panic!("stat: {size}"));
+    let size: u64 = size
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("stat: {size}"));
     assert!(size <= 64 << 20, "resolv.conf grew to {size} bytes");
     node.remove_manifest("hosts.yaml");
     node.remove_manifest("flood.yaml");
@@ -266,10 +290,20 @@ fn a_command_line_too_long_for_execve_is_a_start_error() {
         let p = node.pod("long")?;
         let c = &p["status"]["containerStatuses"][0];
         let t = c["state"]["terminated"].clone();
-        let t = if t.is_null() { c["lastState"]["terminated"].clone() } else { t };
+        let t = if t.is_null() {
+            c["lastState"]["terminated"].clone()
+        } else {
+            t
+        };
         (!t.is_null()).then_some(t)
     });
     assert_eq!(t["exitCode"], 128, "{t}");
     assert_eq!(t["reason"], "StartError", "{t}");
-    assert!(t["message"].as_str().unwrap_or_default().contains("argument list too long"), "{t}");
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("argument list too long"),
+        "{t}"
+    );
 }
