@@ -259,7 +259,7 @@ fn lock_root(root: &std::path::Path) -> Result<std::fs::File, DaemonError> {
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(root).map_err(err)?;
+    crate::runtime::private::create_dir_all(root).map_err(err)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -143,6 +143,15 @@ pub enum Error {
         "{0}: not an OCI image layout, OCI layout tar or docker-save archive (no index.json or manifest.json)"
     )]
     UnknownFormat(PathBuf),
+    /// The import path is neither a directory nor a regular file (a FIFO, a device, a
+    /// socket): refused before it is opened, since opening or reading it could block forever.
+    #[error("{path}: cannot import {kind}: give an image layout directory or an archive file")]
+    NotImportable {
+        /// The path given.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// The archive holds no image for this platform.
     #[error("{0}: no image to import (for linux/{arch})", arch = crate::layout::host_arch())]
     NothingToImport(PathBuf),

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use tracing::debug;
@@ -68,7 +69,27 @@ impl Source {
         if meta.is_dir() {
             return Ok(Source::Dir(path.to_owned()));
         }
-        let file = File::open(path).map_err(Error::io("open", path))?;
+        // A FIFO would block the open (and then the read) forever; a device could be endless.
+        if !meta.is_file() {
+            return Err(Error::NotImportable {
+                path: path.to_owned(),
+                kind: kind_of(&meta.file_type()),
+            });
+        }
+        // O_NONBLOCK: the path could have been swapped for a FIFO since the stat; the fstat
+        // below decides on what was actually opened (a regular file reads normally anyway).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(Error::io("open", path))?;
+        let opened = file.metadata().map_err(Error::io("stat", path))?;
+        if !opened.is_file() {
+            return Err(Error::NotImportable {
+                path: path.to_owned(),
+                kind: kind_of(&opened.file_type()),
+            });
+        }
         let mut reader = BufReader::with_capacity(256 * 1024, file);
         let gzip = reader
             .fill_buf()
@@ -160,6 +181,22 @@ impl Source {
         HashingReader::new(f)
             .finish()
             .map_err(Error::io("read", &file.path))
+    }
+}
+
+/// What a non-regular file is, for messages.
+fn kind_of(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a file that is not a regular file"
     }
 }
 

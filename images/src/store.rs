@@ -119,6 +119,17 @@ impl ImageStore {
         }
         let _lock = store.lock()?;
         store.remove_garbage()?;
+        // A corrupt index (a disk that lost a write, a hand edit) is rebuilt from the blobs
+        // and saved, so that one bad file does not stop every pod start.
+        match store.load_or_rebuild() {
+            Ok((index, true)) => {
+                if let Err(err) = store.save(&index) {
+                    warn!(%err, "cannot save the rebuilt image index");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => warn!(%err, "cannot read the image index"),
+        }
         // Under the lock no import or commit is half done, so whatever the index does not
         // refer to is garbage. A store whose index cannot be read keeps everything.
         if let Err(err) = store.load().and_then(|index| store.gc(&index)) {
@@ -198,7 +209,86 @@ impl ImageStore {
         Ok(())
     }
 
+    /// The index; rebuilt from the blobs (in memory) when `images.json` cannot be parsed.
     pub(crate) fn load(&self) -> Result<IndexFile, Error> {
+        self.load_or_rebuild().map(|(index, _)| index)
+    }
+
+    /// [`ImageStore::load`], and whether the index had to be rebuilt.
+    fn load_or_rebuild(&self) -> Result<(IndexFile, bool), Error> {
+        match self.load_file() {
+            Err(err @ Error::Json { .. }) => {
+                let index = self.rebuild_index();
+                warn!(
+                    %err,
+                    images = index.images.len(),
+                    "the image index is corrupt; rebuilt it from the stored manifests. Image names and pull references were kept only there and are lost: the images answer to their ids until imported or pulled again"
+                );
+                Ok((index, true))
+            }
+            other => other.map(|index| (index, false)),
+        }
+    }
+
+    /// Every complete image in the store, found from its content: a blob that parses as an
+    /// image manifest whose config blob and unpacked layers are all here. Names are not in
+    /// the content, so the images come back without them.
+    fn rebuild_index(&self) -> IndexFile {
+        // Manifests are small; layer blobs are not even read.
+        const MAX_MANIFEST: u64 = 4 << 20;
+        let mut images: Vec<Record> = Vec::new();
+        let mut entries: Vec<_> = fs::read_dir(self.blobs_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if !entry.metadata().is_ok_and(|m| m.is_file() && m.len() <= MAX_MANIFEST) {
+                continue;
+            }
+            let Ok(bytes) = fs::read(entry.path()) else { continue };
+            let Ok(manifest) = serde_json::from_slice::<layout::Manifest>(&bytes) else { continue };
+            let digest = crate::digest::of_bytes(&bytes);
+            if digest.strip_prefix("sha256:") != Some(&*entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let config = self
+                .blob_path(&manifest.config.digest)
+                .ok()
+                .and_then(|p| fs::read(p).ok())
+                .and_then(|b| serde_json::from_slice::<ConfigFile>(&b).ok());
+            let Some(config) = config else { continue };
+            let diff_ids = config.rootfs.diff_ids.clone();
+            let complete = diff_ids.len() == manifest.layers.len()
+                && diff_ids.iter().all(|d| self.has_layer(d))
+                && manifest.layers.iter().all(|l| self.has_blob(&l.digest));
+            if !complete || images.iter().any(|r| r.image.id == manifest.config.digest) {
+                continue;
+            }
+            let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+            images.push(Record {
+                image: Image {
+                    id: manifest.config.digest.clone(),
+                    names: Vec::new(),
+                    manifest_digest: digest,
+                    size,
+                    created: config.created(),
+                    config: config.image_config(),
+                    diff_ids,
+                },
+                layer_digests: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+                repo_digests: Vec::new(),
+                last_used: now_secs(),
+            });
+        }
+        IndexFile {
+            version: INDEX_VERSION,
+            images,
+        }
+    }
+
+    fn load_file(&self) -> Result<IndexFile, Error> {
         let path = self.root.join(INDEX_FILE);
         match fs::read(&path) {
             Ok(bytes) => layout::parse_json(&bytes, || path.display().to_string()),

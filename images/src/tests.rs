@@ -1035,3 +1035,74 @@ fn docker25_save_and_nested_index() {
     assert_eq!(images[0].id, config_id);
     assert_eq!(images[0].names, ["docker.io/library/docker25:latest"]);
 }
+
+/// A truncated `images.json` (a disk that lost a write) must not make the store unusable:
+/// `open` rebuilds the index from the manifests and configs in `blobs/` and saves it. The
+/// images come back under their ids; their names were only in the index.
+#[test]
+fn corrupt_index_is_rebuilt_from_the_blobs() {
+    let (src, root) = (tmp(), tmp());
+    let id = add_oci_image(
+        src.path(),
+        &[base_layer(), top_layer("one")],
+        Compress::Gzip,
+        &[("io.containerd.image.name", "example.com/one:1")],
+        "one",
+    );
+    let store = ImageStore::open(root.path()).unwrap();
+    store.import(src.path()).unwrap();
+    let before = store.resolve("example.com/one:1").unwrap().unwrap();
+    let (n_blobs, n_layers) = (count_dir(&root.path().join("blobs/sha256")), count_dir(&root.path().join("layers")));
+    drop(store);
+    let index = root.path().join("images.json");
+    let text = fs::read(&index).unwrap();
+    fs::write(&index, &text[..text.len() / 2]).unwrap();
+
+    let store = ImageStore::open(root.path()).unwrap();
+    let images = store.list().unwrap();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let image = &images[0];
+    assert_eq!(image.id, id);
+    assert!(image.names.is_empty(), "names are lost with the index");
+    assert_eq!(image.manifest_digest, before.manifest_digest);
+    assert_eq!(image.diff_ids, before.diff_ids);
+    assert_eq!(image.config, before.config);
+    assert_eq!(store.resolve(&id).unwrap().unwrap().id, id);
+    for dir in store.layer_dirs(image).unwrap() {
+        assert!(dir.is_dir());
+    }
+    // Saved, and nothing of the image collected as garbage meanwhile.
+    let saved: serde_json::Value = serde_json::from_slice(&fs::read(&index).unwrap()).unwrap();
+    assert_eq!(saved["images"].as_array().unwrap().len(), 1);
+    assert_eq!(count_dir(&root.path().join("blobs/sha256")), n_blobs);
+    assert_eq!(count_dir(&root.path().join("layers")), n_layers);
+    // Importing again names it again.
+    store.import(src.path()).unwrap();
+    assert_eq!(store.resolve("example.com/one:1").unwrap().unwrap().id, id);
+}
+
+/// `skiff image import` of a FIFO used to block a thread of skiffd in `open` forever (and the
+/// store's lock with it); anything neither a directory nor a regular file is refused at once.
+#[test]
+fn fifo_and_devices_are_refused_without_blocking() {
+    let (dir, root) = (tmp(), tmp());
+    let store = ImageStore::open(root.path()).unwrap();
+    let fifo = dir.path().join("image.tar");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = store.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.import(&fifo).map_err(|e| e.to_string()));
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("import of a FIFO returns at once")
+        .unwrap_err();
+    assert!(err.contains("image.tar: cannot import a FIFO"), "{err}");
+    match store.import(Path::new("/dev/zero")) {
+        Err(e @ Error::NotImportable { .. }) => assert!(e.to_string().contains("a character device"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // The store is still usable (its lock was not left held).
+    assert!(store.list().unwrap().is_empty());
+}

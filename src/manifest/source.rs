@@ -76,6 +76,39 @@ pub struct DirSource {
     owners: HashMap<ObjectRef, PathBuf>,
 }
 
+
+/// Largest manifest file read: the API server's request size limit (3 MiB). A bigger file is
+/// refused without being read whole (a 50 MB file took skiffd to 347 MB).
+pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
+
+/// Reads `file`, refusing one over `limit` bytes or one that is not a regular file, reading
+/// at most `limit + 1` bytes whatever the file claims (it may grow meanwhile). The message
+/// names the limit.
+fn read_capped(file: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let too_big = || format!("file is larger than {} ({limit} bytes), the API server's request size limit", crate::quantity::format_bytes(limit));
+    // O_NONBLOCK: a FIFO swapped in after the directory listing must not block the reader.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read: not a regular file".into());
+    }
+    if meta.len() > limit {
+        return Err(too_big());
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(limit + 1).read_to_end(&mut data).map_err(|e| format!("cannot read: {e}"))?;
+    if data.len() as u64 > limit {
+        return Err(too_big());
+    }
+    Ok(data)
+}
+
 impl DirSource {
     pub fn new(dir: impl Into<PathBuf>, node_name: impl Into<String>) -> Self {
         Self {
@@ -163,13 +196,13 @@ impl DirSource {
     }
 
     fn read_file(&mut self, file: &Path) -> (Vec<Object>, Vec<SourceError>) {
-        let text = match std::fs::read(file) {
+        let text = match read_capped(file, MAX_MANIFEST_BYTES) {
             Ok(t) => t,
-            Err(e) => {
+            Err(message) => {
                 let err = SourceError {
                     file: file.to_path_buf(),
                     object: None,
-                    message: format!("cannot read: {e}"),
+                    message,
                 };
                 let good = self.cache.get(file).map(|c| c.good.clone()).unwrap_or_default();
                 return (good, vec![err]);
@@ -426,6 +459,30 @@ mod tests {
         // Removed file: pod gone.
         std::fs::remove_file(d.join("b.yml")).unwrap();
         assert!(!src.relist().pods.contains_key(&("default".into(), "b".into())));
+    }
+
+    #[test]
+    fn oversized_files_are_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("big.yaml"), pod("big")).unwrap();
+        std::fs::write(d.join("ok.yaml"), pod("ok")).unwrap();
+        let mut src = DirSource::new(d, "n");
+        assert_eq!(src.relist().pods.len(), 2);
+        // Over the API server's 3 MiB: refused (its last good pod stays), the others read.
+        let mut text = pod("big");
+        text.push_str(&format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES as usize)));
+        std::fs::write(d.join("big.yaml"), &text).unwrap();
+        let s = src.relist();
+        assert_eq!(s.pods.len(), 2);
+        assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+        let e = s.errors[0].to_string();
+        assert!(e.contains("big.yaml") && e.contains("file is larger than 3Mi (3145728 bytes)"), "{e}");
+        // Exactly at the limit is fine; the reader never takes more than limit + 1 bytes.
+        let f = d.join("edge");
+        std::fs::write(&f, vec![b'a'; 100]).unwrap();
+        assert_eq!(read_capped(&f, 100).unwrap().len(), 100);
+        assert!(read_capped(&f, 99).unwrap_err().contains("larger than 99"));
     }
 
     #[test]

@@ -58,6 +58,10 @@ struct State {
     overlapped_sandboxes: u32,
     /// Containers created for an overlapped start and removed again (network failed).
     aborted: Vec<String>,
+    /// `save_pod` fails (a full disk) while set.
+    save_fails: bool,
+    /// Pods saved successfully, in order.
+    saved: Vec<Pod>,
 }
 
 /// How the fake pod network behaves.
@@ -115,6 +119,16 @@ impl FakeRuntime {
     /// Containers created while the network was attached, then removed as it failed.
     pub fn aborted(&self) -> Vec<String> {
         self.state.lock().unwrap().aborted.clone()
+    }
+
+    /// Makes `save_pod` fail with ENOSPC (`true`) or work again.
+    pub fn set_save_fails(&self, fails: bool) {
+        self.state.lock().unwrap().save_fails = fails;
+    }
+
+    /// How many times a pod was saved successfully.
+    pub fn saves(&self) -> usize {
+        self.state.lock().unwrap().saved.len()
     }
 
     /// What [`PodRuntime::ephemeral_usage`] reports from now on.
@@ -185,12 +199,22 @@ impl PodRuntime for FakeRuntime {
         crate::runtime::EphemeralUsage {
             containers: all.containers.into_iter().filter(|(n, _)| containers.iter().any(|(c, _)| c == n)).collect(),
             empty_dirs: all.empty_dirs.into_iter().filter(|(n, _)| empty_dirs.contains(n)).collect(),
+            pod_files: all.pod_files,
         }
     }
     fn load_pod(&self, _uid: &str) -> Option<Pod> {
         None
     }
-    fn save_pod(&self, _pod: &Pod) -> Result<(), RuntimeError> {
+    fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
+        let mut st = self.state.lock().unwrap();
+        if st.save_fails {
+            return Err(RuntimeError::Io {
+                op: "writing pod.json in",
+                path: "/fake".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        st.saved.push(pod.clone());
         Ok(())
     }
     fn pods_on_disk(&self) -> Vec<String> {

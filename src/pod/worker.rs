@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::probe;
@@ -234,6 +234,12 @@ struct Worker {
     refresh_volumes: bool,
     service_env: Vec<(String, String)>,
     start_time: Option<Timestamp>,
+    /// `pod.json` (with the start time) is on disk. Until it is, every sync tries again: a
+    /// write that failed (disk full) must not leave a pod that a restarted skiffd cannot
+    /// adopt, and nothing else would ever write it.
+    pod_saved: bool,
+    /// Failed writes of `pod.json` in a row (only the first is a warning).
+    save_failures: u32,
     exits: JoinSet<String>,
     probes_tx: mpsc::UnboundedSender<(String, probe::Report)>,
     probes_rx: mpsc::UnboundedReceiver<(String, probe::Report)>,
@@ -277,6 +283,8 @@ impl Worker {
             refresh_volumes: false,
             service_env: Vec::new(),
             start_time: None,
+            pod_saved: false,
+            save_failures: 0,
             exits: JoinSet::new(),
             terminal: false,
             failed: None,
@@ -333,6 +341,7 @@ impl Worker {
                 .map(|t| t.0);
             if self.start_time.is_some() {
                 first.status = saved.status.clone();
+                self.pod_saved = true;
             }
         }
         let mut adopted = 0;
@@ -510,6 +519,33 @@ impl Worker {
             && !crate::pod::env::needs_pod_ip(&self.pod)
     }
 
+    /// Writes `pod.json`; on failure schedules another try (see [`Worker::pod_saved`]).
+    fn save_pod_state(&mut self) {
+        let mut saved = self.pod.clone();
+        saved.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            start_time: self.start_time.map(Time),
+            ..Default::default()
+        });
+        match self.ctx.runtime.save_pod(&saved) {
+            Ok(()) => {
+                if self.save_failures > 0 {
+                    info!(pod = %self.key.1, failures = self.save_failures, "pod state saved after earlier failures");
+                }
+                self.pod_saved = true;
+                self.save_failures = 0;
+            }
+            Err(e) => {
+                if self.save_failures == 0 {
+                    warn!(pod = %self.key.1, error = %e, "saving pod state; retrying");
+                } else {
+                    debug!(pod = %self.key.1, error = %e, failures = self.save_failures, "saving pod state");
+                }
+                self.save_failures += 1;
+                self.set_wake(Instant::now() + RETRY);
+            }
+        }
+    }
+
     async fn sync_steps(&mut self) {
         if self.terminal {
             return;
@@ -520,14 +556,9 @@ impl Worker {
         }
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
-            let mut saved = self.pod.clone();
-            saved.status = Some(k8s_openapi::api::core::v1::PodStatus {
-                start_time: self.start_time.map(Time),
-                ..Default::default()
-            });
-            if let Err(e) = self.ctx.runtime.save_pod(&saved) {
-                warn!(pod = %self.key.1, error = %e, "saving pod state");
-            }
+        }
+        if !self.pod_saved {
+            self.save_pod_state();
         }
         if self.sandbox.is_none() {
             let created = if self.may_overlap_network() {
@@ -1151,7 +1182,9 @@ impl Worker {
         }
         if !limits.is_empty() {
             let total_limit: u64 = limits.iter().map(|(_, l, _)| l).sum();
-            let used: u64 = usage.containers.values().sum::<u64>() + usage.empty_dirs.values().sum::<u64>();
+            let used: u64 = usage.containers.values().sum::<u64>()
+                + usage.empty_dirs.values().sum::<u64>()
+                + usage.pod_files;
             if used > total_limit {
                 return Some(format!(
                     "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
@@ -1280,6 +1313,42 @@ mod tests {
         assert_eq!(s.iter().map(|x| x.restart).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         let pod = store.get_pod("default", "p").unwrap();
         assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Running"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pod_state_is_saved_again_once_the_disk_has_room() {
+        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x}]");
+        let fake = FakeRuntime::default();
+        // ENOSPC from the first write on: the pod runs all the same.
+        fake.set_save_fails(true);
+        let store = Arc::new(Store::new("n"));
+        store.put_pod(p.clone(), true);
+        let ctx = Arc::new(Ctx {
+            runtime: Arc::new(fake.clone()),
+            store: store.clone(),
+        });
+        let (_tx, _h) = spawn(ctx, p.clone(), None);
+        wait_until("Running", || phase(&store) == "Running").await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(fake.saves(), 0);
+        fake.set_save_fails(false);
+        wait_until("pod.json written", || fake.saves() == 1).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(fake.saves(), 1, "written once it worked, not at every sync");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_to_the_pod_files_count_against_the_pod_limit() {
+        use crate::runtime::EphemeralUsage;
+        // CVE-2020-8557: /etc/hosts is outside every writable layer, and still the pod's.
+        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, resources: {limits: {ephemeral-storage: 20Mi}}}]");
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("Running", || phase(&store) == "Running").await;
+        fake.set_usage(EphemeralUsage { containers: [("a".to_string(), 1 << 20)].into(), pod_files: 30 << 20, ..Default::default() });
+        wait_until("Evicted", || phase(&store) == "Failed").await;
+        let st = store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+        assert_eq!(st.reason.as_deref(), Some("Evicted"));
+        assert_eq!(st.message.as_deref(), Some("Pod ephemeral local storage usage exceeds the total limit of containers 20Mi."));
     }
 
     #[tokio::test(start_paused = true)]

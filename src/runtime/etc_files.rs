@@ -7,6 +7,11 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::Pod;
 
+/// Size of the tmpfs the three files live on: a container can write to them, and they are
+/// outside its writable layer, so this bounds what it can put there (they are also counted
+/// in the pod's ephemeral storage, see `EphemeralUsage::pod_files`).
+pub const SIZE_LIMIT: i64 = 64 << 20;
+
 /// The cluster domain used for pod FQDNs.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 

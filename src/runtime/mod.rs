@@ -15,10 +15,12 @@ pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
 pub mod pidfd;
+pub mod private;
 pub mod process;
 pub mod propagation;
 pub mod pull;
 pub mod resources;
+pub mod rootfs_file;
 pub mod security;
 pub mod shim;
 pub mod spec;
@@ -235,6 +237,10 @@ pub struct EphemeralUsage {
     pub containers: std::collections::BTreeMap<String, u64>,
     /// emptyDir volume name -> contents.
     pub empty_dirs: std::collections::BTreeMap<String, u64>,
+    /// The pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`: writable by its
+    /// containers and outside their writable layers, so counted for the pod as a whole (the
+    /// kubelet's fix of CVE-2020-8557).
+    pub pod_files: u64,
 }
 
 /// Disk use of a directory tree (allocated blocks, like `du`), not crossing into other
@@ -283,6 +289,7 @@ impl PodRuntime for Runtime {
                     .iter()
                     .map(|v| (v.clone(), disk_usage(&pod.join("volumes/empty-dir").join(v))))
                     .collect(),
+                pod_files: disk_usage(&pod.join("etc")),
             }
         })
     }
@@ -414,8 +421,13 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(root: &Path, run: &Path, shim: &Path) -> Result<Runtime, RuntimeError> {
-        for d in [root.join("pods"), run.join("netns"), run.join("ns"), run.join("runtime")] {
-            fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+        // Root's only, fixed when an older skiffd (or an admin) left them open: the modes
+        // of these directories are what keeps other host users out of every pod's files.
+        for d in [root.to_path_buf(), run.to_path_buf(), root.join("pods"), run.join("netns"), run.join("ns"), run.join("runtime")] {
+            private::ensure_private(&d).map_err(io_err("creating", &d))?;
+        }
+        for e in fs::read_dir(root.join("pods")).into_iter().flatten().flatten() {
+            let _ = private::ensure_private(&e.path());
         }
         let images = ImageStore::open(root.join("images")).map_err(|e| RuntimeError::Io {
             op: "opening image store",
@@ -536,7 +548,7 @@ impl Runtime {
     pub fn save_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let dir = self.pod_dir(uid);
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        private::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let json = serde_json::to_vec(pod).unwrap_or_default();
         write_atomic(&dir, "pod.json", &json).map_err(io_err("writing pod.json in", &dir))
     }
@@ -596,6 +608,16 @@ impl Runtime {
         // spec.hostname or the pod name; host network pods keep the node's, as on a kubelet.
         netns::create(&sb.uts, netns::Kind::Uts, Some(&etc_files::hostname_of(pod)))?;
         let ip = sb.ip.map(|i| i.to_string());
+        let pod_dir = self.pod_dir(uid);
+        private::create_dir_all(&pod_dir).map_err(io_err("creating", &pod_dir))?;
+        // A size-capped tmpfs: the files are writable from the containers, and nothing else
+        // would bound them (removed with the pod's other tmpfs mounts, `unmount_below`).
+        fs::create_dir_all(&sb.etc).map_err(io_err("creating", &sb.etc))?;
+        volumes::mount_tmpfs(&sb.etc, Some(etc_files::SIZE_LIMIT)).map_err(|e| RuntimeError::Io {
+            op: "mounting the pod files' tmpfs on",
+            path: sb.etc.clone(),
+            source: io::Error::other(e),
+        })?;
         etc_files::write(&sb.etc, pod, ip.as_deref()).map_err(io_err("writing pod files in", &sb.etc))?;
         // Nothing can fail after this point: the thread is never left running for a
         // sandbox the caller believes failed (a retry would ADD the same pod twice at once).
@@ -807,7 +829,7 @@ impl Runtime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(false);
-        match fs::File::create(dir.join("shim.log")) {
+        match private::file_options().open(dir.join("shim.log")) {
             Ok(f) => cmd.stderr(f),
             Err(_) => cmd.stderr(Stdio::null()),
         };
@@ -926,11 +948,15 @@ impl Runtime {
         };
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
+        // The container dir and bundle are root's only; the rootfs mount point and `upper`
+        // keep 0755 below them, for `upper`'s mode becomes the mode of the container's `/`.
+        private::create_dir_all(&bundle)
+            .map_err(|e| cfg_err(format!("creating {}: {e}", bundle.display())))?;
         for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
             fs::create_dir_all(d).map_err(|e| cfg_err(format!("creating {}: {e}", d.display())))?;
         }
         if let Some(parent) = meta.log_path.parent() {
-            fs::create_dir_all(parent)
+            private::create_dir_all(parent)
                 .map_err(|e| cfg_err(format!("creating {}: {e}", parent.display())))?;
         }
         let json = serde_json::to_vec(meta).unwrap_or_default();
@@ -948,8 +974,23 @@ impl Runtime {
         };
         let process =
             process::resolve(req.container, &image.config, &req.env).map_err(config_err)?;
-        let image_user = process::resolve_user(&image.config.user, &rootfs).map_err(config_err)?;
-        let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+        // The container inherits skiffd's stack limit (the spec sets no RLIMIT_STACK).
+        let stack = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
+            .map(|(soft, _)| soft)
+            .unwrap_or(8 << 20);
+        if let Some(why) = process::exec_too_long(&process.args, &process.env, stack) {
+            return Err(StartError::Start(why));
+        }
+        // The image's user database, read inside its rootfs, never following it onto the
+        // host, regular files only, size-capped (issue 13): a hostile image fails only itself.
+        let user_db = |path: &str| {
+            rootfs_file::read(&rootfs, path, rootfs_file::MAX_USER_DB)
+                .map(|d| String::from_utf8_lossy(&d.unwrap_or_default()).into_owned())
+                .map_err(|e| cfg_err(format!("reading the image's user database: {e}")))
+        };
+        let (passwd, group) = (user_db("/etc/passwd")?, user_db("/etc/group")?);
+        let image_user =
+            process::resolve_user(&image.config.user, &passwd, &group).map_err(config_err)?;
         let gid_of = |uid: u32| {
             passwd
                 .lines()

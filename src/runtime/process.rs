@@ -75,6 +75,34 @@ pub fn resolve(
     })
 }
 
+/// Longest single argument or environment string `execve` takes (`MAX_ARG_STRLEN`, 32 pages).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Why `execve` would refuse `args` and `env` with `E2BIG`, if it would: a string longer than
+/// `MAX_ARG_STRLEN`, or strings and pointers together over a quarter of the stack limit
+/// `stack_limit` (the process inherits skiffd's `RLIMIT_STACK`), as the kernel counts
+/// (`fs/exec.c`). Found before the container is created, the start fails as a missing
+/// executable does (`StartError`, exit code 128), not as a process that ran and failed.
+pub fn exec_too_long(args: &[String], env: &[String], stack_limit: u64) -> Option<String> {
+    let argv0 = args.first().map(String::as_str).unwrap_or_default();
+    if let Some(s) = args.iter().chain(env).find(|s| s.len() + 1 > MAX_ARG_STRLEN) {
+        let what = if args.contains(s) { "an argument" } else { "an environment variable" };
+        return Some(format!(
+            "exec: {argv0:?}: argument list too long: {what} of {} bytes (at most {} each)",
+            s.len(),
+            MAX_ARG_STRLEN - 1
+        ));
+    }
+    let ptr = std::mem::size_of::<usize>();
+    let total: usize = args.iter().chain(env).map(|s| s.len() + 1 + ptr).sum();
+    // The kernel's bounds: at most 3/4 of the default 8 MiB stack (an unlimited stack too),
+    // at least 32 pages whatever the stack limit.
+    let limit = (stack_limit / 4).min(6 << 20).max(MAX_ARG_STRLEN as u64);
+    (total as u64 > limit).then(|| {
+        format!("exec: {argv0:?}: argument list too long: {total} bytes of arguments and environment (at most {limit})")
+    })
+}
+
 /// Kubernetes' `$(VAR)` expansion.
 pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
     let bytes = input.as_bytes();
@@ -110,8 +138,9 @@ pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
 }
 
 /// Resolves an image `User` (`uid`, `uid:gid`, `name`, `name:group`) against
-/// the container's `/etc/passwd` and `/etc/group`.
-pub fn resolve_user(user: &str, rootfs: &std::path::Path) -> Result<(u32, u32), String> {
+/// the container's `/etc/passwd` and `/etc/group` (their contents, read safely with
+/// `rootfs_file`).
+pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32), String> {
     if user.is_empty() {
         return Ok((0, 0));
     }
@@ -119,7 +148,6 @@ pub fn resolve_user(user: &str, rootfs: &std::path::Path) -> Result<(u32, u32), 
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(uid) => {
             let gid = passwd
@@ -141,8 +169,7 @@ pub fn resolve_user(user: &str, rootfs: &std::path::Path) -> Result<(u32, u32), 
         None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => std::fs::read_to_string(rootfs.join("etc/group"))
-                .unwrap_or_default()
+            Err(_) => group
                 .lines()
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() > 2 && f[0] == g)
@@ -199,15 +226,36 @@ mod tests {
     }
 
     #[test]
+    fn command_lines_execve_would_refuse_are_found() {
+        let short = vec!["sh".to_string(), "-c".to_string(), "true".to_string()];
+        assert_eq!(exec_too_long(&short, &["A=b".to_string()], 8 << 20), None);
+        let long_arg = vec!["sh".to_string(), "x".repeat(MAX_ARG_STRLEN)];
+        let e = exec_too_long(&long_arg, &[], 8 << 20).unwrap();
+        assert!(e.contains("exec: \"sh\": argument list too long: an argument"), "{e}");
+        let long_env = vec![format!("A={}", "x".repeat(MAX_ARG_STRLEN))];
+        assert!(exec_too_long(&short, &long_env, 8 << 20).unwrap().contains("environment variable"));
+        // Many strings, each short: the total counts against a quarter of the stack limit.
+        let many: Vec<String> = (0..30_000).map(|i| format!("arg-{i:060}")).collect();
+        assert!(exec_too_long(&many, &[], 8 << 20).unwrap().contains("bytes of arguments and environment"));
+        assert_eq!(exec_too_long(&many, &[], 64 << 20), None);
+        assert!(exec_too_long(&vec!["y".repeat(100); 80_000], &[], u64::MAX).is_some());
+    }
+
+    #[test]
     fn users_resolve_from_the_rootfs() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(resolve_user("", dir.path()).unwrap(), (0, 0));
-        assert_eq!(resolve_user("nobody", dir.path()).unwrap(), (65534, 65534));
-        assert_eq!(resolve_user("1000:50", dir.path()).unwrap(), (1000, 50));
-        assert_eq!(resolve_user("65534:staff", dir.path()).unwrap(), (65534, 50));
-        assert!(resolve_user("ghost", dir.path()).unwrap_err().contains("unable to find user ghost"));
+        let read = |p| {
+            let d = super::super::rootfs_file::read(dir.path(), p, 1 << 20).unwrap().unwrap();
+            String::from_utf8(d).unwrap()
+        };
+        let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
+        assert_eq!(resolve_user("", &passwd, &group).unwrap(), (0, 0));
+        assert_eq!(resolve_user("nobody", &passwd, &group).unwrap(), (65534, 65534));
+        assert_eq!(resolve_user("1000:50", &passwd, &group).unwrap(), (1000, 50));
+        assert_eq!(resolve_user("65534:staff", &passwd, &group).unwrap(), (65534, 50));
+        assert!(resolve_user("ghost", &passwd, &group).unwrap_err().contains("unable to find user ghost"));
     }
 }

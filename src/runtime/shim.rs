@@ -157,7 +157,8 @@ fn now_rfc3339() -> String {
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
-        let mut f = File::create(&tmp)?;
+        // 0600: these are specs and state with the pod's environment (Secrets) in them.
+        let mut f = super::private::file_options().open(&tmp)?;
         f.write_all(data)?;
     }
     fs::rename(&tmp, dir.join(name))

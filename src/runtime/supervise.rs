@@ -23,6 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -310,7 +311,9 @@ pub fn exit_json(code: i32, signal: Option<i32>, reason: &str, finished_at: &str
 pub fn write_durable(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
-        let mut f = File::create(&tmp)?;
+        // 0600, as everything skiff keeps (see `runtime::private`; this file is built into
+        // skiff-shim-mon too, which has std and libc only).
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -401,7 +404,8 @@ fn reap(init: i32) -> Option<Exit> {
 /// (and the pipes are drained); returns how it ended.
 pub fn supervise(pid: i32, stdout: OwnedFd, stderr: OwnedFd, log_path: &Path) -> Exit {
     let sfd = signal_fd();
-    let mut log = OpenOptions::new().create(true).append(true).open(log_path).ok();
+    // 0600: a log holds whatever the container printed (Secrets too).
+    let mut log = OpenOptions::new().create(true).append(true).mode(0o600).open(log_path).ok();
     let mut splitters = [LineSplitter::new(Stream::Stdout), LineSplitter::new(Stream::Stderr)];
     let mut pipes = [Some(File::from(stdout)), Some(File::from(stderr))];
     let mut status: Option<Exit> = None;

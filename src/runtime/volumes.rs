@@ -47,6 +47,10 @@ pub fn setup(
     cx: &EnvContext<'_>,
 ) -> Result<BTreeMap<String, Ready>, String> {
     let mut out = BTreeMap::new();
+    // The pod dir is the gate that keeps other host users out of its Secrets (see
+    // `runtime::private`); it may be created here first.
+    super::private::create_dir_all(layout.pod_dir)
+        .map_err(|e| format!("creating {}: {e}", layout.pod_dir.display()))?;
     let spec = pod.spec.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let fs_group = spec
@@ -367,7 +371,9 @@ fn same_content(dir: &Path, payload: &Payload) -> bool {
     count == existing
 }
 
-fn mount_tmpfs(dir: &Path, size: Option<i64>) -> Result<(), String> {
+/// Mounts a tmpfs (mode 0755, `nosuid,nodev`, `size` bytes at most) on `dir`, unless
+/// something is mounted there already.
+pub fn mount_tmpfs(dir: &Path, size: Option<i64>) -> Result<(), String> {
     if is_mountpoint(dir) {
         return Ok(());
     }
