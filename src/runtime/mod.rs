@@ -10,6 +10,7 @@
 //! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
+pub mod cgroupfs;
 pub mod crilog;
 pub mod etc_files;
 pub mod exec_seccomp;
@@ -998,6 +999,7 @@ impl Runtime {
             sysctls: sec.sysctls.clone(),
             host_pid: sec.host_pid,
             cgroup,
+            cgroupfs: cgroupfs::detect(),
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)

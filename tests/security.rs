@@ -1,0 +1,198 @@
+//! Root integration tests for the holes of issue 13 closed in the runtime: containers cannot
+//! rewrite their own cgroup limits nor see the host's cgroup tree, the RuntimeDefault seccomp
+//! profile refuses new namespaces through `clone` as well as `unshare`, and
+//! `shareProcessNamespace` puts a pod's containers in one PID namespace.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Node, pod_yaml, require_root};
+use serde_json::Value;
+
+/// A pod whose single container `main` runs `script`, with extra YAML under the container
+/// (`cextra`, indented 4) and the spec (`sextra`, indented 2).
+fn pod_with(name: &str, script: &str, cextra: &str, sextra: &str) -> String {
+    let mut y = pod_yaml(name, script);
+    for l in cextra.lines() {
+        y.push_str(&format!("    {l}\n"));
+    }
+    for l in sextra.lines() {
+        y.push_str(&format!("  {l}\n"));
+    }
+    y
+}
+
+/// `skiff exec POD [-c C] -- sh -c SCRIPT`: (exit code, stdout + stderr).
+fn exec(node: &Node, pod: &str, c: Option<&str>, script: &str) -> (i32, String) {
+    let mut args = vec!["exec", pod];
+    if let Some(c) = c {
+        args.extend(["-c", c]);
+    }
+    args.extend(["--", "sh", "-c", script]);
+    let out = node.skiff(&args);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn exec_ok(node: &Node, pod: &str, c: Option<&str>, script: &str) -> String {
+    let (code, out) = exec(node, pod, c, script);
+    assert_eq!(code, 0, "exec {script:?} in {pod} failed: {out}");
+    out
+}
+
+fn container_id(pod: &Value, c: &str) -> String {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == c))
+        .and_then(|s| s["containerID"].as_str())
+        .and_then(|s| s.strip_prefix("skiff://"))
+        .unwrap_or_else(|| panic!("no containerID for {c} in {pod}"))
+        .to_string()
+}
+
+/// Removes every manifest and checks that skiff left nothing behind.
+fn remove_all_and_check_leftovers(node: &Node) {
+    for e in std::fs::read_dir(&node.manifests).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    node.wait_for("every pod to be removed", Duration::from_secs(60), || {
+        node.pods().is_empty().then_some(())
+    });
+    let mut last = Vec::new();
+    let clean = (0..100).any(|_| {
+        last = node.leftovers();
+        if last.is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    assert!(clean, "left behind: {last:?}\n{}", node.log_tail(40));
+}
+
+fn unified() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The host path of the container's cgroup file `file` of `controller` (v1) or the unified one.
+fn host_cgroup_file(pod: &Value, c: &str, controller: &str, file: &str) -> PathBuf {
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let rel = format!("skiff/pod{uid}/{}", container_id(pod, c));
+    let base = Path::new("/sys/fs/cgroup");
+    if unified() {
+        base.join(rel).join(file)
+    } else {
+        base.join(controller).join(rel).join(file)
+    }
+}
+
+/// Issue 13 item 2: a container's cgroupfs is read-only and shows its own cgroup only, so it
+/// can neither lift its memory or pids limit nor reach the host's hierarchies (`name=systemd`).
+#[test]
+fn containers_cannot_rewrite_their_cgroup_limits_nor_see_the_hosts_tree() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    node.extra_flags(&["--pod-pids-limit", "300"]);
+    node.start_daemon();
+    node.import_image();
+    node.write_manifest(
+        "cg.yaml",
+        &pod_with(
+            "cg",
+            "exec sleep 100000",
+            "resources: {limits: {memory: 32Mi}}",
+            "",
+        ),
+    );
+    let pod = node.wait_running("cg");
+    let (mem_file, mem_in, pids_in) = if unified() {
+        (
+            "memory.max",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/pids.max",
+        )
+    } else {
+        (
+            "memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/pids/pids.max",
+        )
+    };
+    // The container reads its own limits: its cgroup is the root of what it sees.
+    assert_eq!(
+        exec_ok(&node, "cg", None, &format!("cat {mem_in}")).trim(),
+        "33554432"
+    );
+    assert_eq!(
+        exec_ok(&node, "cg", None, &format!("cat {pids_in}")).trim(),
+        "300"
+    );
+    for (file, value) in [(mem_in, "-1"), (mem_in, "max"), (pids_in, "max")] {
+        let (code, out) = exec(&node, "cg", None, &format!("echo {value} > {file}"));
+        assert_ne!(code, 0, "writing {value} to {file} succeeded");
+        assert!(out.contains("Read-only file system"), "{file}: {out}");
+    }
+    // Not one writable place in the whole cgroupfs, name=systemd included.
+    let (code, out) = exec(
+        &node,
+        "cg",
+        None,
+        "for d in /sys/fs/cgroup /sys/fs/cgroup/*/; do mkdir $d/escape 2>&1 && echo WROTE $d; done; true",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("WROTE"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    // Only its own cgroup: no skiff/ tree, no other pod, no host cgroups below the root,
+    // and no hierarchy that holds no cgroup of the container (the host's name=systemd).
+    let listing = exec_ok(
+        &node,
+        "cg",
+        None,
+        "find /sys/fs/cgroup -mindepth 1 -type d | sort",
+    );
+    assert!(!listing.contains("skiff"), "{listing}");
+    if !unified() {
+        let subdirs = exec_ok(&node, "cg", None, "find /sys/fs/cgroup -mindepth 2 -type d");
+        assert!(
+            subdirs.trim().is_empty(),
+            "cgroups below the container's own: {subdirs}"
+        );
+        let (code, out) = exec(&node, "cg", None, "ls /sys/fs/cgroup/systemd");
+        assert_ne!(code, 0, "name=systemd visible: {out}");
+    }
+    // The limits on the host are untouched.
+    let host = std::fs::read_to_string(host_cgroup_file(&pod, "main", "memory", mem_file)).unwrap();
+    assert_eq!(host.trim(), "33554432");
+    let host = std::fs::read_to_string(host_cgroup_file(&pod, "main", "pids", "pids.max")).unwrap();
+    assert_eq!(host.trim(), "300");
+    // A privileged container keeps a writable cgroupfs, as on Kubernetes.
+    node.write_manifest(
+        "priv.yaml",
+        &pod_with(
+            "priv",
+            "exec sleep 100000",
+            "securityContext: {privileged: true}",
+            "",
+        ),
+    );
+    node.wait_running("priv");
+    exec_ok(
+        &node,
+        "priv",
+        None,
+        &format!("test -w {mem_in} && grep -q cgroup /proc/mounts"),
+    );
+    let mounts = exec_ok(&node, "priv", None, "grep ' /sys/fs/cgroup' /proc/mounts");
+    assert!(mounts.lines().any(|l| l.contains(" rw,")), "{mounts}");
+    remove_all_and_check_leftovers(&node);
+}
