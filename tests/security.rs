@@ -196,3 +196,157 @@ fn containers_cannot_rewrite_their_cgroup_limits_nor_see_the_hosts_tree() {
     assert!(mounts.lines().any(|l| l.contains(" rw,")), "{mounts}");
     remove_all_and_check_leftovers(&node);
 }
+
+/// A static test program: for each argument, `clone` (or `clone3`) with those namespace
+/// flags, and one line `<arg>: ok` or `<arg>: <strerror>`.
+const CLONE_TEST_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        long flags = 0, r;
+        if (strcmp(argv[i], "user") == 0) flags = CLONE_NEWUSER;
+        if (strcmp(argv[i], "user+mnt") == 0) flags = CLONE_NEWUSER | CLONE_NEWNS;
+        if (strcmp(argv[i], "clone3") == 0) {
+            struct clone_args a;
+            memset(&a, 0, sizeof a);
+            a.exit_signal = SIGCHLD;
+            r = syscall(SYS_clone3, &a, sizeof a);
+        } else {
+            r = syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+        }
+        if (r == 0) _exit(0);
+        if (r < 0) {
+            printf("%s: %s\n", argv[i], strerror(errno));
+        } else {
+            waitpid(r, 0, 0);
+            printf("%s: ok\n", argv[i]);
+        }
+    }
+    return 0;
+}
+"#;
+
+/// Builds the clone test program into a fresh directory (for a hostPath volume).
+fn build_clone_test(dir: &Path) -> PathBuf {
+    let bin_dir = dir.join("clonetest");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let src = dir.join("clonetest.c");
+    std::fs::write(&src, CLONE_TEST_C).unwrap();
+    let out = std::process::Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(bin_dir.join("clonetest"))
+        .arg(&src)
+        .output()
+        .expect("running cc (a C compiler with static libc is needed)");
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin_dir
+}
+
+/// Issue 13 item 9: RuntimeDefault is Docker's default profile: no new namespaces through
+/// `unshare` nor `clone` without CAP_SYS_ADMIN, `clone3` answers ENOSYS (libc then falls back
+/// to `clone`), everyday programs still run, in the container and in `skiff exec`.
+/// `--seccomp-default` gives it to pods without a profile; `Unconfined` stays unconfined.
+#[test]
+fn seccomp_runtime_default_refuses_namespaces_through_clone_and_is_the_node_default() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    node.extra_flags(&["--seccomp-default"]);
+    node.start_daemon();
+    node.import_image();
+    let bin_dir = build_clone_test(node.dir());
+    let volume = format!(
+        "volumes: [{{name: t, hostPath: {{path: {}, type: Directory}}}}]",
+        bin_dir.display()
+    );
+    let script = "/t/clonetest plain user user+mnt clone3; unshare -U true && echo UNSHARE-OK || echo UNSHARE-FAILED; exec sleep 100000";
+    for (name, sc) in [
+        ("rd", "seccompProfile: {type: RuntimeDefault}"),
+        ("nodefault", ""),
+        ("unconf", "seccompProfile: {type: Unconfined}"),
+    ] {
+        node.write_manifest(
+            &format!("{name}.yaml"),
+            &pod_with(
+                name,
+                script,
+                &format!("volumeMounts: [{{name: t, mountPath: /t}}]\nsecurityContext: {{{sc}}}"),
+                &volume,
+            ),
+        );
+    }
+    for name in ["rd", "nodefault", "unconf"] {
+        node.wait_running(name);
+    }
+    let log = |pod: &str| {
+        node.wait_for(
+            &format!("the clone test in {pod}"),
+            Duration::from_secs(30),
+            || {
+                let out = node.skiff(&["logs", pod]);
+                let l = String::from_utf8_lossy(&out.stdout).into_owned();
+                l.contains("UNSHARE-").then_some(l)
+            },
+        )
+    };
+    let confined = [
+        "plain: ok",
+        "user: Operation not permitted",
+        "user+mnt: Operation not permitted",
+        "clone3: Function not implemented",
+        "UNSHARE-FAILED",
+    ];
+    for pod in ["rd", "nodefault"] {
+        let l = log(pod);
+        for want in confined {
+            assert!(l.contains(want), "{pod}: {want:?} not in:\n{l}");
+        }
+        assert_eq!(
+            exec_ok(&node, pod, None, "grep Seccomp: /proc/1/status"),
+            "Seccomp:\t2\n"
+        );
+        // skiff exec loads the same filter.
+        let out = exec_ok(&node, pod, None, "/t/clonetest plain user user+mnt clone3");
+        for want in &confined[..4] {
+            assert!(out.contains(want), "exec in {pod}: {want:?} not in:\n{out}");
+        }
+        // Everyday workloads: a shell pipeline, a web server and a client.
+        let page = exec_ok(
+            &node,
+            pod,
+            None,
+            "httpd -p 127.0.0.1:8080 -h /var/www && wget -qO- http://127.0.0.1:8080/ | head -c 200 && ps | grep -c httpd",
+        );
+        assert!(!page.trim().is_empty(), "{page}");
+    }
+    let l = log("unconf");
+    for want in [
+        "plain: ok",
+        "user: ok",
+        "user+mnt: ok",
+        "clone3: ok",
+        "UNSHARE-OK",
+    ] {
+        assert!(l.contains(want), "unconf: {want:?} not in:\n{l}");
+    }
+    assert_eq!(
+        exec_ok(&node, "unconf", None, "grep Seccomp: /proc/1/status"),
+        "Seccomp:\t0\n"
+    );
+    remove_all_and_check_leftovers(&node);
+}

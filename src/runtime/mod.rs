@@ -20,6 +20,7 @@ pub mod process;
 pub mod propagation;
 pub mod pull;
 pub mod resources;
+pub mod seccomp;
 pub mod security;
 pub mod shim;
 pub mod spec;
@@ -411,6 +412,8 @@ pub struct Runtime {
     network: Option<network::PodNetwork>,
     /// Registry pulls; `None`: local images only.
     pull: Option<std::sync::Arc<pull::ImageService>>,
+    /// `--seccomp-default`: RuntimeDefault for containers that name no profile.
+    seccomp_default: bool,
 }
 
 impl Runtime {
@@ -435,6 +438,7 @@ impl Runtime {
             pids_limit: None,
             network: None,
             pull: None,
+            seccomp_default: false,
         })
     }
 
@@ -452,6 +456,12 @@ impl Runtime {
     /// Gives pods a network through CNI.
     pub fn with_network(mut self, network: network::PodNetwork) -> Self {
         self.network = Some(network);
+        self
+    }
+
+    /// Gives pods without a seccomp profile RuntimeDefault (`--seccomp-default`).
+    pub fn with_seccomp_default(mut self, on: bool) -> Self {
+        self.seccomp_default = on;
         self
     }
 
@@ -958,11 +968,14 @@ impl Runtime {
                 .find(|f| f.len() > 3 && f[2] == uid.to_string())
                 .and_then(|f| f[3].parse().ok())
         };
-        let sec = security::compute(req.pod, req.container, image_user, gid_of).map_err(config_err)?;
+        let sec = security::compute(req.pod, req.container, image_user, gid_of, self.seccomp_default)
+            .map_err(config_err)?;
         let cgroup = resources::cgroup(req.container, self.pids_limit).map_err(config_err)?;
         let seccomp = match &sec.seccomp {
             security::Seccomp::Unconfined => None,
-            security::Seccomp::RuntimeDefault => Some(security::runtime_default_profile()),
+            security::Seccomp::RuntimeDefault => Some(
+                seccomp::runtime_default(&sec.caps).map_err(|e| cfg_err(e.to_string()))?,
+            ),
             security::Seccomp::Localhost(rel) => {
                 let path = self.root.join("seccomp").join(rel);
                 let text = fs::read(&path).map_err(|e| {
@@ -973,6 +986,7 @@ impl Runtime {
                 })?)
             }
         };
+        let seccomp = seccomp.map(seccomp::for_libcontainer);
         let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
         let binds = self
             .binds(req, &process.env)
