@@ -350,3 +350,123 @@ fn seccomp_runtime_default_refuses_namespaces_through_clone_and_is_the_node_defa
     );
     remove_all_and_check_leftovers(&node);
 }
+
+fn pause_pid(node: &Node, pod: &Value) -> i32 {
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let text = std::fs::read_to_string(node.run.join("ns").join(uid).join("pause.pid"))
+        .expect("pause.pid");
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Issue 13 item 8 / issue 16: `shareProcessNamespace: true` puts every container of the pod in
+/// one PID namespace whose PID 1 is an infra process that reaps orphans; it survives a skiffd
+/// restart, a container restarted later joins it again, and pod deletion leaves nothing.
+#[test]
+fn share_process_namespace_gives_the_pod_one_pid_namespace() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::start();
+    let mut y = pod_yaml("shared", "exec sleep 100001");
+    y = y.replace(
+        "  containers:\n",
+        "  shareProcessNamespace: true\n  containers:\n",
+    );
+    y.push_str(&format!(
+        "  - name: second\n    image: {}\n    imagePullPolicy: Never\n    command: [sh, -c, 'exec sleep 100002']\n",
+        common::IMAGE
+    ));
+    node.write_manifest("shared.yaml", &y);
+    // A pod without it keeps a PID namespace per container.
+    node.write_manifest(
+        "alone.yaml",
+        &pod_with("alone", "exec sleep 100003", "", ""),
+    );
+    let pod = node.wait_running("shared");
+    node.wait_running("alone");
+    let pause = pause_pid(&node, &pod);
+    assert!(Path::new(&format!("/proc/{pause}")).exists());
+    let sees = |node: &Node, c: &str, want: &str| {
+        let ps = exec_ok(node, "shared", Some(c), "ps -o pid,args");
+        assert!(ps.contains(want), "{c} does not see {want:?}:\n{ps}");
+        ps
+    };
+    sees(&node, "second", "sleep 100001");
+    let ps = sees(&node, "main", "sleep 100002");
+    // PID 1 is the infra process, not a container's.
+    let first = ps.lines().nth(1).unwrap_or_default().trim().to_string();
+    assert!(first.starts_with("1 ") && first.contains("pause"), "{ps}");
+    assert_eq!(
+        exec_ok(&node, "shared", Some("main"), "readlink /proc/self/ns/pid"),
+        exec_ok(
+            &node,
+            "shared",
+            Some("second"),
+            "readlink /proc/self/ns/pid"
+        )
+    );
+    let alone = exec_ok(&node, "alone", None, "ps -o args");
+    assert!(
+        !alone.contains("sleep 100001") && !alone.contains("pause"),
+        "{alone}"
+    );
+    // Orphans are reaped by PID 1: no zombie stays once the orphaned sleep is done.
+    exec_ok(
+        &node,
+        "shared",
+        Some("second"),
+        "sh -c 'sleep 0.3 &' ; true",
+    );
+    node.wait_for("the orphan to be reaped", Duration::from_secs(10), || {
+        let ps = exec_ok(&node, "shared", Some("main"), "ps -o stat,args");
+        let busy = ps
+            .lines()
+            .any(|l| l.contains("sleep 0.3") || l.trim_start().starts_with('Z'));
+        (!busy).then_some(())
+    });
+    // The infra process holds no capability and nothing of the host's filesystem.
+    let status = std::fs::read_to_string(format!("/proc/{pause}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t0000000000000000"),
+        "{status}"
+    );
+    assert!(
+        std::fs::read_dir(format!("/proc/{pause}/root"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    // A restarted skiffd adopts it: the same namespace, and a container restarted after
+    // that joins it again.
+    node.stop_daemon();
+    node.start_daemon();
+    let pod = node.wait_running("shared");
+    assert_eq!(pause_pid(&node, &pod), pause);
+    sees(&node, "second", "sleep 100001");
+    let (code, out) = exec(
+        &node,
+        "shared",
+        Some("second"),
+        "kill $(ps -o pid,args | awk '$2 == \"sleep\" && $3 == \"100001\" {print $1}')",
+    );
+    assert_eq!(code, 0, "{out}");
+    node.wait_for("main to restart", Duration::from_secs(30), || {
+        let p = node.pod("shared")?;
+        let st = p["status"]["containerStatuses"].as_array()?;
+        st.iter()
+            .any(|c| c["name"] == "main" && c["restartCount"] == 1 && c["ready"] == true)
+            .then_some(())
+    });
+    sees(&node, "second", "sleep 100001");
+    assert_eq!(pause_pid(&node, &node.pod("shared").unwrap()), pause);
+
+    // Deleting the pod removes the infra process too.
+    node.remove_manifest("shared.yaml");
+    node.wait_gone("shared");
+    node.wait_for("the pause process to exit", Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pause}/stat")).unwrap_or_default();
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    });
+    remove_all_and_check_leftovers(&node);
+}

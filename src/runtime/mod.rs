@@ -16,6 +16,7 @@ pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
 pub mod pidfd;
+pub mod pidns;
 pub mod process;
 pub mod propagation;
 pub mod pull;
@@ -634,6 +635,7 @@ impl Runtime {
             netns::remove(ipc)?;
         }
         netns::remove(&sb.uts)?;
+        pidns::remove(&self.run.join("ns").join(uid));
         let _ = fs::remove_dir(self.run.join("ns").join(uid));
         remove_pod_cgroups(uid);
         Ok(())
@@ -988,6 +990,15 @@ impl Runtime {
         };
         let seccomp = seccomp.map(seccomp::for_libcontainer);
         let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
+        // shareProcessNamespace: every container joins the namespace of the pod's pause
+        // process, started (again) here when there is none alive.
+        let share = req.pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false);
+        let pid_ns = if share && !sec.host_pid {
+            let dir = self.run.join("ns").join(pod_uid);
+            Some(pidns::ensure(&dir, &self.shim).map_err(|e| cfg_err(e.to_string()))?)
+        } else {
+            None
+        };
         let binds = self
             .binds(req, &process.env)
             .map_err(config_err)?;
@@ -1012,6 +1023,7 @@ impl Runtime {
             seccomp,
             sysctls: sec.sysctls.clone(),
             host_pid: sec.host_pid,
+            pid_ns,
             cgroup,
             cgroupfs: cgroupfs::detect(),
         });

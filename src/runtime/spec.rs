@@ -77,6 +77,8 @@ pub struct ContainerSpec {
     pub sysctls: std::collections::BTreeMap<String, String>,
     /// Share the host's PID namespace.
     pub host_pid: bool,
+    /// The pod's shared PID namespace to join (`shareProcessNamespace`); `None`: a new one.
+    pub pid_ns: Option<PathBuf>,
     pub cgroup: super::resources::Cgroup,
     /// The host's cgroup layout, for the container's `/sys/fs/cgroup` (read-only and
     /// showing only its own cgroup unless privileged).
@@ -100,8 +102,10 @@ pub fn render(c: &ContainerSpec) -> Value {
         .clone()
         .unwrap_or_else(|| DEFAULT_CAPS.iter().map(|s| s.to_string()).collect());
     let mut namespaces = vec![json!({"type": "mount"})];
-    if !c.host_pid {
-        namespaces.push(json!({"type": "pid"}));
+    match (&c.pid_ns, c.host_pid) {
+        (_, true) => {}
+        (Some(p), false) => namespaces.push(json!({"type": "pid", "path": p})),
+        (None, false) => namespaces.push(json!({"type": "pid"})),
     }
     // A missing path means the host's namespace (hostNetwork, hostIPC).
     for (kind, path) in [("network", &c.net_ns), ("ipc", &c.ipc_ns), ("uts", &c.uts_ns)] {
