@@ -183,10 +183,13 @@ pub fn translate(profile: &str, target: &Target<'_>) -> Result<Value, SeccompErr
         if !inc.caps.iter().all(has) || exc.caps.iter().any(has) {
             continue;
         }
-        if let Some(min) = inc.min_kernel.as_deref().and_then(parse_kernel) {
-            if target.kernel < min {
-                continue;
-            }
+        if inc
+            .min_kernel
+            .as_deref()
+            .and_then(parse_kernel)
+            .is_some_and(|min| target.kernel < min)
+        {
+            continue;
         }
         let mut out = json!({"names": rule.names, "action": rule.action});
         if let Some(e) = rule.errno_ret {
