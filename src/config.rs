@@ -521,6 +521,9 @@ mod tests {
         let c = Config::load(Flags::parse_from(["skiffd", "--config", path])).unwrap();
         assert_eq!(c.iptables_sync_period, Duration::from_secs(30));
         assert!(c.etcd.is_none());
+        assert!(!c.seccomp_default);
+        let c = Config::load(Flags::parse_from(["skiffd", "--config", path, "--seccomp-default"])).unwrap();
+        assert!(c.seccomp_default);
     }
 
     #[test]
