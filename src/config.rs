@@ -50,6 +50,9 @@ pub struct Flags {
     /// Maximum processes per container (pids cgroup); -1 for no limit [default: -1].
     #[arg(long, allow_hyphen_values = true)]
     pub pod_pids_limit: Option<i64>,
+    /// Give every container whose pod and container name no seccompProfile the RuntimeDefault profile (the kubelet's flag); without it they run Unconfined.
+    #[arg(long)]
+    pub seccomp_default: bool,
     /// Range of Service cluster IPs [default: 10.96.0.0/12].
     #[arg(long)]
     pub service_cluster_ip_range: Option<String>,
@@ -137,6 +140,8 @@ pub struct FileConfig {
     pub pod_cidr: Option<String>,
     /// pids cgroup limit per container; -1 for none.
     pub pod_pids_limit: Option<i64>,
+    /// RuntimeDefault seccomp for containers without a profile.
+    pub seccomp_default: Option<bool>,
     /// Range of Service cluster IPs.
     pub service_cluster_ip_range: Option<String>,
     /// Range of Service node ports, `LOW-HIGH`.
@@ -190,6 +195,7 @@ pub struct Config {
     pub cni_cache_dir: PathBuf,
     pub pod_cidr: String,
     pub pod_pids_limit: i64,
+    pub seccomp_default: bool,
     pub service_cluster_ip_range: crate::proxy::Ipv4Cidr,
     pub service_node_port_range: (u16, u16),
     pub cluster_cidr: crate::proxy::Ipv4Cidr,
@@ -379,6 +385,7 @@ impl Config {
                 .or(file.pod_cidr)
                 .unwrap_or_else(|| "10.244.0.0/24".into()),
             pod_pids_limit: flags.pod_pids_limit.or(file.pod_pids_limit).unwrap_or(-1),
+            seccomp_default: flags.seccomp_default || file.seccomp_default.unwrap_or(false),
             service_cluster_ip_range: parse_cidr(
                 "--service-cluster-ip-range",
                 flags
@@ -514,6 +521,9 @@ mod tests {
         let c = Config::load(Flags::parse_from(["skiffd", "--config", path])).unwrap();
         assert_eq!(c.iptables_sync_period, Duration::from_secs(30));
         assert!(c.etcd.is_none());
+        assert!(!c.seccomp_default);
+        let c = Config::load(Flags::parse_from(["skiffd", "--config", path, "--seccomp-default"])).unwrap();
+        assert!(c.seccomp_default);
     }
 
     #[test]

@@ -10,17 +10,20 @@
 //! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
+pub mod cgroupfs;
 pub mod crilog;
 pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
 pub mod pidfd;
+pub mod pidns;
 pub mod private;
 pub mod process;
 pub mod propagation;
 pub mod pull;
 pub mod resources;
 pub mod rootfs_file;
+pub mod seccomp;
 pub mod security;
 pub mod shim;
 pub mod spec;
@@ -417,6 +420,8 @@ pub struct Runtime {
     network: Option<network::PodNetwork>,
     /// Registry pulls; `None`: local images only.
     pull: Option<std::sync::Arc<pull::ImageService>>,
+    /// `--seccomp-default`: RuntimeDefault for containers that name no profile.
+    seccomp_default: bool,
 }
 
 impl Runtime {
@@ -446,6 +451,7 @@ impl Runtime {
             pids_limit: None,
             network: None,
             pull: None,
+            seccomp_default: false,
         })
     }
 
@@ -463,6 +469,12 @@ impl Runtime {
     /// Gives pods a network through CNI.
     pub fn with_network(mut self, network: network::PodNetwork) -> Self {
         self.network = Some(network);
+        self
+    }
+
+    /// Gives pods without a seccomp profile RuntimeDefault (`--seccomp-default`).
+    pub fn with_seccomp_default(mut self, on: bool) -> Self {
+        self.seccomp_default = on;
         self
     }
 
@@ -645,6 +657,7 @@ impl Runtime {
             netns::remove(ipc)?;
         }
         netns::remove(&sb.uts)?;
+        pidns::remove(&self.run.join("ns").join(uid));
         let _ = fs::remove_dir(self.run.join("ns").join(uid));
         remove_pod_cgroups(uid);
         Ok(())
@@ -998,11 +1011,14 @@ impl Runtime {
                 .find(|f| f.len() > 3 && f[2] == uid.to_string())
                 .and_then(|f| f[3].parse().ok())
         };
-        let sec = security::compute(req.pod, req.container, image_user, gid_of).map_err(config_err)?;
+        let sec = security::compute(req.pod, req.container, image_user, gid_of, self.seccomp_default)
+            .map_err(config_err)?;
         let cgroup = resources::cgroup(req.container, self.pids_limit).map_err(config_err)?;
         let seccomp = match &sec.seccomp {
             security::Seccomp::Unconfined => None,
-            security::Seccomp::RuntimeDefault => Some(security::runtime_default_profile()),
+            security::Seccomp::RuntimeDefault => Some(
+                seccomp::runtime_default(&sec.caps).map_err(|e| cfg_err(e.to_string()))?,
+            ),
             security::Seccomp::Localhost(rel) => {
                 let path = self.root.join("seccomp").join(rel);
                 let text = fs::read(&path).map_err(|e| {
@@ -1013,7 +1029,17 @@ impl Runtime {
                 })?)
             }
         };
+        let seccomp = seccomp.map(seccomp::for_libcontainer);
         let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
+        // shareProcessNamespace: every container joins the namespace of the pod's pause
+        // process, started (again) here when there is none alive.
+        let share = req.pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false);
+        let pid_ns = if share && !sec.host_pid {
+            let dir = self.run.join("ns").join(pod_uid);
+            Some(pidns::ensure(&dir, &self.shim).map_err(|e| cfg_err(e.to_string()))?)
+        } else {
+            None
+        };
         let binds = self
             .binds(req, &process.env)
             .map_err(config_err)?;
@@ -1038,7 +1064,9 @@ impl Runtime {
             seccomp,
             sysctls: sec.sysctls.clone(),
             host_pid: sec.host_pid,
+            pid_ns,
             cgroup,
+            cgroupfs: cgroupfs::detect(),
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)

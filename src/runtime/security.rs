@@ -62,13 +62,16 @@ fn cap_name(c: &str) -> String {
 /// Computes the settings. `image_user` is the image's user already resolved
 /// against its `/etc/passwd` (uid, primary gid), `gid_of` looks up a uid's
 /// primary group in the image.
+/// `seccomp_default` is the kubelet's `--seccomp-default`: RuntimeDefault for containers
+/// whose pod and container name no profile.
 pub fn compute(
     pod: &Pod,
     c: &Container,
     image_user: (u32, u32),
     gid_of: impl Fn(u32) -> Option<u32>,
+    seccomp_default: bool,
 ) -> Result<Security, String> {
-    compute_with(pod, c, image_user, gid_of, current_bounding_set())
+    compute_with(pod, c, image_user, gid_of, current_bounding_set(), seccomp_default)
 }
 
 /// The capability bounding set skiff itself runs with (`CapBnd`); all bits
@@ -104,6 +107,7 @@ pub fn compute_with(
     image_user: (u32, u32),
     gid_of: impl Fn(u32) -> Option<u32>,
     bounding: u64,
+    seccomp_default: bool,
 ) -> Result<Security, String> {
     let spec = pod.spec.clone().unwrap_or_default();
     let psc = spec.security_context.clone().unwrap_or_default();
@@ -189,6 +193,7 @@ pub fn compute_with(
     let no_new_privs = !privileged && escalation != Some(true);
     let profile = csc.seccomp_profile.or(psc.seccomp_profile);
     let seccomp = match profile {
+        None if seccomp_default => Seccomp::RuntimeDefault,
         None => Seccomp::Unconfined,
         Some(p) => match p.type_.as_str() {
             "Unconfined" => Seccomp::Unconfined,
@@ -227,61 +232,6 @@ pub fn compute_with(
     })
 }
 
-/// The RuntimeDefault seccomp profile: default-deny (EPERM) with an
-/// allowlist in the spirit of Docker's default profile, which leaves out
-/// what containers should not do: kernel modules, kexec, mount and namespace
-/// games, keyrings, BPF, perf, clock setting, reboot, swap, ptrace of others.
-pub fn runtime_default_profile() -> serde_json::Value {
-    const ALLOW: &[&str] = &[
-        "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "capget", "capset",
-        "chdir", "chmod", "chown", "clock_getres", "clock_gettime", "clock_nanosleep", "clone",
-        "clone3", "close", "close_range", "connect", "copy_file_range", "creat", "dup", "dup2", "dup3",
-        "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait",
-        "eventfd", "eventfd2", "execve", "execveat", "exit", "exit_group", "faccessat", "faccessat2",
-        "fadvise64", "fallocate", "fanotify_mark", "fchdir", "fchmod", "fchmodat", "fchmodat2", "fchown",
-        "fchownat", "fcntl", "fdatasync", "fgetxattr", "flistxattr", "flock", "fork", "fremovexattr",
-        "fsetxattr", "fstat", "fstatfs", "fsync", "ftruncate", "futex", "futex_waitv", "futimesat",
-        "get_robust_list", "get_thread_area", "getcpu", "getcwd", "getdents", "getdents64", "getegid",
-        "geteuid", "getgid", "getgroups", "getitimer", "getpeername", "getpgid", "getpgrp", "getpid",
-        "getppid", "getpriority", "getrandom", "getresgid", "getresuid", "getrlimit", "getrusage",
-        "getsid", "getsockname", "getsockopt", "gettid", "gettimeofday", "getuid", "getxattr",
-        "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch", "io_cancel",
-        "io_destroy", "io_getevents", "io_pgetevents", "io_setup", "io_submit", "ioctl", "ioprio_get",
-        "ioprio_set", "kill", "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self",
-        "lchown", "lgetxattr", "link", "linkat", "listen", "listxattr", "llistxattr", "lremovexattr",
-        "lseek", "lsetxattr", "lstat", "madvise", "membarrier", "memfd_create", "mincore", "mkdir",
-        "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mprotect", "mq_getsetattr",
-        "mq_notify", "mq_open", "mq_timedreceive", "mq_timedsend", "mq_unlink", "mremap", "msgctl",
-        "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap", "nanosleep",
-        "newfstatat", "open", "openat", "openat2", "pause", "pidfd_getfd", "pidfd_open",
-        "pidfd_send_signal", "pipe", "pipe2", "poll", "ppoll", "prctl", "pread64", "preadv", "preadv2",
-        "prlimit64", "pselect6", "pwrite64", "pwritev", "pwritev2", "read", "readahead", "readlink",
-        "readlinkat", "readv", "recvfrom", "recvmmsg", "recvmsg", "remap_file_pages", "removexattr",
-        "rename", "renameat", "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction",
-        "rt_sigpending", "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend",
-        "rt_sigtimedwait", "rt_tgsigqueueinfo", "sched_get_priority_max", "sched_get_priority_min",
-        "sched_getaffinity", "sched_getattr", "sched_getparam", "sched_getscheduler",
-        "sched_rr_get_interval", "sched_setaffinity", "sched_setattr", "sched_setparam",
-        "sched_setscheduler", "sched_yield", "seccomp", "select", "semctl", "semget", "semop",
-        "semtimedop", "send", "sendfile", "sendmmsg", "sendmsg", "sendto", "set_robust_list",
-        "set_thread_area", "set_tid_address", "setfsgid", "setfsuid", "setgid", "setgroups",
-        "setitimer", "setpgid", "setpriority", "setregid", "setresgid", "setresuid", "setreuid",
-        "setrlimit", "setsid", "setsockopt", "setuid", "setxattr", "shmat", "shmctl", "shmdt", "shmget",
-        "shutdown", "sigaltstack", "signalfd", "signalfd4", "socket", "socketpair", "splice", "stat",
-        "statfs", "statx", "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee",
-        "tgkill", "time", "timer_create", "timer_delete", "timer_getoverrun", "timer_gettime",
-        "timer_settime", "timerfd_create", "timerfd_gettime", "timerfd_settime", "times", "tkill",
-        "truncate", "umask", "uname", "unlink", "unlinkat", "utime", "utimensat", "utimes", "vfork",
-        "vmsplice", "wait4", "waitid", "write", "writev", "arch_prctl", "chroot", "modify_ldt",
-    ];
-    serde_json::json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": 1,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-        "syscalls": [{"names": ALLOW, "action": "SCMP_ACT_ALLOW"}]
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +245,7 @@ mod tests {
     fn sec(yaml: &str, image_user: (u32, u32)) -> Result<Security, String> {
         let p = pod(yaml);
         let c = p.spec.as_ref().unwrap().containers[0].clone();
-        compute_with(&p, &c, image_user, |u| (u == 1000).then_some(1000), u64::MAX)
+        compute_with(&p, &c, image_user, |u| (u == 1000).then_some(1000), u64::MAX, false)
     }
 
     #[test]
@@ -333,7 +283,7 @@ mod tests {
         // privileged gets what skiff itself has: here everything but CAP_SYS_RESOURCE (24).
         let p = pod("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}");
         let c = p.spec.as_ref().unwrap().containers[0].clone();
-        let s = compute_with(&p, &c, (0, 0), |_| None, ((1u64 << 41) - 1) & !(1 << 24)).unwrap();
+        let s = compute_with(&p, &c, (0, 0), |_| None, ((1u64 << 41) - 1) & !(1 << 24), false).unwrap();
         assert_eq!(s.caps.len(), ALL_CAPS.len() - 1);
         assert!(!s.caps.contains(&"CAP_SYS_RESOURCE".to_string()));
     }
@@ -347,10 +297,25 @@ mod tests {
         assert!(err.contains("forbidden sysctl"), "{err}");
         let err = sec("metadata: {name: p}\nspec:\n  containers: [{name: c, image: i, securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../x.json}}}]", (0, 0)).unwrap_err();
         assert!(err.contains("localhostProfile"), "{err}");
-        let profile = runtime_default_profile();
-        let names = profile["syscalls"][0]["names"].as_array().unwrap();
-        for denied in ["mount", "kexec_load", "init_module", "bpf", "unshare", "setns", "reboot", "keyctl"] {
-            assert!(!names.iter().any(|n| n == denied), "{denied} allowed");
-        }
+        // The node default (`--seccomp-default`) applies when neither pod nor container has a
+        // profile; an explicit Unconfined and privileged containers stay unconfined.
+        let with_default = |yaml: &str| {
+            let p = pod(yaml);
+            let c = p.spec.as_ref().unwrap().containers[0].clone();
+            compute_with(&p, &c, (0, 0), |_| None, u64::MAX, true).unwrap().seccomp
+        };
+        assert_eq!(with_default("metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}"), Seccomp::RuntimeDefault);
+        assert_eq!(
+            with_default("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {seccompProfile: {type: Unconfined}}}]}"),
+            Seccomp::Unconfined
+        );
+        assert_eq!(
+            with_default("metadata: {name: p}\nspec:\n  securityContext: {seccompProfile: {type: Unconfined}}\n  containers: [{name: c, image: i}]"),
+            Seccomp::Unconfined
+        );
+        assert_eq!(
+            with_default("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}"),
+            Seccomp::Unconfined
+        );
     }
 }

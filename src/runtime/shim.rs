@@ -74,11 +74,14 @@ pub const GATE_FD: std::os::fd::RawFd = 3;
 pub fn main() -> i32 {
     // libcontainer reports details through `tracing`; they go to the shim's
     // stderr, which the daemon points at `shim.log` in the container's state dir.
-    // `exec` keeps stderr for the command's own output.
+    // `exec` keeps stderr for the command's own output. The container's init inherits this
+    // subscriber with its stderr already on the container's log: libcontainer's warning for
+    // every syscall of the RuntimeDefault profile this kernel does not know (newer ones such as
+    // `mseal`, skipped as Docker does) would land in the container's own log.
     let verbose = matches!(std::env::args().nth(1).as_deref(), Some("start" | "finish"));
     let _ = verbose
         && tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,libcgroups=error"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer::seccomp=error"))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init()

@@ -77,7 +77,12 @@ pub struct ContainerSpec {
     pub sysctls: std::collections::BTreeMap<String, String>,
     /// Share the host's PID namespace.
     pub host_pid: bool,
+    /// The pod's shared PID namespace to join (`shareProcessNamespace`); `None`: a new one.
+    pub pid_ns: Option<PathBuf>,
     pub cgroup: super::resources::Cgroup,
+    /// The host's cgroup layout, for the container's `/sys/fs/cgroup` (read-only and
+    /// showing only its own cgroup unless privileged).
+    pub cgroupfs: super::cgroupfs::CgroupFs,
 }
 
 /// A bind mount into the container.
@@ -97,8 +102,10 @@ pub fn render(c: &ContainerSpec) -> Value {
         .clone()
         .unwrap_or_else(|| DEFAULT_CAPS.iter().map(|s| s.to_string()).collect());
     let mut namespaces = vec![json!({"type": "mount"})];
-    if !c.host_pid {
-        namespaces.push(json!({"type": "pid"}));
+    match (&c.pid_ns, c.host_pid) {
+        (_, true) => {}
+        (Some(p), false) => namespaces.push(json!({"type": "pid", "path": p})),
+        (None, false) => namespaces.push(json!({"type": "pid"})),
     }
     // A missing path means the host's namespace (hostNetwork, hostIPC).
     for (kind, path) in [("network", &c.net_ns), ("ipc", &c.ipc_ns), ("uts", &c.uts_ns)] {
@@ -114,8 +121,9 @@ pub fn render(c: &ContainerSpec) -> Value {
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": if c.privileged { json!(["nosuid", "noexec", "nodev"]) } else { json!(["nosuid", "noexec", "nodev", "ro"]) }}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
+    let (cgroup_mounts, cgroupfs_ro_after) = super::cgroupfs::mounts(&c.cgroupfs, &c.cgroups_path, c.privileged);
+    mounts.extend(cgroup_mounts);
     for b in &c.binds {
         let propagation = if b.propagation.is_empty() { "rprivate" } else { b.propagation };
         let mut opts = vec!["rbind", propagation];
@@ -151,11 +159,15 @@ pub fn render(c: &ContainerSpec) -> Value {
     if let Some(p) = c.cgroup.pids_limit {
         resources["pids"] = json!({"limit": p});
     }
-    let (masked, readonly): (Vec<&str>, Vec<&str>) = if c.privileged {
+    let (masked, mut readonly): (Vec<&str>, Vec<&str>) = if c.privileged {
         (Vec::new(), Vec::new())
     } else {
         (MASKED_PATHS.to_vec(), READONLY_PATHS.to_vec())
     };
+    if cgroupfs_ro_after {
+        // The v1 tmpfs under the read-only binds; libcontainer applies readonlyPaths last.
+        readonly.push("/sys/fs/cgroup");
+    }
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": c.cgroups_path,
@@ -260,5 +272,38 @@ mod tests {
         assert!(!ns.iter().any(|n| n["type"] == "pid"));
         let m = v["mounts"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(m["options"], json!(["rbind", "rslave", "ro"]));
+    }
+
+    /// On a cgroup v2 host the container gets its own cgroup namespace and a read-only
+    /// cgroup2 mount (libcontainer mounts `type: cgroup` as cgroup2 with the spec's options).
+    #[test]
+    fn v2_cgroupfs_is_namespaced_and_read_only() {
+        let v = render(&sample());
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "cgroup" && n.get("path").is_none()));
+        let cg: Vec<&Value> =
+            v["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/sys/fs/cgroup").collect();
+        assert_eq!(cg.len(), 1);
+        assert_eq!(cg[0]["type"], "cgroup");
+        assert!(cg[0]["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        assert!(!v["linux"]["readonlyPaths"].as_array().unwrap().iter().any(|p| p == "/sys/fs/cgroup"));
+    }
+
+    /// On v1 the tmpfs holding the per-hierarchy binds turns read-only through readonlyPaths.
+    #[test]
+    fn v1_cgroupfs_tmpfs_becomes_read_only() {
+        let mut c = sample();
+        c.cgroupfs = crate::runtime::cgroupfs::CgroupFs::V1(crate::runtime::cgroupfs::v1_hierarchies(
+            "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+        ));
+        let v = render(&c);
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
+        assert!(spec.linux().as_ref().unwrap().readonly_paths().as_ref().unwrap().contains(&"/sys/fs/cgroup".into()));
+        let m = v["mounts"].as_array().unwrap();
+        assert!(m.iter().any(|m| m["destination"] == "/sys/fs/cgroup/memory"
+            && m["source"] == "/sys/fs/cgroup/memory/skiff/podu/c"));
+        c.privileged = true;
+        let v = render(&c);
+        assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/sys/fs/cgroup/memory"));
     }
 }
