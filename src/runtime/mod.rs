@@ -6,7 +6,8 @@
 //! - `<root>/pods/<uid>/pod.json`: the pod as last applied
 //! - `<root>/pods/<uid>/containers/<id>/`: `meta.json`, `bundle/` (config.json,
 //!   rootfs mount point), `upper/`, `work/`, and the shim's `state.json`/`exit.json`
-//! - `<root>/pods/<uid>/logs/<container>/<restart>.log`: CRI-format logs
+//! - `<root>/pods/<uid>/logs/<container>/<restart>.log`: CRI-format logs, rotated by
+//!   the shim to `<restart>.log.<YYYYMMDD-hhmmss.nanos>`
 //! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
@@ -406,6 +407,7 @@ pub struct Runtime {
     nofile: u64,
     /// `--pod-pids-limit`; none when negative.
     pids_limit: Option<i64>,
+    log_limits: supervise::LogLimits,
     /// The pod network; `None` leaves pods with loopback only.
     network: Option<network::PodNetwork>,
     /// Registry pulls; `None`: local images only.
@@ -432,6 +434,7 @@ impl Runtime {
             images,
             nofile,
             pids_limit: None,
+            log_limits: supervise::LogLimits::default(),
             network: None,
             pull: None,
         })
@@ -440,6 +443,13 @@ impl Runtime {
     /// The root dir (`--root-dir`).
     pub fn root_dir(&self) -> &Path {
         &self.root
+    }
+
+    /// Sets when containers' logs are rotated (`--container-log-max-size`,
+    /// `--container-log-max-files`).
+    pub fn with_log_limits(mut self, limits: supervise::LogLimits) -> Self {
+        self.log_limits = limits;
+        self
     }
 
     /// Sets the pids cgroup limit of every container (`--pod-pids-limit`).
@@ -804,6 +814,10 @@ impl Runtime {
             .arg(&dir)
             .arg("--log")
             .arg(&meta.log_path)
+            .arg("--log-max-size")
+            .arg(self.log_limits.max_size.to_string())
+            .arg("--log-max-files")
+            .arg(self.log_limits.max_files.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(false);
