@@ -11,6 +11,7 @@
 //! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
+pub mod cgkill;
 pub mod crilog;
 pub mod etc_files;
 pub mod exec_seccomp;
@@ -671,14 +672,41 @@ impl Runtime {
                     self.remove_container(uid, &id);
                     return None;
                 }
-                let meta: ContainerMeta =
-                    serde_json::from_slice(&fs::read(d.join("meta.json")).ok()?).ok()?;
-                let state: Option<ShimState> = fs::read(d.join(STATE_FILE))
+                let id = e.file_name().to_string_lossy().into_owned();
+                let meta: ContainerMeta = match fs::read(d.join("meta.json"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Without its record the container cannot be matched to the pod's
+                        // spec; left alone it would run on next to its replacement. Its
+                        // cgroup finds whatever of it still runs.
+                        warn!(uid, id = %id, error = %e, "container record unreadable; killing and removing the container");
+                        self.remove_container(uid, &id);
+                        return None;
+                    }
+                };
+                let mut state: Option<ShimState> = fs::read(d.join(STATE_FILE))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 let exit: Option<ExitRecord> = fs::read(d.join(EXIT_FILE))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
+                if state.is_none() && exit.is_none() && d.join(STATE_FILE).exists() {
+                    // state.json torn (a crash while it was written, a full disk): find the
+                    // shim by its command line instead, and write the record again.
+                    state = recover_shim_state(&meta);
+                    match &state {
+                        Some(s) => {
+                            warn!(uid, id = %meta.id, shim_pid = s.shim_pid, "state.json unreadable; found the container's shim again");
+                            if let Ok(json) = serde_json::to_vec(s) {
+                                let _ = shim::write_durable(&d, STATE_FILE, &json);
+                            }
+                        }
+                        None => warn!(uid, id = %meta.id, "state.json unreadable and no shim left; the container is killed through its cgroup"),
+                    }
+                }
                 let shim = match (&state, &exit) {
                     (Some(s), None) => live_shim(s.shim_pid, &meta.id)
                         .map(|p| Box::new(p) as Box<dyn Process>),
@@ -706,6 +734,8 @@ impl Runtime {
     /// Frees a finished container's filesystem but keeps its records
     /// (`meta.json`, `exit.json`) so its last state survives a daemon restart.
     pub fn release_container_fs(&self, uid: &str, id: &str) {
+        // A shim that died without finishing (SIGKILL) leaves its container running.
+        cgkill::kill_and_remove(&cgkill::container_cgroup(uid, id));
         let dir = self.container_dir(uid, id);
         let rootfs = dir.join("bundle/rootfs");
         match umount2(&rootfs, MntFlags::MNT_DETACH) {
@@ -723,6 +753,7 @@ impl Runtime {
 
     /// Unmounts and deletes one container's directory (its log stays). Idempotent.
     pub fn remove_container(&self, uid: &str, id: &str) {
+        cgkill::kill_and_remove(&cgkill::container_cgroup(uid, id));
         let dir = self.container_dir(uid, id);
         let rootfs = dir.join("bundle/rootfs");
         match umount2(&rootfs, MntFlags::MNT_DETACH) {
@@ -948,7 +979,7 @@ impl Runtime {
                 .map_err(|e| cfg_err(format!("creating {}: {e}", parent.display())))?;
         }
         let json = serde_json::to_vec(meta).unwrap_or_default();
-        write_atomic(dir, "meta.json", &json)
+        shim::write_durable(dir, "meta.json", &json)
             .map_err(|e| cfg_err(format!("writing meta.json: {e}")))?;
         let layers = self
             .images
@@ -1177,6 +1208,45 @@ fn never_started(dir: &Path) -> bool {
     !dir.join(STATE_FILE).exists() && dir.join(shim::GATED_FILE).exists()
 }
 
+/// Finds the live shim of a container whose `state.json` cannot be read, by its
+/// command line (`skiff-shim-mon supervise --id <id> --pid <pid> ...`, or the
+/// `skiff-shim start` that has not handed over yet).
+fn recover_shim_state(meta: &ContainerMeta) -> Option<ShimState> {
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(shim_pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let value = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1));
+        let is_shim = args.first().is_some_and(|a| a.contains("skiff-shim"));
+        if !is_shim || value("--id") != Some(&meta.id) {
+            continue;
+        }
+        let pid = value("--pid").and_then(|p| p.parse().ok()).or_else(|| {
+            // Still `skiff-shim start`: its only child is the container's init.
+            fs::read_to_string(format!("/proc/{shim_pid}/task/{shim_pid}/children"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })?;
+        return Some(ShimState {
+            pid,
+            shim_pid,
+            // The real start time went with the file; creation is the closest we know.
+            started_at: meta.created_at.clone(),
+        });
+    }
+    None
+}
+
 /// Returns a pidfd for a shim that still runs, checking that the PID was not reused.
 fn live_shim(pid: i32, id: &str) -> Option<PidFd> {
     let fd = PidFd::open(pid).ok()?;
@@ -1219,29 +1289,8 @@ fn mount_overlay(target: &Path, layers: &[PathBuf], upper: &Path, work: &Path) -
     .map_err(io::Error::from)
 }
 
-/// Removes `/skiff/pod<uid>` (and its leftover children) from every cgroup hierarchy.
+/// Kills whatever still runs in `/skiff/pod<uid>` (a container whose shim died) and
+/// removes it, with its children, from every cgroup hierarchy.
 fn remove_pod_cgroups(uid: &str) {
-    let name = format!("pod{uid}");
-    let base = Path::new("/sys/fs/cgroup");
-    let mut candidates = vec![base.join("skiff").join(&name)];
-    if let Ok(rd) = fs::read_dir(base) {
-        for e in rd.flatten() {
-            candidates.push(e.path().join("skiff").join(&name));
-        }
-    }
-    for dir in candidates {
-        if !dir.is_dir() {
-            continue;
-        }
-        if let Ok(children) = fs::read_dir(&dir) {
-            for c in children.flatten() {
-                if c.path().is_dir() {
-                    let _ = fs::remove_dir(c.path());
-                }
-            }
-        }
-        if let Err(e) = fs::remove_dir(&dir) {
-            debug!(path = %dir.display(), error = %e, "removing pod cgroup");
-        }
-    }
+    cgkill::kill_and_remove(&cgkill::pod_cgroup(uid));
 }

@@ -218,7 +218,8 @@ fn start(opts: &Opts) -> i32 {
                 started_at: now_rfc3339(),
             };
             let json = serde_json::to_vec(&state).unwrap_or_default();
-            if let Err(e) = write_atomic(&opts.state_dir, STATE_FILE, &json) {
+            // Durable: a torn state.json after a crash hides a running container.
+            if let Err(e) = write_durable(&opts.state_dir, STATE_FILE, &json) {
                 eprintln!("skiff-shim: writing state: {e}");
             }
             report(&format!("ok {}", pid.as_raw()));
