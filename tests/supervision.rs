@@ -378,3 +378,70 @@ fn removing_a_pod_after_its_shim_was_killed_leaves_nothing() {
     assert!(pod_processes(&uid).is_empty(), "{:?}", pod_processes(&uid));
     assert!(node.leftovers().is_empty(), "{:?}", node.leftovers());
 }
+
+#[test]
+fn a_pod_whose_network_namespace_was_removed_gets_a_new_sandbox() {
+    use std::net::{IpAddr, SocketAddr};
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    let web = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: Never\n    command: [sh, -c, \"mkdir -p /www && echo sandboxed > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n",
+        common::IMAGE
+    );
+    node.write_manifest("web.yaml", &web);
+    let pod = node.wait_running("web");
+    let uid = uid_of(&pod);
+    let ip_of = |p: &Value| {
+        p["status"]["podIP"]
+            .as_str()
+            .unwrap()
+            .parse::<IpAddr>()
+            .unwrap()
+    };
+    let old_ip = ip_of(&pod);
+    let get = |ip: IpAddr| common::http_get_in(&node.host.path(), SocketAddr::new(ip, 8080));
+    node.wait_for("host -> pod", Duration::from_secs(10), || get(old_ip));
+    let (_, init) = shim_state(&node, &pod);
+    // Someone unpins and removes the pod's network namespace.
+    let pin = node.run.join("netns").join(&uid);
+    nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(&pin).unwrap();
+    let again = node.wait_for(
+        "the pod running again in a new sandbox",
+        Duration::from_secs(40),
+        || {
+            let p = node.pod("web")?;
+            let c = main_container(&p);
+            (c["state"]["running"].is_object() && c["restartCount"] == 1 && c["ready"] == true)
+                .then_some(p)
+        },
+    );
+    assert!(!alive(init), "the old container still runs");
+    assert!(netns_pinned(&pin), "no new pinned network namespace");
+    let new_ip = ip_of(&again);
+    let body = node.wait_for(
+        "host -> pod in its new sandbox",
+        Duration::from_secs(10),
+        || get(new_ip),
+    );
+    assert_eq!(body.trim(), "sandboxed");
+    // The old lease went back to the pool (host-local hands out the next address).
+    assert_eq!(node.allocations(), [new_ip.to_string()]);
+    let events = node.skiff_ok(&["get", "events"]);
+    assert!(
+        events.contains("SandboxChanged")
+            && events.contains("Pod sandbox changed, it will be killed and re-created."),
+        "{events}"
+    );
+    let _ = old_ip;
+    node.remove_manifest("web.yaml");
+    node.wait_gone("web");
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.leftovers().is_empty(), "{:?}", node.leftovers());
+}
+
+fn netns_pinned(path: &std::path::Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6e73_6673)
+}

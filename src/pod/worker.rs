@@ -247,6 +247,9 @@ struct Worker {
 /// How often a pod's ephemeral storage is measured (the kubelet's housekeeping period).
 const STORAGE_CHECK: Duration = Duration::from_secs(10);
 
+/// How often a running pod's sandbox is checked for lost namespaces.
+const SANDBOX_CHECK: Duration = Duration::from_secs(10);
+
 impl Worker {
     fn new(ctx: Arc<Ctx>, pod: Pod) -> Self {
         let spec = pod.spec.clone().unwrap_or_default();
@@ -465,6 +468,9 @@ impl Worker {
         // The network is never left pending past a sync (when no container start took
         // it, e.g. the image was missing): the pod's status and probes need the IP.
         self.settle_network().await;
+        if self.sandbox.is_some() && !self.terminal {
+            self.set_wake(Instant::now() + SANDBOX_CHECK);
+        }
     }
 
     /// Waits for a pending pod network: sets the pod IP, or turns the sandbox failure
@@ -528,6 +534,9 @@ impl Worker {
             if let Err(e) = self.ctx.runtime.save_pod(&saved) {
                 warn!(pod = %self.key.1, error = %e, "saving pod state");
             }
+        }
+        if self.sandbox_changed() {
+            self.recreate_sandbox().await;
         }
         if self.sandbox.is_none() {
             let created = if self.may_overlap_network() {
@@ -1184,6 +1193,52 @@ impl Worker {
         self.failed = Some(("Evicted".into(), msg.trim().to_string()));
         self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
         self.finish_pod();
+    }
+
+    /// Whether the pod's sandbox lost a namespace (its pin unmounted or removed, say by
+    /// hand): nothing started from it can work any more. Checked on every sync and every
+    /// [`SANDBOX_CHECK`] while the sandbox exists.
+    fn sandbox_changed(&self) -> bool {
+        let Some(sb) = &self.sandbox else {
+            return false;
+        };
+        self.pending_net.is_none() && !self.ctx.runtime.sandbox_intact(sb)
+    }
+
+    /// The kubelet's `SandboxChanged`: every container is killed, the sandbox removed
+    /// (CNI DEL frees its IP) and the next sync creates a new one and starts the
+    /// containers again in it, init containers first, each with one restart more.
+    async fn recreate_sandbox(&mut self) {
+        warn!(pod = %self.key.1, namespace = %self.key.0, uid = %self.uid, "pod sandbox lost a namespace; re-creating it");
+        self.event(EventType::Normal, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.");
+        for slot in &self.slots {
+            if let Some(r) = &slot.current {
+                // The shim turns SIGUSR1 into SIGKILL for the container.
+                r.shim.signal(libc::SIGUSR1);
+            }
+        }
+        self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
+        for slot in &self.slots {
+            if let Some(r) = &slot.current {
+                warn!(pod = %self.key.1, container = %slot.spec.name, "container did not stop; killing its supervisor");
+                r.shim.signal(libc::SIGKILL);
+            }
+        }
+        self.wait_exits(Instant::now() + Duration::from_secs(5)).await;
+        // Also kills what the pod's cgroups still hold, whatever the shims did.
+        if let Err(e) = self.ctx.runtime.remove_sandbox(&self.uid) {
+            warn!(pod = %self.key.1, error = %e, "removing the changed sandbox");
+        }
+        self.sandbox = None;
+        self.pending_net = None;
+        for slot in &mut self.slots {
+            // Killed for the sandbox, not by their own doing: no back-off.
+            slot.not_before = None;
+            if slot.init && slot.current.is_none() {
+                // A new sandbox runs the init containers again, as on a kubelet.
+                slot.last = None;
+            }
+        }
     }
 
     async fn wait_exits(&mut self, deadline: Instant) {

@@ -199,6 +199,11 @@ pub trait PodRuntime: Send + Sync + 'static {
         self.create_sandbox(pod).map(|sb| (sb, None))
     }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError>;
+    /// Whether every namespace of the sandbox is still pinned (someone may have
+    /// unmounted or removed one); a sandbox that is not must be re-created.
+    fn sandbox_intact(&self, _sandbox: &Sandbox) -> bool {
+        true
+    }
     fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError>;
     fn list_containers(&self, uid: &str) -> Vec<Found>;
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
@@ -305,6 +310,14 @@ impl PodRuntime for Runtime {
     }
     fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError> {
         Runtime::remove_pod_state(self, uid)
+    }
+    fn sandbox_intact(&self, sandbox: &Sandbox) -> bool {
+        sandbox
+            .net
+            .iter()
+            .chain(sandbox.ipc.iter())
+            .chain(std::iter::once(&sandbox.uts))
+            .all(|p| netns::is_pinned(p))
     }
     fn list_containers(&self, uid: &str) -> Vec<Found> {
         Runtime::list_containers(self, uid)
