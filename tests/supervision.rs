@@ -71,6 +71,15 @@ fn pod_processes(uid: &str) -> Vec<i32> {
         .collect()
 }
 
+/// User + system CPU seconds of a process.
+fn cpu_time(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf with a constant name.
+    Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
 fn alive(pid: i32) -> bool {
     // A zombie still has a /proc entry; only a running process counts.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -131,12 +140,17 @@ fn one_endless_line_keeps_the_shim_flat_and_is_logged_as_partial_records() {
         (log_files(&node, &pod, 0).len() > 1).then_some(())
     });
     let start = rss_kib(mon).expect("monitor RSS");
+    let cpu0 = cpu_time(mon).unwrap_or(0.0);
     let mut peak = start;
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         peak = peak.max(rss_kib(mon).expect("the monitor died"));
         std::thread::sleep(Duration::from_millis(100));
     }
+    let cpu_secs = cpu_time(mon).unwrap_or(0.0) - cpu0;
+    eprintln!(
+        "skiff-shim-mon under one endless line: RSS {start} KiB -> peak {peak} KiB, {cpu_secs:.1} s CPU in 5 s"
+    );
     assert!(
         peak < start + 2048,
         "skiff-shim-mon grew from {start} KiB to {peak} KiB under one endless line"
