@@ -399,7 +399,7 @@ fn a_pod_whose_network_namespace_was_removed_gets_a_new_sandbox() {
     if !require_root() {
         return;
     }
-    let node = Node::start();
+    let mut node = Node::start();
     let web = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: Never\n    command: [sh, -c, \"mkdir -p /www && echo sandboxed > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n",
         common::IMAGE
@@ -415,7 +415,8 @@ fn a_pod_whose_network_namespace_was_removed_gets_a_new_sandbox() {
             .unwrap()
     };
     let old_ip = ip_of(&pod);
-    let get = |ip: IpAddr| common::http_get_in(&node.host.path(), SocketAddr::new(ip, 8080));
+    let host_ns = node.host.path();
+    let get = |ip: IpAddr| common::http_get_in(&host_ns, SocketAddr::new(ip, 8080));
     node.wait_for("host -> pod", Duration::from_secs(10), || get(old_ip));
     let (_, init) = shim_state(&node, &pod);
     // Someone unpins and removes the pod's network namespace.
@@ -449,7 +450,32 @@ fn a_pod_whose_network_namespace_was_removed_gets_a_new_sandbox() {
             && events.contains("Pod sandbox changed, it will be killed and re-created."),
         "{events}"
     );
-    let _ = old_ip;
+    assert_ne!(new_ip, old_ip);
+    // The same while skiffd is down: the adopted container is not left in the old one.
+    let (_, init) = shim_state(&node, &again);
+    node.kill_daemon();
+    nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(&pin).unwrap();
+    node.start_daemon();
+    let third = node.wait_for(
+        "the pod running again after a restart",
+        Duration::from_secs(40),
+        || {
+            let p = node.pod("web")?;
+            let c = main_container(&p);
+            (c["state"]["running"].is_object() && c["restartCount"] == 2 && c["ready"] == true)
+                .then_some(p)
+        },
+    );
+    assert!(!alive(init), "the old container still runs");
+    let ip = ip_of(&third);
+    let body = node.wait_for(
+        "host -> pod after the restart",
+        Duration::from_secs(10),
+        || get(ip),
+    );
+    assert_eq!(body.trim(), "sandboxed");
+    assert_eq!(node.allocations(), [ip.to_string()]);
     node.remove_manifest("web.yaml");
     node.wait_gone("web");
     assert!(node.allocations().is_empty(), "{:?}", node.allocations());

@@ -1199,10 +1199,14 @@ impl Worker {
     /// hand): nothing started from it can work any more. Checked on every sync and every
     /// [`SANDBOX_CHECK`] while the sandbox exists.
     fn sandbox_changed(&self) -> bool {
-        let Some(sb) = &self.sandbox else {
-            return false;
-        };
-        self.pending_net.is_none() && !self.ctx.runtime.sandbox_intact(sb)
+        match &self.sandbox {
+            Some(sb) => self.pending_net.is_none() && !self.ctx.runtime.sandbox_intact(sb),
+            // Containers adopted after a restart, whose sandbox went while skiffd was down:
+            // creating the sandbox now would give new namespaces they are not in.
+            None => {
+                self.slots.iter().any(|s| s.current.is_some()) && !self.ctx.runtime.sandbox_pinned(&self.pod)
+            }
+        }
     }
 
     /// The kubelet's `SandboxChanged`: every container is killed, the sandbox removed

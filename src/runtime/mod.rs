@@ -204,6 +204,11 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn sandbox_intact(&self, _sandbox: &Sandbox) -> bool {
         true
     }
+    /// [`PodRuntime::sandbox_intact`] for the pod's sandbox as it would be found again
+    /// (after a restart, before `create_sandbox` would quietly make new namespaces).
+    fn sandbox_pinned(&self, _pod: &Pod) -> bool {
+        true
+    }
     fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError>;
     fn list_containers(&self, uid: &str) -> Vec<Found>;
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
@@ -318,6 +323,15 @@ impl PodRuntime for Runtime {
             .chain(sandbox.ipc.iter())
             .chain(std::iter::once(&sandbox.uts))
             .all(|p| netns::is_pinned(p))
+    }
+    fn sandbox_pinned(&self, pod: &Pod) -> bool {
+        let spec = pod.spec.as_ref();
+        let sb = self.sandbox_paths(
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+            spec.and_then(|s| s.host_network).unwrap_or(false),
+            spec.and_then(|s| s.host_ipc).unwrap_or(false),
+        );
+        PodRuntime::sandbox_intact(self, &sb)
     }
     fn list_containers(&self, uid: &str) -> Vec<Found> {
         Runtime::list_containers(self, uid)
