@@ -483,5 +483,5 @@ fn a_pod_whose_network_namespace_was_removed_gets_a_new_sandbox() {
 }
 
 fn netns_pinned(path: &std::path::Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6e73_6673)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == 0x6e73_6673)
 }

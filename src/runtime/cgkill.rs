@@ -153,10 +153,10 @@ pub fn kill_and_remove(rel: &str) {
     }
     for d in dirs(rel) {
         for sub in tree_bottom_up(&d) {
-            if let Err(e) = fs::remove_dir(&sub) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    debug!(path = %sub.display(), error = %e, "removing cgroup");
-                }
+            if let Err(e) = fs::remove_dir(&sub)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                debug!(path = %sub.display(), error = %e, "removing cgroup");
             }
         }
     }
