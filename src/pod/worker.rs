@@ -302,9 +302,17 @@ impl Worker {
 
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         self.adopt();
+        // Checked on its own timer, which syncs (and so publishes) only when it finds a
+        // change: a periodic full sync of every pod would wake the Service controller.
+        let mut sandbox_check = tokio::time::interval_at(Instant::now() + SANDBOX_CHECK, SANDBOX_CHECK);
+        sandbox_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut needs_sync = true;
         loop {
-            self.sync().await;
-            self.publish();
+            if needs_sync {
+                self.sync().await;
+                self.publish();
+            }
+            needs_sync = true;
             let wake = self.wake.take();
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -321,6 +329,11 @@ impl Worker {
                 }
                 Some((id, report)) = self.probes_rx.recv() => self.on_probe(&id, report),
                 _ = sleep_until(wake), if wake.is_some() => {}
+                _ = sandbox_check.tick(), if !self.terminal => {
+                    needs_sync = self.sandbox_changed();
+                    // The pending wake-up still stands.
+                    self.wake = wake;
+                }
             }
         }
     }
@@ -468,9 +481,6 @@ impl Worker {
         // The network is never left pending past a sync (when no container start took
         // it, e.g. the image was missing): the pod's status and probes need the IP.
         self.settle_network().await;
-        if self.sandbox.is_some() && !self.terminal {
-            self.set_wake(Instant::now() + SANDBOX_CHECK);
-        }
     }
 
     /// Waits for a pending pod network: sets the pod IP, or turns the sandbox failure
