@@ -53,6 +53,12 @@ pub struct Flags {
     /// Give every container whose pod and container name no seccompProfile the RuntimeDefault profile (the kubelet's flag); without it they run Unconfined.
     #[arg(long)]
     pub seccomp_default: bool,
+    /// Largest size of a container's log file before the shim rotates it, a quantity like 10Mi [default: 10Mi].
+    #[arg(long)]
+    pub container_log_max_size: Option<String>,
+    /// Most log files kept per container run, the current one included; at least 2 [default: 5].
+    #[arg(long)]
+    pub container_log_max_files: Option<u32>,
     /// Range of Service cluster IPs [default: 10.96.0.0/12].
     #[arg(long)]
     pub service_cluster_ip_range: Option<String>,
@@ -142,6 +148,10 @@ pub struct FileConfig {
     pub pod_pids_limit: Option<i64>,
     /// RuntimeDefault seccomp for containers without a profile.
     pub seccomp_default: Option<bool>,
+    /// Log file size at which a container's log is rotated (quantity).
+    pub container_log_max_size: Option<String>,
+    /// Log files kept per container run.
+    pub container_log_max_files: Option<u32>,
     /// Range of Service cluster IPs.
     pub service_cluster_ip_range: Option<String>,
     /// Range of Service node ports, `LOW-HIGH`.
@@ -196,6 +206,8 @@ pub struct Config {
     pub pod_cidr: String,
     pub pod_pids_limit: i64,
     pub seccomp_default: bool,
+    /// Container log rotation.
+    pub container_log: crate::runtime::supervise::LogLimits,
     pub service_cluster_ip_range: crate::proxy::Ipv4Cidr,
     pub service_node_port_range: (u16, u16),
     pub cluster_cidr: crate::proxy::Ipv4Cidr,
@@ -303,6 +315,10 @@ impl Config {
             .image_credential_config
             .or(file.image_credential_config)
             .unwrap_or_else(|| default_credential_config(&root_dir));
+        let container_log = container_log_limits(
+            flags.container_log_max_size.as_deref().or(file.container_log_max_size.as_deref()),
+            flags.container_log_max_files.or(file.container_log_max_files),
+        )?;
         let endpoints: Vec<String> = flags
             .etcd_endpoints
             .or(file.etcd_endpoints)
@@ -386,6 +402,7 @@ impl Config {
                 .unwrap_or_else(|| "10.244.0.0/24".into()),
             pod_pids_limit: flags.pod_pids_limit.or(file.pod_pids_limit).unwrap_or(-1),
             seccomp_default: flags.seccomp_default || file.seccomp_default.unwrap_or(false),
+            container_log,
             service_cluster_ip_range: parse_cidr(
                 "--service-cluster-ip-range",
                 flags
@@ -436,6 +453,33 @@ impl Config {
     pub fn socket_path(&self) -> PathBuf {
         self.run_dir.join("skiff.sock")
     }
+}
+
+/// The kubelet's validation: a positive size, at least two files.
+fn container_log_limits(
+    size: Option<&str>,
+    files: Option<u32>,
+) -> Result<crate::runtime::supervise::LogLimits, ConfigError> {
+    let mut limits = crate::runtime::supervise::LogLimits::default();
+    if let Some(s) = size {
+        limits.max_size = crate::quantity::bytes(s)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| ConfigError::Invalid {
+                flag: "--container-log-max-size",
+                message: format!("{s:?}: expected a positive quantity like 10Mi"),
+            })? as u64;
+    }
+    if let Some(n) = files {
+        if n < 2 {
+            return Err(ConfigError::Invalid {
+                flag: "--container-log-max-files",
+                message: format!("{n}: must be at least 2"),
+            });
+        }
+        limits.max_files = n as usize;
+    }
+    Ok(limits)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -552,6 +596,19 @@ mod tests {
         assert!(err.contains("--etcd-prefix"), "{err}");
         let err = load(&["--etcd-endpoints", "https://a:1", "--etcd-certfile", "/c.pem"]).unwrap_err().to_string();
         assert!(err.contains("--etcd-keyfile"), "{err}");
+    }
+
+    #[test]
+    fn container_log_rotation_settings() {
+        let load = |args: &[&str]| Config::load(Flags::parse_from([&["skiffd"], args].concat()));
+        let c = load(&[]).unwrap();
+        assert_eq!((c.container_log.max_size, c.container_log.max_files), (10 << 20, 5));
+        let c = load(&["--container-log-max-size", "64Ki", "--container-log-max-files", "2"]).unwrap();
+        assert_eq!((c.container_log.max_size, c.container_log.max_files), (65536, 2));
+        let err = load(&["--container-log-max-files", "1"]).unwrap_err().to_string();
+        assert!(err.contains("--container-log-max-files"), "{err}");
+        let err = load(&["--container-log-max-size", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--container-log-max-size"), "{err}");
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let runtime = Runtime::new(&config.root_dir, &config.run_dir, &config.shim_path)?
         .with_pids_limit(config.pod_pids_limit)
         .with_seccomp_default(config.seccomp_default)
+        .with_log_limits(config.container_log)
         .with_network(network);
     let (gc_tx, gc_rx) = mpsc::unbounded_channel();
     let image_service = Arc::new(image_service(&config, &runtime, &store, &resync_tx, gc_tx)?);

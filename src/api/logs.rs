@@ -1,6 +1,6 @@
 //! `GET .../pods/{name}/log`: container logs, like the kubelet serves them.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -68,6 +68,47 @@ pub fn pick_container(pod: &Pod, wanted: Option<&str>) -> Result<ContainerStatus
     })
 }
 
+/// The raw CRI records of one container run: its rotated files, oldest first, then
+/// the current one (read through `current`, positioned at its end afterwards). With
+/// `tail`, only the newest files that hold that many lines are read.
+fn read_log(path: &std::path::Path, current: Option<&mut std::fs::File>, tail: Option<usize>) -> Vec<u8> {
+    let mut newest_first: Vec<Vec<u8>> = Vec::new();
+    let mut lines = 0;
+    if let Some(f) = current {
+        let mut raw = Vec::new();
+        let _ = f.read_to_end(&mut raw);
+        lines += full_records(&raw);
+        newest_first.push(raw);
+    }
+    for old in crilog::rotated_files(path).iter().rev() {
+        // One more line than asked: the oldest file may begin inside a line.
+        if tail.is_some_and(|n| lines > n) {
+            break;
+        }
+        let raw = std::fs::read(old).unwrap_or_default();
+        lines += full_records(&raw);
+        newest_first.push(raw);
+    }
+    newest_first.into_iter().rev().flatten().collect()
+}
+
+/// How many lines (full records) raw CRI log bytes hold.
+fn full_records(raw: &[u8]) -> usize {
+    raw.split(|&b| b == b'\n')
+        .filter_map(crilog::parse_record)
+        .filter(|r| !r.partial)
+        .count()
+}
+
+/// Whether `path` now names another file than the open `f` (the log was rotated).
+fn rotated_away(f: &std::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) != (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 fn running_id(s: &Shared, ns: &str, pod: &str, container: &str) -> Option<String> {
     let p = s.store.get_pod(ns, pod)?;
     let st = p.status?;
@@ -119,11 +160,15 @@ pub async fn log(
         }
         s.runtime.log_path(&uid, &cs.name, restart)
     };
-    let raw = std::fs::read(&file).unwrap_or_default();
+    // The current file is opened first and followed through this handle, so that a
+    // rotation between reading and following loses nothing.
+    let mut current = std::fs::File::open(&file).ok();
+    let tail = q.tail_lines.filter(|&n| n >= 0).map(|n| n as usize);
+    let raw = read_log(&file, current.as_mut(), tail);
     let rendered = crilog::render(&raw, q.timestamps);
-    let body = match q.tail_lines {
-        Some(n) if n >= 0 => crilog::tail_lines(&rendered, n as usize).to_vec(),
-        _ => rendered,
+    let body = match tail {
+        Some(n) => crilog::tail_lines(&rendered, n).to_vec(),
+        None => rendered,
     };
     let following = q.follow && !q.previous;
     let live_id = cs.container_id.clone();
@@ -134,18 +179,23 @@ pub async fn log(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let _ = tx.send(Ok(Bytes::from(body))).await;
     let container = cs.name.clone();
-    let mut offset = raw.len() as u64;
     tokio::spawn(async move {
         let mut pending: Vec<u8> = Vec::new();
         loop {
             let alive = running_id(&s, &ns, &name, &container) == live_id && live_id.is_some();
             let mut chunk = Vec::new();
-            if let Ok(mut f) = std::fs::File::open(&file) {
-                if f.seek(SeekFrom::Start(offset)).is_ok() {
+            match current.as_mut() {
+                Some(f) => {
                     let _ = f.read_to_end(&mut chunk);
+                    // Rotated (the path is a new file now): what was left in the old one
+                    // was just read; go on with the new one from its start.
+                    if chunk.is_empty() && rotated_away(f, &file) {
+                        current = std::fs::File::open(&file).ok();
+                        continue;
+                    }
                 }
+                None => current = std::fs::File::open(&file).ok(),
             }
-            offset += chunk.len() as u64;
             pending.extend_from_slice(&chunk);
             if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
                 let complete: Vec<u8> = pending.drain(..=end).collect();

@@ -253,6 +253,9 @@ struct Worker {
 /// How often a pod's ephemeral storage is measured (the kubelet's housekeeping period).
 const STORAGE_CHECK: Duration = Duration::from_secs(10);
 
+/// How often a running pod's sandbox is checked for lost namespaces.
+const SANDBOX_CHECK: Duration = Duration::from_secs(10);
+
 impl Worker {
     fn new(ctx: Arc<Ctx>, pod: Pod) -> Self {
         let spec = pod.spec.clone().unwrap_or_default();
@@ -307,9 +310,17 @@ impl Worker {
 
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         self.adopt();
+        // Checked on its own timer, which syncs (and so publishes) only when it finds a
+        // change: a periodic full sync of every pod would wake the Service controller.
+        let mut sandbox_check = tokio::time::interval_at(Instant::now() + SANDBOX_CHECK, SANDBOX_CHECK);
+        sandbox_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut needs_sync = true;
         loop {
-            self.sync().await;
-            self.publish();
+            if needs_sync {
+                self.sync().await;
+                self.publish();
+            }
+            needs_sync = true;
             let wake = self.wake.take();
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -326,6 +337,11 @@ impl Worker {
                 }
                 Some((id, report)) = self.probes_rx.recv() => self.on_probe(&id, report),
                 _ = sleep_until(wake), if wake.is_some() => {}
+                _ = sandbox_check.tick(), if !self.terminal => {
+                    needs_sync = self.sandbox_changed();
+                    // The pending wake-up still stands.
+                    self.wake = wake;
+                }
             }
         }
     }
@@ -559,6 +575,9 @@ impl Worker {
         }
         if !self.pod_saved {
             self.save_pod_state();
+        }
+        if self.sandbox_changed() {
+            self.recreate_sandbox().await;
         }
         if self.sandbox.is_none() {
             let created = if self.may_overlap_network() {
@@ -1217,6 +1236,56 @@ impl Worker {
         self.failed = Some(("Evicted".into(), msg.trim().to_string()));
         self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
         self.finish_pod();
+    }
+
+    /// Whether the pod's sandbox lost a namespace (its pin unmounted or removed, say by
+    /// hand): nothing started from it can work any more. Checked on every sync and every
+    /// [`SANDBOX_CHECK`] while the sandbox exists.
+    fn sandbox_changed(&self) -> bool {
+        match &self.sandbox {
+            Some(sb) => self.pending_net.is_none() && !self.ctx.runtime.sandbox_intact(sb),
+            // Containers adopted after a restart, whose sandbox went while skiffd was down:
+            // creating the sandbox now would give new namespaces they are not in.
+            None => {
+                self.slots.iter().any(|s| s.current.is_some()) && !self.ctx.runtime.sandbox_pinned(&self.pod)
+            }
+        }
+    }
+
+    /// The kubelet's `SandboxChanged`: every container is killed, the sandbox removed
+    /// (CNI DEL frees its IP) and the next sync creates a new one and starts the
+    /// containers again in it, init containers first, each with one restart more.
+    async fn recreate_sandbox(&mut self) {
+        warn!(pod = %self.key.1, namespace = %self.key.0, uid = %self.uid, "pod sandbox lost a namespace; re-creating it");
+        self.event(EventType::Normal, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.");
+        for slot in &self.slots {
+            if let Some(r) = &slot.current {
+                // The shim turns SIGUSR1 into SIGKILL for the container.
+                r.shim.signal(libc::SIGUSR1);
+            }
+        }
+        self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
+        for slot in &self.slots {
+            if let Some(r) = &slot.current {
+                warn!(pod = %self.key.1, container = %slot.spec.name, "container did not stop; killing its supervisor");
+                r.shim.signal(libc::SIGKILL);
+            }
+        }
+        self.wait_exits(Instant::now() + Duration::from_secs(5)).await;
+        // Also kills what the pod's cgroups still hold, whatever the shims did.
+        if let Err(e) = self.ctx.runtime.remove_sandbox(&self.uid) {
+            warn!(pod = %self.key.1, error = %e, "removing the changed sandbox");
+        }
+        self.sandbox = None;
+        self.pending_net = None;
+        for slot in &mut self.slots {
+            // Killed for the sandbox, not by their own doing: no back-off.
+            slot.not_before = None;
+            if slot.init && slot.current.is_none() {
+                // A new sandbox runs the init containers again, as on a kubelet.
+                slot.last = None;
+            }
+        }
     }
 
     async fn wait_exits(&mut self, deadline: Instant) {

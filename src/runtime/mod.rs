@@ -6,10 +6,12 @@
 //! - `<root>/pods/<uid>/pod.json`: the pod as last applied
 //! - `<root>/pods/<uid>/containers/<id>/`: `meta.json`, `bundle/` (config.json,
 //!   rootfs mount point), `upper/`, `work/`, and the shim's `state.json`/`exit.json`
-//! - `<root>/pods/<uid>/logs/<container>/<restart>.log`: CRI-format logs
+//! - `<root>/pods/<uid>/logs/<container>/<restart>.log`: CRI-format logs, rotated by
+//!   the shim to `<restart>.log.<YYYYMMDD-hhmmss.nanos>`
 //! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
+pub mod cgkill;
 pub mod cgroupfs;
 pub mod crilog;
 pub mod etc_files;
@@ -202,6 +204,16 @@ pub trait PodRuntime: Send + Sync + 'static {
         self.create_sandbox(pod).map(|sb| (sb, None))
     }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError>;
+    /// Whether every namespace of the sandbox is still pinned (someone may have
+    /// unmounted or removed one); a sandbox that is not must be re-created.
+    fn sandbox_intact(&self, _sandbox: &Sandbox) -> bool {
+        true
+    }
+    /// [`PodRuntime::sandbox_intact`] for the pod's sandbox as it would be found again
+    /// (after a restart, before `create_sandbox` would quietly make new namespaces).
+    fn sandbox_pinned(&self, _pod: &Pod) -> bool {
+        true
+    }
     fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError>;
     fn list_containers(&self, uid: &str) -> Vec<Found>;
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
@@ -314,6 +326,23 @@ impl PodRuntime for Runtime {
     fn remove_pod_state(&self, uid: &str) -> Result<(), RuntimeError> {
         Runtime::remove_pod_state(self, uid)
     }
+    fn sandbox_intact(&self, sandbox: &Sandbox) -> bool {
+        sandbox
+            .net
+            .iter()
+            .chain(sandbox.ipc.iter())
+            .chain(std::iter::once(&sandbox.uts))
+            .all(|p| netns::is_pinned(p))
+    }
+    fn sandbox_pinned(&self, pod: &Pod) -> bool {
+        let spec = pod.spec.as_ref();
+        let sb = self.sandbox_paths(
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+            spec.and_then(|s| s.host_network).unwrap_or(false),
+            spec.and_then(|s| s.host_ipc).unwrap_or(false),
+        );
+        PodRuntime::sandbox_intact(self, &sb)
+    }
     fn list_containers(&self, uid: &str) -> Vec<Found> {
         Runtime::list_containers(self, uid)
     }
@@ -416,6 +445,7 @@ pub struct Runtime {
     nofile: u64,
     /// `--pod-pids-limit`; none when negative.
     pids_limit: Option<i64>,
+    log_limits: supervise::LogLimits,
     /// The pod network; `None` leaves pods with loopback only.
     network: Option<network::PodNetwork>,
     /// Registry pulls; `None`: local images only.
@@ -449,6 +479,7 @@ impl Runtime {
             images,
             nofile,
             pids_limit: None,
+            log_limits: supervise::LogLimits::default(),
             network: None,
             pull: None,
             seccomp_default: false,
@@ -458,6 +489,13 @@ impl Runtime {
     /// The root dir (`--root-dir`).
     pub fn root_dir(&self) -> &Path {
         &self.root
+    }
+
+    /// Sets when containers' logs are rotated (`--container-log-max-size`,
+    /// `--container-log-max-files`).
+    pub fn with_log_limits(mut self, limits: supervise::LogLimits) -> Self {
+        self.log_limits = limits;
+        self
     }
 
     /// Sets the pids cgroup limit of every container (`--pod-pids-limit`).
@@ -696,14 +734,41 @@ impl Runtime {
                     self.remove_container(uid, &id);
                     return None;
                 }
-                let meta: ContainerMeta =
-                    serde_json::from_slice(&fs::read(d.join("meta.json")).ok()?).ok()?;
-                let state: Option<ShimState> = fs::read(d.join(STATE_FILE))
+                let id = e.file_name().to_string_lossy().into_owned();
+                let meta: ContainerMeta = match fs::read(d.join("meta.json"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Without its record the container cannot be matched to the pod's
+                        // spec; left alone it would run on next to its replacement. Its
+                        // cgroup finds whatever of it still runs.
+                        warn!(uid, id = %id, error = %e, "container record unreadable; killing and removing the container");
+                        self.remove_container(uid, &id);
+                        return None;
+                    }
+                };
+                let mut state: Option<ShimState> = fs::read(d.join(STATE_FILE))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 let exit: Option<ExitRecord> = fs::read(d.join(EXIT_FILE))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
+                if state.is_none() && exit.is_none() && d.join(STATE_FILE).exists() {
+                    // state.json torn (a crash while it was written, a full disk): find the
+                    // shim by its command line instead, and write the record again.
+                    state = recover_shim_state(&meta);
+                    match &state {
+                        Some(s) => {
+                            warn!(uid, id = %meta.id, shim_pid = s.shim_pid, "state.json unreadable; found the container's shim again");
+                            if let Ok(json) = serde_json::to_vec(s) {
+                                let _ = shim::write_durable(&d, STATE_FILE, &json);
+                            }
+                        }
+                        None => warn!(uid, id = %meta.id, "state.json unreadable and no shim left; the container is killed through its cgroup"),
+                    }
+                }
                 let shim = match (&state, &exit) {
                     (Some(s), None) => live_shim(s.shim_pid, &meta.id)
                         .map(|p| Box::new(p) as Box<dyn Process>),
@@ -731,6 +796,8 @@ impl Runtime {
     /// Frees a finished container's filesystem but keeps its records
     /// (`meta.json`, `exit.json`) so its last state survives a daemon restart.
     pub fn release_container_fs(&self, uid: &str, id: &str) {
+        // A shim that died without finishing (SIGKILL) leaves its container running.
+        cgkill::kill_and_remove(&cgkill::container_cgroup(uid, id));
         let dir = self.container_dir(uid, id);
         let rootfs = dir.join("bundle/rootfs");
         match umount2(&rootfs, MntFlags::MNT_DETACH) {
@@ -748,6 +815,7 @@ impl Runtime {
 
     /// Unmounts and deletes one container's directory (its log stays). Idempotent.
     pub fn remove_container(&self, uid: &str, id: &str) {
+        cgkill::kill_and_remove(&cgkill::container_cgroup(uid, id));
         let dir = self.container_dir(uid, id);
         let rootfs = dir.join("bundle/rootfs");
         match umount2(&rootfs, MntFlags::MNT_DETACH) {
@@ -839,6 +907,10 @@ impl Runtime {
             .arg(&dir)
             .arg("--log")
             .arg(&meta.log_path)
+            .arg("--log-max-size")
+            .arg(self.log_limits.max_size.to_string())
+            .arg("--log-max-files")
+            .arg(self.log_limits.max_files.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(false);
@@ -973,7 +1045,7 @@ impl Runtime {
                 .map_err(|e| cfg_err(format!("creating {}: {e}", parent.display())))?;
         }
         let json = serde_json::to_vec(meta).unwrap_or_default();
-        write_atomic(dir, "meta.json", &json)
+        shim::write_durable(dir, "meta.json", &json)
             .map_err(|e| cfg_err(format!("writing meta.json: {e}")))?;
         let layers = self
             .images
@@ -1232,6 +1304,45 @@ fn never_started(dir: &Path) -> bool {
     !dir.join(STATE_FILE).exists() && dir.join(shim::GATED_FILE).exists()
 }
 
+/// Finds the live shim of a container whose `state.json` cannot be read, by its
+/// command line (`skiff-shim-mon supervise --id <id> --pid <pid> ...`, or the
+/// `skiff-shim start` that has not handed over yet).
+fn recover_shim_state(meta: &ContainerMeta) -> Option<ShimState> {
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(shim_pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let value = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1));
+        let is_shim = args.first().is_some_and(|a| a.contains("skiff-shim"));
+        if !is_shim || value("--id") != Some(&meta.id) {
+            continue;
+        }
+        let pid = value("--pid").and_then(|p| p.parse().ok()).or_else(|| {
+            // Still `skiff-shim start`: its only child is the container's init.
+            fs::read_to_string(format!("/proc/{shim_pid}/task/{shim_pid}/children"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })?;
+        return Some(ShimState {
+            pid,
+            shim_pid,
+            // The real start time went with the file; creation is the closest we know.
+            started_at: meta.created_at.clone(),
+        });
+    }
+    None
+}
+
 /// Returns a pidfd for a shim that still runs, checking that the PID was not reused.
 fn live_shim(pid: i32, id: &str) -> Option<PidFd> {
     let fd = PidFd::open(pid).ok()?;
@@ -1274,29 +1385,8 @@ fn mount_overlay(target: &Path, layers: &[PathBuf], upper: &Path, work: &Path) -
     .map_err(io::Error::from)
 }
 
-/// Removes `/skiff/pod<uid>` (and its leftover children) from every cgroup hierarchy.
+/// Kills whatever still runs in `/skiff/pod<uid>` (a container whose shim died) and
+/// removes it, with its children, from every cgroup hierarchy.
 fn remove_pod_cgroups(uid: &str) {
-    let name = format!("pod{uid}");
-    let base = Path::new("/sys/fs/cgroup");
-    let mut candidates = vec![base.join("skiff").join(&name)];
-    if let Ok(rd) = fs::read_dir(base) {
-        for e in rd.flatten() {
-            candidates.push(e.path().join("skiff").join(&name));
-        }
-    }
-    for dir in candidates {
-        if !dir.is_dir() {
-            continue;
-        }
-        if let Ok(children) = fs::read_dir(&dir) {
-            for c in children.flatten() {
-                if c.path().is_dir() {
-                    let _ = fs::remove_dir(c.path());
-                }
-            }
-        }
-        if let Err(e) = fs::remove_dir(&dir) {
-            debug!(path = %dir.display(), error = %e, "removing pod cgroup");
-        }
-    }
+    cgkill::kill_and_remove(&cgkill::pod_cgroup(uid));
 }

@@ -103,6 +103,20 @@ pub fn main() -> i32 {
             }
             "--state-dir" => opts.state_dir = it.next().map(PathBuf::from).unwrap_or_default(),
             "--log" => opts.log = it.next().map(PathBuf::from).unwrap_or_default(),
+            "--log-max-size" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) => opts.log_limits.max_size = n,
+                None => {
+                    eprintln!("skiff-shim: --log-max-size needs a byte count");
+                    return 2;
+                }
+            },
+            "--log-max-files" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) => opts.log_limits.max_files = n,
+                None => {
+                    eprintln!("skiff-shim: --log-max-files needs a number");
+                    return 2;
+                }
+            },
             "--status" => opts.status = it.next(),
             "--finished-at" => opts.finished_at = it.next(),
             "--gate-fd" => match it.next().and_then(|v| v.parse().ok()) {
@@ -143,6 +157,8 @@ struct Opts {
     runtime_root: PathBuf,
     state_dir: PathBuf,
     log: PathBuf,
+    /// `start`: when the log is rotated.
+    log_limits: supervise::LogLimits,
     /// `finish`: how the container ended (`supervise::Exit::to_arg`).
     status: Option<String>,
     /// `finish`: when the monitor saw it end.
@@ -206,7 +222,8 @@ fn start(opts: &Opts) -> i32 {
                 started_at: now_rfc3339(),
             };
             let json = serde_json::to_vec(&state).unwrap_or_default();
-            if let Err(e) = write_atomic(&opts.state_dir, STATE_FILE, &json) {
+            // Durable: a torn state.json after a crash hides a running container.
+            if let Err(e) = write_durable(&opts.state_dir, STATE_FILE, &json) {
                 eprintln!("skiff-shim: writing state: {e}");
             }
             report(&format!("ok {}", pid.as_raw()));
@@ -326,6 +343,7 @@ fn hand_over(opts: &Opts, pid: Pid, outs: Outputs) -> Exit {
         stdout_fd: outs.stdout.as_raw_fd(),
         stderr_fd: outs.stderr.as_raw_fd(),
         log: opts.log.clone(),
+        log_limits: opts.log_limits,
         shim,
         bundle: opts.bundle.clone(),
         runtime_root: opts.runtime_root.clone(),
@@ -340,7 +358,7 @@ fn hand_over(opts: &Opts, pid: Pid, outs: Outputs) -> Exit {
     };
     let _ = inherit(false);
     eprintln!("skiff-shim: running {}: {err}; supervising in-process", monitor.display());
-    supervise::supervise(pid.as_raw(), outs.stdout, outs.stderr, &opts.log)
+    supervise::supervise(pid.as_raw(), outs.stdout, outs.stderr, &opts.log, opts.log_limits)
 }
 
 /// Records how the container ended: OOM check, libcontainer state and cgroup

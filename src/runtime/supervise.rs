@@ -27,7 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::crilog::{LineSplitter, Stream};
+use super::crilog::{LineSplitter, RotatingLog, Stream};
 
 /// File name of the monitor binary, next to `skiff-shim`.
 pub const MONITOR_BIN: &str = "skiff-shim-mon";
@@ -83,6 +83,26 @@ impl Exit {
     }
 }
 
+/// When the shim rotates a container's log (the kubelet's
+/// `--container-log-max-size` and `--container-log-max-files`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Largest size of one log file in bytes; 0 for no rotation.
+    pub max_size: u64,
+    /// Most log files of one container run, the current one included.
+    pub max_files: usize,
+}
+
+impl Default for LogLimits {
+    /// The kubelet's defaults: 10Mi, 5 files.
+    fn default() -> Self {
+        LogLimits {
+            max_size: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
 /// What the monitor needs to know; also what `skiff-shim finish` is given back.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MonitorArgs {
@@ -91,6 +111,8 @@ pub struct MonitorArgs {
     pub stdout_fd: RawFd,
     pub stderr_fd: RawFd,
     pub log: PathBuf,
+    /// Rotation limits of the log.
+    pub log_limits: LogLimits,
     /// The `skiff-shim` binary to hand the exit status to.
     pub shim: PathBuf,
     pub bundle: PathBuf,
@@ -111,6 +133,8 @@ impl MonitorArgs {
         put("--stdout-fd", self.stdout_fd.to_string().into());
         put("--stderr-fd", self.stderr_fd.to_string().into());
         put("--log", self.log.clone().into());
+        put("--log-max-size", self.log_limits.max_size.to_string().into());
+        put("--log-max-files", self.log_limits.max_files.to_string().into());
         put("--shim", self.shim.clone().into());
         put("--bundle", self.bundle.clone().into());
         put("--runtime-root", self.runtime_root.clone().into());
@@ -132,6 +156,12 @@ impl MonitorArgs {
                 "--stdout-fd" => m.stdout_fd = int("--stdout-fd")?,
                 "--stderr-fd" => m.stderr_fd = int("--stderr-fd")?,
                 "--log" => m.log = PathBuf::from(v),
+                "--log-max-size" => {
+                    m.log_limits.max_size = s.parse().map_err(|e| format!("--log-max-size {s:?}: {e}"))?
+                }
+                "--log-max-files" => {
+                    m.log_limits.max_files = s.parse().map_err(|e| format!("--log-max-files {s:?}: {e}"))?
+                }
                 "--shim" => m.shim = PathBuf::from(v),
                 "--bundle" => m.bundle = PathBuf::from(v),
                 "--runtime-root" => m.runtime_root = PathBuf::from(v),
@@ -225,7 +255,7 @@ pub fn monitor_main() -> i32 {
     let _ = set_cloexec(out.as_raw_fd(), true);
     let _ = set_cloexec(err.as_raw_fd(), true);
     drop_startup_pages();
-    let exit = supervise(m.pid, out, err, &m.log);
+    let exit = supervise(m.pid, out, err, &m.log, m.log_limits);
     let finished_at = now_rfc3339();
     let mut finish: Vec<OsString> = vec!["finish".into()];
     for (k, v) in [
@@ -402,10 +432,10 @@ fn reap(init: i32) -> Option<Exit> {
 
 /// Copies the container's output into the CRI log until its init has exited
 /// (and the pipes are drained); returns how it ended.
-pub fn supervise(pid: i32, stdout: OwnedFd, stderr: OwnedFd, log_path: &Path) -> Exit {
+pub fn supervise(pid: i32, stdout: OwnedFd, stderr: OwnedFd, log_path: &Path, limits: LogLimits) -> Exit {
     let sfd = signal_fd();
-    // 0600: a log holds whatever the container printed (Secrets too).
-    let mut log = OpenOptions::new().create(true).append(true).mode(0o600).open(log_path).ok();
+    // 0600 (RotatingLog): a log holds whatever the container printed (Secrets too).
+    let mut log = RotatingLog::open(log_path, limits.max_size, limits.max_files).ok();
     let mut splitters = [LineSplitter::new(Stream::Stdout), LineSplitter::new(Stream::Stderr)];
     let mut pipes = [Some(File::from(stdout)), Some(File::from(stderr))];
     let mut status: Option<Exit> = None;
@@ -564,6 +594,7 @@ mod tests {
             stdout_fd: 5,
             stderr_fd: 7,
             log: "/l/0.log".into(),
+            log_limits: LogLimits { max_size: 1 << 20, max_files: 3 },
             shim: "/bin/skiff-shim".into(),
             bundle: "/b".into(),
             runtime_root: "/r".into(),
