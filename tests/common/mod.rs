@@ -165,6 +165,7 @@ impl Node {
             .arg("--cni-conf-dir")
             .arg(self.dir.path().join("cni/net.d"))
             .args(&self.flags)
+            .args(self.default_gc_flags())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -175,6 +176,17 @@ impl Node {
             let out = self.skiff(&["get", "pods", "-A", "-o", "json"]);
             out.status.success().then_some(())
         });
+    }
+
+    /// Image GC off unless a test sets its threshold: it goes by the disk use of the whole
+    /// filesystem, and on a nearly full build machine it would remove the test image whenever
+    /// no container happens to use it (between a kill and a restart, say).
+    fn default_gc_flags(&self) -> &'static [&'static str] {
+        if self.flags.iter().any(|f| f == "--image-gc-high-threshold") {
+            &[]
+        } else {
+            &["--image-gc-high-threshold", "100"]
+        }
     }
 
     /// The running skiffd's pid (nsenter execs it, so it is the child's).
