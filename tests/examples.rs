@@ -117,3 +117,29 @@ fn downward_api_volume_resources() {
     );
     remove_all_and_check_leftovers(&node);
 }
+
+/// The termination message a container writes to `/dev/termination-log` is reported in its
+/// terminated state (it is restarted, so in `lastState` after that).
+#[test]
+fn termination_message_from_the_file() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    run_example(&node, "termination.yaml");
+    let t = node.wait_for(
+        "termination-demo to terminate",
+        Duration::from_secs(40),
+        || {
+            let p = node.pod("termination-demo")?;
+            let st = &p["status"]["containerStatuses"][0];
+            [&st["state"]["terminated"], &st["lastState"]["terminated"]]
+                .into_iter()
+                .find(|t| t.is_object())
+                .cloned()
+        },
+    );
+    assert_eq!(t["message"], "Sleep expired\n", "{t}");
+    assert_eq!(t["exitCode"], 0, "{t}");
+    remove_all_and_check_leftovers(&node);
+}

@@ -214,10 +214,22 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
         let e = e.strip_prefix(&format!("container {}: ", c.name)).unwrap_or(&e).to_string();
         format!("{field}.{e}")
     })?;
-    c.termination_message_path
+    let path = c
+        .termination_message_path
         .get_or_insert_with(|| "/dev/termination-log".into());
-    c.termination_message_policy
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{field}.terminationMessagePath: Invalid value: {path:?}: must be an absolute path"
+        ));
+    }
+    let policy = c
+        .termination_message_policy
         .get_or_insert_with(|| "File".into());
+    if !["File", "FallbackToLogsOnError"].contains(&policy.as_str()) {
+        return Err(format!(
+            "{field}.terminationMessagePolicy: Unsupported value: {policy:?}: supported values: \"File\", \"FallbackToLogsOnError\""
+        ));
+    }
     for (j, p) in c.ports.iter_mut().flatten().enumerate() {
         if !(1..=65535).contains(&p.container_port) {
             return Err(format!(

@@ -23,6 +23,7 @@ pub mod security;
 pub mod shim;
 pub mod spec;
 pub mod supervise;
+pub mod termination;
 pub mod volumes;
 
 use std::fs;
@@ -201,6 +202,11 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn list_containers(&self, uid: &str) -> Vec<Found>;
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
     fn release_container_fs(&self, uid: &str, id: &str);
+    /// The `state.terminated.message` of a finished container instance, before its
+    /// filesystem is released (see [`termination`]).
+    fn termination_message(&self, _uid: &str, _id: &str, _c: &Container, _exit_code: i32) -> Option<String> {
+        None
+    }
     fn remove_container(&self, uid: &str, id: &str);
     /// Frees network attachments of every pod not in `live_uids`.
     fn gc_network(&self, live_uids: &[String]);
@@ -309,6 +315,9 @@ impl PodRuntime for Runtime {
     }
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord> {
         Runtime::exit_record(self, uid, id)
+    }
+    fn termination_message(&self, uid: &str, id: &str, c: &Container, exit_code: i32) -> Option<String> {
+        Runtime::termination_message(self, uid, id, c, exit_code)
     }
     fn release_container_fs(&self, uid: &str, id: &str) {
         Runtime::release_container_fs(self, uid, id)
@@ -693,6 +702,16 @@ impl Runtime {
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
+    /// The termination message of a finished container instance (see [`termination`]).
+    pub fn termination_message(&self, uid: &str, id: &str, c: &Container, exit_code: i32) -> Option<String> {
+        let dir = self.container_dir(uid, id);
+        let log = fs::read(dir.join("meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ContainerMeta>(&b).ok())
+            .map(|m| m.log_path);
+        termination::message(c, &dir, log.as_deref(), exit_code)
+    }
+
     /// Frees a finished container's filesystem but keeps its records
     /// (`meta.json`, `exit.json`) so its last state survives a daemon restart.
     pub fn release_container_fs(&self, uid: &str, id: &str) {
@@ -973,9 +992,20 @@ impl Runtime {
             }
         };
         let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
-        let binds = self
+        let mut binds = self
             .binds(req, &process.env)
             .map_err(config_err)?;
+        let message_path = termination::path_of(req.container);
+        if !binds.iter().any(|b| b.destination == message_path) {
+            let source = termination::create(dir)
+                .map_err(|e| cfg_err(format!("creating the termination message file: {e}")))?;
+            binds.push(spec::Bind {
+                source,
+                destination: message_path.to_string(),
+                read_only: false,
+                propagation: "rprivate",
+            });
+        }
         let spec = spec::render(&spec::ContainerSpec {
             rootfs: rootfs.clone(),
             args: process.args,
