@@ -122,3 +122,158 @@ fn termination_messages_from_a_custom_path_and_from_the_log() {
     assert!(d.contains("Message:") && d.contains("bye"), "{d}");
     remove_all_and_check_leftovers(&node);
 }
+
+/// `--node-labels` reach the Node object next to the well-known labels; pods whose
+/// nodeSelector or required node affinity match run, the others are `Failed` with the
+/// kubelet's reason and message; so are pods asking for an extended resource the node lacks.
+#[test]
+fn node_selection_and_extended_resources_at_admission() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    node.extra_flags(&["--node-labels", "disktype=ssd,example.com/rack=r7"]);
+    node.start_daemon();
+    node.import_image();
+    let n = node.skiff_ok(&["get", "node", "test-node", "-o", "json"]);
+    let n: Value = serde_json::from_str(&n).unwrap();
+    let labels = &n["metadata"]["labels"];
+    assert_eq!(labels["disktype"], "ssd", "{labels}");
+    assert_eq!(labels["example.com/rack"], "r7");
+    assert_eq!(labels["kubernetes.io/hostname"], "test-node");
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    assert!(labels["kubernetes.io/arch"].is_string());
+
+    let sleeper = || vec![container_yaml("main", "exec sleep 100000", "")];
+    let affinity = |expr: &str| {
+        format!(
+            "affinity:\n  nodeAffinity:\n    requiredDuringSchedulingIgnoredDuringExecution:\n      nodeSelectorTerms:\n      - matchExpressions: [{expr}]\n"
+        )
+    };
+    node.write_manifest(
+        "fits.yaml",
+        &pod("fits", "nodeSelector: {disktype: ssd}", &sleeper()),
+    );
+    node.write_manifest(
+        "aff.yaml",
+        &pod(
+            "aff",
+            &affinity("{key: example.com/rack, operator: In, values: [r1, r7]}, {key: gpu, operator: DoesNotExist}"),
+            &sleeper(),
+        ),
+    );
+    node.write_manifest(
+        "nofit.yaml",
+        &pod("nofit", "nodeSelector: {disktype: hdd}", &sleeper()),
+    );
+    node.write_manifest(
+        "noaff.yaml",
+        &pod(
+            "noaff",
+            &affinity("{key: kubernetes.io/hostname, operator: NotIn, values: [test-node]}"),
+            &sleeper(),
+        ),
+    );
+    node.write_manifest(
+        "dongle.yaml",
+        &pod(
+            "dongle",
+            "",
+            &[container_yaml(
+                "main",
+                "exec sleep 100000",
+                "resources: {limits: {example.com/dongle: 3}}",
+            )],
+        ),
+    );
+    node.wait_running("fits");
+    node.wait_running("aff");
+    for name in ["nofit", "noaff"] {
+        let p = wait_phase(&node, name, "Failed");
+        assert_eq!(p["status"]["reason"], "NodeAffinity", "{p}");
+        assert_eq!(
+            p["status"]["message"],
+            "Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
+        );
+    }
+    let p = wait_phase(&node, "dongle", "Failed");
+    assert_eq!(p["status"]["reason"], "OutOfexample.com/dongle", "{p}");
+    assert_eq!(
+        p["status"]["message"],
+        "Pod was rejected: Node didn't have enough resource: example.com/dongle, requested: 3, used: 0, capacity: 0"
+    );
+    // The refusal is an event too, and the pods that fit are untouched.
+    let ev = node.skiff_ok(&["get", "events"]);
+    assert!(
+        ev.contains("NodeAffinity") && ev.contains("OutOfexample.com/dongle"),
+        "{ev}"
+    );
+    assert_eq!(node.pod("fits").unwrap()["status"]["phase"], "Running");
+    remove_all_and_check_leftovers(&node);
+}
+
+/// A bad `--node-labels` stops skiffd at start with the kubelet's complaint.
+#[test]
+fn node_labels_in_the_kubernetes_namespace_are_refused() {
+    let out = std::process::Command::new(common::bin("skiffd"))
+        .args([
+            "--node-labels",
+            "node-role.kubernetes.io/master=",
+            "--root-dir",
+            "/nonexistent/skiff-test",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown 'kubernetes.io' or 'k8s.io' labels"),
+        "{err}"
+    );
+}
+
+/// AppArmor asked for (annotation or securityContext, RuntimeDefault too) on a host without
+/// it: refused with the kubelet's reason and message. `Unconfined` runs.
+#[test]
+fn apparmor_without_host_support_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.starts_with('Y'));
+    if enabled {
+        eprintln!("SKIPPED: this host has AppArmor; the refusal is for hosts without it");
+        return;
+    }
+    let node = Node::start();
+    let sleeper = |extra: &str| vec![container_yaml("main", "exec sleep 100000", extra)];
+    node.write_manifest(
+        "annot.yaml",
+        &pod("annot", "", &sleeper("")).replace(
+            "  name: annot\n",
+            "  name: annot\n  annotations:\n    container.apparmor.security.beta.kubernetes.io/main: runtime/default\n",
+        ),
+    );
+    node.write_manifest(
+        "field.yaml",
+        &pod("field", "", &sleeper("securityContext: {appArmorProfile: {type: Localhost, localhostProfile: k8s-deny-write}}")),
+    );
+    node.write_manifest(
+        "free.yaml",
+        &pod(
+            "free",
+            "securityContext: {appArmorProfile: {type: Unconfined}}",
+            &sleeper(""),
+        ),
+    );
+    for name in ["annot", "field"] {
+        let p = wait_phase(&node, name, "Failed");
+        assert_eq!(p["status"]["reason"], "AppArmor", "{p}");
+        assert_eq!(
+            p["status"]["message"],
+            "Pod was rejected: Cannot enforce AppArmor: AppArmor is not enabled on the host"
+        );
+    }
+    node.wait_running("free");
+    remove_all_and_check_leftovers(&node);
+}

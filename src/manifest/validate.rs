@@ -187,6 +187,7 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
     if spec.init_containers.as_ref().is_some_and(Vec::is_empty) {
         spec.init_containers = None;
     }
+    crate::pod::admission::validate_node_affinity(&pod)?;
     Ok(pod)
 }
 
@@ -210,6 +211,7 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
     }
     // Quantities that do not parse, or requests above limits, are refused
     // like the API server does instead of failing at container start.
+    crate::pod::admission::validate_extended(c, field)?;
     crate::runtime::resources::amounts(c).map_err(|e| {
         let e = e.strip_prefix(&format!("container {}: ", c.name)).unwrap_or(&e).to_string();
         format!("{field}.{e}")

@@ -1,6 +1,7 @@
 //! Pod workers: one reconcile loop per pod, kubelet-style, and the manager
 //! that starts, replaces and stops them as the manifests change.
 
+pub mod admission;
 pub mod backoff;
 pub mod env;
 #[cfg(test)]
