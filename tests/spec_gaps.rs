@@ -277,3 +277,64 @@ fn apparmor_without_host_support_is_refused() {
     node.wait_running("free");
     remove_all_and_check_leftovers(&node);
 }
+
+/// A privileged container gets the host's device nodes in its `/dev` (as runc/containerd
+/// give it); an unprivileged one only the default few.
+#[test]
+fn privileged_containers_see_the_host_devices() {
+    if !require_root() {
+        return;
+    }
+    // A character device every host has that is not among a container's defaults.
+    let dev = [
+        "/dev/loop-control",
+        "/dev/kmsg",
+        "/dev/tty0",
+        "/dev/mem",
+        "/dev/cpu_dma_latency",
+    ]
+    .into_iter()
+    .find(|p| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
+    })
+    .expect("a host character device");
+    let node = Node::start();
+    let sleeper = |extra: &str| vec![container_yaml("main", "exec sleep 100000", extra)];
+    node.write_manifest(
+        "priv.yaml",
+        &pod("priv", "", &sleeper("securityContext: {privileged: true}")),
+    );
+    node.write_manifest("plain.yaml", &pod("plain", "", &sleeper("")));
+    node.wait_running("priv");
+    node.wait_running("plain");
+    let check = format!("test -c {dev} && echo yes || echo no");
+    let priv_out = node.skiff_ok(&["exec", "priv", "--", "sh", "-c", &check]);
+    assert_eq!(
+        priv_out, "yes\n",
+        "{dev} missing in the privileged container"
+    );
+    let plain = node.skiff_ok(&["exec", "plain", "--", "sh", "-c", &check]);
+    assert_eq!(plain, "no\n", "{dev} present in an unprivileged container");
+    // The host's major:minor, and still the container's own /dev/pts and /dev/null.
+    let host = std::fs::metadata(dev)
+        .map(|m| std::os::unix::fs::MetadataExt::rdev(&m))
+        .unwrap();
+    let want = format!("{:x}:{:x}\n", libc::major(host), libc::minor(host));
+    assert_eq!(
+        node.skiff_ok(&["exec", "priv", "--", "stat", "-c", "%t:%T", dev]),
+        want
+    );
+    assert_eq!(
+        node.skiff_ok(&[
+            "exec",
+            "priv",
+            "--",
+            "sh",
+            "-c",
+            "echo x > /dev/null && test -d /dev/pts && echo ok"
+        ]),
+        "ok\n"
+    );
+    remove_all_and_check_leftovers(&node);
+}

@@ -11,6 +11,7 @@
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
 pub mod crilog;
+pub mod devices;
 pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
@@ -1028,6 +1029,7 @@ impl Runtime {
             sysctls: sec.sysctls.clone(),
             host_pid: sec.host_pid,
             cgroup,
+            devices: if sec.privileged { devices::host_devices(Path::new("/dev")) } else { Vec::new() },
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)

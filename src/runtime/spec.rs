@@ -78,6 +78,9 @@ pub struct ContainerSpec {
     /// Share the host's PID namespace.
     pub host_pid: bool,
     pub cgroup: super::resources::Cgroup,
+    /// Device nodes to create in the container's `/dev` (OCI `linux.devices`): the host's
+    /// for a privileged container (see [`super::devices`]), else none beyond the defaults.
+    pub devices: Vec<Value>,
 }
 
 /// A bind mount into the container.
@@ -165,6 +168,9 @@ pub fn render(c: &ContainerSpec) -> Value {
     });
     if !c.sysctls.is_empty() {
         linux["sysctl"] = json!(c.sysctls);
+    }
+    if !c.devices.is_empty() {
+        linux["devices"] = Value::Array(c.devices.clone());
     }
     if let Some(profile) = &c.seccomp {
         linux["seccomp"] = profile.clone();
