@@ -338,3 +338,168 @@ fn privileged_containers_see_the_host_devices() {
     );
     remove_all_and_check_leftovers(&node);
 }
+
+/// A gRPC health server (`grpc.health.v1.Health/Check`) listening in a pod's network
+/// namespace: `service` "app" answers with the status in `state` (1 SERVING, 2 NOT_SERVING),
+/// any other service NOT_FOUND. Runs on a thread of its own until the test ends.
+fn grpc_health_server(
+    ns: &std::path::Path,
+    port: u16,
+    state: std::sync::Arc<std::sync::atomic::AtomicI32>,
+) {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::{Bytes, Frame};
+    use prost::Message;
+    use skiff::pod::grpc_health::{HealthCheckRequest, HealthCheckResponse, frame, unframe};
+
+    let listener = common::in_netns(ns, move || {
+        std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind in the pod's netns")
+    });
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let state = state.clone();
+                            async move {
+                                assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                                assert_eq!(req.headers()["content-type"], "application/grpc");
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let asked =
+                                    HealthCheckRequest::decode(unframe(&body).unwrap()).unwrap();
+                                let mut trailers = hyper::HeaderMap::new();
+                                let mut frames = Vec::new();
+                                if asked.service == "app" {
+                                    let status = state.load(std::sync::atomic::Ordering::SeqCst);
+                                    frames.push(Frame::data(Bytes::from(frame(
+                                        &HealthCheckResponse { status },
+                                    ))));
+                                    trailers.insert("grpc-status", "0".parse().unwrap());
+                                } else {
+                                    trailers.insert("grpc-status", "5".parse().unwrap());
+                                    trailers
+                                        .insert("grpc-message", "unknown service".parse().unwrap());
+                                }
+                                frames.push(Frame::trailers(trailers));
+                                let body = StreamBody::new(tokio_stream::iter(
+                                    frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+                                ));
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/grpc")
+                                        .body(body)
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+    });
+}
+
+/// `grpc` probes speak the gRPC health checking protocol to the pod: ready while the
+/// server says SERVING for the probe's service, not ready on NOT_SERVING, and a liveness
+/// probe for a service the server does not know fails and restarts the container.
+#[test]
+fn grpc_probes_use_the_health_checking_protocol() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    node.write_manifest(
+        "grpc.yaml",
+        &pod(
+            "grpc",
+            "",
+            &[container_yaml(
+                "main",
+                "exec sleep 100000",
+                "readinessProbe: {grpc: {port: 9555, service: app}, periodSeconds: 1, failureThreshold: 1}",
+            )],
+        ),
+    );
+    let p = node.wait_for(
+        "grpc pod running (not ready)",
+        Duration::from_secs(30),
+        || {
+            let p = node.pod("grpc")?;
+            (container(&p, "main")["state"]["running"].is_object()).then_some(p)
+        },
+    );
+    assert_eq!(
+        container(&p, "main")["ready"],
+        false,
+        "ready without a server: {p}"
+    );
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let state = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(1));
+    grpc_health_server(&node.run.join("netns").join(&uid), 9555, state.clone());
+    node.wait_running("grpc");
+    state.store(2, std::sync::atomic::Ordering::SeqCst);
+    node.wait_for(
+        "grpc pod not ready on NOT_SERVING",
+        Duration::from_secs(20),
+        || {
+            let p = node.pod("grpc")?;
+            (container(&p, "main")["ready"] == false).then_some(())
+        },
+    );
+    let ev = node.skiff_ok(&["get", "events"]);
+    assert!(
+        ev.contains("service unhealthy (responded with \"NOT_SERVING\")"),
+        "{ev}"
+    );
+    state.store(1, std::sync::atomic::Ordering::SeqCst);
+    node.wait_running("grpc");
+    // The same server, asked about a service it does not know, by a liveness probe.
+    node.write_manifest(
+        "grpc.yaml",
+        &pod(
+            "grpc2",
+            "",
+            &[container_yaml(
+                "main",
+                "exec sleep 100000",
+                "livenessProbe: {grpc: {port: 9555, service: nope}, periodSeconds: 1, failureThreshold: 1}",
+            )],
+        ),
+    );
+    let p = node.wait_for("grpc2 running", Duration::from_secs(30), || {
+        let p = node.pod("grpc2")?;
+        (container(&p, "main")["state"]["running"].is_object()).then_some(p)
+    });
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    grpc_health_server(&node.run.join("netns").join(&uid), 9555, state.clone());
+    node.wait_for(
+        "grpc2 restarted by its liveness probe",
+        Duration::from_secs(40),
+        || {
+            let p = node.pod("grpc2")?;
+            (container(&p, "main")["restartCount"].as_i64() >= Some(1)).then_some(())
+        },
+    );
+    let ev = node.skiff_ok(&["get", "events"]);
+    assert!(
+        ev.contains("Liveness probe failed") && ev.contains("code = 5"),
+        "{ev}"
+    );
+    remove_all_and_check_leftovers(&node);
+}

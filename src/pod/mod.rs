@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod env;
+pub mod grpc_health;
 #[cfg(test)]
 pub mod fake;
 pub mod manager;
