@@ -503,3 +503,51 @@ fn grpc_probes_use_the_health_checking_protocol() {
     );
     remove_all_and_check_leftovers(&node);
 }
+
+/// Pod-level `spec.resources` land on the pod's cgroup (v1 or v2, whichever the host uses),
+/// the parent of its containers' cgroups, and decide the QoS class.
+#[test]
+fn pod_level_resources_limit_the_pod_cgroup() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    node.write_manifest(
+        "plr.yaml",
+        &pod(
+            "plr",
+            "resources: {requests: {cpu: 250m, memory: 32Mi}, limits: {cpu: 500m, memory: 32Mi}}",
+            &[
+                container_yaml("main", "exec sleep 100000", ""),
+                container_yaml("side", "exec sleep 100000", ""),
+            ],
+        ),
+    );
+    let p = node.wait_running("plr");
+    assert_eq!(p["status"]["qosClass"], "Burstable", "{}", p["status"]);
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let read = |rel: String| {
+        std::fs::read_to_string(base.join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    if base.join("cgroup.controllers").exists() {
+        assert_eq!(
+            read(format!("skiff/pod{uid}/memory.max")).trim(),
+            (32 << 20).to_string()
+        );
+        assert_eq!(
+            read(format!("skiff/pod{uid}/cpu.max")).trim(),
+            "50000 100000"
+        );
+    } else {
+        assert_eq!(
+            read(format!("memory/skiff/pod{uid}/memory.limit_in_bytes")).trim(),
+            (32 << 20).to_string()
+        );
+        assert_eq!(
+            read(format!("cpu/skiff/pod{uid}/cpu.cfs_quota_us")).trim(),
+            "50000"
+        );
+    }
+    remove_all_and_check_leftovers(&node);
+}

@@ -188,6 +188,7 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
         spec.init_containers = None;
     }
     crate::pod::admission::validate_node_affinity(&pod)?;
+    crate::runtime::pod_cgroup::validate(&pod)?;
     Ok(pod)
 }
 

@@ -15,6 +15,7 @@ pub mod devices;
 pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
+pub mod pod_cgroup;
 pub mod pidfd;
 pub mod process;
 pub mod propagation;
@@ -979,6 +980,8 @@ impl Runtime {
         };
         let sec = security::compute(req.pod, req.container, image_user, gid_of).map_err(config_err)?;
         let cgroup = resources::cgroup(req.container, self.pids_limit).map_err(config_err)?;
+        pod_cgroup::apply(Path::new("/sys/fs/cgroup"), req.pod.metadata.uid.as_deref().unwrap_or_default(), req.pod)
+            .map_err(config_err)?;
         let seccomp = match &sec.seccomp {
             security::Seccomp::Unconfined => None,
             security::Seccomp::RuntimeDefault => Some(security::runtime_default_profile()),
