@@ -10,6 +10,7 @@
 //! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
+pub mod apparmor;
 pub mod crilog;
 pub mod devices;
 pub mod etc_files;
@@ -1033,6 +1034,7 @@ impl Runtime {
             host_pid: sec.host_pid,
             cgroup,
             devices: if sec.privileged { devices::host_devices(Path::new("/dev")) } else { Vec::new() },
+            apparmor_profile: apparmor::for_container(req.pod, req.container).map_err(config_err)?,
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)

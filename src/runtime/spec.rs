@@ -81,6 +81,8 @@ pub struct ContainerSpec {
     /// Device nodes to create in the container's `/dev` (OCI `linux.devices`): the host's
     /// for a privileged container (see [`super::devices`]), else none beyond the defaults.
     pub devices: Vec<Value>,
+    /// OCI `process.apparmorProfile` (hosts with AppArmor only, see [`super::apparmor`]).
+    pub apparmor_profile: Option<String>,
 }
 
 /// A bind mount into the container.
@@ -181,7 +183,7 @@ pub fn render(c: &ContainerSpec) -> Value {
     if c.binds.iter().any(|b| b.propagation == "rshared") {
         linux["rootfsPropagation"] = json!("shared");
     }
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -196,7 +198,11 @@ pub fn render(c: &ContainerSpec) -> Value {
         "root": {"path": c.rootfs, "readonly": c.read_only_rootfs},
         "mounts": mounts,
         "linux": linux
-    })
+    });
+    if let Some(p) = &c.apparmor_profile {
+        spec["process"]["apparmorProfile"] = json!(p);
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -232,6 +238,15 @@ mod tests {
         assert_eq!(v["linux"]["cgroupsPath"], "/skiff/podu/c");
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/skiff/netns/x"));
+    }
+
+    #[test]
+    fn apparmor_profile_goes_into_the_process() {
+        let mut c = sample();
+        assert!(render(&c)["process"].get("apparmorProfile").is_none());
+        c.apparmor_profile = Some("k8s-deny-write".into());
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(render(&c)).unwrap();
+        assert_eq!(spec.process().as_ref().unwrap().apparmor_profile().as_deref(), Some("k8s-deny-write"));
     }
 
     #[test]
