@@ -143,3 +143,28 @@ fn termination_message_from_the_file() {
     assert_eq!(t["exitCode"], 0, "{t}");
     remove_all_and_check_leftovers(&node);
 }
+
+/// A pod asking for an extended resource the node does not advertise is refused at
+/// admission, as a kubelet without the device plugin does.
+#[test]
+fn extended_resource_the_node_lacks() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    run_example(&node, "extended-resource-pod.yaml");
+    let p = node.wait_for(
+        "extended-resource-demo Failed",
+        Duration::from_secs(30),
+        || {
+            let p = node.pod("extended-resource-demo")?;
+            (p["status"]["phase"] == "Failed").then_some(p)
+        },
+    );
+    assert_eq!(
+        p["status"]["reason"], "OutOfexample.com/dongle",
+        "{}",
+        p["status"]
+    );
+    remove_all_and_check_leftovers(&node);
+}

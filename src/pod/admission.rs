@@ -41,14 +41,13 @@ pub fn node_affinity(
             n.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    if let Some(sel) = required {
-        if !sel
+    if let Some(sel) = required
+        && !sel
             .node_selector_terms
             .iter()
             .any(|t| term_matches(t, node_name, labels))
-        {
-            return Err(refuse());
-        }
+    {
+        return Err(refuse());
     }
     Ok(())
 }
@@ -205,7 +204,8 @@ pub fn is_extended(name: &str) -> bool {
     let Some((domain, _)) = name.split_once('/') else {
         return false;
     };
-    !(domain == "kubernetes.io" || domain.ends_with(".kubernetes.io"))
+    domain != "kubernetes.io"
+        && !domain.ends_with(".kubernetes.io")
         && !name.starts_with("requests.")
 }
 

@@ -10,6 +10,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::resources::{Cgroup, amounts};
 
+/// ((cpu, memory) requests, (cpu, memory) limits), as [`amounts`] gives them.
+pub type Amounts = ((Option<i64>, Option<i64>), (Option<i64>, Option<i64>));
+
 /// The pod-level resources as a container's, to reuse the container arithmetic.
 fn as_container(pod: &Pod) -> Option<Container> {
     let r = pod.spec.as_ref()?.resources.clone()?;
@@ -21,7 +24,7 @@ fn as_container(pod: &Pod) -> Option<Container> {
 }
 
 /// ((cpu, memory) requests, (cpu, memory) limits) of the pod level, when it has any.
-pub fn pod_amounts(pod: &Pod) -> Option<((Option<i64>, Option<i64>), (Option<i64>, Option<i64>))> {
+pub fn pod_amounts(pod: &Pod) -> Option<Amounts> {
     let c = as_container(pod)?;
     let a = amounts(&c).ok()?;
     (a.0.0.is_some() || a.0.1.is_some() || a.1.0.is_some() || a.1.1.is_some()).then_some(a)
@@ -51,29 +54,26 @@ pub fn validate(pod: &Pod) -> Result<(), String> {
         .iter()
         .filter_map(|c| amounts(c).ok())
         .collect();
-    let sum = |f: fn(&((Option<i64>, Option<i64>), (Option<i64>, Option<i64>))) -> Option<i64>| {
-        containers.iter().filter_map(f).sum::<i64>()
-    };
+    let sum = |f: fn(&Amounts) -> Option<i64>| containers.iter().filter_map(f).sum::<i64>();
     for (name, want, agg) in [
         ("cpu", req_cpu, sum(|a| a.0.0)),
         ("memory", req_mem, sum(|a| a.0.1)),
     ] {
-        if let Some(v) = want {
-            if v < agg {
-                return Err(format!(
-                    "spec.resources.requests[{name}]: Invalid value: {}: must be greater than or equal to aggregate container requests of {}",
-                    show(name, v),
-                    show(name, agg)
-                ));
-            }
+        if let Some(v) = want
+            && v < agg
+        {
+            return Err(format!(
+                "spec.resources.requests[{name}]: Invalid value: {}: must be greater than or equal to aggregate container requests of {}",
+                show(name, v),
+                show(name, agg)
+            ));
         }
     }
     for (name, limit, pick) in [
         (
             "cpu",
             lim_cpu,
-            (|a: &((Option<i64>, Option<i64>), (Option<i64>, Option<i64>))| a.1.0)
-                as fn(&_) -> Option<i64>,
+            (|a: &Amounts| a.1.0) as fn(&_) -> Option<i64>,
         ),
         ("memory", lim_mem, |a| a.1.1),
     ] {
