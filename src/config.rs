@@ -113,6 +113,9 @@ pub struct Flags {
     /// The address other nodes send VXLAN packets to [default: the underlay interface's].
     #[arg(long)]
     pub public_ip: Option<std::net::Ipv4Addr>,
+    /// Labels to add to this node, `key=value` pairs separated by commas (the kubelet's flag); pods select nodes by them (nodeSelector, node affinity).
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Option<Vec<String>>,
     /// Turn off tx checksum offload on the VXLAN device (workaround for the kernel/NIC checksum bug that drops VXLAN traffic).
     #[arg(long)]
     pub vxlan_tx_checksum_off: bool,
@@ -130,6 +133,8 @@ pub struct FileConfig {
     pub run_dir: Option<PathBuf>,
     /// This node's name.
     pub node_name: Option<String>,
+    /// Labels to add to this node.
+    pub node_labels: Option<std::collections::BTreeMap<String, String>>,
     /// Full re-list period of the manifest directory, in seconds.
     pub file_check_frequency: Option<u64>,
     /// Path of the skiff-shim binary.
@@ -197,6 +202,8 @@ pub struct Config {
     pub root_dir: PathBuf,
     pub run_dir: PathBuf,
     pub node_name: String,
+    /// `--node-labels` (checked: the well-known labels are added by the store).
+    pub node_labels: std::collections::BTreeMap<String, String>,
     pub file_check_frequency: Duration,
     pub shim_path: PathBuf,
     pub log_level: String,
@@ -283,8 +290,8 @@ pub enum ConfigError {
 
 impl Config {
     /// Merges flags over the config file over built-in defaults.
-    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
-        let file = match &flags.config {
+    pub fn load(mut flags: Flags) -> Result<Config, ConfigError> {
+        let mut file = match &flags.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
@@ -297,6 +304,24 @@ impl Config {
             .node_name
             .or(file.node_name)
             .unwrap_or_else(default_node_name);
+        let node_labels = match flags.node_labels.take() {
+            Some(pairs) => {
+                let mut labels = std::collections::BTreeMap::new();
+                for pair in pairs.iter().filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                        flag: "--node-labels",
+                        message: format!("{pair:?} is not key=value"),
+                    })?;
+                    labels.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                labels
+            }
+            None => file.node_labels.take().unwrap_or_default(),
+        };
+        crate::node::check_node_labels(&node_labels).map_err(|message| ConfigError::Invalid {
+            flag: "--node-labels",
+            message,
+        })?;
         let image_gc_high_threshold = flags
             .image_gc_high_threshold
             .or(file.image_gc_high_threshold)
@@ -431,6 +456,7 @@ impl Config {
                 .or(file.run_dir)
                 .unwrap_or_else(|| "/run/skiff".into()),
             node_name,
+            node_labels,
             file_check_frequency: Duration::from_secs(
                 flags
                     .file_check_frequency

@@ -51,6 +51,7 @@ pub enum DaemonError {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let _lock = lock_root(&config.root_dir)?;
     let store = Arc::new(Store::new(config.node_name.clone()));
+    store.set_node_labels(config.node_labels.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;

@@ -59,6 +59,8 @@ struct Inner {
     remote: Remote,
     /// (pod CIDR, InternalIP) of this node.
     node_network: (Option<String>, Option<String>),
+    /// `--node-labels`.
+    node_labels: BTreeMap<String, String>,
 }
 
 /// The cluster as the other nodes published it in etcd.
@@ -320,6 +322,19 @@ impl Store {
     /// This node's pod subnet and underlay address, for its Node object.
     pub fn set_node_network(&self, pod_cidr: Option<String>, internal_ip: Option<String>) {
         self.write().node_network = (pod_cidr, internal_ip);
+    }
+
+    /// Sets the labels given with `--node-labels`.
+    pub fn set_node_labels(&self, labels: BTreeMap<String, String>) {
+        self.write().node_labels = labels;
+    }
+
+    /// The Node object's labels: the well-known ones and `--node-labels`, which win as with
+    /// the kubelet.
+    pub fn node_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = crate::node::well_known_labels(&self.node_name);
+        labels.extend(self.read().node_labels.clone());
+        labels
     }
 
     /// (pod CIDR, InternalIP) as set by [`Store::set_node_network`].

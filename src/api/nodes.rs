@@ -158,11 +158,7 @@ pub fn node(s: &Shared) -> Value {
         "metadata": {
             "name": name,
             "creationTimestamp": started,
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": arch,
-            }
+            "labels": s.store.node_labels(),
         },
         "spec": spec,
         "status": {

@@ -71,7 +71,9 @@ pub fn is_manifest_file(name: &str) -> bool {
     if [".swp", ".bak", ".tmp"].iter().any(|s| lower.ends_with(s)) {
         return false;
     }
-    [".yaml", ".yml", ".json"].iter().any(|s| lower.ends_with(s))
+    [".yaml", ".yml", ".json"]
+        .iter()
+        .any(|s| lower.ends_with(s))
 }
 
 /// Parses every document of a file. Returns the good objects and the errors of the bad ones;
@@ -87,13 +89,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<(Vec<Object>, Vec<ManifestE
             values.push(v.map_err(|e| format!("invalid JSON: {e}"))?);
         }
     } else {
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let mut v = Value::deserialize(doc).map_err(|e| format!("invalid YAML: {e}"))?;
-            super::validate::yaml11_octal_modes(&mut v);
-            if !v.is_null() {
-                values.push(v);
-            }
-        }
+        values = parse_yaml(text)?;
     }
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -103,8 +99,55 @@ pub fn parse_file(path: &Path, text: &str) -> Result<(Vec<Object>, Vec<ManifestE
     Ok((objects, errors))
 }
 
+/// Parses a YAML stream as kubectl's parser (go-yaml v2 behind sigs.k8s.io/yaml) does.
+///
+/// libyaml, which serde_yaml_ng is a port of, refuses `\'` in a double-quoted scalar as an
+/// unknown escape, while go-yaml takes it as `'` (the documentation's manifests use it in shell
+/// one-liners). Rather than guess where double-quoted scalars are, the parser itself says so:
+/// when it stops at an unknown escape that is `\'`, that backslash is dropped (`'` needs no
+/// escape between double quotes) and the stream parsed again. Every other escape libyaml
+/// refuses go-yaml refuses too, so those errors stand.
+fn parse_yaml(text: &str) -> Result<Vec<Value>, String> {
+    let mut text = std::borrow::Cow::Borrowed(text);
+    // Each retry removes one `\'`, so this ends; the bound is only a belt.
+    for _ in 0..=text.matches("\\'").count() {
+        match parse_yaml_once(&text) {
+            Ok(values) => return Ok(values),
+            Err(e) => {
+                let at = e
+                    .location()
+                    .filter(|_| e.to_string().contains("found unknown escape character"))
+                    // libyaml counts characters, not bytes.
+                    .and_then(|l| text.char_indices().nth(l.index()).map(|(i, _)| i))
+                    .filter(|&i| text[i..].starts_with("\\'"));
+                match at {
+                    Some(i) => text.to_mut().remove(i),
+                    None => return Err(format!("invalid YAML: {e}")),
+                };
+            }
+        }
+    }
+    Err("invalid YAML: too many escapes".into())
+}
+
+fn parse_yaml_once(text: &str) -> Result<Vec<Value>, serde_yaml_ng::Error> {
+    let mut values = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let mut v = Value::deserialize(doc)?;
+        super::validate::yaml11_octal_modes(&mut v);
+        if !v.is_null() {
+            values.push(v);
+        }
+    }
+    Ok(values)
+}
+
 fn expand(v: Value, index: usize, objects: &mut Vec<Object>, errors: &mut Vec<ManifestError>) {
-    let kind = v.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if kind.ends_with("List") && v.get("items").is_some_and(Value::is_array) {
         if let Some(Value::Array(items)) = v.get("items").cloned() {
             for item in items {
@@ -138,19 +181,44 @@ fn object_ref(v: &Value, kind: &str) -> Option<ObjectRef> {
     })
 }
 
+/// Fields that older manifests still carry but the API no longer has: (kind, field, hint).
+/// The apiserver drops them with a warning under non-strict validation; skiff keeps manifest
+/// files strict (a silently dropped field is a surprise later) but names the replacement.
+const RENAMED: &[(&str, &str, &str)] = &[
+    (
+        "Service",
+        "spec.ipFamily",
+        "removed in Kubernetes 1.20: use spec.ipFamilies, e.g. [IPv4], with spec.ipFamilyPolicy",
+    ),
+    (
+        "Service",
+        "spec.topologyKeys",
+        "removed in Kubernetes 1.22: use spec.trafficDistribution or internalTrafficPolicy",
+    ),
+];
+
 /// Deserializes like kubectl's strict field validation: an unknown field is an error.
 fn strict<T: serde::de::DeserializeOwned>(
     v: Value,
     fail: &impl Fn(String) -> ManifestError,
 ) -> Result<T, ManifestError> {
-    let kind = v.get("kind").and_then(Value::as_str).unwrap_or("object").to_string();
+    let kind = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("object")
+        .to_string();
     let mut unknown = BTreeSet::new();
     let obj: T = serde_ignored::deserialize(v, |path| {
         unknown.insert(field_path(&path.to_string()));
     })
     .map_err(|e| fail(format!("invalid {kind}: {e}")))?;
     if let Some(field) = unknown.into_iter().next() {
-        return Err(fail(format!("unknown field \"{field}\"")));
+        let hint = RENAMED
+            .iter()
+            .find(|(k, f, _)| *k == kind && *f == field)
+            .map(|(_, _, h)| format!(" ({h})"))
+            .unwrap_or_default();
+        return Err(fail(format!("unknown field \"{field}\"{hint}")));
     }
     Ok(obj)
 }
@@ -232,7 +300,9 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
         k if NOT_YET.contains(&k) => Err(fail(format!(
             "kind {k} is not supported by this version of skiff yet"
         ))),
-        k => Err(fail(format!("unknown kind {k:?} (apiVersion {api_version:?})"))),
+        k => Err(fail(format!(
+            "unknown kind {k:?} (apiVersion {api_version:?})"
+        ))),
     }
 }
 
@@ -251,7 +321,15 @@ mod tests {
         for good in ["a.yaml", "b.yml", "c.json", "D.YAML"] {
             assert!(is_manifest_file(good), "{good}");
         }
-        for bad in [".a.yaml", "a.yaml~", "a.yaml.swp", "a.bak", "a.tmp", "a.txt", ".#x.yaml"] {
+        for bad in [
+            ".a.yaml",
+            "a.yaml~",
+            "a.yaml.swp",
+            "a.bak",
+            "a.tmp",
+            "a.txt",
+            ".#x.yaml",
+        ] {
             assert!(!is_manifest_file(bad), "{bad}");
         }
     }
@@ -279,16 +357,68 @@ mod tests {
     }
 
     #[test]
+    fn double_quoted_escapes_are_those_kubectl_takes() {
+        let pod = |arg: &str| {
+            POD.replace(
+                "image: busybox",
+                &format!("image: busybox\n    args: [{arg}]"),
+            )
+        };
+        let args = |text: &str| {
+            let (objs, errs) = parse("x.yaml", text);
+            assert!(errs.is_empty(), "{errs:?}");
+            match &objs[0] {
+                Object::Pod(p) => p.spec.as_ref().unwrap().containers[0].args.clone().unwrap(),
+                _ => unreachable!(),
+            }
+        };
+        // go-yaml takes \' as ', twice on a line and in a second document too.
+        let text = pod(r#""echo \'a\' \'b\'", 'it''s', "t\tn\"q\\""#);
+        assert_eq!(args(&text), ["echo 'a' 'b'", "it's", "t\tn\"q\\"]);
+        let two = format!("{}---\n{}", POD, pod(r#""x\'y""#).replace("web", "db"));
+        let (objs, errs) = parse("x.yaml", &two);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(objs.len(), 2);
+        // Outside double quotes a backslash is literal and stays.
+        assert_eq!(args(&pod(r#"'a\''b'"#)), ["a\\'b"]);
+        assert_eq!(args(&pod(r#"a\'b"#)), ["a\\'b"]);
+        // An escape go-yaml refuses as well is still an error, with its position.
+        let err = parse_file(Path::new("x.yaml"), &pod(r#""a\qb""#)).unwrap_err();
+        assert!(err.contains("unknown escape"), "{err}");
+        let err = parse_file(Path::new("x.yaml"), &pod(r#""a\'b\qc""#)).unwrap_err();
+        assert!(err.contains("unknown escape"), "{err}");
+    }
+
+    #[test]
+    fn removed_service_fields_name_their_replacement() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ipFamily: IPv4\n  ports:\n  - port: 80\n";
+        let (objs, errs) = parse("x.yaml", text);
+        assert!(objs.is_empty());
+        assert!(
+            errs[0].message.contains("unknown field \"spec.ipFamily\"")
+                && errs[0].message.contains("use spec.ipFamilies"),
+            "{}",
+            errs[0].message
+        );
+        assert_eq!(errs[0].object.as_ref().unwrap().name, "s");
+    }
+
+    #[test]
     fn unknown_kind_and_unknown_field_name_the_object() {
         let text = "apiVersion: v1\nkind: Gizmo\nmetadata:\n  name: g\n---\n".to_string()
-            + &POD.replace("image: busybox", "image: busybox\n    imagePullPolcy: Never");
+            + &POD.replace(
+                "image: busybox",
+                "image: busybox\n    imagePullPolcy: Never",
+            );
         let (objs, errs) = parse("x.yaml", &text);
         assert!(objs.is_empty());
         assert_eq!(errs.len(), 2);
         assert!(errs[0].message.contains("unknown kind \"Gizmo\""));
         assert_eq!(errs[1].object.as_ref().unwrap().name, "web");
         assert!(
-            errs[1].message.contains("unknown field \"spec.containers[0].imagePullPolcy\""),
+            errs[1]
+                .message
+                .contains("unknown field \"spec.containers[0].imagePullPolcy\""),
             "{}",
             errs[1].message
         );

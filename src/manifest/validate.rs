@@ -187,6 +187,8 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
     if spec.init_containers.as_ref().is_some_and(Vec::is_empty) {
         spec.init_containers = None;
     }
+    crate::pod::admission::validate_node_affinity(&pod)?;
+    crate::runtime::pod_cgroup::validate(&pod)?;
     Ok(pod)
 }
 
@@ -210,14 +212,40 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
     }
     // Quantities that do not parse, or requests above limits, are refused
     // like the API server does instead of failing at container start.
+    // Container-level restartPolicy: only `Always` on init containers (native sidecars),
+    // which skiff cannot run yet; refused rather than left to hang the pod's start.
+    if let Some(p) = &c.restart_policy {
+        if !field.starts_with("spec.initContainers") {
+            return Err(format!("{field}.restartPolicy: Forbidden: may not be set for non-init containers"));
+        }
+        if p != "Always" {
+            return Err(format!("{field}.restartPolicy: Unsupported value: {p:?}: supported values: \"Always\""));
+        }
+        return Err(format!(
+            "{field}.restartPolicy: Unsupported value: \"Always\": sidecar containers (init containers with restartPolicy Always) are not supported by this version of skiff yet"
+        ));
+    }
+    crate::pod::admission::validate_extended(c, field)?;
     crate::runtime::resources::amounts(c).map_err(|e| {
         let e = e.strip_prefix(&format!("container {}: ", c.name)).unwrap_or(&e).to_string();
         format!("{field}.{e}")
     })?;
-    c.termination_message_path
+    let path = c
+        .termination_message_path
         .get_or_insert_with(|| "/dev/termination-log".into());
-    c.termination_message_policy
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{field}.terminationMessagePath: Invalid value: {path:?}: must be an absolute path"
+        ));
+    }
+    let policy = c
+        .termination_message_policy
         .get_or_insert_with(|| "File".into());
+    if !["File", "FallbackToLogsOnError"].contains(&policy.as_str()) {
+        return Err(format!(
+            "{field}.terminationMessagePolicy: Unsupported value: {policy:?}: supported values: \"File\", \"FallbackToLogsOnError\""
+        ));
+    }
     for (j, p) in c.ports.iter_mut().flatten().enumerate() {
         if !(1..=65535).contains(&p.container_port) {
             return Err(format!(
@@ -442,6 +470,17 @@ pub fn default_pull_policy(image: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_restart_policy_is_refused_with_a_reason() {
+        let pod = |yaml: &str| -> Pod { serde_yaml_ng::from_str(yaml).unwrap() };
+        let e = validate_pod(pod("metadata: {name: p}\nspec:\n  initContainers: [{name: s, image: x, restartPolicy: Always}]\n  containers: [{name: a, image: x}]\n")).unwrap_err();
+        assert!(e.contains("spec.initContainers[0].restartPolicy") && e.contains("sidecar containers"), "{e}");
+        let e = validate_pod(pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, restartPolicy: Always}]\n")).unwrap_err();
+        assert!(e.contains("Forbidden: may not be set for non-init containers"), "{e}");
+        let e = validate_pod(pod("metadata: {name: p}\nspec:\n  initContainers: [{name: s, image: x, restartPolicy: Never}]\n  containers: [{name: a, image: x}]\n")).unwrap_err();
+        assert!(e.contains("supported values: \"Always\""), "{e}");
+    }
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml_ng::from_str(yaml).unwrap()

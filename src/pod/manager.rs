@@ -124,7 +124,7 @@ impl Manager {
         for pod in self.ctx.store.list_pods(None) {
             let key = crate::store::key_of(&pod);
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let failed_admission = pod.status.as_ref().and_then(|s| s.reason.as_deref()).is_some_and(|r| r.starts_with("OutOf") || r == "SysctlForbidden");
+            let failed_admission = pod.status.as_ref().and_then(|s| s.reason.as_deref()).is_some_and(|r| r.starts_with("OutOf") || ["SysctlForbidden", "NodeAffinity", "AppArmor"].contains(&r));
             if failed_admission && !self.workers.contains_key(&key) && !snapshot.pods.contains_key(&key) {
                 self.ctx.store.remove_pod(&key, &uid);
             }
@@ -144,7 +144,8 @@ impl Manager {
     }
 
     /// The kubelet's admission: the pod's requests must fit what the node
-    /// has left after the pods already admitted; sysctls must be allowed.
+    /// has left after the pods already admitted; sysctls must be allowed; the node must
+    /// match its node selector and required affinity; AppArmor must be there if asked for.
     fn admit(&self, key: &PodKey, pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), (String, String)> {
         let spec = pod.spec.clone().unwrap_or_default();
         let host_network = spec.host_network.unwrap_or(false);
@@ -156,6 +157,11 @@ impl Manager {
                 ));
             }
         }
+        let rejected = |r: super::admission::Refusal| (r.reason, format!("Pod was rejected: {}", r.message));
+        let labels = self.ctx.store.node_labels();
+        super::admission::node_affinity(pod, self.ctx.store.node_name(), &labels).map_err(rejected)?;
+        super::admission::apparmor(pod, super::admission::host_apparmor_enabled()).map_err(rejected)?;
+        super::admission::extended_resources(pod).map_err(rejected)?;
         let (want_cpu, want_mem) = crate::runtime::resources::pod_requests(pod);
         let (used_cpu, used_mem) = self
             .ctx

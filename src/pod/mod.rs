@@ -1,8 +1,10 @@
 //! Pod workers: one reconcile loop per pod, kubelet-style, and the manager
 //! that starts, replaces and stops them as the manifests change.
 
+pub mod admission;
 pub mod backoff;
 pub mod env;
+pub mod grpc_health;
 #[cfg(test)]
 pub mod fake;
 pub mod manager;

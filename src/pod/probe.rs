@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{Container, GRPCAction, HTTPGetAction, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::mpsc;
 
@@ -56,12 +56,13 @@ pub struct Target {
     pub runtime: Arc<dyn PodRuntime>,
 }
 
-/// A handler: exec, httpGet or tcpSocket.
+/// A handler: exec, httpGet, tcpSocket or (probes only) grpc.
 #[derive(Debug, Clone)]
 pub enum Handler {
     Exec(Vec<String>),
     Http(HTTPGetAction),
     Tcp(TCPSocketAction),
+    Grpc(GRPCAction),
 }
 
 impl Handler {
@@ -71,6 +72,9 @@ impl Handler {
         }
         if let Some(h) = &p.http_get {
             return Some(Handler::Http(h.clone()));
+        }
+        if let Some(g) = &p.grpc {
+            return Some(Handler::Grpc(g.clone()));
         }
         p.tcp_socket.as_ref().map(|t| Handler::Tcp(t.clone()))
     }
@@ -155,10 +159,15 @@ pub async fn run(handler: &Handler, t: &Target, timeout: Duration) -> Result<Str
         Handler::Http(h) => {
             let port = resolve_port(&h.port, &t.container)?;
             let host: IpAddr = match h.host.as_deref().filter(|h| !h.is_empty()) {
-                Some(h) => h.parse().map_err(|_| format!("host {h:?} is not an IP address"))?,
+                Some(h) => h
+                    .parse()
+                    .map_err(|_| format!("host {h:?} is not an IP address"))?,
                 None => t.pod_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             };
-            let tls = h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
+            let tls = h
+                .scheme
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
             let path = h.path.clone().unwrap_or_else(|| "/".into());
             let headers: Vec<(String, String)> = h
                 .http_headers
@@ -179,7 +188,9 @@ pub async fn run(handler: &Handler, t: &Target, timeout: Duration) -> Result<Str
         Handler::Tcp(s) => {
             let port = resolve_port(&s.port, &t.container)?;
             let host: IpAddr = match s.host.as_deref().filter(|h| !h.is_empty()) {
-                Some(h) => h.parse().map_err(|_| format!("host {h:?} is not an IP address"))?,
+                Some(h) => h
+                    .parse()
+                    .map_err(|_| format!("host {h:?} is not an IP address"))?,
                 None => t.pod_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             };
             let addr = SocketAddr::new(host, port);
@@ -190,7 +201,39 @@ pub async fn run(handler: &Handler, t: &Target, timeout: Duration) -> Result<Str
             })
             .await
         }
+        Handler::Grpc(g) => {
+            let port =
+                u16::try_from(g.port).map_err(|_| format!("port {} out of range", g.port))?;
+            let host = t.pod_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            let addr = SocketAddr::new(host, port);
+            // Connected inside the pod's network namespace; the socket stays in it after.
+            let stream = in_netns_value(t.netns.clone(), move || {
+                let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+                    format!("timeout: failed to connect service \"{addr}\" within {timeout:?}: {e}")
+                })?;
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(s)
+            })
+            .await?;
+            let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+            let service = g.service.clone().unwrap_or_default();
+            super::grpc_health::check(stream, &addr.to_string(), &service, timeout).await
+        }
     }
+}
+
+/// Like [`in_netns`], for a closure that returns something else than a detail string.
+async fn in_netns_value<T, F>(netns: Option<PathBuf>, f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, String> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || match netns {
+        Some(path) => netns::run_in(&path, f).map_err(|e| e.to_string())?,
+        None => f(),
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 async fn in_netns<F>(netns: Option<PathBuf>, f: F) -> Result<String, String>
@@ -206,8 +249,14 @@ where
 }
 
 /// A minimal HTTP/1.1 GET: success is a status in 200..400, like the kubelet.
-fn http_get(addr: SocketAddr, path: &str, headers: &[(String, String)], timeout: Duration) -> Result<String, String> {
-    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("Get \"http://{addr}{path}\": {e}"))?;
+fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<String, String> {
+    let s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("Get \"http://{addr}{path}\": {e}"))?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
     exchange(s, "http", addr, path, headers)
@@ -215,7 +264,12 @@ fn http_get(addr: SocketAddr, path: &str, headers: &[(String, String)], timeout:
 
 /// The same over TLS. Like the kubelet's prober, the server's certificate
 /// is not verified: probes check liveness, not identity.
-fn https_get(addr: SocketAddr, path: &str, headers: &[(String, String)], timeout: Duration) -> Result<String, String> {
+fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<String, String> {
     use std::sync::Arc;
     let err = |e: &dyn std::fmt::Display| format!("Get \"https://{addr}{path}\": {e}");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -230,7 +284,13 @@ fn https_get(addr: SocketAddr, path: &str, headers: &[(String, String)], timeout
     let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| err(&e))?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
-    exchange(rustls::StreamOwned::new(conn, s), "https", addr, path, headers)
+    exchange(
+        rustls::StreamOwned::new(conn, s),
+        "https",
+        addr,
+        path,
+        headers,
+    )
 }
 
 /// Accepts any server certificate (see [`https_get`]).
@@ -255,7 +315,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -264,7 +329,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -280,12 +350,15 @@ fn exchange(
     path: &str,
     headers: &[(String, String)],
 ) -> Result<String, String> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| format!("Get \"{scheme}://{addr}{path}\": {e}"))?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("Get \"{scheme}://{addr}{path}\": {e}"))?;
     let _ = s.flush();
     let mut buf = vec![0u8; 1024];
     let mut got = 0;
@@ -321,7 +394,9 @@ pub async fn prober(t: Target, tx: mpsc::UnboundedSender<(String, Report)>) {
     let id = t.container_id.clone();
     let send = |r: Report| tx.send((id.clone(), r)).is_ok();
     if let Some(p) = &c.startup_probe {
-        let Some(h) = Handler::of_probe(p) else { return };
+        let Some(h) = Handler::of_probe(p) else {
+            return;
+        };
         let tm = Timing::of(p, Kind::Startup);
         tokio::time::sleep(tm.initial_delay).await;
         let mut failures = 0;
@@ -345,8 +420,14 @@ pub async fn prober(t: Target, tx: mpsc::UnboundedSender<(String, Report)>) {
     if !send(Report::Started) {
         return;
     }
-    let live = c.liveness_probe.clone().and_then(|p| Some((Handler::of_probe(&p)?, Timing::of(&p, Kind::Liveness))));
-    let ready = c.readiness_probe.clone().and_then(|p| Some((Handler::of_probe(&p)?, Timing::of(&p, Kind::Readiness))));
+    let live = c
+        .liveness_probe
+        .clone()
+        .and_then(|p| Some((Handler::of_probe(&p)?, Timing::of(&p, Kind::Liveness))));
+    let ready = c
+        .readiness_probe
+        .clone()
+        .and_then(|p| Some((Handler::of_probe(&p)?, Timing::of(&p, Kind::Readiness))));
     if ready.is_none() && c.readiness_probe.is_none() {
         // No readiness probe: ready as soon as it runs (and has started).
         if !send(Report::Ready(true)) {
@@ -377,7 +458,10 @@ pub async fn prober(t: Target, tx: mpsc::UnboundedSender<(String, Report)>) {
                 Err(e) => {
                     bad += 1;
                     ok = 0;
-                    if tx2.send((id2.clone(), Report::Unhealthy(Kind::Readiness, e))).is_err() {
+                    if tx2
+                        .send((id2.clone(), Report::Unhealthy(Kind::Readiness, e)))
+                        .is_err()
+                    {
                         return;
                     }
                     if bad >= tm.failure_threshold && state != Some(false) {
@@ -402,7 +486,10 @@ pub async fn prober(t: Target, tx: mpsc::UnboundedSender<(String, Report)>) {
                 Ok(_) => bad = 0,
                 Err(e) => {
                     bad += 1;
-                    if tx.send((id.clone(), Report::Unhealthy(Kind::Liveness, e.clone()))).is_err() {
+                    if tx
+                        .send((id.clone(), Report::Unhealthy(Kind::Liveness, e.clone())))
+                        .is_err()
+                    {
                         return;
                     }
                     if bad >= tm.failure_threshold {
@@ -430,15 +517,20 @@ mod tests {
         assert_eq!(t.failure_threshold, 3);
         assert_eq!(t.success_threshold, 1);
         assert_eq!(t.initial_delay, Duration::ZERO);
-        let p: Probe = serde_yaml_ng::from_str("exec: {command: [true]}\nsuccessThreshold: 3").unwrap();
+        let p: Probe =
+            serde_yaml_ng::from_str("exec: {command: [true]}\nsuccessThreshold: 3").unwrap();
         assert_eq!(Timing::of(&p, Kind::Readiness).success_threshold, 3);
         assert_eq!(Timing::of(&p, Kind::Liveness).success_threshold, 1);
     }
 
     #[test]
     fn named_ports_resolve_from_the_container() {
-        let c: Container = serde_yaml_ng::from_str("name: c\nports: [{name: http, containerPort: 8080}]").unwrap();
-        assert_eq!(resolve_port(&IntOrString::String("http".into()), &c).unwrap(), 8080);
+        let c: Container =
+            serde_yaml_ng::from_str("name: c\nports: [{name: http, containerPort: 8080}]").unwrap();
+        assert_eq!(
+            resolve_port(&IntOrString::String("http".into()), &c).unwrap(),
+            8080
+        );
         assert_eq!(resolve_port(&IntOrString::Int(81), &c).unwrap(), 81);
         assert!(resolve_port(&IntOrString::String("nope".into()), &c).is_err());
     }
@@ -470,14 +562,29 @@ mod tests {
     /// with a self-signed certificate, which the prober must accept.
     #[test]
     fn https_get_accepts_a_self_signed_server() {
-        if std::process::Command::new("openssl").arg("version").output().is_err() {
+        if std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_err()
+        {
             eprintln!("SKIPPED: openssl not installed");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
         let st = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=probe", "-days", "1", "-keyout"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=probe",
+                "-days",
+                "1",
+                "-keyout",
+            ])
             .arg(&key)
             .arg("-out")
             .arg(&cert)
@@ -485,7 +592,11 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut server = std::process::Command::new("openssl")
             .args(["s_server", "-quiet", "-www", "-accept"])
             .arg(port.to_string())

@@ -403,10 +403,10 @@ impl Worker {
                 }
                 let t = match found.exit {
                     Some(e) => Terminated {
+                        message: self.ctx.runtime.termination_message(&self.uid, &found.meta.id, &slot.spec, e.exit_code),
                         exit_code: e.exit_code,
                         signal: e.signal,
                         reason: e.reason,
-                        message: None,
                         started_at,
                         finished_at: e.finished_at.parse().unwrap_or_else(|_| Timestamp::now()),
                         container_id: Some(format!("{ID_SCHEME}{}", found.meta.id)),
@@ -1045,10 +1045,10 @@ impl Worker {
         };
         let t = match record {
             Some(e) => Terminated {
+                message: self.ctx.runtime.termination_message(&self.uid, id, &slot.spec, e.exit_code),
                 exit_code: e.exit_code,
                 signal: e.signal,
                 reason: e.reason,
-                message: None,
                 started_at: Some(run.started_at),
                 finished_at: e.finished_at.parse().unwrap_or_else(|_| Timestamp::now()),
                 container_id: Some(format!("{ID_SCHEME}{id}")),

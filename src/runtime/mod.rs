@@ -11,12 +11,15 @@
 //! - `<run>/netns/<uid>`, `<run>/ns/<uid>/{ipc,uts}`: pinned namespaces
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
+pub mod apparmor;
 pub mod cgkill;
 pub mod cgroupfs;
 pub mod crilog;
+pub mod devices;
 pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
+pub mod pod_cgroup;
 pub mod pidfd;
 pub mod pidns;
 pub mod private;
@@ -30,6 +33,7 @@ pub mod security;
 pub mod shim;
 pub mod spec;
 pub mod supervise;
+pub mod termination;
 pub mod volumes;
 
 use std::fs;
@@ -218,6 +222,11 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn list_containers(&self, uid: &str) -> Vec<Found>;
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord>;
     fn release_container_fs(&self, uid: &str, id: &str);
+    /// The `state.terminated.message` of a finished container instance, before its
+    /// filesystem is released (see [`termination`]).
+    fn termination_message(&self, _uid: &str, _id: &str, _c: &Container, _exit_code: i32) -> Option<String> {
+        None
+    }
     fn remove_container(&self, uid: &str, id: &str);
     /// Frees network attachments of every pod not in `live_uids`.
     fn gc_network(&self, live_uids: &[String]);
@@ -348,6 +357,9 @@ impl PodRuntime for Runtime {
     }
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord> {
         Runtime::exit_record(self, uid, id)
+    }
+    fn termination_message(&self, uid: &str, id: &str, c: &Container, exit_code: i32) -> Option<String> {
+        Runtime::termination_message(self, uid, id, c, exit_code)
     }
     fn release_container_fs(&self, uid: &str, id: &str) {
         Runtime::release_container_fs(self, uid, id)
@@ -793,6 +805,16 @@ impl Runtime {
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
+    /// The termination message of a finished container instance (see [`termination`]).
+    pub fn termination_message(&self, uid: &str, id: &str, c: &Container, exit_code: i32) -> Option<String> {
+        let dir = self.container_dir(uid, id);
+        let log = fs::read(dir.join("meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ContainerMeta>(&b).ok())
+            .map(|m| m.log_path);
+        termination::message(c, &dir, log.as_deref(), exit_code)
+    }
+
     /// Frees a finished container's filesystem but keeps its records
     /// (`meta.json`, `exit.json`) so its last state survives a daemon restart.
     pub fn release_container_fs(&self, uid: &str, id: &str) {
@@ -1086,6 +1108,8 @@ impl Runtime {
         let sec = security::compute(req.pod, req.container, image_user, gid_of, self.seccomp_default)
             .map_err(config_err)?;
         let cgroup = resources::cgroup(req.container, self.pids_limit).map_err(config_err)?;
+        pod_cgroup::apply(Path::new("/sys/fs/cgroup"), req.pod.metadata.uid.as_deref().unwrap_or_default(), req.pod)
+            .map_err(config_err)?;
         let seccomp = match &sec.seccomp {
             security::Seccomp::Unconfined => None,
             security::Seccomp::RuntimeDefault => Some(
@@ -1112,9 +1136,20 @@ impl Runtime {
         } else {
             None
         };
-        let binds = self
+        let mut binds = self
             .binds(req, &process.env)
             .map_err(config_err)?;
+        let message_path = termination::path_of(req.container);
+        if !binds.iter().any(|b| b.destination == message_path) {
+            let source = termination::create(dir)
+                .map_err(|e| cfg_err(format!("creating the termination message file: {e}")))?;
+            binds.push(spec::Bind {
+                source,
+                destination: message_path.to_string(),
+                read_only: false,
+                propagation: "rprivate",
+            });
+        }
         let spec = spec::render(&spec::ContainerSpec {
             rootfs: rootfs.clone(),
             args: process.args,
@@ -1139,6 +1174,8 @@ impl Runtime {
             pid_ns,
             cgroup,
             cgroupfs: cgroupfs::detect(),
+            devices: if sec.privileged { devices::host_devices(Path::new("/dev")) } else { Vec::new() },
+            apparmor_profile: apparmor::for_container(req.pod, req.container).map_err(config_err)?,
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)

@@ -71,6 +71,10 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     let Some(spec) = &pod.spec else {
         return "BestEffort";
     };
+    // With pod-level resources, they alone decide (Guaranteed: both limits, requests equal).
+    if let Some(((rc, rm), (lc, lm))) = super::pod_cgroup::pod_amounts(pod) {
+        return if lc.is_some() && lm.is_some() && rc == lc && rm == lm { "Guaranteed" } else { "Burstable" };
+    }
     let all: Vec<&Container> = spec
         .containers
         .iter()
@@ -115,6 +119,11 @@ pub fn pod_requests(pod: &Pod) -> (i64, i64) {
         let (a, b) = req(c);
         cpu = cpu.max(a);
         mem = mem.max(b);
+    }
+    // Pod-level requests, where set, are what the pod asks for.
+    if let Some(((pc, pm), _)) = super::pod_cgroup::pod_amounts(pod) {
+        cpu = pc.unwrap_or(cpu);
+        mem = pm.unwrap_or(mem);
     }
     (cpu, mem)
 }

@@ -83,6 +83,11 @@ pub struct ContainerSpec {
     /// The host's cgroup layout, for the container's `/sys/fs/cgroup` (read-only and
     /// showing only its own cgroup unless privileged).
     pub cgroupfs: super::cgroupfs::CgroupFs,
+    /// Device nodes to create in the container's `/dev` (OCI `linux.devices`): the host's
+    /// for a privileged container (see [`super::devices`]), else none beyond the defaults.
+    pub devices: Vec<Value>,
+    /// OCI `process.apparmorProfile` (hosts with AppArmor only, see [`super::apparmor`]).
+    pub apparmor_profile: Option<String>,
 }
 
 /// A bind mount into the container.
@@ -178,6 +183,9 @@ pub fn render(c: &ContainerSpec) -> Value {
     if !c.sysctls.is_empty() {
         linux["sysctl"] = json!(c.sysctls);
     }
+    if !c.devices.is_empty() {
+        linux["devices"] = Value::Array(c.devices.clone());
+    }
     if let Some(profile) = &c.seccomp {
         linux["seccomp"] = profile.clone();
     }
@@ -187,7 +195,7 @@ pub fn render(c: &ContainerSpec) -> Value {
     if c.binds.iter().any(|b| b.propagation == "rshared") {
         linux["rootfsPropagation"] = json!("shared");
     }
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -202,7 +210,11 @@ pub fn render(c: &ContainerSpec) -> Value {
         "root": {"path": c.rootfs, "readonly": c.read_only_rootfs},
         "mounts": mounts,
         "linux": linux
-    })
+    });
+    if let Some(p) = &c.apparmor_profile {
+        spec["process"]["apparmorProfile"] = json!(p);
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -238,6 +250,15 @@ mod tests {
         assert_eq!(v["linux"]["cgroupsPath"], "/skiff/podu/c");
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/skiff/netns/x"));
+    }
+
+    #[test]
+    fn apparmor_profile_goes_into_the_process() {
+        let mut c = sample();
+        assert!(render(&c)["process"].get("apparmorProfile").is_none());
+        c.apparmor_profile = Some("k8s-deny-write".into());
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(render(&c)).unwrap();
+        assert_eq!(spec.process().as_ref().unwrap().apparmor_profile().as_deref(), Some("k8s-deny-write"));
     }
 
     #[test]
