@@ -4,8 +4,10 @@
 
 mod exec;
 mod images;
+pub mod listen;
 mod logs;
 pub mod nodes;
+pub mod pki;
 mod pods;
 mod services;
 
@@ -56,6 +58,24 @@ impl ApiError {
             code: StatusCode::BAD_REQUEST,
             reason: "BadRequest",
             message: message.into(),
+        }
+    }
+
+    /// No token, or one nobody has (the apiserver's body for it).
+    pub fn unauthorized() -> Self {
+        ApiError {
+            code: StatusCode::UNAUTHORIZED,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+        }
+    }
+
+    /// A request body above `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            code: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "RequestEntityTooLarge",
+            message: format!("Request entity too large: limit is {limit}"),
         }
     }
 
@@ -118,11 +138,21 @@ pub fn router(state: Shared) -> Router {
             delete(images::remove).get(images::get_one),
         )
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(listen::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(listen::limit_body))
 }
 
-/// Binds the socket with mode 0600 (root only) and serves until `shutdown`.
+/// The TLS listener's address and credentials.
+pub struct TlsListen {
+    pub addr: std::net::SocketAddr,
+    pub pki: pki::Pki,
+}
+
+/// Binds the socket with mode 0600 (root only) and, with `tls`, the TCP address, and serves
+/// both until `shutdown`. Requests over TCP need a bearer token; the socket's do not.
 pub async fn serve(
     path: &Path,
+    tls: Option<TlsListen>,
     state: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -142,7 +172,33 @@ pub async fn serve(
     unsafe { libc::umask(old) };
     let listener = listener?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let tcp = match &tls {
+        Some(t) => Some(listen::bind_tcp(t.addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding the TLS API on {}: {e}", t.addr))
+        })?),
+        None => None,
+    };
+    let app = router(state);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(listen::serve_unix(listener, app.clone(), stop_rx.clone()));
+    if let (Some(tcp), Some(tls)) = (tcp, tls) {
+        tracing::info!(addr = %tls.addr, tokens = tls.pki.tokens.len(), "serving the API over TLS");
+        let tokens = Arc::new(tls.pki.tokens);
+        let app = app.layer(axum::middleware::from_fn_with_state(tokens, listen::authenticate));
+        servers.spawn(listen::serve_tls(tcp, tls.pki.tls, app, stop_rx));
+    }
+    tokio::pin!(shutdown);
+    let failed = tokio::select! {
+        _ = &mut shutdown => None,
+        Some(res) = servers.join_next() => Some(res),
+    };
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    match failed {
+        None => Ok(()),
+        Some(Ok(Ok(()))) => Err(std::io::Error::other("an API listener stopped")),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
+    }
 }
