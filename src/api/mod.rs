@@ -2,6 +2,7 @@
 //! and JSON shapes (`/api/v1/...`), so the `skiff` CLI and, later, the real
 //! `kubectl` can read a node.
 
+pub mod discovery;
 mod exec;
 mod images;
 pub mod listen;
@@ -108,6 +109,13 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/version", get(nodes::version))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/api", get(discovery::api))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis", get(discovery::apis))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_v1))
         .route("/api/v1/pods", get(pods::list_all))
         .route("/api/v1/namespaces/{ns}/pods", get(pods::list_ns))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get_one))
@@ -137,6 +145,7 @@ pub fn router(state: Shared) -> Router {
             "/apis/skiff.dev/v1/images/{reference}",
             delete(images::remove).get(images::get_one),
         )
+        .fallback(|| async { ApiError::not_found("the server could not find the requested resource") })
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(listen::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(listen::limit_body))
