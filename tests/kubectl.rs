@@ -583,3 +583,119 @@ fn discovery_lists_what_is_served() {
     let cols: Vec<&str> = pods_line.split_whitespace().collect();
     assert_eq!(cols, ["pods", "po", "v1", "true", "Pod"], "{pods_line}");
 }
+
+/// The header line of a printed table, columns split on runs of spaces.
+fn header(text: &str) -> Vec<String> {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Server-side Tables: `kubectl get` shows the apiserver's columns for every kind, and
+/// `skiff get` prints the same columns.
+#[test]
+fn kubectl_get_shows_the_apiservers_columns() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(true);
+    let pod = common::pod_yaml("web", "sleep 3600").replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  labels: {app: web}\n",
+        1,
+    );
+    api.node.write_manifest("web.yaml", &pod);
+    api.node.write_manifest(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    api.node.wait_running("web");
+    let Some(_) = api.kubectl(&["version"]) else {
+        return;
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["get", "pods"],
+            &["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        ),
+        (
+            &["get", "pods", "-o", "wide"],
+            &[
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "IP",
+                "NODE",
+                "NOMINATED NODE",
+                "READINESS GATES",
+            ],
+        ),
+        (
+            &["get", "pods", "-A"],
+            &["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        ),
+        (
+            &["get", "svc"],
+            &[
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ],
+        ),
+        (&["get", "ep"], &["NAME", "ENDPOINTS", "AGE"]),
+        (
+            &["get", "nodes"],
+            &["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        ),
+        (
+            &["get", "events"],
+            &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        ),
+        (
+            &["get", "endpointslices"],
+            &["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+        ),
+    ];
+    for (args, want) in cases {
+        let out = api.kubectl(args).unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert_eq!(header(&text), *want, "kubectl {args:?}:\n{text}");
+        // skiff get prints the same columns (endpointslices are kubectl-only).
+        if args[1] != "endpointslices" {
+            let skiff = api.node.skiff_ok(args);
+            assert_eq!(header(&skiff), *want, "skiff {args:?}:\n{skiff}");
+        }
+    }
+    let pods = stdout(&api.kubectl(&["get", "pods", "-o", "wide"]).unwrap());
+    let row: Vec<&str> = pods.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["web", "1/1", "Running"], "{pods}");
+    assert_eq!(row[6], "test-node", "{pods}");
+    let svc = stdout(&api.kubectl(&["get", "svc", "web"]).unwrap());
+    assert!(svc.lines().nth(1).unwrap().contains("80/TCP"), "{svc}");
+    // A raw Table answer carries the column definitions and row objects.
+    let resp = api.https_with(
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        Some(&api.token()),
+        &[(
+            "Accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )],
+    );
+    let t = resp.json();
+    assert_eq!(t["kind"], "Table");
+    assert_eq!(t["columnDefinitions"][5]["name"], "IP");
+    assert_eq!(t["columnDefinitions"][5]["priority"], 1);
+    assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "web");
+}

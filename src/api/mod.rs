@@ -11,6 +11,7 @@ pub mod nodes;
 pub mod pki;
 mod pods;
 mod services;
+pub mod table;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -149,6 +150,7 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(listen::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(listen::limit_body))
+        .layer(axum::middleware::from_fn(table::as_table))
 }
 
 /// The TLS listener's address and credentials.
