@@ -699,3 +699,139 @@ fn kubectl_get_shows_the_apiservers_columns() {
     assert_eq!(t["columnDefinitions"][5]["priority"], 1);
     assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "web");
 }
+
+/// List and watch: `kubectl get pods -w` sees a pod come, become Running and go;
+/// `kubectl wait --for=condition=Ready` returns once it is ready; objects and lists carry a
+/// resourceVersion; an unsupported field selector is a 400 naming the field.
+#[test]
+fn kubectl_watches_and_waits() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(true);
+    let Some(bin) = api.kubectl.clone() else {
+        return;
+    };
+    let watch_out = api.node.dir().join("watch.out");
+    let mut watcher = Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .arg(&bin)
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["get", "pods", "-w", "--output-watch-events"])
+        .env("HOME", api.node.dir())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(std::fs::File::create(api.node.dir().join("watch.err")).unwrap())
+        .spawn()
+        .expect("kubectl get -w");
+    // The watch is open once kubectl has listed (its first request) and is waiting.
+    api.node
+        .wait_for("kubectl's watch to start", Duration::from_secs(20), || {
+            api.node
+                .log_tail(400)
+                .contains("pod watch started")
+                .then_some(())
+        });
+    api.node
+        .write_manifest("w1.yaml", &common::pod_yaml("w1", "sleep 3600"));
+    let out = api
+        .kubectl(&["wait", "--for=condition=Ready", "pod/w1", "--timeout=60s"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("condition met"), "{}", stdout(&out));
+
+    let rv = stdout(
+        &api.kubectl(&[
+            "get",
+            "pod",
+            "w1",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .unwrap(),
+    );
+    assert!(
+        rv.parse::<u64>().is_ok_and(|n| n > 0),
+        "resourceVersion {rv:?}"
+    );
+    let list = api
+        .https("GET", "/api/v1/pods", Some(&api.token()), b"")
+        .json();
+    assert!(
+        list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= rv.parse().unwrap()
+    );
+
+    let running = stdout(
+        &api.kubectl(&[
+            "get",
+            "pods",
+            "--field-selector",
+            "status.phase=Running,metadata.name=w1",
+        ])
+        .unwrap(),
+    );
+    assert!(running.contains("w1"), "{running}");
+    let none = api
+        .kubectl(&["get", "pods", "--field-selector", "status.phase=Failed"])
+        .unwrap();
+    assert!(!stdout(&none).contains("w1"), "{}", stdout(&none));
+    let bad = api
+        .kubectl(&["get", "pods", "--field-selector", "spec.containers=x"])
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("field label not supported: spec.containers"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_status(
+        &api.https(
+            "GET",
+            "/api/v1/pods?fieldSelector=spec.bogus%3Dx",
+            Some(&api.token()),
+            b"",
+        ),
+        400,
+        "BadRequest",
+    );
+
+    api.node.remove_manifest("w1.yaml");
+    api.node.wait_gone("w1");
+    let seen = api.node.wait_for(
+        "the watch to show w1 deleted",
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&watch_out).unwrap_or_default();
+            text.lines()
+                .any(|l| l.starts_with("DELETED") && l.contains("w1"))
+                .then_some(text)
+        },
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let events: Vec<(&str, &str)> = seen
+        .lines()
+        .filter(|l| l.contains(" w1 "))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[0], cols.get(3).copied().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(events.first().map(|e| e.0), Some("ADDED"), "{seen}");
+    assert!(
+        events.iter().any(|e| e == &("MODIFIED", "Running")),
+        "{seen}"
+    );
+    assert_eq!(events.last().map(|e| e.0), Some("DELETED"), "{seen}");
+}

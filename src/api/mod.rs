@@ -4,7 +4,9 @@
 
 pub mod discovery;
 mod exec;
+pub mod fields;
 mod images;
+pub mod list;
 pub mod listen;
 mod logs;
 pub mod nodes;
@@ -12,6 +14,7 @@ pub mod pki;
 mod pods;
 mod services;
 pub mod table;
+mod watch;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -40,6 +43,7 @@ pub struct ApiState {
 pub type Shared = Arc<ApiState>;
 
 /// A Kubernetes `Status` error response.
+#[derive(Debug)]
 pub struct ApiError {
     code: StatusCode,
     reason: &'static str,
@@ -69,6 +73,15 @@ impl ApiError {
             code: StatusCode::UNAUTHORIZED,
             reason: "Unauthorized",
             message: "Unauthorized".into(),
+        }
+    }
+
+    /// A resourceVersion older than the kept history (the apiserver's "Expired").
+    pub fn gone(message: impl Into<String>) -> Self {
+        ApiError {
+            code: StatusCode::GONE,
+            reason: "Expired",
+            message: message.into(),
         }
     }
 
@@ -118,6 +131,8 @@ pub fn router(state: Shared) -> Router {
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_v1))
         .route("/api/v1/pods", get(pods::list_all))
+        .route("/api/v1/watch/pods", get(pods::watch_all))
+        .route("/api/v1/watch/namespaces/{ns}/pods", get(pods::watch_ns))
         .route("/api/v1/namespaces/{ns}/pods", get(pods::list_ns))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get_one))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
@@ -147,6 +162,7 @@ pub fn router(state: Shared) -> Router {
             delete(images::remove).get(images::get_one),
         )
         .fallback(|| async { ApiError::not_found("the server could not find the requested resource") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), list::list_options))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(listen::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(listen::limit_body))

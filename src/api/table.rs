@@ -583,7 +583,7 @@ pub fn render(table: &Table, all_namespaces: bool, wide: bool) -> String {
 }
 
 /// The Table version the client asks for in `Accept`, if it asks for a Table.
-fn wants_table(headers: &HeaderMap) -> Option<&'static str> {
+pub(crate) fn wants_table(headers: &HeaderMap) -> Option<&'static str> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())?;
     for t in accept.split(',') {
         let params: Vec<String> = t.split(';').map(|p| p.trim().replace(' ', "")).collect();
@@ -609,6 +609,12 @@ pub async fn as_table(req: Request, next: Next) -> Response {
     let Some(api_version) = wants_table(req.headers()) else {
         return next.run(req).await;
     };
+    if super::list::ListQuery::parse(req.uri().query()).is_ok_and(|q| q.watch)
+        || super::list::is_watch_path(req.uri().path())
+    {
+        // Watches stream their own tables.
+        return next.run(req).await;
+    }
     let include = IncludeObject::from_query(req.uri().query());
     let resp = next.run(req).await;
     let is_json = resp
