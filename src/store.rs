@@ -186,10 +186,11 @@ impl Store {
     pub fn put_pod(&self, pod: Pod, replace_other_uid: bool) -> bool {
         let key = key_of(&pod);
         let mut inner = self.write();
-        if let Some(existing) = inner.pods.get(&key) {
-            if existing.metadata.uid != pod.metadata.uid && !replace_other_uid {
-                return false;
-            }
+        if let Some(existing) = inner.pods.get(&key)
+            && existing.metadata.uid != pod.metadata.uid
+            && !replace_other_uid
+        {
+            return false;
         }
         inner.rejected.remove(&key);
         let mut pod = pod;

@@ -81,7 +81,10 @@ pub const RESOURCES: &[Resource] = &[
     ),
     res("", "events", "event", "Event", true, &["ev"], &[]),
     res("", "nodes", "node", "Node", false, &["no"], &[]),
-    res("", "pods", "pod", "Pod", true, &["po"], &["all"]),
+    Resource {
+        verbs: &["get", "list", "watch"],
+        ..res("", "pods", "pod", "Pod", true, &["po"], &["all"])
+    },
     sub("pods/exec", "PodExecOptions", &["create", "get"]),
     sub("pods/log", "Pod", &["get"]),
     res(
@@ -358,6 +361,7 @@ mod tests {
         );
         let pods = &core["resources"][3];
         assert_eq!(pods["shortNames"], json!(["po"]));
+        assert_eq!(pods["verbs"], json!(["get", "list", "watch"]));
         assert_eq!(pods["namespaced"], true);
         assert!(resource_list("discovery.k8s.io", "v1").is_some());
         assert!(resource_list("apps", "v1").is_none());

@@ -52,7 +52,7 @@ pub fn is_watch_path(path: &str) -> bool {
     path.starts_with("/api/v1/watch/")
         || path
             .strip_prefix("/apis/")
-            .is_some_and(|rest| rest.splitn(4, '/').nth(2) == Some("watch"))
+            .is_some_and(|rest| rest.split('/').nth(2) == Some("watch"))
 }
 
 /// The continue token: where the next page starts, and at which version the list began.
@@ -144,11 +144,11 @@ pub fn apply(list: &mut Value, kind: &str, q: &ListQuery, store_rv: u64) -> Resu
         items.retain(|o| key_of(o) > after);
     }
     let mut next = None;
-    if let Some(limit) = q.limit {
-        if items.len() > limit {
-            items.truncate(limit);
-            next = items.last().map(|o| encode_continue(&rv, &key_of(o)));
-        }
+    if let Some(limit) = q.limit
+        && items.len() > limit
+    {
+        items.truncate(limit);
+        next = items.last().map(|o| encode_continue(&rv, &key_of(o)));
     }
     list["items"] = Value::Array(items);
     list["metadata"]["resourceVersion"] = Value::String(rv);
