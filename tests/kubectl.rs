@@ -835,3 +835,29 @@ fn kubectl_watches_and_waits() {
     );
     assert_eq!(events.last().map(|e| e.0), Some("DELETED"), "{seen}");
 }
+
+/// A TLS address that cannot be bound yet (not on any interface of the host) does not stop
+/// the node: pods are served on the socket and the TLS API comes up once the address exists.
+#[test]
+fn tls_api_comes_up_once_its_address_exists() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    lo_up(&node);
+    node.extra_flags(&["--api-listen", "192.0.2.77:6443"]);
+    node.start_daemon();
+    node.skiff_ok(&["get", "pods", "-A"]);
+    assert!(
+        node.log_tail(200).contains("cannot bind the TLS API yet"),
+        "{}",
+        node.log_tail(50)
+    );
+    node.host_ip_cmd(&["addr", "add", "192.0.2.77/32", "dev", "lo"]);
+    node.wait_for("the TLS API to listen", Duration::from_secs(10), || {
+        in_netns(&node.host.path(), || {
+            TcpStream::connect("192.0.2.77:6443").is_ok()
+        })
+        .then_some(())
+    });
+}

@@ -199,21 +199,36 @@ pub async fn serve(
     unsafe { libc::umask(old) };
     let listener = listener?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let tcp = match &tls {
-        Some(t) => Some(listen::bind_tcp(t.addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding the TLS API on {}: {e}", t.addr))
-        })?),
-        None => None,
-    };
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(listen::serve_unix(listener, app.clone(), stop_rx.clone()));
-    if let (Some(tcp), Some(tls)) = (tcp, tls) {
-        tracing::info!(addr = %tls.addr, tokens = tls.pki.tokens.len(), "serving the API over TLS");
+    if let Some(tls) = tls {
         let tokens = Arc::new(tls.pki.tokens);
         let app = app.layer(axum::middleware::from_fn_with_state(tokens, listen::authenticate));
-        servers.spawn(listen::serve_tls(tcp, tls.pki.tls, app, stop_rx));
+        // The address may not be there yet (a loopback still down, an address not yet
+        // configured): the node keeps running its pods and the TLS API comes up once it binds.
+        servers.spawn(async move {
+            let mut stop = stop_rx;
+            let mut warned = false;
+            let tcp = loop {
+                match listen::bind_tcp(tls.addr).await {
+                    Ok(l) => break l,
+                    Err(error) => {
+                        if !warned {
+                            tracing::error!(addr = %tls.addr, %error, "cannot bind the TLS API yet; retrying every 2s");
+                            warned = true;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                            _ = stop.wait_for(|v| *v) => return Ok(()),
+                        }
+                    }
+                }
+            };
+            tracing::info!(addr = %tls.addr, "serving the API over TLS");
+            listen::serve_tls(tcp, tls.pki.tls, app, stop).await
+        });
     }
     tokio::pin!(shutdown);
     let failed = tokio::select! {
