@@ -119,6 +119,10 @@ pub struct Flags {
     /// Turn off tx checksum offload on the VXLAN device (workaround for the kernel/NIC checksum bug that drops VXLAN traffic).
     #[arg(long)]
     pub vxlan_tx_checksum_off: bool,
+    // --- the Kubernetes API over TLS (issue 10) ---
+    /// Address of the TLS API for kubectl and client libraries (bearer tokens from <root-dir>/pki/tokens); `none` turns it off [default: 127.0.0.1:6443].
+    #[arg(long)]
+    pub api_listen: Option<String>,
 }
 
 /// The config file's shape.
@@ -193,6 +197,8 @@ pub struct FileConfig {
     pub public_ip: Option<std::net::Ipv4Addr>,
     /// tx checksum offload off on the VXLAN device.
     pub vxlan_tx_checksum_off: Option<bool>,
+    /// Address of the TLS API, or `none`.
+    pub api_listen: Option<String>,
 }
 
 /// The effective configuration.
@@ -227,6 +233,8 @@ pub struct Config {
     /// The overlay, when `--etcd-endpoints` is given.
     pub etcd: Option<EtcdConfig>,
     pub iptables_sync_period: Duration,
+    /// Where the TLS API listens; `None` when turned off (`--api-listen none`).
+    pub api_listen: Option<std::net::SocketAddr>,
 }
 
 /// A duration as Kubernetes components take them: `500ms`, `30s`, `1m`, `1h`, or bare seconds.
@@ -395,7 +403,11 @@ impl Config {
                 .as_deref()
                 .unwrap_or("30s"),
         )?;
+        let api_listen = parse_api_listen(
+            flags.api_listen.or(file.api_listen).as_deref().unwrap_or("127.0.0.1:6443"),
+        )?;
         Ok(Config {
+            api_listen,
             iptables_sync_period,
             etcd,
             image_credential_config,
@@ -506,6 +518,17 @@ fn container_log_limits(
         limits.max_files = n as usize;
     }
     Ok(limits)
+}
+
+/// `HOST:PORT` of the TLS API, or `none`.
+fn parse_api_listen(s: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    s.trim().parse().map(Some).map_err(|_| ConfigError::Invalid {
+        flag: "--api-listen",
+        message: format!("{s:?}: expected an address like 127.0.0.1:6443, or none"),
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

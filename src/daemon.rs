@@ -39,6 +39,11 @@ pub enum DaemonError {
     },
     #[error("joining the overlay: {0}")]
     Overlay(String),
+    #[error("preparing the TLS API's keys under {root}/pki: {source}")]
+    Pki {
+        root: std::path::PathBuf,
+        source: crate::api::pki::PkiError,
+    },
     #[error("serving the API on {path}: {source}")]
     Api {
         path: std::path::PathBuf,
@@ -167,10 +172,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(cluster.run(stopped(stop_rx.clone())))
     });
     let socket = config.socket_path();
+    // The TLS API for kubectl (issue 10): keys and tokens under <root-dir>/pki.
+    let tls = match config.api_listen {
+        Some(addr) => {
+            let internal_ip = store.node_network().1;
+            let sans = api::pki::sans(&config.node_name, addr, internal_ip.as_deref());
+            let server = api::pki::server_url(addr);
+            let pki = api::pki::ensure(&config.root_dir, &config.node_name, &sans, &server)
+                .map_err(|source| DaemonError::Pki {
+                    root: config.root_dir.clone(),
+                    source,
+                })?;
+            Some(api::TlsListen { addr, pki })
+        }
+        None => None,
+    };
     let api = {
         let socket = socket.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { api::serve(&socket, state, stop).await })
+        tokio::spawn(async move { api::serve(&socket, tls, state, stop).await })
     };
 
     let (snap_tx, snap_rx) = mpsc::channel(4);

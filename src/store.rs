@@ -1,18 +1,75 @@
 //! The in-process object store: pods with their status and the event stream.
 //! Workers write status here; the API reads from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::manifest::source::PodKey;
 
 /// Most events kept; older ones are dropped first, like the API server's TTL.
 const MAX_EVENTS: usize = 2000;
+
+/// Pod changes kept for watches that resume from a `resourceVersion`; an older version gets
+/// 410 Gone, as from the apiserver's watch cache.
+pub const POD_HISTORY: usize = 1000;
+
+/// Pod changes a watcher may fall behind by before it is dropped (it then relists, as
+/// client-go does); skiffd never waits for a slow reader.
+pub const WATCH_BUFFER: usize = 1024;
+
+/// The type of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl WatchKind {
+    /// The name in a watch stream.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchKind::Added => "ADDED",
+            WatchKind::Modified => "MODIFIED",
+            WatchKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change of a pod, at the resourceVersion it made.
+#[derive(Debug, Clone)]
+pub struct PodEvent {
+    pub kind: WatchKind,
+    pub rv: u64,
+    pub pod: Arc<Pod>,
+}
+
+/// A pod watch as [`Store::watch_pods`] starts it: nothing is missed or repeated between
+/// `initial`/`backlog` and what `rx` receives.
+pub struct PodWatch {
+    /// Every pod at `rv`, when no version to resume from was given.
+    pub initial: Vec<Pod>,
+    /// Changes after the requested version up to `rv`.
+    pub backlog: Vec<Arc<PodEvent>>,
+    /// The store's resourceVersion when the watch started.
+    pub rv: u64,
+    /// Later changes.
+    pub rx: broadcast::Receiver<Arc<PodEvent>>,
+}
+
+/// A resourceVersion older than the kept history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too old resource version: {requested} ({oldest})")]
+pub struct Gone {
+    pub requested: u64,
+    /// The oldest version a watch can resume from.
+    pub oldest: u64,
+}
 
 /// What an event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +100,10 @@ pub enum EventType {
 
 #[derive(Default)]
 struct Inner {
+    /// The one monotonic counter behind every object's and list's `resourceVersion`.
+    resource_version: u64,
+    /// The last [`POD_HISTORY`] pod changes, oldest first.
+    pod_history: VecDeque<Arc<PodEvent>>,
     pods: BTreeMap<PodKey, Pod>,
     /// Why a named pod from the manifests is not running (shown in 404s).
     rejected: BTreeMap<PodKey, String>,
@@ -89,6 +150,7 @@ pub struct Store {
     inner: RwLock<Inner>,
     node_name: String,
     changed: watch::Sender<u64>,
+    pod_changes: broadcast::Sender<Arc<PodEvent>>,
 }
 
 impl Store {
@@ -97,6 +159,7 @@ impl Store {
             inner: RwLock::default(),
             node_name: node_name.into(),
             changed: watch::channel(0).0,
+            pod_changes: broadcast::channel(WATCH_BUFFER).0,
         }
     }
 
@@ -125,16 +188,99 @@ impl Store {
     pub fn put_pod(&self, pod: Pod, replace_other_uid: bool) -> bool {
         let key = key_of(&pod);
         let mut inner = self.write();
-        if let Some(existing) = inner.pods.get(&key) {
-            if existing.metadata.uid != pod.metadata.uid && !replace_other_uid {
-                return false;
-            }
+        if let Some(existing) = inner.pods.get(&key)
+            && existing.metadata.uid != pod.metadata.uid
+            && !replace_other_uid
+        {
+            return false;
         }
         inner.rejected.remove(&key);
+        let mut pod = pod;
+        match inner.pods.get(&key) {
+            Some(old) if same_pod(old, &pod) => {
+                pod.metadata.resource_version = old.metadata.resource_version.clone();
+            }
+            Some(old) if old.metadata.uid != pod.metadata.uid => {
+                let old = old.clone();
+                self.record(&mut inner, WatchKind::Deleted, old);
+                self.record(&mut inner, WatchKind::Added, &mut pod);
+            }
+            Some(_) => self.record(&mut inner, WatchKind::Modified, &mut pod),
+            None => self.record(&mut inner, WatchKind::Added, &mut pod),
+        }
         inner.pods.insert(key, pod);
         drop(inner);
         self.bump();
         true
+    }
+
+    /// Gives `pod` the next resourceVersion and tells pod watchers. Called with the write
+    /// lock held, so history and broadcast order are the store's order.
+    fn record(&self, inner: &mut Inner, kind: WatchKind, mut pod: impl std::borrow::BorrowMut<Pod>) {
+        inner.resource_version += 1;
+        let rv = inner.resource_version;
+        let pod = pod.borrow_mut();
+        pod.metadata.resource_version = Some(rv.to_string());
+        let event = Arc::new(PodEvent {
+            kind,
+            rv,
+            pod: Arc::new(pod.clone()),
+        });
+        if inner.pod_history.len() >= POD_HISTORY {
+            inner.pod_history.pop_front();
+        }
+        inner.pod_history.push_back(event.clone());
+        // No receiver is not an error; a full receiver lags and is dropped by its reader.
+        let _ = self.pod_changes.send(event);
+    }
+
+    /// The store's current resourceVersion (of lists).
+    pub fn resource_version(&self) -> u64 {
+        self.read().resource_version
+    }
+
+    /// Pods of one namespace (or all) and the resourceVersion they are at, read together.
+    pub fn list_pods_at(&self, namespace: Option<&str>) -> (Vec<Pod>, u64) {
+        let inner = self.read();
+        let pods = inner
+            .pods
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .map(|(_, p)| p.clone())
+            .collect();
+        (pods, inner.resource_version)
+    }
+
+    /// Starts a pod watch: from `since` (changes after it; [`Gone`] when they are no longer
+    /// kept), or, without it, from every pod now.
+    pub fn watch_pods(&self, since: Option<u64>) -> Result<PodWatch, Gone> {
+        // The write lock: no change can come between the snapshot and the subscription.
+        let inner = self.write();
+        let rx = self.pod_changes.subscribe();
+        let rv = inner.resource_version;
+        let Some(since) = since else {
+            return Ok(PodWatch {
+                initial: inner.pods.values().cloned().collect(),
+                backlog: Vec::new(),
+                rv,
+                rx,
+            });
+        };
+        // The oldest version a watch can resume from: the one before the first kept change.
+        let oldest = inner.pod_history.front().map_or(rv, |e| e.rv - 1);
+        if since < oldest {
+            return Err(Gone {
+                requested: since,
+                oldest,
+            });
+        }
+        let backlog = inner.pod_history.iter().filter(|e| e.rv > since).cloned().collect();
+        Ok(PodWatch {
+            initial: Vec::new(),
+            backlog,
+            rv,
+            rx,
+        })
     }
 
     /// Removes a pod if it still has this UID.
@@ -145,7 +291,9 @@ impl Store {
             .get(key)
             .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
         {
-            inner.pods.remove(key);
+            if let Some(pod) = inner.pods.remove(key) {
+                self.record(&mut inner, WatchKind::Deleted, pod);
+            }
             drop(inner);
             self.bump();
         }
@@ -154,13 +302,20 @@ impl Store {
     /// Changes a stored pod in place if it still has this UID.
     pub fn update_pod(&self, key: &PodKey, uid: &str, f: impl FnOnce(&mut Pod)) {
         let mut inner = self.write();
-        if let Some(p) = inner.pods.get_mut(key) {
-            if p.metadata.uid.as_deref() == Some(uid) {
-                f(p);
-                drop(inner);
-                self.bump();
-            }
+        let Some(p) = inner.pods.get_mut(key) else { return };
+        if p.metadata.uid.as_deref() != Some(uid) {
+            return;
         }
+        let before = p.clone();
+        f(p);
+        if same_pod(&before, p) {
+            return;
+        }
+        let mut changed = p.clone();
+        self.record(&mut inner, WatchKind::Modified, &mut changed);
+        inner.pods.insert(key.clone(), changed);
+        drop(inner);
+        self.bump();
     }
 
     pub fn get_pod(&self, namespace: &str, name: &str) -> Option<Pod> {
@@ -379,6 +534,8 @@ impl Store {
             EventType::Warning => "Warning",
         };
         let mut inner = self.write();
+        inner.resource_version += 1;
+        let rv = inner.resource_version;
         if let Some(e) = inner.events.iter_mut().rev().find(|e| {
             e.reason.as_deref() == Some(reason)
                 && e.message.as_deref() == Some(message)
@@ -388,6 +545,7 @@ impl Store {
         }) {
             e.count = Some(e.count.unwrap_or(1) + 1);
             e.last_timestamp = Some(now);
+            e.metadata.resource_version = Some(rv.to_string());
         } else {
             inner.next_event += 1;
             let seq = inner.next_event;
@@ -420,6 +578,8 @@ impl Store {
                 reporting_instance: Some(self.node_name.clone()),
                 ..Default::default()
             };
+            let mut event = event;
+            event.metadata.resource_version = Some(rv.to_string());
             inner.events.push(event);
             if inner.events.len() > MAX_EVENTS {
                 let extra = inner.events.len() - MAX_EVENTS;
@@ -439,6 +599,16 @@ impl Store {
             .filter(|e| involved_name.is_none_or(|n| e.involved_object.name.as_deref() == Some(n)))
             .cloned()
             .collect()
+    }
+}
+
+/// Equal but for the resourceVersion: such a write is no change and makes no watch event.
+fn same_pod(a: &Pod, b: &Pod) -> bool {
+    a.metadata.resource_version == b.metadata.resource_version && a == b || {
+        let (mut a, mut b) = (a.clone(), b.clone());
+        a.metadata.resource_version = None;
+        b.metadata.resource_version = None;
+        a == b
     }
 }
 
@@ -491,5 +661,71 @@ mod tests {
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[0].count, Some(2));
         assert!(s.list_events(Some("other"), None).is_empty());
+    }
+
+    #[test]
+    fn every_pod_change_gets_the_next_resource_version() {
+        let s = Store::new("n");
+        let key = ("default".to_string(), "a".to_string());
+        s.put_pod(pod("a", "1"), false);
+        let rv1 = s.resource_version();
+        assert_eq!(s.get_pod("default", "a").unwrap().metadata.resource_version, Some(rv1.to_string()));
+        // The same pod again, or an update that changes nothing: no new version.
+        s.put_pod(pod("a", "1"), false);
+        s.update_pod(&key, "1", |_| {});
+        assert_eq!(s.resource_version(), rv1);
+        s.update_pod(&key, "1", |p| p.metadata.generation = Some(2));
+        let rv2 = s.resource_version();
+        assert!(rv2 > rv1);
+        let (pods, list_rv) = s.list_pods_at(None);
+        assert_eq!(list_rv, rv2);
+        assert_eq!(pods[0].metadata.resource_version, Some(rv2.to_string()));
+        s.remove_pod(&key, "1");
+        assert!(s.resource_version() > rv2);
+    }
+
+    #[test]
+    fn watches_resume_from_a_version_or_are_gone() {
+        let s = Store::new("n");
+        let key = ("default".to_string(), "a".to_string());
+        s.put_pod(pod("a", "1"), false);
+        let start = s.resource_version();
+        let mut w = s.watch_pods(None).unwrap();
+        assert_eq!(w.initial.len(), 1);
+        assert_eq!(w.rv, start);
+        s.update_pod(&key, "1", |p| p.metadata.generation = Some(2));
+        s.remove_pod(&key, "1");
+        let e = w.rx.try_recv().unwrap();
+        assert_eq!((e.kind, e.rv), (WatchKind::Modified, start + 1));
+        assert_eq!(w.rx.try_recv().unwrap().kind, WatchKind::Deleted);
+        // Resuming from `start` replays both changes, in order.
+        let r = s.watch_pods(Some(start)).unwrap();
+        let kinds: Vec<WatchKind> = r.backlog.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [WatchKind::Modified, WatchKind::Deleted]);
+        assert!(r.initial.is_empty());
+        // Push the first changes out of the history: resuming from them is Gone.
+        for i in 0..POD_HISTORY as i64 {
+            s.put_pod(pod("b", "2"), true);
+            s.update_pod(&("default".into(), "b".into()), "2", |p| p.metadata.generation = Some(i));
+        }
+        let err = s.watch_pods(Some(start)).err().unwrap();
+        assert_eq!(err.requested, start);
+        assert!(err.oldest > start);
+        assert!(s.watch_pods(Some(s.resource_version())).unwrap().backlog.is_empty());
+    }
+
+    #[test]
+    fn a_watcher_that_never_reads_lags_without_blocking_writers() {
+        let s = Store::new("n");
+        let mut w = s.watch_pods(None).unwrap();
+        let key = ("default".to_string(), "a".to_string());
+        s.put_pod(pod("a", "1"), false);
+        for i in 0..(WATCH_BUFFER as i64 + 10) {
+            s.update_pod(&key, "1", |p| p.metadata.generation = Some(i));
+        }
+        assert!(matches!(
+            w.rx.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+        ));
     }
 }

@@ -3,6 +3,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -18,7 +19,16 @@ pub async fn exec(
     State(s): State<Shared>,
     Path((ns, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // kubectl asks for a WebSocket (then SPDY) upgrade and tries the next protocol when one
+    // fails: answering any of them with skiff's own stream ran the command once per attempt.
+    // Refuse every upgrade before anything runs; only skiff's plain streamed POST execs.
+    if let Some(asked) = upgrade_request(&headers) {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: skiffd does not speak {asked} for exec yet (use `skiff exec`); nothing was run"
+        )));
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let container = pairs
@@ -88,4 +98,66 @@ pub async fn exec(
         Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response())
+}
+
+/// The protocol an upgrade request asks for (WebSocket, SPDY, a stream protocol version),
+/// or `None` for a plain request.
+fn upgrade_request(headers: &HeaderMap) -> Option<String> {
+    let get = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let connection_upgrade = get("connection")
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = get("upgrade");
+    let protocols = [
+        get("sec-websocket-protocol"),
+        get("x-stream-protocol-version"),
+    ]
+    .into_iter()
+    .filter(|p| !p.is_empty())
+    .collect::<Vec<_>>()
+    .join(", ");
+    if upgrade.is_empty() && !connection_upgrade && protocols.is_empty() {
+        return None;
+    }
+    let what = match (upgrade.is_empty(), protocols.is_empty()) {
+        (false, false) => format!("{upgrade} ({protocols})"),
+        (false, true) => upgrade,
+        (true, false) => protocols,
+        (true, true) => "a connection upgrade".to_string(),
+    };
+    Some(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        let mut h = HeaderMap::new();
+        assert_eq!(upgrade_request(&h), None);
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert(
+            "sec-websocket-protocol",
+            "v5.channel.k8s.io, v4.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(
+            upgrade_request(&h).unwrap(),
+            "websocket (v5.channel.k8s.io, v4.channel.k8s.io)"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-stream-protocol-version",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(upgrade_request(&h).unwrap(), "v4.channel.k8s.io");
+    }
 }

@@ -2,12 +2,19 @@
 //! and JSON shapes (`/api/v1/...`), so the `skiff` CLI and, later, the real
 //! `kubectl` can read a node.
 
+pub mod discovery;
 mod exec;
+pub mod fields;
 mod images;
+pub mod list;
+pub mod listen;
 mod logs;
 pub mod nodes;
+pub mod pki;
 mod pods;
 mod services;
+pub mod table;
+mod watch;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -36,6 +43,7 @@ pub struct ApiState {
 pub type Shared = Arc<ApiState>;
 
 /// A Kubernetes `Status` error response.
+#[derive(Debug)]
 pub struct ApiError {
     code: StatusCode,
     reason: &'static str,
@@ -56,6 +64,33 @@ impl ApiError {
             code: StatusCode::BAD_REQUEST,
             reason: "BadRequest",
             message: message.into(),
+        }
+    }
+
+    /// No token, or one nobody has (the apiserver's body for it).
+    pub fn unauthorized() -> Self {
+        ApiError {
+            code: StatusCode::UNAUTHORIZED,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+        }
+    }
+
+    /// A resourceVersion older than the kept history (the apiserver's "Expired").
+    pub fn gone(message: impl Into<String>) -> Self {
+        ApiError {
+            code: StatusCode::GONE,
+            reason: "Expired",
+            message: message.into(),
+        }
+    }
+
+    /// A request body above `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            code: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "RequestEntityTooLarge",
+            message: format!("Request entity too large: limit is {limit}"),
         }
     }
 
@@ -88,7 +123,16 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/version", get(nodes::version))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/api", get(discovery::api))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis", get(discovery::apis))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_v1))
         .route("/api/v1/pods", get(pods::list_all))
+        .route("/api/v1/watch/pods", get(pods::watch_all))
+        .route("/api/v1/watch/namespaces/{ns}/pods", get(pods::watch_ns))
         .route("/api/v1/namespaces/{ns}/pods", get(pods::list_ns))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get_one))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
@@ -117,12 +161,25 @@ pub fn router(state: Shared) -> Router {
             "/apis/skiff.dev/v1/images/{reference}",
             delete(images::remove).get(images::get_one),
         )
+        .fallback(|| async { ApiError::not_found("the server could not find the requested resource") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), list::list_options))
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(listen::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(listen::limit_body))
+        .layer(axum::middleware::from_fn(table::as_table))
 }
 
-/// Binds the socket with mode 0600 (root only) and serves until `shutdown`.
+/// The TLS listener's address and credentials.
+pub struct TlsListen {
+    pub addr: std::net::SocketAddr,
+    pub pki: pki::Pki,
+}
+
+/// Binds the socket with mode 0600 (root only) and, with `tls`, the TCP address, and serves
+/// both until `shutdown`. Requests over TCP need a bearer token; the socket's do not.
 pub async fn serve(
     path: &Path,
+    tls: Option<TlsListen>,
     state: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -142,7 +199,48 @@ pub async fn serve(
     unsafe { libc::umask(old) };
     let listener = listener?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(state);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(listen::serve_unix(listener, app.clone(), stop_rx.clone()));
+    if let Some(tls) = tls {
+        let tokens = Arc::new(tls.pki.tokens);
+        let app = app.layer(axum::middleware::from_fn_with_state(tokens, listen::authenticate));
+        // The address may not be there yet (a loopback still down, an address not yet
+        // configured): the node keeps running its pods and the TLS API comes up once it binds.
+        servers.spawn(async move {
+            let mut stop = stop_rx;
+            let mut warned = false;
+            let tcp = loop {
+                match listen::bind_tcp(tls.addr).await {
+                    Ok(l) => break l,
+                    Err(error) => {
+                        if !warned {
+                            tracing::error!(addr = %tls.addr, %error, "cannot bind the TLS API yet; retrying every 2s");
+                            warned = true;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                            _ = stop.wait_for(|v| *v) => return Ok(()),
+                        }
+                    }
+                }
+            };
+            tracing::info!(addr = %tls.addr, "serving the API over TLS");
+            listen::serve_tls(tcp, tls.pki.tls, app, stop).await
+        });
+    }
+    tokio::pin!(shutdown);
+    let failed = tokio::select! {
+        _ = &mut shutdown => None,
+        Some(res) = servers.join_next() => Some(res),
+    };
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    match failed {
+        None => Ok(()),
+        Some(Ok(Ok(()))) => Err(std::io::Error::other("an API listener stopped")),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
+    }
 }

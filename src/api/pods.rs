@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::{Value, json};
 
@@ -49,17 +51,62 @@ fn filtered(pods: Vec<Pod>, q: &HashMap<String, String>) -> Result<Vec<Value>, A
 
 pub async fn list_all(
     State(s): State<Shared>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(list("PodList", filtered(s.store.list_pods(None), &q)?))
+) -> Result<Response, ApiError> {
+    if is_watch(&q) {
+        return super::watch::pods(&s, None, raw.as_deref(), &headers);
+    }
+    let (pods, rv) = s.store.list_pods_at(None);
+    Ok(list_at("PodList", filtered(pods, &q)?, rv).into_response())
 }
 
 pub async fn list_ns(
     State(s): State<Shared>,
     Path(ns): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(list("PodList", filtered(s.store.list_pods(Some(&ns)), &q)?))
+) -> Result<Response, ApiError> {
+    if is_watch(&q) {
+        return super::watch::pods(&s, Some(ns), raw.as_deref(), &headers);
+    }
+    let (pods, rv) = s.store.list_pods_at(Some(&ns));
+    Ok(list_at("PodList", filtered(pods, &q)?, rv).into_response())
+}
+
+/// `/api/v1/watch/pods`.
+pub async fn watch_all(
+    State(s): State<Shared>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::watch::pods(&s, None, raw.as_deref(), &headers)
+}
+
+/// `/api/v1/watch/namespaces/{ns}/pods`.
+pub async fn watch_ns(
+    State(s): State<Shared>,
+    Path(ns): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::watch::pods(&s, Some(ns), raw.as_deref(), &headers)
+}
+
+fn is_watch(q: &HashMap<String, String>) -> bool {
+    q.get("watch")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+fn list_at(kind: &str, items: Vec<Value>, rv: u64) -> Json<Value> {
+    Json(json!({
+        "kind": kind,
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": rv.to_string()},
+        "items": items,
+    }))
 }
 
 /// Finds a pod or explains why it is not there (e.g. its manifest was refused).
@@ -105,4 +152,3 @@ pub async fn events_ns(
     let items = s.store.list_events(Some(&ns), name.as_deref());
     list("EventList", items.iter().map(event_json).collect())
 }
-

@@ -17,6 +17,7 @@ pub mod get;
 pub mod humanize;
 pub mod image;
 pub mod images;
+pub mod kubeconfig;
 pub mod logs;
 pub mod print;
 pub mod pull;
@@ -77,6 +78,8 @@ pub enum Command {
     Rmi(rmi::RmiArgs),
     /// Print the client version.
     Version(version::VersionArgs),
+    /// Print a kubeconfig for skiffd's TLS API (kubectl --kubeconfig <(skiff kubeconfig) ...); needs root.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 /// Everything that can make a subcommand fail.
@@ -127,6 +130,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Pull(args) => pull::run(&client, args).await,
         Command::Rmi(args) => rmi::run(&client, args).await,
         Command::Version(args) => version::run(args),
+        Command::Kubeconfig(args) => kubeconfig::run(args),
     }
 }
 

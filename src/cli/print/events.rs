@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::Event;
 
 use super::ts;
 use crate::cli::humanize::age;
-use crate::cli::tabwriter::{self, KUBECTL_GET};
 
 /// When the event was first seen: `firstTimestamp`, else `eventTime`.
 fn first_seen(e: &Event) -> Option<Timestamp> {
@@ -39,36 +38,7 @@ pub fn sort_events(events: &mut [Event]) {
 
 /// Renders the `skiff get events` table (events should be sorted already).
 pub fn events_table(events: &[Event], all_namespaces: bool, now: Timestamp) -> String {
-    let mut text = String::new();
-    if all_namespaces {
-        text.push_str("NAMESPACE\t");
-    }
-    text.push_str("LAST SEEN\tTYPE\tREASON\tOBJECT\tMESSAGE\n");
-    for e in events {
-        if all_namespaces {
-            let _ = write!(
-                text,
-                "{}\t",
-                e.metadata.namespace.as_deref().unwrap_or_default()
-            );
-        }
-        let obj = &e.involved_object;
-        let kind = obj.kind.as_deref().unwrap_or_default().to_lowercase();
-        let target = match obj.name.as_deref() {
-            Some(name) if !name.is_empty() => format!("{kind}/{name}"),
-            _ => kind,
-        };
-        let _ = writeln!(
-            text,
-            "{}\t{}\t{}\t{}\t{}",
-            age(last_seen(e), now),
-            e.type_.as_deref().unwrap_or_default(),
-            e.reason.as_deref().unwrap_or_default(),
-            target,
-            one_line(e.message.as_deref().unwrap_or_default()),
-        );
-    }
-    tabwriter::align(&text, KUBECTL_GET)
+    crate::api::table::render(&crate::api::table::events(events, now), all_namespaces, false)
 }
 
 /// A message trimmed and kept on one line so it cannot break the table.
@@ -121,7 +91,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::cli::print::pods::tests::{ago, now};
-    use crate::cli::tabwriter::KUBECTL_DESCRIBE;
+    use crate::cli::tabwriter::{self, KUBECTL_DESCRIBE};
 
     pub(crate) fn event(
         reason: &str,

@@ -1,13 +1,8 @@
 //! The `skiff get nodes` table.
 
-use std::fmt::Write;
-
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 
-use super::ts;
-use crate::cli::humanize::age;
-use crate::cli::tabwriter::{self, KUBECTL_GET};
 
 const ROLE_LABEL_PREFIX: &str = "node-role.kubernetes.io/";
 
@@ -49,47 +44,7 @@ pub fn node_roles(node: &Node) -> String {
 /// Renders the `skiff get nodes` table; `wide` adds kubectl's INTERNAL-IP, EXTERNAL-IP,
 /// OS-IMAGE, KERNEL-VERSION and CONTAINER-RUNTIME columns.
 pub fn nodes_table(nodes: &[Node], now: Timestamp, wide: bool) -> String {
-    let mut text = String::from("NAME\tSTATUS\tROLES\tAGE\tVERSION");
-    if wide {
-        text.push_str("\tINTERNAL-IP\tEXTERNAL-IP\tOS-IMAGE\tKERNEL-VERSION\tCONTAINER-RUNTIME");
-    }
-    text.push('\n');
-    for node in nodes {
-        let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
-        let version = info.map(|i| i.kubelet_version.as_str()).unwrap_or_default();
-        let _ = write!(
-            text,
-            "{}\t{}\t{}\t{}\t{}",
-            node.metadata.name.as_deref().unwrap_or_default(),
-            node_status(node),
-            node_roles(node),
-            age(ts(node.metadata.creation_timestamp.as_ref()), now),
-            version,
-        );
-        if wide {
-            let address = |kind: &str| {
-                node.status
-                    .as_ref()
-                    .and_then(|s| s.addresses.as_ref())
-                    .and_then(|a| a.iter().find(|a| a.type_ == kind))
-                    .map_or("<none>".to_owned(), |a| a.address.clone())
-            };
-            let field = |f: fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> &str| {
-                info.map(f).filter(|v| !v.is_empty()).unwrap_or("<unknown>").to_owned()
-            };
-            let _ = write!(
-                text,
-                "\t{}\t{}\t{}\t{}\t{}",
-                address("InternalIP"),
-                address("ExternalIP"),
-                field(|i| &i.os_image),
-                field(|i| &i.kernel_version),
-                field(|i| &i.container_runtime_version),
-            );
-        }
-        text.push('\n');
-    }
-    tabwriter::align(&text, KUBECTL_GET)
+    crate::api::table::render(&crate::api::table::nodes(nodes, now), false, wide)
 }
 
 #[cfg(test)]

@@ -2,14 +2,12 @@
 //! printer (`printPod` in kubernetes/pkg/printers/internalversion/printers.go).
 
 use std::collections::HashMap;
-use std::fmt::Write;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, ContainerState, ContainerStatus, Pod};
 
-use super::{or_none, ts};
+use super::ts;
 use crate::cli::humanize::age;
-use crate::cli::tabwriter::{self, KUBECTL_GET};
 
 /// What the READY, STATUS and RESTARTS columns show for a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,43 +213,8 @@ pub struct PodTableOptions {
 
 /// Renders the `skiff get pods` table, header included.
 pub fn pods_table(pods: &[Pod], opts: PodTableOptions, now: Timestamp) -> String {
-    let mut text = String::new();
-    if opts.all_namespaces {
-        text.push_str("NAMESPACE\t");
-    }
-    text.push_str("NAME\tREADY\tSTATUS\tRESTARTS\tAGE");
-    if opts.wide {
-        text.push_str("\tIP\tNODE");
-    }
-    text.push('\n');
-    for pod in pods {
-        let s = summarize(pod);
-        let meta = &pod.metadata;
-        if opts.all_namespaces {
-            let _ = write!(text, "{}\t", meta.namespace.as_deref().unwrap_or_default());
-        }
-        let _ = write!(
-            text,
-            "{}\t{}\t{}\t{}\t{}",
-            meta.name.as_deref().unwrap_or_default(),
-            s.ready_column(),
-            s.status,
-            s.restarts_column(now),
-            age(ts(meta.creation_timestamp.as_ref()), now),
-        );
-        if opts.wide {
-            let status = pod.status.as_ref();
-            let ip = status
-                .and_then(|s| s.pod_ips.as_ref())
-                .and_then(|ips| ips.first())
-                .map(|ip| ip.ip.as_str())
-                .or_else(|| status.and_then(|s| s.pod_ip.as_deref()));
-            let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-            let _ = write!(text, "\t{}\t{}", or_none(ip), or_none(node));
-        }
-        text.push('\n');
-    }
-    tabwriter::align(&text, KUBECTL_GET)
+    // The API's Table columns: `skiff get` and `kubectl get` print the same.
+    crate::api::table::render(&crate::api::table::pods(pods, now), opts.all_namespaces, opts.wide)
 }
 
 #[cfg(test)]
@@ -614,9 +577,9 @@ pub(crate) mod tests {
                 },
                 now()
             ),
-            "NAMESPACE     NAME         READY   STATUS             RESTARTS   AGE     IP          NODE\n\
-             kube-system   web          1/1     Running            0          3m12s   10.88.0.5   node1\n\
-             default       crashy-one   0/1     CrashLoopBackOff   12         5h      10.88.0.5   <none>\n"
+            "NAMESPACE     NAME         READY   STATUS             RESTARTS   AGE     IP          NODE     NOMINATED NODE   READINESS GATES\n\
+             kube-system   web          1/1     Running            0          3m12s   10.88.0.5   node1    <none>           <none>\n\
+             default       crashy-one   0/1     CrashLoopBackOff   12         5h      10.88.0.5   <none>   <none>           <none>\n"
         );
     }
 }

@@ -1,13 +1,7 @@
 //! The `skiff get services` and `skiff get endpoints` tables, with kubectl's columns.
 
-use std::fmt::Write;
-
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
-
-use super::ts;
-use crate::cli::humanize::age;
-use crate::cli::tabwriter::{self, KUBECTL_GET};
 
 /// PORT(S): `80/TCP`, `80:30080/TCP`, joined by commas.
 pub fn ports(svc: &Service) -> String {
@@ -28,51 +22,7 @@ pub fn ports(svc: &Service) -> String {
 
 /// Renders `skiff get services`.
 pub fn services_table(svcs: &[Service], all_namespaces: bool, wide: bool, now: Timestamp) -> String {
-    let mut text = String::new();
-    if all_namespaces {
-        text.push_str("NAMESPACE\t");
-    }
-    text.push_str("NAME\tTYPE\tCLUSTER-IP\tEXTERNAL-IP\tPORT(S)\tAGE");
-    text.push_str(if wide { "\tSELECTOR\n" } else { "\n" });
-    for s in svcs {
-        let spec = s.spec.clone().unwrap_or_default();
-        let type_ = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
-        let external = match type_.as_str() {
-            "ExternalName" => spec.external_name.clone().unwrap_or_default(),
-            _ => {
-                let ips = spec.external_ips.clone().unwrap_or_default();
-                if ips.is_empty() {
-                    if type_ == "LoadBalancer" { "<pending>".into() } else { "<none>".into() }
-                } else {
-                    ips.join(",")
-                }
-            }
-        };
-        if all_namespaces {
-            let _ = write!(text, "{}\t", s.metadata.namespace.as_deref().unwrap_or_default());
-        }
-        let _ = write!(
-            text,
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            s.metadata.name.as_deref().unwrap_or_default(),
-            type_,
-            spec.cluster_ip.as_deref().filter(|s| !s.is_empty()).unwrap_or("<none>"),
-            external,
-            ports(s),
-            age(ts(s.metadata.creation_timestamp.as_ref()), now),
-        );
-        if wide {
-            let sel: Vec<String> = spec
-                .selector
-                .iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            let _ = write!(text, "\t{}", if sel.is_empty() { "<none>".into() } else { sel.join(",") });
-        }
-        text.push('\n');
-    }
-    tabwriter::align(&text, KUBECTL_GET)
+    crate::api::table::render(&crate::api::table::services(svcs, now), all_namespaces, wide)
 }
 
 /// ENDPOINTS: `ip:port,...` of ready addresses, `<none>` when empty, kubectl's
@@ -99,24 +49,7 @@ pub fn endpoints_column(ep: &Endpoints) -> String {
 
 /// Renders `skiff get endpoints`.
 pub fn endpoints_table(eps: &[Endpoints], all_namespaces: bool, now: Timestamp) -> String {
-    let mut text = String::new();
-    if all_namespaces {
-        text.push_str("NAMESPACE\t");
-    }
-    text.push_str("NAME\tENDPOINTS\tAGE\n");
-    for e in eps {
-        if all_namespaces {
-            let _ = write!(text, "{}\t", e.metadata.namespace.as_deref().unwrap_or_default());
-        }
-        let _ = writeln!(
-            text,
-            "{}\t{}\t{}",
-            e.metadata.name.as_deref().unwrap_or_default(),
-            endpoints_column(e),
-            age(ts(e.metadata.creation_timestamp.as_ref()), now),
-        );
-    }
-    tabwriter::align(&text, KUBECTL_GET)
+    crate::api::table::render(&crate::api::table::endpoints(eps, now), all_namespaces, false)
 }
 
 #[cfg(test)]

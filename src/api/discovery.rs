@@ -1,0 +1,370 @@
+//! API discovery as the apiserver serves it: `/api`, `/apis`, the per-version resource lists,
+//! and aggregated discovery (`apidiscovery.k8s.io/v2`, which kubectl asks for first). All of
+//! it comes from one table, [`RESOURCES`], so `kubectl api-resources` lists exactly what the
+//! router serves.
+
+use axum::Json;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The content type of an aggregated discovery document.
+const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const AGGREGATED_V2BETA1: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+
+/// Read-only verbs, for every listed kind.
+const READ: &[&str] = &["get", "list"];
+
+/// One served resource (or subresource, `pods/log`).
+#[derive(Debug, Clone, Copy)]
+pub struct Resource {
+    /// API group, "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    /// Plural name, with `/sub` for a subresource.
+    pub name: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub verbs: &'static [&'static str],
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+}
+
+const fn res(
+    group: &'static str,
+    name: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        name,
+        singular,
+        kind,
+        namespaced,
+        verbs: READ,
+        short_names,
+        categories,
+    }
+}
+
+const fn sub(name: &'static str, kind: &'static str, verbs: &'static [&'static str]) -> Resource {
+    Resource {
+        group: "",
+        version: "v1",
+        name,
+        singular: "",
+        kind,
+        namespaced: true,
+        verbs,
+        short_names: &[],
+        categories: &[],
+    }
+}
+
+/// Everything the API serves, by group and version.
+pub const RESOURCES: &[Resource] = &[
+    res(
+        "",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        &[],
+    ),
+    res("", "events", "event", "Event", true, &["ev"], &[]),
+    res("", "nodes", "node", "Node", false, &["no"], &[]),
+    Resource {
+        verbs: &["get", "list", "watch"],
+        ..res("", "pods", "pod", "Pod", true, &["po"], &["all"])
+    },
+    sub("pods/exec", "PodExecOptions", &["create", "get"]),
+    sub("pods/log", "Pod", &["get"]),
+    res(
+        "",
+        "services",
+        "service",
+        "Service",
+        true,
+        &["svc"],
+        &["all"],
+    ),
+    res(
+        "discovery.k8s.io",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        &[],
+        &[],
+    ),
+    Resource {
+        verbs: &["delete", "get", "list"],
+        ..res("skiff.dev", "images", "image", "Image", false, &[], &[])
+    },
+];
+
+/// The named groups, in the order `/apis` lists them.
+fn groups() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for r in RESOURCES {
+        if !r.group.is_empty() && !out.contains(&r.group) {
+            out.push(r.group);
+        }
+    }
+    out
+}
+
+fn group_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// The aggregated discovery content type the client accepts, if any.
+fn wants_aggregated(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    // Media types in the order the client prefers them; the first we can serve wins.
+    for t in accept.split(',') {
+        let params: Vec<String> = t.split(';').map(|p| p.trim().replace(' ', "")).collect();
+        let has = |p: &str| params.iter().any(|x| x == p);
+        if has("g=apidiscovery.k8s.io") && has("as=APIGroupDiscoveryList") {
+            if has("v=v2") {
+                return Some(AGGREGATED_V2);
+            }
+            if has("v=v2beta1") {
+                return Some(AGGREGATED_V2BETA1);
+            }
+        }
+        if params
+            .first()
+            .is_some_and(|m| m == "application/json" || m == "*/*")
+            && params.len() == 1
+        {
+            return None;
+        }
+    }
+    None
+}
+
+/// `/api`: the core group's versions, or its aggregated discovery document.
+pub async fn api(headers: HeaderMap) -> Response {
+    if let Some(ct) = wants_aggregated(&headers) {
+        return aggregated(ct, &[""]);
+    }
+    Json(json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+    }))
+    .into_response()
+}
+
+/// `/apis`: the named groups, or their aggregated discovery document.
+pub async fn apis(headers: HeaderMap) -> Response {
+    let groups = groups();
+    if let Some(ct) = wants_aggregated(&headers) {
+        return aggregated(ct, &groups);
+    }
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let gv = json!({"groupVersion": group_version(g, "v1"), "version": "v1"});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": items})).into_response()
+}
+
+/// The APIResourceList of one group version, or `None` if not served.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| {
+            let mut v = json!({
+                "name": r.name,
+                "singularName": r.singular,
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": r.verbs,
+            });
+            if !r.short_names.is_empty() {
+                v["shortNames"] = json!(r.short_names);
+            }
+            if !r.categories.is_empty() {
+                v["categories"] = json!(r.categories);
+            }
+            v
+        })
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version(group, version),
+        "resources": resources,
+    }))
+}
+
+/// `/api/v1`.
+pub async fn core_v1() -> Json<Value> {
+    Json(resource_list("", "v1").unwrap_or_default())
+}
+
+/// `/apis/{group}/{version}`.
+pub async fn group_v1(
+    axum::extract::Path((group, version)): axum::extract::Path<(String, String)>,
+) -> Result<Json<Value>, super::ApiError> {
+    resource_list(&group, &version).map(Json).ok_or_else(|| {
+        super::ApiError::not_found("the server could not find the requested resource")
+    })
+}
+
+/// `/apis/{group}`: one APIGroup.
+pub async fn group(
+    axum::extract::Path(group): axum::extract::Path<String>,
+) -> Result<Json<Value>, super::ApiError> {
+    if !groups().contains(&group.as_str()) {
+        return Err(super::ApiError::not_found(
+            "the server could not find the requested resource",
+        ));
+    }
+    let gv = json!({"groupVersion": group_version(&group, "v1"), "version": "v1"});
+    Ok(Json(json!({
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": [gv.clone()],
+        "preferredVersion": gv,
+    })))
+}
+
+/// An APIGroupDiscoveryList for `groups` ("" = core), as `content_type`.
+fn aggregated(content_type: &'static str, groups: &[&str]) -> Response {
+    let api_version = if content_type == AGGREGATED_V2 {
+        "apidiscovery.k8s.io/v2"
+    } else {
+        "apidiscovery.k8s.io/v2beta1"
+    };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let top: Vec<Value> = RESOURCES
+                .iter()
+                .filter(|r| r.group == *g && !r.name.contains('/'))
+                .map(|r| {
+                    let subs: Vec<Value> = RESOURCES
+                        .iter()
+                        .filter_map(|s| {
+                            let (parent, name) = s.name.split_once('/')?;
+                            (s.group == r.group && parent == r.name).then(|| {
+                                json!({
+                                    "subresource": name,
+                                    "responseKind": {"group": "", "version": "v1", "kind": s.kind},
+                                    "verbs": s.verbs,
+                                })
+                            })
+                        })
+                        .collect();
+                    let mut v = json!({
+                        "resource": r.name,
+                        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": r.singular,
+                        "verbs": r.verbs,
+                    });
+                    if !r.short_names.is_empty() {
+                        v["shortNames"] = json!(r.short_names);
+                    }
+                    if !r.categories.is_empty() {
+                        v["categories"] = json!(r.categories);
+                    }
+                    if !subs.is_empty() {
+                        v["subresources"] = json!(subs);
+                    }
+                    v
+                })
+                .collect();
+            json!({
+                "metadata": {"name": g},
+                "versions": [{"version": "v1", "resources": top, "freshness": "Current"}],
+            })
+        })
+        .collect();
+    let body = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": api_version,
+        "metadata": {},
+        "items": items,
+    });
+    ([(header::CONTENT_TYPE, content_type)], body.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn kubectl_gets_aggregated_discovery_when_it_asks() {
+        // What kubectl 1.33 sends for /api and /apis.
+        let k = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(wants_aggregated(&accept(k)), Some(AGGREGATED_V2));
+        assert_eq!(wants_aggregated(&accept("application/json")), None);
+        assert_eq!(wants_aggregated(&HeaderMap::new()), None);
+        let b = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList, application/json";
+        assert_eq!(wants_aggregated(&accept(b)), Some(AGGREGATED_V2BETA1));
+    }
+
+    #[test]
+    fn resource_lists_name_every_served_kind() {
+        let core = resource_list("", "v1").unwrap();
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "endpoints",
+                "events",
+                "nodes",
+                "pods",
+                "pods/exec",
+                "pods/log",
+                "services"
+            ]
+        );
+        let pods = &core["resources"][3];
+        assert_eq!(pods["shortNames"], json!(["po"]));
+        assert_eq!(pods["verbs"], json!(["get", "list", "watch"]));
+        assert_eq!(pods["namespaced"], true);
+        assert!(resource_list("discovery.k8s.io", "v1").is_some());
+        assert!(resource_list("apps", "v1").is_none());
+        assert_eq!(groups(), ["discovery.k8s.io", "skiff.dev"]);
+    }
+}

@@ -1,0 +1,745 @@
+//! Server-side Tables (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`): the columns
+//! the apiserver prints for each kind (`kubernetes/pkg/printers/internalversion`), with the
+//! `-o wide` columns at priority 1. This is the one place columns are defined: kubectl gets
+//! them as a `Table`, and `skiff get` renders the same [`Table`] with [`render`].
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, Service};
+use serde_json::{Value, json};
+
+use crate::cli::humanize::age;
+use crate::cli::print::events::last_seen;
+use crate::cli::print::nodes::{node_roles, node_status};
+use crate::cli::print::pods::summarize;
+use crate::cli::print::services::{endpoints_column, ports};
+use crate::cli::print::{or_none, ts};
+use crate::cli::tabwriter::{self, KUBECTL_GET};
+
+/// One column: its name as the apiserver spells it, type, format and priority
+/// (0: always shown, 1: with `-o wide`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    pub type_: &'static str,
+    pub format: &'static str,
+    pub description: &'static str,
+    pub priority: u8,
+}
+
+const fn col(name: &'static str, description: &'static str, priority: u8) -> Column {
+    Column {
+        name,
+        type_: "string",
+        format: "",
+        description,
+        priority,
+    }
+}
+
+const NAME: Column = Column {
+    format: "name",
+    ..col("Name", "Name must be unique within a namespace.", 0)
+};
+const AGE: Column = col(
+    "Age",
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    0,
+);
+
+const POD_COLUMNS: &[Column] = &[
+    NAME,
+    col(
+        "Ready",
+        "The aggregate readiness state of this pod for accepting traffic.",
+        0,
+    ),
+    col(
+        "Status",
+        "The aggregate status of the containers in this pod.",
+        0,
+    ),
+    col(
+        "Restarts",
+        "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+        0,
+    ),
+    AGE,
+    col("IP", "The IP address assigned to this pod.", 1),
+    col("Node", "The node this pod is scheduled on.", 1),
+    col(
+        "Nominated Node",
+        "The node the scheduler nominated for this pod.",
+        1,
+    ),
+    col(
+        "Readiness Gates",
+        "The readiness gates of this pod that are true.",
+        1,
+    ),
+];
+
+const SERVICE_COLUMNS: &[Column] = &[
+    NAME,
+    col("Type", "The type of the service.", 0),
+    col("Cluster-IP", "The cluster IP of the service.", 0),
+    col("External-IP", "The external IPs of the service.", 0),
+    col("Port(s)", "The ports the service exposes.", 0),
+    AGE,
+    col("Selector", "The label selector of the service's pods.", 1),
+];
+
+const ENDPOINTS_COLUMNS: &[Column] = &[
+    NAME,
+    col(
+        "Endpoints",
+        "The ready addresses and ports of the endpoints.",
+        0,
+    ),
+    AGE,
+];
+
+const SLICE_COLUMNS: &[Column] = &[
+    NAME,
+    col("AddressType", "The type of the addresses.", 0),
+    col("Ports", "The ports of the slice.", 0),
+    col("Endpoints", "The addresses of the slice.", 0),
+    AGE,
+];
+
+const NODE_COLUMNS: &[Column] = &[
+    NAME,
+    col("Status", "The status of the node.", 0),
+    col("Roles", "The roles of the node.", 0),
+    AGE,
+    col("Version", "The kubelet version of the node.", 0),
+    col("Internal-IP", "The internal IP of the node.", 1),
+    col("External-IP", "The external IP of the node.", 1),
+    col("OS-Image", "The OS image of the node.", 1),
+    col("Kernel-Version", "The kernel version of the node.", 1),
+    col("Container-Runtime", "The container runtime of the node.", 1),
+];
+
+const EVENT_COLUMNS: &[Column] = &[
+    col("Last Seen", "The time the event was last seen.", 0),
+    col("Type", "The type of the event.", 0),
+    col("Reason", "The reason of the event.", 0),
+    col("Object", "The object the event is about.", 0),
+    col(
+        "Subobject",
+        "The field of the object the event is about.",
+        1,
+    ),
+    col("Source", "Who reported the event.", 1),
+    col("Message", "The message of the event.", 0),
+    col("First Seen", "The time the event was first seen.", 1),
+    Column {
+        type_: "integer",
+        ..col("Count", "How many times the event was seen.", 1)
+    },
+    Column {
+        format: "name",
+        ..col("Name", "The name of the event.", 1)
+    },
+];
+
+const NAMESPACE_COLUMNS: &[Column] = &[NAME, col("Status", "The phase of the namespace.", 0), AGE];
+
+/// What the apiserver prints for a kind it has no printer for.
+const DEFAULT_COLUMNS: &[Column] = &[NAME, AGE];
+
+/// One row: its cells (strings or integers) and the object's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub cells: Vec<Value>,
+    /// The row's object as served (`includeObject=Object`); its metadata is used otherwise.
+    pub object: Value,
+}
+
+/// A table of one kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub columns: &'static [Column],
+    pub rows: Vec<Row>,
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(v.into())
+}
+
+fn created(obj: &Value) -> Option<Timestamp> {
+    obj["metadata"]["creationTimestamp"].as_str()?.parse().ok()
+}
+
+fn name_of(obj: &Value) -> Value {
+    s(obj["metadata"]["name"].as_str().unwrap_or_default())
+}
+
+/// Rows for `objects` of `kind` (as served: JSON with apiVersion and kind); kinds without a
+/// printer get Name and Age.
+pub fn for_kind(kind: &str, objects: Vec<Value>, now: Timestamp) -> Table {
+    let typed = |f: &dyn Fn(&Value) -> Option<Vec<Value>>, columns: &'static [Column]| Table {
+        columns,
+        rows: objects
+            .iter()
+            .map(|o| Row {
+                cells: f(o).unwrap_or_else(|| {
+                    let mut cells = vec![name_of(o)];
+                    cells.resize(columns.len(), s("<unknown>"));
+                    cells
+                }),
+                object: o.clone(),
+            })
+            .collect(),
+    };
+    match kind {
+        "Pod" => typed(
+            &|o| Some(pod_cells(&serde_json::from_value(o.clone()).ok()?, now)),
+            POD_COLUMNS,
+        ),
+        "Service" => typed(
+            &|o| Some(service_cells(&serde_json::from_value(o.clone()).ok()?, now)),
+            SERVICE_COLUMNS,
+        ),
+        "Endpoints" => typed(
+            &|o| {
+                Some(endpoints_cells(
+                    &serde_json::from_value(o.clone()).ok()?,
+                    now,
+                ))
+            },
+            ENDPOINTS_COLUMNS,
+        ),
+        "EndpointSlice" => typed(&|o| Some(slice_cells(o, now)), SLICE_COLUMNS),
+        "Node" => typed(
+            &|o| Some(node_cells(&serde_json::from_value(o.clone()).ok()?, now)),
+            NODE_COLUMNS,
+        ),
+        "Event" => typed(
+            &|o| Some(event_cells(&serde_json::from_value(o.clone()).ok()?, now)),
+            EVENT_COLUMNS,
+        ),
+        "Namespace" => typed(
+            &|o| {
+                Some(vec![
+                    name_of(o),
+                    s(o["status"]["phase"].as_str().unwrap_or("Active")),
+                    s(age(created(o), now)),
+                ])
+            },
+            NAMESPACE_COLUMNS,
+        ),
+        _ => typed(
+            &|o| Some(vec![name_of(o), s(age(created(o), now))]),
+            DEFAULT_COLUMNS,
+        ),
+    }
+}
+
+fn typed_rows<T: serde::Serialize>(
+    columns: &'static [Column],
+    items: &[T],
+    cells: impl Fn(&T) -> Vec<Value>,
+) -> Table {
+    Table {
+        columns,
+        rows: items
+            .iter()
+            .map(|o| Row {
+                cells: cells(o),
+                object: serde_json::to_value(o).unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// The pods table.
+pub fn pods(items: &[Pod], now: Timestamp) -> Table {
+    typed_rows(POD_COLUMNS, items, |p| pod_cells(p, now))
+}
+
+/// The services table.
+pub fn services(items: &[Service], now: Timestamp) -> Table {
+    typed_rows(SERVICE_COLUMNS, items, |x| service_cells(x, now))
+}
+
+/// The endpoints table.
+pub fn endpoints(items: &[Endpoints], now: Timestamp) -> Table {
+    typed_rows(ENDPOINTS_COLUMNS, items, |x| endpoints_cells(x, now))
+}
+
+/// The nodes table.
+pub fn nodes(items: &[Node], now: Timestamp) -> Table {
+    typed_rows(NODE_COLUMNS, items, |x| node_cells(x, now))
+}
+
+/// The events table.
+pub fn events(items: &[Event], now: Timestamp) -> Table {
+    typed_rows(EVENT_COLUMNS, items, |x| event_cells(x, now))
+}
+
+/// The pod columns, as `printPod` computes them.
+pub fn pod_cells(pod: &Pod, now: Timestamp) -> Vec<Value> {
+    let sum = summarize(pod);
+    let meta = &pod.metadata;
+    let status = pod.status.as_ref();
+    let ip = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .and_then(|ips| ips.first())
+        .map(|ip| ip.ip.as_str())
+        .or_else(|| status.and_then(|s| s.pod_ip.as_deref()));
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    let nominated = status.and_then(|s| s.nominated_node_name.as_deref());
+    let gates = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .filter(|g| !g.is_empty())
+        .map(|gates| {
+            let conditions = status.and_then(|s| s.conditions.as_ref());
+            let ready = gates
+                .iter()
+                .filter(|g| {
+                    conditions
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c.type_ == g.condition_type && c.status == "True")
+                })
+                .count();
+            format!("{ready}/{}", gates.len())
+        });
+    vec![
+        s(meta.name.as_deref().unwrap_or_default()),
+        s(sum.ready_column()),
+        s(sum.status.clone()),
+        s(sum.restarts_column(now)),
+        s(age(ts(meta.creation_timestamp.as_ref()), now)),
+        s(or_none(ip)),
+        s(or_none(node)),
+        s(or_none(nominated)),
+        s(gates.as_deref().unwrap_or("<none>")),
+    ]
+}
+
+fn service_cells(svc: &Service, now: Timestamp) -> Vec<Value> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let type_ = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+    let external = match type_.as_str() {
+        "ExternalName" => spec.external_name.clone().unwrap_or_default(),
+        _ => {
+            let ips = spec.external_ips.clone().unwrap_or_default();
+            if !ips.is_empty() {
+                ips.join(",")
+            } else if type_ == "LoadBalancer" {
+                "<pending>".into()
+            } else {
+                "<none>".into()
+            }
+        }
+    };
+    let selector: Vec<String> = spec
+        .selector
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    vec![
+        s(svc.metadata.name.as_deref().unwrap_or_default()),
+        s(type_),
+        s(spec
+            .cluster_ip
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<none>")),
+        s(external),
+        s(ports(svc)),
+        s(age(ts(svc.metadata.creation_timestamp.as_ref()), now)),
+        s(if selector.is_empty() {
+            "<none>".to_string()
+        } else {
+            selector.join(",")
+        }),
+    ]
+}
+
+fn endpoints_cells(ep: &Endpoints, now: Timestamp) -> Vec<Value> {
+    vec![
+        s(ep.metadata.name.as_deref().unwrap_or_default()),
+        s(endpoints_column(ep)),
+        s(age(ts(ep.metadata.creation_timestamp.as_ref()), now)),
+    ]
+}
+
+/// EndpointSlice columns from its JSON (skiff serves slices as views, not typed objects).
+fn slice_cells(o: &Value, now: Timestamp) -> Vec<Value> {
+    let ports: Vec<String> = o["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["port"].as_i64().map(|n| n.to_string()))
+        .collect();
+    let mut addrs: Vec<String> = o["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    let endpoints = if addrs.is_empty() {
+        "<none>".to_string()
+    } else if addrs.len() > 3 {
+        let more = addrs.len() - 3;
+        addrs.truncate(3);
+        format!("{} + {more} more...", addrs.join(","))
+    } else {
+        addrs.join(",")
+    };
+    vec![
+        name_of(o),
+        s(o["addressType"].as_str().unwrap_or_default()),
+        s(if ports.is_empty() {
+            "<unset>".to_string()
+        } else {
+            ports.join(",")
+        }),
+        s(endpoints),
+        s(age(created(o), now)),
+    ]
+}
+
+fn node_cells(node: &Node, now: Timestamp) -> Vec<Value> {
+    let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
+    let address = |kind: &str| {
+        node.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == kind))
+            .map_or("<none>".to_owned(), |a| a.address.clone())
+    };
+    let field = |f: fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> &str| {
+        info.map(f)
+            .filter(|v| !v.is_empty())
+            .unwrap_or("<unknown>")
+            .to_owned()
+    };
+    vec![
+        s(node.metadata.name.as_deref().unwrap_or_default()),
+        s(node_status(node)),
+        s(node_roles(node)),
+        s(age(ts(node.metadata.creation_timestamp.as_ref()), now)),
+        s(info.map(|i| i.kubelet_version.as_str()).unwrap_or_default()),
+        s(address("InternalIP")),
+        s(address("ExternalIP")),
+        s(field(|i| &i.os_image)),
+        s(field(|i| &i.kernel_version)),
+        s(field(|i| &i.container_runtime_version)),
+    ]
+}
+
+fn event_cells(e: &Event, now: Timestamp) -> Vec<Value> {
+    let obj = &e.involved_object;
+    let kind = obj.kind.as_deref().unwrap_or_default().to_lowercase();
+    let target = match obj.name.as_deref() {
+        Some(name) if !name.is_empty() => format!("{kind}/{name}"),
+        _ => kind,
+    };
+    let source = e
+        .source
+        .as_ref()
+        .map(
+            |src| match (src.component.as_deref(), src.host.as_deref()) {
+                (Some(c), Some(h)) if !h.is_empty() => format!("{c}, {h}"),
+                (Some(c), _) => c.to_string(),
+                _ => String::new(),
+            },
+        )
+        .unwrap_or_default();
+    let first =
+        ts(e.first_timestamp.as_ref()).or_else(|| ts(e.metadata.creation_timestamp.as_ref()));
+    vec![
+        s(age(last_seen(e), now)),
+        s(e.type_.as_deref().unwrap_or_default()),
+        s(e.reason.as_deref().unwrap_or_default()),
+        s(target),
+        s(obj.field_path.clone().unwrap_or_default()),
+        s(source),
+        s(e.message
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .replace(['\n', '\t'], " ")),
+        s(age(first, now)),
+        json!(e.count.unwrap_or(1)),
+        s(e.metadata.name.as_deref().unwrap_or_default()),
+    ]
+}
+
+/// How much of each row's object a Table carries (`?includeObject=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    fn from_query(q: Option<&str>) -> Self {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(q.unwrap_or("")).unwrap_or_default();
+        match pairs
+            .iter()
+            .find(|(k, _)| k == "includeObject")
+            .map(|(_, v)| v.as_str())
+        {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+/// The `meta.k8s.io` Table document.
+pub fn to_json(
+    table: &Table,
+    api_version: &str,
+    resource_version: &str,
+    include: IncludeObject,
+) -> Value {
+    let columns: Vec<Value> = table
+        .columns
+        .iter()
+        .map(|c| {
+            json!({"name": c.name, "type": c.type_, "format": c.format, "description": c.description, "priority": c.priority})
+        })
+        .collect();
+    let rows: Vec<Value> = table
+        .rows
+        .iter()
+        .map(|r| {
+            let object = match include {
+                IncludeObject::None => Value::Null,
+                IncludeObject::Object => r.object.clone(),
+                IncludeObject::Metadata => json!({
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": r.object["metadata"],
+                }),
+            };
+            let mut row = json!({"cells": r.cells});
+            if !object.is_null() {
+                row["object"] = object;
+            }
+            row
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": api_version,
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": columns,
+        "rows": rows,
+    })
+}
+
+/// Renders a table as text the way kubectl prints a server-side Table: upper-case headers,
+/// NAMESPACE first with `all_namespaces`, priority-1 columns only with `wide`.
+pub fn render(table: &Table, all_namespaces: bool, wide: bool) -> String {
+    let shown: Vec<usize> = (0..table.columns.len())
+        .filter(|&i| wide || table.columns[i].priority == 0)
+        .collect();
+    let mut text = String::new();
+    let mut header: Vec<String> = Vec::new();
+    if all_namespaces {
+        header.push("NAMESPACE".into());
+    }
+    header.extend(shown.iter().map(|&i| table.columns[i].name.to_uppercase()));
+    text.push_str(&header.join("\t"));
+    text.push('\n');
+    for row in &table.rows {
+        let mut cells: Vec<String> = Vec::new();
+        if all_namespaces {
+            cells.push(
+                row.object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        for &i in &shown {
+            cells.push(match row.cells.get(i) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(v) => v.to_string(),
+            });
+        }
+        text.push_str(&cells.join("\t"));
+        text.push('\n');
+    }
+    tabwriter::align(&text, KUBECTL_GET)
+}
+
+/// The Table version the client asks for in `Accept`, if it asks for a Table.
+pub(crate) fn wants_table(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())?;
+    for t in accept.split(',') {
+        let params: Vec<String> = t.split(';').map(|p| p.trim().replace(' ', "")).collect();
+        let has = |p: &str| params.iter().any(|x| x == p);
+        if has("as=Table") && has("g=meta.k8s.io") {
+            if has("v=v1") {
+                return Some("meta.k8s.io/v1");
+            }
+            if has("v=v1beta1") {
+                return Some("meta.k8s.io/v1beta1");
+            }
+        }
+    }
+    None
+}
+
+/// Largest list body turned into a table (10k pods are far below it).
+const MAX_TABLE_SOURCE: usize = 256 * 1024 * 1024;
+
+/// Middleware: answers a request for a Table with the table of the JSON object or list the
+/// handler produced. Streams (watch, logs, exec) are left alone.
+pub async fn as_table(req: Request, next: Next) -> Response {
+    let Some(api_version) = wants_table(req.headers()) else {
+        return next.run(req).await;
+    };
+    if super::list::ListQuery::parse(req.uri().query()).is_ok_and(|q| q.watch)
+        || super::list::is_watch_path(req.uri().path())
+    {
+        // Watches stream their own tables.
+        return next.run(req).await;
+    }
+    let include = IncludeObject::from_query(req.uri().query());
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    if resp.status() != StatusCode::OK || !is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_TABLE_SOURCE).await {
+        Ok(b) => b,
+        Err(e) => {
+            return super::ApiError::internal(format!("building a table: {e}")).into_response();
+        }
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let kind = value["kind"].as_str().unwrap_or_default().to_string();
+    let (kind, items, rv) = match kind.strip_suffix("List") {
+        Some(k) if value["items"].is_array() => (
+            k.to_string(),
+            value["items"].as_array().cloned().unwrap_or_default(),
+            value["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        _ if value["kind"] == "Status" || kind.is_empty() => {
+            return Response::from_parts(parts, Body::from(bytes));
+        }
+        _ => {
+            let rv = value["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (kind, vec![value], rv)
+        }
+    };
+    let table = for_kind(&kind, items, Timestamp::now());
+    axum::Json(to_json(&table, api_version, &rv, include)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_value() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.5",
+                "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}}}]},
+        })
+    }
+
+    #[test]
+    fn pod_table_has_the_apiservers_columns() {
+        let now: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let t = for_kind("Pod", vec![pod_value()], now);
+        let names: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Ready",
+                "Status",
+                "Restarts",
+                "Age",
+                "IP",
+                "Node",
+                "Nominated Node",
+                "Readiness Gates"
+            ]
+        );
+        assert_eq!(
+            t.rows[0].cells,
+            [
+                "web",
+                "1/1",
+                "Running",
+                "0",
+                "5m",
+                "10.244.0.5",
+                "n1",
+                "<none>",
+                "<none>"
+            ]
+        );
+        let doc = to_json(&t, "meta.k8s.io/v1", "7", IncludeObject::Metadata);
+        assert_eq!(doc["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(doc["rows"][0]["object"]["metadata"]["namespace"], "default");
+        assert_eq!(doc["columnDefinitions"][5]["priority"], 1);
+        let text = render(&t, true, false);
+        assert_eq!(
+            text,
+            "NAMESPACE   NAME   READY   STATUS    RESTARTS   AGE\ndefault     web    1/1     Running   0          5m\n"
+        );
+        assert!(
+            render(&t, false, true).starts_with("NAME   READY   STATUS    RESTARTS   AGE   IP")
+        );
+    }
+
+    #[test]
+    fn table_is_asked_for_in_accept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(wants_table(&h), Some("meta.k8s.io/v1"));
+        h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        assert_eq!(wants_table(&h), None);
+    }
+
+    #[test]
+    fn unknown_kinds_get_name_and_age() {
+        let now: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let o = json!({"kind": "Image", "metadata": {"name": "busybox", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+        let t = for_kind("Image", vec![o], now);
+        assert_eq!(t.rows[0].cells, ["busybox", "60m"]);
+    }
+}

@@ -1,0 +1,867 @@
+//! Root tests for the Kubernetes API surface (issue 10): skiffd's TLS listener with bearer
+//! tokens, driven by the real `kubectl` and by raw HTTPS requests, both from inside the
+//! test's throwaway netns (the listener is on that netns' loopback, never the host's).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Node, in_netns, require_root};
+use serde_json::Value;
+
+const API: &str = "127.0.0.1:6443";
+
+/// The real kubectl: the newest versioned binary of the Cloud SDK's dispatcher if there
+/// (the dispatcher itself picks a version from the server's), else `kubectl` from PATH.
+fn kubectl_bin() -> Option<PathBuf> {
+    let sdk = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
+    if sdk.exists() {
+        return Some(sdk.to_path_buf());
+    }
+    let ok = Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| PathBuf::from("kubectl"))
+}
+
+/// A fresh netns has its loopback down; a real host has it up.
+fn lo_up(node: &Node) {
+    node.host_ip_cmd(&["link", "set", "lo", "up"]);
+}
+
+/// A node with its TLS API and a kubeconfig for it written by `skiff kubeconfig`.
+struct Api {
+    node: Node,
+    kubeconfig: PathBuf,
+    kubectl: Option<PathBuf>,
+}
+
+impl Api {
+    fn start(import_image: bool) -> Api {
+        let mut node = Node::new();
+        lo_up(&node);
+        node.start_daemon();
+        if import_image {
+            node.import_image();
+        }
+        let out = Command::new(common::bin("skiff"))
+            .args(["kubeconfig", "--root-dir"])
+            .arg(&node.root)
+            .output()
+            .expect("skiff kubeconfig");
+        assert!(
+            out.status.success(),
+            "skiff kubeconfig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kubeconfig = node.dir().join("kubeconfig");
+        std::fs::write(&kubeconfig, &out.stdout).unwrap();
+        let kubectl = kubectl_bin();
+        if kubectl.is_none() {
+            eprintln!("kubectl not found: the kubectl parts of this test are skipped");
+        }
+        Api {
+            node,
+            kubeconfig,
+            kubectl,
+        }
+    }
+
+    /// `kubectl ARGS` run inside the node's netns with the node's kubeconfig.
+    fn kubectl(&self, args: &[&str]) -> Option<Output> {
+        let bin = self.kubectl.as_ref()?;
+        Some(self.kubectl_with(bin, &self.kubeconfig, args))
+    }
+
+    fn kubectl_with(&self, bin: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.node.host.path().display()))
+            .arg(bin)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env("HOME", self.node.dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running kubectl")
+    }
+
+    fn token(&self) -> String {
+        let text = std::fs::read_to_string(self.node.root.join("pki/tokens")).unwrap();
+        text.lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.node.root.join("pki/ca.crt")).unwrap()
+    }
+
+    /// One HTTPS request to the TLS API from inside the netns.
+    fn https(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Response {
+        let mut req = request_head(method, path, token, &[]);
+        if !body.is_empty() {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body);
+        https_raw(&self.node.host.path(), &self.ca(), req)
+    }
+
+    /// A GET-like request with extra headers and no body.
+    fn https_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = request_head(method, path, token, headers);
+        req.push_str("\r\n");
+        https_raw(&self.node.host.path(), &self.ca(), req.into_bytes())
+    }
+}
+
+/// Request line and headers, without the blank line that ends them.
+fn request_head(method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)]) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        head.push_str("Connection: close\r\n");
+    }
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head
+}
+
+/// Status code, headers (lower-case names) and body of an HTTP/1.1 response.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn tls_config(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = String::from_utf8(ca_pem.to_vec()).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(der))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Sends `req` over TLS (verified against `ca_pem` for the name `localhost`) and reads
+/// the whole response.
+fn https_raw(netns: &Path, ca_pem: &[u8], req: Vec<u8>) -> Response {
+    let config = tls_config(ca_pem);
+    let raw = in_netns(netns, move || {
+        let tcp = TcpStream::connect(API).expect("connecting to the TLS API");
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // A refused upload may be cut off by the server's answer: read that answer anyway.
+        let _ = tls.write_all(&req).and_then(|()| tls.flush());
+        let mut out = Vec::new();
+        // The server may close without close_notify after a refused upload: keep what came.
+        if let Err(e) = tls.read_to_end(&mut out) {
+            eprintln!("reading the response: {e}");
+        }
+        out
+    });
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+fn assert_status(resp: &Response, code: u16, reason: &str) {
+    assert_eq!(
+        resp.status,
+        code,
+        "body: {}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    let v = resp.json();
+    assert_eq!(v["kind"], "Status", "{v}");
+    assert_eq!(v["reason"], reason, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The pki dir is private, requests over TCP need the token (401 `Status` without it or with
+/// a wrong one), health checks work anonymously, kubectl works with `skiff kubeconfig`'s
+/// output and fails with a wrong token; the unix socket keeps working without a token.
+#[test]
+fn tls_api_needs_a_bearer_token() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(false);
+    let pki = api.node.root.join("pki");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pki), 0o700);
+    for f in ["ca.key", "apiserver.key", "tokens"] {
+        assert_eq!(mode(&pki.join(f)), 0o600, "{f}");
+    }
+
+    assert_status(
+        &api.https("GET", "/api/v1/pods", None, b""),
+        401,
+        "Unauthorized",
+    );
+    assert_status(
+        &api.https("GET", "/api/v1/pods", Some("not-the-token"), b""),
+        401,
+        "Unauthorized",
+    );
+    assert_status(
+        &api.https("GET", "/healthz", Some("not-the-token"), b""),
+        401,
+        "Unauthorized",
+    );
+    let ok = api.https("GET", "/api/v1/pods", Some(&api.token()), b"");
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    assert_eq!(ok.json()["kind"], "PodList");
+    assert_eq!(api.https("GET", "/healthz", None, b"").status, 200);
+    // The unix socket: no token needed.
+    api.node.skiff_ok(&["get", "pods", "-A"]);
+
+    let Some(out) = api.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods"]) else {
+        return;
+    };
+    assert!(out.status.success(), "kubectl: {}", stderr(&out));
+    assert!(stdout(&out).contains("PodList"), "{}", stdout(&out));
+    let kc = std::fs::read_to_string(&api.kubeconfig).unwrap();
+    assert!(kc.contains("current-context: test-node"), "{kc}");
+    let wrong = api.node.dir().join("wrong-kubeconfig");
+    std::fs::write(&wrong, kc.replace(&api.token(), "0123456789abcdef")).unwrap();
+    let out = api.kubectl_with(
+        api.kubectl.as_ref().unwrap(),
+        &wrong,
+        &["get", "--raw", "/api/v1/pods"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
+}
+
+/// Bodies above 3 MiB get a 413 `Status`, whether declared up front or sent chunked.
+#[test]
+fn oversized_bodies_get_413() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(false);
+    let token = api.token();
+    // Declared too large: refused before any of the body is sent.
+    let req = format!(
+        "POST /apis/skiff.dev/v1/images/import HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        3 * 1024 * 1024 + 1
+    );
+    let resp = https_raw(&api.node.host.path(), &api.ca(), req.into_bytes());
+    assert_status(&resp, 413, "RequestEntityTooLarge");
+
+    // Chunked, so the length is only known while reading.
+    let mut req = format!(
+        "POST /apis/skiff.dev/v1/images/import HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let chunk = vec![b' '; 512 * 1024];
+    for _ in 0..7 {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(&chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let resp = https_raw(&api.node.host.path(), &api.ca(), req);
+    assert_status(&resp, 413, "RequestEntityTooLarge");
+    // A small body still gets through to the handler (which rejects it for its own reason).
+    let resp = api.https(
+        "POST",
+        "/apis/skiff.dev/v1/images/import",
+        Some(&token),
+        b"{}",
+    );
+    assert_ne!(resp.status, 413);
+}
+
+/// A client that never finishes its request headers (slowloris), or never starts the TLS
+/// handshake, is disconnected after the header-read timeout, on both listeners.
+#[test]
+fn slow_clients_are_disconnected() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(false);
+    let netns = api.node.host.path();
+    let tls_silent = std::thread::spawn(move || {
+        in_netns(&netns, || {
+            let mut tcp = TcpStream::connect(API).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let t = Instant::now();
+            let mut buf = [0u8; 64];
+            let _ = tcp.read(&mut buf);
+            t.elapsed()
+        })
+    });
+    let mut unix = std::os::unix::net::UnixStream::connect(api.node.socket()).unwrap();
+    unix.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t = Instant::now();
+    unix.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = unix.read_to_end(&mut out);
+    let unix_elapsed = t.elapsed();
+    let tls_elapsed = tls_silent.join().unwrap();
+    for (what, e) in [("unix", unix_elapsed), ("tls", tls_elapsed)] {
+        assert!(
+            e >= Duration::from_secs(5) && e < Duration::from_secs(20),
+            "{what} connection closed after {e:?}"
+        );
+    }
+    // The node still answers.
+    api.node.skiff_ok(&["get", "pods", "-A"]);
+}
+
+/// `--api-listen none` turns the TLS API off.
+#[test]
+fn api_listen_none_turns_tls_off() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    lo_up(&node);
+    node.extra_flags(&["--api-listen", "none"]);
+    node.start_daemon();
+    let err = in_netns(&node.host.path(), || {
+        TcpStream::connect(API).err().map(|e| e.kind())
+    });
+    assert_eq!(
+        err,
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "something listens on {API}"
+    );
+    assert!(!node.root.join("pki/admin.kubeconfig").exists());
+    node.skiff_ok(&["get", "pods", "-A"]);
+}
+
+/// `kubectl exec` asks for a WebSocket, then a SPDY upgrade: skiffd does not speak them yet
+/// and must refuse each before running anything (it used to run the command once per try).
+#[test]
+fn kubectl_exec_is_refused_without_running_the_command() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(true);
+    api.node
+        .write_manifest("web.yaml", &common::pod_yaml("web", "sleep 3600"));
+    api.node.wait_running("web");
+    let Some(out) = api.kubectl(&["exec", "web", "--", "sh", "-c", "echo ran >> /tmp/count"])
+    else {
+        return;
+    };
+    assert!(
+        !out.status.success(),
+        "kubectl exec succeeded: {}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("upgrade"),
+        "kubectl exec: {}",
+        stderr(&out)
+    );
+    // Raw: a WebSocket upgrade is answered with a 400 Status, not a stream.
+    let resp = api.https_with(
+        "GET",
+        "/api/v1/namespaces/default/pods/web/exec?command=sh&command=-c&command=echo%20ran%20%3E%3E%20/tmp/count&stdout=1",
+        Some(&api.token()),
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Protocol", "v5.channel.k8s.io"),
+        ],
+    );
+    assert_status(&resp, 400, "BadRequest");
+    let (code, text) = api.node.exec_sh(
+        "web",
+        "if [ -e /tmp/count ]; then cat /tmp/count; else echo none; fi",
+    );
+    assert_eq!(code, 0);
+    assert_eq!(text.trim(), "none", "the command ran: {text}");
+}
+
+/// Discovery: `kubectl api-resources` lists exactly what is served (through aggregated
+/// discovery, which kubectl asks for first), the legacy documents answer too, and unknown
+/// paths are a 404 `Status`.
+#[test]
+fn discovery_lists_what_is_served() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(false);
+    let token = api.token();
+    for path in [
+        "/api",
+        "/apis",
+        "/api/v1",
+        "/apis/discovery.k8s.io/v1",
+        "/livez",
+        "/readyz",
+        "/version",
+    ] {
+        let resp = api.https("GET", path, Some(&token), b"");
+        assert_eq!(
+            resp.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+    }
+    let v1 = api.https("GET", "/api/v1", Some(&token), b"").json();
+    assert_eq!(v1["kind"], "APIResourceList");
+    let agg = api.https_with(
+        "GET",
+        "/api",
+        Some(&token),
+        &[(
+            "Accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )],
+    );
+    assert_eq!(
+        agg.header("content-type"),
+        Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+    );
+    assert_eq!(
+        agg.json()["items"][0]["versions"][0]["resources"][0]["resource"],
+        "endpoints"
+    );
+    assert_status(
+        &api.https("GET", "/openapi/v2", Some(&token), b""),
+        404,
+        "NotFound",
+    );
+    assert_status(
+        &api.https("GET", "/api/v1/configmapz", Some(&token), b""),
+        404,
+        "NotFound",
+    );
+
+    let Some(out) = api.kubectl(&["api-resources", "--no-headers", "-o", "name"]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "kubectl api-resources: {}",
+        stderr(&out)
+    );
+    let mut names: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "endpoints",
+            "endpointslices.discovery.k8s.io",
+            "events",
+            "images.skiff.dev",
+            "nodes",
+            "pods",
+            "services"
+        ]
+    );
+    let out = api.kubectl(&["api-resources", "--no-headers"]).unwrap();
+    let pods_line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_default()
+        .to_string();
+    let cols: Vec<&str> = pods_line.split_whitespace().collect();
+    assert_eq!(cols, ["pods", "po", "v1", "true", "Pod"], "{pods_line}");
+}
+
+/// The header line of a printed table, columns split on runs of spaces.
+fn header(text: &str) -> Vec<String> {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Server-side Tables: `kubectl get` shows the apiserver's columns for every kind, and
+/// `skiff get` prints the same columns.
+#[test]
+fn kubectl_get_shows_the_apiservers_columns() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(true);
+    let pod = common::pod_yaml("web", "sleep 3600").replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  labels: {app: web}\n",
+        1,
+    );
+    api.node.write_manifest("web.yaml", &pod);
+    api.node.write_manifest(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    api.node.wait_running("web");
+    let Some(_) = api.kubectl(&["version"]) else {
+        return;
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["get", "pods"],
+            &["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        ),
+        (
+            &["get", "pods", "-o", "wide"],
+            &[
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "IP",
+                "NODE",
+                "NOMINATED NODE",
+                "READINESS GATES",
+            ],
+        ),
+        (
+            &["get", "pods", "-A"],
+            &["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        ),
+        (
+            &["get", "svc"],
+            &[
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ],
+        ),
+        (&["get", "ep"], &["NAME", "ENDPOINTS", "AGE"]),
+        (
+            &["get", "nodes"],
+            &["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        ),
+        (
+            &["get", "events"],
+            &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        ),
+        (
+            &["get", "endpointslices"],
+            &["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+        ),
+    ];
+    for (args, want) in cases {
+        let out = api.kubectl(args).unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert_eq!(header(&text), *want, "kubectl {args:?}:\n{text}");
+        // skiff get prints the same columns (endpointslices are kubectl-only).
+        if args[1] != "endpointslices" {
+            let skiff = api.node.skiff_ok(args);
+            assert_eq!(header(&skiff), *want, "skiff {args:?}:\n{skiff}");
+        }
+    }
+    let pods = stdout(&api.kubectl(&["get", "pods", "-o", "wide"]).unwrap());
+    let row: Vec<&str> = pods.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["web", "1/1", "Running"], "{pods}");
+    assert_eq!(row[6], "test-node", "{pods}");
+    let describe = api.kubectl(&["describe", "pod", "web"]).unwrap();
+    assert!(describe.status.success(), "kubectl describe: {}", stderr(&describe));
+    let text = stdout(&describe);
+    assert!(text.contains("Name:") && text.contains("web") && text.contains("Events:"), "{text}");
+    let svc = stdout(&api.kubectl(&["get", "svc", "web"]).unwrap());
+    assert!(svc.lines().nth(1).unwrap().contains("80/TCP"), "{svc}");
+    // A raw Table answer carries the column definitions and row objects.
+    let resp = api.https_with(
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        Some(&api.token()),
+        &[(
+            "Accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )],
+    );
+    let t = resp.json();
+    assert_eq!(t["kind"], "Table");
+    assert_eq!(t["columnDefinitions"][5]["name"], "IP");
+    assert_eq!(t["columnDefinitions"][5]["priority"], 1);
+    assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "web");
+}
+
+/// List and watch: `kubectl get pods -w` sees a pod come, become Running and go;
+/// `kubectl wait --for=condition=Ready` returns once it is ready; objects and lists carry a
+/// resourceVersion; an unsupported field selector is a 400 naming the field.
+#[test]
+fn kubectl_watches_and_waits() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(true);
+    let Some(bin) = api.kubectl.clone() else {
+        return;
+    };
+    let watch_out = api.node.dir().join("watch.out");
+    let mut watcher = Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .arg(&bin)
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["get", "pods", "-w", "--output-watch-events"])
+        .env("HOME", api.node.dir())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(std::fs::File::create(api.node.dir().join("watch.err")).unwrap())
+        .spawn()
+        .expect("kubectl get -w");
+    // The watch is open once kubectl has listed (its first request) and is waiting.
+    api.node
+        .wait_for("kubectl's watch to start", Duration::from_secs(20), || {
+            api.node
+                .log_tail(400)
+                .contains("pod watch started")
+                .then_some(())
+        });
+    api.node
+        .write_manifest("w1.yaml", &common::pod_yaml("w1", "sleep 3600"));
+    let out = api
+        .kubectl(&["wait", "--for=condition=Ready", "pod/w1", "--timeout=60s"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("condition met"), "{}", stdout(&out));
+
+    let rv = stdout(
+        &api.kubectl(&[
+            "get",
+            "pod",
+            "w1",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .unwrap(),
+    );
+    assert!(
+        rv.parse::<u64>().is_ok_and(|n| n > 0),
+        "resourceVersion {rv:?}"
+    );
+    let list = api
+        .https("GET", "/api/v1/pods", Some(&api.token()), b"")
+        .json();
+    assert!(
+        list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= rv.parse().unwrap()
+    );
+
+    let running = stdout(
+        &api.kubectl(&[
+            "get",
+            "pods",
+            "--field-selector",
+            "status.phase=Running,metadata.name=w1",
+        ])
+        .unwrap(),
+    );
+    assert!(running.contains("w1"), "{running}");
+    let none = api
+        .kubectl(&["get", "pods", "--field-selector", "status.phase=Failed"])
+        .unwrap();
+    assert!(!stdout(&none).contains("w1"), "{}", stdout(&none));
+    let bad = api
+        .kubectl(&["get", "pods", "--field-selector", "spec.containers=x"])
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("field label not supported: spec.containers"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_status(
+        &api.https(
+            "GET",
+            "/api/v1/pods?fieldSelector=spec.bogus%3Dx",
+            Some(&api.token()),
+            b"",
+        ),
+        400,
+        "BadRequest",
+    );
+
+    api.node.remove_manifest("w1.yaml");
+    api.node.wait_gone("w1");
+    let seen = api.node.wait_for(
+        "the watch to show w1 deleted",
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&watch_out).unwrap_or_default();
+            text.lines()
+                .any(|l| l.starts_with("DELETED") && l.contains("w1"))
+                .then_some(text)
+        },
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let events: Vec<(&str, &str)> = seen
+        .lines()
+        .filter(|l| l.contains(" w1 "))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[0], cols.get(3).copied().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(events.first().map(|e| e.0), Some("ADDED"), "{seen}");
+    assert!(
+        events.iter().any(|e| e == &("MODIFIED", "Running")),
+        "{seen}"
+    );
+    assert_eq!(events.last().map(|e| e.0), Some("DELETED"), "{seen}");
+}
+
+/// A TLS address that cannot be bound yet (not on any interface of the host) does not stop
+/// the node: pods are served on the socket and the TLS API comes up once the address exists.
+#[test]
+fn tls_api_comes_up_once_its_address_exists() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    lo_up(&node);
+    node.extra_flags(&["--api-listen", "192.0.2.77:6443"]);
+    node.start_daemon();
+    node.skiff_ok(&["get", "pods", "-A"]);
+    assert!(
+        node.log_tail(200).contains("cannot bind the TLS API yet"),
+        "{}",
+        node.log_tail(50)
+    );
+    node.host_ip_cmd(&["addr", "add", "192.0.2.77/32", "dev", "lo"]);
+    node.wait_for("the TLS API to listen", Duration::from_secs(10), || {
+        in_netns(&node.host.path(), || {
+            TcpStream::connect("192.0.2.77:6443").is_ok()
+        })
+        .then_some(())
+    });
+}
