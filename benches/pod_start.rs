@@ -31,7 +31,10 @@ const POLL: Duration = Duration::from_millis(2);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["single", sock, dir, runs] => runs
@@ -83,20 +86,23 @@ fn single(sock: &Path, dir: &Path, runs: usize) -> Result<(), String> {
             let now = t0.elapsed();
             if code == 200 {
                 seen.get_or_insert(now);
-                let pod: Value = serde_json::from_slice(&body).map_err(|e| format!("pod JSON: {e}"))?;
+                let pod: Value =
+                    serde_json::from_slice(&body).map_err(|e| format!("pod JSON: {e}"))?;
                 if is_running(&pod) {
                     running.push(ms(now));
                     visible.push(ms(seen.unwrap_or(now)));
                     break;
                 }
-                if let Some(w) = waiting_reason(&pod) {
-                    if w != "ContainerCreating" {
-                        return Err(format!("{name}: container waiting: {w}"));
-                    }
+                if let Some(w) = waiting_reason(&pod)
+                    && w != "ContainerCreating"
+                {
+                    return Err(format!("{name}: container waiting: {w}"));
                 }
             }
             if now > TIMEOUT {
-                return Err(format!("{name}: not Running after {TIMEOUT:?} (last HTTP {code})"));
+                return Err(format!(
+                    "{name}: not Running after {TIMEOUT:?} (last HTTP {code})"
+                ));
             }
             std::thread::sleep(POLL);
         }
@@ -115,7 +121,9 @@ fn single(sock: &Path, dir: &Path, runs: usize) -> Result<(), String> {
 fn burst(sock: &Path, dir: &Path, staging: &Path, count: usize) -> Result<(), String> {
     let stamp = std::process::id();
     std::fs::create_dir_all(staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-    let names: Vec<String> = (0..count).map(|i| format!("bench-burst-{stamp}-{i:02}")).collect();
+    let names: Vec<String> = (0..count)
+        .map(|i| format!("bench-burst-{stamp}-{i:02}"))
+        .collect();
     let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
     for n in &names {
         let from = staging.join(format!("{n}.yaml"));
@@ -133,9 +141,13 @@ fn burst(sock: &Path, dir: &Path, staging: &Path, count: usize) -> Result<(), St
         let (code, body) = get(sock, "/api/v1/namespaces/default/pods")?;
         let now = ms(t0.elapsed());
         if code == 200 {
-            let list: Value = serde_json::from_slice(&body).map_err(|e| format!("list JSON: {e}"))?;
+            let list: Value =
+                serde_json::from_slice(&body).map_err(|e| format!("list JSON: {e}"))?;
             for pod in list["items"].as_array().into_iter().flatten() {
-                let Some(i) = pod["metadata"]["name"].as_str().and_then(|n| names.iter().position(|m| m == n)) else {
+                let Some(i) = pod["metadata"]["name"]
+                    .as_str()
+                    .and_then(|n| names.iter().position(|m| m == n))
+                else {
                     continue;
                 };
                 first_seen[i].get_or_insert(now);
@@ -166,13 +178,17 @@ fn burst(sock: &Path, dir: &Path, staging: &Path, count: usize) -> Result<(), St
 /// Removes every manifest in DIR and waits until skiffd lists no pods.
 fn drain(sock: &Path, dir: &Path, timeout: Duration) -> Result<(), String> {
     let t0 = Instant::now();
-    for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+    {
         let _ = std::fs::remove_file(e.path());
     }
     loop {
         let (code, body) = get(sock, "/api/v1/namespaces/default/pods")?;
         if code == 200 {
-            let list: Value = serde_json::from_slice(&body).map_err(|e| format!("list JSON: {e}"))?;
+            let list: Value =
+                serde_json::from_slice(&body).map_err(|e| format!("list JSON: {e}"))?;
             let n = list["items"].as_array().map_or(0, Vec::len);
             if n == 0 {
                 println!("drain_ms {:.1}", ms(t0.elapsed()));
@@ -194,7 +210,9 @@ fn wait_gone(sock: &Path, name: &str) -> Result<(), String> {
             return Ok(());
         }
         if t0.elapsed() > TIMEOUT {
-            return Err(format!("{name}: still listed {TIMEOUT:?} after its manifest was removed"));
+            return Err(format!(
+                "{name}: still listed {TIMEOUT:?} after its manifest was removed"
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -204,9 +222,9 @@ fn wait_gone(sock: &Path, name: &str) -> Result<(), String> {
 fn is_running(pod: &Value) -> bool {
     let st = &pod["status"];
     st["phase"] == "Running"
-        && st["containerStatuses"]
-            .as_array()
-            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["state"]["running"].is_object()))
+        && st["containerStatuses"].as_array().is_some_and(|cs| {
+            !cs.is_empty() && cs.iter().all(|c| c["state"]["running"].is_object())
+        })
 }
 
 fn waiting_reason(pod: &Value) -> Option<String> {
@@ -219,11 +237,13 @@ fn waiting_reason(pod: &Value) -> Option<String> {
 /// One `GET` over a fresh connection; returns status code and (de-chunked) body.
 fn get(sock: &Path, path: &str) -> Result<(u16, Vec<u8>), String> {
     let mut s = UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: skiff\r\nConnection: close\r\nAccept: application/json\r\n\r\n")
         .map_err(|e| format!("GET {path}: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("GET {path}: {e}"))?;
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("GET {path}: {e}"))?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -235,14 +255,21 @@ fn get(sock: &Path, path: &str) -> Result<(u16, Vec<u8>), String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("GET {path}: bad status line"))?;
-    let body = if head.contains("transfer-encoding: chunked") { dechunk(body)? } else { body.to_vec() };
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
     Ok((code, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk header")?;
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunk header")?;
         let size_txt = String::from_utf8_lossy(&b[..eol]);
         let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|e| format!("bad chunk size {size_txt:?}: {e}"))?;
@@ -263,5 +290,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn join(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" ")
+    v.iter()
+        .map(|x| format!("{x:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -584,15 +584,20 @@ EOF
 case_fork-bomb() {
     pod bomb "$IMG" 'b() { b | b & }; b; sleep 3600'
     wait_until 60 running bomb || { DETAIL="pod did not run"; return 1; }
-    sleep 3
-    local t0 t1 n
+    local t0 t1 n=0 c i
+    # The most processes the pod held at once over 3 s (the bomb hits the limit, then its
+    # shells die off as forks fail).
+    for ((i = 0; i < 30; i++)); do
+        c=$(pod_cgroup_procs bomb | wc -l)
+        ((c > n)) && n=$c
+        sleep 0.1
+    done
     t0=${EPOCHREALTIME/[.,]/}
     skiff get pods >/dev/null 2>&1 || { unpod bomb; DETAIL="the API does not answer during a fork bomb"; return 1; }
     t1=${EPOCHREALTIME/[.,]/}
-    n=$(pod_cgroup_procs bomb | wc -l)
     unpod bomb || { DETAIL="the bomb's pod is not deletable"; return 1; }
     ((n <= 210)) || { DETAIL="$n processes in the pod with --pod-pids-limit 200"; return 1; }
-    DETAIL="$n processes (limit 200); API answered in $(((t1 - t0) / 1000)) ms; pod deleted"
+    DETAIL="at most $n processes (limit 200); API answered in $(((t1 - t0) / 1000)) ms; pod deleted"
 }
 
 case_disk-full() {

@@ -244,7 +244,9 @@ pub fn parse_duration(flag: &'static str, s: &str) -> Result<Duration, ConfigErr
         message: format!("{s:?}: expected a duration like 500ms, 30s, 1m"),
     };
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
@@ -349,8 +351,13 @@ impl Config {
             .or(file.image_credential_config)
             .unwrap_or_else(|| default_credential_config(&root_dir));
         let container_log = container_log_limits(
-            flags.container_log_max_size.as_deref().or(file.container_log_max_size.as_deref()),
-            flags.container_log_max_files.or(file.container_log_max_files),
+            flags
+                .container_log_max_size
+                .as_deref()
+                .or(file.container_log_max_size.as_deref()),
+            flags
+                .container_log_max_files
+                .or(file.container_log_max_files),
         )?;
         let endpoints: Vec<String> = flags
             .etcd_endpoints
@@ -377,7 +384,11 @@ impl Config {
                 endpoints,
                 prefix: prefix.trim_end_matches('/').to_string(),
                 subnet_lease_ttl: Duration::from_secs(
-                    flags.subnet_lease_ttl.or(file.subnet_lease_ttl).unwrap_or(60).max(1),
+                    flags
+                        .subnet_lease_ttl
+                        .or(file.subnet_lease_ttl)
+                        .unwrap_or(60)
+                        .max(1),
                 ),
                 iface: flags.iface.or(file.iface),
                 public_ip: flags.public_ip.or(file.public_ip),
@@ -404,7 +415,11 @@ impl Config {
                 .unwrap_or("30s"),
         )?;
         let api_listen = parse_api_listen(
-            flags.api_listen.or(file.api_listen).as_deref().unwrap_or("127.0.0.1:6443"),
+            flags
+                .api_listen
+                .or(file.api_listen)
+                .as_deref()
+                .unwrap_or("127.0.0.1:6443"),
         )?;
         Ok(Config {
             api_listen,
@@ -457,7 +472,11 @@ impl Config {
             )?,
             cluster_cidr: parse_cidr(
                 "--cluster-cidr",
-                flags.cluster_cidr.or(file.cluster_cidr).as_deref().unwrap_or("10.244.0.0/16"),
+                flags
+                    .cluster_cidr
+                    .or(file.cluster_cidr)
+                    .as_deref()
+                    .unwrap_or("10.244.0.0/16"),
             )?,
             cleanup_iptables: flags.cleanup_iptables,
             cleanup_iptables_on_exit: flags.cleanup_iptables_on_exit
@@ -525,10 +544,13 @@ fn parse_api_listen(s: &str) -> Result<Option<std::net::SocketAddr>, ConfigError
     if s.trim().eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    s.trim().parse().map(Some).map_err(|_| ConfigError::Invalid {
-        flag: "--api-listen",
-        message: format!("{s:?}: expected an address like 127.0.0.1:6443, or none"),
-    })
+    s.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| ConfigError::Invalid {
+            flag: "--api-listen",
+            message: format!("{s:?}: expected an address like 127.0.0.1:6443, or none"),
+        })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -615,7 +637,13 @@ mod tests {
         assert_eq!(c.iptables_sync_period, Duration::from_secs(30));
         assert!(c.etcd.is_none());
         assert!(!c.seccomp_default);
-        let c = Config::load(Flags::parse_from(["skiffd", "--config", path, "--seccomp-default"])).unwrap();
+        let c = Config::load(Flags::parse_from([
+            "skiffd",
+            "--config",
+            path,
+            "--seccomp-default",
+        ]))
+        .unwrap();
         assert!(c.seccomp_default);
     }
 
@@ -634,16 +662,35 @@ mod tests {
         let c = load(&[]).unwrap();
         assert!(c.etcd.is_none());
         assert_eq!(c.iptables_sync_period, Duration::from_secs(30));
-        let c = load(&["--etcd-endpoints", "http://10.0.0.1:2379,http://10.0.0.2:2379", "--etcd-prefix", "/lab/", "--subnet-lease-ttl", "5"]).unwrap();
+        let c = load(&[
+            "--etcd-endpoints",
+            "http://10.0.0.1:2379,http://10.0.0.2:2379",
+            "--etcd-prefix",
+            "/lab/",
+            "--subnet-lease-ttl",
+            "5",
+        ])
+        .unwrap();
         let e = c.etcd.unwrap();
         assert_eq!(e.endpoints.len(), 2);
         assert_eq!(e.prefix, "/lab");
         assert_eq!(e.subnet_lease_ttl, Duration::from_secs(5));
-        let err = load(&["--etcd-endpoints", "http://a:1/x"]).unwrap_err().to_string();
+        let err = load(&["--etcd-endpoints", "http://a:1/x"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--etcd-endpoints"), "{err}");
-        let err = load(&["--etcd-endpoints", "http://a:1", "--etcd-prefix", "skiff"]).unwrap_err().to_string();
+        let err = load(&["--etcd-endpoints", "http://a:1", "--etcd-prefix", "skiff"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--etcd-prefix"), "{err}");
-        let err = load(&["--etcd-endpoints", "https://a:1", "--etcd-certfile", "/c.pem"]).unwrap_err().to_string();
+        let err = load(&[
+            "--etcd-endpoints",
+            "https://a:1",
+            "--etcd-certfile",
+            "/c.pem",
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("--etcd-keyfile"), "{err}");
     }
 
@@ -651,12 +698,28 @@ mod tests {
     fn container_log_rotation_settings() {
         let load = |args: &[&str]| Config::load(Flags::parse_from([&["skiffd"], args].concat()));
         let c = load(&[]).unwrap();
-        assert_eq!((c.container_log.max_size, c.container_log.max_files), (10 << 20, 5));
-        let c = load(&["--container-log-max-size", "64Ki", "--container-log-max-files", "2"]).unwrap();
-        assert_eq!((c.container_log.max_size, c.container_log.max_files), (65536, 2));
-        let err = load(&["--container-log-max-files", "1"]).unwrap_err().to_string();
+        assert_eq!(
+            (c.container_log.max_size, c.container_log.max_files),
+            (10 << 20, 5)
+        );
+        let c = load(&[
+            "--container-log-max-size",
+            "64Ki",
+            "--container-log-max-files",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.container_log.max_size, c.container_log.max_files),
+            (65536, 2)
+        );
+        let err = load(&["--container-log-max-files", "1"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--container-log-max-files"), "{err}");
-        let err = load(&["--container-log-max-size", "0"]).unwrap_err().to_string();
+        let err = load(&["--container-log-max-size", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--container-log-max-size"), "{err}");
     }
 

@@ -68,7 +68,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(etcd) = &config.etcd {
         let (agent, joined) = Agent::join(
             overlay::agent::Settings {
-                client: etcd.client().map_err(|e| DaemonError::Overlay(e.to_string()))?,
+                client: etcd
+                    .client()
+                    .map_err(|e| DaemonError::Overlay(e.to_string()))?,
                 prefix: etcd.prefix.clone(),
                 lease_ttl: etcd.subnet_lease_ttl,
                 public_ip: etcd.public_ip,
@@ -82,7 +84,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )
         .await
         .map_err(|e| DaemonError::Overlay(e.to_string()))?;
-        store.set_node_network(Some(joined.subnet.to_string()), Some(agent.public_ip().to_string()));
+        store.set_node_network(
+            Some(joined.subnet.to_string()),
+            Some(agent.public_ip().to_string()),
+        );
         pod_cidr = joined.subnet.to_string();
         mtu = joined.mtu;
         ip_masq = false;

@@ -63,8 +63,15 @@ pub fn millicores(s: &str) -> Result<i64, String> {
 /// Memory in bytes.
 /// A byte count as Kubernetes prints a quantity: the largest binary suffix that divides it.
 pub fn format_bytes(n: u64) -> String {
-    for (suffix, unit) in [("Ei", 1u64 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if n >= unit && n % unit == 0 {
+    for (suffix, unit) in [
+        ("Ei", 1u64 << 60),
+        ("Pi", 1 << 50),
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if n >= unit && n.is_multiple_of(unit) {
             return format!("{}{suffix}", n / unit);
         }
     }

@@ -216,7 +216,12 @@ impl Store {
 
     /// Gives `pod` the next resourceVersion and tells pod watchers. Called with the write
     /// lock held, so history and broadcast order are the store's order.
-    fn record(&self, inner: &mut Inner, kind: WatchKind, mut pod: impl std::borrow::BorrowMut<Pod>) {
+    fn record(
+        &self,
+        inner: &mut Inner,
+        kind: WatchKind,
+        mut pod: impl std::borrow::BorrowMut<Pod>,
+    ) {
         inner.resource_version += 1;
         let rv = inner.resource_version;
         let pod = pod.borrow_mut();
@@ -274,7 +279,12 @@ impl Store {
                 oldest,
             });
         }
-        let backlog = inner.pod_history.iter().filter(|e| e.rv > since).cloned().collect();
+        let backlog = inner
+            .pod_history
+            .iter()
+            .filter(|e| e.rv > since)
+            .cloned()
+            .collect();
         Ok(PodWatch {
             initial: Vec::new(),
             backlog,
@@ -302,7 +312,9 @@ impl Store {
     /// Changes a stored pod in place if it still has this UID.
     pub fn update_pod(&self, key: &PodKey, uid: &str, f: impl FnOnce(&mut Pod)) {
         let mut inner = self.write();
-        let Some(p) = inner.pods.get_mut(key) else { return };
+        let Some(p) = inner.pods.get_mut(key) else {
+            return;
+        };
         if p.metadata.uid.as_deref() != Some(uid) {
             return;
         }
@@ -377,7 +389,10 @@ impl Store {
         BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>>,
     ) {
         let inner = self.read();
-        (inner.desired_services.clone(), inner.manual_endpoints.clone())
+        (
+            inner.desired_services.clone(),
+            inner.manual_endpoints.clone(),
+        )
     }
 
     /// What the service controller computed. Does not wake watchers (the
@@ -551,7 +566,12 @@ impl Store {
             let seq = inner.next_event;
             let event = Event {
                 metadata: ObjectMeta {
-                    name: Some(format!("{}.{:x}{:04x}", obj.name, Timestamp::now().as_second(), seq % 0xffff)),
+                    name: Some(format!(
+                        "{}.{:x}{:04x}",
+                        obj.name,
+                        Timestamp::now().as_second(),
+                        seq % 0xffff
+                    )),
                     namespace: Some(obj.namespace.clone()),
                     creation_timestamp: Some(now.clone()),
                     ..Default::default()
@@ -669,7 +689,10 @@ mod tests {
         let key = ("default".to_string(), "a".to_string());
         s.put_pod(pod("a", "1"), false);
         let rv1 = s.resource_version();
-        assert_eq!(s.get_pod("default", "a").unwrap().metadata.resource_version, Some(rv1.to_string()));
+        assert_eq!(
+            s.get_pod("default", "a").unwrap().metadata.resource_version,
+            Some(rv1.to_string())
+        );
         // The same pod again, or an update that changes nothing: no new version.
         s.put_pod(pod("a", "1"), false);
         s.update_pod(&key, "1", |_| {});
@@ -706,12 +729,19 @@ mod tests {
         // Push the first changes out of the history: resuming from them is Gone.
         for i in 0..POD_HISTORY as i64 {
             s.put_pod(pod("b", "2"), true);
-            s.update_pod(&("default".into(), "b".into()), "2", |p| p.metadata.generation = Some(i));
+            s.update_pod(&("default".into(), "b".into()), "2", |p| {
+                p.metadata.generation = Some(i)
+            });
         }
         let err = s.watch_pods(Some(start)).err().unwrap();
         assert_eq!(err.requested, start);
         assert!(err.oldest > start);
-        assert!(s.watch_pods(Some(s.resource_version())).unwrap().backlog.is_empty());
+        assert!(
+            s.watch_pods(Some(s.resource_version()))
+                .unwrap()
+                .backlog
+                .is_empty()
+        );
     }
 
     #[test]

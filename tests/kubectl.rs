@@ -682,9 +682,16 @@ fn kubectl_get_shows_the_apiservers_columns() {
     assert_eq!(&row[..3], ["web", "1/1", "Running"], "{pods}");
     assert_eq!(row[6], "test-node", "{pods}");
     let describe = api.kubectl(&["describe", "pod", "web"]).unwrap();
-    assert!(describe.status.success(), "kubectl describe: {}", stderr(&describe));
+    assert!(
+        describe.status.success(),
+        "kubectl describe: {}",
+        stderr(&describe)
+    );
     let text = stdout(&describe);
-    assert!(text.contains("Name:") && text.contains("web") && text.contains("Events:"), "{text}");
+    assert!(
+        text.contains("Name:") && text.contains("web") && text.contains("Events:"),
+        "{text}"
+    );
     let svc = stdout(&api.kubectl(&["get", "svc", "web"]).unwrap());
     assert!(svc.lines().nth(1).unwrap().contains("80/TCP"), "{svc}");
     // A raw Table answer carries the column definitions and row objects.

@@ -238,7 +238,11 @@ impl Lab {
         for h in hosts {
             for (p, s) in subnets {
                 if p != h {
-                    assert_eq!(self.peer_state(h, s, host_ip(p)), (true, true, true), "{h} lost {p} {when}");
+                    assert_eq!(
+                        self.peer_state(h, s, host_ip(p)),
+                        (true, true, true),
+                        "{h} lost {p} {when}"
+                    );
                 }
             }
         }
@@ -565,7 +569,10 @@ fn pods_on_different_hosts_reach_each_other() {
     // Every node lists the whole cluster, with each node's InternalIP and pod CIDR.
     let table = lab.wait_for("h1 lists the 3 nodes", Duration::from_secs(20), || {
         let t = lab.skiff_ok("h1", &["get", "nodes", "-o", "wide"]);
-        hosts.iter().all(|h| t.contains(&host_ip(h).to_string())).then_some(t)
+        hosts
+            .iter()
+            .all(|h| t.contains(&host_ip(h).to_string()))
+            .then_some(t)
     });
     assert_eq!(table.lines().count(), 4, "{table}");
     let nodes = lab.json("h2", &["get", "nodes", "-o", "json"]).unwrap();
@@ -866,10 +873,15 @@ fn etcd_outage_keeps_pod_traffic_and_converges() {
     // A host restarting during the outage comes up at once on the subnet it had (subnet.env
     // and its copy of the network config), reporting the outage; its pod keeps serving.
     lab.lab_ok(&["restart", "h3"]);
-    lab.wait_for("h3's skiffd serves again during the outage", Duration::from_secs(20), || {
-        lab.pod("h3", "web")
-    });
-    assert_eq!(lab.node_condition("h3", "EtcdUnavailable").as_deref(), Some("True"));
+    lab.wait_for(
+        "h3's skiffd serves again during the outage",
+        Duration::from_secs(20),
+        || lab.pod("h3", "web"),
+    );
+    assert_eq!(
+        lab.node_condition("h3", "EtcdUnavailable").as_deref(),
+        Some("True")
+    );
     assert_eq!(lab.subnet("h3").as_deref(), Some(subnets["h3"].as_str()));
     let mut rounds = 0;
     while stopped.elapsed() < Duration::from_secs(30) {
@@ -1029,25 +1041,39 @@ fn direct_routing_and_masquerade_only_out_of_the_cluster() {
     let lab = Lab::up(2, &["--direct-routing"]);
     let s2 = lab.wait_subnet("h2");
     lab.wait_subnet("h1");
-    let route = lab.wait_for("h1: a plain route to h2's subnet", Duration::from_secs(20), || {
-        lab.netlink_json("ip", "h1", &["route", "show", &s2])
-            .into_iter()
-            .find(|r| r["gateway"] == host_ip("h2").to_string().as_str())
-    });
+    let route = lab.wait_for(
+        "h1: a plain route to h2's subnet",
+        Duration::from_secs(20),
+        || {
+            lab.netlink_json("ip", "h1", &["route", "show", &s2])
+                .into_iter()
+                .find(|r| r["gateway"] == host_ip("h2").to_string().as_str())
+        },
+    );
     assert_eq!(route["dev"], "eth0", "{route}");
-    assert_eq!(lab.peer_state("h1", &s2, host_ip("h2")), (false, false, false), "no VXLAN entries for a direct peer");
+    assert_eq!(
+        lab.peer_state("h1", &s2, host_ip("h2")),
+        (false, false, false),
+        "no VXLAN entries for a direct peer"
+    );
 
     for h in ["h1", "h2"] {
         lab.write_manifest(h, "who.yaml", &whoami_pod("who"));
     }
     let ip1 = lab.wait_running("h1", "who");
     let ip2 = lab.wait_running("h2", "who");
-    let seen = lab.wait_for("h1's pod asks h2's pod who it is", Duration::from_secs(15), || {
-        lab.get_from_pod("h1", "who", &format!("http://{ip2}:8080/cgi-bin/ip"))
-    });
+    let seen = lab.wait_for(
+        "h1's pod asks h2's pod who it is",
+        Duration::from_secs(15),
+        || lab.get_from_pod("h1", "who", &format!("http://{ip2}:8080/cgi-bin/ip")),
+    );
     // busybox httpd listens on IPv6 and shows an IPv4 client as [::ffff:a.b.c.d].
     let seen = seen.trim_start_matches("[::ffff:").trim_end_matches(']');
-    assert_eq!(seen, ip1.to_string(), "pod-to-pod across hosts keeps the source address");
+    assert_eq!(
+        seen,
+        ip1.to_string(),
+        "pod-to-pod across hosts keeps the source address"
+    );
 
     // Leaving the cluster network: a listener in the underlay's netns answers with the address
     // it sees. It reads each request before answering (closing a socket with unread data
@@ -1096,6 +1122,10 @@ fn direct_routing_and_masquerade_only_out_of_the_cluster() {
     };
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     listener.join().unwrap();
-    assert_eq!(seen, host_ip("h1").to_string(), "traffic leaving the cluster is masqueraded");
+    assert_eq!(
+        seen,
+        host_ip("h1").to_string(),
+        "traffic leaving the cluster is masqueraded"
+    );
     lab.down_checked();
 }

@@ -20,16 +20,27 @@ fn pod_runs_and_reports_kubernetes_status_and_logs() {
         return;
     }
     let node = Node::start();
-    node.write_manifest("hello.yaml", &pod_yaml("hello", "echo hello; echo oops >&2; exec sleep 3600"));
+    node.write_manifest(
+        "hello.yaml",
+        &pod_yaml("hello", "echo hello; echo oops >&2; exec sleep 3600"),
+    );
     let pod = node.wait_running("hello");
     let st = &pod["status"];
     let c = container(&pod, "main");
-    assert!(c["containerID"].as_str().unwrap().starts_with("skiff://"), "{c}");
+    assert!(
+        c["containerID"].as_str().unwrap().starts_with("skiff://"),
+        "{c}"
+    );
     assert!(c["imageID"].as_str().unwrap().contains("@sha256:"), "{c}");
     assert_eq!(c["restartCount"], 0);
     assert!(c["state"]["running"]["startedAt"].is_string());
     assert!(st["startTime"].is_string());
-    let ready = st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    let ready = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
     assert_eq!(ready["status"], "True");
     assert_eq!(pod["metadata"]["namespace"], "default");
     assert_eq!(pod["spec"]["nodeName"], "test-node");
@@ -40,17 +51,37 @@ fn pod_runs_and_reports_kubernetes_status_and_logs() {
     });
     assert_eq!(logs, "hello\noops\n");
     let table = node.skiff_ok(&["get", "pods"]);
-    assert!(table.lines().any(|l| l.starts_with("hello") && l.contains("1/1") && l.contains("Running")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hello") && l.contains("1/1") && l.contains("Running")),
+        "{table}"
+    );
     let wide = node.skiff_ok(&["get", "pods", "-o", "wide"]);
-    assert!(wide.contains("NODE") && wide.contains("test-node"), "{wide}");
+    assert!(
+        wide.contains("NODE") && wide.contains("test-node"),
+        "{wide}"
+    );
     let list: Value = serde_json::from_str(&node.skiff_ok(&["get", "pods", "-o", "json"])).unwrap();
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"][0]["kind"], "Pod");
     let yaml = node.skiff_ok(&["get", "pods", "-o", "yaml"]);
-    assert!(yaml.contains("kind: List") && yaml.contains("phase: Running"), "{yaml}");
+    assert!(
+        yaml.contains("kind: List") && yaml.contains("phase: Running"),
+        "{yaml}"
+    );
     let described = node.skiff_ok(&["describe", "pod", "hello"]);
-    for want in ["Name:", "hello", "Started container main", "Restart Count:  0", "Ready"] {
-        assert!(described.contains(want), "describe lacks {want:?}:\n{described}");
+    for want in [
+        "Name:",
+        "hello",
+        "Started container main",
+        "Restart Count:  0",
+        "Ready",
+    ] {
+        assert!(
+            described.contains(want),
+            "describe lacks {want:?}:\n{described}"
+        );
     }
     let tail = node.skiff_ok(&["logs", "hello", "--tail", "1"]);
     assert_eq!(tail, "oops\n");
@@ -82,11 +113,24 @@ spec:
     );
     node.write_manifest("web.yaml", &yaml);
     node.wait_running("web");
-    node.wait_for("client to fetch the page over localhost", Duration::from_secs(15), || {
-        let l = node.skiff_ok(&["logs", "web", "-c", "client"]);
-        (!l.trim().is_empty()).then_some(())
-    });
-    let out = node.skiff(&["exec", "web", "-c", "server", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    node.wait_for(
+        "client to fetch the page over localhost",
+        Duration::from_secs(15),
+        || {
+            let l = node.skiff_ok(&["logs", "web", "-c", "client"]);
+            (!l.trim().is_empty()).then_some(())
+        },
+    );
+    let out = node.skiff(&[
+        "exec",
+        "web",
+        "-c",
+        "server",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
@@ -98,10 +142,29 @@ spec:
     // Several containers: logs need -c, and the error says which exist.
     let out = node.skiff(&["logs", "web"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one of: [server client]"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("choose one of: [server client]"),
+        "{out:?}"
+    );
     // Both containers see the same network namespace, not the host's.
-    let a = node.skiff_ok(&["exec", "web", "-c", "server", "--", "readlink", "/proc/self/ns/net"]);
-    let b = node.skiff_ok(&["exec", "web", "-c", "client", "--", "readlink", "/proc/self/ns/net"]);
+    let a = node.skiff_ok(&[
+        "exec",
+        "web",
+        "-c",
+        "server",
+        "--",
+        "readlink",
+        "/proc/self/ns/net",
+    ]);
+    let b = node.skiff_ok(&[
+        "exec",
+        "web",
+        "-c",
+        "client",
+        "--",
+        "readlink",
+        "/proc/self/ns/net",
+    ]);
     assert_eq!(a, b);
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
     assert_ne!(a.trim(), host.to_string_lossy());
@@ -133,21 +196,35 @@ spec:
     let second = &inits[1]["state"]["terminated"];
     assert_eq!(first["exitCode"], 0);
     assert_eq!(second["reason"], "Completed");
-    assert!(ts(&first["finishedAt"]) <= ts(&second["startedAt"]), "second init started before first finished: {pod}");
+    assert!(
+        ts(&first["finishedAt"]) <= ts(&second["startedAt"]),
+        "second init started before first finished: {pod}"
+    );
     let app_started = ts(&container(&pod, "app")["state"]["running"]["startedAt"]);
     assert!(ts(&second["finishedAt"]) <= app_started);
-    assert_eq!(node.skiff_ok(&["logs", "inits", "-c", "second"]), "second\n");
+    assert_eq!(
+        node.skiff_ok(&["logs", "inits", "-c", "second"]),
+        "second\n"
+    );
 
     // A failing init container with restartPolicy Never fails the pod; the app never starts.
-    let bad = yaml.replace("name: inits", "name: badinit").replace("sleep 0.5; echo first", "exit 3")
+    let bad = yaml
+        .replace("name: inits", "name: badinit")
+        .replace("sleep 0.5; echo first", "exit 3")
         .replace("spec:\n", "spec:\n  restartPolicy: Never\n");
     node.write_manifest("badinit.yaml", &bad);
     let pod = node.wait_for("badinit to fail", Duration::from_secs(20), || {
         let p = node.pod("badinit")?;
         (p["status"]["phase"] == "Failed").then_some(p)
     });
-    assert_eq!(pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
-    assert!(container(&pod, "app")["state"]["waiting"].is_object(), "{pod}");
+    assert_eq!(
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        3
+    );
+    assert!(
+        container(&pod, "app")["state"]["waiting"].is_object(),
+        "{pod}"
+    );
     let table = node.skiff_ok(&["get", "pod", "badinit"]);
     assert!(table.contains("Init:Error"), "{table}");
 }
@@ -160,11 +237,15 @@ fn crashing_container_restarts_with_crash_loop_backoff() {
     let node = Node::start();
     node.write_manifest("crash.yaml", &pod_yaml("crash", "echo attempt; exit 1"));
     // First restart is immediate, the second waits 10 s (kubelet semantics).
-    let pod = node.wait_for("CrashLoopBackOff after the first restart", Duration::from_secs(20), || {
-        let p = node.pod("crash")?;
-        let c = container(&p, "main").clone();
-        (c["state"]["waiting"]["reason"] == "CrashLoopBackOff").then_some(p)
-    });
+    let pod = node.wait_for(
+        "CrashLoopBackOff after the first restart",
+        Duration::from_secs(20),
+        || {
+            let p = node.pod("crash")?;
+            let c = container(&p, "main").clone();
+            (c["state"]["waiting"]["reason"] == "CrashLoopBackOff").then_some(p)
+        },
+    );
     assert!(container(&pod, "main")["restartCount"].as_i64().unwrap() >= 1);
     assert_eq!(pod["status"]["phase"], "Running");
     let table = node.skiff_ok(&["get", "pods"]);
@@ -182,7 +263,10 @@ fn crashing_container_restarts_with_crash_loop_backoff() {
         .map(|s| s.parse::<jiff::Timestamp>().unwrap());
     if let Some(started) = started {
         let gap = started.duration_since(last_finished);
-        assert!(gap >= jiff::SignedDuration::from_millis(9500), "restart after {gap:?}, want >= 10 s back-off");
+        assert!(
+            gap >= jiff::SignedDuration::from_millis(9500),
+            "restart after {gap:?}, want >= 10 s back-off"
+        );
     }
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
     let prev = node.skiff_ok(&["logs", "crash", "--previous"]);
@@ -206,23 +290,35 @@ fn restart_policies_never_and_on_failure_end_the_pod() {
         &pod_yaml("onfail", "echo done").replace("spec:\n", "spec:\n  restartPolicy: OnFailure\n"),
     );
     let never = node.wait_for("never to fail", Duration::from_secs(20), || {
-        node.pod("never").filter(|p| p["status"]["phase"] == "Failed")
+        node.pod("never")
+            .filter(|p| p["status"]["phase"] == "Failed")
     });
     let t = &container(&never, "main")["state"]["terminated"];
     assert_eq!(t["exitCode"], 3);
     assert_eq!(t["reason"], "Error");
     assert_eq!(container(&never, "main")["restartCount"], 0);
     let ok = node.wait_for("onfail to succeed", Duration::from_secs(20), || {
-        node.pod("onfail").filter(|p| p["status"]["phase"] == "Succeeded")
+        node.pod("onfail")
+            .filter(|p| p["status"]["phase"] == "Succeeded")
     });
-    assert_eq!(container(&ok, "main")["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(
+        container(&ok, "main")["state"]["terminated"]["reason"],
+        "Completed"
+    );
     let table = node.skiff_ok(&["get", "pods"]);
-    assert!(table.lines().any(|l| l.starts_with("onfail") && l.contains("Completed")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("onfail") && l.contains("Completed")),
+        "{table}"
+    );
     // A finished pod gives its sandbox back.
     let uid = ok["metadata"]["uid"].as_str().unwrap();
-    node.wait_for("sandbox of finished pod removed", Duration::from_secs(5), || {
-        (!node.run.join("netns").join(uid).exists()).then_some(())
-    });
+    node.wait_for(
+        "sandbox of finished pod removed",
+        Duration::from_secs(5),
+        || (!node.run.join("netns").join(uid).exists()).then_some(()),
+    );
 }
 
 #[test]
@@ -254,15 +350,22 @@ spec:
     let t0 = std::time::Instant::now();
     node.remove_manifest("graceful.yaml");
     // While terminating: the polite one exits 0 on SIGTERM, the stubborn one (PID 1 ignoring TERM) waits.
-    let pod = node.wait_for("polite container to exit on SIGTERM", Duration::from_secs(10), || {
-        let p = node.pod("graceful")?;
-        let polite = container(&p, "polite");
-        (polite["state"]["terminated"]["exitCode"] == 0).then_some(p)
-    });
+    let pod = node.wait_for(
+        "polite container to exit on SIGTERM",
+        Duration::from_secs(10),
+        || {
+            let p = node.pod("graceful")?;
+            let polite = container(&p, "polite");
+            (polite["state"]["terminated"]["exitCode"] == 0).then_some(p)
+        },
+    );
     assert!(pod["metadata"]["deletionTimestamp"].is_string());
     node.wait_gone("graceful");
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(1900), "SIGKILL came before the grace period: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "SIGKILL came before the grace period: {took:?}"
+    );
     assert!(took < Duration::from_secs(10), "removal took {took:?}");
     let events = node.skiff_ok(&["get", "events"]);
     assert!(events.contains("Killing"), "{events}");
@@ -293,7 +396,11 @@ fn manifest_edit_replaces_the_pod_and_removal_leaves_nothing_behind() {
     node.write_manifest("app.yaml~", &pod_yaml("backup", "sleep 1"));
     node.write_manifest(".hidden.yaml", &pod_yaml("hidden", "sleep 1"));
     std::fs::create_dir(node.manifests.join("sub")).unwrap();
-    std::fs::write(node.manifests.join("sub/p.yaml"), pod_yaml("nested", "sleep 1")).unwrap();
+    std::fs::write(
+        node.manifests.join("sub/p.yaml"),
+        pod_yaml("nested", "sleep 1"),
+    )
+    .unwrap();
     node.remove_manifest("app.yaml");
     node.wait_gone("app");
     assert_eq!(node.pods().len(), 0, "ignored files made pods");
@@ -312,37 +419,64 @@ fn bad_manifests_are_reported_and_running_pods_keep_running() {
     let uid = good["metadata"]["uid"].clone();
     node.write_manifest("broken.yaml", "apiVersion: v1\nkind: Pod\n  metadata: [");
     node.write_manifest("badname.yaml", &pod_yaml("Bad_Name", "sleep 1"));
-    node.write_manifest("gizmo.yaml", "apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n");
-    node.write_manifest("typo.yaml", &pod_yaml("typo", "sleep 1").replace("imagePullPolicy", "imagePullPolcy"));
+    node.write_manifest(
+        "gizmo.yaml",
+        "apiVersion: v1\nkind: Gizmo\nmetadata: {name: g}\n",
+    );
+    node.write_manifest(
+        "typo.yaml",
+        &pod_yaml("typo", "sleep 1").replace("imagePullPolicy", "imagePullPolcy"),
+    );
     node.write_manifest("dup.yaml", &pod_yaml("good", "sleep 1"));
     let events = node.wait_for("events for every bad file", Duration::from_secs(10), || {
         let e = node.skiff_ok(&["get", "events", "-A"]);
-        let all = ["broken.yaml", "Bad_Name", "Gizmo", "imagePullPolcy", "duplicate pod name"]
-            .iter()
-            .all(|w| e.contains(w));
+        let all = [
+            "broken.yaml",
+            "Bad_Name",
+            "Gizmo",
+            "imagePullPolcy",
+            "duplicate pod name",
+        ]
+        .iter()
+        .all(|w| e.contains(w));
         all.then_some(e)
     });
     assert!(events.contains("invalid YAML"), "{events}");
     // The API explains a refused pod.
     let out = node.skiff(&["get", "pod", "typo"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field \"spec.containers[0].imagePullPolcy\""), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown field \"spec.containers[0].imagePullPolcy\""),
+        "{out:?}"
+    );
     // The good pod's own file turns invalid: it keeps running, unchanged.
     node.write_manifest("good.yaml", "kind: Pod\nspec: [");
     node.wait_for("the error on good.yaml", Duration::from_secs(10), || {
-        node.skiff_ok(&["get", "events", "-A"]).contains("good.yaml").then_some(())
+        node.skiff_ok(&["get", "events", "-A"])
+            .contains("good.yaml")
+            .then_some(())
     });
     let still = node.pod("good").unwrap();
     assert_eq!(still["metadata"]["uid"], uid);
     assert_eq!(container(&still, "main")["restartCount"], 0);
     assert_eq!(still["status"]["phase"], "Running");
     // A missing image waits with a clear reason; nothing else is disturbed.
-    node.write_manifest("noimg.yaml", &pod_yaml("noimg", "sleep 1").replace(IMAGE, "example.com/nope:1"));
+    node.write_manifest(
+        "noimg.yaml",
+        &pod_yaml("noimg", "sleep 1").replace(IMAGE, "example.com/nope:1"),
+    );
     let p = node.wait_for("ErrImageNeverPull", Duration::from_secs(10), || {
         let p = node.pod("noimg")?;
         (container(&p, "main")["state"]["waiting"]["reason"] == "ErrImageNeverPull").then_some(p)
     });
-    let msg = container(&p, "main")["state"]["waiting"]["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("example.com/nope:1") && msg.contains("not present"), "{msg}");
+    let msg = container(&p, "main")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("example.com/nope:1") && msg.contains("not present"),
+        "{msg}"
+    );
     assert_eq!(p["status"]["phase"], "Pending");
 }
 
@@ -360,7 +494,10 @@ fn pod_waits_for_a_missing_image_and_starts_once_it_is_imported() {
     });
     node.import_image();
     let images = node.skiff_ok(&["images"]);
-    assert!(images.contains("skiff.test/busybox") && images.contains("latest"), "{images}");
+    assert!(
+        images.contains("skiff.test/busybox") && images.contains("latest"),
+        "{images}"
+    );
     node.wait_running("later");
 }
 
@@ -382,19 +519,38 @@ fn crash_of_skiffd_keeps_containers_and_records_exits_that_happened_meanwhile() 
     node.kill_daemon();
     // While skiffd is down, the ender's container exits and its shim records it.
     let dir = node.root.join("pods").join(&ender_uid).join("containers");
-    node.wait_for("the exit record written by the shim", Duration::from_secs(15), || {
-        std::fs::read_dir(&dir).ok()?.flatten().any(|e| e.path().join("exit.json").exists()).then_some(())
-    });
+    node.wait_for(
+        "the exit record written by the shim",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_dir(&dir)
+                .ok()?
+                .flatten()
+                .any(|e| e.path().join("exit.json").exists())
+                .then_some(())
+        },
+    );
     node.start_daemon();
     let again = node.wait_running("steady");
     let c = container(&again, "main");
-    assert_eq!(c["containerID"], steady_id, "the running container was replaced");
+    assert_eq!(
+        c["containerID"], steady_id,
+        "the running container was replaced"
+    );
     assert_eq!(c["restartCount"], 0);
     assert_eq!(again["metadata"]["uid"], steady["metadata"]["uid"]);
-    let ended = node.wait_for("ender Failed with its exit code", Duration::from_secs(10), || {
-        node.pod("ender").filter(|p| p["status"]["phase"] == "Failed")
-    });
-    assert_eq!(container(&ended, "main")["state"]["terminated"]["exitCode"], 5);
+    let ended = node.wait_for(
+        "ender Failed with its exit code",
+        Duration::from_secs(10),
+        || {
+            node.pod("ender")
+                .filter(|p| p["status"]["phase"] == "Failed")
+        },
+    );
+    assert_eq!(
+        container(&ended, "main")["state"]["terminated"]["exitCode"],
+        5
+    );
     assert_eq!(container(&ended, "main")["restartCount"], 0);
     // And a pod removed while skiffd was down is cleaned up when it comes back.
     node.kill_daemon();
@@ -440,11 +596,20 @@ fn containers_get_safe_defaults_and_no_leaked_descriptors() {
         .lines()
         .find_map(|l| l.trim().parse().ok())
         .expect("ulimit -n output");
-    let host_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap().1;
-    assert!(nofile <= host_hard, "container nofile {nofile} above host hard limit {host_hard}");
+    let host_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap()
+        .1;
+    assert!(
+        nofile <= host_hard,
+        "container nofile {nofile} above host hard limit {host_hard}"
+    );
     // An exec'd process is just as clean.
     let fds = node.skiff_ok(&["exec", "safe", "--", "ls", "/proc/self/fd"]);
-    assert_eq!(fds.split_whitespace().collect::<Vec<_>>(), vec!["0", "1", "2", "3"], "{fds}");
+    assert_eq!(
+        fds.split_whitespace().collect::<Vec<_>>(),
+        vec!["0", "1", "2", "3"],
+        "{fds}"
+    );
 }
 
 #[test]
@@ -455,16 +620,25 @@ fn logs_follow_streams_until_the_container_ends() {
     let node = Node::start();
     node.write_manifest(
         "ticker.yaml",
-        &pod_yaml("ticker", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done")
-            .replace("spec:\n", "spec:\n  restartPolicy: Never\n"),
+        &pod_yaml(
+            "ticker",
+            "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done",
+        )
+        .replace("spec:\n", "spec:\n  restartPolicy: Never\n"),
     );
     node.wait_for("ticker to start", Duration::from_secs(20), || {
         let p = node.pod("ticker")?;
-        container(&p, "main")["state"]["running"].is_object().then_some(())
+        container(&p, "main")["state"]["running"]
+            .is_object()
+            .then_some(())
     });
     let out = node.skiff_ok(&["logs", "-f", "ticker"]);
     let ticks: Vec<&str> = out.lines().collect();
-    assert_eq!(ticks, vec!["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"], "{out}");
+    assert_eq!(
+        ticks,
+        vec!["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"],
+        "{out}"
+    );
     let ts_out = node.skiff_ok(&["logs", "ticker", "--timestamps", "--tail", "1"]);
     let (stamp, rest) = ts_out.trim().split_once(' ').unwrap();
     assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{ts_out}");

@@ -683,22 +683,47 @@ fn ephemeral_storage_over_the_limit_evicts_the_pod() {
         return;
     }
     let node = Node::start();
-    let fill = |path: &str, mib: u32| format!("dd if=/dev/zero of={path} bs=1048576 count={mib} 2>/dev/null; sync; exec sleep 3600");
+    let fill = |path: &str, mib: u32| {
+        format!(
+            "dd if=/dev/zero of={path} bs=1048576 count={mib} 2>/dev/null; sync; exec sleep 3600"
+        )
+    };
     node.write_manifest(
         "scratch.yaml",
-        &pod_with("scratch", &fill("/scratch/f", 3), "volumeMounts: [{name: s, mountPath: /scratch}]", "volumes: [{name: s, emptyDir: {sizeLimit: 1Mi}}]"),
+        &pod_with(
+            "scratch",
+            &fill("/scratch/f", 3),
+            "volumeMounts: [{name: s, mountPath: /scratch}]",
+            "volumes: [{name: s, emptyDir: {sizeLimit: 1Mi}}]",
+        ),
     );
     node.write_manifest(
         "layer.yaml",
-        &pod_with("layer", &fill("/big", 3), "resources: {limits: {ephemeral-storage: 2Mi}}", ""),
+        &pod_with(
+            "layer",
+            &fill("/big", 3),
+            "resources: {limits: {ephemeral-storage: 2Mi}}",
+            "",
+        ),
     );
     node.write_manifest(
         "fits.yaml",
-        &pod_with("fits", &fill("/small", 1), "resources: {limits: {ephemeral-storage: 8Mi}}", ""),
+        &pod_with(
+            "fits",
+            &fill("/small", 1),
+            "resources: {limits: {ephemeral-storage: 8Mi}}",
+            "",
+        ),
     );
     for (pod, want) in [
-        ("scratch", "Usage of EmptyDir volume \"s\" exceeds the limit \"1Mi\"."),
-        ("layer", "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi."),
+        (
+            "scratch",
+            "Usage of EmptyDir volume \"s\" exceeds the limit \"1Mi\".",
+        ),
+        (
+            "layer",
+            "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi.",
+        ),
     ] {
         let status = node.wait_for(&format!("{pod} evicted"), Duration::from_secs(40), || {
             let p = node.pod(pod)?;
@@ -709,7 +734,10 @@ fn ephemeral_storage_over_the_limit_evicts_the_pod() {
     }
     wait_event(&node, &["Evicted", "pod/scratch"]);
     let described = node.skiff_ok(&["describe", "pod", "scratch"]);
-    assert!(described.contains("Evicted") && described.contains("exceeds the limit"), "{described}");
+    assert!(
+        described.contains("Evicted") && described.contains("exceeds the limit"),
+        "{described}"
+    );
     assert_eq!(node.pod("fits").unwrap()["status"]["phase"], "Running");
     remove_all_and_check_leftovers(&node);
 }
@@ -728,7 +756,10 @@ impl SharedDir {
         std::fs::create_dir(&path).unwrap();
         let p = path.to_str().unwrap();
         for args in [vec!["--bind", p, p], vec!["--make-rshared", p]] {
-            let st = std::process::Command::new("mount").args(&args).status().unwrap();
+            let st = std::process::Command::new("mount")
+                .args(&args)
+                .status()
+                .unwrap();
             assert!(st.success(), "mount {args:?}");
         }
         SharedDir { _tmp: tmp, path }
@@ -737,14 +768,22 @@ impl SharedDir {
     fn mount_tmpfs(&self, sub: &str) {
         let target = self.path.join(sub);
         std::fs::create_dir_all(&target).unwrap();
-        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&target).status().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&target)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 }
 
 impl Drop for SharedDir {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-R").arg("-l").arg(&self.path).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
     }
 }
 
@@ -761,8 +800,19 @@ fn mount_propagation_host_to_container_none_and_bidirectional() {
     let host = shared.path.display().to_string();
     let vol = format!("volumes: [{{name: h, hostPath: {{path: {host}}}}}]");
     let mount = |prop: &str| format!("volumeMounts: [{{name: h, mountPath: /mnt{prop}}}]");
-    node.write_manifest("h2c.yaml", &pod_with("h2c", "exec sleep 3600", &mount(", mountPropagation: HostToContainer"), &vol));
-    node.write_manifest("none.yaml", &pod_with("none", "exec sleep 3600", &mount(""), &vol));
+    node.write_manifest(
+        "h2c.yaml",
+        &pod_with(
+            "h2c",
+            "exec sleep 3600",
+            &mount(", mountPropagation: HostToContainer"),
+            &vol,
+        ),
+    );
+    node.write_manifest(
+        "none.yaml",
+        &pod_with("none", "exec sleep 3600", &mount(""), &vol),
+    );
     node.write_manifest(
         "bidi.yaml",
         &pod_with(
@@ -774,23 +824,40 @@ fn mount_propagation_host_to_container_none_and_bidirectional() {
     );
     node.write_manifest(
         "bidi-unpriv.yaml",
-        &pod_with("bidi-unpriv", "exec sleep 3600", &mount(", mountPropagation: Bidirectional"), &vol),
+        &pod_with(
+            "bidi-unpriv",
+            "exec sleep 3600",
+            &mount(", mountPropagation: Bidirectional"),
+            &vol,
+        ),
     );
     for p in ["h2c", "none", "bidi"] {
         running(&node, p);
     }
-    wait_event(&node, &["bidi-unpriv", "Bidirectional mount propagation is available only to privileged containers"]);
+    wait_event(
+        &node,
+        &[
+            "bidi-unpriv",
+            "Bidirectional mount propagation is available only to privileged containers",
+        ],
+    );
 
     shared.mount_tmpfs("fromh");
     std::fs::write(shared.path.join("fromh/f"), "x").unwrap();
-    node.wait_for("the host's mount inside h2c", Duration::from_secs(10), || {
-        let (code, out, _) = exec(&node, "h2c", None, "cat /mnt/fromh/f");
-        (code == 0 && out.trim() == "x").then_some(())
-    });
+    node.wait_for(
+        "the host's mount inside h2c",
+        Duration::from_secs(10),
+        || {
+            let (code, out, _) = exec(&node, "h2c", None, "cat /mnt/fromh/f");
+            (code == 0 && out.trim() == "x").then_some(())
+        },
+    );
     let (code, _, _) = exec(&node, "none", None, "cat /mnt/fromh/f");
     assert_ne!(code, 0, "a private mount saw the host's new mount");
     node.wait_for("bidi's mount on the host", Duration::from_secs(10), || {
-        std::fs::read_to_string(shared.path.join("fromc/f")).ok().filter(|s| s.trim() == "hi")
+        std::fs::read_to_string(shared.path.join("fromc/f"))
+            .ok()
+            .filter(|s| s.trim() == "hi")
     });
     remove_all_and_check_leftovers(&node);
 }
@@ -1309,7 +1376,10 @@ fn exec_processes_get_the_containers_seccomp_profile() {
         &pod_with("free", "exec sleep 100000", "securityContext: {capabilities: {add: [SYS_ADMIN]}, seccompProfile: {type: Unconfined}}", ""),
     );
     running(&node, "free");
-    assert_eq!(exec_ok(&node, "free", None, "grep Seccomp: /proc/self/status"), "Seccomp:\t0\n");
+    assert_eq!(
+        exec_ok(&node, "free", None, "grep Seccomp: /proc/self/status"),
+        "Seccomp:\t0\n"
+    );
     let (code, _, err) = exec(&node, "free", None, "unshare -n true");
     assert_eq!(code, 0, "{err}");
     remove_all_and_check_leftovers(&node);

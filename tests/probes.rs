@@ -55,23 +55,47 @@ spec:
             .find(|c| c["name"] == name)
             .cloned()
     };
-    node.wait_for("web ready through its httpGet probe", Duration::from_secs(20), || {
-        (status("web")?["ready"] == true).then_some(())
-    });
-    assert_eq!(status("flag").unwrap()["ready"], false, "flag has no /tmp/ready yet");
+    node.wait_for(
+        "web ready through its httpGet probe",
+        Duration::from_secs(20),
+        || (status("web")?["ready"] == true).then_some(()),
+    );
+    assert_eq!(
+        status("flag").unwrap()["ready"],
+        false,
+        "flag has no /tmp/ready yet"
+    );
     let pod = node.pod("probed").unwrap();
-    let ready = pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
     assert_eq!(ready["status"], "False");
     node.skiff_ok(&["exec", "probed", "-c", "flag", "--", "touch", "/tmp/ready"]);
-    node.wait_for("flag ready", Duration::from_secs(10), || (status("flag")?["ready"] == true).then_some(()));
+    node.wait_for("flag ready", Duration::from_secs(10), || {
+        (status("flag")?["ready"] == true).then_some(())
+    });
     node.wait_for("pod Ready", Duration::from_secs(5), || {
         let p = node.pod("probed")?;
-        let c = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        let c = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
         (c["status"] == "True").then_some(())
     });
     node.skiff_ok(&["exec", "probed", "-c", "flag", "--", "rm", "/tmp/ready"]);
-    node.wait_for("flag not ready again", Duration::from_secs(10), || (status("flag")?["ready"] == false).then_some(()));
-    assert_eq!(status("web").unwrap()["restartCount"], 0, "the tcp liveness probe must pass");
+    node.wait_for("flag not ready again", Duration::from_secs(10), || {
+        (status("flag")?["ready"] == false).then_some(())
+    });
+    assert_eq!(
+        status("web").unwrap()["restartCount"],
+        0,
+        "the tcp liveness probe must pass"
+    );
     let events = node.skiff_ok(&["describe", "pod", "probed"]);
     assert!(events.contains("Readiness probe failed"), "{events}");
 }
@@ -109,13 +133,20 @@ spec:
     let hook = node.skiff_ok(&["exec", "sick", "--", "cat", "/tmp/poststart"]);
     assert_eq!(hook, "started\n");
     node.skiff_ok(&["exec", "sick", "--", "rm", "/tmp/healthy"]);
-    let pod = node.wait_for("a restart by the liveness probe", Duration::from_secs(30), || {
-        let p = node.pod("sick")?;
-        (main_status(&p)["restartCount"].as_i64()? >= 1).then_some(p)
-    });
+    let pod = node.wait_for(
+        "a restart by the liveness probe",
+        Duration::from_secs(30),
+        || {
+            let p = node.pod("sick")?;
+            (main_status(&p)["restartCount"].as_i64()? >= 1).then_some(p)
+        },
+    );
     assert_ne!(main_status(&pod)["containerID"], first_id);
     let events = node.skiff_ok(&["get", "events"]);
-    assert!(events.contains("failed liveness probe, will be restarted"), "{events}");
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
     assert!(events.contains("Liveness probe failed"), "{events}");
 }
 

@@ -548,7 +548,7 @@ fn update_remove_restart_and_cleanup() {
         "client.yaml",
         &client(
             "client",
-            &format!("while true; do timeout 2 wget -q -O- http://$WEB_SERVICE_HOST:$WEB_SERVICE_PORT/ 2>/dev/null || echo FAIL; sleep 0.2; done"),
+            "while true; do timeout 2 wget -q -O- http://$WEB_SERVICE_HOST:$WEB_SERVICE_PORT/ 2>/dev/null || echo FAIL; sleep 0.2; done",
         ),
     );
     node.wait_running("client");
@@ -815,18 +815,35 @@ fn flushed_rules_come_back_through_the_canary() {
     node.write_manifest("web-a.yaml", &backend("web-a", "app: web", ""));
     node.write_manifest(
         "svc.yaml",
-        &service("web", "  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"),
+        &service(
+            "web",
+            "  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+        ),
     );
     let vip = cluster_ip(&node, "web");
     node.wait_running("web-a");
     wait_endpoints(&node, "web", 1);
     let host = node.host.path();
     let addr = format!("{vip}:80");
-    node.wait_for("the service answers", Duration::from_secs(10), || host_get(&host, &addr).ok());
+    node.wait_for("the service answers", Duration::from_secs(10), || {
+        host_get(&host, &addr).ok()
+    });
     assert!(sh(&host, "iptables -t mangle -S").contains("SKIFF-PROXY-CANARY"));
-    sh(&host, "iptables -t nat -F && iptables -t nat -X && iptables -t mangle -F && iptables -t mangle -X");
-    assert!(host_get(&host, &addr).is_err(), "the flush did not break the service");
-    let body = node.wait_for("the rules to come back", Duration::from_secs(15), || host_get(&host, &addr).ok());
+    sh(
+        &host,
+        "iptables -t nat -F && iptables -t nat -X && iptables -t mangle -F && iptables -t mangle -X",
+    );
+    assert!(
+        host_get(&host, &addr).is_err(),
+        "the flush did not break the service"
+    );
+    let body = node.wait_for("the rules to come back", Duration::from_secs(15), || {
+        host_get(&host, &addr).ok()
+    });
     assert_eq!(body, "web-a");
-    assert!(node.log_tail(200).contains("canary chain is gone"), "{}", node.log_tail(40));
+    assert!(
+        node.log_tail(200).contains("canary chain is gone"),
+        "{}",
+        node.log_tail(40)
+    );
 }

@@ -37,7 +37,12 @@ pub trait Iptables {
     /// batch. The default runs one command per change; the real binary
     /// overrides it with a single `iptables-restore --noflush`, which is what
     /// keeps a pod's CNI ADD fast (each `iptables` exec costs milliseconds).
-    fn apply(&self, table: &str, new_chains: &[&str], rules: &[(&str, Vec<String>)]) -> Result<(), Error> {
+    fn apply(
+        &self,
+        table: &str,
+        new_chains: &[&str],
+        rules: &[(&str, Vec<String>)],
+    ) -> Result<(), Error> {
         for c in new_chains {
             self.run(table, &["-N", c])?;
         }
@@ -238,7 +243,12 @@ impl Iptables for Binary {
             .collect())
     }
 
-    fn apply(&self, table: &str, new_chains: &[&str], rules: &[(&str, Vec<String>)]) -> Result<(), Error> {
+    fn apply(
+        &self,
+        table: &str,
+        new_chains: &[&str],
+        rules: &[(&str, Vec<String>)],
+    ) -> Result<(), Error> {
         use std::io::Write;
         let mut input = format!("*{table}\n");
         for c in new_chains {
@@ -250,7 +260,10 @@ impl Iptables for Binary {
         }
         input.push_str("COMMIT\n");
         let program = format!("{}-restore", self.program);
-        let spawn_err = |source| Error::Spawn { program: program.clone(), source };
+        let spawn_err = |source| Error::Spawn {
+            program: program.clone(),
+            source,
+        };
         let mut child = Command::new(&program)
             .args(["-w", "10", "--noflush"])
             .stdin(std::process::Stdio::piped())
@@ -448,9 +461,15 @@ mod restore_tests {
     #[test]
     fn restore_words_are_quoted_like_iptables_save() {
         assert_eq!(restore_word("MASQUERADE"), "MASQUERADE");
-        assert_eq!(restore_word(r#"name: "skiff" id: "x""#), r#""name: \"skiff\" id: \"x\"""#);
+        assert_eq!(
+            restore_word(r#"name: "skiff" id: "x""#),
+            r#""name: \"skiff\" id: \"x\"""#
+        );
         // What -S prints splits back into the same words.
         let q = restore_word(r#"name: "skiff" id: "x""#);
-        assert_eq!(split_words(&format!("-A C -m comment --comment {q}"))[5], r#"name: "skiff" id: "x""#);
+        assert_eq!(
+            split_words(&format!("-A C -m comment --comment {q}"))[5],
+            r#"name: "skiff" id: "x""#
+        );
     }
 }

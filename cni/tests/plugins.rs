@@ -133,7 +133,10 @@ fn del_after_netns_is_gone_still_frees_the_address() {
     // The veth dies with the netns; the kernel tears a netns down asynchronously.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while Lab::links(&lab.host).iter().any(|l| l.kind == "veth") {
-        assert!(std::time::Instant::now() < deadline, "the veth outlived its netns");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the veth outlived its netns"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -244,11 +244,18 @@ impl ImageStore {
             .collect();
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            if !entry.metadata().is_ok_and(|m| m.is_file() && m.len() <= MAX_MANIFEST) {
+            if !entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.len() <= MAX_MANIFEST)
+            {
                 continue;
             }
-            let Ok(bytes) = fs::read(entry.path()) else { continue };
-            let Ok(manifest) = serde_json::from_slice::<layout::Manifest>(&bytes) else { continue };
+            let Ok(bytes) = fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(manifest) = serde_json::from_slice::<layout::Manifest>(&bytes) else {
+                continue;
+            };
             let digest = crate::digest::of_bytes(&bytes);
             if digest.strip_prefix("sha256:") != Some(&*entry.file_name().to_string_lossy()) {
                 continue;

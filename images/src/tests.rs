@@ -1052,7 +1052,10 @@ fn corrupt_index_is_rebuilt_from_the_blobs() {
     let store = ImageStore::open(root.path()).unwrap();
     store.import(src.path()).unwrap();
     let before = store.resolve("example.com/one:1").unwrap().unwrap();
-    let (n_blobs, n_layers) = (count_dir(&root.path().join("blobs/sha256")), count_dir(&root.path().join("layers")));
+    let (n_blobs, n_layers) = (
+        count_dir(&root.path().join("blobs/sha256")),
+        count_dir(&root.path().join("layers")),
+    );
     drop(store);
     let index = root.path().join("images.json");
     let text = fs::read(&index).unwrap();
@@ -1100,7 +1103,9 @@ fn fifo_and_devices_are_refused_without_blocking() {
         .unwrap_err();
     assert!(err.contains("image.tar: cannot import a FIFO"), "{err}");
     match store.import(Path::new("/dev/zero")) {
-        Err(e @ Error::NotImportable { .. }) => assert!(e.to_string().contains("a character device"), "{e}"),
+        Err(e @ Error::NotImportable { .. }) => {
+            assert!(e.to_string().contains("a character device"), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     // The store is still usable (its lock was not left held).

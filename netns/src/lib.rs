@@ -139,7 +139,7 @@ pub fn remove(path: &Path) -> Result<(), Error> {
 pub fn is_pinned(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     match nix::sys::statfs::statfs(path) {
-        Ok(st) => st.filesystem_type().0 as i64 == NSFS_MAGIC,
+        Ok(st) => st.filesystem_type().0 == NSFS_MAGIC,
         Err(_) => false,
     }
 }

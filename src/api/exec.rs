@@ -12,7 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::logs::pick_container;
 use super::pods::find;
 use super::{ApiError, Shared};
-use crate::cli::exec_stream::{CONTENT_TYPE, ExitStatus, STDERR, STDOUT, encode_exit, encode_frame};
+use crate::cli::exec_stream::{
+    CONTENT_TYPE, ExitStatus, STDERR, STDOUT, encode_exit, encode_frame,
+};
 use crate::runtime::ID_SCHEME;
 
 pub async fn exec(
@@ -29,8 +31,9 @@ pub async fn exec(
             "unable to upgrade connection: skiffd does not speak {asked} for exec yet (use `skiff exec`); nothing was run"
         )));
     }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let container = pairs
         .iter()
         .find(|(k, _)| k == "container")
@@ -41,7 +44,9 @@ pub async fn exec(
         .map(|(_, v)| v.clone())
         .collect();
     if argv.is_empty() {
-        return Err(ApiError::bad_request("you must specify at least one command for the container"));
+        return Err(ApiError::bad_request(
+            "you must specify at least one command for the container",
+        ));
     }
     let pod = find(&s, &ns, &name)?;
     let cs = pick_container(&pod, container.as_deref())?;

@@ -57,7 +57,10 @@ pub fn pick_container(pod: &Pod, wanted: Option<&str>) -> Result<ContainerStatus
                     .map(|c| c.name.as_str())
                     .collect();
                 if !inits.is_empty() {
-                    msg.push_str(&format!(" or one of the init containers: [{}]", inits.join(" ")));
+                    msg.push_str(&format!(
+                        " or one of the init containers: [{}]",
+                        inits.join(" ")
+                    ));
                 }
                 return Err(ApiError::bad_request(msg));
             }
@@ -71,7 +74,11 @@ pub fn pick_container(pod: &Pod, wanted: Option<&str>) -> Result<ContainerStatus
 /// The raw CRI records of one container run: its rotated files, oldest first, then
 /// the current one (read through `current`, positioned at its end afterwards). With
 /// `tail`, only the newest files that hold that many lines are read.
-fn read_log(path: &std::path::Path, current: Option<&mut std::fs::File>, tail: Option<usize>) -> Vec<u8> {
+fn read_log(
+    path: &std::path::Path,
+    current: Option<&mut std::fs::File>,
+    tail: Option<usize>,
+) -> Vec<u8> {
     let mut newest_first: Vec<Vec<u8>> = Vec::new();
     let mut lines = 0;
     if let Some(f) = current {
@@ -131,7 +138,10 @@ pub async fn log(
     let cs = pick_container(&pod, q.container.as_deref())?;
     let restart = cs.restart_count.max(0) as u32;
     let started = cs.container_id.is_some()
-        || cs.state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+        || cs
+            .state
+            .as_ref()
+            .is_some_and(|s| s.running.is_some() || s.terminated.is_some());
     let file = if q.previous {
         let prev = cs
             .last_state

@@ -143,13 +143,31 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/events", get(pods::events_all))
         .route("/api/v1/namespaces/{ns}/events", get(pods::events_ns))
         .route("/api/v1/services", get(services::services_all))
-        .route("/api/v1/namespaces/{ns}/services", get(services::services_ns))
-        .route("/api/v1/namespaces/{ns}/services/{name}", get(services::service))
+        .route(
+            "/api/v1/namespaces/{ns}/services",
+            get(services::services_ns),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/services/{name}",
+            get(services::service),
+        )
         .route("/api/v1/endpoints", get(services::endpoints_all))
-        .route("/api/v1/namespaces/{ns}/endpoints", get(services::endpoints_ns))
-        .route("/api/v1/namespaces/{ns}/endpoints/{name}", get(services::endpoints))
-        .route("/apis/discovery.k8s.io/v1/endpointslices", get(services::slices_all))
-        .route("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", get(services::slices_ns))
+        .route(
+            "/api/v1/namespaces/{ns}/endpoints",
+            get(services::endpoints_ns),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/endpoints/{name}",
+            get(services::endpoints),
+        )
+        .route(
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            get(services::slices_all),
+        )
+        .route(
+            "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+            get(services::slices_ns),
+        )
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{name}", get(nodes::get_one))
         .route("/apis/skiff.dev/v1/images", get(images::list))
@@ -161,8 +179,13 @@ pub fn router(state: Shared) -> Router {
             "/apis/skiff.dev/v1/images/{reference}",
             delete(images::remove).get(images::get_one),
         )
-        .fallback(|| async { ApiError::not_found("the server could not find the requested resource") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), list::list_options))
+        .fallback(|| async {
+            ApiError::not_found("the server could not find the requested resource")
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            list::list_options,
+        ))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(listen::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(listen::limit_body))
@@ -205,7 +228,10 @@ pub async fn serve(
     servers.spawn(listen::serve_unix(listener, app.clone(), stop_rx.clone()));
     if let Some(tls) = tls {
         let tokens = Arc::new(tls.pki.tokens);
-        let app = app.layer(axum::middleware::from_fn_with_state(tokens, listen::authenticate));
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            tokens,
+            listen::authenticate,
+        ));
         // The address may not be there yet (a loopback still down, an address not yet
         // configured): the node keeps running its pods and the TLS API comes up once it binds.
         servers.spawn(async move {

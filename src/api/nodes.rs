@@ -164,7 +164,7 @@ pub fn node(s: &Shared) -> Value {
         "status": {
             "capacity": capacity,
             "allocatable": capacity,
-            "conditions": pressure_conditions(&s.runtime.root_dir()).into_iter().map(|(t, on, reason, msg)| {
+            "conditions": pressure_conditions(s.runtime.root_dir()).into_iter().map(|(t, on, reason, msg)| {
                 cond(t, if on { "True" } else { "False" }, reason, &msg)
             }).chain(s.store.node_conditions().into_iter().map(|(t, c)| {
                 json!({"type": t, "status": if c.status { "True" } else { "False" }, "reason": c.reason,
@@ -199,7 +199,9 @@ const NODE_MONITOR_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs
 fn observed(mut n: Value, now: jiff::Timestamp) -> Value {
     if let Some(conds) = n["status"]["conditions"].as_array_mut() {
         for c in conds.iter_mut().filter(|c| c["type"] == "Ready") {
-            let beat = c["lastHeartbeatTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let beat = c["lastHeartbeatTime"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
             if beat.is_some_and(|b| now.duration_since(b) > NODE_MONITOR_GRACE) {
                 c["status"] = json!("Unknown");
                 c["reason"] = json!("NodeStatusUnknown");
@@ -214,7 +216,13 @@ fn observed(mut n: Value, now: jiff::Timestamp) -> Value {
 pub async fn list(State(s): State<Shared>) -> Json<Value> {
     let mut items = vec![node(&s)];
     let now = jiff::Timestamp::now();
-    let mut others: Vec<Value> = s.store.remote().nodes.into_iter().map(|n| observed(n, now)).collect();
+    let mut others: Vec<Value> = s
+        .store
+        .remote()
+        .nodes
+        .into_iter()
+        .map(|n| observed(n, now))
+        .collect();
     others.sort_by(|a, b| {
         a["metadata"]["name"]
             .as_str()
@@ -261,7 +269,10 @@ mod tests {
         assert_eq!(fresh["status"]["conditions"][0]["status"], "True");
         let stale = super::observed(n("2026-11-26T09:59:00Z"), now);
         assert_eq!(stale["status"]["conditions"][0]["status"], "Unknown");
-        assert_eq!(stale["status"]["conditions"][0]["reason"], "NodeStatusUnknown");
+        assert_eq!(
+            stale["status"]["conditions"][0]["reason"],
+            "NodeStatusUnknown"
+        );
     }
 
     #[test]

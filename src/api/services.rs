@@ -17,18 +17,39 @@ fn with_kind<T: serde::Serialize>(obj: &T, kind: &str, api_version: &str) -> Val
 }
 
 fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Json<Value> {
-    Json(json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": ""}, "items": items}))
+    Json(
+        json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": ""}, "items": items}),
+    )
 }
 
 pub async fn services_all(State(s): State<Shared>) -> Json<Value> {
-    list("ServiceList", "v1", s.store.services(None).iter().map(|x| with_kind(x, "Service", "v1")).collect())
+    list(
+        "ServiceList",
+        "v1",
+        s.store
+            .services(None)
+            .iter()
+            .map(|x| with_kind(x, "Service", "v1"))
+            .collect(),
+    )
 }
 
 pub async fn services_ns(State(s): State<Shared>, Path(ns): Path<String>) -> Json<Value> {
-    list("ServiceList", "v1", s.store.services(Some(&ns)).iter().map(|x| with_kind(x, "Service", "v1")).collect())
+    list(
+        "ServiceList",
+        "v1",
+        s.store
+            .services(Some(&ns))
+            .iter()
+            .map(|x| with_kind(x, "Service", "v1"))
+            .collect(),
+    )
 }
 
-pub async fn service(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn service(
+    State(s): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     s.store
         .services(Some(&ns))
         .into_iter()
@@ -46,14 +67,33 @@ pub async fn service(State(s): State<Shared>, Path((ns, name)): Path<(String, St
 }
 
 pub async fn endpoints_all(State(s): State<Shared>) -> Json<Value> {
-    list("EndpointsList", "v1", s.store.endpoints(None).iter().map(|x| with_kind(x, "Endpoints", "v1")).collect())
+    list(
+        "EndpointsList",
+        "v1",
+        s.store
+            .endpoints(None)
+            .iter()
+            .map(|x| with_kind(x, "Endpoints", "v1"))
+            .collect(),
+    )
 }
 
 pub async fn endpoints_ns(State(s): State<Shared>, Path(ns): Path<String>) -> Json<Value> {
-    list("EndpointsList", "v1", s.store.endpoints(Some(&ns)).iter().map(|x| with_kind(x, "Endpoints", "v1")).collect())
+    list(
+        "EndpointsList",
+        "v1",
+        s.store
+            .endpoints(Some(&ns))
+            .iter()
+            .map(|x| with_kind(x, "Endpoints", "v1"))
+            .collect(),
+    )
 }
 
-pub async fn endpoints(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn endpoints(
+    State(s): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     s.store
         .endpoints(Some(&ns))
         .into_iter()
@@ -100,9 +140,17 @@ fn slice(ep: &Endpoints) -> Value {
 }
 
 pub async fn slices_all(State(s): State<Shared>) -> Json<Value> {
-    list("EndpointSliceList", "discovery.k8s.io/v1", s.store.endpoints(None).iter().map(slice).collect())
+    list(
+        "EndpointSliceList",
+        "discovery.k8s.io/v1",
+        s.store.endpoints(None).iter().map(slice).collect(),
+    )
 }
 
 pub async fn slices_ns(State(s): State<Shared>, Path(ns): Path<String>) -> Json<Value> {
-    list("EndpointSliceList", "discovery.k8s.io/v1", s.store.endpoints(Some(&ns)).iter().map(slice).collect())
+    list(
+        "EndpointSliceList",
+        "discovery.k8s.io/v1",
+        s.store.endpoints(Some(&ns)).iter().map(slice).collect(),
+    )
 }

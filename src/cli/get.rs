@@ -80,14 +80,18 @@ pub async fn run(client: &Client, g: &GlobalArgs, args: GetArgs) -> Result<u8, E
         Resource::Nodes => get_nodes(client, &args, now).await,
         Resource::Services => {
             let items: Vec<Service> = get_items(client, g, &args, "services").await?;
-            let Some(items) = items_or_printed(items, g, &args)? else { return Ok(0) };
+            let Some(items) = items_or_printed(items, g, &args)? else {
+                return Ok(0);
+            };
             let wide = args.output == Some(OutputFormat::Wide);
             out(&services_table(&items, g.all_namespaces, wide, now))?;
             Ok(0)
         }
         Resource::Endpoints => {
             let items: Vec<Endpoints> = get_items(client, g, &args, "endpoints").await?;
-            let Some(items) = items_or_printed(items, g, &args)? else { return Ok(0) };
+            let Some(items) = items_or_printed(items, g, &args)? else {
+                return Ok(0);
+            };
             out(&endpoints_table(&items, g.all_namespaces, now))?;
             Ok(0)
         }
@@ -251,7 +255,11 @@ async fn get_nodes(client: &Client, args: &GetArgs, now: Timestamp) -> Result<u8
             list.items
         }
     };
-    out(&nodes_table(&nodes, now, args.output == Some(OutputFormat::Wide)))?;
+    out(&nodes_table(
+        &nodes,
+        now,
+        args.output == Some(OutputFormat::Wide),
+    ))?;
     Ok(0)
 }
 

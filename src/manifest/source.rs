@@ -76,7 +76,6 @@ pub struct DirSource {
     owners: HashMap<ObjectRef, PathBuf>,
 }
 
-
 /// Largest manifest file read: the API server's request size limit (3 MiB). A bigger file is
 /// refused without being read whole (a 50 MB file took skiffd to 347 MB).
 pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
@@ -87,7 +86,12 @@ pub const MAX_MANIFEST_BYTES: u64 = 3 << 20;
 fn read_capped(file: &Path, limit: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let too_big = || format!("file is larger than {} ({limit} bytes), the API server's request size limit", crate::quantity::format_bytes(limit));
+    let too_big = || {
+        format!(
+            "file is larger than {} ({limit} bytes), the API server's request size limit",
+            crate::quantity::format_bytes(limit)
+        )
+    };
     // O_NONBLOCK: a FIFO swapped in after the directory listing must not block the reader.
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -102,7 +106,9 @@ fn read_capped(file: &Path, limit: u64) -> Result<Vec<u8>, String> {
         return Err(too_big());
     }
     let mut data = Vec::with_capacity(meta.len() as usize);
-    f.take(limit + 1).read_to_end(&mut data).map_err(|e| format!("cannot read: {e}"))?;
+    f.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read: {e}"))?;
     if data.len() as u64 > limit {
         return Err(too_big());
     }
@@ -204,17 +210,25 @@ impl DirSource {
                     object: None,
                     message,
                 };
-                let good = self.cache.get(file).map(|c| c.good.clone()).unwrap_or_default();
+                let good = self
+                    .cache
+                    .get(file)
+                    .map(|c| c.good.clone())
+                    .unwrap_or_default();
                 return (good, vec![err]);
             }
         };
         let hash: [u8; 32] = Sha256::digest(&text).into();
-        if let Some(c) = self.cache.get(file) {
-            if c.hash == hash {
-                return (c.good.clone(), c.errors.clone());
-            }
+        if let Some(c) = self.cache.get(file)
+            && c.hash == hash
+        {
+            return (c.good.clone(), c.errors.clone());
         }
-        let previous = self.cache.get(file).map(|c| c.good.clone()).unwrap_or_default();
+        let previous = self
+            .cache
+            .get(file)
+            .map(|c| c.good.clone())
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(&text);
         let (good, errors) = match parse_file(file, &text) {
             Ok((objects, errs)) => {
@@ -227,13 +241,16 @@ impl DirSource {
                     .collect();
                 // An object that turned invalid keeps running in its last good form.
                 for e in &errs {
-                    if let Some(o) = &e.object {
-                        if let Some(old) = previous.iter().find(|p| p.object_ref() == *o) {
-                            good.push(old.clone());
-                        }
+                    if let Some(o) = &e.object
+                        && let Some(old) = previous.iter().find(|p| p.object_ref() == *o)
+                    {
+                        good.push(old.clone());
                     }
                 }
-                (good, errs.into_iter().map(|e| to_source_error(file, e)).collect())
+                (
+                    good,
+                    errs.into_iter().map(|e| to_source_error(file, e)).collect(),
+                )
             }
             Err(message) => (
                 previous,
@@ -277,13 +294,13 @@ impl DirSource {
             &hex[20..32]
         );
         pod.metadata.uid = Some(uid);
-        let ann = pod.metadata.annotations.get_or_insert_with(Default::default);
+        let ann = pod
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
         ann.insert("kubernetes.io/config.source".into(), "file".into());
         ann.insert("kubernetes.io/config.hash".into(), hex[..32].to_string());
-        ann.insert(
-            "skiff.dev/manifest".into(),
-            file.display().to_string(),
-        );
+        ann.insert("skiff.dev/manifest".into(), file.display().to_string());
         if let Some(spec) = pod.spec.as_mut() {
             spec.node_name = Some(self.node_name.clone());
         }
@@ -458,7 +475,11 @@ mod tests {
 
         // Removed file: pod gone.
         std::fs::remove_file(d.join("b.yml")).unwrap();
-        assert!(!src.relist().pods.contains_key(&("default".into(), "b".into())));
+        assert!(
+            !src.relist()
+                .pods
+                .contains_key(&("default".into(), "b".into()))
+        );
     }
 
     #[test]
@@ -477,7 +498,10 @@ mod tests {
         assert_eq!(s.pods.len(), 2);
         assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
         let e = s.errors[0].to_string();
-        assert!(e.contains("big.yaml") && e.contains("file is larger than 3Mi (3145728 bytes)"), "{e}");
+        assert!(
+            e.contains("big.yaml") && e.contains("file is larger than 3Mi (3145728 bytes)"),
+            "{e}"
+        );
         // Exactly at the limit is fine; the reader never takes more than limit + 1 bytes.
         let f = d.join("edge");
         std::fs::write(&f, vec![b'a'; 100]).unwrap();

@@ -15,7 +15,10 @@ pub fn check_dns1123_label(value: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if value.len() > 63 {
-        return Err(format!("must be no more than 63 characters (is {})", value.len()));
+        return Err(format!(
+            "must be no more than 63 characters (is {})",
+            value.len()
+        ));
     }
     let ok_chars = value
         .bytes()
@@ -35,7 +38,10 @@ pub fn check_dns1123_subdomain(value: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if value.len() > 253 {
-        return Err(format!("must be no more than 253 characters (is {})", value.len()));
+        return Err(format!(
+            "must be no more than 253 characters (is {})",
+            value.len()
+        ));
     }
     for part in value.split('.') {
         if part.is_empty()
@@ -54,10 +60,14 @@ pub fn check_dns1123_subdomain(value: &str) -> Result<(), String> {
 /// Checks a ConfigMap/Secret data key: `[-._a-zA-Z0-9]+`, at most 253 characters, not `.` or `..`.
 pub fn check_config_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > 253 {
-        return Err(format!("{key:?}: a valid config key must be 1 to 253 characters"));
+        return Err(format!(
+            "{key:?}: a valid config key must be 1 to 253 characters"
+        ));
     }
     if key == "." || key == ".." || key.starts_with("..") {
-        return Err(format!("{key:?}: must not be '.' or '..' or start with '..'"));
+        return Err(format!(
+            "{key:?}: must not be '.' or '..' or start with '..'"
+        ));
     }
     if !key
         .bytes()
@@ -70,14 +80,19 @@ pub fn check_config_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<(), String> {
+fn check_meta(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<(), String> {
     let name = meta.name.clone().unwrap_or_default();
     if name.is_empty() {
         return Err("metadata.name: Required value".into());
     }
     check_dns1123_subdomain(&name)
         .map_err(|e| format!("metadata.name: Invalid value {name:?}: {e}"))?;
-    let namespace = meta.namespace.get_or_insert_with(|| "default".to_string()).clone();
+    let namespace = meta
+        .namespace
+        .get_or_insert_with(|| "default".to_string())
+        .clone();
     check_dns1123_label(&namespace)
         .map_err(|e| format!("metadata.namespace: Invalid value {namespace:?}: {e}"))
 }
@@ -91,7 +106,9 @@ pub fn validate_config_map(mut cm: ConfigMap) -> Result<ConfigMap, String> {
     for key in cm.binary_data.iter().flatten().map(|(k, _)| k) {
         check_config_key(key).map_err(|e| format!("binaryData[{key}]: Invalid value: {e}"))?;
         if cm.data.as_ref().is_some_and(|d| d.contains_key(key)) {
-            return Err(format!("data[{key}]: Invalid value: duplicate of key present in binaryData"));
+            return Err(format!(
+                "data[{key}]: Invalid value: duplicate of key present in binaryData"
+            ));
         }
     }
     Ok(cm)
@@ -171,9 +188,10 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
     spec.node_name.get_or_insert_with(String::new);
     let volumes = validate_volumes(spec.volumes.as_deref().unwrap_or_default())?;
     let mut seen = HashSet::new();
-    let groups = [
-        ("spec.initContainers", spec.init_containers.get_or_insert_with(Vec::new)),
-    ];
+    let groups = [(
+        "spec.initContainers",
+        spec.init_containers.get_or_insert_with(Vec::new),
+    )];
     for (field, list) in groups {
         for (i, c) in list.iter_mut().enumerate() {
             validate_container(c, &format!("{field}[{i}]"), &mut seen)?;
@@ -192,7 +210,11 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
     Ok(pod)
 }
 
-fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>) -> Result<(), String> {
+fn validate_container(
+    c: &mut Container,
+    field: &str,
+    seen: &mut HashSet<String>,
+) -> Result<(), String> {
     check_dns1123_label(&c.name)
         .map_err(|e| format!("{field}.name: Invalid value {:?}: {e}", c.name))?;
     if !seen.insert(c.name.clone()) {
@@ -216,10 +238,14 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
     // which skiff cannot run yet; refused rather than left to hang the pod's start.
     if let Some(p) = &c.restart_policy {
         if !field.starts_with("spec.initContainers") {
-            return Err(format!("{field}.restartPolicy: Forbidden: may not be set for non-init containers"));
+            return Err(format!(
+                "{field}.restartPolicy: Forbidden: may not be set for non-init containers"
+            ));
         }
         if p != "Always" {
-            return Err(format!("{field}.restartPolicy: Unsupported value: {p:?}: supported values: \"Always\""));
+            return Err(format!(
+                "{field}.restartPolicy: Unsupported value: {p:?}: supported values: \"Always\""
+            ));
         }
         return Err(format!(
             "{field}.restartPolicy: Unsupported value: \"Always\": sidecar containers (init containers with restartPolicy Always) are not supported by this version of skiff yet"
@@ -227,7 +253,10 @@ fn validate_container(c: &mut Container, field: &str, seen: &mut HashSet<String>
     }
     crate::pod::admission::validate_extended(c, field)?;
     crate::runtime::resources::amounts(c).map_err(|e| {
-        let e = e.strip_prefix(&format!("container {}: ", c.name)).unwrap_or(&e).to_string();
+        let e = e
+            .strip_prefix(&format!("container {}: ", c.name))
+            .unwrap_or(&e)
+            .to_string();
         format!("{field}.{e}")
     })?;
     let path = c
@@ -339,18 +368,32 @@ fn validate_volumes(volumes: &[Volume]) -> Result<HashSet<String>, String> {
         ];
         let known = sources.iter().filter(|s| **s).count();
         let json = serde_json::to_value(v).unwrap_or_default();
-        let given = json.as_object().map_or(0, |o| o.keys().filter(|k| *k != "name").count());
+        let given = json
+            .as_object()
+            .map_or(0, |o| o.keys().filter(|k| *k != "name").count());
         if given == 0 {
-            return Err(format!("{field}: Required value: must specify a volume type"));
+            return Err(format!(
+                "{field}: Required value: must specify a volume type"
+            ));
         }
         if given > 1 {
-            return Err(format!("{field}: Forbidden: may not specify more than 1 volume type"));
+            return Err(format!(
+                "{field}: Forbidden: may not specify more than 1 volume type"
+            ));
         }
         if known == 0 {
-            let kind = json.as_object().and_then(|o| o.keys().find(|k| *k != "name").cloned()).unwrap_or_default();
-            return Err(format!("{field}.{kind}: Unsupported value: this volume type is not supported by skiff"));
+            let kind = json
+                .as_object()
+                .and_then(|o| o.keys().find(|k| *k != "name").cloned())
+                .unwrap_or_default();
+            return Err(format!(
+                "{field}.{kind}: Unsupported value: this volume type is not supported by skiff"
+            ));
         }
-        let items = |sub: &str, items: Option<&[KeyToPath]>, default_mode: Option<i32>| -> Result<(), String> {
+        let items = |sub: &str,
+                     items: Option<&[KeyToPath]>,
+                     default_mode: Option<i32>|
+         -> Result<(), String> {
             check_mode(&format!("{field}.{sub}.defaultMode"), default_mode)?;
             for (j, it) in items.unwrap_or_default().iter().enumerate() {
                 let f = format!("{field}.{sub}.items[{j}]");
@@ -370,7 +413,9 @@ fn validate_volumes(volumes: &[Volume]) -> Result<HashSet<String>, String> {
                     .map_err(|e| format!("{f}.path: Invalid value: {:?}: {e}", it.path))?;
                 check_mode(&format!("{f}.mode"), it.mode)?;
                 if it.field_ref.is_some() == it.resource_field_ref.is_some() {
-                    return Err(format!("{f}: Invalid value: exactly one of fieldRef or resourceFieldRef is required"));
+                    return Err(format!(
+                        "{f}: Invalid value: exactly one of fieldRef or resourceFieldRef is required"
+                    ));
                 }
             }
             Ok(())
@@ -396,21 +441,46 @@ fn validate_volumes(volumes: &[Volume]) -> Result<HashSet<String>, String> {
                     items(&format!("{sub}.secret"), s.items.as_deref(), None)?;
                 }
                 if let Some(d) = &src.downward_api {
-                    downward(&format!("{sub}.downwardAPI"), d.items.as_deref().unwrap_or_default())?;
+                    downward(
+                        &format!("{sub}.downwardAPI"),
+                        d.items.as_deref().unwrap_or_default(),
+                    )?;
                 }
             }
         }
         if let Some(h) = &v.host_path {
             if !h.path.starts_with('/') {
-                return Err(format!("{field}.hostPath.path: Invalid value: {:?}: must be an absolute path", h.path));
+                return Err(format!(
+                    "{field}.hostPath.path: Invalid value: {:?}: must be an absolute path",
+                    h.path
+                ));
             }
-            const TYPES: [&str; 8] = ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"];
+            const TYPES: [&str; 8] = [
+                "",
+                "DirectoryOrCreate",
+                "Directory",
+                "FileOrCreate",
+                "File",
+                "Socket",
+                "CharDevice",
+                "BlockDevice",
+            ];
             if let Some(t) = h.type_.as_deref().filter(|t| !TYPES.contains(t)) {
-                return Err(format!("{field}.hostPath.type: Unsupported value: {t:?}: supported values: {}", TYPES[1..].join(", ")));
+                return Err(format!(
+                    "{field}.hostPath.type: Unsupported value: {t:?}: supported values: {}",
+                    TYPES[1..].join(", ")
+                ));
             }
         }
-        if let Some(m) = v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()).filter(|m| !m.is_empty() && *m != "Memory") {
-            return Err(format!("{field}.emptyDir.medium: Unsupported value: {m:?}: supported values: \"\", \"Memory\""));
+        if let Some(m) = v
+            .empty_dir
+            .as_ref()
+            .and_then(|e| e.medium.as_deref())
+            .filter(|m| !m.is_empty() && *m != "Memory")
+        {
+            return Err(format!(
+                "{field}.emptyDir.medium: Unsupported value: {m:?}: supported values: \"\", \"Memory\""
+            ));
         }
     }
     Ok(names)
@@ -425,15 +495,23 @@ fn validate_mounts(c: &Container, field: &str, volumes: &HashSet<String>) -> Res
             return Err(format!("{f}.name: Not found: {:?}", m.name));
         }
         if !m.mount_path.starts_with('/') {
-            return Err(format!("{f}.mountPath: Invalid value: {:?}: must be an absolute path", m.mount_path));
+            return Err(format!(
+                "{f}.mountPath: Invalid value: {:?}: must be an absolute path",
+                m.mount_path
+            ));
         }
         if !paths.insert(m.mount_path.trim_end_matches('/').to_string()) {
-            return Err(format!("{f}.mountPath: Invalid value: {:?}: must be unique", m.mount_path));
+            return Err(format!(
+                "{f}.mountPath: Invalid value: {:?}: must be unique",
+                m.mount_path
+            ));
         }
         let sub = m.sub_path.as_deref().unwrap_or_default();
         let expr = m.sub_path_expr.as_deref().unwrap_or_default();
         if !sub.is_empty() && !expr.is_empty() {
-            return Err(format!("{f}.subPathExpr: Invalid value: {expr:?}: subPathExpr and subPath are mutually exclusive"));
+            return Err(format!(
+                "{f}.subPathExpr: Invalid value: {expr:?}: subPathExpr and subPath are mutually exclusive"
+            ));
         }
         for (name, value) in [("subPath", sub), ("subPathExpr", expr)] {
             check_local_path(value, false)
@@ -445,9 +523,15 @@ fn validate_mounts(c: &Container, field: &str, volumes: &HashSet<String>) -> Res
                     "{f}.mountPropagation: Unsupported value: {p:?}: supported values: \"Bidirectional\", \"HostToContainer\", \"None\""
                 ));
             }
-            let privileged = c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
+            let privileged = c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false);
             if p == "Bidirectional" && !privileged {
-                return Err(format!("{f}.mountPropagation: Forbidden: Bidirectional mount propagation is available only to privileged containers"));
+                return Err(format!(
+                    "{f}.mountPropagation: Forbidden: Bidirectional mount propagation is available only to privileged containers"
+                ));
             }
         }
     }
@@ -475,9 +559,15 @@ mod tests {
     fn container_restart_policy_is_refused_with_a_reason() {
         let pod = |yaml: &str| -> Pod { serde_yaml_ng::from_str(yaml).unwrap() };
         let e = validate_pod(pod("metadata: {name: p}\nspec:\n  initContainers: [{name: s, image: x, restartPolicy: Always}]\n  containers: [{name: a, image: x}]\n")).unwrap_err();
-        assert!(e.contains("spec.initContainers[0].restartPolicy") && e.contains("sidecar containers"), "{e}");
+        assert!(
+            e.contains("spec.initContainers[0].restartPolicy") && e.contains("sidecar containers"),
+            "{e}"
+        );
         let e = validate_pod(pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, restartPolicy: Always}]\n")).unwrap_err();
-        assert!(e.contains("Forbidden: may not be set for non-init containers"), "{e}");
+        assert!(
+            e.contains("Forbidden: may not be set for non-init containers"),
+            "{e}"
+        );
         let e = validate_pod(pod("metadata: {name: p}\nspec:\n  initContainers: [{name: s, image: x, restartPolicy: Never}]\n  containers: [{name: a, image: x}]\n")).unwrap_err();
         assert!(e.contains("supported values: \"Always\""), "{e}");
     }
@@ -496,8 +586,16 @@ mod tests {
         assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
         assert_eq!(spec.termination_grace_period_seconds, Some(30));
-        assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
-        assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].protocol.as_deref(), Some("TCP"));
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0]
+                .protocol
+                .as_deref(),
+            Some("TCP")
+        );
     }
 
     #[test]
@@ -521,7 +619,11 @@ mod tests {
         assert_eq!(vols[1].secret.clone().unwrap().default_mode, Some(420));
         assert_eq!(vols[2].projected.clone().unwrap().default_mode, Some(0o755));
         let env = p.spec.unwrap().containers[0].env.clone().unwrap();
-        assert_eq!(env[0].value.as_deref(), Some("0644"), "only modes below volumes change");
+        assert_eq!(
+            env[0].value.as_deref(),
+            Some("0644"),
+            "only modes below volumes change"
+        );
     }
 
     #[test]
@@ -536,34 +638,118 @@ mod tests {
     #[test]
     fn invalid_names_and_fields_are_refused_with_the_field() {
         let cases = [
-            ("metadata: {name: Bad_Name}\nspec: {containers: [{name: c, image: i}]}", "metadata.name"),
-            ("metadata: {name: a}\nspec: {containers: []}", "spec.containers: Required"),
-            ("metadata: {name: a}\nspec: {containers: [{name: C, image: i}]}", "spec.containers[0].name"),
-            ("metadata: {name: a}\nspec: {containers: [{name: c}]}", "spec.containers[0].image: Required"),
-            ("metadata: {name: a}\nspec: {initContainers: [{name: c, image: i}], containers: [{name: c, image: i}]}", "Duplicate value"),
-            ("metadata: {name: a}\nspec: {restartPolicy: Sometimes, containers: [{name: c, image: i}]}", "spec.restartPolicy"),
-            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, ports: [{containerPort: 70000}]}]}", "containerPort"),
-            ("metadata: {name: a, namespace: Not_OK}\nspec: {containers: [{name: c, image: i}]}", "metadata.namespace"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ../x}]}}], containers: [{name: c, image: i}]}", "spec.volumes[0].configMap.items[0].path: Invalid value: \"../x\": must not contain '..'"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, secret: {secretName: s, items: [{key: k, path: /etc/x}]}}], containers: [{name: c, image: i}]}", "spec.volumes[0].secret.items[0].path: Invalid value: \"/etc/x\": must be a relative path"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ..data}]}}], containers: [{name: c, image: i}]}", "must not start with '..'"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, projected: {sources: [{downwardAPI: {items: [{path: a/../../b, fieldRef: {fieldPath: metadata.name}}]}}]}}], containers: [{name: c, image: i}]}", "spec.volumes[0].projected.sources[0].downwardAPI.items[0].path"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, defaultMode: 4096}}], containers: [{name: c, image: i}]}", "defaultMode: Invalid value: 4096"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}, {name: v, emptyDir: {}}], containers: [{name: c, image: i}]}", "spec.volumes[1].name: Duplicate value"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v}], containers: [{name: c, image: i}]}", "must specify a volume type"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}, hostPath: {path: /x}}], containers: [{name: c, image: i}]}", "may not specify more than 1 volume type"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, nfs: {server: s, path: /x}}], containers: [{name: c, image: i}]}", "spec.volumes[0].nfs: Unsupported value"),
-            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, volumeMounts: [{name: nope, mountPath: /x}]}]}", "spec.containers[0].volumeMounts[0].name: Not found: \"nope\""),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: ../../etc}]}]}", "volumeMounts[0].subPath: Invalid value: \"../../etc\": must not contain '..'"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: /etc}]}]}", "subPath: Invalid value: \"/etc\": must be a relative path"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: a, subPathExpr: b}]}]}", "mutually exclusive"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: x}]}]}", "mountPath: Invalid value: \"x\": must be an absolute path"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, mountPropagation: Bidirectional}]}]}", "only to privileged containers"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {medium: HugePages}}], containers: [{name: c, image: i}]}", "emptyDir.medium: Unsupported value"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: rel}}], containers: [{name: c, image: i}]}", "hostPath.path: Invalid value"),
-            ("metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: /x, type: Dir}}], containers: [{name: c, image: i}]}", "hostPath.type: Unsupported value: \"Dir\""),
-            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}]}", "spec.containers[0].resources.requests.cpu: Invalid value: must be less than or equal to cpu limit"),
-            ("metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {limits: {memory: 12Q}}}]}", "spec.containers[0].resources.limits.memory: Invalid value: quantity \"12Q\""),
+            (
+                "metadata: {name: Bad_Name}\nspec: {containers: [{name: c, image: i}]}",
+                "metadata.name",
+            ),
+            (
+                "metadata: {name: a}\nspec: {containers: []}",
+                "spec.containers: Required",
+            ),
+            (
+                "metadata: {name: a}\nspec: {containers: [{name: C, image: i}]}",
+                "spec.containers[0].name",
+            ),
+            (
+                "metadata: {name: a}\nspec: {containers: [{name: c}]}",
+                "spec.containers[0].image: Required",
+            ),
+            (
+                "metadata: {name: a}\nspec: {initContainers: [{name: c, image: i}], containers: [{name: c, image: i}]}",
+                "Duplicate value",
+            ),
+            (
+                "metadata: {name: a}\nspec: {restartPolicy: Sometimes, containers: [{name: c, image: i}]}",
+                "spec.restartPolicy",
+            ),
+            (
+                "metadata: {name: a}\nspec: {containers: [{name: c, image: i, ports: [{containerPort: 70000}]}]}",
+                "containerPort",
+            ),
+            (
+                "metadata: {name: a, namespace: Not_OK}\nspec: {containers: [{name: c, image: i}]}",
+                "metadata.namespace",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ../x}]}}], containers: [{name: c, image: i}]}",
+                "spec.volumes[0].configMap.items[0].path: Invalid value: \"../x\": must not contain '..'",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, secret: {secretName: s, items: [{key: k, path: /etc/x}]}}], containers: [{name: c, image: i}]}",
+                "spec.volumes[0].secret.items[0].path: Invalid value: \"/etc/x\": must be a relative path",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ..data}]}}], containers: [{name: c, image: i}]}",
+                "must not start with '..'",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, projected: {sources: [{downwardAPI: {items: [{path: a/../../b, fieldRef: {fieldPath: metadata.name}}]}}]}}], containers: [{name: c, image: i}]}",
+                "spec.volumes[0].projected.sources[0].downwardAPI.items[0].path",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, configMap: {name: c, defaultMode: 4096}}], containers: [{name: c, image: i}]}",
+                "defaultMode: Invalid value: 4096",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}, {name: v, emptyDir: {}}], containers: [{name: c, image: i}]}",
+                "spec.volumes[1].name: Duplicate value",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v}], containers: [{name: c, image: i}]}",
+                "must specify a volume type",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}, hostPath: {path: /x}}], containers: [{name: c, image: i}]}",
+                "may not specify more than 1 volume type",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, nfs: {server: s, path: /x}}], containers: [{name: c, image: i}]}",
+                "spec.volumes[0].nfs: Unsupported value",
+            ),
+            (
+                "metadata: {name: a}\nspec: {containers: [{name: c, image: i, volumeMounts: [{name: nope, mountPath: /x}]}]}",
+                "spec.containers[0].volumeMounts[0].name: Not found: \"nope\"",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: ../../etc}]}]}",
+                "volumeMounts[0].subPath: Invalid value: \"../../etc\": must not contain '..'",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: /etc}]}]}",
+                "subPath: Invalid value: \"/etc\": must be a relative path",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, subPath: a, subPathExpr: b}]}]}",
+                "mutually exclusive",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: x}]}]}",
+                "mountPath: Invalid value: \"x\": must be an absolute path",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {}}], containers: [{name: c, image: i, volumeMounts: [{name: v, mountPath: /x, mountPropagation: Bidirectional}]}]}",
+                "only to privileged containers",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, emptyDir: {medium: HugePages}}], containers: [{name: c, image: i}]}",
+                "emptyDir.medium: Unsupported value",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: rel}}], containers: [{name: c, image: i}]}",
+                "hostPath.path: Invalid value",
+            ),
+            (
+                "metadata: {name: a}\nspec: {volumes: [{name: v, hostPath: {path: /x, type: Dir}}], containers: [{name: c, image: i}]}",
+                "hostPath.type: Unsupported value: \"Dir\"",
+            ),
+            (
+                "metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}]}",
+                "spec.containers[0].resources.requests.cpu: Invalid value: must be less than or equal to cpu limit",
+            ),
+            (
+                "metadata: {name: a}\nspec: {containers: [{name: c, image: i, resources: {limits: {memory: 12Q}}}]}",
+                "spec.containers[0].resources.limits.memory: Invalid value: quantity \"12Q\"",
+            ),
         ];
         for (yaml, want) in cases {
             let err = validate_pod(pod(yaml)).unwrap_err();

@@ -109,10 +109,10 @@ pub fn find_uplink(
             .find(|u| u.name == name)
             .ok_or_else(|| OverlayError::Uplink(format!("interface {name} has no IPv4 address")));
     }
-    if let Some(ip) = public_ip {
-        if let Some(u) = addrs.iter().find(|u| u.ip == ip) {
-            return Ok(u.clone());
-        }
+    if let Some(ip) = public_ip
+        && let Some(u) = addrs.iter().find(|u| u.ip == ip)
+    {
+        return Ok(u.clone());
     }
     // /proc/self/net follows the reader's network namespace (unlike /sys/class/net).
     let route = std::fs::read_to_string("/proc/self/net/route").unwrap_or_default();
@@ -233,7 +233,8 @@ impl Agent {
         let attrs = LeaseAttrs::vxlan(public_ip, cfg.vni, vtep.mac.clone());
         let ttl = settings.lease_ttl.as_secs().max(1) as i64;
         let lease = if degraded {
-            let msg = "etcd did not answer at start; running on the subnet from subnet.env until it does";
+            let msg =
+                "etcd did not answer at start; running on the subnet from subnet.env until it does";
             warn!(subnet = %previous.expect("checked above"), "{msg}");
             health.failed(msg, "");
             // lease_id 0: not held; the agent's first round takes it.
@@ -296,7 +297,10 @@ impl Agent {
                 _ = &mut shutdown => None,
             };
             let Some(err) = ended else { return };
-            self.health.failed(&err.to_string(), "etcd is unreachable; routes and rules stay as they are until it is back");
+            self.health.failed(
+                &err.to_string(),
+                "etcd is unreachable; routes and rules stay as they are until it is back",
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut shutdown => return,
@@ -578,7 +582,10 @@ where
                 return v;
             }
             Err(e) => {
-                health.failed(&e.to_string(), "joining the overlay: etcd is not usable yet; retrying");
+                health.failed(
+                    &e.to_string(),
+                    "joining the overlay: etcd is not usable yet; retrying",
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RETRY_MAX);
             }
@@ -706,16 +713,26 @@ pub fn remove_leftovers() -> Vec<String> {
         .unwrap_or_default();
     for line in links.lines() {
         // "7: skiff.1: <BROADCAST,...> ..."
-        let Some(name) = line.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("")) else {
+        let Some(name) = line
+            .split(':')
+            .nth(1)
+            .map(|n| n.trim().split('@').next().unwrap_or(""))
+        else {
             continue;
         };
         if name.starts_with("skiff.")
-            && Command::new("ip").args(["link", "del", "dev", name]).status().is_ok_and(|s| s.success())
+            && Command::new("ip")
+                .args(["link", "del", "dev", name])
+                .status()
+                .is_ok_and(|s| s.success())
         {
             removed.push(format!("device {name}"));
         }
     }
-    for (table, from, chain) in [("nat", "POSTROUTING", MASQ_CHAIN), ("filter", "FORWARD", FWD_CHAIN)] {
+    for (table, from, chain) in [
+        ("nat", "POSTROUTING", MASQ_CHAIN),
+        ("filter", "FORWARD", FWD_CHAIN),
+    ] {
         let ipt = |args: &[&str]| {
             Command::new("iptables")
                 .args(["-w", "-t", table])

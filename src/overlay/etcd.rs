@@ -27,7 +27,9 @@ const MAX_CONFLICTS: u32 = 16;
 /// Errors talking to etcd or interpreting what it holds.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("invalid etcd endpoint {0:?}: expected http://host:port or https://host:port (all alike)")]
+    #[error(
+        "invalid etcd endpoint {0:?}: expected http://host:port or https://host:port (all alike)"
+    )]
     Endpoint(String),
     #[error("etcd TLS: {0}")]
     Tls(String),
@@ -163,7 +165,9 @@ impl TlsFiles {
     pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, EtcdError> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let bad = |path: &std::path::Path, what: String| EtcdError::Tls(format!("{}: {what}", path.display()));
+        let bad = |path: &std::path::Path, what: String| {
+            EtcdError::Tls(format!("{}: {what}", path.display()))
+        };
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca_file {
             Some(path) => {
@@ -195,7 +199,8 @@ impl TlsFiles {
                     .map_err(|e| bad(cert, e.to_string()))?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| bad(cert, e.to_string()))?;
-                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+                let key_der =
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
                 builder
                     .with_client_auth_cert(chain, key_der)
                     .map_err(|e| bad(cert, e.to_string()))?
@@ -207,7 +212,9 @@ impl TlsFiles {
                 ));
             }
         };
-        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            config,
+        )))
     }
 }
 
@@ -355,7 +362,10 @@ impl Client {
         let mut addrs = Vec::new();
         let mut https = None;
         for endpoint in endpoints {
-            let (secure, rest) = match (endpoint.strip_prefix("https://"), endpoint.strip_prefix("http://")) {
+            let (secure, rest) = match (
+                endpoint.strip_prefix("https://"),
+                endpoint.strip_prefix("http://"),
+            ) {
                 (Some(r), _) => (true, r),
                 (_, Some(r)) => (false, r),
                 _ => (tls.is_some(), *endpoint),
@@ -952,14 +962,17 @@ pub(crate) mod tests {
                     &peer,
                 ])
                 .args(["--initial-cluster", &format!("t={peer}")])
-                .args(tls.map(|d| {
-                    vec![
-                        format!("--cert-file={}", d.join("server.pem").display()),
-                        format!("--key-file={}", d.join("server-key.pem").display()),
-                        format!("--trusted-ca-file={}", d.join("ca.pem").display()),
-                        "--client-cert-auth".to_string(),
-                    ]
-                }).unwrap_or_default())
+                .args(
+                    tls.map(|d| {
+                        vec![
+                            format!("--cert-file={}", d.join("server.pem").display()),
+                            format!("--key-file={}", d.join("server-key.pem").display()),
+                            format!("--trusted-ca-file={}", d.join("ca.pem").display()),
+                            "--client-cert-auth".to_string(),
+                        ]
+                    })
+                    .unwrap_or_default(),
+                )
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -998,17 +1011,70 @@ pub(crate) mod tests {
     /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
     fn make_certs(dir: &Path) {
         let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1", "-subj", "/CN=skiff-test-ca"]);
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=skiff-test-ca",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
         for who in ["server", "client"] {
             let key = format!("{who}-key.pem");
             let csr = format!("{who}.csr");
             let pem = format!("{who}.pem");
-            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={who}")]);
-            run(&["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", &pem, "-days", "1", "-extfile", "san.ext"]);
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={who}"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+            ]);
         }
     }
 
@@ -1041,7 +1107,9 @@ pub(crate) mod tests {
             cert_file: Some(certs.path().join("client.pem")),
             ..Default::default()
         };
-        let err = Client::connect_to(&[&etcd.url], Some(&half)).unwrap_err().to_string();
+        let err = Client::connect_to(&[&etcd.url], Some(&half))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--etcd-keyfile"), "{err}");
     }
 

@@ -438,12 +438,11 @@ impl ClusterState {
                     Ok(_) => {}
                     Err(e) => debug!(key = %k, error = %e, "cluster state: unreadable Service"),
                 }
-            } else if let Some(name) = rest.strip_prefix("nodes/") {
-                if name != self.node {
-                    if let Ok(n) = serde_json::from_slice::<Value>(v) {
-                        remote.nodes.push(n);
-                    }
-                }
+            } else if let Some(name) = rest.strip_prefix("nodes/")
+                && name != self.node
+                && let Ok(n) = serde_json::from_slice::<Value>(v)
+            {
+                remote.nodes.push(n);
             }
         }
         let before = self.store.remote();
@@ -488,7 +487,10 @@ mod tests {
     fn node(etcd: &Etcd, name: &str, svc: &str, ip: &str, pod_ip: &str) -> ClusterState {
         let store = Arc::new(Store::new(name));
         let key = ("default".to_string(), svc.to_string());
-        store.set_desired_services(BTreeMap::from([(key.clone(), Arc::new(service(svc, ip)))]), BTreeMap::new());
+        store.set_desired_services(
+            BTreeMap::from([(key.clone(), Arc::new(service(svc, ip)))]),
+            BTreeMap::new(),
+        );
         store.set_service_views(Views {
             services: BTreeMap::from([(key, service(svc, ip))]),
             ..Default::default()
@@ -514,7 +516,9 @@ mod tests {
             "/t",
             Duration::from_secs(5),
             store,
-            Arc::new(move || serde_json::json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready"}]}})),
+            Arc::new(
+                move || serde_json::json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready"}]}}),
+            ),
         )
     }
 
@@ -540,14 +544,26 @@ mod tests {
         b.publish().await.unwrap();
         assert!(a.refused.is_empty());
         let why = &b.refused["default/api"];
-        assert!(why.contains("clusterips/10.96.0.10 is held by default/web@a"), "{why}");
+        assert!(
+            why.contains("clusterips/10.96.0.10 is held by default/web@a"),
+            "{why}"
+        );
 
         refresh(&mut b).await;
         let remote = b.store.remote();
-        assert_eq!(remote.services.keys().collect::<Vec<_>>(), [&("default".to_string(), "web".to_string())]);
+        assert_eq!(
+            remote.services.keys().collect::<Vec<_>>(),
+            [&("default".to_string(), "web".to_string())]
+        );
         assert_eq!(remote.pods.len(), 1);
-        assert_eq!(remote.pods[0].status.as_ref().unwrap().pod_ip.as_deref(), Some("10.244.1.2"));
-        assert_eq!(remote.pods[0].spec.as_ref().unwrap().node_name.as_deref(), Some("a"));
+        assert_eq!(
+            remote.pods[0].status.as_ref().unwrap().pod_ip.as_deref(),
+            Some("10.244.1.2")
+        );
+        assert_eq!(
+            remote.pods[0].spec.as_ref().unwrap().node_name.as_deref(),
+            Some("a")
+        );
         assert_eq!(remote.nodes[0]["metadata"]["name"], "a");
         assert!(remote.nodes[0]["status"]["conditions"][0]["lastHeartbeatTime"].is_string());
 
@@ -560,13 +576,23 @@ mod tests {
         b.publish().await.unwrap();
         assert!(b.refused.is_empty());
         refresh(&mut a).await;
-        assert!(a.store.remote().services.contains_key(&("default".to_string(), "api".to_string())));
+        assert!(
+            a.store
+                .remote()
+                .services
+                .contains_key(&("default".to_string(), "api".to_string()))
+        );
 
         // a's Service goes: its object and claim go with it, so b can take the address.
-        a.store.set_desired_services(BTreeMap::new(), BTreeMap::new());
+        a.store
+            .set_desired_services(BTreeMap::new(), BTreeMap::new());
         a.store.set_service_views(Views::default());
         a.publish().await.unwrap();
-        let (kvs, _) = etcd.client().range("/t/registry/clusterips/", true).await.unwrap();
+        let (kvs, _) = etcd
+            .client()
+            .range("/t/registry/clusterips/", true)
+            .await
+            .unwrap();
         let claims: Vec<String> = kvs.iter().map(|kv| kv.key.clone()).collect();
         assert_eq!(claims, ["/t/registry/clusterips/10.96.0.11"]);
         refresh(&mut b).await;

@@ -823,9 +823,15 @@ mod tests {
             // Again: adopting the existing device must keep it (and its MAC).
             assert_eq!(ensure_vtep(&ns.runner(), &cfg).unwrap().mac, v.mac);
             // The checksum-offload workaround is really applied (ethtool is a dependency).
-            assert!(v.tx_checksum_off, "ethtool missing: scripts/install-deps.sh installs it");
+            assert!(
+                v.tx_checksum_off,
+                "ethtool missing: scripts/install-deps.sh installs it"
+            );
             let features = ns.runner().run("ethtool", &["-k", &v.name]).unwrap();
-            assert!(features.contains("tx-checksum-ip-generic: off"), "{features}");
+            assert!(
+                features.contains("tx-checksum-ip-generic: off"),
+                "{features}"
+            );
             v
         }
 

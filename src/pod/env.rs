@@ -110,13 +110,22 @@ fn value_of(
                 .pod
                 .spec
                 .iter()
-                .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
                 .find(|x| &x.name == n)
                 .ok_or_else(|| format!("env {}: container {n:?} not found", e.name))?,
             _ => c,
         };
-        return resource_value(&r.resource, r.divisor.as_ref().map(|q| q.0.as_str()), target, cx)
-            .map(Some);
+        return resource_value(
+            &r.resource,
+            r.divisor.as_ref().map(|q| q.0.as_str()),
+            target,
+            cx,
+        )
+        .map(Some);
     }
     if let Some(r) = &from.config_map_key_ref {
         let name = r.name.clone();
@@ -124,16 +133,24 @@ fn value_of(
             None if r.optional == Some(true) => Ok(None),
             None => Err(format!("configmap \"{name}\" not found")),
             Some(cm) => {
-                let v = cm.data.as_ref().and_then(|d| d.get(&r.key)).cloned().or_else(|| {
-                    cm.binary_data
-                        .as_ref()
-                        .and_then(|d| d.get(&r.key))
-                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                });
+                let v = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.key))
+                    .cloned()
+                    .or_else(|| {
+                        cm.binary_data
+                            .as_ref()
+                            .and_then(|d| d.get(&r.key))
+                            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    });
                 match v {
                     Some(v) => Ok(Some(v)),
                     None if r.optional == Some(true) => Ok(None),
-                    None => Err(format!("couldn't find key {} in ConfigMap {ns}/{name}", r.key)),
+                    None => Err(format!(
+                        "couldn't find key {} in ConfigMap {ns}/{name}",
+                        r.key
+                    )),
                 }
             }
         };
@@ -160,7 +177,8 @@ pub fn needs_pod_ip(pod: &Pod) -> bool {
     fn walk(v: &serde_json::Value) -> bool {
         match v {
             serde_json::Value::Object(m) => m.iter().any(|(k, v)| {
-                (k == "fieldPath" && v.as_str().is_some_and(|p| p.starts_with("status.podIP"))) || walk(v)
+                (k == "fieldPath" && v.as_str().is_some_and(|p| p.starts_with("status.podIP")))
+                    || walk(v)
             }),
             serde_json::Value::Array(a) => a.iter().any(walk),
             _ => false,
@@ -175,7 +193,10 @@ pub fn field_value(path: &str, cx: &EnvContext<'_>) -> Result<String, String> {
     let meta = &cx.pod.metadata;
     let spec = cx.pod.spec.clone().unwrap_or_default();
     let bracket = |prefix: &str| -> Option<String> {
-        let rest = path.strip_prefix(prefix)?.strip_prefix("['")?.strip_suffix("']")?;
+        let rest = path
+            .strip_prefix(prefix)?
+            .strip_prefix("['")?
+            .strip_suffix("']")?;
         Some(rest.to_string())
     };
     let map_text = |m: &Option<std::collections::BTreeMap<String, String>>| {
@@ -192,14 +213,24 @@ pub fn field_value(path: &str, cx: &EnvContext<'_>) -> Result<String, String> {
         "metadata.labels" => map_text(&meta.labels),
         "metadata.annotations" => map_text(&meta.annotations),
         "spec.nodeName" => spec.node_name.unwrap_or_default(),
-        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_else(|| "default".into()),
+        "spec.serviceAccountName" => spec
+            .service_account_name
+            .unwrap_or_else(|| "default".into()),
         "status.podIP" | "status.podIPs" => cx.pod_ip.unwrap_or("").to_string(),
         "status.hostIP" | "status.hostIPs" => cx.host_ip.unwrap_or("").to_string(),
         p => {
             if let Some(k) = bracket("metadata.labels") {
-                meta.labels.as_ref().and_then(|l| l.get(&k)).cloned().unwrap_or_default()
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(&k))
+                    .cloned()
+                    .unwrap_or_default()
             } else if let Some(k) = bracket("metadata.annotations") {
-                meta.annotations.as_ref().and_then(|l| l.get(&k)).cloned().unwrap_or_default()
+                meta.annotations
+                    .as_ref()
+                    .and_then(|l| l.get(&k))
+                    .cloned()
+                    .unwrap_or_default()
             } else {
                 return Err(format!("unsupported fieldRef fieldPath {p:?}"));
             }
@@ -215,20 +246,55 @@ pub fn resource_value(
     cx: &EnvContext<'_>,
 ) -> Result<String, String> {
     let res = c.resources.clone().unwrap_or_default();
-    let get = |m: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
-        m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
-    };
+    let get = |m: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+               k: &str| { m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()) };
     // As the kubelet: cpu in millicores, the rest in base units, integer
     // values divided and rounded up (`ceil(MilliValue / divisor.MilliValue)`).
     let (lim, req) = (&res.limits, &res.requests);
     let (value, is_cpu) = match resource {
-        "limits.cpu" => (get(lim, "cpu").map(|q| quantity::millicores(&q)).transpose()?.unwrap_or(cx.allocatable.0), true),
-        "requests.cpu" => (get(req, "cpu").map(|q| quantity::millicores(&q)).transpose()?.unwrap_or(0), true),
-        "limits.memory" => (get(lim, "memory").map(|q| quantity::bytes(&q)).transpose()?.unwrap_or(cx.allocatable.1), false),
-        "requests.memory" => (get(req, "memory").map(|q| quantity::bytes(&q)).transpose()?.unwrap_or(0), false),
+        "limits.cpu" => (
+            get(lim, "cpu")
+                .map(|q| quantity::millicores(&q))
+                .transpose()?
+                .unwrap_or(cx.allocatable.0),
+            true,
+        ),
+        "requests.cpu" => (
+            get(req, "cpu")
+                .map(|q| quantity::millicores(&q))
+                .transpose()?
+                .unwrap_or(0),
+            true,
+        ),
+        "limits.memory" => (
+            get(lim, "memory")
+                .map(|q| quantity::bytes(&q))
+                .transpose()?
+                .unwrap_or(cx.allocatable.1),
+            false,
+        ),
+        "requests.memory" => (
+            get(req, "memory")
+                .map(|q| quantity::bytes(&q))
+                .transpose()?
+                .unwrap_or(0),
+            false,
+        ),
         "limits.ephemeral-storage" | "requests.ephemeral-storage" => {
-            let m = if resource.starts_with("limits") { lim } else { req };
-            (get(m, "ephemeral-storage").map(|q| quantity::bytes(&q)).transpose()?.unwrap_or(0), false)
+            let m = if resource.starts_with("limits") {
+                lim
+            } else {
+                req
+            };
+            (
+                get(m, "ephemeral-storage")
+                    .map(|q| quantity::bytes(&q))
+                    .transpose()?
+                    .unwrap_or(0),
+                false,
+            )
         }
         other => return Err(format!("unsupported resourceFieldRef resource {other:?}")),
     };
@@ -239,7 +305,9 @@ pub fn resource_value(
         (None, false) => 1,
     };
     if divisor <= 0 {
-        return Err(format!("resourceFieldRef {resource}: divisor must be positive"));
+        return Err(format!(
+            "resourceFieldRef {resource}: divisor must be positive"
+        ));
     }
     Ok(format!("{}", quantity::ceil(value as f64 / divisor as f64)))
 }
@@ -251,10 +319,14 @@ mod tests {
 
     fn store() -> Store {
         let s = Store::new("n");
-        let cm: k8s_openapi::api::core::v1::ConfigMap =
-            serde_yaml_ng::from_str("metadata: {name: cfg, namespace: default}\ndata: {color: blue, size: L, 1bad: x}").unwrap();
-        let sec: k8s_openapi::api::core::v1::Secret =
-            serde_yaml_ng::from_str("metadata: {name: sec, namespace: default}\ndata: {password: c2VjcmV0}").unwrap();
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_yaml_ng::from_str(
+            "metadata: {name: cfg, namespace: default}\ndata: {color: blue, size: L, 1bad: x}",
+        )
+        .unwrap();
+        let sec: k8s_openapi::api::core::v1::Secret = serde_yaml_ng::from_str(
+            "metadata: {name: sec, namespace: default}\ndata: {password: c2VjcmV0}",
+        )
+        .unwrap();
         s.set_config(
             BTreeMap::from([(("default".into(), "cfg".into()), cm)]),
             BTreeMap::from([(("default".into(), "sec".into()), sec)]),
@@ -331,12 +403,26 @@ spec:
     fn missing_references_name_the_object() {
         let s = store();
         for (env, want) in [
-            ("{name: A, valueFrom: {configMapKeyRef: {name: nope, key: x}}}", "configmap \"nope\" not found"),
-            ("{name: A, valueFrom: {configMapKeyRef: {name: cfg, key: x}}}", "couldn't find key x in ConfigMap default/cfg"),
-            ("{name: A, valueFrom: {secretKeyRef: {name: nope, key: x}}}", "secret \"nope\" not found"),
-            ("{name: A, valueFrom: {fieldRef: {fieldPath: spec.bogus}}}", "unsupported fieldRef"),
+            (
+                "{name: A, valueFrom: {configMapKeyRef: {name: nope, key: x}}}",
+                "configmap \"nope\" not found",
+            ),
+            (
+                "{name: A, valueFrom: {configMapKeyRef: {name: cfg, key: x}}}",
+                "couldn't find key x in ConfigMap default/cfg",
+            ),
+            (
+                "{name: A, valueFrom: {secretKeyRef: {name: nope, key: x}}}",
+                "secret \"nope\" not found",
+            ),
+            (
+                "{name: A, valueFrom: {fieldRef: {fieldPath: spec.bogus}}}",
+                "unsupported fieldRef",
+            ),
         ] {
-            let p = pod(&format!("metadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    image: i\n    env: [{env}]\n"));
+            let p = pod(&format!(
+                "metadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    image: i\n    env: [{env}]\n"
+            ));
             let err = env_of(&p, &s).unwrap_err();
             assert!(err.contains(want), "{env}: {err}");
         }
@@ -344,12 +430,25 @@ spec:
 
     #[test]
     fn pods_reading_their_own_ip_are_found() {
-        let uses = |spec: &str| needs_pod_ip(&pod(&format!("metadata: {{name: p}}\nspec:\n{spec}")));
-        assert!(!uses("  containers:\n  - {name: c, image: i, env: [{name: N, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}]}\n"));
-        assert!(!uses("  containers:\n  - {name: c, image: i, command: [echo, status.podIP]}\n"));
-        assert!(uses("  containers:\n  - {name: c, image: i, env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]}\n"));
-        assert!(uses("  initContainers:\n  - {name: i, image: i, env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}]}\n  containers:\n  - {name: c, image: i}\n"));
-        assert!(uses("  containers:\n  - {name: c, image: i}\n  volumes:\n  - name: info\n    downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}\n"));
-        assert!(uses("  containers:\n  - {name: c, image: i}\n  volumes:\n  - name: all\n    projected: {sources: [{downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}}]}\n"));
+        let uses =
+            |spec: &str| needs_pod_ip(&pod(&format!("metadata: {{name: p}}\nspec:\n{spec}")));
+        assert!(!uses(
+            "  containers:\n  - {name: c, image: i, env: [{name: N, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}]}\n"
+        ));
+        assert!(!uses(
+            "  containers:\n  - {name: c, image: i, command: [echo, status.podIP]}\n"
+        ));
+        assert!(uses(
+            "  containers:\n  - {name: c, image: i, env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]}\n"
+        ));
+        assert!(uses(
+            "  initContainers:\n  - {name: i, image: i, env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}]}\n  containers:\n  - {name: c, image: i}\n"
+        ));
+        assert!(uses(
+            "  containers:\n  - {name: c, image: i}\n  volumes:\n  - name: info\n    downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}\n"
+        ));
+        assert!(uses(
+            "  containers:\n  - {name: c, image: i}\n  volumes:\n  - name: all\n    projected: {sources: [{downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}}]}\n"
+        ));
     }
 }

@@ -144,7 +144,13 @@ struct FakeProc {
     exits_on_term: bool,
 }
 
-fn exit(state: &Arc<Mutex<State>>, tx: &watch::Sender<bool>, id: &str, code: i32, signal: Option<i32>) {
+fn exit(
+    state: &Arc<Mutex<State>>,
+    tx: &watch::Sender<bool>,
+    id: &str,
+    code: i32,
+    signal: Option<i32>,
+) {
     {
         let mut st = state.lock().unwrap();
         if st.exits.contains_key(id) {
@@ -194,11 +200,24 @@ impl Process for FakeProc {
 }
 
 impl PodRuntime for FakeRuntime {
-    fn ephemeral_usage(&self, _uid: &str, containers: &[(String, String)], empty_dirs: &[String]) -> crate::runtime::EphemeralUsage {
+    fn ephemeral_usage(
+        &self,
+        _uid: &str,
+        containers: &[(String, String)],
+        empty_dirs: &[String],
+    ) -> crate::runtime::EphemeralUsage {
         let all = self.state.lock().unwrap().usage.clone();
         crate::runtime::EphemeralUsage {
-            containers: all.containers.into_iter().filter(|(n, _)| containers.iter().any(|(c, _)| c == n)).collect(),
-            empty_dirs: all.empty_dirs.into_iter().filter(|(n, _)| empty_dirs.contains(n)).collect(),
+            containers: all
+                .containers
+                .into_iter()
+                .filter(|(n, _)| containers.iter().any(|(c, _)| c == n))
+                .collect(),
+            empty_dirs: all
+                .empty_dirs
+                .into_iter()
+                .filter(|(n, _)| empty_dirs.contains(n))
+                .collect(),
             pod_files: all.pod_files,
         }
     }
@@ -234,7 +253,10 @@ impl PodRuntime for FakeRuntime {
             ip: Some("10.244.0.9".parse().unwrap()),
         })
     }
-    fn create_sandbox_overlapped(&self, _pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+    fn create_sandbox_overlapped(
+        &self,
+        _pod: &Pod,
+    ) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
         let net = {
             let mut st = self.state.lock().unwrap();
             st.overlapped_sandboxes += 1;
@@ -269,7 +291,12 @@ impl PodRuntime for FakeRuntime {
         Vec::new()
     }
     fn exit_record(&self, _uid: &str, id: &str) -> Option<ExitRecord> {
-        self.state.lock().unwrap().exits.get(id).map(|e| e.0.clone())
+        self.state
+            .lock()
+            .unwrap()
+            .exits
+            .get(id)
+            .map(|e| e.0.clone())
     }
     fn release_container_fs(&self, _uid: &str, _id: &str) {}
     fn remove_container(&self, _uid: &str, _id: &str) {}
@@ -281,7 +308,11 @@ impl PodRuntime for FakeRuntime {
         _timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<(i32, String), String>> + Send>> {
         // `true`/`false` scripts: the first word decides the exit code.
-        let code = if argv.first().map(String::as_str) == Some("false") { 1 } else { 0 };
+        let code = if argv.first().map(String::as_str) == Some("false") {
+            1
+        } else {
+            0
+        };
         self.state.lock().unwrap().execs.push(argv);
         Box::pin(async move { Ok((code, String::new())) })
     }
@@ -311,11 +342,11 @@ impl PodRuntime for FakeRuntime {
                 });
             }
             // As the real runtime: created now, started only once the network is ready.
-            if let Some(net) = &req.network {
-                if let Err(e) = net.wait().await {
-                    self.state.lock().unwrap().aborted.push(name.clone());
-                    return Err(StartError::Start(format!("network failed: {e}")));
-                }
+            if let Some(net) = &req.network
+                && let Err(e) = net.wait().await
+            {
+                self.state.lock().unwrap().aborted.push(name.clone());
+                return Err(StartError::Start(format!("network failed: {e}")));
             }
             self.state.lock().unwrap().started.push(Started {
                 name: name.clone(),

@@ -58,7 +58,10 @@ impl Manager {
             self.reap_orphans(&snapshot);
         }
         self.refused.retain(|k, uid| {
-            snapshot.pods.get(k).is_some_and(|d| d.uid() == uid.as_str())
+            snapshot
+                .pods
+                .get(k)
+                .is_some_and(|d| d.uid() == uid.as_str())
         });
         for (key, desired) in &snapshot.pods {
             let uid = desired.uid().to_string();
@@ -72,9 +75,9 @@ impl Manager {
             if let Err((reason, message)) = self.admit(key, &desired.pod) {
                 warn!(pod = %key.1, namespace = %key.0, reason = %reason, "pod rejected at admission");
                 let mut pod = desired.pod.clone();
-                pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    jiff::Timestamp::now(),
-                ));
+                pod.metadata.creation_timestamp = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+                );
                 pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
                     phase: Some("Failed".into()),
                     reason: Some(reason.clone()),
@@ -88,7 +91,9 @@ impl Manager {
                     self.leaving.push((old.tx, old.handle));
                 }
                 self.ctx.store.put_pod(pod, true);
-                self.ctx.store.event(&obj, EventType::Warning, &reason, &message);
+                self.ctx
+                    .store
+                    .event(&obj, EventType::Warning, &reason, &message);
                 self.refused.insert(key.clone(), uid);
                 continue;
             }
@@ -98,9 +103,9 @@ impl Manager {
                 old.handle
             });
             let mut pod = desired.pod.clone();
-            pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                jiff::Timestamp::now(),
-            ));
+            pod.metadata.creation_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            );
             if let Some(saved) = self.ctx.runtime.load_pod(&uid) {
                 pod.metadata.creation_timestamp = saved.metadata.creation_timestamp;
             }
@@ -124,8 +129,18 @@ impl Manager {
         for pod in self.ctx.store.list_pods(None) {
             let key = crate::store::key_of(&pod);
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let failed_admission = pod.status.as_ref().and_then(|s| s.reason.as_deref()).is_some_and(|r| r.starts_with("OutOf") || ["SysctlForbidden", "NodeAffinity", "AppArmor"].contains(&r));
-            if failed_admission && !self.workers.contains_key(&key) && !snapshot.pods.contains_key(&key) {
+            let failed_admission = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.reason.as_deref())
+                .is_some_and(|r| {
+                    r.starts_with("OutOf")
+                        || ["SysctlForbidden", "NodeAffinity", "AppArmor"].contains(&r)
+                });
+            if failed_admission
+                && !self.workers.contains_key(&key)
+                && !snapshot.pods.contains_key(&key)
+            {
                 self.ctx.store.remove_pod(&key, &uid);
             }
         }
@@ -146,21 +161,35 @@ impl Manager {
     /// The kubelet's admission: the pod's requests must fit what the node
     /// has left after the pods already admitted; sysctls must be allowed; the node must
     /// match its node selector and required affinity; AppArmor must be there if asked for.
-    fn admit(&self, key: &PodKey, pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), (String, String)> {
+    fn admit(
+        &self,
+        key: &PodKey,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> Result<(), (String, String)> {
         let spec = pod.spec.clone().unwrap_or_default();
         let host_network = spec.host_network.unwrap_or(false);
-        for s in spec.security_context.iter().flat_map(|s| s.sysctls.iter().flatten()) {
+        for s in spec
+            .security_context
+            .iter()
+            .flat_map(|s| s.sysctls.iter().flatten())
+        {
             if !crate::runtime::security::is_namespaced_sysctl(&s.name, host_network) {
                 return Err((
                     "SysctlForbidden".into(),
-                    format!("Pod was rejected: forbidden sysctl: {:?} not allowlisted", s.name),
+                    format!(
+                        "Pod was rejected: forbidden sysctl: {:?} not allowlisted",
+                        s.name
+                    ),
                 ));
             }
         }
-        let rejected = |r: super::admission::Refusal| (r.reason, format!("Pod was rejected: {}", r.message));
+        let rejected =
+            |r: super::admission::Refusal| (r.reason, format!("Pod was rejected: {}", r.message));
         let labels = self.ctx.store.node_labels();
-        super::admission::node_affinity(pod, self.ctx.store.node_name(), &labels).map_err(rejected)?;
-        super::admission::apparmor(pod, super::admission::host_apparmor_enabled()).map_err(rejected)?;
+        super::admission::node_affinity(pod, self.ctx.store.node_name(), &labels)
+            .map_err(rejected)?;
+        super::admission::apparmor(pod, super::admission::host_apparmor_enabled())
+            .map_err(rejected)?;
         super::admission::extended_resources(pod).map_err(rejected)?;
         let (want_cpu, want_mem) = crate::runtime::resources::pod_requests(pod);
         let (used_cpu, used_mem) = self
@@ -182,13 +211,17 @@ impl Manager {
         if want_cpu > 0 && used_cpu + want_cpu > cap_cpu {
             return Err((
                 "OutOfcpu".into(),
-                format!("Pod was rejected: Node didn't have enough resource: cpu, requested: {want_cpu}, used: {used_cpu}, capacity: {cap_cpu}"),
+                format!(
+                    "Pod was rejected: Node didn't have enough resource: cpu, requested: {want_cpu}, used: {used_cpu}, capacity: {cap_cpu}"
+                ),
             ));
         }
         if want_mem > 0 && used_mem + want_mem > cap_mem {
             return Err((
                 "OutOfmemory".into(),
-                format!("Pod was rejected: Node didn't have enough resource: memory, requested: {want_mem}, used: {used_mem}, capacity: {cap_mem}"),
+                format!(
+                    "Pod was rejected: Node didn't have enough resource: memory, requested: {want_mem}, used: {used_mem}, capacity: {cap_mem}"
+                ),
             ));
         }
         Ok(())
@@ -255,9 +288,12 @@ impl Manager {
                     uid: None,
                 },
             };
-            self.ctx
-                .store
-                .event(&involved, EventType::Warning, "FailedManifest", &e.to_string());
+            self.ctx.store.event(
+                &involved,
+                EventType::Warning,
+                "FailedManifest",
+                &e.to_string(),
+            );
         }
         self.ctx.store.set_rejected(rejected);
         self.reported = errors.to_vec();

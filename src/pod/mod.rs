@@ -4,9 +4,9 @@
 pub mod admission;
 pub mod backoff;
 pub mod env;
-pub mod grpc_health;
 #[cfg(test)]
 pub mod fake;
+pub mod grpc_health;
 pub mod manager;
 pub mod probe;
 pub mod status;

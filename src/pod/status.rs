@@ -22,8 +22,13 @@ pub struct Terminated {
 /// The current state of one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    Waiting { reason: String, message: Option<String> },
-    Running { started_at: Timestamp },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: Timestamp,
+    },
     Terminated(Terminated),
 }
 
@@ -215,22 +220,30 @@ pub fn build(v: &PodView, previous: Option<&PodStatus>) -> PodStatus {
             "Ready",
             containers_ready && !terminal,
             now,
-            Some(if terminal { "PodCompleted" } else { "ContainersNotReady" }),
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
         ),
         condition(
             "ContainersReady",
             containers_ready && !terminal,
             now,
-            Some(if terminal { "PodCompleted" } else { "ContainersNotReady" }),
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
         ),
         condition("PodScheduled", true, now, None),
     ];
     if let Some(prev) = previous.and_then(|p| p.conditions.as_ref()) {
         for c in &mut conditions {
-            if let Some(old) = prev.iter().find(|o| o.type_ == c.type_) {
-                if old.status == c.status {
-                    c.last_transition_time = old.last_transition_time.clone();
-                }
+            if let Some(old) = prev.iter().find(|o| o.type_ == c.type_)
+                && old.status == c.status
+            {
+                c.last_transition_time = old.last_transition_time.clone();
             }
         }
     }
@@ -242,7 +255,10 @@ pub fn build(v: &PodView, previous: Option<&PodStatus>) -> PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
         host_ip: v.host_ip.clone(),
-        host_ips: v.host_ip.clone().map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
+        host_ips: v
+            .host_ip
+            .clone()
+            .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
         pod_ip: v.pod_ip.clone(),
         pod_ips: v.pod_ip.clone().map(|ip| vec![PodIP { ip }]),
         start_time: v.start_time.map(Time),
@@ -319,17 +335,93 @@ mod tests {
     #[test]
     fn phases_follow_the_kubelet() {
         let cases = [
-            (view("Always", vec![], vec![c("a", waiting("ContainerCreating"), None)]), "Pending"),
-            (view("Always", vec![], vec![c("a", running(), None)]), "Running"),
-            (view("Always", vec![], vec![c("a", waiting("CrashLoopBackOff"), Some(term(1)))]), "Running"),
-            (view("Never", vec![], vec![c("a", State::Terminated(term(0)), None)]), "Succeeded"),
-            (view("Never", vec![], vec![c("a", State::Terminated(term(2)), None)]), "Failed"),
-            (view("OnFailure", vec![], vec![c("a", State::Terminated(term(0)), None)]), "Succeeded"),
-            (view("OnFailure", vec![], vec![c("a", waiting("CrashLoopBackOff"), Some(term(1)))]), "Running"),
-            (view("Always", vec![c("i", running(), None)], vec![c("a", waiting("PodInitializing"), None)]), "Pending"),
-            (view("Never", vec![c("i", State::Terminated(term(1)), None)], vec![c("a", waiting("PodInitializing"), None)]), "Failed"),
-            (view("Always", vec![c("i", State::Terminated(term(0)), None)], vec![c("a", running(), None)]), "Running"),
-            (view("Always", vec![], vec![c("a", running(), None), c("b", waiting("ErrImageNeverPull"), None)]), "Pending"),
+            (
+                view(
+                    "Always",
+                    vec![],
+                    vec![c("a", waiting("ContainerCreating"), None)],
+                ),
+                "Pending",
+            ),
+            (
+                view("Always", vec![], vec![c("a", running(), None)]),
+                "Running",
+            ),
+            (
+                view(
+                    "Always",
+                    vec![],
+                    vec![c("a", waiting("CrashLoopBackOff"), Some(term(1)))],
+                ),
+                "Running",
+            ),
+            (
+                view(
+                    "Never",
+                    vec![],
+                    vec![c("a", State::Terminated(term(0)), None)],
+                ),
+                "Succeeded",
+            ),
+            (
+                view(
+                    "Never",
+                    vec![],
+                    vec![c("a", State::Terminated(term(2)), None)],
+                ),
+                "Failed",
+            ),
+            (
+                view(
+                    "OnFailure",
+                    vec![],
+                    vec![c("a", State::Terminated(term(0)), None)],
+                ),
+                "Succeeded",
+            ),
+            (
+                view(
+                    "OnFailure",
+                    vec![],
+                    vec![c("a", waiting("CrashLoopBackOff"), Some(term(1)))],
+                ),
+                "Running",
+            ),
+            (
+                view(
+                    "Always",
+                    vec![c("i", running(), None)],
+                    vec![c("a", waiting("PodInitializing"), None)],
+                ),
+                "Pending",
+            ),
+            (
+                view(
+                    "Never",
+                    vec![c("i", State::Terminated(term(1)), None)],
+                    vec![c("a", waiting("PodInitializing"), None)],
+                ),
+                "Failed",
+            ),
+            (
+                view(
+                    "Always",
+                    vec![c("i", State::Terminated(term(0)), None)],
+                    vec![c("a", running(), None)],
+                ),
+                "Running",
+            ),
+            (
+                view(
+                    "Always",
+                    vec![],
+                    vec![
+                        c("a", running(), None),
+                        c("b", waiting("ErrImageNeverPull"), None),
+                    ],
+                ),
+                "Pending",
+            ),
         ];
         for (i, (v, want)) in cases.iter().enumerate() {
             assert_eq!(phase(v), *want, "case {i}");
@@ -338,9 +430,22 @@ mod tests {
 
     #[test]
     fn conditions_and_ready_flags() {
-        let v = view("Always", vec![c("i", State::Terminated(term(0)), None)], vec![c("a", running(), None), c("b", waiting("X"), None)]);
+        let v = view(
+            "Always",
+            vec![c("i", State::Terminated(term(0)), None)],
+            vec![c("a", running(), None), c("b", waiting("X"), None)],
+        );
         let s = build(&v, None);
-        let cond = |t: &str| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap().status.clone();
+        let cond = |t: &str| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .status
+                .clone()
+        };
         assert_eq!(cond("Initialized"), "True");
         assert_eq!(cond("Ready"), "False");
         let cs = s.container_statuses.unwrap();
@@ -357,10 +462,18 @@ mod tests {
             c.last_transition_time = Some(old.clone());
         }
         let second = build(&v, Some(&first));
-        let t = |s: &PodStatus| s.conditions.as_ref().unwrap()[2].last_transition_time.clone();
+        let t = |s: &PodStatus| {
+            s.conditions.as_ref().unwrap()[2]
+                .last_transition_time
+                .clone()
+        };
         assert_eq!(t(&second), Some(old.clone()));
         // A condition that changed gets a new transition time.
-        let failed = view("Never", vec![], vec![c("a", State::Terminated(term(1)), None)]);
+        let failed = view(
+            "Never",
+            vec![],
+            vec![c("a", State::Terminated(term(1)), None)],
+        );
         let third = build(&failed, Some(&first));
         assert_ne!(t(&third), Some(old));
     }

@@ -18,7 +18,9 @@ use super::backoff::Backoff;
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use crate::manifest::source::PodKey;
-use crate::runtime::{ID_SCHEME, PendingNetwork, PodRuntime, Process, Sandbox, StartError, StartRequest};
+use crate::runtime::{
+    ID_SCHEME, PendingNetwork, PodRuntime, Process, Sandbox, StartError, StartRequest,
+};
 use crate::store::{EventType, Involved, Store, key_of};
 
 /// How often a container waiting for its image or config is retried.
@@ -145,12 +147,13 @@ impl Slot {
 pub fn initial_status(pod: &Pod) -> k8s_openapi::api::core::v1::PodStatus {
     let spec = pod.spec.clone().unwrap_or_default();
     let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
-    let view = |c: &Container, reason: &str| {
-        Slot::new(c.clone(), false).view(reason)
-    };
+    let view = |c: &Container, reason: &str| Slot::new(c.clone(), false).view(reason);
     status::build(
         &PodView {
-            restart_policy: spec.restart_policy.clone().unwrap_or_else(|| "Always".into()),
+            restart_policy: spec
+                .restart_policy
+                .clone()
+                .unwrap_or_else(|| "Always".into()),
             init: spec
                 .init_containers
                 .iter()
@@ -160,7 +163,16 @@ pub fn initial_status(pod: &Pod) -> k8s_openapi::api::core::v1::PodStatus {
             app: spec
                 .containers
                 .iter()
-                .map(|c| view(c, if has_init { "PodInitializing" } else { "ContainerCreating" }))
+                .map(|c| {
+                    view(
+                        c,
+                        if has_init {
+                            "PodInitializing"
+                        } else {
+                            "ContainerCreating"
+                        },
+                    )
+                })
                 .collect(),
             start_time: None,
             pod_ip: None,
@@ -312,7 +324,8 @@ impl Worker {
         self.adopt();
         // Checked on its own timer, which syncs (and so publishes) only when it finds a
         // change: a periodic full sync of every pod would wake the Service controller.
-        let mut sandbox_check = tokio::time::interval_at(Instant::now() + SANDBOX_CHECK, SANDBOX_CHECK);
+        let mut sandbox_check =
+            tokio::time::interval_at(Instant::now() + SANDBOX_CHECK, SANDBOX_CHECK);
         sandbox_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut needs_sync = true;
         loop {
@@ -373,10 +386,7 @@ impl Worker {
             slot.restart_count = found.meta.restart;
             slot.started_once = true;
             slot.image_id = found.meta.image_id.clone();
-            let started_at = found
-                .state
-                .as_ref()
-                .and_then(|s| s.started_at.parse().ok());
+            let started_at = found.state.as_ref().and_then(|s| s.started_at.parse().ok());
             if let Some(shim) = found.shim {
                 adopted += 1;
                 let exited = shim.exited();
@@ -403,7 +413,12 @@ impl Worker {
                 }
                 let t = match found.exit {
                     Some(e) => Terminated {
-                        message: self.ctx.runtime.termination_message(&self.uid, &found.meta.id, &slot.spec, e.exit_code),
+                        message: self.ctx.runtime.termination_message(
+                            &self.uid,
+                            &found.meta.id,
+                            &slot.spec,
+                            e.exit_code,
+                        ),
                         exit_code: e.exit_code,
                         signal: e.signal,
                         reason: e.reason,
@@ -423,7 +438,9 @@ impl Worker {
                         container_id: Some(format!("{ID_SCHEME}{}", found.meta.id)),
                     },
                 };
-                self.ctx.runtime.release_container_fs(&self.uid, &found.meta.id);
+                self.ctx
+                    .runtime
+                    .release_container_fs(&self.uid, &found.meta.id);
                 slot.last = Some(t);
             }
         }
@@ -531,7 +548,10 @@ impl Worker {
     /// to be finished, whose sandbox is then removed at once).
     fn may_overlap_network(&self) -> bool {
         self.overlap_net
-            && self.slots.iter().all(|s| s.current.is_none() && s.last.is_none())
+            && self
+                .slots
+                .iter()
+                .all(|s| s.current.is_none() && s.last.is_none())
             && !crate::pod::env::needs_pod_ip(&self.pod)
     }
 
@@ -583,7 +603,10 @@ impl Worker {
             let created = if self.may_overlap_network() {
                 self.ctx.runtime.create_sandbox_overlapped(&self.pod)
             } else {
-                self.ctx.runtime.create_sandbox(&self.pod).map(|sb| (sb, None))
+                self.ctx
+                    .runtime
+                    .create_sandbox(&self.pod)
+                    .map(|sb| (sb, None))
             };
             match created {
                 Ok((sb, pending)) => {
@@ -625,14 +648,13 @@ impl Worker {
         }
         let now = Instant::now();
         for slot in &mut self.slots {
-            if let Some(r) = &mut slot.current {
-                if let Some(at) = r.kill_at {
-                    if now >= at {
-                        // The shim turns SIGUSR1 into SIGKILL.
-                        r.shim.signal(libc::SIGUSR1);
-                        r.kill_at = None;
-                    }
-                }
+            if let Some(r) = &mut slot.current
+                && let Some(at) = r.kill_at
+                && now >= at
+            {
+                // The shim turns SIGUSR1 into SIGKILL.
+                r.shim.signal(libc::SIGUSR1);
+                r.kill_at = None;
             }
         }
         let kill_wakes: Vec<Instant> = self
@@ -710,7 +732,8 @@ impl Worker {
         }
         self.set_wake(at);
         let slot = &self.slots[i];
-        if slot.last.is_some() && !matches!(&slot.waiting, Some((r, _)) if r.starts_with("Err") || r.starts_with("Create") || r == "InvalidImageName")
+        if slot.last.is_some()
+            && !matches!(&slot.waiting, Some((r, _)) if r.starts_with("Err") || r.starts_with("Create") || r == "InvalidImageName")
         {
             let left = at.saturating_duration_since(now).as_secs().max(1);
             let msg = format!(
@@ -721,7 +744,10 @@ impl Worker {
                 self.key.0,
                 self.uid
             );
-            let event = format!("Back-off restarting failed container {} in pod {}_{}({})", slot.spec.name, self.key.1, self.key.0, self.uid);
+            let event = format!(
+                "Back-off restarting failed container {} in pod {}_{}({})",
+                slot.spec.name, self.key.1, self.key.0, self.uid
+            );
             self.slots[i].waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
             self.event(EventType::Warning, "BackOff", &event);
         }
@@ -738,7 +764,11 @@ impl Worker {
     }
 
     fn pod_ip(&self) -> Option<String> {
-        self.sandbox.as_ref().and_then(|s| s.ip).map(|ip| ip.to_string()).or_else(|| self.last_ip.clone())
+        self.sandbox
+            .as_ref()
+            .and_then(|s| s.ip)
+            .map(|ip| ip.to_string())
+            .or_else(|| self.last_ip.clone())
     }
 
     fn env_context(&self) -> crate::pod::env::EnvContext<'_> {
@@ -762,7 +792,12 @@ impl Worker {
             .unwrap_or_else(|| self.key.1.clone());
         let mut env = vec![("HOSTNAME".to_string(), hostname)];
         // Service links: the Services of the namespace that exist now.
-        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+        let links = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
         self.service_env = if links {
             crate::service::env::service_env(&self.ctx.store.services(Some(&self.key.0)))
         } else {
@@ -817,8 +852,16 @@ impl Worker {
         match result {
             Ok(handle) => {
                 // The runtime reports the image (`Pulled`: present or pulled) itself.
-                self.event(EventType::Normal, "Created", &format!("Created container {name}"));
-                self.event(EventType::Normal, "Started", &format!("Started container {name}"));
+                self.event(
+                    EventType::Normal,
+                    "Created",
+                    &format!("Created container {name}"),
+                );
+                self.event(
+                    EventType::Normal,
+                    "Started",
+                    &format!("Started container {name}"),
+                );
                 let slot = &mut self.slots[i];
                 slot.restart_count = restart;
                 slot.started_once = true;
@@ -909,7 +952,11 @@ impl Worker {
             && (slot.spec.liveness_probe.is_some()
                 || slot.spec.readiness_probe.is_some()
                 || slot.spec.startup_probe.is_some());
-        let target = if has_probes { self.probe_target(i) } else { None };
+        let target = if has_probes {
+            self.probe_target(i)
+        } else {
+            None
+        };
         let Some(run) = self.slots[i].current.as_mut() else {
             return;
         };
@@ -946,10 +993,17 @@ impl Worker {
                 }
             }
             probe::Report::Unhealthy(kind, msg) => {
-                self.event(EventType::Warning, "Unhealthy", &format!("{} probe failed: {msg}", kind.name()));
+                self.event(
+                    EventType::Warning,
+                    "Unhealthy",
+                    &format!("{} probe failed: {msg}", kind.name()),
+                );
             }
             probe::Report::Restart(kind, _msg) => {
-                let why = format!("Container {name} failed {} probe, will be restarted", kind.name().to_lowercase());
+                let why = format!(
+                    "Container {name} failed {} probe, will be restarted",
+                    kind.name().to_lowercase()
+                );
                 info!(pod = %self.key.1, container = %name, "{why}");
                 self.kill_container(i, &why);
             }
@@ -1025,8 +1079,15 @@ impl Worker {
         };
         if let Err(msg) = result {
             let name = self.slots[i].spec.name.clone();
-            self.event(EventType::Warning, "FailedPostStartHook", &format!("PostStartHook failed: {msg}"));
-            self.kill_container(i, &format!("FailedPostStartHook: stopping container {name}"));
+            self.event(
+                EventType::Warning,
+                "FailedPostStartHook",
+                &format!("PostStartHook failed: {msg}"),
+            );
+            self.kill_container(
+                i,
+                &format!("FailedPostStartHook: stopping container {name}"),
+            );
         }
     }
 
@@ -1045,7 +1106,12 @@ impl Worker {
         };
         let t = match record {
             Some(e) => Terminated {
-                message: self.ctx.runtime.termination_message(&self.uid, id, &slot.spec, e.exit_code),
+                message: self.ctx.runtime.termination_message(
+                    &self.uid,
+                    id,
+                    &slot.spec,
+                    e.exit_code,
+                ),
                 exit_code: e.exit_code,
                 signal: e.signal,
                 reason: e.reason,
@@ -1057,7 +1123,9 @@ impl Worker {
                 exit_code: 137,
                 signal: None,
                 reason: "ContainerStatusUnknown".into(),
-                message: Some("The container's supervisor exited without recording a status".into()),
+                message: Some(
+                    "The container's supervisor exited without recording a status".into(),
+                ),
                 started_at: Some(run.started_at),
                 finished_at: Timestamp::now(),
                 container_id: Some(format!("{ID_SCHEME}{id}")),
@@ -1126,7 +1194,8 @@ impl Worker {
                     r.shim.signal(libc::SIGUSR1);
                 }
             }
-            self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
+            self.wait_exits(Instant::now() + Duration::from_secs(10))
+                .await;
         }
         for slot in &self.slots {
             if let Some(r) = &slot.current {
@@ -1149,10 +1218,17 @@ impl Worker {
     /// any (emptyDir first, then the pod's total, then each container, as the kubelet does).
     fn check_ephemeral_storage(&mut self) -> Option<String> {
         let bytes = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
-            crate::quantity::bytes(&q.0).ok().and_then(|b| u64::try_from(b).ok())
+            crate::quantity::bytes(&q.0)
+                .ok()
+                .and_then(|b| u64::try_from(b).ok())
         };
         let limit_of = |c: &k8s_openapi::api::core::v1::Container| {
-            c.resources.as_ref()?.limits.as_ref()?.get("ephemeral-storage").and_then(bytes)
+            c.resources
+                .as_ref()?
+                .limits
+                .as_ref()?
+                .get("ephemeral-storage")
+                .and_then(bytes)
         };
         let spec = self.pod.spec.as_ref()?;
         let empty_dirs: Vec<(String, Option<(u64, String)>)> = spec
@@ -1164,7 +1240,10 @@ impl Worker {
                 if e.medium.as_deref() == Some("Memory") {
                     return None;
                 }
-                let limit = e.size_limit.as_ref().and_then(|q| Some((bytes(q)?, q.0.clone())));
+                let limit = e
+                    .size_limit
+                    .as_ref()
+                    .and_then(|q| Some((bytes(q)?, q.0.clone())));
                 Some((v.name.clone(), limit))
             })
             .collect();
@@ -1172,7 +1251,13 @@ impl Worker {
             .slots
             .iter()
             .filter_map(|s| {
-                let q = s.spec.resources.as_ref()?.limits.as_ref()?.get("ephemeral-storage")?;
+                let q = s
+                    .spec
+                    .resources
+                    .as_ref()?
+                    .limits
+                    .as_ref()?
+                    .get("ephemeral-storage")?;
                 Some((s.spec.name.clone(), limit_of(&s.spec)?, q.0.clone()))
             })
             .collect();
@@ -1191,12 +1276,17 @@ impl Worker {
             .filter_map(|s| Some((s.spec.name.clone(), s.current.as_ref()?.id.clone())))
             .collect();
         let names: Vec<String> = empty_dirs.iter().map(|(n, _)| n.clone()).collect();
-        let usage = self.ctx.runtime.ephemeral_usage(&self.uid, &running, &names);
+        let usage = self
+            .ctx
+            .runtime
+            .ephemeral_usage(&self.uid, &running, &names);
         for (name, limit) in &empty_dirs {
-            if let (Some((max, text)), Some(used)) = (limit, usage.empty_dirs.get(name)) {
-                if used > max {
-                    return Some(format!("Usage of EmptyDir volume {name:?} exceeds the limit {text:?}. "));
-                }
+            if let (Some((max, text)), Some(used)) = (limit, usage.empty_dirs.get(name))
+                && used > max
+            {
+                return Some(format!(
+                    "Usage of EmptyDir volume {name:?} exceeds the limit {text:?}. "
+                ));
             }
         }
         if !limits.is_empty() {
@@ -1213,7 +1303,9 @@ impl Worker {
         }
         for (name, max, text) in &limits {
             if usage.containers.get(name).is_some_and(|u| u > max) {
-                return Some(format!("Container {name} exceeded its local ephemeral storage limit {text:?}. "));
+                return Some(format!(
+                    "Container {name} exceeded its local ephemeral storage limit {text:?}. "
+                ));
             }
         }
         None
@@ -1234,7 +1326,8 @@ impl Worker {
             }
         }
         self.failed = Some(("Evicted".into(), msg.trim().to_string()));
-        self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
+        self.wait_exits(Instant::now() + Duration::from_secs(10))
+            .await;
         self.finish_pod();
     }
 
@@ -1247,7 +1340,8 @@ impl Worker {
             // Containers adopted after a restart, whose sandbox went while skiffd was down:
             // creating the sandbox now would give new namespaces they are not in.
             None => {
-                self.slots.iter().any(|s| s.current.is_some()) && !self.ctx.runtime.sandbox_pinned(&self.pod)
+                self.slots.iter().any(|s| s.current.is_some())
+                    && !self.ctx.runtime.sandbox_pinned(&self.pod)
             }
         }
     }
@@ -1257,21 +1351,27 @@ impl Worker {
     /// containers again in it, init containers first, each with one restart more.
     async fn recreate_sandbox(&mut self) {
         warn!(pod = %self.key.1, namespace = %self.key.0, uid = %self.uid, "pod sandbox lost a namespace; re-creating it");
-        self.event(EventType::Normal, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.");
+        self.event(
+            EventType::Normal,
+            "SandboxChanged",
+            "Pod sandbox changed, it will be killed and re-created.",
+        );
         for slot in &self.slots {
             if let Some(r) = &slot.current {
                 // The shim turns SIGUSR1 into SIGKILL for the container.
                 r.shim.signal(libc::SIGUSR1);
             }
         }
-        self.wait_exits(Instant::now() + Duration::from_secs(10)).await;
+        self.wait_exits(Instant::now() + Duration::from_secs(10))
+            .await;
         for slot in &self.slots {
             if let Some(r) = &slot.current {
                 warn!(pod = %self.key.1, container = %slot.spec.name, "container did not stop; killing its supervisor");
                 r.shim.signal(libc::SIGKILL);
             }
         }
-        self.wait_exits(Instant::now() + Duration::from_secs(5)).await;
+        self.wait_exits(Instant::now() + Duration::from_secs(5))
+            .await;
         // Also kills what the pod's cgroups still hold, whatever the shims did.
         if let Err(e) = self.ctx.runtime.remove_sandbox(&self.uid) {
             warn!(pod = %self.key.1, error = %e, "removing the changed sandbox");
@@ -1323,7 +1423,14 @@ mod tests {
         crate::manifest::validate::validate_pod(p).unwrap()
     }
 
-    fn setup(p: &Pod) -> (FakeRuntime, Arc<Store>, mpsc::UnboundedSender<Msg>, JoinHandle<()>) {
+    fn setup(
+        p: &Pod,
+    ) -> (
+        FakeRuntime,
+        Arc<Store>,
+        mpsc::UnboundedSender<Msg>,
+        JoinHandle<()>,
+    ) {
         let fake = FakeRuntime::default();
         let store = Arc::new(Store::new("n"));
         store.put_pod(p.clone(), true);
@@ -1355,10 +1462,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn init_containers_run_in_order_before_app_containers() {
-        let p = pod("metadata: {name: p}\nspec:\n  initContainers: [{name: i1, image: x}, {name: i2, image: x}]\n  containers: [{name: a, image: x}, {name: b, image: x}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  initContainers: [{name: i1, image: x}, {name: i2, image: x}]\n  containers: [{name: a, image: x}, {name: b, image: x}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
-        fake.script("i1", Script { exit_after: Some(Duration::from_secs(1)), ..Default::default() });
-        fake.script("i2", Script { exit_after: Some(Duration::from_secs(1)), ..Default::default() });
+        fake.script(
+            "i1",
+            Script {
+                exit_after: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        );
+        fake.script(
+            "i2",
+            Script {
+                exit_after: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        );
         wait_until("both app containers started", || fake.started().len() == 4).await;
         let names: Vec<String> = fake.started().iter().map(|s| s.name.clone()).collect();
         assert_eq!(names, vec!["i1", "i2", "a", "b"]);
@@ -1371,15 +1492,29 @@ mod tests {
     async fn crash_loop_backs_off_zero_then_ten_then_twenty_seconds() {
         let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x}]");
         let (fake, store, _tx, _h) = setup(&p);
-        fake.script("a", Script { exit_after: Some(Duration::from_secs(1)), code: 1, ..Default::default() });
+        fake.script(
+            "a",
+            Script {
+                exit_after: Some(Duration::from_secs(1)),
+                code: 1,
+                ..Default::default()
+            },
+        );
         wait_until("four starts", || fake.started().len() >= 4).await;
         let s = fake.started();
         let gaps: Vec<u64> = s
             .windows(2)
-            .map(|w| w[1].at.duration_since(fake.exit_time(&w[0].id).unwrap()).as_secs())
+            .map(|w| {
+                w[1].at
+                    .duration_since(fake.exit_time(&w[0].id).unwrap())
+                    .as_secs()
+            })
             .collect();
         assert_eq!(gaps, vec![0, 10, 20]);
-        assert_eq!(s.iter().map(|x| x.restart).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            s.iter().map(|x| x.restart).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
         let pod = store.get_pod("default", "p").unwrap();
         assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Running"));
     }
@@ -1410,67 +1545,141 @@ mod tests {
     async fn writes_to_the_pod_files_count_against_the_pod_limit() {
         use crate::runtime::EphemeralUsage;
         // CVE-2020-8557: /etc/hosts is outside every writable layer, and still the pod's.
-        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, resources: {limits: {ephemeral-storage: 20Mi}}}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, resources: {limits: {ephemeral-storage: 20Mi}}}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
         wait_until("Running", || phase(&store) == "Running").await;
-        fake.set_usage(EphemeralUsage { containers: [("a".to_string(), 1 << 20)].into(), pod_files: 30 << 20, ..Default::default() });
+        fake.set_usage(EphemeralUsage {
+            containers: [("a".to_string(), 1 << 20)].into(),
+            pod_files: 30 << 20,
+            ..Default::default()
+        });
         wait_until("Evicted", || phase(&store) == "Failed").await;
-        let st = store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+        let st = store
+            .get_pod("default", "p")
+            .and_then(|p| p.status)
+            .unwrap_or_default();
         assert_eq!(st.reason.as_deref(), Some("Evicted"));
-        assert_eq!(st.message.as_deref(), Some("Pod ephemeral local storage usage exceeds the total limit of containers 20Mi."));
+        assert_eq!(
+            st.message.as_deref(),
+            Some("Pod ephemeral local storage usage exceeds the total limit of containers 20Mi.")
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn local_storage_over_its_limits_evicts_the_pod() {
         use crate::runtime::EphemeralUsage;
-        let status = |store: &Arc<crate::store::Store>| store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+        let status = |store: &Arc<crate::store::Store>| {
+            store
+                .get_pod("default", "p")
+                .and_then(|p| p.status)
+                .unwrap_or_default()
+        };
         // A container over its own limit.
-        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, resources: {limits: {ephemeral-storage: 10Mi}}}, {name: b, image: x}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, resources: {limits: {ephemeral-storage: 10Mi}}}, {name: b, image: x}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
         wait_until("Running", || phase(&store) == "Running").await;
-        fake.set_usage(EphemeralUsage { containers: [("a".to_string(), 5 << 20)].into(), ..Default::default() });
+        fake.set_usage(EphemeralUsage {
+            containers: [("a".to_string(), 5 << 20)].into(),
+            ..Default::default()
+        });
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(phase(&store), "Running", "under its limit");
-        fake.set_usage(EphemeralUsage { containers: [("a".to_string(), 11 << 20)].into(), ..Default::default() });
+        fake.set_usage(EphemeralUsage {
+            containers: [("a".to_string(), 11 << 20)].into(),
+            ..Default::default()
+        });
         wait_until("Evicted", || phase(&store) == "Failed").await;
         let st = status(&store);
         assert_eq!(st.reason.as_deref(), Some("Evicted"));
-        assert_eq!(st.message.as_deref(), Some("Pod ephemeral local storage usage exceeds the total limit of containers 10Mi."));
-        assert!(fake.signals().iter().filter(|(_, s)| *s == libc::SIGUSR1).count() >= 2, "both containers killed");
+        assert_eq!(
+            st.message.as_deref(),
+            Some("Pod ephemeral local storage usage exceeds the total limit of containers 10Mi.")
+        );
+        assert!(
+            fake.signals()
+                .iter()
+                .filter(|(_, s)| *s == libc::SIGUSR1)
+                .count()
+                >= 2,
+            "both containers killed"
+        );
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(fake.started().len(), 2, "an evicted pod does not restart");
 
         // An emptyDir over its sizeLimit.
-        let p = pod("metadata: {name: p}\nspec:\n  volumes: [{name: scratch, emptyDir: {sizeLimit: 1Mi}}]\n  containers: [{name: a, image: x}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  volumes: [{name: scratch, emptyDir: {sizeLimit: 1Mi}}]\n  containers: [{name: a, image: x}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
         wait_until("Running", || phase(&store) == "Running").await;
-        fake.set_usage(EphemeralUsage { empty_dirs: [("scratch".to_string(), 2 << 20)].into(), ..Default::default() });
+        fake.set_usage(EphemeralUsage {
+            empty_dirs: [("scratch".to_string(), 2 << 20)].into(),
+            ..Default::default()
+        });
         wait_until("Evicted", || phase(&store) == "Failed").await;
-        assert_eq!(status(&store).message.as_deref(), Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\"."));
+        assert_eq!(
+            status(&store).message.as_deref(),
+            Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\".")
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn restart_policy_never_fails_and_on_failure_succeeds() {
-        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: Never\n  containers: [{name: a, image: x}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  restartPolicy: Never\n  containers: [{name: a, image: x}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
-        fake.script("a", Script { exit_after: Some(Duration::from_secs(1)), code: 2, ..Default::default() });
+        fake.script(
+            "a",
+            Script {
+                exit_after: Some(Duration::from_secs(1)),
+                code: 2,
+                ..Default::default()
+            },
+        );
         wait_until("Failed", || phase(&store) == "Failed").await;
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(fake.started().len(), 1, "a Never pod restarted");
-        assert_eq!(fake.sandboxes_removed(), 1, "a finished pod keeps its sandbox");
+        assert_eq!(
+            fake.sandboxes_removed(),
+            1,
+            "a finished pod keeps its sandbox"
+        );
 
-        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: a, image: x}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: a, image: x}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
-        fake.script("a", Script { exit_after: Some(Duration::from_secs(1)), code: 0, ..Default::default() });
+        fake.script(
+            "a",
+            Script {
+                exit_after: Some(Duration::from_secs(1)),
+                code: 0,
+                ..Default::default()
+            },
+        );
         wait_until("Succeeded", || phase(&store) == "Succeeded").await;
         assert_eq!(fake.started().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn failed_init_container_with_never_fails_the_pod_without_starting_apps() {
-        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: Never\n  initContainers: [{name: i, image: x}]\n  containers: [{name: a, image: x}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  restartPolicy: Never\n  initContainers: [{name: i, image: x}]\n  containers: [{name: a, image: x}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
-        fake.script("i", Script { exit_after: Some(Duration::from_secs(1)), code: 1, ..Default::default() });
+        fake.script(
+            "i",
+            Script {
+                exit_after: Some(Duration::from_secs(1)),
+                code: 1,
+                ..Default::default()
+            },
+        );
         wait_until("Failed", || phase(&store) == "Failed").await;
         assert_eq!(fake.started().len(), 1);
     }
@@ -1479,49 +1688,94 @@ mod tests {
     async fn start_error_counts_as_a_failed_run_with_exit_code_128() {
         let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x}]");
         let (fake, store, _tx, _h) = setup(&p);
-        fake.script("a", Script { start_error: Some("exec: nope".into()), ..Default::default() });
+        fake.script(
+            "a",
+            Script {
+                start_error: Some("exec: nope".into()),
+                ..Default::default()
+            },
+        );
         wait_until("a back-off", || fake.started().len() >= 2).await;
         wait_until("CrashLoopBackOff", || {
-            let st = store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+            let st = store
+                .get_pod("default", "p")
+                .and_then(|p| p.status)
+                .unwrap_or_default();
             let cs = st.container_statuses.unwrap_or_default();
             let Some(c) = cs.first() else { return false };
             let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
-            c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
-                && last.is_some_and(|t| t.exit_code == 128 && t.reason.as_deref() == Some("StartError"))
+            c.state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                == Some("CrashLoopBackOff")
+                && last.is_some_and(|t| {
+                    t.exit_code == 128 && t.reason.as_deref() == Some("StartError")
+                })
         })
         .await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn missing_image_waits_and_starts_on_resync() {
-        let p = pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, imagePullPolicy: Never}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, imagePullPolicy: Never}]",
+        );
         let (fake, store, tx, _h) = setup(&p);
-        fake.script("a", Script { no_image: true, ..Default::default() });
+        fake.script(
+            "a",
+            Script {
+                no_image: true,
+                ..Default::default()
+            },
+        );
         wait_until("ErrImageNeverPull", || {
-            let st = store.get_pod("default", "p").and_then(|p| p.status).unwrap_or_default();
+            let st = store
+                .get_pod("default", "p")
+                .and_then(|p| p.status)
+                .unwrap_or_default();
             let cs = st.container_statuses.unwrap_or_default();
             let Some(c) = cs.first() else { return false };
-            c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()) == Some("ErrImageNeverPull")
+            c.state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                == Some("ErrImageNeverPull")
         })
         .await;
         assert_eq!(phase(&store), "Pending");
         fake.script("a", Script::default());
         tx.send(Msg::Resync).unwrap();
         wait_until("Running", || phase(&store) == "Running").await;
-        assert_eq!(fake.started()[0].restart, 0, "a start after a missing image is not a restart");
+        assert_eq!(
+            fake.started()[0].restart,
+            0,
+            "a start after a missing image is not a restart"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn terminate_sends_sigterm_then_sigkill_after_the_grace_period() {
-        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers: [{name: polite, image: x}, {name: stubborn, image: x}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers: [{name: polite, image: x}, {name: stubborn, image: x}]",
+        );
         let (fake, store, tx, h) = setup(&p);
-        fake.script("polite", Script { exits_on_term: true, ..Default::default() });
+        fake.script(
+            "polite",
+            Script {
+                exits_on_term: true,
+                ..Default::default()
+            },
+        );
         wait_until("Running", || phase(&store) == "Running").await;
         let t0 = Instant::now();
         tx.send(Msg::Terminate).unwrap();
         h.await.unwrap();
         let waited = t0.elapsed();
-        assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}");
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+            "{waited:?}"
+        );
         let sigs: Vec<i32> = fake.signals().iter().map(|s| s.1).collect();
         assert_eq!(sigs, vec![libc::SIGTERM, libc::SIGTERM, libc::SIGUSR1]);
         assert!(store.get_pod("default", "p").is_none());
@@ -1535,104 +1789,214 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failing_liveness_probe_restarts_the_container() {
-        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: a\n    image: x\n    livenessProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 2}");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: a\n    image: x\n    livenessProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 2}",
+        );
         let (fake, store, _tx, _h) = setup(&p);
         wait_until("a restart", || fake.started().len() >= 2).await;
         let sigs: Vec<i32> = fake.signals().iter().map(|s| s.1).collect();
         assert_eq!(&sigs[..2], &[libc::SIGTERM, libc::SIGUSR1], "{sigs:?}");
         let events = store.list_events(Some("default"), Some("p"));
-        assert!(events.iter().any(|e| e.reason.as_deref() == Some("Unhealthy")));
-        assert!(events.iter().any(|e| e.message.as_deref().is_some_and(|m| m.contains("failed liveness probe, will be restarted"))));
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("Unhealthy"))
+        );
+        assert!(events.iter().any(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("failed liveness probe, will be restarted"))
+        }));
         assert_eq!(fake.started()[1].restart, 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn readiness_probe_gates_ready_and_startup_gates_the_others() {
-        let p = pod("metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    readinessProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 1}");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    readinessProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 1}",
+        );
         let (_fake, store, _tx, _h) = setup(&p);
         wait_until("Running", || phase(&store) == "Running").await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(container_ready(&store), Some(false));
-        let ready_cond = store.get_pod("default", "p").unwrap().status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+        let ready_cond = store
+            .get_pod("default", "p")
+            .unwrap()
+            .status
+            .unwrap()
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
         assert_eq!(ready_cond.status, "False");
 
-        let p = pod("metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    startupProbe: {exec: {command: [true, startup]}, periodSeconds: 1}\n    readinessProbe: {exec: {command: [true, ready]}, periodSeconds: 1}");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    startupProbe: {exec: {command: [true, startup]}, periodSeconds: 1}\n    readinessProbe: {exec: {command: [true, ready]}, periodSeconds: 1}",
+        );
         let (fake, store, _tx, _h) = setup(&p);
         wait_until("ready", || container_ready(&store) == Some(true)).await;
         let execs = fake.execs();
-        assert_eq!(execs[0], vec!["true", "startup"], "startup runs first: {execs:?}");
+        assert_eq!(
+            execs[0],
+            vec!["true", "startup"],
+            "startup runs first: {execs:?}"
+        );
         let st = store.get_pod("default", "p").unwrap().status.unwrap();
         assert_eq!(st.container_statuses.unwrap()[0].started, Some(true));
     }
 
     #[tokio::test(start_paused = true)]
     async fn pre_stop_hook_runs_before_sigterm() {
-        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 3\n  containers:\n  - name: a\n    image: x\n    lifecycle: {preStop: {exec: {command: [true, bye]}}, postStart: {exec: {command: [true, hello]}}}");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 3\n  containers:\n  - name: a\n    image: x\n    lifecycle: {preStop: {exec: {command: [true, bye]}}, postStart: {exec: {command: [true, hello]}}}",
+        );
         let (fake, store, tx, h) = setup(&p);
-        fake.script("a", Script { exits_on_term: true, ..Default::default() });
+        fake.script(
+            "a",
+            Script {
+                exits_on_term: true,
+                ..Default::default()
+            },
+        );
         wait_until("Running", || phase(&store) == "Running").await;
-        assert_eq!(fake.execs(), vec![vec!["true".to_string(), "hello".to_string()]]);
+        assert_eq!(
+            fake.execs(),
+            vec![vec!["true".to_string(), "hello".to_string()]]
+        );
         tx.send(Msg::Terminate).unwrap();
         h.await.unwrap();
-        assert_eq!(fake.execs().last().unwrap(), &vec!["true".to_string(), "bye".to_string()]);
-        assert_eq!(fake.signals().iter().map(|s| s.1).collect::<Vec<_>>(), vec![libc::SIGTERM]);
+        assert_eq!(
+            fake.execs().last().unwrap(),
+            &vec!["true".to_string(), "bye".to_string()]
+        );
+        assert_eq!(
+            fake.signals().iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![libc::SIGTERM]
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn failed_post_start_hook_kills_the_container() {
-        let p = pod("metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n  - name: a\n    image: x\n    lifecycle: {postStart: {exec: {command: [false]}}}");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n  - name: a\n    image: x\n    lifecycle: {postStart: {exec: {command: [false]}}}",
+        );
         let (_fake, store, _tx, _h) = setup(&p);
         wait_until("Failed", || phase(&store) == "Failed").await;
         let events = store.list_events(Some("default"), Some("p"));
-        assert!(events.iter().any(|e| e.reason.as_deref() == Some("FailedPostStartHook")));
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("FailedPostStartHook"))
+        );
     }
 
     fn pod_ip_of(store: &Store) -> Option<String> {
-        store.get_pod("default", "p").and_then(|p| p.status).and_then(|s| s.pod_ip)
+        store
+            .get_pod("default", "p")
+            .and_then(|p| p.status)
+            .and_then(|s| s.pod_ip)
     }
 
     #[tokio::test(start_paused = true)]
     async fn first_container_is_created_alongside_the_network_and_runs_after_it() {
-        let p = pod("metadata: {name: p}\nspec:\n  initContainers:\n  - {name: i, image: x}\n  containers:\n  - {name: a, image: x}");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  initContainers:\n  - {name: i, image: x}\n  containers:\n  - {name: a, image: x}",
+        );
         let (fake, store, _tx, _h) = setup(&p);
-        fake.script("i", Script { exit_after: Some(Duration::from_millis(10)), ..Default::default() });
-        fake.network(crate::pod::fake::NetScript { delay: Duration::from_secs(2), error: None });
+        fake.script(
+            "i",
+            Script {
+                exit_after: Some(Duration::from_millis(10)),
+                ..Default::default()
+            },
+        );
+        fake.network(crate::pod::fake::NetScript {
+            delay: Duration::from_secs(2),
+            error: None,
+        });
         let t0 = Instant::now();
         wait_until("Running", || phase(&store) == "Running").await;
-        assert_eq!(fake.sandboxes_created(), (0, 1), "one sandbox, network attached in the background");
+        assert_eq!(
+            fake.sandboxes_created(),
+            (0, 1),
+            "one sandbox, network attached in the background"
+        );
         let started = fake.started();
-        assert_eq!(started.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["i", "a"]);
-        assert!(started[0].at >= t0 + Duration::from_secs(2), "the init container ran before its network was ready");
+        assert_eq!(
+            started.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["i", "a"]
+        );
+        assert!(
+            started[0].at >= t0 + Duration::from_secs(2),
+            "the init container ran before its network was ready"
+        );
         assert_eq!(pod_ip_of(&store).as_deref(), Some("10.244.0.9"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn network_failure_of_an_overlapped_start_is_a_sandbox_failure() {
-        let p = pod("metadata: {name: p}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: a, image: x}");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: a, image: x}",
+        );
         let (fake, store, _tx, _h) = setup(&p);
-        fake.network(crate::pod::fake::NetScript { delay: Duration::from_millis(500), error: Some("no IP addresses available in range set".into()) });
+        fake.network(crate::pod::fake::NetScript {
+            delay: Duration::from_millis(500),
+            error: Some("no IP addresses available in range set".into()),
+        });
         wait_until("FailedCreatePodSandBox", || {
-            store.list_events(Some("default"), Some("p")).iter().any(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox"))
+            store
+                .list_events(Some("default"), Some("p"))
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox"))
         })
         .await;
         let events = store.list_events(Some("default"), Some("p"));
-        let failed: Vec<_> = events.iter().filter(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox")).collect();
-        assert_eq!(failed[0].message.as_deref(), Some("Failed to create pod sandbox: no IP addresses available in range set"));
-        assert!(!events.iter().any(|e| e.reason.as_deref() == Some("Failed")), "not a container failure: {events:?}");
-        assert_eq!(fake.aborted(), vec!["a".to_string()], "the created container was removed");
+        let failed: Vec<_> = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox"))
+            .collect();
+        assert_eq!(
+            failed[0].message.as_deref(),
+            Some("Failed to create pod sandbox: no IP addresses available in range set")
+        );
+        assert!(
+            !events.iter().any(|e| e.reason.as_deref() == Some("Failed")),
+            "not a container failure: {events:?}"
+        );
+        assert_eq!(
+            fake.aborted(),
+            vec!["a".to_string()],
+            "the created container was removed"
+        );
         assert!(fake.started().is_empty());
         // The container shows as never started (not Failed/StartError), and the pod is Pending.
         let st = store.get_pod("default", "p").unwrap().status.unwrap();
         let cs = &st.container_statuses.unwrap()[0];
         assert_eq!(cs.restart_count, 0);
-        assert!(cs.last_state.as_ref().is_none_or(|l| l.terminated.is_none()), "{cs:?}");
-        assert_eq!(cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()), Some("ContainerCreating"));
+        assert!(
+            cs.last_state
+                .as_ref()
+                .is_none_or(|l| l.terminated.is_none()),
+            "{cs:?}"
+        );
+        assert_eq!(
+            cs.state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref()),
+            Some("ContainerCreating")
+        );
         assert_eq!(st.phase.as_deref(), Some("Pending"));
         assert!(st.pod_ip.is_none());
         // The retry (after the usual 5 s) goes the sequential way and fails the same; once
         // the network heals, the container starts for the first time.
         wait_until("a sequential retry", || fake.sandboxes_created().0 >= 1).await;
-        assert_eq!(fake.sandboxes_created().1, 1, "no second overlapped attempt");
+        assert_eq!(
+            fake.sandboxes_created().1,
+            1,
+            "no second overlapped attempt"
+        );
         fake.network(crate::pod::fake::NetScript::default());
         wait_until("Running", || phase(&store) == "Running").await;
         assert_eq!(fake.started().len(), 1);
@@ -1642,7 +2006,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pods_that_read_their_own_ip_attach_the_network_first() {
-        let p = pod("metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]");
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: x\n    env: [{name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]",
+        );
         let (fake, store, _tx, _h) = setup(&p);
         wait_until("Running", || phase(&store) == "Running").await;
         assert_eq!(fake.sandboxes_created(), (1, 0));

@@ -51,8 +51,11 @@ pub trait Iptables {
     /// cheap however many rules the other tables hold.
     fn has_chain(&mut self, table: &str, chain: &str) -> bool {
         self.save(table).is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.strip_prefix(':').and_then(|d| d.split_whitespace().next()) == Some(chain))
+            s.lines().any(|l| {
+                l.strip_prefix(':')
+                    .and_then(|d| d.split_whitespace().next())
+                    == Some(chain)
+            })
         })
     }
 }
@@ -229,7 +232,8 @@ impl Iptables for RealIptables {
     fn has_chain(&mut self, table: &str, chain: &str) -> bool {
         // `iptables-restore` -> `iptables`, `iptables-legacy-restore` -> `iptables-legacy`.
         let list = self.restore_cmd.replace("-restore", "");
-        self.run(&list, &["-w", "-t", table, "-n", "-L", chain], None).is_ok()
+        self.run(&list, &["-w", "-t", table, "-n", "-L", chain], None)
+            .is_ok()
     }
 
     fn chains_per_restore(&self) -> Option<usize> {

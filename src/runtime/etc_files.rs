@@ -32,7 +32,11 @@ pub fn write(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()> {
 /// known, after its first container was created with the file bind-mounted (see
 /// `Runtime::create_sandbox_overlapped`).
 pub fn write_hosts(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()> {
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
     let text = if host_network {
         let node = fs::read_to_string("/etc/hosts").unwrap_or_default();
         host_network_hosts(pod, &node)
@@ -54,7 +58,11 @@ pub fn hostname_of(pod: &Pod) -> String {
             .and_then(|h| h.into_string().ok())
             .unwrap_or(name)
     } else {
-        spec.and_then(|s| s.hostname.clone()).unwrap_or(name).chars().take(63).collect()
+        spec.and_then(|s| s.hostname.clone())
+            .unwrap_or(name)
+            .chars()
+            .take(63)
+            .collect()
     }
 }
 
@@ -88,11 +96,19 @@ pub fn host_network_hosts(pod: &Pod, node_hosts: &str) -> String {
 }
 
 fn push_aliases(out: &mut String, pod: &Pod) {
-    let aliases = pod.spec.as_ref().and_then(|s| s.host_aliases.clone()).unwrap_or_default();
+    let aliases = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_aliases.clone())
+        .unwrap_or_default();
     if !aliases.is_empty() {
         out.push_str("\n# Entries added by HostAliases.\n");
         for a in aliases {
-            out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.unwrap_or_default().join("\t")));
+            out.push_str(&format!(
+                "{}\t{}\n",
+                a.ip,
+                a.hostnames.unwrap_or_default().join("\t")
+            ));
         }
     }
 }
@@ -102,9 +118,12 @@ fn push_aliases(out: &mut String, pod: &Pod) {
 /// when no cluster DNS is configured.
 pub fn resolv_conf(pod: &Pod, host: &str) -> String {
     let spec = pod.spec.clone().unwrap_or_default();
-    let policy = spec.dns_policy.clone().unwrap_or_else(|| "ClusterFirst".into());
-    let (mut ns, mut search, mut options): (Vec<String>, Vec<String>, Vec<(String, Option<String>)>) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let policy = spec
+        .dns_policy
+        .clone()
+        .unwrap_or_else(|| "ClusterFirst".into());
+    let (mut ns, mut search): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut options: Vec<(String, Option<String>)> = Vec::new();
     if policy != "None" {
         for line in host.lines() {
             let mut f = line.split_whitespace();
@@ -170,18 +189,28 @@ mod tests {
 
     #[test]
     fn hosts_file_has_pod_entry_and_aliases() {
-        let p = pod("metadata: {name: web, namespace: shop}\nspec:\n  subdomain: backend\n  hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]\n  containers: []");
+        let p = pod(
+            "metadata: {name: web, namespace: shop}\nspec:\n  subdomain: backend\n  hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]\n  containers: []",
+        );
         let h = hosts(&p, "web", Some("10.244.0.7"));
         assert!(h.contains("127.0.0.1\tlocalhost\n"));
-        assert!(h.contains("10.244.0.7\tweb.backend.shop.svc.cluster.local\tweb\n"), "{h}");
+        assert!(
+            h.contains("10.244.0.7\tweb.backend.shop.svc.cluster.local\tweb\n"),
+            "{h}"
+        );
         assert!(h.contains("10.1.2.3\tfoo.local\tbar.local\n"), "{h}");
     }
 
     #[test]
     fn host_network_pods_get_the_node_hosts_file_and_aliases() {
-        let p = pod("metadata: {name: web}\nspec:\n  hostNetwork: true\n  hostAliases: [{ip: 10.9.9.9, hostnames: [x.local]}]\n  containers: []");
+        let p = pod(
+            "metadata: {name: web}\nspec:\n  hostNetwork: true\n  hostAliases: [{ip: 10.9.9.9, hostnames: [x.local]}]\n  containers: []",
+        );
         let h = host_network_hosts(&p, "127.0.0.1 localhost\n192.168.1.5 node1");
-        assert_eq!(h, "127.0.0.1 localhost\n192.168.1.5 node1\n\n# Entries added by HostAliases.\n10.9.9.9\tx.local\n");
+        assert_eq!(
+            h,
+            "127.0.0.1 localhost\n192.168.1.5 node1\n\n# Entries added by HostAliases.\n10.9.9.9\tx.local\n"
+        );
     }
 
     #[test]
@@ -191,22 +220,46 @@ mod tests {
         let p = pod("metadata: {name: web, namespace: shop}\nspec:\n  containers: []");
         write(dir.path(), &p, None).unwrap();
         let before = fs::metadata(dir.path().join("hosts")).unwrap().ino();
-        assert!(!fs::read_to_string(dir.path().join("hosts")).unwrap().contains("\tweb\n"));
+        assert!(
+            !fs::read_to_string(dir.path().join("hosts"))
+                .unwrap()
+                .contains("\tweb\n")
+        );
         write_hosts(dir.path(), &p, Some("10.244.0.7")).unwrap();
         // Same inode: a bind mount of the old file sees the new content.
-        assert_eq!(fs::metadata(dir.path().join("hosts")).unwrap().ino(), before);
-        assert!(fs::read_to_string(dir.path().join("hosts")).unwrap().contains("10.244.0.7\tweb\n"));
+        assert_eq!(
+            fs::metadata(dir.path().join("hosts")).unwrap().ino(),
+            before
+        );
+        assert!(
+            fs::read_to_string(dir.path().join("hosts"))
+                .unwrap()
+                .contains("10.244.0.7\tweb\n")
+        );
     }
 
     #[test]
     fn resolv_conf_policies() {
         let host = "nameserver 1.1.1.1\nsearch example.com\noptions ndots:2\n";
         let p = pod("spec: {containers: []}");
-        assert_eq!(resolv_conf(&p, host), "search example.com\nnameserver 1.1.1.1\noptions ndots:2\n");
-        let p = pod("spec:\n  dnsPolicy: None\n  dnsConfig: {nameservers: [9.9.9.9], searches: [a.b], options: [{name: ndots, value: '5'}, {name: edns0}]}\n  containers: []");
-        assert_eq!(resolv_conf(&p, host), "search a.b\nnameserver 9.9.9.9\noptions ndots:5 edns0\n");
-        let p = pod("spec:\n  dnsConfig: {nameservers: [8.8.8.8, 1.1.1.1], searches: [x.y, example.com]}\n  containers: []");
-        assert_eq!(resolv_conf(&p, host), "search example.com x.y\nnameserver 1.1.1.1\nnameserver 8.8.8.8\noptions ndots:2\n");
+        assert_eq!(
+            resolv_conf(&p, host),
+            "search example.com\nnameserver 1.1.1.1\noptions ndots:2\n"
+        );
+        let p = pod(
+            "spec:\n  dnsPolicy: None\n  dnsConfig: {nameservers: [9.9.9.9], searches: [a.b], options: [{name: ndots, value: '5'}, {name: edns0}]}\n  containers: []",
+        );
+        assert_eq!(
+            resolv_conf(&p, host),
+            "search a.b\nnameserver 9.9.9.9\noptions ndots:5 edns0\n"
+        );
+        let p = pod(
+            "spec:\n  dnsConfig: {nameservers: [8.8.8.8, 1.1.1.1], searches: [x.y, example.com]}\n  containers: []",
+        );
+        assert_eq!(
+            resolv_conf(&p, host),
+            "search example.com x.y\nnameserver 1.1.1.1\nnameserver 8.8.8.8\noptions ndots:2\n"
+        );
         let p = pod("spec:\n  dnsConfig: {options: [{name: ndots, value: '1'}]}\n  containers: []");
         assert!(resolv_conf(&p, host).contains("options ndots:1\n"));
     }

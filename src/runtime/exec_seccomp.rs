@@ -33,8 +33,9 @@ impl SeccompExecutor {
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         if let Some(s) = &self.seccomp {
-            libcontainer::seccomp::initialize_seccomp(s)
-                .map_err(|e| ExecutorError::Other(format!("loading the container's seccomp filter: {e}")))?;
+            libcontainer::seccomp::initialize_seccomp(s).map_err(|e| {
+                ExecutorError::Other(format!("loading the container's seccomp filter: {e}"))
+            })?;
         }
         default::get_executor().exec(spec)
     }
@@ -47,6 +48,7 @@ impl Executor for SeccompExecutor {
 /// The seccomp profile of the container `id` (from its bundle's config.json), if it has one.
 pub fn of_container(runtime_root: &Path, id: &str) -> Option<LinuxSeccomp> {
     let c = Container::load(runtime_root.join(id)).ok()?;
-    let spec: Spec = serde_json::from_slice(&std::fs::read(c.bundle().join("config.json")).ok()?).ok()?;
+    let spec: Spec =
+        serde_json::from_slice(&std::fs::read(c.bundle().join("config.json")).ok()?).ok()?;
     spec.linux().as_ref()?.seccomp().clone()
 }

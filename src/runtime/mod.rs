@@ -19,9 +19,9 @@ pub mod devices;
 pub mod etc_files;
 pub mod exec_seccomp;
 pub mod network;
-pub mod pod_cgroup;
 pub mod pidfd;
 pub mod pidns;
+pub mod pod_cgroup;
 pub mod private;
 pub mod process;
 pub mod propagation;
@@ -38,9 +38,9 @@ pub mod volumes;
 
 use std::fs;
 use std::future::Future;
-use std::pin::Pin;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -85,9 +85,15 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Run
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartError {
     /// `ErrImageNeverPull` / `ErrImagePull`.
-    ImageMissing { reason: &'static str, message: String },
+    ImageMissing {
+        reason: &'static str,
+        message: String,
+    },
     /// `CreateContainerConfigError` or `CreateContainerError`: nothing ran.
-    Config { reason: &'static str, message: String },
+    Config {
+        reason: &'static str,
+        message: String,
+    },
     /// The runtime could not start the process (`StartError`, exit code 128).
     Start(String),
 }
@@ -155,6 +161,9 @@ pub struct ContainerMeta {
 
 /// A container's supervisor as the pod worker sees it: something to signal
 /// and to wait for.
+/// What [`PodRuntime::exec`] returns: (exit code, combined output) or an error.
+pub type ExecFuture = Pin<Box<dyn Future<Output = Result<(i32, String), String>> + Send>>;
+
 pub trait Process: Send + Sync {
     /// Sends `signal` (the shim forwards SIGTERM and turns SIGUSR1 into SIGKILL).
     fn signal(&self, signal: i32);
@@ -204,7 +213,10 @@ pub trait PodRuntime: Send + Sync + 'static {
     /// meanwhile but lets it run only once the network is ready (and tears it down, with
     /// an error, when it fails), and must wait for it before anything else uses the sandbox.
     /// A failure means the sandbox failed, as an `Err` of `create_sandbox` would.
-    fn create_sandbox_overlapped(&self, pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+    fn create_sandbox_overlapped(
+        &self,
+        pod: &Pod,
+    ) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
         self.create_sandbox(pod).map(|sb| (sb, None))
     }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError>;
@@ -224,19 +236,20 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn release_container_fs(&self, uid: &str, id: &str);
     /// The `state.terminated.message` of a finished container instance, before its
     /// filesystem is released (see [`termination`]).
-    fn termination_message(&self, _uid: &str, _id: &str, _c: &Container, _exit_code: i32) -> Option<String> {
+    fn termination_message(
+        &self,
+        _uid: &str,
+        _id: &str,
+        _c: &Container,
+        _exit_code: i32,
+    ) -> Option<String> {
         None
     }
     fn remove_container(&self, uid: &str, id: &str);
     /// Frees network attachments of every pod not in `live_uids`.
     fn gc_network(&self, live_uids: &[String]);
     /// Runs a command in a running container: (exit code, combined output).
-    fn exec(
-        &self,
-        id: &str,
-        argv: Vec<String>,
-        timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<(i32, String), String>> + Send>>;
+    fn exec(&self, id: &str, argv: Vec<String>, timeout: Duration) -> ExecFuture;
     /// Sets up (or refreshes in place) the pod's volumes.
     fn setup_volumes(
         &self,
@@ -249,7 +262,12 @@ pub trait PodRuntime: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Handle, StartError>> + Send + 'a>>;
     /// Disk use of the pod's local ephemeral storage, as the kubelet counts it: each running
     /// container's writable layer plus its logs, and each disk-backed emptyDir.
-    fn ephemeral_usage(&self, _uid: &str, _containers: &[(String, String)], _empty_dirs: &[String]) -> EphemeralUsage {
+    fn ephemeral_usage(
+        &self,
+        _uid: &str,
+        _containers: &[(String, String)],
+        _empty_dirs: &[String],
+    ) -> EphemeralUsage {
         EphemeralUsage::default()
     }
 }
@@ -297,7 +315,12 @@ impl PodRuntime for Runtime {
     fn load_pod(&self, uid: &str) -> Option<Pod> {
         Runtime::load_pod(self, uid)
     }
-    fn ephemeral_usage(&self, uid: &str, containers: &[(String, String)], empty_dirs: &[String]) -> EphemeralUsage {
+    fn ephemeral_usage(
+        &self,
+        uid: &str,
+        containers: &[(String, String)],
+        empty_dirs: &[String],
+    ) -> EphemeralUsage {
         blocking(|| {
             let pod = self.pod_dir(uid);
             EphemeralUsage {
@@ -311,7 +334,12 @@ impl PodRuntime for Runtime {
                     .collect(),
                 empty_dirs: empty_dirs
                     .iter()
-                    .map(|v| (v.clone(), disk_usage(&pod.join("volumes/empty-dir").join(v))))
+                    .map(|v| {
+                        (
+                            v.clone(),
+                            disk_usage(&pod.join("volumes/empty-dir").join(v)),
+                        )
+                    })
                     .collect(),
                 pod_files: disk_usage(&pod.join("etc")),
             }
@@ -326,7 +354,10 @@ impl PodRuntime for Runtime {
     fn create_sandbox(&self, pod: &Pod) -> Result<Sandbox, RuntimeError> {
         blocking(|| Runtime::create_sandbox(self, pod))
     }
-    fn create_sandbox_overlapped(&self, pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+    fn create_sandbox_overlapped(
+        &self,
+        pod: &Pod,
+    ) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
         blocking(|| Runtime::create_sandbox_overlapped(self, pod))
     }
     fn remove_sandbox(&self, uid: &str) -> Result<(), RuntimeError> {
@@ -358,7 +389,13 @@ impl PodRuntime for Runtime {
     fn exit_record(&self, uid: &str, id: &str) -> Option<ExitRecord> {
         Runtime::exit_record(self, uid, id)
     }
-    fn termination_message(&self, uid: &str, id: &str, c: &Container, exit_code: i32) -> Option<String> {
+    fn termination_message(
+        &self,
+        uid: &str,
+        id: &str,
+        c: &Container,
+        exit_code: i32,
+    ) -> Option<String> {
         Runtime::termination_message(self, uid, id, c, exit_code)
     }
     fn release_container_fs(&self, uid: &str, id: &str) {
@@ -380,7 +417,10 @@ impl PodRuntime for Runtime {
         Box::pin(async move {
             let child = cmd.spawn().map_err(|e| format!("starting exec: {e}"))?;
             match tokio::time::timeout(timeout, child.wait_with_output()).await {
-                Err(_) => Err(format!("command {:?} timed out after {timeout:?}", argv.join(" "))),
+                Err(_) => Err(format!(
+                    "command {:?} timed out after {timeout:?}",
+                    argv.join(" ")
+                )),
                 Ok(Err(e)) => Err(format!("exec: {e}")),
                 Ok(Ok(out)) => {
                     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -398,14 +438,16 @@ impl PodRuntime for Runtime {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let pod_dir = self.pod_dir(uid);
         let pvc_dir = self.pvc_dir();
-        blocking(|| volumes::setup(
-            &volumes::Layout {
-                pod_dir: &pod_dir,
-                pvc_dir: &pvc_dir,
-            },
-            pod,
-            cx,
-        ))
+        blocking(|| {
+            volumes::setup(
+                &volumes::Layout {
+                    pod_dir: &pod_dir,
+                    pvc_dir: &pvc_dir,
+                },
+                pod,
+                cx,
+            )
+        })
     }
     fn start<'a>(
         &'a self,
@@ -470,10 +512,21 @@ impl Runtime {
     pub fn new(root: &Path, run: &Path, shim: &Path) -> Result<Runtime, RuntimeError> {
         // Root's only, fixed when an older skiffd (or an admin) left them open: the modes
         // of these directories are what keeps other host users out of every pod's files.
-        for d in [root.to_path_buf(), run.to_path_buf(), root.join("pods"), run.join("netns"), run.join("ns"), run.join("runtime")] {
+        for d in [
+            root.to_path_buf(),
+            run.to_path_buf(),
+            root.join("pods"),
+            run.join("netns"),
+            run.join("ns"),
+            run.join("runtime"),
+        ] {
             private::ensure_private(&d).map_err(io_err("creating", &d))?;
         }
-        for e in fs::read_dir(root.join("pods")).into_iter().flatten().flatten() {
+        for e in fs::read_dir(root.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = private::ensure_private(&e.path());
         }
         let images = ImageStore::open(root.join("images")).map_err(|e| RuntimeError::Io {
@@ -640,11 +693,18 @@ impl Runtime {
     /// gets a CNI network: the namespaces and the pod files (`/etc/hosts` without the pod's
     /// own entry yet) are there when this returns, and the thread, once the ADD is done,
     /// rewrites `/etc/hosts` in place with the IP and then reports the [`PendingNetwork`].
-    pub fn create_sandbox_overlapped(&self, pod: &Pod) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+    pub fn create_sandbox_overlapped(
+        &self,
+        pod: &Pod,
+    ) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
         self.sandbox_with(pod, true)
     }
 
-    fn sandbox_with(&self, pod: &Pod, overlap: bool) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
+    fn sandbox_with(
+        &self,
+        pod: &Pod,
+        overlap: bool,
+    ) -> Result<(Sandbox, Option<PendingNetwork>), RuntimeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
@@ -668,23 +728,35 @@ impl Runtime {
             netns::create(ipc, netns::Kind::Ipc, None)?;
         }
         // spec.hostname or the pod name; host network pods keep the node's, as on a kubelet.
-        netns::create(&sb.uts, netns::Kind::Uts, Some(&etc_files::hostname_of(pod)))?;
+        netns::create(
+            &sb.uts,
+            netns::Kind::Uts,
+            Some(&etc_files::hostname_of(pod)),
+        )?;
         let ip = sb.ip.map(|i| i.to_string());
         let pod_dir = self.pod_dir(uid);
         private::create_dir_all(&pod_dir).map_err(io_err("creating", &pod_dir))?;
         // A size-capped tmpfs: the files are writable from the containers, and nothing else
         // would bound them (removed with the pod's other tmpfs mounts, `unmount_below`).
         fs::create_dir_all(&sb.etc).map_err(io_err("creating", &sb.etc))?;
-        volumes::mount_tmpfs(&sb.etc, Some(etc_files::SIZE_LIMIT)).map_err(|e| RuntimeError::Io {
-            op: "mounting the pod files' tmpfs on",
-            path: sb.etc.clone(),
-            source: io::Error::other(e),
+        volumes::mount_tmpfs(&sb.etc, Some(etc_files::SIZE_LIMIT)).map_err(|e| {
+            RuntimeError::Io {
+                op: "mounting the pod files' tmpfs on",
+                path: sb.etc.clone(),
+                source: io::Error::other(e),
+            }
         })?;
-        etc_files::write(&sb.etc, pod, ip.as_deref()).map_err(io_err("writing pod files in", &sb.etc))?;
+        etc_files::write(&sb.etc, pod, ip.as_deref())
+            .map_err(io_err("writing pod files in", &sb.etc))?;
         // Nothing can fail after this point: the thread is never left running for a
         // sandbox the caller believes failed (a retry would ADD the same pod twice at once).
         let pending = match (deferred, &sb.net) {
-            (Some(cfg), Some(net)) => Some(attach_in_background(cfg, pod.clone(), net.clone(), sb.etc.clone())),
+            (Some(cfg), Some(net)) => Some(attach_in_background(
+                cfg,
+                pod.clone(),
+                net.clone(),
+                sb.etc.clone(),
+            )),
             _ => None,
         };
         Ok((sb, pending))
@@ -806,7 +878,13 @@ impl Runtime {
     }
 
     /// The termination message of a finished container instance (see [`termination`]).
-    pub fn termination_message(&self, uid: &str, id: &str, c: &Container, exit_code: i32) -> Option<String> {
+    pub fn termination_message(
+        &self,
+        uid: &str,
+        id: &str,
+        c: &Container,
+        exit_code: i32,
+    ) -> Option<String> {
         let dir = self.container_dir(uid, id);
         let log = fs::read(dir.join("meta.json"))
             .ok()
@@ -844,10 +922,10 @@ impl Runtime {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => warn!(path = %rootfs.display(), error = %e, "unmounting container rootfs"),
         }
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            if e.kind() != io::ErrorKind::NotFound {
-                warn!(path = %dir.display(), error = %e, "removing container directory");
-            }
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn!(path = %dir.display(), error = %e, "removing container directory");
         }
         // libcontainer state of a shim that died without cleaning up.
         let state = self.runtime_root().join(id);
@@ -912,9 +990,8 @@ impl Runtime {
             log_path: self.log_path(&uid, &req.container.name, req.restart),
             created_at: Timestamp::now().to_string(),
         };
-        let prepared = blocking(|| self.prepare(&dir, &meta, &image, &req)).map_err(|e| {
+        let prepared = blocking(|| self.prepare(&dir, &meta, &image, &req)).inspect_err(|_e| {
             self.remove_container(&uid, &id);
-            e
         });
         let bundle = prepared?;
         let mut cmd = tokio::process::Command::new(&self.shim);
@@ -1003,7 +1080,8 @@ impl Runtime {
         let mut line = String::new();
         if let Some(out) = stdout {
             let mut reader = tokio::io::BufReader::new(out);
-            let read = tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut line)).await;
+            let read =
+                tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut line)).await;
             if read.is_err() {
                 line = "error timed out waiting for the container to start".into();
             }
@@ -1105,40 +1183,54 @@ impl Runtime {
                 .find(|f| f.len() > 3 && f[2] == uid.to_string())
                 .and_then(|f| f[3].parse().ok())
         };
-        let sec = security::compute(req.pod, req.container, image_user, gid_of, self.seccomp_default)
-            .map_err(config_err)?;
+        let sec = security::compute(
+            req.pod,
+            req.container,
+            image_user,
+            gid_of,
+            self.seccomp_default,
+        )
+        .map_err(config_err)?;
         let cgroup = resources::cgroup(req.container, self.pids_limit).map_err(config_err)?;
-        pod_cgroup::apply(Path::new("/sys/fs/cgroup"), req.pod.metadata.uid.as_deref().unwrap_or_default(), req.pod)
-            .map_err(config_err)?;
+        pod_cgroup::apply(
+            Path::new("/sys/fs/cgroup"),
+            req.pod.metadata.uid.as_deref().unwrap_or_default(),
+            req.pod,
+        )
+        .map_err(config_err)?;
         let seccomp = match &sec.seccomp {
             security::Seccomp::Unconfined => None,
-            security::Seccomp::RuntimeDefault => Some(
-                seccomp::runtime_default(&sec.caps).map_err(|e| cfg_err(e.to_string()))?,
-            ),
+            security::Seccomp::RuntimeDefault => {
+                Some(seccomp::runtime_default(&sec.caps).map_err(|e| cfg_err(e.to_string()))?)
+            }
             security::Seccomp::Localhost(rel) => {
                 let path = self.root.join("seccomp").join(rel);
-                let text = fs::read(&path).map_err(|e| {
-                    config_err(format!("seccomp profile {}: {e}", path.display()))
-                })?;
-                Some(serde_json::from_slice(&text).map_err(|e| {
-                    config_err(format!("seccomp profile {}: {e}", path.display()))
-                })?)
+                let text = fs::read(&path)
+                    .map_err(|e| config_err(format!("seccomp profile {}: {e}", path.display())))?;
+                Some(
+                    serde_json::from_slice(&text).map_err(|e| {
+                        config_err(format!("seccomp profile {}: {e}", path.display()))
+                    })?,
+                )
             }
         };
         let seccomp = seccomp.map(seccomp::for_libcontainer);
         let pod_uid = req.pod.metadata.uid.as_deref().unwrap_or_default();
         // shareProcessNamespace: every container joins the namespace of the pod's pause
         // process, started (again) here when there is none alive.
-        let share = req.pod.spec.as_ref().and_then(|s| s.share_process_namespace).unwrap_or(false);
+        let share = req
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.share_process_namespace)
+            .unwrap_or(false);
         let pid_ns = if share && !sec.host_pid {
             let dir = self.run.join("ns").join(pod_uid);
             Some(pidns::ensure(&dir, &self.shim).map_err(|e| cfg_err(e.to_string()))?)
         } else {
             None
         };
-        let mut binds = self
-            .binds(req, &process.env)
-            .map_err(config_err)?;
+        let mut binds = self.binds(req, &process.env).map_err(config_err)?;
         let message_path = termination::path_of(req.container);
         if !binds.iter().any(|b| b.destination == message_path) {
             let source = termination::create(dir)
@@ -1174,8 +1266,13 @@ impl Runtime {
             pid_ns,
             cgroup,
             cgroupfs: cgroupfs::detect(),
-            devices: if sec.privileged { devices::host_devices(Path::new("/dev")) } else { Vec::new() },
-            apparmor_profile: apparmor::for_container(req.pod, req.container).map_err(config_err)?,
+            devices: if sec.privileged {
+                devices::host_devices(Path::new("/dev"))
+            } else {
+                Vec::new()
+            },
+            apparmor_profile: apparmor::for_container(req.pod, req.container)
+                .map_err(config_err)?,
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)
@@ -1210,7 +1307,9 @@ impl Runtime {
             }
             let sub = match (&vm.sub_path, &vm.sub_path_expr) {
                 (Some(s), Some(e)) if !s.is_empty() && !e.is_empty() => {
-                    return Err(format!("{field}: subPath and subPathExpr are mutually exclusive"));
+                    return Err(format!(
+                        "{field}: subPath and subPathExpr are mutually exclusive"
+                    ));
                 }
                 (Some(s), _) if !s.is_empty() => Some(s.clone()),
                 (_, Some(e)) if !e.is_empty() => Some(process::expand(e, &vars)),
@@ -1234,9 +1333,15 @@ impl Runtime {
                 Some("HostToContainer") => "rslave",
                 Some("Bidirectional") if privileged => "rshared",
                 Some("Bidirectional") => {
-                    return Err(format!("{field}.mountPropagation: Bidirectional is allowed only in privileged containers"));
+                    return Err(format!(
+                        "{field}.mountPropagation: Bidirectional is allowed only in privileged containers"
+                    ));
                 }
-                Some(other) => return Err(format!("{field}.mountPropagation: Unsupported value {other:?}")),
+                Some(other) => {
+                    return Err(format!(
+                        "{field}.mountPropagation: Unsupported value {other:?}"
+                    ));
+                }
             };
             binds.push(spec::Bind {
                 source,
@@ -1245,7 +1350,11 @@ impl Runtime {
                 propagation,
             });
         }
-        for (file, dest) in [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname"), ("resolv.conf", "/etc/resolv.conf")] {
+        for (file, dest) in [
+            ("hosts", "/etc/hosts"),
+            ("hostname", "/etc/hostname"),
+            ("resolv.conf", "/etc/resolv.conf"),
+        ] {
             let src = req.sandbox.etc.join(file);
             if src.exists() && !binds.iter().any(|b| b.destination == dest) {
                 binds.push(spec::Bind {
@@ -1280,18 +1389,29 @@ impl Runtime {
 /// CNI ADD for `pod` on a thread of its own, then its `/etc/hosts` entry (in place, the
 /// file may be bind-mounted into a created container already); reports the IP or the
 /// error, worded as [`Runtime::create_sandbox`] would have returned it.
-fn attach_in_background(cfg: network::NetConfig, pod: Pod, netns: PathBuf, etc: PathBuf) -> PendingNetwork {
+fn attach_in_background(
+    cfg: network::NetConfig,
+    pod: Pod,
+    netns: PathBuf,
+    etc: PathBuf,
+) -> PendingNetwork {
     let (report, pending) = PendingNetwork::channel();
     let work = move || {
         let network = network::PodNetwork::new(cfg);
-        let result = network.attach(&pod, &netns).map_err(RuntimeError::Network).and_then(|ip| {
-            etc_files::write_hosts(&etc, &pod, Some(&ip.to_string()))
-                .map_err(io_err("writing pod files in", &etc))
-                .map(|()| ip)
-        });
+        let result = network
+            .attach(&pod, &netns)
+            .map_err(RuntimeError::Network)
+            .and_then(|ip| {
+                etc_files::write_hosts(&etc, &pod, Some(&ip.to_string()))
+                    .map_err(io_err("writing pod files in", &etc))
+                    .map(|()| ip)
+            });
         report.send(result.map_err(|e| e.to_string()));
     };
-    if let Err(e) = std::thread::Builder::new().name("cni-add".into()).spawn(work) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("cni-add".into())
+        .spawn(work)
+    {
         // The closure (and with it the report) is dropped: waiters see a failure.
         warn!(error = %e, "starting the CNI ADD thread");
     }
@@ -1329,7 +1449,10 @@ fn never_started(dir: &Path) -> bool {
     if dir.join(STATE_FILE).exists() {
         return false;
     }
-    let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if let Ok(pid) = pid.trim().parse::<i32>() {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let gated = || dir.join(shim::GATED_FILE).exists() && !dir.join(STATE_FILE).exists();
@@ -1356,7 +1479,11 @@ fn recover_shim_state(meta: &ContainerMeta) -> Option<ShimState> {
             .split(|&b| b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let value = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1));
+        let value = |k: &str| {
+            args.iter()
+                .position(|a| a == k)
+                .and_then(|i| args.get(i + 1))
+        };
         let is_shim = args.first().is_some_and(|a| a.contains("skiff-shim"));
         if !is_shim || value("--id") != Some(&meta.id) {
             continue;

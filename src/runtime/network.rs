@@ -77,7 +77,12 @@ impl PodNetwork {
 
     fn load(&self) -> Result<Network, String> {
         Ok(Network::load(&self.cfg.conf_dir)
-            .map_err(|e| format!("loading CNI config from {}: {e}", self.cfg.conf_dir.display()))?
+            .map_err(|e| {
+                format!(
+                    "loading CNI config from {}: {e}",
+                    self.cfg.conf_dir.display()
+                )
+            })?
             .with_bin_dirs(self.cfg.bin_dirs.clone())
             .with_cache_dir(self.cfg.cache_dir.clone()))
     }
@@ -94,7 +99,11 @@ impl PodNetwork {
                 Some(PortMapping {
                     host_port: host.into(),
                     container_port: p.container_port.into(),
-                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()).to_lowercase(),
+                    protocol: p
+                        .protocol
+                        .clone()
+                        .unwrap_or_else(|| "TCP".into())
+                        .to_lowercase(),
                     host_ip: p.host_ip.clone().unwrap_or_default(),
                 })
             })
@@ -104,8 +113,14 @@ impl PodNetwork {
             netns: netns.to_path_buf(),
             ifname: IFNAME.into(),
             args: vec![
-                ("K8S_POD_NAMESPACE".into(), pod.metadata.namespace.clone().unwrap_or_default()),
-                ("K8S_POD_NAME".into(), pod.metadata.name.clone().unwrap_or_default()),
+                (
+                    "K8S_POD_NAMESPACE".into(),
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                ),
+                (
+                    "K8S_POD_NAME".into(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                ),
                 ("K8S_POD_INFRA_CONTAINER_ID".into(), uid.clone()),
                 ("K8S_POD_UID".into(), uid),
             ],
@@ -122,10 +137,10 @@ impl PodNetwork {
         let net = self.load()?;
         let att = Self::attachment(pod, netns);
         if let Ok(Some(res)) = net.cached_result(&att.container_id, IFNAME) {
-            if let Some(ip) = res.ips.first() {
-                if has_interface(netns, IFNAME) {
-                    return Ok(ip.address.addr);
-                }
+            if let Some(ip) = res.ips.first()
+                && has_interface(netns, IFNAME)
+            {
+                return Ok(ip.address.addr);
             }
             // The cache (under the root dir) outlived the netns (under /run): after a
             // reboot the pod's netns is new and empty. DEL the stale attachment, which
@@ -136,11 +151,9 @@ impl PodNetwork {
             }
         }
         match net.add(&att) {
-            Ok(res) => res
-                .ips
-                .first()
-                .map(|ip| ip.address.addr)
-                .ok_or_else(|| format!("network {}: the plugins returned no IP address", net.name())),
+            Ok(res) => res.ips.first().map(|ip| ip.address.addr).ok_or_else(|| {
+                format!("network {}: the plugins returned no IP address", net.name())
+            }),
             Err(e) => {
                 // Undo whatever the failed ADD did (the kubelet does the same).
                 if let Err(d) = net.del(&att) {
@@ -160,7 +173,8 @@ impl PodNetwork {
             ifname: IFNAME.into(),
             ..Default::default()
         };
-        net.del(&att).map_err(|e| format!("network {}: {e}", net.name()))
+        net.del(&att)
+            .map_err(|e| format!("network {}: {e}", net.name()))
     }
 
     /// Frees every attachment that does not belong to one of `live` pods.
@@ -178,7 +192,9 @@ impl PodNetwork {
             })
             .collect();
         match net.gc(&valid) {
-            Ok(()) => info!(network = %net.name(), live = live.len(), "CNI garbage collection done"),
+            Ok(()) => {
+                info!(network = %net.name(), live = live.len(), "CNI garbage collection done")
+            }
             Err(e) => warn!(network = %net.name(), error = %e, "CNI garbage collection"),
         }
     }
@@ -196,7 +212,9 @@ fn set_sysctl(key: &str, value: &str) {
         Ok(v) if v.trim() == value => {}
         _ => match fs::write(&path, value) {
             Ok(()) => info!(sysctl = %dotted, value, "set sysctl for pod networking"),
-            Err(e) => warn!(sysctl = %dotted, error = %e, "could not set sysctl for pod networking"),
+            Err(e) => {
+                warn!(sysctl = %dotted, error = %e, "could not set sysctl for pod networking")
+            }
         },
     }
 }
@@ -243,10 +261,10 @@ pub fn node_ip() -> Option<IpAddr> {
             Some((a.interface_name, IpAddr::V4(ip)))
         })
         .collect();
-    if let Some(ifname) = default_if {
-        if let Some((_, ip)) = addrs.iter().find(|(n, _)| *n == ifname) {
-            return Some(*ip);
-        }
+    if let Some(ifname) = default_if
+        && let Some((_, ip)) = addrs.iter().find(|(n, _)| *n == ifname)
+    {
+        return Some(*ip);
     }
     addrs
         .into_iter()

@@ -54,8 +54,10 @@ impl PidFd {
     /// Resolves when the process has exited.
     pub async fn exited(self) -> io::Result<()> {
         // SAFETY: the OwnedFd stays open as long as the AsyncFd that owns it.
-        let afd = unsafe { AsyncFd::register_with_interest(RawPidFd(self.fd), tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let afd = unsafe {
+            AsyncFd::register_with_interest(RawPidFd(self.fd), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
         let _guard = afd.readable().await?;
         Ok(())
     }

@@ -85,8 +85,16 @@ const MAX_ARG_STRLEN: usize = 32 * 4096;
 /// executable does (`StartError`, exit code 128), not as a process that ran and failed.
 pub fn exec_too_long(args: &[String], env: &[String], stack_limit: u64) -> Option<String> {
     let argv0 = args.first().map(String::as_str).unwrap_or_default();
-    if let Some(s) = args.iter().chain(env).find(|s| s.len() + 1 > MAX_ARG_STRLEN) {
-        let what = if args.contains(s) { "an argument" } else { "an environment variable" };
+    if let Some(s) = args
+        .iter()
+        .chain(env)
+        .find(|s| s.len() + 1 > MAX_ARG_STRLEN)
+    {
+        let what = if args.contains(s) {
+            "an argument"
+        } else {
+            "an environment variable"
+        };
         return Some(format!(
             "exec: {argv0:?}: argument list too long: {what} of {} bytes (at most {} each)",
             s.len(),
@@ -163,7 +171,9 @@ pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32),
             .map(|l| l.split(':').collect::<Vec<_>>())
             .find(|f| f.len() > 3 && f[0] == u)
             .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-            .ok_or_else(|| format!("unable to find user {u}: no matching entries in passwd file"))?,
+            .ok_or_else(|| {
+                format!("unable to find user {u}: no matching entries in passwd file")
+            })?,
     };
     let gid = match g {
         None => primary_gid,
@@ -174,7 +184,9 @@ pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32),
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() > 2 && f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in group file")
+                })?,
         },
     };
     Ok((uid, gid))
@@ -208,17 +220,29 @@ mod tests {
         assert_eq!(p.args, vec!["/entry", "x"]);
         let p = resolve(&container("name: c\ncommand: [sh]"), &img, &[]).unwrap();
         assert_eq!(p.args, vec!["sh"]);
-        let p = resolve(&container("name: c\ncommand: [sh]\nargs: [-c, x]\nworkingDir: /w"), &img, &[]).unwrap();
+        let p = resolve(
+            &container("name: c\ncommand: [sh]\nargs: [-c, x]\nworkingDir: /w"),
+            &img,
+            &[],
+        )
+        .unwrap();
         assert_eq!(p.args, vec!["sh", "-c", "x"]);
         assert_eq!(p.cwd, "/w");
         let empty = ImageConfig::default();
-        assert!(resolve(&container("name: c"), &empty, &[]).unwrap_err().contains("no command"));
+        assert!(
+            resolve(&container("name: c"), &empty, &[])
+                .unwrap_err()
+                .contains("no command")
+        );
     }
 
     #[test]
     fn env_overrides_the_image_and_expands_in_command() {
         let c = container("name: c\ncommand: [echo, '$(B)', '$$(B)', '$(PATH)']");
-        let env = vec![("A".to_string(), "spec".to_string()), ("B".to_string(), "b".to_string())];
+        let env = vec![
+            ("A".to_string(), "spec".to_string()),
+            ("B".to_string(), "b".to_string()),
+        ];
         let p = resolve(&c, &image(), &env).unwrap();
         assert_eq!(p.env, vec!["PATH=/bin", "A=spec", "B=b"]);
         // Image variables are not used for expansion, as on a kubelet.
@@ -231,12 +255,23 @@ mod tests {
         assert_eq!(exec_too_long(&short, &["A=b".to_string()], 8 << 20), None);
         let long_arg = vec!["sh".to_string(), "x".repeat(MAX_ARG_STRLEN)];
         let e = exec_too_long(&long_arg, &[], 8 << 20).unwrap();
-        assert!(e.contains("exec: \"sh\": argument list too long: an argument"), "{e}");
+        assert!(
+            e.contains("exec: \"sh\": argument list too long: an argument"),
+            "{e}"
+        );
         let long_env = vec![format!("A={}", "x".repeat(MAX_ARG_STRLEN))];
-        assert!(exec_too_long(&short, &long_env, 8 << 20).unwrap().contains("environment variable"));
+        assert!(
+            exec_too_long(&short, &long_env, 8 << 20)
+                .unwrap()
+                .contains("environment variable")
+        );
         // Many strings, each short: the total counts against a quarter of the stack limit.
         let many: Vec<String> = (0..30_000).map(|i| format!("arg-{i:060}")).collect();
-        assert!(exec_too_long(&many, &[], 8 << 20).unwrap().contains("bytes of arguments and environment"));
+        assert!(
+            exec_too_long(&many, &[], 8 << 20)
+                .unwrap()
+                .contains("bytes of arguments and environment")
+        );
         assert_eq!(exec_too_long(&many, &[], 64 << 20), None);
         assert!(exec_too_long(&vec!["y".repeat(100); 80_000], &[], u64::MAX).is_some());
     }
@@ -245,17 +280,36 @@ mod tests {
     fn users_resolve_from_the_rootfs() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let read = |p| {
-            let d = super::super::rootfs_file::read(dir.path(), p, 1 << 20).unwrap().unwrap();
+            let d = super::super::rootfs_file::read(dir.path(), p, 1 << 20)
+                .unwrap()
+                .unwrap();
             String::from_utf8(d).unwrap()
         };
         let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
         assert_eq!(resolve_user("", &passwd, &group).unwrap(), (0, 0));
-        assert_eq!(resolve_user("nobody", &passwd, &group).unwrap(), (65534, 65534));
-        assert_eq!(resolve_user("1000:50", &passwd, &group).unwrap(), (1000, 50));
-        assert_eq!(resolve_user("65534:staff", &passwd, &group).unwrap(), (65534, 50));
-        assert!(resolve_user("ghost", &passwd, &group).unwrap_err().contains("unable to find user ghost"));
+        assert_eq!(
+            resolve_user("nobody", &passwd, &group).unwrap(),
+            (65534, 65534)
+        );
+        assert_eq!(
+            resolve_user("1000:50", &passwd, &group).unwrap(),
+            (1000, 50)
+        );
+        assert_eq!(
+            resolve_user("65534:staff", &passwd, &group).unwrap(),
+            (65534, 50)
+        );
+        assert!(
+            resolve_user("ghost", &passwd, &group)
+                .unwrap_err()
+                .contains("unable to find user ghost")
+        );
     }
 }

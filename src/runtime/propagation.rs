@@ -23,19 +23,24 @@ pub fn wanted(spec: &Value) -> Vec<(String, MsFlags)> {
         .flatten()
         .filter(|m| {
             m["type"] == "bind"
-                || m["options"].as_array().is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+                || m["options"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
         })
         .filter_map(|m| {
             let dest = m["destination"].as_str()?.to_string();
-            let flags = m["options"].as_array()?.iter().find_map(|o| match o.as_str()? {
-                "rprivate" => Some(MsFlags::MS_REC | MsFlags::MS_PRIVATE),
-                "private" => Some(MsFlags::MS_PRIVATE),
-                "rslave" => Some(MsFlags::MS_REC | MsFlags::MS_SLAVE),
-                "slave" => Some(MsFlags::MS_SLAVE),
-                "rshared" => Some(MsFlags::MS_REC | MsFlags::MS_SHARED),
-                "shared" => Some(MsFlags::MS_SHARED),
-                _ => None,
-            })?;
+            let flags = m["options"]
+                .as_array()?
+                .iter()
+                .find_map(|o| match o.as_str()? {
+                    "rprivate" => Some(MsFlags::MS_REC | MsFlags::MS_PRIVATE),
+                    "private" => Some(MsFlags::MS_PRIVATE),
+                    "rslave" => Some(MsFlags::MS_REC | MsFlags::MS_SLAVE),
+                    "slave" => Some(MsFlags::MS_SLAVE),
+                    "rshared" => Some(MsFlags::MS_REC | MsFlags::MS_SHARED),
+                    "shared" => Some(MsFlags::MS_SHARED),
+                    _ => None,
+                })?;
             Some((dest, flags))
         })
         .collect()
@@ -46,12 +51,14 @@ pub fn wanted(spec: &Value) -> Vec<(String, MsFlags)> {
 pub fn apply(bundle: &Path, pid: Pid) -> Result<(), String> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let spec: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let spec: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mounts = wanted(&spec);
     if mounts.is_empty() {
         return Ok(());
     }
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| format!("container mount namespace: {e}"))?;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .map_err(|e| format!("container mount namespace: {e}"))?;
     // A child enters the namespace (setns of a mount namespace needs a single-threaded caller
     // and must not move the supervisor itself).
     // SAFETY: the child only makes async-signal-safe system calls and leaves with _exit.
@@ -62,7 +69,15 @@ pub fn apply(bundle: &Path, pid: Pid) -> Result<(), String> {
                 code = 2;
             } else {
                 for (i, (dest, flags)) in mounts.iter().enumerate() {
-                    if mount(None::<&str>, dest.as_str(), None::<&str>, *flags, None::<&str>).is_err() {
+                    if mount(
+                        None::<&str>,
+                        dest.as_str(),
+                        None::<&str>,
+                        *flags,
+                        None::<&str>,
+                    )
+                    .is_err()
+                    {
                         code = 10 + i as i32;
                         break;
                     }
@@ -73,7 +88,9 @@ pub fn apply(bundle: &Path, pid: Pid) -> Result<(), String> {
         }
         ForkResult::Parent { child } => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            Ok(WaitStatus::Exited(_, 2)) => Err("entering the container's mount namespace failed".into()),
+            Ok(WaitStatus::Exited(_, 2)) => {
+                Err("entering the container's mount namespace failed".into())
+            }
             Ok(WaitStatus::Exited(_, n)) if n >= 10 => {
                 let (dest, _) = &mounts[(n - 10) as usize];
                 Err(format!("setting the mount propagation of {dest} failed"))

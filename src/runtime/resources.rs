@@ -14,33 +14,52 @@ pub struct Cgroup {
     pub pids_limit: Option<i64>,
 }
 
+/// (cpu millicores, memory bytes), each if set.
+pub type CpuMemory = (Option<i64>, Option<i64>);
+
 /// (cpu millicores, memory bytes) of `requests` or `limits`; requests default to limits.
-pub fn amounts(c: &Container) -> Result<((Option<i64>, Option<i64>), (Option<i64>, Option<i64>)), String> {
+pub fn amounts(c: &Container) -> Result<(CpuMemory, CpuMemory), String> {
     let r = c.resources.clone().unwrap_or_default();
-    let get = |m: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    let get = |m: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
                which: &str,
                k: &str,
                cpu: bool|
      -> Result<Option<i64>, String> {
         m.as_ref()
             .and_then(|m| m.get(k))
-            .map(|q| if cpu { quantity::millicores(&q.0) } else { quantity::bytes(&q.0) })
+            .map(|q| {
+                if cpu {
+                    quantity::millicores(&q.0)
+                } else {
+                    quantity::bytes(&q.0)
+                }
+            })
             .transpose()
-            .map_err(|e| format!("container {}: resources.{which}.{k}: Invalid value: {e}", c.name))
+            .map_err(|e| {
+                format!(
+                    "container {}: resources.{which}.{k}: Invalid value: {e}",
+                    c.name
+                )
+            })
     };
-    let lim = (get(&r.limits, "limits", "cpu", true)?, get(&r.limits, "limits", "memory", false)?);
+    let lim = (
+        get(&r.limits, "limits", "cpu", true)?,
+        get(&r.limits, "limits", "memory", false)?,
+    );
     let req = (
         get(&r.requests, "requests", "cpu", true)?.or(lim.0),
         get(&r.requests, "requests", "memory", false)?.or(lim.1),
     );
     for (what, rq, lm) in [("cpu", req.0, lim.0), ("memory", req.1, lim.1)] {
-        if let (Some(rq), Some(lm)) = (rq, lm) {
-            if rq > lm {
-                return Err(format!(
-                    "container {}: resources.requests.{what}: Invalid value: must be less than or equal to {what} limit",
-                    c.name
-                ));
-            }
+        if let (Some(rq), Some(lm)) = (rq, lm)
+            && rq > lm
+        {
+            return Err(format!(
+                "container {}: resources.requests.{what}: Invalid value: must be less than or equal to {what} limit",
+                c.name
+            ));
         }
     }
     Ok((req, lim))
@@ -73,7 +92,11 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     };
     // With pod-level resources, they alone decide (Guaranteed: both limits, requests equal).
     if let Some(((rc, rm), (lc, lm))) = super::pod_cgroup::pod_amounts(pod) {
-        return if lc.is_some() && lm.is_some() && rc == lc && rm == lm { "Guaranteed" } else { "Burstable" };
+        return if lc.is_some() && lm.is_some() && rc == lc && rm == lm {
+            "Guaranteed"
+        } else {
+            "Burstable"
+        };
     }
     let all: Vec<&Container> = spec
         .containers
@@ -108,7 +131,11 @@ pub fn pod_requests(pod: &Pod) -> (i64, i64) {
     let Some(spec) = &pod.spec else {
         return (0, 0);
     };
-    let req = |c: &Container| amounts(c).map(|(r, _)| (r.0.unwrap_or(0), r.1.unwrap_or(0))).unwrap_or((0, 0));
+    let req = |c: &Container| {
+        amounts(c)
+            .map(|(r, _)| (r.0.unwrap_or(0), r.1.unwrap_or(0)))
+            .unwrap_or((0, 0))
+    };
     let (mut cpu, mut mem) = (0, 0);
     for c in &spec.containers {
         let (a, b) = req(c);
@@ -138,15 +165,35 @@ mod tests {
 
     #[test]
     fn qos_classes() {
-        assert_eq!(qos_class(&pod("spec: {containers: [{name: a}]}")), "BestEffort");
-        assert_eq!(qos_class(&pod("spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}}}]}")), "Guaranteed");
-        assert_eq!(qos_class(&pod("spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}, requests: {cpu: 500m}}}]}")), "Burstable");
-        assert_eq!(qos_class(&pod("spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}}}, {name: b}]}")), "Burstable");
+        assert_eq!(
+            qos_class(&pod("spec: {containers: [{name: a}]}")),
+            "BestEffort"
+        );
+        assert_eq!(
+            qos_class(&pod(
+                "spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}}}]}"
+            )),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(
+                "spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}, requests: {cpu: 500m}}}]}"
+            )),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&pod(
+                "spec: {containers: [{name: a, resources: {limits: {cpu: 1, memory: 1Gi}}}, {name: b}]}"
+            )),
+            "Burstable"
+        );
     }
 
     #[test]
     fn cgroup_values_follow_the_kubelet() {
-        let p = pod("spec: {containers: [{name: a, resources: {requests: {cpu: 250m}, limits: {cpu: 500m, memory: 64Mi}}}]}");
+        let p = pod(
+            "spec: {containers: [{name: a, resources: {requests: {cpu: 250m}, limits: {cpu: 500m, memory: 64Mi}}}]}",
+        );
         let cg = cgroup(&p.spec.unwrap().containers[0], Some(1024)).unwrap();
         assert_eq!(cg.cpu_shares, Some(256));
         assert_eq!(cg.cpu_quota, Some(50_000));
@@ -154,14 +201,27 @@ mod tests {
         assert_eq!(cg.memory_limit, Some(64 << 20));
         assert_eq!(cg.pids_limit, Some(1024));
         let p = pod("spec: {containers: [{name: a}]}");
-        assert_eq!(cgroup(&p.spec.unwrap().containers[0], None).unwrap().cpu_shares, Some(2));
-        let p = pod("spec: {containers: [{name: a, resources: {requests: {cpu: 2}, limits: {cpu: 1}}}]}");
-        assert!(cgroup(&p.spec.unwrap().containers[0], None).unwrap_err().contains("less than or equal"));
+        assert_eq!(
+            cgroup(&p.spec.unwrap().containers[0], None)
+                .unwrap()
+                .cpu_shares,
+            Some(2)
+        );
+        let p = pod(
+            "spec: {containers: [{name: a, resources: {requests: {cpu: 2}, limits: {cpu: 1}}}]}",
+        );
+        assert!(
+            cgroup(&p.spec.unwrap().containers[0], None)
+                .unwrap_err()
+                .contains("less than or equal")
+        );
     }
 
     #[test]
     fn pod_requests_take_the_larger_of_init_and_apps() {
-        let p = pod("spec:\n  initContainers: [{name: i, resources: {requests: {cpu: '3', memory: 1Gi}}}]\n  containers: [{name: a, resources: {requests: {cpu: '1', memory: 2Gi}}}, {name: b, resources: {limits: {cpu: '1', memory: 1Gi}}}]");
+        let p = pod(
+            "spec:\n  initContainers: [{name: i, resources: {requests: {cpu: '3', memory: 1Gi}}}]\n  containers: [{name: a, resources: {requests: {cpu: '1', memory: 2Gi}}}, {name: b, resources: {limits: {cpu: '1', memory: 1Gi}}}]",
+        );
         assert_eq!(pod_requests(&p), (3000, 3 << 30));
     }
 }

@@ -9,22 +9,61 @@ use super::spec::DEFAULT_CAPS;
 
 /// Every capability the kernel knows, for `privileged` and `add: [ALL]`.
 pub const ALL_CAPS: [&str; 41] = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// Sysctls that are namespaced (safe to set per pod), as the kubelet's list.
 pub fn is_namespaced_sysctl(name: &str, host_network: bool) -> bool {
     matches!(
         name,
-        "kernel.shm_rmid_forced" | "kernel.shmmax" | "kernel.shmall" | "kernel.shmmni" | "kernel.sem"
-            | "kernel.msgmax" | "kernel.msgmnb" | "kernel.msgmni"
+        "kernel.shm_rmid_forced"
+            | "kernel.shmmax"
+            | "kernel.shmall"
+            | "kernel.shmmni"
+            | "kernel.sem"
+            | "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
     ) || name.starts_with("fs.mqueue.")
         || (!host_network && name.starts_with("net."))
 }
@@ -56,7 +95,11 @@ pub struct Security {
 
 fn cap_name(c: &str) -> String {
     let up = c.to_ascii_uppercase();
-    if up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
+    if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    }
 }
 
 /// Computes the settings. `image_user` is the image's user already resolved
@@ -71,7 +114,14 @@ pub fn compute(
     gid_of: impl Fn(u32) -> Option<u32>,
     seccomp_default: bool,
 ) -> Result<Security, String> {
-    compute_with(pod, c, image_user, gid_of, current_bounding_set(), seccomp_default)
+    compute_with(
+        pod,
+        c,
+        image_user,
+        gid_of,
+        current_bounding_set(),
+        seccomp_default,
+    )
 }
 
 /// The capability bounding set skiff itself runs with (`CapBnd`); all bits
@@ -115,10 +165,10 @@ pub fn compute_with(
     let run_as_user = csc.run_as_user.or(psc.run_as_user);
     let run_as_group = csc.run_as_group.or(psc.run_as_group);
     for (what, v) in [("runAsUser", run_as_user), ("runAsGroup", run_as_group)] {
-        if let Some(v) = v {
-            if !(0..=i64::from(u32::MAX - 1)).contains(&v) {
-                return Err(format!("{what}: Invalid value: {v}"));
-            }
+        if let Some(v) = v
+            && !(0..=i64::from(u32::MAX - 1)).contains(&v)
+        {
+            return Err(format!("{what}: Invalid value: {v}"));
         }
     }
     let uid = run_as_user.map(|u| u as u32).unwrap_or(image_user.0);
@@ -160,28 +210,26 @@ pub fn compute_with(
     } else {
         DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
     };
-    if !privileged {
-        if let Some(cs) = &csc.capabilities {
-            for d in cs.drop.iter().flatten() {
-                if d.eq_ignore_ascii_case("ALL") {
-                    caps.clear();
-                } else {
-                    let n = cap_name(d);
-                    caps.retain(|c| *c != n);
-                }
+    if !privileged && let Some(cs) = &csc.capabilities {
+        for d in cs.drop.iter().flatten() {
+            if d.eq_ignore_ascii_case("ALL") {
+                caps.clear();
+            } else {
+                let n = cap_name(d);
+                caps.retain(|c| *c != n);
             }
-            for a in cs.add.iter().flatten() {
-                if a.eq_ignore_ascii_case("ALL") {
-                    caps = all_caps(bounding);
-                    continue;
-                }
-                let n = cap_name(a);
-                if !ALL_CAPS.contains(&n.as_str()) {
-                    return Err(format!("capabilities.add: unknown capability {a:?}"));
-                }
-                if !caps.contains(&n) {
-                    caps.push(n);
-                }
+        }
+        for a in cs.add.iter().flatten() {
+            if a.eq_ignore_ascii_case("ALL") {
+                caps = all_caps(bounding);
+                continue;
+            }
+            let n = cap_name(a);
+            if !ALL_CAPS.contains(&n.as_str()) {
+                return Err(format!("capabilities.add: unknown capability {a:?}"));
+            }
+            if !caps.contains(&n) {
+                caps.push(n);
             }
         }
     }
@@ -201,19 +249,28 @@ pub fn compute_with(
             "Localhost" => {
                 let path = p.localhost_profile.unwrap_or_default();
                 if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                    return Err(format!("seccompProfile.localhostProfile: Invalid value {path:?}: must be a relative path without '..'"));
+                    return Err(format!(
+                        "seccompProfile.localhostProfile: Invalid value {path:?}: must be a relative path without '..'"
+                    ));
                 }
                 Seccomp::Localhost(path)
             }
             other => return Err(format!("seccompProfile.type: Unsupported value: {other:?}")),
         },
     };
-    let seccomp = if privileged { Seccomp::Unconfined } else { seccomp };
+    let seccomp = if privileged {
+        Seccomp::Unconfined
+    } else {
+        seccomp
+    };
     let host_network = spec.host_network.unwrap_or(false);
     let mut sysctls = BTreeMap::new();
     for s in psc.sysctls.iter().flatten() {
         if !is_namespaced_sysctl(&s.name, host_network) {
-            return Err(format!("forbidden sysctl: {:?} is not a namespaced sysctl skiff allows", s.name));
+            return Err(format!(
+                "forbidden sysctl: {:?} is not a namespaced sysctl skiff allows",
+                s.name
+            ));
         }
         sysctls.insert(s.name.clone(), s.value.clone());
     }
@@ -245,12 +302,23 @@ mod tests {
     fn sec(yaml: &str, image_user: (u32, u32)) -> Result<Security, String> {
         let p = pod(yaml);
         let c = p.spec.as_ref().unwrap().containers[0].clone();
-        compute_with(&p, &c, image_user, |u| (u == 1000).then_some(1000), u64::MAX, false)
+        compute_with(
+            &p,
+            &c,
+            image_user,
+            |u| (u == 1000).then_some(1000),
+            u64::MAX,
+            false,
+        )
     }
 
     #[test]
     fn defaults_are_safe() {
-        let s = sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}", (0, 0)).unwrap();
+        let s = sec(
+            "metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}",
+            (0, 0),
+        )
+        .unwrap();
         assert_eq!(s.caps.len(), 14);
         assert!(s.no_new_privs && !s.privileged && !s.read_only_rootfs);
         assert_eq!(s.seccomp, Seccomp::Unconfined);
@@ -265,7 +333,10 @@ mod tests {
         let s = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000}\n  containers: [{name: c, image: i, securityContext: {runAsUser: 7, runAsGroup: 8}}]", (0, 0)).unwrap();
         assert_eq!((s.uid, s.gid), (7, 8));
         let err = sec("metadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap_err();
-        assert!(err.contains("runAsNonRoot and image will run as root"), "{err}");
+        assert!(
+            err.contains("runAsNonRoot and image will run as root"),
+            "{err}"
+        );
         assert!(sec("metadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: c, image: i}]", (65534, 65534)).is_ok());
     }
 
@@ -281,9 +352,19 @@ mod tests {
         assert!(!s.no_new_privs);
         assert!(sec("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {capabilities: {add: [BOGUS]}}}]}", (0, 0)).is_err());
         // privileged gets what skiff itself has: here everything but CAP_SYS_RESOURCE (24).
-        let p = pod("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}");
+        let p = pod(
+            "metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}",
+        );
         let c = p.spec.as_ref().unwrap().containers[0].clone();
-        let s = compute_with(&p, &c, (0, 0), |_| None, ((1u64 << 41) - 1) & !(1 << 24), false).unwrap();
+        let s = compute_with(
+            &p,
+            &c,
+            (0, 0),
+            |_| None,
+            ((1u64 << 41) - 1) & !(1 << 24),
+            false,
+        )
+        .unwrap();
         assert_eq!(s.caps.len(), ALL_CAPS.len() - 1);
         assert!(!s.caps.contains(&"CAP_SYS_RESOURCE".to_string()));
     }
@@ -292,7 +373,10 @@ mod tests {
     fn seccomp_and_sysctls() {
         let s = sec("metadata: {name: p}\nspec:\n  securityContext: {seccompProfile: {type: RuntimeDefault}, sysctls: [{name: net.core.somaxconn, value: '1024'}]}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap();
         assert_eq!(s.seccomp, Seccomp::RuntimeDefault);
-        assert_eq!(s.sysctls.get("net.core.somaxconn").map(String::as_str), Some("1024"));
+        assert_eq!(
+            s.sysctls.get("net.core.somaxconn").map(String::as_str),
+            Some("1024")
+        );
         let err = sec("metadata: {name: p}\nspec:\n  securityContext: {sysctls: [{name: kernel.panic, value: '1'}]}\n  containers: [{name: c, image: i}]", (0, 0)).unwrap_err();
         assert!(err.contains("forbidden sysctl"), "{err}");
         let err = sec("metadata: {name: p}\nspec:\n  containers: [{name: c, image: i, securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../x.json}}}]", (0, 0)).unwrap_err();
@@ -302,19 +386,30 @@ mod tests {
         let with_default = |yaml: &str| {
             let p = pod(yaml);
             let c = p.spec.as_ref().unwrap().containers[0].clone();
-            compute_with(&p, &c, (0, 0), |_| None, u64::MAX, true).unwrap().seccomp
+            compute_with(&p, &c, (0, 0), |_| None, u64::MAX, true)
+                .unwrap()
+                .seccomp
         };
-        assert_eq!(with_default("metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}"), Seccomp::RuntimeDefault);
         assert_eq!(
-            with_default("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {seccompProfile: {type: Unconfined}}}]}"),
+            with_default("metadata: {name: p}\nspec: {containers: [{name: c, image: i}]}"),
+            Seccomp::RuntimeDefault
+        );
+        assert_eq!(
+            with_default(
+                "metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {seccompProfile: {type: Unconfined}}}]}"
+            ),
             Seccomp::Unconfined
         );
         assert_eq!(
-            with_default("metadata: {name: p}\nspec:\n  securityContext: {seccompProfile: {type: Unconfined}}\n  containers: [{name: c, image: i}]"),
+            with_default(
+                "metadata: {name: p}\nspec:\n  securityContext: {seccompProfile: {type: Unconfined}}\n  containers: [{name: c, image: i}]"
+            ),
             Seccomp::Unconfined
         );
         assert_eq!(
-            with_default("metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}"),
+            with_default(
+                "metadata: {name: p}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}"
+            ),
             Seccomp::Unconfined
         );
     }

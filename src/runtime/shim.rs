@@ -81,11 +81,13 @@ pub fn main() -> i32 {
     let verbose = matches!(std::env::args().nth(1).as_deref(), Some("start" | "finish"));
     let _ = verbose
         && tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer::seccomp=error"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init()
-        .is_ok();
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,libcgroups=error,libcontainer::seccomp=error",
+            ))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init()
+            .is_ok();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
     let Some(verb) = it.next() else {
@@ -272,7 +274,8 @@ fn wait_gate(opts: &Opts, gate: OwnedFd) -> Result<(), String> {
 
 fn start_container(opts: &Opts, gate: Option<OwnedFd>) -> Result<(Pid, Outputs), String> {
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) =
+        pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| format!("pipe: {e}"))?;
     let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let result = (|| {
         let builder = ContainerBuilder::new(opts.id.clone(), SyscallType::Linux)
@@ -302,7 +305,10 @@ fn start_container(opts: &Opts, gate: Option<OwnedFd>) -> Result<(Pid, Outputs),
     match result {
         Ok(pid) => {
             // Back to blocking reads for the supervision loop.
-            let _ = nix::fcntl::fcntl(err_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+            let _ = nix::fcntl::fcntl(
+                err_r.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()),
+            );
             Ok((
                 pid,
                 Outputs {
@@ -350,15 +356,25 @@ fn hand_over(opts: &Opts, pid: Pid, outs: Outputs) -> Exit {
         state_dir: opts.state_dir.clone(),
     };
     let inherit = |on: bool| {
-        supervise::set_cloexec(args.stdout_fd, !on).and_then(|()| supervise::set_cloexec(args.stderr_fd, !on))
+        supervise::set_cloexec(args.stdout_fd, !on)
+            .and_then(|()| supervise::set_cloexec(args.stderr_fd, !on))
     };
     let err = match inherit(true) {
         Ok(()) => supervise::exec(&monitor, &args.to_args()),
         Err(e) => e,
     };
     let _ = inherit(false);
-    eprintln!("skiff-shim: running {}: {err}; supervising in-process", monitor.display());
-    supervise::supervise(pid.as_raw(), outs.stdout, outs.stderr, &opts.log, opts.log_limits)
+    eprintln!(
+        "skiff-shim: running {}: {err}; supervising in-process",
+        monitor.display()
+    );
+    supervise::supervise(
+        pid.as_raw(),
+        outs.stdout,
+        outs.stderr,
+        &opts.log,
+        opts.log_limits,
+    )
 }
 
 /// Records how the container ended: OOM check, libcontainer state and cgroup
@@ -381,10 +397,10 @@ fn finish(opts: &Opts, exit: Exit) {
         finished_at: opts.finished_at.clone().unwrap_or_else(now_rfc3339),
     };
     cleanup_runtime_state(opts);
-    if let Ok(json) = serde_json::to_vec(&rec) {
-        if let Err(e) = write_durable(&opts.state_dir, EXIT_FILE, &json) {
-            eprintln!("skiff-shim: writing exit record: {e}");
-        }
+    if let Ok(json) = serde_json::to_vec(&rec)
+        && let Err(e) = write_durable(&opts.state_dir, EXIT_FILE, &json)
+    {
+        eprintln!("skiff-shim: writing exit record: {e}");
     }
 }
 
@@ -396,10 +412,7 @@ fn oom_killed(opts: &Opts) -> bool {
     let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&cfg) else {
         return false;
     };
-    let Some(path) = spec
-        .pointer("/linux/cgroupsPath")
-        .and_then(|v| v.as_str())
-    else {
+    let Some(path) = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()) else {
         return false;
     };
     let rel = path.trim_start_matches('/');
@@ -411,10 +424,11 @@ fn oom_killed(opts: &Opts) -> bool {
         if let Ok(text) = fs::read_to_string(&file) {
             for line in text.lines() {
                 let mut parts = line.split_whitespace();
-                if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-                    if k == "oom_kill" && v.parse::<u64>().unwrap_or(0) > 0 {
-                        return true;
-                    }
+                if let (Some(k), Some(v)) = (parts.next(), parts.next())
+                    && k == "oom_kill"
+                    && v.parse::<u64>().unwrap_or(0) > 0
+                {
+                    return true;
                 }
             }
         }
@@ -472,7 +486,10 @@ fn identity_of(spec: &serde_json::Value) -> ExecIdentity {
             .as_array()
             .map(|a| a.iter().map(id).collect())
             .unwrap_or_default(),
-        cwd: spec["process"]["cwd"].as_str().filter(|c| c.starts_with('/')).map(PathBuf::from),
+        cwd: spec["process"]["cwd"]
+            .as_str()
+            .filter(|c| c.starts_with('/'))
+            .map(PathBuf::from),
     }
 }
 
@@ -554,7 +571,12 @@ mod tests {
         let spec = serde_json::json!({"process": {"user": {"uid": 1000, "gid": 3000, "additionalGids": [2000, 4000]}, "cwd": "/work"}});
         assert_eq!(
             identity_of(&spec),
-            ExecIdentity { uid: 1000, gid: 3000, additional_gids: vec![2000, 4000], cwd: Some("/work".into()) }
+            ExecIdentity {
+                uid: 1000,
+                gid: 3000,
+                additional_gids: vec![2000, 4000],
+                cwd: Some("/work".into())
+            }
         );
         assert_eq!(identity_of(&serde_json::json!({})), ExecIdentity::default());
     }

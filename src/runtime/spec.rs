@@ -113,7 +113,11 @@ pub fn render(c: &ContainerSpec) -> Value {
         (None, false) => namespaces.push(json!({"type": "pid"})),
     }
     // A missing path means the host's namespace (hostNetwork, hostIPC).
-    for (kind, path) in [("network", &c.net_ns), ("ipc", &c.ipc_ns), ("uts", &c.uts_ns)] {
+    for (kind, path) in [
+        ("network", &c.net_ns),
+        ("ipc", &c.ipc_ns),
+        ("uts", &c.uts_ns),
+    ] {
         if let Some(p) = path {
             namespaces.push(json!({"type": kind, "path": p}));
         }
@@ -127,10 +131,15 @@ pub fn render(c: &ContainerSpec) -> Value {
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": if c.privileged { json!(["nosuid", "noexec", "nodev"]) } else { json!(["nosuid", "noexec", "nodev", "ro"]) }}),
     ];
-    let (cgroup_mounts, cgroupfs_ro_after) = super::cgroupfs::mounts(&c.cgroupfs, &c.cgroups_path, c.privileged);
+    let (cgroup_mounts, cgroupfs_ro_after) =
+        super::cgroupfs::mounts(&c.cgroupfs, &c.cgroups_path, c.privileged);
     mounts.extend(cgroup_mounts);
     for b in &c.binds {
-        let propagation = if b.propagation.is_empty() { "rprivate" } else { b.propagation };
+        let propagation = if b.propagation.is_empty() {
+            "rprivate"
+        } else {
+            b.propagation
+        };
         let mut opts = vec!["rbind", propagation];
         if b.read_only {
             opts.push("ro");
@@ -242,14 +251,29 @@ mod tests {
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
-        assert_eq!(v["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
+        assert_eq!(
+            v["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
         assert!(
-            spec.linux().as_ref().unwrap().masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string())
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/kcore".to_string())
         );
         assert_eq!(v["process"]["rlimits"][0]["hard"], 20000);
         assert_eq!(v["linux"]["cgroupsPath"], "/skiff/podu/c");
         let ns = v["linux"]["namespaces"].as_array().unwrap();
-        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/skiff/netns/x"));
+        assert!(
+            ns.iter()
+                .any(|n| n["type"] == "network" && n["path"] == "/run/skiff/netns/x")
+        );
     }
 
     #[test]
@@ -258,7 +282,14 @@ mod tests {
         assert!(render(&c)["process"].get("apparmorProfile").is_none());
         c.apparmor_profile = Some("k8s-deny-write".into());
         let spec: oci_spec::runtime::Spec = serde_json::from_value(render(&c)).unwrap();
-        assert_eq!(spec.process().as_ref().unwrap().apparmor_profile().as_deref(), Some("k8s-deny-write"));
+        assert_eq!(
+            spec.process()
+                .as_ref()
+                .unwrap()
+                .apparmor_profile()
+                .as_deref(),
+            Some("k8s-deny-write")
+        );
     }
 
     #[test]
@@ -285,7 +316,15 @@ mod tests {
         });
         let v = render(&c);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
-        assert!(spec.linux().as_ref().unwrap().masked_paths().as_ref().unwrap().is_empty());
+        assert!(
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 1 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 256);
         assert_eq!(v["linux"]["resources"]["devices"][0]["allow"], true);
@@ -301,30 +340,64 @@ mod tests {
     fn v2_cgroupfs_is_namespaced_and_read_only() {
         let v = render(&sample());
         let ns = v["linux"]["namespaces"].as_array().unwrap();
-        assert!(ns.iter().any(|n| n["type"] == "cgroup" && n.get("path").is_none()));
-        let cg: Vec<&Value> =
-            v["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/sys/fs/cgroup").collect();
+        assert!(
+            ns.iter()
+                .any(|n| n["type"] == "cgroup" && n.get("path").is_none())
+        );
+        let cg: Vec<&Value> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["destination"] == "/sys/fs/cgroup")
+            .collect();
         assert_eq!(cg.len(), 1);
         assert_eq!(cg[0]["type"], "cgroup");
-        assert!(cg[0]["options"].as_array().unwrap().iter().any(|o| o == "ro"));
-        assert!(!v["linux"]["readonlyPaths"].as_array().unwrap().iter().any(|p| p == "/sys/fs/cgroup"));
+        assert!(
+            cg[0]["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == "ro")
+        );
+        assert!(
+            !v["linux"]["readonlyPaths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "/sys/fs/cgroup")
+        );
     }
 
     /// On v1 the tmpfs holding the per-hierarchy binds turns read-only through readonlyPaths.
     #[test]
     fn v1_cgroupfs_tmpfs_becomes_read_only() {
         let mut c = sample();
-        c.cgroupfs = crate::runtime::cgroupfs::CgroupFs::V1(crate::runtime::cgroupfs::v1_hierarchies(
-            "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
-        ));
+        c.cgroupfs =
+            crate::runtime::cgroupfs::CgroupFs::V1(crate::runtime::cgroupfs::v1_hierarchies(
+                "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+            ));
         let v = render(&c);
         let spec: oci_spec::runtime::Spec = serde_json::from_value(v.clone()).unwrap();
-        assert!(spec.linux().as_ref().unwrap().readonly_paths().as_ref().unwrap().contains(&"/sys/fs/cgroup".into()));
+        assert!(
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .readonly_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/sys/fs/cgroup".into())
+        );
         let m = v["mounts"].as_array().unwrap();
         assert!(m.iter().any(|m| m["destination"] == "/sys/fs/cgroup/memory"
             && m["source"] == "/sys/fs/cgroup/memory/skiff/podu/c"));
         c.privileged = true;
         let v = render(&c);
-        assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/sys/fs/cgroup/memory"));
+        assert!(
+            !v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == "/sys/fs/cgroup/memory")
+        );
     }
 }

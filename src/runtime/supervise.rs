@@ -133,8 +133,14 @@ impl MonitorArgs {
         put("--stdout-fd", self.stdout_fd.to_string().into());
         put("--stderr-fd", self.stderr_fd.to_string().into());
         put("--log", self.log.clone().into());
-        put("--log-max-size", self.log_limits.max_size.to_string().into());
-        put("--log-max-files", self.log_limits.max_files.to_string().into());
+        put(
+            "--log-max-size",
+            self.log_limits.max_size.to_string().into(),
+        );
+        put(
+            "--log-max-files",
+            self.log_limits.max_files.to_string().into(),
+        );
         put("--shim", self.shim.clone().into());
         put("--bundle", self.bundle.clone().into());
         put("--runtime-root", self.runtime_root.clone().into());
@@ -147,7 +153,9 @@ impl MonitorArgs {
         let mut m = MonitorArgs::default();
         let mut it = args.iter();
         while let Some(k) = it.next() {
-            let v = it.next().ok_or_else(|| format!("{} needs a value", k.to_string_lossy()))?;
+            let v = it
+                .next()
+                .ok_or_else(|| format!("{} needs a value", k.to_string_lossy()))?;
             let s = v.to_string_lossy();
             let int = |what: &str| s.parse::<i32>().map_err(|e| format!("{what} {s:?}: {e}"));
             match k.to_string_lossy().as_ref() {
@@ -157,10 +165,14 @@ impl MonitorArgs {
                 "--stderr-fd" => m.stderr_fd = int("--stderr-fd")?,
                 "--log" => m.log = PathBuf::from(v),
                 "--log-max-size" => {
-                    m.log_limits.max_size = s.parse().map_err(|e| format!("--log-max-size {s:?}: {e}"))?
+                    m.log_limits.max_size = s
+                        .parse()
+                        .map_err(|e| format!("--log-max-size {s:?}: {e}"))?
                 }
                 "--log-max-files" => {
-                    m.log_limits.max_files = s.parse().map_err(|e| format!("--log-max-files {s:?}: {e}"))?
+                    m.log_limits.max_files = s
+                        .parse()
+                        .map_err(|e| format!("--log-max-files {s:?}: {e}"))?
                 }
                 "--shim" => m.shim = PathBuf::from(v),
                 "--bundle" => m.bundle = PathBuf::from(v),
@@ -238,7 +250,9 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) {
 pub fn monitor_main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if args.first().map(|a| a.as_bytes()) != Some(b"supervise") {
-        eprintln!("usage: {MONITOR_BIN} supervise --id ID --pid PID --stdout-fd N --stderr-fd N ...");
+        eprintln!(
+            "usage: {MONITOR_BIN} supervise --id ID --pid PID --stdout-fd N --stderr-fd N ..."
+        );
         return 2;
     }
     let m = match MonitorArgs::parse(&args[1..]) {
@@ -251,7 +265,12 @@ pub fn monitor_main() -> i32 {
     close_other_fds(&[m.stdout_fd, m.stderr_fd]);
     // SAFETY: the start phase handed these two descriptors over to us and
     // nothing else in this process refers to them.
-    let (out, err) = unsafe { (OwnedFd::from_raw_fd(m.stdout_fd), OwnedFd::from_raw_fd(m.stderr_fd)) };
+    let (out, err) = unsafe {
+        (
+            OwnedFd::from_raw_fd(m.stdout_fd),
+            OwnedFd::from_raw_fd(m.stderr_fd),
+        )
+    };
     let _ = set_cloexec(out.as_raw_fd(), true);
     let _ = set_cloexec(err.as_raw_fd(), true);
     drop_startup_pages();
@@ -272,11 +291,18 @@ pub fn monitor_main() -> i32 {
     let e = exec(&m.shim, &finish);
     // Could not get back into skiff-shim (binary removed by an upgrade?):
     // record the status ourselves; the daemon removes the cgroup with the pod.
-    eprintln!("{MONITOR_BIN}: running {} finish: {e}; writing the exit record directly", m.shim.display());
+    eprintln!(
+        "{MONITOR_BIN}: running {} finish: {e}; writing the exit record directly",
+        m.shim.display()
+    );
     let _ = fs::remove_dir_all(m.runtime_root.join(&m.id));
     let (code, signal) = exit.code_and_signal();
     let reason = if code == 0 { "Completed" } else { "Error" };
-    if let Err(e) = write_durable(&m.state_dir, "exit.json", exit_json(code, signal, reason, &finished_at).as_bytes()) {
+    if let Err(e) = write_durable(
+        &m.state_dir,
+        "exit.json",
+        exit_json(code, signal, reason, &finished_at).as_bytes(),
+    ) {
         eprintln!("{MONITOR_BIN}: writing exit record: {e}");
         return 1;
     }
@@ -314,10 +340,10 @@ fn drop_startup_pages() {
                 (Ok(a), Ok(b)) if clean_candidate && b > a => Some((a, b)),
                 _ => None,
             };
-        } else if first == "Anonymous:" {
-            if let (Some(r), "0") = (current.take(), second) {
-                ranges.push(r);
-            }
+        } else if first == "Anonymous:"
+            && let (Some(r), "0") = (current.take(), second)
+        {
+            ranges.push(r);
         }
     }
     for (a, b) in ranges {
@@ -331,9 +357,13 @@ fn drop_startup_pages() {
 
 /// The `exit.json` document (the shape of `shim::ExitRecord`), without serde.
 pub fn exit_json(code: i32, signal: Option<i32>, reason: &str, finished_at: &str) -> String {
-    let signal = signal.map(|s| format!(",\"signal\":{s}")).unwrap_or_default();
+    let signal = signal
+        .map(|s| format!(",\"signal\":{s}"))
+        .unwrap_or_default();
     // Reason and time come from fixed sets of characters; nothing to escape.
-    format!("{{\"exitCode\":{code}{signal},\"reason\":\"{reason}\",\"finishedAt\":\"{finished_at}\"}}")
+    format!(
+        "{{\"exitCode\":{code}{signal},\"reason\":\"{reason}\",\"finishedAt\":\"{finished_at}\"}}"
+    )
 }
 
 /// Writes `data` to `dir/name` so that it survives a power loss: temp file,
@@ -343,7 +373,12 @@ pub fn write_durable(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     {
         // 0600, as everything skiff keeps (see `runtime::private`; this file is built into
         // skiff-shim-mon too, which has std and libc only).
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -365,7 +400,14 @@ fn signal_set() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGUSR1, libc::SIGCHLD, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
+        for s in [
+            libc::SIGTERM,
+            libc::SIGUSR1,
+            libc::SIGCHLD,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGPIPE,
+        ] {
             libc::sigaddset(&mut set, s);
         }
         set
@@ -389,7 +431,13 @@ fn handle_signals(sfd: &OwnedFd, pid: i32, exited: bool) {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reading at most `size` bytes into `info`, which is that large.
-        let n = unsafe { libc::read(sfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        let n = unsafe {
+            libc::read(
+                sfd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
         if n != size as isize {
             return;
         }
@@ -414,7 +462,10 @@ fn reap(init: i32) -> Option<Exit> {
         let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
         if r <= 0 {
             // 0: children left but none exited; -1/ECHILD: none left at all.
-            if r < 0 && found.is_none() && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            if r < 0
+                && found.is_none()
+                && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+            {
                 // The init is not (or no longer) our child: its status is lost.
                 // SAFETY: kill with signal 0 only checks for existence.
                 if unsafe { libc::kill(init, 0) } < 0 {
@@ -432,11 +483,20 @@ fn reap(init: i32) -> Option<Exit> {
 
 /// Copies the container's output into the CRI log until its init has exited
 /// (and the pipes are drained); returns how it ended.
-pub fn supervise(pid: i32, stdout: OwnedFd, stderr: OwnedFd, log_path: &Path, limits: LogLimits) -> Exit {
+pub fn supervise(
+    pid: i32,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    log_path: &Path,
+    limits: LogLimits,
+) -> Exit {
     let sfd = signal_fd();
     // 0600 (RotatingLog): a log holds whatever the container printed (Secrets too).
     let mut log = RotatingLog::open(log_path, limits.max_size, limits.max_files).ok();
-    let mut splitters = [LineSplitter::new(Stream::Stdout), LineSplitter::new(Stream::Stderr)];
+    let mut splitters = [
+        LineSplitter::new(Stream::Stdout),
+        LineSplitter::new(Stream::Stderr),
+    ];
     let mut pipes = [Some(File::from(stdout)), Some(File::from(stderr))];
     let mut status: Option<Exit> = None;
     let mut buf = vec![0u8; 32 * 1024];
@@ -459,12 +519,20 @@ pub fn supervise(pid: i32, stdout: OwnedFd, stderr: OwnedFd, log_path: &Path, li
         let mut which: Vec<usize> = Vec::with_capacity(3);
         for (i, p) in pipes.iter().enumerate() {
             if let Some(f) = p {
-                fds.push(libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 which.push(i);
             }
         }
         if let Some(s) = &sfd {
-            fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             which.push(2);
         }
         let timeout = if drain_deadline.is_some() { 100 } else { 1000 };
@@ -565,8 +633,14 @@ mod tests {
     #[test]
     fn rfc3339_matches_known_instants() {
         assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
-        assert_eq!(format_rfc3339(1_798_761_599, 120_000_000), "2026-12-31T23:59:59.12Z");
+        assert_eq!(
+            format_rfc3339(951_782_400, 5),
+            "2000-02-29T00:00:00.000000005Z"
+        );
+        assert_eq!(
+            format_rfc3339(1_798_761_599, 120_000_000),
+            "2026-12-31T23:59:59.12Z"
+        );
         assert_eq!(format_rfc3339(4_107_542_400, 0), "2100-03-01T00:00:00Z");
         // Every day for a few centuries agrees with jiff.
         for day in (-200_000i64..200_000).step_by(97) {
@@ -594,7 +668,10 @@ mod tests {
             stdout_fd: 5,
             stderr_fd: 7,
             log: "/l/0.log".into(),
-            log_limits: LogLimits { max_size: 1 << 20, max_files: 3 },
+            log_limits: LogLimits {
+                max_size: 1 << 20,
+                max_files: 3,
+            },
             shim: "/bin/skiff-shim".into(),
             bundle: "/b".into(),
             runtime_root: "/r".into(),
@@ -609,7 +686,8 @@ mod tests {
     #[test]
     fn exit_json_reads_back_as_an_exit_record() {
         let rec: crate::runtime::shim::ExitRecord =
-            serde_json::from_str(&exit_json(137, Some(9), "Error", "2026-01-01T00:00:00Z")).unwrap();
+            serde_json::from_str(&exit_json(137, Some(9), "Error", "2026-01-01T00:00:00Z"))
+                .unwrap();
         assert_eq!(rec.exit_code, 137);
         assert_eq!(rec.signal, Some(9));
         assert_eq!(rec.reason, "Error");

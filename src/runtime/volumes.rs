@@ -52,7 +52,11 @@ pub fn setup(
     super::private::create_dir_all(layout.pod_dir)
         .map_err(|e| format!("creating {}: {e}", layout.pod_dir.display()))?;
     let spec = pod.spec.clone().unwrap_or_default();
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let fs_group = spec
         .security_context
         .as_ref()
@@ -93,7 +97,9 @@ fn setup_one(
                 .transpose()?;
             mount_tmpfs(&dir, size)?;
         } else if let Some(m) = e.medium.as_deref().filter(|m| !m.is_empty()) {
-            return Err(format!("emptyDir medium {m:?} is not supported (use \"\" or \"Memory\")"));
+            return Err(format!(
+                "emptyDir medium {m:?} is not supported (use \"\" or \"Memory\")"
+            ));
         }
         // emptyDir is world-writable, like the kubelet makes it; fsGroup owns it.
         let mode = if fs_group.is_some() { 0o2777 } else { 0o777 };
@@ -156,7 +162,10 @@ fn setup_one(
             } else if let Some(d) = &src.downward_api {
                 downward_payload(pod, d.items.as_deref().unwrap_or(&[]), p.default_mode, cx)?
             } else {
-                return Err("projected source kind is not supported (only secret, configMap, downwardAPI)".into());
+                return Err(
+                    "projected source kind is not supported (only secret, configMap, downwardAPI)"
+                        .into(),
+                );
             };
             payload.extend(part);
         }
@@ -170,7 +179,8 @@ fn setup_one(
         // Secrets never touch the disk.
         mount_tmpfs(&dir, None)?;
     }
-    write_payload(&dir, &payload, fs_group).map_err(|e| format!("writing {}: {e}", dir.display()))?;
+    write_payload(&dir, &payload, fs_group)
+        .map_err(|e| format!("writing {}: {e}", dir.display()))?;
     Ok(Ready {
         path: dir,
         read_only: true,
@@ -181,7 +191,9 @@ fn setup_one(
 pub type Payload = BTreeMap<String, (Vec<u8>, u32)>;
 
 fn mode_of(mode: Option<i32>, default: Option<i32>) -> u32 {
-    mode.or(default).map(|m| m as u32 & 0o7777).unwrap_or(DEFAULT_MODE)
+    mode.or(default)
+        .map(|m| m as u32 & 0o7777)
+        .unwrap_or(DEFAULT_MODE)
 }
 
 fn pick(
@@ -203,14 +215,21 @@ fn pick(
                     .get(&it.key)
                     .ok_or_else(|| format!("configuration key {:?} not found in {what}", it.key))?;
                 check_relative(&it.path)?;
-                out.insert(it.path.clone(), (data.clone(), mode_of(it.mode, default_mode)));
+                out.insert(
+                    it.path.clone(),
+                    (data.clone(), mode_of(it.mode, default_mode)),
+                );
             }
         }
     }
     Ok(out)
 }
 
-fn config_map_payload(cm: &ConfigMap, items: Option<&[KeyToPath]>, default_mode: Option<i32>) -> Result<Payload, String> {
+fn config_map_payload(
+    cm: &ConfigMap,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+) -> Result<Payload, String> {
     let mut all: BTreeMap<String, Vec<u8>> = cm
         .data
         .clone()
@@ -225,7 +244,11 @@ fn config_map_payload(cm: &ConfigMap, items: Option<&[KeyToPath]>, default_mode:
     pick(all, items, default_mode, &format!("ConfigMap {name}"))
 }
 
-fn secret_payload(s: &Secret, items: Option<&[KeyToPath]>, default_mode: Option<i32>) -> Result<Payload, String> {
+fn secret_payload(
+    s: &Secret,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+) -> Result<Payload, String> {
     let all: BTreeMap<String, Vec<u8>> = s
         .data
         .clone()
@@ -258,9 +281,15 @@ fn downward_payload(
                 .ok_or_else(|| format!("resourceFieldRef: container {name:?} not found"))?;
             resource_value(&r.resource, r.divisor.as_ref().map(|q| q.0.as_str()), c, cx)?
         } else {
-            return Err(format!("downwardAPI item {:?} has no fieldRef or resourceFieldRef", it.path));
+            return Err(format!(
+                "downwardAPI item {:?} has no fieldRef or resourceFieldRef",
+                it.path
+            ));
         };
-        out.insert(it.path.clone(), (value.into_bytes(), mode_of(it.mode, default_mode)));
+        out.insert(
+            it.path.clone(),
+            (value.into_bytes(), mode_of(it.mode, default_mode)),
+        );
     }
     Ok(out)
 }
@@ -288,10 +317,10 @@ pub fn write_payload(dir: &Path, payload: &Payload, fs_group: Option<u32>) -> io
     }
     let data_link = dir.join("..data");
     let current = fs::read_link(&data_link).ok();
-    if let Some(cur) = &current {
-        if same_content(&dir.join(cur), payload) {
-            return Ok(());
-        }
+    if let Some(cur) = &current
+        && same_content(&dir.join(cur), payload)
+    {
+        return Ok(());
     }
     let stamp = format!(
         "..{}_{}",
@@ -412,7 +441,11 @@ pub fn unescape_mountinfo(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let octal = (i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)))
-            .then(|| u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0'))
+            .then(|| {
+                u32::from(b[i + 1] - b'0') * 64
+                    + u32::from(b[i + 2] - b'0') * 8
+                    + u32::from(b[i + 3] - b'0')
+            })
             .and_then(|v| u8::try_from(v).ok());
         if let (b'\\', Some(v)) = (b[i], octal) {
             out.push(v);
@@ -429,27 +462,34 @@ pub fn unescape_mountinfo(s: &str) -> String {
 pub fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
     let meta = fs::metadata(path);
     let p = path.display();
-    let is = |f: &dyn Fn(&fs::Metadata) -> bool| meta.as_ref().is_ok_and(|m| f(m));
+    let is = |f: &dyn Fn(&fs::Metadata) -> bool| meta.as_ref().is_ok_and(f);
     use std::os::unix::fs::FileTypeExt;
     match kind {
         "" => Ok(()),
         "DirectoryOrCreate" => {
             if meta.is_err() {
                 fs::create_dir_all(path).map_err(|e| format!("creating {p}: {e}"))?;
-                fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| e.to_string())?;
             } else if !is(&|m| m.is_dir()) {
-                return Err(format!("hostPath type check failed: {p} is not a directory"));
+                return Err(format!(
+                    "hostPath type check failed: {p} is not a directory"
+                ));
             }
             Ok(())
         }
         "Directory" if is(&|m| m.is_dir()) => Ok(()),
-        "Directory" => Err(format!("hostPath type check failed: {p} is not a directory")),
+        "Directory" => Err(format!(
+            "hostPath type check failed: {p} is not a directory"
+        )),
         "FileOrCreate" => {
             if meta.is_err() {
-                if let Some(parent) = path.parent() {
-                    if !parent.exists() {
-                        return Err(format!("hostPath type check failed: parent of {p} does not exist"));
-                    }
+                if let Some(parent) = path.parent()
+                    && !parent.exists()
+                {
+                    return Err(format!(
+                        "hostPath type check failed: parent of {p} does not exist"
+                    ));
                 }
                 fs::OpenOptions::new()
                     .write(true)
@@ -466,11 +506,17 @@ pub fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
         "File" if is(&|m| m.is_file()) => Ok(()),
         "File" => Err(format!("hostPath type check failed: {p} is not a file")),
         "Socket" if is(&|m| m.file_type().is_socket()) => Ok(()),
-        "Socket" => Err(format!("hostPath type check failed: {p} is not a socket file")),
+        "Socket" => Err(format!(
+            "hostPath type check failed: {p} is not a socket file"
+        )),
         "CharDevice" if is(&|m| m.file_type().is_char_device()) => Ok(()),
-        "CharDevice" => Err(format!("hostPath type check failed: {p} is not a character device")),
+        "CharDevice" => Err(format!(
+            "hostPath type check failed: {p} is not a character device"
+        )),
         "BlockDevice" if is(&|m| m.file_type().is_block_device()) => Ok(()),
-        "BlockDevice" => Err(format!("hostPath type check failed: {p} is not a block device")),
+        "BlockDevice" => Err(format!(
+            "hostPath type check failed: {p} is not a block device"
+        )),
         other => Err(format!("hostPath type {other:?} is not valid")),
     }
 }
@@ -500,7 +546,8 @@ pub fn open_in_volume(root: &Path, sub: &str) -> Result<OwnedFd, String> {
         // SAFETY: a fresh fd owned by nobody else.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     };
-    let root_fd = fs::File::open(root).map_err(|e| format!("opening volume {}: {e}", root.display()))?;
+    let root_fd =
+        fs::File::open(root).map_err(|e| format!("opening volume {}: {e}", root.display()))?;
     let mut stack: Vec<OwnedFd> = vec![OwnedFd::from(root_fd)];
     let mut todo: std::collections::VecDeque<String> = sub
         .split('/')
@@ -529,7 +576,8 @@ pub fn open_in_volume(root: &Path, sub: &str) -> Result<OwnedFd, String> {
                         return Err(format!("creating subPath component {comp:?}: {err}"));
                     }
                 }
-                open(parent, &comp).map_err(|e| format!("opening subPath component {comp:?}: {e}"))?
+                open(parent, &comp)
+                    .map_err(|e| format!("opening subPath component {comp:?}: {e}"))?
             }
             Err(e) => return Err(format!("opening subPath component {comp:?}: {e}")),
         };
@@ -537,14 +585,20 @@ pub fn open_in_volume(root: &Path, sub: &str) -> Result<OwnedFd, String> {
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
             links += 1;
             if links > 40 {
-                return Err(format!("subPath {sub:?}: too many levels of symbolic links"));
+                return Err(format!(
+                    "subPath {sub:?}: too many levels of symbolic links"
+                ));
             }
             let c = CString::new(comp.as_str()).map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; 4096];
             // SAFETY: readlinkat into a buffer of the given length.
-            let n = unsafe { libc::readlinkat(parent, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n =
+                unsafe { libc::readlinkat(parent, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
             if n < 0 {
-                return Err(format!("reading link {comp:?}: {}", io::Error::last_os_error()));
+                return Err(format!(
+                    "reading link {comp:?}: {}",
+                    io::Error::last_os_error()
+                ));
             }
             let target = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
             if target.starts_with('/') {
@@ -634,22 +688,34 @@ mod tests {
     fn atomic_writer_swaps_data_and_removes_stale_names() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write_payload(d, &payload(&[("color", "blue"), ("conf/app.ini", "x=1")]), None).unwrap();
+        write_payload(
+            d,
+            &payload(&[("color", "blue"), ("conf/app.ini", "x=1")]),
+            None,
+        )
+        .unwrap();
         assert_eq!(fs::read_to_string(d.join("color")).unwrap(), "blue");
         assert_eq!(fs::read_to_string(d.join("conf/app.ini")).unwrap(), "x=1");
-        assert!(fs::symlink_metadata(d.join("color")).unwrap().file_type().is_symlink());
+        assert!(
+            fs::symlink_metadata(d.join("color"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         let first = fs::read_link(d.join("..data")).unwrap();
         // Unchanged content: nothing rewritten.
-        write_payload(d, &payload(&[("color", "blue"), ("conf/app.ini", "x=1")]), None).unwrap();
+        write_payload(
+            d,
+            &payload(&[("color", "blue"), ("conf/app.ini", "x=1")]),
+            None,
+        )
+        .unwrap();
         assert_eq!(fs::read_link(d.join("..data")).unwrap(), first);
         write_payload(d, &payload(&[("color", "red")]), None).unwrap();
         assert_eq!(fs::read_to_string(d.join("color")).unwrap(), "red");
         assert!(!d.join("conf").exists());
         assert!(!d.join(&first).exists(), "old data dir kept");
-        assert_eq!(
-            fs::metadata(d.join("color")).unwrap().mode() & 0o777,
-            0o644
-        );
+        assert_eq!(fs::metadata(d.join("color")).unwrap().mode() & 0o777, 0o644);
     }
 
     #[test]
@@ -674,21 +740,45 @@ mod tests {
         std::os::unix::fs::symlink("inner", root.join("data/rel")).unwrap();
         std::os::unix::fs::symlink("../../..", root.join("data/inner/escape")).unwrap();
         std::os::unix::fs::symlink("../..", root.join("data/inner/top")).unwrap();
-        assert!(open_in_volume(&root, "data/inner/top").is_ok(), "a link back to the root is inside");
+        assert!(
+            open_in_volume(&root, "data/inner/top").is_ok(),
+            "a link back to the root is inside"
+        );
         assert!(open_in_volume(&root, "data/file").is_ok());
-        assert!(open_in_volume(&root, "data/rel").is_ok(), "a link inside the volume is fine");
-        assert!(open_in_volume(&root, "new/dir").is_ok(), "missing dirs are created");
+        assert!(
+            open_in_volume(&root, "data/rel").is_ok(),
+            "a link inside the volume is fine"
+        );
+        assert!(
+            open_in_volume(&root, "new/dir").is_ok(),
+            "missing dirs are created"
+        );
         assert!(root.join("new/dir").is_dir());
-        for bad in ["abs", "abs/passwd", "data/up", "data/up/x", "..", "data/../../x", "data/inner/escape", "/etc"] {
+        for bad in [
+            "abs",
+            "abs/passwd",
+            "data/up",
+            "data/up/x",
+            "..",
+            "data/../../x",
+            "data/inner/escape",
+            "/etc",
+        ] {
             let err = open_in_volume(&root, bad).unwrap_err();
-            assert!(err.contains("outside") || err.contains("relative"), "{bad}: {err}");
+            assert!(
+                err.contains("outside") || err.contains("relative"),
+                "{bad}: {err}"
+            );
         }
     }
 
     #[test]
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo("/a\\040b/c\\134d"), "/a b/c\\d");
-        assert_eq!(unescape_mountinfo("/tmp/caf\u{e9}/x\\011"), "/tmp/caf\u{e9}/x\t");
+        assert_eq!(
+            unescape_mountinfo("/tmp/caf\u{e9}/x\\011"),
+            "/tmp/caf\u{e9}/x\t"
+        );
         assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
     }
 
@@ -703,7 +793,11 @@ mod tests {
         assert!(check_host_path(&d.join("x"), "File").is_err());
         check_host_path(&d.join("f"), "FileOrCreate").unwrap();
         check_host_path(&d.join("f"), "File").unwrap();
-        assert!(check_host_path(&d.join("f"), "Socket").unwrap_err().contains("not a socket"));
+        assert!(
+            check_host_path(&d.join("f"), "Socket")
+                .unwrap_err()
+                .contains("not a socket")
+        );
         assert!(check_host_path(&d.join("nope/f"), "FileOrCreate").is_err());
         check_host_path(&d.join("anything"), "").unwrap();
         assert!(check_host_path(d, "Bogus").is_err());

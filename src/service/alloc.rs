@@ -100,10 +100,10 @@ impl Allocator {
                 .cluster_ip = Some(ip);
             return Ok(ip);
         }
-        if let Some(ip) = self.by_service.get(key).and_then(|a| a.cluster_ip) {
-            if self.in_range(ip) {
-                return Ok(ip);
-            }
+        if let Some(ip) = self.by_service.get(key).and_then(|a| a.cluster_ip)
+            && self.in_range(ip)
+        {
+            return Ok(ip);
         }
         let size = self.range_size();
         if size < 4 {
@@ -167,10 +167,10 @@ impl Allocator {
             .get(key)
             .and_then(|a| a.node_ports.get(port_key))
             .copied()
+            && (lo..=hi).contains(&p)
+            && self.owner_of_port(p, key).is_none()
         {
-            if (lo..=hi).contains(&p) && self.owner_of_port(p, key).is_none() {
-                return Ok(p);
-            }
+            return Ok(p);
         }
         let used: HashSet<u16> = self
             .by_service

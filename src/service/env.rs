@@ -26,12 +26,17 @@ pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
         for p in &ports {
             if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
                 out.push((
-                    format!("{name}_SERVICE_PORT_{}", pn.to_uppercase().replace('-', "_")),
+                    format!(
+                        "{name}_SERVICE_PORT_{}",
+                        pn.to_uppercase().replace('-', "_")
+                    ),
                     p.port.to_string(),
                 ));
             }
         }
-        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
         out.push((
             format!("{name}_PORT"),
             format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
@@ -39,7 +44,10 @@ pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
         for p in &ports {
             let pr = proto(p);
             let prefix = format!("{name}_PORT_{}_{}", p.port, pr);
-            out.push((prefix.clone(), format!("{}://{ip}:{}", pr.to_lowercase(), p.port)));
+            out.push((
+                prefix.clone(),
+                format!("{}://{ip}:{}", pr.to_lowercase(), p.port),
+            ));
             out.push((format!("{prefix}_PROTO"), pr.to_lowercase()));
             out.push((format!("{prefix}_PORT"), p.port.to_string()));
             out.push((format!("{prefix}_ADDR"), ip.clone()));
@@ -64,11 +72,17 @@ mod tests {
         assert_eq!(get("REDIS_PRIMARY_SERVICE_PORT"), Some("6379"));
         assert_eq!(get("REDIS_PRIMARY_SERVICE_PORT_METRICS"), Some("9121"));
         assert_eq!(get("REDIS_PRIMARY_PORT"), Some("tcp://10.96.0.11:6379"));
-        assert_eq!(get("REDIS_PRIMARY_PORT_6379_TCP"), Some("tcp://10.96.0.11:6379"));
+        assert_eq!(
+            get("REDIS_PRIMARY_PORT_6379_TCP"),
+            Some("tcp://10.96.0.11:6379")
+        );
         assert_eq!(get("REDIS_PRIMARY_PORT_6379_TCP_PROTO"), Some("tcp"));
         assert_eq!(get("REDIS_PRIMARY_PORT_6379_TCP_PORT"), Some("6379"));
         assert_eq!(get("REDIS_PRIMARY_PORT_6379_TCP_ADDR"), Some("10.96.0.11"));
-        let headless: Service = serde_yaml_ng::from_str("metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 1}]}").unwrap();
+        let headless: Service = serde_yaml_ng::from_str(
+            "metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 1}]}",
+        )
+        .unwrap();
         assert!(service_env(&[headless]).is_empty());
     }
 }

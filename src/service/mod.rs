@@ -19,7 +19,9 @@ use tracing::{info, warn};
 
 use self::alloc::Allocator;
 use crate::manifest::source::PodKey;
-use crate::proxy::{self, Endpoint, Iptables, Conntrack, Protocol, Proxier, ServicePort, ServicePortKey};
+use crate::proxy::{
+    self, Conntrack, Endpoint, Iptables, Protocol, Proxier, ServicePort, ServicePortKey,
+};
 use crate::runtime::blocking;
 use crate::selector::Selector;
 use crate::store::{EventType, Involved, Store};
@@ -77,7 +79,10 @@ fn target_port(tp: &IntOrString, proto: &str, pod: &Pod) -> Option<u16> {
             .iter()
             .flat_map(|s| s.containers.iter())
             .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == proto)
+            .find(|p| {
+                p.name.as_deref() == Some(name.as_str())
+                    && p.protocol.as_deref().unwrap_or("TCP") == proto
+            })
             .and_then(|p| u16::try_from(p.container_port).ok()),
     }
 }
@@ -104,7 +109,9 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
     /// or [`FULL_SYNC_PERIOD`] has passed; otherwise the next reconcile writes only changes.
     pub fn periodic(&mut self) {
         if !proxy::canary_present(self.proxier.iptables()) {
-            warn!("the proxy's canary chain is gone (tables flushed?); rewriting every service rule");
+            warn!(
+                "the proxy's canary chain is gone (tables flushed?); rewriting every service rule"
+            );
             self.proxier.request_full_sync();
         } else if self.last_full_sync.elapsed() >= FULL_SYNC_PERIOD {
             self.proxier.request_full_sync();
@@ -128,21 +135,29 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             .collect();
         for (key, svc) in &desired {
             let spec = svc.spec.as_ref();
-            let ip = spec.and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse().ok());
+            let ip = spec
+                .and_then(|s| s.cluster_ip.as_deref())
+                .and_then(|ip| ip.parse().ok());
             let ports: Vec<u16> = spec
                 .and_then(|s| s.ports.as_ref())
                 .into_iter()
                 .flatten()
                 .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
                 .collect();
-            for other in self.alloc.evict(&format!("{}/{}", key.0, key.1), ip, &ports) {
+            for other in self
+                .alloc
+                .evict(&format!("{}/{}", key.0, key.1), ip, &ports)
+            {
                 info!(service = %other, claimed_by = %format!("{}/{}", key.0, key.1), "address taken cluster-wide by another node's Service; allocating again");
             }
         }
         desired.extend(local);
         let mut views = Views::default();
         let mut rules: Vec<(ServicePort, Vec<Endpoint>)> = Vec::new();
-        let live: HashSet<String> = desired.iter().map(|((ns, n), _)| format!("{ns}/{n}")).collect();
+        let live: HashSet<String> = desired
+            .iter()
+            .map(|((ns, n), _)| format!("{ns}/{n}"))
+            .collect();
         // Until the manifests are surely read (the warm-up), an absent
         // Service may just not be loaded yet: keep its addresses.
         if !self.hold_rules {
@@ -182,7 +197,8 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                             name: key.1.clone(),
                             uid: None,
                         };
-                        self.store.event(&obj, EventType::Warning, "FailedAllocation", &msg);
+                        self.store
+                            .event(&obj, EventType::Warning, "FailedAllocation", &msg);
                         self.reported.insert(key.clone(), msg.clone());
                     }
                     views.rejected.insert(key.clone(), msg);
@@ -225,13 +241,22 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         svc: &Service,
         pods: &[Pod],
         manual: &BTreeMap<PodKey, Arc<Endpoints>>,
-    ) -> Result<(Service, Option<Endpoints>, Vec<(ServicePort, Vec<Endpoint>)>), String> {
+    ) -> Result<
+        (
+            Service,
+            Option<Endpoints>,
+            Vec<(ServicePort, Vec<Endpoint>)>,
+        ),
+        String,
+    > {
         let id = format!("{}/{}", key.0, key.1);
         let mut view = svc.clone();
         let created = self
             .first_seen
             .entry(key.clone())
-            .or_insert_with(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()))
+            .or_insert_with(|| {
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+            })
             .clone();
         view.metadata.creation_timestamp.get_or_insert(created);
         let spec = view.spec.get_or_insert_with(Default::default);
@@ -247,7 +272,11 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                 .cluster_ip
                 .as_deref()
                 .filter(|s| !s.is_empty())
-                .map(|s| s.parse::<Ipv4Addr>().map_err(|_| format!("spec.clusterIP: Invalid value {s:?}: only IPv4 is supported")))
+                .map(|s| {
+                    s.parse::<Ipv4Addr>().map_err(|_| {
+                        format!("spec.clusterIP: Invalid value {s:?}: only IPv4 is supported")
+                    })
+                })
                 .transpose()?;
             let ip = self.alloc.cluster_ip(&id, wanted)?;
             spec.cluster_ip = Some(ip.to_string());
@@ -255,17 +284,22 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             Some(ip)
         };
         spec.ip_families = Some(vec!["IPv4".into()]);
-        spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
-        spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        spec.ip_family_policy
+            .get_or_insert_with(|| "SingleStack".into());
+        spec.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
         let node_ports = type_ == "NodePort" || type_ == "LoadBalancer";
         if node_ports {
-            spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+            spec.external_traffic_policy
+                .get_or_insert_with(|| "Cluster".into());
         }
         let mut keep = HashSet::new();
         for p in spec.ports.iter_mut().flatten() {
             if node_ports {
                 let pk = format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP"));
-                let np = self.alloc.node_port(&id, &pk, p.node_port.map(|n| n as u16))?;
+                let np = self
+                    .alloc
+                    .node_port(&id, &pk, p.node_port.map(|n| n as u16))?;
                 p.node_port = Some(np.into());
                 keep.insert(pk);
             }
@@ -288,7 +322,8 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         // Endpoints: from matching pods, or the manual object of a selector-less Service.
         let (endpoints_obj, per_port) = match &spec.selector {
             Some(sel) if !sel.is_empty() => {
-                let selector = Selector::from_map(sel).map_err(|e| format!("spec.selector: {e}"))?;
+                let selector =
+                    Selector::from_map(sel).map_err(|e| format!("spec.selector: {e}"))?;
                 let matching: Vec<&Pod> = pods
                     .iter()
                     .filter(|p| p.metadata.namespace.as_deref() == Some(key.0.as_str()))
@@ -303,13 +338,19 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                     })
                     .collect();
                 let mut per_port: Vec<Vec<Endpoint>> = Vec::new();
-                let mut subsets: BTreeMap<Vec<(String, i32, String)>, EndpointSubset> = BTreeMap::new();
+                let mut subsets: BTreeMap<Vec<(String, i32, String)>, EndpointSubset> =
+                    BTreeMap::new();
                 for sp in &ports {
                     let proto = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
                     let tp = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
                     let mut eps = Vec::new();
                     for pod in &matching {
-                        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|s| s.parse::<Ipv4Addr>().ok()) else {
+                        let Some(ip) = pod
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.pod_ip.as_deref())
+                            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                        else {
                             continue;
                         };
                         let Some(port) = target_port(&tp, &proto, pod) else {
@@ -319,7 +360,10 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                             ip,
                             port,
                             ready: pod_ready(pod),
-                            local: pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                            local: pod
+                                .spec
+                                .as_ref()
+                                .and_then(|s| s.node_name.as_deref())
                                 .is_none_or(|n| n == self.store.node_name()),
                         });
                     }
@@ -328,32 +372,38 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                 }
                 // Endpoints object: group pods by the ports they serve.
                 for pod in &matching {
-                    let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
+                    let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+                        continue;
+                    };
                     let pod_ports: Vec<(String, i32, String)> = ports
                         .iter()
                         .filter_map(|sp| {
                             let proto = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
                             let tp = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
-                            target_port(&tp, &proto, pod).map(|p| (sp.name.clone().unwrap_or_default(), p as i32, proto))
+                            target_port(&tp, &proto, pod)
+                                .map(|p| (sp.name.clone().unwrap_or_default(), p as i32, proto))
                         })
                         .collect();
                     if pod_ports.is_empty() {
                         continue;
                     }
-                    let subset = subsets.entry(pod_ports.clone()).or_insert_with(|| EndpointSubset {
-                        ports: Some(
-                            pod_ports
-                                .iter()
-                                .map(|(n, p, proto)| EndpointPort {
-                                    name: (!n.is_empty()).then(|| n.clone()),
-                                    port: *p,
-                                    protocol: Some(proto.clone()),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        ),
-                        ..Default::default()
-                    });
+                    let subset =
+                        subsets
+                            .entry(pod_ports.clone())
+                            .or_insert_with(|| EndpointSubset {
+                                ports: Some(
+                                    pod_ports
+                                        .iter()
+                                        .map(|(n, p, proto)| EndpointPort {
+                                            name: (!n.is_empty()).then(|| n.clone()),
+                                            port: *p,
+                                            protocol: Some(proto.clone()),
+                                            ..Default::default()
+                                        })
+                                        .collect(),
+                                ),
+                                ..Default::default()
+                            });
                     let addr = EndpointAddress {
                         ip,
                         node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -369,7 +419,10 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                     if pod_ready(pod) {
                         subset.addresses.get_or_insert_with(Vec::new).push(addr);
                     } else {
-                        subset.not_ready_addresses.get_or_insert_with(Vec::new).push(addr);
+                        subset
+                            .not_ready_addresses
+                            .get_or_insert_with(Vec::new)
+                            .push(addr);
                     }
                 }
                 let ep = Endpoints {
@@ -398,10 +451,17 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                             .find(|p| p.name.clone().unwrap_or_default() == name)
                             .map(|p| p.port as u16);
                         let Some(port) = port else { continue };
-                        for (addrs, ready) in [(&s.addresses, true), (&s.not_ready_addresses, false)] {
+                        for (addrs, ready) in
+                            [(&s.addresses, true), (&s.not_ready_addresses, false)]
+                        {
                             for a in addrs.iter().flatten() {
                                 if let Ok(ip) = a.ip.parse() {
-                                    eps.push(Endpoint { ip, port, ready, local: false });
+                                    eps.push(Endpoint {
+                                        ip,
+                                        port,
+                                        ready,
+                                        local: false,
+                                    });
                                 }
                             }
                         }
@@ -421,7 +481,11 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
                         protocol: protocol(sp.protocol.as_deref().unwrap_or("TCP")),
                         cluster_ip: ip,
                         port: sp.port as u16,
-                        node_port: if node_ports { sp.node_port.map(|n| n as u16) } else { None },
+                        node_port: if node_ports {
+                            sp.node_port.map(|n| n as u16)
+                        } else {
+                            None
+                        },
                         external_ips: external_ips.clone(),
                         session_affinity_timeout: affinity,
                     },
@@ -473,7 +537,9 @@ pub async fn run<I: Iptables + Send + 'static, C: Conntrack + Send + 'static>(
         if !ctl.store.desired_services().0.is_empty() {
             // The manager puts the pods of a snapshot right after its Services.
             let since = *seen_services.get_or_insert(now);
-            if now >= since + Duration::from_millis(200) && ctl.store.list_pods(None).iter().all(pod_settled) {
+            if now >= since + Duration::from_millis(200)
+                && ctl.store.list_pods(None).iter().all(pod_settled)
+            {
                 break;
             }
         }
@@ -530,7 +596,9 @@ fn pod_settled(p: &Pod) -> bool {
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, ServicePort as KPort, ServiceSpec};
+    use k8s_openapi::api::core::v1::{
+        PodCondition, PodSpec, PodStatus, ServicePort as KPort, ServiceSpec,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
@@ -597,11 +665,22 @@ mod tests {
     fn remote_services_keep_their_claims_and_local_ones_move() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::new("a"));
-        let alloc = Allocator::load(&dir.path().join("a.json"), "10.96.0.0/24".parse().unwrap(), (30000, 30010));
-        let proxier = Proxier::new(FakeIptables::default(), FakeConntrack::default(), RuleConfig::default());
+        let alloc = Allocator::load(
+            &dir.path().join("a.json"),
+            "10.96.0.0/24".parse().unwrap(),
+            (30000, 30010),
+        );
+        let proxier = Proxier::new(
+            FakeIptables::default(),
+            FakeConntrack::default(),
+            RuleConfig::default(),
+        );
         let mut ctl = Controller::new(store.clone(), alloc, proxier);
         let key = |n: &str| ("default".to_string(), n.to_string());
-        store.set_desired_services(BTreeMap::from([(key("mine"), Arc::new(service("mine", None)))]), BTreeMap::new());
+        store.set_desired_services(
+            BTreeMap::from([(key("mine"), Arc::new(service("mine", None)))]),
+            BTreeMap::new(),
+        );
         ctl.reconcile();
         let picked = cluster_ip_of(&store, "mine");
 
@@ -613,9 +692,15 @@ mod tests {
         ctl.reconcile();
         assert_eq!(cluster_ip_of(&store, "theirs"), picked);
         let moved = cluster_ip_of(&store, "mine");
-        assert_ne!(moved, picked, "the local Service must give up the claimed address");
+        assert_ne!(
+            moved, picked,
+            "the local Service must give up the claimed address"
+        );
         let eps = store.endpoints(None);
-        let theirs = eps.iter().find(|e| e.metadata.name.as_deref() == Some("theirs")).unwrap();
+        let theirs = eps
+            .iter()
+            .find(|e| e.metadata.name.as_deref() == Some("theirs"))
+            .unwrap();
         let addrs: Vec<&str> = theirs
             .subsets
             .iter()
@@ -625,13 +710,24 @@ mod tests {
             .collect();
         assert_eq!(addrs, ["10.244.2.5"]);
         assert_eq!(
-            theirs.subsets.as_ref().unwrap()[0].addresses.as_ref().unwrap()[0].node_name.as_deref(),
+            theirs.subsets.as_ref().unwrap()[0]
+                .addresses
+                .as_ref()
+                .unwrap()[0]
+                .node_name
+                .as_deref(),
             Some("b")
         );
 
         // A local Service of the same name as a remote one wins on this node.
         store.set_desired_services(
-            BTreeMap::from([(key("mine"), Arc::new(service("mine", None))), (key("theirs"), Arc::new(service("theirs", Some("10.96.0.77"))))]),
+            BTreeMap::from([
+                (key("mine"), Arc::new(service("mine", None))),
+                (
+                    key("theirs"),
+                    Arc::new(service("theirs", Some("10.96.0.77"))),
+                ),
+            ]),
             BTreeMap::new(),
         );
         ctl.reconcile();

@@ -42,7 +42,10 @@ pub struct Host {
 impl Host {
     pub fn new() -> Host {
         let name = format!("skiff-t-{}", random_suffix());
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
         assert!(st.success(), "ip netns add {name} failed");
         Host { name }
     }
@@ -54,7 +57,9 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -80,7 +85,10 @@ pub fn ensure_cni_plugins() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = bin("skiffd").parent().unwrap().to_path_buf();
-        if ["skiff-bridge", "skiff-host-local", "skiff-portmap"].iter().all(|p| dir.join(p).exists()) {
+        if ["skiff-bridge", "skiff-host-local", "skiff-portmap"]
+            .iter()
+            .all(|p| dir.join(p).exists())
+        {
             return;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -125,13 +133,25 @@ impl Node {
     /// A node whose daemon is not started yet.
     pub fn new() -> Node {
         let host = Host::new();
-        let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-test-")
+            .tempdir()
+            .expect("tempdir");
         let manifests = dir.path().join("manifests");
         let root = dir.path().join("root");
         let run = dir.path().join("run");
         std::fs::create_dir_all(&manifests).unwrap();
         let log = dir.path().join("skiffd.log");
-        Node { host, manifests, root, run, daemon: None, log, dir, flags: Vec::new() }
+        Node {
+            host,
+            manifests,
+            root,
+            run,
+            daemon: None,
+            log,
+            dir,
+            flags: Vec::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -150,7 +170,11 @@ impl Node {
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
         ensure_cni_plugins();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let _ = std::fs::remove_file(self.socket());
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.host.path().display()))
@@ -161,7 +185,14 @@ impl Node {
             .arg(&self.root)
             .arg("--run-dir")
             .arg(&self.run)
-            .args(["--node-name", "test-node", "--file-check-frequency", "2", "--log-level", "info,skiff=debug"])
+            .args([
+                "--node-name",
+                "test-node",
+                "--file-check-frequency",
+                "2",
+                "--log-level",
+                "info,skiff=debug",
+            ])
             .arg("--cni-conf-dir")
             .arg(self.dir.path().join("cni/net.d"))
             .args(&self.flags)
@@ -223,7 +254,11 @@ impl Node {
 
     pub fn import_image(&self) {
         let out = self.skiff(&["image", "import", test_image().to_str().unwrap()]);
-        assert!(out.status.success(), "image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "image import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Writes a manifest atomically (a dotfile then a rename, as editors do).
@@ -275,14 +310,22 @@ impl Node {
     }
 
     /// Polls `f` every 50 ms until it returns Some; panics with the daemon log on timeout.
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
                 return v;
             }
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}\n--- skiffd log (tail) ---\n{}", self.log_tail(60));
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n--- skiffd log (tail) ---\n{}",
+                    self.log_tail(60)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -296,20 +339,26 @@ impl Node {
 
     /// Waits until the pod is Running with every container ready; returns it.
     pub fn wait_running(&self, name: &str) -> Value {
-        self.wait_for(&format!("pod {name} Running and ready"), Duration::from_secs(30), || {
-            let p = self.pod(name)?;
-            let ready = p["status"]["containerStatuses"]
-                .as_array()?
-                .iter()
-                .all(|c| c["ready"] == true);
-            (p["status"]["phase"] == "Running" && ready).then_some(p)
-        })
+        self.wait_for(
+            &format!("pod {name} Running and ready"),
+            Duration::from_secs(30),
+            || {
+                let p = self.pod(name)?;
+                let ready = p["status"]["containerStatuses"]
+                    .as_array()?
+                    .iter()
+                    .all(|c| c["ready"] == true);
+                (p["status"]["phase"] == "Running" && ready).then_some(p)
+            },
+        )
     }
 
     pub fn wait_gone(&self, name: &str) {
-        self.wait_for(&format!("pod {name} to be removed"), Duration::from_secs(40), || {
-            self.pod(name).is_none().then_some(())
-        });
+        self.wait_for(
+            &format!("pod {name} to be removed"),
+            Duration::from_secs(40),
+            || self.pod(name).is_none().then_some(()),
+        );
     }
 
     /// Everything skiff created for its pods that is still there.
@@ -318,17 +367,21 @@ impl Node {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for line in mountinfo.lines() {
-            if let Some(mp) = line.split(' ').nth(4) {
-                if mp.starts_with(&dir) {
-                    left.push(format!("mount {mp}"));
-                }
+            if let Some(mp) = line.split(' ').nth(4)
+                && mp.starts_with(&dir)
+            {
+                left.push(format!("mount {mp}"));
             }
         }
         for p in shim_pids(&dir) {
             left.push(format!("skiff-shim process {p}"));
         }
         for sub in ["run/netns", "run/ns", "run/runtime", "root/pods"] {
-            for e in std::fs::read_dir(self.dir.path().join(sub)).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(self.dir.path().join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 left.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
             }
         }
@@ -364,8 +417,12 @@ impl Node {
 fn shim_pids(dir: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd);
         if cmd.contains("skiff-shim") && cmd.contains(dir) {
             pids.push(pid);
@@ -394,7 +451,11 @@ impl Drop for Node {
     fn drop(&mut self) {
         // Let skiff clean up after itself first, as a user would.
         if self.daemon.is_some() {
-            for e in std::fs::read_dir(&self.manifests).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(&self.manifests)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let _ = std::fs::remove_file(e.path());
             }
             let deadline = Instant::now() + Duration::from_secs(40);
@@ -414,7 +475,10 @@ impl Drop for Node {
         let dir = self.dir.path().to_string_lossy().into_owned();
         kill_pod_processes(&self.known_pod_uids());
         for pid in shim_pids(&dir) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut mounts: Vec<String> = mountinfo
@@ -452,10 +516,17 @@ fn kill_pod_processes(uids: &[String]) {
         return;
     }
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
         if uids.iter().any(|u| cg.contains(&format!("/skiff/pod{u}/"))) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -469,7 +540,10 @@ pub fn pod_yaml(name: &str, script: &str) -> String {
 
 /// Parses an RFC 3339 time from pod status.
 pub fn ts(v: &Value) -> jiff::Timestamp {
-    v.as_str().expect("timestamp string").parse().expect("RFC 3339 timestamp")
+    v.as_str()
+        .expect("timestamp string")
+        .parse()
+        .expect("RFC 3339 timestamp")
 }
 
 // ---- networking helpers (tests/network.rs) -------------------------------------------------
@@ -497,7 +571,9 @@ pub struct HttpStub {
 
 impl HttpStub {
     pub fn start(ns: &Path, addr: std::net::SocketAddr, body: &str) -> HttpStub {
-        let listener = in_netns(ns, move || std::net::TcpListener::bind(addr).expect("bind in netns"));
+        let listener = in_netns(ns, move || {
+            std::net::TcpListener::bind(addr).expect("bind in netns")
+        });
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -522,7 +598,11 @@ impl HttpStub {
                 }
             }
         });
-        HttpStub { addr, stop, thread: Some(thread) }
+        HttpStub {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -540,7 +620,11 @@ pub fn http_get_in(ns: &Path, addr: std::net::SocketAddr) -> Option<String> {
     in_netns(ns, move || {
         let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
         c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        std::io::Write::write_all(&mut c, format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).ok()?;
+        std::io::Write::write_all(
+            &mut c,
+            format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
         let mut out = String::new();
         std::io::Read::read_to_string(&mut c, &mut out).ok()?;
         let (_, body) = out.split_once("\r\n\r\n")?;
@@ -551,8 +635,18 @@ pub fn http_get_in(ns: &Path, addr: std::net::SocketAddr) -> Option<String> {
 impl Node {
     /// Runs `ip -n <host> ARGS`; panics on failure.
     pub fn host_ip_cmd(&self, args: &[&str]) -> String {
-        let out = Command::new("ip").arg("-n").arg(&self.host.name).args(args).output().expect("ip");
-        assert!(out.status.success(), "ip -n {} {args:?}: {}", self.host.name, String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.host.name)
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.host.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -561,7 +655,9 @@ impl Node {
     /// so skiffd finds a node IP.
     pub fn add_uplink(&self, addr: &str, gw: &str) {
         self.host_ip_cmd(&["link", "set", "lo", "up"]);
-        self.host_ip_cmd(&["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1"]);
+        self.host_ip_cmd(&[
+            "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1",
+        ]);
         self.host_ip_cmd(&["addr", "add", addr, "dev", "uplink0"]);
         self.host_ip_cmd(&["link", "set", "uplink0", "up"]);
         self.host_ip_cmd(&["link", "set", "uplink1", "up"]);
@@ -613,7 +709,10 @@ impl Node {
         kill_pod_processes(&self.known_pod_uids());
         let dir = self.dir.path().to_string_lossy().into_owned();
         for pid in shim_pids(&dir) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -643,6 +742,8 @@ impl Node {
                 }
             }
         }
-        let _ = Command::new("ip").args(["-n", &self.host.name, "link", "del", "cni0"]).status();
+        let _ = Command::new("ip")
+            .args(["-n", &self.host.name, "link", "del", "cni0"])
+            .status();
     }
 }

@@ -234,8 +234,9 @@ pub fn setup_masq(
         // Fast path (every first ADD): the per-container chain is new, so none of
         // its rules and no POSTROUTING jump to it can exist (iptables refuses a
         // jump to a missing chain); install it all in one batch.
-        if !ipt.chains("nat")?.iter().any(|c| *c == chain) {
-            let mut batch: Vec<(&str, Vec<String>)> = rules.iter().map(|r| (chain.as_str(), r.clone())).collect();
+        if !ipt.chains("nat")?.contains(&chain) {
+            let mut batch: Vec<(&str, Vec<String>)> =
+                rules.iter().map(|r| (chain.as_str(), r.clone())).collect();
             batch.push(("POSTROUTING", entry));
             ipt.apply("nat", &[chain.as_str()], &batch)?;
             continue;

@@ -38,7 +38,11 @@ pub fn sort_events(events: &mut [Event]) {
 
 /// Renders the `skiff get events` table (events should be sorted already).
 pub fn events_table(events: &[Event], all_namespaces: bool, now: Timestamp) -> String {
-    crate::api::table::render(&crate::api::table::events(events, now), all_namespaces, false)
+    crate::api::table::render(
+        &crate::api::table::events(events, now),
+        all_namespaces,
+        false,
+    )
 }
 
 /// A message trimmed and kept on one line so it cannot break the table.

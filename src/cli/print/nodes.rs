@@ -3,7 +3,6 @@
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 
-
 const ROLE_LABEL_PREFIX: &str = "node-role.kubernetes.io/";
 
 /// The STATUS column: `Ready`, `NotReady` or `Unknown`, plus `SchedulingDisabled`.
@@ -116,9 +115,23 @@ pub(crate) mod tests {
         let mut lines = wide.lines();
         assert_eq!(
             lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-            ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"]
+            [
+                "NAME",
+                "STATUS",
+                "ROLES",
+                "AGE",
+                "VERSION",
+                "INTERNAL-IP",
+                "EXTERNAL-IP",
+                "OS-IMAGE",
+                "KERNEL-VERSION",
+                "CONTAINER-RUNTIME"
+            ]
         );
         let row = lines.next().unwrap();
-        assert!(row.contains("192.168.1.10") && row.contains("<none>") && row.contains("6.8.0"), "{row}");
+        assert!(
+            row.contains("192.168.1.10") && row.contains("<none>") && row.contains("6.8.0"),
+            "{row}"
+        );
     }
 }

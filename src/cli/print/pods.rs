@@ -214,7 +214,11 @@ pub struct PodTableOptions {
 /// Renders the `skiff get pods` table, header included.
 pub fn pods_table(pods: &[Pod], opts: PodTableOptions, now: Timestamp) -> String {
     // The API's Table columns: `skiff get` and `kubectl get` print the same.
-    crate::api::table::render(&crate::api::table::pods(pods, now), opts.all_namespaces, opts.wide)
+    crate::api::table::render(
+        &crate::api::table::pods(pods, now),
+        opts.all_namespaces,
+        opts.wide,
+    )
 }
 
 #[cfg(test)]

@@ -17,12 +17,25 @@ pub fn ports(svc: &Service) -> String {
             }
         })
         .collect();
-    if ports.is_empty() { "<none>".into() } else { ports.join(",") }
+    if ports.is_empty() {
+        "<none>".into()
+    } else {
+        ports.join(",")
+    }
 }
 
 /// Renders `skiff get services`.
-pub fn services_table(svcs: &[Service], all_namespaces: bool, wide: bool, now: Timestamp) -> String {
-    crate::api::table::render(&crate::api::table::services(svcs, now), all_namespaces, wide)
+pub fn services_table(
+    svcs: &[Service],
+    all_namespaces: bool,
+    wide: bool,
+    now: Timestamp,
+) -> String {
+    crate::api::table::render(
+        &crate::api::table::services(svcs, now),
+        all_namespaces,
+        wide,
+    )
 }
 
 /// ENDPOINTS: `ip:port,...` of ready addresses, `<none>` when empty, kubectl's
@@ -49,7 +62,11 @@ pub fn endpoints_column(ep: &Endpoints) -> String {
 
 /// Renders `skiff get endpoints`.
 pub fn endpoints_table(eps: &[Endpoints], all_namespaces: bool, now: Timestamp) -> String {
-    crate::api::table::render(&crate::api::table::endpoints(eps, now), all_namespaces, false)
+    crate::api::table::render(
+        &crate::api::table::endpoints(eps, now),
+        all_namespaces,
+        false,
+    )
 }
 
 #[cfg(test)]
@@ -61,8 +78,14 @@ mod tests {
         let s: Service = serde_yaml_ng::from_str("metadata: {name: web}\nspec: {type: NodePort, clusterIP: 10.96.0.10, ports: [{port: 80, nodePort: 30080, protocol: TCP}, {port: 53, protocol: UDP}]}").unwrap();
         assert_eq!(ports(&s), "80:30080/TCP,53/UDP");
         let table = services_table(&[s], false, false, Timestamp::now());
-        assert!(table.starts_with("NAME   TYPE       CLUSTER-IP   EXTERNAL-IP   PORT(S)"), "{table}");
-        assert!(table.contains("web    NodePort   10.96.0.10   <none>        80:30080/TCP,53/UDP"), "{table}");
+        assert!(
+            table.starts_with("NAME   TYPE       CLUSTER-IP   EXTERNAL-IP   PORT(S)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("web    NodePort   10.96.0.10   <none>        80:30080/TCP,53/UDP"),
+            "{table}"
+        );
         let e: Endpoints = serde_yaml_ng::from_str("metadata: {name: web}\nsubsets: [{addresses: [{ip: 10.244.0.2}, {ip: 10.244.0.3}], ports: [{port: 8080}]}]").unwrap();
         assert_eq!(endpoints_column(&e), "10.244.0.2:8080,10.244.0.3:8080");
         let none: Endpoints = serde_yaml_ng::from_str("metadata: {name: web}").unwrap();
