@@ -48,7 +48,6 @@ RESULTS=$(mktemp /tmp/skiff-bench-results.XXXXXX)
 trap 'rm -f "$RESULTS"' EXIT
 export BENCH_RESULTS=$RESULTS
 start=$SECONDS
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo "==> building skiff (release)"
 if ! cargo build --release --workspace --bins -q; then
@@ -56,6 +55,8 @@ if ! cargo build --release --workspace --bins -q; then
     exit 1
 fi
 
+# The load when the first benchmark starts (the build before it loads the machine by itself).
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 failed=()
 # run NAME ENV=VALUE... -- SCRIPT: one benchmark with its knobs, output to the terminal and to
 # target/bench/NAME.log; on failure a FAILED row that names the log.
