@@ -16,10 +16,12 @@
 # Everything is installed without recommends, so podman's own helpers are named here: catatonit
 # (the init of a pod's infra container: `podman kube play` fails without it), and netavark +
 # aardvark-dns (podman's network, which the pod-start benchmark compares against).
+# The registry tests make a TLS registry with htpasswd auth: openssl and apache2-utils.
 SKIFF_DEB_PACKAGES=(
     build-essential pkg-config libseccomp-dev
     busybox-static iproute2 util-linux curl python3
     runc podman catatonit netavark aardvark-dns conmon skopeo umoci etcd-server docker-registry
+    openssl apache2-utils
     containernetworking-plugins
     iperf3 iptables conntrack ethtool jq
 )
