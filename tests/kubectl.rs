@@ -872,3 +872,57 @@ fn tls_api_comes_up_once_its_address_exists() {
         .then_some(())
     });
 }
+
+#[test]
+fn kubectl_explain_reads_the_openapi_v3_schemas() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(false);
+    let token = api.token();
+    let root = api.https("GET", "/openapi/v3", Some(&token), b"");
+    assert_eq!(root.status, 200);
+    let root = root.json();
+    let url = root["paths"]["api/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("api/v1 in /openapi/v3")
+        .to_string();
+    let doc = api.https("GET", &url, Some(&token), b"");
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    assert_eq!(doc["openapi"], "3.0.0");
+    assert!(doc["components"]["schemas"]["io.k8s.api.core.v1.Pod"].is_object());
+    assert_eq!(
+        api.https("GET", "/openapi/v3/apis/nothing/v1", Some(&token), b"")
+            .status,
+        404
+    );
+    assert_eq!(api.https("GET", "/openapi/v3", None, b"").status, 401);
+    let Some(out) = api.kubectl(&["explain", "pod.spec.containers"]) else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("KIND:") && text.contains("Pod"), "{text}");
+    assert!(text.contains("FIELD: containers <[]Container>"), "{text}");
+    assert!(
+        text.contains("List of containers belonging to the pod"),
+        "{text}"
+    );
+    assert!(
+        text.contains("image\t<string>") || text.contains("image <string>"),
+        "{text}"
+    );
+    let out = api
+        .kubectl(&["explain", "services.spec.ports.port"])
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("<integer>"), "{}", stdout(&out));
+    let out = api.kubectl(&["explain", "pods.spec.nosuchfield"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("field \"nosuchfield\" does not exist"),
+        "{}",
+        stderr(&out)
+    );
+}

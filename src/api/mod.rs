@@ -10,6 +10,7 @@ pub mod list;
 pub mod listen;
 mod logs;
 pub mod nodes;
+pub mod openapi;
 pub mod pki;
 mod pods;
 mod services;
@@ -130,6 +131,9 @@ pub fn router(state: Shared) -> Router {
         .route("/apis", get(discovery::apis))
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_v1))
+        .route("/openapi/v3", get(openapi::root))
+        .route("/openapi/v3/api/{version}", get(openapi::core))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
         .route("/api/v1/pods", get(pods::list_all))
         .route("/api/v1/watch/pods", get(pods::watch_all))
         .route("/api/v1/watch/namespaces/{ns}/pods", get(pods::watch_ns))
