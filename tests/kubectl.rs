@@ -451,7 +451,7 @@ fn api_listen_none_turns_tls_off() {
 /// `kubectl exec` asks for a WebSocket, then a SPDY upgrade: skiffd does not speak them yet
 /// and must refuse each before running anything (it used to run the command once per try).
 #[test]
-fn kubectl_exec_is_refused_without_running_the_command() {
+fn kubectl_exec_runs_once_with_stdin_tty_and_exit_codes() {
     if !require_root() {
         return;
     }
@@ -459,21 +459,96 @@ fn kubectl_exec_is_refused_without_running_the_command() {
     api.node
         .write_manifest("web.yaml", &common::pod_yaml("web", "sleep 3600"));
     api.node.wait_running("web");
-    let Some(out) = api.kubectl(&["exec", "web", "--", "sh", "-c", "echo ran >> /tmp/count"])
-    else {
+    let Some(out) = api.kubectl(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo ran >> /tmp/count; echo out; echo err >&2; exit 3",
+    ]) else {
         return;
     };
-    assert!(
-        !out.status.success(),
-        "kubectl exec succeeded: {}",
-        stdout(&out)
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "out\n");
+    assert!(stderr(&out).contains("err"), "{}", stderr(&out));
+    // Ran exactly once (kubectl did not fall back to a second protocol).
+    let (code, text) = api.node.exec_sh("web", "cat /tmp/count");
+    assert_eq!(code, 0);
+    assert_eq!(text.trim(), "ran", "the command ran more than once: {text}");
+    let ok = api.kubectl(&["exec", "web", "--", "true"]).unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    // stdin, with EOF at its end (v5's close message): cat ends by itself.
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .arg(api.kubectl.as_ref().unwrap())
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args([
+            "exec",
+            "-i",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/in; wc -c < /tmp/in",
+        ])
+        .env("HOME", api.node.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let payload = vec![b'x'; 200_000];
+    child.stdin.take().unwrap().write_all(&payload).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "200000");
+
+    // kubectl cp: tar through stdin.
+    let src = api.node.dir().join("cp-src.txt");
+    std::fs::write(&src, "copied\n").unwrap();
+    let out = api
+        .kubectl(&["cp", src.to_str().unwrap(), "web:/tmp/cp-dst.txt"])
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, text) = api.node.exec_sh("web", "cat /tmp/cp-dst.txt");
+    assert_eq!(text, "copied\n");
+
+    // A terminal: kubectl -it under script(1), which gives kubectl a terminal of its own.
+    let cmd = format!(
+        "stty rows 45 cols 123; {} --kubeconfig {} exec -it web -- sh -c 'tty; stty size'",
+        api.kubectl.as_ref().unwrap().display(),
+        api.kubeconfig.display()
     );
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .args(["script", "-qec", &cmd, "/dev/null"])
+        .env("HOME", api.node.dir())
+        .env("COLUMNS", "123")
+        .env("LINES", "45")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text} {}", stderr(&out));
     assert!(
-        stderr(&out).contains("upgrade"),
-        "kubectl exec: {}",
-        stderr(&out)
+        text.contains("/dev/pts/0"),
+        "no terminal of the container's own: {text}"
     );
-    // Raw: a WebSocket upgrade is answered with a 400 Status, not a stream.
+    assert!(!text.contains("not a tty"), "{text}");
+    // kubectl sent its own terminal's size (script's, set by stty above) as a resize.
+    assert!(text.contains("45 123"), "window size not applied: {text}");
+
+    // A container that is not running: the apiserver's message, nothing run.
+    let out = api
+        .kubectl(&["exec", "web", "-c", "nosuch", "--", "true"])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+
+    // Raw: an upgrade without a served subprotocol is refused before anything runs.
     let resp = api.https_with(
         "GET",
         "/api/v1/namespaces/default/pods/web/exec?command=sh&command=-c&command=echo%20ran%20%3E%3E%20/tmp/count&stdout=1",
@@ -483,16 +558,12 @@ fn kubectl_exec_is_refused_without_running_the_command() {
             ("Upgrade", "websocket"),
             ("Sec-WebSocket-Version", "13"),
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("Sec-WebSocket-Protocol", "v5.channel.k8s.io"),
+            ("Sec-WebSocket-Protocol", "v1.channel.k8s.io"),
         ],
     );
     assert_status(&resp, 400, "BadRequest");
-    let (code, text) = api.node.exec_sh(
-        "web",
-        "if [ -e /tmp/count ]; then cat /tmp/count; else echo none; fi",
-    );
-    assert_eq!(code, 0);
-    assert_eq!(text.trim(), "none", "the command ran: {text}");
+    let (_, text) = api.node.exec_sh("web", "cat /tmp/count");
+    assert_eq!(text.trim(), "ran", "the refused request ran: {text}");
 }
 
 /// Discovery: `kubectl api-resources` lists exactly what is served (through aggregated

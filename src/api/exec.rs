@@ -2,6 +2,8 @@
 //! streams its output as frames (see `cli::exec_stream`), ending with its exit code.
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -17,52 +19,111 @@ use crate::cli::exec_stream::{
 };
 use crate::runtime::ID_SCHEME;
 
+/// What an exec request asks for (the query of `.../exec`, as kubectl and `skiff exec` send it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub container: Option<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl ExecRequest {
+    /// Parses the query; at least one `command` is needed.
+    pub fn parse(query: Option<&str>) -> Result<ExecRequest, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+        let flag = |name: &str, default: bool| {
+            pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map_or(default, |(_, v)| {
+                    matches!(v.as_str(), "1" | "true" | "True")
+                })
+        };
+        let argv: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect();
+        if argv.is_empty() {
+            return Err(ApiError::bad_request(
+                "you must specify at least one command for the container",
+            ));
+        }
+        Ok(ExecRequest {
+            argv,
+            container: pairs
+                .iter()
+                .find(|(k, _)| k == "container")
+                .map(|(_, v)| v.clone()),
+            stdin: flag("stdin", false),
+            stdout: flag("stdout", true),
+            stderr: flag("stderr", true),
+            tty: flag("tty", false),
+        })
+    }
+}
+
+/// The runtime id of the running container an exec goes to, or the apiserver's error.
+pub fn running_container(
+    s: &Shared,
+    ns: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<String, ApiError> {
+    let pod = find(s, ns, name)?;
+    let cs = pick_container(&pod, container)?;
+    let running = cs.state.as_ref().is_some_and(|s| s.running.is_some());
+    cs.container_id
+        .as_deref()
+        .and_then(|c| c.strip_prefix(ID_SCHEME))
+        .filter(|_| running)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unable to upgrade connection: container {} not found in pod {name}: it is not running",
+                cs.name
+            ))
+        })
+}
+
+/// `GET .../exec`: kubectl's WebSocket exec (see [`super::exec_ws`]); anything else is
+/// answered as [`exec`] answers it.
+pub async fn exec_get(
+    state: State<Shared>,
+    path: Path<(String, String)>,
+    query: RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    match ws {
+        Ok(ws) => super::exec_ws::upgrade(state, path, query, ws).await,
+        Err(_) => exec(state, path, query, headers).await,
+    }
+}
+
+/// `POST .../exec`: skiff's own streamed exec (frames of `cli::exec_stream`).
 pub async fn exec(
     State(s): State<Shared>,
     Path((ns, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    // kubectl asks for a WebSocket (then SPDY) upgrade and tries the next protocol when one
-    // fails: answering any of them with skiff's own stream ran the command once per attempt.
-    // Refuse every upgrade before anything runs; only skiff's plain streamed POST execs.
+    let req = ExecRequest::parse(query.as_deref())?;
+    let id = running_container(&s, &ns, &name, req.container.as_deref())?;
+    // kubectl falls back to SPDY when its WebSocket attempt fails; answering that with skiff's
+    // own stream would run the command a second time. Refuse every upgrade before anything
+    // runs (after the checks above, so kubectl shows why a WebSocket exec was refused).
     if let Some(asked) = upgrade_request(&headers) {
         return Err(ApiError::bad_request(format!(
-            "unable to upgrade connection: skiffd does not speak {asked} for exec yet (use `skiff exec`); nothing was run"
+            "unable to upgrade connection: skiffd speaks WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) for exec, not {asked}; nothing was run"
         )));
     }
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let container = pairs
-        .iter()
-        .find(|(k, _)| k == "container")
-        .map(|(_, v)| v.clone());
-    let argv: Vec<String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "command")
-        .map(|(_, v)| v.clone())
-        .collect();
-    if argv.is_empty() {
-        return Err(ApiError::bad_request(
-            "you must specify at least one command for the container",
-        ));
-    }
-    let pod = find(&s, &ns, &name)?;
-    let cs = pick_container(&pod, container.as_deref())?;
-    let running = cs.state.as_ref().is_some_and(|s| s.running.is_some());
-    let id = cs
-        .container_id
-        .as_deref()
-        .and_then(|c| c.strip_prefix(ID_SCHEME))
-        .filter(|_| running)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unable to upgrade connection: container {} not found in pod {name}: it is not running",
-                cs.name
-            ))
-        })?
-        .to_string();
+    let argv = req.argv;
     let mut child = s
         .runtime
         .exec_command(&id, &argv)

@@ -4,6 +4,7 @@
 
 pub mod discovery;
 mod exec;
+mod exec_ws;
 pub mod fields;
 mod images;
 pub mod list;
@@ -142,7 +143,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
-            post(exec::exec).get(exec::exec),
+            post(exec::exec).get(exec::exec_get),
         )
         .route("/api/v1/events", get(pods::events_all))
         .route("/api/v1/namespaces/{ns}/events", get(pods::events_ns))

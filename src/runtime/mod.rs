@@ -25,6 +25,7 @@ pub mod pod_cgroup;
 pub mod private;
 pub mod process;
 pub mod propagation;
+pub mod pty;
 pub mod pull;
 pub mod resources;
 pub mod rootfs_file;
@@ -641,6 +642,14 @@ impl Runtime {
             .join("logs")
             .join(name)
             .join(format!("{restart}.log"))
+    }
+
+    /// A terminal in the running container `id` for an exec: (master, slave).
+    pub fn exec_terminal(
+        &self,
+        id: &str,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        pty::open_in_container(&self.runtime_root(), id)
     }
 
     fn runtime_root(&self) -> PathBuf {
