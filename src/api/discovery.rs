@@ -122,6 +122,17 @@ fn groups() -> Vec<&'static str> {
     out
 }
 
+/// The versions a group serves, preferred first (table order).
+fn versions(group: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for r in RESOURCES {
+        if r.group == group && !out.contains(&r.version) {
+            out.push(r.version);
+        }
+    }
+    out
+}
+
 fn group_version(group: &str, version: &str) -> String {
     if group.is_empty() {
         version.to_string()
@@ -183,8 +194,11 @@ pub async fn apis(headers: HeaderMap) -> Response {
     let items: Vec<Value> = groups
         .iter()
         .map(|g| {
-            let gv = json!({"groupVersion": group_version(g, "v1"), "version": "v1"});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+            let gvs: Vec<Value> = versions(g)
+                .iter()
+                .map(|v| json!({"groupVersion": group_version(g, v), "version": v}))
+                .collect();
+            json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]})
         })
         .collect();
     Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": items})).into_response()
@@ -246,13 +260,16 @@ pub async fn group(
             "the server could not find the requested resource",
         ));
     }
-    let gv = json!({"groupVersion": group_version(&group, "v1"), "version": "v1"});
+    let gvs: Vec<Value> = versions(&group)
+        .iter()
+        .map(|v| json!({"groupVersion": group_version(&group, v), "version": v}))
+        .collect();
     Ok(Json(json!({
         "kind": "APIGroup",
         "apiVersion": "v1",
         "name": group,
-        "versions": [gv.clone()],
-        "preferredVersion": gv,
+        "preferredVersion": gvs[0],
+        "versions": gvs,
     })))
 }
 
@@ -266,46 +283,11 @@ fn aggregated(content_type: &'static str, groups: &[&str]) -> Response {
     let items: Vec<Value> = groups
         .iter()
         .map(|g| {
-            let top: Vec<Value> = RESOURCES
-                .iter()
-                .filter(|r| r.group == *g && !r.name.contains('/'))
-                .map(|r| {
-                    let subs: Vec<Value> = RESOURCES
-                        .iter()
-                        .filter_map(|s| {
-                            let (parent, name) = s.name.split_once('/')?;
-                            (s.group == r.group && parent == r.name).then(|| {
-                                json!({
-                                    "subresource": name,
-                                    "responseKind": {"group": "", "version": "v1", "kind": s.kind},
-                                    "verbs": s.verbs,
-                                })
-                            })
-                        })
-                        .collect();
-                    let mut v = json!({
-                        "resource": r.name,
-                        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
-                        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
-                        "singularResource": r.singular,
-                        "verbs": r.verbs,
-                    });
-                    if !r.short_names.is_empty() {
-                        v["shortNames"] = json!(r.short_names);
-                    }
-                    if !r.categories.is_empty() {
-                        v["categories"] = json!(r.categories);
-                    }
-                    if !subs.is_empty() {
-                        v["subresources"] = json!(subs);
-                    }
-                    v
-                })
+            let versions: Vec<Value> = versions(g)
+                .into_iter()
+                .map(|version| json!({"version": version, "resources": resources_of(g, version), "freshness": "Current"}))
                 .collect();
-            json!({
-                "metadata": {"name": g},
-                "versions": [{"version": "v1", "resources": top, "freshness": "Current"}],
-            })
+            json!({"metadata": {"name": g}, "versions": versions})
         })
         .collect();
     let body = json!({
@@ -315,6 +297,46 @@ fn aggregated(content_type: &'static str, groups: &[&str]) -> Response {
         "items": items,
     });
     ([(header::CONTENT_TYPE, content_type)], body.to_string()).into_response()
+}
+
+/// The aggregated discovery entries of one group version.
+fn resources_of(g: &str, version: &str) -> Vec<Value> {
+    RESOURCES
+        .iter()
+        .filter(|r| r.group == g && r.version == version && !r.name.contains('/'))
+        .map(|r| {
+            let subs: Vec<Value> = RESOURCES
+                .iter()
+                .filter_map(|s| {
+                    let (parent, name) = s.name.split_once('/')?;
+                    (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
+                        json!({
+                            "subresource": name,
+                            "responseKind": {"group": "", "version": "v1", "kind": s.kind},
+                            "verbs": s.verbs,
+                        })
+                    })
+                })
+                .collect();
+            let mut v = json!({
+                "resource": r.name,
+                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": r.verbs,
+            });
+            if !r.short_names.is_empty() {
+                v["shortNames"] = json!(r.short_names);
+            }
+            if !r.categories.is_empty() {
+                v["categories"] = json!(r.categories);
+            }
+            if !subs.is_empty() {
+                v["subresources"] = json!(subs);
+            }
+            v
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub mod shim;
 pub mod spec;
 pub mod supervise;
 pub mod termination;
+pub mod usage;
 pub mod volumes;
 
 use std::fs;
