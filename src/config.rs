@@ -457,9 +457,7 @@ impl Config {
             .transpose()?;
         Ok(Config {
             api_listen,
-            api_advertise_address: flags
-                .api_advertise_address
-                .or(file.api_advertise_address),
+            api_advertise_address: flags.api_advertise_address.or(file.api_advertise_address),
             service_account: crate::serviceaccount::Settings {
                 issuer,
                 max_expiration,

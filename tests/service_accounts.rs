@@ -40,7 +40,16 @@ fn pod(name: &str, namespace: &str, extra: &str) -> String {
 fn api_status(node: &Node, token: &str, path: &str) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", node.host.path().display()))
-        .args(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5"])
+        .args([
+            "curl",
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "5",
+        ])
         .arg("-H")
         .arg(format!("Authorization: Bearer {token}"))
         .arg(format!("https://127.0.0.1:6443{path}"))
@@ -53,8 +62,11 @@ fn api_status(node: &Node, token: &str, path: &str) -> String {
 fn curl_in_pod(node: &Node, pod: &Value, token: Option<&str>, url: &str) -> (String, String) {
     let uid = pod["metadata"]["uid"].as_str().expect("pod uid");
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", node.run.join("netns").join(uid).display()))
-        .args(["curl", "-sk", "-m", "5", "-w", "\n%{http_code}"]);
+    cmd.arg(format!(
+        "--net={}",
+        node.run.join("netns").join(uid).display()
+    ))
+    .args(["curl", "-sk", "-m", "5", "-w", "\n%{http_code}"]);
     if let Some(t) = token {
         cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
     }
@@ -102,14 +114,9 @@ fn kubernetes_service_env_and_api_through_the_cluster_ip() {
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], 6443);
     assert_eq!(svc["metadata"]["labels"]["component"], "apiserver");
     assert_eq!(svc["metadata"]["labels"]["provider"], "kubernetes");
-    let eps: Value = serde_json::from_str(&node.skiff_ok(&[
-        "get",
-        "endpoints",
-        "kubernetes",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let eps: Value =
+        serde_json::from_str(&node.skiff_ok(&["get", "endpoints", "kubernetes", "-o", "json"]))
+            .unwrap();
     assert_eq!(eps["subsets"][0]["addresses"][0]["ip"], "10.244.0.1");
     assert_eq!(eps["subsets"][0]["ports"][0]["port"], 6443);
 
@@ -222,7 +229,10 @@ fn token_volume_is_mounted_and_accepted_until_the_pod_is_gone() {
     std::fs::write(&ca_file, &ca).unwrap();
     let uid = p["metadata"]["uid"].as_str().unwrap();
     let out = Command::new("nsenter")
-        .arg(format!("--net={}", node.run.join("netns").join(uid).display()))
+        .arg(format!(
+            "--net={}",
+            node.run.join("netns").join(uid).display()
+        ))
         .args(["curl", "-s", "-m", "5", "--cacert"])
         .arg(&ca_file)
         .arg("-H")
@@ -236,11 +246,20 @@ fn token_volume_is_mounted_and_accepted_until_the_pod_is_gone() {
         "verified TLS to the cluster IP with the token: {pods}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, _) = curl_in_pod(&node, &p, Some("not-a-token"), "https://10.96.0.1/api/v1/pods");
+    let (code, _) = curl_in_pod(
+        &node,
+        &p,
+        Some("not-a-token"),
+        "https://10.96.0.1/api/v1/pods",
+    );
     assert_eq!(code, "401");
     // Read-only: no exec with a service account token.
     assert_eq!(
-        api_status(&node, token.trim(), "/api/v1/namespaces/default/pods/sa/exec?command=true"),
+        api_status(
+            &node,
+            token.trim(),
+            "/api/v1/namespaces/default/pods/sa/exec?command=true"
+        ),
         "403"
     );
     assert_eq!(api_status(&node, token.trim(), "/api/v1/pods"), "200");
@@ -287,7 +306,8 @@ fn automount_off_and_unknown_service_accounts() {
     assert_eq!(code, 0, "{out}");
     let ev = node.wait_for("the refusal of robot", Duration::from_secs(20), || {
         let ev = node.skiff_ok(&["get", "events"]);
-        ev.contains("serviceaccount \"robot\" not found").then_some(ev)
+        ev.contains("serviceaccount \"robot\" not found")
+            .then_some(ev)
     });
     assert!(
         ev.contains(
@@ -313,7 +333,11 @@ fn projected_tokens_are_refreshed_at_80_percent_of_their_lifetime() {
     );
     node.write_manifest("rot.yaml", &manifest);
     node.wait_running("rot");
-    let read = |path: &str| exec_ok(&node, "rot", &format!("cat {path}")).trim().to_string();
+    let read = |path: &str| {
+        exec_ok(&node, "rot", &format!("cat {path}"))
+            .trim()
+            .to_string()
+    };
     let vault = read("/vault/vault-token");
     let c = claims(&vault);
     assert_eq!(c["aud"][0], "vault");
@@ -334,7 +358,11 @@ fn projected_tokens_are_refreshed_at_80_percent_of_their_lifetime() {
         "refreshed after {} s, before 80 % of 10 s",
         second_iat - first_iat
     );
-    assert_ne!(read("/vault/vault-token"), vault, "the vault token rotates too");
+    assert_ne!(
+        read("/vault/vault-token"),
+        vault,
+        "the vault token rotates too"
+    );
     // Once the old token has expired, only the new one works.
     node.wait_for("the old token to expire", Duration::from_secs(15), || {
         (api_status(&node, &first, "/api/v1/pods") == "401").then_some(())

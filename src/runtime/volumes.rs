@@ -192,9 +192,9 @@ fn setup_one(
                     .service_accounts
                     .ok_or("service account tokens are not available on this node")?;
                 check_relative(&t.path)?;
-                let secs = t.expiration_seconds.unwrap_or(
-                    crate::serviceaccount::admission::DEFAULT_EXPIRATION_SECONDS,
-                );
+                let secs = t
+                    .expiration_seconds
+                    .unwrap_or(crate::serviceaccount::admission::DEFAULT_EXPIRATION_SECONDS);
                 let token = sa
                     .token(pod, t.audience.as_deref(), secs)
                     .map_err(|e| format!("fetching a service account token: {e}"))?;

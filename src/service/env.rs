@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(get("KUBERNETES_PORT_443_TCP_PORT"), Some("443"));
         assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.96.0.1"));
         // The namespace's own `kubernetes` Service wins.
-        let own = vec![("KUBERNETES_SERVICE_HOST".to_string(), "10.96.5.5".to_string())];
+        let own = vec![(
+            "KUBERNETES_SERVICE_HOST".to_string(),
+            "10.96.5.5".to_string(),
+        )];
         assert_eq!(with_master(&own, &store), own);
     }
 }

@@ -166,7 +166,10 @@ pub fn bind_advertised(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
     )?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::IpFreebind, &true)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
     listen(&fd, nix::sys::socket::Backlog::new(1024)?)?;
     tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
 }
@@ -194,7 +197,11 @@ mod tests {
         );
         // The flag wins.
         assert_eq!(
-            advertise(at("127.0.0.1:7443"), Some("192.168.1.5".parse().unwrap()), cidr),
+            advertise(
+                at("127.0.0.1:7443"),
+                Some("192.168.1.5".parse().unwrap()),
+                cidr
+            ),
             Some(("192.168.1.5".parse().unwrap(), Some(at("192.168.1.5:7443"))))
         );
         assert_eq!(advertise(at("[2001:db8::1]:6443"), None, cidr), None);

@@ -128,11 +128,10 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         desired.retain(|(k, _)| *k != key);
         desired.insert(0, (key.clone(), Arc::new(m.service())));
         manual.insert(key.clone(), Arc::new(m.endpoints()));
-        for other in self.alloc.evict(
-            &format!("{}/{}", key.0, key.1),
-            Some(m.cluster_ip),
-            &[],
-        ) {
+        for other in self
+            .alloc
+            .evict(&format!("{}/{}", key.0, key.1), Some(m.cluster_ip), &[])
+        {
             info!(service = %other, "the first service address belongs to default/kubernetes; allocating again");
         }
         if manifest_has_it && !self.master_shadow_reported {

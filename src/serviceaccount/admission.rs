@@ -211,7 +211,10 @@ mod tests {
             .collect();
         assert_eq!(vols.len(), 2);
         let name = vols[1];
-        assert!(name.starts_with("kube-api-access-") && name.len() == 21, "{name}");
+        assert!(
+            name.starts_with("kube-api-access-") && name.len() == 21,
+            "{name}"
+        );
         let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
             c.volume_mounts
                 .iter()

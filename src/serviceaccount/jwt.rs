@@ -162,8 +162,8 @@ impl Signer {
                 .decode(p)
                 .map_err(|_| JwtError::Malformed("bad base64url"))
         };
-        let header: Header = serde_json::from_slice(&dec(h)?)
-            .map_err(|_| JwtError::Malformed("bad header"))?;
+        let header: Header =
+            serde_json::from_slice(&dec(h)?).map_err(|_| JwtError::Malformed("bad header"))?;
         // Only the one algorithm this key makes: never `none`, never an HMAC keyed with the
         // public key (the classic JWT algorithm confusion).
         if header.alg != ALG {

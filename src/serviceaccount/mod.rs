@@ -194,7 +194,11 @@ impl ServiceAccounts {
         expiration_seconds: i64,
         now: i64,
     ) -> Result<String, SaError> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let sa = pod
             .spec
             .as_ref()
@@ -561,6 +565,9 @@ mod tests {
         assert_eq!(a.signer.kid(), b.signer.kid());
         assert!(a.ca_pem().contains("BEGIN CERTIFICATE"));
         let t = a.token(&pod("web", "u1"), None, 600).unwrap();
-        assert!(b.signer.verify(&t).is_ok(), "a restarted node accepts its tokens");
+        assert!(
+            b.signer.verify(&t).is_ok(),
+            "a restarted node accepts its tokens"
+        );
     }
 }
