@@ -33,9 +33,12 @@ const REFRESH_NUMERATOR: i64 = 8;
 const REFRESH_DENOMINATOR: i64 = 10;
 /// ... or when it is a day old, whatever its lifetime.
 const REFRESH_MAX_AGE: i64 = 24 * 3600;
-/// The least time between two volume refreshes the token refresher asks for, so a pod whose
-/// worker does not set up its volumes again (finished) cannot make it spin.
+/// The least time between two volume refreshes the token refresher asks for.
 const MIN_RESYNC_GAP: Duration = Duration::from_secs(2);
+/// A due token whose refresh was asked for and did not happen (a finished pod's worker does not
+/// set up its volumes again) is asked for again only after this long, so it cannot make the
+/// refresher spin.
+const ASK_AGAIN_SECONDS: i64 = 60;
 
 /// Errors preparing the signing key or issuing a token.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,8 @@ struct Issued {
     token: String,
     iat: i64,
     exp: i64,
+    /// When the refresher last asked for this token to be issued again.
+    asked: Option<i64>,
 }
 
 impl Issued {
@@ -91,6 +96,14 @@ impl Issued {
     fn refresh_at(&self) -> i64 {
         let ttl = self.exp - self.iat;
         (self.iat + ttl * REFRESH_NUMERATOR / REFRESH_DENOMINATOR).min(self.iat + REFRESH_MAX_AGE)
+    }
+
+    /// When the refresher should ask for a new one.
+    fn wake_at(&self) -> i64 {
+        match self.asked {
+            Some(at) => at + ASK_AGAIN_SECONDS,
+            None => self.refresh_at(),
+        }
     }
 }
 
@@ -257,6 +270,7 @@ impl ServiceAccounts {
                 token: token.clone(),
                 iat: claims.iat,
                 exp: claims.exp,
+                asked: None,
             },
         );
         drop(cache);
@@ -323,10 +337,21 @@ impl ServiceAccounts {
         cache.retain(|k, _| live.contains(&k.pod_uid));
     }
 
-    /// The earliest time (Unix seconds) a cached token is due for refresh.
+    /// The earliest time (Unix seconds) the refresher should ask for a refresh.
     fn next_refresh(&self) -> Option<i64> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.values().map(Issued::refresh_at).min()
+        cache.values().map(Issued::wake_at).min()
+    }
+
+    /// Marks the tokens due at `now` as asked for; whether there was one.
+    fn take_due(&self, now: i64) -> bool {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut any = false;
+        for t in cache.values_mut().filter(|t| t.wake_at() <= now) {
+            t.asked = Some(now);
+            any = true;
+        }
+        any
     }
 }
 
@@ -361,7 +386,7 @@ pub async fn refresh_tokens(
             _ = sa.issued.notified() => continue,
             _ = tokio::time::sleep_until(deadline) => {}
         }
-        if sa.next_refresh().is_some_and(|at| at <= now_seconds()) {
+        if sa.take_due(now_seconds()) {
             debug!("service account tokens due: refreshing pod volumes");
             last_resync = Some(tokio::time::Instant::now());
             if resync.send(()).is_err() {
@@ -479,6 +504,12 @@ mod tests {
         assert_ne!(other, second);
         let claims = sa.signer.verify(&other).unwrap();
         assert_eq!(claims.aud, vec!["vault".to_string()]);
+        // A refresh asked for that does not happen (a finished pod) is asked again a minute on.
+        sa.token_at(&p, None, 1000, 20_000).unwrap();
+        let due = sa.next_refresh().unwrap();
+        assert!(sa.take_due(due));
+        assert!(!sa.take_due(due + 1));
+        assert!(sa.next_refresh().unwrap() > due);
         sa.forget_gone(&Default::default());
         assert_eq!(sa.next_refresh(), None);
     }
