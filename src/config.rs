@@ -123,6 +123,15 @@ pub struct Flags {
     /// Address of the TLS API for kubectl and client libraries (bearer tokens from <root-dir>/pki/tokens); `none` turns it off [default: 127.0.0.1:6443].
     #[arg(long)]
     pub api_listen: Option<String>,
+    /// The address pods reach the TLS API on, the endpoint of the `default/kubernetes` Service (the apiserver's --advertise-address); skiffd also listens there [default: the --api-listen address when it is a node address, else the pod network's gateway (the first address of the pod CIDR)].
+    #[arg(long)]
+    pub api_advertise_address: Option<std::net::Ipv4Addr>,
+    /// The `iss` claim of service account tokens, and the audience the TLS API accepts [default: https://kubernetes.default.svc.cluster.local].
+    #[arg(long)]
+    pub service_account_issuer: Option<String>,
+    /// The longest lifetime of a service account token; longer requests get this (the apiserver's flag; short values are for tests of token rotation) [default: none].
+    #[arg(long)]
+    pub service_account_max_token_expiration: Option<String>,
 }
 
 /// The config file's shape.
@@ -199,6 +208,12 @@ pub struct FileConfig {
     pub vxlan_tx_checksum_off: Option<bool>,
     /// Address of the TLS API, or `none`.
     pub api_listen: Option<String>,
+    /// Address pods reach the TLS API on.
+    pub api_advertise_address: Option<std::net::Ipv4Addr>,
+    /// Issuer of service account tokens.
+    pub service_account_issuer: Option<String>,
+    /// Longest service account token lifetime (duration).
+    pub service_account_max_token_expiration: Option<String>,
 }
 
 /// The effective configuration.
@@ -235,6 +250,10 @@ pub struct Config {
     pub iptables_sync_period: Duration,
     /// Where the TLS API listens; `None` when turned off (`--api-listen none`).
     pub api_listen: Option<std::net::SocketAddr>,
+    /// `--api-advertise-address`: where pods reach the API (see [`crate::service::master`]).
+    pub api_advertise_address: Option<std::net::Ipv4Addr>,
+    /// Service account token issuing.
+    pub service_account: crate::serviceaccount::Settings,
 }
 
 /// A duration as Kubernetes components take them: `500ms`, `30s`, `1m`, `1h`, or bare seconds.
@@ -421,8 +440,28 @@ impl Config {
                 .as_deref()
                 .unwrap_or("127.0.0.1:6443"),
         )?;
+        let issuer = flags
+            .service_account_issuer
+            .or(file.service_account_issuer)
+            .unwrap_or_else(|| crate::serviceaccount::DEFAULT_ISSUER.into());
+        if issuer.trim().is_empty() || issuer.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid {
+                flag: "--service-account-issuer",
+                message: format!("{issuer:?}: expected a URL or identifier without spaces"),
+            });
+        }
+        let max_expiration = flags
+            .service_account_max_token_expiration
+            .or(file.service_account_max_token_expiration)
+            .map(|s| parse_duration("--service-account-max-token-expiration", &s))
+            .transpose()?;
         Ok(Config {
             api_listen,
+            api_advertise_address: flags.api_advertise_address.or(file.api_advertise_address),
+            service_account: crate::serviceaccount::Settings {
+                issuer,
+                max_expiration,
+            },
             iptables_sync_period,
             etcd,
             image_credential_config,

@@ -44,6 +44,11 @@ pub enum DaemonError {
         root: std::path::PathBuf,
         source: crate::api::pki::PkiError,
     },
+    #[error("preparing the service account signing key under {root}/pki: {source}")]
+    ServiceAccounts {
+        root: std::path::PathBuf,
+        source: crate::serviceaccount::SaError,
+    },
     #[error("serving the API on {path}: {source}")]
     Api {
         path: std::path::PathBuf,
@@ -103,6 +108,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             info!(removed = %what, "removed a leftover of the overlay (no --etcd-endpoints now)");
         }
     }
+    // Service account tokens (issue 16): the signing key and CA under <root-dir>/pki.
+    let service_accounts = Arc::new(
+        crate::serviceaccount::ServiceAccounts::load_or_create(
+            &config.root_dir,
+            &config.node_name,
+            config.service_account.clone(),
+        )
+        .map_err(|source| DaemonError::ServiceAccounts {
+            root: config.root_dir.clone(),
+            source,
+        })?,
+    );
+    // The kubernetes Service (issue 16): where pods reach the TLS API.
+    let master = config.api_listen.and_then(|listen| {
+        let found =
+            crate::service::master::advertise(listen, config.api_advertise_address, &pod_cidr);
+        if found.is_none() {
+            tracing::warn!(%listen, "no IPv4 address to advertise the API on (--api-advertise-address): no kubernetes Service");
+        }
+        found.map(|(endpoint, extra)| {
+            let m = crate::service::master::Master {
+                cluster_ip: crate::service::master::first_address(
+                    config.service_cluster_ip_range,
+                ),
+                endpoint,
+                port: listen.port(),
+            };
+            (m, extra)
+        })
+    });
     let network = PodNetwork::new(NetConfig {
         conf_dir: config.cni_conf_dir.clone(),
         bin_dirs: config.cni_bin_dirs.clone(),
@@ -119,6 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let runtime = Runtime::new(&config.root_dir, &config.run_dir, &config.shim_path)?
         .with_pids_limit(config.pod_pids_limit)
         .with_seccomp_default(config.seccomp_default)
+        .with_service_accounts(service_accounts.clone())
         .with_log_limits(config.container_log)
         .with_network(network);
     let (gc_tx, gc_rx) = mpsc::unbounded_channel();
@@ -142,8 +178,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ..Default::default()
         },
     );
+    let mut controller = crate::service::Controller::new(store.clone(), alloc, proxier);
+    if let Some((m, _)) = master {
+        controller = controller.with_master(m);
+    }
+    let token_refresher = tokio::spawn(crate::serviceaccount::refresh_tokens(
+        service_accounts.clone(),
+        store.clone(),
+        resync_tx.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let services = tokio::spawn(crate::service::run(
-        crate::service::Controller::new(store.clone(), alloc, proxier),
+        controller,
         config.iptables_sync_period,
         config.cleanup_iptables_on_exit,
         stopped(stop_rx.clone()),
@@ -181,14 +227,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tls = match config.api_listen {
         Some(addr) => {
             let internal_ip = store.node_network().1;
-            let sans = api::pki::sans(&config.node_name, addr, internal_ip.as_deref());
+            let mut sans = api::pki::sans(&config.node_name, addr, internal_ip.as_deref());
+            sans.extend(master.iter().flat_map(|(m, _)| m.sans()));
             let server = api::pki::server_url(addr);
             let pki = api::pki::ensure(&config.root_dir, &config.node_name, &sans, &server)
                 .map_err(|source| DaemonError::Pki {
                     root: config.root_dir.clone(),
                     source,
                 })?;
-            Some(api::TlsListen { addr, pki })
+            Some(api::TlsListen {
+                addr,
+                pki,
+                advertised: master.and_then(|(_, extra)| extra),
+                service_accounts: Some(service_accounts.clone()),
+            })
         }
         None => None,
     };
@@ -223,6 +275,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     watcher.abort();
     let _ = pods.await;
     let _ = services.await;
+    let _ = token_refresher.await;
     let _ = image_gc.await;
     for t in [overlay_task, cluster_task].into_iter().flatten() {
         let _ = t.await;

@@ -13,4 +13,5 @@ pub mod quantity;
 pub mod runtime;
 pub mod selector;
 pub mod service;
+pub mod serviceaccount;
 pub mod store;

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::ApiError;
-use super::pki::Tokens;
+use crate::serviceaccount::auth::Authenticator;
 
 /// How long a client may take to send a request's headers (and, over TCP, the TLS
 /// handshake) before its connection is closed.
@@ -60,8 +60,13 @@ pub async fn limit_body(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Lets a request in over TCP only with a known bearer token; 401 `Status` otherwise.
-pub async fn authenticate(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) -> Response {
+/// Lets a request in over TCP only with a known bearer token (401 `Status` otherwise) and
+/// what that user may do (403).
+pub async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let token = req.headers().get(header::AUTHORIZATION).map(|v| {
         let v = v.to_str().unwrap_or_default().trim();
         match v.split_once(' ') {
@@ -71,7 +76,13 @@ pub async fn authenticate(State(tokens): State<Arc<Tokens>>, req: Request, next:
     });
     let allowed = match token {
         None => PUBLIC_PATHS.contains(&req.uri().path()),
-        Some(t) => tokens.authenticate(t).is_some(),
+        Some(t) => match auth.authenticate(t) {
+            Some(user) => match user.authorize(req.method(), req.uri().path()) {
+                Ok(()) => true,
+                Err(message) => return ApiError::forbidden(message).into_response(),
+            },
+            None => false,
+        },
     };
     if !allowed {
         debug!(path = %req.uri().path(), with_token = token.is_some(), "refused an unauthenticated request");

@@ -78,6 +78,15 @@ impl ApiError {
         }
     }
 
+    /// An authenticated user who may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError {
+            code: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message: message.into(),
+        }
+    }
+
     /// A resourceVersion older than the kept history (the apiserver's "Expired").
     pub fn gone(message: impl Into<String>) -> Self {
         ApiError {
@@ -201,6 +210,10 @@ pub fn router(state: Shared) -> Router {
 pub struct TlsListen {
     pub addr: std::net::SocketAddr,
     pub pki: pki::Pki,
+    /// Where pods reach the API when `addr` does not cover it (see `service::master`).
+    pub advertised: Option<std::net::SocketAddr>,
+    /// Verifies service account tokens.
+    pub service_accounts: Option<Arc<crate::serviceaccount::ServiceAccounts>>,
 }
 
 /// Binds the socket with mode 0600 (root only) and, with `tls`, the TCP address, and serves
@@ -227,16 +240,31 @@ pub async fn serve(
     unsafe { libc::umask(old) };
     let listener = listener?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let store = state.store.clone();
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(listen::serve_unix(listener, app.clone(), stop_rx.clone()));
     if let Some(tls) = tls {
-        let tokens = Arc::new(tls.pki.tokens);
+        let auth = Arc::new(crate::serviceaccount::auth::Authenticator::new(
+            tls.pki.tokens,
+            tls.service_accounts,
+            store,
+        ));
         let app = app.layer(axum::middleware::from_fn_with_state(
-            tokens,
+            auth,
             listen::authenticate,
         ));
+        if let Some(addr) = tls.advertised {
+            let tcp = crate::service::master::bind_advertised(addr)?;
+            tracing::info!(%addr, "serving the API over TLS for pods (the kubernetes Service's endpoint)");
+            servers.spawn(listen::serve_tls(
+                tcp,
+                tls.pki.tls.clone(),
+                app.clone(),
+                stop_rx.clone(),
+            ));
+        }
         // The address may not be there yet (a loopback still down, an address not yet
         // configured): the node keeps running its pods and the TLS API comes up once it binds.
         servers.spawn(async move {

@@ -232,7 +232,7 @@ pub fn ensure(
 }
 
 /// Loads the CA or makes it at first start.
-fn ca(dir: &Path) -> Result<(String, KeyPair), PkiError> {
+pub(crate) fn ca(dir: &Path) -> Result<(String, KeyPair), PkiError> {
     let cert_path = dir.join("ca.crt");
     let key_path = dir.join("ca.key");
     if cert_path.exists() && key_path.exists() {

@@ -163,6 +163,8 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
         .clone();
     check_dns1123_label(&namespace)
         .map_err(|e| format!("metadata.namespace: Invalid value {namespace:?}: {e}"))?;
+    // The ServiceAccount admission: `default` account, token volume automounted.
+    crate::serviceaccount::admission::admit(&mut pod)?;
     let Some(spec) = pod.spec.as_mut() else {
         return Err("spec: Required value".into());
     };
@@ -444,6 +446,12 @@ fn validate_volumes(volumes: &[Volume]) -> Result<HashSet<String>, String> {
                     downward(
                         &format!("{sub}.downwardAPI"),
                         d.items.as_deref().unwrap_or_default(),
+                    )?;
+                }
+                if let Some(t) = &src.service_account_token {
+                    crate::serviceaccount::admission::validate_token_projection(
+                        &format!("{field}.{sub}.serviceAccountToken"),
+                        t,
                     )?;
                 }
             }

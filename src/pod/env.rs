@@ -26,7 +26,9 @@ pub struct EnvContext<'a> {
 pub fn resolve(c: &Container, cx: &EnvContext<'_>) -> Result<Vec<(String, String)>, String> {
     let ns = cx.pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut defined: HashMap<String, String> = cx.service_env.iter().cloned().collect();
+    // The kubernetes Service's variables go to every pod, service links or not (the kubelet's).
+    let service_env = crate::service::env::with_master(cx.service_env, cx.store);
+    let mut defined: HashMap<String, String> = service_env.iter().cloned().collect();
     let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(slot) = out.iter_mut().find(|(n, _)| *n == k) {
             slot.1 = v;
@@ -74,7 +76,7 @@ pub fn resolve(c: &Container, cx: &EnvContext<'_>) -> Result<Vec<(String, String
         defined.insert(e.name.clone(), value.clone());
         set(&mut out, e.name.clone(), value);
     }
-    for (k, v) in cx.service_env {
+    for (k, v) in &service_env {
         if !out.iter().any(|(n, _)| n == k) {
             out.push((k.clone(), v.clone()));
         }

@@ -445,6 +445,7 @@ impl PodRuntime for Runtime {
                 &volumes::Layout {
                     pod_dir: &pod_dir,
                     pvc_dir: &pvc_dir,
+                    service_accounts: self.service_accounts.as_deref(),
                 },
                 pod,
                 cx,
@@ -508,6 +509,8 @@ pub struct Runtime {
     pull: Option<std::sync::Arc<pull::ImageService>>,
     /// `--seccomp-default`: RuntimeDefault for containers that name no profile.
     seccomp_default: bool,
+    /// Issues the tokens of `serviceAccountToken` volume sources.
+    service_accounts: Option<std::sync::Arc<crate::serviceaccount::ServiceAccounts>>,
 }
 
 impl Runtime {
@@ -550,7 +553,17 @@ impl Runtime {
             network: None,
             pull: None,
             seccomp_default: false,
+            service_accounts: None,
         })
+    }
+
+    /// Sets the issuer of service account tokens for pod volumes.
+    pub fn with_service_accounts(
+        mut self,
+        sa: std::sync::Arc<crate::serviceaccount::ServiceAccounts>,
+    ) -> Self {
+        self.service_accounts = Some(sa);
+        self
     }
 
     /// The root dir (`--root-dir`).

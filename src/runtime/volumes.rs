@@ -1,5 +1,6 @@
 //! Pod volumes on the host: emptyDir, hostPath, configMap, secret,
-//! downwardAPI, projected and persistentVolumeClaim, and safe subPath binds.
+//! downwardAPI, projected (with service account tokens) and persistentVolumeClaim, and safe
+//! subPath binds.
 //!
 //! ConfigMap-like volumes are written like the kubelet's atomic writer: the
 //! files live in a timestamped directory, `..data` is a symlink to it, and
@@ -38,6 +39,31 @@ pub struct Layout<'a> {
     pub pod_dir: &'a Path,
     /// Directory holding persistent volume claims (`<root>/volumes/pvc`).
     pub pvc_dir: &'a Path,
+    /// The token issuer for `serviceAccountToken` sources and the CA of `kube-root-ca.crt`.
+    pub service_accounts: Option<&'a crate::serviceaccount::ServiceAccounts>,
+}
+
+/// A ConfigMap of the store or, for `kube-root-ca.crt` (which the root CA publisher keeps in
+/// every namespace of a cluster), the cluster CA.
+fn config_map_of(
+    layout: &Layout<'_>,
+    cx: &EnvContext<'_>,
+    ns: &str,
+    name: &str,
+) -> Option<ConfigMap> {
+    if let Some(cm) = cx.store.config_map(ns, name) {
+        return Some(cm);
+    }
+    let sa = layout.service_accounts?;
+    (name == crate::serviceaccount::admission::ROOT_CA_CONFIG_MAP).then(|| ConfigMap {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("ca.crt".into(), sa.ca_pem().to_string())])),
+        ..Default::default()
+    })
 }
 
 /// Sets up (or refreshes) every volume of the pod. Errors name the volume.
@@ -126,7 +152,7 @@ fn setup_one(
         });
     }
     let (kind, on_tmpfs, payload) = if let Some(c) = &v.config_map {
-        let cm = cx.store.config_map(ns, &c.name);
+        let cm = config_map_of(layout, cx, ns, &c.name);
         let payload = match cm {
             Some(cm) => config_map_payload(&cm, c.items.as_deref(), c.default_mode)?,
             None if c.optional == Some(true) => BTreeMap::new(),
@@ -148,7 +174,7 @@ fn setup_one(
         let mut payload = BTreeMap::new();
         for src in p.sources.iter().flatten() {
             let part = if let Some(c) = &src.config_map {
-                match cx.store.config_map(ns, &c.name) {
+                match config_map_of(layout, cx, ns, &c.name) {
                     Some(cm) => config_map_payload(&cm, c.items.as_deref(), p.default_mode)?,
                     None if c.optional == Some(true) => BTreeMap::new(),
                     None => return Err(format!("configmap \"{}\" not found", c.name)),
@@ -161,9 +187,24 @@ fn setup_one(
                 }
             } else if let Some(d) = &src.downward_api {
                 downward_payload(pod, d.items.as_deref().unwrap_or(&[]), p.default_mode, cx)?
+            } else if let Some(t) = &src.service_account_token {
+                let sa = layout
+                    .service_accounts
+                    .ok_or("service account tokens are not available on this node")?;
+                check_relative(&t.path)?;
+                let secs = t
+                    .expiration_seconds
+                    .unwrap_or(crate::serviceaccount::admission::DEFAULT_EXPIRATION_SECONDS);
+                let token = sa
+                    .token(pod, t.audience.as_deref(), secs)
+                    .map_err(|e| format!("fetching a service account token: {e}"))?;
+                BTreeMap::from([(
+                    t.path.clone(),
+                    (token.into_bytes(), mode_of(None, p.default_mode)),
+                )])
             } else {
                 return Err(
-                    "projected source kind is not supported (only secret, configMap, downwardAPI)"
+                    "projected source kind is not supported (only secret, configMap, downwardAPI, serviceAccountToken)"
                         .into(),
                 );
             };

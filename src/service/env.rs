@@ -3,6 +3,8 @@
 
 use k8s_openapi::api::core::v1::Service;
 
+use crate::store::Store;
+
 /// Variables for the Services of a namespace that exist when a container starts.
 pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -56,6 +58,23 @@ pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
     out
 }
 
+/// `links` (the namespace's variables, empty with `enableServiceLinks: false`) plus the
+/// `default/kubernetes` Service's variables, which the kubelet gives every pod in every
+/// namespace; a Service of the pod's own namespace named `kubernetes` wins over it.
+pub fn with_master(links: &[(String, String)], store: &Store) -> Vec<(String, String)> {
+    let master: Vec<Service> = store
+        .services(Some(super::master::NAMESPACE))
+        .into_iter()
+        .filter(|s| s.metadata.name.as_deref() == Some(super::master::NAME))
+        .collect();
+    let mut out = links.to_vec();
+    if links.iter().any(|(k, _)| k == "KUBERNETES_SERVICE_HOST") {
+        return out;
+    }
+    out.extend(service_env(&master));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +103,36 @@ mod tests {
         )
         .unwrap();
         assert!(service_env(&[headless]).is_empty());
+    }
+
+    #[test]
+    fn the_kubernetes_service_variables_reach_every_namespace() {
+        let store = Store::new("n");
+        let m = crate::service::master::Master {
+            cluster_ip: "10.96.0.1".parse().unwrap(),
+            endpoint: "10.244.0.1".parse().unwrap(),
+            port: 6443,
+        };
+        let mut views = crate::service::Views::default();
+        views
+            .services
+            .insert(("default".into(), "kubernetes".into()), m.service());
+        store.set_service_views(views);
+        let env = with_master(&[], &store);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.96.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP"), Some("tcp://10.96.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_PROTO"), Some("tcp"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.96.0.1"));
+        // The namespace's own `kubernetes` Service wins.
+        let own = vec![(
+            "KUBERNETES_SERVICE_HOST".to_string(),
+            "10.96.5.5".to_string(),
+        )];
+        assert_eq!(with_master(&own, &store), own);
     }
 }

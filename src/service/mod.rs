@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod env;
+pub mod master;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -49,6 +50,10 @@ pub struct Controller<I: Iptables, C: Conntrack> {
     hold_rules: bool,
     /// When the rules were last written in full.
     last_full_sync: std::time::Instant,
+    /// The API's own `default/kubernetes` Service, when the TLS API is on.
+    master: Option<master::Master>,
+    /// A manifest's `default/kubernetes` was reported as not used.
+    master_shadow_reported: bool,
 }
 
 /// How often everything is rewritten even when nothing seems to have changed (kube-proxy's
@@ -98,7 +103,53 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             synced_once: false,
             hold_rules: false,
             last_full_sync: std::time::Instant::now(),
+            master: None,
+            master_shadow_reported: false,
         }
+    }
+
+    /// Keeps the `default/kubernetes` Service pointing at the TLS API.
+    pub fn with_master(mut self, master: master::Master) -> Self {
+        self.master = Some(master);
+        self
+    }
+
+    /// Puts the `kubernetes` Service first (its address is the range's first, which no other
+    /// Service may take) and its Endpoints with the manual ones. A manifest's Service of the
+    /// same name is not used: the name belongs to the API, as on a cluster.
+    fn add_master(
+        &mut self,
+        desired: &mut Vec<(PodKey, Arc<Service>)>,
+        manual: &mut BTreeMap<PodKey, Arc<Endpoints>>,
+        manifest_has_it: bool,
+    ) {
+        let Some(m) = self.master else { return };
+        let key: PodKey = (master::NAMESPACE.into(), master::NAME.into());
+        desired.retain(|(k, _)| *k != key);
+        desired.insert(0, (key.clone(), Arc::new(m.service())));
+        manual.insert(key.clone(), Arc::new(m.endpoints()));
+        for other in self
+            .alloc
+            .evict(&format!("{}/{}", key.0, key.1), Some(m.cluster_ip), &[])
+        {
+            info!(service = %other, "the first service address belongs to default/kubernetes; allocating again");
+        }
+        if manifest_has_it && !self.master_shadow_reported {
+            let msg = "services \"kubernetes\" already exists: default/kubernetes is the API's own Service, kept by skiffd";
+            {
+                warn!(error = %msg, "service from the manifests not used");
+                let obj = Involved {
+                    kind: "Service".into(),
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    uid: None,
+                };
+                self.store
+                    .event(&obj, EventType::Warning, "FailedCreate", msg);
+                self.master_shadow_reported = true;
+            }
+        }
+        self.master_shadow_reported &= manifest_has_it;
     }
 
     pub fn request_full_sync(&mut self) {
@@ -120,7 +171,9 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
 
     /// Recomputes everything from the store and programs the proxy.
     pub fn reconcile(&mut self) {
-        let (local, manual) = self.store.desired_services();
+        let (local, mut manual) = self.store.desired_services();
+        let manifest_has_master =
+            local.contains_key(&(master::NAMESPACE.to_string(), master::NAME.to_string()));
         let remote = self.store.remote();
         let mut pods = self.store.list_pods(None);
         pods.extend(remote.pods);
@@ -152,6 +205,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             }
         }
         desired.extend(local);
+        self.add_master(&mut desired, &mut manual, manifest_has_master);
         let mut views = Views::default();
         let mut rules: Vec<(ServicePort, Vec<Endpoint>)> = Vec::new();
         let live: HashSet<String> = desired
