@@ -79,3 +79,17 @@ met() {
         r = (op == "<") ? a < b : (op == "<=") ? a <= b : (op == ">=") ? a >= b : a > b
         print (r ? "yes" : "no") }'
 }
+
+# bench_profile: PROFILE=release|debug picks which build of skiff a benchmark measures (release
+# unless told). `bench.sh --quick` passes debug: CI has just built it, and its quick run is a
+# smoke test that every benchmark still completes, not a source of figures. Sets CARGO_PROFILE
+# (cargo build flags), BENCH_PROFILE (cargo bench flags) and BIN (the binaries' directory).
+bench_profile() {
+    PROFILE=${PROFILE:-release}
+    case $PROFILE in
+        release) CARGO_PROFILE=(--release) BENCH_PROFILE=() ;;
+        debug) CARGO_PROFILE=() BENCH_PROFILE=(--profile dev) ;;
+        *) echo "PROFILE must be release or debug, not $PROFILE" >&2; exit 2 ;;
+    esac
+    BIN=$PWD/target/$PROFILE
+}

@@ -16,7 +16,7 @@
 # Output goes to the terminal and to target/bench/pod-start.txt.
 #
 # Knobs (environment): SINGLE_RUNS=20 BURST=50 PODMAN_RUNS=10 PODMAN_NET_RUNS=10 RUNC_RUNS=20
-#   SKIFF_LOG_LEVEL=info
+#   SKIFF_LOG_LEVEL=info PROFILE=release|debug
 set -euo pipefail
 
 die() { echo "bench-pod-start: $*" >&2; exit 1; }
@@ -44,16 +44,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 bench_require podman catatonit netavark aardvark-dns conmon runc skopeo umoci curl jq \
     util-linux iproute2 busybox-static
 
-echo "building (cargo build --release --bins -p skiff -p cni; bench driver)..."
+bench_profile
+echo "building (cargo build ${CARGO_PROFILE[*]} --bins -p skiff -p cni; bench driver)..."
 # -p cni: skiff's CNI plugins must sit next to skiffd (its default --cni-bin-dir).
-cargo build --release --bins -p skiff -p cni -q
+cargo build "${CARGO_PROFILE[@]}" --bins -p skiff -p cni -q
 for b in skiffd skiff skiff-shim skiff-shim-mon skiff-bridge skiff-host-local skiff-portmap; do
-    [[ -x target/release/$b ]] || die "target/release/$b did not build"
+    [[ -x $BIN/$b ]] || die "$BIN/$b did not build"
 done
-DRIVER=$(cargo bench --bench pod_start --no-run --message-format=json -q 2>/dev/null |
+DRIVER=$(cargo bench "${BENCH_PROFILE[@]}" --bench pod_start --no-run --message-format=json -q 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "pod_start") | .executable')
 [[ -x $DRIVER ]] || die "bench driver did not build (cargo bench --bench pod_start --no-run)"
-BIN=$PWD/target/release
 
 # ---- sandbox and cleanup -------------------------------------------------------------------
 D=$(mktemp -d /tmp/skiff-bench.XXXXXX)

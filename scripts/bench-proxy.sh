@@ -9,6 +9,7 @@
 #   sudo scripts/bench-proxy.sh                 # 1000,5000,10000
 #   sudo SKIFF_BENCH_SIZES=2000 scripts/bench-proxy.sh
 #   sudo SKIFF_BENCH_IPTABLES=legacy scripts/bench-proxy.sh   # or =nft
+#   sudo PROFILE=debug scripts/bench-proxy.sh   # the debug build (a smoke run, not figures)
 #
 # Needs root, ip(8), nsenter(1) and iptables-restore/-save on PATH (nf_tables
 # or legacy, whichever PATH gives).
@@ -29,8 +30,11 @@ case "${SKIFF_BENCH_IPTABLES:-}" in
 esac
 echo "iptables: $($restore --version 2>&1)"
 echo "kernel:   $(uname -r), $(nproc) CPUs"
-cargo bench --bench proxy_sync
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
+bench_profile
+cargo bench "${BENCH_PROFILE[@]}" --bench proxy_sync
 # skiffd itself at the largest size: memory and time to program the rules.
 echo
-cargo build --release --bins --quiet
-SERVICES=$(tr ',' '\n' <<<"${SKIFF_BENCH_SIZES:-10000}" | sort -n | tail -1) scripts/bench-proxy-daemon.sh
+cargo build "${CARGO_PROFILE[@]}" --bins --quiet
+BIN=$BIN SERVICES=$(tr ',' '\n' <<<"${SKIFF_BENCH_SIZES:-10000}" | sort -n | tail -1) scripts/bench-proxy-daemon.sh

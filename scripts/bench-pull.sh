@@ -35,9 +35,9 @@ now() { date +%s.%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
-echo "building skiff's pull example (release)..."
-(cd "$repo" && cargo build -q --release -p images --example pull)
-pull_bin=$repo/target/release/examples/pull
+(cd "$repo" && bench_profile && echo "building skiff's pull example ($PROFILE)..." &&
+    cargo build -q "${CARGO_PROFILE[@]}" -p images --example pull)
+pull_bin=$repo/target/${PROFILE:-release}/examples/pull
 
 # --- image ------------------------------------------------------------------------------------
 layout=$work/layout

@@ -5,11 +5,12 @@
 #
 #   (default)  the full figures the README quotes: 20 single pod starts, 50 pods at once,
 #              5 x 5 s iperf3 runs, the proxy at 1k/5k/10k Services, a 10-host overlay lab
-#   --quick    the same benchmarks with small sizes, under 10 minutes on 2 cores; CI runs it as a
-#              smoke test that every benchmark still runs to completion (no thresholds asserted)
+#   --quick    the same benchmarks with small sizes on the debug build, a few minutes on 2 cores;
+#              CI runs it as a smoke test that every benchmark still runs to completion (no
+#              thresholds asserted, no figures to quote)
 #
 # It installs what the benchmarks and their peers need (scripts/install-deps.sh), builds skiff
-# once in release mode, then runs scripts/bench-{pod-start,network,proxy,overlay,pull}.sh one after
+# once (release; debug with --quick), then runs scripts/bench-{pod-start,network,proxy,overlay,pull}.sh one after
 # the other; each prints its own report (kept in target/bench/<name>.log) and adds its headline
 # figures to the table. A benchmark that fails shows its own last lines and a FAILED row; the
 # others still run. The table goes to the terminal and to target/bench/summary.md (with the date,
@@ -49,9 +50,12 @@ trap 'rm -f "$RESULTS"' EXIT
 export BENCH_RESULTS=$RESULTS
 start=$SECONDS
 
-echo "==> building skiff (release)"
-if ! cargo build --release --workspace --bins -q; then
-    echo "bench.sh: the release build failed" >&2
+# --quick measures the debug build (CI has just built it; a release build would add minutes to a
+# run whose figures nobody reads); the full run measures the release build.
+if ((quick)); then export PROFILE=debug; else export PROFILE=release; fi
+echo "==> building skiff ($PROFILE)"
+if ! cargo build $( [[ $PROFILE == release ]] && echo --release) --workspace --bins -q; then
+    echo "bench.sh: the $PROFILE build failed" >&2
     exit 1
 fi
 
@@ -80,15 +84,15 @@ run() {
 
 if ((quick)); then
     run pod-start SINGLE_RUNS=5 BURST=20 PODMAN_RUNS=3 PODMAN_NET_RUNS=3 RUNC_RUNS=5 -- scripts/bench-pod-start.sh
-    run network PROFILE=release RUNS=1 SECONDS_PER_RUN=2 -- scripts/bench-network.sh
+    run network RUNS=1 SECONDS_PER_RUN=2 -- scripts/bench-network.sh
     run proxy SKIFF_BENCH_SIZES=1000 -- scripts/bench-proxy.sh
-    run overlay PROFILE=release RUNS=1 SECONDS_PER_RUN=2 HOSTS=3 -- scripts/bench-overlay.sh
+    run overlay RUNS=1 SECONDS_PER_RUN=2 HOSTS=3 -- scripts/bench-overlay.sh
     run pull -- scripts/bench-pull.sh
 else
     run pod-start -- scripts/bench-pod-start.sh
-    run network PROFILE=release -- scripts/bench-network.sh
+    run network -- scripts/bench-network.sh
     run proxy -- scripts/bench-proxy.sh
-    run overlay PROFILE=release -- scripts/bench-overlay.sh
+    run overlay -- scripts/bench-overlay.sh
     run pull -- scripts/bench-pull.sh
 fi
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}

@@ -132,6 +132,9 @@ pub struct Flags {
     /// The longest lifetime of a service account token; longer requests get this (the apiserver's flag; short values are for tests of token rotation) [default: none].
     #[arg(long)]
     pub service_account_max_token_expiration: Option<String>,
+    /// How often the resource metrics (`kubectl top`, metrics.k8s.io) are read; CPU is the rate between two readings (metrics-server's --metric-resolution) [default: 10s].
+    #[arg(long)]
+    pub metric_resolution: Option<String>,
 }
 
 /// The config file's shape.
@@ -214,6 +217,8 @@ pub struct FileConfig {
     pub service_account_issuer: Option<String>,
     /// Longest service account token lifetime (duration).
     pub service_account_max_token_expiration: Option<String>,
+    /// How often resource metrics are read (duration).
+    pub metric_resolution: Option<String>,
 }
 
 /// The effective configuration.
@@ -254,6 +259,8 @@ pub struct Config {
     pub api_advertise_address: Option<std::net::Ipv4Addr>,
     /// Service account token issuing.
     pub service_account: crate::serviceaccount::Settings,
+    /// `--metric-resolution`: how often container and node usage is read.
+    pub metric_resolution: Duration,
 }
 
 /// A duration as Kubernetes components take them: `500ms`, `30s`, `1m`, `1h`, or bare seconds.
@@ -455,7 +462,14 @@ impl Config {
             .or(file.service_account_max_token_expiration)
             .map(|s| parse_duration("--service-account-max-token-expiration", &s))
             .transpose()?;
+        let metric_resolution = flags
+            .metric_resolution
+            .or(file.metric_resolution)
+            .map(|s| parse_duration("--metric-resolution", &s))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(10));
         Ok(Config {
+            metric_resolution,
             api_listen,
             api_advertise_address: flags.api_advertise_address.or(file.api_advertise_address),
             service_account: crate::serviceaccount::Settings {

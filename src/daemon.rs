@@ -204,11 +204,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stopped(stop_rx.clone()),
         ))
     };
+    let metrics = crate::api::metrics::Sampler::new(config.metric_resolution);
+    let metrics_task = tokio::spawn(metrics.clone().run(store.clone()));
     let state = Arc::new(ApiState {
         store: store.clone(),
         runtime: runtime.clone(),
         resync: resync_tx,
         started: jiff::Timestamp::now(),
+        metrics: Some(metrics.clone()),
     });
     let cluster_task = config.etcd.as_ref().map(|etcd| {
         let client = etcd.client().expect("endpoints checked by the config");
@@ -273,6 +276,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let _ = stop_tx.send(true);
     watcher.abort();
+    metrics_task.abort();
     let _ = pods.await;
     let _ = services.await;
     let _ = token_refresher.await;

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod overlay;
 pub mod pod;

@@ -47,8 +47,14 @@ struct Api {
 
 impl Api {
     fn start(import_image: bool) -> Api {
+        Api::start_with(import_image, &[])
+    }
+
+    /// As [`Api::start`], with more skiffd flags.
+    fn start_with(import_image: bool, flags: &[&str]) -> Api {
         let mut node = Node::new();
         lo_up(&node);
+        node.extra_flags(flags);
         node.start_daemon();
         if import_image {
             node.import_image();
@@ -641,7 +647,9 @@ fn discovery_lists_what_is_served() {
             "events",
             "images.skiff.dev",
             "nodes",
+            "nodes.metrics.k8s.io",
             "pods",
+            "pods.metrics.k8s.io",
             "services"
         ]
     );
@@ -995,5 +1003,149 @@ fn kubectl_explain_reads_the_openapi_v3_schemas() {
         stderr(&out).contains("field \"nosuchfield\" does not exist"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// The CPU figure (millicores) and memory (MiB) of `kubectl top`'s line for `name`.
+fn top_line(text: &str, name: &str) -> Option<(u64, u64)> {
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?;
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    let cpu = cols.get(1)?.strip_suffix('m')?.parse().ok()?;
+    let mem_col = cols.iter().skip(2).find(|c| c.ends_with("Mi"))?;
+    let mem = mem_col.strip_suffix("Mi")?.parse().ok()?;
+    Some((cpu, mem))
+}
+
+#[test]
+fn kubectl_top_reads_pod_and_node_usage() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start_with(true, &["--metric-resolution", "1s"]);
+    // One container spins (about a core), the other holds 20 MiB in a file on its /dev/shm
+    // tmpfs (shmem is charged to its memory cgroup).
+    api.node.write_manifest(
+        "busy.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: busy, labels: {app: busy}}
+spec:
+  containers:
+  - name: spin
+    image: skiff.test/busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "while :; do :; done"]
+  - name: hold
+    image: skiff.test/busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "head -c 20971520 /dev/zero > /dev/shm/fill; sleep 3600"]
+"#,
+    );
+    api.node
+        .write_manifest("idle.yaml", &common::pod_yaml("idle", "sleep 3600"));
+    api.node.wait_running("busy");
+    api.node.wait_running("idle");
+    if api.kubectl.is_none() {
+        return;
+    }
+    // Metrics exist from the second reading after the containers run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (pods, containers) = loop {
+        let pods = api.kubectl(&["top", "pods"]).unwrap();
+        let containers = api
+            .kubectl(&["top", "pods", "busy", "--containers"])
+            .unwrap();
+        let text = stdout(&pods);
+        let busy = top_line(&text, "busy");
+        if pods.status.success()
+            && busy.is_some_and(|(cpu, _)| cpu >= 300)
+            && top_line(&text, "idle").is_some()
+        {
+            break (text, stdout(&containers));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pod metrics within 30 s: {text} {}",
+            stderr(&pods)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (busy_cpu, busy_mem) = top_line(&pods, "busy").unwrap();
+    let (idle_cpu, idle_mem) = top_line(&pods, "idle").unwrap();
+    assert!(busy_cpu >= 300 && busy_cpu <= 2100, "{pods}");
+    assert!(idle_cpu < 50, "a sleeping pod uses next to no CPU: {pods}");
+    assert!(busy_mem >= 20, "the 20 MiB held in /dev/shm counts: {pods}");
+    assert!(idle_mem < busy_mem, "{pods}");
+    // Per container: the spinner has the CPU, the holder the memory.
+    let line = |name: &str| {
+        containers
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no {name} line in {containers}"))
+    };
+    let spin = line("spin");
+    let hold = line("hold");
+    let millis = |c: &str| c.trim_end_matches('m').parse::<u64>().unwrap();
+    let mib = |c: &str| c.trim_end_matches("Mi").parse::<u64>().unwrap();
+    assert!(millis(&spin[2]) > millis(&hold[2]) + 200, "{containers}");
+    assert!(
+        mib(&hold[3]) >= 20 && mib(&hold[3]) > mib(&spin[3]),
+        "{containers}"
+    );
+    // Label selectors work as on any list.
+    let sel = api.kubectl(&["top", "pods", "-l", "app=busy"]).unwrap();
+    assert!(
+        top_line(&stdout(&sel), "busy").is_some(),
+        "{}",
+        stdout(&sel)
+    );
+    assert!(
+        top_line(&stdout(&sel), "idle").is_none(),
+        "{}",
+        stdout(&sel)
+    );
+    // The node: its CPU is at least the spinner's, as a share of its allocatable CPUs.
+    let node = api.kubectl(&["top", "node"]).unwrap();
+    assert!(node.status.success(), "{}", stderr(&node));
+    let text = stdout(&node);
+    let node_line = text.lines().nth(1).unwrap_or_default();
+    let cols: Vec<&str> = node_line.split_whitespace().collect();
+    assert_eq!(
+        cols.len(),
+        5,
+        "NAME CPU(cores) CPU% MEMORY(bytes) MEMORY%: {text}"
+    );
+    assert!(millis(cols[1]) >= 300, "{text}");
+    assert!(cols[2].ends_with('%') && cols[4].ends_with('%'), "{text}");
+    // skiffd's own Prometheus metrics: the pods it runs and kube-proxy's sync histogram (the
+    // kubernetes Service's rules were synced at start); a token is needed as for any path.
+    let token = api.token();
+    let prom = api.https("GET", "/metrics", Some(&token), b"");
+    assert_eq!(prom.status, 200);
+    let text = String::from_utf8_lossy(&prom.body).to_string();
+    assert!(text.contains("kubelet_running_pods 2\n"), "{text}");
+    assert!(text.contains("kubelet_running_containers 3\n"), "{text}");
+    assert!(text.contains("skiff_pods{phase=\"Running\"} 2\n"), "{text}");
+    let syncs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_duration_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(syncs.is_some_and(|n| n >= 1), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert_status(
+        &api.https("GET", "/metrics", None, b""),
+        401,
+        "Unauthorized",
+    );
+    // A pod without metrics: the apiserver's NotFound, as metrics-server answers.
+    let missing = api.kubectl(&["top", "pod", "nosuch"]).unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
     );
 }

@@ -109,6 +109,23 @@ pub const RESOURCES: &[Resource] = &[
         verbs: &["delete", "get", "list"],
         ..res("skiff.dev", "images", "image", "Image", false, &[], &[])
     },
+    // metrics-server's resources (kubectl top).
+    Resource {
+        version: "v1beta1",
+        ..res(
+            "metrics.k8s.io",
+            "nodes",
+            "",
+            "NodeMetrics",
+            false,
+            &[],
+            &[],
+        )
+    },
+    Resource {
+        version: "v1beta1",
+        ..res("metrics.k8s.io", "pods", "", "PodMetrics", true, &[], &[])
+    },
 ];
 
 /// The named groups, in the order `/apis` lists them.
@@ -387,6 +404,13 @@ mod tests {
         assert_eq!(pods["namespaced"], true);
         assert!(resource_list("discovery.k8s.io", "v1").is_some());
         assert!(resource_list("apps", "v1").is_none());
-        assert_eq!(groups(), ["discovery.k8s.io", "skiff.dev"]);
+        assert_eq!(
+            groups(),
+            ["discovery.k8s.io", "skiff.dev", "metrics.k8s.io"]
+        );
+        let metrics = resource_list("metrics.k8s.io", "v1beta1").unwrap();
+        assert_eq!(metrics["groupVersion"], "metrics.k8s.io/v1beta1");
+        assert_eq!(metrics["resources"][0]["kind"], "NodeMetrics");
+        assert_eq!(metrics["resources"][1]["kind"], "PodMetrics");
     }
 }

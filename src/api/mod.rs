@@ -10,6 +10,7 @@ mod images;
 pub mod list;
 pub mod listen;
 mod logs;
+pub mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod pki;
@@ -40,6 +41,8 @@ pub struct ApiState {
     /// Asks the pod manager to let every pod re-check what it waits for.
     pub resync: mpsc::UnboundedSender<()>,
     pub started: jiff::Timestamp,
+    /// Resource usage for `metrics.k8s.io` (`kubectl top`).
+    pub metrics: Option<Arc<metrics::Sampler>>,
 }
 
 pub type Shared = Arc<ApiState>;
@@ -136,6 +139,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::prometheus))
         .route("/api", get(discovery::api))
         .route("/api/v1", get(discovery::core_v1))
         .route("/apis", get(discovery::apis))
@@ -181,6 +185,20 @@ pub fn router(state: Shared) -> Router {
         .route(
             "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
             get(services::slices_ns),
+        )
+        .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+            get(metrics::node),
+        )
+        .route("/apis/metrics.k8s.io/v1beta1/pods", get(metrics::pods_all))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
+            get(metrics::pods_ns),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
+            get(metrics::pod),
         )
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{name}", get(nodes::get_one))

@@ -503,10 +503,14 @@ impl Worker {
     }
 
     async fn sync(&mut self) {
+        let started = std::time::Instant::now();
         self.sync_steps().await;
         // The network is never left pending past a sync (when no container start took
         // it, e.g. the image was missing): the pod's status and probes need the IP.
         self.settle_network().await;
+        crate::metrics::get()
+            .pod_sync_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Waits for a pending pod network: sets the pod IP, or turns the sandbox failure

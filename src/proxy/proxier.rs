@@ -313,6 +313,7 @@ impl<I: Iptables, C: Conntrack> Proxier<I, C> {
         for e in self.entries.values_mut() {
             e.compact();
         }
+        crate::metrics::get().proxy_synced(start.elapsed(), result.is_ok());
         result
     }
 

@@ -335,6 +335,7 @@ impl ImageService {
                 progress: None,
             };
             let result = shared.puller.pull(&reference, &options).await;
+            crate::metrics::get().image_pulled(started.elapsed(), result.is_ok());
             let took = go_duration(started.elapsed());
             let outcome = {
                 let mut entries = lock(&shared.entries);
