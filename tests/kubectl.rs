@@ -1074,7 +1074,7 @@ spec:
     };
     let (busy_cpu, busy_mem) = top_line(&pods, "busy").unwrap();
     let (idle_cpu, idle_mem) = top_line(&pods, "idle").unwrap();
-    assert!(busy_cpu >= 300 && busy_cpu <= 2100, "{pods}");
+    assert!((300..=2100).contains(&busy_cpu), "{pods}");
     assert!(idle_cpu < 50, "a sleeping pod uses next to no CPU: {pods}");
     assert!(busy_mem >= 20, "the 20 MiB held in /dev/shm counts: {pods}");
     assert!(idle_mem < busy_mem, "{pods}");
