@@ -17,11 +17,12 @@
 # (the init of a pod's infra container: `podman kube play` fails without it), and netavark +
 # aardvark-dns (podman's network, which the pod-start benchmark compares against).
 # The registry tests make a TLS registry with htpasswd auth: openssl and apache2-utils.
+# The API tests drive skiffd with a real client library too: python3-kubernetes.
 SKIFF_DEB_PACKAGES=(
     build-essential pkg-config libseccomp-dev
     busybox-static iproute2 util-linux curl python3
     runc podman catatonit netavark aardvark-dns conmon skopeo umoci etcd-server docker-registry
-    openssl apache2-utils
+    openssl apache2-utils python3-kubernetes
     containernetworking-plugins
     iperf3 iptables conntrack ethtool jq
 )

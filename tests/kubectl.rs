@@ -1149,3 +1149,79 @@ spec:
         stderr(&missing)
     );
 }
+
+#[test]
+fn python_client_informer_sees_every_pod_change() {
+    if !require_root() {
+        return;
+    }
+    let api = Api::start(true);
+    // Debian's python3-kubernetes (scripts/install-deps.sh), run by the system Python.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/informer.py");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .args(["/usr/bin/python3"])
+        .arg(&script)
+        .arg(&api.kubeconfig)
+        .args(["default", "watched"])
+        .env("HOME", api.node.dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = |what: &str| -> Value {
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the informer printed no {what} within 60 s"))
+    };
+    let list = next("LIST");
+    assert_eq!(list["type"], "LIST", "{list}");
+    api.node
+        .write_manifest("watched.yaml", &common::pod_yaml("watched", "sleep 3600"));
+    api.node.wait_running("watched");
+    api.node.remove_manifest("watched.yaml");
+    let mut events = Vec::new();
+    loop {
+        let ev = next("DELETED event");
+        let done = ev["type"] == "DELETED";
+        events.push(ev);
+        if done {
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "informer: {err}");
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"ADDED"), "{events:?}");
+    assert_eq!(kinds.last(), Some(&"DELETED"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "MODIFIED" && e["phase"] == "Running"),
+        "the informer saw the pod become Running: {events:?}"
+    );
+    assert!(events.iter().all(|e| e["name"] == "watched"), "{events:?}");
+    // One monotonic resourceVersion: each event is newer than the list and the one before.
+    let mut last: u64 = list["rv"].as_str().unwrap().parse().unwrap();
+    for e in &events {
+        let rv: u64 = e["rv"].as_str().unwrap().parse().unwrap();
+        assert!(rv > last, "resourceVersions go forward: {events:?}");
+        last = rv;
+    }
+}
