@@ -15,6 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
+use super::plan::{self, Action, PodState, RestartPolicy, RunState, SlotState};
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use crate::manifest::source::PodKey;
@@ -103,6 +104,21 @@ impl Slot {
             backoff: Backoff::default(),
             not_before: None,
             needs_prober: false,
+        }
+    }
+
+    fn plan_state(&self) -> SlotState {
+        SlotState {
+            init: self.init,
+            sidecar: self.sidecar,
+            up: self.up,
+            running: self.current.as_ref().map(|r| RunState {
+                started: r.started,
+                kill_at: r.kill_at,
+            }),
+            last_exit: self.last.as_ref().map(|t| t.exit_code),
+            waiting: self.waiting.as_ref().map(|(r, _)| r.clone()),
+            not_before: self.not_before,
         }
     }
 
@@ -668,141 +684,105 @@ impl Worker {
                 self.start_prober(i);
             }
         }
+        self.run_plan().await;
+    }
+
+    /// What the plan sees of the pod.
+    fn plan_state(&self) -> PodState {
+        PodState {
+            policy: RestartPolicy::parse(self.policy()),
+            slots: self.slots.iter().map(Slot::plan_state).collect(),
+        }
+    }
+
+    /// Plans and runs the container actions. A start can let more happen in the same sync
+    /// (a sidecar up at once lets the next init container start; an app container whose
+    /// start failed may finish the pod), so the plan is made again after starts, with the
+    /// same `now`; each container is started (or backs off) at most once per sync.
+    async fn run_plan(&mut self) {
         let now = Instant::now();
-        for slot in &mut self.slots {
-            if let Some(r) = &mut slot.current
-                && let Some(at) = r.kill_at
-                && now >= at
-            {
-                // The shim turns SIGUSR1 into SIGKILL.
-                r.shim.signal(libc::SIGUSR1);
-                r.kill_at = None;
-            }
-        }
-        let kill_wakes: Vec<Instant> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.current.as_ref().and_then(|r| r.kill_at))
-            .collect();
-        for at in kill_wakes {
-            self.set_wake(at);
-        }
-        let policy = self.policy().to_string();
-        // Sidecars that are up are restarted when they exit, whatever the restartPolicy.
-        for i in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            if slot.sidecar && slot.up && slot.current.is_none() && self.may_start(i, now) {
-                self.start(i).await;
-            }
-        }
-        // Init containers, one at a time, in order; a sidecar lets the next one start once it
-        // has started (startup probe passed, postStart done) and keeps running.
-        for i in 0..self.slots.len() {
-            if !self.slots[i].init {
-                continue;
-            }
-            if self.slots[i].sidecar {
-                if self.slots[i].up {
-                    continue;
-                }
-                if self.slots[i].current.is_none() {
-                    if !self.may_start(i, now) {
+        let mut handled = vec![false; self.slots.len()];
+        loop {
+            let mut started = false;
+            let mut started_init = false;
+            for action in plan::plan(&self.plan_state(), now) {
+                match action {
+                    Action::Kill(i) => {
+                        if let Some(r) = &mut self.slots[i].current {
+                            // The shim turns SIGUSR1 into SIGKILL.
+                            r.shim.signal(libc::SIGUSR1);
+                            r.kill_at = None;
+                        }
+                    }
+                    Action::WakeAt(at) => self.set_wake(at),
+                    Action::SidecarUp(i) => self.slots[i].up = true,
+                    Action::BackOff {
+                        slot,
+                        until,
+                        crash_loop,
+                    } => {
+                        if !std::mem::replace(&mut handled[slot], true) {
+                            self.back_off(slot, until, crash_loop, now);
+                        }
+                    }
+                    Action::Start(i) => {
+                        if !std::mem::replace(&mut handled[i], true) {
+                            started = true;
+                            started_init |= self.slots[i].init && !self.slots[i].sidecar;
+                            self.start(i).await;
+                        }
+                    }
+                    Action::Complete => {
+                        self.complete().await;
                         return;
                     }
-                    self.start(i).await;
                 }
-                let slot = &mut self.slots[i];
-                if slot
-                    .current
-                    .as_ref()
-                    .is_some_and(|r| r.started && r.kill_at.is_none())
-                {
-                    slot.up = true;
-                    continue;
-                }
+            }
+            // A regular init container started: it has to finish before anything else.
+            if !started || started_init {
                 return;
             }
-            let slot = &self.slots[i];
-            if slot.current.is_some() {
-                return;
-            }
-            match &slot.last {
-                Some(t) if t.exit_code == 0 => continue,
-                Some(_) if policy == "Never" => {
-                    self.complete().await;
-                    return;
-                }
-                _ => {
-                    if self.may_start(i, now) {
-                        self.start(i).await;
-                    }
-                    return;
-                }
-            }
-        }
-        for i in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            if slot.init || slot.current.is_some() {
-                continue;
-            }
-            if let Some(t) = &slot.last {
-                let restart = match policy.as_str() {
-                    "Always" => true,
-                    "OnFailure" => t.exit_code != 0,
-                    _ => false,
-                };
-                if !restart && slot.waiting.is_none() {
-                    continue;
-                }
-            }
-            if self.may_start(i, now) {
-                self.start(i).await;
-            }
-        }
-        let all_done = self.slots.iter().filter(|s| !s.init).all(|s| {
-            s.current.is_none()
-                && s.waiting.is_none()
-                && s.last.as_ref().is_some_and(|t| match policy.as_str() {
-                    "Always" => false,
-                    "OnFailure" => t.exit_code == 0,
-                    _ => true,
-                })
-        });
-        if all_done {
-            self.complete().await;
         }
     }
 
     /// Whether slot `i` may start now; otherwise marks it backing off and schedules a wake-up.
     fn may_start(&mut self, i: usize, now: Instant) -> bool {
-        let Some(at) = self.slots[i].not_before else {
-            return true;
-        };
-        if now >= at {
-            return true;
+        match plan::start_or_back_off(i, &self.slots[i].plan_state(), now) {
+            Action::BackOff {
+                slot,
+                until,
+                crash_loop,
+            } => {
+                self.back_off(slot, until, crash_loop, now);
+                false
+            }
+            _ => true,
         }
+    }
+
+    /// Slot `i` backs off until `at`: a wake-up then, and `CrashLoopBackOff` (with its
+    /// event) when `crash_loop`.
+    fn back_off(&mut self, i: usize, at: Instant, crash_loop: bool, now: Instant) {
         self.set_wake(at);
-        let slot = &self.slots[i];
-        if slot.last.is_some()
-            && !matches!(&slot.waiting, Some((r, _)) if r.starts_with("Err") || r.starts_with("Create") || r == "InvalidImageName")
-        {
-            let left = at.saturating_duration_since(now).as_secs().max(1);
-            let msg = format!(
-                "back-off {}s restarting failed container={} pod={}_{}({})",
-                left.next_multiple_of(10).min(300),
-                slot.spec.name,
-                self.key.1,
-                self.key.0,
-                self.uid
-            );
-            let event = format!(
-                "Back-off restarting failed container {} in pod {}_{}({})",
-                slot.spec.name, self.key.1, self.key.0, self.uid
-            );
-            self.slots[i].waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
-            self.event(EventType::Warning, "BackOff", &event);
+        if !crash_loop {
+            return;
         }
-        false
+        let slot = &self.slots[i];
+        let left = at.saturating_duration_since(now).as_secs().max(1);
+        let msg = format!(
+            "back-off {}s restarting failed container={} pod={}_{}({})",
+            left.next_multiple_of(10).min(300),
+            slot.spec.name,
+            self.key.1,
+            self.key.0,
+            self.uid
+        );
+        let event = format!(
+            "Back-off restarting failed container {} in pod {}_{}({})",
+            slot.spec.name, self.key.1, self.key.0, self.uid
+        );
+        self.slots[i].waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
+        self.event(EventType::Warning, "BackOff", &event);
     }
 
     /// The app containers are done for good (or a regular init container failed under
