@@ -368,3 +368,59 @@ fn a_sidecar_startup_probe_gates_the_next_container() {
         (init_status(&p, "slow")["ready"] == true && condition(&p, "Ready") == "True").then_some(())
     });
 }
+
+#[test]
+fn a_restarted_skiffd_adopts_running_sidecars_without_rerunning_anything() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::start();
+    let dir = events_dir(&node, "adopt");
+    let yaml = pod(
+        "adopt",
+        &dir,
+        "  terminationGracePeriodSeconds: 2\n",
+        &[
+            container("proxy", SIDECAR, &until_term("0")),
+            container("setup", "", "log done"),
+        ],
+        &[container("app", "", &until_term("0"))],
+    );
+    node.write_manifest("adopt.yaml", &yaml);
+    let before = node.wait_running("adopt");
+    let id = |p: &Value, name: &str| init_status(p, name)["containerID"].clone();
+    let proxy_id = id(&before, "proxy");
+    node.kill_daemon();
+    node.start_daemon();
+    let after = node.wait_for(
+        "the pod Running and Ready again",
+        Duration::from_secs(30),
+        || {
+            let p = node.pod("adopt")?;
+            (p["status"]["phase"] == "Running"
+                && condition(&p, "Ready") == "True"
+                && init_status(&p, "proxy")["started"] == true)
+                .then_some(p)
+        },
+    );
+    let proxy = init_status(&after, "proxy");
+    assert_eq!(proxy["containerID"], proxy_id, "the sidecar was replaced");
+    assert_eq!(proxy["restartCount"], 0);
+    assert!(proxy["state"]["running"].is_object(), "{proxy}");
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["containerID"],
+        before["status"]["containerStatuses"][0]["containerID"]
+    );
+    assert_eq!(
+        init_status(&after, "setup")["state"]["terminated"]["exitCode"],
+        0
+    );
+    // Nothing ran twice.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        names(&events(&dir)),
+        vec!["proxy start", "setup start", "setup done", "app start"]
+    );
+    let line = table_line(&node, "adopt");
+    assert!(line.contains(" 2/2 ") && line.contains("Running"), "{line}");
+}
