@@ -2238,6 +2238,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn sidecar_whose_post_start_hook_fails_does_not_let_the_next_one_start() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: s\n    image: x\n    restartPolicy: Always\n    lifecycle: {postStart: {exec: {command: [false]}}}\n  - {name: i, image: x}\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("s started twice", || fake.started().len() >= 2).await;
+        assert_eq!(
+            names(&fake),
+            vec!["s", "s"],
+            "i started beside a failed sidecar"
+        );
+        assert_eq!(phase(&store), "Pending");
+        assert!(
+            store
+                .list_events(Some("default"), Some("p"))
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("FailedPostStartHook"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn exited_sidecar_is_restarted_with_back_off_under_restart_policy_never() {
         let p = pod(
             "metadata: {name: p}\nspec:\n  restartPolicy: Never\n  initContainers: [{name: s, image: x, restartPolicy: Always}]\n  containers: [{name: a, image: x}]",
