@@ -168,3 +168,37 @@ fn extended_resource_the_node_lacks() {
     );
     remove_all_and_check_leftovers(&node);
 }
+
+/// The sidecar page's logshipper: a restartable init container that starts first, keeps
+/// running beside the app and ships (prints) what the app writes to the shared volume;
+/// `skiff get` counts it in READY as kubectl does.
+#[test]
+fn sidecar_logshipper() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start();
+    run_example(&node, "sidecar-logshipper.yaml");
+    let pod = node.wait_running("myapp");
+    let shipper = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(shipper["name"], "logshipper");
+    assert!(shipper["state"]["running"].is_object(), "{shipper}");
+    assert_eq!(shipper["started"], true, "{shipper}");
+    let app = &pod["status"]["containerStatuses"][0];
+    assert!(
+        common::ts(&shipper["state"]["running"]["startedAt"])
+            <= common::ts(&app["state"]["running"]["startedAt"]),
+        "the sidecar started after the app: {pod}"
+    );
+    wait_log(&node, "myapp", "logshipper", "lines shipped", |l| {
+        l.lines().filter(|l| *l == "logging").count() >= 2
+    });
+    let table = node.skiff_ok(&["get", "pod", "myapp"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("myapp") && l.contains(" 2/2 ") && l.contains("Running")),
+        "{table}"
+    );
+    remove_all_and_check_leftovers(&node);
+}

@@ -236,10 +236,10 @@ fn validate_container(
     }
     // Quantities that do not parse, or requests above limits, are refused
     // like the API server does instead of failing at container start.
-    // Container-level restartPolicy: only `Always` on init containers (native sidecars),
-    // which skiff cannot run yet; refused rather than left to hang the pod's start.
+    // Container-level restartPolicy: only `Always`, only on init containers (native sidecars).
+    let init = field.starts_with("spec.initContainers");
     if let Some(p) = &c.restart_policy {
-        if !field.starts_with("spec.initContainers") {
+        if !init {
             return Err(format!(
                 "{field}.restartPolicy: Forbidden: may not be set for non-init containers"
             ));
@@ -249,9 +249,21 @@ fn validate_container(
                 "{field}.restartPolicy: Unsupported value: {p:?}: supported values: \"Always\""
             ));
         }
-        return Err(format!(
-            "{field}.restartPolicy: Unsupported value: \"Always\": sidecar containers (init containers with restartPolicy Always) are not supported by this version of skiff yet"
-        ));
+    }
+    // A regular init container runs to completion: no hooks and no probes (the API
+    // server's validateInitContainers); a sidecar may have them all.
+    if init && c.restart_policy.is_none() {
+        let set = [
+            ("lifecycle", c.lifecycle.is_some()),
+            ("livenessProbe", c.liveness_probe.is_some()),
+            ("readinessProbe", c.readiness_probe.is_some()),
+            ("startupProbe", c.startup_probe.is_some()),
+        ];
+        if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{field}.{name}: Forbidden: may not be set for init containers without restartPolicy=Always"
+            ));
+        }
     }
     crate::pod::admission::validate_extended(c, field)?;
     crate::runtime::resources::amounts(c).map_err(|e| {
@@ -564,20 +576,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn container_restart_policy_is_refused_with_a_reason() {
+    fn container_restart_policy_makes_a_sidecar_and_is_refused_elsewhere() {
         let pod = |yaml: &str| -> Pod { serde_yaml_ng::from_str(yaml).unwrap() };
-        let e = validate_pod(pod("metadata: {name: p}\nspec:\n  initContainers: [{name: s, image: x, restartPolicy: Always}]\n  containers: [{name: a, image: x}]\n")).unwrap_err();
-        assert!(
-            e.contains("spec.initContainers[0].restartPolicy") && e.contains("sidecar containers"),
-            "{e}"
-        );
+        let p = validate_pod(pod("metadata: {name: p}\nspec:\n  initContainers: [{name: s, image: x, restartPolicy: Always, startupProbe: {exec: {command: [true]}}, readinessProbe: {exec: {command: [true]}}, livenessProbe: {exec: {command: [true]}}, lifecycle: {preStop: {exec: {command: [true]}}}}]\n  containers: [{name: a, image: x}]\n")).unwrap();
+        let init = p.spec.unwrap().init_containers.unwrap();
+        assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
         let e = validate_pod(pod("metadata: {name: p}\nspec:\n  containers: [{name: a, image: x, restartPolicy: Always}]\n")).unwrap_err();
-        assert!(
-            e.contains("Forbidden: may not be set for non-init containers"),
-            "{e}"
+        assert_eq!(
+            e,
+            "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers"
         );
         let e = validate_pod(pod("metadata: {name: p}\nspec:\n  initContainers: [{name: s, image: x, restartPolicy: Never}]\n  containers: [{name: a, image: x}]\n")).unwrap_err();
         assert!(e.contains("supported values: \"Always\""), "{e}");
+    }
+
+    #[test]
+    fn regular_init_containers_may_not_have_probes_or_hooks() {
+        for (field, yaml) in [
+            ("livenessProbe", "livenessProbe: {exec: {command: [true]}}"),
+            (
+                "readinessProbe",
+                "readinessProbe: {exec: {command: [true]}}",
+            ),
+            ("startupProbe", "startupProbe: {exec: {command: [true]}}"),
+            (
+                "lifecycle",
+                "lifecycle: {postStart: {exec: {command: [true]}}}",
+            ),
+        ] {
+            let e = validate_pod(pod(&format!(
+                "metadata: {{name: p}}\nspec:\n  initContainers: [{{name: o, image: x}}, {{name: i, image: x, {yaml}}}]\n  containers: [{{name: a, image: x}}]\n"
+            )))
+            .unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "spec.initContainers[1].{field}: Forbidden: may not be set for init containers without restartPolicy=Always"
+                )
+            );
+        }
     }
 
     fn pod(yaml: &str) -> Pod {

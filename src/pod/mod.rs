@@ -8,6 +8,7 @@ pub mod env;
 pub mod fake;
 pub mod grpc_health;
 pub mod manager;
+pub mod plan;
 pub mod probe;
 pub mod status;
 pub mod worker;

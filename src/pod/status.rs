@@ -46,6 +46,9 @@ pub struct ContainerView {
     pub ready: bool,
     /// Whether the startup probe (if any) has succeeded.
     pub started: bool,
+    /// A restartable init container (`restartPolicy: Always`): runs alongside the app
+    /// containers and is shown, counted ready and phased like one of them.
+    pub sidecar: bool,
 }
 
 impl ContainerView {
@@ -54,7 +57,7 @@ impl ContainerView {
     }
 
     fn to_status(&self, is_init: bool) -> ContainerStatus {
-        let ready = if is_init {
+        let ready = if is_init && !self.sidecar {
             matches!(&self.state, State::Terminated(t) if t.exit_code == 0)
         } else {
             self.ready()
@@ -124,13 +127,35 @@ pub struct PodView {
     pub qos_class: &'static str,
 }
 
+/// Whether an app container has run (is running or has finished): the kubelet's
+/// `HasAnyRegularContainerStarted`, which keeps a pod whose sidecar restarts initialized.
+fn app_started(v: &PodView) -> bool {
+    v.app
+        .iter()
+        .any(|c| matches!(c.state, State::Running { .. } | State::Terminated(_)))
+}
+
 /// Pod phase, following the kubelet's `getPhase`.
 pub fn phase(v: &PodView) -> &'static str {
     if v.failed.is_some() {
         return "Failed";
     }
     let mut pending_init = false;
+    let mut running = 0;
     for c in &v.init {
+        if c.sidecar {
+            // A sidecar is pending until it has started; one that finished (stopped at the
+            // pod's end, or waiting for its restart) does not count at all.
+            match &c.state {
+                State::Running { .. } => {
+                    running += 1;
+                    pending_init |= !c.started;
+                }
+                State::Terminated(_) => {}
+                State::Waiting { .. } => pending_init |= c.last.is_none(),
+            }
+            continue;
+        }
         match &c.state {
             State::Terminated(t) if t.exit_code == 0 => {}
             State::Terminated(_) if v.restart_policy == "Never" => return "Failed",
@@ -140,10 +165,10 @@ pub fn phase(v: &PodView) -> &'static str {
             _ => pending_init = true,
         }
     }
-    if pending_init {
+    if pending_init && !app_started(v) {
         return "Pending";
     }
-    let (mut waiting, mut running, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    let (mut waiting, mut stopped, mut succeeded) = (0, 0, 0);
     for c in &v.app {
         match &c.state {
             State::Running { .. } => running += 1,
@@ -165,6 +190,8 @@ pub fn phase(v: &PodView) -> &'static str {
     if waiting > 0 {
         return "Pending";
     }
+    // Running sidecars keep a pod whose app containers all finished Running until they
+    // are stopped.
     if running > 0 {
         return "Running";
     }
@@ -197,11 +224,22 @@ fn condition(type_: &str, ok: bool, now: Timestamp, reason: Option<&str>) -> Pod
 pub fn build(v: &PodView, previous: Option<&PodStatus>) -> PodStatus {
     let now = Timestamp::now();
     let phase = phase(v);
-    let initialized = v
-        .init
-        .iter()
-        .all(|c| matches!(&c.state, State::Terminated(t) if t.exit_code == 0));
-    let containers_ready = v.app.iter().all(ContainerView::ready);
+    // The kubelet's: sidecars started, regular init containers succeeded, or an app
+    // container already ran (a restarting sidecar does not un-initialize the pod).
+    let initialized = app_started(v)
+        || v.init.iter().all(|c| {
+            if c.sidecar {
+                matches!(c.state, State::Running { .. }) && c.started
+            } else {
+                matches!(&c.state, State::Terminated(t) if t.exit_code == 0)
+            }
+        });
+    // Sidecars count towards readiness as the app containers do.
+    let containers_ready = v.app.iter().all(ContainerView::ready)
+        && v.init
+            .iter()
+            .filter(|c| c.sidecar)
+            .all(ContainerView::ready);
     let terminal = phase == "Succeeded" || phase == "Failed";
     let mut conditions = vec![
         condition(
@@ -290,6 +328,7 @@ mod tests {
             restart_count: 0,
             ready: true,
             started: true,
+            sidecar: false,
         }
     }
 
@@ -426,6 +465,145 @@ mod tests {
         for (i, (v, want)) in cases.iter().enumerate() {
             assert_eq!(phase(v), *want, "case {i}");
         }
+    }
+
+    fn sidecar(
+        state: State,
+        last: Option<Terminated>,
+        started: bool,
+        ready: bool,
+    ) -> ContainerView {
+        ContainerView {
+            sidecar: true,
+            started,
+            ready,
+            ..c("s", state, last)
+        }
+    }
+
+    #[test]
+    fn sidecars_phase_like_the_kubelet() {
+        let cases = [
+            // Running but not started yet (startup probe): still initializing.
+            (
+                view(
+                    "Always",
+                    vec![sidecar(running(), None, false, false)],
+                    vec![c("a", waiting("PodInitializing"), None)],
+                ),
+                "Pending",
+            ),
+            // Waiting for its first start.
+            (
+                view(
+                    "Always",
+                    vec![sidecar(waiting("ErrImageNeverPull"), None, false, false)],
+                    vec![c("a", waiting("PodInitializing"), None)],
+                ),
+                "Pending",
+            ),
+            // Restarting after the app containers ran: the pod stays Running.
+            (
+                view(
+                    "Never",
+                    vec![sidecar(running(), Some(term(1)), false, false)],
+                    vec![c("a", running(), None)],
+                ),
+                "Running",
+            ),
+            // The app containers finished, the sidecar is still being stopped.
+            (
+                view(
+                    "Never",
+                    vec![sidecar(running(), None, true, true)],
+                    vec![c("a", State::Terminated(term(0)), None)],
+                ),
+                "Running",
+            ),
+            // Stopped sidecars do not count, whatever their exit code.
+            (
+                view(
+                    "Never",
+                    vec![sidecar(State::Terminated(term(137)), None, false, false)],
+                    vec![c("a", State::Terminated(term(0)), None)],
+                ),
+                "Succeeded",
+            ),
+            (
+                view(
+                    "OnFailure",
+                    vec![sidecar(State::Terminated(term(0)), None, false, false)],
+                    vec![c("a", State::Terminated(term(2)), None)],
+                ),
+                "Running",
+            ),
+            (
+                view(
+                    "Never",
+                    vec![sidecar(State::Terminated(term(0)), None, false, false)],
+                    vec![c("a", State::Terminated(term(2)), None)],
+                ),
+                "Failed",
+            ),
+        ];
+        for (i, (v, want)) in cases.iter().enumerate() {
+            assert_eq!(phase(v), *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn sidecar_statuses_and_conditions() {
+        let cond = |s: &PodStatus, t: &str| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .status
+                .clone()
+        };
+        // Started and running: initialized; its readiness decides the pod's.
+        let v = view(
+            "Always",
+            vec![sidecar(running(), None, true, false)],
+            vec![c("a", running(), None)],
+        );
+        let s = build(&v, None);
+        assert_eq!(cond(&s, "Initialized"), "True");
+        assert_eq!(cond(&s, "ContainersReady"), "False");
+        assert_eq!(cond(&s, "Ready"), "False");
+        let side = &s.init_container_statuses.as_ref().unwrap()[0];
+        assert_eq!((side.started, side.ready), (Some(true), false));
+        let v = view(
+            "Always",
+            vec![sidecar(running(), None, true, true)],
+            vec![c("a", running(), None)],
+        );
+        let s = build(&v, None);
+        assert_eq!(cond(&s, "Ready"), "True");
+        assert!(s.init_container_statuses.unwrap()[0].ready);
+        // Not started yet: not initialized.
+        let v = view(
+            "Always",
+            vec![sidecar(running(), None, false, false)],
+            vec![c("a", waiting("PodInitializing"), None)],
+        );
+        assert_eq!(cond(&build(&v, None), "Initialized"), "False");
+        // Restarting once the app containers ran: still initialized.
+        let v = view(
+            "Always",
+            vec![sidecar(
+                waiting("CrashLoopBackOff"),
+                Some(term(1)),
+                false,
+                false,
+            )],
+            vec![c("a", running(), None)],
+        );
+        let s = build(&v, None);
+        assert_eq!(cond(&s, "Initialized"), "True");
+        assert_eq!(cond(&s, "Ready"), "False");
     }
 
     #[test]

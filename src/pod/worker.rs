@@ -15,6 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
+use super::plan::{self, Action, PodState, RestartPolicy, RunState, SlotState};
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use crate::manifest::source::PodKey;
@@ -66,6 +67,12 @@ impl Drop for Running {
 struct Slot {
     spec: Container,
     init: bool,
+    /// A restartable init container (`restartPolicy: Always`): started in its turn among the
+    /// init containers, then kept running (restarted whatever the pod's restartPolicy).
+    sidecar: bool,
+    /// A sidecar that has started (startup probe passed, postStart done) in this sandbox:
+    /// the init containers after it may run, and it no longer holds them up when it restarts.
+    up: bool,
     restart_count: u32,
     started_once: bool,
     current: Option<Running>,
@@ -83,6 +90,8 @@ struct Slot {
 impl Slot {
     fn new(spec: Container, init: bool) -> Self {
         Slot {
+            sidecar: init && spec.restart_policy.as_deref() == Some("Always"),
+            up: false,
             spec,
             init,
             restart_count: 0,
@@ -95,6 +104,21 @@ impl Slot {
             backoff: Backoff::default(),
             not_before: None,
             needs_prober: false,
+        }
+    }
+
+    fn plan_state(&self) -> SlotState {
+        SlotState {
+            init: self.init,
+            sidecar: self.sidecar,
+            up: self.up,
+            running: self.current.as_ref().map(|r| RunState {
+                started: r.started,
+                kill_at: r.kill_at,
+            }),
+            last_exit: self.last.as_ref().map(|t| t.exit_code),
+            waiting: self.waiting.as_ref().map(|(r, _)| r.clone()),
+            not_before: self.not_before,
         }
     }
 
@@ -139,6 +163,7 @@ impl Slot {
             restart_count: self.restart_count as i32,
             ready: self.current.as_ref().is_some_and(|r| r.ready),
             started: self.current.as_ref().is_some_and(|r| r.started),
+            sidecar: self.sidecar,
         }
     }
 }
@@ -147,7 +172,7 @@ impl Slot {
 pub fn initial_status(pod: &Pod) -> k8s_openapi::api::core::v1::PodStatus {
     let spec = pod.spec.clone().unwrap_or_default();
     let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
-    let view = |c: &Container, reason: &str| Slot::new(c.clone(), false).view(reason);
+    let view = |c: &Container, init: bool, reason: &str| Slot::new(c.clone(), init).view(reason);
     status::build(
         &PodView {
             restart_policy: spec
@@ -158,7 +183,7 @@ pub fn initial_status(pod: &Pod) -> k8s_openapi::api::core::v1::PodStatus {
                 .init_containers
                 .iter()
                 .flatten()
-                .map(|c| view(c, "PodInitializing"))
+                .map(|c| view(c, true, "PodInitializing"))
                 .collect(),
             app: spec
                 .containers
@@ -166,6 +191,7 @@ pub fn initial_status(pod: &Pod) -> k8s_openapi::api::core::v1::PodStatus {
                 .map(|c| {
                     view(
                         c,
+                        false,
                         if has_init {
                             "PodInitializing"
                         } else {
@@ -264,6 +290,10 @@ struct Worker {
 
 /// How often a pod's ephemeral storage is measured (the kubelet's housekeeping period).
 const STORAGE_CHECK: Duration = Duration::from_secs(10);
+
+/// The least time a sidecar gets to stop when its turn comes (the kubelet's
+/// `minimumGracePeriodInSeconds`).
+const MIN_STOP_WINDOW: Duration = Duration::from_secs(2);
 
 /// How often a running pod's sandbox is checked for lost namespaces.
 const SANDBOX_CHECK: Duration = Duration::from_secs(10);
@@ -444,6 +474,12 @@ impl Worker {
                 slot.last = Some(t);
             }
         }
+        // A sidecar followed by a container that already ran had started before.
+        for i in 0..self.slots.len() {
+            if self.slots[i].sidecar && self.slots[i].started_once {
+                self.slots[i].up = self.slots[i + 1..].iter().any(|s| s.started_once);
+            }
+        }
         if adopted > 0 {
             info!(pod = %self.key.1, namespace = %self.key.0, adopted, "adopted running containers");
         }
@@ -454,11 +490,13 @@ impl Worker {
     }
 
     fn view(&self) -> PodView {
-        let initializing = self
-            .slots
-            .iter()
-            .filter(|s| s.init)
-            .any(|s| !matches!(&s.last, Some(t) if t.exit_code == 0) || s.current.is_some());
+        let initializing = self.slots.iter().filter(|s| s.init).any(|s| {
+            if s.sidecar {
+                !s.up
+            } else {
+                !matches!(&s.last, Some(t) if t.exit_code == 0) || s.current.is_some()
+            }
+        });
         PodView {
             restart_policy: self.policy().to_string(),
             init: self
@@ -650,112 +688,121 @@ impl Worker {
                 self.start_prober(i);
             }
         }
+        self.run_plan().await;
+    }
+
+    /// What the plan sees of the pod.
+    fn plan_state(&self) -> PodState {
+        PodState {
+            policy: RestartPolicy::parse(self.policy()),
+            slots: self.slots.iter().map(Slot::plan_state).collect(),
+        }
+    }
+
+    /// Plans and runs the container actions. A start can let more happen in the same sync
+    /// (a sidecar up at once lets the next init container start; an app container whose
+    /// start failed may finish the pod), so the plan is made again after starts, with the
+    /// same `now`; each container is started (or backs off) at most once per sync.
+    async fn run_plan(&mut self) {
         let now = Instant::now();
-        for slot in &mut self.slots {
-            if let Some(r) = &mut slot.current
-                && let Some(at) = r.kill_at
-                && now >= at
-            {
-                // The shim turns SIGUSR1 into SIGKILL.
-                r.shim.signal(libc::SIGUSR1);
-                r.kill_at = None;
+        let mut handled = vec![false; self.slots.len()];
+        loop {
+            let mut started = false;
+            let mut started_init = false;
+            for action in plan::plan(&self.plan_state(), now) {
+                match action {
+                    Action::Kill(i) => {
+                        if let Some(r) = &mut self.slots[i].current {
+                            // The shim turns SIGUSR1 into SIGKILL.
+                            r.shim.signal(libc::SIGUSR1);
+                            r.kill_at = None;
+                        }
+                    }
+                    Action::WakeAt(at) => self.set_wake(at),
+                    Action::SidecarUp(i) => self.slots[i].up = true,
+                    Action::BackOff {
+                        slot,
+                        until,
+                        crash_loop,
+                    } => {
+                        if !std::mem::replace(&mut handled[slot], true) {
+                            self.back_off(slot, until, crash_loop, now);
+                        }
+                    }
+                    Action::Start(i) => {
+                        if !std::mem::replace(&mut handled[i], true) {
+                            started = true;
+                            started_init |= self.slots[i].init && !self.slots[i].sidecar;
+                            self.start(i).await;
+                        }
+                    }
+                    Action::Complete => {
+                        self.complete().await;
+                        return;
+                    }
+                }
             }
-        }
-        let kill_wakes: Vec<Instant> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.current.as_ref().and_then(|r| r.kill_at))
-            .collect();
-        for at in kill_wakes {
-            self.set_wake(at);
-        }
-        let policy = self.policy().to_string();
-        // Init containers, one at a time, in order.
-        for i in 0..self.slots.len() {
-            if !self.slots[i].init {
-                continue;
-            }
-            let slot = &self.slots[i];
-            if slot.current.is_some() {
+            // A regular init container started: it has to finish before anything else.
+            if !started || started_init {
                 return;
             }
-            match &slot.last {
-                Some(t) if t.exit_code == 0 => continue,
-                Some(_) if policy == "Never" => {
-                    self.finish_pod();
-                    return;
-                }
-                _ => {
-                    if self.may_start(i, now) {
-                        self.start(i).await;
-                    }
-                    return;
-                }
-            }
-        }
-        for i in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            if slot.init || slot.current.is_some() {
-                continue;
-            }
-            if let Some(t) = &slot.last {
-                let restart = match policy.as_str() {
-                    "Always" => true,
-                    "OnFailure" => t.exit_code != 0,
-                    _ => false,
-                };
-                if !restart && slot.waiting.is_none() {
-                    continue;
-                }
-            }
-            if self.may_start(i, now) {
-                self.start(i).await;
-            }
-        }
-        let all_done = self.slots.iter().filter(|s| !s.init).all(|s| {
-            s.current.is_none()
-                && s.waiting.is_none()
-                && s.last.as_ref().is_some_and(|t| match policy.as_str() {
-                    "Always" => false,
-                    "OnFailure" => t.exit_code == 0,
-                    _ => true,
-                })
-        });
-        if all_done {
-            self.finish_pod();
         }
     }
 
     /// Whether slot `i` may start now; otherwise marks it backing off and schedules a wake-up.
     fn may_start(&mut self, i: usize, now: Instant) -> bool {
-        let Some(at) = self.slots[i].not_before else {
-            return true;
-        };
-        if now >= at {
-            return true;
+        match plan::start_or_back_off(i, &self.slots[i].plan_state(), now) {
+            Action::BackOff {
+                slot,
+                until,
+                crash_loop,
+            } => {
+                self.back_off(slot, until, crash_loop, now);
+                false
+            }
+            _ => true,
         }
+    }
+
+    /// Slot `i` backs off until `at`: a wake-up then, and `CrashLoopBackOff` (with its
+    /// event) when `crash_loop`.
+    fn back_off(&mut self, i: usize, at: Instant, crash_loop: bool, now: Instant) {
         self.set_wake(at);
-        let slot = &self.slots[i];
-        if slot.last.is_some()
-            && !matches!(&slot.waiting, Some((r, _)) if r.starts_with("Err") || r.starts_with("Create") || r == "InvalidImageName")
-        {
-            let left = at.saturating_duration_since(now).as_secs().max(1);
-            let msg = format!(
-                "back-off {}s restarting failed container={} pod={}_{}({})",
-                left.next_multiple_of(10).min(300),
-                slot.spec.name,
-                self.key.1,
-                self.key.0,
-                self.uid
-            );
-            let event = format!(
-                "Back-off restarting failed container {} in pod {}_{}({})",
-                slot.spec.name, self.key.1, self.key.0, self.uid
-            );
-            self.slots[i].waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
-            self.event(EventType::Warning, "BackOff", &event);
+        if !crash_loop {
+            return;
         }
-        false
+        let slot = &self.slots[i];
+        let left = at.saturating_duration_since(now).as_secs().max(1);
+        let msg = format!(
+            "back-off {}s restarting failed container={} pod={}_{}({})",
+            left.next_multiple_of(10).min(300),
+            slot.spec.name,
+            self.key.1,
+            self.key.0,
+            self.uid
+        );
+        let event = format!(
+            "Back-off restarting failed container {} in pod {}_{}({})",
+            slot.spec.name, self.key.1, self.key.0, self.uid
+        );
+        self.slots[i].waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
+        self.event(EventType::Warning, "BackOff", &event);
+    }
+
+    /// The app containers are done for good (or a regular init container failed under
+    /// `restartPolicy: Never`): the sidecars still running are stopped, last declared
+    /// first, and the pod finishes (the kubelet kills such a pod, sidecars included).
+    async fn complete(&mut self) {
+        if self.slots.iter().any(|s| s.current.is_some()) {
+            self.stop_containers(self.grace()).await;
+        }
+        for slot in &mut self.slots {
+            if slot.sidecar && slot.current.is_none() && slot.last.is_some() {
+                // Shown terminated, not waiting for a restart that will not come.
+                slot.waiting = None;
+            }
+        }
+        self.finish_pod();
     }
 
     /// The pod has reached Succeeded or Failed: its sandbox goes, its records stay.
@@ -952,7 +999,7 @@ impl Worker {
     /// once when it has none).
     fn start_prober(&mut self, i: usize) {
         let slot = &self.slots[i];
-        let has_probes = !slot.init
+        let has_probes = (!slot.init || slot.sidecar)
             && (slot.spec.liveness_probe.is_some()
                 || slot.spec.readiness_probe.is_some()
                 || slot.spec.startup_probe.is_some());
@@ -1158,55 +1205,7 @@ impl Worker {
             p.metadata.deletion_timestamp = Some(now);
             p.metadata.deletion_grace_period_seconds = Some(grace as i64);
         });
-        let grace_d = Duration::from_secs(grace);
-        for i in 0..self.slots.len() {
-            let Some(r) = &self.slots[i].current else {
-                continue;
-            };
-            self.event(
-                EventType::Normal,
-                "Killing",
-                &format!("Stopping container {}", self.slots[i].spec.name),
-            );
-            if let Some(p) = &r.prober {
-                p.abort();
-            }
-            let pre_stop = self.slots[i]
-                .spec
-                .lifecycle
-                .as_ref()
-                .and_then(|l| l.pre_stop.as_ref())
-                .and_then(probe::Handler::of_lifecycle);
-            match (pre_stop, self.probe_target(i)) {
-                // preStop runs first, within the grace period; SIGTERM follows it.
-                (Some(h), Some(t)) => {
-                    let term = r.shim.signal_handle();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(grace_d, probe::run(&h, &t, grace_d)).await;
-                        term(libc::SIGTERM);
-                    });
-                }
-                _ => r.shim.signal(libc::SIGTERM),
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(grace);
-        self.wait_exits(deadline).await;
-        if self.slots.iter().any(|s| s.current.is_some()) {
-            for slot in &self.slots {
-                if let Some(r) = &slot.current {
-                    // The shim turns SIGUSR1 into SIGKILL for the container.
-                    r.shim.signal(libc::SIGUSR1);
-                }
-            }
-            self.wait_exits(Instant::now() + Duration::from_secs(10))
-                .await;
-        }
-        for slot in &self.slots {
-            if let Some(r) = &slot.current {
-                warn!(pod = %self.key.1, container = %slot.spec.name, "container did not stop; killing its supervisor");
-                r.shim.signal(libc::SIGKILL);
-            }
-        }
+        self.stop_containers(Duration::from_secs(grace)).await;
         if let Err(e) = self.ctx.runtime.remove_sandbox(&self.uid) {
             warn!(pod = %self.key.1, error = %e, "removing sandbox");
         }
@@ -1215,6 +1214,97 @@ impl Worker {
         }
         self.ctx.store.remove_pod(&self.key, &self.uid);
         info!(pod = %self.key.1, namespace = %self.key.0, "pod removed");
+    }
+
+    /// Stops every running container as the kubelet does: the app (and a running regular
+    /// init) containers first, then the sidecars one at a time in reverse order of their
+    /// declaration, each once the containers after it are gone. A container still running
+    /// when its time is up is killed.
+    async fn stop_containers(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let first: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| !self.slots[i].sidecar)
+            .collect();
+        for &i in &first {
+            self.stop_signal(i, grace);
+        }
+        self.wait_exits_of(&first, deadline).await;
+        self.kill_remaining(&first).await;
+        for i in (0..self.slots.len()).rev() {
+            if !self.slots[i].sidecar || self.slots[i].current.is_none() {
+                continue;
+            }
+            // As the kubelet, a sidecar whose turn comes late still gets a short window.
+            let window = if grace.is_zero() {
+                Duration::ZERO
+            } else {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(MIN_STOP_WINDOW)
+            };
+            self.stop_signal(i, window);
+            self.wait_exits_of(&[i], Instant::now() + window).await;
+            self.kill_remaining(&[i]).await;
+        }
+    }
+
+    /// Asks the container in slot `i` to stop: its preStop hook (within `grace`), then SIGTERM.
+    fn stop_signal(&self, i: usize, grace: Duration) {
+        let Some(r) = &self.slots[i].current else {
+            return;
+        };
+        self.event(
+            EventType::Normal,
+            "Killing",
+            &format!("Stopping container {}", self.slots[i].spec.name),
+        );
+        if let Some(p) = &r.prober {
+            p.abort();
+        }
+        let pre_stop = self.slots[i]
+            .spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(probe::Handler::of_lifecycle);
+        match (pre_stop, self.probe_target(i)) {
+            // preStop runs first, within the grace period; SIGTERM follows it.
+            (Some(h), Some(t)) => {
+                let term = r.shim.signal_handle();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(grace, probe::run(&h, &t, grace)).await;
+                    term(libc::SIGTERM);
+                });
+            }
+            _ => r.shim.signal(libc::SIGTERM),
+        }
+    }
+
+    /// SIGKILL for those of `which` still running; their supervisors too if that fails.
+    async fn kill_remaining(&mut self, which: &[usize]) {
+        let running = |w: &Worker| {
+            which
+                .iter()
+                .filter(|&&i| w.slots[i].current.is_some())
+                .count()
+        };
+        if running(self) == 0 {
+            return;
+        }
+        for &i in which {
+            if let Some(r) = &self.slots[i].current {
+                // The shim turns SIGUSR1 into SIGKILL for the container.
+                r.shim.signal(libc::SIGUSR1);
+            }
+        }
+        self.wait_exits_of(which, Instant::now() + Duration::from_secs(10))
+            .await;
+        for &i in which {
+            if let Some(r) = &self.slots[i].current {
+                warn!(pod = %self.key.1, container = %self.slots[i].spec.name, "container did not stop; killing its supervisor");
+                r.shim.signal(libc::SIGKILL);
+            }
+        }
     }
 
     /// The kubelet's local-storage eviction, checked every [`STORAGE_CHECK`] when the pod has
@@ -1385,7 +1475,9 @@ impl Worker {
         for slot in &mut self.slots {
             // Killed for the sandbox, not by their own doing: no back-off.
             slot.not_before = None;
-            if slot.init && slot.current.is_none() {
+            // Sidecars start again in their turn, too.
+            slot.up = false;
+            if slot.init && !slot.sidecar && slot.current.is_none() {
                 // A new sandbox runs the init containers again, as on a kubelet.
                 slot.last = None;
             }
@@ -1393,7 +1485,13 @@ impl Worker {
     }
 
     async fn wait_exits(&mut self, deadline: Instant) {
-        while self.slots.iter().any(|s| s.current.is_some()) {
+        let all: Vec<usize> = (0..self.slots.len()).collect();
+        self.wait_exits_of(&all, deadline).await;
+    }
+
+    /// Handles exits until the containers of `which` are all gone or `deadline` passes.
+    async fn wait_exits_of(&mut self, which: &[usize], deadline: Instant) {
+        while which.iter().any(|&i| self.slots[i].current.is_some()) {
             tokio::select! {
                 Some(res) = self.exits.join_next(), if !self.exits.is_empty() => {
                     if let Ok(id) = res {
@@ -2016,5 +2114,363 @@ mod tests {
         let (fake, store, _tx, _h) = setup(&p);
         wait_until("Running", || phase(&store) == "Running").await;
         assert_eq!(fake.sandboxes_created(), (1, 0));
+    }
+
+    fn init_status(
+        store: &Store,
+        name: &str,
+    ) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+        store
+            .get_pod("default", "p")?
+            .status?
+            .init_container_statuses?
+            .into_iter()
+            .find(|c| c.name == name)
+    }
+
+    fn condition(store: &Store, type_: &str) -> Option<String> {
+        store
+            .get_pod("default", "p")?
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status)
+    }
+
+    fn names(fake: &FakeRuntime) -> Vec<String> {
+        fake.started().iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The signals sent, by container name.
+    fn signals_by_name(fake: &FakeRuntime) -> Vec<(String, i32)> {
+        let started = fake.started();
+        fake.signals()
+            .into_iter()
+            .map(|(id, sig)| {
+                let name = started
+                    .iter()
+                    .find(|s| s.id == id)
+                    .map(|s| s.name.clone())
+                    .unwrap_or(id);
+                (name, sig)
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sidecar_starts_in_its_turn_and_runs_alongside_the_app_containers() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  initContainers:\n  - {name: i1, image: x}\n  - {name: s, image: x, restartPolicy: Always}\n  - {name: i2, image: x}\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, _tx, _h) = setup(&p);
+        for name in ["i1", "i2"] {
+            fake.script(
+                name,
+                Script {
+                    exit_after: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                },
+            );
+        }
+        wait_until("Running", || phase(&store) == "Running").await;
+        assert_eq!(names(&fake), vec!["i1", "s", "i2", "a"]);
+        let s = fake.started();
+        assert!(
+            s[1].at >= s[0].at + Duration::from_secs(1),
+            "s before i1 ended"
+        );
+        assert!(
+            s[3].at >= s[2].at + Duration::from_secs(1),
+            "a before i2 ended"
+        );
+        let side = init_status(&store, "s").unwrap();
+        assert!(
+            side.state.unwrap().running.is_some(),
+            "the sidecar still runs"
+        );
+        assert_eq!(side.started, Some(true));
+        assert!(side.ready);
+        assert_eq!(condition(&store, "Initialized").as_deref(), Some("True"));
+        assert_eq!(condition(&store, "Ready").as_deref(), Some("True"));
+        // Regular init containers stay done: nothing else ran.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(fake.started().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sidecar_startup_probe_gates_the_next_container_and_readiness_the_pod() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  initContainers:\n  - name: s\n    image: x\n    restartPolicy: Always\n    startupProbe: {exec: {command: [true, startup]}, initialDelaySeconds: 5, periodSeconds: 1}\n    readinessProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 1}\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("a started", || fake.started().len() == 2).await;
+        let s = fake.started();
+        assert_eq!(names(&fake), vec!["s", "a"]);
+        assert!(
+            s[1].at >= s[0].at + Duration::from_secs(5),
+            "a started before the sidecar's startup probe passed"
+        );
+        assert_eq!(fake.execs()[0], vec!["true", "startup"]);
+        wait_until("Running", || phase(&store) == "Running").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let side = init_status(&store, "s").unwrap();
+        assert_eq!(side.started, Some(true));
+        assert!(!side.ready, "its readiness probe fails");
+        assert_eq!(container_ready(&store), Some(true));
+        // The sidecar's readiness counts in the pod's.
+        assert_eq!(
+            condition(&store, "ContainersReady").as_deref(),
+            Some("False")
+        );
+        assert_eq!(condition(&store, "Ready").as_deref(), Some("False"));
+        assert_eq!(condition(&store, "Initialized").as_deref(), Some("True"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sidecar_that_never_starts_keeps_the_pod_pending() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  initContainers:\n  - name: s\n    image: x\n    restartPolicy: Always\n    startupProbe: {exec: {command: [false]}, periodSeconds: 1, failureThreshold: 3}\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, _tx, _h) = setup(&p);
+        // Killed after its startup probe failed, and started again.
+        wait_until("a restart of s", || fake.started().len() >= 2).await;
+        assert!(names(&fake).iter().all(|n| n == "s"), "{:?}", names(&fake));
+        assert_eq!(phase(&store), "Pending");
+        assert_eq!(condition(&store, "Initialized").as_deref(), Some("False"));
+        assert_eq!(fake.started()[1].restart, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sidecar_whose_post_start_hook_fails_does_not_let_the_next_one_start() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: s\n    image: x\n    restartPolicy: Always\n    lifecycle: {postStart: {exec: {command: [false]}}}\n  - {name: i, image: x}\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, _tx, _h) = setup(&p);
+        wait_until("s started twice", || fake.started().len() >= 2).await;
+        assert_eq!(
+            names(&fake),
+            vec!["s", "s"],
+            "i started beside a failed sidecar"
+        );
+        assert_eq!(phase(&store), "Pending");
+        assert!(
+            store
+                .list_events(Some("default"), Some("p"))
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("FailedPostStartHook"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exited_sidecar_is_restarted_with_back_off_under_restart_policy_never() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  restartPolicy: Never\n  initContainers: [{name: s, image: x, restartPolicy: Always}]\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script(
+            "s",
+            Script {
+                exit_after: Some(Duration::from_secs(2)),
+                code: 0,
+                ..Default::default()
+            },
+        );
+        wait_until("s started three times", || {
+            names(&fake).iter().filter(|n| *n == "s").count() >= 3
+        })
+        .await;
+        let runs: Vec<crate::pod::fake::Started> = fake
+            .started()
+            .into_iter()
+            .filter(|s| s.name == "s")
+            .collect();
+        assert_eq!(
+            runs.iter().map(|r| r.restart).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        let gaps: Vec<u64> = runs
+            .windows(2)
+            .map(|w| {
+                w[1].at
+                    .duration_since(fake.exit_time(&w[0].id).unwrap())
+                    .as_secs()
+            })
+            .collect();
+        assert_eq!(gaps, vec![0, 10], "the usual crash back-off");
+        assert_eq!(
+            names(&fake).iter().filter(|n| *n == "a").count(),
+            1,
+            "the app container is not restarted"
+        );
+        assert_eq!(phase(&store), "Running");
+        let side = init_status(&store, "s").unwrap();
+        assert!(side.restart_count >= 2, "{side:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn termination_stops_app_containers_first_then_sidecars_in_reverse_order() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 5\n  initContainers:\n  - {name: s1, image: x, restartPolicy: Always}\n  - {name: s2, image: x, restartPolicy: Always}\n  containers: [{name: a, image: x}, {name: b, image: x}]",
+        );
+        let (fake, store, tx, h) = setup(&p);
+        for name in ["s1", "s2", "b"] {
+            fake.script(
+                name,
+                Script {
+                    exits_on_term: true,
+                    ..Default::default()
+                },
+            );
+        }
+        wait_until("Running", || phase(&store) == "Running").await;
+        assert_eq!(names(&fake), vec!["s1", "s2", "a", "b"]);
+        let t0 = Instant::now();
+        tx.send(Msg::Terminate).unwrap();
+        h.await.unwrap();
+        let sigs = signals_by_name(&fake);
+        let expect: Vec<(String, i32)> = [
+            ("a", libc::SIGTERM),
+            ("b", libc::SIGTERM),
+            // `a` ignores SIGTERM: the sidecars wait for it to be killed.
+            ("a", libc::SIGUSR1),
+            ("s2", libc::SIGTERM),
+            ("s1", libc::SIGTERM),
+        ]
+        .iter()
+        .map(|(n, s)| (n.to_string(), *s))
+        .collect();
+        assert_eq!(sigs, expect);
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+            "{waited:?}"
+        );
+        assert!(store.get_pod("default", "p").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sidecar_that_ignores_sigterm_is_killed_after_its_window() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 5\n  initContainers:\n  - {name: s, image: x, restartPolicy: Always}\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, tx, h) = setup(&p);
+        wait_until("Running", || phase(&store) == "Running").await;
+        let t0 = Instant::now();
+        tx.send(Msg::Terminate).unwrap();
+        h.await.unwrap();
+        let waited = t0.elapsed();
+        // The app container takes the whole grace period; the sidecar still gets 2 s.
+        assert!(
+            waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+            "{waited:?}"
+        );
+        let sigs: Vec<(String, i32)> = signals_by_name(&fake);
+        assert_eq!(
+            sigs,
+            vec![
+                ("a".to_string(), libc::SIGTERM),
+                ("a".to_string(), libc::SIGUSR1),
+                ("s".to_string(), libc::SIGTERM),
+                ("s".to_string(), libc::SIGUSR1),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_pod_completes_by_its_app_containers_while_the_sidecar_runs() {
+        for (code, want) in [(0, "Succeeded"), (3, "Failed")] {
+            let p = pod(
+                "metadata: {name: p}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 5\n  initContainers:\n  - {name: s1, image: x, restartPolicy: Always}\n  - {name: s2, image: x, restartPolicy: Always}\n  containers: [{name: job, image: x}]",
+            );
+            let (fake, store, _tx, _h) = setup(&p);
+            // s1 exits on SIGTERM with 0; s2 only dies by SIGKILL (137): neither counts.
+            fake.script(
+                "s1",
+                Script {
+                    exits_on_term: true,
+                    ..Default::default()
+                },
+            );
+            fake.script(
+                "job",
+                Script {
+                    exit_after: Some(Duration::from_secs(3)),
+                    code,
+                    ..Default::default()
+                },
+            );
+            wait_until("Running", || phase(&store) == "Running").await;
+            wait_until(want, || phase(&store) == want).await;
+            let job = fake
+                .started()
+                .into_iter()
+                .find(|s| s.name == "job")
+                .unwrap();
+            let done = fake.exit_time(&job.id).unwrap();
+            assert_eq!(
+                signals_by_name(&fake),
+                vec![
+                    ("s2".to_string(), libc::SIGTERM),
+                    ("s2".to_string(), libc::SIGUSR1),
+                    ("s1".to_string(), libc::SIGTERM),
+                ],
+                "sidecars stopped last first"
+            );
+            assert!(Instant::now() >= done + Duration::from_secs(5));
+            assert_eq!(fake.started().len(), 3, "nothing restarted");
+            assert_eq!(fake.sandboxes_removed(), 1);
+            let st = store.get_pod("default", "p").unwrap().status.unwrap();
+            for s in st.init_container_statuses.unwrap() {
+                assert!(
+                    s.state.as_ref().unwrap().terminated.is_some(),
+                    "sidecar {} shown terminated: {s:?}",
+                    s.name
+                );
+                assert!(!s.ready);
+            }
+            let ready = st
+                .conditions
+                .unwrap()
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .unwrap();
+            assert_eq!(ready.reason.as_deref(), Some("PodCompleted"));
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert_eq!(
+                fake.started().len(),
+                3,
+                "a finished pod's sidecar is not restarted"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_init_container_after_a_sidecar_fails_a_never_pod_and_stops_the_sidecar() {
+        let p = pod(
+            "metadata: {name: p}\nspec:\n  restartPolicy: Never\n  initContainers:\n  - {name: s, image: x, restartPolicy: Always}\n  - {name: i, image: x}\n  containers: [{name: a, image: x}]",
+        );
+        let (fake, store, _tx, _h) = setup(&p);
+        fake.script(
+            "s",
+            Script {
+                exits_on_term: true,
+                ..Default::default()
+            },
+        );
+        fake.script(
+            "i",
+            Script {
+                exit_after: Some(Duration::from_secs(1)),
+                code: 1,
+                ..Default::default()
+            },
+        );
+        wait_until("Failed", || phase(&store) == "Failed").await;
+        assert_eq!(names(&fake), vec!["s", "i"]);
+        assert_eq!(
+            signals_by_name(&fake),
+            vec![("s".to_string(), libc::SIGTERM)]
+        );
     }
 }

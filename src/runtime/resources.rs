@@ -125,8 +125,9 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     }
 }
 
-/// What the pod asks of the node: the larger of the biggest init container
-/// and the sum of the app containers, per resource (the scheduler's rule).
+/// What the pod asks of the node, per resource (the scheduler's rule): the larger of the
+/// app containers' sum and the biggest init container's. Sidecars run alongside both: each
+/// adds to the app containers' sum and to every init container declared after it.
 pub fn pod_requests(pod: &Pod) -> (i64, i64) {
     let Some(spec) = &pod.spec else {
         return (0, 0);
@@ -142,11 +143,22 @@ pub fn pod_requests(pod: &Pod) -> (i64, i64) {
         cpu += a;
         mem += b;
     }
+    let (mut side_cpu, mut side_mem) = (0, 0);
+    let (mut init_cpu, mut init_mem) = (0, 0);
     for c in spec.init_containers.iter().flatten() {
         let (a, b) = req(c);
-        cpu = cpu.max(a);
-        mem = mem.max(b);
+        if c.restart_policy.as_deref() == Some("Always") {
+            side_cpu += a;
+            side_mem += b;
+            init_cpu = init_cpu.max(side_cpu);
+            init_mem = init_mem.max(side_mem);
+        } else {
+            init_cpu = init_cpu.max(a + side_cpu);
+            init_mem = init_mem.max(b + side_mem);
+        }
     }
+    cpu = (cpu + side_cpu).max(init_cpu);
+    mem = (mem + side_mem).max(init_mem);
     // Pod-level requests, where set, are what the pod asks for.
     if let Some(((pc, pm), _)) = super::pod_cgroup::pod_amounts(pod) {
         cpu = pc.unwrap_or(cpu);
@@ -223,5 +235,19 @@ mod tests {
             "spec:\n  initContainers: [{name: i, resources: {requests: {cpu: '3', memory: 1Gi}}}]\n  containers: [{name: a, resources: {requests: {cpu: '1', memory: 2Gi}}}, {name: b, resources: {limits: {cpu: '1', memory: 1Gi}}}]",
         );
         assert_eq!(pod_requests(&p), (3000, 3 << 30));
+    }
+
+    #[test]
+    fn sidecars_add_to_the_apps_and_to_the_init_containers_after_them() {
+        // Init i (2 CPU) runs beside sidecar s (1 CPU): 3; the apps (1) beside s: 2.
+        let p = pod(
+            "spec:\n  initContainers: [{name: s, restartPolicy: Always, resources: {requests: {cpu: '1', memory: 1Gi}}}, {name: i, resources: {requests: {cpu: '2', memory: 1Gi}}}]\n  containers: [{name: a, resources: {requests: {cpu: '1', memory: 4Gi}}}]",
+        );
+        assert_eq!(pod_requests(&p), (3000, 5 << 30));
+        // An init container before the sidecar does not run beside it.
+        let p = pod(
+            "spec:\n  initContainers: [{name: i, resources: {requests: {cpu: '2'}}}, {name: s, restartPolicy: Always, resources: {requests: {cpu: '1'}}}]\n  containers: [{name: a, resources: {requests: {cpu: 500m}}}]",
+        );
+        assert_eq!(pod_requests(&p), (2000, 0));
     }
 }
