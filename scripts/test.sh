@@ -71,7 +71,7 @@ find_cargo || { failed+=(cargo); summary; }
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -q -- -D warnings
 step build cargo build --workspace --bins || summary
-step tests cargo test --workspace --no-fail-fast -- --test-threads=2
+step tests cargo test --workspace --no-fail-fast -- --test-threads=2 --include-ignored
 step demo env SKIFF_PROFILE=debug bash scripts/demo.sh --no-wait
 step attack bash scripts/attack.sh
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}

@@ -91,10 +91,9 @@ fn swapping_images_keeps_the_indentation() {
 /// downwardAPI volume items with `resourceFieldRef` and a divisor: one file per item, each
 /// with its own value, printed one per line (issue 16 saw `2501256432`).
 #[test]
+#[ignore = "needs root"]
 fn downward_api_volume_resources() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     run_example(&node, "dapi-volume-resources.yaml");
     let pod = "kubernetes-downwardapi-volume-example-2";
@@ -121,10 +120,9 @@ fn downward_api_volume_resources() {
 /// The termination message a container writes to `/dev/termination-log` is reported in its
 /// terminated state (it is restarted, so in `lastState` after that).
 #[test]
+#[ignore = "needs root"]
 fn termination_message_from_the_file() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     run_example(&node, "termination.yaml");
     let t = node.wait_for(
@@ -147,10 +145,9 @@ fn termination_message_from_the_file() {
 /// A pod asking for an extended resource the node does not advertise is refused at
 /// admission, as a kubelet without the device plugin does.
 #[test]
+#[ignore = "needs root"]
 fn extended_resource_the_node_lacks() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     run_example(&node, "extended-resource-pod.yaml");
     let p = node.wait_for(
@@ -173,10 +170,9 @@ fn extended_resource_the_node_lacks() {
 /// running beside the app and ships (prints) what the app writes to the shared volume;
 /// `skiff get` counts it in READY as kubectl does.
 #[test]
+#[ignore = "needs root"]
 fn sidecar_logshipper() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     run_example(&node, "sidecar-logshipper.yaml");
     let pod = node.wait_running("myapp");

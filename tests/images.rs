@@ -19,23 +19,16 @@ const TOOLS: [&str; 4] = [
     "/usr/bin/htpasswd",
 ];
 
-/// Root and the peers; says why a test is skipped.
-fn ready() -> bool {
-    if !require_root() {
-        return false;
-    }
+/// Root and the peers, or a failure that says which is missing (these tests are
+/// `#[ignore]`d: scripts/test.sh runs them, as root, with `--include-ignored`).
+fn ready() {
+    require_root();
     for tool in TOOLS {
-        if !Path::new(tool).exists() {
-            eprintln!(
-                "SKIPPED: {tool} missing (scripts/install-deps.sh installs docker-registry skopeo openssl apache2-utils)"
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{tool} must be installed in CI");
-            }
-            return false;
-        }
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} missing (scripts/install-deps.sh installs docker-registry skopeo openssl apache2-utils)"
+        );
     }
-    true
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -251,10 +244,9 @@ fn events(node: &Node) -> String {
 }
 
 #[test]
+#[ignore = "needs root and the registry tools"]
 fn pod_pulls_its_image_from_a_registry_and_runs_then_pull_export_and_prune() {
-    if !ready() {
-        return;
-    }
+    ready();
     let mut node = Node::new();
     node.start_daemon();
     let reg = Registry::start(&node, false);
@@ -372,10 +364,9 @@ fn pod_pulls_its_image_from_a_registry_and_runs_then_pull_export_and_prune() {
 }
 
 #[test]
+#[ignore = "needs root and the registry tools"]
 fn missing_tag_is_err_image_pull_then_image_pull_back_off() {
-    if !ready() {
-        return;
-    }
+    ready();
     let mut node = Node::new();
     node.start_daemon();
     let reg = Registry::start(&node, false);
@@ -419,10 +410,9 @@ fn missing_tag_is_err_image_pull_then_image_pull_back_off() {
 }
 
 #[test]
+#[ignore = "needs root and the registry tools"]
 fn pull_secret_authenticates_against_a_tls_registry_with_htpasswd() {
-    if !ready() {
-        return;
-    }
+    ready();
     let mut node = Node::new();
     let reg = Registry::start(&node, true);
     // The registry's CA through --registries-config (read when skiffd starts).
@@ -828,10 +818,9 @@ fn file_len(path: &Path) -> u64 {
 /// layer's unpack cannot be timed from outside without a hook in skiffd; the second kill is
 /// the last moment before the commit, with every layer unpacked in staging.)
 #[test]
+#[ignore = "needs root and the registry tools"]
 fn sigkill_mid_pull_leaves_no_image_and_restart_cleans_up() {
-    if !ready() {
-        return;
-    }
+    ready();
     const BIG: usize = 8 << 20;
     const LIMIT: u64 = 4 << 20;
     let mut node = Node::new();

@@ -301,10 +301,9 @@ fn stderr(out: &Output) -> String {
 /// a wrong one), health checks work anonymously, kubectl works with `skiff kubeconfig`'s
 /// output and fails with a wrong token; the unix socket keeps working without a token.
 #[test]
+#[ignore = "needs root"]
 fn tls_api_needs_a_bearer_token() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(false);
     let pki = api.node.root.join("pki");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -355,10 +354,9 @@ fn tls_api_needs_a_bearer_token() {
 
 /// Bodies above 3 MiB get a 413 `Status`, whether declared up front or sent chunked.
 #[test]
+#[ignore = "needs root"]
 fn oversized_bodies_get_413() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(false);
     let token = api.token();
     // Declared too large: refused before any of the body is sent.
@@ -396,10 +394,9 @@ fn oversized_bodies_get_413() {
 /// A client that never finishes its request headers (slowloris), or never starts the TLS
 /// handshake, is disconnected after the header-read timeout, on both listeners.
 #[test]
+#[ignore = "needs root"]
 fn slow_clients_are_disconnected() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(false);
     let netns = api.node.host.path();
     let tls_silent = std::thread::spawn(move || {
@@ -434,10 +431,9 @@ fn slow_clients_are_disconnected() {
 
 /// `--api-listen none` turns the TLS API off.
 #[test]
+#[ignore = "needs root"]
 fn api_listen_none_turns_tls_off() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     lo_up(&node);
     node.extra_flags(&["--api-listen", "none"]);
@@ -457,10 +453,9 @@ fn api_listen_none_turns_tls_off() {
 /// `kubectl exec` asks for a WebSocket, then a SPDY upgrade: skiffd does not speak them yet
 /// and must refuse each before running anything (it used to run the command once per try).
 #[test]
+#[ignore = "needs root"]
 fn kubectl_exec_runs_once_with_stdin_tty_and_exit_codes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(true);
     api.node
         .write_manifest("web.yaml", &common::pod_yaml("web", "sleep 3600"));
@@ -576,10 +571,9 @@ fn kubectl_exec_runs_once_with_stdin_tty_and_exit_codes() {
 /// discovery, which kubectl asks for first), the legacy documents answer too, and unknown
 /// paths are a 404 `Status`.
 #[test]
+#[ignore = "needs root"]
 fn discovery_lists_what_is_served() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(false);
     let token = api.token();
     for path in [
@@ -678,10 +672,9 @@ fn header(text: &str) -> Vec<String> {
 /// Server-side Tables: `kubectl get` shows the apiserver's columns for every kind, and
 /// `skiff get` prints the same columns.
 #[test]
+#[ignore = "needs root"]
 fn kubectl_get_shows_the_apiservers_columns() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(true);
     let pod = common::pod_yaml("web", "sleep 3600").replacen(
         "metadata:\n  name: web\n",
@@ -794,10 +787,9 @@ fn kubectl_get_shows_the_apiservers_columns() {
 /// `kubectl wait --for=condition=Ready` returns once it is ready; objects and lists carry a
 /// resourceVersion; an unsupported field selector is a 400 naming the field.
 #[test]
+#[ignore = "needs root"]
 fn kubectl_watches_and_waits() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(true);
     let Some(bin) = api.kubectl.clone() else {
         return;
@@ -929,10 +921,9 @@ fn kubectl_watches_and_waits() {
 /// A TLS address that cannot be bound yet (not on any interface of the host) does not stop
 /// the node: pods are served on the socket and the TLS API comes up once the address exists.
 #[test]
+#[ignore = "needs root"]
 fn tls_api_comes_up_once_its_address_exists() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     lo_up(&node);
     node.extra_flags(&["--api-listen", "192.0.2.77:6443"]);
@@ -953,10 +944,9 @@ fn tls_api_comes_up_once_its_address_exists() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kubectl_explain_reads_the_openapi_v3_schemas() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(false);
     let token = api.token();
     let root = api.https("GET", "/openapi/v3", Some(&token), b"");
@@ -1019,10 +1009,9 @@ fn top_line(text: &str, name: &str) -> Option<(u64, u64)> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kubectl_top_reads_pod_and_node_usage() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start_with(true, &["--metric-resolution", "1s"]);
     // One container spins (about a core), the other holds 20 MiB in a file on its /dev/shm
     // tmpfs (shmem is charged to its memory cgroup).
@@ -1151,10 +1140,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn python_client_informer_sees_every_pod_change() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let api = Api::start(true);
     // Debian's python3-kubernetes (scripts/install-deps.sh), run by the system Python.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/informer.py");

@@ -110,10 +110,9 @@ fn remove_all_and_check_but(node: &Node, alloc_dir: &Path, known: impl Fn(&str) 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pods_reach_each_other_by_ip() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let node = Node::start();
     node.add_uplink(&format!("{NODE_IP}/24"), "192.168.200.1");
     node.write_manifest(
@@ -177,10 +176,9 @@ fn pods_reach_each_other_by_ip() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pod_reaches_the_host_and_the_host_reaches_the_pod() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let node = Node::start();
     node.add_uplink(&format!("{NODE_IP}/24"), "192.168.200.1");
     node.write_manifest("web.yaml", &web_pod("web", 8080, None, "pod-web"));
@@ -223,10 +221,9 @@ fn pod_reaches_the_host_and_the_host_reaches_the_pod() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_port_and_hairpin() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let node = Node::start();
     node.add_uplink(&format!("{NODE_IP}/24"), "192.168.200.1");
     node.write_manifest("web.yaml", &web_pod("web", 80, Some(8088), "via-hostport"));
@@ -268,10 +265,9 @@ fn nat_rules(node: &Node) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn deleting_pods_frees_ips_and_veths() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let node = Node::start();
     node.write_manifest("a.yaml", &pod_yaml("a", "sleep 3600"));
     node.write_manifest("b.yaml", &pod_yaml("b", "sleep 3600"));
@@ -304,10 +300,9 @@ fn walk(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn crash_and_reboot_leave_no_allocation() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let mut node = Node::start();
     node.write_manifest("a.yaml", &pod_yaml("a", "sleep 3600"));
     node.write_manifest("b.yaml", &pod_yaml("b", "sleep 3600"));
@@ -344,10 +339,9 @@ fn crash_and_reboot_leave_no_allocation() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ip_exhaustion_is_a_clear_pod_error_and_heals() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let mut node = Node::new();
     node.extra_flags(&["--pod-cidr", "10.99.0.0/30"]);
     node.start_daemon();
@@ -399,10 +393,9 @@ fn ip_exhaustion_is_a_clear_pod_error_and_heals() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reference_plugins_from_usr_lib_cni() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     for p in ["bridge", "host-local", "portmap"] {
         if !Path::new("/usr/lib/cni").join(p).exists() {
             eprintln!(
@@ -483,10 +476,9 @@ fn reference_plugins_from_usr_lib_cni() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_network_pods_skip_cni() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let node = Node::start();
     node.add_uplink(&format!("{NODE_IP}/24"), "192.168.200.1");
     let yaml = format!(
@@ -521,10 +513,9 @@ fn host_network_pods_skip_cni() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reboot_with_pods_kept_gives_them_a_working_network_again() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let mut node = Node::start();
     node.write_manifest(
         "server.yaml",
@@ -679,10 +670,9 @@ fn pod_cgroup_contents(uid: &str) -> (Vec<String>, Vec<String>) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn first_container_runs_only_once_its_network_is_up() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let mut node = Node::new();
     // ADD takes a second: long enough for the first container to be created meanwhile,
     // and for it to run without a network if the start gate did not hold it.
@@ -722,10 +712,9 @@ fn first_container_runs_only_once_its_network_is_up() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn cni_failure_removes_the_container_created_meanwhile() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let mut node = Node::new();
     let (flags, alloc) = wrapped_bridge(&node, "fail-bridge", "1", Some("injected ADD failure"));
     node.extra_flags(&flags.iter().map(String::as_str).collect::<Vec<_>>());
@@ -818,10 +807,9 @@ fn cni_failure_removes_the_container_created_meanwhile() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn daemon_crash_while_a_container_waits_for_its_network_leaves_nothing_behind() {
-    if !common::require_root() {
-        return;
-    }
+    common::require_root();
     let mut node = Node::new();
     let (flags, alloc) = wrapped_bridge(&node, "slow-bridge", "2", None);
     node.extra_flags(&flags.iter().map(String::as_str).collect::<Vec<_>>());

@@ -541,10 +541,9 @@ fn count(answers: &[String]) -> BTreeMap<String, usize> {
 /// neighbour and an fdb entry per peer, and pods that reach each other by IP across hosts
 /// (and from a host to a remote pod).
 #[test]
+#[ignore = "needs root"]
 fn pods_on_different_hosts_reach_each_other() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(3, &[]);
     let hosts = ["h1", "h2", "h3"];
     let subnets = lab.wait_meshed(&hosts, Duration::from_secs(20));
@@ -626,10 +625,9 @@ fn pods_on_different_hosts_reach_each_other() {
 /// A ClusterIP Service with backends on h1 and h2, written on h1 only,
 /// answers from a pod and from the host netns on h3, and both backends are hit.
 #[test]
+#[ignore = "needs root"]
 fn cluster_ip_service_with_backends_on_two_hosts_answers_from_a_third() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(3, &[]);
     let (a, b, vip) = service_across_hosts(&lab);
     assert_eq!(
@@ -680,10 +678,9 @@ fn cluster_ip_service_with_backends_on_two_hosts_answers_from_a_third() {
 /// A host that dies (unplugged from the underlay, then deleted) disappears from the other hosts'
 /// routes, neighbours and fdb, and its lease from etcd, within the lease TTL.
 #[test]
+#[ignore = "needs root"]
 fn removed_host_leaves_routes_and_fdb_within_ttl() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const TTL: u64 = 5;
     let lab = Lab::up(3, &["--ttl", &TTL.to_string()]);
     let subnets = lab.wait_meshed(&["h1", "h2", "h3"], Duration::from_secs(20));
@@ -725,10 +722,9 @@ fn removed_host_leaves_routes_and_fdb_within_ttl() {
 /// The pods of a host that dies leave the Service endpoints the other
 /// hosts see within the lease TTL, and the Service keeps answering from the rest.
 #[test]
+#[ignore = "needs root"]
 fn removed_host_leaves_service_endpoints_within_ttl() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const TTL: u64 = 5;
     let lab = Lab::up(3, &["--ttl", &TTL.to_string()]);
     lab.wait_meshed(&["h1", "h2", "h3"], Duration::from_secs(20));
@@ -770,10 +766,9 @@ fn removed_host_leaves_service_endpoints_within_ttl() {
 /// A restarted skiffd keeps its lease: same subnet.env, same lease in etcd, its running pods keep
 /// their IPs and stay reachable, and a new pod gets an IP in the same subnet.
 #[test]
+#[ignore = "needs root"]
 fn restarted_host_keeps_its_subnet() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(2, &[]);
     let subnets = lab.wait_meshed(&["h1", "h2"], Duration::from_secs(20));
     lab.write_manifest("h1", "web.yaml", &web_pod("web", "web"));
@@ -831,10 +826,9 @@ fn restarted_host_keeps_its_subnet() {
 /// keeps flowing the whole time, and once etcd is back the condition clears, a host that joined
 /// during the outage gets its lease and every route, and no lease was lost meanwhile.
 #[test]
+#[ignore = "needs root"]
 fn etcd_outage_keeps_pod_traffic_and_converges() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const TTL: u64 = 15;
     let lab = Lab::up(3, &["--ttl", &TTL.to_string()]);
     let hosts = ["h1", "h2", "h3"];
@@ -932,10 +926,9 @@ fn etcd_outage_keeps_pod_traffic_and_converges() {
 /// A ClusterIP Service keeps answering across hosts while etcd is down for
 /// 30 s, and a backend started during the outage shows up everywhere once etcd is back.
 #[test]
+#[ignore = "needs root"]
 fn etcd_outage_keeps_service_traffic_and_converges() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(3, &[]);
     let (a, b, vip) = service_across_hosts(&lab);
     let url = format!("http://{vip}/");
@@ -977,10 +970,9 @@ fn etcd_outage_keeps_service_traffic_and_converges() {
 /// Six skiffds started at the same moment on an empty etcd race for their leases: every one ends
 /// up with its own subnet, and etcd holds exactly one lease per host, each naming that host.
 #[test]
+#[ignore = "needs root"]
 fn racing_nodes_never_get_the_same_subnet() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(6, &[]);
     let hosts = ["h1", "h2", "h3", "h4", "h5", "h6"];
     let subnets: BTreeMap<&str, String> = hosts.iter().map(|h| (*h, lab.wait_subnet(h))).collect();
@@ -1034,10 +1026,9 @@ spec:
 /// address (no masquerade inside the cluster network), while traffic that leaves the cluster
 /// network is masqueraded to the host's address.
 #[test]
+#[ignore = "needs root"]
 fn direct_routing_and_masquerade_only_out_of_the_cluster() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(2, &["--direct-routing"]);
     let s2 = lab.wait_subnet("h2");
     lab.wait_subnet("h1");

@@ -15,10 +15,9 @@ fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pod_runs_and_reports_kubernetes_status_and_logs() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "hello.yaml",
@@ -88,10 +87,9 @@ fn pod_runs_and_reports_kubernetes_status_and_logs() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn containers_of_a_pod_share_localhost_and_exec_propagates_exit_codes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let yaml = format!(
         r#"apiVersion: v1
@@ -171,10 +169,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn init_containers_run_in_order_to_completion_first() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let yaml = format!(
         r#"apiVersion: v1
@@ -230,10 +227,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn crashing_container_restarts_with_crash_loop_backoff() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("crash.yaml", &pod_yaml("crash", "echo attempt; exit 1"));
     // First restart is immediate, the second waits 10 s (kubelet semantics).
@@ -276,10 +272,9 @@ fn crashing_container_restarts_with_crash_loop_backoff() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn restart_policies_never_and_on_failure_end_the_pod() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "never.yaml",
@@ -322,10 +317,9 @@ fn restart_policies_never_and_on_failure_end_the_pod() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removal_stops_gracefully_then_kills_after_the_grace_period() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let yaml = format!(
         r#"apiVersion: v1
@@ -372,10 +366,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn manifest_edit_replaces_the_pod_and_removal_leaves_nothing_behind() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("app.yaml", &pod_yaml("app", "echo v1; exec sleep 3600"));
     let v1 = node.wait_running("app");
@@ -409,10 +402,9 @@ fn manifest_edit_replaces_the_pod_and_removal_leaves_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bad_manifests_are_reported_and_running_pods_keep_running() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("good.yaml", &pod_yaml("good", "exec sleep 3600"));
     let good = node.wait_running("good");
@@ -481,10 +473,9 @@ fn bad_manifests_are_reported_and_running_pods_keep_running() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pod_waits_for_a_missing_image_and_starts_once_it_is_imported() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     node.start_daemon();
     node.write_manifest("later.yaml", &pod_yaml("later", "exec sleep 3600"));
@@ -502,10 +493,9 @@ fn pod_waits_for_a_missing_image_and_starts_once_it_is_imported() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn crash_of_skiffd_keeps_containers_and_records_exits_that_happened_meanwhile() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::start();
     node.write_manifest("steady.yaml", &pod_yaml("steady", "exec sleep 3600"));
     node.write_manifest(
@@ -564,10 +554,9 @@ fn crash_of_skiffd_keeps_containers_and_records_exits_that_happened_meanwhile() 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn containers_get_safe_defaults_and_no_leaked_descriptors() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "safe.yaml",
@@ -613,10 +602,9 @@ fn containers_get_safe_defaults_and_no_leaked_descriptors() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn logs_follow_streams_until_the_container_ends() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "ticker.yaml",

@@ -178,10 +178,9 @@ fn pod_with(name: &str, script: &str, cextra: &str, sextra: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn empty_dir_host_path_pvc_read_only_and_sub_paths() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let host_dir = node.dir().join("hostpath/made/by/skiff");
     let yaml = format!(
@@ -295,10 +294,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_path_type_mismatch_fails_with_a_clear_event() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let missing = node.dir().join("no-such-file");
     node.write_manifest(
@@ -325,10 +323,9 @@ fn host_path_type_mismatch_fails_with_a_clear_event() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn config_map_secret_downward_api_and_projected_volumes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("configmap.yaml", example("configmap.yaml"));
     node.write_manifest("secret.yaml", example("secret.yaml"));
@@ -430,10 +427,9 @@ fn config_map_secret_downward_api_and_projected_volumes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn config_map_update_reaches_mounted_files_in_place_but_not_env() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let text = example("configmap.yaml");
     node.write_manifest("configmap.yaml", text);
@@ -491,10 +487,9 @@ fn config_map_update_reaches_mounted_files_in_place_but_not_env() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sub_path_symlinks_out_of_the_volume_are_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     for (name, target) in [
         ("abs", "/"),
@@ -551,10 +546,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn config_map_keys_cannot_write_outside_the_volume() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "cm.yaml",
@@ -610,10 +604,9 @@ fn config_map_keys_cannot_write_outside_the_volume() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn env_sources_and_expansion() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("env.yaml", example("env.yaml"));
     let pod = running(&node, "env-demo");
@@ -657,10 +650,9 @@ fn env_sources_and_expansion() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn out_of_memory_is_oom_killed_with_exit_code_137() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("oom.yaml", example("oom.yaml"));
     let t = wait_terminated(&node, "oom-demo", "main", Duration::from_secs(60));
@@ -678,10 +670,9 @@ fn out_of_memory_is_oom_killed_with_exit_code_137() {
 /// over its sizeLimit, and a container's writable layer over its ephemeral-storage limit.
 /// Pods under their limits keep running.
 #[test]
+#[ignore = "needs root"]
 fn ephemeral_storage_over_the_limit_evicts_the_pod() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let fill = |path: &str, mib: u32| {
         format!(
@@ -791,10 +782,9 @@ impl Drop for SharedDir {
 /// does not, and a privileged Bidirectional container's mounts show up on the host; a
 /// non-privileged Bidirectional mount is refused.
 #[test]
+#[ignore = "needs root"]
 fn mount_propagation_host_to_container_none_and_bidirectional() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let shared = SharedDir::new();
     let host = shared.path.display().to_string();
@@ -869,10 +859,9 @@ fn cap_eff(node: &Node, pod: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn security_context_users_capabilities_rootfs_and_privileged() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("security.yaml", example("security.yaml"));
     node.write_manifest(
@@ -1012,10 +1001,9 @@ fn security_context_users_capabilities_rootfs_and_privileged() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn seccomp_runtime_default_refuses_unshare_and_unconfined_allows_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     // A user namespace needs no capability, so only the profile can refuse it (with
     // CAP_SYS_ADMIN Docker's profile allows unshare, as it does on Docker and containerd).
@@ -1066,10 +1054,9 @@ fn seccomp_runtime_default_refuses_unshare_and_unconfined_allows_it() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn run_as_non_root_refuses_a_root_image_user() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "nonroot.yaml",
@@ -1107,10 +1094,9 @@ fn run_as_non_root_refuses_a_root_image_user() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn admission_rejects_pods_that_do_not_fit_and_others_keep_running() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "ok.yaml",
@@ -1182,10 +1168,9 @@ fn read_cg(path: std::path::PathBuf) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn resources_become_cgroup_settings_and_qos_classes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("resources.yaml", example("resources.yaml"));
     let g = running(&node, "resources-guaranteed");
@@ -1258,10 +1243,9 @@ fn resources_become_cgroup_settings_and_qos_classes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hostname_subdomain_host_aliases_and_dns_config() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("dns.yaml", example("dns.yaml"));
     running(&node, "dns-demo");
@@ -1288,10 +1272,9 @@ fn hostname_subdomain_host_aliases_and_dns_config() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn every_example_runs() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let mut pods = Vec::new();
     for (name, text) in EXAMPLES {
@@ -1348,10 +1331,9 @@ fn every_example_runs() {
 /// builder drops `linux.seccomp`; skiff's supervisor loads it itself), and a container
 /// without one gives its exec'd processes none.
 #[test]
+#[ignore = "needs root"]
 fn exec_processes_get_the_containers_seccomp_profile() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "sc.yaml",

@@ -12,10 +12,9 @@ fn main_status(pod: &Value) -> Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn readiness_flips_with_the_probe_and_http_and_tcp_probes_work() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let yaml = format!(
         r#"apiVersion: v1
@@ -101,10 +100,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn failing_liveness_probe_restarts_the_container_and_hooks_run() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let yaml = format!(
         r#"apiVersion: v1
@@ -151,10 +149,9 @@ spec:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pre_stop_hook_runs_before_the_container_is_stopped() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     // The preStop hook leaves a file in a hostPath the test can read afterwards.
     let mark = node.dir().join("prestop-mark");

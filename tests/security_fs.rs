@@ -31,10 +31,9 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn other_host_users_reach_no_pod_files_and_no_setuid_binary() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     // The node's dirs below a world-traversable parent, as /var/lib and /run are, and a root
     // dir an older skiffd left 0755: both must end up closed.
@@ -187,10 +186,9 @@ fn test_image_layer(node: &Node) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_image_passwd_that_is_a_fifo_fails_that_container_only() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     // What a crafted layer unpacks to: `etc/passwd -> ../fifo`, a FIFO nobody ever writes to.
     // Reading it on the host would block a thread of skiffd forever.
@@ -223,10 +221,9 @@ fn an_image_passwd_that_is_a_fifo_fails_that_container_only() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn writes_to_etc_hosts_count_against_the_ephemeral_storage_limit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     // CVE-2020-8557: /etc/hosts is the pod's file, bind-mounted, outside the writable layer.
     node.write_manifest(
@@ -274,10 +271,9 @@ fn writes_to_etc_hosts_count_against_the_ephemeral_storage_limit() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_command_line_too_long_for_execve_is_a_start_error() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let arg = "x".repeat(200_000);
     node.write_manifest(

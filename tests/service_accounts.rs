@@ -93,10 +93,9 @@ fn claims(token: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kubernetes_service_env_and_api_through_the_cluster_ip() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with(&[]);
     let svcs: Value =
         serde_json::from_str(&node.skiff_ok(&["get", "svc", "-A", "-o", "json"])).unwrap();
@@ -162,20 +161,18 @@ fn kubernetes_service_env_and_api_through_the_cluster_ip() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn no_kubernetes_service_without_the_tls_api() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with(&["--api-listen", "none"]);
     let svcs = node.skiff_ok(&["get", "svc", "-A", "-o", "json"]);
     assert!(!svcs.contains("\"kubernetes\""), "{svcs}");
 }
 
 #[test]
+#[ignore = "needs root"]
 fn token_volume_is_mounted_and_accepted_until_the_pod_is_gone() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with(&[]);
     node.write_manifest("sa.yaml", &pod("sa", "default", ""));
     let p = node.wait_running("sa");
@@ -286,10 +283,9 @@ fn token_volume_is_mounted_and_accepted_until_the_pod_is_gone() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn automount_off_and_unknown_service_accounts() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with(&[]);
     node.write_manifest(
         "off.yaml",
@@ -319,10 +315,9 @@ fn automount_off_and_unknown_service_accounts() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn projected_tokens_are_refreshed_at_80_percent_of_their_lifetime() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // Tokens live 10 s here (the apiserver's --service-account-max-token-expiration): refresh
     // after 8 s.
     let node = node_with(&["--service-account-max-token-expiration", "10s"]);

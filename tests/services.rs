@@ -213,10 +213,9 @@ fn count(answers: &[String]) -> BTreeMap<String, usize> {
 /// hairpin, NodePort on the host's address, `get svc/ep` columns and service
 /// env vars in a pod started after the Services.
 #[test]
+#[ignore = "needs root"]
 fn cluster_ip_node_port_affinity_hairpin_readiness() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with_uplink(&[]);
     for b in ["web-a", "web-b", "web-c"] {
         node.write_manifest(
@@ -455,10 +454,9 @@ impl Drop for UdpResponder {
 /// A UDP Service (selector-less, manual Endpoints), reached from a pod
 /// with busybox nslookup and from the host netns.
 #[test]
+#[ignore = "needs root"]
 fn udp_service_with_manual_endpoints() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with_uplink(&[]);
     let host = node.host.path();
     let responder = UdpResponder::start(&host, 5353);
@@ -510,10 +508,9 @@ fn udp_service_with_manual_endpoints() {
 /// keeps requesting; a restart of skiffd keeps cluster IP, node port and
 /// rules (no failed request); `--cleanup-iptables` removes everything.
 #[test]
+#[ignore = "needs root"]
 fn update_remove_restart_and_cleanup() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // No TLS API, so no kubernetes Service: "no service chain left" below means none at all.
     let mut node = node_with_uplink(&["--api-listen", "none"]);
     node.write_manifest("web-a.yaml", &backend("web-a", "app: web", ""));
@@ -698,10 +695,9 @@ fn update_remove_restart_and_cleanup() {
 /// Invalid Services are refused with clear errors (events, `get svc NAME`)
 /// while the valid ones keep working.
 #[test]
+#[ignore = "needs root"]
 fn invalid_services_are_rejected_clearly() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with_uplink(&[
         "--service-cluster-ip-range",
         "10.100.0.0/24",
@@ -811,10 +807,9 @@ fn invalid_services_are_rejected_clearly() {
 /// Someone flushes the tables (a firewall reload): the canary chain is gone, so the next
 /// periodic check (`--iptables-sync-period`, 1 s here) rewrites every rule at once.
 #[test]
+#[ignore = "needs root"]
 fn flushed_rules_come_back_through_the_canary() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = node_with_uplink(&["--iptables-sync-period", "1s"]);
     node.write_manifest("web-a.yaml", &backend("web-a", "app: web", ""));
     node.write_manifest(

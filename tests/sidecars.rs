@@ -91,10 +91,9 @@ fn table_line(node: &Node, name: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sidecars_start_in_their_turn_and_run_beside_the_app() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let dir = events_dir(&node, "order");
     let yaml = pod(
@@ -146,10 +145,9 @@ fn sidecars_start_in_their_turn_and_run_beside_the_app() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn termination_stops_the_app_first_then_the_sidecars_last_declared_first() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let dir = events_dir(&node, "stop");
     let yaml = pod(
@@ -192,10 +190,9 @@ fn termination_stops_the_app_first_then_the_sidecars_last_declared_first() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_sidecar_that_exits_is_restarted_even_under_restart_policy_never() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let dir = events_dir(&node, "flaky");
     let yaml = pod(
@@ -244,10 +241,9 @@ fn a_sidecar_that_exits_is_restarted_even_under_restart_policy_never() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_job_like_pod_completes_by_its_app_while_the_sidecar_ran() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     for (name, code, phase) in [("job-ok", 0, "Succeeded"), ("job-bad", 2, "Failed")] {
         let dir = events_dir(&node, name);
@@ -303,10 +299,9 @@ fn a_job_like_pod_completes_by_its_app_while_the_sidecar_ran() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_sidecar_startup_probe_gates_the_next_container() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let dir = events_dir(&node, "gated");
     let probe = "    startupProbe: {exec: {command: [test, -f, /tmp/up]}, periodSeconds: 1, failureThreshold: 30}\n    readinessProbe: {exec: {command: [test, -f, /tmp/up]}, periodSeconds: 1}\n";
@@ -370,10 +365,9 @@ fn a_sidecar_startup_probe_gates_the_next_container() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_restarted_skiffd_adopts_running_sidecars_without_rerunning_anything() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::start();
     let dir = events_dir(&node, "adopt");
     let yaml = pod(

@@ -74,10 +74,9 @@ fn wait_phase(node: &Node, name: &str, phase: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn termination_messages_from_a_custom_path_and_from_the_log() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     let many = "i=1; while [ $i -le 100 ]; do echo line $i; i=$((i+1)); done";
     node.write_manifest(
@@ -127,10 +126,9 @@ fn termination_messages_from_a_custom_path_and_from_the_log() {
 /// nodeSelector or required node affinity match run, the others are `Failed` with the
 /// kubelet's reason and message; so are pods asking for an extended resource the node lacks.
 #[test]
+#[ignore = "needs root"]
 fn node_selection_and_extended_resources_at_admission() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     node.extra_flags(&["--node-labels", "disktype=ssd,example.com/rack=r7"]);
     node.start_daemon();
@@ -235,10 +233,9 @@ fn node_labels_in_the_kubernetes_namespace_are_refused() {
 /// AppArmor asked for (annotation or securityContext, RuntimeDefault too) on a host without
 /// it: refused with the kubelet's reason and message. `Unconfined` runs.
 #[test]
+#[ignore = "needs root"]
 fn apparmor_without_host_support_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
         .is_ok_and(|s| s.starts_with('Y'));
     if enabled {
@@ -281,10 +278,9 @@ fn apparmor_without_host_support_is_refused() {
 /// A privileged container gets the host's device nodes in its `/dev` (as runc/containerd
 /// give it); an unprivileged one only the default few.
 #[test]
+#[ignore = "needs root"]
 fn privileged_containers_see_the_host_devices() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // A character device every host has that is not among a container's defaults.
     let dev = [
         "/dev/loop-control",
@@ -419,10 +415,9 @@ fn grpc_health_server(
 /// server says SERVING for the probe's service, not ready on NOT_SERVING, and a liveness
 /// probe for a service the server does not know fails and restarts the container.
 #[test]
+#[ignore = "needs root"]
 fn grpc_probes_use_the_health_checking_protocol() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "grpc.yaml",
@@ -514,10 +509,9 @@ fn grpc_probes_use_the_health_checking_protocol() {
 /// Pod-level `spec.resources` land on the pod's cgroup (v1 or v2, whichever the host uses),
 /// the parent of its containers' cgroups, and decide the QoS class.
 #[test]
+#[ignore = "needs root"]
 fn pod_level_resources_limit_the_pod_cgroup() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest(
         "plr.yaml",

@@ -116,10 +116,9 @@ fn log_files(node: &Node, pod: &Value, restart: u32) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn one_endless_line_keeps_the_shim_flat_and_is_logged_as_partial_records() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     node.extra_flags(&[
         "--container-log-max-size",
@@ -196,10 +195,9 @@ fn one_endless_line_keeps_the_shim_flat_and_is_logged_as_partial_records() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn chatty_container_logs_rotate_within_limits_and_logs_reads_across_rotations() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     node.extra_flags(&[
         "--container-log-max-size",
@@ -302,10 +300,9 @@ fn wait_recovered_without_duplicates(node: &Node, name: &str, uid: &str, restart
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_killed_shim_never_leaves_a_second_copy_running() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let node = Node::start();
     node.write_manifest("victim.yaml", &sleeper("victim"));
     let pod = node.wait_running("victim");
@@ -327,10 +324,9 @@ fn a_killed_shim_never_leaves_a_second_copy_running() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn torn_state_files_neither_duplicate_nor_orphan_containers() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new();
     // The torn meta.json hides the image's only user from image GC for a moment.
     node.extra_flags(&["--image-gc-high-threshold", "100"]);
@@ -370,10 +366,9 @@ fn torn_state_files_neither_duplicate_nor_orphan_containers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removing_a_pod_after_its_shim_was_killed_leaves_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::start();
     node.write_manifest("orphan.yaml", &sleeper("orphan"));
     let pod = node.wait_running("orphan");
@@ -394,11 +389,10 @@ fn removing_a_pod_after_its_shim_was_killed_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_pod_whose_network_namespace_was_removed_gets_a_new_sandbox() {
     use std::net::{IpAddr, SocketAddr};
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::start();
     let web = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: Never\n    command: [sh, -c, \"mkdir -p /www && echo sandboxed > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n",

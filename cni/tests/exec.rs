@@ -100,6 +100,7 @@ fn run_conflist(lab: &mut Lab, net: &Network, subnet_prefix: &str, reference: bo
 }
 
 #[test]
+#[ignore = "needs root"]
 fn executor_runs_skiff_conflist_add_check_del() {
     need_root!();
     let mut lab = Lab::new();
@@ -118,6 +119,7 @@ fn executor_runs_skiff_conflist_add_check_del() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn executor_runs_reference_plugins_as_drop_in() {
     need_root!();
     if !Path::new(REFERENCE_DIR).join("bridge").exists() {
@@ -137,6 +139,7 @@ fn executor_runs_reference_plugins_as_drop_in() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_uses_the_cached_config_and_gc_removes_stale_attachments() {
     need_root!();
     let mut lab = Lab::new();

@@ -41,6 +41,7 @@ fn ip_of(result: &Value) -> IpAddr {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_gives_address_route_and_masq_and_del_cleans_up() {
     need_root!();
     let mut lab = Lab::new();
@@ -91,6 +92,7 @@ fn add_gives_address_route_and_masq_and_del_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_containers_on_one_bridge_reach_each_other() {
     need_root!();
     let mut lab = Lab::new();
@@ -108,6 +110,7 @@ fn two_containers_on_one_bridge_reach_each_other() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_after_netns_is_gone_still_frees_the_address() {
     need_root!();
     let mut lab = Lab::new();
@@ -142,6 +145,7 @@ fn del_after_netns_is_gone_still_frees_the_address() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn gc_frees_stale_allocations() {
     need_root!();
     let mut lab = Lab::new();
@@ -167,6 +171,7 @@ fn gc_frees_stale_allocations() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn exhausted_range_gives_a_clear_error() {
     need_root!();
     let mut lab = Lab::new();
@@ -192,6 +197,7 @@ fn exhausted_range_gives_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reference_host_local_reads_skiff_allocations() {
     need_root!();
     if !Path::new("/usr/lib/cni/host-local").exists() {

@@ -16,6 +16,7 @@ use cni::Attachment;
 use common::{Lab, listen_in, skiff_bin_dir};
 
 #[test]
+#[ignore = "needs root"]
 fn podman_uses_skiff_plugins() {
     need_root!();
     let have = |p: &str| Path::new(p).exists();

@@ -6,7 +6,7 @@ use std::fs;
 use std::process::Command;
 
 use images::{ExportFormat, ImageStore, PullOptions, Puller};
-use support::{Registry, run, sha256, tools_present};
+use support::{Registry, require_tools, run, sha256};
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap()
@@ -17,11 +17,9 @@ fn skopeo(args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn exports_match_skopeo_and_umoci() {
-    if !tools_present() || !std::path::Path::new("/usr/bin/umoci").exists() {
-        eprintln!("SKIPPED: needs root, docker-registry, skopeo and umoci");
-        return;
-    }
+    require_tools();
     let registry = Registry::start();
     let layout = tempfile::tempdir().unwrap();
     support::busybox_layout(layout.path());

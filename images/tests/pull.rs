@@ -13,7 +13,7 @@ use images::{
     Credential, Credentials, ImageStore, LayerPhase, PullError, PullOptions, Puller, PullerConfig,
     RegistriesConfig, Timeouts,
 };
-use support::{Compress, Layout, Proxy, Registry, Silent, tools_present};
+use support::{Compress, Layout, Proxy, Registry, Silent, require_tools};
 
 fn puller(root: &Path, config: PullerConfig) -> Puller {
     Puller::new(ImageStore::open(root).unwrap(), config)
@@ -59,10 +59,9 @@ fn busybox_registry() -> (Registry, tempfile::TempDir) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn pulls_oci_and_docker_manifests_and_digests() {
-    if !tools_present() {
-        return;
-    }
+    require_tools();
     let (registry, _layout) = busybox_registry();
     let host = registry.host();
     let root = tempfile::tempdir().unwrap();
@@ -142,10 +141,9 @@ async fn pulls_oci_and_docker_manifests_and_digests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn multi_layer_zstd_and_multi_arch_index() {
-    if !tools_present() {
-        return;
-    }
+    require_tools();
     let registry = Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let mut layout = Layout::new(dir.path());
@@ -263,10 +261,9 @@ async fn multi_layer_zstd_and_multi_arch_index() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn corrupted_blob_fails_and_leaves_store_clean() {
-    if !tools_present() {
-        return;
-    }
+    require_tools();
     let (registry, layout) = busybox_registry();
     let host = registry.host();
     let index: serde_json::Value =
@@ -305,10 +302,9 @@ async fn corrupted_blob_fails_and_leaves_store_clean() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn dropped_connections_resume_or_fail_clearly() {
-    if !tools_present() {
-        return;
-    }
+    require_tools();
     let (registry, _layout) = busybox_registry();
     // Cut the first two connections after 200 kB of response (inside the ~1 MB layer).
     let proxy = Proxy::start(registry.port, 200_000, 2).await;
@@ -371,10 +367,9 @@ async fn silent_registry_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn concurrent_pulls_share_one_download() {
-    if !tools_present() {
-        return;
-    }
+    require_tools();
     let (registry, _layout) = busybox_registry();
     let proxy = Proxy::start(registry.port, u64::MAX, 0).await;
     let host = proxy.host();
@@ -401,10 +396,9 @@ async fn concurrent_pulls_share_one_download() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn tls_registry_with_basic_auth() {
-    if !tools_present() {
-        return;
-    }
+    require_tools();
     let registry = Registry::start_secure();
     let layout = tempfile::tempdir().unwrap();
     support::busybox_layout(layout.path());
@@ -505,10 +499,9 @@ async fn tls_registry_with_basic_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the registry tools"]
 async fn mirrors_are_tried_first() {
-    if !tools_present() {
-        return;
-    }
+    require_tools();
     let (registry, _layout) = busybox_registry();
     let silent = Silent::start();
     // A dead mirror (times out), then a working one; the registry itself does not exist.

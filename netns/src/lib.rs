@@ -207,11 +207,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn create_run_in_remove_netns() {
-        if !is_root() {
-            eprintln!("SKIPPED: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ns1");
         create(&path, Kind::Net, None).unwrap();
@@ -239,11 +237,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn uts_namespace_gets_hostname() {
-        if !is_root() {
-            eprintln!("SKIPPED: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("uts");
         create(&path, Kind::Uts, Some("pod-host")).unwrap();

@@ -19,14 +19,15 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Skips the calling test (with a message) when not root.
+/// Fails the calling test when not root. Root tests are `#[ignore = "needs root"]`;
+/// scripts/test.sh runs them as root with `--include-ignored`.
 #[macro_export]
 macro_rules! need_root {
     () => {
-        if !common::is_root() {
-            eprintln!("SKIPPED: needs root");
-            return;
-        }
+        assert!(
+            common::is_root(),
+            "this test needs root: run it as root (sudo scripts/test.sh runs every root test)"
+        );
     };
 }
 

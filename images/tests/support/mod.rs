@@ -17,6 +17,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
+/// Fails the test unless root and the peers are there (these tests are `#[ignore]`d:
+/// scripts/test.sh runs them, as root, with `--include-ignored`).
+pub fn require_tools() {
+    assert!(
+        tools_present() && Path::new("/usr/bin/umoci").exists(),
+        "needs root, docker-registry, skopeo, openssl, htpasswd and umoci (scripts/install-deps.sh)"
+    );
+}
+
 /// Whether the peers the tests need are installed; prints why not.
 pub fn tools_present() -> bool {
     let mut ok = true;
