@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use super::datapath::{DataPath, Entry, Installed};
 use super::lease::{Ipv4Net, LeaseAttrs};
 
 /// VXLAN encapsulation overhead on IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
@@ -347,18 +348,6 @@ pub fn set_vtep_address(r: &dyn Runner, dev: &str, subnet: Ipv4Net) -> Result<()
     Ok(())
 }
 
-/// What the kernel holds on the VTEP `dev`: route destinations, permanent neighbours and fdb
-/// entries `(mac, dst)`. A restarted node compares them with the leases and removes the rest.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Installed {
-    /// Destinations of routes through the device.
-    pub routes: Vec<String>,
-    /// Addresses of permanent neighbour entries.
-    pub neighbours: Vec<String>,
-    /// `(mac, dst)` of fdb entries with a remote destination.
-    pub fdb: Vec<(String, String)>,
-}
-
 /// List what is installed on `dev`.
 pub fn installed(r: &dyn Runner, dev: &str) -> Result<Installed, VxlanError> {
     let routes = r.run("ip", &["-4", "-o", "route", "show", "dev", dev])?;
@@ -371,46 +360,47 @@ pub fn installed(r: &dyn Runner, dev: &str) -> Result<Installed, VxlanError> {
         routes: routes
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|d| d.contains('/'))
-            .map(str::to_string)
+            .filter_map(|d| d.parse().ok())
             .collect(),
         neighbours: neigh
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
+            .filter_map(|d| d.parse().ok())
             .collect(),
         fdb: fdb
             .lines()
             .filter_map(|l| {
                 let mac = l.split_whitespace().next()?;
-                let dst = field(l, "dst")?;
-                Some((mac.to_string(), dst.to_string()))
+                let dst = field(l, "dst")?.parse().ok()?;
+                Some((mac.to_lowercase(), dst))
             })
             .collect(),
     })
 }
 
-/// Remove a route, neighbour or fdb entry found by [`installed`]; already gone is success.
-pub fn remove_installed(
-    r: &dyn Runner,
-    dev: &str,
-    route: Option<&str>,
-    neighbour: Option<&str>,
-    fdb: Option<(&str, &str)>,
-) -> Result<(), VxlanError> {
-    if let Some(dst) = route {
-        ignore_missing(r.run("ip", &["route", "del", dst, "dev", dev]))?;
-    }
-    if let Some(ip) = neighbour {
-        ignore_missing(r.run("ip", &["neigh", "del", ip, "dev", dev]))?;
-    }
-    if let Some((mac, dst)) = fdb {
-        ignore_missing(r.run(
+/// Remove an entry found by [`installed`]; already gone is success.
+pub fn remove_entry(r: &dyn Runner, dev: &str, entry: &Entry) -> Result<(), VxlanError> {
+    match entry {
+        Entry::Route(dst) => {
+            ignore_missing(r.run("ip", &["route", "del", &dst.to_string(), "dev", dev]))
+        }
+        Entry::Neighbour(ip) => {
+            ignore_missing(r.run("ip", &["neigh", "del", &ip.to_string(), "dev", dev]))
+        }
+        Entry::Fdb(mac, dst) => ignore_missing(r.run(
             "bridge",
-            &["fdb", "del", mac, "dev", dev, "dst", dst, "self"],
-        ))?;
+            &[
+                "fdb",
+                "del",
+                mac,
+                "dev",
+                dev,
+                "dst",
+                &dst.to_string(),
+                "self",
+            ],
+        )),
     }
-    Ok(())
 }
 
 /// A plain route to a peer on the same L2 network (`DirectRouting`): no encapsulation.
@@ -521,6 +511,36 @@ pub fn remove_peer(r: &dyn Runner, dev: &str, peer: &Peer) -> Result<(), VxlanEr
     Ok(())
 }
 
+impl DataPath for CommandRunner {
+    fn ensure_vtep(&self, cfg: &VtepConfig) -> Result<Vtep, VxlanError> {
+        ensure_vtep(self, cfg)
+    }
+    fn set_vtep_address(&self, dev: &str, subnet: Ipv4Net) -> Result<(), VxlanError> {
+        set_vtep_address(self, dev, subnet)
+    }
+    fn add_peer(&self, dev: &str, peer: &Peer) -> Result<(), VxlanError> {
+        add_peer(self, dev, peer)
+    }
+    fn remove_peer(&self, dev: &str, peer: &Peer) -> Result<(), VxlanError> {
+        remove_peer(self, dev, peer)
+    }
+    fn add_direct_route(&self, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
+        add_direct_route(self, uplink, peer)
+    }
+    fn remove_direct_route(&self, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
+        remove_direct_route(self, uplink, peer)
+    }
+    fn installed(&self, dev: &str) -> Result<Installed, VxlanError> {
+        installed(self, dev)
+    }
+    fn remove_entry(&self, dev: &str, entry: &Entry) -> Result<(), VxlanError> {
+        remove_entry(self, dev, entry)
+    }
+    fn masquerade(&self, network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
+        super::agent::masquerade(network, subnet)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,11 +633,14 @@ mod tests {
             ]
         );
         let got = installed(&fake, "skiff.1").unwrap();
-        assert_eq!(got.routes, ["10.244.2.0/24", "10.244.3.0/24"]);
-        assert_eq!(got.neighbours, ["10.244.2.0"]);
+        assert_eq!(got.routes, [net("10.244.2.0/24"), net("10.244.3.0/24")]);
+        assert_eq!(got.neighbours, [Ipv4Addr::new(10, 244, 2, 0)]);
         assert_eq!(
             got.fdb,
-            [("02:00:00:00:00:02".to_string(), "192.168.77.2".to_string())]
+            [(
+                "02:00:00:00:00:02".to_string(),
+                Ipv4Addr::new(192, 168, 77, 2)
+            )]
         );
     }
 
