@@ -235,11 +235,15 @@ impl<R: Registry, D: DataPath> Agent<R, D> {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let fresh = match (previous, &cached) {
-            (Some(_), Some(_)) => tokio::time::timeout(START_WAIT, config(&registry, &settings))
-                .await
-                .ok()
-                .and_then(Result::ok),
-            _ => Some(retry(&mut health, || config(&registry, &settings)).await),
+            (Some(_), Some(_)) => {
+                match tokio::time::timeout(START_WAIT, config(&registry, &settings)).await {
+                    Ok(Ok(c)) => Some(c),
+                    // Wrong credentials do not get better by waiting.
+                    Ok(Err(e @ EtcdError::Auth(_))) => return Err(e.into()),
+                    _ => None,
+                }
+            }
+            _ => Some(retry(&mut health, || config(&registry, &settings)).await?),
         };
         let (network_config, degraded) = match fresh {
             Some(c) => (c, false),
@@ -277,7 +281,7 @@ impl<R: Registry, D: DataPath> Agent<R, D> {
             retry(&mut health, || {
                 registry.acquire(&cfg, &attrs, previous, ttl)
             })
-            .await
+            .await?
         };
         if previous.is_some_and(|p| p != lease.subnet) {
             warn!(previous = %previous.unwrap(), subnet = %lease.subnet, "the node's old subnet was taken; pods started from now on use the new one");
@@ -604,8 +608,9 @@ impl Health {
     }
 }
 
-/// Run `f` until it succeeds, backing off, reporting each new error.
-async fn retry<T, F, Fut>(health: &mut Health, mut f: F) -> T
+/// Run `f` until it succeeds, backing off, reporting each new error. An auth error (wrong
+/// user or password, or none given to an etcd that wants one) ends it: waiting does not help.
+async fn retry<T, F, Fut>(health: &mut Health, mut f: F) -> Result<T, EtcdError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, EtcdError>>,
@@ -615,7 +620,11 @@ where
         match f().await {
             Ok(v) => {
                 health.ok();
-                return v;
+                return Ok(v);
+            }
+            Err(e @ EtcdError::Auth(_)) => {
+                health.failed(&e.to_string(), "");
+                return Err(e);
             }
             Err(e) => {
                 health.failed(
@@ -976,6 +985,27 @@ mod tests {
         .await;
         let _ = stop_tx.send(());
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn join_gives_up_on_auth_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        reg.set_refuse(Some("user \"root\" was refused"));
+        let store = Arc::new(Store::new("node1"));
+        let res = Agent::join_with(
+            reg.clone(),
+            Arc::new(FakeDataPath::default()),
+            uplink(1),
+            settings(dir.path(), Duration::from_secs(30)),
+            store,
+        )
+        .await;
+        let Err(err) = res else {
+            panic!("joined with a refused password")
+        };
+        assert!(err.to_string().starts_with("etcd auth: user"), "{err}");
+        assert_eq!(reg.calls(), ["network_config"], "no retry on auth errors");
     }
 
     #[tokio::test]

@@ -140,6 +140,8 @@ struct FakeState {
     watchers: Vec<mpsc::UnboundedSender<Result<Vec<LeaseEvent>, EtcdError>>>,
     /// While set, every call fails with this message (etcd away).
     down: Option<String>,
+    /// While set, every call fails with this auth error (wrong password).
+    refuse: Option<String>,
     /// Calls made, by name, in order.
     calls: Vec<&'static str>,
 }
@@ -164,6 +166,9 @@ impl FakeRegistry {
     fn check(&self, call: &'static str) -> Result<std::sync::MutexGuard<'_, FakeState>, EtcdError> {
         let mut s = self.lock();
         s.calls.push(call);
+        if let Some(msg) = &s.refuse {
+            return Err(EtcdError::Auth(msg.clone()));
+        }
         match &s.down {
             Some(msg) => Err(EtcdError::Watch(msg.clone())),
             None => Ok(s),
@@ -185,6 +190,11 @@ impl FakeRegistry {
                 let _ = w.send(Err(EtcdError::Watch(m.to_string())));
             }
         }
+    }
+
+    /// Refuse every call with an auth error (`Some`), or stop doing so.
+    pub fn set_refuse(&self, msg: Option<&str>) {
+        self.lock().refuse = msg.map(str::to_string);
     }
 
     /// Put (or change) another node's lease, as that node would.
