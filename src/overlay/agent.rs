@@ -23,11 +23,7 @@ use super::registry::{EtcdRegistry, LeaseStream, Registry};
 use super::vxlan::{self, Peer, Vtep, VtepConfig};
 
 /// The data path skiffd uses on its host.
-pub type HostDataPath = vxlan::CommandRunner;
-
-fn host_data_path() -> HostDataPath {
-    vxlan::CommandRunner::host()
-}
+pub type HostDataPath = vxlan::NetlinkDataPath;
 use crate::store::Store;
 
 /// The node condition the agent reports.
@@ -202,14 +198,8 @@ impl Agent {
     ) -> Result<(Agent, Joined), OverlayError> {
         let uplink = find_uplink(settings.iface.as_deref(), settings.public_ip)?;
         let registry = EtcdRegistry::new(settings.client.clone(), settings.prefix.clone());
-        Agent::join_with(
-            registry,
-            Arc::new(host_data_path()),
-            uplink,
-            settings,
-            store,
-        )
-        .await
+        let dp = vxlan::NetlinkDataPath::host()?;
+        Agent::join_with(registry, Arc::new(dp), uplink, settings, store).await
     }
 }
 
@@ -750,28 +740,17 @@ pub(super) fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), Stri
 pub fn remove_leftovers() -> Vec<String> {
     use std::process::Command;
     let mut removed = Vec::new();
-    let links = Command::new("ip")
-        .args(["-o", "link", "show", "type", "vxlan"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for line in links.lines() {
-        // "7: skiff.1: <BROADCAST,...> ..."
-        let Some(name) = line
-            .split(':')
-            .nth(1)
-            .map(|n| n.trim().split('@').next().unwrap_or(""))
-        else {
-            continue;
-        };
-        if name.starts_with("skiff.")
-            && Command::new("ip")
-                .args(["link", "del", "dev", name])
-                .status()
-                .is_ok_and(|s| s.success())
-        {
-            removed.push(format!("device {name}"));
+    match cni::netlink::Handle::new().and_then(|mut nl| {
+        let mut gone = Vec::new();
+        for l in nl.links()? {
+            if l.kind == "vxlan" && l.name.starts_with("skiff.") && nl.del_link(l.index).is_ok() {
+                gone.push(format!("device {}", l.name));
+            }
         }
+        Ok(gone)
+    }) {
+        Ok(gone) => removed.extend(gone),
+        Err(e) => warn!(error = %e, "listing links for the overlay's leftovers"),
     }
     for (table, from, chain) in [
         ("nat", "POSTROUTING", MASQ_CHAIN),
