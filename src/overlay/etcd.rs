@@ -518,25 +518,34 @@ impl Client {
             .expect("static request parts are valid")
     }
 
-    /// One request and its whole answer over `c`.
+    /// One request and its whole answer over `c`. The error says whether any answer came:
+    /// `Err((false, _))` means etcd sent nothing, so it did not take the request.
     async fn round_trip(
         c: &mut Conn,
         path: &'static str,
         body: &Value,
         token: Option<&str>,
-    ) -> Result<(u16, Bytes), hyper::Error> {
-        c.sender.ready().await?;
+    ) -> Result<(u16, Bytes), (bool, hyper::Error)> {
+        c.sender.ready().await.map_err(|e| (false, e))?;
         let resp = c
             .sender
             .send_request(Self::request(&c.addr, path, body, token))
-            .await?;
+            .await
+            .map_err(|e| (false, e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| (true, e))?
+            .to_bytes();
         Ok((status, bytes))
     }
 
-    /// One unary request: over a kept-alive connection when there is one (a connection etcd
-    /// closed meanwhile is replaced by a fresh one), else a fresh one, kept for the next.
+    /// One unary request: over a kept-alive connection when there is one, else a fresh one,
+    /// kept for the next. A kept-alive connection that fails before any answer (etcd closed it
+    /// while idle: EOF or reset) did not deliver the request, which then goes out once more on a
+    /// fresh connection, as Go's and hyper's pooling clients do.
     async fn exchange(
         &self,
         path: &'static str,
@@ -549,8 +558,8 @@ impl Client {
                     self.put_idle(c);
                     return Ok(r);
                 }
-                Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {}
-                Err(source) => return Err(EtcdError::Http { path, source }),
+                Err((false, _)) => {}
+                Err((true, source)) => return Err(EtcdError::Http { path, source }),
             }
         }
         let mut c = self.open(path).await?;
@@ -558,7 +567,7 @@ impl Client {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = Self::round_trip(&mut c, path, body, token)
             .await
-            .map_err(|source| EtcdError::Http { path, source })?;
+            .map_err(|(_, source)| EtcdError::Http { path, source })?;
         self.put_idle(c);
         Ok(r)
     }
@@ -1422,6 +1431,70 @@ pub(crate) mod tests {
         assert!(opened <= 3, "{opened}");
         c.range("/pool/", true).await.unwrap();
         assert_eq!(c.connections_opened(), opened, "an idle one was reused");
+    }
+
+    /// A TCP forwarder in front of etcd whose connections can be cut (as etcd closing idle
+    /// connections, or a restart, would).
+    struct Cutter {
+        addr: String,
+        conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+        _accept: ConnTask,
+    }
+
+    impl Cutter {
+        async fn start(target: &str) -> Cutter {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let target = target.trim_start_matches("http://").to_string();
+            let conns: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+            let c = conns.clone();
+            let accept = tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let target = target.clone();
+                    c.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut out) = TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    }));
+                }
+            });
+            Cutter {
+                addr,
+                conns,
+                _accept: ConnTask(accept),
+            }
+        }
+
+        /// Close every forwarded connection.
+        fn cut(&self) {
+            for t in self.conns.lock().unwrap().drain(..) {
+                t.abort();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_etcd_closed_is_replaced() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let cutter = Cutter::start(&etcd.url).await;
+        let c = Client::new(&format!("http://{}", cutter.addr)).unwrap();
+        c.put("/cut/a", b"1", 0).await.unwrap();
+        c.range("/cut/a", false).await.unwrap();
+        assert_eq!(c.connections_opened(), 1);
+        // Cut with no await in between: the request finds its kept-alive connection dead
+        // (or the connection task noticed first) and goes out again on a fresh one.
+        cutter.cut();
+        let (kvs, _) = c.range("/cut/a", false).await.unwrap();
+        assert_eq!(kvs[0].value, b"1");
+        assert_eq!(
+            c.connections_opened(),
+            2,
+            "a fresh connection replaced the cut one"
+        );
+        c.range("/cut/a", false).await.unwrap();
+        assert_eq!(c.connections_opened(), 2);
     }
 
     /// Turn etcd's auth on with a `root` user (what `etcdctl user add root; etcdctl auth
