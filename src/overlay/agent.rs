@@ -967,6 +967,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn restart_while_etcd_is_away_comes_up_on_the_old_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        let (_a, first, _) = join(&reg, dir.path(), 1, Duration::from_secs(1)).await;
+        // Restart during an outage longer than the TTL.
+        reg.set_down(Some("connection refused"));
+        reg.expire(first.subnet);
+        let (agent, joined, dp) = join(&reg, dir.path(), 1, Duration::from_secs(1)).await;
+        assert_eq!(
+            joined, first,
+            "subnet.env and the cached config carry the node"
+        );
+        assert_eq!(dp.net().vtep_addr, Some(first.subnet.addr()));
+        assert!(reg.leases().is_empty());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async {
+            let _ = stop_rx.await;
+        }));
+        reg.set_down(None);
+        wait_until("the lease taken once etcd is back", || {
+            reg.leases() == [(first.subnet, peer(1, "0e:00:00:00:00:01"))]
+        })
+        .await;
+        let _ = stop_tx.send(());
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn join_gives_up_on_auth_errors() {
         let dir = tempfile::tempdir().unwrap();
         let reg = FakeRegistry::new();
