@@ -4,14 +4,16 @@
 # its own, with one etcd on that underlay. Nothing touches the real host network.
 #
 # Usage: sudo scripts/lab.sh COMMAND [--name NAME] [options]
-#   up N [--ttl S] [--cluster-cidr CIDR] [--bin DIR] [--image DIR] [--flags "..."] [--no-overlay] [--demo] [--direct-routing]
+#   up N [--ttl S] [--cluster-cidr CIDR] [--bin DIR] [--image DIR] [--flags "..."] [--no-overlay] [--demo] [--direct-routing] [--etcd-auth]
 #       builds hosts h1..hN, starts etcd, then every skiffd at the same time, imports the test
 #       image into each and prints how to reach them. --ttl is skiffd's --subnet-lease-ttl
 #       (default 60); --flags are extra skiffd flags for every host (e.g. --vxlan-tx-checksum-off);
 #       --no-overlay runs the skiffds without etcd (independent single nodes, to debug the lab);
 #       --demo puts the demo manifests on the hosts (as `demo` below); --direct-routing writes
 #       the network config with the vxlan backend's DirectRouting on (hosts share one L2
-#       underlay, so peers get plain routes instead of VXLAN).
+#       underlay, so peers get plain routes instead of VXLAN). --etcd-auth turns etcd's password
+#       auth on (user root, a random password in /var/lib/skiff-lab/NAME/etcd-password, 0600)
+#       and starts every skiffd with --etcd-username root --etcd-password-file on it.
 #   down                  stops the pods, every skiffd and etcd, removes every netns and directory
 #                         of the lab; idempotent. Leftovers skiff should have removed are reported
 #                         as BUG (and removed); the exit status is then 1.
@@ -59,7 +61,7 @@ ETCD_PREFIX=/skiff
 cmd=$1
 shift
 name=skiff-lab
-ttl=60 cidr=10.244.0.0/16 bin=${SKIFF_BIN:-} image= flags= overlay=1 demo=0 wait=1 start=1 direct=0
+ttl=60 cidr=10.244.0.0/16 bin=${SKIFF_BIN:-} image= flags= overlay=1 demo=0 wait=1 start=1 direct=0 auth=0
 args=()
 while (($#)); do
     case $1 in
@@ -72,6 +74,7 @@ while (($#)); do
         --no-overlay) overlay=0 ;;
         --demo) demo=1 ;;
         --direct-routing) direct=1 ;;
+        --etcd-auth) auth=1 ;;
         --no-wait) wait=0 ;;
         --no-start) start=0 ;;
         -h | --help) usage; exit 0 ;;
@@ -114,8 +117,8 @@ load_state() {
 save_state() {
     mkdir -p "$RUN"
     {
-        printf 'bin=%q\nttl=%q\ncidr=%q\nimage=%q\nflags=%q\noverlay=%q\n' \
-            "$bin" "$ttl" "$cidr" "$image" "$flags" "$overlay"
+        printf 'bin=%q\nttl=%q\ncidr=%q\nimage=%q\nflags=%q\noverlay=%q\nauth=%q\n' \
+            "$bin" "$ttl" "$cidr" "$image" "$flags" "$overlay" "$auth"
     } >"$STATE_FILE.tmp"
     mv "$STATE_FILE.tmp" "$STATE_FILE"
 }
@@ -225,6 +228,27 @@ start_etcd() {
     die "etcd did not become healthy on $ETCD_URL (log: $STATE/etcd.log)"
 }
 
+# etcd_call PATH JSON [TOKEN]: one request to the lab's etcd gateway; its answer on stdout.
+etcd_call() {
+    local h=()
+    [[ -n ${3:-} ]] && h=(-H "Authorization: $3")
+    nsenter --net="/run/netns/$UNDERLAY" curl -sf -m 5 -X POST "${h[@]}" "$ETCD_URL$1" -d "$2"
+}
+
+# Turns etcd's password auth on: user root (role root) with a random password kept 0600 in
+# $STATE/etcd-password, what `etcdctl user add root; etcdctl auth enable` do.
+enable_etcd_auth() {
+    local pw
+    pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    (umask 077 && printf '%s\n' "$pw" >"$STATE/etcd-password")
+    etcd_call /v3/auth/user/add "{\"name\":\"root\",\"password\":\"$pw\"}" >/dev/null &&
+        etcd_call /v3/auth/role/add '{"name":"root"}' >/dev/null &&
+        etcd_call /v3/auth/user/grant '{"user":"root","role":"root"}' >/dev/null &&
+        etcd_call /v3/auth/enable '{}' >/dev/null ||
+        die "turning etcd auth on failed"
+    say "etcd auth on: user root, password in $STATE/etcd-password"
+}
+
 stop_etcd() {
     local pid
     pid=$(etcd_pid)
@@ -261,6 +285,7 @@ launch_skiffd() {
     if ((overlay)); then
         a+=(--etcd-endpoints "$ETCD_URL" --etcd-prefix "$ETCD_PREFIX" --subnet-lease-ttl "$ttl"
             --public-ip "$(host_ip "$h")" --iface eth0 --cluster-cidr "$cidr")
+        ((auth)) && a+=(--etcd-username root --etcd-password-file "$STATE/etcd-password")
     fi
     # shellcheck disable=SC2206 # --flags is a list of words on purpose
     [[ -n $flags ]] && a+=($flags)
@@ -446,6 +471,7 @@ cmd_up() {
                 "{\"Network\":\"$cidr\",\"Backend\":{\"Type\":\"vxlan\",\"DirectRouting\":true}}"
             say "network config: DirectRouting on"
         fi
+        if ((auth)); then enable_etcd_auth; fi
     fi
     for ((i = 1; i <= n; i++)); do make_host "h$i"; done
     say "starting $n skiffd at once (lease TTL ${ttl}s, cluster CIDR $cidr)"

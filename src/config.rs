@@ -104,6 +104,12 @@ pub struct Flags {
     /// Private key (PEM) of --etcd-certfile.
     #[arg(long)]
     pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user for etcd's password auth (etcdctl's --user); needs --etcd-password-file.
+    #[arg(long)]
+    pub etcd_username: Option<String>,
+    /// File holding the password of --etcd-username (its first line); refused when group or others can read it.
+    #[arg(long)]
+    pub etcd_password_file: Option<PathBuf>,
     /// TTL of this node's subnet lease in etcd, in seconds; a node gone that long loses its subnet and routes [default: 60].
     #[arg(long)]
     pub subnet_lease_ttl: Option<u64>,
@@ -201,6 +207,10 @@ pub struct FileConfig {
     pub etcd_certfile: Option<PathBuf>,
     /// etcd client key.
     pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user (password auth).
+    pub etcd_username: Option<String>,
+    /// File with the etcd user's password.
+    pub etcd_password_file: Option<PathBuf>,
     /// Subnet lease TTL, seconds.
     pub subnet_lease_ttl: Option<u64>,
     /// Underlay interface.
@@ -298,6 +308,8 @@ pub struct EtcdConfig {
     pub public_ip: Option<std::net::Ipv4Addr>,
     pub vxlan_tx_checksum_off: bool,
     pub tls: crate::overlay::etcd::TlsFiles,
+    /// etcd user and password (`--etcd-username`, `--etcd-password-file`).
+    pub auth: Option<crate::overlay::etcd::Credentials>,
 }
 
 impl EtcdConfig {
@@ -305,7 +317,11 @@ impl EtcdConfig {
     pub fn client(&self) -> Result<crate::overlay::etcd::Client, crate::overlay::etcd::EtcdError> {
         let refs: Vec<&str> = self.endpoints.iter().map(String::as_str).collect();
         let tls = (self.tls != Default::default()).then_some(&self.tls);
-        crate::overlay::etcd::Client::connect_to(&refs, tls)
+        let client = crate::overlay::etcd::Client::connect_to(&refs, tls)?;
+        Ok(match &self.auth {
+            Some(creds) => client.with_auth(creds.clone()),
+            None => client,
+        })
     }
 }
 
@@ -424,6 +440,26 @@ impl Config {
                     ca_file: flags.etcd_cafile.or(file.etcd_cafile),
                     cert_file: flags.etcd_certfile.or(file.etcd_certfile),
                     key_file: flags.etcd_keyfile.or(file.etcd_keyfile),
+                },
+                auth: match (
+                    flags.etcd_username.or(file.etcd_username),
+                    flags.etcd_password_file.or(file.etcd_password_file),
+                ) {
+                    (Some(user), Some(path)) => Some(
+                        crate::overlay::etcd::Credentials::from_file(&user, &path).map_err(
+                            |err| ConfigError::Invalid {
+                                flag: "--etcd-password-file",
+                                message: err.to_string(),
+                            },
+                        )?,
+                    ),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            flag: "--etcd-username",
+                            message: "--etcd-username and --etcd-password-file go together".into(),
+                        });
+                    }
                 },
             };
             cfg.client().map_err(|err| ConfigError::Invalid {

@@ -1120,3 +1120,84 @@ fn direct_routing_and_masquerade_only_out_of_the_cluster() {
     );
     lab.down_checked();
 }
+
+/// etcd with password auth on (`lab.sh up --etcd-auth`: user root, `auth enable`): the skiffds
+/// join with `--etcd-username`/`--etcd-password-file` and mesh; a wrong password makes skiffd
+/// give up at start with an error naming etcd auth (no retrying forever, nothing created), and
+/// a password file other users can read is refused before etcd is asked at all.
+#[test]
+fn etcd_password_auth() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up(2, &["--etcd-auth", "--ttl", "10"]);
+    let subnets = lab.wait_meshed(&["h1", "h2"], Duration::from_secs(60));
+    assert_ne!(subnets["h1"], subnets["h2"]);
+    let flags = std::fs::read_to_string(lab.state("h1").join("skiffd.log")).unwrap();
+    assert!(
+        flags.contains("--etcd-username root --etcd-password-file"),
+        "the lab started skiffd with the password"
+    );
+
+    // A third skiffd (in h1's netns, own directories) with a wrong password.
+    let dir = tempfile::Builder::new()
+        .prefix("skiff-auth")
+        .tempdir()
+        .unwrap();
+    let bad = dir.path().join("bad-password");
+    std::fs::write(&bad, "not-the-password\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let skiffd = |password_file: &std::path::Path| {
+        let d = dir.path();
+        for sub in ["manifests", "root", "run", "net.d"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        Command::new("timeout")
+            .arg("60")
+            .arg("nsenter")
+            .arg(format!("--net={}", lab.netns_path("h1").display()))
+            .arg(bin("skiffd"))
+            .arg("--pod-manifest-path")
+            .arg(d.join("manifests"))
+            .arg("--root-dir")
+            .arg(d.join("root"))
+            .arg("--run-dir")
+            .arg(d.join("run"))
+            .arg("--cni-conf-dir")
+            .arg(d.join("net.d"))
+            .args(["--node-name", "auth-probe", "--etcd-endpoints"])
+            .args(["http://10.77.0.1:2379", "--public-ip", "10.77.0.11"])
+            .args(["--iface", "eth0", "--etcd-username", "root"])
+            .arg("--etcd-password-file")
+            .arg(password_file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running skiffd")
+    };
+    let started = Instant::now();
+    let out = skiffd(&bad);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "skiffd gave up: {log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no retrying a refused password"
+    );
+    assert!(
+        log.contains("etcd auth: user \"root\" was refused")
+            && log.contains("check --etcd-username and --etcd-password-file"),
+        "{log}"
+    );
+    // It stopped before the VTEP or a lease: h1 still has exactly its own subnet.
+    assert_eq!(lab.wait_subnet("h1"), subnets["h1"]);
+
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = skiffd(&bad);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(2), "a config error: {log}");
+    assert!(
+        log.contains("--etcd-password-file") && log.contains("mode 0644"),
+        "{log}"
+    );
+    lab.down_checked();
+}

@@ -1,25 +1,31 @@
 //! A small synchronous rtnetlink client for what the bridge plugin needs:
 //! links (bridge, veth, up, master, hairpin, promisc, delete), addresses and
-//! routes. The socket belongs to the netns of the thread that opens it, so
-//! container-side work opens its own `Handle` on a thread inside the netns.
+//! routes; and for skiff's VXLAN overlay: vxlan links, MTU, neighbours, fdb
+//! entries and replacing/listing/deleting routes. The socket belongs to the
+//! netns of the thread that opens it, so container-side work opens its own
+//! `Handle` on a thread inside the netns.
 
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
@@ -323,6 +329,344 @@ impl Handle {
     }
 }
 
+/// The settings of a VXLAN link (what `ip -d link show` prints after `vxlan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    /// VNI.
+    pub id: u32,
+    /// Source address of the encapsulated packets.
+    pub local: Option<std::net::Ipv4Addr>,
+    /// Index of the underlay link.
+    pub link: Option<u32>,
+    /// UDP destination port.
+    pub port: u16,
+    /// Whether the device learns fdb entries from traffic.
+    pub learning: bool,
+}
+
+/// A permanent neighbour, a remote fdb entry or a route: `mac` as `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(mac: &str) -> io::Result<Vec<u8>> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad MAC {mac:?}")))?;
+    if bytes.len() != 6 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad MAC {mac:?}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn format_mac(b: &[u8]) -> String {
+    b.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Missing is success for deletes: ENOENT/ESRCH/ENODEV, and EADDRNOTAVAIL for addresses.
+fn ignore_missing(r: io::Result<Vec<RouteNetlinkMessage>>) -> io::Result<()> {
+    match r {
+        Err(e) if is_not_found(&e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+impl Handle {
+    /// Creates a VXLAN link `name` (`ip link add NAME type vxlan id VNI local LOCAL dev LINK
+    /// dstport PORT nolearning`).
+    pub fn add_vxlan(&mut self, name: &str, vxlan: &Vxlan, mtu: Option<u32>) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let mut data = vec![InfoVxlan::Id(vxlan.id)];
+        if let Some(local) = vxlan.local {
+            data.push(InfoVxlan::Local(local));
+        }
+        if let Some(link) = vxlan.link {
+            data.push(InfoVxlan::Link(link));
+        }
+        data.push(InfoVxlan::Port(vxlan.port));
+        data.push(InfoVxlan::Learning(vxlan.learning));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// The link `name` with its VXLAN settings, if it exists and is a VXLAN link.
+    pub fn vxlan(&mut self, name: &str) -> io::Result<Option<(Link, Vxlan)>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let msgs = match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Err(e) if is_not_found(&e) => return Ok(None),
+            r => r?,
+        };
+        for msg in msgs {
+            let RouteNetlinkMessage::NewLink(l) = msg else {
+                continue;
+            };
+            let mut vx = None;
+            for a in &l.attributes {
+                if let LinkAttribute::LinkInfo(infos) = a {
+                    for i in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(data)) = i {
+                            let mut v = Vxlan {
+                                id: 0,
+                                local: None,
+                                link: None,
+                                port: 0,
+                                learning: true,
+                            };
+                            for d in data {
+                                match d {
+                                    InfoVxlan::Id(id) => v.id = *id,
+                                    InfoVxlan::Local(ip) => v.local = Some(*ip),
+                                    InfoVxlan::Link(i) => v.link = Some(*i),
+                                    InfoVxlan::Port(p) => v.port = *p,
+                                    InfoVxlan::Learning(on) => v.learning = *on,
+                                    _ => {}
+                                }
+                            }
+                            vx = Some(v);
+                        }
+                    }
+                }
+            }
+            return Ok(vx.map(|v| (to_link(&l), v)));
+        }
+        Ok(None)
+    }
+
+    /// Sets the MTU of link `index`.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        self.set_link(index, |m| m.attributes.push(LinkAttribute::Mtu(mtu)))
+    }
+
+    /// Removes `addr` from link `index`; a missing one is success.
+    pub fn del_addr(&mut self, index: u32, addr: IpNet) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(addr.addr);
+        m.header.prefix_len = addr.prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(addr.addr));
+        m.attributes.push(AddressAttribute::Address(addr.addr));
+        ignore_missing(self.request(RouteNetlinkMessage::DelAddress(m), 0))
+    }
+
+    fn route_message(dst: IpNet, gw: Option<IpAddr>, index: u32, onlink: bool) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        m.header = RouteHeader {
+            address_family: family(dst.addr),
+            destination_prefix_length: dst.prefix,
+            table: RouteHeader::RT_TABLE_MAIN,
+            protocol: RouteProtocol::Boot,
+            scope: if gw.is_some() {
+                RouteScope::Universe
+            } else {
+                RouteScope::Link
+            },
+            kind: RouteType::Unicast,
+            flags: if onlink {
+                RouteFlags::Onlink
+            } else {
+                RouteFlags::empty()
+            },
+            ..m.header
+        };
+        if dst.prefix > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    dst.network(),
+                )));
+        }
+        if let Some(gw) = gw {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        m.attributes.push(RouteAttribute::Oif(index));
+        m
+    }
+
+    /// Adds or replaces the route to `dst` via `gw` out of link `index` (`ip route replace`),
+    /// `onlink`: the gateway is taken as on the link without a covering address route.
+    pub fn replace_route(
+        &mut self,
+        dst: IpNet,
+        gw: Option<IpAddr>,
+        index: u32,
+        onlink: bool,
+    ) -> io::Result<()> {
+        let m = Self::route_message(dst, gw, index, onlink);
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the route to `dst` out of link `index`; a missing one is success.
+    pub fn del_route(&mut self, dst: IpNet, index: u32) -> io::Result<()> {
+        let mut m = Self::route_message(dst, None, index, false);
+        // Match any scope/protocol/type of the route to delete.
+        m.header.scope = RouteScope::NoWhere;
+        m.header.protocol = RouteProtocol::Unspec;
+        m.header.kind = RouteType::Unspec;
+        ignore_missing(self.request(RouteNetlinkMessage::DelRoute(m), 0))
+    }
+
+    /// Destinations of the IPv4 routes in the main table out of link `index`.
+    pub fn routes_v4(&mut self, index: u32) -> io::Result<Vec<IpNet>> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.table == RouteHeader::RT_TABLE_MAIN
+                        && r.attributes.contains(&RouteAttribute::Oif(index)) =>
+                {
+                    let dst = r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                            Some(IpAddr::V4(*ip))
+                        }
+                        _ => None,
+                    })?;
+                    IpNet::new(dst, r.header.destination_prefix_length)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a permanent neighbour `ip` -> `mac` on link `index`
+    /// (`ip neigh replace IP lladdr MAC dev DEV nud permanent`).
+    pub fn replace_neigh(&mut self, index: u32, ip: IpAddr, mac: &str) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family(ip);
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(parse_mac(mac)?));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the neighbour `ip` on link `index`; a missing one is success.
+    pub fn del_neigh(&mut self, index: u32, ip: IpAddr) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family(ip);
+        m.header.ifindex = index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        ignore_missing(self.request(RouteNetlinkMessage::DelNeighbour(m), 0))
+    }
+
+    /// Addresses of the permanent IPv4 neighbours on link `index`.
+    pub fn permanent_neighbours_v4(&mut self, index: u32) -> io::Result<Vec<IpAddr>> {
+        let mut q = NeighbourMessage::default();
+        q.header.family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n)
+                    if n.header.ifindex == index && n.header.state == NeighbourState::Permanent =>
+                {
+                    n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                            Some(IpAddr::V4(*ip))
+                        }
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn fdb_message(index: u32, mac: &str, dst: IpAddr) -> io::Result<NeighbourMessage> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(parse_mac(mac)?));
+        let dst = match dst {
+            IpAddr::V4(ip) => ip.octets().to_vec(),
+            IpAddr::V6(ip) => ip.octets().to_vec(),
+        };
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Other(
+                dst,
+            )));
+        Ok(m)
+    }
+
+    /// Adds or replaces the fdb entry `mac` -> remote `dst` on the VXLAN link `index`
+    /// (`bridge fdb replace MAC dev DEV dst DST self permanent`).
+    pub fn replace_fdb(&mut self, index: u32, mac: &str, dst: IpAddr) -> io::Result<()> {
+        let m = Self::fdb_message(index, mac, dst)?;
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the fdb entry `mac` -> `dst` on link `index`; a missing one is success.
+    pub fn del_fdb(&mut self, index: u32, mac: &str, dst: IpAddr) -> io::Result<()> {
+        let m = Self::fdb_message(index, mac, dst)?;
+        ignore_missing(self.request(RouteNetlinkMessage::DelNeighbour(m), 0))
+    }
+
+    /// The fdb entries of link `index` that have a remote IPv4 destination: (MAC, dst).
+    pub fn fdb_v4(&mut self, index: u32) -> io::Result<Vec<(String, std::net::Ipv4Addr)>> {
+        let mut q = NeighbourMessage::default();
+        q.header.family = AddressFamily::Bridge;
+        let msgs = self.request(RouteNetlinkMessage::GetNeighbour(q), NLM_F_DUMP)?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => {
+                    let mut mac = None;
+                    let mut dst = None;
+                    for a in &n.attributes {
+                        match a {
+                            NeighbourAttribute::LinkLayerAddress(b) => mac = Some(format_mac(b)),
+                            NeighbourAttribute::Destination(NeighbourAddress::Other(b))
+                                if b.len() == 4 =>
+                            {
+                                dst = Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                            }
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                                dst = Some(*ip)
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some((mac?, dst?))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
 fn family(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
@@ -344,13 +688,7 @@ fn to_link(l: &LinkMessage) -> Link {
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
-            LinkAttribute::Address(mac) => {
-                link.mac = mac
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":");
-            }
+            LinkAttribute::Address(mac) => link.mac = format_mac(mac),
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::LinkInfo(infos) => {

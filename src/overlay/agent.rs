@@ -16,9 +16,14 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::etcd::{self, Client, EtcdError, LeaseEvent, SubnetLease};
+use super::datapath::{DataPath, Entry};
+use super::etcd::{Client, EtcdError, LeaseEvent, SubnetLease};
 use super::lease::{Ipv4Net, LeaseAttrs, NetworkConfig, Resolved};
-use super::vxlan::{self, CommandRunner, Peer, Vtep, VtepConfig};
+use super::registry::{EtcdRegistry, LeaseStream, Registry};
+use super::vxlan::{self, Peer, Vtep, VtepConfig};
+
+/// The data path skiffd uses on its host.
+pub type HostDataPath = vxlan::NetlinkDataPath;
 use crate::store::Store;
 
 /// The node condition the agent reports.
@@ -159,10 +164,13 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
 }
 
 /// The running agent.
-pub struct Agent {
-    client: Client,
+///
+/// Generic over where leases live ([`Registry`]: etcd, or a fake in unit tests) and what it
+/// changes in the kernel ([`DataPath`]: netlink, or a fake).
+pub struct Agent<R: Registry = EtcdRegistry, D: DataPath = HostDataPath> {
+    registry: R,
+    dp: Arc<D>,
     settings: Settings,
-    runner: CommandRunner,
     cfg: Resolved,
     vtep: Vtep,
     uplink: Uplink,
@@ -182,17 +190,31 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Agent {
-    /// Join the overlay: config, VTEP, lease, subnet.env, masquerade. Waits (retrying, with a
-    /// log line and the node condition each time) while etcd cannot be reached.
+    /// Join the overlay in etcd (`settings.client`) with the host's data path; see
+    /// [`Agent::join_with`].
     pub async fn join(
         settings: Settings,
         store: Arc<Store>,
     ) -> Result<(Agent, Joined), OverlayError> {
-        let client = settings.client.clone();
         let uplink = find_uplink(settings.iface.as_deref(), settings.public_ip)?;
+        let registry = EtcdRegistry::new(settings.client.clone(), settings.prefix.clone());
+        let dp = vxlan::NetlinkDataPath::host()?;
+        Agent::join_with(registry, Arc::new(dp), uplink, settings, store).await
+    }
+}
+
+impl<R: Registry, D: DataPath> Agent<R, D> {
+    /// Join the overlay: config, VTEP, lease, subnet.env, masquerade. Waits (retrying, with a
+    /// log line and the node condition each time) while the registry cannot be reached.
+    pub async fn join_with(
+        registry: R,
+        dp: Arc<D>,
+        uplink: Uplink,
+        settings: Settings,
+        store: Arc<Store>,
+    ) -> Result<(Self, Joined), OverlayError> {
         let public_ip = settings.public_ip.unwrap_or(uplink.ip);
         let previous = previous_subnet(&settings.subnet_file);
-        let runner = CommandRunner::host();
         let mut health = Health::new(store.clone());
 
         // A node that held a subnet before (subnet.env) and kept the network config comes up
@@ -203,11 +225,15 @@ impl Agent {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let fresh = match (previous, &cached) {
-            (Some(_), Some(_)) => tokio::time::timeout(START_WAIT, config(&client, &settings))
-                .await
-                .ok()
-                .and_then(Result::ok),
-            _ => Some(retry(&mut health, || config(&client, &settings)).await),
+            (Some(_), Some(_)) => {
+                match tokio::time::timeout(START_WAIT, config(&registry, &settings)).await {
+                    Ok(Ok(c)) => Some(c),
+                    // Wrong credentials do not get better by waiting.
+                    Ok(Err(e @ EtcdError::Auth(_))) => return Err(e.into()),
+                    _ => None,
+                }
+            }
+            _ => Some(retry(&mut health, || config(&registry, &settings)).await?),
         };
         let (network_config, degraded) = match fresh {
             Some(c) => (c, false),
@@ -219,17 +245,14 @@ impl Agent {
         if let Ok(bytes) = serde_json::to_vec(&network_config) {
             let _ = std::fs::write(&cache, bytes);
         }
-        let vtep = vxlan::ensure_vtep(
-            &runner,
-            &VtepConfig {
-                vni: cfg.vni,
-                port: cfg.port,
-                local_ip: uplink.ip,
-                uplink: uplink.name.clone(),
-                subnet: None,
-                tx_checksum_off: settings.tx_checksum_off,
-            },
-        )?;
+        let vtep = dp.ensure_vtep(&VtepConfig {
+            vni: cfg.vni,
+            port: cfg.port,
+            local_ip: uplink.ip,
+            uplink: uplink.name.clone(),
+            subnet: None,
+            tx_checksum_off: settings.tx_checksum_off,
+        })?;
         let attrs = LeaseAttrs::vxlan(public_ip, cfg.vni, vtep.mac.clone());
         let ttl = settings.lease_ttl.as_secs().max(1) as i64;
         let lease = if degraded {
@@ -246,21 +269,21 @@ impl Agent {
             }
         } else {
             retry(&mut health, || {
-                etcd::acquire(&client, &settings.prefix, &cfg, &attrs, previous, ttl)
+                registry.acquire(&cfg, &attrs, previous, ttl)
             })
-            .await
+            .await?
         };
         if previous.is_some_and(|p| p != lease.subnet) {
             warn!(previous = %previous.unwrap(), subnet = %lease.subnet, "the node's old subnet was taken; pods started from now on use the new one");
         }
-        vxlan::set_vtep_address(&runner, &vtep.name, lease.subnet)?;
+        dp.set_vtep_address(&vtep.name, lease.subnet)?;
         let joined = Joined {
             network: cfg.network,
             subnet: lease.subnet,
             mtu: vtep.mtu,
         };
         write_subnet_file(&settings.subnet_file, &joined)?;
-        if let Err(e) = masquerade(&cfg.network, &lease.subnet) {
+        if let Err(e) = dp.masquerade(&cfg.network, &lease.subnet) {
             warn!(error = %e, "installing the overlay's masquerade rules");
         }
         info!(
@@ -269,9 +292,9 @@ impl Agent {
             "joined the overlay"
         );
         let agent = Agent {
-            client,
+            registry,
+            dp,
             settings,
-            runner,
             cfg,
             vtep,
             uplink,
@@ -317,7 +340,7 @@ impl Agent {
             if let Err(e) = self.reacquire().await {
                 return e;
             }
-        } else if let Err(e) = etcd::renew(&self.client, &self.lease).await {
+        } else if let Err(e) = self.registry.renew(&self.lease).await {
             match e {
                 EtcdError::LeaseGone(_) => {
                     if let Err(e) = self.reacquire().await {
@@ -327,13 +350,13 @@ impl Agent {
                 e => return e,
             }
         }
-        let (leases, rev) = match etcd::list_leases(&self.client, &self.settings.prefix).await {
+        let (leases, rev) = match self.registry.list_leases().await {
             Ok(l) => l,
             Err(e) => return e,
         };
         self.health.ok();
         self.sync_peers(&leases, std::mem::take(first));
-        let mut watch = match etcd::watch_leases(&self.client, &self.settings.prefix, rev).await {
+        let mut watch = match self.registry.watch_leases(rev).await {
             Ok(w) => w,
             Err(e) => return e,
         };
@@ -344,10 +367,10 @@ impl Agent {
                 _ = ticker.tick() => {
                     // Rules someone flushed come back (flannel re-checks its rules too).
                     let (network, subnet) = (self.cfg.network, self.lease.subnet);
-                    if let Err(e) = crate::runtime::blocking(|| masquerade(&network, &subnet)) {
+                    if let Err(e) = crate::runtime::blocking(|| self.dp.masquerade(&network, &subnet)) {
                         warn!(error = %e, "installing the overlay's masquerade rules");
                     }
-                    match etcd::renew(&self.client, &self.lease).await {
+                    match self.registry.renew(&self.lease).await {
                         Ok(()) => self.health.ok(),
                         Err(EtcdError::LeaseGone(id)) => {
                             warn!(lease = %format!("{id:x}"), subnet = %self.lease.subnet, "the subnet lease expired; taking it again");
@@ -373,19 +396,14 @@ impl Agent {
 
     async fn reacquire(&mut self) -> Result<(), EtcdError> {
         let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
-        let lease = etcd::acquire(
-            &self.client,
-            &self.settings.prefix,
-            &self.cfg,
-            &self.attrs,
-            Some(self.lease.subnet),
-            ttl,
-        )
-        .await?;
+        let lease = self
+            .registry
+            .acquire(&self.cfg, &self.attrs, Some(self.lease.subnet), ttl)
+            .await?;
         if lease.subnet != self.lease.subnet {
             // Pods keep their addresses from the old subnet; only a restart fixes that.
             warn!(old = %self.lease.subnet, new = %lease.subnet, "lost the node's subnet to another node; restart skiffd to move the pods");
-            if let Err(e) = vxlan::set_vtep_address(&self.runner, &self.vtep.name, lease.subnet) {
+            if let Err(e) = self.dp.set_vtep_address(&self.vtep.name, lease.subnet) {
                 warn!(error = %e, "moving the VTEP to the new subnet");
             }
             let joined = Joined {
@@ -422,9 +440,9 @@ impl Agent {
             self.remove_installed(&old, old_direct);
         }
         let res = if direct {
-            vxlan::add_direct_route(&self.runner, &self.uplink.name, &peer)
+            self.dp.add_direct_route(&self.uplink.name, &peer)
         } else {
-            vxlan::add_peer(&self.runner, &self.vtep.name, &peer)
+            self.dp.add_peer(&self.vtep.name, &peer)
         };
         match res {
             Ok(()) => {
@@ -437,9 +455,9 @@ impl Agent {
 
     fn remove_installed(&self, peer: &Peer, direct: bool) {
         let res = if direct {
-            vxlan::remove_direct_route(&self.runner, &self.uplink.name, peer)
+            self.dp.remove_direct_route(&self.uplink.name, peer)
         } else {
-            vxlan::remove_peer(&self.runner, &self.vtep.name, peer)
+            self.dp.remove_peer(&self.vtep.name, peer)
         };
         match res {
             Ok(()) => {
@@ -494,32 +512,44 @@ impl Agent {
     /// Routes, neighbours and fdb entries on the VTEP that no lease accounts for.
     fn remove_strays(&self, want: &BTreeMap<Ipv4Net, Peer>) {
         let dev = &self.vtep.name;
-        let installed = match vxlan::installed(&self.runner, dev) {
+        let installed = match self.dp.installed(dev) {
             Ok(i) => i,
             Err(e) => {
                 warn!(error = %e, "listing the VTEP's routes");
                 return;
             }
         };
-        let routes: Vec<String> = want.keys().map(|s| s.to_string()).collect();
-        let gws: Vec<String> = want.keys().map(|s| s.addr().to_string()).collect();
-        let fdb: Vec<(String, String)> = want
+        let fdb: Vec<(String, Ipv4Addr)> = want
             .values()
-            .map(|p| (p.vtep_mac.to_lowercase(), p.public_ip.to_string()))
+            .map(|p| (p.vtep_mac.to_lowercase(), p.public_ip))
             .collect();
-        for r in installed.routes.iter().filter(|r| !routes.contains(r)) {
-            info!(route = %r, "removing a stale overlay route");
-            let _ = vxlan::remove_installed(&self.runner, dev, Some(r), None, None);
-        }
-        for n in installed.neighbours.iter().filter(|n| !gws.contains(n)) {
-            let _ = vxlan::remove_installed(&self.runner, dev, None, Some(n), None);
-        }
-        for (mac, dst) in installed
-            .fdb
-            .iter()
-            .filter(|(m, d)| !fdb.contains(&(m.to_lowercase(), d.clone())))
-        {
-            let _ = vxlan::remove_installed(&self.runner, dev, None, None, Some((mac, dst)));
+        let mut stray = Vec::new();
+        stray.extend(
+            installed
+                .routes
+                .into_iter()
+                .filter(|r| !want.contains_key(r))
+                .map(Entry::Route),
+        );
+        stray.extend(
+            installed
+                .neighbours
+                .into_iter()
+                .filter(|n| !want.keys().any(|s| s.addr() == *n))
+                .map(Entry::Neighbour),
+        );
+        stray.extend(
+            installed
+                .fdb
+                .into_iter()
+                .filter(|(m, d)| !fdb.contains(&(m.to_lowercase(), *d)))
+                .map(|(m, d)| Entry::Fdb(m, d)),
+        );
+        for entry in stray {
+            info!(?entry, "removing a stale overlay entry from the VTEP");
+            if let Err(e) = self.dp.remove_entry(dev, &entry) {
+                warn!(?entry, error = %e, "removing a stale overlay entry");
+            }
         }
     }
 }
@@ -568,8 +598,9 @@ impl Health {
     }
 }
 
-/// Run `f` until it succeeds, backing off, reporting each new error.
-async fn retry<T, F, Fut>(health: &mut Health, mut f: F) -> T
+/// Run `f` until it succeeds, backing off, reporting each new error. An auth error (wrong
+/// user or password, or none given to an etcd that wants one) ends it: waiting does not help.
+async fn retry<T, F, Fut>(health: &mut Health, mut f: F) -> Result<T, EtcdError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, EtcdError>>,
@@ -579,7 +610,11 @@ where
         match f().await {
             Ok(v) => {
                 health.ok();
-                return v;
+                return Ok(v);
+            }
+            Err(e @ EtcdError::Auth(_)) => {
+                health.failed(&e.to_string(), "");
+                return Err(e);
             }
             Err(e) => {
                 health.failed(
@@ -595,15 +630,14 @@ where
 
 /// The network config from etcd; written there first (only if still absent) from `--cluster-cidr`.
 /// An invalid config in etcd is an error (retried: someone may fix it).
-async fn config(client: &Client, settings: &Settings) -> Result<NetworkConfig, EtcdError> {
-    let cfg = match etcd::get_network_config(client, &settings.prefix).await {
+async fn config(registry: &impl Registry, settings: &Settings) -> Result<NetworkConfig, EtcdError> {
+    let cfg = match registry.network_config().await {
         Err(EtcdError::NoConfig(key)) => {
             let cfg = NetworkConfig::vxlan(settings.network);
-            let value = serde_json::to_vec(&cfg).expect("config serializes");
-            if client.put_if(&key, &value, 0, etcd::Cond::Absent).await? {
+            if registry.create_network_config(&cfg).await? {
                 info!(%key, network = %settings.network, "wrote the overlay's network config");
             }
-            etcd::get_network_config(client, &settings.prefix).await?
+            registry.network_config().await?
         }
         r => r?,
     };
@@ -649,7 +683,7 @@ pub fn masquerade_rules(network: &Ipv4Net, subnet: &Ipv4Net) -> String {
 }
 
 /// Install [`masquerade_rules`] and the jumps to them (idempotent).
-fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
+pub(super) fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("iptables-restore")
@@ -706,28 +740,17 @@ fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
 pub fn remove_leftovers() -> Vec<String> {
     use std::process::Command;
     let mut removed = Vec::new();
-    let links = Command::new("ip")
-        .args(["-o", "link", "show", "type", "vxlan"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for line in links.lines() {
-        // "7: skiff.1: <BROADCAST,...> ..."
-        let Some(name) = line
-            .split(':')
-            .nth(1)
-            .map(|n| n.trim().split('@').next().unwrap_or(""))
-        else {
-            continue;
-        };
-        if name.starts_with("skiff.")
-            && Command::new("ip")
-                .args(["link", "del", "dev", name])
-                .status()
-                .is_ok_and(|s| s.success())
-        {
-            removed.push(format!("device {name}"));
+    match cni::netlink::Handle::new().and_then(|mut nl| {
+        let mut gone = Vec::new();
+        for l in nl.links()? {
+            if l.kind == "vxlan" && l.name.starts_with("skiff.") && nl.del_link(l.index).is_ok() {
+                gone.push(format!("device {}", l.name));
+            }
         }
+        Ok(gone)
+    }) {
+        Ok(gone) => removed.extend(gone),
+        Err(e) => warn!(error = %e, "listing links for the overlay's leftovers"),
     }
     for (table, from, chain) in [
         ("nat", "POSTROUTING", MASQ_CHAIN),
@@ -750,10 +773,340 @@ pub fn remove_leftovers() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::overlay::datapath::FakeDataPath;
+    use crate::overlay::registry::FakeRegistry;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    fn ip(i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, 77, i)
+    }
+
+    fn settings(dir: &Path, ttl: Duration) -> Settings {
+        Settings {
+            // Never dialled: the fake registry stands in for etcd.
+            client: Client::new("http://127.0.0.1:1").unwrap(),
+            prefix: "/skiff".into(),
+            lease_ttl: ttl,
+            public_ip: None,
+            iface: None,
+            network: net("10.244.0.0/16"),
+            tx_checksum_off: false,
+            subnet_file: dir.join("subnet.env"),
+        }
+    }
+
+    fn uplink(i: u8) -> Uplink {
+        Uplink {
+            name: "eth0".into(),
+            ip: ip(i),
+            net: net("192.168.77.0/24"),
+        }
+    }
+
+    fn peer(i: u8, mac: &str) -> LeaseAttrs {
+        LeaseAttrs::vxlan(ip(i), 1, mac)
+    }
+
+    /// Node `i` joins `reg` with a fresh fake data path whose VTEP MAC ends in `i`.
+    async fn join(
+        reg: &FakeRegistry,
+        dir: &Path,
+        i: u8,
+        ttl: Duration,
+    ) -> (Agent<FakeRegistry, FakeDataPath>, Joined, Arc<FakeDataPath>) {
+        let dp = Arc::new(FakeDataPath::with_mac(&format!("0e:00:00:00:00:{i:02x}")));
+        let (agent, joined) = Agent::join_with(
+            reg.clone(),
+            dp.clone(),
+            uplink(i),
+            settings(dir, ttl),
+            Arc::new(Store::new(format!("node{i}"))),
+        )
+        .await
+        .unwrap();
+        (agent, joined, dp)
+    }
+
+    /// Poll `f` for up to 10 s.
+    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn join_writes_the_config_and_takes_a_free_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        // Another node already holds the lowest subnet.
+        reg.put_lease(net("10.244.1.0/24"), peer(9, "02:00:00:00:00:09"));
+        let (_agent, joined, dp) = join(&reg, dir.path(), 1, Duration::from_secs(30)).await;
+        assert_eq!(
+            reg.calls()[..2],
+            ["network_config", "create_network_config"],
+            "an empty registry gets the config from --cluster-cidr"
+        );
+        assert_eq!(joined.network, net("10.244.0.0/16"));
+        assert_eq!(joined.subnet, net("10.244.2.0/24"));
+        assert_eq!(joined.mtu, 1450);
+        let leases = reg.leases();
+        assert!(
+            leases.contains(&(joined.subnet, peer(1, "0e:00:00:00:00:01"))),
+            "our lease names our public IP and VTEP MAC: {leases:?}"
+        );
+        let k = dp.net();
+        assert_eq!(k.vtep_addr, Some(Ipv4Addr::new(10, 244, 2, 0)));
+        assert_eq!(k.masquerade, Some((joined.network, joined.subnet)));
+        assert_eq!(
+            previous_subnet(&dir.path().join("subnet.env")),
+            Some(joined.subnet)
+        );
+    }
+
+    #[tokio::test]
+    async fn restart_reacquires_the_previous_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        let (low, next) = (net("10.244.1.0/24"), net("10.244.2.0/24"));
+        reg.put_lease(low, peer(8, "02:00:00:00:00:08"));
+        reg.put_lease(next, peer(9, "02:00:00:00:00:09"));
+        let (_a, first, _) = join(&reg, dir.path(), 1, Duration::from_secs(30)).await;
+        assert_eq!(first.subnet, net("10.244.3.0/24"));
+        // Within the TTL: the lease of our public IP is taken over in place.
+        let (_a, again, _) = join(&reg, dir.path(), 1, Duration::from_secs(30)).await;
+        assert_eq!(again.subnet, first.subnet);
+        assert_eq!(reg.leases().len(), 3);
+        // Away longer than the TTL while node 8 went too: subnet.env brings our subnet back,
+        // although a lower one is free now.
+        reg.expire(first.subnet);
+        reg.expire(low);
+        let (_a, back, _) = join(&reg, dir.path(), 1, Duration::from_secs(30)).await;
+        assert_eq!(back.subnet, first.subnet);
+        // Taken by someone else meanwhile: the lowest free one, and subnet.env says so.
+        reg.expire(back.subnet);
+        reg.put_lease(first.subnet, peer(3, "02:00:00:00:00:03"));
+        let (_a, moved, dp) = join(&reg, dir.path(), 1, Duration::from_secs(30)).await;
+        assert_eq!(moved.subnet, low);
+        assert_eq!(previous_subnet(&dir.path().join("subnet.env")), Some(low));
+        assert_eq!(dp.net().vtep_addr, Some(low.addr()));
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_is_taken_again_and_peers_follow_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        let (agent, joined, dp) = join(&reg, dir.path(), 1, Duration::from_secs(1)).await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async {
+            let _ = stop_rx.await;
+        }));
+        let mine = peer(1, "0e:00:00:00:00:01");
+        wait_until("the first list + watch", || {
+            reg.calls().contains(&"watch_leases")
+        })
+        .await;
+
+        // A peer appears: neighbour, fdb and route.
+        let p = net("10.244.7.0/24");
+        reg.put_lease(p, peer(2, "02:00:00:00:00:02"));
+        wait_until("the peer's route", || dp.net().routes.contains_key(&p)).await;
+        let k = dp.net();
+        assert_eq!(k.routes[&p], (p.addr(), "skiff.1".to_string()));
+        assert_eq!(k.neighbours[&p.addr()], "02:00:00:00:00:02");
+        assert!(k.fdb.contains(&("02:00:00:00:00:02".into(), ip(2))));
+
+        // Our lease expires (etcd away longer than the TTL): the renewal notices and the
+        // same subnet is taken again on a new lease.
+        let acquired = |reg: &FakeRegistry| reg.calls().iter().filter(|c| **c == "acquire").count();
+        assert_eq!(acquired(&reg), 1);
+        reg.expire(joined.subnet);
+        wait_until("the lease taken again", || {
+            reg.leases().contains(&(joined.subnet, mine.clone()))
+        })
+        .await;
+        assert_eq!(acquired(&reg), 2);
+        // Our own lease coming and going never became a peer.
+        assert!(!dp.net().routes.contains_key(&joined.subnet));
+
+        // The peer goes: everything for it goes.
+        reg.expire(p);
+        wait_until("the peer's route removed", || {
+            !dp.net().routes.contains_key(&p)
+        })
+        .await;
+        let k = dp.net();
+        assert!(k.neighbours.is_empty() && k.fdb.is_empty(), "{k:?}");
+
+        // etcd away: what is installed stays; back: a peer that joined meanwhile shows up.
+        let q = net("10.244.8.0/24");
+        reg.put_lease(q, peer(3, "02:00:00:00:00:03"));
+        wait_until("the second peer", || dp.net().routes.contains_key(&q)).await;
+        reg.set_down(Some("connection refused"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            dp.net().routes.contains_key(&q),
+            "routes stay while etcd is away"
+        );
+        let r = net("10.244.9.0/24");
+        reg.put_lease(r, peer(4, "02:00:00:00:00:04"));
+        reg.set_down(None);
+        wait_until("the peer that came during the outage", || {
+            dp.net().routes.contains_key(&r)
+        })
+        .await;
+        let _ = stop_tx.send(());
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn restart_while_etcd_is_away_comes_up_on_the_old_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        let (_a, first, _) = join(&reg, dir.path(), 1, Duration::from_secs(1)).await;
+        // Restart during an outage longer than the TTL.
+        reg.set_down(Some("connection refused"));
+        reg.expire(first.subnet);
+        let (agent, joined, dp) = join(&reg, dir.path(), 1, Duration::from_secs(1)).await;
+        assert_eq!(
+            joined, first,
+            "subnet.env and the cached config carry the node"
+        );
+        assert_eq!(dp.net().vtep_addr, Some(first.subnet.addr()));
+        assert!(reg.leases().is_empty());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async {
+            let _ = stop_rx.await;
+        }));
+        reg.set_down(None);
+        wait_until("the lease taken once etcd is back", || {
+            reg.leases() == [(first.subnet, peer(1, "0e:00:00:00:00:01"))]
+        })
+        .await;
+        let _ = stop_tx.send(());
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn join_gives_up_on_auth_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        reg.set_refuse(Some("user \"root\" was refused"));
+        let store = Arc::new(Store::new("node1"));
+        let res = Agent::join_with(
+            reg.clone(),
+            Arc::new(FakeDataPath::default()),
+            uplink(1),
+            settings(dir.path(), Duration::from_secs(30)),
+            store,
+        )
+        .await;
+        let Err(err) = res else {
+            panic!("joined with a refused password")
+        };
+        assert!(err.to_string().starts_with("etcd auth: user"), "{err}");
+        assert_eq!(reg.calls(), ["network_config"], "no retry on auth errors");
+    }
+
+    #[tokio::test]
+    async fn sync_peers_adds_changes_and_removes_peers_and_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        let (mut agent, joined, dp) = join(&reg, dir.path(), 1, Duration::from_secs(30)).await;
+        // What an earlier skiffd left on the VTEP for a node that is gone.
+        let stale = net("10.244.30.0/24");
+        dp.add_peer(
+            "skiff.1",
+            &Peer::from_lease(stale, &peer(30, "02:00:00:00:00:30")),
+        )
+        .unwrap();
+        let (a, b) = (net("10.244.10.0/24"), net("10.244.11.0/24"));
+        let mut leases = vec![
+            (joined.subnet, peer(1, "0e:00:00:00:00:01")),
+            (a, peer(2, "02:00:00:00:00:02")),
+            (b, peer(3, "02:00:00:00:00:03")),
+        ];
+        agent.sync_peers(&leases, true);
+        let k = dp.net();
+        assert_eq!(k.routes.keys().copied().collect::<Vec<_>>(), [a, b]);
+        assert_eq!(
+            k.fdb,
+            [
+                ("02:00:00:00:00:02".to_string(), ip(2)),
+                ("02:00:00:00:00:03".to_string(), ip(3))
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(k.neighbours.len(), 2, "the stale neighbour went: {k:?}");
+
+        // Node 2 restarted with a new VTEP MAC, node 3 moved to another public IP.
+        leases[1].1 = peer(2, "02:00:00:00:01:02");
+        leases[2].1 = peer(33, "02:00:00:00:00:03");
+        dp.clear_calls();
+        agent.sync_peers(&leases, false);
+        let k = dp.net();
+        assert_eq!(k.neighbours[&a.addr()], "02:00:00:00:01:02");
+        assert_eq!(
+            k.fdb,
+            [
+                ("02:00:00:00:00:03".to_string(), ip(33)),
+                ("02:00:00:00:01:02".to_string(), ip(2))
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(k.routes.len(), 2);
+        assert!(
+            !dp.calls().iter().any(|c| c.starts_with("installed")),
+            "strays only on the first sync"
+        );
+
+        // Unchanged leases change nothing.
+        dp.clear_calls();
+        agent.sync_peers(&leases, false);
+        assert!(dp.calls().is_empty(), "{:?}", dp.calls());
+
+        // Node 3 leaves.
+        leases.pop();
+        agent.sync_peers(&leases, false);
+        let k = dp.net();
+        assert_eq!(k.routes.keys().copied().collect::<Vec<_>>(), [a]);
+        assert_eq!(k.neighbours.keys().copied().collect::<Vec<_>>(), [a.addr()]);
+        assert_eq!(k.fdb.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn direct_routing_uses_plain_routes_on_the_same_l2() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = FakeRegistry::new();
+        let mut cfg = NetworkConfig::vxlan(net("10.244.0.0/16"));
+        cfg.backend.direct_routing = true;
+        reg.set_config(cfg);
+        let (mut agent, joined, dp) = join(&reg, dir.path(), 1, Duration::from_secs(30)).await;
+        let (near, far) = (net("10.244.10.0/24"), net("10.244.11.0/24"));
+        let leases = vec![
+            (joined.subnet, peer(1, "0e:00:00:00:00:01")),
+            (near, peer(2, "02:00:00:00:00:02")),
+            (
+                far,
+                LeaseAttrs::vxlan(Ipv4Addr::new(10, 9, 0, 3), 1, "02:00:00:00:00:03"),
+            ),
+        ];
+        agent.sync_peers(&leases, false);
+        let k = dp.net();
+        assert_eq!(k.routes[&near], (ip(2), "eth0".to_string()));
+        assert_eq!(k.routes[&far], (far.addr(), "skiff.1".to_string()));
+        assert_eq!(k.fdb.len(), 1, "only the far peer is encapsulated");
+        agent.sync_peers(&leases[..1], false);
+        assert!(dp.net().routes.is_empty());
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub enum EtcdError {
     Timeout(&'static str),
     #[error("etcd watch failed: {0}")]
     Watch(String),
+    #[error("etcd auth: {0}")]
+    Auth(String),
 }
 
 /// One key-value pair as etcd returns it.
@@ -138,6 +140,12 @@ pub struct Client {
     addrs: Vec<String>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// Kept-alive connections for unary requests, shared by clones.
+    idle: std::sync::Arc<std::sync::Mutex<Vec<Conn>>>,
+    /// etcd auth: credentials and the current token, shared by clones.
+    auth: Option<std::sync::Arc<Auth>>,
+    /// Connections opened for unary requests so far (the pool's effect, for tests and debugging).
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Client {
@@ -145,6 +153,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("addrs", &self.addrs)
             .field("tls", &self.tls.is_some())
+            .field("user", &self.auth.as_ref().map(|a| &a.user))
             .finish()
     }
 }
@@ -389,7 +398,27 @@ impl Client {
             addrs,
             current: Default::default(),
             tls,
+            idle: Default::default(),
+            auth: None,
+            opened: Default::default(),
         })
+    }
+
+    /// The same client authenticating as `creds` (etcd's Authenticate; the token goes in the
+    /// `Authorization` header of every request and is renewed when etcd refuses it).
+    pub fn with_auth(mut self, creds: Credentials) -> Self {
+        self.auth = Some(std::sync::Arc::new(Auth {
+            user: creds.user,
+            password: creds.password,
+            token: tokio::sync::Mutex::new(None),
+        }));
+        self.idle = Default::default();
+        self
+    }
+
+    /// How many connections unary requests have opened so far.
+    pub fn connections_opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A connection to the first endpoint that takes one, starting with the last that did.
@@ -435,40 +464,237 @@ impl Client {
         Err(EtcdError::Connect { addr, source })
     }
 
-    /// Send one POST; returns the response (status checked) and the task driving the connection.
+    /// A fresh HTTP/1.1 connection to an endpoint, driven by a task of its own.
+    async fn open(&self, path: &'static str) -> Result<Conn, EtcdError> {
+        let (stream, addr) = self.connect().await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| EtcdError::Http { path, source })?;
+        let task = ConnTask(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        Ok(Conn {
+            addr,
+            sender,
+            _task: task,
+        })
+    }
+
+    /// An idle kept-alive connection, if one is still open.
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.sender.is_ready() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keep `c` for the next request (at most [`MAX_IDLE`] of them; the rest are closed).
+    fn put_idle(&self, c: Conn) {
+        if c.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(c);
+        }
+    }
+
+    fn request(
+        addr: &str,
+        path: &'static str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::post(path)
+            .header("host", addr)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        req.body(Full::new(Bytes::from(body.to_string())))
+            .expect("static request parts are valid")
+    }
+
+    /// One request and its whole answer over `c`. The error says whether any answer came:
+    /// `Err((false, _))` means etcd sent nothing, so it did not take the request.
+    async fn round_trip(
+        c: &mut Conn,
+        path: &'static str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<(u16, Bytes), (bool, hyper::Error)> {
+        c.sender.ready().await.map_err(|e| (false, e))?;
+        let resp = c
+            .sender
+            .send_request(Self::request(&c.addr, path, body, token))
+            .await
+            .map_err(|e| (false, e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| (true, e))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// One unary request: over a kept-alive connection when there is one, else a fresh one,
+    /// kept for the next. A kept-alive connection that fails before any answer (etcd closed it
+    /// while idle: EOF or reset) did not deliver the request, which then goes out once more on a
+    /// fresh connection, as Go's and hyper's pooling clients do.
+    async fn exchange(
+        &self,
+        path: &'static str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<(u16, Bytes), EtcdError> {
+        if let Some(mut c) = self.take_idle() {
+            match Self::round_trip(&mut c, path, body, token).await {
+                Ok(r) => {
+                    self.put_idle(c);
+                    return Ok(r);
+                }
+                Err((false, _)) => {}
+                Err((true, source)) => return Err(EtcdError::Http { path, source }),
+            }
+        }
+        let mut c = self.open(path).await?;
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = Self::round_trip(&mut c, path, body, token)
+            .await
+            .map_err(|(_, source)| EtcdError::Http { path, source })?;
+        self.put_idle(c);
+        Ok(r)
+    }
+
+    /// The auth token to send, authenticating first when there is none yet.
+    async fn token(&self) -> Result<Option<String>, EtcdError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let mut token = auth.token.lock().await;
+        if let Some(t) = &*token {
+            return Ok(Some(t.clone()));
+        }
+        const PATH: &str = "/v3/auth/authenticate";
+        let body = json!({ "name": auth.user, "password": auth.password });
+        let (status, bytes) = self.exchange(PATH, &body, None).await?;
+        if !(200..300).contains(&status) {
+            return Err(EtcdError::Auth(format!(
+                "user {:?} was refused ({}); check --etcd-username and --etcd-password-file",
+                auth.user,
+                etcd_message(&bytes)
+            )));
+        }
+        #[derive(Deserialize)]
+        struct AuthResponse {
+            #[serde(default)]
+            token: String,
+        }
+        let r: AuthResponse = serde_json::from_slice(&bytes)
+            .map_err(|source| EtcdError::Decode { path: PATH, source })?;
+        if r.token.is_empty() {
+            return Err(EtcdError::Auth(
+                "etcd answered the authentication without a token (is auth enabled?)".into(),
+            ));
+        }
+        *token = Some(r.token.clone());
+        Ok(Some(r.token))
+    }
+
+    /// Whether etcd refused the token (expired, or the auth store changed): authenticate again.
+    async fn token_refused(&self, status: u16, body: &[u8]) -> bool {
+        let Some(auth) = &self.auth else {
+            return false;
+        };
+        let msg = String::from_utf8_lossy(body);
+        if status == 401 || msg.contains("invalid auth token") || msg.contains("auth store is old")
+        {
+            *auth.token.lock().await = None;
+            return true;
+        }
+        false
+    }
+
+    /// The error for a non-2xx answer; auth problems named as such.
+    fn status_error(&self, path: &'static str, status: u16, body: &[u8]) -> EtcdError {
+        let msg = etcd_message(body);
+        let user = self.auth.as_ref().map(|a| a.user.as_str());
+        if msg.contains("user name is empty") || (user.is_none() && status == 401) {
+            return EtcdError::Auth(format!(
+                "etcd requires authentication ({msg}); pass --etcd-username and --etcd-password-file"
+            ));
+        }
+        if msg.contains("permission denied") {
+            return EtcdError::Auth(format!(
+                "user {:?} may not use {path} ({msg}); grant its role read and write on the prefix",
+                user.unwrap_or_default()
+            ));
+        }
+        EtcdError::Status {
+            path,
+            status,
+            body: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
+
+    /// A unary request, authenticated when the client has credentials; the body of a 2xx answer.
+    async fn unary(&self, path: &'static str, body: &Value) -> Result<Bytes, EtcdError> {
+        let mut retried = false;
+        loop {
+            let token = self.token().await?;
+            let (status, bytes) = self.exchange(path, body, token.as_deref()).await?;
+            if (200..300).contains(&status) {
+                return Ok(bytes);
+            }
+            if !retried && self.token_refused(status, &bytes).await {
+                retried = true;
+                continue;
+            }
+            return Err(self.status_error(path, status, &bytes));
+        }
+    }
+
+    /// Start a streaming request (watch, keepalive) on a connection of its own; returns the
+    /// response (status checked) and the task driving the connection.
     async fn post(
         &self,
         path: &'static str,
         body: &Value,
     ) -> Result<(Response<Incoming>, ConnTask), EtcdError> {
-        let (stream, addr) = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| EtcdError::Http { path, source })?;
-        let conn = ConnTask(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let req = Request::post(path)
-            .header("host", &addr)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("static request parts are valid");
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|source| EtcdError::Http { path, source })?;
-        if !resp.status().is_success() {
+        let mut retried = false;
+        loop {
+            let token = self.token().await?;
+            let Conn {
+                addr,
+                mut sender,
+                _task,
+            } = self.open(path).await?;
+            let resp = sender
+                .send_request(Self::request(&addr, path, body, token.as_deref()))
+                .await
+                .map_err(|source| EtcdError::Http { path, source })?;
+            if resp.status().is_success() {
+                return Ok((resp, _task));
+            }
             let status = resp.status().as_u16();
-            let body = resp
+            let bytes = resp
                 .into_body()
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let body = String::from_utf8_lossy(&body).into_owned();
-            return Err(EtcdError::Status { path, status, body });
+            if !retried && self.token_refused(status, &bytes).await {
+                retried = true;
+                continue;
+            }
+            return Err(self.status_error(path, status, &bytes));
         }
-        Ok((resp, conn))
     }
 
     async fn call<T: for<'de> Deserialize<'de>>(
@@ -476,15 +702,7 @@ impl Client {
         path: &'static str,
         body: Value,
     ) -> Result<T, EtcdError> {
-        let request = async {
-            let (resp, _conn) = self.post(path, &body).await?;
-            resp.into_body()
-                .collect()
-                .await
-                .map_err(|source| EtcdError::Http { path, source })
-                .map(|b| b.to_bytes())
-        };
-        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, request)
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, self.unary(path, &body))
             .await
             .map_err(|_| EtcdError::Timeout(path))??;
         serde_json::from_slice(&bytes).map_err(|source| EtcdError::Decode { path, source })
@@ -647,6 +865,81 @@ impl Client {
             _conn: conn,
         })
     }
+}
+
+/// One HTTP/1.1 connection to etcd.
+struct Conn {
+    addr: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    _task: ConnTask,
+}
+
+/// How many idle connections a client keeps for the next requests.
+const MAX_IDLE: usize = 4;
+
+/// The message of a gRPC gateway error body (`{"error": ..., "code": ..., "message": ...}`).
+fn etcd_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .or_else(|| v.get("error"))
+                .and_then(Value::as_str)
+                .map(|m| m.trim_start_matches("etcdserver: ").to_string())
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
+}
+
+/// User and password for etcd's auth (`etcdctl --user`); the password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The etcd user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// `user` with the password in `path` (its first line). The file must be a regular file
+    /// that neither group nor others can access, as any other secret skiffd reads.
+    pub fn from_file(user: &str, path: &std::path::Path) -> Result<Self, EtcdError> {
+        use std::os::unix::fs::PermissionsExt;
+        let bad = |what: String| EtcdError::Auth(format!("{}: {what}", path.display()));
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {mode:04o} lets other users read the etcd password; chmod 600 it"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let password = text.lines().next().unwrap_or_default().to_string();
+        if user.is_empty() || password.is_empty() {
+            return Err(bad("empty user or password".into()));
+        }
+        Ok(Credentials {
+            user: user.to_string(),
+            password,
+        })
+    }
+}
+
+/// Credentials and the token they got (no Debug: it holds the password).
+struct Auth {
+    user: String,
+    password: String,
+    token: tokio::sync::Mutex<Option<String>>,
 }
 
 /// Owns the task driving one HTTP connection; aborted when dropped.
@@ -1111,6 +1404,189 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--etcd-keyfile"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unary_requests_share_a_kept_alive_connection() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let c = etcd.client();
+        for i in 0..20 {
+            c.put(&format!("/pool/{i}"), b"v", 0).await.unwrap();
+            let (kvs, _) = c.range("/pool/", true).await.unwrap();
+            assert_eq!(kvs.len(), i + 1);
+        }
+        assert_eq!(c.connections_opened(), 1, "40 requests, one connection");
+        // Clones share the pool; concurrent requests open what they need and keep a few.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let c = c.clone();
+            set.spawn(async move { c.range("/pool/", true).await.map(drop) });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap().unwrap();
+        }
+        let opened = c.connections_opened();
+        assert!(opened <= 3, "{opened}");
+        c.range("/pool/", true).await.unwrap();
+        assert_eq!(c.connections_opened(), opened, "an idle one was reused");
+    }
+
+    /// A TCP forwarder in front of etcd whose connections can be cut (as etcd closing idle
+    /// connections, or a restart, would).
+    struct Cutter {
+        addr: String,
+        conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+        _accept: ConnTask,
+    }
+
+    impl Cutter {
+        async fn start(target: &str) -> Cutter {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let target = target.trim_start_matches("http://").to_string();
+            let conns: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+            let c = conns.clone();
+            let accept = tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let target = target.clone();
+                    c.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut out) = TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    }));
+                }
+            });
+            Cutter {
+                addr,
+                conns,
+                _accept: ConnTask(accept),
+            }
+        }
+
+        /// Close every forwarded connection.
+        fn cut(&self) {
+            for t in self.conns.lock().unwrap().drain(..) {
+                t.abort();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_etcd_closed_is_replaced() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let cutter = Cutter::start(&etcd.url).await;
+        let c = Client::new(&format!("http://{}", cutter.addr)).unwrap();
+        c.put("/cut/a", b"1", 0).await.unwrap();
+        c.range("/cut/a", false).await.unwrap();
+        assert_eq!(c.connections_opened(), 1);
+        // Cut with no await in between: the request finds its kept-alive connection dead
+        // (or the connection task noticed first) and goes out again on a fresh one.
+        cutter.cut();
+        let (kvs, _) = c.range("/cut/a", false).await.unwrap();
+        assert_eq!(kvs[0].value, b"1");
+        assert_eq!(
+            c.connections_opened(),
+            2,
+            "a fresh connection replaced the cut one"
+        );
+        c.range("/cut/a", false).await.unwrap();
+        assert_eq!(c.connections_opened(), 2);
+    }
+
+    /// Turn etcd's auth on with a `root` user (what `etcdctl user add root; etcdctl auth
+    /// enable` do, over the gateway).
+    pub(crate) async fn enable_auth(c: &Client, password: &str) {
+        let call = |path: &'static str, body: Value| async move {
+            c.call::<Value>(path, body).await.unwrap();
+        };
+        call(
+            "/v3/auth/user/add",
+            json!({ "name": "root", "password": password }),
+        )
+        .await;
+        call("/v3/auth/role/add", json!({ "name": "root" })).await;
+        call(
+            "/v3/auth/user/grant",
+            json!({ "user": "root", "role": "root" }),
+        )
+        .await;
+        call("/v3/auth/enable", json!({})).await;
+    }
+
+    #[tokio::test]
+    async fn password_auth() {
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        enable_auth(&etcd.client(), "s3cret").await;
+        let creds = |password: &str| Credentials {
+            user: "root".into(),
+            password: password.into(),
+        };
+        let c = etcd.client().with_auth(creds("s3cret"));
+        c.put("/auth/k", b"v", 0).await.unwrap();
+        assert_eq!(c.range("/auth/k", false).await.unwrap().0[0].value, b"v");
+        // Streams carry the token too: a watch and a lease keepalive.
+        let mut w = c.watch("/auth/", 0).await.unwrap();
+        c.put("/auth/w", b"x", 0).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&got[0], Event::Put(kv) if kv.key == "/auth/w"));
+        let id = c.grant(10).await.unwrap();
+        assert!(c.keepalive(id).await.unwrap() > 0);
+        // A token etcd no longer knows is replaced by a fresh one.
+        if let Some(a) = &c.auth {
+            *a.token.lock().await = Some("stale.token".into());
+        }
+        c.range("/auth/k", false).await.unwrap();
+
+        let err = etcd
+            .client()
+            .with_auth(creds("wrong"))
+            .range("/auth/k", false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EtcdError::Auth(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("etcd auth: user \"root\" was refused")
+                && msg.contains("--etcd-password-file"),
+            "{msg}"
+        );
+        let err = etcd.client().range("/auth/k", false).await.unwrap_err();
+        assert!(
+            err.to_string().contains("etcd requires authentication"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn password_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Credentials::from_file("root", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mode 0640") && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Credentials::from_file("root", &path).unwrap();
+        assert_eq!(c.password, "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let err = Credentials::from_file("root", &dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 
     impl Drop for Etcd {

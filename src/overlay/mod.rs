@@ -2,7 +2,9 @@
 //! and the agent that runs them inside skiffd.
 
 pub mod agent;
+pub mod datapath;
 pub mod etcd;
 pub mod lease;
+pub mod registry;
 pub mod state;
 pub mod vxlan;

@@ -1,22 +1,29 @@
-//! The VXLAN data path with flannel's vxlan-backend semantics, for now by running iproute2
-//! (`ip`, `bridge`) and `ethtool`, optionally inside a network namespace via `nsenter --net=`.
+//! The VXLAN data path with flannel's vxlan-backend semantics, over rtnetlink (the
+//! workspace's netlink layer, `cni::netlink`), in skiffd's network namespace or one pinned at a
+//! path (the socket is opened inside it once). Only the tx checksum workaround runs a program
+//! (`ethtool`, under `nsenter --net=` for another namespace).
 //!
 //! Per node: one VTEP `skiff.<VNI>` with the node subnet's `.0` as a `/32`. Per remote node: a
 //! permanent neighbour entry (its VTEP address -> its VTEP MAC), an fdb entry (its VTEP MAC -> its
 //! public IP) and an `onlink` route for its subnet via its VTEP address. The kernel then
 //! encapsulates without any ARP or flooding, since the device is `nolearning`.
 
-use std::net::Ipv4Addr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use cni::ipnet::IpNet;
+use cni::netlink::{self, Handle};
+
+use super::datapath::{DataPath, Entry, Installed};
 use super::lease::{Ipv4Net, LeaseAttrs};
 
 /// VXLAN encapsulation overhead on IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
-/// Errors of the data path; each carries the command that failed.
+/// Errors of the data path; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VxlanError {
     #[error("running {cmd}: {source}")]
@@ -27,45 +34,15 @@ pub enum VxlanError {
         status: String,
         stderr: String,
     },
-    #[error("cannot read the MTU of uplink {0} from `ip link` output")]
-    NoMtu(String),
-    #[error("cannot read the MAC address of {0} from `ip link` output")]
-    NoMac(String),
+    #[error("netlink: {what}: {source}")]
+    Netlink { what: String, source: io::Error },
+    #[error("no network device {0}")]
+    NoDevice(String),
     #[error("invalid MAC address {0:?}")]
     BadMac(String),
 }
 
-impl VxlanError {
-    /// Whether the command failed only because the thing to remove is not there.
-    fn is_missing(&self) -> bool {
-        match self {
-            VxlanError::Failed { stderr, .. } => [
-                "No such file or directory",
-                "Cannot find device",
-                "No such process",
-                "does not exist",
-                "not found",
-            ]
-            .iter()
-            .any(|m| stderr.contains(m)),
-            _ => false,
-        }
-    }
-
-    fn is_exists(&self) -> bool {
-        matches!(self, VxlanError::Failed { stderr, .. } if stderr.contains("File exists"))
-    }
-}
-
-/// Runs the data path's commands. The real one shells out; tests pass a [`FakeRunner`].
-pub trait Runner: Send + Sync {
-    /// Run `prog args...`; returns its stdout.
-    fn run(&self, prog: &str, args: &[&str]) -> Result<String, VxlanError>;
-    /// Whether `prog` can be run at all (optional tools such as ethtool).
-    fn has(&self, prog: &str) -> bool;
-}
-
-/// Runs commands for real, inside the network namespace at `netns` (a bind-mounted
+/// Runs a program (ethtool), inside the network namespace at `netns` (a bind-mounted
 /// `/proc/PID/ns/net`, e.g. `/run/netns/NAME`) or in skiffd's own when `None`.
 #[derive(Debug, Clone, Default)]
 pub struct CommandRunner {
@@ -84,10 +61,9 @@ impl CommandRunner {
             netns: Some(path.into()),
         }
     }
-}
 
-impl Runner for CommandRunner {
-    fn run(&self, prog: &str, args: &[&str]) -> Result<String, VxlanError> {
+    /// Run `prog args...`; returns its stdout.
+    pub fn run(&self, prog: &str, args: &[&str]) -> Result<String, VxlanError> {
         // nsenter forks a fresh process into the namespace: no setns on any of our threads.
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -113,59 +89,14 @@ impl Runner for CommandRunner {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn has(&self, prog: &str) -> bool {
+    /// Whether `prog` can be run at all (optional tools such as ethtool).
+    pub fn has(&self, prog: &str) -> bool {
         std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
             .unwrap_or(false)
             || ["/usr/sbin", "/sbin"]
                 .iter()
                 .any(|d| Path::new(d).join(prog).is_file())
-    }
-}
-
-/// Records every command and answers from a script; for unit tests without root.
-#[derive(Debug, Default)]
-pub struct FakeRunner {
-    /// Every command run, as `prog arg arg...`.
-    pub calls: Mutex<Vec<String>>,
-    /// `(command prefix, result)`: the first matching entry answers; unmatched commands succeed
-    /// with empty output.
-    pub script: Vec<(String, Result<String, String>)>,
-    /// Programs reported as installed by [`Runner::has`].
-    pub installed: Vec<String>,
-}
-
-impl FakeRunner {
-    /// The commands run so far.
-    pub fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Runner for FakeRunner {
-    fn run(&self, prog: &str, args: &[&str]) -> Result<String, VxlanError> {
-        let line = format!("{prog} {}", args.join(" "));
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(line.clone());
-        match self
-            .script
-            .iter()
-            .find(|(p, _)| line.starts_with(p.as_str()))
-        {
-            Some((_, Ok(out))) => Ok(out.clone()),
-            Some((_, Err(stderr))) => Err(VxlanError::Failed {
-                cmd: line,
-                status: "exit status: 2".into(),
-                stderr: stderr.clone(),
-            }),
-            None => Ok(String::new()),
-        }
-    }
-
-    fn has(&self, prog: &str) -> bool {
-        self.installed.iter().any(|p| p == prog)
     }
 }
 
@@ -227,13 +158,6 @@ impl Peer {
     }
 }
 
-/// The value after `word` in whitespace-separated `ip -o -d link` output.
-fn field<'a>(out: &'a str, word: &str) -> Option<&'a str> {
-    let mut it = out.split_whitespace();
-    it.find(|w| *w == word)?;
-    it.next()
-}
-
 fn check_mac(mac: &str) -> Result<(), VxlanError> {
     let parts: Vec<_> = mac.split(':').collect();
     if parts.len() == 6
@@ -247,278 +171,298 @@ fn check_mac(mac: &str) -> Result<(), VxlanError> {
     }
 }
 
-/// Treat "already gone" as success: teardown is idempotent.
-fn ignore_missing(r: Result<String, VxlanError>) -> Result<(), VxlanError> {
-    match r {
-        Err(e) if e.is_missing() => Ok(()),
-        r => r.map(drop),
+fn ipnet(n: Ipv4Net) -> IpNet {
+    IpNet::new(IpAddr::V4(n.addr()), n.prefix_len()).expect("an IPv4 prefix length is valid")
+}
+
+/// The data path over rtnetlink: one socket, opened in the namespace it works on.
+pub struct NetlinkDataPath {
+    nl: Mutex<Handle>,
+    /// Where ethtool runs.
+    runner: CommandRunner,
+}
+
+impl std::fmt::Debug for NetlinkDataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetlinkDataPath")
+            .field("netns", &self.runner.netns)
+            .finish()
     }
 }
 
-/// Create (or adopt) the VTEP and bring it up. An existing device with a different VNI, port,
-/// local address or uplink is replaced; one that matches is kept, so a restart keeps its MAC.
-pub fn ensure_vtep(r: &dyn Runner, cfg: &VtepConfig) -> Result<Vtep, VxlanError> {
-    let name = device_name(cfg.vni);
-    let uplink = r.run("ip", &["-o", "link", "show", "dev", &cfg.uplink])?;
-    let uplink_mtu: u32 = field(&uplink, "mtu")
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| VxlanError::NoMtu(cfg.uplink.clone()))?;
-    let mtu = uplink_mtu - VXLAN_OVERHEAD;
-    let (vni, port, local) = (
-        cfg.vni.to_string(),
-        cfg.port.to_string(),
-        cfg.local_ip.to_string(),
-    );
-
-    if let Ok(existing) = r.run("ip", &["-o", "-d", "link", "show", "dev", &name]) {
-        let matches = field(&existing, "id") == Some(vni.as_str())
-            && field(&existing, "dstport") == Some(port.as_str())
-            && field(&existing, "local") == Some(local.as_str())
-            && field(&existing, "dev") == Some(cfg.uplink.as_str());
-        if !matches {
-            ignore_missing(r.run("ip", &["link", "del", "dev", &name]))?;
-        }
-    }
-    let add = r.run(
-        "ip",
-        &[
-            "link",
-            "add",
-            &name,
-            "type",
-            "vxlan",
-            "id",
-            &vni,
-            "local",
-            &local,
-            "dev",
-            &cfg.uplink,
-            "dstport",
-            &port,
-            "nolearning",
-        ],
-    );
-    match add {
-        Err(e) if e.is_exists() => {}
-        r => r.map(drop)?,
-    }
-    r.run(
-        "ip",
-        &["link", "set", "dev", &name, "mtu", &mtu.to_string()],
-    )?;
-    if let Some(subnet) = cfg.subnet {
-        set_vtep_address(r, &name, subnet)?;
-    }
-    r.run("ip", &["link", "set", "dev", &name, "up"])?;
-
-    let mut tx_checksum_off = false;
-    if cfg.tx_checksum_off {
-        if r.has("ethtool") {
-            r.run("ethtool", &["-K", &name, "tx-checksum-ip-generic", "off"])?;
-            tx_checksum_off = true;
-        } else {
-            tracing::warn!(device = %name, "ethtool is not installed; tx checksum offload left on");
-        }
+impl NetlinkDataPath {
+    /// The data path of skiffd's own network namespace.
+    pub fn host() -> Result<Self, VxlanError> {
+        let nl = Handle::new().map_err(|source| VxlanError::Netlink {
+            what: "opening a socket".into(),
+            source,
+        })?;
+        Ok(NetlinkDataPath {
+            nl: Mutex::new(nl),
+            runner: CommandRunner::host(),
+        })
     }
 
-    let shown = r.run("ip", &["-o", "link", "show", "dev", &name])?;
-    let mac = field(&shown, "link/ether")
-        .ok_or_else(|| VxlanError::NoMac(name.clone()))?
-        .to_string();
-    Ok(Vtep {
-        name,
-        mac,
-        mtu,
-        tx_checksum_off,
-    })
-}
-
-/// Put `subnet`'s `.0` on the VTEP as a `/32`, removing any other IPv4 address (a node that
-/// came back with another subnet).
-pub fn set_vtep_address(r: &dyn Runner, dev: &str, subnet: Ipv4Net) -> Result<(), VxlanError> {
-    let want = format!("{}/32", subnet.addr());
-    let shown = r.run("ip", &["-4", "-o", "addr", "show", "dev", dev])?;
-    for old in shown.lines().filter_map(|l| field(l, "inet")) {
-        if old != want {
-            ignore_missing(r.run("ip", &["addr", "del", old, "dev", dev]))?;
-        }
+    /// The data path of the network namespace pinned at `path`: the socket is opened on a
+    /// short-lived thread inside it (and keeps working there from any thread).
+    pub fn in_netns(path: &Path) -> Result<Self, VxlanError> {
+        let p = path.to_path_buf();
+        let nl = std::thread::spawn(move || -> io::Result<Handle> {
+            let ns = std::fs::File::open(&p)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Handle::new()
+        })
+        .join()
+        .map_err(|_| VxlanError::Netlink {
+            what: format!("opening a socket in {}", path.display()),
+            source: io::Error::other("the thread panicked"),
+        })?
+        .map_err(|source| VxlanError::Netlink {
+            what: format!("opening a socket in {}", path.display()),
+            source,
+        })?;
+        Ok(NetlinkDataPath {
+            nl: Mutex::new(nl),
+            runner: CommandRunner::in_netns(path),
+        })
     }
-    r.run("ip", &["addr", "replace", &want, "dev", dev])?;
-    Ok(())
-}
 
-/// What the kernel holds on the VTEP `dev`: route destinations, permanent neighbours and fdb
-/// entries `(mac, dst)`. A restarted node compares them with the leases and removes the rest.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Installed {
-    /// Destinations of routes through the device.
-    pub routes: Vec<String>,
-    /// Addresses of permanent neighbour entries.
-    pub neighbours: Vec<String>,
-    /// `(mac, dst)` of fdb entries with a remote destination.
-    pub fdb: Vec<(String, String)>,
-}
+    fn nl(&self) -> std::sync::MutexGuard<'_, Handle> {
+        self.nl.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-/// List what is installed on `dev`.
-pub fn installed(r: &dyn Runner, dev: &str) -> Result<Installed, VxlanError> {
-    let routes = r.run("ip", &["-4", "-o", "route", "show", "dev", dev])?;
-    let neigh = r.run(
-        "ip",
-        &["-4", "neigh", "show", "dev", dev, "nud", "permanent"],
-    )?;
-    let fdb = r.run("bridge", &["fdb", "show", "dev", dev])?;
-    Ok(Installed {
-        routes: routes
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|d| d.contains('/'))
-            .map(str::to_string)
-            .collect(),
-        neighbours: neigh
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
-            .collect(),
-        fdb: fdb
-            .lines()
-            .filter_map(|l| {
-                let mac = l.split_whitespace().next()?;
-                let dst = field(l, "dst")?;
-                Some((mac.to_string(), dst.to_string()))
+    /// The index of `dev`, or `None` when it does not exist.
+    fn index(nl: &mut Handle, dev: &str) -> Result<Option<u32>, VxlanError> {
+        nl.link(dev)
+            .map(|l| l.map(|l| l.index))
+            .map_err(|source| VxlanError::Netlink {
+                what: format!("looking up {dev}"),
+                source,
             })
-            .collect(),
-    })
-}
-
-/// Remove a route, neighbour or fdb entry found by [`installed`]; already gone is success.
-pub fn remove_installed(
-    r: &dyn Runner,
-    dev: &str,
-    route: Option<&str>,
-    neighbour: Option<&str>,
-    fdb: Option<(&str, &str)>,
-) -> Result<(), VxlanError> {
-    if let Some(dst) = route {
-        ignore_missing(r.run("ip", &["route", "del", dst, "dev", dev]))?;
     }
-    if let Some(ip) = neighbour {
-        ignore_missing(r.run("ip", &["neigh", "del", ip, "dev", dev]))?;
+
+    fn need(nl: &mut Handle, dev: &str) -> Result<u32, VxlanError> {
+        Self::index(nl, dev)?.ok_or_else(|| VxlanError::NoDevice(dev.to_string()))
     }
-    if let Some((mac, dst)) = fdb {
-        ignore_missing(r.run(
-            "bridge",
-            &["fdb", "del", mac, "dev", dev, "dst", dst, "self"],
-        ))?;
+
+    /// Remove the VTEP (and with it every neighbour, fdb entry and route on it). Idempotent.
+    pub fn remove_vtep(&self, vni: u32) -> Result<(), VxlanError> {
+        let name = device_name(vni);
+        let mut nl = self.nl();
+        match Self::index(&mut nl, &name)? {
+            Some(i) => nl.del_link(i).map_err(|source| VxlanError::Netlink {
+                what: format!("deleting {name}"),
+                source,
+            }),
+            None => Ok(()),
+        }
     }
-    Ok(())
 }
 
-/// A plain route to a peer on the same L2 network (`DirectRouting`): no encapsulation.
-pub fn add_direct_route(r: &dyn Runner, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
-    r.run(
-        "ip",
-        &[
-            "route",
-            "replace",
-            &peer.subnet.to_string(),
-            "via",
-            &peer.public_ip.to_string(),
-            "dev",
-            uplink,
-        ],
-    )
-    .map(drop)
+fn nlerr(what: impl Into<String>) -> impl FnOnce(io::Error) -> VxlanError {
+    let what = what.into();
+    move |source| VxlanError::Netlink { what, source }
 }
 
-/// Undo [`add_direct_route`].
-pub fn remove_direct_route(r: &dyn Runner, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
-    ignore_missing(r.run(
-        "ip",
-        &["route", "del", &peer.subnet.to_string(), "dev", uplink],
-    ))
-}
-
-/// Remove the VTEP (and with it every neighbour, fdb entry and route on it). Idempotent.
-pub fn remove_vtep(r: &dyn Runner, vni: u32) -> Result<(), VxlanError> {
-    ignore_missing(r.run("ip", &["link", "del", "dev", &device_name(vni)]))
-}
-
-/// Make `peer`'s subnet reachable through the VTEP `dev`. Idempotent (`replace` throughout).
-/// Order as flannel: neighbour and fdb first, so the route never points at an unresolved hop.
-pub fn add_peer(r: &dyn Runner, dev: &str, peer: &Peer) -> Result<(), VxlanError> {
-    check_mac(&peer.vtep_mac)?;
-    let gw = peer.subnet.addr().to_string();
-    let public = peer.public_ip.to_string();
-    let mac = peer.vtep_mac.as_str();
-    r.run(
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            &gw,
-            "lladdr",
+impl DataPath for NetlinkDataPath {
+    /// Create (or adopt) the VTEP and bring it up. An existing device with a different VNI,
+    /// port, local address or uplink (or not VXLAN at all) is replaced; one that matches is
+    /// kept, so a restart keeps its MAC.
+    fn ensure_vtep(&self, cfg: &VtepConfig) -> Result<Vtep, VxlanError> {
+        let name = device_name(cfg.vni);
+        let mut nl = self.nl();
+        let uplink = nl
+            .link(&cfg.uplink)
+            .map_err(nlerr(format!("looking up {}", cfg.uplink)))?
+            .ok_or_else(|| VxlanError::NoDevice(cfg.uplink.clone()))?;
+        let mtu = uplink.mtu - VXLAN_OVERHEAD;
+        let want = netlink::Vxlan {
+            id: cfg.vni,
+            local: Some(cfg.local_ip),
+            link: Some(uplink.index),
+            port: cfg.port,
+            learning: false,
+        };
+        let existing = nl
+            .vxlan(&name)
+            .map_err(nlerr(format!("looking up {name}")))?;
+        let keep = existing.as_ref().is_some_and(|(_, v)| {
+            v.id == want.id && v.local == want.local && v.link == want.link && v.port == want.port
+        });
+        if !keep && let Some(i) = Self::index(&mut nl, &name)? {
+            nl.del_link(i).map_err(nlerr(format!("deleting {name}")))?;
+        }
+        if !keep {
+            match nl.add_vxlan(&name, &want, Some(mtu)) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                r => r.map_err(nlerr(format!("creating {name}")))?,
+            }
+        }
+        let index = Self::need(&mut nl, &name)?;
+        nl.set_mtu(index, mtu)
+            .map_err(nlerr(format!("setting the MTU of {name}")))?;
+        drop(nl);
+        if let Some(subnet) = cfg.subnet {
+            self.set_vtep_address(&name, subnet)?;
+        }
+        let mut nl = self.nl();
+        nl.set_up(index)
+            .map_err(nlerr(format!("setting {name} up")))?;
+        let mac = nl
+            .link(&name)
+            .map_err(nlerr(format!("looking up {name}")))?
+            .ok_or_else(|| VxlanError::NoDevice(name.clone()))?
+            .mac;
+        drop(nl);
+        let mut tx_checksum_off = false;
+        if cfg.tx_checksum_off {
+            if self.runner.has("ethtool") {
+                self.runner
+                    .run("ethtool", &["-K", &name, "tx-checksum-ip-generic", "off"])?;
+                tx_checksum_off = true;
+            } else {
+                tracing::warn!(device = %name, "ethtool is not installed; tx checksum offload left on");
+            }
+        }
+        Ok(Vtep {
+            name,
             mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ],
-    )?;
-    r.run(
-        "bridge",
-        &[
-            "fdb",
-            "replace",
-            mac,
-            "dev",
-            dev,
-            "dst",
-            &public,
-            "self",
-            "permanent",
-        ],
-    )?;
-    r.run(
-        "ip",
-        &[
-            "route",
-            "replace",
-            &peer.subnet.to_string(),
-            "via",
-            &gw,
-            "dev",
-            dev,
-            "onlink",
-        ],
-    )?;
-    Ok(())
-}
+            mtu,
+            tx_checksum_off,
+        })
+    }
 
-/// Undo [`add_peer`]. Anything already gone is success.
-pub fn remove_peer(r: &dyn Runner, dev: &str, peer: &Peer) -> Result<(), VxlanError> {
-    check_mac(&peer.vtep_mac)?;
-    let gw = peer.subnet.addr().to_string();
-    let public = peer.public_ip.to_string();
-    let mac = peer.vtep_mac.as_str();
-    ignore_missing(r.run(
-        "ip",
-        &[
-            "route",
-            "del",
-            &peer.subnet.to_string(),
-            "via",
-            &gw,
-            "dev",
-            dev,
-            "onlink",
-        ],
-    ))?;
-    ignore_missing(r.run("ip", &["neigh", "del", &gw, "dev", dev]))?;
-    ignore_missing(r.run(
-        "bridge",
-        &["fdb", "del", mac, "dev", dev, "dst", &public, "self"],
-    ))?;
-    Ok(())
+    fn set_vtep_address(&self, dev: &str, subnet: Ipv4Net) -> Result<(), VxlanError> {
+        let mut nl = self.nl();
+        let index = Self::need(&mut nl, dev)?;
+        let want = IpNet::new(IpAddr::V4(subnet.addr()), 32).expect("/32 is valid");
+        let have = nl
+            .addrs(index)
+            .map_err(nlerr(format!("listing the addresses of {dev}")))?;
+        for old in have.into_iter().filter(|a| a.addr.is_ipv4() && *a != want) {
+            nl.del_addr(index, old)
+                .map_err(nlerr(format!("removing {old:?} from {dev}")))?;
+        }
+        nl.add_addr(index, want)
+            .map_err(nlerr(format!("adding {}/32 to {dev}", subnet.addr())))
+    }
+
+    /// Neighbour and fdb first, as flannel, so the route never points at an unresolved hop.
+    fn add_peer(&self, dev: &str, peer: &Peer) -> Result<(), VxlanError> {
+        check_mac(&peer.vtep_mac)?;
+        let mut nl = self.nl();
+        let index = Self::need(&mut nl, dev)?;
+        let gw = IpAddr::V4(peer.subnet.addr());
+        nl.replace_neigh(index, gw, &peer.vtep_mac)
+            .map_err(nlerr(format!("neighbour {gw} on {dev}")))?;
+        nl.replace_fdb(index, &peer.vtep_mac, IpAddr::V4(peer.public_ip))
+            .map_err(nlerr(format!(
+                "fdb {} dst {} on {dev}",
+                peer.vtep_mac, peer.public_ip
+            )))?;
+        nl.replace_route(ipnet(peer.subnet), Some(gw), index, true)
+            .map_err(nlerr(format!("route {} via {gw} on {dev}", peer.subnet)))
+    }
+
+    fn remove_peer(&self, dev: &str, peer: &Peer) -> Result<(), VxlanError> {
+        check_mac(&peer.vtep_mac)?;
+        let mut nl = self.nl();
+        // No device: nothing of it is left either.
+        let Some(index) = Self::index(&mut nl, dev)? else {
+            return Ok(());
+        };
+        nl.del_route(ipnet(peer.subnet), index)
+            .map_err(nlerr(format!(
+                "removing the route {} on {dev}",
+                peer.subnet
+            )))?;
+        let gw = IpAddr::V4(peer.subnet.addr());
+        nl.del_neigh(index, gw)
+            .map_err(nlerr(format!("removing the neighbour {gw} on {dev}")))?;
+        nl.del_fdb(index, &peer.vtep_mac, IpAddr::V4(peer.public_ip))
+            .map_err(nlerr(format!(
+                "removing the fdb entry {} on {dev}",
+                peer.vtep_mac
+            )))
+    }
+
+    fn add_direct_route(&self, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
+        let mut nl = self.nl();
+        let index = Self::need(&mut nl, uplink)?;
+        nl.replace_route(
+            ipnet(peer.subnet),
+            Some(IpAddr::V4(peer.public_ip)),
+            index,
+            false,
+        )
+        .map_err(nlerr(format!(
+            "route {} via {} on {uplink}",
+            peer.subnet, peer.public_ip
+        )))
+    }
+
+    fn remove_direct_route(&self, uplink: &str, peer: &Peer) -> Result<(), VxlanError> {
+        let mut nl = self.nl();
+        let Some(index) = Self::index(&mut nl, uplink)? else {
+            return Ok(());
+        };
+        nl.del_route(ipnet(peer.subnet), index)
+            .map_err(nlerr(format!(
+                "removing the route {} on {uplink}",
+                peer.subnet
+            )))
+    }
+
+    fn installed(&self, dev: &str) -> Result<Installed, VxlanError> {
+        let mut nl = self.nl();
+        let Some(index) = Self::index(&mut nl, dev)? else {
+            return Ok(Installed::default());
+        };
+        let routes = nl
+            .routes_v4(index)
+            .map_err(nlerr(format!("listing the routes on {dev}")))?;
+        let neighbours = nl
+            .permanent_neighbours_v4(index)
+            .map_err(nlerr(format!("listing the neighbours on {dev}")))?;
+        let fdb = nl
+            .fdb_v4(index)
+            .map_err(nlerr(format!("listing the fdb of {dev}")))?;
+        Ok(Installed {
+            routes: routes
+                .into_iter()
+                .filter(|r| r.prefix < 32)
+                .filter_map(|r| match r.addr {
+                    IpAddr::V4(a) => Ipv4Net::new(a, r.prefix).ok(),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            neighbours: neighbours
+                .into_iter()
+                .filter_map(|n| match n {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            fdb,
+        })
+    }
+
+    fn remove_entry(&self, dev: &str, entry: &Entry) -> Result<(), VxlanError> {
+        let mut nl = self.nl();
+        let Some(index) = Self::index(&mut nl, dev)? else {
+            return Ok(());
+        };
+        match entry {
+            Entry::Route(dst) => nl.del_route(ipnet(*dst), index),
+            Entry::Neighbour(ip) => nl.del_neigh(index, IpAddr::V4(*ip)),
+            Entry::Fdb(mac, dst) => nl.del_fdb(index, mac, IpAddr::V4(*dst)),
+        }
+        .map_err(nlerr(format!("removing {entry:?} on {dev}")))
+    }
+
+    fn masquerade(&self, network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
+        super::agent::masquerade(network, subnet)
+    }
 }
 
 #[cfg(test)]
@@ -529,178 +473,19 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn cfg() -> VtepConfig {
-        VtepConfig {
-            vni: 1,
-            port: 8472,
-            local_ip: Ipv4Addr::new(192, 168, 77, 1),
-            uplink: "eth0".into(),
-            subnet: Some(net("10.244.1.0/24")),
-            tx_checksum_off: true,
+    #[test]
+    fn macs_are_checked() {
+        assert!(check_mac("02:00:00:00:00:0a").is_ok());
+        for bad in ["02:00 -x", "02:00:00:00:00", "02:00:00:00:00:0g", ""] {
+            assert!(
+                matches!(check_mac(bad), Err(VxlanError::BadMac(_))),
+                "{bad}"
+            );
         }
-    }
-
-    const UPLINK: &str = "2: eth0: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state UP\\    link/ether 0a:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff";
-    const VTEP: &str = "5: skiff.1: <BROADCAST,MULTICAST> mtu 1450 qdisc noop\\    link/ether 6e:0b:1f:aa:bb:cc brd ff:ff:ff:ff:ff:ff promiscuity 0 \\    vxlan id 1 local 192.168.77.1 dev eth0 srcport 0 0 dstport 8472 nolearning ttl auto";
-
-    #[test]
-    fn creates_vtep_with_flannel_settings() {
-        let fake = FakeRunner {
-            script: vec![
-                ("ip -o link show dev eth0".into(), Ok(UPLINK.into())),
-                (
-                    "ip -o -d link show dev skiff.1".into(),
-                    Err("Device \"skiff.1\" does not exist.".into()),
-                ),
-                ("ip -o link show dev skiff.1".into(), Ok(VTEP.into())),
-            ],
-            installed: vec!["ethtool".into()],
-            ..Default::default()
-        };
-        let v = ensure_vtep(&fake, &cfg()).unwrap();
         assert_eq!(
-            v,
-            Vtep {
-                name: "skiff.1".into(),
-                mac: "6e:0b:1f:aa:bb:cc".into(),
-                mtu: 1450,
-                tx_checksum_off: true
-            }
+            ipnet(net("10.244.2.0/24")),
+            IpNet::new("10.244.2.0".parse().unwrap(), 24).unwrap()
         );
-        let calls = fake.calls();
-        assert_eq!(
-            &calls[2..7],
-            [
-                "ip link add skiff.1 type vxlan id 1 local 192.168.77.1 dev eth0 dstport 8472 nolearning",
-                "ip link set dev skiff.1 mtu 1450",
-                "ip -4 -o addr show dev skiff.1",
-                "ip addr replace 10.244.1.0/32 dev skiff.1",
-                "ip link set dev skiff.1 up",
-            ]
-        );
-        assert_eq!(calls[7], "ethtool -K skiff.1 tx-checksum-ip-generic off");
-    }
-
-    #[test]
-    fn vtep_address_moves_and_installed_entries_are_parsed() {
-        let fake = FakeRunner {
-            script: vec![
-                (
-                    "ip -4 -o addr show dev skiff.1".into(),
-                    Ok("5: skiff.1    inet 10.244.7.0/32 scope global skiff.1\\       valid_lft forever preferred_lft forever\n".into()),
-                ),
-                (
-                    "ip -4 -o route show dev skiff.1".into(),
-                    Ok("10.244.2.0/24 via 10.244.2.0 onlink \n10.244.3.0/24 via 10.244.3.0 onlink \n".into()),
-                ),
-                (
-                    "ip -4 neigh show dev skiff.1".into(),
-                    Ok("10.244.2.0 lladdr 02:00:00:00:00:02 PERMANENT\n".into()),
-                ),
-                (
-                    "bridge fdb show dev skiff.1".into(),
-                    Ok("02:00:00:00:00:02 dst 192.168.77.2 self permanent\n6e:0b:1f:aa:bb:cc vlan 1 master br0 permanent\n".into()),
-                ),
-            ],
-            ..Default::default()
-        };
-        set_vtep_address(&fake, "skiff.1", net("10.244.1.0/24")).unwrap();
-        assert_eq!(
-            fake.calls()[1..],
-            [
-                "ip addr del 10.244.7.0/32 dev skiff.1",
-                "ip addr replace 10.244.1.0/32 dev skiff.1"
-            ]
-        );
-        let got = installed(&fake, "skiff.1").unwrap();
-        assert_eq!(got.routes, ["10.244.2.0/24", "10.244.3.0/24"]);
-        assert_eq!(got.neighbours, ["10.244.2.0"]);
-        assert_eq!(
-            got.fdb,
-            [("02:00:00:00:00:02".to_string(), "192.168.77.2".to_string())]
-        );
-    }
-
-    #[test]
-    fn keeps_a_matching_vtep_and_replaces_a_different_one() {
-        let script = |existing: &str| FakeRunner {
-            script: vec![
-                ("ip -o link show dev eth0".into(), Ok(UPLINK.into())),
-                ("ip -o -d link show dev skiff.1".into(), Ok(existing.into())),
-                (
-                    "ip link add".into(),
-                    Err("RTNETLINK answers: File exists".into()),
-                ),
-                ("ip -o link show dev skiff.1".into(), Ok(VTEP.into())),
-            ],
-            ..Default::default()
-        };
-        let same = script(VTEP);
-        let v = ensure_vtep(&same, &cfg()).unwrap();
-        assert!(!v.tx_checksum_off, "no ethtool: offload left alone");
-        assert!(!same.calls().iter().any(|c| c.starts_with("ip link del")));
-
-        let other = script(&VTEP.replace("dstport 8472", "dstport 4789"));
-        ensure_vtep(&other, &cfg()).unwrap();
-        assert!(
-            other
-                .calls()
-                .contains(&"ip link del dev skiff.1".to_string())
-        );
-    }
-
-    #[test]
-    fn peer_entries_and_idempotent_removal() {
-        let peer = Peer {
-            subnet: net("10.244.2.0/24"),
-            public_ip: Ipv4Addr::new(192, 168, 77, 2),
-            vtep_mac: "02:00:00:00:00:02".into(),
-        };
-        let fake = FakeRunner::default();
-        add_peer(&fake, "skiff.1", &peer).unwrap();
-        assert_eq!(
-            fake.calls(),
-            [
-                "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:00:02 dev skiff.1 nud permanent",
-                "bridge fdb replace 02:00:00:00:00:02 dev skiff.1 dst 192.168.77.2 self permanent",
-                "ip route replace 10.244.2.0/24 via 10.244.2.0 dev skiff.1 onlink",
-            ]
-        );
-        let gone = FakeRunner {
-            script: vec![
-                (
-                    "ip route del".into(),
-                    Err("RTNETLINK answers: No such process".into()),
-                ),
-                (
-                    "ip neigh del".into(),
-                    Err("RTNETLINK answers: No such file or directory".into()),
-                ),
-                (
-                    "bridge fdb del".into(),
-                    Err("RTNETLINK answers: No such file or directory".into()),
-                ),
-            ],
-            ..Default::default()
-        };
-        remove_peer(&gone, "skiff.1", &peer).unwrap();
-        assert_eq!(gone.calls().len(), 3);
-        let broken = FakeRunner {
-            script: vec![(
-                "ip route del".into(),
-                Err("RTNETLINK answers: Operation not permitted".into()),
-            )],
-            ..Default::default()
-        };
-        assert!(remove_peer(&broken, "skiff.1", &peer).is_err());
-        let bad = Peer {
-            vtep_mac: "02:00 -x".into(),
-            ..peer
-        };
-        assert!(matches!(
-            add_peer(&fake, "skiff.1", &bad),
-            Err(VxlanError::BadMac(_))
-        ));
     }
 
     mod root {
@@ -740,8 +525,19 @@ mod tests {
                 PathBuf::from("/run/netns").join(&self.name)
             }
 
-            fn runner(&self) -> CommandRunner {
-                CommandRunner::in_netns(self.path())
+            fn dp(&self) -> NetlinkDataPath {
+                NetlinkDataPath::in_netns(&self.path()).unwrap()
+            }
+
+            /// `ip -j ARGS` inside this netns, parsed: an independent view of the kernel.
+            fn json(&self, prog: &str, args: &[&str]) -> serde_json::Value {
+                let out = Command::new(prog)
+                    .args(["-n", &self.name, "-j"])
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{prog} {args:?}");
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
             }
 
             fn ip(&self, args: &[&str]) {
@@ -788,7 +584,9 @@ mod tests {
                 return true;
             }
             if !CommandRunner::host().has("ip") || !CommandRunner::host().has("nsenter") {
-                eprintln!("SKIPPED: ip or nsenter is missing");
+                eprintln!(
+                    "SKIPPED: ip or nsenter is missing (the test builds its hosts with them)"
+                );
                 return true;
             }
             false
@@ -819,15 +617,17 @@ mod tests {
                 subnet: Some(subnet),
                 tx_checksum_off: true,
             };
-            let v = ensure_vtep(&ns.runner(), &cfg).unwrap();
+            let v = ns.dp().ensure_vtep(&cfg).unwrap();
             // Again: adopting the existing device must keep it (and its MAC).
-            assert_eq!(ensure_vtep(&ns.runner(), &cfg).unwrap().mac, v.mac);
+            assert_eq!(ns.dp().ensure_vtep(&cfg).unwrap().mac, v.mac);
             // The checksum-offload workaround is really applied (ethtool is a dependency).
             assert!(
                 v.tx_checksum_off,
                 "ethtool missing: scripts/install-deps.sh installs it"
             );
-            let features = ns.runner().run("ethtool", &["-k", &v.name]).unwrap();
+            let features = CommandRunner::in_netns(ns.path())
+                .run("ethtool", &["-k", &v.name])
+                .unwrap();
             assert!(
                 features.contains("tx-checksum-ip-generic: off"),
                 "{features}"
@@ -886,9 +686,10 @@ mod tests {
                 !ping(&a, sa.nth(1), sb.nth(1)),
                 "reachable before any overlay route"
             );
-            add_peer(&a.runner(), &va.name, &to_b).unwrap();
-            add_peer(&b.runner(), &vb.name, &to_a).unwrap();
-            add_peer(&a.runner(), &va.name, &to_b).unwrap();
+            let (da, db) = (a.dp(), b.dp());
+            da.add_peer(&va.name, &to_b).unwrap();
+            db.add_peer(&vb.name, &to_a).unwrap();
+            da.add_peer(&va.name, &to_b).unwrap();
             assert!(
                 ping(&a, sa.nth(1), sb.nth(1)),
                 "ping across the overlay failed"
@@ -924,14 +725,146 @@ mod tests {
             assert_eq!(peer.ip(), std::net::IpAddr::V4(sa.addr()));
 
             // Removing the peer cuts the path; removing it twice is fine.
-            remove_peer(&a.runner(), &va.name, &to_b).unwrap();
-            remove_peer(&a.runner(), &va.name, &to_b).unwrap();
+            da.remove_peer(&va.name, &to_b).unwrap();
+            da.remove_peer(&va.name, &to_b).unwrap();
             assert!(
                 !ping(&a, sa.nth(1), sb.nth(1)),
                 "still reachable after remove_peer"
             );
-            remove_vtep(&a.runner(), 1).unwrap();
-            remove_vtep(&a.runner(), 1).unwrap();
+            da.remove_vtep(1).unwrap();
+            da.remove_vtep(1).unwrap();
+            assert!(da.installed("skiff.1").unwrap().routes.is_empty());
+        }
+
+        #[test]
+        fn netlink_entries_listed_removed_and_a_different_vtep_replaced() {
+            if skip() {
+                return;
+            }
+            let ns = Netns::new("n");
+            ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+            ns.ip(&["link", "set", "up1", "up"]);
+            let public = Ipv4Addr::new(192, 168, 78, 1);
+            let v = host(&ns, "up0", public, net("10.244.1.0/24"));
+            let dp = ns.dp();
+            let link = ns.json("ip", &["-d", "link", "show", "dev", &v.name]);
+            let info = &link[0]["linkinfo"]["info_data"];
+            assert_eq!(info["id"], 1);
+            assert_eq!(info["port"], 8472);
+            assert_eq!(info["local"], "192.168.78.1");
+            assert_eq!(info["link"], "up0");
+            assert_eq!(info["learning"], false);
+            assert_eq!(link[0]["mtu"], 1450);
+            assert_eq!(link[0]["address"], v.mac.as_str());
+
+            let peers: Vec<Peer> = (2..=3u8)
+                .map(|i| Peer {
+                    subnet: net(&format!("10.244.{i}.0/24")),
+                    public_ip: Ipv4Addr::new(192, 168, 78, i),
+                    vtep_mac: format!("02:00:00:00:00:0{i}"),
+                })
+                .collect();
+            for p in &peers {
+                dp.add_peer(&v.name, p).unwrap();
+            }
+            let mut got = dp.installed(&v.name).unwrap();
+            got.routes.sort();
+            got.neighbours.sort();
+            assert_eq!(got.routes, [peers[0].subnet, peers[1].subnet]);
+            assert_eq!(
+                got.neighbours,
+                [Ipv4Addr::new(10, 244, 2, 0), Ipv4Addr::new(10, 244, 3, 0)]
+            );
+            let mut fdb = got.fdb.clone();
+            fdb.sort();
+            assert_eq!(
+                fdb,
+                [
+                    (
+                        "02:00:00:00:00:02".to_string(),
+                        Ipv4Addr::new(192, 168, 78, 2)
+                    ),
+                    (
+                        "02:00:00:00:00:03".to_string(),
+                        Ipv4Addr::new(192, 168, 78, 3)
+                    )
+                ]
+            );
+            // iproute2 sees the same: onlink routes, permanent neighbours, fdb with dst.
+            let find = |v: &serde_json::Value, key: &str, value: &str| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e[key] == value)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no {key}={value} in {v}"))
+            };
+            let routes = ns.json("ip", &["-4", "route", "show", "dev", &v.name]);
+            let r = find(&routes, "dst", "10.244.2.0/24");
+            assert_eq!(r["gateway"], "10.244.2.0");
+            assert!(r["flags"].to_string().contains("onlink"), "{routes}");
+            let neigh = ns.json("ip", &["neigh", "show", "dev", &v.name]);
+            let n = find(&neigh, "dst", "10.244.2.0");
+            assert_eq!(n["lladdr"], "02:00:00:00:00:02");
+            assert!(n["state"].to_string().contains("PERMANENT"), "{neigh}");
+            let fdb = ns.json("bridge", &["fdb", "show", "dev", &v.name]);
+            assert!(
+                fdb.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["mac"] == "02:00:00:00:00:03" && e["dst"] == "192.168.78.3"),
+                "{fdb}"
+            );
+
+            // Each kind of entry goes on its own; twice is fine.
+            for e in [
+                Entry::Route(peers[0].subnet),
+                Entry::Neighbour(peers[0].subnet.addr()),
+                Entry::Fdb(peers[0].vtep_mac.clone(), peers[0].public_ip),
+            ] {
+                dp.remove_entry(&v.name, &e).unwrap();
+                dp.remove_entry(&v.name, &e).unwrap();
+            }
+            let got = dp.installed(&v.name).unwrap();
+            assert_eq!(got.routes, [peers[1].subnet]);
+            assert_eq!(got.neighbours, [peers[1].subnet.addr()]);
+            assert_eq!(got.fdb.len(), 1);
+
+            // The VTEP address moves with the subnet.
+            dp.set_vtep_address(&v.name, net("10.244.9.0/24")).unwrap();
+            let addrs = ns.json("ip", &["-4", "addr", "show", "dev", &v.name]);
+            let ips: Vec<String> = addrs[0]["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+                .collect();
+            assert_eq!(ips, ["10.244.9.0/32"]);
+
+            // A VTEP with another port is replaced (a new device), a matching one kept.
+            let cfg = VtepConfig {
+                vni: 1,
+                port: 4789,
+                local_ip: public,
+                uplink: "up0".into(),
+                subnet: None,
+                tx_checksum_off: false,
+            };
+            let before = ns.json("ip", &["link", "show", "dev", &v.name])[0]["ifindex"].clone();
+            dp.ensure_vtep(&cfg).unwrap();
+            let link = ns.json("ip", &["-d", "link", "show", "dev", &v.name]);
+            assert_eq!(link[0]["linkinfo"]["info_data"]["port"], 4789);
+            assert_ne!(link[0]["ifindex"], before);
+            assert!(link[0]["flags"].to_string().contains("\"UP\""), "{link}");
+            assert!(dp.installed(&v.name).unwrap().routes.is_empty());
+            // A missing device: its peers are gone already, listing finds nothing.
+            dp.remove_vtep(1).unwrap();
+            dp.remove_peer(&v.name, &peers[1]).unwrap();
+            assert_eq!(dp.installed(&v.name).unwrap(), Installed::default());
+            assert!(matches!(
+                dp.add_peer(&v.name, &peers[1]),
+                Err(VxlanError::NoDevice(_))
+            ));
         }
     }
 }
