@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod manifest;
 pub mod metrics;

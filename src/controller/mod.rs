@@ -1,0 +1,6 @@
+//! The workload controllers' decisions (issue #11), kept pure as the pod worker's `plan` is:
+//! what kube-controller-manager would do given the objects it sees. The loops that read the
+//! store and carry the decisions out build on these.
+
+pub mod deployment;
+pub mod replicaset;
