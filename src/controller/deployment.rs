@@ -190,6 +190,32 @@ pub fn old_rs_scale_down(
     changed
 }
 
+/// The `pod-template-hash` label of a Deployment's ReplicaSet: FNV-32a of the template (here of
+/// its canonical JSON, keys sorted: Kubernetes hashes Go's printed struct, which no other
+/// program can reproduce, and compares templates rather than hashes to find the new
+/// ReplicaSet, as skiff does too), then the collision count's 4 bytes little-endian, printed in
+/// decimal and each digit mapped into the apiserver's safe alphabet (`SafeEncodeString`).
+pub fn pod_template_hash(template: &serde_json::Value, collision_count: Option<u32>) -> String {
+    fn fnv1a(mut h: u32, bytes: &[u8]) -> u32 {
+        for b in bytes {
+            h ^= u32::from(*b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h
+    }
+    // serde_json's maps are sorted (no preserve_order), so this text is canonical.
+    let text = template.to_string();
+    let mut h = fnv1a(0x811c_9dc5, text.as_bytes());
+    if let Some(c) = collision_count {
+        h = fnv1a(h, &c.to_le_bytes());
+    }
+    const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    h.to_string()
+        .bytes()
+        .map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char)
+        .collect()
+}
+
 /// Whether a rollout is complete (`DeploymentComplete`): every replica updated and available
 /// and no old pods left.
 pub fn complete(replicas: i32, updated: i32, total: i32, available: i32) -> bool {
@@ -303,6 +329,28 @@ mod tests {
         assert_eq!(
             old_rs_scale_down(4, 1, &[b.clone(), a.clone()], &new),
             vec![("a".to_string(), 0)]
+        );
+    }
+
+    #[test]
+    fn template_hashes_are_stable_safe_and_change_with_the_template_or_collisions() {
+        let t = serde_json::json!({"metadata": {"labels": {"app": "nginx"}},
+            "spec": {"containers": [{"name": "nginx", "image": "nginx:1.14.2"}]}});
+        let h = pod_template_hash(&t, None);
+        assert_eq!(h, pod_template_hash(&t.clone(), None));
+        assert!(!h.is_empty() && h.len() <= 10, "{h}");
+        assert!(
+            h.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)),
+            "{h}"
+        );
+        let mut t2 = t.clone();
+        t2["spec"]["containers"][0]["image"] = "nginx:1.16.1".into();
+        assert_ne!(pod_template_hash(&t2, None), h);
+        assert_ne!(pod_template_hash(&t, Some(1)), h);
+        // FNV-32a itself: the empty input's hash is the offset basis, 2166136261.
+        assert_eq!(
+            pod_template_hash(&serde_json::Value::String(String::new()), None),
+            pod_template_hash(&serde_json::json!(""), None)
         );
     }
 
