@@ -758,6 +758,8 @@ fn remove_durable(path: &Path) -> std::io::Result<()> {
     }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
+        // A namespace's directory goes with its last object (it fails while others remain).
+        let _ = std::fs::remove_dir(dir);
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod pki;
 mod pods;
+mod protobuf;
 mod services;
 pub mod table;
 mod watch;

@@ -315,15 +315,20 @@ fn key(kind: Kind, ns: &str, name: &str) -> ObjKey {
     (kind.plural().to_string(), ns.to_string(), name.to_string())
 }
 
-/// Parses a request body as JSON or YAML; protobuf is refused with 415 (kubectl then sends
-/// JSON).
+/// Parses a request body as JSON, YAML, or the protobuf kubectl's generators send.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if ct.contains("protobuf") {
-        return Err(ApiError::unsupported_media(ct));
+    if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        return super::protobuf::to_json(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("the protobuf body was not understood ({e}): send application/json"),
+            )
+        });
     }
     let v: Value = if ct.contains("yaml") {
         serde_yaml_ng::from_slice(body).map_err(|e| {
@@ -363,13 +368,13 @@ fn invalid(kind: Kind, name: &str, message: &str) -> ApiError {
     } else {
         "FieldValueInvalid"
     };
-    let mut cause = json!({"reason": reason, "message": message});
+    let mut cause = json!({"reason": reason, "message": detail});
     if let Some(f) = field {
         cause["field"] = f.into();
     }
     ApiError::invalid(
         format!("{} \"{name}\" is invalid: {message}", kind.name()),
-        json!({"name": name, "kind": kind.plural(), "causes": [cause]}),
+        json!({"name": name, "kind": kind.name(), "causes": [cause]}),
     )
 }
 
