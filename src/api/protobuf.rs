@@ -262,18 +262,24 @@ fn decode(b: &[u8], fields: &'static [Field], path: &str) -> Result<Map<String, 
             }
             Ty::MapStr | Ty::MapBytes => {
                 let (k, v) = decode_map(r.bytes()?, matches!(field.ty, Ty::MapBytes))?;
-                out.entry(field.name)
+                if let Some(m) = out
+                    .entry(field.name)
                     .or_insert_with(|| json!({}))
                     .as_object_mut()
-                    .map(|m| m.insert(k, v));
+                {
+                    m.insert(k, v);
+                }
                 continue;
             }
         };
         if field.repeated {
-            out.entry(field.name)
+            if let Some(a) = out
+                .entry(field.name)
                 .or_insert_with(|| json!([]))
                 .as_array_mut()
-                .map(|a| a.push(value));
+            {
+                a.push(value);
+            }
         } else {
             out.insert(field.name.to_string(), value);
         }

@@ -634,7 +634,14 @@ fn serve(s: &Shared, kind: Kind, stored: &Value, created: bool) {
 }
 
 fn namespace_exists(s: &Shared, kind: Kind, ns: &str) -> Result<(), ApiError> {
-    if kind.namespaced() && s.store.namespace(ns).is_none() {
+    // A namespace the manifest directory uses counts as existing.
+    let used = || {
+        !s.store.list_pods(Some(ns)).is_empty()
+            || !s.store.list_config_maps(Some(ns)).is_empty()
+            || !s.store.list_secrets(Some(ns)).is_empty()
+            || !s.store.services(Some(ns)).is_empty()
+    };
+    if kind.namespaced() && s.store.namespace(ns).is_none() && !used() {
         return Err(ApiError::not_found(format!(
             "namespaces \"{ns}\" not found"
         )));
