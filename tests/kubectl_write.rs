@@ -283,6 +283,26 @@ fn configmap_and_secret_made_with_kubectl_feed_a_pod() {
     let Some(api) = Api::start() else {
         return;
     };
+    let consumer = format!(
+        "{}    env:\n    - name: GREETING\n      valueFrom:\n        configMapKeyRef: {{name: cfg, key: greeting}}\n    volumeMounts:\n    - {{name: s, mountPath: /sec}}\n  volumes:\n  - name: s\n    secret: {{secretName: sec}}\n",
+        pod(
+            "consumer",
+            "echo \"$GREETING $(cat /sec/pass)\"; sleep 3600"
+        )
+    );
+    let f = api.file("consumer.yaml", &consumer);
+    // The pod comes first and waits for what it consumes.
+    api.ok(&["create", "-f", &f]);
+    api.node.wait_for(
+        "the pod to wait for its config",
+        Duration::from_secs(20),
+        || {
+            let p = api.json(&["get", "pod", "consumer"]);
+            p["status"]["containerStatuses"][0]["state"]["waiting"]
+                .is_object()
+                .then_some(())
+        },
+    );
     api.ok(&[
         "create",
         "configmap",
@@ -300,15 +320,6 @@ fn configmap_and_secret_made_with_kubectl_feed_a_pod() {
     assert_eq!(cm["data"]["greeting"], "hello");
     assert_eq!(cm["metadata"]["annotations"]["skiff.dev/source"], "api");
     assert!(api.object_file("configmaps/default/cfg.json").exists());
-    let consumer = format!(
-        "{}    env:\n    - name: GREETING\n      valueFrom:\n        configMapKeyRef: {{name: cfg, key: greeting}}\n    volumeMounts:\n    - {{name: s, mountPath: /sec}}\n  volumes:\n  - name: s\n    secret: {{secretName: sec}}\n",
-        pod(
-            "consumer",
-            "echo \"$GREETING $(cat /sec/pass)\"; sleep 3600"
-        )
-    );
-    let f = api.file("consumer.yaml", &consumer);
-    api.ok(&["create", "-f", &f]);
     api.node.wait_running("consumer");
     api.node
         .wait_for("the pod's output", Duration::from_secs(20), || {
