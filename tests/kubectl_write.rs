@@ -328,6 +328,23 @@ fn configmap_and_secret_made_with_kubectl_feed_a_pod() {
                 .contains("hello s3cret")
                 .then_some(())
         });
+    // ConfigMaps are watched from a version, as pods are.
+    let rv = api.json(&["get", "configmap", "cfg"])["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.ok(&["label", "configmap", "cfg", "watched=yes"]);
+    let out = api.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=1"
+        ),
+    ]);
+    assert!(
+        out.contains(r#""type":"MODIFIED""#) && out.contains(r#""watched":"yes""#),
+        "{out}"
+    );
     api.ok(&["delete", "configmap", "cfg"]);
     assert!(!api.exists(&["get", "configmap", "cfg"]));
     assert!(!api.object_file("configmaps/default/cfg.json").exists());

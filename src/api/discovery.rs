@@ -18,6 +18,10 @@ const READ: &[&str] = &["get", "list"];
 
 /// Verbs of the kinds that accept writes (issue 10).
 const WRITE: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
+/// ... and watched (the store's per-kind history).
+const WRITE_WATCH: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 /// One served resource (or subresource, `pods/log`).
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +78,7 @@ const fn sub(name: &'static str, kind: &'static str, verbs: &'static [&'static s
 /// Everything the API serves, by group and version.
 pub const RESOURCES: &[Resource] = &[
     Resource {
-        verbs: WRITE,
+        verbs: WRITE_WATCH,
         ..res(
             "",
             "configmaps",
@@ -96,7 +100,7 @@ pub const RESOURCES: &[Resource] = &[
     ),
     res("", "events", "event", "Event", true, &["ev"], &[]),
     Resource {
-        verbs: WRITE,
+        verbs: WRITE_WATCH,
         ..res(
             "",
             "namespaces",
@@ -117,7 +121,7 @@ pub const RESOURCES: &[Resource] = &[
     sub("pods/exec", "PodExecOptions", &["create", "get"]),
     sub("pods/log", "Pod", &["get"]),
     Resource {
-        verbs: WRITE,
+        verbs: WRITE_WATCH,
         ..res("", "secrets", "secret", "Secret", true, &[], &[])
     },
     Resource {

@@ -186,18 +186,38 @@ pub fn get_item(kind: Kind) -> MethodRouter<Shared> {
 
 /// GET of a collection of a kind served only here, in one namespace or all.
 pub fn get_list(kind: Kind) -> MethodRouter<Shared> {
-    get(move |State(s): State<Shared>, uri: Uri| async move {
-        let (ns, _) = names(kind, &uri);
-        let ns = Some(ns).filter(|n| !n.is_empty());
-        let items = list(&s.store, kind, ns.as_deref());
-        axum::Json(json!({
-            "kind": format!("{}List", kind.name()),
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": s.store.resource_version().to_string()},
-            "items": items,
-        }))
-        .into_response()
-    })
+    get(
+        move |State(s): State<Shared>, uri: Uri, headers: HeaderMap| async move {
+            let (ns, _) = names(kind, &uri);
+            let ns = Some(ns).filter(|n| !n.is_empty());
+            let is_watch = super::list::ListQuery::parse(uri.query()).is_ok_and(|q| q.watch);
+            if is_watch && kind != Kind::Service && kind != Kind::Pod {
+                let lister: fn(&Store) -> Vec<Value> = match kind {
+                    Kind::ConfigMap => |st| list(st, Kind::ConfigMap, None),
+                    Kind::Secret => |st| list(st, Kind::Secret, None),
+                    _ => |st| list(st, Kind::Namespace, None),
+                };
+                return super::watch::objects(
+                    &s,
+                    kind.plural(),
+                    kind.name(),
+                    ns,
+                    uri.query(),
+                    &headers,
+                    lister,
+                )
+                .unwrap_or_else(|e| e.into_response());
+            }
+            let items = list(&s.store, kind, ns.as_deref());
+            axum::Json(json!({
+                "kind": format!("{}List", kind.name()),
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": s.store.resource_version().to_string()},
+                "items": items,
+            }))
+            .into_response()
+        },
+    )
 }
 
 /// An answer with `Warning` headers for what was dropped or needs saying.
