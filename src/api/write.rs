@@ -20,6 +20,22 @@ use crate::manifest::parse::{FieldValidation, Object, parse_api_object};
 use crate::manifest::source::{DesiredPod, Snapshot};
 use crate::store::{ObjKey, SOURCE_ANNOTATION, Store};
 
+/// What the write path needs of the API's state (so it can be tested without a runtime).
+pub struct Writer<'a> {
+    pub store: &'a Store,
+    /// Asks the pod manager to let pods re-check what they wait for.
+    pub resync: &'a tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl<'a> Writer<'a> {
+    fn of(s: &'a Shared) -> Self {
+        Writer {
+            store: &s.store,
+            resync: &s.resync,
+        }
+    }
+}
+
 /// A kind that accepts writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -130,7 +146,14 @@ pub fn collection(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, _) = names(kind, &uri);
-            respond(create(&s, kind, &ns, q.as_deref(), &headers, &body))
+            respond(create(
+                &Writer::of(&s),
+                kind,
+                &ns,
+                q.as_deref(),
+                &headers,
+                &body,
+            ))
         },
     )
 }
@@ -144,7 +167,15 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
-            respond(update(&s, kind, &ns, &name, q.as_deref(), &headers, &body))
+            respond(update(
+                &Writer::of(&s),
+                kind,
+                &ns,
+                &name,
+                q.as_deref(),
+                &headers,
+                &body,
+            ))
         },
     )
     .merge(patch(
@@ -155,7 +186,7 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
             respond(patch_object(
-                &s,
+                &Writer::of(&s),
                 kind,
                 &ns,
                 &name,
@@ -168,7 +199,14 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
     .merge(delete(
         move |State(s): State<Shared>, uri: Uri, RawQuery(q): RawQuery, body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
-            respond(remove(&s, kind, &ns, &name, q.as_deref(), &body))
+            respond(remove(
+                &Writer::of(&s),
+                kind,
+                &ns,
+                &name,
+                q.as_deref(),
+                &body,
+            ))
         },
     ))
 }
@@ -401,7 +439,7 @@ fn invalid(kind: Kind, name: &str, message: &str) -> ApiError {
 /// Checks a body, fills in what the server owns and validates it as the manifest path does.
 /// Returns the object to store (no status) and the warnings.
 fn admit(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     mut v: Value,
@@ -608,7 +646,7 @@ fn immutable(kind: Kind, name: &str, old: &Value, new: &Value) -> Result<(), Api
 
 /// Makes the stored object visible at once where the store serves it from (the manager's
 /// next snapshot brings the same).
-fn serve(s: &Shared, kind: Kind, stored: &Value, created: bool) {
+fn serve(s: &Writer, kind: Kind, stored: &Value, created: bool) {
     let ns = stored["metadata"]["namespace"]
         .as_str()
         .unwrap_or_default()
@@ -653,7 +691,7 @@ fn serve(s: &Shared, kind: Kind, stored: &Value, created: bool) {
     }
 }
 
-fn namespace_exists(s: &Shared, kind: Kind, ns: &str) -> Result<(), ApiError> {
+fn namespace_exists(s: &Writer, kind: Kind, ns: &str) -> Result<(), ApiError> {
     // A namespace the manifest directory uses counts as existing.
     let used = || {
         !s.store.list_pods(Some(ns)).is_empty()
@@ -683,7 +721,7 @@ fn generated(prefix: &str) -> String {
 }
 
 fn create(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     q: Option<&str>,
@@ -708,7 +746,7 @@ fn create(
 }
 
 fn create_value(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     v: Value,
@@ -755,7 +793,7 @@ fn create_value(
 }
 
 fn update(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     name: &str,
@@ -785,7 +823,7 @@ fn update(
 /// Replaces an object with `v` (an update, or the result of a patch).
 #[allow(clippy::too_many_arguments)]
 fn update_value(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     name: &str,
@@ -871,7 +909,7 @@ fn update_value(
 }
 
 fn patch_object(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     name: &str,
@@ -941,7 +979,7 @@ fn patch_names_rv(body: &[u8]) -> bool {
 /// Server-side apply: creates the object or merges the applied configuration into it, and
 /// records the field manager's fields in `metadata.managedFields`.
 fn apply(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     name: &str,
@@ -1147,7 +1185,7 @@ fn delete_body(body: &[u8]) -> Value {
 }
 
 fn remove(
-    s: &Shared,
+    s: &Writer,
     kind: Kind,
     ns: &str,
     name: &str,
@@ -1237,7 +1275,7 @@ fn remove(
 
 /// Deletes what was made through the API in namespace `ns`; returns warnings naming the
 /// manifest objects in it, which stay (their files own them).
-fn delete_namespace_contents(s: &Shared, ns: &str) -> Result<Vec<String>, ApiError> {
+fn delete_namespace_contents(s: &Writer, ns: &str) -> Result<Vec<String>, ApiError> {
     for kind in [Kind::Pod, Kind::Service, Kind::ConfigMap, Kind::Secret] {
         for (k, v) in s.store.api_objects(kind.plural()) {
             if k.1 != ns {
@@ -1364,6 +1402,335 @@ pub async fn merge_snapshots(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_writer<T>(f: impl FnOnce(&Writer) -> T) -> T {
+        let store = Store::new("n");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        f(&Writer {
+            store: &store,
+            resync: &tx,
+        })
+    }
+
+    fn ct(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+        h
+    }
+
+    fn cm(name: &str) -> Vec<u8> {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "1"}})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn status(r: Result<Written, ApiError>) -> (u16, String) {
+        match r {
+            Ok(w) => (w.code.as_u16(), w.body.to_string()),
+            Err(e) => (e.code.as_u16(), format!("{} {}", e.reason, e.message)),
+        }
+    }
+
+    #[test]
+    fn create_conflicts_and_dry_run_as_the_apiserver() {
+        with_writer(|w| {
+            let j = ct("application/json");
+            // Dry run: answered, nothing stored.
+            let (code, _) = status(create(
+                w,
+                Kind::ConfigMap,
+                "default",
+                Some("dryRun=All"),
+                &j,
+                &cm("c"),
+            ));
+            assert_eq!(code, 201);
+            assert!(w.store.config_map("default", "c").is_none());
+            let created = create(w, Kind::ConfigMap, "default", None, &j, &cm("c"))
+                .ok()
+                .unwrap();
+            assert_eq!(created.code, StatusCode::CREATED);
+            let uid = created.body["metadata"]["uid"].clone();
+            assert_eq!(
+                created.body["metadata"]["annotations"][SOURCE_ANNOTATION],
+                "api"
+            );
+            let served = w.store.config_map("default", "c").unwrap();
+            assert_eq!(
+                served.metadata.resource_version.as_deref(),
+                created.body["metadata"]["resourceVersion"].as_str()
+            );
+            let (code, msg) = status(create(w, Kind::ConfigMap, "default", None, &j, &cm("c")));
+            assert_eq!(
+                (code, msg.as_str()),
+                (409, "AlreadyExists configmaps \"c\" already exists")
+            );
+            // An update naming the current version goes through and keeps the uid ...
+            let mut v: Value = serde_json::from_slice(&cm("c")).unwrap();
+            v["metadata"]["resourceVersion"] = created.body["metadata"]["resourceVersion"].clone();
+            v["data"]["a"] = "2".into();
+            let up = update(
+                w,
+                Kind::ConfigMap,
+                "default",
+                "c",
+                None,
+                &j,
+                v.to_string().as_bytes(),
+            )
+            .ok()
+            .unwrap();
+            assert_eq!(up.body["metadata"]["uid"], uid);
+            assert_eq!(
+                w.store.config_map("default", "c").unwrap().data.unwrap()["a"],
+                "2"
+            );
+            // ... one naming an older version conflicts.
+            let (code, msg) = status(update(
+                w,
+                Kind::ConfigMap,
+                "default",
+                "c",
+                None,
+                &j,
+                v.to_string().as_bytes(),
+            ));
+            assert_eq!(code, 409);
+            assert!(msg.contains("the object has been modified"), "{msg}");
+            // A namespace that does not exist.
+            let (code, msg) = status(create(w, Kind::ConfigMap, "nowhere", None, &j, &cm("c")));
+            assert_eq!(
+                (code, msg.as_str()),
+                (404, "NotFound namespaces \"nowhere\" not found")
+            );
+            // generateName.
+            let g = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"generateName": "gen-"}});
+            let made = create(
+                w,
+                Kind::ConfigMap,
+                "default",
+                None,
+                &j,
+                g.to_string().as_bytes(),
+            )
+            .ok()
+            .unwrap();
+            let name = made.body["metadata"]["name"].as_str().unwrap();
+            assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+        })
+    }
+
+    #[test]
+    fn the_three_patch_types_and_server_side_apply() {
+        with_writer(|w| {
+            create(
+                w,
+                Kind::ConfigMap,
+                "default",
+                None,
+                &ct("application/json"),
+                &cm("c"),
+            )
+            .ok()
+            .unwrap();
+            let patch = |t: &str, body: &str, q: Option<&str>| {
+                patch_object(
+                    w,
+                    Kind::ConfigMap,
+                    "default",
+                    "c",
+                    q,
+                    &ct(t),
+                    body.as_bytes(),
+                )
+            };
+            patch(
+                "application/merge-patch+json",
+                r#"{"data":{"m":"1","a":null}}"#,
+                None,
+            )
+            .ok()
+            .unwrap();
+            patch(
+                "application/json-patch+json",
+                r#"[{"op":"add","path":"/data/j","value":"2"}]"#,
+                None,
+            )
+            .ok()
+            .unwrap();
+            patch(
+                "application/strategic-merge-patch+json",
+                r#"{"metadata":{"labels":{"s":"3"}}}"#,
+                None,
+            )
+            .ok()
+            .unwrap();
+            let c = w.store.config_map("default", "c").unwrap();
+            let data = c.data.unwrap();
+            assert_eq!(
+                (data.get("a"), data["m"].as_str(), data["j"].as_str()),
+                (None, "1", "2")
+            );
+            assert_eq!(c.metadata.labels.unwrap()["s"], "3");
+            // A JSON patch that cannot apply: 422.
+            let (code, _) = status(patch(
+                "application/json-patch+json",
+                r#"[{"op":"remove","path":"/data/zz"}]"#,
+                None,
+            ));
+            assert_eq!(code, 422);
+            let (code, _) = status(patch("text/plain", "x", None));
+            assert_eq!(code, 415);
+            // Server-side apply needs a field manager and records it.
+            let (code, _) = status(patch(
+                "application/apply-patch+yaml",
+                "data:\n  ssa: x\n",
+                None,
+            ));
+            assert_eq!(code, 400);
+            let applied = patch(
+                "application/apply-patch+yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  ssa: x\n",
+                Some("fieldManager=me&force=true"),
+            )
+            .ok()
+            .unwrap();
+            assert_eq!(applied.body["data"]["ssa"], "x");
+            assert_eq!(applied.body["data"]["m"], "1");
+            assert_eq!(
+                applied.body["metadata"]["managedFields"][0]["manager"],
+                "me"
+            );
+            assert!(
+                applied.body["metadata"]["managedFields"][0]["fieldsV1"]["f:data"]["f:ssa"]
+                    .is_object()
+            );
+            // Apply to a missing object creates it.
+            let made = patch_object(
+                w,
+                Kind::ConfigMap,
+                "default",
+                "new",
+                Some("fieldManager=me"),
+                &ct("application/apply-patch+yaml"),
+                b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: new\n",
+            )
+            .ok()
+            .unwrap();
+            assert_eq!(made.code, StatusCode::CREATED);
+        })
+    }
+
+    #[test]
+    fn field_validation_and_422_causes() {
+        with_writer(|w| {
+            let j = ct("application/json");
+            let body =
+                br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"u"},"bogus":1}"#;
+            let (code, msg) = status(create(
+                w,
+                Kind::ConfigMap,
+                "default",
+                Some("fieldValidation=Strict"),
+                &j,
+                body,
+            ));
+            assert_eq!(code, 400);
+            assert!(
+                msg.contains("strict decoding error: unknown field \"bogus\""),
+                "{msg}"
+            );
+            let made = create(
+                w,
+                Kind::ConfigMap,
+                "default",
+                Some("fieldValidation=Warn"),
+                &j,
+                body,
+            )
+            .ok()
+            .unwrap();
+            assert_eq!(made.warnings, ["unknown field \"bogus\""]);
+            assert!(made.body.get("bogus").is_none());
+            let body =
+                br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"i"},"bogus":1}"#;
+            let made = create(
+                w,
+                Kind::ConfigMap,
+                "default",
+                Some("fieldValidation=Ignore"),
+                &j,
+                body,
+            )
+            .ok()
+            .unwrap();
+            assert!(made.warnings.is_empty());
+            let bad = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"restartPolicy":"Sometimes","containers":[{"name":"c","image":"i"}]}}"#;
+            let e = create(w, Kind::Pod, "default", None, &j, bad)
+                .err()
+                .unwrap();
+            assert_eq!(e.code, StatusCode::UNPROCESSABLE_ENTITY);
+            let d = e.details.unwrap();
+            assert_eq!(d["kind"], "Pod");
+            assert_eq!(d["causes"][0]["field"], "spec.restartPolicy");
+            assert_eq!(d["causes"][0]["reason"], "FieldValueNotSupported");
+        })
+    }
+
+    #[test]
+    fn manifest_objects_refuse_writes_naming_their_file() {
+        with_writer(|w| {
+            let mut c = k8s_openapi::api::core::v1::ConfigMap::default();
+            c.metadata.name = Some("m".into());
+            c.metadata.namespace = Some("default".into());
+            c.metadata.annotations = Some(
+                [(
+                    SOURCE_ANNOTATION.to_string(),
+                    "manifest:/etc/skiff/m.yaml".to_string(),
+                )]
+                .into(),
+            );
+            w.store.set_config(
+                [(("default".to_string(), "m".to_string()), c)].into(),
+                Default::default(),
+            );
+            let (code, msg) = status(patch_object(
+                w,
+                Kind::ConfigMap,
+                "default",
+                "m",
+                None,
+                &ct("application/merge-patch+json"),
+                br#"{"data":{"x":"y"}}"#,
+            ));
+            assert_eq!(code, 409);
+            assert!(msg.contains("/etc/skiff/m.yaml"), "{msg}");
+            let (code, msg) = status(remove(w, Kind::ConfigMap, "default", "m", None, b""));
+            assert_eq!(code, 409);
+            assert!(msg.contains("/etc/skiff/m.yaml"), "{msg}");
+        })
+    }
+
+    #[test]
+    fn deleting_a_namespace_deletes_what_the_api_made_in_it() {
+        with_writer(|w| {
+            let j = ct("application/json");
+            let ns = br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team"}}"#;
+            create(w, Kind::Namespace, "", None, &j, ns).ok().unwrap();
+            create(w, Kind::ConfigMap, "team", None, &j, &cm("c"))
+                .ok()
+                .unwrap();
+            assert!(w.store.config_map("team", "c").is_some());
+            let (code, msg) = status(remove(w, Kind::Namespace, "", "default", None, b""));
+            assert_eq!(code, 403, "{msg}");
+            remove(w, Kind::Namespace, "", "team", None, b"")
+                .ok()
+                .unwrap();
+            assert!(w.store.namespace("team").is_none());
+            assert!(w.store.config_map("team", "c").is_none());
+            assert!(w.store.api_objects("configmaps").is_empty());
+        })
+    }
 
     #[test]
     fn strategic_merge_merges_lists_by_their_keys() {
