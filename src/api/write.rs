@@ -758,7 +758,7 @@ fn create_value(
         .unwrap_or_default()
         .to_string();
     namespace_exists(s, kind, ns)?;
-    if !name.is_empty() && current(&s.store, kind, ns, &name).is_some() {
+    if !name.is_empty() && current(s.store, kind, ns, &name).is_some() {
         return Err(ApiError::already_exists(format!(
             "{} \"{name}\" already exists",
             kind.plural()
@@ -781,7 +781,7 @@ fn create_value(
         .map_err(|e| ApiError::internal(format!("storing {} {name:?}: {e}", kind.plural())))?;
     serve(s, kind, &stored, true);
     let body = if kind == Kind::Pod {
-        current(&s.store, kind, ns, &name).unwrap_or(stored)
+        current(s.store, kind, ns, &name).unwrap_or(stored)
     } else {
         stored
     };
@@ -832,7 +832,7 @@ fn update_value(
     opts: &WriteOptions,
     managed: Option<Vec<Value>>,
 ) -> Result<Written, ApiError> {
-    let Some(cur) = current(&s.store, kind, ns, name) else {
+    let Some(cur) = current(s.store, kind, ns, name) else {
         return Err(not_found(kind, name));
     };
     if let Some(file) = manifest_source(&cur) {
@@ -897,7 +897,7 @@ fn update_value(
         .map_err(|e| ApiError::internal(format!("storing {} {name:?}: {e}", kind.plural())))?;
     serve(s, kind, &stored, false);
     let body = if kind == Kind::Pod {
-        current(&s.store, kind, ns, name).unwrap_or(stored)
+        current(s.store, kind, ns, name).unwrap_or(stored)
     } else {
         stored
     };
@@ -929,7 +929,7 @@ fn patch_object(
         }
         return apply(s, kind, ns, name, &opts, body);
     }
-    let Some(cur) = current(&s.store, kind, ns, name) else {
+    let Some(cur) = current(s.store, kind, ns, name) else {
         return Err(not_found(kind, name));
     };
     if let Some(file) = manifest_source(&cur) {
@@ -1006,7 +1006,7 @@ fn apply(
         "fieldsType": "FieldsV1",
         "fieldsV1": fields_v1(&applied),
     });
-    match current(&s.store, kind, ns, name) {
+    match current(s.store, kind, ns, name) {
         None => {
             let mut v = applied;
             if v.pointer("/metadata/name").is_none() {
@@ -1200,7 +1200,7 @@ fn remove(
     {
         opts.dry_run = true;
     }
-    let Some(cur) = current(&s.store, kind, ns, name) else {
+    let Some(cur) = current(s.store, kind, ns, name) else {
         return Err(not_found(kind, name));
     };
     if let Some(file) = manifest_source(&cur) {
@@ -1248,7 +1248,7 @@ fn remove(
                         ));
                     p.metadata.deletion_grace_period_seconds = Some(grace);
                 });
-            current(&s.store, kind, ns, name).unwrap_or(cur)
+            current(s.store, kind, ns, name).unwrap_or(cur)
         }
         Kind::ConfigMap | Kind::Secret => {
             s.store
@@ -1308,7 +1308,7 @@ fn delete_namespace_contents(s: &Writer, ns: &str) -> Result<Vec<String>, ApiErr
     }
     let mut warnings = Vec::new();
     for kind in [Kind::Pod, Kind::Service, Kind::ConfigMap, Kind::Secret] {
-        for v in list(&s.store, kind, Some(ns)) {
+        for v in list(s.store, kind, Some(ns)) {
             if let Some(file) = manifest_source(&v) {
                 let name = v["metadata"]["name"].as_str().unwrap_or_default();
                 let msg = format!(
