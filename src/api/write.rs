@@ -1027,6 +1027,9 @@ fn apply(
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            if !opts.force {
+                conflicts(&cur, &applied, &managed, &manager)?;
+            }
             managed.retain(|m| !(m["manager"] == entry["manager"] && m["operation"] == "Apply"));
             managed.push(entry);
             strategic_merge(&mut target, &applied);
@@ -1036,6 +1039,69 @@ fn apply(
             update_value(s, kind, ns, name, target, None, opts, Some(managed))
         }
     }
+}
+
+/// The fields a `fieldsV1` set names, as JSON pointers; a list counts as one field.
+fn leaf_paths(fields: &Value, prefix: &str, out: &mut Vec<String>) {
+    let Some(m) = fields.as_object() else {
+        return;
+    };
+    for (k, v) in m {
+        let Some(name) = k.strip_prefix("f:") else {
+            continue;
+        };
+        let path = format!("{prefix}/{}", name.replace('~', "~0").replace('/', "~1"));
+        let leaf = v.as_object().is_none_or(|o| {
+            o.is_empty() || o.keys().any(|k| k.starts_with("k:") || k.starts_with("v:"))
+        });
+        if leaf {
+            out.push(path);
+        } else {
+            leaf_paths(v, &path, out);
+        }
+    }
+}
+
+/// Server-side apply's conflicts: a field another apply manager owns that this apply would
+/// change. Refused with 409 unless forced, as the apiserver does.
+fn conflicts(cur: &Value, applied: &Value, managed: &[Value], me: &str) -> Result<(), ApiError> {
+    let mut mine = Vec::new();
+    leaf_paths(&fields_v1(applied), "", &mut mine);
+    let mut found = Vec::new();
+    for m in managed {
+        let Some(owner) = m["manager"].as_str() else {
+            continue;
+        };
+        if owner == me || m["operation"] != "Apply" {
+            continue;
+        }
+        let mut theirs = Vec::new();
+        leaf_paths(&m["fieldsV1"], "", &mut theirs);
+        for p in mine.iter().filter(|p| theirs.contains(p)) {
+            if cur.pointer(p) != applied.pointer(p) {
+                found.push((owner.to_string(), p.replace('/', ".")));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|(o, f)| format!("conflict with \"{o}\": {f}"))
+        .collect();
+    let causes: Vec<Value> = found
+        .iter()
+        .map(|(o, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{o}\""), "field": f}))
+        .collect();
+    let mut e = ApiError::conflict(format!(
+        "Apply failed with {} conflict{}: {}",
+        found.len(),
+        if found.len() == 1 { "" } else { "s" },
+        list.join("; ")
+    ));
+    e.details = Some(json!({"causes": causes}));
+    Err(e)
 }
 
 /// The `fieldsV1` set of an applied configuration: every field it sets, keyed list items by
@@ -1605,6 +1671,31 @@ mod tests {
                 applied.body["metadata"]["managedFields"][0]["fieldsV1"]["f:data"]["f:ssa"]
                     .is_object()
             );
+            // Another apply manager changing the same field conflicts unless forced.
+            let other = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  ssa: y\n";
+            let (code, msg) = status(patch(
+                "application/apply-patch+yaml",
+                other,
+                Some("fieldManager=other"),
+            ));
+            assert_eq!(code, 409);
+            assert!(msg.contains("conflict with \"me\": .data.ssa"), "{msg}");
+            let same = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  ssa: x\n";
+            patch(
+                "application/apply-patch+yaml",
+                same,
+                Some("fieldManager=other"),
+            )
+            .ok()
+            .unwrap();
+            let forced = patch(
+                "application/apply-patch+yaml",
+                other,
+                Some("fieldManager=other&force=true"),
+            )
+            .ok()
+            .unwrap();
+            assert_eq!(forced.body["data"]["ssa"], "y");
             // Apply to a missing object creates it.
             let made = patch_object(
                 w,
