@@ -62,6 +62,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _lock = lock_root(&config.root_dir)?;
     let store = Arc::new(Store::new(config.node_name.clone()));
     store.set_node_labels(config.node_labels.clone());
+    // Objects made through the API (issue 10), before the pod manager's first snapshot.
+    let loaded = store.load_objects(&config.root_dir);
+    info!(objects = loaded, "loaded the objects made through the API");
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -253,9 +256,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(async move { api::serve(&socket, tls, state, stop).await })
     };
 
+    let (manifest_tx, manifest_rx) = mpsc::channel(4);
     let (snap_tx, snap_rx) = mpsc::channel(4);
     let src = DirSource::new(&config.pod_manifest_path, &config.node_name);
-    let watcher = tokio::spawn(source::watch(src, config.file_check_frequency, snap_tx));
+    let watcher = tokio::spawn(source::watch(src, config.file_check_frequency, manifest_tx));
+    let merger = tokio::spawn(api::write::merge_snapshots(
+        manifest_rx,
+        store.clone(),
+        snap_tx,
+    ));
     let pods = tokio::spawn(manager::run(
         Manager::new(ctx),
         snap_rx,
@@ -277,6 +286,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(true);
     watcher.abort();
     metrics_task.abort();
+    merger.abort();
     let _ = pods.await;
     let _ = services.await;
     let _ = token_refresher.await;

@@ -2,11 +2,16 @@
 //! Workers write status here; the API reads from it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, EventSource, Namespace, NamespaceSpec, NamespaceStatus, ObjectReference, Pod,
+    Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
 use crate::manifest::source::PodKey;
@@ -98,8 +103,41 @@ pub enum EventType {
     Warning,
 }
 
+/// The annotation saying where an object came from: `api`, or `manifest:<file>`.
+pub const SOURCE_ANNOTATION: &str = "skiff.dev/source";
+
+/// Namespaces that always exist, as on an apiserver.
+pub const BUILTIN_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// `(plural, namespace, name)` of an object made through the API; the namespace is empty for
+/// cluster-scoped kinds.
+pub type ObjKey = (String, String, String);
+
+/// One change of any kind's object, at the resourceVersion it made.
+#[derive(Debug, Clone)]
+pub struct ObjEvent {
+    pub kind: WatchKind,
+    pub rv: u64,
+    pub object: Arc<Value>,
+}
+
+/// A watch of one kind as [`Store::watch_kind`] starts it (see [`PodWatch`]).
+pub struct KindWatch {
+    pub initial: Vec<Value>,
+    pub backlog: Vec<Arc<ObjEvent>>,
+    pub rv: u64,
+    pub rx: broadcast::Receiver<(String, Arc<ObjEvent>)>,
+}
+
 #[derive(Default)]
 struct Inner {
+    /// Objects made through the API (the desired state; also on disk), by kind.
+    api_objects: BTreeMap<ObjKey, Value>,
+    /// Per-kind change history (not pods: see `pod_history`), oldest first.
+    kind_history: BTreeMap<String, VecDeque<Arc<ObjEvent>>>,
+    /// The built-in namespaces as served.
+    builtin_namespaces: BTreeMap<String, Namespace>,
     /// The one monotonic counter behind every object's and list's `resourceVersion`.
     resource_version: u64,
     /// The last [`POD_HISTORY`] pod changes, oldest first.
@@ -151,15 +189,50 @@ pub struct Store {
     node_name: String,
     changed: watch::Sender<u64>,
     pod_changes: broadcast::Sender<Arc<PodEvent>>,
+    /// Changes of every other kind, with the kind's plural.
+    kind_changes: broadcast::Sender<(String, Arc<ObjEvent>)>,
+    /// Bumped after every change of an API-made object.
+    api_changed: watch::Sender<u64>,
+    /// `<root-dir>/objects`, once [`Store::load_objects`] ran.
+    objects_dir: OnceLock<PathBuf>,
 }
 
 impl Store {
     pub fn new(node_name: impl Into<String>) -> Self {
+        let mut inner = Inner::default();
+        let now = Time(Timestamp::now());
+        for name in BUILTIN_NAMESPACES {
+            inner.resource_version += 1;
+            let ns = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    uid: Some(random_uid()),
+                    creation_timestamp: Some(now.clone()),
+                    resource_version: Some(inner.resource_version.to_string()),
+                    labels: Some(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        name.to_string(),
+                    )])),
+                    ..Default::default()
+                },
+                spec: Some(NamespaceSpec {
+                    finalizers: Some(vec!["kubernetes".into()]),
+                }),
+                status: Some(NamespaceStatus {
+                    phase: Some("Active".into()),
+                    ..Default::default()
+                }),
+            };
+            inner.builtin_namespaces.insert(name.into(), ns);
+        }
         Self {
-            inner: RwLock::default(),
+            inner: RwLock::new(inner),
             node_name: node_name.into(),
             changed: watch::channel(0).0,
             pod_changes: broadcast::channel(WATCH_BUFFER).0,
+            kind_changes: broadcast::channel(WATCH_BUFFER).0,
+            api_changed: watch::channel(0).0,
+            objects_dir: OnceLock::new(),
         }
     }
 
@@ -347,17 +420,22 @@ impl Store {
             .collect()
     }
 
-    /// Replaces the ConfigMaps and Secrets; returns whether anything changed.
+    /// Replaces the ConfigMaps and Secrets; returns whether anything changed. Each object keeps
+    /// its resourceVersion while it stays the same and gets the next one when it changes.
     pub fn set_config(
         &self,
         config_maps: BTreeMap<PodKey, ConfigMap>,
         secrets: BTreeMap<PodKey, Secret>,
     ) -> bool {
         let mut inner = self.write();
-        let changed = inner.config_maps != config_maps || inner.secrets != secrets;
+        let old = std::mem::take(&mut inner.config_maps);
+        let (config_maps, a) = self.reconcile(&mut inner, "configmaps", old, config_maps);
         inner.config_maps = config_maps;
+        let old = std::mem::take(&mut inner.secrets);
+        let (secrets, b) = self.reconcile(&mut inner, "secrets", old, secrets);
         inner.secrets = secrets;
         drop(inner);
+        let changed = a || b;
         if changed {
             self.bump();
         }
@@ -622,6 +700,463 @@ impl Store {
     }
 }
 
+/// A fresh random UID (version-4 UUID form).
+pub fn random_uid() -> String {
+    let mut b = [0u8; 16];
+    // ring's generator reads the kernel's; a UID only has to be unique.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Where an object made through the API is kept: `<dir>/<plural>/<namespace>/<name>.json`
+/// (`<dir>/<plural>/<name>.json` for a cluster-scoped kind).
+pub fn object_path(dir: &Path, key: &ObjKey) -> PathBuf {
+    let (plural, ns, name) = key;
+    let mut p = dir.join(plural);
+    if !ns.is_empty() {
+        p.push(ns);
+    }
+    p.join(format!("{name}.json"))
+}
+
+/// Writes `data` to `path` so that a crash leaves the old or the new content, never a mix:
+/// a 0600 temporary file in the same directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    crate::runtime::private::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    {
+        let mut f = crate::runtime::private::file_options().open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn remove_durable(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+        // A namespace's directory goes with its last object (it fails while others remain).
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(())
+}
+
+/// The resourceVersion in an object's metadata.
+pub fn rv_of(v: &Value) -> Option<u64> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+}
+
+impl Store {
+    /// Gives each of `new` a resourceVersion (kept when unchanged, or when it brings one:
+    /// an object made through the API) and records the changes in `plural`'s history.
+    fn reconcile<T>(
+        &self,
+        inner: &mut Inner,
+        plural: &str,
+        old: BTreeMap<PodKey, T>,
+        new: BTreeMap<PodKey, T>,
+    ) -> (BTreeMap<PodKey, T>, bool)
+    where
+        T: Clone + PartialEq + serde::Serialize + k8s_openapi::Metadata<Ty = ObjectMeta>,
+    {
+        let mut out = BTreeMap::new();
+        let mut changed = false;
+        for (key, mut obj) in new {
+            let prev = old.get(&key);
+            let same = prev.is_some_and(|p| {
+                let (mut a, mut b) = (p.clone(), obj.clone());
+                a.metadata_mut().resource_version = None;
+                b.metadata_mut().resource_version = None;
+                a == b
+            });
+            if same {
+                obj.metadata_mut().resource_version =
+                    prev.and_then(|p| p.metadata().resource_version.clone());
+            } else {
+                changed = true;
+                let rv = match obj.metadata().resource_version.as_deref().map(str::parse) {
+                    Some(Ok(rv)) => rv,
+                    _ => {
+                        inner.resource_version += 1;
+                        inner.resource_version
+                    }
+                };
+                obj.metadata_mut().resource_version = Some(rv.to_string());
+                let kind = if prev.is_some() {
+                    WatchKind::Modified
+                } else {
+                    WatchKind::Added
+                };
+                self.record_kind(
+                    inner,
+                    plural,
+                    kind,
+                    rv,
+                    serde_json::to_value(&obj).unwrap_or_default(),
+                );
+            }
+            out.insert(key, obj);
+        }
+        for (key, obj) in old {
+            if !out.contains_key(&key) {
+                changed = true;
+                inner.resource_version += 1;
+                let rv = inner.resource_version;
+                let mut v = serde_json::to_value(&obj).unwrap_or_default();
+                v["metadata"]["resourceVersion"] = rv.to_string().into();
+                self.record_kind(inner, plural, WatchKind::Deleted, rv, v);
+            }
+        }
+        (out, changed)
+    }
+
+    /// Keeps a change of a kind other than pods for its watchers.
+    fn record_kind(
+        &self,
+        inner: &mut Inner,
+        plural: &str,
+        kind: WatchKind,
+        rv: u64,
+        object: Value,
+    ) {
+        let event = Arc::new(ObjEvent {
+            kind,
+            rv,
+            object: Arc::new(object),
+        });
+        let history = inner.kind_history.entry(plural.to_string()).or_default();
+        if history.len() >= POD_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(event.clone());
+        let _ = self.kind_changes.send((plural.to_string(), event));
+    }
+
+    /// Starts a watch of one kind (`configmaps`, `secrets`, `namespaces`, ...) as
+    /// [`Store::watch_pods`] does for pods; `initial` is what `list` gives now.
+    pub fn watch_kind(
+        &self,
+        plural: &str,
+        since: Option<u64>,
+        list: impl FnOnce(&Store) -> Vec<Value>,
+    ) -> Result<KindWatch, Gone> {
+        let rx = self.kind_changes.subscribe();
+        // Listing takes the read lock itself: the history check below then covers a change
+        // made in between (it is in the backlog or in `rx`; a repeat has an older rv).
+        let initial = if since.is_none() {
+            list(self)
+        } else {
+            Vec::new()
+        };
+        let inner = self.read();
+        let rv = inner.resource_version;
+        let history = inner.kind_history.get(plural);
+        let Some(since) = since else {
+            return Ok(KindWatch {
+                initial,
+                backlog: Vec::new(),
+                rv,
+                rx,
+            });
+        };
+        let oldest = history
+            .and_then(|h| h.front())
+            .map_or(0, |e| e.rv - 1)
+            .min(rv);
+        if since < oldest && history.is_some_and(|h| h.len() >= POD_HISTORY) {
+            return Err(Gone {
+                requested: since,
+                oldest,
+            });
+        }
+        let backlog = history
+            .iter()
+            .flat_map(|h| h.iter())
+            .filter(|e| e.rv > since)
+            .cloned()
+            .collect();
+        Ok(KindWatch {
+            initial,
+            backlog,
+            rv,
+            rx,
+        })
+    }
+
+    /// The next resourceVersion, taken now.
+    fn take_rv(inner: &mut Inner) -> u64 {
+        inner.resource_version += 1;
+        inner.resource_version
+    }
+
+    /// A receiver that sees a new value after every change of an API-made object.
+    pub fn subscribe_api(&self) -> watch::Receiver<u64> {
+        self.api_changed.subscribe()
+    }
+
+    /// Loads the objects made through the API from `<root>/objects` and keeps writing there.
+    /// A file that cannot be read or parsed is skipped with a log line and a Warning event.
+    /// The resourceVersion counter continues ahead of every loaded object and of the
+    /// previous run's versions (it starts no lower than the clock in milliseconds).
+    pub fn load_objects(&self, root: &Path) -> usize {
+        let dir = root.join("objects");
+        if let Err(e) = crate::runtime::private::ensure_private(&dir) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot prepare the object store");
+        }
+        let _ = self.objects_dir.set(dir.clone());
+        let mut found = Vec::new();
+        let mut bad = Vec::new();
+        for plural in ["namespaces", "pods", "services", "configmaps", "secrets"] {
+            let base = dir.join(plural);
+            let mut files = Vec::new();
+            let Ok(rd) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    for f in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                        files.push(f.path());
+                    }
+                } else {
+                    files.push(p);
+                }
+            }
+            for f in files {
+                let name = f
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                if name.starts_with('.') || !name.ends_with(".json") {
+                    continue;
+                }
+                match read_object(&f) {
+                    Ok(v) => {
+                        let ns = v
+                            .pointer("/metadata/namespace")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        let n = v
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        let key = (plural.to_string(), ns, n);
+                        if object_path(&dir, &key) != f {
+                            bad.push((
+                                f,
+                                "its name or namespace does not match its path".to_string(),
+                            ));
+                            continue;
+                        }
+                        found.push((key, v));
+                    }
+                    Err(e) => bad.push((f, e)),
+                }
+            }
+        }
+        let n = found.len();
+        let mut inner = self.write();
+        let now_ms = Timestamp::now().as_millisecond().max(0) as u64;
+        let max_rv = found
+            .iter()
+            .filter_map(|(_, v)| rv_of(v))
+            .max()
+            .unwrap_or(0);
+        inner.resource_version = inner.resource_version.max(max_rv).max(now_ms);
+        for (key, v) in found {
+            inner.api_objects.insert(key, v);
+        }
+        drop(inner);
+        for (file, why) in bad {
+            tracing::warn!(file = %file.display(), error = %why, "skipping a corrupt object file of the API's store");
+            self.event(
+                &Involved {
+                    kind: "Node".into(),
+                    namespace: "default".into(),
+                    name: self.node_name.clone(),
+                    uid: None,
+                },
+                EventType::Warning,
+                "CorruptObject",
+                &format!("skipped object file {}: {why}", file.display()),
+            );
+        }
+        self.api_changed.send_modify(|v| *v += 1);
+        self.bump();
+        n
+    }
+
+    /// An object made through the API, as stored.
+    pub fn api_object(&self, key: &ObjKey) -> Option<Value> {
+        self.read().api_objects.get(key).cloned()
+    }
+
+    /// The objects of one kind made through the API.
+    pub fn api_objects(&self, plural: &str) -> Vec<(ObjKey, Value)> {
+        self.read()
+            .api_objects
+            .iter()
+            .filter(|(k, _)| k.0 == plural)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Stores an object made through the API with the next resourceVersion, on disk first
+    /// (atomically) when the store persists; returns it as stored.
+    pub fn put_api_object(&self, key: ObjKey, mut v: Value) -> std::io::Result<Value> {
+        let mut inner = self.write();
+        let rv = Self::take_rv(&mut inner);
+        v["metadata"]["resourceVersion"] = rv.to_string().into();
+        if let Some(dir) = self.objects_dir.get() {
+            let data = serde_json::to_vec_pretty(&v).map_err(std::io::Error::other)?;
+            write_atomic(&object_path(dir, &key), &data)?;
+        }
+        let kind = if inner.api_objects.contains_key(&key) {
+            WatchKind::Modified
+        } else {
+            WatchKind::Added
+        };
+        if key.0 == "namespaces" {
+            self.record_kind(&mut inner, "namespaces", kind, rv, v.clone());
+        }
+        inner.api_objects.insert(key, v.clone());
+        drop(inner);
+        self.api_changed.send_modify(|x| *x += 1);
+        self.bump();
+        Ok(v)
+    }
+
+    /// Removes an object made through the API (its file too); returns it.
+    pub fn delete_api_object(&self, key: &ObjKey) -> std::io::Result<Option<Value>> {
+        let mut inner = self.write();
+        if !inner.api_objects.contains_key(key) {
+            return Ok(None);
+        }
+        if let Some(dir) = self.objects_dir.get() {
+            remove_durable(&object_path(dir, key))?;
+        }
+        let old = inner.api_objects.remove(key);
+        if key.0 == "namespaces"
+            && let Some(o) = &old
+        {
+            let rv = Self::take_rv(&mut inner);
+            self.record_kind(&mut inner, "namespaces", WatchKind::Deleted, rv, o.clone());
+        }
+        drop(inner);
+        self.api_changed.send_modify(|x| *x += 1);
+        self.bump();
+        Ok(old)
+    }
+
+    /// Every namespace: the built-in ones and those made through the API.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        let inner = self.read();
+        let mut out: BTreeMap<String, Namespace> = inner.builtin_namespaces.clone();
+        for ((plural, _, name), v) in &inner.api_objects {
+            if plural == "namespaces"
+                && let Ok(ns) = serde_json::from_value::<Namespace>(v.clone())
+            {
+                out.insert(name.clone(), ns);
+            }
+        }
+        out.into_values().collect()
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<Namespace> {
+        self.namespaces()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    }
+
+    /// Serves a ConfigMap or Secret made through the API at once (the manager's next
+    /// snapshot brings the same); `None` removes it.
+    pub fn serve_config(&self, plural: &str, key: PodKey, value: Option<&Value>) {
+        let inner = self.read();
+        let mut cms = inner.config_maps.clone();
+        let mut secrets = inner.secrets.clone();
+        match (plural, value) {
+            ("configmaps", Some(v)) => {
+                if let Ok(cm) = serde_json::from_value(v.clone()) {
+                    cms.insert(key, cm);
+                }
+            }
+            ("configmaps", None) => {
+                cms.remove(&key);
+            }
+            ("secrets", Some(v)) => {
+                if let Ok(s) = serde_json::from_value(v.clone()) {
+                    secrets.insert(key, s);
+                }
+            }
+            ("secrets", None) => {
+                secrets.remove(&key);
+            }
+            _ => return,
+        }
+        drop(inner);
+        self.set_config(cms, secrets);
+    }
+
+    /// Serves a Service made through the API at once; `None` removes it.
+    pub fn serve_service(&self, key: PodKey, svc: Option<k8s_openapi::api::core::v1::Service>) {
+        let mut inner = self.write();
+        match svc {
+            Some(s) => {
+                inner.desired_services.insert(key, Arc::new(s));
+            }
+            None => {
+                inner.desired_services.remove(&key);
+            }
+        }
+        drop(inner);
+        self.bump();
+    }
+}
+
+fn read_object(path: &Path) -> Result<Value, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let v: Value = serde_json::from_slice(&data).map_err(|e| format!("invalid JSON: {e}"))?;
+    if !v.is_object()
+        || v.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_none()
+    {
+        return Err("not an object with metadata.name".into());
+    }
+    if v.pointer("/metadata/uid").and_then(Value::as_str).is_none() {
+        return Err("no metadata.uid".into());
+    }
+    Ok(v)
+}
+
 /// Equal but for the resourceVersion: such a write is no change and makes no watch event.
 fn same_pod(a: &Pod, b: &Pod) -> bool {
     a.metadata.resource_version == b.metadata.resource_version && a == b || {
@@ -757,5 +1292,145 @@ mod tests {
             w.rx.try_recv(),
             Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
         ));
+    }
+
+    fn cm(name: &str) -> Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "data": {"a": "b"}})
+    }
+
+    fn key(name: &str) -> ObjKey {
+        ("configmaps".into(), "default".into(), name.into())
+    }
+
+    #[test]
+    fn api_objects_persist_atomically_and_come_back_ahead() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new("n");
+        assert_eq!(s.load_objects(dir.path()), 0);
+        let stored = s.put_api_object(key("a"), cm("a")).unwrap();
+        let rv = rv_of(&stored).unwrap();
+        let file = dir.path().join("objects/configmaps/default/a.json");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(file.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir.path().join("objects")), 0o700);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.json"]);
+        s.put_api_object(key("b"), cm("b")).unwrap();
+        s.delete_api_object(&key("b")).unwrap();
+        assert!(
+            !dir.path()
+                .join("objects/configmaps/default/b.json")
+                .exists()
+        );
+
+        // A restart finds the same object (same uid and version) and continues ahead.
+        let s2 = Store::new("n");
+        assert_eq!(s2.load_objects(dir.path()), 1);
+        let back = s2.api_object(&key("a")).unwrap();
+        assert_eq!(back["metadata"]["uid"], "uid-a");
+        assert_eq!(rv_of(&back), Some(rv));
+        assert!(s2.resource_version() > rv);
+        let again = s2.put_api_object(key("c"), cm("c")).unwrap();
+        assert!(rv_of(&again).unwrap() > rv);
+    }
+
+    #[test]
+    fn a_corrupt_object_file_is_skipped_with_a_warning_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new("n");
+        s.load_objects(dir.path());
+        s.put_api_object(key("good"), cm("good")).unwrap();
+        let bad = dir.path().join("objects/configmaps/default/bad.json");
+        std::fs::write(&bad, "{\"metadata\": {\"name\": ").unwrap();
+        let s2 = Store::new("n");
+        assert_eq!(s2.load_objects(dir.path()), 1);
+        assert!(s2.api_object(&key("good")).is_some());
+        let events = s2.list_events(None, Some("n"));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason.as_deref(), Some("CorruptObject"));
+        assert!(events[0].message.as_deref().unwrap().contains("bad.json"));
+        assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    }
+
+    #[test]
+    fn config_changes_get_versions_history_and_watches() {
+        let s = Store::new("n");
+        let mk = |v: &str| {
+            let mut c = ConfigMap::default();
+            c.metadata.name = Some("c".into());
+            c.metadata.namespace = Some("default".into());
+            c.data = Some(BTreeMap::from([("k".to_string(), v.to_string())]));
+            BTreeMap::from([(("default".to_string(), "c".to_string()), c)])
+        };
+        let start = s.resource_version();
+        assert!(s.set_config(mk("1"), BTreeMap::new()));
+        let rv1 = s
+            .config_map("default", "c")
+            .unwrap()
+            .metadata
+            .resource_version;
+        assert_eq!(rv1, Some((start + 1).to_string()));
+        // The same again: no change, same version.
+        assert!(!s.set_config(mk("1"), BTreeMap::new()));
+        assert_eq!(
+            s.config_map("default", "c")
+                .unwrap()
+                .metadata
+                .resource_version,
+            rv1
+        );
+        let mut w = s
+            .watch_kind("configmaps", None, |st| {
+                st.list_config_maps(None)
+                    .iter()
+                    .map(|c| serde_json::to_value(c).unwrap())
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(w.initial.len(), 1);
+        assert!(s.set_config(mk("2"), BTreeMap::new()));
+        assert!(s.set_config(BTreeMap::new(), BTreeMap::new()));
+        let (plural, e) = w.rx.try_recv().unwrap();
+        assert_eq!(
+            (plural.as_str(), e.kind),
+            ("configmaps", WatchKind::Modified)
+        );
+        assert_eq!(w.rx.try_recv().unwrap().1.kind, WatchKind::Deleted);
+        let r = s
+            .watch_kind("configmaps", Some(start), |_| Vec::new())
+            .unwrap();
+        let kinds: Vec<WatchKind> = r.backlog.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [WatchKind::Added, WatchKind::Modified, WatchKind::Deleted]
+        );
+    }
+
+    #[test]
+    fn builtin_namespaces_always_exist() {
+        let s = Store::new("n");
+        let names: Vec<String> = s
+            .namespaces()
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["default", "kube-node-lease", "kube-public", "kube-system"]
+        );
+        s.put_api_object(
+            ("namespaces".into(), String::new(), "team".into()),
+            serde_json::json!({"metadata": {"name": "team", "uid": "u"}}),
+        )
+        .unwrap();
+        assert!(s.namespace("team").is_some());
     }
 }

@@ -610,7 +610,7 @@ fn discovery_lists_what_is_served() {
     );
     assert_eq!(
         agg.json()["items"][0]["versions"][0]["resources"][0]["resource"],
-        "endpoints"
+        "configmaps"
     );
     assert_status(
         &api.https("GET", "/openapi/v2", Some(&token), b""),
@@ -636,14 +636,17 @@ fn discovery_lists_what_is_served() {
     assert_eq!(
         names,
         [
+            "configmaps",
             "endpoints",
             "endpointslices.discovery.k8s.io",
             "events",
             "images.skiff.dev",
+            "namespaces",
             "nodes",
             "nodes.metrics.k8s.io",
             "pods",
             "pods.metrics.k8s.io",
+            "secrets",
             "services"
         ]
     );

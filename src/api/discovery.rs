@@ -16,6 +16,13 @@ const AGGREGATED_V2BETA1: &str =
 /// Read-only verbs, for every listed kind.
 const READ: &[&str] = &["get", "list"];
 
+/// Verbs of the kinds that accept writes (issue 10).
+const WRITE: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
+/// ... and watched (the store's per-kind history).
+const WRITE_WATCH: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
 /// One served resource (or subresource, `pods/log`).
 #[derive(Debug, Clone, Copy)]
 pub struct Resource {
@@ -70,6 +77,18 @@ const fn sub(name: &'static str, kind: &'static str, verbs: &'static [&'static s
 
 /// Everything the API serves, by group and version.
 pub const RESOURCES: &[Resource] = &[
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "",
+            "configmaps",
+            "configmap",
+            "ConfigMap",
+            true,
+            &["cm"],
+            &[],
+        )
+    },
     res(
         "",
         "endpoints",
@@ -80,22 +99,43 @@ pub const RESOURCES: &[Resource] = &[
         &[],
     ),
     res("", "events", "event", "Event", true, &["ev"], &[]),
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "",
+            "namespaces",
+            "namespace",
+            "Namespace",
+            false,
+            &["ns"],
+            &[],
+        )
+    },
     res("", "nodes", "node", "Node", false, &["no"], &[]),
     Resource {
-        verbs: &["get", "list", "watch"],
+        verbs: &[
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ],
         ..res("", "pods", "pod", "Pod", true, &["po"], &["all"])
     },
     sub("pods/exec", "PodExecOptions", &["create", "get"]),
     sub("pods/log", "Pod", &["get"]),
-    res(
-        "",
-        "services",
-        "service",
-        "Service",
-        true,
-        &["svc"],
-        &["all"],
-    ),
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res("", "secrets", "secret", "Secret", true, &[], &[])
+    },
+    Resource {
+        verbs: WRITE,
+        ..res(
+            "",
+            "services",
+            "service",
+            "Service",
+            true,
+            &["svc"],
+            &["all"],
+        )
+    },
     res(
         "discovery.k8s.io",
         "endpointslices",
@@ -389,18 +429,26 @@ mod tests {
         assert_eq!(
             names,
             [
+                "configmaps",
                 "endpoints",
                 "events",
+                "namespaces",
                 "nodes",
                 "pods",
                 "pods/exec",
                 "pods/log",
+                "secrets",
                 "services"
             ]
         );
-        let pods = &core["resources"][3];
+        let pods = &core["resources"][5];
         assert_eq!(pods["shortNames"], json!(["po"]));
-        assert_eq!(pods["verbs"], json!(["get", "list", "watch"]));
+        assert_eq!(
+            pods["verbs"],
+            json!([
+                "create", "delete", "get", "list", "patch", "update", "watch"
+            ])
+        );
         assert_eq!(pods["namespaced"], true);
         assert!(resource_list("discovery.k8s.io", "v1").is_some());
         assert!(resource_list("apps", "v1").is_none());

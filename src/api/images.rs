@@ -67,15 +67,11 @@ pub async fn remove(
             })
     });
     if let Some(p) = in_use {
-        return Err(ApiError {
-            code: axum::http::StatusCode::CONFLICT,
-            reason: "Conflict",
-            message: format!(
-                "image \"{reference}\" is in use by pod {}/{}",
-                p.metadata.namespace.unwrap_or_default(),
-                p.metadata.name.unwrap_or_default()
-            ),
-        });
+        return Err(ApiError::conflict(format!(
+            "image \"{reference}\" is in use by pod {}/{}",
+            p.metadata.namespace.unwrap_or_default(),
+            p.metadata.name.unwrap_or_default()
+        )));
     }
     let r = reference.clone();
     tokio::task::spawn_blocking(move || rt.images.remove(&r))

@@ -15,9 +15,11 @@ pub mod nodes;
 pub mod openapi;
 pub mod pki;
 mod pods;
+mod protobuf;
 mod services;
 pub mod table;
 mod watch;
+pub mod write;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -33,6 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::runtime::Runtime;
 use crate::store::Store;
+use write::Kind;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -53,14 +56,53 @@ pub struct ApiError {
     code: StatusCode,
     reason: &'static str,
     message: String,
+    /// `details` of the Status (the causes of a 422).
+    details: Option<serde_json::Value>,
 }
 
 impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// A write that lost a race or that the object's owner refuses.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "AlreadyExists", message)
+    }
+
+    /// 422 with the apiserver's `details` (name, kind, causes).
+    pub fn invalid(message: impl Into<String>, details: serde_json::Value) -> Self {
+        ApiError {
+            details: Some(details),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+        }
+    }
+
+    pub fn unsupported_media(content_type: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (not {content_type})"
+            ),
+        )
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -69,6 +111,7 @@ impl ApiError {
             code: StatusCode::BAD_REQUEST,
             reason: "BadRequest",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -78,6 +121,7 @@ impl ApiError {
             code: StatusCode::UNAUTHORIZED,
             reason: "Unauthorized",
             message: "Unauthorized".into(),
+            details: None,
         }
     }
 
@@ -87,6 +131,7 @@ impl ApiError {
             code: StatusCode::FORBIDDEN,
             reason: "Forbidden",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -96,6 +141,7 @@ impl ApiError {
             code: StatusCode::GONE,
             reason: "Expired",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -105,6 +151,7 @@ impl ApiError {
             code: StatusCode::PAYLOAD_TOO_LARGE,
             reason: "RequestEntityTooLarge",
             message: format!("Request entity too large: limit is {limit}"),
+            details: None,
         }
     }
 
@@ -113,13 +160,14 @@ impl ApiError {
             code: StatusCode::INTERNAL_SERVER_ERROR,
             reason: "InternalError",
             message: message.into(),
+            details: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -128,6 +176,9 @@ impl IntoResponse for ApiError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
+        if let Some(d) = self.details {
+            body["details"] = d;
+        }
         (self.code, axum::Json(body)).into_response()
     }
 }
@@ -151,8 +202,14 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/pods", get(pods::list_all))
         .route("/api/v1/watch/pods", get(pods::watch_all))
         .route("/api/v1/watch/namespaces/{ns}/pods", get(pods::watch_ns))
-        .route("/api/v1/namespaces/{ns}/pods", get(pods::list_ns))
-        .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get_one))
+        .route(
+            "/api/v1/namespaces/{ns}/pods",
+            get(pods::list_ns).merge(write::collection(Kind::Pod)),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}",
+            get(pods::get_one).merge(write::item(Kind::Pod)),
+        )
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
@@ -163,11 +220,37 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/services", get(services::services_all))
         .route(
             "/api/v1/namespaces/{ns}/services",
-            get(services::services_ns),
+            get(services::services_ns).merge(write::collection(Kind::Service)),
         )
         .route(
             "/api/v1/namespaces/{ns}/services/{name}",
-            get(services::service),
+            get(services::service).merge(write::item(Kind::Service)),
+        )
+        .route("/api/v1/configmaps", write::get_list(Kind::ConfigMap))
+        .route(
+            "/api/v1/namespaces/{ns}/configmaps",
+            write::get_list(Kind::ConfigMap).merge(write::collection(Kind::ConfigMap)),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/configmaps/{name}",
+            write::get_item(Kind::ConfigMap).merge(write::item(Kind::ConfigMap)),
+        )
+        .route("/api/v1/secrets", write::get_list(Kind::Secret))
+        .route(
+            "/api/v1/namespaces/{ns}/secrets",
+            write::get_list(Kind::Secret).merge(write::collection(Kind::Secret)),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/secrets/{name}",
+            write::get_item(Kind::Secret).merge(write::item(Kind::Secret)),
+        )
+        .route(
+            "/api/v1/namespaces",
+            write::get_list(Kind::Namespace).merge(write::collection(Kind::Namespace)),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}",
+            write::get_item(Kind::Namespace).merge(write::item(Kind::Namespace)),
         )
         .route("/api/v1/endpoints", get(services::endpoints_all))
         .route(

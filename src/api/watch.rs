@@ -258,3 +258,165 @@ pub fn pods(
     )
         .into_response())
 }
+
+/// A watch of ConfigMaps, Secrets or Namespaces (the store's per-kind history): the same
+/// stream as a pod watch, with label selection and `metadata.name`/`metadata.namespace`
+/// fields.
+pub fn objects(
+    s: &Shared,
+    plural: &'static str,
+    kind: &'static str,
+    namespace: Option<String>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    list: fn(&crate::store::Store) -> Vec<Value>,
+) -> Result<Response, ApiError> {
+    let q = WatchQuery::parse(query)?;
+    let labels = crate::selector::Selector::parse(&q.label_selector)
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+    let fields = FieldSelector::parse(&q.field_selector).map_err(ApiError::bad_request)?;
+    let since = match q.resource_version.as_deref() {
+        None | Some("0") => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid resource version {v:?}: not a number skiffd gave"
+            ))
+        })?),
+    };
+    let since = if q.send_initial_events == Some(true) {
+        None
+    } else {
+        since
+    };
+    let watch = s
+        .store
+        .watch_kind(plural, since, list)
+        .map_err(|g| ApiError::gone(g.to_string()))?;
+    let matches = move |v: &Value| {
+        let labels_of: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default();
+        namespace
+            .as_deref()
+            .is_none_or(|n| v["metadata"]["namespace"].as_str() == Some(n))
+            && labels.matches(&labels_of)
+            && fields.matches(v)
+    };
+    let table_version = table::wants_table(headers);
+    let mut headers_sent = false;
+    let mut line = move |event: &str, v: &Value| {
+        let mut object = v.clone();
+        object["kind"] = kind.into();
+        object["apiVersion"] = "v1".into();
+        if let Some(api_version) = table_version {
+            let rv = object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let t = table::for_kind(kind, vec![object], jiff::Timestamp::now());
+            object = table::to_json(&t, api_version, &rv, table::IncludeObject::Metadata);
+            if headers_sent {
+                object["columnDefinitions"] = json!([]);
+            }
+            headers_sent = true;
+        }
+        encode(json!({"type": event, "object": object}))
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
+    let initial_end = q.send_initial_events == Some(true) && q.allow_bookmarks;
+    let (allow_bookmarks, timeout) = (q.allow_bookmarks, q.timeout);
+    tokio::spawn(async move {
+        let send = |tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, b: Bytes| {
+            let tx = tx.clone();
+            async move {
+                matches!(
+                    tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(b))).await,
+                    Ok(Ok(()))
+                )
+            }
+        };
+        let key = |v: &Value| {
+            (
+                v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        };
+        let mut shown: HashSet<(String, String)> = HashSet::new();
+        for v in &watch.initial {
+            if matches(v) {
+                shown.insert(key(v));
+                if !send(&tx, line("ADDED", v)).await {
+                    return;
+                }
+            }
+        }
+        if initial_end && !send(&tx, bookmark(watch.rv, true)).await {
+            return;
+        }
+        let mut last_rv = watch.rv;
+        let mut rx = watch.rx;
+        let mut backlog = watch.backlog.into_iter();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        loop {
+            let event = if let Some(e) = backlog.next() {
+                e
+            } else {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok((p, e)) if p == plural => e,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = ticker.tick(), if allow_bookmarks => {
+                        if !send(&tx, bookmark(last_rv, false)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => return,
+                    _ = tx.closed() => return,
+                }
+            };
+            // The initial list may already hold a change the backlog or channel repeats.
+            if event.rv <= watch.rv && since.is_none() {
+                continue;
+            }
+            last_rv = event.rv;
+            let k = key(&event.object);
+            let now_matches = event.kind != WatchKind::Deleted && matches(&event.object);
+            // Resumed from a version, the client already has what existed then.
+            let was_shown =
+                shown.contains(&k) || (since.is_some() && event.kind != WatchKind::Added);
+            let kind = match (event.kind, was_shown, now_matches) {
+                (WatchKind::Deleted, true, _) => "DELETED",
+                (WatchKind::Deleted, false, _) => continue,
+                (_, false, true) => "ADDED",
+                (_, true, true) => event.kind.as_str(),
+                (_, true, false) => "DELETED",
+                (_, false, false) => continue,
+            };
+            if now_matches {
+                shown.insert(k);
+            } else {
+                shown.remove(&k);
+            }
+            if !send(&tx, line(kind, &event.object)).await {
+                return;
+            }
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}

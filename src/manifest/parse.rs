@@ -197,10 +197,55 @@ const RENAMED: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Deserializes like kubectl's strict field validation: an unknown field is an error.
+/// What to do with a field the kind does not have (the apiserver's `fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Refuse the object naming the field (manifest files are always read so).
+    #[default]
+    Strict,
+    /// Drop the field and say so.
+    Warn,
+    /// Drop the field silently.
+    Ignore,
+}
+
+/// Parses one object as the API receives it (a Pod, ConfigMap, Secret or Service), with the
+/// same checks and defaults as a manifest file's; returns it and the warnings about dropped
+/// unknown fields (with [`FieldValidation::Warn`]).
+pub fn parse_api_object(
+    v: Value,
+    mode: FieldValidation,
+) -> Result<(Object, Vec<String>), ManifestError> {
+    let kind = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut warnings = Vec::new();
+    let obj = parse_object_with(v, &kind, mode, &mut warnings)?;
+    Ok((obj, warnings))
+}
+
+/// Deserializes `v` as `T` under `mode`, collecting the warnings of [`FieldValidation::Warn`].
+pub fn decode<T: serde::de::DeserializeOwned>(
+    v: Value,
+    mode: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> Result<T, ManifestError> {
+    let fail = |message: String| ManifestError {
+        object: None,
+        message,
+    };
+    strict(v, &fail, mode, warnings)
+}
+
+/// Deserializes like kubectl's strict field validation: an unknown field is an error
+/// (or, with another `mode`, a warning or nothing).
 fn strict<T: serde::de::DeserializeOwned>(
     v: Value,
     fail: &impl Fn(String) -> ManifestError,
+    mode: FieldValidation,
+    warnings: &mut Vec<String>,
 ) -> Result<T, ManifestError> {
     let kind = v
         .get("kind")
@@ -212,6 +257,16 @@ fn strict<T: serde::de::DeserializeOwned>(
         unknown.insert(field_path(&path.to_string()));
     })
     .map_err(|e| fail(format!("invalid {kind}: {e}")))?;
+    if mode != FieldValidation::Strict {
+        if mode == FieldValidation::Warn {
+            warnings.extend(
+                unknown
+                    .into_iter()
+                    .map(|f| format!("unknown field \"{f}\"")),
+            );
+        }
+        return Ok(obj);
+    }
     if let Some(field) = unknown.into_iter().next() {
         let hint = RENAMED
             .iter()
@@ -240,6 +295,15 @@ fn field_path(raw: &str) -> String {
 }
 
 fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
+    parse_object_with(v, kind, FieldValidation::Strict, &mut Vec::new())
+}
+
+fn parse_object_with(
+    v: Value,
+    kind: &str,
+    mode: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> Result<Object, ManifestError> {
     let oref = object_ref(&v, if kind.is_empty() { "Object" } else { kind });
     let fail = |message: String| ManifestError {
         object: oref.clone(),
@@ -257,7 +321,7 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
                     "apiVersion {api_version:?} is not served for Pod (use \"v1\")"
                 )));
             }
-            let pod: Pod = strict(v, &fail)?;
+            let pod: Pod = strict(v, &fail, mode, warnings)?;
             let pod = super::validate::validate_pod(pod).map_err(fail)?;
             Ok(Object::Pod(Box::new(pod)))
         }
@@ -267,7 +331,7 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
                     "apiVersion {api_version:?} is not served for ConfigMap (use \"v1\")"
                 )));
             }
-            let cm: ConfigMap = strict(v, &fail)?;
+            let cm: ConfigMap = strict(v, &fail, mode, warnings)?;
             let cm = super::validate::validate_config_map(cm).map_err(fail)?;
             Ok(Object::ConfigMap(Box::new(cm)))
         }
@@ -277,7 +341,7 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
                     "apiVersion {api_version:?} is not served for Secret (use \"v1\")"
                 )));
             }
-            let secret: Secret = strict(v, &fail)?;
+            let secret: Secret = strict(v, &fail, mode, warnings)?;
             let secret = super::validate::validate_secret(secret).map_err(fail)?;
             Ok(Object::Secret(Box::new(secret)))
         }
@@ -288,11 +352,11 @@ fn parse_object(v: Value, kind: &str) -> Result<Object, ManifestError> {
                 )));
             }
             if kind == "Service" {
-                let svc: Service = strict(v, &fail)?;
+                let svc: Service = strict(v, &fail, mode, warnings)?;
                 let svc = super::service::validate_service(svc).map_err(fail)?;
                 Ok(Object::Service(std::sync::Arc::new(svc)))
             } else {
-                let ep: Endpoints = strict(v, &fail)?;
+                let ep: Endpoints = strict(v, &fail, mode, warnings)?;
                 let ep = super::service::validate_endpoints(ep).map_err(fail)?;
                 Ok(Object::Endpoints(std::sync::Arc::new(ep)))
             }

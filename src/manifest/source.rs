@@ -179,20 +179,30 @@ impl DirSource {
             }
             owners.insert(oref.clone(), source.clone());
             let key = (oref.namespace, oref.name);
+            let from = format!("manifest:{}", source.display());
+            let mark = |meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                meta.annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(crate::store::SOURCE_ANNOTATION.into(), from.clone());
+            };
             match chosen {
                 Object::Pod(pod) => {
                     snapshot.pods.insert(key, DesiredPod { pod: *pod, source });
                 }
-                Object::ConfigMap(cm) => {
+                Object::ConfigMap(mut cm) => {
+                    mark(&mut cm.metadata);
                     snapshot.config_maps.insert(key, *cm);
                 }
-                Object::Secret(secret) => {
+                Object::Secret(mut secret) => {
+                    mark(&mut secret.metadata);
                     snapshot.secrets.insert(key, *secret);
                 }
-                Object::Service(svc) => {
+                Object::Service(mut svc) => {
+                    mark(&mut Arc::make_mut(&mut svc).metadata);
                     snapshot.services.insert(key, svc);
                 }
-                Object::Endpoints(ep) => {
+                Object::Endpoints(mut ep) => {
+                    mark(&mut Arc::make_mut(&mut ep).metadata);
                     snapshot.endpoints.insert(key, ep);
                 }
             }
@@ -301,6 +311,10 @@ impl DirSource {
         ann.insert("kubernetes.io/config.source".into(), "file".into());
         ann.insert("kubernetes.io/config.hash".into(), hex[..32].to_string());
         ann.insert("skiff.dev/manifest".into(), file.display().to_string());
+        ann.insert(
+            crate::store::SOURCE_ANNOTATION.into(),
+            format!("manifest:{}", file.display()),
+        );
         if let Some(spec) = pod.spec.as_mut() {
             spec.node_name = Some(self.node_name.clone());
         }
