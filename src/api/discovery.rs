@@ -87,6 +87,11 @@ pub const RESOURCES: &[Resource] = &[
     },
     sub("pods/exec", "PodExecOptions", &["create", "get"]),
     sub("pods/log", "Pod", &["get"]),
+    sub(
+        "pods/portforward",
+        "PodPortForwardOptions",
+        &["create", "get"],
+    ),
     res(
         "",
         "services",
@@ -395,6 +400,7 @@ mod tests {
                 "pods",
                 "pods/exec",
                 "pods/log",
+                "pods/portforward",
                 "services"
             ]
         );
