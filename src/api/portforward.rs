@@ -594,6 +594,171 @@ async fn connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::spdy::{Deflater, Inflater, read_frame};
+
+    /// A session over an in-memory stream, forwarding to the host's loopback (`netns: None`,
+    /// as for a `hostNetwork` pod), and the client's end.
+    struct Client {
+        io: tokio::io::DuplexStream,
+        deflate: Deflater,
+        inflate: Inflater,
+    }
+
+    fn session() -> Client {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let target = Arc::new(Target {
+            pod: "default/web".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            netns: None,
+        });
+        tokio::spawn(serve(server, target));
+        Client {
+            io: client,
+            deflate: Deflater::default(),
+            inflate: Inflater::default(),
+        }
+    }
+
+    impl Client {
+        async fn send(&mut self, f: Frame) {
+            let b = spdy::encode(&f, &mut self.deflate);
+            self.io.write_all(&b).await.unwrap();
+        }
+
+        async fn open(&mut self, stream: u32, kind: &str, port: u16, request: &str) {
+            let headers = [
+                ("streamtype", kind),
+                ("port", &port.to_string()),
+                ("requestid", request),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            self.send(Frame::SynStream {
+                stream,
+                fin: false,
+                headers,
+            })
+            .await;
+        }
+
+        async fn next(&mut self) -> Option<Frame> {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                read_frame(&mut self.io, &mut self.inflate),
+            )
+            .await
+            .expect("a frame in time")
+            .unwrap()
+        }
+
+        /// Frames until stream `id` is finished; the data sent on it.
+        async fn until_fin(&mut self, id: u32, seen: &mut Vec<Frame>) -> Vec<u8> {
+            let mut got = Vec::new();
+            loop {
+                let f = self.next().await.expect("session open");
+                seen.push(f.clone());
+                if let Frame::Data { stream, fin, data } = f
+                    && stream == id
+                {
+                    got.extend_from_slice(&data);
+                    if fin {
+                        return got;
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_pair_reaches_the_port_and_back() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.unwrap();
+            c.write_all(b"got:").await.unwrap();
+            c.write_all(&got).await.unwrap();
+        });
+        let mut c = session();
+        c.open(1, "error", port, "0").await;
+        c.open(3, "data", port, "0").await;
+        c.send(Frame::Data {
+            stream: 3,
+            fin: true,
+            data: b"ping".to_vec(),
+        })
+        .await;
+        let mut seen = Vec::new();
+        assert_eq!(c.until_fin(3, &mut seen).await, b"got:ping");
+        assert_eq!(c.until_fin(1, &mut seen).await, b"");
+        for id in [1, 3] {
+            assert!(
+                seen.iter()
+                    .any(|f| matches!(f, Frame::SynReply { stream, .. } if *stream == id)),
+                "{seen:?}"
+            );
+        }
+        // Pings are answered.
+        c.send(Frame::Ping(1)).await;
+        assert_eq!(c.next().await, Some(Frame::Ping(1)));
+    }
+
+    #[tokio::test]
+    async fn a_refused_port_is_reported_on_the_error_stream() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let mut c = session();
+        c.open(1, "error", port, "7").await;
+        c.open(3, "data", port, "7").await;
+        let mut seen = Vec::new();
+        let msg = String::from_utf8(c.until_fin(1, &mut seen).await).unwrap();
+        assert!(
+            msg.starts_with(&format!(
+                "error forwarding port {port} to pod web, uid u1: "
+            )),
+            "{msg}"
+        );
+        assert!(msg.ends_with("connect: connection refused"), "{msg}");
+        assert_eq!(c.until_fin(3, &mut seen).await, b"");
+    }
+
+    #[tokio::test]
+    async fn streams_above_the_limit_are_refused_and_bad_frames_end_the_session() {
+        let mut c = session();
+        for i in 0..=MAX_STREAMS as u32 {
+            c.open(2 * i + 1, "error", 80, &i.to_string()).await;
+        }
+        let last = 2 * MAX_STREAMS as u32 + 1;
+        loop {
+            match c.next().await.expect("session open") {
+                Frame::SynReply { stream, .. } => assert!(stream < last),
+                Frame::RstStream { stream, status } => {
+                    assert_eq!((stream, status), (last, spdy::REFUSED_STREAM));
+                    break;
+                }
+                f => panic!("{f:?}"),
+            }
+        }
+        // Even stream ids are the server's: refused.
+        c.open(2, "error", 80, "x").await;
+        assert_eq!(
+            c.next().await,
+            Some(Frame::RstStream {
+                stream: 2,
+                status: spdy::PROTOCOL_ERROR
+            })
+        );
+        // A SPDY/2 frame: GOAWAY, then the end.
+        c.io.write_all(&[0x80, 0x02, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1])
+            .await
+            .unwrap();
+        assert!(matches!(c.next().await, Some(Frame::GoAway { .. })));
+        assert_eq!(c.next().await, None);
+    }
 
     #[test]
     fn only_the_port_forward_protocols_are_accepted() {
