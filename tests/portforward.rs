@@ -291,8 +291,12 @@ fn kubectl_port_forward_reaches_the_pods_port() {
         "{:?}",
         bad.seen
     );
-    // kubectl ends its session after such an error; a new forward works.
-    let _ = bad.wait_exit(Duration::from_secs(10));
+    // kubectl (1.23+) ends its whole session after such an error; a new forward works.
+    assert!(
+        bad.wait_exit(Duration::from_secs(10)).is_some(),
+        "kubectl kept running after the error: {:?}",
+        bad.seen
+    );
     drop(bad);
     let fwd = api.forward(&["pod/web", "18080:80"]);
     assert_eq!(get(&ns).as_deref(), Some(PAGE), "kubectl: {:?}", fwd.seen);
@@ -326,4 +330,77 @@ fn kubectl_port_forward_reaches_the_pods_port() {
         threads <= threads_before,
         "skiffd had {threads_before} threads before and {threads} after"
     );
+}
+
+/// Requests for a protocol skiffd does not speak get a 400 `Status` naming what is served,
+/// before any upgrade; a plain GET too.
+#[test]
+fn port_forward_refuses_other_protocols_before_upgrading() {
+    if !require_root() {
+        return;
+    }
+    let Some(api) = Api::start() else {
+        return;
+    };
+    api.node
+        .write_manifest("web.yaml", &common::pod_yaml("web", "sleep 3600"));
+    api.node.wait_running("web");
+    let token = std::fs::read_to_string(api.node.root.join("pki/tokens")).unwrap();
+    let token = token.lines().next().unwrap().split(',').next().unwrap();
+    let curl = |headers: &[&str]| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", api.node.host.path().display()))
+            .args([
+                "curl",
+                "-sS",
+                "--http1.1",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(api.node.root.join("pki/ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {token}")]);
+        for h in headers {
+            c.args(["-H", h]);
+        }
+        c.arg("https://127.0.0.1:6443/api/v1/namespaces/default/pods/web/portforward");
+        let out = c.output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The old WebSocket port-forward protocol (v4.channel.k8s.io), not served.
+    let ws = curl(&[
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Protocol: v4.channel.k8s.io",
+    ]);
+    assert!(ws.ends_with("\n400"), "{ws}");
+    assert!(
+        ws.contains("SPDY/3.1+portforward.k8s.io") && ws.contains("v4.channel.k8s.io"),
+        "{ws}"
+    );
+    // No upgrade at all.
+    let plain = curl(&[]);
+    assert!(plain.ends_with("\n400"), "{plain}");
+    assert!(plain.contains("BadRequest"), "{plain}");
+    // A pod that does not exist: 404 before anything else.
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", api.node.host.path().display()))
+        .args([
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(api.node.root.join("pki/ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg("https://127.0.0.1:6443/api/v1/namespaces/default/pods/nope/portforward");
+    let out = c.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
