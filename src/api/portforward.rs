@@ -96,8 +96,9 @@ pub async fn portforward(
         }
         return Ok(ws.on_upgrade(move |socket| async move {
             let (session, tunnel) = tokio::io::duplex(64 * 1024);
-            tokio::spawn(bridge(socket, tunnel));
-            serve(session, target).await;
+            // The bridge ends when the session drops its end, and the session when the
+            // bridge drops its end.
+            tokio::join!(bridge(socket, tunnel), serve(session, target));
         }));
     }
     if !is_spdy_upgrade(&parts.headers) {
@@ -421,6 +422,18 @@ impl Session {
             None if kind == "error" => stream.to_string(),
             None => stream.saturating_sub(2).to_string(),
         };
+        // A second stream of one kind for a request, or a pair naming two ports, is the
+        // client's error: that stream is reset, its partner keeps waiting (then expires).
+        let clash = self.pending.get(&request).is_some_and(|p| {
+            p.port != port
+                || match kind {
+                    "error" => p.error.is_some(),
+                    _ => p.data.is_some(),
+                }
+        });
+        if clash {
+            return self.send_rst(stream, spdy::PROTOCOL_ERROR).await;
+        }
         if !self
             .send(Frame::SynReply {
                 stream,
@@ -431,35 +444,34 @@ impl Session {
         {
             return false;
         }
-        let p = self.pending.entry(request.clone()).or_insert(Pending {
+        let mut p = self.pending.remove(&request).unwrap_or(Pending {
             error: None,
             data: None,
             port,
             since: Instant::now(),
         });
-        let duplicate = match kind {
-            "error" => p.error.replace(stream).is_some(),
-            _ => {
-                let (tx, rx) = mpsc::channel(DATA_QUEUE);
-                self.streams.insert(stream, Slot::Data { tx: Some(tx) });
-                p.data.replace((stream, rx)).is_some()
-            }
-        };
         if kind == "error" {
             self.streams.insert(stream, Slot::Error);
+            p.error = Some(stream);
+        } else {
+            let (tx, rx) = mpsc::channel(DATA_QUEUE);
+            self.streams.insert(stream, Slot::Data { tx: Some(tx) });
+            p.data = Some((stream, rx));
         }
-        if duplicate || p.port != port {
-            return self.reset(stream, spdy::PROTOCOL_ERROR).await;
-        }
-        if p.error.is_some() && p.data.is_some() {
-            let p = self.pending.remove(&request).expect("just seen");
-            let (Some(error), Some((data, rx))) = (p.error, p.data) else {
-                return true;
-            };
-            let target = self.target.clone();
-            let out = self.out.clone();
-            self.tasks
-                .spawn(connection(target, port, error, data, rx, out));
+        match p {
+            Pending {
+                error: Some(error),
+                data: Some((data, rx)),
+                ..
+            } => {
+                let target = self.target.clone();
+                let out = self.out.clone();
+                self.tasks
+                    .spawn(connection(target, port, error, data, rx, out));
+            }
+            p => {
+                self.pending.insert(request, p);
+            }
         }
         true
     }
@@ -774,5 +786,26 @@ mod tests {
         let msg = refused(&h).message;
         assert!(msg.contains("SPDY/3.1, v4.channel.k8s.io"), "{msg}");
         assert!(!is_spdy_upgrade(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn a_second_stream_of_a_kind_or_another_port_is_reset() {
+        let mut c = session();
+        c.open(1, "error", 80, "a").await;
+        assert!(matches!(
+            c.next().await,
+            Some(Frame::SynReply { stream: 1, .. })
+        ));
+        c.open(3, "error", 80, "a").await;
+        c.open(5, "data", 81, "a").await;
+        for stream in [3, 5] {
+            assert_eq!(
+                c.next().await,
+                Some(Frame::RstStream {
+                    stream,
+                    status: spdy::PROTOCOL_ERROR
+                })
+            );
+        }
     }
 }
