@@ -213,7 +213,7 @@ fn kubectl_port_forward_reaches_the_pods_port() {
         return;
     };
     let script = format!(
-        "mkdir -p /www && printf '{}' > /www/index.html && exec httpd -f -p 80 -h /www",
+        "mkdir -p /www && printf '{}' > /www/index.html && head -c 3000000 /dev/zero | tr '\\0' x > /www/big && exec httpd -f -p 80 -h /www",
         PAGE.replace('\n', "\\n")
     );
     api.node
@@ -256,6 +256,20 @@ fn kubectl_port_forward_reaches_the_pods_port() {
         assert_eq!(t.join().unwrap().as_deref(), Some(PAGE));
     }
     assert!(fwd.wait_line("Handling connection for 18080", Duration::from_secs(5)));
+    // 3 MB from the pod: far above SPDY's initial 64 KiB window (kubectl's spdystream does
+    // no flow control, so neither side waits for WINDOW_UPDATEs).
+    let big = common::in_netns(&ns, move || {
+        let mut c = std::net::TcpStream::connect(addr).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+        std::io::Write::write_all(&mut c, b"GET /big HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut out).ok()?;
+        let at = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+        Some(out.split_off(at + 4))
+    });
+    let big = big.expect("GET /big through the forward");
+    assert_eq!(big.len(), 3_000_000);
+    assert!(big.iter().all(|&b| b == b'x'));
 
     // Killing kubectl ends its session: skiffd's fds go back.
     drop(fwd);
