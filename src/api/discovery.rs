@@ -120,6 +120,11 @@ pub const RESOURCES: &[Resource] = &[
     },
     sub("pods/exec", "PodExecOptions", &["create", "get"]),
     sub("pods/log", "Pod", &["get"]),
+    sub(
+        "pods/portforward",
+        "PodPortForwardOptions",
+        &["create", "get"],
+    ),
     Resource {
         verbs: WRITE_WATCH,
         ..res("", "secrets", "secret", "Secret", true, &[], &[])
@@ -437,6 +442,7 @@ mod tests {
                 "pods",
                 "pods/exec",
                 "pods/log",
+                "pods/portforward",
                 "secrets",
                 "services"
             ]

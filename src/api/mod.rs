@@ -15,8 +15,10 @@ pub mod nodes;
 pub mod openapi;
 pub mod pki;
 mod pods;
+mod portforward;
 mod protobuf;
 mod services;
+mod spdy;
 pub mod table;
 mod watch;
 pub mod write;
@@ -214,6 +216,10 @@ pub fn router(state: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
             post(exec::exec).get(exec::exec_get),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/portforward",
+            get(portforward::portforward).post(portforward::portforward),
         )
         .route("/api/v1/events", get(pods::events_all))
         .route("/api/v1/namespaces/{ns}/events", get(pods::events_ns))

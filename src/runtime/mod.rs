@@ -696,6 +696,12 @@ impl Runtime {
         serde_json::from_slice(&data).ok()
     }
 
+    /// Where pod `uid`'s network namespace is pinned (`None`: a `hostNetwork` pod), for
+    /// `kubectl port-forward`.
+    pub fn pod_netns(&self, uid: &str, host_network: bool) -> Option<PathBuf> {
+        self.sandbox_paths(uid, host_network, true).net
+    }
+
     fn sandbox_paths(&self, uid: &str, host_network: bool, host_ipc: bool) -> Sandbox {
         Sandbox {
             net: (!host_network).then(|| self.run.join("netns").join(uid)),
