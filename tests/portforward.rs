@@ -319,7 +319,14 @@ fn kubectl_port_forward_reaches_the_pods_port() {
         &["pod/web", "18080:80", "-v=6"],
         &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
     );
+    let mut fwd = fwd;
     assert_eq!(get(&ns).as_deref(), Some(PAGE), "kubectl: {:?}", fwd.seen);
+    // kubectl logs the upgrade's response line on its own schedule: wait for it.
+    assert!(
+        fwd.wait_line("101 Switching Protocols", Duration::from_secs(10)),
+        "kubectl did not upgrade with SPDY: {:?}",
+        fwd.seen
+    );
     assert!(
         fwd.seen
             .iter()
