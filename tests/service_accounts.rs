@@ -260,6 +260,12 @@ fn token_volume_is_mounted_and_accepted_until_the_pod_is_gone() {
         "403"
     );
     assert_eq!(api_status(&node, token.trim(), "/api/v1/pods"), "200");
+    // No Secret through a pod's token (the API serves Secrets now).
+    assert_eq!(
+        api_status(&node, token.trim(), "/api/v1/namespaces/default/secrets"),
+        "403"
+    );
+    assert_eq!(api_status(&node, token.trim(), "/api/v1/secrets"), "403");
     // A token with its claims changed is refused.
     let parts: Vec<&str> = token.trim().split('.').collect();
     let mut forged = claims(&token);

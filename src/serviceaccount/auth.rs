@@ -75,6 +75,36 @@ impl User {
                 "pods \"{name}\" is forbidden: User \"{sub}\" cannot create resource \"pods/{sub_resource}\" in API group \"\" in the namespace \"{ns}\""
             ));
         }
+        // Secrets: a default service account reads none on a Kubernetes cluster either, and
+        // one pod's token must not hand it every Secret of the node.
+        let (watch, rest) = match segments.as_slice() {
+            ["api", "v1", "watch", rest @ ..] => (true, rest),
+            ["api", "v1", rest @ ..] => (false, rest),
+            _ => (false, &[][..]),
+        };
+        let (ns, resource, name) = match rest {
+            ["namespaces", ns, resource, tail @ ..] => (Some(*ns), *resource, tail.first()),
+            [resource, tail @ ..] => (None, *resource, tail.first()),
+            [] => (None, "", None),
+        };
+        if resource == "secrets" {
+            let verb = match (name, watch) {
+                (_, true) => "watch",
+                (Some(_), _) => "get",
+                (None, _) => "list",
+            };
+            let what = match name {
+                Some(n) => format!("secrets \"{n}\""),
+                None => "secrets".into(),
+            };
+            let scope = match ns {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".into(),
+            };
+            return Err(format!(
+                "{what} is forbidden: User \"{sub}\" cannot {verb} resource \"secrets\" in API group \"\" {scope}"
+            ));
+        }
         if method == Method::GET || method == Method::HEAD {
             return Ok(());
         }
@@ -118,6 +148,32 @@ mod tests {
             sa.authorize(&Method::POST, "/apis/skiff.dev/v1/images/pull")
                 .unwrap_err()
                 .contains("cannot create path")
+        );
+        // No Secret, by any path.
+        assert_eq!(
+            sa.authorize(&Method::GET, "/api/v1/namespaces/default/secrets/db")
+                .unwrap_err(),
+            "secrets \"db\" is forbidden: User \"system:serviceaccount:default:default\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\""
+        );
+        assert!(
+            sa.authorize(&Method::GET, "/api/v1/secrets")
+                .unwrap_err()
+                .contains(
+                    "cannot list resource \"secrets\" in API group \"\" at the cluster scope"
+                )
+        );
+        assert!(
+            sa.authorize(&Method::GET, "/api/v1/watch/namespaces/kube-system/secrets")
+                .unwrap_err()
+                .contains("cannot watch")
+        );
+        // A ConfigMap that happens to be called "secrets" is not a Secret.
+        assert!(
+            sa.authorize(
+                &Method::GET,
+                "/api/v1/namespaces/default/configmaps/secrets"
+            )
+            .is_ok()
         );
         let admin = User::Static("admin".into());
         assert!(
