@@ -25,7 +25,8 @@ die() { echo "attack: $*" >&2; exit 2; }
 
 all_cases=(modes setuid cgroup-escape seccomp-clone passwd-zero passwd-fifo hosts-write
     log-line-flood log-rotation shim-kill state-truncated netns-removed images-json-truncated
-    manifest-huge long-cmdline api-slowloris import-fifo share-pid fork-bomb disk-full)
+    manifest-huge long-cmdline api-slowloris import-fifo share-pid fork-bomb disk-full
+    sa-token)
 if [[ ${1:-} == --list ]]; then printf '%s\n' "${all_cases[@]}"; exit 0; fi
 cases=("$@")
 ((${#cases[@]})) || cases=("${all_cases[@]}")
@@ -631,6 +632,53 @@ case_disk-full() {
     ((ok == 0)) || { DETAIL="no pod starts once space is back"; return 1; }
     [[ -n $pj ]] || { DETAIL="pod.json not written once space is back"; return 1; }
     DETAIL="skiffd answered on a full disk; pods start and pod.json is written once space is back"
+}
+
+case_sa-token() {
+    # A pod's automounted token against the TLS API: it may read pods, but no Secret, and may
+    # not create a privileged pod (root on the host), exec into another pod or delete one.
+    stop_skiffd
+    local saved=("${EXTRA_FLAGS[@]}") i
+    for i in "${!EXTRA_FLAGS[@]}"; do
+        [[ ${EXTRA_FLAGS[i]} == none && ${EXTRA_FLAGS[i - 1]} == --api-listen ]] &&
+            EXTRA_FLAGS[i]=127.0.0.1:6443
+    done
+    start_skiffd
+    cat >"$MAN/sa-secret.yaml" <<'EOF2'
+apiVersion: v1
+kind: Secret
+metadata: {name: sa-secret}
+stringData: {password: hunter2}
+EOF2
+    pod sa "$IMG" 'sleep 3600'
+    wait_until 60 running sa
+    local tok
+    tok=$(skiff exec sa -- cat /var/run/secrets/kubernetes.io/serviceaccount/token 2>/dev/null)
+    api() { # METHOD PATH [BODY] -> HTTP status
+        nsenter --net="/run/netns/$NS" curl -sk -o /dev/null -w '%{http_code}' -X "$1" \
+            -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
+            ${3:+--data "$3"} "https://127.0.0.1:6443$2"
+    }
+    local pods secret secrets create exec del
+    pods=$(api GET /api/v1/namespaces/default/pods)
+    secret=$(api GET /api/v1/namespaces/default/secrets/sa-secret)
+    secrets=$(api GET /api/v1/secrets)
+    create=$(api POST /api/v1/namespaces/default/pods '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"evil"},"spec":{"containers":[{"name":"c","image":"'"$IMG"'","securityContext":{"privileged":true}}]}}')
+    exec=$(api POST '/api/v1/namespaces/default/pods/sa/exec?command=id&stdout=true')
+    del=$(api DELETE /api/v1/namespaces/default/pods/sa)
+    local evil=0
+    skiff get pod evil >/dev/null 2>&1 && evil=1
+    unpod sa
+    rm -f "$MAN/sa-secret.yaml"
+    stop_skiffd
+    EXTRA_FLAGS=("${saved[@]}")
+    start_skiffd
+    [[ -n $tok ]] || { DETAIL="no token in the pod"; return 1; }
+    [[ $pods == 200 ]] || { DETAIL="the token does not even read pods ($pods)"; return 1; }
+    [[ $secret == 403 && $secrets == 403 ]] || { DETAIL="Secrets readable with a pod's token ($secret, $secrets)"; return 1; }
+    [[ $create == 403 && $evil == 0 ]] || { DETAIL="a pod's token created a pod ($create)"; return 1; }
+    [[ $exec == 403 && $del == 403 ]] || { DETAIL="exec $exec, delete $del with a pod's token"; return 1; }
+    DETAIL="pods 200; secret, secrets, create privileged pod, exec, delete: 403"
 }
 
 # ---- run -------------------------------------------------------------------------------------
