@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod manifest;
 pub mod metrics;
 pub mod node;
