@@ -60,6 +60,11 @@ pub enum DaemonError {
 /// returns; the next skiffd adopts them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let _lock = lock_root(&config.root_dir)?;
+    crate::runtime::etc_files::set_dns(crate::runtime::etc_files::DnsSettings {
+        cluster_dns: config.cluster_dns.map(|ip| ip.to_string()),
+        domain: config.cluster_domain.clone(),
+        resolv_conf: config.resolv_conf.clone(),
+    });
     let store = Arc::new(Store::new(config.node_name.clone()));
     store.set_node_labels(config.node_labels.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
