@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::Record;
+use hickory_proto::rr::{RData, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -73,8 +73,14 @@ pub struct Resolver {
 pub enum Handled {
     /// Send these bytes back (or nothing).
     Reply(Option<Vec<u8>>),
-    /// Ask upstream with the permit held, then answer.
-    Forward(Message, tokio::sync::OwnedSemaphorePermit),
+    /// Ask upstream with the permit held, then answer; with a CNAME (an ExternalName
+    /// Service), ask for its target and answer with both, as a recursive server does (a
+    /// glibc stub resolver does not follow a CNAME by itself).
+    Forward(
+        Box<Message>,
+        Option<Box<Record>>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +159,19 @@ impl Resolver {
         let mut resp = reply_to(&request, ResponseCode::NoError);
         match snap.lookup(query.name(), query.query_type()) {
             Lookup::Answer(records) => {
+                if let ([cname], true) = (
+                    records.as_slice(),
+                    query.query_type() != hickory_proto::rr::RecordType::CNAME,
+                ) && cname.record_type() == hickory_proto::rr::RecordType::CNAME
+                    && !self.upstreams.is_empty()
+                    && let Ok(permit) = self.forwards.clone().try_acquire_owned()
+                {
+                    return Handled::Forward(
+                        Box::new(request.clone()),
+                        Some(Box::new(cname.clone())),
+                        permit,
+                    );
+                }
                 resp.set_authoritative(true);
                 resp.insert_answers(records);
             }
@@ -185,7 +204,7 @@ impl Resolver {
                     ));
                 }
                 return match self.forwards.clone().try_acquire_owned() {
-                    Ok(permit) => Handled::Forward(request, permit),
+                    Ok(permit) => Handled::Forward(Box::new(request), None, permit),
                     Err(_) => Handled::Reply(self.finish(
                         &request,
                         reply_to(&request, ResponseCode::ServFail),
@@ -198,18 +217,55 @@ impl Resolver {
     }
 
     /// Asks upstream for `request` (a [`Handled::Forward`]) and makes the answer.
-    pub async fn forward(&self, request: Message, transport: Transport) -> Option<Vec<u8>> {
-        let query = request.query()?.clone();
+    pub async fn forward(
+        &self,
+        request: Box<Message>,
+        cname: Option<Box<Record>>,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let cname = cname.map(|c| *c);
+        let mut query = request.query()?.clone();
         let dnssec_ok = request
             .extensions()
             .as_ref()
             .is_some_and(|e| e.flags().dnssec_ok);
-        let resp = match forward::forward(&self.upstreams, &request).await {
-            Some(answer) => {
-                self.cache.put(&query, dnssec_ok, &answer, Instant::now());
-                from_upstream(&request, answer)
+        let mut ask = request.clone();
+        if let Some(RData::CNAME(target)) = cname.as_ref().map(Record::data) {
+            query.set_name(target.0.clone());
+            ask.queries_mut().clear();
+            ask.add_query(query.clone());
+        }
+        let answer = match self.cache.get(&query, dnssec_ok, Instant::now()) {
+            Some(hit) => Some(hit),
+            None => {
+                let got = forward::forward(&self.upstreams, &ask).await;
+                if let Some(a) = &got {
+                    self.cache.put(&query, dnssec_ok, a, Instant::now());
+                }
+                got
             }
-            None => reply_to(&request, ResponseCode::ServFail),
+        };
+        let resp = match (answer, cname) {
+            (Some(answer), None) => from_upstream(&request, answer),
+            // The target's records after the cluster's CNAME: the name exists whatever the
+            // target's fate, so NOERROR unless the upstream failed.
+            (Some(mut answer), Some(cname)) => {
+                let mut m = reply_to(&request, ResponseCode::NoError);
+                m.set_authoritative(true);
+                m.add_answer(cname);
+                m.add_answers(answer.take_answers());
+                if answer.response_code() == ResponseCode::ServFail {
+                    m.set_response_code(ResponseCode::ServFail);
+                }
+                m
+            }
+            (None, Some(cname)) => {
+                let mut m = reply_to(&request, ResponseCode::NoError);
+                m.set_authoritative(true);
+                m.add_answer(cname);
+                m
+            }
+            (None, None) => reply_to(&request, ResponseCode::ServFail),
         };
         self.finish(&request, resp, transport)
     }
@@ -423,10 +479,10 @@ async fn serve_udp(resolver: Arc<Resolver>, sock: Arc<UdpSocket>) {
                 let _ = sock.send_to(&bytes, from).await;
             }
             Handled::Reply(None) => {}
-            Handled::Forward(request, permit) => {
+            Handled::Forward(request, cname, permit) => {
                 let (r, s) = (resolver.clone(), sock.clone());
                 forwards.spawn(async move {
-                    if let Some(bytes) = r.forward(request, Transport::Udp).await {
+                    if let Some(bytes) = r.forward(request, cname, Transport::Udp).await {
                         let _ = s.send_to(&bytes, from).await;
                     }
                     drop(permit);
@@ -472,8 +528,8 @@ async fn serve_conn(
             .map_err(|_| std::io::Error::other("read timeout"))??;
         let bytes = match resolver.handle(&buf, from, Transport::Tcp) {
             Handled::Reply(b) => b,
-            Handled::Forward(request, permit) => {
-                let b = resolver.forward(request, Transport::Tcp).await;
+            Handled::Forward(request, cname, permit) => {
+                let b = resolver.forward(request, cname, Transport::Tcp).await;
                 drop(permit);
                 b
             }
