@@ -382,3 +382,98 @@ fn big_answers_fall_back_to_tcp_and_a_dead_upstream_is_servfail() {
     let out = dig(&node, "kube-dns.kube-system.svc.cluster.local");
     assert!(out.contains(DNS), "{out}");
 }
+
+#[test]
+fn a_flood_is_rate_limited_and_garbage_gets_formerr_while_pods_still_resolve() {
+    if !require_root() {
+        return;
+    }
+    let node = dns_node();
+    let resolver: SocketAddr = "10.244.0.1:53".parse().unwrap();
+    // Garbage: a header that promises a question it does not carry gets FORMERR with its id;
+    // a runt is dropped; both from a socket of the host netns.
+    let (formerr, runt_answered) = in_netns(&node.host.path(), move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&[0xbe, 0xef, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff], resolver)
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf).expect("FORMERR answer");
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        s.send_to(&[1, 2, 3], resolver).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        ((m.id(), m.response_code()), s.recv(&mut buf).is_ok())
+    });
+    assert_eq!(formerr, (0xbeef, ResponseCode::FormErr));
+    assert!(!runt_answered, "a runt was answered");
+
+    // A flood of 20000 queries in about 2 s from one address.
+    let mut q = Message::new();
+    q.set_id(7)
+        .set_recursion_desired(true)
+        .add_query(hickory_proto::op::Query::query(
+            "kube-dns.kube-system.svc.cluster.local.".parse().unwrap(),
+            RecordType::A,
+        ));
+    let bytes = q.to_vec().unwrap();
+    let flood = {
+        let ns = node.host.path();
+        std::thread::spawn(move || {
+            in_netns(&ns, move || {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let r = s.try_clone().unwrap();
+                r.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let counter = std::thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    let mut n = 0usize;
+                    while r.recv(&mut buf).is_ok() {
+                        n += 1;
+                    }
+                    n
+                });
+                let start = Instant::now();
+                for i in 0..20_000u32 {
+                    let _ = s.send_to(&bytes, resolver);
+                    if i % 100 == 99 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                let took = start.elapsed();
+                (counter.join().unwrap(), took)
+            })
+        })
+    };
+    // Meanwhile a pod resolves and the API answers.
+    let t = Instant::now();
+    let (_, out) = node.exec_sh("client", "nslookup kube-dns.kube-system.svc.cluster.local");
+    assert!(
+        out.contains(&format!("Address: {DNS}")),
+        "during the flood: {out}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let (answered, took) = flood.join().unwrap();
+    // The bucket: 2000 at once, then 2000 a second (slack for queries still queued when the
+    // sender stopped its clock); far below the 20000 sent.
+    let most = 2000 + (took.as_secs_f64() * 2000.0) as usize + 1500;
+    assert!(
+        answered >= 500 && answered <= most,
+        "{answered} of 20000 answered in {took:?} (at most {most})"
+    );
+    eprintln!("flood: {answered} of 20000 answered in {took:?}");
+    // The flooder's bucket refills: it is answered again.
+    node.wait_for(
+        "the flooder answered again",
+        Duration::from_secs(10),
+        || {
+            dig(&node, "kube-dns.kube-system.svc.cluster.local")
+                .contains(DNS)
+                .then_some(())
+        },
+    );
+}
