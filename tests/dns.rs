@@ -477,3 +477,24 @@ fn a_flood_is_rate_limited_and_garbage_gets_formerr_while_pods_still_resolve() {
         },
     );
 }
+
+#[test]
+fn a_taken_port_53_is_reported_on_the_kube_dns_service() {
+    if !require_root() {
+        return;
+    }
+    let mut node = Node::new();
+    sh(&node.host.path(), "ip link set lo up");
+    // Something else already serves DNS on every address of this host.
+    let squatter = in_netns(&node.host.path(), || {
+        UdpSocket::bind("0.0.0.0:53").expect("bind 0.0.0.0:53")
+    });
+    node.start_daemon();
+    node.wait_for("the DNSNotServing event", Duration::from_secs(20), || {
+        let ev = node.skiff_ok(&["get", "events", "-A"]);
+        (ev.contains("DNSNotServing") && ev.contains("kube-dns")).then_some(ev)
+    });
+    // skiffd itself keeps running and serving its API.
+    assert!(node.skiff(&["get", "pods"]).status.success());
+    drop(squatter);
+}

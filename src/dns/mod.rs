@@ -438,6 +438,19 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => {
             warn!(listen = %settings.listen, error = %e, "cluster DNS not started: cannot bind");
+            // On the Service pods resolve through, so `skiff describe` and events show it.
+            let obj = crate::store::Involved {
+                kind: "Service".into(),
+                namespace: service::NAMESPACE.into(),
+                name: service::NAME.into(),
+                uid: None,
+            };
+            store.event(
+                &obj,
+                crate::store::EventType::Warning,
+                "DNSNotServing",
+                &format!("skiffd cannot serve DNS on {}: {e}", settings.listen),
+            );
             return;
         }
     };
