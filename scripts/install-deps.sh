@@ -25,6 +25,7 @@ SKIFF_DEB_PACKAGES=(
     openssl apache2-utils python3-kubernetes
     containernetworking-plugins
     iperf3 iptables conntrack ethtool jq
+    bind9-dnsutils
 )
 
 # install_deps: installs whatever in SKIFF_DEB_PACKAGES is missing; prints what it installs.

@@ -141,6 +141,16 @@ pub struct Flags {
     /// How often the resource metrics (`kubectl top`, metrics.k8s.io) are read; CPU is the rate between two readings (metrics-server's --metric-resolution) [default: 10s].
     #[arg(long)]
     pub metric_resolution: Option<String>,
+    // --- cluster DNS (issue 12) ---
+    /// The cluster DNS address pods get as their nameserver (ClusterFirst), served by skiffd behind the kube-system/kube-dns Service; `none` turns skiff's DNS off [default: the 10th address of --service-cluster-ip-range, 10.96.0.10].
+    #[arg(long)]
+    pub cluster_dns: Option<String>,
+    /// The cluster's DNS domain: Services are `NAME.NAMESPACE.svc.DOMAIN` [default: cluster.local].
+    #[arg(long)]
+    pub cluster_domain: Option<String>,
+    /// The node's resolver config: its nameservers answer names outside the cluster, its search domains are added to pods' [default: /etc/resolv.conf].
+    #[arg(long)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The config file's shape.
@@ -229,6 +239,12 @@ pub struct FileConfig {
     pub service_account_max_token_expiration: Option<String>,
     /// How often resource metrics are read (duration).
     pub metric_resolution: Option<String>,
+    /// Cluster DNS address, or `none`.
+    pub cluster_dns: Option<String>,
+    /// Cluster DNS domain.
+    pub cluster_domain: Option<String>,
+    /// The node's resolv.conf.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -271,6 +287,12 @@ pub struct Config {
     pub service_account: crate::serviceaccount::Settings,
     /// `--metric-resolution`: how often container and node usage is read.
     pub metric_resolution: Duration,
+    /// `--cluster-dns`; `None` when turned off.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// `--cluster-domain`.
+    pub cluster_domain: String,
+    /// `--resolv-conf`.
+    pub resolv_conf: PathBuf,
 }
 
 /// A duration as Kubernetes components take them: `500ms`, `30s`, `1m`, `1h`, or bare seconds.
@@ -498,13 +520,33 @@ impl Config {
             .or(file.service_account_max_token_expiration)
             .map(|s| parse_duration("--service-account-max-token-expiration", &s))
             .transpose()?;
+        let service_cluster_ip_range = parse_cidr(
+            "--service-cluster-ip-range",
+            flags
+                .service_cluster_ip_range
+                .take()
+                .or(file.service_cluster_ip_range.take())
+                .as_deref()
+                .unwrap_or("10.96.0.0/12"),
+        )?;
         let metric_resolution = flags
             .metric_resolution
             .or(file.metric_resolution)
             .map(|s| parse_duration("--metric-resolution", &s))
             .transpose()?
             .unwrap_or(Duration::from_secs(10));
+        let (cluster_dns, cluster_domain) = cluster_dns(
+            flags.cluster_dns.or(file.cluster_dns),
+            flags.cluster_domain.or(file.cluster_domain),
+            service_cluster_ip_range,
+        )?;
         Ok(Config {
+            cluster_dns,
+            cluster_domain,
+            resolv_conf: flags
+                .resolv_conf
+                .or(file.resolv_conf)
+                .unwrap_or_else(|| "/etc/resolv.conf".into()),
             metric_resolution,
             api_listen,
             api_advertise_address: flags.api_advertise_address.or(file.api_advertise_address),
@@ -544,14 +586,7 @@ impl Config {
             pod_pids_limit: flags.pod_pids_limit.or(file.pod_pids_limit).unwrap_or(-1),
             seccomp_default: flags.seccomp_default || file.seccomp_default.unwrap_or(false),
             container_log,
-            service_cluster_ip_range: parse_cidr(
-                "--service-cluster-ip-range",
-                flags
-                    .service_cluster_ip_range
-                    .or(file.service_cluster_ip_range)
-                    .as_deref()
-                    .unwrap_or("10.96.0.0/12"),
-            )?,
+            service_cluster_ip_range,
             service_node_port_range: parse_port_range(
                 flags
                     .service_node_port_range
@@ -599,6 +634,38 @@ impl Config {
     pub fn socket_path(&self) -> PathBuf {
         self.run_dir.join("skiff.sock")
     }
+}
+
+/// `--cluster-dns` (an IPv4 address, or `none`) and `--cluster-domain` (a DNS name).
+fn cluster_dns(
+    dns: Option<String>,
+    domain: Option<String>,
+    range: crate::proxy::Ipv4Cidr,
+) -> Result<(Option<std::net::Ipv4Addr>, String), ConfigError> {
+    let dns = match dns {
+        None => Some(crate::dns::default_address(range)),
+        Some(s) if s.trim().eq_ignore_ascii_case("none") => None,
+        Some(s) => Some(s.trim().parse().map_err(|_| ConfigError::Invalid {
+            flag: "--cluster-dns",
+            message: format!("{s:?}: expected an IPv4 address, or none"),
+        })?),
+    };
+    let domain = domain.unwrap_or_else(|| "cluster.local".into());
+    let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.len() > 200 || !domain.split('.').all(label_ok) {
+        return Err(ConfigError::Invalid {
+            flag: "--cluster-domain",
+            message: format!("{domain:?}: expected a DNS name like cluster.local"),
+        });
+    }
+    Ok((dns, domain))
 }
 
 /// The kubelet's validation: a positive size, at least two files.
@@ -781,6 +848,28 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--etcd-keyfile"), "{err}");
+    }
+
+    #[test]
+    fn cluster_dns_settings() {
+        let load = |args: &[&str]| Config::load(Flags::parse_from([&["skiffd"], args].concat()));
+        let c = load(&[]).unwrap();
+        assert_eq!(c.cluster_dns, Some("10.96.0.10".parse().unwrap()));
+        assert_eq!(c.cluster_domain, "cluster.local");
+        assert_eq!(c.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+        let c = load(&["--service-cluster-ip-range", "10.100.0.0/16"]).unwrap();
+        assert_eq!(c.cluster_dns, Some("10.100.0.10".parse().unwrap()));
+        let c = load(&["--cluster-dns", "none", "--cluster-domain", "Corp.Example."]).unwrap();
+        assert_eq!(
+            (c.cluster_dns, c.cluster_domain.as_str()),
+            (None, "corp.example")
+        );
+        let err = load(&["--cluster-dns", "dns.local"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--cluster-dns"), "{err}");
+        let err = load(&["--cluster-domain", "a..b"]).unwrap_err().to_string();
+        assert!(err.contains("--cluster-domain"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub enum DaemonError {
 /// returns; the next skiffd adopts them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let _lock = lock_root(&config.root_dir)?;
+    crate::runtime::etc_files::set_dns(crate::runtime::etc_files::DnsSettings {
+        cluster_dns: config.cluster_dns.map(|ip| ip.to_string()),
+        domain: config.cluster_domain.clone(),
+        resolv_conf: config.resolv_conf.clone(),
+    });
     let store = Arc::new(Store::new(config.node_name.clone()));
     store.set_node_labels(config.node_labels.clone());
     // Objects made through the API (issue 10), before the pod manager's first snapshot.
@@ -141,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             (m, extra)
         })
     });
+    let pod_cidr_for_dns = pod_cidr.clone();
     let network = PodNetwork::new(NetConfig {
         conf_dir: config.cni_conf_dir.clone(),
         bin_dirs: config.cni_bin_dirs.clone(),
@@ -185,6 +191,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some((m, _)) = master {
         controller = controller.with_master(m);
     }
+    // Cluster DNS (issue 12): skiffd's resolver on the pod network's gateway, behind the
+    // kube-system/kube-dns Service when --cluster-dns is in the service range.
+    let dns_gateway = config
+        .cluster_dns
+        .and_then(|_| crate::dns::gateway_of(&pod_cidr_for_dns));
+    if let (Some(ip), Some(gateway)) = (config.cluster_dns, dns_gateway) {
+        if crate::dns::in_range(ip, config.service_cluster_ip_range) {
+            controller = controller.with_kube_dns(crate::dns::service::KubeDns {
+                cluster_ip: ip,
+                endpoint: gateway,
+            });
+        } else {
+            tracing::warn!(cluster_dns = %ip, "--cluster-dns is outside --service-cluster-ip-range: no kube-dns Service; pods get it as their nameserver as given");
+        }
+    }
+    let dns_task = dns_gateway.map(|gateway| {
+        let own: Vec<std::net::IpAddr> = config
+            .cluster_dns
+            .into_iter()
+            .chain([gateway])
+            .map(std::net::IpAddr::V4)
+            .collect();
+        tokio::spawn(crate::dns::run(
+            crate::dns::Settings {
+                listen: std::net::SocketAddr::new(gateway.into(), crate::dns::service::PORT),
+                domain: config.cluster_domain.clone(),
+                resolv_conf: config.resolv_conf.clone(),
+                own,
+            },
+            store.clone(),
+            controller.published(),
+            stop_rx.clone(),
+        ))
+    });
     let token_refresher = tokio::spawn(crate::serviceaccount::refresh_tokens(
         service_accounts.clone(),
         store.clone(),
@@ -291,7 +331,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = services.await;
     let _ = token_refresher.await;
     let _ = image_gc.await;
-    for t in [overlay_task, cluster_task].into_iter().flatten() {
+    for t in [overlay_task, cluster_task, dns_task].into_iter().flatten() {
         let _ = t.await;
     }
     if let Some(res) = api_failed {

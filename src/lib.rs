@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod dns;
 pub mod manifest;
 pub mod metrics;
 pub mod node;

@@ -12,8 +12,41 @@ use k8s_openapi::api::core::v1::Pod;
 /// in the pod's ephemeral storage, see `EphemeralUsage::pod_files`).
 pub const SIZE_LIMIT: i64 = 64 << 20;
 
-/// The cluster domain used for pod FQDNs.
+/// The cluster domain used for pod FQDNs when none is configured.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The node's DNS settings as the kubelet takes them: `--cluster-dns`, `--cluster-domain`,
+/// `--resolv-conf`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// The cluster DNS address pods with `ClusterFirst` get; `None`: they get the node's.
+    pub cluster_dns: Option<String>,
+    /// The cluster domain.
+    pub domain: String,
+    /// The node's resolv.conf.
+    pub resolv_conf: std::path::PathBuf,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            cluster_dns: None,
+            domain: CLUSTER_DOMAIN.into(),
+            resolv_conf: "/etc/resolv.conf".into(),
+        }
+    }
+}
+
+static DNS: std::sync::OnceLock<DnsSettings> = std::sync::OnceLock::new();
+
+/// Sets the node's DNS settings, once, at skiffd's start (before any pod is set up).
+pub fn set_dns(settings: DnsSettings) {
+    let _ = DNS.set(settings);
+}
+
+fn dns() -> DnsSettings {
+    DNS.get().cloned().unwrap_or_default()
+}
 
 /// Writes the three files into `dir`. `pod_ip` adds the pod's own entry.
 ///
@@ -23,8 +56,12 @@ pub fn write(dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("hostname"), format!("{}\n", hostname_of(pod)))?;
     write_hosts(dir, pod, pod_ip)?;
-    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    fs::write(dir.join("resolv.conf"), resolv_conf(pod, &host_resolv))?;
+    let dns = dns();
+    let host_resolv = fs::read_to_string(&dns.resolv_conf).unwrap_or_default();
+    fs::write(
+        dir.join("resolv.conf"),
+        resolv_conf(pod, &host_resolv, &dns),
+    )?;
     Ok(())
 }
 
@@ -76,7 +113,8 @@ pub fn hosts(pod: &Pod, hostname: &str, pod_ip: Option<&str>) -> String {
     if let Some(ip) = pod_ip {
         match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => out.push_str(&format!(
-                "{ip}\t{hostname}.{sub}.{ns}.svc.{CLUSTER_DOMAIN}\t{hostname}\n"
+                "{ip}\t{hostname}.{sub}.{ns}.svc.{}\t{hostname}\n",
+                dns().domain
             )),
             None => out.push_str(&format!("{ip}\t{hostname}\n")),
         }
@@ -113,15 +151,28 @@ fn push_aliases(out: &mut String, pod: &Pod) {
     }
 }
 
-/// resolv.conf from `dnsPolicy` and `dnsConfig`. skiff has no cluster DNS,
-/// so `ClusterFirst` falls back to the node's resolver, as the kubelet does
-/// when no cluster DNS is configured.
-pub fn resolv_conf(pod: &Pod, host: &str) -> String {
+/// resolv.conf from `dnsPolicy` and `dnsConfig`, by the kubelet's rules (`GetPodDNS`):
+/// - `ClusterFirst` (the default; for a `hostNetwork` pod only as `ClusterFirstWithHostNet`):
+///   `nameserver <cluster-dns>`, `search <ns>.svc.<domain> svc.<domain> <domain>` and the
+///   node's search domains, `options ndots:5`. Without a cluster DNS it falls back to
+///   `Default`, as the kubelet does.
+/// - `Default` (and `ClusterFirst` on `hostNetwork`): the node's resolv.conf.
+/// - `None`: nothing but `dnsConfig`.
+///
+/// `dnsConfig` is then merged in: nameservers and searches appended, options replacing
+/// those of the same name; duplicates dropped, at most 3 nameservers and 32 search domains.
+pub fn resolv_conf(pod: &Pod, host: &str, dns: &DnsSettings) -> String {
     let spec = pod.spec.clone().unwrap_or_default();
     let policy = spec
         .dns_policy
         .clone()
         .unwrap_or_else(|| "ClusterFirst".into());
+    let host_network = spec.host_network.unwrap_or(false);
+    let cluster = match policy.as_str() {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    };
     let (mut ns, mut search): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     let mut options: Vec<(String, Option<String>)> = Vec::new();
     if policy != "None" {
@@ -142,6 +193,15 @@ pub fn resolv_conf(pod: &Pod, host: &str) -> String {
                 _ => {}
             }
         }
+    }
+    if let (true, Some(server)) = (cluster, dns.cluster_dns.as_ref()) {
+        let pod_ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let d = &dns.domain;
+        ns = vec![server.clone()];
+        let mut s = vec![format!("{pod_ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+        s.append(&mut search);
+        search = s;
+        options = vec![("ndots".into(), Some("5".into()))];
     }
     if let Some(cfg) = spec.dns_config {
         ns.extend(cfg.nameservers.unwrap_or_default());
@@ -241,6 +301,8 @@ mod tests {
     #[test]
     fn resolv_conf_policies() {
         let host = "nameserver 1.1.1.1\nsearch example.com\noptions ndots:2\n";
+        let no_cluster_dns = DnsSettings::default();
+        let resolv_conf = |p: &Pod, host: &str| super::resolv_conf(p, host, &no_cluster_dns);
         let p = pod("spec: {containers: []}");
         assert_eq!(
             resolv_conf(&p, host),
@@ -262,5 +324,71 @@ mod tests {
         );
         let p = pod("spec:\n  dnsConfig: {options: [{name: ndots, value: '1'}]}\n  containers: []");
         assert!(resolv_conf(&p, host).contains("options ndots:1\n"));
+    }
+
+    #[test]
+    fn resolv_conf_with_cluster_dns() {
+        let host = "nameserver 127.0.0.53\nsearch corp.example\noptions edns0 trust-ad\n";
+        let dns = DnsSettings {
+            cluster_dns: Some("10.96.0.10".into()),
+            domain: "cluster.local".into(),
+            resolv_conf: "/x".into(),
+        };
+        // ClusterFirst (the default): the cluster DNS, its search path, ndots:5.
+        let p = pod("metadata: {name: web, namespace: shop}\nspec: {containers: []}");
+        assert_eq!(
+            resolv_conf(&p, host, &dns),
+            "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        // Without a namespace: default.
+        let p = pod("metadata: {name: web}\nspec: {dnsPolicy: ClusterFirst, containers: []}");
+        assert!(resolv_conf(&p, host, &dns).starts_with("search default.svc.cluster.local "));
+        // hostNetwork with ClusterFirst keeps the node's resolver, as the kubelet does.
+        let p =
+            pod("metadata: {name: h, namespace: shop}\nspec: {hostNetwork: true, containers: []}");
+        assert_eq!(
+            resolv_conf(&p, host, &dns),
+            "search corp.example\nnameserver 127.0.0.53\noptions edns0 trust-ad\n"
+        );
+        // ... ClusterFirstWithHostNet gives it the cluster DNS.
+        let p = pod(
+            "metadata: {name: h, namespace: shop}\nspec: {hostNetwork: true, dnsPolicy: ClusterFirstWithHostNet, containers: []}",
+        );
+        assert!(resolv_conf(&p, host, &dns).contains("nameserver 10.96.0.10\n"));
+        // ClusterFirstWithHostNet on a pod network pod: the same as ClusterFirst.
+        let p = pod(
+            "metadata: {name: w, namespace: shop}\nspec: {dnsPolicy: ClusterFirstWithHostNet, containers: []}",
+        );
+        assert!(resolv_conf(&p, host, &dns).contains("nameserver 10.96.0.10\n"));
+        // Default: the node's.
+        let p =
+            pod("metadata: {name: d, namespace: shop}\nspec: {dnsPolicy: Default, containers: []}");
+        assert_eq!(
+            resolv_conf(&p, host, &dns),
+            "search corp.example\nnameserver 127.0.0.53\noptions edns0 trust-ad\n"
+        );
+        // dnsConfig merges into ClusterFirst: servers and searches appended, options by name.
+        let p = pod(
+            "metadata: {name: c, namespace: shop}\nspec:\n  dnsConfig: {nameservers: [1.1.1.1], searches: [x.y], options: [{name: ndots, value: '2'}, {name: edns0}]}\n  containers: []",
+        );
+        assert_eq!(
+            resolv_conf(&p, host, &dns),
+            "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example x.y\nnameserver 10.96.0.10\nnameserver 1.1.1.1\noptions ndots:2 edns0\n"
+        );
+        // None: only dnsConfig.
+        let p = pod(
+            "metadata: {name: n, namespace: shop}\nspec:\n  dnsPolicy: None\n  dnsConfig: {nameservers: [9.9.9.9]}\n  containers: []",
+        );
+        assert_eq!(resolv_conf(&p, host, &dns), "nameserver 9.9.9.9\n");
+        // Another cluster domain.
+        let other = DnsSettings {
+            domain: "k8s.corp".into(),
+            ..dns.clone()
+        };
+        let p = pod("metadata: {name: web, namespace: a}\nspec: {containers: []}");
+        assert!(
+            resolv_conf(&p, "", &other)
+                .starts_with("search a.svc.k8s.corp svc.k8s.corp k8s.corp\n")
+        );
     }
 }

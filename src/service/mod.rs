@@ -54,6 +54,10 @@ pub struct Controller<I: Iptables, C: Conntrack> {
     master: Option<master::Master>,
     /// A manifest's `default/kubernetes` was reported as not used.
     master_shadow_reported: bool,
+    /// The cluster DNS's `kube-system/kube-dns` Service, when skiffd serves DNS.
+    kube_dns: Option<crate::dns::service::KubeDns>,
+    /// Bumped after every publication of the views (the DNS follows it).
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 /// How often everything is rewritten even when nothing seems to have changed (kube-proxy's
@@ -105,6 +109,42 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             last_full_sync: std::time::Instant::now(),
             master: None,
             master_shadow_reported: false,
+            kube_dns: None,
+            published: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Keeps the `kube-system/kube-dns` Service pointing at skiffd's resolver.
+    pub fn with_kube_dns(mut self, dns: crate::dns::service::KubeDns) -> Self {
+        self.kube_dns = Some(dns);
+        self
+    }
+
+    /// Sees a new value each time Services and Endpoints are published to the store.
+    pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// Adds the built-in `kube-dns` Service (it replaces a manifest's of the same name, and
+    /// its address is taken from any Service that had it).
+    fn add_kube_dns(
+        &mut self,
+        desired: &mut Vec<(PodKey, Arc<Service>)>,
+        manual: &mut BTreeMap<PodKey, Arc<Endpoints>>,
+    ) {
+        let Some(d) = self.kube_dns else { return };
+        let key: PodKey = (
+            crate::dns::service::NAMESPACE.into(),
+            crate::dns::service::NAME.into(),
+        );
+        desired.retain(|(k, _)| *k != key);
+        desired.insert(0, (key.clone(), Arc::new(d.service())));
+        manual.insert(key.clone(), Arc::new(d.endpoints()));
+        for other in self
+            .alloc
+            .evict(&format!("{}/{}", key.0, key.1), Some(d.cluster_ip), &[])
+        {
+            info!(service = %other, "the cluster DNS address belongs to kube-system/kube-dns; allocating again");
         }
     }
 
@@ -205,6 +245,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
             }
         }
         desired.extend(local);
+        self.add_kube_dns(&mut desired, &mut manual);
         self.add_master(&mut desired, &mut manual, manifest_has_master);
         let mut views = Views::default();
         let mut rules: Vec<(ServicePort, Vec<Endpoint>)> = Vec::new();
@@ -264,6 +305,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         }
         if self.hold_rules {
             self.store.set_service_views(views);
+            self.published.send_modify(|v| *v += 1);
             return;
         }
         self.proxier.replace_all(rules);
@@ -286,6 +328,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         // at once must meet its rules, or its conntrack entry pins the
         // un-translated path for the whole connection.
         self.store.set_service_views(views);
+        self.published.send_modify(|v| *v += 1);
     }
 
     #[allow(clippy::type_complexity)]
