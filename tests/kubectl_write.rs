@@ -633,3 +633,40 @@ fn deleting_a_namespace_deletes_its_objects() {
     assert!(!api.object_file("configmaps/team/c.json").exists());
     assert!(!api.object_file("namespaces/team.json").exists());
 }
+
+/// `kubectl delete --grace-period=N` shortens the pod's own grace period, as on a kubelet:
+/// a container that ignores SIGTERM under a 300 s grace period is killed after 2 s.
+#[test]
+#[ignore = "needs root"]
+fn delete_with_a_grace_period_overrides_the_pods_own() {
+    require_root();
+    let Some(api) = Api::start() else {
+        return;
+    };
+    let text = pod("stubborn", "trap '' TERM; while :; do sleep 1; done").replace(
+        "terminationGracePeriodSeconds: 1",
+        "terminationGracePeriodSeconds: 300",
+    );
+    let f = api.file("stubborn.yaml", &text);
+    api.ok(&["apply", "-f", &f]);
+    api.node.wait_running("stubborn");
+    let deleted = std::time::Instant::now();
+    api.ok(&[
+        "delete",
+        "pod",
+        "stubborn",
+        "--grace-period=2",
+        "--wait=false",
+    ]);
+    // Terminating with the requested grace period recorded on the pod.
+    let pod = api.node.pod("stubborn");
+    if let Some(p) = pod {
+        assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 2, "{p}");
+    }
+    api.node.wait_gone("stubborn");
+    let took = deleted.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(120),
+        "the pod's own 300 s were used: gone after {took:?}"
+    );
+}

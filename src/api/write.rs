@@ -79,6 +79,8 @@ struct WriteOptions {
     field_validation: FieldValidation,
     field_manager: Option<String>,
     force: bool,
+    /// A delete's `gracePeriodSeconds`: instead of the pod's own grace period.
+    grace_period: Option<i64>,
 }
 
 impl WriteOptions {
@@ -114,9 +116,15 @@ impl WriteOptions {
                 }
                 "fieldManager" => o.field_manager = Some(v),
                 "force" => o.force = v == "true" || v == "1",
-                // Accepted; pods go through their graceful termination, owned objects are
-                // removed with their namespace.
-                "gracePeriodSeconds" | "propagationPolicy" | "orphanDependents" | "pretty" => {}
+                "gracePeriodSeconds" => {
+                    let n: i64 = v.parse().map_err(|_| {
+                        ApiError::bad_request(format!("invalid gracePeriodSeconds {v:?}"))
+                    })?;
+                    // kubectl sends -1 for "the object's own".
+                    o.grace_period = (n >= 0).then_some(n);
+                }
+                // Accepted; owned objects are removed with their namespace.
+                "propagationPolicy" | "orphanDependents" | "pretty" => {}
                 _ => {}
             }
         }
@@ -1266,6 +1274,9 @@ fn remove(
     {
         opts.dry_run = true;
     }
+    if let Some(n) = b["gracePeriodSeconds"].as_i64().filter(|n| *n >= 0) {
+        opts.grace_period = Some(n);
+    }
     let Some(cur) = current(s.store, kind, ns, name) else {
         return Err(not_found(kind, name));
     };
@@ -1302,10 +1313,12 @@ fn remove(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let grace = cur
-                .pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30);
+            // The delete's own grace period wins over the pod's (the worker reads it back).
+            let grace = opts.grace_period.unwrap_or_else(|| {
+                cur.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(30)
+            });
             s.store
                 .update_pod(&(ns.to_string(), name.to_string()), &uid, |p| {
                     p.metadata.deletion_timestamp =

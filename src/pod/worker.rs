@@ -1193,11 +1193,21 @@ impl Worker {
     }
 
     async fn terminate(&mut self) {
-        let grace = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
+        // A delete through the API may have asked for its own grace period (kubectl delete
+        // --grace-period=N): it is on the stored pod.
+        let requested = self
+            .ctx
+            .store
+            .get_pod(&self.key.0, &self.key.1)
+            .filter(|p| p.metadata.uid.as_deref() == Some(self.uid.as_str()))
+            .and_then(|p| p.metadata.deletion_grace_period_seconds);
+        let grace = requested
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
             .unwrap_or(30)
             .max(0) as u64;
         let now = Time(Timestamp::now());
