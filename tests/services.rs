@@ -511,8 +511,9 @@ fn udp_service_with_manual_endpoints() {
 #[ignore = "needs root"]
 fn update_remove_restart_and_cleanup() {
     require_root();
-    // No TLS API, so no kubernetes Service: "no service chain left" below means none at all.
-    let mut node = node_with_uplink(&["--api-listen", "none"]);
+    // No TLS API and no cluster DNS, so no kubernetes or kube-dns Service: "no service chain
+    // left" below means none at all.
+    let mut node = node_with_uplink(&["--api-listen", "none", "--cluster-dns", "none"]);
     node.write_manifest("web-a.yaml", &backend("web-a", "app: web", ""));
     node.write_manifest("web-b.yaml", &backend("web-b", "app: web", ""));
     let svc = |port: u16| {
