@@ -269,6 +269,16 @@ impl Store {
         }
         inner.rejected.remove(&key);
         let mut pod = pod;
+        // A deletion, once asked for, stays: a worker publishing its status from its own copy
+        // of the pod does not take back the API's deletionTimestamp and grace period.
+        if let Some(old) = inner.pods.get(&key)
+            && old.metadata.uid == pod.metadata.uid
+            && old.metadata.deletion_timestamp.is_some()
+            && pod.metadata.deletion_timestamp.is_none()
+        {
+            pod.metadata.deletion_timestamp = old.metadata.deletion_timestamp.clone();
+            pod.metadata.deletion_grace_period_seconds = old.metadata.deletion_grace_period_seconds;
+        }
         match inner.pods.get(&key) {
             Some(old) if same_pod(old, &pod) => {
                 pod.metadata.resource_version = old.metadata.resource_version.clone();
@@ -1202,6 +1212,29 @@ mod tests {
         assert!(s.get_pod("default", "a").is_some());
         s.remove_pod(&key, "1");
         assert!(s.get_pod("default", "a").is_none());
+    }
+
+    #[test]
+    fn a_status_update_keeps_the_deletion_asked_for() {
+        let s = Store::new("n");
+        let key = ("default".to_string(), "a".to_string());
+        s.put_pod(pod("a", "1"), false);
+        s.update_pod(&key, "1", |p| {
+            p.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+            p.metadata.deletion_grace_period_seconds = Some(2);
+        });
+        // The worker republishes from its own copy, which has no deletion fields.
+        let mut status = pod("a", "1");
+        status.metadata.generation = Some(3);
+        s.put_pod(status, false);
+        let got = s.get_pod("default", "a").unwrap();
+        assert_eq!(got.metadata.generation, Some(3));
+        assert_eq!(got.metadata.deletion_grace_period_seconds, Some(2));
+        assert!(got.metadata.deletion_timestamp.is_some());
+        // A new pod under the name (another UID) starts clean.
+        s.put_pod(pod("a", "2"), true);
+        let got = s.get_pod("default", "a").unwrap();
+        assert!(got.metadata.deletion_timestamp.is_none());
     }
 
     #[test]

@@ -17,22 +17,6 @@ use serde_json::Value;
 
 const API: &str = "127.0.0.1:6443";
 
-/// The real kubectl: the newest versioned binary of the Cloud SDK's dispatcher if there
-/// (the dispatcher itself picks a version from the server's), else `kubectl` from PATH.
-fn kubectl_bin() -> Option<PathBuf> {
-    let sdk = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
-    if sdk.exists() {
-        return Some(sdk.to_path_buf());
-    }
-    let ok = Command::new("kubectl")
-        .args(["version", "--client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then(|| PathBuf::from("kubectl"))
-}
-
 /// A fresh netns has its loopback down; a real host has it up.
 fn lo_up(node: &Node) {
     node.host_ip_cmd(&["link", "set", "lo", "up"]);
@@ -59,22 +43,8 @@ impl Api {
         if import_image {
             node.import_image();
         }
-        let out = Command::new(common::bin("skiff"))
-            .args(["kubeconfig", "--root-dir"])
-            .arg(&node.root)
-            .output()
-            .expect("skiff kubeconfig");
-        assert!(
-            out.status.success(),
-            "skiff kubeconfig: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let kubeconfig = node.dir().join("kubeconfig");
-        std::fs::write(&kubeconfig, &out.stdout).unwrap();
-        let kubectl = kubectl_bin();
-        if kubectl.is_none() {
-            eprintln!("kubectl not found: the kubectl parts of this test are skipped");
-        }
+        let kubeconfig = common::kubeconfig(&node);
+        let kubectl = common::kubectl_bin();
         Api {
             node,
             kubeconfig,

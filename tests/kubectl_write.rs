@@ -4,27 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{IMAGE, Node, require_root};
 use serde_json::Value;
-
-/// The real kubectl, as tests/kubectl.rs finds it.
-fn kubectl_bin() -> Option<PathBuf> {
-    let sdk = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
-    if sdk.exists() {
-        return Some(sdk.to_path_buf());
-    }
-    let ok = Command::new("kubectl")
-        .args(["version", "--client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then(|| PathBuf::from("kubectl"))
-}
 
 struct Api {
     node: Node,
@@ -35,22 +20,12 @@ struct Api {
 impl Api {
     /// A node with its TLS API and the test image, or `None` without kubectl.
     fn start() -> Option<Api> {
-        let Some(bin) = kubectl_bin() else {
-            eprintln!("kubectl not found: skipped");
-            return None;
-        };
+        let bin = common::kubectl_bin()?;
         let mut node = Node::new();
         node.host_ip_cmd(&["link", "set", "lo", "up"]);
         node.start_daemon();
         node.import_image();
-        let out = Command::new(common::bin("skiff"))
-            .args(["kubeconfig", "--root-dir"])
-            .arg(&node.root)
-            .output()
-            .expect("skiff kubeconfig");
-        assert!(out.status.success());
-        let kubeconfig = node.dir().join("kubeconfig");
-        std::fs::write(&kubeconfig, &out.stdout).unwrap();
+        let kubeconfig = common::kubeconfig(&node);
         Some(Api {
             node,
             kubeconfig,
@@ -659,10 +634,12 @@ fn delete_with_a_grace_period_overrides_the_pods_own() {
         "--wait=false",
     ]);
     // Terminating with the requested grace period recorded on the pod.
-    let pod = api.node.pod("stubborn");
-    if let Some(p) = pod {
-        assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 2, "{p}");
-    }
+    // It ignores SIGTERM, so it is still there, terminating, for about 2 s.
+    let p = api
+        .node
+        .pod("stubborn")
+        .expect("the pod is still terminating");
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 2, "{p}");
     api.node.wait_gone("stubborn");
     let took = deleted.elapsed();
     assert!(

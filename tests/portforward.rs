@@ -13,21 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{Node, http_get_in, require_root};
 
-/// The real kubectl, as tests/kubectl.rs finds it.
-fn kubectl_bin() -> Option<PathBuf> {
-    let sdk = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
-    if sdk.exists() {
-        return Some(sdk.to_path_buf());
-    }
-    let ok = Command::new("kubectl")
-        .args(["version", "--client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then(|| PathBuf::from("kubectl"))
-}
-
 /// A node with its TLS API and a kubeconfig for it (as tests/kubectl.rs's `Api`).
 struct Api {
     node: Node,
@@ -37,27 +22,12 @@ struct Api {
 
 impl Api {
     fn start() -> Option<Api> {
-        let kubectl = kubectl_bin();
-        if kubectl.is_none() {
-            eprintln!("kubectl not found: skipped");
-        }
-        let kubectl = kubectl?;
+        let kubectl = common::kubectl_bin()?;
         let mut node = Node::new();
         node.host_ip_cmd(&["link", "set", "lo", "up"]);
         node.start_daemon();
         node.import_image();
-        let out = Command::new(common::bin("skiff"))
-            .args(["kubeconfig", "--root-dir"])
-            .arg(&node.root)
-            .output()
-            .expect("skiff kubeconfig");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let kubeconfig = node.dir().join("kubeconfig");
-        std::fs::write(&kubeconfig, &out.stdout).unwrap();
+        let kubeconfig = common::kubeconfig(&node);
         Some(Api {
             node,
             kubeconfig,

@@ -1304,31 +1304,42 @@ fn remove(
     if kind == Kind::Namespace {
         warnings = delete_namespace_contents(s, name)?;
     }
-    s.store
-        .delete_api_object(&k)
-        .map_err(|e| ApiError::internal(format!("removing {} {name:?}: {e}", kind.plural())))?;
-    let body = match kind {
-        Kind::Pod => {
-            let uid = cur["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            // The delete's own grace period wins over the pod's (the worker reads it back).
-            let grace = opts.grace_period.unwrap_or_else(|| {
-                cur.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(30)
+    // A pod is marked terminating before its object goes: removing the object wakes its
+    // worker, which reads the delete's grace period back from the stored pod.
+    let pod_key = (ns.to_string(), name.to_string());
+    let uid = cur["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if kind == Kind::Pod {
+        // The delete's own grace period wins over the pod's.
+        let grace = opts.grace_period.unwrap_or_else(|| {
+            cur.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        s.store.update_pod(&pod_key, &uid, |p| {
+            p.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace),
+                ));
+            p.metadata.deletion_grace_period_seconds = Some(grace);
+        });
+    }
+    if let Err(e) = s.store.delete_api_object(&k) {
+        if kind == Kind::Pod {
+            s.store.update_pod(&pod_key, &uid, |p| {
+                p.metadata.deletion_timestamp = None;
+                p.metadata.deletion_grace_period_seconds = None;
             });
-            s.store
-                .update_pod(&(ns.to_string(), name.to_string()), &uid, |p| {
-                    p.metadata.deletion_timestamp =
-                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                            jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace),
-                        ));
-                    p.metadata.deletion_grace_period_seconds = Some(grace);
-                });
-            current(s.store, kind, ns, name).unwrap_or(cur)
         }
+        return Err(ApiError::internal(format!(
+            "removing {} {name:?}: {e}",
+            kind.plural()
+        )));
+    }
+    let body = match kind {
+        Kind::Pod => current(s.store, kind, ns, name).unwrap_or(cur),
         Kind::ConfigMap | Kind::Secret => {
             s.store
                 .serve_config(kind.plural(), (ns.to_string(), name.to_string()), None);

@@ -745,3 +745,44 @@ impl Node {
             .status();
     }
 }
+
+/// The real kubectl: the newest versioned binary of the Cloud SDK's dispatcher if there (the
+/// dispatcher itself picks a version from the server's), else `kubectl` from PATH. `None`
+/// (the kubectl parts are skipped, with a message) only outside CI; in CI it must be there.
+pub fn kubectl_bin() -> Option<PathBuf> {
+    let sdk = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
+    if sdk.exists() {
+        return Some(sdk.to_path_buf());
+    }
+    let ok = Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubectl must be installed in CI"
+        );
+        eprintln!("kubectl not found: the kubectl parts of this test are skipped");
+    }
+    ok.then(|| PathBuf::from("kubectl"))
+}
+
+/// Writes the kubeconfig `skiff kubeconfig` prints for `node`'s TLS API into its directory.
+pub fn kubeconfig(node: &Node) -> PathBuf {
+    let out = Command::new(bin("skiff"))
+        .args(["kubeconfig", "--root-dir"])
+        .arg(&node.root)
+        .output()
+        .expect("skiff kubeconfig");
+    assert!(
+        out.status.success(),
+        "skiff kubeconfig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = node.dir().join("kubeconfig");
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
