@@ -113,19 +113,26 @@ fn bookmark(rv: u64, initial_end: bool) -> Bytes {
     )
 }
 
-/// Serves a pod watch in `namespace` (all when `None`).
-pub fn pods(
-    s: &Shared,
-    namespace: Option<String>,
+/// A watch request's query, selectors (a 400 naming a field `kind` does not support, as for
+/// lists) and where it starts: `None` for the current state (ADDED for each object: no
+/// version, "0", or `sendInitialEvents`), else after that version.
+fn start(
     query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+    kind: &str,
+) -> Result<
+    (
+        WatchQuery,
+        crate::selector::Selector,
+        FieldSelector,
+        Option<u64>,
+    ),
+    ApiError,
+> {
     let q = WatchQuery::parse(query)?;
     let labels = crate::selector::Selector::parse(&q.label_selector)
         .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
     let fields = FieldSelector::parse(&q.field_selector).map_err(ApiError::bad_request)?;
-    fields.check("Pod").map_err(ApiError::bad_request)?;
-    // "" and "0" start with the current state (ADDED for each pod), a version resumes after it.
+    fields.check(kind).map_err(ApiError::bad_request)?;
     let since = match q.resource_version.as_deref() {
         None | Some("0") => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| {
@@ -134,11 +141,18 @@ pub fn pods(
             ))
         })?),
     };
-    let since = if q.send_initial_events == Some(true) {
-        None
-    } else {
-        since
-    };
+    let since = since.filter(|_| q.send_initial_events != Some(true));
+    Ok((q, labels, fields, since))
+}
+
+/// Serves a pod watch in `namespace` (all when `None`).
+pub fn pods(
+    s: &Shared,
+    namespace: Option<String>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let (q, labels, fields, since) = start(query, "Pod")?;
     let watch = s
         .store
         .watch_pods(since)
@@ -271,23 +285,7 @@ pub fn objects(
     headers: &HeaderMap,
     list: fn(&crate::store::Store) -> Vec<Value>,
 ) -> Result<Response, ApiError> {
-    let q = WatchQuery::parse(query)?;
-    let labels = crate::selector::Selector::parse(&q.label_selector)
-        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
-    let fields = FieldSelector::parse(&q.field_selector).map_err(ApiError::bad_request)?;
-    let since = match q.resource_version.as_deref() {
-        None | Some("0") => None,
-        Some(v) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "invalid resource version {v:?}: not a number skiffd gave"
-            ))
-        })?),
-    };
-    let since = if q.send_initial_events == Some(true) {
-        None
-    } else {
-        since
-    };
+    let (q, labels, fields, since) = start(query, kind)?;
     let watch = s
         .store
         .watch_kind(plural, since, list)
