@@ -254,7 +254,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         runtime: runtime.clone(),
         resync: resync_tx,
         started: jiff::Timestamp::now(),
-        metrics: Some(metrics.clone()),
+        metrics: metrics.clone(),
     });
     let cluster_task = config.etcd.as_ref().map(|etcd| {
         let client = etcd.client().expect("endpoints checked by the config");

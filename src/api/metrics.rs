@@ -276,15 +276,10 @@ fn list(kind: &str, items: Vec<Value>) -> Json<Value> {
     }))
 }
 
-fn sampler(s: &Shared) -> Result<&Arc<Sampler>, ApiError> {
-    s.metrics
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("the server could not find the requested resource"))
-}
-
 pub async fn nodes(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
     let labels = s.store.node_labels();
-    let items = sampler(&s)?
+    let items = s
+        .metrics
         .node(s.store.node_name(), &labels)
         .into_iter()
         .collect();
@@ -297,7 +292,7 @@ pub async fn node(
 ) -> Result<Json<Value>, ApiError> {
     let labels = s.store.node_labels();
     let found = (name == s.store.node_name())
-        .then(|| sampler(&s).ok()?.node(&name, &labels))
+        .then(|| s.metrics.node(&name, &labels))
         .flatten();
     found.map(Json).ok_or_else(|| {
         ApiError::not_found(format!("nodemetrics.metrics.k8s.io \"{name}\" not found"))
@@ -305,21 +300,21 @@ pub async fn node(
 }
 
 pub async fn pods_all(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
-    Ok(list("PodMetricsList", sampler(&s)?.pods(None)))
+    Ok(list("PodMetricsList", s.metrics.pods(None)))
 }
 
 pub async fn pods_ns(
     State(s): State<Shared>,
     Path(ns): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(list("PodMetricsList", sampler(&s)?.pods(Some(&ns))))
+    Ok(list("PodMetricsList", s.metrics.pods(Some(&ns))))
 }
 
 pub async fn pod(
     State(s): State<Shared>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    sampler(&s)?.pod(&ns, &name).map(Json).ok_or_else(|| {
+    s.metrics.pod(&ns, &name).map(Json).ok_or_else(|| {
         ApiError::not_found(format!("podmetrics.metrics.k8s.io \"{name}\" not found"))
     })
 }

@@ -47,7 +47,7 @@ pub struct ApiState {
     pub resync: mpsc::UnboundedSender<()>,
     pub started: jiff::Timestamp,
     /// Resource usage for `metrics.k8s.io` (`kubectl top`).
-    pub metrics: Option<Arc<metrics::Sampler>>,
+    pub metrics: Arc<metrics::Sampler>,
 }
 
 pub type Shared = Arc<ApiState>;

@@ -362,25 +362,7 @@ impl RateLimiter {
 /// Binds UDP and TCP on `addr` with `IP_FREEBIND`: the gateway address appears only when the
 /// first pod's network is set up.
 fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt,
-    };
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket(
-        family,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::IpFreebind, &true)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(addr),
-    )?;
+    let fd = crate::service::builtin::bind_freebind(addr, nix::sys::socket::SockType::Datagram)?;
     let udp = UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
     let tcp = crate::service::master::bind_advertised(addr)?;
     Ok((udp, tcp))

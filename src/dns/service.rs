@@ -7,11 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+
+use crate::service::builtin::{Builtin, Port};
 
 /// Namespace and name of the DNS Service.
 pub const NAMESPACE: &str = "kube-system";
@@ -36,71 +34,33 @@ fn labels() -> BTreeMap<String, String> {
     ])
 }
 
-fn ports() -> [(&'static str, &'static str); 2] {
-    [("dns", "UDP"), ("dns-tcp", "TCP")]
-}
-
 impl KubeDns {
+    fn builtin(&self) -> Builtin {
+        let port = |name, protocol| Port {
+            name,
+            port: i32::from(PORT),
+            target: i32::from(PORT),
+            protocol,
+        };
+        Builtin {
+            namespace: NAMESPACE,
+            name: NAME,
+            labels: labels(),
+            endpoints_labels: labels(),
+            cluster_ip: self.cluster_ip,
+            endpoint: self.endpoint,
+            ports: vec![port("dns", "UDP"), port("dns-tcp", "TCP")],
+        }
+    }
+
     /// The Service object.
     pub fn service(&self) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some(NAME.into()),
-                namespace: Some(NAMESPACE.into()),
-                labels: Some(labels()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("ClusterIP".into()),
-                cluster_ip: Some(self.cluster_ip.to_string()),
-                cluster_ips: Some(vec![self.cluster_ip.to_string()]),
-                ports: Some(
-                    ports()
-                        .into_iter()
-                        .map(|(name, proto)| ServicePort {
-                            name: Some(name.into()),
-                            port: i32::from(PORT),
-                            protocol: Some(proto.into()),
-                            target_port: Some(IntOrString::Int(i32::from(PORT))),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                session_affinity: Some("None".into()),
-                ..Default::default()
-            }),
-            status: None,
-        }
+        self.builtin().service()
     }
 
     /// Its Endpoints: skiffd's resolver (no selector: skiffd writes them itself).
     pub fn endpoints(&self) -> Endpoints {
-        Endpoints {
-            metadata: ObjectMeta {
-                name: Some(NAME.into()),
-                namespace: Some(NAMESPACE.into()),
-                labels: Some(labels()),
-                ..Default::default()
-            },
-            subsets: Some(vec![EndpointSubset {
-                addresses: Some(vec![EndpointAddress {
-                    ip: self.endpoint.to_string(),
-                    ..Default::default()
-                }]),
-                ports: Some(
-                    ports()
-                        .into_iter()
-                        .map(|(name, proto)| EndpointPort {
-                            name: Some(name.into()),
-                            port: i32::from(PORT),
-                            protocol: Some(proto.into()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                not_ready_addresses: None,
-            }]),
-        }
+        self.builtin().endpoints()
     }
 }
 

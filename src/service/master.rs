@@ -11,11 +11,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+
+use super::builtin::{Builtin, Port};
 
 use crate::proxy::Ipv4Cidr;
 
@@ -44,62 +42,35 @@ fn labels() -> BTreeMap<String, String> {
 }
 
 impl Master {
+    fn builtin(&self) -> Builtin {
+        Builtin {
+            namespace: NAMESPACE,
+            name: NAME,
+            labels: labels(),
+            // The apiserver's own marker: the EndpointSlice mirroring controller leaves it alone.
+            endpoints_labels: BTreeMap::from([(
+                "endpointslice.kubernetes.io/skip-mirror".into(),
+                "true".into(),
+            )]),
+            cluster_ip: self.cluster_ip,
+            endpoint: self.endpoint,
+            ports: vec![Port {
+                name: "https",
+                port: PORT,
+                target: i32::from(self.port),
+                protocol: "TCP",
+            }],
+        }
+    }
+
     /// The Service object.
     pub fn service(&self) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some(NAME.into()),
-                namespace: Some(NAMESPACE.into()),
-                labels: Some(labels()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("ClusterIP".into()),
-                cluster_ip: Some(self.cluster_ip.to_string()),
-                cluster_ips: Some(vec![self.cluster_ip.to_string()]),
-                ports: Some(vec![ServicePort {
-                    name: Some("https".into()),
-                    port: PORT,
-                    protocol: Some("TCP".into()),
-                    target_port: Some(IntOrString::Int(i32::from(self.port))),
-                    ..Default::default()
-                }]),
-                session_affinity: Some("None".into()),
-                ..Default::default()
-            }),
-            status: None,
-        }
+        self.builtin().service()
     }
 
     /// Its Endpoints (no selector: the apiserver writes them itself).
     pub fn endpoints(&self) -> Endpoints {
-        let mut labels = BTreeMap::new();
-        // The apiserver's own marker: the EndpointSlice mirroring controller leaves it alone.
-        labels.insert(
-            "endpointslice.kubernetes.io/skip-mirror".into(),
-            "true".into(),
-        );
-        Endpoints {
-            metadata: ObjectMeta {
-                name: Some(NAME.into()),
-                namespace: Some(NAMESPACE.into()),
-                labels: Some(labels),
-                ..Default::default()
-            },
-            subsets: Some(vec![EndpointSubset {
-                addresses: Some(vec![EndpointAddress {
-                    ip: self.endpoint.to_string(),
-                    ..Default::default()
-                }]),
-                ports: Some(vec![EndpointPort {
-                    name: Some("https".into()),
-                    port: i32::from(self.port),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-                not_ready_addresses: None,
-            }]),
-        }
+        self.builtin().endpoints()
     }
 
     /// Names and addresses the serving certificate must hold for in-cluster clients.
@@ -149,28 +120,8 @@ pub fn advertise(
 /// Binds `addr` with `IP_FREEBIND`: the gateway address appears only when the first pod's
 /// network is set up, and the listener must be ready when it does.
 pub fn bind_advertised(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
-        sockopt,
-    };
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    setsockopt(&fd, sockopt::IpFreebind, &true)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(addr),
-    )?;
-    listen(&fd, nix::sys::socket::Backlog::new(1024)?)?;
+    let fd = super::builtin::bind_freebind(addr, nix::sys::socket::SockType::Stream)?;
+    nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(1024)?)?;
     tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 

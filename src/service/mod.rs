@@ -4,6 +4,7 @@
 //! proxy (kube-proxy's iptables mode, see [`crate::proxy`]).
 
 pub mod alloc;
+pub mod builtin;
 pub mod env;
 pub mod master;
 
