@@ -249,6 +249,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let metrics = crate::api::metrics::Sampler::new(config.metric_resolution);
     let metrics_task = tokio::spawn(metrics.clone().run(store.clone()));
+    let controllers = tokio::spawn(crate::controller::run::run(
+        store.clone(),
+        resync_tx.clone(),
+    ));
     let state = Arc::new(ApiState {
         store: store.clone(),
         runtime: runtime.clone(),
@@ -326,6 +330,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(true);
     watcher.abort();
     metrics_task.abort();
+    controllers.abort();
     merger.abort();
     let _ = pods.await;
     let _ = services.await;

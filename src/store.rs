@@ -114,6 +114,17 @@ pub const BUILTIN_NAMESPACES: [&str; 4] =
 /// cluster-scoped kinds.
 pub type ObjKey = (String, String, String);
 
+/// Kinds whose watch history the API object store keeps itself (the others are recorded
+/// where they are served from).
+const SELF_WATCHED: [&str; 4] = [
+    "namespaces",
+    "deployments",
+    "replicasets",
+    "replicationcontrollers",
+];
+
+mod workloads;
+
 /// One change of any kind's object, at the resourceVersion it made.
 #[derive(Debug, Clone)]
 pub struct ObjEvent {
@@ -160,6 +171,8 @@ struct Inner {
     node_network: (Option<String>, Option<String>),
     /// `--node-labels`.
     node_labels: BTreeMap<String, String>,
+    /// Workloads from the manifest directory as served (with their status).
+    manifest_workloads: BTreeMap<ObjKey, Value>,
 }
 
 /// The cluster as the other nodes published it in etcd.
@@ -941,7 +954,16 @@ impl Store {
         let _ = self.objects_dir.set(dir.clone());
         let mut found = Vec::new();
         let mut bad = Vec::new();
-        for plural in ["namespaces", "pods", "services", "configmaps", "secrets"] {
+        for plural in [
+            "namespaces",
+            "pods",
+            "services",
+            "configmaps",
+            "secrets",
+            "deployments",
+            "replicasets",
+            "replicationcontrollers",
+        ] {
             let base = dir.join(plural);
             let mut files = Vec::new();
             let Ok(rd) = std::fs::read_dir(&base) else {
@@ -1041,9 +1063,23 @@ impl Store {
 
     /// Stores an object made through the API with the next resourceVersion, on disk first
     /// (atomically) when the store persists; returns it as stored.
-    pub fn put_api_object(&self, key: ObjKey, mut v: Value) -> std::io::Result<Value> {
+    pub fn put_api_object(&self, key: ObjKey, v: Value) -> std::io::Result<Value> {
         let mut inner = self.write();
-        let rv = Self::take_rv(&mut inner);
+        let v = self.put_api_locked(&mut inner, key, v)?;
+        drop(inner);
+        self.api_changed.send_modify(|x| *x += 1);
+        self.bump();
+        Ok(v)
+    }
+
+    /// [`Store::put_api_object`] with the write lock held.
+    fn put_api_locked(
+        &self,
+        inner: &mut Inner,
+        key: ObjKey,
+        mut v: Value,
+    ) -> std::io::Result<Value> {
+        let rv = Self::take_rv(inner);
         v["metadata"]["resourceVersion"] = rv.to_string().into();
         if let Some(dir) = self.objects_dir.get() {
             let data = serde_json::to_vec_pretty(&v).map_err(std::io::Error::other)?;
@@ -1054,13 +1090,10 @@ impl Store {
         } else {
             WatchKind::Added
         };
-        if key.0 == "namespaces" {
-            self.record_kind(&mut inner, "namespaces", kind, rv, v.clone());
+        if SELF_WATCHED.contains(&key.0.as_str()) {
+            self.record_kind(inner, &key.0, kind, rv, v.clone());
         }
         inner.api_objects.insert(key, v.clone());
-        drop(inner);
-        self.api_changed.send_modify(|x| *x += 1);
-        self.bump();
         Ok(v)
     }
 
@@ -1074,11 +1107,13 @@ impl Store {
             remove_durable(&object_path(dir, key))?;
         }
         let old = inner.api_objects.remove(key);
-        if key.0 == "namespaces"
+        if SELF_WATCHED.contains(&key.0.as_str())
             && let Some(o) = &old
         {
             let rv = Self::take_rv(&mut inner);
-            self.record_kind(&mut inner, "namespaces", WatchKind::Deleted, rv, o.clone());
+            let mut o = o.clone();
+            o["metadata"]["resourceVersion"] = rv.to_string().into();
+            self.record_kind(&mut inner, &key.0, WatchKind::Deleted, rv, o);
         }
         drop(inner);
         self.api_changed.send_modify(|x| *x += 1);

@@ -461,7 +461,7 @@ fn api_objects_survive_a_crash_of_skiffd() {
 }
 
 /// An object from the manifest directory carries its source and refuses API writes with a
-/// 409 naming its file.
+/// 403 naming its file.
 #[test]
 #[ignore = "needs root"]
 fn writes_to_manifest_objects_are_refused_naming_the_file() {
@@ -488,7 +488,7 @@ fn writes_to_manifest_objects_are_refused_naming_the_file() {
     ] {
         let err = api.fails(&args);
         assert!(
-            err.contains("Conflict") && err.contains(&file),
+            err.contains("Forbidden") && err.contains(&file),
             "{args:?}: {err}"
         );
     }

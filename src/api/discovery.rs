@@ -75,6 +75,29 @@ const fn sub(name: &'static str, kind: &'static str, verbs: &'static [&'static s
     }
 }
 
+/// Verbs of a `/scale` subresource.
+const SCALE: &[&str] = &["get", "patch", "update"];
+
+const fn sub_of(
+    group: &'static str,
+    version: &'static str,
+    name: &'static str,
+    kind: &'static str,
+    verbs: &'static [&'static str],
+) -> Resource {
+    Resource {
+        group,
+        version,
+        name,
+        singular: "",
+        kind,
+        namespaced: true,
+        verbs,
+        short_names: &[],
+        categories: &[],
+    }
+}
+
 /// Everything the API serves, by group and version.
 pub const RESOURCES: &[Resource] = &[
     Resource {
@@ -127,6 +150,26 @@ pub const RESOURCES: &[Resource] = &[
     ),
     Resource {
         verbs: WRITE_WATCH,
+        ..res(
+            "",
+            "replicationcontrollers",
+            "replicationcontroller",
+            "ReplicationController",
+            true,
+            &["rc"],
+            &["all"],
+        )
+    },
+    sub_of("", "v1", "replicationcontrollers/scale", "Scale", SCALE),
+    sub_of(
+        "",
+        "v1",
+        "replicationcontrollers/status",
+        "ReplicationController",
+        &["get"],
+    ),
+    Resource {
+        verbs: WRITE_WATCH,
         ..res("", "secrets", "secret", "Secret", true, &[], &[])
     },
     Resource {
@@ -141,6 +184,34 @@ pub const RESOURCES: &[Resource] = &[
             &["all"],
         )
     },
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "apps",
+            "deployments",
+            "deployment",
+            "Deployment",
+            true,
+            &["deploy"],
+            &["all"],
+        )
+    },
+    sub_of("apps", "v1", "deployments/scale", "Scale", SCALE),
+    sub_of("apps", "v1", "deployments/status", "Deployment", &["get"]),
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "apps",
+            "replicasets",
+            "replicaset",
+            "ReplicaSet",
+            true,
+            &["rs"],
+            &["all"],
+        )
+    },
+    sub_of("apps", "v1", "replicasets/scale", "Scale", SCALE),
+    sub_of("apps", "v1", "replicasets/status", "ReplicaSet", &["get"]),
     res(
         "discovery.k8s.io",
         "endpointslices",
@@ -367,19 +438,21 @@ fn resources_of(g: &str, version: &str) -> Vec<Value> {
         .iter()
         .filter(|r| r.group == g && r.version == version && !r.name.contains('/'))
         .map(|r| {
-            let subs: Vec<Value> = RESOURCES
-                .iter()
-                .filter_map(|s| {
-                    let (parent, name) = s.name.split_once('/')?;
-                    (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
+            let subs: Vec<Value> =
+                RESOURCES
+                    .iter()
+                    .filter_map(|s| {
+                        let (parent, name) = s.name.split_once('/')?;
+                        (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
+                        let group = if s.kind == "Scale" { "autoscaling" } else { s.group };
                         json!({
                             "subresource": name,
-                            "responseKind": {"group": "", "version": "v1", "kind": s.kind},
+                            "responseKind": {"group": group, "version": "v1", "kind": s.kind},
                             "verbs": s.verbs,
                         })
                     })
-                })
-                .collect();
+                    })
+                    .collect();
             let mut v = json!({
                 "resource": r.name,
                 "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
@@ -443,6 +516,9 @@ mod tests {
                 "pods/exec",
                 "pods/log",
                 "pods/portforward",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "replicationcontrollers/status",
                 "secrets",
                 "services"
             ]
@@ -457,10 +533,12 @@ mod tests {
         );
         assert_eq!(pods["namespaced"], true);
         assert!(resource_list("discovery.k8s.io", "v1").is_some());
-        assert!(resource_list("apps", "v1").is_none());
+        let apps = resource_list("apps", "v1").unwrap();
+        assert_eq!(apps["resources"][0]["name"], "deployments");
+        assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
         assert_eq!(
             groups(),
-            ["discovery.k8s.io", "skiff.dev", "metrics.k8s.io"]
+            ["apps", "discovery.k8s.io", "skiff.dev", "metrics.k8s.io"]
         );
         let metrics = resource_list("metrics.k8s.io", "v1beta1").unwrap();
         assert_eq!(metrics["groupVersion"], "metrics.k8s.io/v1beta1");

@@ -63,6 +63,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The message, as the Status carries it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The Status reason (`AlreadyExists`, `Invalid`, ...).
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
@@ -185,9 +195,41 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The routes of the workload kinds: lists, writes, `/scale` and `/status`.
+fn workload_routes(mut r: Router<Shared>) -> Router<Shared> {
+    use crate::manifest::workload::WorkloadKind;
+    for w in WorkloadKind::ALL {
+        let kind = Kind::Workload(w);
+        let base = match w.api_version() {
+            "v1" => "/api/v1".to_string(),
+            gv => format!("/apis/{gv}"),
+        };
+        let plural = w.plural();
+        r = r
+            .route(&format!("{base}/{plural}"), write::get_list(kind))
+            .route(
+                &format!("{base}/namespaces/{{ns}}/{plural}"),
+                write::get_list(kind).merge(write::collection(kind)),
+            )
+            .route(
+                &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}"),
+                write::get_item(kind).merge(write::item(kind)),
+            )
+            .route(
+                &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/status"),
+                write::get_item(kind),
+            )
+            .route(
+                &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/scale"),
+                write::scale(kind),
+            );
+    }
+    r
+}
+
 /// The API's routes.
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    workload_routes(Router::new())
         .route("/version", get(nodes::version))
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))

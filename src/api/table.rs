@@ -149,6 +149,118 @@ const EVENT_COLUMNS: &[Column] = &[
 
 const NAMESPACE_COLUMNS: &[Column] = &[NAME, col("Status", "The phase of the namespace.", 0), AGE];
 
+const INT: &str = "integer";
+
+const DEPLOYMENT_COLUMNS: &[Column] = &[
+    NAME,
+    col("Ready", "Number of the pod with ready state", 0),
+    Column {
+        type_: INT,
+        ..col(
+            "Up-to-date",
+            "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            0,
+        )
+    },
+    Column {
+        type_: INT,
+        ..col(
+            "Available",
+            "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            0,
+        )
+    },
+    AGE,
+    col("Containers", "Names of each container in the template.", 1),
+    col(
+        "Images",
+        "Images referenced by each container in the template.",
+        1,
+    ),
+    col(
+        "Selector",
+        "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+        1,
+    ),
+];
+
+const REPLICA_SET_COLUMNS: &[Column] = &[
+    NAME,
+    Column {
+        type_: INT,
+        ..col("Desired", "Replicas is the number of desired replicas.", 0)
+    },
+    Column {
+        type_: INT,
+        ..col(
+            "Current",
+            "Replicas is the most recently observed number of replicas.",
+            0,
+        )
+    },
+    Column {
+        type_: INT,
+        ..col(
+            "Ready",
+            "The number of ready replicas for this replica set.",
+            0,
+        )
+    },
+    AGE,
+    col("Containers", "Names of each container in the template.", 1),
+    col(
+        "Images",
+        "Images referenced by each container in the template.",
+        1,
+    ),
+    col(
+        "Selector",
+        "Label selector for pods. Pods that match this selector are counted.",
+        1,
+    ),
+];
+
+/// Containers, images and selector of a workload's template (the `-o wide` cells).
+fn template_cells(o: &Value) -> [Value; 3] {
+    let cs = o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = cs.iter().filter_map(|c| c["name"].as_str()).collect();
+    let images: Vec<&str> = cs.iter().filter_map(|c| c["image"].as_str()).collect();
+    [
+        s(names.join(",")),
+        s(images.join(",")),
+        s(super::write::selector_text(o)),
+    ]
+}
+
+fn workload_cells(kind: &str, o: &Value, now: Timestamp) -> Vec<Value> {
+    let n = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let desired = o
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let mut cells = if kind == "Deployment" {
+        vec![
+            name_of(o),
+            s(format!("{}/{desired}", n("/status/readyReplicas"))),
+            n("/status/updatedReplicas").into(),
+            n("/status/availableReplicas").into(),
+        ]
+    } else {
+        vec![
+            name_of(o),
+            desired.into(),
+            n("/status/replicas").into(),
+            n("/status/readyReplicas").into(),
+        ]
+    };
+    cells.push(s(age(created(o), now)));
+    cells.extend(template_cells(o));
+    cells
+}
+
 /// What the apiserver prints for a kind it has no printer for.
 const DEFAULT_COLUMNS: &[Column] = &[NAME, AGE];
 
@@ -233,6 +345,13 @@ pub fn for_kind(kind: &str, objects: Vec<Value>, now: Timestamp) -> Table {
             },
             NAMESPACE_COLUMNS,
         ),
+        "Deployment" => typed(
+            &|o| Some(workload_cells("Deployment", o, now)),
+            DEPLOYMENT_COLUMNS,
+        ),
+        "ReplicaSet" | "ReplicationController" => {
+            typed(&|o| Some(workload_cells(kind, o, now)), REPLICA_SET_COLUMNS)
+        }
         _ => typed(
             &|o| Some(vec![name_of(o), s(age(created(o), now))]),
             DEFAULT_COLUMNS,

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use super::{ApiError, Shared};
 use crate::manifest::parse::{FieldValidation, Object, parse_api_object};
 use crate::manifest::source::{DesiredPod, Snapshot};
+use crate::manifest::workload::WorkloadKind;
 use crate::store::{ObjKey, SOURCE_ANNOTATION, Store};
 
 /// What the write path needs of the API's state (so it can be tested without a runtime).
@@ -44,6 +45,8 @@ pub enum Kind {
     ConfigMap,
     Secret,
     Namespace,
+    /// Deployments, ReplicaSets and ReplicationControllers (issue 11).
+    Workload(WorkloadKind),
 }
 
 impl Kind {
@@ -54,6 +57,7 @@ impl Kind {
             Kind::ConfigMap => "configmaps",
             Kind::Secret => "secrets",
             Kind::Namespace => "namespaces",
+            Kind::Workload(w) => w.plural(),
         }
     }
 
@@ -64,6 +68,14 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
             Kind::Namespace => "Namespace",
+            Kind::Workload(w) => w.name(),
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Workload(w) => w.api_version(),
+            _ => "v1",
         }
     }
 
@@ -81,6 +93,32 @@ struct WriteOptions {
     force: bool,
     /// A delete's `gracePeriodSeconds`: instead of the pod's own grace period.
     grace_period: Option<i64>,
+    /// A delete's `propagationPolicy` (or `orphanDependents`).
+    propagation: Option<Propagation>,
+}
+
+/// What happens to the objects an owner controls when it is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The owner goes now; the garbage collector removes its dependents after.
+    Background,
+    /// The dependents go first; the owner stays, being deleted, until they are gone.
+    Foreground,
+    /// The dependents stay, without their owner reference.
+    Orphan,
+}
+
+impl Propagation {
+    fn parse(v: &str) -> Result<Propagation, ApiError> {
+        match v {
+            "Background" => Ok(Propagation::Background),
+            "Foreground" => Ok(Propagation::Foreground),
+            "Orphan" => Ok(Propagation::Orphan),
+            _ => Err(ApiError::bad_request(format!(
+                "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {v:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+            ))),
+        }
+    }
 }
 
 impl WriteOptions {
@@ -123,8 +161,9 @@ impl WriteOptions {
                     // kubectl sends -1 for "the object's own".
                     o.grace_period = (n >= 0).then_some(n);
                 }
-                // Accepted; owned objects are removed with their namespace.
-                "propagationPolicy" | "orphanDependents" | "pretty" => {}
+                "propagationPolicy" => o.propagation = Some(Propagation::parse(&v)?),
+                "orphanDependents" if v == "true" => o.propagation = Some(Propagation::Orphan),
+                "pretty" => {}
                 _ => {}
             }
         }
@@ -135,7 +174,12 @@ impl WriteOptions {
 /// `(ns, name)` from the request path (`/api/v1/namespaces/{ns}/{plural}[/{name}]`,
 /// `/api/v1/namespaces[/{name}]`, `/api/v1/{plural}`).
 fn names(kind: Kind, uri: &Uri) -> (String, String) {
-    let rest = uri.path().trim_start_matches("/api/v1/");
+    let path = uri.path();
+    let rest = match path.strip_prefix("/apis/") {
+        // `/apis/{group}/{version}/...`
+        Some(r) => r.splitn(3, '/').nth(2).unwrap_or_default(),
+        None => path.trim_start_matches("/api/v1/"),
+    };
     let segs: Vec<&str> = rest.split('/').collect();
     let at = |i: usize| segs.get(i).map(|s| s.to_string()).unwrap_or_default();
     match (kind, segs.first()) {
@@ -241,6 +285,19 @@ pub fn get_list(kind: Kind) -> MethodRouter<Shared> {
                 let lister: fn(&Store) -> Vec<Value> = match kind {
                     Kind::ConfigMap => |st| list(st, Kind::ConfigMap, None),
                     Kind::Secret => |st| list(st, Kind::Secret, None),
+                    Kind::Workload(WorkloadKind::Deployment) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::Deployment), None)
+                    }
+                    Kind::Workload(WorkloadKind::ReplicaSet) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::ReplicaSet), None)
+                    }
+                    Kind::Workload(WorkloadKind::ReplicationController) => |st| {
+                        list(
+                            st,
+                            Kind::Workload(WorkloadKind::ReplicationController),
+                            None,
+                        )
+                    },
                     _ => |st| list(st, Kind::Namespace, None),
                 };
                 return super::watch::objects(
@@ -257,7 +314,7 @@ pub fn get_list(kind: Kind) -> MethodRouter<Shared> {
             let items = list(&s.store, kind, ns.as_deref());
             axum::Json(json!({
                 "kind": format!("{}List", kind.name()),
-                "apiVersion": "v1",
+                "apiVersion": kind.api_version(),
                 "metadata": {"resourceVersion": s.store.resource_version().to_string()},
                 "items": items,
             }))
@@ -295,7 +352,7 @@ fn not_found(kind: Kind, name: &str) -> ApiError {
 
 fn with_kind(mut v: Value, kind: Kind) -> Value {
     if let Some(o) = v.as_object_mut() {
-        o.insert("apiVersion".into(), "v1".into());
+        o.insert("apiVersion".into(), kind.api_version().into());
         o.insert("kind".into(), kind.name().into());
     }
     v
@@ -322,6 +379,7 @@ pub fn current(store: &Store, kind: Kind, ns: &str, name: &str) -> Option<Value>
         Kind::ConfigMap => serde_json::to_value(store.config_map(ns, name)?).ok()?,
         Kind::Secret => serde_json::to_value(store.secret(ns, name)?).ok()?,
         Kind::Namespace => serde_json::to_value(store.namespace(name)?).ok()?,
+        Kind::Workload(_) => store.workload(&key(kind, ns, name))?,
     };
     Some(with_kind(v, kind))
 }
@@ -353,6 +411,7 @@ fn list(store: &Store, kind: Kind, ns: Option<&str>) -> Vec<Value> {
             .iter()
             .filter_map(|x| serde_json::to_value(x).ok())
             .collect(),
+        Kind::Workload(w) => store.list_workloads(w.plural(), ns),
     };
     vals.into_iter().map(|v| with_kind(v, kind)).collect()
 }
@@ -368,9 +427,10 @@ fn manifest_source(obj: &Value) -> Option<String> {
     .map(String::from)
 }
 
-/// 409 for a write to an object its manifest file owns.
+/// 403 for a write to an object its manifest file owns (not 409: clients such as
+/// `kubectl scale` retry a conflict, and this one never clears).
 fn refuse_manifest(kind: Kind, name: &str, file: &str) -> ApiError {
-    ApiError::conflict(format!(
+    ApiError::forbidden(format!(
         "{} \"{name}\" is defined in the manifest file {file}, which is its source of truth: edit that file instead",
         kind.plural()
     ))
@@ -461,15 +521,16 @@ fn admit(
             kind.plural()
         )));
     }
-    let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
-    if api_version != "v1" {
+    let want = kind.api_version();
+    let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or(want);
+    if api_version != want {
         return Err(ApiError::bad_request(format!(
-            "apiVersion {api_version:?} is not served for {} (use \"v1\")",
+            "apiVersion {api_version:?} is not served for {} (use {want:?})",
             kind.name()
         )));
     }
     v["kind"] = kind.name().into();
-    v["apiVersion"] = "v1".into();
+    v["apiVersion"] = want.into();
     if !v.get("metadata").is_some_and(Value::is_object) {
         v["metadata"] = json!({});
     }
@@ -578,6 +639,7 @@ fn admit(
                 Object::Secret(x) => serde_json::to_value(*x),
                 Object::Service(x) => serde_json::to_value(x.as_ref()),
                 Object::Endpoints(x) => serde_json::to_value(x.as_ref()),
+                Object::Workload(w) => Ok(w.value),
             };
             out.map_err(|e| ApiError::internal(e.to_string()))?
         }
@@ -590,8 +652,9 @@ fn admit(
 
 /// 400 for a body that does not decode (an unknown field under Strict, a wrong type).
 fn strict_error(kind: Kind, message: &str) -> ApiError {
+    let version = kind.api_version().rsplit('/').next().unwrap_or("v1");
     ApiError::bad_request(format!(
-        "{k} in version \"v1\" cannot be handled as a {k}: strict decoding error: {message}",
+        "{k} in version \"{version}\" cannot be handled as a {k}: strict decoding error: {message}",
         k = kind.name()
     ))
 }
@@ -648,6 +711,17 @@ fn immutable(kind: Kind, name: &str, old: &Value, new: &Value) -> Result<(), Api
                 _ => Ok(()),
             }
         }
+        Kind::Workload(w) if w != WorkloadKind::ReplicationController => {
+            let (o, n) = (&old["spec"]["selector"], &new["spec"]["selector"]);
+            if o != n {
+                return Err(invalid(
+                    kind,
+                    name,
+                    &format!("spec.selector: Invalid value: {n}: field is immutable"),
+                ));
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -688,6 +762,7 @@ fn serve(s: &Writer, kind: Kind, stored: &Value, created: bool) {
             } else {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 s.store.update_pod(&(ns, name), &uid, |p| {
+                    p.metadata.owner_references = pod.metadata.owner_references.clone();
                     p.metadata.labels = pod.metadata.labels.clone();
                     p.metadata.annotations = pod.metadata.annotations.clone();
                     p.metadata.managed_fields = pod.metadata.managed_fields.clone();
@@ -695,7 +770,7 @@ fn serve(s: &Writer, kind: Kind, stored: &Value, created: bool) {
                 });
             }
         }
-        Kind::Namespace => {}
+        Kind::Namespace | Kind::Workload(_) => {}
     }
 }
 
@@ -775,6 +850,9 @@ fn create_value(
     let (mut stored, warnings) = admit(s, kind, ns, v, None, opts.field_validation)?;
     if !managed.is_empty() {
         stored["metadata"]["managedFields"] = Value::Array(managed);
+    }
+    if matches!(kind, Kind::Workload(_)) {
+        stored["metadata"]["generation"] = 1.into();
     }
     if opts.dry_run {
         return Ok(Written {
@@ -891,6 +969,24 @@ fn update_value(
         admit(s, kind, ns, v, Some(&old_for_check), opts.field_validation)?;
     if let Some(m) = managed {
         stored["metadata"]["managedFields"] = Value::Array(m);
+    }
+    if matches!(kind, Kind::Workload(_)) {
+        // The status is the controller's; the generation counts changes of the spec.
+        let g = cur["metadata"]["generation"].as_i64().unwrap_or(1);
+        let g = if cur["spec"] == stored["spec"] {
+            g
+        } else {
+            g + 1
+        };
+        stored["metadata"]["generation"] = g.into();
+        for kept in ["deletionTimestamp", "finalizers"] {
+            if !cur["metadata"][kept].is_null() {
+                stored["metadata"][kept] = cur["metadata"][kept].clone();
+            }
+        }
+        if !cur["status"].is_null() {
+            stored["status"] = cur["status"].clone();
+        }
     }
     if opts.dry_run {
         return Ok(Written {
@@ -1277,6 +1373,12 @@ fn remove(
     if let Some(n) = b["gracePeriodSeconds"].as_i64().filter(|n| *n >= 0) {
         opts.grace_period = Some(n);
     }
+    if let Some(p) = b["propagationPolicy"].as_str() {
+        opts.propagation = Some(Propagation::parse(p)?);
+    }
+    if b["orphanDependents"] == true {
+        opts.propagation = Some(Propagation::Orphan);
+    }
     let Some(cur) = current(s.store, kind, ns, name) else {
         return Err(not_found(kind, name));
     };
@@ -1303,6 +1405,32 @@ fn remove(
     let mut warnings = Vec::new();
     if kind == Kind::Namespace {
         warnings = delete_namespace_contents(s, name)?;
+    }
+    if let Kind::Workload(_) = kind {
+        let uid = cur["metadata"]["uid"].as_str().unwrap_or_default();
+        match opts.propagation.unwrap_or(Propagation::Background) {
+            Propagation::Orphan => orphan_dependents(s, ns, uid),
+            Propagation::Background => {}
+            Propagation::Foreground => {
+                // Kept, being deleted, until the garbage collector has removed what it owns.
+                let deleting = s
+                    .store
+                    .update_workload(&k, uid, |v| {
+                        v["metadata"]["deletionTimestamp"] =
+                            jiff::Timestamp::now().to_string().into();
+                        v["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+                        v["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+                    })
+                    .map_err(|e| {
+                        ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural()))
+                    })?;
+                return Ok(Written {
+                    code: StatusCode::OK,
+                    body: deleting.map(|v| with_kind(v, kind)).unwrap_or(cur),
+                    warnings,
+                });
+            }
+        }
     }
     // A pod is marked terminating before its object goes: removing the object wakes its
     // worker, which reads the delete's grace period back from the stored pod.
@@ -1355,6 +1483,7 @@ fn remove(
             v["status"]["phase"] = "Terminating".into();
             v
         }
+        Kind::Workload(_) => status_ok,
     };
     Ok(Written {
         code: StatusCode::OK,
@@ -1366,7 +1495,12 @@ fn remove(
 /// Deletes what was made through the API in namespace `ns`; returns warnings naming the
 /// manifest objects in it, which stay (their files own them).
 fn delete_namespace_contents(s: &Writer, ns: &str) -> Result<Vec<String>, ApiError> {
-    for kind in [Kind::Pod, Kind::Service, Kind::ConfigMap, Kind::Secret] {
+    let workloads = WorkloadKind::ALL.map(Kind::Workload);
+    for kind in
+        workloads
+            .into_iter()
+            .chain([Kind::Pod, Kind::Service, Kind::ConfigMap, Kind::Secret])
+    {
         for (k, v) in s.store.api_objects(kind.plural()) {
             if k.1 != ns {
                 continue;
@@ -1392,7 +1526,7 @@ fn delete_namespace_contents(s: &Writer, ns: &str) -> Result<Vec<String>, ApiErr
                             ));
                     });
                 }
-                Kind::Namespace => {}
+                Kind::Namespace | Kind::Workload(_) => {}
             }
         }
     }
@@ -1485,6 +1619,229 @@ pub async fn merge_snapshots(
             && tx.send(with_api_objects(s.clone(), &store)).await.is_err()
         {
             return;
+        }
+    }
+}
+
+/// The selector of a workload as the Scale subresource prints it (`app=web`).
+pub fn selector_text(v: &Value) -> String {
+    let sel = &v["spec"]["selector"];
+    let parsed = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
+        serde_json::from_value(sel.clone())
+            .ok()
+            .and_then(|ls| crate::selector::Selector::from_label_selector(&ls).ok())
+    } else {
+        // A ReplicationController's selector is a plain map.
+        serde_json::from_value(sel.clone())
+            .ok()
+            .and_then(|m| crate::selector::Selector::from_map(&m).ok())
+    };
+    parsed.map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// A workload's `autoscaling/v1` Scale.
+fn scale_of(v: &Value) -> Value {
+    let m = &v["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+        },
+        "spec": {"replicas": v["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {
+            "replicas": v["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector_text(v),
+        },
+    })
+}
+
+/// GET, PUT and PATCH of a workload's `/scale` (`kubectl scale`, the HPA).
+pub fn scale(kind: Kind) -> MethodRouter<Shared> {
+    get(move |State(s): State<Shared>, uri: Uri| async move {
+        let (ns, name) = names(kind, &uri);
+        match current(&s.store, kind, &ns, &name) {
+            Some(v) => axum::Json(scale_of(&v)).into_response(),
+            None => not_found(kind, &name).into_response(),
+        }
+    })
+    .put(
+        move |State(s): State<Shared>,
+              uri: Uri,
+              RawQuery(q): RawQuery,
+              headers: HeaderMap,
+              body: Bytes| async move {
+            let (ns, name) = names(kind, &uri);
+            let r = parse_body(&headers, &body)
+                .and_then(|v| rescale(&Writer::of(&s), kind, &ns, &name, q.as_deref(), v));
+            respond(r)
+        },
+    )
+    .patch(
+        move |State(s): State<Shared>,
+              uri: Uri,
+              RawQuery(q): RawQuery,
+              headers: HeaderMap,
+              body: Bytes| async move {
+            let (ns, name) = names(kind, &uri);
+            let w = Writer::of(&s);
+            let r = (|| {
+                let cur =
+                    current(w.store, kind, &ns, &name).ok_or_else(|| not_found(kind, &name))?;
+                let mut target = scale_of(&cur);
+                let ct = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if ct.starts_with("application/json-patch+json") {
+                    let p: json_patch::Patch = serde_json::from_slice(&body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut target, &p)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                } else {
+                    let p: Value = serde_json::from_slice(&body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?;
+                    json_patch::merge(&mut target, &p);
+                }
+                if !patch_names_rv(&body)
+                    && let Some(m) = target["metadata"].as_object_mut()
+                {
+                    m.remove("resourceVersion");
+                }
+                rescale(&w, kind, &ns, &name, q.as_deref(), target)
+            })();
+            respond(r)
+        },
+    )
+}
+
+/// Sets a workload's replicas from a Scale object.
+fn rescale(
+    s: &Writer,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    q: Option<&str>,
+    scale: Value,
+) -> Result<Written, ApiError> {
+    let opts = WriteOptions::parse(q)?;
+    let Some(replicas) = scale.pointer("/spec/replicas").and_then(Value::as_i64) else {
+        return Err(ApiError::bad_request(
+            "Scale: spec.replicas: Required value",
+        ));
+    };
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            format!(
+                "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+            ),
+            json!({"name": name, "kind": "Scale"}),
+        ));
+    }
+    let Some(cur) = current(s.store, kind, ns, name) else {
+        return Err(not_found(kind, name));
+    };
+    let requested_rv = scale
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+        .map(String::from);
+    let mut target = cur;
+    if let Some(o) = target.as_object_mut() {
+        o.remove("status");
+    }
+    target["spec"]["replicas"] = replicas.into();
+    let w = update_value(s, kind, ns, name, target, requested_rv, &opts, None)?;
+    Ok(Written {
+        code: w.code,
+        body: scale_of(&w.body),
+        warnings: w.warnings,
+    })
+}
+
+/// The controllers' own writes (issue 11): they create, change and delete objects through the
+/// same path and checks as a client, as kube-controller-manager does through the apiserver.
+pub mod internal {
+    use super::*;
+
+    /// Creates `v` in `ns` (a `generateName` gets its random suffix); returns it as stored.
+    pub fn create(s: &Writer, kind: Kind, ns: &str, mut v: Value) -> Result<Value, ApiError> {
+        if v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+            && let Some(prefix) = v["metadata"]["generateName"].as_str()
+        {
+            v["metadata"]["name"] = generated(prefix).into();
+        }
+        let opts = WriteOptions {
+            field_validation: FieldValidation::Strict,
+            ..Default::default()
+        };
+        create_value(s, kind, ns, v, &opts, Vec::new()).map(|w| w.body)
+    }
+
+    /// Deletes an object (a pod with its own grace period); dependents go in the background.
+    pub fn delete(s: &Writer, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
+        remove(s, kind, ns, name, None, b"").map(|_| ())
+    }
+
+    /// Rewrites the owner references of a pod made through the API (adoption, release).
+    pub fn set_pod_owners(
+        s: &Writer,
+        ns: &str,
+        name: &str,
+        owners: Option<Vec<Value>>,
+    ) -> Result<(), ApiError> {
+        let Some(mut v) = s.store.api_object(&key(Kind::Pod, ns, name)) else {
+            return Err(not_found(Kind::Pod, name));
+        };
+        match owners {
+            Some(o) if !o.is_empty() => v["metadata"]["ownerReferences"] = Value::Array(o),
+            _ => {
+                if let Some(m) = v["metadata"].as_object_mut() {
+                    m.remove("ownerReferences");
+                }
+            }
+        }
+        let stored = s
+            .store
+            .put_api_object(key(Kind::Pod, ns, name), v)
+            .map_err(|e| ApiError::internal(format!("storing pods {name:?}: {e}")))?;
+        serve(s, Kind::Pod, &stored, false);
+        Ok(())
+    }
+}
+
+/// Drops the owner reference to `uid` from the objects in `ns` that have one (an orphaning
+/// delete): pods and ReplicaSets stay, ownerless.
+fn orphan_dependents(s: &Writer, ns: &str, uid: &str) {
+    let strip = |refs: &Value| -> Option<Vec<Value>> {
+        let refs = refs.as_array()?;
+        refs.iter()
+            .any(|r| r["uid"] == uid)
+            .then(|| refs.iter().filter(|r| r["uid"] != uid).cloned().collect())
+    };
+    for (k, v) in s.store.api_objects("pods") {
+        if k.1 != ns {
+            continue;
+        }
+        if let Some(kept) = strip(&v["metadata"]["ownerReferences"]) {
+            let _ = internal::set_pod_owners(s, ns, &k.2, Some(kept));
+        }
+    }
+    for w in WorkloadKind::ALL {
+        for v in s.store.list_workloads(w.plural(), Some(ns)) {
+            if let Some(kept) = strip(&v["metadata"]["ownerReferences"]) {
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let own = v["metadata"]["uid"].as_str().unwrap_or_default();
+                let _ = s
+                    .store
+                    .update_workload(&key(Kind::Workload(w), ns, name), own, |v| {
+                        v["metadata"]["ownerReferences"] = Value::Array(kept);
+                    });
+            }
         }
     }
 }
@@ -1818,10 +2175,10 @@ mod tests {
                 &ct("application/merge-patch+json"),
                 br#"{"data":{"x":"y"}}"#,
             ));
-            assert_eq!(code, 409);
+            assert_eq!(code, 403);
             assert!(msg.contains("/etc/skiff/m.yaml"), "{msg}");
             let (code, msg) = status(remove(w, Kind::ConfigMap, "default", "m", None, b""));
-            assert_eq!(code, 409);
+            assert_eq!(code, 403);
             assert!(msg.contains("/etc/skiff/m.yaml"), "{msg}");
         })
     }

@@ -4,3 +4,4 @@
 
 pub mod deployment;
 pub mod replicaset;
+pub mod run;

@@ -4,3 +4,4 @@ pub mod parse;
 pub mod service;
 pub mod source;
 pub mod validate;
+pub mod workload;

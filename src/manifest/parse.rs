@@ -17,6 +17,8 @@ pub enum Object {
     /// however many parts of skiffd read them).
     Service(std::sync::Arc<Service>),
     Endpoints(std::sync::Arc<Endpoints>),
+    /// A Deployment, ReplicaSet or ReplicationController (issue 11).
+    Workload(Box<super::workload::Workload>),
 }
 
 impl Object {
@@ -28,6 +30,14 @@ impl Object {
             Object::Secret(s) => ("Secret", &s.metadata),
             Object::Service(s) => ("Service", &s.metadata),
             Object::Endpoints(e) => ("Endpoints", &e.metadata),
+            Object::Workload(w) => {
+                let (ns, name) = w.meta();
+                return ObjectRef {
+                    kind: w.kind.name().into(),
+                    namespace: ns.into(),
+                    name: name.into(),
+                };
+            }
         };
         ObjectRef {
             kind: kind.into(),
@@ -60,7 +70,13 @@ impl std::fmt::Display for ObjectRef {
 }
 
 /// Kinds skiff knows about but whose support lands later; refused with a clear message.
-const NOT_YET: [&str; 2] = ["Deployment", "ReplicaSet"];
+const NOT_YET: [&str; 5] = [
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "StatefulSet",
+    "HorizontalPodAutoscaler",
+];
 
 /// Whether the manifest source should read this directory entry at all.
 pub fn is_manifest_file(name: &str) -> bool {
@@ -360,6 +376,15 @@ fn parse_object_with(
                 let ep = super::service::validate_endpoints(ep).map_err(fail)?;
                 Ok(Object::Endpoints(std::sync::Arc::new(ep)))
             }
+        }
+        k if super::workload::WorkloadKind::from_name(k).is_some() => {
+            let kind = super::workload::WorkloadKind::from_name(k).expect("matched above");
+            let value =
+                super::workload::check(kind, v, mode, warnings).map_err(|e| fail(e.message))?;
+            Ok(Object::Workload(Box::new(super::workload::Workload {
+                kind,
+                value,
+            })))
         }
         k if NOT_YET.contains(&k) => Err(fail(format!(
             "kind {k} is not supported by this version of skiff yet"

@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub secrets: BTreeMap<PodKey, Secret>,
     pub services: BTreeMap<PodKey, Arc<Service>>,
     pub endpoints: BTreeMap<PodKey, Arc<Endpoints>>,
+    /// Deployments, ReplicaSets and ReplicationControllers, by (plural, namespace, name).
+    pub workloads: BTreeMap<crate::store::ObjKey, serde_json::Value>,
     pub errors: Vec<SourceError>,
 }
 
@@ -204,6 +206,18 @@ impl DirSource {
                 Object::Endpoints(mut ep) => {
                     mark(&mut Arc::make_mut(&mut ep).metadata);
                     snapshot.endpoints.insert(key, ep);
+                }
+                Object::Workload(w) => {
+                    let mut v = w.value;
+                    v["metadata"]["namespace"] = key.0.clone().into();
+                    if !v["metadata"]["annotations"].is_object() {
+                        v["metadata"]["annotations"] = serde_json::json!({});
+                    }
+                    v["metadata"]["annotations"][crate::store::SOURCE_ANNOTATION] =
+                        from.clone().into();
+                    snapshot
+                        .workloads
+                        .insert((w.kind.plural().to_string(), key.0, key.1), v);
                 }
             }
         }

@@ -53,6 +53,9 @@ impl Manager {
         self.ctx
             .store
             .set_desired_services(snapshot.services.clone(), snapshot.endpoints.clone());
+        self.ctx
+            .store
+            .set_manifest_workloads(snapshot.workloads.clone());
         if !self.adopted {
             self.adopted = true;
             self.reap_orphans(&snapshot);
