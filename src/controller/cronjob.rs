@@ -1121,3 +1121,755 @@ pub fn validate(cj: &CronJob, old: Option<&CronJob>) -> Vec<String> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn tz(name: &str) -> TimeZone {
+        TimeZone::get(name).unwrap()
+    }
+
+    #[test]
+    fn schedules_that_do_not_parse_give_robfig_crons_messages() {
+        let cases = [
+            ("", "empty spec string"),
+            ("* * * *", "expected exactly 5 fields, found 4: [* * * *]"),
+            (
+                "0 0 * * * *",
+                "expected exactly 5 fields, found 6: [0 0 * * * *]",
+            ),
+            ("61 * * * *", "end of range (61) above maximum (59): 61"),
+            ("* 24 * * *", "end of range (24) above maximum (23): 24"),
+            ("* * 0 * *", "beginning of range (0) below minimum (1): 0"),
+            ("* * * 13 *", "end of range (13) above maximum (12): 13"),
+            ("* * * * 7", "end of range (7) above maximum (6): 7"),
+            (
+                "5-1 * * * *",
+                "beginning of range (5) beyond end of range (1): 5-1",
+            ),
+            (
+                "*/0 * * * *",
+                "step of range should be a positive number: */0",
+            ),
+            ("1-2-3 * * * *", "too many hyphens: 1-2-3"),
+            ("*/2/3 * * * *", "too many slashes: */2/3"),
+            (
+                "x * * * *",
+                "failed to parse int from x: strconv.Atoi: parsing \"x\": invalid syntax",
+            ),
+            (
+                "* * * FOO *",
+                "failed to parse int from FOO: strconv.Atoi: parsing \"FOO\": invalid syntax",
+            ),
+            ("*/-1 * * * *", "negative number (-1) not allowed: -1"),
+            ("@fortnightly", "unrecognized descriptor: @fortnightly"),
+            ("@daily ", "unrecognized descriptor: @daily "),
+            (
+                "@every 1d",
+                "failed to parse duration @every 1d: time: unknown unit \"d\" in duration \"1d\"",
+            ),
+            (
+                "@every 5",
+                "failed to parse duration @every 5: time: missing unit in duration \"5\"",
+            ),
+            (
+                "@every x",
+                "failed to parse duration @every x: time: invalid duration \"x\"",
+            ),
+            (
+                "TZ=Mars/Olympus * * * * *",
+                "provided bad location Mars/Olympus: unknown time zone Mars/Olympus",
+            ),
+            (
+                "CRON_TZ=america/new_york * * * * *",
+                "provided bad location america/new_york: unknown time zone america/new_york",
+            ),
+            ("TZ=UTC", "expected exactly 5 fields, found 0: []"),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(Schedule::parse(spec).unwrap_err(), want, "{spec:?}");
+        }
+        for ok in [
+            "* * * * *",
+            "*/5 * * * ?",
+            "0 9 * * MON-FRI",
+            "0 0 1 jan,Jul *",
+            "5/20 * * * *",
+            "1,,2 * * * *",
+            "@hourly",
+            "@every 1h30m",
+            "@every 1.5h",
+            "CRON_TZ=Europe/Paris 0 3 * * *",
+        ] {
+            assert!(Schedule::parse(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn the_next_activation_follows_fields_names_steps_and_descriptors() {
+        let cases = [
+            (
+                "*/15 * * * *",
+                "2026-01-01T00:07:30Z",
+                Some("2026-01-01T00:15:00Z"),
+            ),
+            // Strictly after: a time on the schedule gives the following one.
+            (
+                "0 * * * *",
+                "2026-01-01T00:00:00Z",
+                Some("2026-01-01T01:00:00Z"),
+            ),
+            (
+                "@hourly",
+                "2026-01-01T00:00:00Z",
+                Some("2026-01-01T01:00:00Z"),
+            ),
+            (
+                "* * * * ?",
+                "2026-01-01T00:00:30Z",
+                Some("2026-01-01T00:01:00Z"),
+            ),
+            (
+                "@daily",
+                "2026-01-01T05:00:00Z",
+                Some("2026-01-02T00:00:00Z"),
+            ),
+            // 2026-01-01 is a Thursday; @weekly is Sunday midnight.
+            (
+                "@weekly",
+                "2026-01-01T00:00:00Z",
+                Some("2026-01-04T00:00:00Z"),
+            ),
+            (
+                "@monthly",
+                "2026-01-15T00:00:00Z",
+                Some("2026-02-01T00:00:00Z"),
+            ),
+            (
+                "@yearly",
+                "2026-03-01T00:00:00Z",
+                Some("2027-01-01T00:00:00Z"),
+            ),
+            (
+                "30 9 * * MON-FRI",
+                "2026-01-02T10:00:00Z",
+                Some("2026-01-05T09:30:00Z"),
+            ),
+            (
+                "0 12 * JAN,jul *",
+                "2026-02-01T00:00:00Z",
+                Some("2026-07-01T12:00:00Z"),
+            ),
+            (
+                "5/20 * * * *",
+                "2026-01-01T00:30:00Z",
+                Some("2026-01-01T00:45:00Z"),
+            ),
+            (
+                "1-10/3 * * * *",
+                "2026-01-01T00:04:00Z",
+                Some("2026-01-01T00:07:00Z"),
+            ),
+            // Day of month or day of week when neither is `*`: Friday the 2nd comes first.
+            (
+                "0 0 13 * FRI",
+                "2026-01-01T00:00:00Z",
+                Some("2026-01-02T00:00:00Z"),
+            ),
+            (
+                "0 0 13 * *",
+                "2026-01-01T00:00:00Z",
+                Some("2026-01-13T00:00:00Z"),
+            ),
+            (
+                "0 0 29 2 *",
+                "2026-03-01T00:00:00Z",
+                Some("2028-02-29T00:00:00Z"),
+            ),
+            ("0 0 31 2 *", "2026-01-01T00:00:00Z", None),
+            (
+                "@every 90m",
+                "2026-01-01T00:00:10.5Z",
+                Some("2026-01-01T01:30:10Z"),
+            ),
+            (
+                "@every 300ms",
+                "2026-01-01T00:00:10Z",
+                Some("2026-01-01T00:00:11Z"),
+            ),
+            (
+                "CRON_TZ=America/New_York 0 9 * * *",
+                "2026-01-01T00:00:00Z",
+                Some("2026-01-01T14:00:00Z"),
+            ),
+            (
+                "TZ=America/New_York 0 9 * * *",
+                "2026-07-01T00:00:00Z",
+                Some("2026-07-01T13:00:00Z"),
+            ),
+            // robfig/cron walks hours in absolute time: 02:30 does not exist on the day
+            // clocks spring forward, and that day gets no run.
+            (
+                "TZ=America/New_York 30 2 * * *",
+                "2026-03-07T12:00:00Z",
+                Some("2026-03-09T06:30:00Z"),
+            ),
+            // ...and an hourly job runs in both copies of the hour repeated in autumn.
+            (
+                "TZ=America/New_York 0 * * * *",
+                "2026-11-01T05:00:00Z",
+                Some("2026-11-01T06:00:00Z"),
+            ),
+        ];
+        for (spec, after, want) in cases {
+            let s = Schedule::parse(spec).unwrap();
+            assert_eq!(s.next(ts(after)), want.map(ts), "{spec:?} after {after}");
+        }
+        // Without a prefix the fields are read in the controller's own zone.
+        let paris = Schedule::parse_in("0 9 * * *", &tz("Europe/Paris")).unwrap();
+        assert_eq!(
+            paris.next(ts("2026-01-01T00:00:00Z")),
+            Some(ts("2026-01-01T08:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn the_most_recent_due_time_and_the_missed_count() {
+        let every5 = Schedule::parse("*/5 * * * *").unwrap();
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let cases = [
+            // (now, deadline, most recent, missed)
+            ("2026-01-01T00:04:00Z", None, None, Missed::None),
+            (
+                "2026-01-01T00:05:30Z",
+                None,
+                Some("2026-01-01T00:05:00Z"),
+                Missed::None,
+            ),
+            (
+                "2026-01-01T00:17:00Z",
+                None,
+                Some("2026-01-01T00:15:00Z"),
+                Missed::Few,
+            ),
+            // A deadline moves the start: 00:05 and 00:10 are out of the last 200 s.
+            ("2026-01-01T00:12:30Z", Some(100), None, Missed::None),
+            (
+                "2026-01-01T00:12:30Z",
+                Some(200),
+                Some("2026-01-01T00:10:00Z"),
+                Missed::None,
+            ),
+            (
+                "2026-01-02T00:00:30Z",
+                None,
+                Some("2026-01-02T00:00:00Z"),
+                Missed::Many,
+            ),
+        ];
+        for (now, deadline, want, missed) in cases {
+            let (_, recent, level) = most_recent(&every5, t0, ts(now), deadline).unwrap();
+            assert_eq!(recent, want.map(ts), "now {now}");
+            assert_eq!(level, missed, "now {now}");
+        }
+        let never = Schedule::parse("0 0 31 2 *").unwrap();
+        assert_eq!(
+            most_recent(&never, t0, ts("2026-06-01T00:00:00Z"), None).unwrap_err(),
+            "time difference between two schedules is less than 1 second"
+        );
+        assert_eq!(
+            requeue_after(&every5, t0, ts("2026-01-01T00:04:00Z")),
+            Some(SignedDuration::from_millis(60_100))
+        );
+    }
+
+    fn cron_job(extra: serde_json::Value) -> CronJob {
+        let mut v = json!({
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "hello", "namespace": "default", "uid": "cj-uid",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"schedule": "*/5 * * * *",
+                     "jobTemplate": {"metadata": {"labels": {"app": "hello"}},
+                                     "spec": {"template": {"spec": {"restartPolicy": "OnFailure",
+                                         "containers": [{"name": "c", "image": "busybox"}]}}}}}
+        });
+        merge(&mut v, extra);
+        let mut cj: CronJob = serde_json::from_value(v).unwrap();
+        defaults(&mut cj);
+        cj
+    }
+
+    fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+
+    fn owned_job(name: &str, uid: &str, status: serde_json::Value) -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": uid,
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "hello",
+                                     "uid": "cj-uid", "controller": true}]},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    fn active(name: &str, uid: &str) -> serde_json::Value {
+        json!({"apiVersion": "batch/v1", "kind": "Job", "name": name, "namespace": "default", "uid": uid})
+    }
+
+    fn done(kind: &str, start: &str, end: &str) -> serde_json::Value {
+        json!({"startTime": start, "completionTime": end,
+               "conditions": [{"type": kind, "status": "True", "lastTransitionTime": end}]})
+    }
+
+    fn reasons(p: &Plan) -> Vec<&str> {
+        p.events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn a_due_time_creates_its_job_once() {
+        let utc = TimeZone::UTC;
+        struct Case {
+            name: &'static str,
+            extra: serde_json::Value,
+            jobs: Vec<Job>,
+            now: &'static str,
+            create: Option<&'static str>,
+            delete: Vec<&'static str>,
+            events: Vec<&'static str>,
+            requeue_ms: Option<i64>,
+        }
+        let cases = vec![
+            Case {
+                name: "not due yet",
+                extra: json!({}),
+                jobs: vec![],
+                now: "2026-01-01T00:04:00Z",
+                create: None,
+                delete: vec![],
+                events: vec![],
+                requeue_ms: Some(60_100),
+            },
+            Case {
+                name: "due: the job is named after the minute",
+                extra: json!({}),
+                jobs: vec![],
+                now: "2026-01-01T00:05:30Z",
+                create: Some("hello-29453765"),
+                delete: vec![],
+                events: vec!["SuccessfulCreate"],
+                requeue_ms: Some(270_100),
+            },
+            Case {
+                name: "already scheduled",
+                extra: json!({"status": {"lastScheduleTime": "2026-01-01T00:05:00Z"}}),
+                jobs: vec![],
+                now: "2026-01-01T00:07:00Z",
+                create: None,
+                delete: vec![],
+                events: vec![],
+                requeue_ms: Some(180_100),
+            },
+            Case {
+                name: "Forbid with a job running",
+                extra: json!({"spec": {"concurrencyPolicy": "Forbid"},
+                    "status": {"lastScheduleTime": "2026-01-01T00:05:00Z",
+                               "active": [active("hello-29453765", "j1")]}}),
+                jobs: vec![owned_job("hello-29453765", "j1", json!({}))],
+                now: "2026-01-01T00:10:10Z",
+                create: None,
+                delete: vec![],
+                events: vec!["JobAlreadyActive"],
+                requeue_ms: Some(290_100),
+            },
+            Case {
+                name: "Allow runs them side by side",
+                extra: json!({"status": {"lastScheduleTime": "2026-01-01T00:05:00Z",
+                               "active": [active("hello-29453765", "j1")]}}),
+                jobs: vec![owned_job("hello-29453765", "j1", json!({}))],
+                now: "2026-01-01T00:10:10Z",
+                create: Some("hello-29453770"),
+                delete: vec![],
+                events: vec!["SuccessfulCreate"],
+                requeue_ms: Some(290_100),
+            },
+            Case {
+                name: "Replace deletes the running one",
+                extra: json!({"spec": {"concurrencyPolicy": "Replace"},
+                    "status": {"lastScheduleTime": "2026-01-01T00:05:00Z",
+                               "active": [active("hello-29453765", "j1")]}}),
+                jobs: vec![owned_job("hello-29453765", "j1", json!({}))],
+                now: "2026-01-01T00:10:10Z",
+                create: Some("hello-29453770"),
+                delete: vec!["hello-29453765"],
+                events: vec!["SuccessfulDelete", "SuccessfulCreate"],
+                requeue_ms: Some(290_100),
+            },
+            Case {
+                name: "suspended",
+                extra: json!({"spec": {"suspend": true}}),
+                jobs: vec![],
+                now: "2026-01-01T00:05:30Z",
+                create: None,
+                delete: vec![],
+                events: vec![],
+                requeue_ms: None,
+            },
+            Case {
+                name: "the deadline leaves the missed start out",
+                extra: json!({"spec": {"startingDeadlineSeconds": 100},
+                    "status": {"lastScheduleTime": "2026-01-01T00:05:00Z"}}),
+                jobs: vec![],
+                now: "2026-01-01T00:12:30Z",
+                create: None,
+                delete: vec![],
+                events: vec![],
+                requeue_ms: Some(150_100),
+            },
+            Case {
+                name: "a long deadline still starts it late",
+                extra: json!({"spec": {"startingDeadlineSeconds": 200},
+                    "status": {"lastScheduleTime": "2026-01-01T00:05:00Z"}}),
+                jobs: vec![],
+                now: "2026-01-01T00:12:30Z",
+                create: Some("hello-29453770"),
+                delete: vec![],
+                events: vec!["SuccessfulCreate"],
+                requeue_ms: Some(150_100),
+            },
+            Case {
+                name: "more than 100 missed: warned, and only the latest starts",
+                extra: json!({"spec": {"schedule": "* * * * *"}}),
+                jobs: vec![],
+                now: "2026-01-02T00:00:30Z",
+                create: Some("hello-29455200"),
+                delete: vec![],
+                events: vec!["TooManyMissedTimes", "SuccessfulCreate"],
+                requeue_ms: Some(30_100),
+            },
+            Case {
+                name: "an unknown time zone starts nothing",
+                extra: json!({"spec": {"timeZone": "Mars/Base"}}),
+                jobs: vec![],
+                now: "2026-01-01T00:05:30Z",
+                create: None,
+                delete: vec![],
+                events: vec!["UnknownTimeZone"],
+                requeue_ms: None,
+            },
+            Case {
+                name: "a schedule that does not parse starts nothing",
+                extra: json!({"spec": {"schedule": "61 * * * *"}}),
+                jobs: vec![],
+                now: "2026-01-01T00:05:30Z",
+                create: None,
+                delete: vec![],
+                events: vec!["UnparseableSchedule"],
+                requeue_ms: None,
+            },
+            Case {
+                name: "being deleted",
+                extra: json!({"metadata": {"deletionTimestamp": "2026-01-01T00:05:00Z"}}),
+                jobs: vec![],
+                now: "2026-01-01T00:05:30Z",
+                create: None,
+                delete: vec![],
+                events: vec![],
+                requeue_ms: None,
+            },
+        ];
+        for c in cases {
+            let cj = cron_job(c.extra);
+            let p = plan(&cj, &c.jobs, &utc, ts(c.now));
+            assert_eq!(
+                p.create.as_ref().and_then(|j| j.metadata.name.as_deref()),
+                c.create,
+                "{}",
+                c.name
+            );
+            assert_eq!(p.delete, c.delete, "{}", c.name);
+            assert_eq!(reasons(&p), c.events, "{}", c.name);
+            assert_eq!(
+                p.requeue_after,
+                c.requeue_ms.map(SignedDuration::from_millis),
+                "{}",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn event_messages_read_as_the_controllers() {
+        let utc = TimeZone::UTC;
+        let p = plan(
+            &cron_job(json!({"spec": {"timeZone": "Mars/Base"}})),
+            &[],
+            &utc,
+            ts("2026-01-01T00:05:30Z"),
+        );
+        assert_eq!(
+            p.events[0].message,
+            "invalid timeZone: \"Mars/Base\": unknown time zone Mars/Base"
+        );
+        let p = plan(
+            &cron_job(json!({"spec": {"schedule": "61 * * * *"}})),
+            &[],
+            &utc,
+            ts("2026-01-01T00:05:30Z"),
+        );
+        assert_eq!(
+            p.events[0].message,
+            "unparseable schedule: \"61 * * * *\" : end of range (61) above maximum (59): 61"
+        );
+        let p = plan(
+            &cron_job(json!({"spec": {"schedule": "* * * * *"}})),
+            &[],
+            &utc,
+            ts("2026-01-02T00:00:30Z"),
+        );
+        assert_eq!(
+            p.events[0].message,
+            "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew"
+        );
+        assert!(p.events[0].warning);
+        assert_eq!(p.events[1].message, "Created job hello-29455200");
+    }
+
+    #[test]
+    fn the_created_job_carries_template_owner_and_scheduled_time() {
+        let cj = cron_job(
+            json!({"spec": {"schedule": "0 9 * * *", "timeZone": "America/New_York",
+            "jobTemplate": {"metadata": {"annotations": {"team": "batch"}}}}}),
+        );
+        let p = plan(&cj, &[], &TimeZone::UTC, ts("2026-01-01T14:00:30Z"));
+        let job = p.create.expect("due at 09:00 New York time");
+        assert_eq!(p.scheduled, Some(ts("2026-01-01T14:00:00Z")));
+        let ann = job.metadata.annotations.clone().unwrap();
+        assert_eq!(ann[SCHEDULED_TIMESTAMP], "2026-01-01T09:00:00-05:00");
+        assert_eq!(ann["team"], "batch");
+        assert_eq!(job.metadata.labels.clone().unwrap()["app"], "hello");
+        let owner = &job.metadata.owner_references.clone().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("CronJob", "cj-uid", Some(true))
+        );
+        assert_eq!(
+            job.spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .restart_policy
+                .as_deref(),
+            Some("OnFailure")
+        );
+        // In UTC the annotation ends in Z, as Go prints RFC 3339.
+        let utc_job = job_for(
+            &cron_job(json!({})),
+            ts("2026-01-01T00:05:00Z"),
+            &TimeZone::UTC,
+        )
+        .unwrap();
+        assert_eq!(
+            utc_job.metadata.annotations.unwrap()[SCHEDULED_TIMESTAMP],
+            "2026-01-01T00:05:00Z"
+        );
+        // Recording the created Job lists it and moves lastScheduleTime.
+        let mut status = CronJobStatus::default();
+        let mut created = job_for(&cj, ts("2026-01-01T14:00:00Z"), &TimeZone::UTC).unwrap();
+        created.metadata.uid = Some("new-uid".into());
+        record_created(&mut status, &created, ts("2026-01-01T14:00:00Z"));
+        record_created(&mut status, &created, ts("2026-01-01T14:00:00Z"));
+        let refs = status.active.unwrap();
+        assert_eq!(refs.len(), 1, "recorded once");
+        assert_eq!(refs[0].uid.as_deref(), Some("new-uid"));
+        assert_eq!(
+            status.last_schedule_time,
+            Some(Time(ts("2026-01-01T14:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn finished_missing_and_unexpected_jobs_update_the_status() {
+        let cj = cron_job(
+            json!({"status": {"lastScheduleTime": "2026-01-01T00:05:00Z",
+            "active": [active("hello-29453760", "j0"), active("hello-29453765", "j1")]}}),
+        );
+        let jobs = vec![
+            owned_job(
+                "hello-29453765",
+                "j1",
+                done("Complete", "2026-01-01T00:05:01Z", "2026-01-01T00:06:00Z"),
+            ),
+            owned_job("stray", "j9", json!({})),
+        ];
+        let p = plan(&cj, &jobs, &TimeZone::UTC, ts("2026-01-01T00:07:00Z"));
+        assert_eq!(
+            reasons(&p),
+            ["SawCompletedJob", "UnexpectedJob", "MissingJob"],
+            "{:?}",
+            p.events
+        );
+        assert_eq!(
+            p.events[0].message,
+            "Saw completed job: hello-29453765, status: Complete"
+        );
+        assert_eq!(
+            p.events[2].message,
+            "Active job went missing: hello-29453760"
+        );
+        assert_eq!(p.status.active, Some(vec![]));
+        assert_eq!(
+            p.status.last_successful_time,
+            Some(Time(ts("2026-01-01T00:06:00Z")))
+        );
+    }
+
+    #[test]
+    fn history_limits_delete_the_oldest_finished_jobs() {
+        let cj = cron_job(json!({"status": {"lastScheduleTime": "2026-01-01T00:05:00Z"}}));
+        let mut jobs = Vec::new();
+        for (i, minute) in [1, 2, 3, 4, 5].iter().enumerate() {
+            let start = format!("2026-01-01T00:0{minute}:00Z");
+            let end = format!("2026-01-01T00:0{minute}:30Z");
+            jobs.push(owned_job(
+                &format!("ok-{i}"),
+                &format!("ok{i}"),
+                done("Complete", &start, &end),
+            ));
+        }
+        jobs.push(owned_job(
+            "bad-old",
+            "b0",
+            done("Failed", "2026-01-01T00:01:00Z", "2026-01-01T00:01:30Z"),
+        ));
+        jobs.push(owned_job(
+            "bad-new",
+            "b1",
+            done("Failed", "2026-01-01T00:02:00Z", "2026-01-01T00:02:30Z"),
+        ));
+        let p = plan(&cj, &jobs, &TimeZone::UTC, ts("2026-01-01T00:07:00Z"));
+        assert_eq!(p.delete, ["ok-0", "ok-1", "bad-old"]);
+        // No limits, no cleanup.
+        let mut unlimited = cj.clone();
+        unlimited.spec.successful_jobs_history_limit = None;
+        unlimited.spec.failed_jobs_history_limit = None;
+        assert!(
+            plan(
+                &unlimited,
+                &jobs,
+                &TimeZone::UTC,
+                ts("2026-01-01T00:07:00Z")
+            )
+            .delete
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn validation_refuses_with_the_apiservers_messages() {
+        let with = |spec: serde_json::Value| {
+            let mut cj = cron_job(json!({"spec": spec}));
+            cj.spec
+                .job_template
+                .spec
+                .as_mut()
+                .map(|s| s.selector = None);
+            cj
+        };
+        let cases = [
+            (json!({}), vec![]),
+            (
+                json!({"schedule": "61 * * * *"}),
+                vec![
+                    "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61",
+                ],
+            ),
+            (
+                json!({"schedule": "CRON_TZ=UTC * * * * *"}),
+                vec![
+                    "spec.schedule: Invalid value: \"CRON_TZ=UTC * * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+                ],
+            ),
+            (
+                json!({"timeZone": "Europe/Pariss"}),
+                vec![
+                    "spec.timeZone: Invalid value: \"Europe/Pariss\": unknown time zone Europe/Pariss",
+                ],
+            ),
+            (
+                json!({"timeZone": "Local"}),
+                vec![
+                    "spec.timeZone: Invalid value: \"Local\": timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+                ],
+            ),
+            (
+                json!({"timeZone": "../etc/passwd"}),
+                vec![
+                    "spec.timeZone: Invalid value: \"../etc/passwd\": unknown time zone ../etc/passwd",
+                ],
+            ),
+            (
+                json!({"concurrencyPolicy": "Sometimes"}),
+                vec![
+                    "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\"",
+                ],
+            ),
+            (
+                json!({"startingDeadlineSeconds": -1, "successfulJobsHistoryLimit": -2}),
+                vec![
+                    "spec.startingDeadlineSeconds: Invalid value: -1: must be greater than or equal to 0",
+                    "spec.successfulJobsHistoryLimit: Invalid value: -2: must be greater than or equal to 0",
+                ],
+            ),
+            (
+                json!({"jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Always"}}}}}),
+                vec![
+                    "spec.jobTemplate.spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"",
+                ],
+            ),
+        ];
+        for (spec, want) in cases {
+            let cj = with(spec.clone());
+            assert_eq!(validate(&cj, None), want, "{spec}");
+        }
+        // A schedule that already had TZ may keep it on update, but not with timeZone.
+        let old = with(json!({"schedule": "TZ=UTC * * * * *"}));
+        assert!(validate(&old, Some(&old)).is_empty());
+        let both = with(json!({"schedule": "TZ=UTC * * * * *", "timeZone": "UTC"}));
+        assert_eq!(
+            validate(&both, Some(&old)),
+            [
+                "spec.schedule: Invalid value: \"TZ=UTC * * * * *\": cannot use both timeZone field and TZ or CRON_TZ in schedule"
+            ]
+        );
+        // Names leave room for the 11-character suffix, on create only.
+        let mut long = with(json!({}));
+        long.metadata.name = Some("a".repeat(53));
+        assert_eq!(validate(&long, None).len(), 1);
+        assert!(validate(&long, Some(&long)).is_empty());
+    }
+
+    #[test]
+    fn defaults_fill_policy_and_history() {
+        let cj = cron_job(json!({}));
+        assert_eq!(cj.spec.concurrency_policy.as_deref(), Some("Allow"));
+        assert_eq!(cj.spec.suspend, Some(false));
+        assert_eq!(cj.spec.successful_jobs_history_limit, Some(3));
+        assert_eq!(cj.spec.failed_jobs_history_limit, Some(1));
+    }
+}
