@@ -1461,3 +1461,863 @@ pub fn validate(job: &Job) -> Vec<String> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const NOW: &str = "2026-01-01T01:00:00Z";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn now() -> Timestamp {
+        ts(NOW)
+    }
+
+    /// `NOW` less `secs`, as RFC 3339.
+    fn ago(secs: i64) -> String {
+        (now() - SignedDuration::from_secs(secs)).to_string()
+    }
+
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+
+    fn job(extra: Value) -> Job {
+        let mut v = json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "pi", "namespace": "default", "uid": "job-uid"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "pi", "image": "perl"}]}}}
+        });
+        merge(&mut v, extra);
+        let mut j: Job = serde_json::from_value(v).unwrap();
+        defaults(&mut j);
+        generate_selector(&mut j);
+        j
+    }
+
+    fn pod(name: &str, extra: Value) -> Pod {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid"),
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "finalizers": [TRACKING_FINALIZER],
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
+                                     "uid": "job-uid", "controller": true}]},
+            "spec": {"containers": [{"name": "pi", "image": "perl"}]},
+            "status": {"phase": "Running"}
+        });
+        merge(&mut v, extra);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn finished_pod(name: &str, phase: &str, secs_ago: i64, extra: Value) -> Pod {
+        let mut p = json!({"status": {"phase": phase, "containerStatuses": [{"name": "pi", "image": "perl",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "finishedAt": ago(secs_ago)}}}]}});
+        merge(&mut p, extra);
+        pod(name, p)
+    }
+
+    fn ready(name: &str) -> Pod {
+        pod(
+            name,
+            json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+        )
+    }
+
+    fn indexed(name: &str, ix: i32, extra: Value) -> Pod {
+        let mut p = pod(name, extra);
+        p.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(COMPLETION_INDEX.into(), ix.to_string());
+        p
+    }
+
+    fn cond<'a>(s: &'a JobStatus, type_: &str) -> Option<&'a JobCondition> {
+        s.conditions.as_deref().and_then(|c| condition(c, type_))
+    }
+
+    fn reasons(p: &Plan) -> Vec<&str> {
+        p.events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn pods_are_created_and_deleted_towards_completions_and_parallelism() {
+        struct Case {
+            name: &'static str,
+            spec: Value,
+            status: Value,
+            pods: Vec<Pod>,
+            create: usize,
+            delete: Vec<&'static str>,
+            active: i32,
+        }
+        let cases = vec![
+            Case {
+                name: "a fresh job starts `parallelism` pods",
+                spec: json!({"completions": 3, "parallelism": 2}),
+                status: json!({}),
+                pods: vec![],
+                create: 2,
+                delete: vec![],
+                active: 2,
+            },
+            Case {
+                name: "never more than the completions left",
+                spec: json!({"completions": 2, "parallelism": 5}),
+                status: json!({}),
+                pods: vec![],
+                create: 2,
+                delete: vec![],
+                active: 2,
+            },
+            Case {
+                name: "a success leaves two to run, and two run",
+                spec: json!({"completions": 3, "parallelism": 2}),
+                status: json!({}),
+                pods: vec![
+                    finished_pod("done", "Succeeded", 5, json!({})),
+                    pod("a", json!({})),
+                    pod("b", json!({})),
+                ],
+                create: 0,
+                delete: vec![],
+                active: 2,
+            },
+            Case {
+                name: "counted successes shrink what is wanted",
+                spec: json!({"completions": 3, "parallelism": 2}),
+                status: json!({"succeeded": 2}),
+                pods: vec![],
+                create: 1,
+                delete: vec![],
+                active: 1,
+            },
+            Case {
+                name: "a work queue keeps running after the first success",
+                spec: json!({"parallelism": 3}),
+                status: json!({}),
+                pods: vec![
+                    finished_pod("done", "Succeeded", 5, json!({})),
+                    pod("a", json!({})),
+                    pod("b", json!({})),
+                ],
+                create: 0,
+                delete: vec![],
+                active: 2,
+            },
+            Case {
+                name: "a work queue fills up to parallelism before any success",
+                spec: json!({"parallelism": 3}),
+                status: json!({}),
+                pods: vec![pod("a", json!({}))],
+                create: 2,
+                delete: vec![],
+                active: 3,
+            },
+            Case {
+                name: "lowering parallelism deletes not-ready pods first",
+                spec: json!({"completions": 10, "parallelism": 2}),
+                status: json!({}),
+                pods: vec![
+                    ready("r1"),
+                    pod("n1", json!({})),
+                    ready("r2"),
+                    pod("n2", json!({})),
+                ],
+                create: 0,
+                delete: vec!["n1", "n2"],
+                active: 2,
+            },
+            Case {
+                name: "parallelism 0 runs nothing",
+                spec: json!({"completions": 4, "parallelism": 0}),
+                status: json!({}),
+                pods: vec![],
+                create: 0,
+                delete: vec![],
+                active: 0,
+            },
+        ];
+        for c in cases {
+            let mut j = job(json!({"spec": c.spec, "status": c.status}));
+            j.status.get_or_insert_with(Default::default);
+            let p = plan(&j, &c.pods, now());
+            assert_eq!(p.create.len(), c.create, "{}", c.name);
+            assert_eq!(p.delete, c.delete, "{}", c.name);
+            assert_eq!(p.status.active, Some(c.active), "{}", c.name);
+            for new in &p.create {
+                assert_eq!(new.generate_name, "pi-", "{}", c.name);
+                let meta = new.template.metadata.as_ref().unwrap();
+                assert!(
+                    meta.finalizers
+                        .iter()
+                        .flatten()
+                        .any(|f| f == TRACKING_FINALIZER)
+                );
+                assert_eq!(meta.labels.as_ref().unwrap()[CONTROLLER_UID], "job-uid");
+            }
+        }
+        // Pods of another Job do not count.
+        let stranger = pod(
+            "other",
+            json!({"metadata": {"ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                "name": "x", "uid": "someone-else", "controller": true}]}}),
+        );
+        let p = plan(&job(json!({})), &[stranger], now());
+        assert_eq!(p.create.len(), 1);
+        assert!(p.remove_finalizers.is_empty());
+    }
+
+    #[test]
+    fn a_success_is_counted_then_the_job_completes() {
+        let j = job(json!({}));
+        let pods = vec![finished_pod("done", "Succeeded", 5, json!({}))];
+        let p = plan(&j, &pods, now());
+        let interim = p
+            .interim_status
+            .clone()
+            .expect("the count is recorded first");
+        assert_eq!(
+            interim.uncounted_terminated_pods.clone().unwrap().succeeded,
+            Some(vec!["done-uid".to_string()])
+        );
+        assert_eq!(
+            interim.succeeded, None,
+            "not counted before the finalizer goes"
+        );
+        let met = cond(&interim, "SuccessCriteriaMet").unwrap();
+        assert_eq!(met.reason.as_deref(), Some("CompletionsReached"));
+        assert_eq!(p.remove_finalizers, ["done"]);
+        let s = &p.status;
+        assert_eq!(s.succeeded, Some(1));
+        assert_eq!(
+            s.uncounted_terminated_pods.as_ref().unwrap().succeeded,
+            Some(vec![])
+        );
+        let complete = cond(s, "Complete").unwrap();
+        assert_eq!(complete.status, "True");
+        assert_eq!(
+            complete.message.as_deref(),
+            Some("Reached expected number of succeeded pods")
+        );
+        assert_eq!(s.completion_time, Some(Time(now())));
+        assert_eq!(s.start_time, Some(Time(now())));
+        assert_eq!(reasons(&p), ["Completed"]);
+        assert_eq!(p.events[0].message, "Job completed");
+        // Once complete, a sync only lets leftover finalizers go.
+        let mut done = j.clone();
+        done.status = Some(p.status.clone());
+        let again = plan(&done, &[pod("late", json!({}))], now());
+        assert!(again.create.is_empty() && again.delete.is_empty() && again.events.is_empty());
+        assert_eq!(again.remove_finalizers, ["late"]);
+        assert_eq!(finished(&done), Some("Complete"));
+    }
+
+    #[test]
+    fn a_crash_between_the_interim_status_and_the_finalizers_counts_once() {
+        let j = job(json!({"spec": {"completions": 2, "parallelism": 1}}));
+        let pods = vec![finished_pod("one", "Succeeded", 5, json!({}))];
+        let first = plan(&j, &pods, now());
+        // The interim status was written, the finalizer was not removed.
+        let mut after_crash = j.clone();
+        after_crash.status = first.interim_status.clone();
+        let second = plan(&after_crash, &pods, now());
+        assert_eq!(second.status.succeeded, Some(1));
+        assert_eq!(second.remove_finalizers, ["one"]);
+        assert_eq!(second.create.len(), 1, "one completion is left");
+    }
+
+    #[test]
+    fn failures_past_the_backoff_limit_fail_the_job_in_two_steps() {
+        let j = job(json!({"spec": {"completions": 3, "parallelism": 1, "backoffLimit": 1}}));
+        // As many failures as the limit allows: still retried.
+        let p = plan(&j, &[finished_pod("f1", "Failed", 30, json!({}))], now());
+        assert!(cond(p.interim_status.as_ref().unwrap(), "FailureTarget").is_none());
+        assert_eq!(p.create.len(), 1);
+        let pods = vec![
+            finished_pod("f1", "Failed", 30, json!({})),
+            finished_pod("f2", "Failed", 20, json!({})),
+            ready("run"),
+        ];
+        let p = plan(&j, &pods, now());
+        let target = cond(p.interim_status.as_ref().unwrap(), "FailureTarget").unwrap();
+        assert_eq!(target.reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert_eq!(p.delete, ["run"]);
+        assert_eq!(p.remove_finalizers, ["f1", "f2", "run"]);
+        assert_eq!(
+            p.status.failed,
+            Some(3),
+            "the deleted running pod counts as failed"
+        );
+        assert_eq!(
+            (p.status.active, p.status.ready, p.status.terminating),
+            (Some(0), Some(0), Some(1))
+        );
+        assert!(
+            cond(&p.status, "Failed").is_none(),
+            "a pod is still terminating"
+        );
+        assert!(p.events.is_empty());
+
+        // The pod is still going: still no Failed.
+        let mut j2 = j.clone();
+        j2.status = Some(p.status.clone());
+        let going = pod(
+            "run",
+            json!({"metadata": {"finalizers": null, "deletionTimestamp": ago(1)}}),
+        );
+        let strip = |p: Pod| {
+            let mut p = p;
+            p.metadata.finalizers = None;
+            p
+        };
+        let counted: Vec<Pod> = pods[..2].iter().cloned().map(strip).collect();
+        let mut with_going = counted.clone();
+        with_going.push(going);
+        let p2 = plan(&j2, &with_going, now());
+        assert!(cond(&p2.status, "Failed").is_none());
+        assert!(p2.create.is_empty());
+
+        // It is gone: Failed, with the reason of the target.
+        let p3 = plan(&j2, &counted, now());
+        let failed = cond(&p3.status, "Failed").expect("failed now");
+        assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert_eq!(p3.status.completion_time, None);
+        assert_eq!(reasons(&p3), ["BackoffLimitExceeded"]);
+        assert!(p3.events[0].warning);
+        assert_eq!(
+            p3.events[0].message,
+            "Job has reached the specified backoff limit"
+        );
+        assert_eq!(p3.status.failed, Some(3));
+    }
+
+    #[test]
+    fn container_restarts_count_against_the_limit_with_on_failure() {
+        let j = job(json!({"spec": {"backoffLimit": 2,
+            "template": {"spec": {"restartPolicy": "OnFailure"}}}}));
+        let restarted = |n: i32| {
+            pod(
+                "p",
+                json!({"status": {"containerStatuses": [{"name": "pi", "image": "perl",
+                "imageID": "", "ready": true, "restartCount": n}]}}),
+            )
+        };
+        let p = plan(&j, &[restarted(1)], now());
+        assert!(p.interim_status.is_none() && cond(&p.status, "FailureTarget").is_none());
+        let p = plan(&j, &[restarted(2)], now());
+        let t = cond(p.interim_status.as_ref().unwrap(), "FailureTarget").unwrap();
+        assert_eq!(t.reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert_eq!(p.delete, ["p"]);
+    }
+
+    #[test]
+    fn the_active_deadline_fails_the_job_and_schedules_a_check() {
+        let j =
+            job(json!({"spec": {"activeDeadlineSeconds": 60}, "status": {"startTime": ago(61)}}));
+        let p = plan(&j, &[pod("slow", json!({}))], now());
+        let t = cond(p.interim_status.as_ref().unwrap(), "FailureTarget").unwrap();
+        assert_eq!(
+            (t.reason.as_deref(), t.message.as_deref()),
+            (
+                Some("DeadlineExceeded"),
+                Some("Job was active longer than specified deadline")
+            )
+        );
+        assert_eq!(p.delete, ["slow"]);
+        // With nothing left running it fails in the same sync.
+        let p = plan(&j, &[], now());
+        assert_eq!(
+            cond(&p.status, "Failed").unwrap().reason.as_deref(),
+            Some("DeadlineExceeded")
+        );
+        assert_eq!(reasons(&p), ["DeadlineExceeded"]);
+        // Before the deadline: a sync is due when it passes.
+        let j =
+            job(json!({"spec": {"activeDeadlineSeconds": 60}, "status": {"startTime": ago(20)}}));
+        let p = plan(&j, &[], now());
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(40)));
+        assert_eq!(p.create.len(), 1);
+        // A new Job starts its clock now.
+        let p = plan(
+            &job(json!({"spec": {"activeDeadlineSeconds": 60}})),
+            &[],
+            now(),
+        );
+        assert_eq!(p.status.start_time, Some(Time(now())));
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(60)));
+    }
+
+    #[test]
+    fn failed_pods_are_replaced_after_a_doubling_delay() {
+        let cases = [
+            (0, 0),
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (4, 80),
+            (5, 160),
+            (6, 320),
+            (7, 600),
+            (30, 600),
+        ];
+        for (failures, secs) in cases {
+            assert_eq!(
+                pod_backoff(failures),
+                SignedDuration::from_secs(secs),
+                "{failures}"
+            );
+        }
+        let j = job(json!({"spec": {"completions": 2, "parallelism": 1}}));
+        let table: Vec<(&str, Vec<Pod>, usize, Option<i64>)> = vec![
+            (
+                "one failure 5 s ago waits 5 s more",
+                vec![finished_pod("f", "Failed", 5, json!({}))],
+                0,
+                Some(5),
+            ),
+            (
+                "one failure 11 s ago is replaced",
+                vec![finished_pod("f", "Failed", 11, json!({}))],
+                1,
+                None,
+            ),
+            (
+                "two failures wait 20 s after the last",
+                vec![
+                    finished_pod("f1", "Failed", 30, json!({})),
+                    finished_pod("f2", "Failed", 15, json!({})),
+                ],
+                0,
+                Some(5),
+            ),
+            (
+                "a success resets the count",
+                vec![
+                    finished_pod("f1", "Failed", 100, json!({})),
+                    finished_pod("f2", "Failed", 90, json!({})),
+                    finished_pod("ok", "Succeeded", 80, json!({})),
+                    finished_pod("f3", "Failed", 4, json!({})),
+                ],
+                0,
+                Some(6),
+            ),
+        ];
+        for (name, pods, create, wait) in table {
+            let p = plan(&j, &pods, now());
+            assert_eq!(p.create.len(), create, "{name}");
+            assert_eq!(
+                p.requeue_after,
+                wait.map(SignedDuration::from_secs),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn suspending_stops_the_pods_and_resuming_restarts_the_clock() {
+        let j = job(json!({"spec": {"suspend": true, "parallelism": 2, "completions": 4}}));
+        let p = plan(&j, &[ready("a"), pod("b", json!({}))], now());
+        assert_eq!(p.delete, ["b", "a"]);
+        assert!(p.create.is_empty());
+        let s = cond(&p.status, "Suspended").unwrap();
+        assert_eq!(
+            (s.status.as_str(), s.reason.as_deref()),
+            ("True", Some("JobSuspended"))
+        );
+        assert_eq!(reasons(&p), ["Suspended"]);
+        assert_eq!(p.status.start_time, None, "a suspended Job has not started");
+        assert_eq!(
+            (p.status.active, p.status.ready, p.status.terminating),
+            (Some(0), Some(0), Some(2))
+        );
+        // Already suspended: no second event.
+        let mut again = j.clone();
+        again.status = Some(p.status.clone());
+        assert!(plan(&again, &[], now()).events.is_empty());
+        // Resumed.
+        let mut resumed = again.clone();
+        resumed.spec.as_mut().unwrap().suspend = Some(false);
+        resumed.status.as_mut().unwrap().start_time = Some(Time(ts("2026-01-01T00:00:00Z")));
+        let p = plan(&resumed, &[], now());
+        let s = cond(&p.status, "Suspended").unwrap();
+        assert_eq!(
+            (s.status.as_str(), s.reason.as_deref(), s.message.as_deref()),
+            ("False", Some("JobResumed"), Some("Job resumed"))
+        );
+        assert_eq!(reasons(&p), ["Resumed"]);
+        assert_eq!(p.status.start_time, Some(Time(now())));
+        assert_eq!(p.create.len(), 2);
+    }
+
+    #[test]
+    fn completed_indexes_print_as_compressed_intervals() {
+        let cases = [
+            ("", 10, "", 0),
+            ("1,3-5", 10, "1,3-5", 4),
+            ("0-2,3", 10, "0-3", 4),
+            ("1-9", 5, "1-4", 4),
+            ("x,2", 5, "2", 1),
+            ("1,2", 5, "1,2", 2),
+            ("7", 5, "", 0),
+        ];
+        for (input, completions, printed, total) in cases {
+            let ix = Indexes::parse(input, completions);
+            assert_eq!(ix.to_string(), printed, "{input:?}");
+            assert_eq!(ix.total(), total, "{input:?}");
+        }
+        let ix = Indexes::parse("1,3-5", 10).with([7, 0, 2, 9]);
+        assert_eq!(ix.to_string(), "0-5,7,9");
+        assert!(ix.has(4) && ix.has(9) && !ix.has(6) && !ix.has(8));
+    }
+
+    #[test]
+    fn indexed_jobs_create_the_missing_indexes() {
+        let spec = json!({"completionMode": "Indexed", "completions": 5, "parallelism": 2});
+        let j = job(json!({"spec": spec, "status": {"completedIndexes": "0"}}));
+        let p = plan(&j, &[indexed("one", 1, json!({}))], now());
+        assert_eq!(p.create.len(), 1);
+        let new = &p.create[0];
+        assert_eq!(new.index, Some(2));
+        assert_eq!(new.generate_name, "pi-2-");
+        let meta = new.template.metadata.as_ref().unwrap();
+        assert_eq!(meta.annotations.as_ref().unwrap()[COMPLETION_INDEX], "2");
+        assert_eq!(meta.labels.as_ref().unwrap()[COMPLETION_INDEX], "2");
+        let spec = new.template.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("pi-2"));
+        let env = &spec.containers[0].env.as_ref().unwrap()[0];
+        assert_eq!(env.name, COMPLETION_INDEX_ENV);
+        assert_eq!(
+            env.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.labels['batch.kubernetes.io/job-completion-index']"
+        );
+        // Successes become completedIndexes; the pods are counted by index.
+        let spec = json!({"completionMode": "Indexed", "completions": 6, "parallelism": 6});
+        let j = job(json!({"spec": spec, "status": {"completedIndexes": "0"}}));
+        let pods: Vec<Pod> = [1, 3, 4, 5]
+            .iter()
+            .map(|ix| {
+                let mut p = finished_pod(&format!("p{ix}"), "Succeeded", 5, json!({}));
+                p.metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(COMPLETION_INDEX.into(), ix.to_string());
+                p
+            })
+            .collect();
+        let p = plan(&j, &pods, now());
+        assert_eq!(p.status.completed_indexes.as_deref(), Some("0,1,3-5"));
+        assert_eq!(p.status.succeeded, Some(5));
+        assert_eq!(
+            p.create.iter().map(|c| c.index).collect::<Vec<_>>(),
+            [Some(2)]
+        );
+        // A repeated index loses its worse pod, an index out of range goes; nothing is
+        // created in that sync.
+        let spec = json!({"completionMode": "Indexed", "completions": 5, "parallelism": 3});
+        let j = job(json!({"spec": spec}));
+        let mut best = ready("best");
+        best.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(COMPLETION_INDEX.into(), "1".into());
+        let pods = vec![
+            best,
+            indexed("dup", 1, json!({})),
+            indexed("far", 7, json!({})),
+        ];
+        let p = plan(&j, &pods, now());
+        assert_eq!(p.delete, ["far", "dup"]);
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn a_backoff_limit_per_index_retries_and_then_fails_the_index() {
+        let spec = json!({"completionMode": "Indexed", "completions": 2, "parallelism": 2,
+                          "backoffLimitPerIndex": 1});
+        let j = job(json!({"spec": spec.clone()}));
+        assert_eq!(j.spec.as_ref().unwrap().backoff_limit, Some(i32::MAX));
+        let failed = |secs: i64, count: &str| {
+            let mut p = finished_pod(
+                "f0",
+                "Failed",
+                secs,
+                json!({"metadata": {"annotations": {INDEX_FAILURE_COUNT: count}}}),
+            );
+            p.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(COMPLETION_INDEX.into(), "0".into());
+            p
+        };
+        // First failure of index 0, 20 s ago: replaced with the count carried on.
+        let p = plan(&j, &[failed(20, "0"), indexed("r1", 1, json!({}))], now());
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].index, Some(0));
+        let ann = p.create[0]
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .clone()
+            .unwrap();
+        assert_eq!(ann[INDEX_FAILURE_COUNT], "1");
+        assert!(
+            !p.remove_finalizers.contains(&"f0".to_string()),
+            "kept until its replacement exists"
+        );
+        assert_eq!(p.status.failed_indexes.as_deref(), Some(""));
+        // Only 5 s ago: wait for the 10 s backoff.
+        let p = plan(&j, &[failed(5, "0"), indexed("r1", 1, json!({}))], now());
+        assert!(p.create.is_empty());
+        assert_eq!(p.requeue_after, Some(SignedDuration::from_secs(5)));
+        // The retry failed too: the index failed, and with the other index done so did the Job.
+        let mut one = finished_pod("s1", "Succeeded", 5, json!({}));
+        one.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(COMPLETION_INDEX.into(), "1".into());
+        let p = plan(&j, &[failed(5, "1"), one], now());
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("0"));
+        assert_eq!(
+            cond(p.interim_status.as_ref().unwrap(), "FailureTarget")
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("FailedIndexes")
+        );
+        assert_eq!(
+            cond(&p.status, "Failed").unwrap().message.as_deref(),
+            Some("Job has failed indexes")
+        );
+        // maxFailedIndexes 0: the first failed index fails the Job.
+        let mut strict = spec.clone();
+        merge(&mut strict, json!({"maxFailedIndexes": 0}));
+        let p = plan(&job(json!({"spec": strict})), &[failed(5, "1")], now());
+        assert_eq!(
+            cond(p.interim_status.as_ref().unwrap(), "FailureTarget")
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("MaxFailedIndexesExceeded")
+        );
+    }
+
+    #[test]
+    fn terminating_pods_are_replaced_unless_only_failed_ones_are() {
+        let going = pod(
+            "going",
+            json!({"metadata": {"deletionTimestamp": ago(20), "deletionGracePeriodSeconds": 0}}),
+        );
+        let j = job(json!({}));
+        let p = plan(&j, std::slice::from_ref(&going), now());
+        assert_eq!(p.create.len(), 1, "TerminatingOrFailed: replaced at once");
+        assert_eq!(p.status.failed, Some(1), "and counted as a failure");
+        assert_eq!(p.status.terminating, Some(1));
+        let j = job(json!({"spec": {"podReplacementPolicy": "Failed"}}));
+        let p = plan(&j, &[going], now());
+        assert!(p.create.is_empty(), "Failed: wait until it has failed");
+        assert_eq!(p.status.failed, None);
+    }
+
+    #[test]
+    fn counting_stops_at_the_uncounted_limit() {
+        let j = job(json!({"spec": {"completions": 1000, "parallelism": 0}}));
+        let pods: Vec<Pod> = (0..600)
+            .map(|i| finished_pod(&format!("p{i}"), "Succeeded", 5, json!({})))
+            .collect();
+        let p = plan(&j, &pods, now());
+        assert_eq!(p.remove_finalizers.len(), MAX_UNCOUNTED);
+        assert_eq!(p.status.succeeded, Some(500));
+        assert!(cond(&p.status, "Complete").is_none());
+    }
+
+    #[test]
+    fn finished_jobs_expire_after_their_ttl() {
+        let finished_at = |kind: &str, ttl: Option<i32>| {
+            job(json!({"spec": {"ttlSecondsAfterFinished": ttl},
+                "status": {"conditions": [{"type": kind, "status": "True",
+                    "lastTransitionTime": ago(100)}]}}))
+        };
+        let cases = [
+            (finished_at("Complete", Some(60)), Ok(Some(Ttl::Expired))),
+            (finished_at("Failed", Some(100)), Ok(Some(Ttl::Expired))),
+            (
+                finished_at("Complete", Some(300)),
+                Ok(Some(Ttl::In(SignedDuration::from_secs(200)))),
+            ),
+            (finished_at("Complete", None), Ok(None)),
+            (finished_at("Suspended", Some(0)), Ok(None)),
+        ];
+        for (j, want) in cases {
+            assert_eq!(ttl_after_finished(&j, now()), want);
+        }
+        let mut no_time = finished_at("Complete", Some(1));
+        no_time
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .last_transition_time = None;
+        assert_eq!(
+            ttl_after_finished(&no_time, now()).unwrap_err(),
+            "unable to find the time when the Job default/pi finished"
+        );
+    }
+
+    #[test]
+    fn defaults_and_the_generated_selector_are_the_apiservers() {
+        let j = job(json!({}));
+        let spec = j.spec.as_ref().unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (Some(1), Some(1)));
+        assert_eq!(spec.backoff_limit, Some(6));
+        assert_eq!(spec.completion_mode.as_deref(), Some("NonIndexed"));
+        assert_eq!(
+            spec.pod_replacement_policy.as_deref(),
+            Some("TerminatingOrFailed")
+        );
+        assert_eq!(
+            spec.selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[CONTROLLER_UID],
+            "job-uid"
+        );
+        let labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        for (k, v) in [
+            (CONTROLLER_UID, "job-uid"),
+            (JOB_NAME, "pi"),
+            ("controller-uid", "job-uid"),
+            ("job-name", "pi"),
+        ] {
+            assert_eq!(labels[k], v);
+        }
+        assert!(validate(&j).is_empty(), "{:?}", validate(&j));
+        let queue = job(json!({"spec": {"parallelism": 3}}));
+        assert_eq!(queue.spec.as_ref().unwrap().completions, None);
+    }
+
+    #[test]
+    fn validation_refuses_with_the_apiservers_messages() {
+        let manual = |spec: Value| {
+            let mut v = json!({"manualSelector": true, "selector": {"matchLabels": {"app": "pi"}},
+                "template": {"metadata": {"labels": {"app": "pi"}}}});
+            merge(&mut v, spec);
+            job(json!({"spec": v}))
+        };
+        let cases = [
+            (manual(json!({})), vec![]),
+            (
+                manual(json!({"template": {"metadata": {"labels": {"app": "other"}}}})),
+                vec![
+                    "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`",
+                ],
+            ),
+            (
+                manual(json!({"completions": -1, "parallelism": -2})),
+                vec![
+                    "spec.parallelism: Invalid value: -2: must be greater than or equal to 0",
+                    "spec.completions: Invalid value: -1: must be greater than or equal to 0",
+                ],
+            ),
+            (
+                manual(json!({"template": {"spec": {"restartPolicy": "Always"}}})),
+                vec![
+                    "spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"",
+                ],
+            ),
+            (
+                manual(json!({"template": {"spec": {"restartPolicy": "Sometimes"}}})),
+                vec![
+                    "spec.template.spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"OnFailure\", \"Never\"",
+                ],
+            ),
+            (
+                manual(json!({"completionMode": "Indexed", "completions": null, "parallelism": 2})),
+                vec!["spec.completions: Required value: when completion mode is Indexed"],
+            ),
+            (
+                manual(json!({"completionMode": "Sometimes"})),
+                vec![
+                    "spec.completionMode: Unsupported value: \"Sometimes\": supported values: \"NonIndexed\", \"Indexed\"",
+                ],
+            ),
+            (
+                manual(json!({"backoffLimitPerIndex": 1})),
+                vec![
+                    "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode",
+                ],
+            ),
+            (
+                manual(
+                    json!({"completionMode": "Indexed", "completions": 2, "maxFailedIndexes": 1}),
+                ),
+                vec![
+                    "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
+                ],
+            ),
+        ];
+        for (j, want) in cases {
+            assert_eq!(validate(&j), want, "{:?}", j.spec);
+        }
+        // A missing selector is required and matches nothing.
+        let mut none = manual(json!({}));
+        none.spec.as_mut().unwrap().selector = None;
+        assert_eq!(
+            validate(&none),
+            [
+                "spec.selector: Required value",
+                "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"pi\"}: `selector` does not match template `labels`"
+            ]
+        );
+        // An Indexed Job's last hostname must be a DNS label.
+        let long = job(json!({"metadata": {"name": "a".repeat(62)},
+            "spec": {"completionMode": "Indexed", "completions": 10, "parallelism": 1}}));
+        let errs = validate(&long);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].ends_with(&format!(
+            "will not able to create pod with invalid DNS label: {}-9",
+            "a".repeat(62)
+        )));
+        // A generated selector with a conflicting label is refused.
+        let clash =
+            job(json!({"spec": {"template": {"metadata": {"labels": {"job-name": "other"}}}}}));
+        assert_eq!(
+            validate(&clash)[0],
+            "spec.template.metadata.labels[job-name]: Invalid value: map[string]string{\"batch.kubernetes.io/controller-uid\":\"job-uid\", \"batch.kubernetes.io/job-name\":\"pi\", \"controller-uid\":\"job-uid\", \"job-name\":\"other\"}: must be 'pi'"
+        );
+    }
+}
