@@ -1710,3 +1710,917 @@ pub fn validate(hpa: &v2::HorizontalPodAutoscaler) -> Vec<String> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const NOW: &str = "2026-01-01T01:00:00Z";
+
+    fn now() -> Timestamp {
+        NOW.parse().unwrap()
+    }
+
+    fn ago(secs: i64) -> Timestamp {
+        now() - SignedDuration::from_secs(secs)
+    }
+
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+
+    /// A running pod, ready and started long ago, whose container `app` requests 500m CPU
+    /// and 100Mi memory.
+    fn pod(name: &str, extra: Value) -> Pod {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "image": "web",
+                "resources": {"requests": {"cpu": "500m", "memory": "100Mi"}}}]},
+            "status": {"phase": "Running", "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:10Z"}]}
+        });
+        merge(&mut v, extra);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn pods(n: usize) -> Vec<Pod> {
+        (0..n).map(|i| pod(&format!("p{i}"), json!({}))).collect()
+    }
+
+    /// CPU usage in millicores per pod, sampled 10 s ago over 30 s.
+    fn cpu(samples: &[(&str, i64)]) -> Usage {
+        samples
+            .iter()
+            .map(|(name, milli)| {
+                (
+                    name.to_string(),
+                    PodUsage {
+                        timestamp: ago(10),
+                        window: SignedDuration::from_secs(30),
+                        containers: BTreeMap::from([(
+                            "app".to_string(),
+                            BTreeMap::from([("cpu".to_string(), *milli)]),
+                        )]),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn all_cpu(n: usize, milli: i64) -> Usage {
+        let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+        cpu(&names
+            .iter()
+            .map(|n| (n.as_str(), milli))
+            .collect::<Vec<_>>())
+    }
+
+    fn hpa(extra: Value) -> v2::HorizontalPodAutoscaler {
+        let mut v = json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1, "maxReplicas": 10,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50}}}]}
+        });
+        merge(&mut v, extra);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cond<'a>(s: &'a v2::HorizontalPodAutoscalerStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = s
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status.as_str(), c.reason.as_deref().unwrap_or(""))
+    }
+
+    fn message<'a>(s: &'a v2::HorizontalPodAutoscalerStatus, type_: &str) -> &'a str {
+        s.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .and_then(|c| c.message.as_deref())
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn utilization_proposals_follow_the_replica_calculator() {
+        let cfg = Config::default();
+        let pending = |name: &str| pod(name, json!({"status": {"phase": "Pending"}}));
+        let no_request = pod(
+            "p2",
+            json!({"spec": {"containers": [{"name": "app", "image": "web"}]}}),
+        );
+        let young = pod(
+            "young",
+            json!({"status": {"startTime": ago(60).to_string(),
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": ago(50).to_string()}]}}),
+        );
+        let mut young_usage = cpu(&[("young", 500), ("p0", 500)]);
+        young_usage.get_mut("young").unwrap().timestamp = ago(40);
+        let sidecar = pod(
+            "p0",
+            json!({"spec": {"initContainers": [{"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                "resources": {"requests": {"cpu": "500m"}}}]}}),
+        );
+        let mut sidecar_usage = all_cpu(1, 500);
+        sidecar_usage
+            .get_mut("p0")
+            .unwrap()
+            .containers
+            .insert("proxy".into(), BTreeMap::from([("cpu".to_string(), 500)]));
+        let cases: Vec<(&str, i32, i32, Vec<Pod>, Usage, Result<i32, &str>)> = vec![
+            (
+                "80 % of a 50 % target on 3 pods",
+                3,
+                50,
+                pods(3),
+                all_cpu(3, 400),
+                Ok(5),
+            ),
+            (
+                "52 % is within the tolerance",
+                3,
+                50,
+                pods(3),
+                all_cpu(3, 260),
+                Ok(3),
+            ),
+            ("20 % scales down", 3, 50, pods(3), all_cpu(3, 100), Ok(2)),
+            (
+                "a pod without a sample counts as idle on a scale-up",
+                3,
+                50,
+                pods(3),
+                cpu(&[("p0", 500), ("p1", 500)]),
+                Ok(4),
+            ),
+            (
+                "...and as fully busy on a scale-down",
+                3,
+                80,
+                pods(3),
+                cpu(&[("p0", 50), ("p1", 50)]),
+                Ok(2),
+            ),
+            (
+                "a pending pod counts as idle on a scale-up",
+                3,
+                50,
+                vec![pod("p0", json!({})), pod("p1", json!({})), pending("p2")],
+                cpu(&[("p0", 500), ("p1", 500)]),
+                Ok(4),
+            ),
+            (
+                "...and not at all on a scale-down",
+                3,
+                80,
+                vec![pod("p0", json!({})), pod("p1", json!({})), pending("p2")],
+                cpu(&[("p0", 50), ("p1", 50)]),
+                Ok(1),
+            ),
+            (
+                "no change when the assumed usage would reverse the direction",
+                2,
+                100,
+                pods(2),
+                cpu(&[("p0", 550)]),
+                Ok(2),
+            ),
+            (
+                "a young pod's sample from before it was ready is not used",
+                2,
+                50,
+                vec![young, pod("p0", json!({}))],
+                young_usage,
+                Ok(2),
+            ),
+            (
+                "sidecars' requests and usage count",
+                1,
+                50,
+                vec![sidecar],
+                sidecar_usage,
+                Ok(2),
+            ),
+            (
+                "every container must request the resource",
+                3,
+                50,
+                vec![pod("p0", json!({})), pod("p1", json!({})), no_request],
+                all_cpu(3, 400),
+                Err("missing request for cpu in container app of Pod p2"),
+            ),
+            (
+                "no pods",
+                1,
+                50,
+                vec![],
+                all_cpu(1, 400),
+                Err("no pods returned by selector while calculating replica count"),
+            ),
+            (
+                "only pending pods",
+                1,
+                50,
+                vec![pending("p0")],
+                all_cpu(1, 400),
+                Err("did not receive metrics for targeted pods (pods might be unready)"),
+            ),
+            (
+                "no samples at all",
+                1,
+                50,
+                pods(1),
+                Usage::new(),
+                Err(
+                    "unable to get metrics for resource cpu: no metrics returned from resource metrics API",
+                ),
+            ),
+        ];
+        for (name, current, target, pods, usage, want) in cases {
+            let got =
+                utilization_replicas(current, target, "cpu", None, &pods, &usage, &cfg, now())
+                    .map(|p| p.replicas);
+            assert_eq!(got, want.map_err(String::from), "{name}");
+        }
+        let p = utilization_replicas(3, 50, "cpu", None, &pods(3), &all_cpu(3, 400), &cfg, now())
+            .unwrap();
+        assert_eq!((p.utilization, p.average), (Some(80), 400));
+    }
+
+    #[test]
+    fn average_value_targets_divide_usage_by_the_target() {
+        let cfg = Config::default();
+        let mib = 1024 * 1024 * 1000;
+        let usage: Usage = ["p0", "p1"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    PodUsage {
+                        timestamp: ago(10),
+                        window: SignedDuration::from_secs(30),
+                        containers: BTreeMap::from([(
+                            "app".to_string(),
+                            BTreeMap::from([("memory".to_string(), 200 * mib)]),
+                        )]),
+                    },
+                )
+            })
+            .collect();
+        let p = average_value_replicas(2, 100 * mib, "memory", None, &pods(2), &usage, &cfg, now())
+            .unwrap();
+        assert_eq!((p.replicas, p.average, p.utilization), (4, 200 * mib, None));
+        assert_eq!(milli_quantity(p.average), "209715200");
+        let p = average_value_replicas(2, 195 * mib, "memory", None, &pods(2), &usage, &cfg, now())
+            .unwrap();
+        assert_eq!(p.replicas, 2, "within the tolerance");
+    }
+
+    #[test]
+    fn a_scale_up_rescales_and_reports_as_the_controller() {
+        let mut h = History::default();
+        let p = plan(
+            &hpa(json!({})),
+            1,
+            &pods(1),
+            &all_cpu(1, 1000),
+            &mut h,
+            &Config::default(),
+            now(),
+        );
+        assert_eq!(p.rescale, Some(4));
+        assert_eq!(
+            p.events,
+            [Event::normal(
+                "SuccessfulRescale",
+                "New size: 4; reason: cpu resource utilization (percentage of request) above target"
+            )]
+        );
+        let s = &p.status;
+        assert_eq!((s.current_replicas, s.desired_replicas), (Some(1), 4));
+        assert_eq!(s.last_scale_time, Some(Time(now())));
+        assert_eq!(cond(s, "AbleToScale"), ("True", "SucceededRescale"));
+        assert_eq!(
+            message(s, "AbleToScale"),
+            "the HPA controller was able to update the target scale to 4"
+        );
+        assert_eq!(cond(s, "ScalingActive"), ("True", "ValidMetricFound"));
+        assert_eq!(
+            message(s, "ScalingActive"),
+            "the HPA was able to successfully calculate a replica count from cpu resource utilization (percentage of request)"
+        );
+        assert_eq!(cond(s, "ScalingLimited"), ("False", "DesiredWithinRange"));
+        let current = &s.current_metrics.as_ref().unwrap()[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .current;
+        assert_eq!(current.average_utilization, Some(200));
+        assert_eq!(current.average_value, Some(Quantity("1".into())));
+        assert_eq!(
+            targets_column(&hpa(json!({})).spec, Some(s)),
+            "cpu: 200%/50%"
+        );
+
+        // The update failed: the controller says so and forgets the rescale.
+        let mut failed = p.clone();
+        failed.rescale_failed(&mut h, "conflict");
+        assert_eq!(failed.rescale, None);
+        assert_eq!(failed.status.desired_replicas, 0);
+        assert_eq!(failed.status.last_scale_time, None);
+        assert_eq!(
+            cond(&failed.status, "AbleToScale"),
+            ("False", "FailedUpdateScale")
+        );
+        assert_eq!(
+            failed.events,
+            [Event::warning(
+                "FailedRescale",
+                "New size: 4; reason: cpu resource utilization (percentage of request) above target; error: conflict"
+            )]
+        );
+    }
+
+    #[test]
+    fn limits_cap_the_desired_count_with_their_reasons() {
+        let cfg = Config::default();
+        let cases = [
+            // (name, hpa, current, usage per pod, rescale, ScalingLimited)
+            (
+                "at most double, or 4",
+                hpa(json!({})),
+                2,
+                2500,
+                Some(4),
+                ("True", "ScaleUpLimit"),
+            ),
+            (
+                "maxReplicas",
+                hpa(json!({"spec": {"maxReplicas": 3}})),
+                2,
+                2500,
+                Some(3),
+                ("True", "TooManyReplicas"),
+            ),
+            (
+                "within range",
+                hpa(json!({})),
+                3,
+                400,
+                Some(5),
+                ("False", "DesiredWithinRange"),
+            ),
+        ];
+        for (name, h, current, usage, rescale, limited) in cases {
+            let p = plan(
+                &h,
+                current,
+                &pods(current as usize),
+                &all_cpu(current as usize, usage),
+                &mut History::default(),
+                &cfg,
+                now(),
+            );
+            assert_eq!(p.rescale, rescale, "{name}");
+            assert_eq!(cond(&p.status, "ScalingLimited"), limited, "{name}");
+        }
+        // Out of range replicas are brought back without looking at metrics.
+        let p = plan(
+            &hpa(json!({})),
+            12,
+            &[],
+            &Usage::new(),
+            &mut History::default(),
+            &cfg,
+            now(),
+        );
+        assert_eq!(p.rescale, Some(10));
+        assert_eq!(
+            p.reason,
+            "Current number of replicas above Spec.MaxReplicas"
+        );
+        let p = plan(
+            &hpa(json!({"spec": {"minReplicas": 3}})),
+            1,
+            &[],
+            &Usage::new(),
+            &mut History::default(),
+            &cfg,
+            now(),
+        );
+        assert_eq!(p.rescale, Some(3));
+        assert_eq!(
+            p.reason,
+            "Current number of replicas below Spec.MinReplicas"
+        );
+        // A target scaled to zero is left alone.
+        let p = plan(
+            &hpa(json!({})),
+            0,
+            &[],
+            &Usage::new(),
+            &mut History::default(),
+            &cfg,
+            now(),
+        );
+        assert_eq!(p.rescale, None);
+        assert_eq!(
+            cond(&p.status, "ScalingActive"),
+            ("False", "ScalingDisabled")
+        );
+    }
+
+    #[test]
+    fn scale_down_waits_out_the_stabilization_window() {
+        let cfg = Config::default();
+        let h = hpa(json!({"spec": {"minReplicas": 2}}));
+        let mut history = History::default();
+        let t0 = now();
+        let at = |secs: i64| t0 + SignedDuration::from_secs(secs);
+        let idle = all_cpu(4, 50);
+        let steps = [
+            (0, None, ("True", "ScaleDownStabilized")),
+            (200, None, ("True", "ScaleDownStabilized")),
+            (301, Some(2), ("True", "SucceededRescale")),
+        ];
+        let mut last = None;
+        for (secs, rescale, able) in steps {
+            let p = plan(&h, 4, &pods(4), &idle, &mut history, &cfg, at(secs));
+            assert_eq!(p.rescale, rescale, "after {secs} s");
+            assert_eq!(cond(&p.status, "AbleToScale"), able, "after {secs} s");
+            last = Some(p);
+        }
+        let p = last.unwrap();
+        assert_eq!(p.reason, "All metrics below target");
+        assert_eq!(
+            cond(&p.status, "ScalingLimited"),
+            ("True", "TooFewReplicas")
+        );
+        assert_eq!(
+            message(&p.status, "ScalingLimited"),
+            "the desired replica count is less than the minimum replica count"
+        );
+    }
+
+    #[test]
+    fn behavior_policies_limit_each_period() {
+        let cfg = Config::default();
+        let t0 = now();
+        let at = |secs: i64| t0 + SignedDuration::from_secs(secs);
+        // Default behavior: 4 pods or 100 % per 15 s, the larger.
+        let h = hpa(json!({"spec": {"maxReplicas": 20, "behavior": {}}}));
+        let mut history = History::default();
+        let p = plan(
+            &h,
+            2,
+            &pods(2),
+            &all_cpu(2, 5000),
+            &mut history,
+            &cfg,
+            at(0),
+        );
+        assert_eq!(p.rescale, Some(6));
+        assert_eq!(cond(&p.status, "ScalingLimited"), ("True", "ScaleUpLimit"));
+        let p = plan(
+            &h,
+            6,
+            &pods(6),
+            &all_cpu(6, 5000),
+            &mut history,
+            &cfg,
+            at(5),
+        );
+        assert_eq!(p.rescale, None, "this period already added 4");
+        assert_eq!(cond(&p.status, "ScalingLimited"), ("True", "ScaleUpLimit"));
+        let p = plan(
+            &h,
+            6,
+            &pods(6),
+            &all_cpu(6, 5000),
+            &mut history,
+            &cfg,
+            at(16),
+        );
+        assert_eq!(p.rescale, Some(12), "a new period: 100 % beats 4 pods");
+
+        let cases = [
+            (
+                "scale-up disabled",
+                json!({"scaleUp": {"selectPolicy": "Disabled"}}),
+                2,
+                5000,
+                None,
+                ("True", "ScaleUpLimit"),
+            ),
+            (
+                "one pod per minute down",
+                json!({"scaleDown": {"stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}}),
+                5,
+                10,
+                Some(4),
+                ("True", "ScaleDownLimit"),
+            ),
+            (
+                "Min picks the smaller change",
+                json!({"scaleUp": {"selectPolicy": "Min", "policies": [
+                    {"type": "Pods", "value": 1, "periodSeconds": 60},
+                    {"type": "Percent", "value": 100, "periodSeconds": 60}]}}),
+                2,
+                5000,
+                Some(3),
+                ("True", "ScaleUpLimit"),
+            ),
+        ];
+        for (name, behavior, current, usage, rescale, limited) in cases {
+            let h = hpa(json!({"spec": {"maxReplicas": 20, "behavior": behavior}}));
+            let p = plan(
+                &h,
+                current,
+                &pods(current as usize),
+                &all_cpu(current as usize, usage),
+                &mut History::default(),
+                &cfg,
+                at(0),
+            );
+            assert_eq!(p.rescale, rescale, "{name}");
+            assert_eq!(cond(&p.status, "ScalingLimited"), limited, "{name}");
+        }
+        // A scale-up window keeps the lowest recent recommendation.
+        let h = hpa(json!({"spec": {"behavior": {"scaleUp": {"stabilizationWindowSeconds": 60}}}}));
+        let mut history = History::default();
+        let p = plan(&h, 2, &pods(2), &all_cpu(2, 250), &mut history, &cfg, at(0));
+        assert_eq!(p.rescale, None);
+        let p = plan(
+            &h,
+            2,
+            &pods(2),
+            &all_cpu(2, 1000),
+            &mut history,
+            &cfg,
+            at(30),
+        );
+        assert_eq!(p.rescale, None);
+        assert_eq!(
+            cond(&p.status, "AbleToScale"),
+            ("True", "ScaleUpStabilized")
+        );
+        let p = plan(
+            &h,
+            2,
+            &pods(2),
+            &all_cpu(2, 1000),
+            &mut history,
+            &cfg,
+            at(91),
+        );
+        // Out of the window: 8 wanted, the default scale-up policy allows 2 + 4.
+        assert_eq!(p.rescale, Some(6));
+    }
+
+    #[test]
+    fn metrics_that_cannot_be_computed_stop_scaling_with_the_controllers_words() {
+        let cfg = Config::default();
+        let bare = pod(
+            "p0",
+            json!({"spec": {"containers": [{"name": "app", "image": "web"}]}}),
+        );
+        let mut h = hpa(json!({}));
+        h.status = Some(v2::HorizontalPodAutoscalerStatus {
+            desired_replicas: 3,
+            ..Default::default()
+        });
+        let p = plan(
+            &h,
+            3,
+            &[bare],
+            &all_cpu(1, 100),
+            &mut History::default(),
+            &cfg,
+            now(),
+        );
+        assert_eq!(p.rescale, None);
+        assert_eq!(p.status.desired_replicas, 3);
+        assert_eq!(
+            cond(&p.status, "ScalingActive"),
+            ("False", "FailedGetResourceMetric")
+        );
+        assert_eq!(
+            message(&p.status, "ScalingActive"),
+            "the HPA was unable to compute the replica count: failed to get cpu utilization: missing request for cpu in container app of Pod p0"
+        );
+        assert_eq!(
+            p.events,
+            [
+                Event::warning(
+                    "FailedGetResourceMetric",
+                    "failed to get cpu utilization: missing request for cpu in container app of Pod p0"
+                ),
+                Event::warning(
+                    "FailedComputeMetricsReplicas",
+                    "invalid metrics (1 invalid out of 1), first error is: failed to get cpu resource metric value: failed to get cpu utilization: missing request for cpu in container app of Pod p0"
+                ),
+            ]
+        );
+        assert_eq!(
+            targets_column(&h.spec, Some(&p.status)),
+            "cpu: <unknown>/50%"
+        );
+        // A custom metric skiff cannot serve.
+        let pods_metric = hpa(json!({"spec": {"metrics": [{"type": "Pods", "pods": {
+            "metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "10"}}}]}}));
+        let p = plan(
+            &pods_metric,
+            2,
+            &pods(2),
+            &all_cpu(2, 100),
+            &mut History::default(),
+            &cfg,
+            now(),
+        );
+        assert_eq!(
+            cond(&p.status, "ScalingActive"),
+            ("False", "FailedGetPodsMetric")
+        );
+        // The target is missing.
+        let p = plan_without_scale(&h, "deployments.apps \"web\" not found", now());
+        assert_eq!(cond(&p.status, "AbleToScale"), ("False", "FailedGetScale"));
+        assert_eq!(
+            message(&p.status, "AbleToScale"),
+            "the HPA controller was unable to get the target's current scale: deployments.apps \"web\" not found"
+        );
+    }
+
+    #[test]
+    fn the_largest_proposal_of_several_metrics_wins() {
+        let cfg = Config::default();
+        let h = hpa(json!({"spec": {"metrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}},
+            {"type": "Resource", "resource": {"name": "memory", "target": {"type": "Utilization", "averageUtilization": 50}}}]}}));
+        let mut usage = all_cpu(2, 250);
+        for u in usage.values_mut() {
+            u.containers
+                .get_mut("app")
+                .unwrap()
+                .insert("memory".into(), 100 * 1024 * 1024 * 1000);
+        }
+        let p = plan(
+            &h,
+            2,
+            &pods(2),
+            &usage,
+            &mut History::default(),
+            &cfg,
+            now(),
+        );
+        assert_eq!(p.rescale, Some(4));
+        assert_eq!(
+            p.reason,
+            "memory resource utilization (percentage of request) above target"
+        );
+        assert_eq!(
+            targets_column(&h.spec, Some(&p.status)),
+            "cpu: 50%/50%, memory: 100%/50%"
+        );
+    }
+
+    #[test]
+    fn condition_times_move_only_when_the_status_changes() {
+        let cfg = Config::default();
+        let mut history = History::default();
+        let t0 = now();
+        let p = plan(
+            &hpa(json!({})),
+            3,
+            &pods(3),
+            &all_cpu(3, 260),
+            &mut history,
+            &cfg,
+            t0,
+        );
+        let mut h = hpa(json!({}));
+        h.status = Some(p.status.clone());
+        let later = t0 + SignedDuration::from_secs(15);
+        let p2 = plan(&h, 3, &pods(3), &all_cpu(3, 260), &mut history, &cfg, later);
+        let time = |s: &v2::HorizontalPodAutoscalerStatus, t: &str| {
+            s.conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time(&p2.status, "ScalingActive"), Some(Time(t0)));
+        assert_eq!(time(&p2.status, "AbleToScale"), Some(Time(t0)));
+    }
+
+    #[test]
+    fn the_targets_column_prints_as_kubectl_get_hpa() {
+        let resource = |name: &str, target: Value| json!({"type": "Resource", "resource": {"name": name, "target": target}});
+        let util = |n: i32| json!({"type": "Utilization", "averageUtilization": n});
+        let spec = |metrics: Vec<Value>| hpa(json!({"spec": {"metrics": metrics}})).spec;
+        let status = |metrics: Value| -> v2::HorizontalPodAutoscalerStatus {
+            serde_json::from_value(json!({"desiredReplicas": 1, "currentMetrics": metrics}))
+                .unwrap()
+        };
+        let cpu34 = json!([{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 34}}}]);
+        let cases = [
+            (
+                spec(vec![resource("cpu", util(80))]),
+                Some(status(cpu34.clone())),
+                "cpu: 34%/80%",
+            ),
+            (
+                spec(vec![resource("cpu", util(80))]),
+                None,
+                "cpu: <unknown>/80%",
+            ),
+            (
+                spec(vec![resource(
+                    "memory",
+                    json!({"type": "AverageValue", "averageValue": "500Mi"}),
+                )]),
+                Some(status(
+                    json!([{"type": "Resource", "resource": {"name": "memory",
+                    "current": {"averageValue": "104857600"}}}]),
+                )),
+                "memory: 104857600/500Mi",
+            ),
+            (
+                spec(vec![
+                    resource("cpu", util(80)),
+                    resource("memory", util(70)),
+                    resource("cpu", util(60)),
+                ]),
+                Some(status(cpu34)),
+                "cpu: 34%/80%, memory: <unknown>/70% + 1 more...",
+            ),
+            (
+                spec(vec![
+                    json!({"type": "Pods", "pods": {"metric": {"name": "qps"},
+                    "target": {"type": "AverageValue", "averageValue": "10"}}}),
+                ]),
+                None,
+                "<unknown>/10",
+            ),
+            (
+                spec(vec![
+                    json!({"type": "External", "external": {"metric": {"name": "queue"},
+                    "target": {"type": "AverageValue", "averageValue": "30"}}}),
+                ]),
+                None,
+                "<unknown>/30 (avg)",
+            ),
+        ];
+        for (s, st, want) in cases {
+            assert_eq!(targets_column(&s, st.as_ref()), want);
+        }
+        let mut empty = spec(vec![]);
+        empty.metrics = None;
+        assert_eq!(targets_column(&empty, None), "<none>");
+    }
+
+    #[test]
+    fn milli_quantities_print_canonically() {
+        let cases = [
+            (0, "0"),
+            (4, "4m"),
+            (1500, "1500m"),
+            (1000, "1"),
+            (2_000_000, "2k"),
+            (104_857_600_000, "104857600"),
+            (3_000_000_000, "3M"),
+        ];
+        for (milli, want) in cases {
+            assert_eq!(milli_quantity(milli), want);
+        }
+    }
+
+    #[test]
+    fn v1_and_v2_convert_the_cpu_target_both_ways() {
+        let v1: v1::HorizontalPodAutoscaler = serde_json::from_value(json!({
+            "metadata": {"name": "php-apache"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "php-apache"},
+                     "minReplicas": 1, "maxReplicas": 10, "targetCPUUtilizationPercentage": 50},
+            "status": {"currentReplicas": 2, "desiredReplicas": 3, "currentCPUUtilizationPercentage": 75}
+        }))
+        .unwrap();
+        let v2 = v1_to_v2(&v1);
+        assert_eq!(targets_column(&v2.spec, v2.status.as_ref()), "cpu: 75%/50%");
+        assert_eq!(v2.status.as_ref().unwrap().current_replicas, Some(2));
+        let back = v2_to_v1(&v2);
+        assert_eq!(back, v1);
+        // No target: none in v2 either, and the v2 defaults give 80 %.
+        let mut bare = v1.clone();
+        bare.spec.target_cpu_utilization_percentage = None;
+        let mut v2 = v1_to_v2(&bare);
+        assert_eq!(v2.spec.metrics, None);
+        defaults(&mut v2);
+        assert_eq!(targets_column(&v2.spec, None), "cpu: <unknown>/80%");
+    }
+
+    #[test]
+    fn defaults_fill_what_a_behavior_leaves_out() {
+        let mut h = hpa(
+            json!({"spec": {"minReplicas": null, "behavior": {"scaleDown": {"selectPolicy": "Min"}}}}),
+        );
+        defaults(&mut h);
+        assert_eq!(h.spec.min_replicas, Some(1));
+        let b = h.spec.behavior.unwrap();
+        let up = b.scale_up.unwrap();
+        assert_eq!(up.stabilization_window_seconds, Some(0));
+        assert_eq!(
+            up.policies.unwrap(),
+            [policy("Pods", 4, 15), policy("Percent", 100, 15)]
+        );
+        let down = b.scale_down.unwrap();
+        assert_eq!(down.select_policy.as_deref(), Some("Min"));
+        assert_eq!(
+            down.stabilization_window_seconds, None,
+            "the controller's flag decides"
+        );
+        assert_eq!(down.policies.unwrap(), [policy("Percent", 100, 15)]);
+    }
+
+    #[test]
+    fn validation_refuses_with_the_apiservers_messages() {
+        let cases = [
+            (json!({}), vec![]),
+            (
+                json!({"minReplicas": 0}),
+                vec!["spec.minReplicas: Invalid value: 0: must be greater than or equal to 1"],
+            ),
+            (
+                json!({"minReplicas": 7, "maxReplicas": 5}),
+                vec![
+                    "spec.maxReplicas: Invalid value: 5: must be greater than or equal to `minReplicas`",
+                ],
+            ),
+            (
+                json!({"minReplicas": 1, "maxReplicas": 0}),
+                vec![
+                    "spec.maxReplicas: Invalid value: 0: must be greater than 0",
+                    "spec.maxReplicas: Invalid value: 0: must be greater than or equal to `minReplicas`",
+                ],
+            ),
+            (
+                json!({"scaleTargetRef": {"kind": "", "name": ""}}),
+                vec![
+                    "spec.scaleTargetRef.kind: Required value",
+                    "spec.scaleTargetRef.name: Required value",
+                ],
+            ),
+            (
+                json!({"metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 0}}}]}),
+                vec![
+                    "spec.metrics[0].resource.target.averageUtilization: Invalid value: 0: must be greater than 0",
+                ],
+            ),
+            (
+                json!({"metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50, "averageValue": "100m"}}}]}),
+                vec![
+                    "spec.metrics[0].resource.target.averageValue: Forbidden: may not set both a target raw value and a target utilization",
+                ],
+            ),
+            (
+                json!({"behavior": {"scaleUp": {"stabilizationWindowSeconds": -1, "selectPolicy": "Most",
+                    "policies": [{"type": "Pods", "value": 0, "periodSeconds": 1801}]}}}),
+                vec![
+                    "spec.behavior.scaleUp.stabilizationWindowSeconds: Invalid value: -1: must be greater than or equal to zero",
+                    "spec.behavior.scaleUp.selectPolicy: Unsupported value: \"Most\": supported values: \"Disabled\", \"Max\", \"Min\"",
+                    "spec.behavior.scaleUp.policies[0].value: Invalid value: 0: must be greater than zero",
+                    "spec.behavior.scaleUp.policies[0].periodSeconds: Invalid value: 1801: must be less than or equal to 1800",
+                ],
+            ),
+            (
+                json!({"behavior": {"scaleDown": {"policies": []}}}),
+                vec![
+                    "spec.behavior.scaleDown.policies: Required value: must specify at least one Policy",
+                ],
+            ),
+        ];
+        for (spec, want) in cases {
+            let h = hpa(json!({"spec": spec.clone()}));
+            assert_eq!(validate(&h), want, "{spec}");
+        }
+    }
+}
