@@ -885,7 +885,7 @@ pub fn milli_quantity(milli: i64) -> String {
 
 /// What one metric gave: a proposal and its status, or the condition and error it failed with.
 enum MetricResult {
-    Ok(i32, String, v2::MetricStatus),
+    Ok(i32, String, Box<v2::MetricStatus>),
     Err {
         reason: &'static str,
         inner: String,
@@ -959,10 +959,10 @@ fn compute_metric(
     };
     let ((name, target), resource) = (source, source.0.as_str());
     let status_of = |current: v2::MetricValueStatus| {
-        let mut s = v2::MetricStatus {
+        let mut s = Box::new(v2::MetricStatus {
             type_: spec.type_.clone(),
             ..Default::default()
-        };
+        });
         match container {
             None => {
                 s.resource = Some(v2::ResourceMetricStatus {
@@ -1163,7 +1163,7 @@ pub fn plan(
         for (i, m) in metrics.iter().enumerate() {
             match compute_metric(m, current, pods, usage, cfg, now) {
                 MetricResult::Ok(replicas, name, s) => {
-                    statuses[i] = s;
+                    statuses[i] = *s;
                     if proposal == 0 || replicas > proposal {
                         proposal = replicas;
                         metric_name = name;
@@ -1843,7 +1843,16 @@ mod tests {
             .unwrap()
             .containers
             .insert("proxy".into(), BTreeMap::from([("cpu".to_string(), 500)]));
-        let cases: Vec<(&str, i32, i32, Vec<Pod>, Usage, Result<i32, &str>)> = vec![
+        /// (what, current replicas, target %, pods, usage, proposal)
+        type Case = (
+            &'static str,
+            i32,
+            i32,
+            Vec<Pod>,
+            Usage,
+            Result<i32, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "80 % of a 50 % target on 3 pods",
                 3,

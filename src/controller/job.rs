@@ -975,9 +975,9 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
             || finishing.is_some()
             || phase(pod) == Some("Succeeded")
             || (failed_pod
-                && !completion_index(pod)
+                && completion_index(pod)
                     .and_then(|ix| last_failed.get(&ix))
-                    .is_some_and(|kept| uid(kept) == uid(pod)));
+                    .is_none_or(|kept| uid(kept) != uid(pod)));
         if !removable {
             continue;
         }
@@ -1283,14 +1283,14 @@ pub fn validate_spec(spec: &JobSpec, path: &str) -> Vec<String> {
                 "must be less than or equal to 100000 when completion mode is Indexed",
             ));
         }
-        if let (Some(c), Some(max)) = (spec.completions, spec.max_failed_indexes) {
-            if max > c {
-                errs.push(field::invalid(
-                    &f("maxFailedIndexes"),
-                    max,
-                    "must be less than or equal to completions",
-                ));
-            }
+        if let (Some(c), Some(max)) = (spec.completions, spec.max_failed_indexes)
+            && max > c
+        {
+            errs.push(field::invalid(
+                &f("maxFailedIndexes"),
+                max,
+                "must be less than or equal to completions",
+            ));
         }
         if let Some(max) = spec.max_failed_indexes.filter(|m| *m > MAX_FAILED_INDEXES) {
             errs.push(field::invalid(
