@@ -11,7 +11,9 @@
 //! finalizer from `remove_finalizers` and from every pod in `delete`; delete `delete`; create
 //! `create` (owner reference to the Job, `generateName`); write `status` (skip it if a
 //! finalizer could not be removed: the next sync recounts from the interim status); record
-//! `events`; sync again after `requeue_after`, and whenever a pod of the Job changes.
+//! `events` (plus, as the real pod control does, `SuccessfulCreate` "Created pod: <name>" and
+//! `SuccessfulDelete` "Deleted pod: <name>" for each pod); sync again after `requeue_after`, and
+//! whenever a pod of the Job changes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -517,7 +519,10 @@ fn last_failed_per_index<'p>(
 
 /// The pod for one index (or none, NonIndexed), as `manageJob` creates it.
 pub fn new_pod(job: &Job, index: Option<i32>, replaces: Option<&Pod>) -> NewPod {
-    let v = View::new(job);
+    pod_from(&View::new(job), index, replaces)
+}
+
+fn pod_from(v: &View, index: Option<i32>, replaces: Option<&Pod>) -> NewPod {
     let mut template = v.spec.template.clone();
     let meta = template.metadata.get_or_insert_with(Default::default);
     let finalizers = meta.finalizers.get_or_insert_with(Vec::new);
@@ -596,7 +601,6 @@ struct Managed {
 /// missing once the backoff allows.
 #[allow(clippy::too_many_arguments)]
 fn manage<'p>(
-    job: &Job,
     v: &View,
     mine: &[&'p Pod],
     active: &[&'p Pod],
@@ -690,7 +694,7 @@ fn manage<'p>(
     };
     for ix in indexes {
         let replaces = ix.and_then(|i| last_failed.get(&i).copied());
-        p.create.push(new_pod(job, ix, replaces));
+        p.create.push(pod_from(v, ix, replaces));
         m.active += 1;
     }
     m
@@ -891,7 +895,6 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
         let manage_called = job.metadata.deletion_timestamp.is_none();
         if manage_called {
             m = manage(
-                job,
                 &v,
                 &mine,
                 &active,
