@@ -413,9 +413,11 @@ fn backoff_record(v: &View, pods: &[&Pod]) -> (u32, Option<Timestamp>) {
         .filter(|p| phase(p) == Some("Succeeded"))
         .map(|p| finish_time(p))
         .max();
+    // A pod the controller deleted itself (suspend, lower parallelism) lost the finalizer
+    // first: it is no failure, though it terminates like one.
     let failures: Vec<Timestamp> = pods
         .iter()
-        .filter(|p| v.pod_failed(p))
+        .filter(|p| phase(p) == Some("Failed") || (has_finalizer(p) && v.pod_failed(p)))
         .map(|p| finish_time(p))
         .filter(|t| last_success.is_none_or(|s| *t > s))
         .collect();
@@ -1966,6 +1968,15 @@ mod tests {
         assert_eq!(reasons(&p), ["Resumed"]);
         assert_eq!(p.status.start_time, Some(Time(now())));
         assert_eq!(p.create.len(), 2);
+        // The pods deleted on suspend, still terminating without their finalizer, are no
+        // failures: no backoff delays the new ones.
+        let stopped = pod(
+            "a",
+            json!({"metadata": {"finalizers": null, "deletionTimestamp": ago(2)}}),
+        );
+        let p = plan(&resumed, &[stopped], now());
+        assert_eq!(p.create.len(), 2);
+        assert_eq!(p.status.failed, None);
     }
 
     #[test]
