@@ -611,11 +611,10 @@ fn rfc3339(t: &Zoned) -> String {
     }
 }
 
+/// The zone of the scheduled-time annotation: `spec.timeZone`, else UTC (Go's
+/// `LoadLocation("")`), whatever zone the schedule itself is read in.
 fn spec_zone(cj: &CronJob, local: &TimeZone) -> Result<TimeZone, String> {
-    match cj.spec.time_zone.as_deref() {
-        Some(name) => load_location(name, local),
-        None => Ok(local.clone()),
-    }
+    load_location(cj.spec.time_zone.as_deref().unwrap_or(""), local)
 }
 
 /// The Job for one scheduled time (`getJobFromTemplate2`): the template's labels, annotations
@@ -1677,11 +1676,12 @@ mod tests {
                 .as_deref(),
             Some("OnFailure")
         );
-        // In UTC the annotation ends in Z, as Go prints RFC 3339.
+        // Without timeZone it is UTC, ending in Z as Go prints RFC 3339, even when the
+        // controller's own zone is another.
         let utc_job = job_for(
             &cron_job(json!({})),
             ts("2026-01-01T00:05:00Z"),
-            &TimeZone::UTC,
+            &tz("Europe/Paris"),
         )
         .unwrap();
         assert_eq!(
