@@ -2,6 +2,11 @@
 //! what kube-controller-manager would do given the objects it sees. The loops that read the
 //! store and carry the decisions out build on these.
 
+pub mod cronjob;
 pub mod deployment;
+pub mod event;
+mod field;
+pub mod hpa;
+pub mod job;
 pub mod replicaset;
 pub mod run;
