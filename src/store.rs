@@ -116,11 +116,13 @@ pub type ObjKey = (String, String, String);
 
 /// Kinds whose watch history the API object store keeps itself (the others are recorded
 /// where they are served from).
-const SELF_WATCHED: [&str; 4] = [
+const SELF_WATCHED: [&str; 6] = [
     "namespaces",
     "deployments",
     "replicasets",
     "replicationcontrollers",
+    "jobs",
+    "cronjobs",
 ];
 
 mod workloads;
@@ -963,6 +965,8 @@ impl Store {
             "deployments",
             "replicasets",
             "replicationcontrollers",
+            "jobs",
+            "cronjobs",
         ] {
             let base = dir.join(plural);
             let mut files = Vec::new();

@@ -212,6 +212,24 @@ pub const RESOURCES: &[Resource] = &[
     },
     sub_of("apps", "v1", "replicasets/scale", "Scale", SCALE),
     sub_of("apps", "v1", "replicasets/status", "ReplicaSet", &["get"]),
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "batch",
+            "cronjobs",
+            "cronjob",
+            "CronJob",
+            true,
+            &["cj"],
+            &["all"],
+        )
+    },
+    sub_of("batch", "v1", "cronjobs/status", "CronJob", &["get"]),
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res("batch", "jobs", "job", "Job", true, &[], &["all"])
+    },
+    sub_of("batch", "v1", "jobs/status", "Job", &["get"]),
     res(
         "discovery.k8s.io",
         "endpointslices",
@@ -538,8 +556,19 @@ mod tests {
         assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
         assert_eq!(
             groups(),
-            ["apps", "discovery.k8s.io", "skiff.dev", "metrics.k8s.io"]
+            [
+                "apps",
+                "batch",
+                "discovery.k8s.io",
+                "skiff.dev",
+                "metrics.k8s.io"
+            ]
         );
+        let batch = resource_list("batch", "v1").unwrap();
+        assert_eq!(batch["resources"][0]["name"], "cronjobs");
+        assert_eq!(batch["resources"][0]["shortNames"], json!(["cj"]));
+        assert_eq!(batch["resources"][1]["name"], "cronjobs/status");
+        assert_eq!(batch["resources"][2]["name"], "jobs");
         let metrics = resource_list("metrics.k8s.io", "v1beta1").unwrap();
         assert_eq!(metrics["groupVersion"], "metrics.k8s.io/v1beta1");
         assert_eq!(metrics["resources"][0]["kind"], "NodeMetrics");

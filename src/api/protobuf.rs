@@ -1,6 +1,8 @@
 //! Request bodies in `application/vnd.kubernetes.protobuf`, which kubectl 1.33's generators
-//! (`kubectl create configmap|secret|namespace|service`) send whatever discovery says and do
-//! not retry as JSON after a 415. Only the messages those generators make are understood,
+//! (`kubectl create configmap|secret|namespace|service|job|cronjob`) send whatever discovery
+//! says and do not retry as JSON after a 415. A Job or CronJob carries a pod template: the
+//! pod spec fields skiff runs are understood (a Job made `--from=cronjob/x` copies whatever
+//! the CronJob's template holds). Only the messages those generators make are understood,
 //! each field by its number in Kubernetes' `generated.proto`; a field not known here makes
 //! the body refused (415, naming it) rather than silently dropped. The result is the JSON
 //! the same object would have been, which then goes through the one write path.
@@ -17,8 +19,18 @@ enum Ty {
     Int,
     Bool,
     Msg(&'static [Field]),
+    /// An embedded Go struct: its fields are the parent's in JSON (`Probe.handler`).
+    Inline(&'static [Field]),
     MapStr,
     MapBytes,
+    /// A pointer integer (`*int32`): sent only when set, so 0 is kept.
+    OptInt,
+    /// A non-pointer bool (always sent): `false` is the default and dropped.
+    PlainBool,
+    /// A `resource.Quantity` (a message holding its string).
+    Quantity,
+    /// `map<string, Quantity>` (resource limits and requests).
+    MapQuantity,
     /// Server-owned or status: read past and dropped.
     Skip,
 }
@@ -62,8 +74,18 @@ const OBJECT_META: &[Field] = &[
     f(10, "deletionGracePeriodSeconds", Ty::Skip),
     f(11, "labels", Ty::MapStr),
     f(12, "annotations", Ty::MapStr),
+    rep(13, "ownerReferences", Ty::Msg(OWNER_REFERENCE)),
     rep(14, "finalizers", Ty::Str),
     f(17, "managedFields", Ty::Skip),
+];
+
+const OWNER_REFERENCE: &[Field] = &[
+    f(1, "kind", Ty::Str),
+    f(3, "name", Ty::Str),
+    f(4, "uid", Ty::Str),
+    f(5, "apiVersion", Ty::Str),
+    f(6, "controller", Ty::Bool),
+    f(7, "blockOwnerDeletion", Ty::Bool),
 ];
 
 const CONFIG_MAP: &[Field] = &[
@@ -129,6 +151,298 @@ const SERVICE_SPEC: &[Field] = &[
 const SERVICE: &[Field] = &[
     f(1, "metadata", Ty::Msg(OBJECT_META)),
     f(2, "spec", Ty::Msg(SERVICE_SPEC)),
+    f(3, "status", Ty::Skip),
+];
+
+const LABEL_SELECTOR_REQUIREMENT: &[Field] = &[
+    f(1, "key", Ty::Str),
+    f(2, "operator", Ty::Str),
+    rep(3, "values", Ty::Str),
+];
+
+const LABEL_SELECTOR: &[Field] = &[
+    f(1, "matchLabels", Ty::MapStr),
+    rep(2, "matchExpressions", Ty::Msg(LABEL_SELECTOR_REQUIREMENT)),
+];
+
+const LOCAL_OBJECT_REFERENCE: &[Field] = &[f(1, "name", Ty::Str)];
+
+const KEY_TO_PATH: &[Field] = &[
+    f(1, "key", Ty::Str),
+    f(2, "path", Ty::Str),
+    f(3, "mode", Ty::OptInt),
+];
+
+const CONFIG_MAP_VOLUME: &[Field] = &[
+    f(
+        1,
+        "localObjectReference",
+        Ty::Inline(LOCAL_OBJECT_REFERENCE),
+    ),
+    rep(2, "items", Ty::Msg(KEY_TO_PATH)),
+    f(3, "defaultMode", Ty::OptInt),
+    f(4, "optional", Ty::Bool),
+];
+
+const SECRET_VOLUME: &[Field] = &[
+    f(1, "secretName", Ty::Str),
+    rep(2, "items", Ty::Msg(KEY_TO_PATH)),
+    f(3, "defaultMode", Ty::OptInt),
+    f(4, "optional", Ty::Bool),
+];
+
+const EMPTY_DIR_VOLUME: &[Field] = &[f(1, "medium", Ty::Str), f(2, "sizeLimit", Ty::Quantity)];
+
+const HOST_PATH_VOLUME: &[Field] = &[f(1, "path", Ty::Str), f(2, "type", Ty::Str)];
+
+const VOLUME_SOURCE: &[Field] = &[
+    f(1, "hostPath", Ty::Msg(HOST_PATH_VOLUME)),
+    f(2, "emptyDir", Ty::Msg(EMPTY_DIR_VOLUME)),
+    f(6, "secret", Ty::Msg(SECRET_VOLUME)),
+    f(19, "configMap", Ty::Msg(CONFIG_MAP_VOLUME)),
+];
+
+const VOLUME: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "volumeSource", Ty::Inline(VOLUME_SOURCE)),
+];
+
+const CONTAINER_PORT: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "hostPort", Ty::Int),
+    f(3, "containerPort", Ty::Int),
+    f(4, "protocol", Ty::Str),
+    f(5, "hostIP", Ty::Str),
+];
+
+const OBJECT_FIELD_SELECTOR: &[Field] = &[f(1, "apiVersion", Ty::Str), f(2, "fieldPath", Ty::Str)];
+
+const RESOURCE_FIELD_SELECTOR: &[Field] = &[
+    f(1, "containerName", Ty::Str),
+    f(2, "resource", Ty::Str),
+    f(3, "divisor", Ty::Quantity),
+];
+
+const KEY_SELECTOR: &[Field] = &[
+    f(
+        1,
+        "localObjectReference",
+        Ty::Inline(LOCAL_OBJECT_REFERENCE),
+    ),
+    f(2, "key", Ty::Str),
+    f(3, "optional", Ty::Bool),
+];
+
+const ENV_VAR_SOURCE: &[Field] = &[
+    f(1, "fieldRef", Ty::Msg(OBJECT_FIELD_SELECTOR)),
+    f(2, "resourceFieldRef", Ty::Msg(RESOURCE_FIELD_SELECTOR)),
+    f(3, "configMapKeyRef", Ty::Msg(KEY_SELECTOR)),
+    f(4, "secretKeyRef", Ty::Msg(KEY_SELECTOR)),
+];
+
+const ENV_VAR: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "value", Ty::Str),
+    f(3, "valueFrom", Ty::Msg(ENV_VAR_SOURCE)),
+];
+
+const ENV_SOURCE: &[Field] = &[
+    f(
+        1,
+        "localObjectReference",
+        Ty::Inline(LOCAL_OBJECT_REFERENCE),
+    ),
+    f(2, "optional", Ty::Bool),
+];
+
+const ENV_FROM_SOURCE: &[Field] = &[
+    f(1, "prefix", Ty::Str),
+    f(2, "configMapRef", Ty::Msg(ENV_SOURCE)),
+    f(3, "secretRef", Ty::Msg(ENV_SOURCE)),
+];
+
+const RESOURCE_REQUIREMENTS: &[Field] = &[
+    f(1, "limits", Ty::MapQuantity),
+    f(2, "requests", Ty::MapQuantity),
+];
+
+const VOLUME_MOUNT: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "readOnly", Ty::PlainBool),
+    f(3, "mountPath", Ty::Str),
+    f(4, "subPath", Ty::Str),
+    f(5, "mountPropagation", Ty::Str),
+    f(6, "subPathExpr", Ty::Str),
+    f(7, "recursiveReadOnly", Ty::Str),
+];
+
+const EXEC_ACTION: &[Field] = &[rep(1, "command", Ty::Str)];
+
+const HTTP_HEADER: &[Field] = &[f(1, "name", Ty::Str), f(2, "value", Ty::Str)];
+
+const HTTP_GET_ACTION: &[Field] = &[
+    f(1, "path", Ty::Str),
+    f(2, "port", Ty::Msg(INT_OR_STRING)),
+    f(3, "host", Ty::Str),
+    f(4, "scheme", Ty::Str),
+    rep(5, "httpHeaders", Ty::Msg(HTTP_HEADER)),
+];
+
+const TCP_SOCKET_ACTION: &[Field] = &[f(1, "port", Ty::Msg(INT_OR_STRING)), f(2, "host", Ty::Str)];
+
+const PROBE_HANDLER: &[Field] = &[
+    f(1, "exec", Ty::Msg(EXEC_ACTION)),
+    f(2, "httpGet", Ty::Msg(HTTP_GET_ACTION)),
+    f(3, "tcpSocket", Ty::Msg(TCP_SOCKET_ACTION)),
+];
+
+const PROBE: &[Field] = &[
+    f(1, "handler", Ty::Inline(PROBE_HANDLER)),
+    f(2, "initialDelaySeconds", Ty::Int),
+    f(3, "timeoutSeconds", Ty::Int),
+    f(4, "periodSeconds", Ty::Int),
+    f(5, "successThreshold", Ty::Int),
+    f(6, "failureThreshold", Ty::Int),
+    f(7, "terminationGracePeriodSeconds", Ty::OptInt),
+];
+
+const CAPABILITIES: &[Field] = &[rep(1, "add", Ty::Str), rep(2, "drop", Ty::Str)];
+
+const SECCOMP_PROFILE: &[Field] = &[f(1, "type", Ty::Str), f(2, "localhostProfile", Ty::Str)];
+
+const SECURITY_CONTEXT: &[Field] = &[
+    f(1, "capabilities", Ty::Msg(CAPABILITIES)),
+    f(2, "privileged", Ty::Bool),
+    f(4, "runAsUser", Ty::OptInt),
+    f(5, "runAsNonRoot", Ty::Bool),
+    f(6, "readOnlyRootFilesystem", Ty::Bool),
+    f(7, "allowPrivilegeEscalation", Ty::Bool),
+    f(8, "runAsGroup", Ty::OptInt),
+    f(11, "seccompProfile", Ty::Msg(SECCOMP_PROFILE)),
+];
+
+const CONTAINER: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "image", Ty::Str),
+    rep(3, "command", Ty::Str),
+    rep(4, "args", Ty::Str),
+    f(5, "workingDir", Ty::Str),
+    rep(6, "ports", Ty::Msg(CONTAINER_PORT)),
+    rep(7, "env", Ty::Msg(ENV_VAR)),
+    f(8, "resources", Ty::Msg(RESOURCE_REQUIREMENTS)),
+    rep(9, "volumeMounts", Ty::Msg(VOLUME_MOUNT)),
+    f(10, "livenessProbe", Ty::Msg(PROBE)),
+    f(11, "readinessProbe", Ty::Msg(PROBE)),
+    f(13, "terminationMessagePath", Ty::Str),
+    f(14, "imagePullPolicy", Ty::Str),
+    f(15, "securityContext", Ty::Msg(SECURITY_CONTEXT)),
+    f(16, "stdin", Ty::PlainBool),
+    f(17, "stdinOnce", Ty::PlainBool),
+    f(18, "tty", Ty::PlainBool),
+    rep(19, "envFrom", Ty::Msg(ENV_FROM_SOURCE)),
+    f(20, "terminationMessagePolicy", Ty::Str),
+    f(22, "startupProbe", Ty::Msg(PROBE)),
+    f(24, "restartPolicy", Ty::Str),
+];
+
+const POD_SECURITY_CONTEXT: &[Field] = &[
+    f(2, "runAsUser", Ty::OptInt),
+    f(3, "runAsNonRoot", Ty::Bool),
+    rep(4, "supplementalGroups", Ty::OptInt),
+    f(5, "fsGroup", Ty::OptInt),
+    f(6, "runAsGroup", Ty::OptInt),
+    f(9, "fsGroupChangePolicy", Ty::Str),
+    f(10, "seccompProfile", Ty::Msg(SECCOMP_PROFILE)),
+    f(12, "supplementalGroupsPolicy", Ty::Str),
+];
+
+const TOLERATION: &[Field] = &[
+    f(1, "key", Ty::Str),
+    f(2, "operator", Ty::Str),
+    f(3, "value", Ty::Str),
+    f(4, "effect", Ty::Str),
+    f(5, "tolerationSeconds", Ty::OptInt),
+];
+
+const POD_SPEC: &[Field] = &[
+    rep(1, "volumes", Ty::Msg(VOLUME)),
+    rep(2, "containers", Ty::Msg(CONTAINER)),
+    f(3, "restartPolicy", Ty::Str),
+    f(4, "terminationGracePeriodSeconds", Ty::OptInt),
+    f(5, "activeDeadlineSeconds", Ty::OptInt),
+    f(6, "dnsPolicy", Ty::Str),
+    f(7, "nodeSelector", Ty::MapStr),
+    f(8, "serviceAccountName", Ty::Str),
+    f(9, "serviceAccount", Ty::Str),
+    f(10, "nodeName", Ty::Str),
+    f(11, "hostNetwork", Ty::PlainBool),
+    f(12, "hostPID", Ty::PlainBool),
+    f(13, "hostIPC", Ty::PlainBool),
+    f(14, "securityContext", Ty::Msg(POD_SECURITY_CONTEXT)),
+    rep(15, "imagePullSecrets", Ty::Msg(LOCAL_OBJECT_REFERENCE)),
+    f(16, "hostname", Ty::Str),
+    f(17, "subdomain", Ty::Str),
+    f(19, "schedulerName", Ty::Str),
+    rep(20, "initContainers", Ty::Msg(CONTAINER)),
+    f(21, "automountServiceAccountToken", Ty::Bool),
+    rep(22, "tolerations", Ty::Msg(TOLERATION)),
+    f(24, "priorityClassName", Ty::Str),
+    f(25, "priority", Ty::OptInt),
+    f(27, "shareProcessNamespace", Ty::Bool),
+    f(29, "runtimeClassName", Ty::Str),
+    f(30, "enableServiceLinks", Ty::Bool),
+    f(31, "preemptionPolicy", Ty::Str),
+    f(35, "setHostnameAsFQDN", Ty::Bool),
+    f(37, "hostUsers", Ty::Bool),
+];
+
+const POD_TEMPLATE_SPEC: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(POD_SPEC)),
+];
+
+const JOB_SPEC: &[Field] = &[
+    f(1, "parallelism", Ty::OptInt),
+    f(2, "completions", Ty::OptInt),
+    f(3, "activeDeadlineSeconds", Ty::OptInt),
+    f(4, "selector", Ty::Msg(LABEL_SELECTOR)),
+    f(5, "manualSelector", Ty::Bool),
+    f(6, "template", Ty::Msg(POD_TEMPLATE_SPEC)),
+    f(7, "backoffLimit", Ty::OptInt),
+    f(8, "ttlSecondsAfterFinished", Ty::OptInt),
+    f(9, "completionMode", Ty::Str),
+    f(10, "suspend", Ty::Bool),
+    f(12, "backoffLimitPerIndex", Ty::OptInt),
+    f(13, "maxFailedIndexes", Ty::OptInt),
+    f(14, "podReplacementPolicy", Ty::Str),
+    f(15, "managedBy", Ty::Str),
+];
+
+const JOB: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(JOB_SPEC)),
+    f(3, "status", Ty::Skip),
+];
+
+const JOB_TEMPLATE_SPEC: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(JOB_SPEC)),
+];
+
+const CRON_JOB_SPEC: &[Field] = &[
+    f(1, "schedule", Ty::Str),
+    f(2, "startingDeadlineSeconds", Ty::OptInt),
+    f(3, "concurrencyPolicy", Ty::Str),
+    f(4, "suspend", Ty::Bool),
+    f(5, "jobTemplate", Ty::Msg(JOB_TEMPLATE_SPEC)),
+    f(6, "successfulJobsHistoryLimit", Ty::OptInt),
+    f(7, "failedJobsHistoryLimit", Ty::OptInt),
+    f(8, "timeZone", Ty::Str),
+];
+
+const CRON_JOB: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(CRON_JOB_SPEC)),
     f(3, "status", Ty::Skip),
 ];
 
@@ -218,6 +532,34 @@ fn decode_map(b: &[u8], bytes_values: bool) -> Result<(String, Value), String> {
     Ok((k, v))
 }
 
+/// A `resource.Quantity` message: its string (field 1).
+fn quantity(b: &[u8]) -> Result<Value, String> {
+    let mut r = Reader { data: b };
+    let mut out = String::new();
+    while !r.data.is_empty() {
+        let tag = r.varint()?;
+        match (tag >> 3, tag & 7) {
+            (1, 2) => out = String::from_utf8_lossy(r.bytes()?).into_owned(),
+            (_, w) => r.skip(w)?,
+        }
+    }
+    Ok(out.into())
+}
+
+fn decode_quantity_map(b: &[u8]) -> Result<(String, Value), String> {
+    let mut r = Reader { data: b };
+    let (mut k, mut v) = (String::new(), Value::from(""));
+    while !r.data.is_empty() {
+        let tag = r.varint()?;
+        match (tag >> 3, tag & 7) {
+            (1, 2) => k = String::from_utf8_lossy(r.bytes()?).into_owned(),
+            (2, 2) => v = quantity(r.bytes()?)?,
+            (_, w) => r.skip(w)?,
+        }
+    }
+    Ok((k, v))
+}
+
 fn decode(b: &[u8], fields: &'static [Field], path: &str) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     let mut r = Reader { data: b };
@@ -248,7 +590,31 @@ fn decode(b: &[u8], fields: &'static [Field], path: &str) -> Result<Map<String, 
                 }
                 json!(v)
             }
+            Ty::OptInt => json!(r.varint()? as i64),
             Ty::Bool => json!(r.varint()? != 0),
+            Ty::PlainBool => {
+                if r.varint()? == 0 {
+                    continue;
+                }
+                json!(true)
+            }
+            Ty::Quantity => quantity(r.bytes()?)?,
+            Ty::Inline(inner) => {
+                let m = decode(r.bytes()?, inner, &at)?;
+                out.extend(m);
+                continue;
+            }
+            Ty::MapQuantity => {
+                let (k, v) = decode_quantity_map(r.bytes()?)?;
+                if let Some(m) = out
+                    .entry(field.name)
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                {
+                    m.insert(k, v);
+                }
+                continue;
+            }
             Ty::Msg(inner) => {
                 let m = decode(r.bytes()?, inner, &at)?;
                 if std::ptr::eq(inner, INT_OR_STRING) {
@@ -315,6 +681,8 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
         ("v1", "Secret") => SECRET,
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "Service") => SERVICE,
+        ("batch/v1", "Job") => JOB,
+        ("batch/v1", "CronJob") => CRON_JOB,
         _ => {
             return Err(format!(
                 "{kind} ({api_version}) in protobuf is not understood"

@@ -261,6 +261,172 @@ fn workload_cells(kind: &str, o: &Value, now: Timestamp) -> Vec<Value> {
     cells
 }
 
+const JOB_SELECTOR: &str = "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
+
+const JOB_COLUMNS: &[Column] = &[
+    NAME,
+    col("Status", "Status of the job.", 0),
+    col(
+        "Completions",
+        "The number of pods which reached phase Succeeded. The value increases monotonically for a given spec. However, it may decrease in reaction to scale down of elastic indexed jobs.",
+        0,
+    ),
+    col("Duration", "Time required to complete the job.", 0),
+    AGE,
+    col("Containers", "Names of each container in the template.", 1),
+    col(
+        "Images",
+        "Images referenced by each container in the template.",
+        1,
+    ),
+    col("Selector", JOB_SELECTOR, 1),
+];
+
+const CRON_JOB_COLUMNS: &[Column] = &[
+    NAME,
+    col(
+        "Schedule",
+        "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+        0,
+    ),
+    col(
+        "Timezone",
+        "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process.",
+        0,
+    ),
+    Column {
+        type_: "boolean",
+        ..col(
+            "Suspend",
+            "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.",
+            0,
+        )
+    },
+    Column {
+        type_: INT,
+        ..col("Active", "A list of pointers to currently running jobs.", 0)
+    },
+    col(
+        "Last Schedule",
+        "Information when was the last time the job was successfully scheduled.",
+        0,
+    ),
+    AGE,
+    col("Containers", "Names of each container in the template.", 1),
+    col(
+        "Images",
+        "Images referenced by each container in the template.",
+        1,
+    ),
+    col("Selector", JOB_SELECTOR, 1),
+];
+
+/// `metav1.FormatLabelSelector`: `<none>` for no selector.
+fn label_selector_text(sel: &Value) -> String {
+    let text = serde_json::from_value(sel.clone())
+        .ok()
+        .and_then(|ls| crate::selector::Selector::from_label_selector(&ls).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    if sel.is_null() || text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+/// Containers and images of a pod template (the `-o wide` cells).
+fn containers_cells(template: &Value) -> [Value; 2] {
+    let cs = template["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = cs.iter().filter_map(|c| c["name"].as_str()).collect();
+    let images: Vec<&str> = cs.iter().filter_map(|c| c["image"].as_str()).collect();
+    [s(names.join(",")), s(images.join(","))]
+}
+
+/// A Job's row (`printJob`).
+fn job_cells(o: &Value, now: Timestamp) -> Vec<Value> {
+    let succeeded = o["status"]["succeeded"].as_i64().unwrap_or(0);
+    let completions = match o["spec"]["completions"].as_i64() {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match o["spec"]["parallelism"].as_i64().unwrap_or(0) {
+            p if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    };
+    let time = |f: &str| {
+        o["status"][f]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+    };
+    let duration = match (time("startTime"), time("completionTime")) {
+        (None, _) => String::new(),
+        (Some(start), None) => age(Some(start), now),
+        (Some(start), Some(end)) => crate::cli::humanize::kube_duration(end.duration_since(start)),
+    };
+    let has = |t: &str| {
+        o["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+    };
+    let status = if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if !o["metadata"]["deletionTimestamp"].is_null() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    let mut cells = vec![
+        name_of(o),
+        s(status),
+        s(completions),
+        s(duration),
+        s(age(created(o), now)),
+    ];
+    cells.extend(containers_cells(&o["spec"]["template"]));
+    cells.push(s(label_selector_text(&o["spec"]["selector"])));
+    cells
+}
+
+/// A CronJob's row (`printCronJob`).
+fn cron_job_cells(o: &Value, now: Timestamp) -> Vec<Value> {
+    let spec = &o["spec"];
+    let last = o["status"]["lastScheduleTime"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(|t| age(Some(t), now))
+        .unwrap_or_else(|| "<none>".into());
+    let suspend = match spec["suspend"].as_bool() {
+        None => "<unset>",
+        Some(true) => "True",
+        Some(false) => "False",
+    };
+    let active = o["status"]["active"].as_array().map_or(0, Vec::len) as i64;
+    let template = &spec["jobTemplate"]["spec"];
+    let mut cells = vec![
+        name_of(o),
+        s(spec["schedule"].as_str().unwrap_or_default()),
+        s(spec["timeZone"].as_str().unwrap_or("<none>")),
+        s(suspend),
+        active.into(),
+        s(last),
+        s(age(created(o), now)),
+    ];
+    cells.extend(containers_cells(&template["template"]));
+    cells.push(s(label_selector_text(&template["selector"])));
+    cells
+}
+
 /// What the apiserver prints for a kind it has no printer for.
 const DEFAULT_COLUMNS: &[Column] = &[NAME, AGE];
 
@@ -352,6 +518,8 @@ pub fn for_kind(kind: &str, objects: Vec<Value>, now: Timestamp) -> Table {
         "ReplicaSet" | "ReplicationController" => {
             typed(&|o| Some(workload_cells(kind, o, now)), REPLICA_SET_COLUMNS)
         }
+        "Job" => typed(&|o| Some(job_cells(o, now)), JOB_COLUMNS),
+        "CronJob" => typed(&|o| Some(cron_job_cells(o, now)), CRON_JOB_COLUMNS),
         _ => typed(
             &|o| Some(vec![name_of(o), s(age(created(o), now))]),
             DEFAULT_COLUMNS,

@@ -298,6 +298,12 @@ pub fn get_list(kind: Kind) -> MethodRouter<Shared> {
                             None,
                         )
                     },
+                    Kind::Workload(WorkloadKind::Job) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::Job), None)
+                    }
+                    Kind::Workload(WorkloadKind::CronJob) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::CronJob), None)
+                    }
                     _ => |st| list(st, Kind::Namespace, None),
                 };
                 return super::watch::objects(
@@ -1810,6 +1816,56 @@ pub mod internal {
             .put_api_object(key(Kind::Pod, ns, name), v)
             .map_err(|e| ApiError::internal(format!("storing pods {name:?}: {e}")))?;
         serve(s, Kind::Pod, &stored, false);
+        Ok(())
+    }
+
+    /// Deletes an object with a propagation policy (the TTL controller deletes in the
+    /// foreground).
+    pub fn delete_with(
+        s: &Writer,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<(), ApiError> {
+        let body = json!({"propagationPolicy": format!("{propagation:?}")}).to_string();
+        remove(s, kind, ns, name, None, body.as_bytes()).map(|_| ())
+    }
+
+    /// Drops `finalizer` from a pod: from its API object if it still has one, and from the
+    /// pod as served (a pod deleted through the API stays served while it terminates).
+    pub fn remove_pod_finalizer(
+        s: &Writer,
+        ns: &str,
+        name: &str,
+        finalizer: &str,
+    ) -> Result<(), ApiError> {
+        let k = key(Kind::Pod, ns, name);
+        if let Some(mut v) = s.store.api_object(&k)
+            && let Some(list) = v["metadata"]["finalizers"].as_array_mut()
+            && list.iter().any(|f| f == finalizer)
+        {
+            list.retain(|f| f != finalizer);
+            if list.is_empty()
+                && let Some(m) = v["metadata"].as_object_mut()
+            {
+                m.remove("finalizers");
+            }
+            s.store
+                .put_api_object(k, v)
+                .map_err(|e| ApiError::internal(format!("storing pods {name:?}: {e}")))?;
+        }
+        if let Some(uid) = s.store.get_pod(ns, name).and_then(|p| p.metadata.uid) {
+            s.store
+                .update_pod(&(ns.to_string(), name.to_string()), &uid, |p| {
+                    if let Some(list) = p.metadata.finalizers.as_mut() {
+                        list.retain(|f| f != finalizer);
+                        if list.is_empty() {
+                            p.metadata.finalizers = None;
+                        }
+                    }
+                });
+        }
         Ok(())
     }
 }

@@ -79,6 +79,7 @@ pub fn sync_all(w: &Writer, now: Timestamp) {
             sync_replica_set(w, kind, &r, now);
         }
     }
+    super::batch::sync_all(w, now);
 }
 
 fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {

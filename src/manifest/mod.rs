@@ -1,5 +1,6 @@
 //! The manifest source: the directory of Kubernetes manifests skiffd runs.
 
+pub mod batch;
 pub mod parse;
 pub mod service;
 pub mod source;

@@ -1,4 +1,5 @@
-//! Workload kinds (issue 11): Deployments, ReplicaSets and ReplicationControllers, checked and
+//! Workload kinds (issue 11): Deployments, ReplicaSets, ReplicationControllers, Jobs and
+//! CronJobs (the batch kinds' checks are in [`super::batch`]), checked and
 //! defaulted as the apiserver does, whether they come from a manifest file or through the API.
 //! They are kept as JSON (the form the store, the watch and the controllers use), after a
 //! strict decode into the typed object has proved their shape.
@@ -19,13 +20,17 @@ pub enum WorkloadKind {
     Deployment,
     ReplicaSet,
     ReplicationController,
+    Job,
+    CronJob,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 3] = [
+    pub const ALL: [WorkloadKind; 5] = [
         WorkloadKind::Deployment,
         WorkloadKind::ReplicaSet,
         WorkloadKind::ReplicationController,
+        WorkloadKind::Job,
+        WorkloadKind::CronJob,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +38,8 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::ReplicaSet => "ReplicaSet",
             WorkloadKind::ReplicationController => "ReplicationController",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
         }
     }
 
@@ -41,14 +48,22 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "deployments",
             WorkloadKind::ReplicaSet => "replicasets",
             WorkloadKind::ReplicationController => "replicationcontrollers",
+            WorkloadKind::Job => "jobs",
+            WorkloadKind::CronJob => "cronjobs",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
             WorkloadKind::ReplicationController => "v1",
+            WorkloadKind::Job | WorkloadKind::CronJob => "batch/v1",
             _ => "apps/v1",
         }
+    }
+
+    /// Whether the kind has a `/scale` subresource (the batch kinds have none).
+    pub fn has_scale(self) -> bool {
+        !matches!(self, WorkloadKind::Job | WorkloadKind::CronJob)
     }
 
     pub fn from_name(kind: &str) -> Option<WorkloadKind> {
@@ -229,6 +244,10 @@ pub fn check(
             check_template(&rc.metadata, template).map_err(fail)?;
             serde_json::to_value(rc)
         }
+        WorkloadKind::Job => serde_json::to_value(super::batch::check_job(v, mode, warnings)?),
+        WorkloadKind::CronJob => {
+            serde_json::to_value(super::batch::check_cronjob(v, mode, warnings)?)
+        }
     };
     let mut value = value.map_err(|e| fail(e.to_string()))?;
     // What the apiserver never keeps from a client.
@@ -258,7 +277,7 @@ fn default_deployment(d: &mut Deployment) {
     }
 }
 
-fn validate_meta(m: &ObjectMeta) -> Result<(), String> {
+pub(super) fn validate_meta(m: &ObjectMeta) -> Result<(), String> {
     let name = m.name.as_deref().unwrap_or_default();
     if name.is_empty() {
         return Err("metadata.name: Required value: name or generateName is required".into());

@@ -64,6 +64,7 @@ impl Store {
                 .filter(|c| !c.is_null())
                 .unwrap_or_else(|| Timestamp::now().to_string().into());
             meta.insert("creationTimestamp".into(), created);
+            crate::manifest::batch::with_identity(&key.0, &mut v);
             let generation = match prev {
                 Some(p) if p["spec"] == v["spec"] => p["metadata"]["generation"].as_i64(),
                 Some(p) => p["metadata"]["generation"].as_i64().map(|g| g + 1),
