@@ -241,6 +241,11 @@ fn a_job_runs_its_completions_with_its_parallelism() {
     let j = api.json(&["get", "job", "work"]);
     assert_eq!(j["status"]["succeeded"], 3, "{j}");
     assert!(j["status"]["completionTime"].is_string(), "{j}");
+    assert_eq!(
+        j["status"]["uncountedTerminatedPods"],
+        serde_json::json!({}),
+        "{j}"
+    );
     let pods = api.job_pods("work");
     assert_eq!(pods.len(), 3, "{pods:?}");
     for p in &pods {

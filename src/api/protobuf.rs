@@ -730,6 +730,120 @@ mod tests {
     }
 
     #[test]
+    fn kubectl_create_job_and_cronjob_bodies_decode() {
+        // What kubectl 1.33 sent for `kubectl create cronjob tick --image=busybox:1.36
+        // --schedule='*/5 * * * *' -- sh -c 'echo tick'`.
+        let body = hex(
+            "6b 38 73 00 0a 13 0a 08 62 61 74 63 68 2f 76 31 12 07 43 72 6f 6e 4a 6f \
+             62 12 bd 01 0a 14 0a 04 74 69 63 6b 12 00 1a 00 22 00 2a 00 32 00 38 00 \
+             42 00 12 a2 01 0a 0b 2a 2f 35 20 2a 20 2a 20 2a 20 2a 1a 00 2a 90 01 0a \
+             14 0a 04 74 69 63 6b 12 00 1a 00 22 00 2a 00 32 00 38 00 42 00 12 78 32 \
+             76 0a 10 0a 00 12 00 1a 00 22 00 2a 00 32 00 38 00 42 00 12 62 12 3b 0a \
+             04 74 69 63 6b 12 0c 62 75 73 79 62 6f 78 3a 31 2e 33 36 1a 02 73 68 1a \
+             02 2d 63 1a 09 65 63 68 6f 20 74 69 63 6b 2a 00 42 00 6a 00 72 00 80 01 \
+             00 88 01 00 90 01 00 a2 01 00 1a 09 4f 6e 46 61 69 6c 75 72 65 32 00 42 \
+             00 4a 00 52 00 58 00 60 00 68 00 82 01 00 8a 01 00 9a 01 00 c2 01 00 1a \
+             00 1a 00 22 00",
+        );
+        let v = to_json(&body).unwrap();
+        let container = json!({"name": "tick", "image": "busybox:1.36",
+            "command": ["sh", "-c", "echo tick"], "resources": {}});
+        assert_eq!(
+            v,
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+                "spec": {"schedule": "*/5 * * * *", "jobTemplate": {
+                    "metadata": {"name": "tick"},
+                    "spec": {"template": {"metadata": {}, "spec": {
+                        "containers": [container], "restartPolicy": "OnFailure"}}}}}})
+        );
+        // `kubectl create job hello --image=busybox:1.36 -- echo hi`.
+        let body = hex(
+            "6b 38 73 00 0a 0f 0a 08 62 61 74 63 68 2f 76 31 12 03 4a 6f 62 12 8f 01 \
+             0a 15 0a 05 68 65 6c 6c 6f 12 00 1a 00 22 00 2a 00 32 00 38 00 42 00 12 \
+             6c 32 6a 0a 10 0a 00 12 00 1a 00 22 00 2a 00 32 00 38 00 42 00 12 56 12 \
+             33 0a 05 68 65 6c 6c 6f 12 0c 62 75 73 79 62 6f 78 3a 31 2e 33 36 1a 04 \
+             65 63 68 6f 1a 02 68 69 2a 00 42 00 6a 00 72 00 80 01 00 88 01 00 90 01 \
+             00 a2 01 00 1a 05 4e 65 76 65 72 32 00 42 00 4a 00 52 00 58 00 60 00 68 \
+             00 82 01 00 8a 01 00 9a 01 00 c2 01 00 1a 08 20 00 28 00 30 00 3a 00 1a \
+             00 22 00",
+        );
+        let v = to_json(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "hello"},
+                "spec": {"template": {"metadata": {}, "spec": {
+                    "containers": [{"name": "hello", "image": "busybox:1.36",
+                        "command": ["echo", "hi"], "resources": {}}],
+                    "restartPolicy": "Never"}}}})
+        );
+        // `kubectl create job manual --from=cronjob/tick`: the owner reference and the
+        // annotation, the template copied from the CronJob's.
+        let body = hex(
+            "6b 38 73 00 0a 0f 0a 08 62 61 74 63 68 2f 76 31 12 03 4a 6f 62 12 8d 02 \
+             0a 86 01 0a 06 6d 61 6e 75 61 6c 12 00 1a 00 22 00 2a 00 32 00 38 00 42 \
+             00 62 2b 0a 21 63 72 6f 6e 6a 6f 62 2e 6b 75 62 65 72 6e 65 74 65 73 2e \
+             69 6f 2f 69 6e 73 74 61 6e 74 69 61 74 65 12 06 6d 61 6e 75 61 6c 6a 41 \
+             0a 07 43 72 6f 6e 4a 6f 62 1a 04 74 69 63 6b 22 24 65 30 36 63 30 38 64 \
+             36 2d 31 31 66 65 2d 34 36 63 66 2d 39 30 35 39 2d 61 61 36 63 32 37 61 \
+             30 33 38 63 63 2a 08 62 61 74 63 68 2f 76 31 30 01 12 78 32 76 0a 10 0a \
+             00 12 00 1a 00 22 00 2a 00 32 00 38 00 42 00 12 62 12 3b 0a 04 74 69 63 \
+             6b 12 0c 62 75 73 79 62 6f 78 3a 31 2e 33 36 1a 02 73 68 1a 02 2d 63 1a \
+             09 65 63 68 6f 20 74 69 63 6b 2a 00 42 00 6a 00 72 00 80 01 00 88 01 00 \
+             90 01 00 a2 01 00 1a 09 4f 6e 46 61 69 6c 75 72 65 32 00 42 00 4a 00 52 \
+             00 58 00 60 00 68 00 82 01 00 8a 01 00 9a 01 00 c2 01 00 1a 08 20 00 28 \
+             00 30 00 3a 00 1a 00 22 00",
+        );
+        let v = to_json(&body).unwrap();
+        assert_eq!(
+            v["metadata"],
+            json!({"name": "manual",
+                "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "tick",
+                    "uid": "e06c08d6-11fe-46cf-9059-aa6c27a038cc", "controller": true}]})
+        );
+        assert_eq!(v["spec"]["template"]["spec"]["containers"][0], container);
+    }
+
+    #[test]
+    fn pod_spec_fields_decode_as_their_json() {
+        // A container with a pointer integer of 0, a quantity map, an inlined probe handler
+        // and a plain bool left false.
+        let mut quantity = vec![0x0a, 0x04];
+        quantity.extend(b"100m");
+        let mut limit = vec![0x0a, 0x03];
+        limit.extend(b"cpu");
+        limit.push(0x12);
+        limit.push(quantity.len() as u8);
+        limit.extend(&quantity);
+        let mut resources = vec![0x0a, limit.len() as u8];
+        resources.extend(&limit);
+        // Probe.handler (1) > ProbeHandler.exec (1) > ExecAction.command (1).
+        let handler = [0x0a, 0x04, 0x0a, 0x02, b't', b'r'];
+        let mut probe = vec![0x0a, handler.len() as u8];
+        probe.extend(handler);
+        probe.extend([0x10, 0x05]);
+        let mut container = vec![0x0a, 0x01, b'c'];
+        container.extend([0x42, resources.len() as u8]);
+        container.extend(&resources);
+        container.extend([0x5a, probe.len() as u8]);
+        container.extend(&probe);
+        container.extend([0x80, 0x01, 0x00]);
+        let m = decode(&container, CONTAINER, "Container").unwrap();
+        assert_eq!(
+            Value::Object(m),
+            json!({"name": "c", "resources": {"limits": {"cpu": "100m"}},
+                "readinessProbe": {"exec": {"command": ["tr"]}, "initialDelaySeconds": 5}})
+        );
+        // backoffLimit 0 is kept (a pointer), parallelism 2.
+        let spec = [0x08, 0x02, 0x38, 0x00];
+        let m = decode(&spec, JOB_SPEC, "JobSpec").unwrap();
+        assert_eq!(
+            Value::Object(m),
+            json!({"parallelism": 2, "backoffLimit": 0})
+        );
+    }
+
+    #[test]
     fn unknown_fields_and_kinds_are_refused() {
         // Field 9 of the ConfigMap: not in the table.
         let body =

@@ -119,6 +119,16 @@ fn owner_ref(kind: WorkloadKind, v: &Value) -> Value {
     })
 }
 
+/// A Job's status as the apiserver serves it: `uncountedTerminatedPods` without its empty
+/// lists (Go's `omitempty`), so it reads `{}` once everything is counted.
+fn job_status(status: &k8s_openapi::api::batch::v1::JobStatus) -> Option<Value> {
+    let mut v = serde_json::to_value(status).ok()?;
+    if let Some(u) = v["uncountedTerminatedPods"].as_object_mut() {
+        u.retain(|_, list| list.as_array().is_none_or(|l| !l.is_empty()));
+    }
+    Some(v)
+}
+
 /// Writes a workload's status if it still has `uid` and the status changed.
 fn write_status(w: &Writer, key: &ObjKey, uid: &str, status: Value) {
     if let Err(e) = w.store.update_workload(key, uid, |v| v["status"] = status) {
@@ -151,9 +161,9 @@ fn sync_job(w: &Writer, v: &Value, now: Timestamp) {
     let pods = api_pods(w.store, ns);
     let plan = job::plan(&j, &pods, now);
     if let Some(interim) = &plan.interim_status {
-        match serde_json::to_value(interim) {
-            Ok(s) => write_status(w, &key, uid, s),
-            Err(_) => return,
+        match job_status(interim) {
+            Some(s) => write_status(w, &key, uid, s),
+            None => return,
         }
     }
     let mut finalizers_gone = true;
@@ -207,7 +217,7 @@ fn sync_job(w: &Writer, v: &Value, now: Timestamp) {
         }
     }
     // With a finalizer left, the next pass counts again from the interim status.
-    if finalizers_gone && let Ok(s) = serde_json::to_value(&plan.status) {
+    if finalizers_gone && let Some(s) = job_status(&plan.status) {
         write_status(w, &key, uid, s);
     }
     for e in events.iter().chain(&plan.events) {
@@ -293,5 +303,152 @@ fn sync_cron_job(w: &Writer, v: &Value, local: &TimeZone, now: Timestamp) {
     }
     for e in &events {
         record(w, WorkloadKind::CronJob, v, e, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    use super::*;
+
+    fn with_writer(f: impl FnOnce(&Writer)) {
+        let store = Store::new("n");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        f(&Writer {
+            store: &store,
+            resync: &tx,
+        });
+    }
+
+    fn job_pods(w: &Writer, job: &str) -> Vec<Pod> {
+        api_pods(w.store, "default")
+            .into_iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(job))
+            })
+            .collect()
+    }
+
+    fn finish(w: &Writer, p: &Pod, phase: &str) {
+        let key = ("default".to_string(), p.metadata.name.clone().unwrap());
+        w.store
+            .update_pod(&key, p.metadata.uid.as_deref().unwrap(), |p| {
+                p.status = Some(PodStatus {
+                    phase: Some(phase.into()),
+                    ..Default::default()
+                });
+            });
+    }
+
+    fn job_value(w: &Writer, name: &str) -> Value {
+        w.store
+            .workload(&("jobs".into(), "default".into(), name.into()))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_job_counts_its_pods_through_the_finalizer_and_completes() {
+        with_writer(|w| {
+            let job = json!({
+                "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi"},
+                "spec": {"completions": 2, "parallelism": 1, "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "busybox"}],
+                }}},
+            });
+            internal::create(w, JOB, "default", job).unwrap();
+            let now = Timestamp::now();
+            sync_all(w, now);
+            let pods = job_pods(w, "pi-");
+            assert_eq!(pods.len(), 1);
+            let p = &pods[0];
+            assert_eq!(
+                p.metadata.finalizers.as_deref(),
+                Some(&[job::TRACKING_FINALIZER.to_string()][..])
+            );
+            assert_eq!(
+                p.metadata.labels.as_ref().unwrap()["batch.kubernetes.io/job-name"],
+                "pi"
+            );
+            assert_eq!(job_value(w, "pi")["status"]["active"], 1);
+
+            finish(w, p, "Succeeded");
+            sync_all(w, now);
+            // Counted, its finalizer gone (served pod and API object), the next pod made.
+            let j = job_value(w, "pi");
+            assert_eq!(j["status"]["succeeded"], 1, "{j}");
+            assert_eq!(j["status"]["uncountedTerminatedPods"], json!({}), "{j}");
+            let first = w
+                .store
+                .get_pod("default", p.metadata.name.as_deref().unwrap());
+            assert!(first.unwrap().metadata.finalizers.is_none());
+            let key = (
+                "pods".into(),
+                "default".into(),
+                p.metadata.name.clone().unwrap(),
+            );
+            assert!(w.store.api_object(&key).unwrap()["metadata"]["finalizers"].is_null());
+            let pods = job_pods(w, "pi-");
+            assert_eq!(pods.len(), 2);
+            let second = pods
+                .iter()
+                .find(|x| x.metadata.uid != p.metadata.uid)
+                .unwrap();
+            finish(w, second, "Succeeded");
+            sync_all(w, now);
+            sync_all(w, now);
+            let j = job_value(w, "pi");
+            assert_eq!(j["status"]["succeeded"], 2, "{j}");
+            let types: Vec<&str> = j["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["type"].as_str().unwrap())
+                .collect();
+            assert_eq!(types, ["SuccessCriteriaMet", "Complete"]);
+            assert_eq!(job_pods(w, "pi-").len(), 2);
+            // Nothing more to do: another pass changes nothing.
+            let rv = j["metadata"]["resourceVersion"].clone();
+            sync_all(w, now);
+            assert_eq!(job_value(w, "pi")["metadata"]["resourceVersion"], rv);
+        });
+    }
+
+    #[test]
+    fn a_cron_job_creates_its_job_once_and_records_it() {
+        with_writer(|w| {
+            let cj = json!({
+                "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+                "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+                    "restartPolicy": "OnFailure",
+                    "containers": [{"name": "c", "image": "busybox"}],
+                }}}}},
+            });
+            let made =
+                internal::create(w, Kind::Workload(WorkloadKind::CronJob), "default", cj).unwrap();
+            let created: Timestamp = meta_str(&made, "creationTimestamp").parse().unwrap();
+            // Two minutes on: the latest missed time is started, once.
+            let later = created + SignedDuration::from_secs(120);
+            sync_all(w, later);
+            sync_all(w, later);
+            let jobs = w.store.list_workloads("jobs", Some("default"));
+            assert_eq!(jobs.len(), 1, "{jobs:?}");
+            let name = meta_str(&jobs[0], "name");
+            let minutes = later.as_second() / 60;
+            assert_eq!(name, format!("tick-{minutes}"));
+            assert_eq!(jobs[0]["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+            let cj = w
+                .store
+                .workload(&("cronjobs".into(), "default".into(), "tick".into()))
+                .unwrap();
+            assert_eq!(cj["status"]["active"][0]["name"], name);
+            assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
+            // The Job's pod was made in the same pass.
+            assert_eq!(job_pods(w, &format!("{name}-")).len(), 1);
+        });
     }
 }
