@@ -607,15 +607,20 @@ fn discovery_lists_what_is_served() {
         names,
         [
             "configmaps",
+            "cronjobs.batch",
+            "deployments.apps",
             "endpoints",
             "endpointslices.discovery.k8s.io",
             "events",
             "images.skiff.dev",
+            "jobs.batch",
             "namespaces",
             "nodes",
             "nodes.metrics.k8s.io",
             "pods",
             "pods.metrics.k8s.io",
+            "replicasets.apps",
+            "replicationcontrollers",
             "secrets",
             "services"
         ]
