@@ -252,6 +252,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let controllers = tokio::spawn(crate::controller::run::run(
         store.clone(),
         resync_tx.clone(),
+        metrics.clone(),
     ));
     let state = Arc::new(ApiState {
         store: store.clone(),

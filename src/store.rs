@@ -116,11 +116,12 @@ pub type ObjKey = (String, String, String);
 
 /// Kinds whose watch history the API object store keeps itself (the others are recorded
 /// where they are served from).
-const SELF_WATCHED: [&str; 4] = [
+const SELF_WATCHED: [&str; 5] = [
     "namespaces",
     "deployments",
     "replicasets",
     "replicationcontrollers",
+    "horizontalpodautoscalers",
 ];
 
 mod workloads;
@@ -963,6 +964,7 @@ impl Store {
             "deployments",
             "replicasets",
             "replicationcontrollers",
+            "horizontalpodautoscalers",
         ] {
             let base = dir.join(plural);
             let mut files = Vec::new();

@@ -607,15 +607,19 @@ fn discovery_lists_what_is_served() {
         names,
         [
             "configmaps",
+            "deployments.apps",
             "endpoints",
             "endpointslices.discovery.k8s.io",
             "events",
+            "horizontalpodautoscalers.autoscaling",
             "images.skiff.dev",
             "namespaces",
             "nodes",
             "nodes.metrics.k8s.io",
             "pods",
             "pods.metrics.k8s.io",
+            "replicasets.apps",
+            "replicationcontrollers",
             "secrets",
             "services"
         ]

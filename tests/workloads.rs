@@ -493,3 +493,105 @@ fn a_deployment_from_the_manifest_directory() {
             && a.items(&["get", "pods", "-l", "app=site"]).is_empty()
     });
 }
+
+/// `kubectl autoscale`: a CPU-burning Deployment is scaled up to the HPA's maximum from the
+/// cgroup usage skiffd measures, `kubectl get hpa` shows the targets, and once the pods go
+/// idle (and the scale-down window is set to 0) it comes back down to the minimum.
+#[test]
+#[ignore = "needs root"]
+fn autoscale_follows_cpu_usage() {
+    require_root();
+    let bin = common::kubectl_bin().expect("kubectl is installed");
+    let mut node = Node::new();
+    node.host_ip_cmd(&["link", "set", "lo", "up"]);
+    node.extra_flags(&["--metric-resolution", "2s"]);
+    node.start_daemon();
+    node.import_image();
+    let kubeconfig = common::kubeconfig(&node);
+    let api = Api {
+        node,
+        kubeconfig,
+        bin,
+    };
+    let burn = deployment("burn", 1, IMAGE)
+        .replace(
+            "[sleep, '3600']",
+            "[sh, -c, 'while :; do :; done']\n        resources:\n          requests: {cpu: 100m}\n          limits: {cpu: 200m}",
+        );
+    let f = api.file("burn.yaml", &burn);
+    api.ok(&["apply", "-f", &f]);
+    api.rolled_out("deployment/burn");
+    api.ok(&[
+        "autoscale",
+        "deployment",
+        "burn",
+        "--min=1",
+        "--max=3",
+        "--cpu-percent=50",
+    ]);
+    api.until("the HPA scaled the deployment to 3", |a| {
+        a.json(&["get", "deployment", "burn"])["spec"]["replicas"] == 3
+    });
+    let table = api.ok(&["get", "hpa", "burn"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("burn "))
+        .expect(&table);
+    assert!(line.contains("Deployment/burn"), "{table}");
+    assert!(line.contains("/50%"), "{table}");
+    let h = api.json(&["get", "hpa", "burn"]);
+    let conds = h["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c["type"] == "ScalingActive" && c["status"] == "True"),
+        "{h}"
+    );
+    let events = api.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=burn",
+    ]);
+    assert!(events.contains("SuccessfulRescale"), "{events}");
+
+    // Idle pods, no scale-down window: back to the minimum.
+    api.ok(&[
+        "patch",
+        "hpa",
+        "burn",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#,
+    ]);
+    api.ok(&[
+        "patch",
+        "deployment",
+        "burn",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/template/spec/containers/0/command","value":["sleep","3600"]}]"#,
+    ]);
+    api.until("the HPA scaled back to 1", |a| {
+        a.json(&["get", "deployment", "burn"])["spec"]["replicas"] == 1
+    });
+    // A missing target is reported, not fatal.
+    let missing = api.file(
+        "missing.yaml",
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: nothing
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: nothing}
+  maxReplicas: 2
+",
+    );
+    api.ok(&["apply", "-f", &missing]);
+    api.until("the missing target reported", |a| {
+        let h = a.json(&["get", "hpa", "nothing"]);
+        h["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["reason"] == "FailedGetScale"))
+    });
+}

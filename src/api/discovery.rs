@@ -212,6 +212,26 @@ pub const RESOURCES: &[Resource] = &[
     },
     sub_of("apps", "v1", "replicasets/scale", "Scale", SCALE),
     sub_of("apps", "v1", "replicasets/status", "ReplicaSet", &["get"]),
+    Resource {
+        verbs: WRITE_WATCH,
+        version: "v2",
+        ..res(
+            "autoscaling",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            "HorizontalPodAutoscaler",
+            true,
+            &["hpa"],
+            &["all"],
+        )
+    },
+    sub_of(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers/status",
+        "HorizontalPodAutoscaler",
+        &["get"],
+    ),
     res(
         "discovery.k8s.io",
         "endpointslices",
@@ -438,21 +458,24 @@ fn resources_of(g: &str, version: &str) -> Vec<Value> {
         .iter()
         .filter(|r| r.group == g && r.version == version && !r.name.contains('/'))
         .map(|r| {
-            let subs: Vec<Value> =
-                RESOURCES
-                    .iter()
-                    .filter_map(|s| {
-                        let (parent, name) = s.name.split_once('/')?;
-                        (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
-                        let group = if s.kind == "Scale" { "autoscaling" } else { s.group };
+            let subs: Vec<Value> = RESOURCES
+                .iter()
+                .filter_map(|s| {
+                    let (parent, name) = s.name.split_once('/')?;
+                    (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
+                        let (group, version) = if s.kind == "Scale" {
+                            ("autoscaling", "v1")
+                        } else {
+                            (s.group, s.version)
+                        };
                         json!({
                             "subresource": name,
-                            "responseKind": {"group": group, "version": "v1", "kind": s.kind},
+                            "responseKind": {"group": group, "version": version, "kind": s.kind},
                             "verbs": s.verbs,
                         })
                     })
-                    })
-                    .collect();
+                })
+                .collect();
             let mut v = json!({
                 "resource": r.name,
                 "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
@@ -538,7 +561,13 @@ mod tests {
         assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
         assert_eq!(
             groups(),
-            ["apps", "discovery.k8s.io", "skiff.dev", "metrics.k8s.io"]
+            [
+                "apps",
+                "autoscaling",
+                "discovery.k8s.io",
+                "skiff.dev",
+                "metrics.k8s.io"
+            ]
         );
         let metrics = resource_list("metrics.k8s.io", "v1beta1").unwrap();
         assert_eq!(metrics["groupVersion"], "metrics.k8s.io/v1beta1");

@@ -218,11 +218,13 @@ fn workload_routes(mut r: Router<Shared>) -> Router<Shared> {
             .route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/status"),
                 write::get_item(kind),
-            )
-            .route(
+            );
+        if w != WorkloadKind::HorizontalPodAutoscaler {
+            r = r.route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/scale"),
                 write::scale(kind),
             );
+        }
     }
     r
 }

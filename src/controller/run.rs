@@ -40,8 +40,14 @@ const NOT_COPIED: [&str; 6] = [
 /// How often a pass runs without a change (minReadySeconds, progress deadlines).
 const PERIOD: Duration = Duration::from_secs(1);
 
-/// Runs the controllers until the store's sender goes away.
-pub async fn run(store: Arc<Store>, resync: tokio::sync::mpsc::UnboundedSender<()>) {
+/// Runs the controllers until the store's sender goes away; the HPAs read pod usage from
+/// `sampler`.
+pub async fn run(
+    store: Arc<Store>,
+    resync: tokio::sync::mpsc::UnboundedSender<()>,
+    sampler: Arc<crate::api::metrics::Sampler>,
+) {
+    let memory = Arc::new(std::sync::Mutex::new(super::autoscale::Memory::default()));
     let mut changed = store.subscribe();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,12 +58,16 @@ pub async fn run(store: Arc<Store>, resync: tokio::sync::mpsc::UnboundedSender<(
         }
         changed.borrow_and_update();
         let (st, tx) = (store.clone(), resync.clone());
+        let (sampler, memory) = (sampler.clone(), memory.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let w = Writer {
                 store: &st,
                 resync: &tx,
             };
-            sync_all(&w, Timestamp::now());
+            let now = Timestamp::now();
+            sync_all(&w, now);
+            let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
+            super::autoscale::sync_all(&w, &|ns| sampler.pods(Some(ns)), &mut memory, now);
         });
         if let Err(e) = pass.await {
             warn!(error = %e, "a workload controller pass failed");
@@ -132,7 +142,7 @@ fn deleting(v: &Value) -> bool {
 }
 
 /// The pod selector of a workload (an RC's is a plain map).
-fn selector_of(kind: WorkloadKind, v: &Value) -> Option<Selector> {
+pub(crate) fn selector_for(kind: WorkloadKind, v: &Value) -> Option<Selector> {
     let sel = &v["spec"]["selector"];
     if kind == WorkloadKind::ReplicationController {
         let m: BTreeMap<String, String> = serde_json::from_value(sel.clone()).ok()?;
@@ -144,7 +154,7 @@ fn selector_of(kind: WorkloadKind, v: &Value) -> Option<Selector> {
 
 /// The pods a controller may own: those made through the API (a static pod belongs to its
 /// file) in the namespace.
-fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
+pub(crate) fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
     store
         .list_pods(Some(ns))
         .into_iter()
@@ -167,7 +177,7 @@ fn sync_replica_set(w: &Writer, kind: WorkloadKind, r: &Value, now: Timestamp) {
     let ns = meta_str(r, "namespace");
     let name = meta_str(r, "name");
     let uid = meta_str(r, "uid");
-    let Some(selector) = selector_of(kind, r) else {
+    let Some(selector) = selector_for(kind, r) else {
         return;
     };
     let Ok(template) = serde_json::from_value::<PodTemplateSpec>(r["spec"]["template"].clone())
@@ -432,7 +442,7 @@ fn sync_deployment(w: &Writer, d: &Value, now: Timestamp) {
     let ns = meta_str(d, "namespace");
     let dname = meta_str(d, "name");
     let duid = meta_str(d, "uid");
-    let Some(selector) = selector_of(WorkloadKind::Deployment, d) else {
+    let Some(selector) = selector_for(WorkloadKind::Deployment, d) else {
         return;
     };
     let spec = &d["spec"];

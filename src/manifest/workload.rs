@@ -19,13 +19,15 @@ pub enum WorkloadKind {
     Deployment,
     ReplicaSet,
     ReplicationController,
+    HorizontalPodAutoscaler,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 3] = [
+    pub const ALL: [WorkloadKind; 4] = [
         WorkloadKind::Deployment,
         WorkloadKind::ReplicaSet,
         WorkloadKind::ReplicationController,
+        WorkloadKind::HorizontalPodAutoscaler,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +35,7 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::ReplicaSet => "ReplicaSet",
             WorkloadKind::ReplicationController => "ReplicationController",
+            WorkloadKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
         }
     }
 
@@ -41,12 +44,14 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "deployments",
             WorkloadKind::ReplicaSet => "replicasets",
             WorkloadKind::ReplicationController => "replicationcontrollers",
+            WorkloadKind::HorizontalPodAutoscaler => "horizontalpodautoscalers",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
             WorkloadKind::ReplicationController => "v1",
+            WorkloadKind::HorizontalPodAutoscaler => "autoscaling/v2",
             _ => "apps/v1",
         }
     }
@@ -228,6 +233,16 @@ pub fn check(
             check_replicas(spec.replicas).map_err(fail)?;
             check_template(&rc.metadata, template).map_err(fail)?;
             serde_json::to_value(rc)
+        }
+        WorkloadKind::HorizontalPodAutoscaler => {
+            let mut h: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+                decode(v, mode, warnings)?;
+            validate_meta(&h.metadata).map_err(fail)?;
+            crate::controller::hpa::defaults(&mut h);
+            if let Some(first) = crate::controller::hpa::validate(&h).into_iter().next() {
+                return Err(fail(first));
+            }
+            serde_json::to_value(h)
         }
     };
     let mut value = value.map_err(|e| fail(e.to_string()))?;
