@@ -79,6 +79,8 @@ SOCK=$D/run/skiff.sock
 SKIFFD_PID=
 DNSMASQ_PIDS=()
 export SKIFF_SOCKET=$SOCK
+# Runs a command in the namespace. Background processes are started with nsenter itself, not
+# through this function: `in_ns ... &` would fork a subshell and $! would be its pid.
 in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
 
 cleanup() {
@@ -96,6 +98,10 @@ cleanup() {
         kill -KILL "$SKIFFD_PID" 2>/dev/null
         wait "$SKIFFD_PID" 2>/dev/null
     fi
+    # nsenter and taskset exec what they run: these pids are the servers themselves.
+    for p in "${DNSMASQ_PIDS[@]}" $SKIFFD_PID; do
+        kill -0 "$p" 2>/dev/null && echo "!!! process $p still runs after cleanup"
+    done
     awk -v p="$D" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
         while read -r m; do echo "!!! mount left: $m"; umount -l "$m"; done
     ip netns del "$NS" 2>/dev/null
@@ -116,14 +122,14 @@ ip -n "$NS" link set uplink0 up
 ip -n "$NS" route add default via 192.0.2.1 dev uplink0
 
 # ---- the upstream: dnsmasq with the forwarded names ------------------------------------------
-# dnsmasq serve NAME ADDRESS ARGS...: a dnsmasq in the namespace, in the foreground, no config
+# dnsmasq_serve NAME ADDRESS ARGS...: a dnsmasq in the namespace, in the foreground, no config
 # file, no /etc/hosts, no resolv.conf, on ADDRESS only; pinned with the servers.
 dnsmasq_serve() {
     local name=$1 addr=$2
     shift 2
-    in_ns "${server_pin[@]}" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-hosts \
-        --no-resolv --user=root --pid-file= --bind-interfaces --listen-address="$addr" --port=53 \
-        "$@" >"$D/dnsmasq-$name.log" 2>&1 &
+    nsenter --net="/run/netns/$NS" "${server_pin[@]}" dnsmasq --keep-in-foreground \
+        --conf-file=/dev/null --no-hosts --no-resolv --user=root --pid-file= --bind-interfaces \
+        --listen-address="$addr" --port=53 "$@" >"$D/dnsmasq-$name.log" 2>&1 &
     DNSMASQ_PIDS+=($!)
 }
 for ((i = 0; i < NAMES; i++)); do
@@ -136,7 +142,7 @@ for ((i = 0; i < NAMES; i++)); do echo "name-$i.bench.example A"; done >"$D/forw
 mkdir -p "$D/manifests"
 echo "nameserver $UPSTREAM" >"$D/resolv.conf"
 scripts/build-test-image.sh "$D/img" "$IMAGE" >/dev/null
-in_ns "${server_pin[@]}" "$BIN/skiffd" --pod-manifest-path "$D/manifests" \
+nsenter --net="/run/netns/$NS" "${server_pin[@]}" "$BIN/skiffd" --pod-manifest-path "$D/manifests" \
     --root-dir "$D/root" --run-dir "$D/run" --node-name dnsbench --cni-conf-dir "$D/net.d" \
     --resolv-conf "$D/resolv.conf" --cluster-dns-rate-limit 0 \
     >"$D/skiffd.log" 2>&1 &
