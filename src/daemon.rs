@@ -219,6 +219,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 domain: config.cluster_domain.clone(),
                 resolv_conf: config.resolv_conf.clone(),
                 own,
+                rate_per_client: config.cluster_dns_rate_limit,
             },
             store.clone(),
             controller.published(),
