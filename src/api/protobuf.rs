@@ -1,5 +1,5 @@
 //! Request bodies in `application/vnd.kubernetes.protobuf`, which kubectl 1.33's generators
-//! (`kubectl create configmap|secret|namespace|service`) send whatever discovery says and do
+//! (`kubectl create configmap|secret|namespace|service`, `kubectl autoscale`) send whatever discovery says and do
 //! not retry as JSON after a 415. Only the messages those generators make are understood,
 //! each field by its number in Kubernetes' `generated.proto`; a field not known here makes
 //! the body refused (415, naming it) rather than silently dropped. The result is the JSON
@@ -132,6 +132,53 @@ const SERVICE: &[Field] = &[
     f(3, "status", Ty::Skip),
 ];
 
+/// resource.Quantity: its one string field, decoded as that string.
+const QUANTITY: &[Field] = &[f(1, "string", Ty::Str)];
+
+const CROSS_VERSION_REF: &[Field] = &[
+    f(1, "kind", Ty::Str),
+    f(2, "name", Ty::Str),
+    f(3, "apiVersion", Ty::Str),
+];
+
+const METRIC_TARGET: &[Field] = &[
+    f(1, "type", Ty::Str),
+    f(2, "value", Ty::Msg(QUANTITY)),
+    f(3, "averageValue", Ty::Msg(QUANTITY)),
+    f(4, "averageUtilization", Ty::Int),
+];
+
+const RESOURCE_METRIC: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "target", Ty::Msg(METRIC_TARGET)),
+];
+
+const CONTAINER_RESOURCE_METRIC: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "target", Ty::Msg(METRIC_TARGET)),
+    f(3, "container", Ty::Str),
+];
+
+/// `kubectl autoscale` makes Resource metrics only; the other sources are refused.
+const METRIC_SPEC: &[Field] = &[
+    f(1, "type", Ty::Str),
+    f(4, "resource", Ty::Msg(RESOURCE_METRIC)),
+    f(7, "containerResource", Ty::Msg(CONTAINER_RESOURCE_METRIC)),
+];
+
+const HPA_SPEC: &[Field] = &[
+    f(1, "scaleTargetRef", Ty::Msg(CROSS_VERSION_REF)),
+    f(2, "minReplicas", Ty::Int),
+    f(3, "maxReplicas", Ty::Int),
+    rep(4, "metrics", Ty::Msg(METRIC_SPEC)),
+];
+
+const HPA_V2: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(HPA_SPEC)),
+    f(3, "status", Ty::Skip),
+];
+
 const TYPE_META: &[Field] = &[f(1, "apiVersion", Ty::Str), f(2, "kind", Ty::Str)];
 
 const UNKNOWN: &[Field] = &[
@@ -251,7 +298,9 @@ fn decode(b: &[u8], fields: &'static [Field], path: &str) -> Result<Map<String, 
             Ty::Bool => json!(r.varint()? != 0),
             Ty::Msg(inner) => {
                 let m = decode(r.bytes()?, inner, &at)?;
-                if std::ptr::eq(inner, INT_OR_STRING) {
+                if std::ptr::eq(inner, QUANTITY) {
+                    m.get("string").cloned().unwrap_or(json!("0"))
+                } else if std::ptr::eq(inner, INT_OR_STRING) {
                     match m.get("strVal") {
                         Some(s) if m.get("type").is_some_and(|t| t == 1) => s.clone(),
                         _ => m.get("intVal").cloned().unwrap_or(json!(0)),
@@ -315,6 +364,7 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
         ("v1", "Secret") => SECRET,
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "Service") => SERVICE,
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => HPA_V2,
         _ => {
             return Err(format!(
                 "{kind} ({api_version}) in protobuf is not understood"
