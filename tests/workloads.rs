@@ -595,3 +595,53 @@ spec:
             .is_some_and(|c| c.iter().any(|c| c["reason"] == "FailedGetScale"))
     });
 }
+
+/// skiffd SIGKILLed in the middle of a rollout: after the restart the rollout finishes, the
+/// pods never pass `replicas + maxSurge`, and no revision is lost.
+#[test]
+#[ignore = "needs root"]
+fn a_crash_mid_rollout_neither_duplicates_pods_nor_loses_history() {
+    require_root();
+    let mut api = Api::start();
+    let f = api.file("web.yaml", &deployment("web", 4, IMAGE));
+    api.ok(&["apply", "-f", &f]);
+    api.rolled_out("deployment/web");
+    // Slow the new pods down (a readiness delay) so the crash lands mid-rollout.
+    api.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/template/spec/containers/0/readinessProbe","value":{"exec":{"command":["true"]},"initialDelaySeconds":2,"periodSeconds":1}}]"#,
+    ]);
+    api.until("a second ReplicaSet", |a| {
+        a.replica_sets("app=web").len() == 2
+    });
+    api.node.kill_daemon();
+    api.node.start_daemon();
+    // maxSurge 25 % of 4 = 1: never more than 5 pods that are not terminating.
+    let active = |a: &Api| {
+        a.items(&["get", "pods", "-l", "app=web"])
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    let mut most = 0;
+    api.until("the rollout finished after the restart", |a| {
+        most = most.max(active(a));
+        let d = a.json(&["get", "deployment", "web"]);
+        d["status"]["updatedReplicas"] == 4
+            && d["status"]["availableReplicas"] == 4
+            && d["status"]["replicas"] == 4
+    });
+    assert!(most <= 5, "{most} pods at once");
+    let history = api.ok(&["rollout", "history", "deployment/web"]);
+    let revs: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revs, ["1", "2"], "{history}");
+    assert_eq!(api.running("app=web").len(), 4);
+}
