@@ -336,6 +336,30 @@ fn deployment_walkthrough_with_kubectl() {
             })
     });
 
+    // `kubectl create deployment` (a protobuf body): its ReplicaSet and pods are made.
+    api.ok(&[
+        "create",
+        "deployment",
+        "hello",
+        &format!("--image={IMAGE}"),
+        "--replicas=2",
+        "--port=8080",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    api.until("hello's ReplicaSet with 2 pods", |a| {
+        let sets = a.replica_sets("app=hello");
+        sets.len() == 1
+            && sets[0]["spec"]["replicas"] == 2
+            && a.items(&["get", "pods", "-l", "app=hello"]).len() == 2
+    });
+    let d = api.json(&["get", "deployment", "hello"]);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"], serde_json::json!(["sleep", "3600"]), "{d}");
+    assert_eq!(c["ports"][0]["containerPort"], 8080, "{d}");
+    api.ok(&["delete", "deployment", "hello"]);
+
     // Bad input gets the apiserver's messages and changes nothing.
     let bad = api.file(
         "bad.yaml",

@@ -1,5 +1,5 @@
 //! Request bodies in `application/vnd.kubernetes.protobuf`, which kubectl 1.33's generators
-//! (`kubectl create configmap|secret|namespace|service`, `kubectl autoscale`) send whatever discovery says and do
+//! (`kubectl create configmap|secret|namespace|service|deployment`, `kubectl autoscale`) send whatever discovery says and do
 //! not retry as JSON after a 415. Only the messages those generators make are understood,
 //! each field by its number in Kubernetes' `generated.proto`; a field not known here makes
 //! the body refused (415, naming it) rather than silently dropped. The result is the JSON
@@ -176,6 +176,93 @@ const HPA_SPEC: &[Field] = &[
 const HPA_V2: &[Field] = &[
     f(1, "metadata", Ty::Msg(OBJECT_META)),
     f(2, "spec", Ty::Msg(HPA_SPEC)),
+    f(3, "status", Ty::Skip),
+];
+
+const LABEL_SELECTOR_REQUIREMENT: &[Field] = &[
+    f(1, "key", Ty::Str),
+    f(2, "operator", Ty::Str),
+    rep(3, "values", Ty::Str),
+];
+
+const LABEL_SELECTOR: &[Field] = &[
+    f(1, "matchLabels", Ty::MapStr),
+    rep(2, "matchExpressions", Ty::Msg(LABEL_SELECTOR_REQUIREMENT)),
+];
+
+const CONTAINER_PORT: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "hostPort", Ty::Int),
+    f(3, "containerPort", Ty::Int),
+    f(4, "protocol", Ty::Str),
+    f(5, "hostIP", Ty::Str),
+];
+
+/// Empty in what `kubectl create deployment` sends; limits and requests are not understood.
+const RESOURCES: &[Field] = &[];
+
+/// The container fields `kubectl create deployment` sets (and the scalars Go always sends).
+const CONTAINER: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "image", Ty::Str),
+    rep(3, "command", Ty::Str),
+    rep(4, "args", Ty::Str),
+    f(5, "workingDir", Ty::Str),
+    rep(6, "ports", Ty::Msg(CONTAINER_PORT)),
+    f(8, "resources", Ty::Msg(RESOURCES)),
+    f(13, "terminationMessagePath", Ty::Str),
+    f(14, "imagePullPolicy", Ty::Str),
+    f(16, "stdin", Ty::Bool),
+    f(17, "stdinOnce", Ty::Bool),
+    f(18, "tty", Ty::Bool),
+    f(20, "terminationMessagePolicy", Ty::Str),
+];
+
+const POD_SPEC: &[Field] = &[
+    rep(2, "containers", Ty::Msg(CONTAINER)),
+    f(3, "restartPolicy", Ty::Str),
+    f(6, "dnsPolicy", Ty::Str),
+    f(8, "serviceAccountName", Ty::Str),
+    f(9, "serviceAccount", Ty::Str),
+    f(10, "nodeName", Ty::Str),
+    f(11, "hostNetwork", Ty::Bool),
+    f(12, "hostPID", Ty::Bool),
+    f(13, "hostIPC", Ty::Bool),
+    f(16, "hostname", Ty::Str),
+    f(17, "subdomain", Ty::Str),
+    f(19, "schedulerName", Ty::Str),
+    f(24, "priorityClassName", Ty::Str),
+];
+
+const POD_TEMPLATE_SPEC: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(POD_SPEC)),
+];
+
+const ROLLING_UPDATE_DEPLOYMENT: &[Field] = &[
+    f(1, "maxUnavailable", Ty::Msg(INT_OR_STRING)),
+    f(2, "maxSurge", Ty::Msg(INT_OR_STRING)),
+];
+
+const DEPLOYMENT_STRATEGY: &[Field] = &[
+    f(1, "type", Ty::Str),
+    f(2, "rollingUpdate", Ty::Msg(ROLLING_UPDATE_DEPLOYMENT)),
+];
+
+const DEPLOYMENT_SPEC: &[Field] = &[
+    f(1, "replicas", Ty::Int),
+    f(2, "selector", Ty::Msg(LABEL_SELECTOR)),
+    f(3, "template", Ty::Msg(POD_TEMPLATE_SPEC)),
+    f(4, "strategy", Ty::Msg(DEPLOYMENT_STRATEGY)),
+    f(5, "minReadySeconds", Ty::Int),
+    f(6, "revisionHistoryLimit", Ty::Int),
+    f(7, "paused", Ty::Bool),
+    f(9, "progressDeadlineSeconds", Ty::Int),
+];
+
+const DEPLOYMENT: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(DEPLOYMENT_SPEC)),
     f(3, "status", Ty::Skip),
 ];
 
@@ -365,6 +452,7 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "Service") => SERVICE,
         ("autoscaling/v2", "HorizontalPodAutoscaler") => HPA_V2,
+        ("apps/v1", "Deployment") => DEPLOYMENT,
         _ => {
             return Err(format!(
                 "{kind} ({api_version}) in protobuf is not understood"
