@@ -336,6 +336,33 @@ fn deployment_walkthrough_with_kubectl() {
             })
     });
 
+    // expose, describe and rollout restart.
+    api.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let svc = api.json(&["get", "service", "web"]);
+    assert_eq!(
+        svc["spec"]["selector"],
+        serde_json::json!({"app": "web"}),
+        "{svc}"
+    );
+    api.until("the Service's 5 endpoints", |a| {
+        let ep = a.json(&["get", "endpoints", "web"]);
+        ep["subsets"][0]["addresses"]
+            .as_array()
+            .is_some_and(|x| x.len() == 5)
+    });
+    let described = api.ok(&["describe", "deployment", "web"]);
+    assert!(described.contains("ScalingReplicaSet"), "{described}");
+    assert!(described.contains("NewReplicaSetAvailable"), "{described}");
+    api.ok(&["rollout", "restart", "deployment/web"]);
+    api.rolled_out("deployment/web");
+    assert_eq!(api.replica_sets("app=web").len(), 4);
+
     // `kubectl create deployment` (a protobuf body): its ReplicaSet and pods are made.
     api.ok(&[
         "create",
