@@ -22,9 +22,15 @@ struct Api {
 
 impl Api {
     fn start() -> Api {
+        Api::start_with(&[])
+    }
+
+    /// A node with its TLS API, the test image and skiffd's `flags`.
+    fn start_with(flags: &[&str]) -> Api {
         let bin = common::kubectl_bin().expect("kubectl is installed");
         let mut node = Node::new();
         node.host_ip_cmd(&["link", "set", "lo", "up"]);
+        node.extra_flags(flags);
         node.start_daemon();
         node.import_image();
         let kubeconfig = common::kubeconfig(&node);
@@ -124,6 +130,15 @@ impl Api {
 
     fn replica_sets(&self, selector: &str) -> Vec<Value> {
         self.items(&["get", "rs", "-l", selector])
+    }
+
+    /// Waits until no ReplicaSet and no pod matches `selector` (an owner's delete went
+    /// through to its dependents).
+    fn until_gone(&self, selector: &str) {
+        self.until(&format!("no ReplicaSets and pods with {selector}"), |a| {
+            a.replica_sets(selector).is_empty()
+                && a.items(&["get", "pods", "-l", selector]).is_empty()
+        });
     }
 }
 
@@ -403,10 +418,7 @@ fn deployment_walkthrough_with_kubectl() {
 
     // delete: the ReplicaSets and pods go with it.
     api.ok(&["delete", "deployment", "web"]);
-    api.until("no ReplicaSets and no pods", |a| {
-        a.replica_sets("app=web").is_empty()
-            && a.items(&["get", "pods", "-l", "app=web"]).is_empty()
-    });
+    api.until_gone("app=web");
 }
 
 /// A ReplicaSet adopts a matching orphan pod and keeps its count; an orphaning delete leaves
@@ -539,10 +551,7 @@ fn a_deployment_from_the_manifest_directory() {
     assert_eq!(sets.len(), 2, "{sets:?}");
     assert_eq!(api.running("app=site").len(), 3);
     api.node.remove_manifest("web.yaml");
-    api.until("the manifest's pods gone", |a| {
-        a.replica_sets("app=site").is_empty()
-            && a.items(&["get", "pods", "-l", "app=site"]).is_empty()
-    });
+    api.until_gone("app=site");
 }
 
 /// `kubectl autoscale`: a CPU-burning Deployment is scaled up to the HPA's maximum from the
@@ -552,18 +561,7 @@ fn a_deployment_from_the_manifest_directory() {
 #[ignore = "needs root"]
 fn autoscale_follows_cpu_usage() {
     require_root();
-    let bin = common::kubectl_bin().expect("kubectl is installed");
-    let mut node = Node::new();
-    node.host_ip_cmd(&["link", "set", "lo", "up"]);
-    node.extra_flags(&["--metric-resolution", "2s"]);
-    node.start_daemon();
-    node.import_image();
-    let kubeconfig = common::kubeconfig(&node);
-    let api = Api {
-        node,
-        kubeconfig,
-        bin,
-    };
+    let api = Api::start_with(&["--metric-resolution", "2s"]);
     let burn = deployment("burn", 1, IMAGE)
         .replace(
             "[sleep, '3600']",
