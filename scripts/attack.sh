@@ -659,15 +659,18 @@ EOF2
             -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
             ${3:+--data "$3"} "https://127.0.0.1:6443$2"
     }
-    local pods secret secrets create exec del
+    local pods secret secrets create exec del deploy
     pods=$(api GET /api/v1/namespaces/default/pods)
     secret=$(api GET /api/v1/namespaces/default/secrets/sa-secret)
     secrets=$(api GET /api/v1/secrets)
     create=$(api POST /api/v1/namespaces/default/pods '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"evil"},"spec":{"containers":[{"name":"c","image":"'"$IMG"'","securityContext":{"privileged":true}}]}}')
     exec=$(api POST '/api/v1/namespaces/default/pods/sa/exec?command=id&stdout=true')
     del=$(api DELETE /api/v1/namespaces/default/pods/sa)
+    # A workload whose controller (root, in skiffd) would make the privileged pod for it.
+    deploy=$(api POST /apis/apps/v1/namespaces/default/deployments '{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"evil"},"spec":{"selector":{"matchLabels":{"a":"evil"}},"template":{"metadata":{"labels":{"a":"evil"}},"spec":{"containers":[{"name":"c","image":"'"$IMG"'","securityContext":{"privileged":true}}]}}}}')
     local evil=0
     skiff get pod evil >/dev/null 2>&1 && evil=1
+    skiff get pods 2>/dev/null | grep -q '^evil-' && evil=1
     unpod sa
     rm -f "$MAN/sa-secret.yaml"
     stop_skiffd
@@ -678,7 +681,8 @@ EOF2
     [[ $secret == 403 && $secrets == 403 ]] || { DETAIL="Secrets readable with a pod's token ($secret, $secrets)"; return 1; }
     [[ $create == 403 && $evil == 0 ]] || { DETAIL="a pod's token created a pod ($create)"; return 1; }
     [[ $exec == 403 && $del == 403 ]] || { DETAIL="exec $exec, delete $del with a pod's token"; return 1; }
-    DETAIL="pods 200; secret, secrets, create privileged pod, exec, delete: 403"
+    [[ $deploy == 403 ]] || { DETAIL="a pod's token created a Deployment ($deploy)"; return 1; }
+    DETAIL="pods 200; secret, secrets, create privileged pod, exec, delete, create Deployment: 403"
 }
 
 # ---- run -------------------------------------------------------------------------------------

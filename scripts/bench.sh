@@ -4,15 +4,18 @@
 # Usage: sudo scripts/bench.sh [--quick]     (from anywhere; a fresh Debian machine is fine)
 #
 #   (default)  the full figures the README quotes: 20 single pod starts, 50 pods at once,
-#              5 x 5 s iperf3 runs, the proxy at 1k/5k/10k Services, a 10-host overlay lab
+#              5 x 5 s iperf3 runs, the proxy at 1k/5k/10k Services, a 10-host overlay lab,
+#              dnsperf against the cluster DNS with 1000 Services, a Deployment of 100 replicas
+#              (apply, rolling update) next to 100 static pods, and the HPA's reaction time
 #   --quick    the same benchmarks with small sizes on the debug build, a few minutes on 2 cores;
 #              CI runs it as a smoke test that every benchmark still runs to completion (no
 #              thresholds asserted, no figures to quote)
 #
 # It installs what the benchmarks and their peers need (scripts/install-deps.sh), builds skiff
-# once (release; debug with --quick), then runs scripts/bench-{pod-start,network,proxy,overlay,pull}.sh one after
-# the other; each prints its own report (kept in target/bench/<name>.log) and adds its headline
-# figures to the table. A benchmark that fails shows its own last lines and a FAILED row; the
+# once (release; debug with --quick), then runs
+# scripts/bench-{pod-start,network,proxy,overlay,pull,dns,workloads}.sh one after the other; each
+# prints its own report (kept in target/bench/<name>.log) and adds its headline figures to the
+# table. A benchmark that fails shows its own last lines and a FAILED row; the
 # others still run. The table goes to the terminal and to target/bench/summary.md (with the date,
 # machine, kernel and load), ready to paste into the README.
 # Exit status: 0 when every benchmark ran to completion (goals missed or not), 1 otherwise.
@@ -88,12 +91,16 @@ if ((quick)); then
     run proxy SKIFF_BENCH_SIZES=1000 -- scripts/bench-proxy.sh
     run overlay RUNS=1 SECONDS_PER_RUN=2 HOSTS=3 -- scripts/bench-overlay.sh
     run pull -- scripts/bench-pull.sh
+    run dns SERVICES=100 NAMES=100 RUNS=1 SECONDS_PER_RUN=2 LATENCY_QPS=2000 -- scripts/bench-dns.sh
+    run workloads REPLICAS=10 RUNS=1 HPA_RUNS=1 -- scripts/bench-workloads.sh
 else
     run pod-start -- scripts/bench-pod-start.sh
     run network -- scripts/bench-network.sh
     run proxy -- scripts/bench-proxy.sh
     run overlay -- scripts/bench-overlay.sh
     run pull -- scripts/bench-pull.sh
+    run dns -- scripts/bench-dns.sh
+    run workloads -- scripts/bench-workloads.sh
 fi
 fix_ownership target ${CARGO_HOME:+"$CARGO_HOME"}
 

@@ -18,6 +18,8 @@
 # aardvark-dns (podman's network, which the pod-start benchmark compares against).
 # The registry tests make a TLS registry with htpasswd auth: openssl and apache2-utils.
 # The API tests drive skiffd with a real client library too: python3-kubernetes.
+# The DNS tests and benchmark: dig (bind9-dnsutils), dnsperf, and dnsmasq-base (the benchmark's
+# peer; -base is the binary alone, without a service that would start on the host).
 SKIFF_DEB_PACKAGES=(
     build-essential pkg-config libseccomp-dev
     busybox-static iproute2 util-linux curl python3
@@ -25,7 +27,7 @@ SKIFF_DEB_PACKAGES=(
     openssl apache2-utils python3-kubernetes
     containernetworking-plugins
     iperf3 iptables conntrack ethtool jq
-    bind9-dnsutils
+    bind9-dnsutils dnsperf dnsmasq-base
 )
 
 # install_deps: installs whatever in SKIFF_DEB_PACKAGES is missing; prints what it installs.

@@ -151,6 +151,9 @@ pub struct Flags {
     /// The node's resolver config: its nameservers answer names outside the cluster, its search domains are added to pods' [default: /etc/resolv.conf].
     #[arg(long)]
     pub resolv_conf: Option<PathBuf>,
+    /// UDP queries a second the cluster DNS answers from one client address; more are dropped, so a flooding pod cannot starve the others. 0 turns the limit off (for benchmarks) [default: 2000].
+    #[arg(long)]
+    pub cluster_dns_rate_limit: Option<u32>,
 }
 
 /// The config file's shape.
@@ -245,6 +248,8 @@ pub struct FileConfig {
     pub cluster_domain: Option<String>,
     /// The node's resolv.conf.
     pub resolv_conf: Option<PathBuf>,
+    /// Cluster DNS queries a second per client address (0: no limit).
+    pub cluster_dns_rate_limit: Option<u32>,
 }
 
 /// The effective configuration.
@@ -293,6 +298,8 @@ pub struct Config {
     pub cluster_domain: String,
     /// `--resolv-conf`.
     pub resolv_conf: PathBuf,
+    /// `--cluster-dns-rate-limit`: UDP queries a second per client address; 0 is no limit.
+    pub cluster_dns_rate_limit: u32,
 }
 
 /// A duration as Kubernetes components take them: `500ms`, `30s`, `1m`, `1h`, or bare seconds.
@@ -543,6 +550,10 @@ impl Config {
         Ok(Config {
             cluster_dns,
             cluster_domain,
+            cluster_dns_rate_limit: flags
+                .cluster_dns_rate_limit
+                .or(file.cluster_dns_rate_limit)
+                .unwrap_or(crate::dns::RATE_PER_CLIENT),
             resolv_conf: flags
                 .resolv_conf
                 .or(file.resolv_conf)
@@ -857,6 +868,9 @@ mod tests {
         assert_eq!(c.cluster_dns, Some("10.96.0.10".parse().unwrap()));
         assert_eq!(c.cluster_domain, "cluster.local");
         assert_eq!(c.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+        assert_eq!(c.cluster_dns_rate_limit, 2000);
+        let c = load(&["--cluster-dns-rate-limit", "0"]).unwrap();
+        assert_eq!(c.cluster_dns_rate_limit, 0);
         let c = load(&["--service-cluster-ip-range", "10.100.0.0/16"]).unwrap();
         assert_eq!(c.cluster_dns, Some("10.100.0.10".parse().unwrap()));
         let c = load(&["--cluster-dns", "none", "--cluster-domain", "Corp.Example."]).unwrap();

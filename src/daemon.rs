@@ -219,6 +219,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 domain: config.cluster_domain.clone(),
                 resolv_conf: config.resolv_conf.clone(),
                 own,
+                rate_per_client: config.cluster_dns_rate_limit,
             },
             store.clone(),
             controller.published(),
@@ -252,6 +253,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let controllers = tokio::spawn(crate::controller::run::run(
         store.clone(),
         resync_tx.clone(),
+        metrics.clone(),
     ));
     let state = Arc::new(ApiState {
         store: store.clone(),

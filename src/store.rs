@@ -116,11 +116,12 @@ pub type ObjKey = (String, String, String);
 
 /// Kinds whose watch history the API object store keeps itself (the others are recorded
 /// where they are served from).
-const SELF_WATCHED: [&str; 6] = [
+const SELF_WATCHED: [&str; 7] = [
     "namespaces",
     "deployments",
     "replicasets",
     "replicationcontrollers",
+    "horizontalpodautoscalers",
     "jobs",
     "cronjobs",
 ];
@@ -726,6 +727,19 @@ impl Store {
 }
 
 /// A fresh random UID (version-4 UUID form).
+/// A UID in the UUID text form from the first 32 hex digits of a digest (the stable UIDs of
+/// manifest objects).
+pub fn uid_from_hex(hex: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 pub fn random_uid() -> String {
     let mut b = [0u8; 16];
     // ring's generator reads the kernel's; a UID only has to be unique.
@@ -965,6 +979,7 @@ impl Store {
             "deployments",
             "replicasets",
             "replicationcontrollers",
+            "horizontalpodautoscalers",
             "jobs",
             "cronjobs",
         ] {

@@ -612,6 +612,7 @@ fn discovery_lists_what_is_served() {
             "endpoints",
             "endpointslices.discovery.k8s.io",
             "events",
+            "horizontalpodautoscalers.autoscaling",
             "images.skiff.dev",
             "jobs.batch",
             "namespaces",

@@ -647,3 +647,43 @@ fn delete_with_a_grace_period_overrides_the_pods_own() {
         "the pod's own 300 s were used: gone after {took:?}"
     );
 }
+
+/// `kubectl set image` on a running pod made through the API: its container is killed and
+/// started again with the new image (even with restartPolicy Never), as on a kubelet.
+#[test]
+#[ignore = "needs root"]
+fn an_image_change_restarts_the_container_with_the_new_image() {
+    require_root();
+    let Some(api) = Api::start() else {
+        return;
+    };
+    let f = api.file(
+        "never.yaml",
+        &pod("changing", "sleep 3600")
+            .replace("  containers:", "  restartPolicy: Never\n  containers:"),
+    );
+    api.ok(&["apply", "-f", &f]);
+    api.node.wait_running("changing");
+    api.ok(&["set", "image", "pod/changing", "main=skiff.test/busybox"]);
+    let p = api.node.wait_for(
+        "the container restarted with its new image",
+        Duration::from_secs(40),
+        || {
+            let p = api.node.pod("changing")?;
+            let c = &p["status"]["containerStatuses"][0];
+            (c["restartCount"] == 1 && c["state"]["running"].is_object()).then_some(p)
+        },
+    );
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["image"], "skiff.test/busybox",
+        "{p}"
+    );
+    assert_eq!(p["status"]["phase"], "Running", "{p}");
+    let events = api.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=changing",
+    ]);
+    assert!(events.contains("definition changed"), "{events}");
+}

@@ -22,9 +22,15 @@ struct Api {
 
 impl Api {
     fn start() -> Api {
+        Api::start_with(&[])
+    }
+
+    /// A node with its TLS API, the test image and skiffd's `flags`.
+    fn start_with(flags: &[&str]) -> Api {
         let bin = common::kubectl_bin().expect("kubectl is installed");
         let mut node = Node::new();
         node.host_ip_cmd(&["link", "set", "lo", "up"]);
+        node.extra_flags(flags);
         node.start_daemon();
         node.import_image();
         let kubeconfig = common::kubeconfig(&node);
@@ -124,6 +130,15 @@ impl Api {
 
     fn replica_sets(&self, selector: &str) -> Vec<Value> {
         self.items(&["get", "rs", "-l", selector])
+    }
+
+    /// Waits until no ReplicaSet and no pod matches `selector` (an owner's delete went
+    /// through to its dependents).
+    fn until_gone(&self, selector: &str) {
+        self.until(&format!("no ReplicaSets and pods with {selector}"), |a| {
+            a.replica_sets(selector).is_empty()
+                && a.items(&["get", "pods", "-l", selector]).is_empty()
+        });
     }
 }
 
@@ -336,6 +351,57 @@ fn deployment_walkthrough_with_kubectl() {
             })
     });
 
+    // expose, describe and rollout restart.
+    api.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let svc = api.json(&["get", "service", "web"]);
+    assert_eq!(
+        svc["spec"]["selector"],
+        serde_json::json!({"app": "web"}),
+        "{svc}"
+    );
+    api.until("the Service's 5 endpoints", |a| {
+        let ep = a.json(&["get", "endpoints", "web"]);
+        ep["subsets"][0]["addresses"]
+            .as_array()
+            .is_some_and(|x| x.len() == 5)
+    });
+    let described = api.ok(&["describe", "deployment", "web"]);
+    assert!(described.contains("ScalingReplicaSet"), "{described}");
+    assert!(described.contains("NewReplicaSetAvailable"), "{described}");
+    api.ok(&["rollout", "restart", "deployment/web"]);
+    api.rolled_out("deployment/web");
+    assert_eq!(api.replica_sets("app=web").len(), 4);
+
+    // `kubectl create deployment` (a protobuf body): its ReplicaSet and pods are made.
+    api.ok(&[
+        "create",
+        "deployment",
+        "hello",
+        &format!("--image={IMAGE}"),
+        "--replicas=2",
+        "--port=8080",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    api.until("hello's ReplicaSet with 2 pods", |a| {
+        let sets = a.replica_sets("app=hello");
+        sets.len() == 1
+            && sets[0]["spec"]["replicas"] == 2
+            && a.items(&["get", "pods", "-l", "app=hello"]).len() == 2
+    });
+    let d = api.json(&["get", "deployment", "hello"]);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"], serde_json::json!(["sleep", "3600"]), "{d}");
+    assert_eq!(c["ports"][0]["containerPort"], 8080, "{d}");
+    api.ok(&["delete", "deployment", "hello"]);
+
     // Bad input gets the apiserver's messages and changes nothing.
     let bad = api.file(
         "bad.yaml",
@@ -352,10 +418,7 @@ fn deployment_walkthrough_with_kubectl() {
 
     // delete: the ReplicaSets and pods go with it.
     api.ok(&["delete", "deployment", "web"]);
-    api.until("no ReplicaSets and no pods", |a| {
-        a.replica_sets("app=web").is_empty()
-            && a.items(&["get", "pods", "-l", "app=web"]).is_empty()
-    });
+    api.until_gone("app=web");
 }
 
 /// A ReplicaSet adopts a matching orphan pod and keeps its count; an orphaning delete leaves
@@ -488,8 +551,146 @@ fn a_deployment_from_the_manifest_directory() {
     assert_eq!(sets.len(), 2, "{sets:?}");
     assert_eq!(api.running("app=site").len(), 3);
     api.node.remove_manifest("web.yaml");
-    api.until("the manifest's pods gone", |a| {
-        a.replica_sets("app=site").is_empty()
-            && a.items(&["get", "pods", "-l", "app=site"]).is_empty()
+    api.until_gone("app=site");
+}
+
+/// `kubectl autoscale`: a CPU-burning Deployment is scaled up to the HPA's maximum from the
+/// cgroup usage skiffd measures, `kubectl get hpa` shows the targets, and once the pods go
+/// idle (and the scale-down window is set to 0) it comes back down to the minimum.
+#[test]
+#[ignore = "needs root"]
+fn autoscale_follows_cpu_usage() {
+    require_root();
+    let api = Api::start_with(&["--metric-resolution", "2s"]);
+    let burn = deployment("burn", 1, IMAGE)
+        .replace(
+            "[sleep, '3600']",
+            "[sh, -c, 'while :; do :; done']\n        resources:\n          requests: {cpu: 100m}\n          limits: {cpu: 200m}",
+        );
+    let f = api.file("burn.yaml", &burn);
+    api.ok(&["apply", "-f", &f]);
+    api.rolled_out("deployment/burn");
+    api.ok(&[
+        "autoscale",
+        "deployment",
+        "burn",
+        "--min=1",
+        "--max=3",
+        "--cpu-percent=50",
+    ]);
+    api.until("the HPA scaled the deployment to 3", |a| {
+        a.json(&["get", "deployment", "burn"])["spec"]["replicas"] == 3
     });
+    let table = api.ok(&["get", "hpa", "burn"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("burn "))
+        .expect(&table);
+    assert!(line.contains("Deployment/burn"), "{table}");
+    assert!(line.contains("/50%"), "{table}");
+    let h = api.json(&["get", "hpa", "burn"]);
+    let conds = h["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c["type"] == "ScalingActive" && c["status"] == "True"),
+        "{h}"
+    );
+    let events = api.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=burn",
+    ]);
+    assert!(events.contains("SuccessfulRescale"), "{events}");
+
+    // Idle pods, no scale-down window: back to the minimum.
+    api.ok(&[
+        "patch",
+        "hpa",
+        "burn",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#,
+    ]);
+    api.ok(&[
+        "patch",
+        "deployment",
+        "burn",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/template/spec/containers/0/command","value":["sleep","3600"]}]"#,
+    ]);
+    api.until("the HPA scaled back to 1", |a| {
+        a.json(&["get", "deployment", "burn"])["spec"]["replicas"] == 1
+    });
+    // A missing target is reported, not fatal.
+    let missing = api.file(
+        "missing.yaml",
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: nothing
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: nothing}
+  maxReplicas: 2
+",
+    );
+    api.ok(&["apply", "-f", &missing]);
+    api.until("the missing target reported", |a| {
+        let h = a.json(&["get", "hpa", "nothing"]);
+        h["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["reason"] == "FailedGetScale"))
+    });
+}
+
+/// skiffd SIGKILLed in the middle of a rollout: after the restart the rollout finishes, the
+/// pods never pass `replicas + maxSurge`, and no revision is lost.
+#[test]
+#[ignore = "needs root"]
+fn a_crash_mid_rollout_neither_duplicates_pods_nor_loses_history() {
+    require_root();
+    let mut api = Api::start();
+    let f = api.file("web.yaml", &deployment("web", 4, IMAGE));
+    api.ok(&["apply", "-f", &f]);
+    api.rolled_out("deployment/web");
+    // Slow the new pods down (a readiness delay) so the crash lands mid-rollout.
+    api.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/template/spec/containers/0/readinessProbe","value":{"exec":{"command":["true"]},"initialDelaySeconds":2,"periodSeconds":1}}]"#,
+    ]);
+    api.until("a second ReplicaSet", |a| {
+        a.replica_sets("app=web").len() == 2
+    });
+    api.node.kill_daemon();
+    api.node.start_daemon();
+    // maxSurge 25 % of 4 = 1: never more than 5 pods that are not terminating.
+    let active = |a: &Api| {
+        a.items(&["get", "pods", "-l", "app=web"])
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    let mut most = 0;
+    api.until("the rollout finished after the restart", |a| {
+        most = most.max(active(a));
+        let d = a.json(&["get", "deployment", "web"]);
+        d["status"]["updatedReplicas"] == 4
+            && d["status"]["availableReplicas"] == 4
+            && d["status"]["replicas"] == 4
+    });
+    assert!(most <= 5, "{most} pods at once");
+    let history = api.ok(&["rollout", "history", "deployment/web"]);
+    let revs: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revs, ["1", "2"], "{history}");
+    assert_eq!(api.running("app=web").len(), 4);
 }

@@ -214,6 +214,26 @@ pub const RESOURCES: &[Resource] = &[
     sub_of("apps", "v1", "replicasets/status", "ReplicaSet", &["get"]),
     Resource {
         verbs: WRITE_WATCH,
+        version: "v2",
+        ..res(
+            "autoscaling",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            "HorizontalPodAutoscaler",
+            true,
+            &["hpa"],
+            &["all"],
+        )
+    },
+    sub_of(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers/status",
+        "HorizontalPodAutoscaler",
+        &["get"],
+    ),
+    Resource {
+        verbs: WRITE_WATCH,
         ..res(
             "batch",
             "cronjobs",
@@ -456,21 +476,24 @@ fn resources_of(g: &str, version: &str) -> Vec<Value> {
         .iter()
         .filter(|r| r.group == g && r.version == version && !r.name.contains('/'))
         .map(|r| {
-            let subs: Vec<Value> =
-                RESOURCES
-                    .iter()
-                    .filter_map(|s| {
-                        let (parent, name) = s.name.split_once('/')?;
-                        (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
-                        let group = if s.kind == "Scale" { "autoscaling" } else { s.group };
+            let subs: Vec<Value> = RESOURCES
+                .iter()
+                .filter_map(|s| {
+                    let (parent, name) = s.name.split_once('/')?;
+                    (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
+                        let (group, version) = if s.kind == "Scale" {
+                            ("autoscaling", "v1")
+                        } else {
+                            (s.group, s.version)
+                        };
                         json!({
                             "subresource": name,
-                            "responseKind": {"group": group, "version": "v1", "kind": s.kind},
+                            "responseKind": {"group": group, "version": version, "kind": s.kind},
                             "verbs": s.verbs,
                         })
                     })
-                    })
-                    .collect();
+                })
+                .collect();
             let mut v = json!({
                 "resource": r.name,
                 "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
@@ -558,6 +581,7 @@ mod tests {
             groups(),
             [
                 "apps",
+                "autoscaling",
                 "batch",
                 "discovery.k8s.io",
                 "skiff.dev",

@@ -1,8 +1,9 @@
 //! Request bodies in `application/vnd.kubernetes.protobuf`, which kubectl 1.33's generators
-//! (`kubectl create configmap|secret|namespace|service|job|cronjob`) send whatever discovery
-//! says and do not retry as JSON after a 415. A Job or CronJob carries a pod template: the
-//! pod spec fields skiff runs are understood (a Job made `--from=cronjob/x` copies whatever
-//! the CronJob's template holds). Only the messages those generators make are understood,
+//! (`kubectl create configmap|secret|namespace|service|deployment|job|cronjob`, `kubectl
+//! autoscale`) send whatever discovery says and do not retry as JSON after a 415. A
+//! Deployment, Job or CronJob carries a pod template: the pod spec fields skiff runs are
+//! understood (a Job made `--from=cronjob/x` copies whatever the CronJob's template holds).
+//! Only the messages those generators make are understood,
 //! each field by its number in Kubernetes' `generated.proto`; a field not known here makes
 //! the body refused (415, naming it) rather than silently dropped. The result is the JSON
 //! the same object would have been, which then goes through the one write path.
@@ -151,6 +152,53 @@ const SERVICE_SPEC: &[Field] = &[
 const SERVICE: &[Field] = &[
     f(1, "metadata", Ty::Msg(OBJECT_META)),
     f(2, "spec", Ty::Msg(SERVICE_SPEC)),
+    f(3, "status", Ty::Skip),
+];
+
+/// resource.Quantity: its one string field, decoded as that string.
+const QUANTITY: &[Field] = &[f(1, "string", Ty::Str)];
+
+const CROSS_VERSION_REF: &[Field] = &[
+    f(1, "kind", Ty::Str),
+    f(2, "name", Ty::Str),
+    f(3, "apiVersion", Ty::Str),
+];
+
+const METRIC_TARGET: &[Field] = &[
+    f(1, "type", Ty::Str),
+    f(2, "value", Ty::Msg(QUANTITY)),
+    f(3, "averageValue", Ty::Msg(QUANTITY)),
+    f(4, "averageUtilization", Ty::Int),
+];
+
+const RESOURCE_METRIC: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "target", Ty::Msg(METRIC_TARGET)),
+];
+
+const CONTAINER_RESOURCE_METRIC: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "target", Ty::Msg(METRIC_TARGET)),
+    f(3, "container", Ty::Str),
+];
+
+/// `kubectl autoscale` makes Resource metrics only; the other sources are refused.
+const METRIC_SPEC: &[Field] = &[
+    f(1, "type", Ty::Str),
+    f(4, "resource", Ty::Msg(RESOURCE_METRIC)),
+    f(7, "containerResource", Ty::Msg(CONTAINER_RESOURCE_METRIC)),
+];
+
+const HPA_SPEC: &[Field] = &[
+    f(1, "scaleTargetRef", Ty::Msg(CROSS_VERSION_REF)),
+    f(2, "minReplicas", Ty::Int),
+    f(3, "maxReplicas", Ty::Int),
+    rep(4, "metrics", Ty::Msg(METRIC_SPEC)),
+];
+
+const HPA_V2: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(HPA_SPEC)),
     f(3, "status", Ty::Skip),
 ];
 
@@ -401,6 +449,33 @@ const POD_TEMPLATE_SPEC: &[Field] = &[
     f(2, "spec", Ty::Msg(POD_SPEC)),
 ];
 
+const ROLLING_UPDATE_DEPLOYMENT: &[Field] = &[
+    f(1, "maxUnavailable", Ty::Msg(INT_OR_STRING)),
+    f(2, "maxSurge", Ty::Msg(INT_OR_STRING)),
+];
+
+const DEPLOYMENT_STRATEGY: &[Field] = &[
+    f(1, "type", Ty::Str),
+    f(2, "rollingUpdate", Ty::Msg(ROLLING_UPDATE_DEPLOYMENT)),
+];
+
+const DEPLOYMENT_SPEC: &[Field] = &[
+    f(1, "replicas", Ty::OptInt),
+    f(2, "selector", Ty::Msg(LABEL_SELECTOR)),
+    f(3, "template", Ty::Msg(POD_TEMPLATE_SPEC)),
+    f(4, "strategy", Ty::Msg(DEPLOYMENT_STRATEGY)),
+    f(5, "minReadySeconds", Ty::Int),
+    f(6, "revisionHistoryLimit", Ty::OptInt),
+    f(7, "paused", Ty::Bool),
+    f(9, "progressDeadlineSeconds", Ty::OptInt),
+];
+
+const DEPLOYMENT: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "spec", Ty::Msg(DEPLOYMENT_SPEC)),
+    f(3, "status", Ty::Skip),
+];
+
 const JOB_SPEC: &[Field] = &[
     f(1, "parallelism", Ty::OptInt),
     f(2, "completions", Ty::OptInt),
@@ -617,7 +692,9 @@ fn decode(b: &[u8], fields: &'static [Field], path: &str) -> Result<Map<String, 
             }
             Ty::Msg(inner) => {
                 let m = decode(r.bytes()?, inner, &at)?;
-                if std::ptr::eq(inner, INT_OR_STRING) {
+                if std::ptr::eq(inner, QUANTITY) {
+                    m.get("string").cloned().unwrap_or(json!("0"))
+                } else if std::ptr::eq(inner, INT_OR_STRING) {
                     match m.get("strVal") {
                         Some(s) if m.get("type").is_some_and(|t| t == 1) => s.clone(),
                         _ => m.get("intVal").cloned().unwrap_or(json!(0)),
@@ -681,6 +758,8 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
         ("v1", "Secret") => SECRET,
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "Service") => SERVICE,
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => HPA_V2,
+        ("apps/v1", "Deployment") => DEPLOYMENT,
         ("batch/v1", "Job") => JOB,
         ("batch/v1", "CronJob") => CRON_JOB,
         _ => {

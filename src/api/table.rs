@@ -220,6 +220,46 @@ const REPLICA_SET_COLUMNS: &[Column] = &[
     ),
 ];
 
+const HPA_COLUMNS: &[Column] = &[
+    NAME,
+    col("Reference", "reference to scaled resource", 0),
+    col("Targets", "the target metrics and their current values", 0),
+    Column {
+        type_: INT,
+        ..col("MinPods", "minimum replicas", 0)
+    },
+    Column {
+        type_: INT,
+        ..col("MaxPods", "maximum replicas", 0)
+    },
+    Column {
+        type_: INT,
+        ..col("Replicas", "current replicas", 0)
+    },
+    AGE,
+];
+
+fn hpa_cells(o: &Value, now: Timestamp) -> Option<Vec<Value>> {
+    let h: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(o.clone()).ok()?;
+    let r = &h.spec.scale_target_ref;
+    Some(vec![
+        name_of(o),
+        s(format!("{}/{}", r.kind, r.name)),
+        s(crate::controller::hpa::targets_column(
+            &h.spec,
+            h.status.as_ref(),
+        )),
+        h.spec.min_replicas.unwrap_or(1).into(),
+        h.spec.max_replicas.into(),
+        h.status
+            .as_ref()
+            .map_or(0, |s| s.current_replicas.unwrap_or(0))
+            .into(),
+        s(age(created(o), now)),
+    ])
+}
+
 /// Containers, images and selector of a workload's template (the `-o wide` cells).
 fn template_cells(o: &Value) -> [Value; 3] {
     let cs = o["spec"]["template"]["spec"]["containers"]
@@ -515,6 +555,7 @@ pub fn for_kind(kind: &str, objects: Vec<Value>, now: Timestamp) -> Table {
             &|o| Some(workload_cells("Deployment", o, now)),
             DEPLOYMENT_COLUMNS,
         ),
+        "HorizontalPodAutoscaler" => typed(&|o| hpa_cells(o, now), HPA_COLUMNS),
         "ReplicaSet" | "ReplicationController" => {
             typed(&|o| Some(workload_cells(kind, o, now)), REPLICA_SET_COLUMNS)
         }

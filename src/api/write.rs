@@ -291,6 +291,13 @@ pub fn get_list(kind: Kind) -> MethodRouter<Shared> {
                     Kind::Workload(WorkloadKind::ReplicaSet) => {
                         |st| list(st, Kind::Workload(WorkloadKind::ReplicaSet), None)
                     }
+                    Kind::Workload(WorkloadKind::HorizontalPodAutoscaler) => |st| {
+                        list(
+                            st,
+                            Kind::Workload(WorkloadKind::HorizontalPodAutoscaler),
+                            None,
+                        )
+                    },
                     Kind::Workload(WorkloadKind::ReplicationController) => |st| {
                         list(
                             st,
@@ -1791,6 +1798,18 @@ pub mod internal {
     /// Deletes an object (a pod with its own grace period); dependents go in the background.
     pub fn delete(s: &Writer, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
         remove(s, kind, ns, name, None, b"").map(|_| ())
+    }
+
+    /// Sets a workload's replicas through its scale subresource (the HPA's write).
+    pub fn scale(
+        s: &Writer,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        replicas: i32,
+    ) -> Result<(), ApiError> {
+        let scale = json!({"spec": {"replicas": replicas}});
+        rescale(s, kind, ns, name, None, scale).map(|_| ())
     }
 
     /// Rewrites the owner references of a pod made through the API (adoption, release).

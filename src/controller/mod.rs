@@ -2,6 +2,7 @@
 //! what kube-controller-manager would do given the objects it sees. The loops that read the
 //! store and carry the decisions out build on these.
 
+pub mod autoscale;
 pub mod batch;
 pub mod cronjob;
 pub mod deployment;

@@ -40,8 +40,14 @@ const NOT_COPIED: [&str; 6] = [
 /// How often a pass runs without a change (minReadySeconds, progress deadlines).
 const PERIOD: Duration = Duration::from_secs(1);
 
-/// Runs the controllers until the store's sender goes away.
-pub async fn run(store: Arc<Store>, resync: tokio::sync::mpsc::UnboundedSender<()>) {
+/// Runs the controllers until the store's sender goes away; the HPAs read pod usage from
+/// `sampler`.
+pub async fn run(
+    store: Arc<Store>,
+    resync: tokio::sync::mpsc::UnboundedSender<()>,
+    sampler: Arc<crate::api::metrics::Sampler>,
+) {
+    let memory = Arc::new(std::sync::Mutex::new(super::autoscale::Memory::default()));
     let mut changed = store.subscribe();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,12 +58,16 @@ pub async fn run(store: Arc<Store>, resync: tokio::sync::mpsc::UnboundedSender<(
         }
         changed.borrow_and_update();
         let (st, tx) = (store.clone(), resync.clone());
+        let (sampler, memory) = (sampler.clone(), memory.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let w = Writer {
                 store: &st,
                 resync: &tx,
             };
-            sync_all(&w, Timestamp::now());
+            let now = Timestamp::now();
+            sync_all(&w, now);
+            let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
+            super::autoscale::sync_all(&w, &|ns| sampler.pods(Some(ns)), &mut memory, now);
         });
         if let Err(e) = pass.await {
             warn!(error = %e, "a workload controller pass failed");
@@ -133,7 +143,7 @@ fn deleting(v: &Value) -> bool {
 }
 
 /// The pod selector of a workload (an RC's is a plain map).
-fn selector_of(kind: WorkloadKind, v: &Value) -> Option<Selector> {
+pub(crate) fn selector_for(kind: WorkloadKind, v: &Value) -> Option<Selector> {
     let sel = &v["spec"]["selector"];
     if kind == WorkloadKind::ReplicationController {
         let m: BTreeMap<String, String> = serde_json::from_value(sel.clone()).ok()?;
@@ -145,7 +155,7 @@ fn selector_of(kind: WorkloadKind, v: &Value) -> Option<Selector> {
 
 /// The pods a controller may own: those made through the API (a static pod belongs to its
 /// file) in the namespace.
-fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
+pub(crate) fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
     store
         .list_pods(Some(ns))
         .into_iter()
@@ -168,7 +178,7 @@ fn sync_replica_set(w: &Writer, kind: WorkloadKind, r: &Value, now: Timestamp) {
     let ns = meta_str(r, "namespace");
     let name = meta_str(r, "name");
     let uid = meta_str(r, "uid");
-    let Some(selector) = selector_of(kind, r) else {
+    let Some(selector) = selector_for(kind, r) else {
         return;
     };
     let Ok(template) = serde_json::from_value::<PodTemplateSpec>(r["spec"]["template"].clone())
@@ -433,7 +443,7 @@ fn sync_deployment(w: &Writer, d: &Value, now: Timestamp) {
     let ns = meta_str(d, "namespace");
     let dname = meta_str(d, "name");
     let duid = meta_str(d, "uid");
-    let Some(selector) = selector_of(WorkloadKind::Deployment, d) else {
+    let Some(selector) = selector_for(WorkloadKind::Deployment, d) else {
         return;
     };
     let spec = &d["spec"];
@@ -600,8 +610,9 @@ fn sync_deployment(w: &Writer, d: &Value, now: Timestamp) {
     }
 
     if let Some(i) = new_idx {
-        // A rollback makes an old ReplicaSet new again: it gets the next revision.
-        let mut extra = rs_annotations.clone();
+        // A rollback makes an old ReplicaSet new again: it gets the next revision. (Its
+        // replica annotations change only with its size, below: they tell a scaling event.)
+        let mut extra: Vec<(&str, String)> = Vec::new();
         if sets[i].revision < max_revision || sets[i].revision == 0 {
             extra.push((REVISION, (max_revision + 1).to_string()));
         }
@@ -673,19 +684,47 @@ fn sync_deployment(w: &Writer, d: &Value, now: Timestamp) {
                 progressed |= scale_set(w, d, &sets[i], 0, &rs_annotations);
             }
         } else {
+            // The controller's `GetProportion`: each set scales to its share of the new
+            // allowed size, over the size it was last sized for (its max-replicas
+            // annotation), rounded, without passing the total change; what rounding leaves
+            // goes to the largest set (newer first when scaling up, older when down).
             let allowed = replicas + surge;
             let diff = allowed - total;
-            let mut given = 0;
+            let mut order = active.clone();
+            order.sort_by(|a, b| {
+                let (x, y) = (&sets[*a], &sets[*b]);
+                y.replicas.cmp(&x.replicas).then(if diff > 0 {
+                    y.created.cmp(&x.created)
+                } else {
+                    x.created.cmp(&y.created)
+                })
+            });
+            let mut added = 0;
             let mut targets: Vec<(usize, i32)> = Vec::new();
-            for &i in &active {
-                let share = (i64::from(sets[i].replicas) * i64::from(diff)
-                    / i64::from(total.max(1))) as i32;
-                targets.push((i, (sets[i].replicas + share).max(0)));
-                given += share;
+            for &i in &order {
+                let set = &sets[i];
+                let annotated = set.value["metadata"]["annotations"][MAX_REPLICAS]
+                    .as_str()
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .filter(|v| *v > 0)
+                    .unwrap_or(total.max(1));
+                let fraction = if replicas == 0 {
+                    -set.replicas
+                } else {
+                    (f64::from(set.replicas) * f64::from(allowed) / f64::from(annotated)).round()
+                        as i32
+                        - set.replicas
+                };
+                let share = if diff > 0 {
+                    fraction.min(diff - added).max(0)
+                } else {
+                    fraction.max(diff - added).min(0)
+                };
+                added += share;
+                targets.push((i, set.replicas + share));
             }
-            // What rounding left goes to the newest ReplicaSet.
-            if let Some(last) = targets.iter_mut().max_by_key(|(i, _)| sets[*i].created) {
-                last.1 = (last.1 + diff - given).max(0);
+            if let Some(first) = targets.first_mut() {
+                first.1 = (first.1 + diff - added).max(0);
             }
             for (i, to) in targets {
                 progressed |= scale_set(w, d, &sets[i], to, &rs_annotations);
@@ -992,6 +1031,136 @@ fn collect_garbage(w: &Writer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// Plays the kubelet: pods whose image is `good` run and are ready (since long ago), the
+    /// others stay pending (an image that does not resolve).
+    fn kubelet(store: &Store, good: &str) {
+        for p in store.list_pods(Some("default")) {
+            let image = p.spec.as_ref().and_then(|s| s.containers[0].image.clone());
+            if image.as_deref() != Some(good) || p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            store.update_pod(&crate::store::key_of(&p), &uid, |p| {
+                p.status = Some(PodStatus {
+                    phase: Some("Running".into()),
+                    conditions: Some(vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                });
+            });
+        }
+    }
+
+    /// Deleted pods are gone at once (no grace period to wait for here).
+    fn reap(store: &Store) {
+        for p in store.list_pods(Some("default")) {
+            if p.metadata.deletion_timestamp.is_some() {
+                store.remove_pod(
+                    &crate::store::key_of(&p),
+                    p.metadata.uid.as_deref().unwrap_or_default(),
+                );
+            }
+        }
+    }
+
+    fn settle(w: &Writer, good: &str) {
+        for _ in 0..30 {
+            sync_all(w, Timestamp::now());
+            reap(w.store);
+            kubelet(w.store, good);
+        }
+    }
+
+    fn replicas_by_image(store: &Store) -> BTreeMap<String, i64> {
+        store
+            .list_workloads("replicasets", Some("default"))
+            .iter()
+            .map(|r| {
+                (
+                    r["spec"]["template"]["spec"]["containers"][0]["image"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    r["spec"]["replicas"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// The concepts guide's proportional scaling example: 10 replicas, maxSurge 3,
+    /// maxUnavailable 2, an image that does not resolve blocks the rollout at 8 old and 5 new
+    /// pods; scaling to 15 then shares the 5 more pods 3 to the old and 2 to the new ReplicaSet.
+    #[test]
+    fn proportional_scaling_as_in_the_guide() {
+        let store = Store::new("n");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let w = Writer {
+            store: &store,
+            resync: &tx,
+        };
+        let d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "nginx-deployment"},
+            "spec": {
+                "replicas": 10,
+                "strategy": {"rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}},
+                "selector": {"matchLabels": {"app": "nginx"}},
+                "template": {
+                    "metadata": {"labels": {"app": "nginx"}},
+                    "spec": {"containers": [{"name": "nginx", "image": "nginx:1.7.9"}]},
+                },
+            },
+        });
+        let kind = Kind::Workload(WorkloadKind::Deployment);
+        let made = internal::create(&w, kind, "default", d).unwrap();
+        let uid = made["metadata"]["uid"].as_str().unwrap().to_string();
+        let key: ObjKey = (
+            "deployments".into(),
+            "default".into(),
+            "nginx-deployment".into(),
+        );
+        settle(&w, "nginx:1.7.9");
+        assert_eq!(
+            replicas_by_image(&store),
+            BTreeMap::from([("nginx:1.7.9".to_string(), 10)])
+        );
+        let status = store.workload(&key).unwrap()["status"].clone();
+        assert_eq!(status["availableReplicas"], 10, "{status}");
+        store
+            .update_workload(&key, &uid, |v| {
+                v["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:sometag".into();
+            })
+            .unwrap();
+        settle(&w, "nginx:1.7.9");
+        assert_eq!(
+            replicas_by_image(&store),
+            BTreeMap::from([
+                ("nginx:1.7.9".to_string(), 8),
+                ("nginx:sometag".to_string(), 5)
+            ])
+        );
+        store
+            .update_workload(&key, &uid, |v| v["spec"]["replicas"] = 15.into())
+            .unwrap();
+        settle(&w, "nginx:1.7.9");
+        assert_eq!(
+            replicas_by_image(&store),
+            BTreeMap::from([
+                ("nginx:1.7.9".to_string(), 11),
+                ("nginx:sometag".to_string(), 7)
+            ])
+        );
+        let d = store.workload(&key).unwrap();
+        assert_eq!(d["status"]["updatedReplicas"], 7, "{d}");
+        assert_eq!(d["status"]["availableReplicas"], 11, "{d}");
+    }
 
     #[test]
     fn a_replica_sets_template_is_compared_without_its_hash_label() {

@@ -9,9 +9,9 @@
 //! skiff's own so that they stay bounded: local answers are made inline on the receiving
 //! task (no task per datagram), forwarded queries take one of [`MAX_FORWARDS`] permits or get
 //! SERVFAIL at once, TCP connections are capped at [`MAX_TCP`] with an idle timeout, and each
-//! client address gets [`RATE_PER_CLIENT`] queries a second (over that UDP queries are
-//! dropped, as CoreDNS's `ratelimit`-style plugins do, so a flood cannot use skiffd to
-//! amplify or starve others).
+//! client address gets [`RATE_PER_CLIENT`] queries a second by default (over that UDP queries
+//! are dropped, as CoreDNS's `ratelimit`-style plugins do, so a flood cannot use skiffd to
+//! amplify or starve others; `--cluster-dns-rate-limit` changes it, 0 turns it off).
 
 pub mod forward;
 pub mod records;
@@ -40,8 +40,9 @@ pub const MAX_FORWARDS: usize = 256;
 pub const MAX_TCP: usize = 128;
 /// A TCP connection with no query for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Queries a second one client address may send (token bucket, burst of the same size).
-pub const RATE_PER_CLIENT: f64 = 2000.0;
+/// Queries a second one client address may send by default (token bucket, burst of the same
+/// size).
+pub const RATE_PER_CLIENT: u32 = 2000;
 /// Largest UDP answer skiffd sends to an EDNS client (the DNS flag day's 1232).
 pub const EDNS_PAYLOAD: u16 = 1232;
 /// Client addresses tracked by the rate limiter before idle ones are forgotten.
@@ -58,6 +59,8 @@ pub struct Settings {
     pub resolv_conf: PathBuf,
     /// Addresses that are skiffd's resolver itself (never forwarded to).
     pub own: Vec<IpAddr>,
+    /// `--cluster-dns-rate-limit`: UDP queries a second per client address; 0 is no limit.
+    pub rate_per_client: u32,
 }
 
 /// The resolver's state, shared by its sockets.
@@ -98,6 +101,14 @@ impl Resolver {
             cache: forward::Cache::default(),
             forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             limiter: Mutex::new(RateLimiter::default()),
+        }
+    }
+
+    /// Limits each client address to `qps` UDP queries a second; 0 turns the limit off.
+    pub fn with_rate_limit(self, qps: u32) -> Resolver {
+        Resolver {
+            limiter: Mutex::new(RateLimiter::new(qps)),
+            ..self
         }
     }
 
@@ -329,26 +340,42 @@ fn from_upstream(request: &Message, mut answer: Message) -> Message {
     m
 }
 
-/// Per-client token buckets.
-#[derive(Default)]
+/// Per-client token buckets of `rate` tokens a second (burst: one second's worth).
 struct RateLimiter {
+    /// Queries a second; 0 lets everything through.
+    rate: f64,
     clients: HashMap<IpAddr, (f64, Instant)>,
 }
 
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new(RATE_PER_CLIENT)
+    }
+}
+
 impl RateLimiter {
+    fn new(qps: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(qps),
+            clients: HashMap::new(),
+        }
+    }
+
     fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let rate = self.rate;
+        if rate <= 0.0 {
+            return true;
+        }
         if self.clients.len() >= MAX_CLIENTS && !self.clients.contains_key(&ip) {
             // Forget the clients whose bucket has refilled: they lose nothing.
-            self.clients.retain(|_, (_, at)| {
-                now.duration_since(*at).as_secs_f64() * RATE_PER_CLIENT < RATE_PER_CLIENT
-            });
+            self.clients
+                .retain(|_, (_, at)| now.duration_since(*at).as_secs_f64() * rate < rate);
             if self.clients.len() >= MAX_CLIENTS {
                 return false;
             }
         }
-        let (tokens, at) = self.clients.entry(ip).or_insert((RATE_PER_CLIENT, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * RATE_PER_CLIENT)
-            .min(RATE_PER_CLIENT);
+        let (tokens, at) = self.clients.entry(ip).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -436,11 +463,14 @@ pub async fn run(
             return;
         }
     };
-    info!(listen = %settings.listen, domain = %settings.domain, upstreams = ?upstreams, "cluster DNS serving");
-    let resolver = Arc::new(Resolver::new(
-        Snapshot::build(&settings.domain, &[], &[], &[], 0),
-        upstreams,
-    ));
+    info!(listen = %settings.listen, domain = %settings.domain, upstreams = ?upstreams, rate_per_client = settings.rate_per_client, "cluster DNS serving");
+    let resolver = Arc::new(
+        Resolver::new(
+            Snapshot::build(&settings.domain, &[], &[], &[], 0),
+            upstreams,
+        )
+        .with_rate_limit(settings.rate_per_client),
+    );
     let mut tasks = JoinSet::new();
     tasks.spawn(refresh(
         resolver.clone(),

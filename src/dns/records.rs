@@ -130,7 +130,12 @@ impl Snapshot {
                 )
             })
             .collect();
-        // Pods by (namespace, name) for the endpoints' hostnames.
+        // Pods by uid and by (namespace, name) for the endpoints' hostnames: in multi-host mode
+        // two nodes may each run a pod of the same name, and the uid tells them apart.
+        let by_uid: HashMap<&str, &Pod> = pods
+            .iter()
+            .filter_map(|p| Some((p.metadata.uid.as_deref()?, p)))
+            .collect();
         let by_name: HashMap<(String, String), &Pod> = pods
             .iter()
             .map(|p| {
@@ -215,11 +220,12 @@ impl Snapshot {
                             .target_ref
                             .as_ref()
                             .filter(|r| r.kind.as_deref() == Some("Pod"))
-                            .and_then(|r| {
-                                by_name.get(&(
+                            .and_then(|r| match r.uid.as_deref() {
+                                Some(uid) => by_uid.get(uid),
+                                None => by_name.get(&(
                                     r.namespace.clone().unwrap_or_default(),
                                     r.name.clone().unwrap_or_default(),
-                                ))
+                                )),
                             })
                             .and_then(|p| p.spec.as_ref())
                             .filter(|sp| sp.subdomain.as_deref().map(lower) == Some(name.clone()))

@@ -347,6 +347,12 @@ fn a_flooding_client_is_limited_and_others_are_not() {
     assert!(l.allow(b, now));
     // Refilled after a second.
     assert!(l.allow(a, now + Duration::from_secs(1)));
+    // Another rate; 0 is no limit at all.
+    let mut l = RateLimiter::new(10);
+    assert_eq!((0..50).filter(|_| l.allow(a, now)).count(), 10);
+    let mut l = RateLimiter::new(0);
+    assert!((0..100_000).all(|_| l.allow(a, now)));
+    assert!(l.clients.is_empty());
 }
 
 #[test]
@@ -362,5 +368,33 @@ fn default_address_gateway_and_range() {
     assert_eq!(
         gateway_of("10.244.3.0/24"),
         Some("10.244.3.1".parse().unwrap())
+    );
+}
+
+/// Multi-host: two nodes each run a pod `db` (the store holds this node's and the others' from
+/// etcd); an endpoint names its pod by uid, so each address gets its own pod's hostname.
+#[test]
+fn endpoints_find_their_pod_by_uid_across_nodes() {
+    let services: Vec<Service> = vec![yaml(
+        "metadata: {name: db, namespace: shop}\nspec: {clusterIP: None, ports: [{name: pg, port: 5432}]}",
+    )];
+    let endpoints: Vec<Endpoints> = vec![yaml(
+        "metadata: {name: db, namespace: shop}\nsubsets:\n- addresses:\n  - {ip: 10.244.1.7, nodeName: a, targetRef: {kind: Pod, name: db, namespace: shop, uid: u-a}}\n  - {ip: 10.244.2.7, nodeName: b, targetRef: {kind: Pod, name: db, namespace: shop, uid: u-b}}\n  ports: [{name: pg, port: 5432}]",
+    )];
+    let pods: Vec<Pod> = vec![
+        yaml(
+            "metadata: {name: db, namespace: shop, uid: u-a}\nspec: {hostname: db-a, subdomain: db, nodeName: a, containers: []}\nstatus: {podIP: 10.244.1.7}",
+        ),
+        yaml(
+            "metadata: {name: db, namespace: shop, uid: u-b}\nspec: {hostname: db-b, subdomain: db, nodeName: b, containers: []}\nstatus: {podIP: 10.244.2.7}",
+        ),
+    ];
+    let s = Snapshot::build("cluster.local", &services, &endpoints, &pods, 1);
+    let q = |n: &str| rdata(s.lookup(&name(n), RecordType::A));
+    assert_eq!(q("db-a.db.shop.svc.cluster.local."), ["10.244.1.7"]);
+    assert_eq!(q("db-b.db.shop.svc.cluster.local."), ["10.244.2.7"]);
+    assert_eq!(
+        q("db.shop.svc.cluster.local."),
+        ["10.244.1.7", "10.244.2.7"]
     );
 }

@@ -309,15 +309,7 @@ impl DirSource {
         h.update(&canonical);
         let d = h.finalize();
         let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
-        let uid = format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        );
-        pod.metadata.uid = Some(uid);
+        pod.metadata.uid = Some(crate::store::uid_from_hex(&hex));
         let ann = pod
             .metadata
             .annotations

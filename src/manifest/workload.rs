@@ -20,15 +20,17 @@ pub enum WorkloadKind {
     Deployment,
     ReplicaSet,
     ReplicationController,
+    HorizontalPodAutoscaler,
     Job,
     CronJob,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 5] = [
+    pub const ALL: [WorkloadKind; 6] = [
         WorkloadKind::Deployment,
         WorkloadKind::ReplicaSet,
         WorkloadKind::ReplicationController,
+        WorkloadKind::HorizontalPodAutoscaler,
         WorkloadKind::Job,
         WorkloadKind::CronJob,
     ];
@@ -38,6 +40,7 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::ReplicaSet => "ReplicaSet",
             WorkloadKind::ReplicationController => "ReplicationController",
+            WorkloadKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
             WorkloadKind::Job => "Job",
             WorkloadKind::CronJob => "CronJob",
         }
@@ -48,6 +51,7 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "deployments",
             WorkloadKind::ReplicaSet => "replicasets",
             WorkloadKind::ReplicationController => "replicationcontrollers",
+            WorkloadKind::HorizontalPodAutoscaler => "horizontalpodautoscalers",
             WorkloadKind::Job => "jobs",
             WorkloadKind::CronJob => "cronjobs",
         }
@@ -56,14 +60,18 @@ impl WorkloadKind {
     pub fn api_version(self) -> &'static str {
         match self {
             WorkloadKind::ReplicationController => "v1",
+            WorkloadKind::HorizontalPodAutoscaler => "autoscaling/v2",
             WorkloadKind::Job | WorkloadKind::CronJob => "batch/v1",
             _ => "apps/v1",
         }
     }
 
-    /// Whether the kind has a `/scale` subresource (the batch kinds have none).
+    /// Whether the kind has a `/scale` subresource (the HPA and the batch kinds have none).
     pub fn has_scale(self) -> bool {
-        !matches!(self, WorkloadKind::Job | WorkloadKind::CronJob)
+        !matches!(
+            self,
+            WorkloadKind::HorizontalPodAutoscaler | WorkloadKind::Job | WorkloadKind::CronJob
+        )
     }
 
     pub fn from_name(kind: &str) -> Option<WorkloadKind> {
@@ -243,6 +251,16 @@ pub fn check(
             check_replicas(spec.replicas).map_err(fail)?;
             check_template(&rc.metadata, template).map_err(fail)?;
             serde_json::to_value(rc)
+        }
+        WorkloadKind::HorizontalPodAutoscaler => {
+            let mut h: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+                decode(v, mode, warnings)?;
+            validate_meta(&h.metadata).map_err(fail)?;
+            crate::controller::hpa::defaults(&mut h);
+            if let Some(first) = crate::controller::hpa::validate(&h).into_iter().next() {
+                return Err(fail(first));
+            }
+            serde_json::to_value(h)
         }
         WorkloadKind::Job => serde_json::to_value(super::batch::check_job(v, mode, warnings)?),
         WorkloadKind::CronJob => {

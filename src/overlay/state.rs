@@ -63,7 +63,9 @@ impl Keys {
     }
 }
 
-/// A pod reduced to what another node's service controller needs.
+/// A pod reduced to what another node's service controller and cluster DNS need (the DNS
+/// names a headless Service's endpoint by the pod's `hostname` when its `subdomain` is the
+/// Service, and gives `hostNetwork` pods no pod record).
 pub fn endpoint_pod(pod: &Pod, node: &str) -> Pod {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
@@ -93,6 +95,9 @@ pub fn endpoint_pod(pod: &Pod, node: &str) -> Pod {
                         .collect()
                 })
                 .unwrap_or_default(),
+            hostname: spec.and_then(|s| s.hostname.clone()),
+            subdomain: spec.and_then(|s| s.subdomain.clone()),
+            host_network: spec.and_then(|s| s.host_network),
             ..Default::default()
         }),
         status: Some(PodStatus {
@@ -526,6 +531,46 @@ mod tests {
         let (kvs, _) = cs.client.range(&cs.keys.root, true).await.unwrap();
         cs.seen = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
         cs.hand_over();
+    }
+
+    /// What another node gets of a pod: enough for Endpoints and for the DNS names of a
+    /// headless Service's endpoints (hostname, subdomain), nothing of its containers' commands.
+    #[test]
+    fn endpoint_pod_keeps_what_endpoints_and_dns_need() {
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("db-0".into()),
+                namespace: Some("shop".into()),
+                labels: Some(BTreeMap::from([("app".into(), "db".into())])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                hostname: Some("db-0".into()),
+                subdomain: Some("db".into()),
+                containers: vec![Container {
+                    name: "main".into(),
+                    command: Some(vec!["secret-command".into()]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some("10.244.1.7".into()),
+                ..Default::default()
+            }),
+        };
+        let out = endpoint_pod(&pod, "a");
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("db-0"));
+        assert_eq!(spec.subdomain.as_deref(), Some("db"));
+        assert_eq!(spec.node_name.as_deref(), Some("a"));
+        assert_eq!(spec.host_network, None);
+        assert_eq!(spec.containers[0].command, None);
+        let ready = &out.status.as_ref().unwrap().conditions.as_ref().unwrap()[0];
+        assert_eq!(
+            (ready.type_.as_str(), ready.status.as_str()),
+            ("Ready", "False")
+        );
     }
 
     /// Two nodes that picked the same cluster IP on their own: the first to publish holds it,

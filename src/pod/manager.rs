@@ -14,8 +14,23 @@ use crate::store::{EventType, Involved};
 
 struct Entry {
     uid: String,
+    /// The containers' images the worker was last given.
+    images: Vec<(String, Option<String>)>,
     tx: mpsc::UnboundedSender<Msg>,
     handle: JoinHandle<()>,
+}
+
+/// The images of a pod's containers, init containers first (what an API update may change).
+fn images_of(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<(String, Option<String>)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| (c.name.clone(), c.image.clone()))
+        .collect()
 }
 
 /// The pod manager.
@@ -68,8 +83,15 @@ impl Manager {
         });
         for (key, desired) in &snapshot.pods {
             let uid = desired.uid().to_string();
-            match self.workers.get(key) {
-                Some(e) if e.uid == uid => continue,
+            match self.workers.get_mut(key) {
+                Some(e) if e.uid == uid => {
+                    let images = images_of(&desired.pod);
+                    if images != e.images {
+                        e.images = images;
+                        let _ = e.tx.send(Msg::Update(Box::new(desired.pod.clone())));
+                    }
+                    continue;
+                }
                 _ => {}
             }
             if self.refused.get(key) == Some(&uid) {
@@ -120,7 +142,16 @@ impl Manager {
             shown.status = Some(worker::initial_status(&pod));
             self.ctx.store.put_pod(shown, true);
             let (tx, handle) = worker::spawn(self.ctx.clone(), pod, previous);
-            self.workers.insert(key.clone(), Entry { uid, tx, handle });
+            let images = images_of(&desired.pod);
+            self.workers.insert(
+                key.clone(),
+                Entry {
+                    uid,
+                    images,
+                    tx,
+                    handle,
+                },
+            );
         }
         let gone: Vec<PodKey> = self
             .workers

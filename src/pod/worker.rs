@@ -34,6 +34,8 @@ pub enum Msg {
     Terminate,
     /// Something the pod may be waiting for changed (e.g. an image was imported).
     Resync,
+    /// The pod was updated through the API: its containers' images may have changed.
+    Update(Box<Pod>),
 }
 
 /// Shared services of all workers.
@@ -85,6 +87,8 @@ struct Slot {
     not_before: Option<Instant>,
     /// An adopted container whose prober still has to be started.
     needs_prober: bool,
+    /// Killed because its definition changed: started again whatever the restart policy.
+    changed: bool,
 }
 
 impl Slot {
@@ -104,6 +108,7 @@ impl Slot {
             backoff: Backoff::default(),
             not_before: None,
             needs_prober: false,
+            changed: false,
         }
     }
 
@@ -368,6 +373,7 @@ impl Worker {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Resync) => self.refresh_volumes = true,
+                    Some(Msg::Update(pod)) => self.update(&pod),
                     Some(Msg::Terminate) | None => {
                         self.terminate().await;
                         return;
@@ -1061,6 +1067,58 @@ impl Worker {
         }
     }
 
+    /// Takes the images of a pod updated through the API (the only container field the
+    /// apiserver lets change): a running container whose image changed is killed and started
+    /// again with the new one, whatever the restart policy, as the kubelet does when a
+    /// container's definition changes. Init containers that already ran stay as they were.
+    fn update(&mut self, pod: &Pod) {
+        let Some(new_spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let image_of = |name: &str, init: bool| -> Option<String> {
+            let list = if init {
+                new_spec.init_containers.as_deref().unwrap_or_default()
+            } else {
+                &new_spec.containers[..]
+            };
+            list.iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.image.clone())
+        };
+        if let Some(spec) = self.pod.spec.as_mut() {
+            spec.containers = new_spec.containers.clone();
+            spec.init_containers = new_spec.init_containers.clone();
+        }
+        for i in 0..self.slots.len() {
+            let (name, init, sidecar) = {
+                let s = &self.slots[i];
+                (s.spec.name.clone(), s.init, s.sidecar)
+            };
+            let Some(image) = image_of(&name, init) else {
+                continue;
+            };
+            if self.slots[i].spec.image.as_deref() == Some(image.as_str()) {
+                continue;
+            }
+            info!(pod = %self.key.1, container = %name, image = %image, "container image changed");
+            self.slots[i].spec.image = Some(image);
+            if init && !sidecar {
+                continue;
+            }
+            if self.slots[i].current.is_some() {
+                self.slots[i].changed = true;
+                self.kill_container(
+                    i,
+                    &format!("Container {name} definition changed, will be restarted"),
+                );
+            } else if self.slots[i].last.is_some() {
+                // Finished or backing off: start it again with the new image.
+                self.slots[i].waiting = Some(("ContainerCreating".into(), None));
+                self.slots[i].not_before = None;
+            }
+        }
+    }
+
     /// Stops one container (preStop, SIGTERM, SIGKILL after the grace period);
     /// its exit then goes through the restart policy like any other.
     fn kill_container(&mut self, i: usize, why: &str) {
@@ -1186,6 +1244,11 @@ impl Worker {
         let delay = slot.backoff.delay_after_exit(run.since.elapsed());
         slot.not_before = Some(Instant::now() + delay);
         slot.last = Some(t);
+        if std::mem::take(&mut slot.changed) {
+            // Started again at once with its new definition.
+            slot.not_before = None;
+            slot.waiting = Some(("ContainerCreating".into(), None));
+        }
         if let Some(old) = slot.last_id.replace(id.to_string()) {
             self.ctx.runtime.remove_container(&self.uid, &old);
         }

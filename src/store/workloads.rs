@@ -25,14 +25,7 @@ fn manifest_uid(node: &str, key: &ObjKey) -> String {
         h.update([0]);
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    super::uid_from_hex(&hex)
 }
 
 fn without_rv(v: &Value) -> Value {
