@@ -311,9 +311,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store.clone(),
         snap_tx,
     ));
+    let api_store = store.clone();
     let pods = tokio::spawn(manager::run(
         Manager::new(ctx),
         snap_rx,
+        move |s| api::write::with_api_objects(s, &api_store),
         resync_rx,
         stopped(stop_rx.clone()),
     ));

@@ -209,6 +209,8 @@ pub struct Store {
     kind_changes: broadcast::Sender<(String, Arc<ObjEvent>)>,
     /// Bumped after every change of an API-made object.
     api_changed: watch::Sender<u64>,
+    /// Bumped each time the service controller publishes its views.
+    views_published: watch::Sender<u64>,
     /// `<root-dir>/objects`, once [`Store::load_objects`] ran.
     objects_dir: OnceLock<PathBuf>,
 }
@@ -248,6 +250,7 @@ impl Store {
             pod_changes: broadcast::channel(WATCH_BUFFER).0,
             kind_changes: broadcast::channel(WATCH_BUFFER).0,
             api_changed: watch::channel(0).0,
+            views_published: watch::channel(0).0,
             objects_dir: OnceLock::new(),
         }
     }
@@ -503,6 +506,12 @@ impl Store {
     /// controller itself is one).
     pub fn set_service_views(&self, views: crate::service::Views) {
         self.write().service_views = views;
+        self.views_published.send_modify(|v| *v += 1);
+    }
+
+    /// Wakes after each publication of the service controller's views.
+    pub fn subscribe_service_views(&self) -> watch::Receiver<u64> {
+        self.views_published.subscribe()
     }
 
     pub fn services(&self, namespace: Option<&str>) -> Vec<k8s_openapi::api::core::v1::Service> {

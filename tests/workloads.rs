@@ -352,14 +352,22 @@ fn deployment_walkthrough_with_kubectl() {
     });
 
     // expose, describe and rollout restart.
-    api.ok(&[
+    // The answer to the create carries the cluster IP, as the apiserver allocates it before
+    // it answers, and the Service is there for the next request.
+    let exposed = api.json(&[
         "expose",
         "deployment",
         "web",
         "--port=80",
         "--target-port=8080",
     ]);
+    let ip = exposed["spec"]["clusterIP"].as_str().unwrap_or_default();
+    assert!(
+        ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "no cluster IP in the answer to expose: {exposed}"
+    );
     let svc = api.json(&["get", "service", "web"]);
+    assert_eq!(svc["spec"]["clusterIP"], ip, "{svc}");
     assert_eq!(
         svc["spec"]["selector"],
         serde_json::json!({"app": "web"}),

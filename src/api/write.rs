@@ -198,14 +198,8 @@ pub fn collection(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, _) = names(kind, &uri);
-            respond(create(
-                &Writer::of(&s),
-                kind,
-                &ns,
-                q.as_deref(),
-                &headers,
-                &body,
-            ))
+            let written = create(&Writer::of(&s), kind, &ns, q.as_deref(), &headers, &body);
+            respond(served_service(&s, kind, q.as_deref(), written).await)
         },
     )
 }
@@ -219,15 +213,9 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
-            respond(update(
-                &Writer::of(&s),
-                kind,
-                &ns,
-                &name,
-                q.as_deref(),
-                &headers,
-                &body,
-            ))
+            let w = Writer::of(&s);
+            let written = update(&w, kind, &ns, &name, q.as_deref(), &headers, &body);
+            respond(served_service(&s, kind, q.as_deref(), written).await)
         },
     )
     .merge(patch(
@@ -237,15 +225,9 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
-            respond(patch_object(
-                &Writer::of(&s),
-                kind,
-                &ns,
-                &name,
-                q.as_deref(),
-                &headers,
-                &body,
-            ))
+            let w = Writer::of(&s);
+            let written = patch_object(&w, kind, &ns, &name, q.as_deref(), &headers, &body);
+            respond(served_service(&s, kind, q.as_deref(), written).await)
         },
     ))
     .merge(delete(
@@ -341,6 +323,52 @@ struct Written {
     code: StatusCode,
     body: Value,
     warnings: Vec<String>,
+}
+
+/// How long a Service write waits for the service controller to serve it.
+const SERVICE_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Answers a Service write once the service controller serves the written version, with the
+/// cluster IP (and node ports) it was given: the apiserver allocates them before it answers,
+/// and a client that reads right after (`kubectl expose` then `kubectl get service`) must find
+/// the Service. A Service the controller refuses, or one it has not served within
+/// [`SERVICE_SETTLE`], is answered as stored; dry runs and other kinds as they are.
+async fn served_service(
+    s: &Shared,
+    kind: Kind,
+    q: Option<&str>,
+    written: Result<Written, ApiError>,
+) -> Result<Written, ApiError> {
+    let Ok(mut w) = written else {
+        return written;
+    };
+    if kind != Kind::Service || WriteOptions::parse(q).is_ok_and(|o| o.dry_run) {
+        return Ok(w);
+    }
+    let meta = &w.body["metadata"];
+    let field = |f: &str| meta[f].as_str().unwrap_or_default().to_string();
+    let (ns, name, rv) = (field("namespace"), field("name"), field("resourceVersion"));
+    let mut published = s.store.subscribe_service_views();
+    let wait = async {
+        loop {
+            let view = s.store.services(Some(&ns)).into_iter().find(|v| {
+                v.metadata.name.as_deref() == Some(name.as_str())
+                    && v.metadata.resource_version.as_deref() == Some(rv.as_str())
+            });
+            if view.is_some() || s.store.service_rejection(&ns, &name).is_some() {
+                return view;
+            }
+            if published.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    if let Ok(Some(view)) = tokio::time::timeout(SERVICE_SETTLE, wait).await
+        && let Ok(v) = serde_json::to_value(view)
+    {
+        w.body = with_kind(v, Kind::Service);
+    }
+    Ok(w)
 }
 
 fn respond(r: Result<Written, ApiError>) -> Response {
@@ -1611,8 +1639,11 @@ pub fn with_api_objects(mut snap: Snapshot, store: &Store) -> Snapshot {
     snap
 }
 
-/// Feeds the pod manager: every manifest snapshot, and again after every API write, with
-/// the API-made objects added.
+/// Feeds the pod manager: every manifest snapshot, and the last one again after every API
+/// write. The API-made objects are added by the manager itself when it applies a snapshot
+/// ([`with_api_objects`]), not here: a snapshot waiting in the channel would otherwise carry
+/// the API objects of its time and, applied after a newer write, take that write back (a
+/// Service just made by `kubectl expose` vanished until the next snapshot).
 pub async fn merge_snapshots(
     mut manifests: tokio::sync::mpsc::Receiver<Snapshot>,
     store: std::sync::Arc<Store>,
@@ -1629,7 +1660,7 @@ pub async fn merge_snapshots(
             r = api.changed() => if r.is_err() { return },
         }
         if let Some(s) = &last
-            && tx.send(with_api_objects(s.clone(), &store)).await.is_err()
+            && tx.send(s.clone()).await.is_err()
         {
             return;
         }

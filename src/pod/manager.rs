@@ -353,10 +353,13 @@ impl Manager {
     }
 }
 
-/// Runs the manager on snapshots until the channel closes or `resync` asks.
+/// Runs the manager on snapshots until the channel closes; `resync` asks for a pass over
+/// every pod. `complete` adds to each snapshot, just before it is applied, what is not in the
+/// manifest directory (the objects made through the API, as they are at that moment).
 pub async fn run(
     mut manager: Manager,
     mut snapshots: mpsc::Receiver<Snapshot>,
+    complete: impl Fn(Snapshot) -> Snapshot,
     mut resync: mpsc::UnboundedReceiver<()>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -364,7 +367,7 @@ pub async fn run(
     loop {
         tokio::select! {
             snap = snapshots.recv() => match snap {
-                Some(s) => manager.apply(s),
+                Some(s) => manager.apply(complete(s)),
                 None => break,
             },
             Some(()) = resync.recv() => manager.resync_all(),
