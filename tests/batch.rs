@@ -8,107 +8,21 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{IMAGE, Node, require_root};
 use serde_json::Value;
 
-struct Api {
-    node: Node,
-    kubeconfig: PathBuf,
-    bin: PathBuf,
-}
+use common::kubectl::Kubectl as Api;
 
+/// What these tests ask of kubectl beyond the common calls.
 impl Api {
-    fn start() -> Api {
-        let bin = common::kubectl_bin().expect("kubectl is installed");
-        let mut node = Node::new();
-        node.host_ip_cmd(&["link", "set", "lo", "up"]);
-        node.start_daemon();
-        node.import_image();
-        import_tagged(&node);
-        let kubeconfig = common::kubeconfig(&node);
-        Api {
-            node,
-            kubeconfig,
-            bin,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.node.host.path().display()))
-            .arg(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.node.dir())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {text}\n--- skiffd log ---\n{}",
-            self.node.log_tail(40)
-        );
-        text
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} should fail: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn items(&self, args: &[&str]) -> Vec<Value> {
-        self.json(args)["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.node.dir().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    /// Polls `f` until it holds, for up to `secs` seconds.
-    fn until_within(&self, secs: u64, what: &str, mut f: impl FnMut(&Api) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- skiffd log ---\n{}",
-                self.node.log_tail(60)
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn until(&self, what: &str, f: impl FnMut(&Api) -> bool) {
-        self.until_within(90, what, f)
+    /// A node with the test image also under the tag [`TAGGED`].
+    fn start_batch() -> Api {
+        let api = Api::start();
+        import_tagged(&api.node);
+        api
     }
 
     /// The pods of a Job (by the label the apiserver puts on its template).
@@ -204,7 +118,7 @@ spec:
 #[ignore = "needs root"]
 fn a_job_runs_its_completions_with_its_parallelism() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     let f = api.file(
         "work.yaml",
         &job(
@@ -304,7 +218,7 @@ fn a_job_runs_its_completions_with_its_parallelism() {
 #[ignore = "needs root"]
 fn an_indexed_jobs_pods_get_their_index() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     let f = api.file(
         "idx.yaml",
         &job(
@@ -349,7 +263,7 @@ fn an_indexed_jobs_pods_get_their_index() {
 #[ignore = "needs root"]
 fn a_failing_job_stops_at_its_backoff_limit() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     let f = api.file(
         "fail.yaml",
         &job("fail", "  backoffLimit: 1", "echo failing; exit 3"),
@@ -396,7 +310,7 @@ fn a_failing_job_stops_at_its_backoff_limit() {
 #[ignore = "needs root"]
 fn the_active_deadline_fails_a_job() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     let f = api.file(
         "slow.yaml",
         &job("slow", "  activeDeadlineSeconds: 4", "sleep 3600"),
@@ -428,7 +342,7 @@ fn the_active_deadline_fails_a_job() {
 #[ignore = "needs root"]
 fn the_ttl_after_finishing_deletes_the_job_and_its_pods() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     let f = api.file(
         "brief.yaml",
         &job("brief", "  ttlSecondsAfterFinished: 3", "echo brief"),
@@ -465,7 +379,7 @@ fn cron_job_names(api: &Api, cron: &str) -> Vec<Value> {
 #[ignore = "needs root"]
 fn a_cron_job_runs_on_its_schedule_and_keeps_its_history_limit() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     api.ok(&[
         "create",
         "cronjob",
@@ -564,7 +478,7 @@ fn a_cron_job_runs_on_its_schedule_and_keeps_its_history_limit() {
 #[ignore = "needs root"]
 fn bad_batch_input_gets_the_apiservers_messages() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     let err = api.fails(&[
         "create",
         "cronjob",
@@ -608,7 +522,7 @@ fn bad_batch_input_gets_the_apiservers_messages() {
 #[ignore = "needs root"]
 fn a_job_from_the_manifest_directory() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_batch();
     api.node.write_manifest(
         "batch.yaml",
         &job(

@@ -5,95 +5,16 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{IMAGE, Node, require_root};
+use common::{IMAGE, require_root};
 use serde_json::Value;
 
-struct Api {
-    node: Node,
-    kubeconfig: PathBuf,
-    bin: PathBuf,
-}
+use common::kubectl::Kubectl as Api;
 
+/// What these tests ask of kubectl beyond the common calls.
 impl Api {
-    /// A node with its TLS API and the test image, or `None` without kubectl.
-    fn start() -> Option<Api> {
-        let bin = common::kubectl_bin()?;
-        let mut node = Node::new();
-        node.host_ip_cmd(&["link", "set", "lo", "up"]);
-        node.start_daemon();
-        node.import_image();
-        let kubeconfig = common::kubeconfig(&node);
-        Some(Api {
-            node,
-            kubeconfig,
-            bin,
-        })
-    }
-
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.node.host.path().display()))
-            .arg(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.node.dir())
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
-    }
-
-    /// kubectl that must succeed; its stdout and stderr.
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_env(args, &[])
-    }
-
-    fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
-        let out = self.run(args, env);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {text}\n--- skiffd log ---\n{}",
-            self.node.log_tail(40)
-        );
-        text
-    }
-
-    /// kubectl that must fail; its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args, &[]);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} should fail: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn exists(&self, args: &[&str]) -> bool {
-        self.run(args, &[]).status.success()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.node.dir().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
     fn object_file(&self, rel: &str) -> PathBuf {
         self.node.root.join("objects").join(rel)
     }
@@ -116,9 +37,7 @@ fn labels(api: &Api, what: &str) -> Value {
 #[ignore = "needs root"]
 fn kubectl_writes_a_pod_that_runs_and_is_removed() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let f = api.file("w1.yaml", &pod("w1", "sleep 3600"));
     assert!(api.ok(&["apply", "-f", &f]).contains("pod/w1 created"));
     let running = api.node.wait_running("w1");
@@ -253,9 +172,7 @@ fn kubectl_writes_a_pod_that_runs_and_is_removed() {
 #[ignore = "needs root"]
 fn configmap_and_secret_made_with_kubectl_feed_a_pod() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let consumer = format!(
         "{}    env:\n    - name: GREETING\n      valueFrom:\n        configMapKeyRef: {{name: cfg, key: greeting}}\n    volumeMounts:\n    - {{name: s, mountPath: /sec}}\n  volumes:\n  - name: s\n    secret: {{secretName: sec}}\n",
         pod(
@@ -296,7 +213,7 @@ fn configmap_and_secret_made_with_kubectl_feed_a_pod() {
     api.node.wait_running("consumer");
     api.node
         .wait_for("the pod's output", Duration::from_secs(20), || {
-            let out = api.run(&["logs", "consumer"], &[]);
+            let out = api.run(&["logs", "consumer"]);
             String::from_utf8_lossy(&out.stdout)
                 .contains("hello s3cret")
                 .then_some(())
@@ -329,9 +246,7 @@ fn configmap_and_secret_made_with_kubectl_feed_a_pod() {
 #[ignore = "needs root"]
 fn service_made_with_kubectl_gets_a_cluster_ip_and_rules() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  selector:\n    app: front\n  ports:\n  - port: 80\n    targetPort: 8080\n";
     let f = api.file("svc.yaml", svc);
     api.ok(&["apply", "-f", &f]);
@@ -390,9 +305,7 @@ fn service_made_with_kubectl_gets_a_cluster_ip_and_rules() {
 #[ignore = "needs root"]
 fn api_objects_survive_a_crash_of_skiffd() {
     require_root();
-    let Some(mut api) = Api::start() else {
-        return;
-    };
+    let mut api = Api::start();
     api.ok(&["create", "namespace", "team"]);
     api.ok(&[
         "create",
@@ -466,9 +379,7 @@ fn api_objects_survive_a_crash_of_skiffd() {
 #[ignore = "needs root"]
 fn writes_to_manifest_objects_are_refused_naming_the_file() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let text = format!(
         "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fromfile\ndata:\n  a: b\n",
         pod("static", "sleep 3600")
@@ -507,9 +418,7 @@ fn writes_to_manifest_objects_are_refused_naming_the_file() {
 #[ignore = "needs root"]
 fn dry_run_creates_nothing_and_validation_answers_as_the_apiserver() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let f = api.file("dry.yaml", &pod("dry", "sleep 3600"));
     assert!(
         api.ok(&["create", "--dry-run=server", "-f", &f])
@@ -553,9 +462,7 @@ fn dry_run_creates_nothing_and_validation_answers_as_the_apiserver() {
 #[ignore = "needs root"]
 fn deleting_a_namespace_deletes_its_objects() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     api.ok(&["create", "namespace", "team"]);
     api.ok(&[
         "create",
@@ -615,9 +522,7 @@ fn deleting_a_namespace_deletes_its_objects() {
 #[ignore = "needs root"]
 fn delete_with_a_grace_period_overrides_the_pods_own() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let text = pod("stubborn", "trap '' TERM; while :; do sleep 1; done").replace(
         "terminationGracePeriodSeconds: 1",
         "terminationGracePeriodSeconds: 300",
@@ -654,9 +559,7 @@ fn delete_with_a_grace_period_overrides_the_pods_own() {
 #[ignore = "needs root"]
 fn an_image_change_restarts_the_container_with_the_new_image() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let f = api.file(
         "never.yaml",
         &pod("changing", "sleep 3600")

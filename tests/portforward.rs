@@ -6,51 +6,17 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Node, http_get_in, require_root};
+use common::{http_get_in, require_root};
 
-/// A node with its TLS API and a kubeconfig for it (as tests/kubectl.rs's `Api`).
-struct Api {
-    node: Node,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-}
+use common::kubectl::Kubectl as Api;
 
+/// `kubectl port-forward` on top of the common calls.
 impl Api {
-    fn start() -> Option<Api> {
-        let kubectl = common::kubectl_bin()?;
-        let mut node = Node::new();
-        node.host_ip_cmd(&["link", "set", "lo", "up"]);
-        node.start_daemon();
-        node.import_image();
-        let kubeconfig = common::kubeconfig(&node);
-        Some(Api {
-            node,
-            kubeconfig,
-            kubectl,
-        })
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.node.host.path().display()))
-            .arg(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.node.dir())
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("running kubectl")
-    }
-
     /// `kubectl port-forward ARGS` in the background, once it printed "Forwarding from".
     fn forward(&self, args: &[&str]) -> Forward {
         self.forward_env(args, &[])
@@ -178,9 +144,7 @@ const PAGE: &str = "hello through port-forward\n";
 #[ignore = "needs root"]
 fn kubectl_port_forward_reaches_the_pods_port() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     let script = format!(
         "mkdir -p /www && printf '{}' > /www/index.html && head -c 3000000 /dev/zero | tr '\\0' x > /www/big && exec httpd -f -p 80 -h /www",
         PAGE.replace('\n', "\\n")
@@ -190,7 +154,7 @@ fn kubectl_port_forward_reaches_the_pods_port() {
     api.node.wait_running("web");
     let pid = api.node.daemon_pid().expect("skiffd runs");
     // One request first so skiffd's lazily made things (TLS, caches) exist before counting.
-    let warm = api.kubectl(&["get", "pod", "web"]);
+    let warm = api.run(&["get", "pod", "web"]);
     assert!(
         warm.status.success(),
         "{}",
@@ -328,9 +292,7 @@ fn kubectl_port_forward_reaches_the_pods_port() {
 #[ignore = "needs root"]
 fn port_forward_refuses_other_protocols_before_upgrading() {
     require_root();
-    let Some(api) = Api::start() else {
-        return;
-    };
+    let api = Api::start();
     api.node
         .write_manifest("web.yaml", &common::pod_yaml("web", "sleep 3600"));
     api.node.wait_running("web");

@@ -7,114 +7,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-use common::{IMAGE, Node, require_root};
+use common::{IMAGE, require_root};
 use serde_json::Value;
 
-struct Api {
-    node: Node,
-    kubeconfig: PathBuf,
-    bin: PathBuf,
-}
+use common::kubectl::Kubectl as Api;
 
+/// What these tests ask of kubectl beyond the common calls.
 impl Api {
-    fn start() -> Api {
-        Api::start_with(&[])
-    }
-
-    /// A node with its TLS API, the test image and skiffd's `flags`.
-    fn start_with(flags: &[&str]) -> Api {
-        let bin = common::kubectl_bin().expect("kubectl is installed");
-        let mut node = Node::new();
-        node.host_ip_cmd(&["link", "set", "lo", "up"]);
-        node.extra_flags(flags);
-        node.start_daemon();
-        node.import_image();
-        let kubeconfig = common::kubeconfig(&node);
-        Api {
-            node,
-            kubeconfig,
-            bin,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.node.host.path().display()))
-            .arg(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.node.dir())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {text}\n--- skiffd log ---\n{}",
-            self.node.log_tail(40)
-        );
-        text
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} should fail: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn items(&self, args: &[&str]) -> Vec<Value> {
-        self.json(args)["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.node.dir().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
     /// `kubectl rollout status` until it reports success.
     fn rolled_out(&self, what: &str) {
         let out = self.ok(&["rollout", "status", what, "--timeout=120s"]);
         assert!(out.contains("successfully rolled out"), "{out}");
-    }
-
-    /// Polls `f` over `kubectl` output until it holds.
-    fn until(&self, what: &str, mut f: impl FnMut(&Api) -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while !f(self) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}\n--- skiffd log ---\n{}",
-                self.node.log_tail(60)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 
     /// The names of the running pods that match `selector`.

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod kubectl;
 pub mod lab;
 
 use std::path::{Path, PathBuf};
