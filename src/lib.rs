@@ -18,3 +18,4 @@ pub mod selector;
 pub mod service;
 pub mod serviceaccount;
 pub mod store;
+pub mod util;

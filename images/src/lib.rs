@@ -76,7 +76,7 @@ pub use crate::gc::{DiskUsage, GcPolicy, PruneReport};
 pub use crate::policy::{InvalidPullPolicy, PolicyError, PullDecision, PullPolicy};
 pub use crate::pull::{
     Credential, Credentials, LayerPhase, Progress, ProgressFn, PullError, PullOptions, Puller,
-    PullerConfig, RegistriesConfig, RegistryConfig, Timeouts,
+    PullerConfig, RegistriesConfig, RegistryConfig, Timeouts, no_verify_config,
 };
 pub use crate::reference::{ReferenceError, normalize};
 pub use crate::store::ImageStore;

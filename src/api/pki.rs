@@ -5,9 +5,8 @@
 //! Layout (the directory 0700, keys, tokens and the kubeconfig 0600):
 //! `ca.crt`, `ca.key`, `apiserver.crt`, `apiserver.key`, `tokens`, `admin.kubeconfig`.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -385,21 +384,11 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     write_file(path, data, 0o600)
 }
 
-/// Writes a file atomically (a temporary file created with `mode`, fsynced, then renamed), so
-/// a crash leaves the old content or the new one and a key is never readable by others.
+/// Writes a file atomically and durably with `mode`, so a crash leaves the old content or the
+/// new one and a key is never readable by others.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(data).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    Ok(())
+    let sync = crate::util::atomic::Sync::Durable;
+    crate::util::atomic::write(path, data, mode, sync).map_err(io_err(path))
 }
 
 #[cfg(test)]

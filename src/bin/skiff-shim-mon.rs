@@ -5,6 +5,9 @@
 //! as its container maps a small binary.
 
 #[allow(dead_code)]
+#[path = "../util/atomic.rs"]
+mod atomic;
+#[allow(dead_code)]
 #[path = "../runtime/crilog.rs"]
 mod crilog;
 #[allow(dead_code)]

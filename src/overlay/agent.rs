@@ -653,9 +653,9 @@ fn write_subnet_file(path: &Path, j: &Joined) -> Result<(), OverlayError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, subnet_env(j, true)).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    // 0644 as flannel's: CNI plugins and users read it.
+    let sync = crate::util::atomic::Sync::Atomic;
+    crate::util::atomic::write(path, subnet_env(j, true).as_bytes(), 0o644, sync).map_err(err)
 }
 
 /// The chain holding the overlay's masquerade rules (flannel's `FLANNEL-POSTRTG`). Not under

@@ -173,16 +173,11 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
-/// Writes `data` to `dir/name` atomically (temp file, rename): a reader sees
-/// the old or the new content, never a torn file.
+/// Writes `data` to `dir/name` atomically: a reader sees the old or the new content, never a
+/// torn file. 0600: these are specs and state with the pod's environment (Secrets) in them.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        // 0600: these are specs and state with the pod's environment (Secrets) in them.
-        let mut f = super::private::file_options().open(&tmp)?;
-        f.write_all(data)?;
-    }
-    fs::rename(&tmp, dir.join(name))
+    let mode = super::private::FILE_MODE;
+    super::atomic::write(&dir.join(name), data, mode, super::atomic::Sync::Atomic)
 }
 
 /// Like [`write_atomic`], and also survives a power loss (fsync before the

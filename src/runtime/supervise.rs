@@ -19,11 +19,10 @@
 //! compiled into `skiff-shim-mon` through a `#[path]` module.
 
 use std::ffi::{CString, OsString};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -366,24 +365,10 @@ pub fn exit_json(code: i32, signal: Option<i32>, reason: &str, finished_at: &str
     )
 }
 
-/// Writes `data` to `dir/name` so that it survives a power loss: temp file,
-/// fsync, rename, fsync of the directory.
+/// Writes `data` to `dir/name` (0600, as everything skiff keeps) so that it survives a power
+/// loss: for records nothing else can rebuild, such as an exit status.
 pub fn write_durable(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        // 0600, as everything skiff keeps (see `runtime::private`; this file is built into
-        // skiff-shim-mon too, which has std and libc only).
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    super::atomic::write(&dir.join(name), data, 0o600, super::atomic::Sync::Durable)
 }
 
 /// Signals the monitor acts on; blocked before the `execve` so none is lost.

@@ -43,12 +43,12 @@ impl Allocator {
 
     pub fn save(&self) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::runtime::private::create_dir_all(dir)?;
         }
         let data = serde_json::to_vec_pretty(&self.by_service).unwrap_or_default();
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(&tmp, &self.path)
+        // Durable: a cluster IP handed out must not be handed out again after a power loss.
+        let sync = crate::util::atomic::Sync::Durable;
+        crate::util::atomic::write(&self.path, &data, 0o600, sync)
     }
 
     fn range_size(&self) -> u32 {

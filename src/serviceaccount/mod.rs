@@ -10,8 +10,7 @@ pub mod auth;
 pub mod jwt;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -442,19 +441,10 @@ fn pem_decode(pem: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Writes a 0600 file atomically (created with that mode, fsynced, renamed).
+/// Writes a 0600 file atomically and durably.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), SaError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(data).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let sync = crate::util::atomic::Sync::Durable;
+    crate::util::atomic::write(path, data, 0o600, sync).map_err(io_err(path))
 }
 
 #[cfg(test)]

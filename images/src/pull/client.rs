@@ -128,10 +128,7 @@ fn tls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     if tls.skip_verify {
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth());
+        return no_verify_config().map_err(|e| e.to_string());
     }
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -157,7 +154,21 @@ fn tls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// Accepts any server certificate (`skip_verify`), still checking handshake signatures.
+/// A TLS client configuration that accepts any server certificate while still checking the
+/// handshake's signatures: a registry's `skip_verify`, and HTTPS probes (the kubelet's prober
+/// does not verify either: probes check liveness, not identity). The one such verifier of skiff.
+pub fn no_verify_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth(),
+    )
+}
+
+/// Accepts any server certificate, still checking handshake signatures.
 #[derive(Debug)]
 struct NoVerify(Arc<CryptoProvider>);
 

@@ -14,6 +14,8 @@
 
 mod auth;
 mod client;
+
+pub use client::no_verify_config;
 mod hosts;
 mod registry;
 

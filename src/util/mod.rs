@@ -1,0 +1,3 @@
+//! Small helpers with no Kubernetes meaning, used across the crate.
+
+pub mod atomic;
