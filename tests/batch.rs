@@ -514,6 +514,34 @@ fn bad_batch_input_gets_the_apiservers_messages() {
     );
     let out = api.ok(&["get", "jobs,cronjobs"]);
     assert!(!out.contains("always") && !out.contains("bad"), "{out}");
+
+    // A Job's pod template and completions are fixed once created; its labels are not.
+    let fixed = api.file(
+        "fixed.yaml",
+        &job("fixed", "  completions: 1\n  suspend: true", "true"),
+    );
+    api.ok(&["apply", "-f", &fixed]);
+    let err = api.fails(&["set", "image", "job/fixed", "main=other:1"]);
+    assert!(
+        err.contains("spec.template: Invalid value") && err.contains("field is immutable"),
+        "{err}"
+    );
+    let err = api.fails(&[
+        "patch",
+        "job",
+        "fixed",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"completions":3}}"#,
+    ]);
+    assert!(
+        err.contains("spec.completions: Invalid value: 3: field is immutable"),
+        "{err}"
+    );
+    api.ok(&["label", "job", "fixed", "team=a"]);
+    let j = api.json(&["get", "job", "fixed"]);
+    assert_eq!(j["metadata"]["labels"]["team"], "a", "{j}");
+    assert_eq!(j["spec"]["completions"], 1, "{j}");
 }
 
 /// A Job in the manifest directory runs without kubectl, refuses API writes naming its file,

@@ -752,6 +752,25 @@ fn immutable(kind: Kind, name: &str, old: &Value, new: &Value) -> Result<(), Api
                 _ => Ok(()),
             }
         }
+        Kind::Workload(WorkloadKind::Job) => {
+            // The apiserver's Job update rules: what makes the pods is fixed once created
+            // (an Indexed Job may change completions together with parallelism).
+            let indexed = old["spec"]["completionMode"] == "Indexed";
+            let elastic = indexed
+                && new["spec"]["completions"] == new["spec"]["parallelism"]
+                && old["spec"]["completions"] == old["spec"]["parallelism"];
+            for field in ["selector", "template", "completionMode", "completions"] {
+                let (o, n) = (&old["spec"][field], &new["spec"][field]);
+                if o != n && !(field == "completions" && elastic) {
+                    return Err(invalid(
+                        kind,
+                        name,
+                        &format!("spec.{field}: Invalid value: {n}: field is immutable"),
+                    ));
+                }
+            }
+            Ok(())
+        }
         Kind::Workload(w) if w != WorkloadKind::ReplicationController => {
             let (o, n) = (&old["spec"]["selector"], &new["spec"]["selector"]);
             if o != n {
