@@ -18,4 +18,3 @@ pub mod selector;
 pub mod service;
 pub mod serviceaccount;
 pub mod store;
-pub mod util;

@@ -785,7 +785,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
     crate::runtime::private::create_dir_all(dir)?;
     let mode = crate::runtime::private::FILE_MODE;
-    crate::util::atomic::write(path, data, mode, crate::util::atomic::Sync::Durable)
+    hostkit::atomic::write(path, data, mode, hostkit::atomic::Sync::Durable)
 }
 
 fn remove_durable(path: &Path) -> std::io::Result<()> {

@@ -668,9 +668,10 @@ impl Network {
             source,
         };
         std::fs::create_dir_all(self.results_dir()).map_err(err)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(e).unwrap_or_default()).map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)
+        let data = serde_json::to_vec(e).unwrap_or_default();
+        // A DEL after a crash needs the result: durable, and private as the rest of skiff's state.
+        let sync = hostkit::atomic::Sync::Durable;
+        hostkit::atomic::write(&path, &data, 0o600, sync).map_err(err)
     }
 
     fn read_cache(&self, container_id: &str, ifname: &str) -> Result<Option<CacheEntry>, Error> {

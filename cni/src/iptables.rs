@@ -3,24 +3,13 @@
 //! rules in memory so chain logic is testable without root.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::process::Command;
 use std::sync::Mutex;
 
-/// Errors name the table, chain and what the binary said.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The binary could not be run.
-    #[error("running {program}: {source}")]
-    Spawn { program: String, source: io::Error },
-    /// It ran and failed.
-    #[error("iptables -t {table} {args}: {stderr}")]
-    Failed {
-        table: String,
-        args: String,
-        stderr: String,
-    },
-}
+use hostkit::iptables::RealIptables;
+
+/// A failed iptables operation: the command line and what the binary said (skiff's one
+/// iptables error, from `hostkit`).
+pub type Error = hostkit::iptables::IptablesError;
 
 /// The operations the plugins need, in `iptables` argument terms.
 pub trait Iptables {
@@ -178,61 +167,36 @@ pub fn split_words(line: &str) -> Vec<String> {
     out
 }
 
-/// The real `iptables` binary (IPv4) with `-w` so concurrent plugins wait for the lock.
+/// The real `iptables` binary (IPv4) with `-w` so concurrent plugins wait for the lock, through
+/// skiff's one iptables interface ([`hostkit::iptables::RealIptables`]).
 #[derive(Debug, Clone)]
 pub struct Binary {
-    /// Program to run, `iptables` or `ip6tables`.
-    pub program: String,
+    ipt: RealIptables,
 }
 
 impl Default for Binary {
     fn default() -> Self {
-        Self {
-            program: "iptables".into(),
-        }
+        Binary::program("iptables")
     }
 }
 
 impl Binary {
-    fn output(&self, table: &str, args: &[&str]) -> Result<std::process::Output, Error> {
-        Command::new(&self.program)
-            .args(["-w", "10", "-t", table])
-            .args(args)
-            .output()
-            .map_err(|source| Error::Spawn {
-                program: self.program.clone(),
-                source,
-            })
+    /// `iptables` or `ip6tables` (and their `-restore`).
+    pub fn program(program: &str) -> Binary {
+        let (restore, save) = (format!("{program}-restore"), format!("{program}-save"));
+        Binary {
+            ipt: RealIptables::new().with_commands(&restore, &save),
+        }
     }
 }
 
 impl Iptables for Binary {
     fn run(&self, table: &str, args: &[&str]) -> Result<String, Error> {
-        let out = self.output(table, args)?;
-        if !out.status.success() {
-            return Err(Error::Failed {
-                table: table.into(),
-                args: args.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.ipt.run(table, args)
     }
 
     fn exists(&self, table: &str, chain: &str, rule: &[String]) -> Result<bool, Error> {
-        let mut args = vec!["-C", chain];
-        args.extend(strs(rule));
-        let out = self.output(table, &args)?;
-        // Exit 1 means "no such rule" (or chain); anything else is a real error.
-        match out.status.code() {
-            Some(0) => Ok(true),
-            Some(1) => Ok(false),
-            _ => Err(Error::Failed {
-                table: table.into(),
-                args: args.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            }),
-        }
+        self.ipt.exists(table, chain, &strs(rule))
     }
 
     fn chains(&self, table: &str) -> Result<Vec<String>, Error> {
@@ -249,7 +213,6 @@ impl Iptables for Binary {
         new_chains: &[&str],
         rules: &[(&str, Vec<String>)],
     ) -> Result<(), Error> {
-        use std::io::Write;
         let mut input = format!("*{table}\n");
         for c in new_chains {
             input.push_str(&format!(":{c} - [0:0]\n"));
@@ -259,30 +222,7 @@ impl Iptables for Binary {
             input.push_str(&format!("-A {chain} {}\n", words.join(" ")));
         }
         input.push_str("COMMIT\n");
-        let program = format!("{}-restore", self.program);
-        let spawn_err = |source| Error::Spawn {
-            program: program.clone(),
-            source,
-        };
-        let mut child = Command::new(&program)
-            .args(["-w", "10", "--noflush"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input.as_bytes()).map_err(spawn_err)?;
-        }
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        if !out.status.success() {
-            return Err(Error::Failed {
-                table: table.into(),
-                args: format!("(restore) {}", input.replace('\n', "; ")),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        hostkit::iptables::Iptables::restore(&mut self.ipt.clone(), &input)
     }
 
     fn rules(&self, table: &str, chain: &str) -> Result<Vec<String>, Error> {
@@ -328,11 +268,8 @@ impl Fake {
 impl Iptables for Fake {
     fn run(&self, table: &str, args: &[&str]) -> Result<String, Error> {
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        let fail = |m: &str| Error::Failed {
-            table: table.into(),
-            args: args.join(" "),
-            stderr: m.into(),
-        };
+        let fail =
+            |m: &str| Error::Injected(format!("iptables -t {table} {}: {m}", args.join(" ")));
         let key = |c: &str| (table.to_string(), c.to_string());
         let words = |from: usize| {
             args[from..]

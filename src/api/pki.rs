@@ -387,8 +387,8 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
 /// Writes a file atomically and durably with `mode`, so a crash leaves the old content or the
 /// new one and a key is never readable by others.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let sync = crate::util::atomic::Sync::Durable;
-    crate::util::atomic::write(path, data, mode, sync).map_err(io_err(path))
+    let sync = hostkit::atomic::Sync::Durable;
+    hostkit::atomic::write(path, data, mode, sync).map_err(io_err(path))
 }
 
 #[cfg(test)]

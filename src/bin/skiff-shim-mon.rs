@@ -5,7 +5,7 @@
 //! as its container maps a small binary.
 
 #[allow(dead_code)]
-#[path = "../util/atomic.rs"]
+#[path = "../../hostkit/src/atomic.rs"]
 mod atomic;
 #[allow(dead_code)]
 #[path = "../runtime/crilog.rs"]

@@ -654,8 +654,8 @@ fn write_subnet_file(path: &Path, j: &Joined) -> Result<(), OverlayError> {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     // 0644 as flannel's: CNI plugins and users read it.
-    let sync = crate::util::atomic::Sync::Atomic;
-    crate::util::atomic::write(path, subnet_env(j, true).as_bytes(), 0o644, sync).map_err(err)
+    let sync = hostkit::atomic::Sync::Atomic;
+    hostkit::atomic::write(path, subnet_env(j, true).as_bytes(), 0o644, sync).map_err(err)
 }
 
 /// The chain holding the overlay's masquerade rules (flannel's `FLANNEL-POSTRTG`). Not under
@@ -684,52 +684,16 @@ pub fn masquerade_rules(network: &Ipv4Net, subnet: &Ipv4Net) -> String {
 
 /// Install [`masquerade_rules`] and the jumps to them (idempotent).
 pub(super) fn masquerade(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<(), String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("iptables-restore: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(masquerade_rules(network, subnet).as_bytes())
-        .map_err(|e| format!("iptables-restore: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("iptables-restore: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "iptables-restore: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    use hostkit::iptables::Iptables;
+    let mut ipt = hostkit::iptables::RealIptables::new();
+    ipt.restore(&masquerade_rules(network, subnet))
+        .map_err(|e| e.to_string())?;
     for (table, from, to) in [
         ("nat", "POSTROUTING", MASQ_CHAIN),
         ("filter", "FORWARD", FWD_CHAIN),
     ] {
-        let rule = ["-j", to];
-        let check = Command::new("iptables")
-            .args(["-w", "-t", table, "-C", from])
-            .args(rule)
-            .output()
-            .map_err(|e| format!("iptables: {e}"))?;
-        if !check.status.success() {
-            let add = Command::new("iptables")
-                .args(["-w", "-t", table, "-A", from])
-                .args(rule)
-                .output()
-                .map_err(|e| format!("iptables: {e}"))?;
-            if !add.status.success() {
-                return Err(format!(
-                    "iptables -A {from}: {}",
-                    String::from_utf8_lossy(&add.stderr).trim()
-                ));
-            }
-        }
+        ipt.ensure_rule(table, from, &["-j", to])
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -10,8 +10,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Mutex;
 
 use cni::ipnet::IpNet;
@@ -26,14 +25,8 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// Errors of the data path; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VxlanError {
-    #[error("running {cmd}: {source}")]
-    Spawn { cmd: String, source: std::io::Error },
-    #[error("{cmd} failed ({status}): {stderr}")]
-    Failed {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    #[error(transparent)]
+    Cmd(#[from] hostkit::cmd::CmdError),
     #[error("netlink: {what}: {source}")]
     Netlink { what: String, source: io::Error },
     #[error("no network device {0}")]
@@ -43,62 +36,8 @@ pub enum VxlanError {
 }
 
 /// Runs a program (ethtool), inside the network namespace at `netns` (a bind-mounted
-/// `/proc/PID/ns/net`, e.g. `/run/netns/NAME`) or in skiffd's own when `None`.
-#[derive(Debug, Clone, Default)]
-pub struct CommandRunner {
-    netns: Option<PathBuf>,
-}
-
-impl CommandRunner {
-    /// Run in skiffd's own network namespace.
-    pub fn host() -> Self {
-        CommandRunner { netns: None }
-    }
-
-    /// Run inside the network namespace pinned at `path`.
-    pub fn in_netns(path: impl Into<PathBuf>) -> Self {
-        CommandRunner {
-            netns: Some(path.into()),
-        }
-    }
-
-    /// Run `prog args...`; returns its stdout.
-    pub fn run(&self, prog: &str, args: &[&str]) -> Result<String, VxlanError> {
-        // nsenter forks a fresh process into the namespace: no setns on any of our threads.
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg("--").arg(prog);
-                c
-            }
-            None => Command::new(prog),
-        };
-        cmd.args(args);
-        let line = format!("{prog} {}", args.join(" "));
-        let out = cmd.output().map_err(|source| VxlanError::Spawn {
-            cmd: line.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(VxlanError::Failed {
-                cmd: line,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Whether `prog` can be run at all (optional tools such as ethtool).
-    pub fn has(&self, prog: &str) -> bool {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-            .unwrap_or(false)
-            || ["/usr/sbin", "/sbin"]
-                .iter()
-                .any(|d| Path::new(d).join(prog).is_file())
-    }
-}
+/// `/proc/PID/ns/net`, e.g. `/run/netns/NAME`) or in skiffd's own.
+pub use hostkit::cmd::Runner as CommandRunner;
 
 /// The VTEP device name for a VNI (flannel's `flannel.<VNI>`).
 pub fn device_name(vni: u32) -> String {
@@ -185,7 +124,7 @@ pub struct NetlinkDataPath {
 impl std::fmt::Debug for NetlinkDataPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetlinkDataPath")
-            .field("netns", &self.runner.netns)
+            .field("netns", &self.runner.netns())
             .finish()
     }
 }
@@ -493,6 +432,8 @@ mod tests {
 
         use std::io::{Read, Write};
         use std::net::{SocketAddr, TcpListener, TcpStream};
+        use std::path::PathBuf;
+        use std::process::Command;
         use std::sync::atomic::{AtomicU32, Ordering};
         use std::time::Duration;
 

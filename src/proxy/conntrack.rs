@@ -5,32 +5,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
+
+use hostkit::cmd::Runner;
 
 use super::types::Protocol;
 
 /// A failed `conntrack` run.
-#[derive(Debug, thiserror::Error)]
-pub enum ConntrackError {
-    /// The binary could not be started.
-    #[error("running conntrack {args}: {source}")]
-    Spawn {
-        /// The arguments.
-        args: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// conntrack failed for another reason than "nothing matched".
-    #[error("conntrack {args} failed ({status}): {stderr}")]
-    Failed {
-        /// The arguments.
-        args: String,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it printed on stderr.
-        stderr: String,
-    },
-}
+pub type ConntrackError = hostkit::cmd::CmdError;
 
 /// Which entries to delete; every set field must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,7 +58,7 @@ impl<T: Conntrack + ?Sized> Conntrack for &mut T {
 /// Runs the `conntrack` binary, optionally inside a network namespace.
 #[derive(Debug, Clone, Default)]
 pub struct RealConntrack {
-    netns: Option<PathBuf>,
+    runner: Runner,
 }
 
 impl RealConntrack {
@@ -89,7 +70,7 @@ impl RealConntrack {
     /// Runs inside the network namespace at `path` via `nsenter`.
     pub fn in_netns(path: impl Into<PathBuf>) -> RealConntrack {
         RealConntrack {
-            netns: Some(path.into()),
+            runner: Runner::in_netns(path),
         }
     }
 }
@@ -97,33 +78,14 @@ impl RealConntrack {
 impl Conntrack for RealConntrack {
     fn delete(&mut self, filter: &ConntrackFilter) -> Result<(), ConntrackError> {
         let args = filter.args();
-        let joined = args.join(" ");
-        let mut cmd = match &self.netns {
-            None => Command::new("conntrack"),
-            Some(path) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", path.display())).arg("conntrack");
-                c
-            }
-        };
-        let out = cmd
-            .args(&args)
-            .output()
-            .map_err(|source| ConntrackError::Spawn {
-                args: joined.clone(),
-                source,
-            })?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.runner.output("conntrack", &args, None)?;
         // conntrack exits 1 with "0 flow entries have been deleted" when
         // nothing matched: that is the idempotent success case.
-        if out.status.success() || stderr.contains("0 flow entries") {
+        if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("0 flow entries") {
             return Ok(());
         }
-        Err(ConntrackError::Failed {
-            args: joined,
-            status: out.status,
-            stderr: stderr.trim().to_string(),
-        })
+        Err(hostkit::cmd::failed("conntrack", &args, &out))
     }
 }
 

@@ -10,7 +10,7 @@
 
 pub mod chains;
 pub mod conntrack;
-pub mod iptables;
+pub use hostkit::iptables;
 pub mod proxier;
 pub mod rules;
 pub mod types;

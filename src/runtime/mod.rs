@@ -12,7 +12,7 @@
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
 pub mod apparmor;
-pub(crate) use crate::util::atomic;
+pub(crate) use hostkit::atomic;
 pub mod cgkill;
 pub mod cgroupfs;
 pub mod crilog;

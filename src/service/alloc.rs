@@ -47,8 +47,8 @@ impl Allocator {
         }
         let data = serde_json::to_vec_pretty(&self.by_service).unwrap_or_default();
         // Durable: a cluster IP handed out must not be handed out again after a power loss.
-        let sync = crate::util::atomic::Sync::Durable;
-        crate::util::atomic::write(&self.path, &data, 0o600, sync)
+        let sync = hostkit::atomic::Sync::Durable;
+        hostkit::atomic::write(&self.path, &data, 0o600, sync)
     }
 
     fn range_size(&self) -> u32 {

@@ -443,8 +443,8 @@ fn pem_decode(pem: &str) -> Option<Vec<u8>> {
 
 /// Writes a 0600 file atomically and durably.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), SaError> {
-    let sync = crate::util::atomic::Sync::Durable;
-    crate::util::atomic::write(path, data, 0o600, sync).map_err(io_err(path))
+    let sync = hostkit::atomic::Sync::Durable;
+    hostkit::atomic::write(path, data, 0o600, sync).map_err(io_err(path))
 }
 
 #[cfg(test)]

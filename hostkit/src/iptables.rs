@@ -1,34 +1,21 @@
-//! The iptables backend: `iptables-restore --noflush --wait` to apply and
-//! `iptables-save -t TABLE` to read, behind a trait so that the proxier is
-//! unit-tested with a recording fake.
+//! Applying and reading IPv4 iptables rules: `iptables-restore --noflush --wait` to apply,
+//! `iptables-save -t TABLE` to read, `iptables -C`/`-A` for a single rule, behind a trait so that
+//! rule-making code (the service proxy) is unit-tested with a recording fake. The one iptables
+//! interface of skiff: the proxy, the overlay's masquerade rules and the CNI plugins use it.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use tracing::info;
 
-/// A failed iptables command.
+use crate::cmd::{CmdError, Runner};
+
+/// A failed iptables operation.
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
-    /// The binary could not be started.
-    #[error("running {command}: {source}")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The binary exited unsuccessfully.
-    #[error("{command} failed ({status}): {stderr}")]
-    Failed {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it printed on stderr (iptables-restore names the line).
-        stderr: String,
-    },
+    /// The command could not be run or failed.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
     /// A fake was told to fail.
     #[error("injected failure: {0}")]
     Injected(String),
@@ -93,23 +80,24 @@ pub const NFT_CHAINS_PER_RESTORE: usize = 1000;
 /// through `nsenter --net=PATH` (tests and the benchmark).
 #[derive(Debug, Clone)]
 pub struct RealIptables {
-    netns: Option<PathBuf>,
+    runner: Runner,
     restore_cmd: String,
     save_cmd: String,
-    variant: String,
+    /// Found out the first time it matters (one exec less for a CNI plugin's ADD).
+    variant: OnceLock<String>,
     chains_per_restore: Option<Option<usize>>,
 }
 
 impl RealIptables {
     /// Uses the host's (the current) network namespace.
     pub fn new() -> RealIptables {
-        RealIptables::build(None)
+        RealIptables::build(Runner::host())
     }
 
     /// Runs every command inside the network namespace at `path`
     /// (`/run/netns/NAME`).
     pub fn in_netns(path: impl Into<PathBuf>) -> RealIptables {
-        RealIptables::build(Some(path.into()))
+        RealIptables::build(Runner::in_netns(path))
     }
 
     /// Uses other binaries than `iptables-restore`/`iptables-save`, e.g.
@@ -117,38 +105,18 @@ impl RealIptables {
     pub fn with_commands(mut self, restore: &str, save: &str) -> RealIptables {
         self.restore_cmd = restore.into();
         self.save_cmd = save.into();
-        self.detect_variant();
+        self.variant = OnceLock::new();
         self
     }
 
-    fn build(netns: Option<PathBuf>) -> RealIptables {
-        let mut ipt = RealIptables {
-            netns,
+    fn build(runner: Runner) -> RealIptables {
+        RealIptables {
+            runner,
             restore_cmd: "iptables-restore".into(),
             save_cmd: "iptables-save".into(),
-            variant: String::new(),
+            variant: OnceLock::new(),
             chains_per_restore: None,
-        };
-        ipt.detect_variant();
-        ipt
-    }
-
-    fn detect_variant(&mut self) {
-        // "iptables-restore v1.8.9 (nf_tables)" or "... (legacy)".
-        let version = self
-            .command(&self.restore_cmd)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        self.variant = if version.contains("nf_tables") {
-            "nf_tables".into()
-        } else if version.is_empty() {
-            "unknown".into()
-        } else {
-            "legacy".into()
-        };
-        info!(%version, variant = %self.variant, "proxy: using iptables-restore from PATH");
+        }
     }
 
     /// Overrides how many chains one restore declares at most (default:
@@ -160,56 +128,61 @@ impl RealIptables {
 
     /// `nf_tables`, `legacy` or `unknown`.
     pub fn variant(&self) -> &str {
-        &self.variant
-    }
-
-    fn command(&self, program: &str) -> Command {
-        match &self.netns {
-            None => Command::new(program),
-            Some(path) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", path.display())).arg(program);
-                c
-            }
-        }
-    }
-
-    fn run(
-        &self,
-        program: &str,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> Result<String, IptablesError> {
-        let command = format!("{program} {}", args.join(" "));
-        let spawn = |source| IptablesError::Spawn {
-            command: command.clone(),
-            source,
-        };
-        let mut child = self
-            .command(program)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
+        self.variant.get_or_init(|| {
+            // "iptables-restore v1.8.9 (nf_tables)" or "... (legacy)".
+            let version = self
+                .runner
+                .output(&self.restore_cmd, &["--version"], None)
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let variant = if version.contains("nf_tables") {
+                "nf_tables"
+            } else if version.is_empty() {
+                "unknown"
             } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A write error shows up as the command's failure below.
-            let _ = pipe.write_all(text.as_bytes());
+                "legacy"
+            };
+            info!(%version, variant, "using iptables-restore from PATH");
+            variant.to_string()
+        })
+    }
+
+    /// The single-rule binary of the same variant: `iptables-restore` -> `iptables`,
+    /// `iptables-legacy-restore` -> `iptables-legacy`.
+    fn iptables_cmd(&self) -> String {
+        self.restore_cmd.replace("-restore", "")
+    }
+
+    /// `iptables -w -t table args...`; its stdout.
+    pub fn run(&self, table: &str, args: &[&str]) -> Result<String, IptablesError> {
+        let all = [&["-w", "-t", table], args].concat();
+        Ok(self.runner.run(&self.iptables_cmd(), &all)?)
+    }
+
+    /// Whether `rule` is in `chain` (`iptables -C`: exit 1 is "no", another failure an error).
+    pub fn exists(&self, table: &str, chain: &str, rule: &[&str]) -> Result<bool, IptablesError> {
+        let program = self.iptables_cmd();
+        let args = [&["-w", "-t", table, "-C", chain], rule].concat();
+        let out = self.runner.output(&program, &args, None)?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(crate::cmd::failed(&program, &args, &out).into()),
         }
-        let out = child.wait_with_output().map_err(spawn)?;
-        if !out.status.success() {
-            return Err(IptablesError::Failed {
-                command,
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
+    }
+
+    /// Appends `rule` to `chain` unless it is there; whether it was added.
+    pub fn ensure_rule(
+        &self,
+        table: &str,
+        chain: &str,
+        rule: &[&str],
+    ) -> Result<bool, IptablesError> {
+        if self.exists(table, chain, rule)? {
+            return Ok(false);
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.run(table, &[&["-A", chain], rule].concat())?;
+        Ok(true)
     }
 }
 
@@ -221,25 +194,24 @@ impl Default for RealIptables {
 
 impl Iptables for RealIptables {
     fn restore(&mut self, text: &str) -> Result<(), IptablesError> {
-        self.run(&self.restore_cmd, &["--noflush", "--wait"], Some(text))
-            .map(drop)
+        let args = ["--noflush", "--wait"];
+        self.runner
+            .run_input(&self.restore_cmd, &args, Some(text.as_bytes()))?;
+        Ok(())
     }
 
     fn save(&mut self, table: &str) -> Result<String, IptablesError> {
-        self.run(&self.save_cmd, &["-t", table], None)
+        Ok(self.runner.run(&self.save_cmd, &["-t", table])?)
     }
 
     fn has_chain(&mut self, table: &str, chain: &str) -> bool {
-        // `iptables-restore` -> `iptables`, `iptables-legacy-restore` -> `iptables-legacy`.
-        let list = self.restore_cmd.replace("-restore", "");
-        self.run(&list, &["-w", "-t", table, "-n", "-L", chain], None)
-            .is_ok()
+        self.run(table, &["-n", "-L", chain]).is_ok()
     }
 
     fn chains_per_restore(&self) -> Option<usize> {
         match self.chains_per_restore {
             Some(limit) => limit,
-            None if self.variant == "nf_tables" => Some(NFT_CHAINS_PER_RESTORE),
+            None if self.variant() == "nf_tables" => Some(NFT_CHAINS_PER_RESTORE),
             None => None,
         }
     }

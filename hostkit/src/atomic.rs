@@ -3,7 +3,7 @@
 //! cluster-IP allocations, keys, tokens, subnet.env).
 //!
 //! std and libc only: `skiff-shim-mon` includes this file by path, as it does
-//! `runtime/supervise.rs`, which uses it.
+//! skiff's `runtime/supervise.rs`, which uses it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

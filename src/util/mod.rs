@@ -1,3 +1,0 @@
-//! Small helpers with no Kubernetes meaning, used across the crate.
-
-pub mod atomic;
