@@ -214,11 +214,13 @@ fn workload_routes(mut r: Router<Shared>) -> Router<Shared> {
             .route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}"),
                 write::get_item(kind).merge(write::item(kind)),
-            )
-            .route(
+            );
+        if w.has_status() {
+            r = r.route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/status"),
                 write::get_item(kind),
             );
+        }
         if w.has_scale() {
             r = r.route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/scale"),

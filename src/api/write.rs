@@ -311,6 +311,12 @@ pub fn get_list(kind: Kind) -> MethodRouter<Shared> {
                     Kind::Workload(WorkloadKind::CronJob) => {
                         |st| list(st, Kind::Workload(WorkloadKind::CronJob), None)
                     }
+                    Kind::Workload(WorkloadKind::DaemonSet) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::DaemonSet), None)
+                    }
+                    Kind::Workload(WorkloadKind::ControllerRevision) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::ControllerRevision), None)
+                    }
                     _ => |st| list(st, Kind::Namespace, None),
                 };
                 return super::watch::objects(
