@@ -440,3 +440,102 @@ fn a_daemonset_from_the_manifest_directory() {
             && a.items(&["get", "pods", "-l", "app=from-file"]).is_empty()
     });
 }
+
+/// The HPA resource at autoscaling/v1. (kubectl 1.33 resolves the short name with a version,
+/// `hpa.v1.autoscaling`, to the preferred version: the full name keeps v1.)
+const V1_HPA: &str = "horizontalpodautoscalers.v1.autoscaling";
+
+/// An autoscaling/v1 HorizontalPodAutoscaler: created at v1 (`targetCPUUtilizationPercentage`),
+/// read at v1 and v2 (still the preferred version), patched and re-applied at v1 without
+/// losing the v2-only `behavior`, watched at v1, its conditions in the v1 annotation, deleted.
+#[test]
+#[ignore = "needs root"]
+fn an_autoscaling_v1_hpa_round_trips() {
+    require_root();
+    let api = Api::start();
+    let v1 = |max: u32| {
+        format!(
+            "apiVersion: autoscaling/v1
+kind: HorizontalPodAutoscaler
+metadata:
+  name: web
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}
+  minReplicas: 1
+  maxReplicas: {max}
+  targetCPUUtilizationPercentage: 50
+"
+        )
+    };
+    let f = api.file("hpa.yaml", &v1(3));
+    api.ok(&["create", "-f", &f]);
+    let one = api.json(&["get", V1_HPA, "web"]);
+    assert_eq!(one["apiVersion"], "autoscaling/v1", "{one}");
+    assert_eq!(one["spec"]["targetCPUUtilizationPercentage"], 50, "{one}");
+    assert!(one["spec"]["metrics"].is_null(), "{one}");
+    let two = api.json(&["get", "hpa", "web"]);
+    assert_eq!(two["apiVersion"], "autoscaling/v2", "{two}");
+    let metric = &two["spec"]["metrics"][0]["resource"];
+    assert_eq!(metric["name"], "cpu");
+    assert_eq!(metric["target"]["averageUtilization"], 50, "{two}");
+    let row = api.row(&[V1_HPA], "web");
+    assert_eq!(row[1], "Deployment/web", "{row:?}");
+
+    // A v2-only field survives v1 writes.
+    api.ok(&[
+        "patch",
+        "hpa",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":60}}}}"#,
+    ]);
+    api.ok(&[
+        "patch",
+        V1_HPA,
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"targetCPUUtilizationPercentage":70}}"#,
+    ]);
+    let f = api.file("hpa.yaml", &v1(5));
+    api.ok(&["apply", "-f", &f]);
+    let two = api.json(&["get", "hpa", "web"]);
+    assert_eq!(two["spec"]["maxReplicas"], 5, "{two}");
+    assert_eq!(
+        two["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50,
+        "{two}"
+    );
+    assert_eq!(
+        two["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 60,
+        "{two}"
+    );
+
+    // The controller's conditions (the target is missing) show in the v1 annotation.
+    api.until("the conditions in the v1 annotation", |a| {
+        let one = a.json(&["get", V1_HPA, "web"]);
+        one["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/conditions"]
+            .as_str()
+            .is_some_and(|c| c.contains("AbleToScale"))
+    });
+
+    // A watch at v1 gets v1 objects.
+    let out = api.run(&[
+        "get",
+        V1_HPA,
+        "web",
+        "--watch",
+        "-o",
+        "json",
+        "--request-timeout=3s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"targetCPUUtilizationPercentage\": 50"),
+        "{text}"
+    );
+    assert!(!text.contains("\"metrics\""), "{text}");
+
+    api.ok(&["delete", V1_HPA, "web"]);
+    api.until("the HPA gone", |a| a.items(&["get", "hpa"]).is_empty());
+}

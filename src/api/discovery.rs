@@ -257,6 +257,26 @@ pub const RESOURCES: &[Resource] = &[
         "HorizontalPodAutoscaler",
         &["get"],
     ),
+    // autoscaling/v1, converted at the edge (v2 stays the preferred version).
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "autoscaling",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            "HorizontalPodAutoscaler",
+            true,
+            &["hpa"],
+            &["all"],
+        )
+    },
+    sub_of(
+        "autoscaling",
+        "v1",
+        "horizontalpodautoscalers/status",
+        "HorizontalPodAutoscaler",
+        &["get"],
+    ),
     Resource {
         verbs: WRITE_WATCH,
         ..res(

@@ -461,7 +461,7 @@ fn key(kind: Kind, ns: &str, name: &str) -> ObjKey {
 }
 
 /// Parses a request body as JSON, YAML, or the protobuf kubectl's generators send.
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
