@@ -262,11 +262,28 @@ fn current_revision(w: &Writer, d: &Value, collision: i64) -> (Option<(String, V
     }
 }
 
+/// `(node, shouldRun, shouldContinueRunning)` of every node for a template's pod spec (with
+/// the default tolerations).
+fn eligibility(nodes: &[NodeInfo], template: &PodSpec) -> Vec<(String, bool, bool)> {
+    let mut spec = template.clone();
+    ds::add_default_tolerations(&mut spec);
+    nodes
+        .iter()
+        .map(|n| {
+            let (run, keep) = ds::should_run(n, &spec);
+            (n.name.clone(), run, keep)
+        })
+        .collect()
+}
+
+fn as_eligible(owned: &[(String, bool, bool)]) -> Vec<Eligible<'_>> {
+    owned.iter().map(|(n, r, k)| (n.as_str(), *r, *k)).collect()
+}
+
 /// One DaemonSet: revisions, pods, status, history cleanup.
 fn sync_daemon_set(w: &Writer, d: &Value, nodes: &[NodeInfo], now: Timestamp) {
     let ns = meta_str(d, "namespace");
     let name = meta_str(d, "name");
-    let uid = meta_str(d, "uid");
     let Ok(template) = serde_json::from_value::<PodTemplateSpec>(d["spec"]["template"].clone())
     else {
         return;
@@ -274,22 +291,12 @@ fn sync_daemon_set(w: &Writer, d: &Value, nodes: &[NodeInfo], now: Timestamp) {
     let collision = d["status"]["collisionCount"].as_i64().unwrap_or(0);
     let (found, collision) = current_revision(w, d, collision);
     let Some((hash, revisions)) = found else {
-        write_status(w, d, None, collision, now, nodes, "");
+        write_status(w, d, None, collision, now, nodes);
         return;
     };
-    let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
-    ds::add_default_tolerations(&mut spec);
-    let eligible_owned: Vec<(String, bool, bool)> = nodes
-        .iter()
-        .map(|n| {
-            let (run, keep) = ds::should_run(n, &spec);
-            (n.name.clone(), run, keep)
-        })
-        .collect();
-    let eligible: Vec<Eligible> = eligible_owned
-        .iter()
-        .map(|(n, r, k)| (n.as_str(), *r, *k))
-        .collect();
+    let spec: PodSpec = template.spec.clone().unwrap_or_default();
+    let eligible_owned = eligibility(nodes, &spec);
+    let eligible = as_eligible(&eligible_owned);
     let strategy = ds::Strategy::of(&d["spec"]["updateStrategy"]);
     let daemon = ds::Daemon {
         hash: &hash,
@@ -335,7 +342,7 @@ fn sync_daemon_set(w: &Writer, d: &Value, nodes: &[NodeInfo], now: Timestamp) {
         meta["generateName"] = format!("{name}-").into();
         meta["namespace"] = ns.into();
         meta["ownerReferences"] = json!([owner_ref(d)]);
-        let mut pod_spec = ds::pod_spec_for(template.spec.as_ref().unwrap_or(&spec), node);
+        let mut pod_spec = ds::pod_spec_for(&spec, node);
         pod_spec.node_name = Some(node.clone());
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -382,8 +389,7 @@ fn sync_daemon_set(w: &Writer, d: &Value, nodes: &[NodeInfo], now: Timestamp) {
             let _ = internal::delete(w, REVISION, ns, meta_str(r, "name"));
         }
     }
-    let _ = uid;
-    write_status(w, d, Some(&daemon), collision, now, nodes, &hash);
+    write_status(w, d, Some(&daemon), collision, now, nodes);
 }
 
 /// Writes the DaemonSet's status (the controller's `updateDaemonSetStatus`); the counts that
@@ -395,7 +401,6 @@ fn write_status(
     collision: i64,
     now: Timestamp,
     nodes: &[NodeInfo],
-    _hash: &str,
 ) {
     let uid = meta_str(d, "uid");
     let mut status = d["status"].clone();
@@ -403,20 +408,10 @@ fn write_status(
         status = json!({});
     }
     if let Some(daemon) = daemon {
-        let mut spec: PodSpec =
+        let spec: PodSpec =
             serde_json::from_value(d["spec"]["template"]["spec"].clone()).unwrap_or_default();
-        ds::add_default_tolerations(&mut spec);
-        let eligible_owned: Vec<(String, bool, bool)> = nodes
-            .iter()
-            .map(|n| {
-                let (run, keep) = ds::should_run(n, &spec);
-                (n.name.clone(), run, keep)
-            })
-            .collect();
-        let eligible: Vec<Eligible> = eligible_owned
-            .iter()
-            .map(|(n, r, k)| (n.as_str(), *r, *k))
-            .collect();
+        let eligible_owned = eligibility(nodes, &spec);
+        let eligible = as_eligible(&eligible_owned);
         let pods: Vec<PodInfo> = owned_pods(w, d)
             .iter()
             .map(pod_info)

@@ -337,7 +337,11 @@ pub fn plan(ds: &Daemon<'_>, nodes: &[Eligible<'_>], pods: &[PodInfo], now: Time
         }
     }
     if matches!(ds.strategy, Strategy::RollingUpdate { .. }) {
-        rolling_update(ds, nodes, &on, surge, max_unavailable, now, &mut out);
+        if surge == 0 {
+            replace_within_unavailable(ds, &on, max_unavailable, now, &mut out);
+        } else {
+            surge_replacements(ds, nodes, &on, surge, now, &mut out);
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     out.delete.retain(|n| seen.insert(n.clone()));
@@ -364,43 +368,53 @@ fn updated_on<'p>(
     Some((new, old))
 }
 
-fn rolling_update(
+/// The rolling update without surge: old available pods deleted while the nodes without an
+/// available pod stay within `maxUnavailable`; an unavailable old pod goes at once.
+fn replace_within_unavailable(
     ds: &Daemon<'_>,
-    nodes: &[Eligible<'_>],
     on: &BTreeMap<&str, Vec<&PodInfo>>,
-    surge: i32,
     max_unavailable: i32,
     now: Timestamp,
     out: &mut Plan,
 ) {
     let available = |p: &PodInfo| p.available(ds.min_ready_seconds, now);
-    if surge == 0 {
-        let mut unavailable = 0;
-        let mut replace_now = Vec::new();
-        let mut candidates = Vec::new();
-        for (_, pods) in on.iter() {
-            match updated_on(pods, ds.hash) {
-                None | Some((None, None)) | Some((Some(_), Some(_))) => unavailable += 1,
-                Some((Some(n), None)) => {
-                    if !available(n) {
-                        unavailable += 1;
-                    }
+    let mut unavailable = 0;
+    let mut replace_now = Vec::new();
+    let mut candidates = Vec::new();
+    for (_, pods) in on.iter() {
+        match updated_on(pods, ds.hash) {
+            None | Some((None, None)) | Some((Some(_), Some(_))) => unavailable += 1,
+            Some((Some(n), None)) => {
+                if !available(n) {
+                    unavailable += 1;
                 }
-                Some((None, Some(o))) => {
-                    if !available(o) {
-                        replace_now.push(o.name.clone());
-                    } else if unavailable < max_unavailable {
-                        candidates.push(o.name.clone());
-                    }
+            }
+            Some((None, Some(o))) => {
+                if !available(o) {
+                    replace_now.push(o.name.clone());
+                } else if unavailable < max_unavailable {
+                    candidates.push(o.name.clone());
                 }
             }
         }
-        let room = (max_unavailable - unavailable).clamp(0, candidates.len() as i32) as usize;
-        out.delete.extend(replace_now);
-        out.delete.extend(candidates.into_iter().take(room));
-        return;
     }
-    // Surge: a new pod next to the old one, the old one goes once the new one is available.
+    let room = (max_unavailable - unavailable).clamp(0, candidates.len() as i32) as usize;
+    out.delete.extend(replace_now);
+    out.delete.extend(candidates.into_iter().take(room));
+}
+
+/// The rolling update with surge: a new pod next to the old one (at most `maxSurge` waiting
+/// at once, at once for an unavailable old pod), the old one deleted once the new one is
+/// available.
+fn surge_replacements(
+    ds: &Daemon<'_>,
+    nodes: &[Eligible<'_>],
+    on: &BTreeMap<&str, Vec<&PodInfo>>,
+    surge: i32,
+    now: Timestamp,
+    out: &mut Plan,
+) {
+    let available = |p: &PodInfo| p.available(ds.min_ready_seconds, now);
     let mut surged = 0;
     for &(node, run, _) in nodes {
         let pods = on.get(node).cloned().unwrap_or_default();
@@ -423,7 +437,6 @@ fn rolling_update(
             Some(_) => surged += 1,
         }
     }
-    let _ = max_unavailable;
 }
 
 /// A DaemonSet's status counts (`updateDaemonSetStatus`).
