@@ -282,6 +282,11 @@ fn a_daemonset_runs_a_pod_per_node_and_rolls_out_with_history() {
     let hash2 = label(&pod, "controller-revision-hash").to_string();
     assert_ne!(hash1, hash2);
     assert_eq!(label(&pod, "pod-template-generation"), "2");
+    let d = api.json(&["get", "ds", "agent"]);
+    assert_eq!(
+        d["metadata"]["annotations"]["deprecated.daemonset.template.generation"], "2",
+        "{d}"
+    );
     let history = api.ok(&["rollout", "history", "ds/agent"]);
     let revisions: Vec<&str> = history
         .lines()
@@ -298,6 +303,7 @@ fn a_daemonset_runs_a_pod_per_node_and_rolls_out_with_history() {
     assert!(out.contains("rolled back"), "{out}");
     let pod = api.running_with("agent", IMAGE);
     assert_eq!(label(&pod, "controller-revision-hash"), hash1);
+    assert_eq!(label(&pod, "pod-template-generation"), "3");
     let history = api.ok(&["rollout", "history", "ds/agent"]);
     assert!(
         history.contains("\n2 ") && history.contains("\n3 ") && !history.contains("\n1 "),

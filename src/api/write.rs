@@ -666,6 +666,10 @@ fn admit(
     if let Some(o) = old {
         immutable(kind, &name, o, &stored)?;
     }
+    let mut stored = stored;
+    if kind == Kind::Workload(WorkloadKind::DaemonSet) {
+        crate::manifest::daemonset::set_template_generation(old, &mut stored);
+    }
     Ok((with_kind(stored, kind), warnings))
 }
 

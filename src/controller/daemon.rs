@@ -327,7 +327,12 @@ fn sync_daemon_set(w: &Writer, d: &Value, nodes: &[NodeInfo], now: Timestamp) {
             ),
         }
     }
-    let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
+    // The apiserver's template generation (the generation for an object that has none).
+    let generation = d["metadata"]["annotations"][crate::manifest::daemonset::TEMPLATE_GENERATION]
+        .as_str()
+        .and_then(|g| g.parse::<i64>().ok())
+        .or_else(|| d["metadata"]["generation"].as_i64())
+        .unwrap_or(1);
     for node in &plan.create {
         let mut meta = serde_json::to_value(template.metadata.clone().unwrap_or_default())
             .unwrap_or_else(|_| json!({}));

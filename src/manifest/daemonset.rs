@@ -64,6 +64,32 @@ pub fn check_daemonset(
     Ok(ds)
 }
 
+/// The annotation with a DaemonSet's template generation (what its pods'
+/// `pod-template-generation` label says).
+pub const TEMPLATE_GENERATION: &str = "deprecated.daemonset.template.generation";
+
+/// Sets a DaemonSet's template generation as the apiserver does: 1 when created, one more
+/// whenever an update changes the template, whatever the client sent.
+pub fn set_template_generation(old: Option<&serde_json::Value>, new: &mut serde_json::Value) {
+    use crate::controller::daemonset::normalized;
+    let generation = match old {
+        None => 1,
+        Some(o) => {
+            let before = o["metadata"]["annotations"][TEMPLATE_GENERATION]
+                .as_str()
+                .and_then(|g| g.parse::<i64>().ok())
+                .unwrap_or(1);
+            let changed =
+                normalized(&o["spec"]["template"]) != normalized(&new["spec"]["template"]);
+            before + i64::from(changed)
+        }
+    };
+    if !new["metadata"]["annotations"].is_object() {
+        new["metadata"]["annotations"] = serde_json::json!({});
+    }
+    new["metadata"]["annotations"][TEMPLATE_GENERATION] = generation.to_string().into();
+}
+
 /// A ControllerRevision (made by the DaemonSet controller, or by a client).
 pub fn check_controller_revision(
     v: serde_json::Value,
@@ -173,6 +199,22 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    #[test]
+    fn the_template_generation_counts_template_changes() {
+        let mut d = ds(json!({}));
+        set_template_generation(None, &mut d);
+        assert_eq!(d["metadata"]["annotations"][TEMPLATE_GENERATION], "1");
+        let mut same = d.clone();
+        same["spec"]["minReadySeconds"] = 5.into();
+        same["metadata"]["annotations"][TEMPLATE_GENERATION] = "9".into();
+        set_template_generation(Some(&d), &mut same);
+        assert_eq!(same["metadata"]["annotations"][TEMPLATE_GENERATION], "1");
+        let mut changed = same.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = "other".into();
+        set_template_generation(Some(&same), &mut changed);
+        assert_eq!(changed["metadata"]["annotations"][TEMPLATE_GENERATION], "2");
     }
 
     #[test]
