@@ -116,7 +116,7 @@ pub type ObjKey = (String, String, String);
 
 /// Kinds whose watch history the API object store keeps itself (the others are recorded
 /// where they are served from).
-const SELF_WATCHED: [&str; 7] = [
+const SELF_WATCHED: [&str; 9] = [
     "namespaces",
     "deployments",
     "replicasets",
@@ -124,6 +124,8 @@ const SELF_WATCHED: [&str; 7] = [
     "horizontalpodautoscalers",
     "jobs",
     "cronjobs",
+    "daemonsets",
+    "controllerrevisions",
 ];
 
 mod workloads;
@@ -981,6 +983,8 @@ impl Store {
             "horizontalpodautoscalers",
             "jobs",
             "cronjobs",
+            "daemonsets",
+            "controllerrevisions",
         ] {
             let base = dir.join(plural);
             let mut files = Vec::new();

@@ -607,7 +607,9 @@ fn discovery_lists_what_is_served() {
         names,
         [
             "configmaps",
+            "controllerrevisions.apps",
             "cronjobs.batch",
+            "daemonsets.apps",
             "deployments.apps",
             "endpoints",
             "endpointslices.discovery.k8s.io",

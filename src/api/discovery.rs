@@ -188,6 +188,31 @@ pub const RESOURCES: &[Resource] = &[
         verbs: WRITE_WATCH,
         ..res(
             "apps",
+            "controllerrevisions",
+            "controllerrevision",
+            "ControllerRevision",
+            true,
+            &[],
+            &[],
+        )
+    },
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "apps",
+            "daemonsets",
+            "daemonset",
+            "DaemonSet",
+            true,
+            &["ds"],
+            &["all"],
+        )
+    },
+    sub_of("apps", "v1", "daemonsets/status", "DaemonSet", &["get"]),
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "apps",
             "deployments",
             "deployment",
             "Deployment",
@@ -228,6 +253,26 @@ pub const RESOURCES: &[Resource] = &[
     sub_of(
         "autoscaling",
         "v2",
+        "horizontalpodautoscalers/status",
+        "HorizontalPodAutoscaler",
+        &["get"],
+    ),
+    // autoscaling/v1, converted at the edge (v2 stays the preferred version).
+    Resource {
+        verbs: WRITE_WATCH,
+        ..res(
+            "autoscaling",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            "HorizontalPodAutoscaler",
+            true,
+            &["hpa"],
+            &["all"],
+        )
+    },
+    sub_of(
+        "autoscaling",
+        "v1",
         "horizontalpodautoscalers/status",
         "HorizontalPodAutoscaler",
         &["get"],
@@ -575,8 +620,11 @@ mod tests {
         assert_eq!(pods["namespaced"], true);
         assert!(resource_list("discovery.k8s.io", "v1").is_some());
         let apps = resource_list("apps", "v1").unwrap();
-        assert_eq!(apps["resources"][0]["name"], "deployments");
-        assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
+        assert_eq!(apps["resources"][0]["name"], "controllerrevisions");
+        assert_eq!(apps["resources"][1]["name"], "daemonsets");
+        assert_eq!(apps["resources"][1]["shortNames"], json!(["ds"]));
+        assert_eq!(apps["resources"][3]["name"], "deployments");
+        assert_eq!(apps["resources"][3]["shortNames"], json!(["deploy"]));
         assert_eq!(
             groups(),
             [

@@ -2,6 +2,7 @@
 //! and JSON shapes (`/api/v1/...`), so the `skiff` CLI and, later, the real
 //! `kubectl` can read a node.
 
+mod autoscaling_v1;
 pub mod discovery;
 mod exec;
 mod exec_ws;
@@ -214,11 +215,13 @@ fn workload_routes(mut r: Router<Shared>) -> Router<Shared> {
             .route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}"),
                 write::get_item(kind).merge(write::item(kind)),
-            )
-            .route(
+            );
+        if w.has_status() {
+            r = r.route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/status"),
                 write::get_item(kind),
             );
+        }
         if w.has_scale() {
             r = r.route(
                 &format!("{base}/namespaces/{{ns}}/{plural}/{{name}}/scale"),
@@ -229,8 +232,22 @@ fn workload_routes(mut r: Router<Shared>) -> Router<Shared> {
     r
 }
 
-/// The API's routes.
+/// The API's routes: autoscaling/v1 converted to and from the v2 routes, then the rest.
 pub fn router(state: Shared) -> Router {
+    let routes = routes(state.clone());
+    Router::new()
+        .route(
+            "/apis/autoscaling/v1/{*rest}",
+            axum::routing::any(autoscaling_v1::serve),
+        )
+        .with_state(autoscaling_v1::V1 {
+            shared: state,
+            routes: routes.clone(),
+        })
+        .fallback_service(routes)
+}
+
+fn routes(state: Shared) -> Router {
     workload_routes(Router::new())
         .route("/version", get(nodes::version))
         .route("/healthz", get(|| async { "ok" }))

@@ -224,6 +224,7 @@ fn kind_schema(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> 
         ("apps", "v1", "Deployment") => add::<apps::v1::Deployment>(generator),
         ("apps", "v1", "ReplicaSet") => add::<apps::v1::ReplicaSet>(generator),
         ("apps", "v1", "DaemonSet") => add::<apps::v1::DaemonSet>(generator),
+        ("apps", "v1", "ControllerRevision") => add::<apps::v1::ControllerRevision>(generator),
         ("apps", "v1", "StatefulSet") => add::<apps::v1::StatefulSet>(generator),
         ("batch", "v1", "Job") => add::<batch::v1::Job>(generator),
         ("batch", "v1", "CronJob") => add::<batch::v1::CronJob>(generator),

@@ -467,6 +467,142 @@ fn cron_job_cells(o: &Value, now: Timestamp) -> Vec<Value> {
     cells
 }
 
+const DAEMON_SET_COLUMNS: &[Column] = &[
+    NAME,
+    Column {
+        type_: INT,
+        ..col(
+            "Desired",
+            "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod). More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+            0,
+        )
+    },
+    Column {
+        type_: INT,
+        ..col(
+            "Current",
+            "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod. More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+            0,
+        )
+    },
+    Column {
+        type_: INT,
+        ..col(
+            "Ready",
+            "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+            0,
+        )
+    },
+    Column {
+        type_: INT,
+        ..col(
+            "Up-to-date",
+            "The total number of nodes that are running updated daemon pod",
+            0,
+        )
+    },
+    Column {
+        type_: INT,
+        ..col(
+            "Available",
+            "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+            0,
+        )
+    },
+    col(
+        "Node Selector",
+        "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node. More info: https://kubernetes.io/docs/concepts/configuration/assign-pod-node/",
+        0,
+    ),
+    AGE,
+    col("Containers", "Names of each container in the template.", 1),
+    col(
+        "Images",
+        "Images referenced by each container in the template.",
+        1,
+    ),
+    col(
+        "Selector",
+        "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+        1,
+    ),
+];
+
+/// A DaemonSet's row (`printDaemonSet`).
+fn daemon_set_cells(o: &Value, now: Timestamp) -> Vec<Value> {
+    let n = |f: &str| Value::from(o["status"][f].as_i64().unwrap_or(0));
+    let node_selector = o["spec"]["template"]["spec"]["nodeSelector"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| "<none>".into());
+    let mut cells = vec![
+        name_of(o),
+        n("desiredNumberScheduled"),
+        n("currentNumberScheduled"),
+        n("numberReady"),
+        n("updatedNumberScheduled"),
+        n("numberAvailable"),
+        s(node_selector),
+        s(age(created(o), now)),
+    ];
+    cells.extend(containers_cells(&o["spec"]["template"]));
+    cells.push(s(label_selector_text(&o["spec"]["selector"])));
+    cells
+}
+
+const CONTROLLER_REVISION_COLUMNS: &[Column] = &[
+    NAME,
+    col(
+        "Controller",
+        "Controller of the object, in the form kind.group/name.",
+        0,
+    ),
+    Column {
+        type_: INT,
+        ..col(
+            "Revision",
+            "Revision indicates the revision of the state represented by Data.",
+            0,
+        )
+    },
+    AGE,
+];
+
+/// A ControllerRevision's row (`printControllerRevision`): its controller as
+/// `kind.group/name`, `<none>` without one.
+fn controller_revision_cells(o: &Value, now: Timestamp) -> Vec<Value> {
+    let controller = o["metadata"]["ownerReferences"]
+        .as_array()
+        .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+        .map(|r| {
+            let group = r["apiVersion"]
+                .as_str()
+                .and_then(|v| v.split_once('/'))
+                .map(|(g, _)| g)
+                .unwrap_or_default();
+            let kind = r["kind"].as_str().unwrap_or_default().to_lowercase();
+            let name = r["name"].as_str().unwrap_or_default();
+            if group.is_empty() {
+                format!("{kind}/{name}")
+            } else {
+                format!("{kind}.{group}/{name}")
+            }
+        })
+        .unwrap_or_else(|| "<none>".into());
+    vec![
+        name_of(o),
+        s(controller),
+        o["revision"].as_i64().unwrap_or(0).into(),
+        s(age(created(o), now)),
+    ]
+}
+
 /// What the apiserver prints for a kind it has no printer for.
 const DEFAULT_COLUMNS: &[Column] = &[NAME, AGE];
 
@@ -561,6 +697,11 @@ pub fn for_kind(kind: &str, objects: Vec<Value>, now: Timestamp) -> Table {
         }
         "Job" => typed(&|o| Some(job_cells(o, now)), JOB_COLUMNS),
         "CronJob" => typed(&|o| Some(cron_job_cells(o, now)), CRON_JOB_COLUMNS),
+        "DaemonSet" => typed(&|o| Some(daemon_set_cells(o, now)), DAEMON_SET_COLUMNS),
+        "ControllerRevision" => typed(
+            &|o| Some(controller_revision_cells(o, now)),
+            CONTROLLER_REVISION_COLUMNS,
+        ),
         _ => typed(
             &|o| Some(vec![name_of(o), s(age(created(o), now))]),
             DEFAULT_COLUMNS,

@@ -293,6 +293,12 @@ pub fn get_list(kind: Kind) -> MethodRouter<Shared> {
                     Kind::Workload(WorkloadKind::CronJob) => {
                         |st| list(st, Kind::Workload(WorkloadKind::CronJob), None)
                     }
+                    Kind::Workload(WorkloadKind::DaemonSet) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::DaemonSet), None)
+                    }
+                    Kind::Workload(WorkloadKind::ControllerRevision) => {
+                        |st| list(st, Kind::Workload(WorkloadKind::ControllerRevision), None)
+                    }
                     _ => |st| list(st, Kind::Namespace, None),
                 };
                 return super::watch::objects(
@@ -483,7 +489,7 @@ fn key(kind: Kind, ns: &str, name: &str) -> ObjKey {
 }
 
 /// Parses a request body as JSON, YAML, or the protobuf kubectl's generators send.
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -687,6 +693,10 @@ fn admit(
     };
     if let Some(o) = old {
         immutable(kind, &name, o, &stored)?;
+    }
+    let mut stored = stored;
+    if kind == Kind::Workload(WorkloadKind::DaemonSet) {
+        crate::manifest::daemonset::set_template_generation(old, &mut stored);
     }
     Ok((with_kind(stored, kind), warnings))
 }

@@ -1510,6 +1510,68 @@ pub fn v2_to_v1(h: &v2::HorizontalPodAutoscaler) -> v1::HorizontalPodAutoscaler 
     }
 }
 
+/// The annotation an autoscaling/v1 object carries its v2 conditions in (as the apiserver
+/// does: v1 has no field for them).
+pub const V1_CONDITIONS_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/conditions";
+
+fn is_cpu_utilization(m: &v2::MetricSpec) -> bool {
+    m.type_ == "Resource"
+        && m.resource
+            .as_ref()
+            .is_some_and(|r| r.name == "cpu" && r.target.average_utilization.is_some())
+}
+
+/// A v1 object written over the stored v2 one: the v1 fields replace theirs (the CPU
+/// utilization target among the metrics), what v1 cannot say (other metrics, `behavior`,
+/// the status) stays as stored, so a v1 client's update loses nothing.
+pub fn v1_over_v2(
+    current: Option<&v2::HorizontalPodAutoscaler>,
+    h: &v1::HorizontalPodAutoscaler,
+) -> v2::HorizontalPodAutoscaler {
+    let mut new = v1_to_v2(h);
+    if let Some(a) = new.metadata.annotations.as_mut() {
+        a.remove(V1_CONDITIONS_ANNOTATION);
+        if a.is_empty() {
+            new.metadata.annotations = None;
+        }
+    }
+    let Some(cur) = current else {
+        return new;
+    };
+    let mut metrics = new.spec.metrics.take().unwrap_or_default();
+    metrics.extend(
+        cur.spec
+            .metrics
+            .iter()
+            .flatten()
+            .filter(|m| !is_cpu_utilization(m))
+            .cloned(),
+    );
+    new.spec.metrics = (!metrics.is_empty()).then_some(metrics);
+    new.spec.behavior = cur.spec.behavior.clone();
+    new.status = cur.status.clone();
+    new
+}
+
+/// A stored v2 object as an autoscaling/v1 client reads it: [`v2_to_v1`], with the
+/// conditions in [`V1_CONDITIONS_ANNOTATION`].
+pub fn v1_view(h: &v2::HorizontalPodAutoscaler) -> v1::HorizontalPodAutoscaler {
+    let mut out = v2_to_v1(h);
+    if let Some(c) = h
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .filter(|c| !c.is_empty())
+        && let Ok(text) = serde_json::to_string(c)
+    {
+        out.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(V1_CONDITIONS_ANNOTATION.into(), text);
+    }
+    out
+}
+
 fn validate_target(errs: &mut Vec<String>, path: &str, t: &v2::MetricTarget) {
     if t.type_.is_empty() {
         errs.push(field::required(
@@ -2543,6 +2605,52 @@ mod tests {
         assert_eq!(v2.spec.metrics, None);
         defaults(&mut v2);
         assert_eq!(targets_column(&v2.spec, None), "cpu: <unknown>/80%");
+    }
+
+    #[test]
+    fn a_v1_update_keeps_what_v1_cannot_say() {
+        let mut stored = hpa(json!({"spec": {"behavior": {"scaleDown": {"selectPolicy": "Min"}}}}));
+        stored.spec.metrics = Some(vec![
+            cpu_utilization(50),
+            v2::MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(v2::ResourceMetricSource {
+                    name: "memory".into(),
+                    target: v2::MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(60),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            },
+        ]);
+        stored.status = Some(v2::HorizontalPodAutoscalerStatus {
+            desired_replicas: 2,
+            conditions: Some(vec![v2::HorizontalPodAutoscalerCondition {
+                type_: "AbleToScale".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let mut read = v1_view(&stored);
+        assert_eq!(read.spec.target_cpu_utilization_percentage, Some(50));
+        assert!(
+            read.metadata.annotations.as_ref().unwrap()[V1_CONDITIONS_ANNOTATION]
+                .contains("AbleToScale")
+        );
+        read.spec.target_cpu_utilization_percentage = Some(70);
+        read.spec.max_replicas = 7;
+        let written = v1_over_v2(Some(&stored), &read);
+        assert_eq!(written.spec.max_replicas, 7);
+        let metrics = written.spec.metrics.as_ref().unwrap();
+        assert_eq!(metrics.len(), 2);
+        assert_eq!(metrics[0], cpu_utilization(70));
+        assert_eq!(metrics[1].resource.as_ref().unwrap().name, "memory");
+        assert_eq!(written.spec.behavior, stored.spec.behavior);
+        assert_eq!(written.status, stored.status);
+        assert!(written.metadata.annotations.is_none());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod autoscale;
 pub mod batch;
 pub mod cronjob;
+pub mod daemon;
+pub mod daemonset;
 pub mod deployment;
 pub mod event;
 mod field;

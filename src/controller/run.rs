@@ -90,6 +90,7 @@ pub fn sync_all(w: &Writer, now: Timestamp) {
         }
     }
     super::batch::sync_all(w, now);
+    super::daemon::sync_all(w, now);
 }
 
 fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {

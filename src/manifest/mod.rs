@@ -1,6 +1,7 @@
 //! The manifest source: the directory of Kubernetes manifests skiffd runs.
 
 pub mod batch;
+pub mod daemonset;
 pub mod parse;
 pub mod service;
 pub mod source;

@@ -70,7 +70,7 @@ impl std::fmt::Display for ObjectRef {
 }
 
 /// Kinds skiff knows about but whose support lands later; refused with a clear message.
-const NOT_YET: [&str; 2] = ["DaemonSet", "StatefulSet"];
+const NOT_YET: [&str; 1] = ["StatefulSet"];
 
 /// Whether the manifest source should read this directory entry at all.
 pub fn is_manifest_file(name: &str) -> bool {

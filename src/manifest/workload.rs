@@ -1,5 +1,6 @@
 //! Workload kinds (issue 11): Deployments, ReplicaSets, ReplicationControllers, Jobs and
-//! CronJobs (the batch kinds' checks are in [`super::batch`]), checked and
+//! CronJobs (the batch kinds' checks are in [`super::batch`]), DaemonSets and their
+//! ControllerRevisions ([`super::daemonset`]), checked and
 //! defaulted as the apiserver does, whether they come from a manifest file or through the API.
 //! They are kept as JSON (the form the store, the watch and the controllers use), after a
 //! strict decode into the typed object has proved their shape.
@@ -23,16 +24,21 @@ pub enum WorkloadKind {
     HorizontalPodAutoscaler,
     Job,
     CronJob,
+    DaemonSet,
+    /// A DaemonSet's revisions (no controller of its own).
+    ControllerRevision,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 6] = [
+    pub const ALL: [WorkloadKind; 8] = [
         WorkloadKind::Deployment,
         WorkloadKind::ReplicaSet,
         WorkloadKind::ReplicationController,
         WorkloadKind::HorizontalPodAutoscaler,
         WorkloadKind::Job,
         WorkloadKind::CronJob,
+        WorkloadKind::DaemonSet,
+        WorkloadKind::ControllerRevision,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +49,8 @@ impl WorkloadKind {
             WorkloadKind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
             WorkloadKind::Job => "Job",
             WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::ControllerRevision => "ControllerRevision",
         }
     }
 
@@ -54,6 +62,8 @@ impl WorkloadKind {
             WorkloadKind::HorizontalPodAutoscaler => "horizontalpodautoscalers",
             WorkloadKind::Job => "jobs",
             WorkloadKind::CronJob => "cronjobs",
+            WorkloadKind::DaemonSet => "daemonsets",
+            WorkloadKind::ControllerRevision => "controllerrevisions",
         }
     }
 
@@ -66,12 +76,22 @@ impl WorkloadKind {
         }
     }
 
-    /// Whether the kind has a `/scale` subresource (the HPA and the batch kinds have none).
+    /// Whether the kind has a `/scale` subresource (the HPA, the batch kinds, DaemonSets and
+    /// ControllerRevisions have none).
     pub fn has_scale(self) -> bool {
         !matches!(
             self,
-            WorkloadKind::HorizontalPodAutoscaler | WorkloadKind::Job | WorkloadKind::CronJob
+            WorkloadKind::HorizontalPodAutoscaler
+                | WorkloadKind::Job
+                | WorkloadKind::CronJob
+                | WorkloadKind::DaemonSet
+                | WorkloadKind::ControllerRevision
         )
+    }
+
+    /// Whether the kind has a `/status` subresource (a ControllerRevision has none).
+    pub fn has_status(self) -> bool {
+        self != WorkloadKind::ControllerRevision
     }
 
     pub fn from_name(kind: &str) -> Option<WorkloadKind> {
@@ -266,6 +286,12 @@ pub fn check(
         WorkloadKind::CronJob => {
             serde_json::to_value(super::batch::check_cronjob(v, mode, warnings)?)
         }
+        WorkloadKind::DaemonSet => {
+            serde_json::to_value(super::daemonset::check_daemonset(v, mode, warnings)?)
+        }
+        WorkloadKind::ControllerRevision => serde_json::to_value(
+            super::daemonset::check_controller_revision(v, mode, warnings)?,
+        ),
     };
     let mut value = value.map_err(|e| fail(e.to_string()))?;
     // What the apiserver never keeps from a client.
@@ -324,7 +350,7 @@ fn go_map(labels: &BTreeMap<String, String>) -> String {
     format!("map[string]string{{{}}}", inner.join(", "))
 }
 
-fn check_selector(
+pub(super) fn check_selector(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     template: Option<&ObjectMeta>,
     what: &str,
@@ -352,7 +378,7 @@ fn check_selector(
 }
 
 /// The template must make a valid pod (checked as one, errors under `spec.template`).
-fn check_template(owner: &ObjectMeta, t: &PodTemplateSpec) -> Result<(), String> {
+pub(super) fn check_template(owner: &ObjectMeta, t: &PodTemplateSpec) -> Result<(), String> {
     let mut meta = t.metadata.clone().unwrap_or_default();
     meta.name = Some(format!(
         "{}-check",
