@@ -183,14 +183,41 @@ fn https_raw(netns: &Path, ca_pem: &[u8], req: Vec<u8>) -> Response {
         let tcp = TcpStream::connect(API).expect("connecting to the TLS API");
         tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(config, name).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tcp = tcp;
         // A refused upload may be cut off by the server's answer: read that answer anyway.
-        let _ = tls.write_all(&req).and_then(|()| tls.flush());
+        let _ = rustls::Stream::new(&mut conn, &mut tcp)
+            .write_all(&req)
+            .and_then(|()| rustls::Stream::new(&mut conn, &mut tcp).flush());
+        // Read without writing: after the server closed on a refused upload, a stream read
+        // would first try to send what is still queued and fail with EPIPE, losing the answer
+        // already received. The server may also close without close_notify: keep what came.
         let mut out = Vec::new();
-        // The server may close without close_notify after a refused upload: keep what came.
-        if let Err(e) = tls.read_to_end(&mut out) {
-            eprintln!("reading the response: {e}");
+        let mut buf = [0u8; 16384];
+        loop {
+            match conn.reader().read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match conn.read_tls(&mut tcp) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            if let Err(e) = conn.process_new_packets() {
+                                eprintln!("reading the response: {e}");
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("reading the response: {e}");
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("reading the response: {e}");
+                    break;
+                }
+            }
         }
         out
     });
