@@ -8,10 +8,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{IMAGE, Node, require_root};
+use common::{IMAGE, require_root};
 use serde_json::Value;
 
 use common::kubectl::Kubectl as Api;
@@ -21,7 +20,7 @@ impl Api {
     /// A node with the test image also under the tag [`TAGGED`].
     fn start_batch() -> Api {
         let api = Api::start();
-        import_tagged(&api.node);
+        api.import_tagged("batch");
         api
     }
 
@@ -58,32 +57,6 @@ impl Api {
 /// The test image under a tag other than `latest` ([`TAGGED`]): kubectl's generators set no
 /// imagePullPolicy, which for `:latest` would be Always (a pull from nowhere).
 const TAGGED: &str = "skiff.test/busybox:batch";
-
-fn import_tagged(node: &Node) {
-    let copy = node.dir().join("tagged-image");
-    let st = Command::new("cp")
-        .arg("-r")
-        .arg(common::test_image())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let index = copy.join("index.json");
-    let text = std::fs::read_to_string(&index)
-        .unwrap()
-        .replace("skiff.test/busybox:latest", TAGGED)
-        .replace(
-            "\"org.opencontainers.image.ref.name\":\"latest\"",
-            "\"org.opencontainers.image.ref.name\":\"batch\"",
-        );
-    std::fs::write(&index, text).unwrap();
-    let out = node.skiff(&["image", "import", copy.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or_default()

@@ -7,108 +7,18 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-use common::{IMAGE, Node, require_root};
+use common::{IMAGE, require_root};
 use serde_json::Value;
 
-struct Api {
-    node: Node,
-    kubeconfig: PathBuf,
-    bin: PathBuf,
-}
+use common::kubectl::Kubectl as Api;
 
+/// What these tests ask of kubectl beyond the common calls.
 impl Api {
-    fn start_with(flags: &[&str]) -> Api {
-        let bin = common::kubectl_bin().expect("kubectl is installed");
-        let mut node = Node::new();
-        node.host_ip_cmd(&["link", "set", "lo", "up"]);
-        node.extra_flags(flags);
-        node.start_daemon();
-        node.import_image();
-        import_tagged(&node);
-        let kubeconfig = common::kubeconfig(&node);
-        Api {
-            node,
-            kubeconfig,
-            bin,
-        }
-    }
-
-    fn start() -> Api {
-        Api::start_with(&[])
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.node.host.path().display()))
-            .arg(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .env("HOME", self.node.dir())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {text}\n--- skiffd log ---\n{}",
-            self.node.log_tail(40)
-        );
-        text
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} should fail: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn items(&self, args: &[&str]) -> Vec<Value> {
-        self.json(args)["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.node.dir().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-
-    /// Polls `f` until it holds, for up to 90 seconds.
-    fn until(&self, what: &str, mut f: impl FnMut(&Api) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !f(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- skiffd log ---\n{}",
-                self.node.log_tail(60)
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+    /// A node with skiffd's `flags` and the test image also under the tag [`TAGGED`].
+    fn start_daemons(flags: &[&str]) -> Api {
+        let api = Api::start_with(flags);
+        api.import_tagged("daemon");
+        api
     }
 
     /// The daemon pods of `ds` not being deleted.
@@ -149,32 +59,6 @@ impl Api {
 /// The test image under a second tag, so a rollout has another image to go to.
 const TAGGED: &str = "skiff.test/busybox:daemon";
 
-fn import_tagged(node: &Node) {
-    let copy = node.dir().join("tagged-image");
-    let st = Command::new("cp")
-        .arg("-r")
-        .arg(common::test_image())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let index = copy.join("index.json");
-    let text = std::fs::read_to_string(&index)
-        .unwrap()
-        .replace("skiff.test/busybox:latest", TAGGED)
-        .replace(
-            "\"org.opencontainers.image.ref.name\":\"latest\"",
-            "\"org.opencontainers.image.ref.name\":\"daemon\"",
-        );
-    std::fs::write(&index, text).unwrap();
-    let out = node.skiff(&["image", "import", copy.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A DaemonSet named `name` (pods labelled `app: name`) with `extra` under its pod spec.
 fn daemon_set(name: &str, extra: &str) -> String {
     format!(
@@ -212,7 +96,7 @@ fn label<'a>(p: &'a Value, key: &str) -> &'a str {
 #[ignore = "needs root"]
 fn a_daemonset_runs_a_pod_per_node_and_rolls_out_with_history() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_daemons(&[]);
     let f = api.file("ds.yaml", &daemon_set("agent", ""));
     api.ok(&["apply", "-f", &f]);
     let pod = api.running_with("agent", IMAGE);
@@ -341,7 +225,7 @@ fn a_daemonset_runs_a_pod_per_node_and_rolls_out_with_history() {
 #[ignore = "needs root"]
 fn node_labels_decide_where_a_daemon_runs() {
     require_root();
-    let mut api = Api::start();
+    let mut api = Api::start_daemons(&[]);
     let f = api.file(
         "edge.yaml",
         &daemon_set("edge", "      nodeSelector:\n        role: edge\n"),
@@ -382,7 +266,7 @@ fn node_labels_decide_where_a_daemon_runs() {
 #[ignore = "needs root"]
 fn bad_daemonsets_are_refused_with_the_apiservers_messages() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_daemons(&[]);
     let cases: &[(&str, String, &str)] = &[
         (
             "selector",
@@ -432,7 +316,7 @@ fn bad_daemonsets_are_refused_with_the_apiservers_messages() {
 #[ignore = "needs root"]
 fn a_daemonset_from_the_manifest_directory() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_daemons(&[]);
     api.node
         .write_manifest("daemon.yaml", &daemon_set("from-file", ""));
     let pod = api.running_with("from-file", IMAGE);
@@ -458,7 +342,7 @@ const V1_HPA: &str = "horizontalpodautoscalers.v1.autoscaling";
 #[ignore = "needs root"]
 fn an_autoscaling_v1_hpa_round_trips() {
     require_root();
-    let api = Api::start();
+    let api = Api::start_daemons(&[]);
     let v1 = |max: u32| {
         format!(
             "apiVersion: autoscaling/v1

@@ -127,6 +127,39 @@ impl Kubectl {
         p.display().to_string()
     }
 
+    /// Imports the test image again as `skiff.test/busybox:<tag>`: a second image for rollouts,
+    /// and one kubectl's generators can use (for `:latest` they would set pullPolicy Always).
+    pub fn import_tagged(&self, tag: &str) {
+        let copy = self.node.dir().join(format!("image-{tag}"));
+        let st = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(super::test_image())
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success(), "copying the test image");
+        let index = copy.join("index.json");
+        let text = std::fs::read_to_string(&index)
+            .unwrap()
+            .replace(
+                "skiff.test/busybox:latest",
+                &format!("skiff.test/busybox:{tag}"),
+            )
+            .replace(
+                "\"org.opencontainers.image.ref.name\":\"latest\"",
+                &format!("\"org.opencontainers.image.ref.name\":\"{tag}\""),
+            );
+        std::fs::write(&index, text).unwrap();
+        let out = self
+            .node
+            .skiff(&["image", "import", copy.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "importing the image tagged {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Polls `f` until it holds, for up to `secs` seconds.
     pub fn until_within(&self, secs: u64, what: &str, mut f: impl FnMut(&Kubectl) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
