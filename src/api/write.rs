@@ -1479,7 +1479,22 @@ fn remove(
     if let Kind::Workload(_) = kind {
         let uid = cur["metadata"]["uid"].as_str().unwrap_or_default();
         match opts.propagation.unwrap_or(Propagation::Background) {
-            Propagation::Orphan => orphan_dependents(s, ns, uid),
+            Propagation::Orphan => {
+                // Marked as being deleted first (the apiserver's `orphan` finalizer): a
+                // controller then adopts nothing more, so a dependent released below cannot be
+                // claimed back before the owner is gone and then collected as garbage.
+                s.store
+                    .update_workload(&k, uid, |v| {
+                        v["metadata"]["deletionTimestamp"] =
+                            jiff::Timestamp::now().to_string().into();
+                        v["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+                        v["metadata"]["finalizers"] = json!(["orphan"]);
+                    })
+                    .map_err(|e| {
+                        ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural()))
+                    })?;
+                orphan_dependents(s, ns, uid)
+            }
             Propagation::Background => {}
             Propagation::Foreground => {
                 // Kept, being deleted, until the garbage collector has removed what it owns.
