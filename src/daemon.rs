@@ -37,6 +37,9 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: images::PullError,
     },
+    /// HTTPS_PROXY/HTTP_PROXY name a proxy pulls cannot use.
+    #[error("registry proxy: {0}")]
+    Proxy(images::PullError),
     #[error("joining the overlay: {0}")]
     Overlay(String),
     #[error("preparing the TLS API's keys under {root}/pki: {source}")]
@@ -374,11 +377,19 @@ fn image_service(
                 source,
             }
         })?;
+    // The proxy variables are read here, for pulls only: nothing else skiffd connects to
+    // (probes, etcd, the API's clients) goes through them.
+    let proxy = images::ProxyConfig::from_env();
+    proxy.check().map_err(DaemonError::Proxy)?;
+    if !proxy.is_empty() {
+        info!(?proxy, "registry pulls go through a proxy");
+    }
     let puller = images::Puller::new(
         runtime.images.clone(),
         images::PullerConfig {
             registries,
             docker_config: Some(config.image_credential_config.clone()),
+            proxy,
             ..images::PullerConfig::default()
         },
     );

@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dns;
+pub(crate) mod http1;
 pub mod manifest;
 pub mod metrics;
 pub mod node;
