@@ -50,6 +50,9 @@ pub fn overlaid(mut node: Value, overlay: Option<&Value>) -> Value {
         {
             node["metadata"]["annotations"] = Value::Object(a.clone());
         }
+        if let Some(uid) = o["metadata"]["uid"].as_str() {
+            node["metadata"]["uid"] = uid.into();
+        }
         if let Some(rv) = o["metadata"]["resourceVersion"].as_str() {
             node["metadata"]["resourceVersion"] = rv.into();
         }
@@ -340,8 +343,11 @@ fn save(
     status: bool,
     dry: bool,
 ) -> Result<Value, ApiError> {
-    let mut o = overlay(&s.store)
-        .unwrap_or_else(|| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}));
+    // The store's object files carry a uid; this one becomes the Node object's.
+    let mut o = overlay(&s.store).unwrap_or_else(|| {
+        json!({"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": name, "uid": crate::store::random_uid()}})
+    });
     let built = super::nodes::node_without_overlay(s);
     if status {
         let owned = condition_types(&built);
