@@ -617,8 +617,17 @@ impl Store {
     /// The Node object's labels: the well-known ones and `--node-labels`, which win as with
     /// the kubelet.
     pub fn node_labels(&self) -> BTreeMap<String, String> {
-        let mut labels = crate::node::well_known_labels(&self.node_name);
-        labels.extend(self.read().node_labels.clone());
+        let inner = self.read();
+        // Labels clients set through the API (`kubectl label node`) come first: the kubelet's
+        // own win, as it puts them back on its Node object.
+        let key = ("nodes".to_string(), String::new(), self.node_name.clone());
+        let mut labels: BTreeMap<String, String> = inner
+            .api_objects
+            .get(&key)
+            .and_then(|o| serde_json::from_value(o["metadata"]["labels"].clone()).ok())
+            .unwrap_or_default();
+        labels.extend(crate::node::well_known_labels(&self.node_name));
+        labels.extend(inner.node_labels.clone());
         labels
     }
 
@@ -985,6 +994,7 @@ impl Store {
             "cronjobs",
             "daemonsets",
             "controllerrevisions",
+            "nodes",
         ] {
             let base = dir.join(plural);
             let mut files = Vec::new();

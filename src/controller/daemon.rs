@@ -35,7 +35,7 @@ pub fn cluster_nodes(store: &Store) -> Vec<NodeInfo> {
     vec![NodeInfo {
         name: store.node_name().to_string(),
         labels: store.node_labels(),
-        taints: Vec::new(),
+        taints: crate::api::node_write::taints(store),
     }]
 }
 
