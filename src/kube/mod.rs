@@ -3,3 +3,5 @@
 //! crate except `util`.
 
 pub mod events;
+pub mod reasons;
+pub mod restart;
