@@ -3,5 +3,6 @@
 //! crate except `util`.
 
 pub mod events;
+pub mod expand;
 pub mod reasons;
 pub mod restart;
