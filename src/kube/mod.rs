@@ -5,4 +5,5 @@
 pub mod events;
 pub mod expand;
 pub mod reasons;
+pub mod resources;
 pub mod restart;
