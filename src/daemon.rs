@@ -15,7 +15,7 @@ use crate::pod::manager::{self, Manager};
 use crate::pod::worker::Ctx;
 use crate::runtime::network::{NetConfig, PodNetwork};
 use crate::runtime::{Runtime, pull};
-use crate::store::Store;
+use crate::store::{EventType, Involved, Store};
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -434,4 +434,17 @@ fn lock_root(root: &std::path::Path) -> Result<std::fs::File, DaemonError> {
         return Err(err(e));
     }
     Ok(file)
+}
+
+/// Image pulls report to the store and read pull secrets and pods from it.
+impl pull::PullHost for Store {
+    fn event(&self, obj: &Involved, kind: EventType, reason: &str, message: &str) {
+        Store::event(self, obj, kind, reason, message);
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Option<k8s_openapi::api::core::v1::Secret> {
+        Store::secret(self, namespace, name)
+    }
+    fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
+        self.list_pods(None)
+    }
 }

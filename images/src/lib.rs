@@ -52,6 +52,7 @@
 
 mod digest;
 mod export;
+mod fsutil;
 mod gc;
 mod layout;
 mod policy;
