@@ -272,7 +272,7 @@ pub struct Daemon<'a> {
 /// once the first time, then only after a delay that doubles from 1 s up to 15 min per
 /// DaemonSet and node, so a pod the node keeps failing (admission, eviction) is not recreated
 /// in a tight loop. An entry untouched for twice the maximum starts over.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct FailedPodsBackoff {
     /// Key -> (current delay, when it was last raised).
     entries: BTreeMap<String, (SignedDuration, Timestamp)>,
