@@ -297,6 +297,25 @@ impl Store {
         true
     }
 
+    /// Shows a pod just made through the API, unless the pod manager has already published
+    /// one under its name: the manager may refuse or start the pod between the API's write and
+    /// this call, and its status (`Failed` at admission, `Running`) must not be taken back by
+    /// the API's first `Pending`. Returns whether the pod was added.
+    pub fn add_pod(&self, pod: Pod) -> bool {
+        let key = key_of(&pod);
+        let mut inner = self.write();
+        if inner.pods.contains_key(&key) {
+            return false;
+        }
+        inner.rejected.remove(&key);
+        let mut pod = pod;
+        self.record(&mut inner, WatchKind::Added, &mut pod);
+        inner.pods.insert(key, pod);
+        drop(inner);
+        self.bump();
+        true
+    }
+
     /// Gives `pod` the next resourceVersion and tells pod watchers. Called with the write
     /// lock held, so history and broadcast order are the store's order.
     fn record(
@@ -1258,6 +1277,25 @@ mod tests {
         assert!(s.get_pod("default", "a").is_some());
         s.remove_pod(&key, "1");
         assert!(s.get_pod("default", "a").is_none());
+    }
+
+    #[test]
+    fn the_api_pending_never_replaces_a_published_pod() {
+        let s = Store::new("n");
+        let mut failed = pod("a", "1");
+        failed.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Failed".into()),
+            ..Default::default()
+        });
+        s.put_pod(failed, true);
+        assert!(
+            !s.add_pod(pod("a", "1")),
+            "the manager's Failed was taken back"
+        );
+        let got = s.get_pod("default", "a").unwrap();
+        assert_eq!(got.status.unwrap().phase.as_deref(), Some("Failed"));
+        assert!(s.add_pod(pod("b", "2")));
+        assert!(s.get_pod("default", "b").is_some());
     }
 
     #[test]

@@ -261,6 +261,55 @@ fn node_labels_decide_where_a_daemon_runs() {
     assert_eq!(s["currentNumberScheduled"], 0, "{s}");
 }
 
+/// A daemon pod the node keeps failing (here: admission, `OutOfexample.com/dongle`) is
+/// deleted and replaced with the controller's backoff (1 s, 2 s, 4 s, ...), each time with a
+/// `FailedDaemonPod` warning, never in a tight loop and never two at once.
+#[test]
+#[ignore = "needs root"]
+fn a_failing_daemon_pod_is_replaced_with_backoff() {
+    require_root();
+    let api = Api::start_daemons(&[]);
+    let f = api.file(
+        "dongle.yaml",
+        &daemon_set("dongle", "").replace(
+            "command: [sh, -c, 'sleep 3600']",
+            "command: [sh, -c, 'sleep 3600']\n        resources:\n          limits:\n            example.com/dongle: 1",
+        ),
+    );
+    api.ok(&["apply", "-f", &f]);
+    let mut most = 0;
+    let mut times: Vec<jiff::Timestamp> = Vec::new();
+    api.until_within(60, "four FailedDaemonPod events", |a| {
+        most = most.max(a.daemon_pods("dongle").len());
+        times = a
+            .items(&[
+                "get",
+                "events",
+                "--field-selector",
+                "reason=FailedDaemonPod",
+            ])
+            .iter()
+            .filter(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Found failed daemon pod default/dongle-"))
+            })
+            .filter_map(|e| e["lastTimestamp"].as_str()?.parse().ok())
+            .collect();
+        times.len() >= 4
+    });
+    times.sort();
+    // 1 s + 2 s + 4 s between the first and the fourth, less a second of rounding each way.
+    let spread = times[3].duration_since(times[0]).as_secs();
+    assert!(
+        spread >= 5,
+        "failed pods replaced without backoff: {times:?}"
+    );
+    assert!(most <= 1, "{most} daemon pods at once on one node");
+    let p = &api.daemon_pods("dongle");
+    assert!(p.len() <= 1, "{p:?}");
+}
+
 /// Bad DaemonSets get the apiserver's own messages and nothing is made of them.
 #[test]
 #[ignore = "needs root"]

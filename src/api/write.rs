@@ -850,7 +850,7 @@ fn serve(s: &Writer, kind: Kind, stored: &Value, created: bool) {
                     qos_class: Some(crate::runtime::resources::qos_class(&shown).into()),
                     ..Default::default()
                 });
-                s.store.put_pod(shown, false);
+                s.store.add_pod(shown);
             } else {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 s.store.update_pod(&(ns, name), &uid, |p| {
