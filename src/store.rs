@@ -1,7 +1,7 @@
 //! The in-process object store: pods with their status and the event stream.
 //! Workers write status here; the API reads from it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -138,6 +138,9 @@ struct Inner {
     /// The last [`POD_HISTORY`] pod changes, oldest first.
     pod_history: VecDeque<Arc<PodEvent>>,
     pods: BTreeMap<PodKey, Pod>,
+    /// Pods whose worker is done but whose API object finalizers still hold: served, terminal,
+    /// until the last finalizer goes ([`Store::release_held_pod`]).
+    held_pods: BTreeSet<PodKey>,
     /// Why a named pod from the manifests is not running (shown in 404s).
     rejected: BTreeMap<PodKey, String>,
     config_maps: BTreeMap<PodKey, ConfigMap>,
@@ -398,17 +401,56 @@ impl Store {
     /// Removes a pod if it still has this UID.
     pub fn remove_pod(&self, key: &PodKey, uid: &str) {
         let mut inner = self.write();
-        if inner
+        if !inner
             .pods
             .get(key)
             .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
         {
-            if let Some(pod) = inner.pods.remove(key) {
-                self.record(&mut inner, WatchKind::Deleted, pod);
-            }
-            drop(inner);
-            self.bump();
+            return;
         }
+        let api_key = ("pods".to_string(), key.0.clone(), key.1.clone());
+        let held = inner.api_objects.get(&api_key).is_some_and(|v| {
+            v["metadata"]["uid"] == uid
+                && v["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+        });
+        if held {
+            // Stopped, but the API object's finalizers keep it: it stays served, terminal,
+            // as the apiserver keeps a pod the kubelet is done with.
+            let mut pod = inner.pods.get(key).cloned().unwrap_or_default();
+            let status = pod.status.get_or_insert_with(Default::default);
+            if status.phase.as_deref() != Some("Succeeded") {
+                status.phase = Some("Failed".into());
+            }
+            self.record(&mut inner, WatchKind::Modified, &mut pod);
+            inner.pods.insert(key.clone(), pod);
+            inner.held_pods.insert(key.clone());
+        } else if let Some(pod) = inner.pods.remove(key) {
+            self.record(&mut inner, WatchKind::Deleted, pod);
+        }
+        drop(inner);
+        self.bump();
+    }
+
+    /// Removes a pod kept for its finalizers ([`Store::remove_pod`]) once its API object is
+    /// gone. A pod whose worker is still stopping it is left to the worker, which removes it
+    /// when done, since nothing holds it any more.
+    pub fn release_held_pod(&self, key: &PodKey, uid: &str) {
+        let mut inner = self.write();
+        if !inner.held_pods.remove(key) {
+            return;
+        }
+        if inner
+            .pods
+            .get(key)
+            .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
+            && let Some(pod) = inner.pods.remove(key)
+        {
+            self.record(&mut inner, WatchKind::Deleted, pod);
+        }
+        drop(inner);
+        self.bump();
     }
 
     /// Changes a stored pod in place if it still has this UID.
@@ -1296,6 +1338,39 @@ mod tests {
         assert_eq!(got.status.unwrap().phase.as_deref(), Some("Failed"));
         assert!(s.add_pod(pod("b", "2")));
         assert!(s.get_pod("default", "b").is_some());
+    }
+
+    #[test]
+    fn a_pod_held_by_finalizers_stays_served_until_released() {
+        let s = Store::new("n");
+        let key = ("default".to_string(), "a".to_string());
+        let api = ("pods".to_string(), "default".to_string(), "a".to_string());
+        s.put_pod(pod("a", "1"), false);
+        s.put_api_object(
+            api.clone(),
+            serde_json::json!({"metadata": {"name": "a", "namespace": "default", "uid": "1",
+                "finalizers": ["example.com/hold"]}}),
+        )
+        .unwrap();
+        // The worker is done: the pod stays, terminal.
+        s.remove_pod(&key, "1");
+        let got = s
+            .get_pod("default", "a")
+            .expect("a held pod is still served");
+        assert_eq!(got.status.unwrap().phase.as_deref(), Some("Failed"));
+        // Its API object goes with the last finalizer: so does the pod.
+        s.delete_api_object(&api).unwrap();
+        s.release_held_pod(&key, "1");
+        assert!(s.get_pod("default", "a").is_none());
+        // Without finalizers the worker's removal is final, and a release does nothing more.
+        s.put_pod(pod("a", "2"), true);
+        s.release_held_pod(&key, "2");
+        assert!(
+            s.get_pod("default", "a").is_some(),
+            "released a pod nothing held"
+        );
+        s.remove_pod(&key, "2");
+        assert!(s.get_pod("default", "a").is_none());
     }
 
     #[test]

@@ -590,3 +590,75 @@ fn an_image_change_restarts_the_container_with_the_new_image() {
     ]);
     assert!(events.contains("definition changed"), "{events}");
 }
+
+/// An object with a finalizer is only marked when deleted (`deletionTimestamp`, still
+/// served), takes no new finalizer, and goes once a client removes the last one, as on the
+/// apiserver: for a ConfigMap, a Service, a Deployment and a Pod.
+#[test]
+#[ignore = "needs root"]
+fn finalizers_hold_a_deleted_object_until_removed() {
+    require_root();
+    let api = Api::start();
+    let f = api.file(
+        "held.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\ndata:\n  a: b\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\nspec:\n  selector: {app: held}\n  ports: [{port: 80}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: held}}\n  template:\n    metadata: {labels: {app: held}}\n    spec: {containers: [{name: c, image: x}]}\n",
+    );
+    api.ok(&["apply", "-f", &f]);
+    let p = api.file(
+        "heldpod.yaml",
+        &pod("heldpod", "sleep 3600").replace(
+            "  name: heldpod\n",
+            "  name: heldpod\n  finalizers: [example.com/hold]\n",
+        ),
+    );
+    api.ok(&["apply", "-f", &p]);
+    api.node.wait_running("heldpod");
+    for what in [
+        "configmap/held",
+        "service/held",
+        "deployment/held",
+        "pod/heldpod",
+    ] {
+        api.ok(&["delete", what, "--wait=false"]);
+        let v = api.json(&["get", what]);
+        assert!(
+            v["metadata"]["deletionTimestamp"].is_string(),
+            "{what} not marked: {v}"
+        );
+        let err = api.fails(&[
+            "patch",
+            what,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":["example.com/hold","example.com/new"]}}"#,
+        ]);
+        assert!(
+            err.contains("no new finalizers can be added if the object is being deleted"),
+            "{what}: {err}"
+        );
+    }
+    // A pod being deleted is stopped although its API object stays.
+    api.node
+        .wait_for("heldpod stopped", Duration::from_secs(40), || {
+            let v = api.json(&["get", "pod", "heldpod"]);
+            matches!(v["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(())
+        });
+    for what in [
+        "configmap/held",
+        "service/held",
+        "deployment/held",
+        "pod/heldpod",
+    ] {
+        api.ok(&[
+            "patch",
+            what,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ]);
+        api.node
+            .wait_for(&format!("{what} gone"), Duration::from_secs(20), || {
+                (!api.exists(&["get", what])).then_some(())
+            });
+    }
+}

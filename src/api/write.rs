@@ -858,6 +858,7 @@ fn serve(s: &Writer, kind: Kind, stored: &Value, created: bool) {
                     p.metadata.labels = pod.metadata.labels.clone();
                     p.metadata.annotations = pod.metadata.annotations.clone();
                     p.metadata.managed_fields = pod.metadata.managed_fields.clone();
+                    p.metadata.finalizers = pod.metadata.finalizers.clone();
                     p.spec = pod.spec.clone();
                 });
             }
@@ -1071,15 +1072,11 @@ fn update_value(
             g + 1
         };
         stored["metadata"]["generation"] = g.into();
-        for kept in ["deletionTimestamp", "finalizers"] {
-            if !cur["metadata"][kept].is_null() {
-                stored["metadata"][kept] = cur["metadata"][kept].clone();
-            }
-        }
         if !cur["status"].is_null() {
             stored["status"] = cur["status"].clone();
         }
     }
+    keep_deletion(kind, name, &stored_old, &mut stored)?;
     if opts.dry_run {
         return Ok(Written {
             code: StatusCode::OK,
@@ -1092,6 +1089,14 @@ fn update_value(
         .put_api_object(key(kind, ns, name), stored)
         .map_err(|e| ApiError::internal(format!("storing {} {name:?}: {e}", kind.plural())))?;
     serve(s, kind, &stored, false);
+    if being_deleted(&stored) && finalizers(&stored).is_empty() {
+        finish_delete(s, kind, ns, name, &stored)?;
+        return Ok(Written {
+            code: StatusCode::OK,
+            body: stored,
+            warnings,
+        });
+    }
     let body = if kind == Kind::Pod {
         current(s.store, kind, ns, name).unwrap_or(stored)
     } else {
@@ -1102,6 +1107,141 @@ fn update_value(
         body,
         warnings,
     })
+}
+
+/// Whether an object is being deleted (held by its finalizers).
+fn being_deleted(v: &Value) -> bool {
+    !v["metadata"]["deletionTimestamp"].is_null()
+}
+
+/// An object's `metadata.finalizers`.
+fn finalizers(v: &Value) -> Vec<String> {
+    v["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sets `metadata.finalizers`, leaving the field out when the list is empty.
+fn set_finalizers(v: &mut Value, list: &[String]) {
+    if list.is_empty() {
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("finalizers");
+        }
+    } else {
+        v["metadata"]["finalizers"] = json!(list);
+    }
+}
+
+/// The deletion is the server's to mark: an update keeps `deletionTimestamp` and
+/// `deletionGracePeriodSeconds` as stored (a client neither sets nor clears them), and an
+/// object being deleted takes no new finalizer, with the apiserver's message.
+fn keep_deletion(kind: Kind, name: &str, old: &Value, new: &mut Value) -> Result<(), ApiError> {
+    for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+        match old["metadata"].get(field).filter(|x| !x.is_null()) {
+            Some(x) => new["metadata"][field] = x.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    if !being_deleted(old) {
+        return Ok(());
+    }
+    let before = finalizers(old);
+    let added: Vec<String> = finalizers(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .map(|f| format!("{f:?}"))
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        kind,
+        name,
+        &format!(
+            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+            added.join(", ")
+        ),
+    ))
+}
+
+/// Adds `f` to an object's finalizers unless it is there.
+fn add_finalizer(v: &mut Value, f: &str) {
+    let mut list = finalizers(v);
+    if !list.iter().any(|x| x == f) {
+        list.push(f.to_string());
+    }
+    set_finalizers(v, &list);
+}
+
+/// Marks an object held by finalizers as being deleted (`deletionTimestamp`, and the grace
+/// period for a pod, whose worker then stops it) and returns it as now served.
+fn mark_deleted(
+    s: &Writer,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    grace: i64,
+) -> Result<Value, ApiError> {
+    let k = key(kind, ns, name);
+    let Some(mut v) = s.store.api_object(&k) else {
+        return Err(not_found(kind, name));
+    };
+    if being_deleted(&v) {
+        return Ok(current(s.store, kind, ns, name).unwrap_or(v));
+    }
+    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+    v["metadata"]["deletionTimestamp"] = at.to_string().into();
+    v["metadata"]["deletionGracePeriodSeconds"] = grace.into();
+    let stored = s
+        .store
+        .put_api_object(k, v)
+        .map_err(|e| ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural())))?;
+    serve(s, kind, &stored, false);
+    if kind == Kind::Pod {
+        let uid = stored["metadata"]["uid"].as_str().unwrap_or_default();
+        s.store
+            .update_pod(&(ns.to_string(), name.to_string()), uid, |p| {
+                p.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+                p.metadata.deletion_grace_period_seconds = Some(grace);
+            });
+    }
+    Ok(current(s.store, kind, ns, name).unwrap_or(stored))
+}
+
+/// The last finalizer of an object being deleted is gone: the object goes, and with it what
+/// serves it (a held pod stays until its worker is done).
+fn finish_delete(
+    s: &Writer,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    stored: &Value,
+) -> Result<(), ApiError> {
+    s.store
+        .delete_api_object(&key(kind, ns, name))
+        .map_err(|e| ApiError::internal(format!("removing {} {name:?}: {e}", kind.plural())))?;
+    let k = (ns.to_string(), name.to_string());
+    match kind {
+        Kind::Pod => {
+            let uid = stored["metadata"]["uid"].as_str().unwrap_or_default();
+            s.store.release_held_pod(&k, uid);
+        }
+        Kind::ConfigMap | Kind::Secret => s.store.serve_config(kind.plural(), k, None),
+        Kind::Service => s.store.serve_service(k, None),
+        Kind::Namespace | Kind::Workload(_) => {}
+    }
+    Ok(())
 }
 
 fn patch_object(
@@ -1523,12 +1663,30 @@ fn remove(
                         v["metadata"]["deletionTimestamp"] =
                             jiff::Timestamp::now().to_string().into();
                         v["metadata"]["deletionGracePeriodSeconds"] = 0.into();
-                        v["metadata"]["finalizers"] = json!(["orphan"]);
+                        add_finalizer(v, "orphan");
                     })
                     .map_err(|e| {
                         ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural()))
                     })?;
-                orphan_dependents(s, ns, uid)
+                orphan_dependents(s, ns, uid);
+                // The orphan finalizer's work is done; others (a client's) may still hold.
+                let left = s
+                    .store
+                    .update_workload(&k, uid, |v| {
+                        let mut list = finalizers(v);
+                        list.retain(|f| f != "orphan");
+                        set_finalizers(v, &list);
+                    })
+                    .map_err(|e| {
+                        ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural()))
+                    })?;
+                if let Some(v) = left.filter(|v| !finalizers(v).is_empty()) {
+                    return Ok(Written {
+                        code: StatusCode::OK,
+                        body: with_kind(v, kind),
+                        warnings,
+                    });
+                }
             }
             Propagation::Background => {}
             Propagation::Foreground => {
@@ -1539,7 +1697,7 @@ fn remove(
                         v["metadata"]["deletionTimestamp"] =
                             jiff::Timestamp::now().to_string().into();
                         v["metadata"]["deletionGracePeriodSeconds"] = 0.into();
-                        v["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+                        add_finalizer(v, "foregroundDeletion");
                     })
                     .map_err(|e| {
                         ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural()))
@@ -1552,6 +1710,26 @@ fn remove(
             }
         }
     }
+    // The delete's own grace period wins over the pod's.
+    let grace = opts.grace_period.unwrap_or_else(|| {
+        cur.pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30)
+    });
+    // Finalizers (a client's) hold the object: it is only marked, and goes when the last one
+    // is removed (`finish_delete`).
+    if s.store
+        .api_object(&k)
+        .is_some_and(|v| !finalizers(&v).is_empty())
+    {
+        let grace = if kind == Kind::Pod { grace } else { 0 };
+        let body = mark_deleted(s, kind, ns, name, grace)?;
+        return Ok(Written {
+            code: StatusCode::OK,
+            body,
+            warnings,
+        });
+    }
     // A pod is marked terminating before its object goes: removing the object wakes its
     // worker, which reads the delete's grace period back from the stored pod.
     let pod_key = (ns.to_string(), name.to_string());
@@ -1560,12 +1738,6 @@ fn remove(
         .unwrap_or_default()
         .to_string();
     if kind == Kind::Pod {
-        // The delete's own grace period wins over the pod's.
-        let grace = opts.grace_period.unwrap_or_else(|| {
-            cur.pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30)
-        });
         s.store.update_pod(&pod_key, &uid, |p| {
             p.metadata.deletion_timestamp =
                 Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -1766,6 +1938,10 @@ pub fn with_api_objects(mut snap: Snapshot, store: &Store) -> Snapshot {
         .collect();
     for ((_, ns, name), v) in store.api_objects("pods") {
         if !namespaces.contains(&ns) {
+            continue;
+        }
+        // A pod being deleted but held by its finalizers is no longer to run.
+        if being_deleted(&v) {
             continue;
         }
         if let Ok(pod) = serde_json::from_value::<Pod>(v) {
@@ -2046,21 +2222,7 @@ pub mod internal {
         name: &str,
         finalizer: &str,
     ) -> Result<(), ApiError> {
-        let k = key(Kind::Pod, ns, name);
-        if let Some(mut v) = s.store.api_object(&k)
-            && let Some(list) = v["metadata"]["finalizers"].as_array_mut()
-            && list.iter().any(|f| f == finalizer)
-        {
-            list.retain(|f| f != finalizer);
-            if list.is_empty()
-                && let Some(m) = v["metadata"].as_object_mut()
-            {
-                m.remove("finalizers");
-            }
-            s.store
-                .put_api_object(k, v)
-                .map_err(|e| ApiError::internal(format!("storing pods {name:?}: {e}")))?;
-        }
+        remove_finalizer(s, Kind::Pod, ns, name, finalizer)?;
         if let Some(uid) = s.store.get_pod(ns, name).and_then(|p| p.metadata.uid) {
             s.store
                 .update_pod(&(ns.to_string(), name.to_string()), &uid, |p| {
@@ -2071,6 +2233,35 @@ pub mod internal {
                         }
                     }
                 });
+        }
+        Ok(())
+    }
+
+    /// Drops `finalizer` from an object made through the API; an object being deleted goes
+    /// with its last finalizer.
+    pub fn remove_finalizer(
+        s: &Writer,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        finalizer: &str,
+    ) -> Result<(), ApiError> {
+        let k = key(kind, ns, name);
+        let Some(mut v) = s.store.api_object(&k) else {
+            return Ok(());
+        };
+        let mut list = finalizers(&v);
+        if !list.iter().any(|f| f == finalizer) {
+            return Ok(());
+        }
+        list.retain(|f| f != finalizer);
+        set_finalizers(&mut v, &list);
+        let stored = s
+            .store
+            .put_api_object(k, v)
+            .map_err(|e| ApiError::internal(format!("storing {} {name:?}: {e}", kind.plural())))?;
+        if being_deleted(&stored) && list.is_empty() {
+            finish_delete(s, kind, ns, name, &stored)?;
         }
         Ok(())
     }

@@ -1013,6 +1013,14 @@ fn collect_garbage(w: &Writer) {
             if gone || foreground(uid) {
                 if r["controller"] == true || gone {
                     debug!(pod = %k.2, owner = %uid, "garbage collecting a pod");
+                    // The Job controller lets go of the pods of a Job that is gone, so its
+                    // tracking finalizer does not hold them.
+                    let _ = internal::remove_pod_finalizer(
+                        w,
+                        &k.1,
+                        &k.2,
+                        super::job::TRACKING_FINALIZER,
+                    );
                     let _ = internal::delete(w, Kind::Pod, &k.1, &k.2);
                 }
                 still_owning.insert(uid.to_string());
@@ -1039,8 +1047,14 @@ fn collect_garbage(w: &Writer) {
     // Foreground owners whose dependents are all gone are removed now.
     for (uid, (kind, v)) in &owners {
         if foreground(uid) && !still_owning.contains(uid) {
-            let key = obj_key(*kind, v);
-            let _ = w.store.delete_api_object(&key);
+            // It goes with its last finalizer (a client's may still hold it).
+            let _ = internal::remove_finalizer(
+                w,
+                Kind::Workload(*kind),
+                meta_str(v, "namespace"),
+                meta_str(v, "name"),
+                "foregroundDeletion",
+            );
         }
     }
 }
