@@ -401,10 +401,10 @@ impl Store {
     /// Removes a pod if it still has this UID.
     pub fn remove_pod(&self, key: &PodKey, uid: &str) {
         let mut inner = self.write();
-        if !inner
+        if inner
             .pods
             .get(key)
-            .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
+            .is_none_or(|p| p.metadata.uid.as_deref() != Some(uid))
         {
             return;
         }
