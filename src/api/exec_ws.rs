@@ -24,7 +24,7 @@ use super::exec::{ExecRequest, running_container};
 use super::{ApiError, Shared};
 
 /// The subprotocols served, preferred first.
-const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub(super) const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
