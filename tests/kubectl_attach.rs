@@ -250,3 +250,75 @@ fn kubectl_run_interactive_prints_and_removes_the_pod() {
     assert!(text.contains("pod \"once\" deleted"), "{text}");
     api.until("once gone", |k| !k.exists(&["get", "pod", "once"]));
 }
+
+/// A `tty: true, stdin: true` container: its shell runs on a terminal of its container's own
+/// devpts; the Python client (`v4.channel.k8s.io`) drives it through attach with resizes, and
+/// `kubectl attach -it` (`v5.channel.k8s.io`) under script(1) sends its terminal's size.
+#[test]
+#[ignore = "needs root"]
+fn attach_drives_a_terminal_with_resizes() {
+    require_root();
+    let api = Api::start();
+    apply_running(
+        &api,
+        "term",
+        &pod("term", "exec sh", "    stdin: true\n    tty: true\n"),
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/attach_tty.py");
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .arg("/usr/bin/python3")
+        .arg(&script)
+        .arg(&api.kubeconfig)
+        .args(["default", "term"])
+        .env("HOME", api.node.dir())
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("/dev/pts/0"),
+        "not the container's terminal: {text}"
+    );
+    assert!(!text.contains("not a tty"), "{text}");
+    assert!(
+        text.contains("CLOSED"),
+        "the session outlived the shell: {text}"
+    );
+    api.until("term completed", |k| {
+        k.run(&["get", "pod", "term", "-o", "jsonpath={.status.phase}"])
+            .stdout
+            == b"Succeeded"
+    });
+
+    // kubectl attach -it under script(1): its own terminal's size reaches the container.
+    apply_running(
+        &api,
+        "term2",
+        &pod("term2", "exec sh", "    stdin: true\n    tty: true\n"),
+    );
+    // script(1) gives kubectl a terminal (33x77) and types into it what the pipe brings.
+    let cmd = format!(
+        "(sleep 3; printf 'stty size; exit\\n'; sleep 10) | script -qec 'stty rows 33 cols 77; {} --kubeconfig {} attach -it term2' /dev/null",
+        api.bin.display(),
+        api.kubeconfig.display()
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .args(["timeout", "60", "sh", "-c", &cmd])
+        .env("HOME", api.node.dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("33 77"),
+        "window size not applied: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -341,6 +341,11 @@ impl Session {
                     Some(Ok(Message::Binary(data))) => {
                         pending.extend(client_packets(&data, &self.req, self.v5));
                     }
+                    // The Python client sends its channel messages as text frames, which the
+                    // kubelet takes as the same bytes.
+                    Some(Ok(Message::Text(text))) => {
+                        pending.extend(client_packets(text.as_bytes(), &self.req, self.v5));
+                    }
                     // The client went away: dropping the socket ends the session (and with
                     // stdinOnce the container's stdin).
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,

@@ -311,6 +311,10 @@ impl Session {
                     Some(Ok(Message::Binary(data))) => {
                         self.input(&data, &mut stdin, master.as_ref()).await;
                     }
+                    // The Python client sends text frames; the kubelet takes them as bytes.
+                    Some(Ok(Message::Text(text))) => {
+                        self.input(text.as_bytes(), &mut stdin, master.as_ref()).await;
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         // The client went away: the process is killed with the session.
                         let _ = child.start_kill();
