@@ -168,7 +168,7 @@ pub async fn exec(
 
 /// The protocol an upgrade request asks for (WebSocket, SPDY, a stream protocol version),
 /// or `None` for a plain request.
-fn upgrade_request(headers: &HeaderMap) -> Option<String> {
+pub(super) fn upgrade_request(headers: &HeaderMap) -> Option<String> {
     let get = |name: &str| {
         headers
             .get_all(name)

@@ -24,7 +24,7 @@ use super::exec::{ExecRequest, running_container};
 use super::{ApiError, Shared};
 
 /// The subprotocols served, preferred first.
-const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub(super) const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -310,6 +310,10 @@ impl Session {
                 msg = self.socket.recv() => match msg {
                     Some(Ok(Message::Binary(data))) => {
                         self.input(&data, &mut stdin, master.as_ref()).await;
+                    }
+                    // The Python client sends text frames; the kubelet takes them as bytes.
+                    Some(Ok(Message::Text(text))) => {
+                        self.input(text.as_bytes(), &mut stdin, master.as_ref()).await;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         // The client went away: the process is killed with the session.

@@ -2,6 +2,7 @@
 //! and JSON shapes (`/api/v1/...`), so the `skiff` CLI and, later, the real
 //! `kubectl` can read a node.
 
+mod attach;
 mod autoscaling_v1;
 pub mod discovery;
 mod eviction;
@@ -279,6 +280,10 @@ fn routes(state: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/eviction",
             post(eviction::evict),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/attach",
+            get(attach::attach).post(attach::attach),
         )
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",

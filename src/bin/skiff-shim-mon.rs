@@ -8,6 +8,9 @@
 #[path = "../../hostkit/src/atomic.rs"]
 mod atomic;
 #[allow(dead_code)]
+#[path = "../runtime/attach.rs"]
+mod attach;
+#[allow(dead_code)]
 #[path = "../runtime/crilog.rs"]
 mod crilog;
 #[allow(dead_code)]

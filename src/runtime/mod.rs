@@ -12,6 +12,7 @@
 //! - `<run>/runtime/<id>`: libcontainer's state; cgroup `/skiff/pod<uid>/<id>`
 
 pub mod apparmor;
+pub mod attach;
 pub(crate) use hostkit::atomic;
 pub mod cgkill;
 pub mod cgroupfs;
@@ -492,6 +493,20 @@ pub struct StartRequest<'a> {
     /// only once it is ready; when it fails, the container is removed again and the start
     /// fails (the caller reports the network's error, not this one).
     pub network: Option<PendingNetwork>,
+}
+
+/// `skiff-shim start`'s `--stdio` for a container's `stdin`, `stdinOnce` and `tty`; nothing
+/// when all are off.
+fn stdio_args(c: &Container) -> Vec<String> {
+    let flags = shim::StdioFlags {
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
+    };
+    flags
+        .to_arg()
+        .map(|a| vec!["--stdio".to_string(), a])
+        .unwrap_or_default()
 }
 
 /// The runtime; cheap to share behind an `Arc`.
@@ -1040,6 +1055,7 @@ impl Runtime {
             .arg(self.log_limits.max_size.to_string())
             .arg("--log-max-files")
             .arg(self.log_limits.max_files.to_string())
+            .args(stdio_args(req.container))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(false);
@@ -1303,6 +1319,7 @@ impl Runtime {
             },
             apparmor_profile: apparmor::for_container(req.pod, req.container)
                 .map_err(config_err)?,
+            terminal: req.container.tty.unwrap_or(false),
         });
         let data = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         write_atomic(&bundle, "config.json", &data)
@@ -1396,6 +1413,11 @@ impl Runtime {
             }
         }
         Ok(binds)
+    }
+
+    /// The attach socket of a container (see [`attach`]).
+    pub fn attach_socket_dir(&self, uid: &str, id: &str) -> PathBuf {
+        self.container_dir(uid, id)
     }
 
     /// A command that runs `argv` inside a running container (`skiff-shim exec`).

@@ -119,6 +119,20 @@ pub fn main() -> i32 {
                     return 2;
                 }
             },
+            "--stdio" => {
+                for flag in it.next().unwrap_or_default().split(',') {
+                    match flag {
+                        "" => {}
+                        "stdin" => opts.stdio.stdin = true,
+                        "stdin-once" => opts.stdio.stdin_once = true,
+                        "tty" => opts.stdio.tty = true,
+                        other => {
+                            eprintln!("skiff-shim: unknown --stdio flag {other}");
+                            return 2;
+                        }
+                    }
+                }
+            }
             "--status" => opts.status = it.next(),
             "--finished-at" => opts.finished_at = it.next(),
             "--gate-fd" => match it.next().and_then(|v| v.parse().ok()) {
@@ -167,7 +181,33 @@ struct Opts {
     finished_at: Option<String>,
     /// `start`: the start gate's read end (see the module docs).
     gate_fd: Option<std::os::fd::RawFd>,
+    /// `start`: the container's `stdin`, `stdinOnce` and `tty`.
+    stdio: StdioFlags,
 }
+
+/// A container's `stdin`, `stdinOnce` and `tty` (`--stdio stdin,stdin-once,tty`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StdioFlags {
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
+}
+
+impl StdioFlags {
+    /// The value of `--stdio`; `None` when all are off (today's command line).
+    pub fn to_arg(self) -> Option<String> {
+        let flags = [
+            (self.stdin, "stdin"),
+            (self.stdin_once, "stdin-once"),
+            (self.tty, "tty"),
+        ];
+        let on: Vec<&str> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+        (!on.is_empty()).then(|| on.join(","))
+    }
+}
+
+/// The name of the console socket in the state directory while a `tty` container is created.
+const CONSOLE_SOCKET: &str = "console.sock";
 
 fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
@@ -237,9 +277,15 @@ fn start(opts: &Opts) -> i32 {
     }
 }
 
+/// The container's stdio as the shim holds it once the container runs.
 struct Outputs {
+    /// Its stdout pipe, or its terminal's master.
     stdout: OwnedFd,
-    stderr: OwnedFd,
+    /// Its stderr pipe; `None` with a terminal.
+    stderr: Option<OwnedFd>,
+    /// The write end of its stdin pipe, or a copy of the terminal's master; `None` without
+    /// `stdin: true`.
+    stdin: Option<OwnedFd>,
 }
 
 /// Waits at the start gate: `Ok` when the daemon lets the container start.
@@ -271,20 +317,42 @@ fn start_container(opts: &Opts, gate: Option<OwnedFd>) -> Result<(Pid, Outputs),
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) =
         pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| format!("pipe: {e}"))?;
-    let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    // `stdin: true` without a terminal: a pipe whose write end the monitor keeps (so the
+    // container sees EOF only when that is closed); otherwise /dev/null, as before.
+    let (stdin_for_container, stdin_w): (OwnedFd, Option<OwnedFd>) =
+        if opts.stdio.stdin && !opts.stdio.tty {
+            let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            (r, Some(w))
+        } else {
+            let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            (OwnedFd::from(devnull), None)
+        };
+    let console = if opts.stdio.tty {
+        Some(ConsoleSocket::bind(&opts.state_dir)?)
+    } else {
+        None
+    };
     let result = (|| {
-        let builder = ContainerBuilder::new(opts.id.clone(), SyscallType::Linux)
+        let mut builder = ContainerBuilder::new(opts.id.clone(), SyscallType::Linux)
             .with_root_path(&opts.runtime_root)
             .map_err(|e| e.to_string())?
-            .with_stdin(OwnedFd::from(devnull))
+            .with_stdin(stdin_for_container)
             .with_stdout(out_w)
             .with_stderr(err_w);
+        if let Some(c) = &console {
+            builder = builder.with_console_socket(Some(c.path.clone()));
+        }
         let mut container = builder
             .as_init(&opts.bundle)
             .with_systemd(false)
             .with_detach(true)
             .build()
             .map_err(|e| e.to_string())?;
+        // With a terminal the container's init has sent its master while being created.
+        let master = match &console {
+            Some(c) => Some(c.receive_master()?),
+            None => None,
+        };
         if let Some(pid) = container.pid() {
             super::propagation::apply(&opts.bundle, pid)?;
         }
@@ -293,12 +361,29 @@ fn start_container(opts: &Opts, gate: Option<OwnedFd>) -> Result<(Pid, Outputs),
             wait_gate(opts, gate)?;
         }
         container.start().map_err(|e| e.to_string())?;
-        container
+        let pid = container
             .pid()
-            .ok_or_else(|| "container has no pid after start".to_string())
+            .ok_or_else(|| "container has no pid after start".to_string())?;
+        Ok((pid, master))
     })();
+    drop(console);
     match result {
-        Ok(pid) => {
+        Ok((pid, Some(master))) => {
+            let stdin = if opts.stdio.stdin {
+                Some(master.try_clone().map_err(|e| format!("dup: {e}"))?)
+            } else {
+                None
+            };
+            Ok((
+                pid,
+                Outputs {
+                    stdout: master,
+                    stderr: None,
+                    stdin,
+                },
+            ))
+        }
+        Ok((pid, None)) => {
             // Back to blocking reads for the supervision loop.
             let _ = nix::fcntl::fcntl(
                 err_r.as_raw_fd(),
@@ -308,7 +393,8 @@ fn start_container(opts: &Opts, gate: Option<OwnedFd>) -> Result<(Pid, Outputs),
                 pid,
                 Outputs {
                     stdout: out_r,
-                    stderr: err_r,
+                    stderr: Some(err_r),
+                    stdin: stdin_w,
                 },
             ))
         }
@@ -331,6 +417,78 @@ fn start_container(opts: &Opts, gate: Option<OwnedFd>) -> Result<(Pid, Outputs),
     }
 }
 
+/// The socket over which libcontainer hands over the master of a `tty` container's terminal
+/// (made in the container's own devpts, as runc does with `--console-socket`).
+struct ConsoleSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    fn bind(state_dir: &Path) -> Result<ConsoleSocket, String> {
+        let path = state_dir.join(CONSOLE_SOCKET);
+        let _ = fs::remove_file(&path);
+        // libcontainer connects through a symlink in its own directory: a long state
+        // directory is no problem for it, but binding needs a short enough path.
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .or_else(|_| bind_via_proc(state_dir))
+            .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    /// The terminal's master, sent by the container's init (it is non-blocking: the monitor
+    /// polls it and shares it with the stdin writer).
+    fn receive_master(&self) -> Result<OwnedFd, String> {
+        use std::os::fd::FromRawFd;
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("console socket: {e}"))?;
+        let (conn, _) = self
+            .listener
+            .accept()
+            .map_err(|e| format!("the container did not send its terminal: {e}"))?;
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let mut buf = [0u8; 64];
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| format!("receiving the container's terminal: {e}"))?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(|e| format!("console message: {e}"))? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(r) = c {
+                fds.extend(r);
+            }
+        }
+        // SAFETY: descriptors the kernel just passed to us; each is owned once here.
+        let mut owned: Vec<OwnedFd> = fds
+            .into_iter()
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect();
+        let master = owned
+            .pop()
+            .ok_or("the container sent no terminal on its console socket")?;
+        super::attach::set_nonblocking(master.as_raw_fd()).map_err(|e| format!("terminal: {e}"))?;
+        Ok(master)
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn bind_via_proc(state_dir: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    let dir = File::open(state_dir)?;
+    let path = format!("/proc/self/fd/{}/{CONSOLE_SOCKET}", dir.as_raw_fd());
+    std::os::unix::net::UnixListener::bind(path)
+}
+
 /// Continues as `skiff-shim-mon` (same process, small binary) for the
 /// supervision phase. Returns only when that is impossible; the supervision
 /// then runs here, in the big binary.
@@ -338,11 +496,26 @@ fn hand_over(opts: &Opts, pid: Pid, outs: Outputs) -> Exit {
     supervise::block_signals();
     let shim = fs::read_link("/proc/self/exe").unwrap_or_default();
     let monitor = shim.with_file_name(supervise::MONITOR_BIN);
+    // Made only now, after the container runs: nothing of it exists while the container's
+    // processes are forked. Without it the log is still written; attach reports the error.
+    let listener = match super::attach::listen(&opts.state_dir) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("skiff-shim: attach socket: {e}");
+            None
+        }
+    };
+    let raw = |fd: &Option<OwnedFd>| fd.as_ref().map_or(-1, |f| f.as_raw_fd());
     let args = MonitorArgs {
         id: opts.id.clone(),
         pid: pid.as_raw(),
         stdout_fd: outs.stdout.as_raw_fd(),
-        stderr_fd: outs.stderr.as_raw_fd(),
+        stderr_fd: raw(&outs.stderr),
+        stdin_fd: raw(&outs.stdin),
+        attach_fd: raw(&listener),
+        stdin: opts.stdio.stdin && outs.stdin.is_some(),
+        stdin_once: opts.stdio.stdin_once,
+        tty: opts.stdio.tty,
         log: opts.log.clone(),
         log_limits: opts.log_limits,
         shim,
@@ -350,9 +523,10 @@ fn hand_over(opts: &Opts, pid: Pid, outs: Outputs) -> Exit {
         runtime_root: opts.runtime_root.clone(),
         state_dir: opts.state_dir.clone(),
     };
+    let fds = args.fds();
     let inherit = |on: bool| {
-        supervise::set_cloexec(args.stdout_fd, !on)
-            .and_then(|()| supervise::set_cloexec(args.stderr_fd, !on))
+        fds.iter()
+            .try_for_each(|&fd| supervise::set_cloexec(fd, !on))
     };
     let err = match inherit(true) {
         Ok(()) => supervise::exec(&monitor, &args.to_args()),
@@ -363,13 +537,17 @@ fn hand_over(opts: &Opts, pid: Pid, outs: Outputs) -> Exit {
         "skiff-shim: running {}: {err}; supervising in-process",
         monitor.display()
     );
-    supervise::supervise(
-        pid.as_raw(),
-        outs.stdout,
-        outs.stderr,
-        &opts.log,
-        opts.log_limits,
-    )
+    let stdio = supervise::Stdio {
+        stdout: outs.stdout,
+        stderr: outs.stderr,
+        attach: listener.map(|l| supervise::Attach {
+            listener: l,
+            stdin: outs.stdin,
+            stdin_once: opts.stdio.stdin_once,
+            tty: opts.stdio.tty,
+        }),
+    };
+    supervise::supervise(pid.as_raw(), stdio, &opts.log, opts.log_limits)
 }
 
 /// Records how the container ended: OOM check, libcontainer state and cgroup

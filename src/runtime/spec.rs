@@ -88,6 +88,8 @@ pub struct ContainerSpec {
     pub devices: Vec<Value>,
     /// OCI `process.apparmorProfile` (hosts with AppArmor only, see [`super::apparmor`]).
     pub apparmor_profile: Option<String>,
+    /// `tty: true`: the process gets a terminal of the container's devpts (`process.terminal`).
+    pub terminal: bool,
 }
 
 /// A bind mount into the container.
@@ -207,7 +209,7 @@ pub fn render(c: &ContainerSpec) -> Value {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": c.terminal,
             "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.additional_gids},
             "args": c.args,
             "env": c.env,

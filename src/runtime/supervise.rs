@@ -26,6 +26,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::attach::{self, Slot};
 use super::crilog::{LineSplitter, RotatingLog, Stream};
 
 /// File name of the monitor binary, next to `skiff-shim`.
@@ -107,8 +108,21 @@ impl Default for LogLimits {
 pub struct MonitorArgs {
     pub id: String,
     pub pid: i32,
+    /// The container's stdout pipe, or its terminal's master with `tty`.
     pub stdout_fd: RawFd,
+    /// The container's stderr pipe; -1 with `tty` (a terminal merges it into stdout).
     pub stderr_fd: RawFd,
+    /// The write end of the container's stdin pipe, or a duplicate of its terminal's master
+    /// with `tty`; -1 without stdin.
+    pub stdin_fd: RawFd,
+    /// The listening attach socket (see [`super::attach`]); -1: none.
+    pub attach_fd: RawFd,
+    /// The container has stdin (`stdin: true`): attach sessions may feed it.
+    pub stdin: bool,
+    /// `stdinOnce`: its stdin is closed when the first attach session with stdin ends.
+    pub stdin_once: bool,
+    /// `tty: true`: `stdout_fd` is the master of the container's terminal.
+    pub tty: bool,
     pub log: PathBuf,
     /// Rotation limits of the log.
     pub log_limits: LogLimits,
@@ -131,6 +145,15 @@ impl MonitorArgs {
         put("--pid", self.pid.to_string().into());
         put("--stdout-fd", self.stdout_fd.to_string().into());
         put("--stderr-fd", self.stderr_fd.to_string().into());
+        put("--stdin-fd", self.stdin_fd.to_string().into());
+        put("--attach-fd", self.attach_fd.to_string().into());
+        let flags = [
+            (self.stdin, "stdin"),
+            (self.stdin_once, "stdin-once"),
+            (self.tty, "tty"),
+        ];
+        let flags: Vec<&str> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+        put("--stdio", flags.join(",").into());
         put("--log", self.log.clone().into());
         put(
             "--log-max-size",
@@ -149,7 +172,11 @@ impl MonitorArgs {
 
     /// Parses [`MonitorArgs::to_args`] (without the leading verb).
     pub fn parse(args: &[OsString]) -> Result<MonitorArgs, String> {
-        let mut m = MonitorArgs::default();
+        let mut m = MonitorArgs {
+            stdin_fd: -1,
+            attach_fd: -1,
+            ..MonitorArgs::default()
+        };
         let mut it = args.iter();
         while let Some(k) = it.next() {
             let v = it
@@ -162,6 +189,18 @@ impl MonitorArgs {
                 "--pid" => m.pid = int("--pid")?,
                 "--stdout-fd" => m.stdout_fd = int("--stdout-fd")?,
                 "--stderr-fd" => m.stderr_fd = int("--stderr-fd")?,
+                "--stdin-fd" => m.stdin_fd = int("--stdin-fd")?,
+                "--attach-fd" => m.attach_fd = int("--attach-fd")?,
+                "--stdio" => {
+                    for flag in s.split(',').filter(|f| !f.is_empty()) {
+                        match flag {
+                            "stdin" => m.stdin = true,
+                            "stdin-once" => m.stdin_once = true,
+                            "tty" => m.tty = true,
+                            other => return Err(format!("unknown --stdio flag {other}")),
+                        }
+                    }
+                }
                 "--log" => m.log = PathBuf::from(v),
                 "--log-max-size" => {
                     m.log_limits.max_size = s
@@ -180,10 +219,35 @@ impl MonitorArgs {
                 other => return Err(format!("unknown argument {other}")),
             }
         }
-        if m.pid <= 0 || m.stdout_fd < 3 || m.stderr_fd < 3 || m.stdout_fd == m.stderr_fd {
-            return Err("--pid, --stdout-fd and --stderr-fd are required".into());
+        let stderr_ok = if m.tty {
+            m.stderr_fd == -1
+        } else {
+            m.stderr_fd >= 3 && m.stdout_fd != m.stderr_fd
+        };
+        if m.pid <= 0 || m.stdout_fd < 3 || !stderr_ok {
+            return Err("--pid, --stdout-fd and --stderr-fd (none with a tty) are required".into());
+        }
+        let fds = m.fds();
+        let distinct = fds
+            .iter()
+            .all(|a| fds.iter().filter(|b| *b == a).count() == 1);
+        if !distinct || (m.stdin && m.stdin_fd < 3) {
+            return Err("--stdin-fd and --attach-fd must be distinct descriptors above 2".into());
         }
         Ok(m)
+    }
+
+    /// The descriptors handed over to the monitor.
+    pub fn fds(&self) -> Vec<RawFd> {
+        [
+            self.stdout_fd,
+            self.stderr_fd,
+            self.stdin_fd,
+            self.attach_fd,
+        ]
+        .into_iter()
+        .filter(|&fd| fd >= 0)
+        .collect()
     }
 }
 
@@ -261,19 +325,35 @@ pub fn monitor_main() -> i32 {
             return 2;
         }
     };
-    close_other_fds(&[m.stdout_fd, m.stderr_fd]);
-    // SAFETY: the start phase handed these two descriptors over to us and
-    // nothing else in this process refers to them.
-    let (out, err) = unsafe {
-        (
-            OwnedFd::from_raw_fd(m.stdout_fd),
-            OwnedFd::from_raw_fd(m.stderr_fd),
-        )
+    close_other_fds(&m.fds());
+    let own = |fd: RawFd| {
+        (fd >= 0).then(|| {
+            let _ = set_cloexec(fd, true);
+            // SAFETY: the start phase handed this descriptor over to us and nothing
+            // else in this process refers to it.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
     };
-    let _ = set_cloexec(out.as_raw_fd(), true);
-    let _ = set_cloexec(err.as_raw_fd(), true);
+    let (Some(out), err, stdin, listener) = (
+        own(m.stdout_fd),
+        own(m.stderr_fd),
+        own(m.stdin_fd),
+        own(m.attach_fd),
+    ) else {
+        return 2;
+    };
+    let io = Stdio {
+        stdout: out,
+        stderr: err,
+        attach: listener.map(|l| Attach {
+            listener: l,
+            stdin,
+            stdin_once: m.stdin_once,
+            tty: m.tty,
+        }),
+    };
     drop_startup_pages();
-    let exit = supervise(m.pid, out, err, &m.log, m.log_limits);
+    let exit = supervise(m.pid, io, &m.log, m.log_limits);
     let finished_at = now_rfc3339();
     let mut finish: Vec<OsString> = vec!["finish".into()];
     for (k, v) in [
@@ -466,15 +546,49 @@ fn reap(init: i32) -> Option<Exit> {
     found
 }
 
-/// Copies the container's output into the CRI log until its init has exited
-/// (and the pipes are drained); returns how it ended.
-pub fn supervise(
-    pid: i32,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    log_path: &Path,
-    limits: LogLimits,
-) -> Exit {
+/// A container's stdio as the monitor holds it.
+pub struct Stdio {
+    /// Its stdout pipe, or its terminal's master.
+    pub stdout: OwnedFd,
+    /// Its stderr pipe; `None` with a terminal.
+    pub stderr: Option<OwnedFd>,
+    /// The attach socket; `None` when it could not be made (the log is written all the same).
+    pub attach: Option<Attach>,
+}
+
+/// What the attach socket serves.
+pub struct Attach {
+    /// The listening socket.
+    pub listener: OwnedFd,
+    /// The container's stdin (pipe write end or terminal master); `None` without `stdin: true`.
+    pub stdin: Option<OwnedFd>,
+    pub stdin_once: bool,
+    /// `Stdio::stdout` is a terminal's master (resizes go to it).
+    pub tty: bool,
+}
+
+impl Attach {
+    fn serve(self, stdout: RawFd) -> attach::Server {
+        let stdin = self.stdin.and_then(|fd| {
+            // Never block the monitor on a container that does not read its stdin.
+            attach::set_nonblocking(fd.as_raw_fd()).ok()?;
+            Some(attach::Stdin::new(fd, self.stdin_once, self.tty))
+        });
+        attach::Server::new(self.listener, stdin, self.tty.then_some(stdout))
+    }
+}
+
+/// What a poll entry of the supervision loop belongs to.
+#[derive(Clone, Copy)]
+enum Source {
+    Pipe(usize),
+    Signals,
+    Attach(Slot),
+}
+
+/// Copies the container's output into the CRI log (and to attach sessions) until its init has
+/// exited (and the pipes are drained); returns how it ended.
+pub fn supervise(pid: i32, io: Stdio, log_path: &Path, limits: LogLimits) -> Exit {
     let sfd = signal_fd();
     // 0600 (RotatingLog): a log holds whatever the container printed (Secrets too).
     let mut log = RotatingLog::open(log_path, limits.max_size, limits.max_files).ok();
@@ -482,10 +596,15 @@ pub fn supervise(
         LineSplitter::new(Stream::Stdout),
         LineSplitter::new(Stream::Stderr),
     ];
-    let mut pipes = [Some(File::from(stdout)), Some(File::from(stderr))];
+    let stdout_fd = io.stdout.as_raw_fd();
+    let mut server = io.attach.map(|a| a.serve(stdout_fd));
+    let mut pipes = [Some(File::from(io.stdout)), io.stderr.map(File::from)];
     let mut status: Option<Exit> = None;
     let mut buf = vec![0u8; 32 * 1024];
     let mut drain_deadline: Option<Instant> = None;
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(8);
+    let mut sources: Vec<Source> = Vec::with_capacity(8);
+    let mut slots: Vec<Slot> = Vec::with_capacity(8);
     loop {
         if status.is_none() {
             status = reap(pid);
@@ -500,25 +619,22 @@ pub fn supervise(
         if drain_deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
-        let mut which: Vec<usize> = Vec::with_capacity(3);
+        fds.clear();
+        sources.clear();
         for (i, p) in pipes.iter().enumerate() {
             if let Some(f) = p {
-                fds.push(libc::pollfd {
-                    fd: f.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                which.push(i);
+                fds.push(pollin(f.as_raw_fd()));
+                sources.push(Source::Pipe(i));
             }
         }
         if let Some(s) = &sfd {
-            fds.push(libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            which.push(2);
+            fds.push(pollin(s.as_raw_fd()));
+            sources.push(Source::Signals);
+        }
+        if let Some(srv) = &server {
+            slots.clear();
+            srv.poll_fds(&mut fds, &mut slots);
+            sources.extend(slots.iter().map(|&s| Source::Attach(s)));
         }
         let timeout = if drain_deadline.is_some() { 100 } else { 1000 };
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
@@ -529,19 +645,35 @@ pub fn supervise(
             }
             continue;
         }
-        for (pfd, &w) in fds.iter().zip(&which) {
-            if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
-                continue;
-            }
-            if w == 2 {
-                if let Some(s) = &sfd {
-                    handle_signals(s, pid, status.is_some());
+        for (pfd, &source) in fds.iter().zip(&sources) {
+            let w = match source {
+                Source::Attach(slot) if pfd.revents != 0 => {
+                    if let Some(srv) = server.as_mut() {
+                        srv.ready(slot, pfd.revents);
+                    }
+                    continue;
                 }
-                continue;
-            }
+                _ if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 => {
+                    continue;
+                }
+                Source::Attach(_) => continue,
+                Source::Signals => {
+                    if let Some(s) = &sfd {
+                        handle_signals(s, pid, status.is_some());
+                    }
+                    continue;
+                }
+                Source::Pipe(w) => w,
+            };
             let Some(f) = pipes[w].as_mut() else { continue };
             let now = now_rfc3339();
             match f.read(&mut buf) {
+                // A terminal's master is non-blocking (the stdin copy shares it).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 Ok(0) | Err(_) => {
                     if let Some(l) = log.as_mut() {
                         let _ = splitters[w].finish(l, &now);
@@ -551,6 +683,14 @@ pub fn supervise(
                 Ok(n) => {
                     if let Some(l) = log.as_mut() {
                         let _ = splitters[w].feed(l, &buf[..n], &now);
+                    }
+                    if let Some(srv) = server.as_mut() {
+                        let stream = if w == 0 {
+                            attach::STDOUT
+                        } else {
+                            attach::STDERR
+                        };
+                        srv.broadcast(stream, &buf[..n]);
                     }
                 }
             }
@@ -563,7 +703,17 @@ pub fn supervise(
         }
         let _ = l.sync_data();
     }
+    // Dropping the server closes every attach session: they see the end.
+    drop(server);
     status.unwrap_or(Exit::Unknown)
+}
+
+fn pollin(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
 }
 
 /// The current time as RFC 3339 in UTC with nanoseconds, trailing zeros
@@ -652,6 +802,11 @@ mod tests {
             pid: 42,
             stdout_fd: 5,
             stderr_fd: 7,
+            stdin_fd: 8,
+            attach_fd: 9,
+            stdin: true,
+            stdin_once: true,
+            tty: false,
             log: "/l/0.log".into(),
             log_limits: LogLimits {
                 max_size: 1 << 20,
