@@ -14,7 +14,8 @@ pub mod node;
 pub mod overlay;
 pub mod pod;
 pub mod proxy;
-pub mod quantity;
+/// Moved into [`kube::quantity`]; the old path stays for existing imports.
+pub use kube::quantity;
 pub mod runtime;
 pub mod selector;
 pub mod service;

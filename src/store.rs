@@ -1230,6 +1230,17 @@ pub fn key_of(pod: &Pod) -> PodKey {
     )
 }
 
+/// Env and volume resolution ([`crate::kube::env`]) read ConfigMaps and Secrets from here.
+impl crate::kube::env::Objects for Store {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        Store::config_map(self, namespace, name)
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        Store::secret(self, namespace, name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

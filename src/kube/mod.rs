@@ -2,8 +2,10 @@
 //! `util/validation` and `pkg/fieldpath` are the model): nothing here imports the rest of the
 //! crate except `util`.
 
+pub mod env;
 pub mod events;
 pub mod expand;
+pub mod quantity;
 pub mod reasons;
 pub mod resources;
 pub mod restart;

@@ -257,7 +257,7 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn setup_volumes(
         &self,
         pod: &Pod,
-        cx: &crate::pod::env::EnvContext<'_>,
+        cx: &crate::kube::env::EnvContext<'_>,
     ) -> Result<std::collections::BTreeMap<String, volumes::Ready>, String>;
     fn start<'a>(
         &'a self,
@@ -436,7 +436,7 @@ impl PodRuntime for Runtime {
     fn setup_volumes(
         &self,
         pod: &Pod,
-        cx: &crate::pod::env::EnvContext<'_>,
+        cx: &crate::kube::env::EnvContext<'_>,
     ) -> Result<std::collections::BTreeMap<String, volumes::Ready>, String> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let pod_dir = self.pod_dir(uid);
@@ -484,7 +484,7 @@ pub struct StartRequest<'a> {
     pub container: &'a Container,
     pub init: bool,
     pub restart: u32,
-    /// The container's environment, resolved (see `pod::env`).
+    /// The container's environment, resolved (see `kube::env`).
     pub env: Vec<(String, String)>,
     /// The pod's volumes, set up.
     pub volumes: &'a std::collections::BTreeMap<String, volumes::Ready>,

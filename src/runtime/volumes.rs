@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{
 };
 use nix::mount::{MsFlags, mount};
 
-use crate::pod::env::{EnvContext, field_value, resource_value};
+use crate::kube::env::{EnvContext, field_value, resource_value};
 
 /// Kubernetes' default file mode for configMap, secret and downwardAPI volumes.
 pub const DEFAULT_MODE: u32 = 0o644;
