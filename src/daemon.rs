@@ -414,7 +414,7 @@ fn lock_root(root: &std::path::Path) -> Result<std::fs::File, DaemonError> {
         path: path.clone(),
         source,
     };
-    crate::runtime::private::create_dir_all(root).map_err(err)?;
+    crate::util::private::create_dir_all(root).map_err(err)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

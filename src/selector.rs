@@ -17,7 +17,7 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::manifest::validate::check_dns1123_subdomain;
+use crate::kube::validation::check_dns1123_subdomain;
 
 /// Why a selector string or object was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -668,7 +668,7 @@ fn admit(
         Kind::Namespace => {
             let mut n: Namespace = crate::manifest::parse::decode(v, mode, &mut warnings)
                 .map_err(|e| strict_error(kind, &e.message))?;
-            crate::manifest::validate::check_dns1123_label(&name).map_err(|e| {
+            crate::kube::validation::check_dns1123_label(&name).map_err(|e| {
                 invalid(
                     kind,
                     &name,

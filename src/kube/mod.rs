@@ -5,7 +5,10 @@
 pub mod env;
 pub mod events;
 pub mod expand;
+pub mod name;
 pub mod quantity;
 pub mod reasons;
 pub mod resources;
 pub mod restart;
+pub mod validation;
+pub mod workload;

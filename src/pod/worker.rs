@@ -18,8 +18,8 @@ use super::backoff::Backoff;
 use super::plan::{self, Action, PodState, RestartPolicy, RunState, SlotState};
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
+use crate::kube::name::PodKey;
 use crate::kube::reasons;
-use crate::manifest::source::PodKey;
 use crate::runtime::{
     ID_SCHEME, PendingNetwork, PodRuntime, Process, Sandbox, StartError, StartRequest,
 };

@@ -23,7 +23,9 @@ pub mod network;
 pub mod pidfd;
 pub mod pidns;
 pub mod pod_cgroup;
-pub mod private;
+/// Moved into [`crate::util::private`] (the store and the service allocator use it too); the
+/// old path stays for existing imports.
+pub use crate::util::private;
 pub mod process;
 pub mod propagation;
 pub mod pty;

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tracing::{info, warn};
 
 use self::alloc::Allocator;
-use crate::manifest::source::PodKey;
+use crate::kube::name::PodKey;
 use crate::proxy::{
     self, Conntrack, Endpoint, Iptables, Protocol, Proxier, ServicePort, ServicePortKey,
 };
