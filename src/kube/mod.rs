@@ -6,6 +6,8 @@ pub mod env;
 pub mod events;
 pub mod expand;
 pub mod name;
+pub mod pod_resources;
+pub mod podspec;
 pub mod quantity;
 pub mod reasons;
 pub mod resources;

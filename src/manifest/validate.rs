@@ -140,8 +140,8 @@ pub fn validate_pod(mut pod: Pod) -> Result<Pod, String> {
     if spec.init_containers.as_ref().is_some_and(Vec::is_empty) {
         spec.init_containers = None;
     }
-    crate::pod::admission::validate_node_affinity(&pod)?;
-    crate::runtime::pod_cgroup::validate(&pod)?;
+    crate::kube::podspec::validate_node_affinity(&pod)?;
+    crate::kube::pod_resources::validate(&pod)?;
     Ok(pod)
 }
 
@@ -198,7 +198,7 @@ fn validate_container(
             ));
         }
     }
-    crate::pod::admission::validate_extended(c, field)?;
+    crate::kube::podspec::validate_extended(c, field)?;
     crate::kube::resources::amounts(c).map_err(|e| {
         let e = e
             .strip_prefix(&format!("container {}: ", c.name))
