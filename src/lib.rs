@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod overlay;
 pub mod pod;
+pub mod pki;
 pub mod proxy;
 /// Moved into [`kube::quantity`]; the old path stays for existing imports.
 pub use kube::quantity;

@@ -16,7 +16,8 @@ pub mod metrics;
 pub mod node_write;
 pub mod nodes;
 pub mod openapi;
-pub mod pki;
+/// Moved to [`crate::pki`] (service accounts and the CLI use it too); the old path stays.
+pub use crate::pki;
 mod pods;
 mod portforward;
 mod protobuf;
