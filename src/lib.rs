@@ -12,8 +12,8 @@ pub mod manifest;
 pub mod metrics;
 pub mod node;
 pub mod overlay;
-pub mod pod;
 pub mod pki;
+pub mod pod;
 pub mod proxy;
 /// Moved into [`kube::quantity`]; the old path stays for existing imports.
 pub use kube::quantity;
