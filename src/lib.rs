@@ -23,3 +23,4 @@ pub mod service;
 pub mod serviceaccount;
 pub mod store;
 pub mod util;
+pub mod workloads;

@@ -246,7 +246,7 @@ fn hpa_cells(o: &Value, now: Timestamp) -> Option<Vec<Value>> {
     Some(vec![
         name_of(o),
         s(format!("{}/{}", r.kind, r.name)),
-        s(crate::controller::hpa::targets_column(
+        s(crate::workloads::hpa::targets_column(
             &h.spec,
             h.status.as_ref(),
         )),

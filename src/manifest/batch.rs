@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use super::parse::{FieldValidation, ManifestError, decode};
 use super::workload::validate_meta;
-use crate::controller::{cronjob, job};
 /// Moved into [`crate::kube::workload`]; the old path stays for existing imports.
 pub use crate::kube::workload::with_identity;
+use crate::workloads::{cronjob, job};
 
 /// The UID a Job without one yet is validated with (the selector it generates is dropped).
 const STAND_IN_UID: &str = "00000000-0000-0000-0000-000000000000";

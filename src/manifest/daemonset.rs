@@ -58,7 +58,7 @@ pub fn check_daemonset(
         }
     }
     let strategy = serde_json::to_value(&spec.update_strategy).unwrap_or_default();
-    crate::controller::daemonset::validate_strategy(&strategy).map_err(fail)?;
+    crate::workloads::daemonset::validate_strategy(&strategy).map_err(fail)?;
     if strategy["type"] == "OnDelete" && !strategy["rollingUpdate"].is_null() {
         return Err(fail(
             "spec.updateStrategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'OnDelete'".into(),

@@ -5,98 +5,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
 
 /// Moved into [`crate::kube::podspec`] (manifest validation uses them); the old paths stay
 /// for existing imports.
-pub use crate::kube::podspec::{is_extended, validate_extended, validate_node_affinity};
+pub use crate::kube::podspec::{
+    Refusal, is_extended, node_affinity, term_matches, validate_extended, validate_node_affinity,
+};
 /// Moved into [`crate::runtime::apparmor`], which applies profiles; the old paths stay.
 pub use crate::runtime::apparmor::{APPARMOR_ANNOTATION, host_apparmor_enabled};
-
-/// Why a pod was refused: the pod's `status.reason` and the part of `status.message`
-/// after "Pod was rejected: ".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: String,
-    pub message: String,
-}
-
-/// The scheduler's (and kubelet's) node selection: every `nodeSelector` label, and one of
-/// the required affinity's terms.
-pub fn node_affinity(
-    pod: &Pod,
-    node_name: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), Refusal> {
-    let refuse = || Refusal {
-        reason: "NodeAffinity".into(),
-        message: "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
-            .into(),
-    };
-    let Some(spec) = &pod.spec else { return Ok(()) };
-    for (k, v) in spec.node_selector.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return Err(refuse());
-        }
-    }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    if let Some(sel) = required
-        && !sel
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node_name, labels))
-    {
-        return Err(refuse());
-    }
-    Ok(())
-}
-
-/// A term matches when all of its expressions and fields do; an empty term matches nothing.
-pub fn term_matches(
-    t: &NodeSelectorTerm,
-    node_name: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            // `metadata.name` is the only node field selectors may use (validated).
-            r.key == "metadata.name" && requirement_matches(r, Some(node_name))
-        })
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => !value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => match (
-            value.and_then(number),
-            values.first().and_then(|x| number(x)),
-        ) {
-            (Some(have), Some(want)) if r.operator == "Gt" => have > want,
-            (Some(have), Some(want)) => have < want,
-            _ => false,
-        },
-        _ => false,
-    }
-}
 
 /// Extended resources (`example.com/dongle`): a name outside the `kubernetes.io` namespace
 /// with a domain, which only device plugins provide. skiff has none, so any request of one
@@ -187,6 +104,8 @@ pub fn apparmor(pod: &Pod, host_enabled: bool) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::podspec::requirement_matches;
+    use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml_ng::from_str(yaml).unwrap()

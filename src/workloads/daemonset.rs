@@ -102,7 +102,7 @@ pub fn should_run(node: &NodeInfo, spec: &PodSpec) -> (bool, bool) {
         spec: Some(spec.clone()),
         ..Default::default()
     };
-    if crate::pod::admission::node_affinity(&pod, &node.name, &node.labels).is_err() {
+    if crate::kube::podspec::node_affinity(&pod, &node.name, &node.labels).is_err() {
         return (false, false);
     }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
