@@ -655,5 +655,21 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// The selector of a workload as the Scale subresource prints it (`app=web`).
+pub fn workload_selector_text(v: &serde_json::Value) -> String {
+    let sel = &v["spec"]["selector"];
+    let parsed = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
+        serde_json::from_value(sel.clone())
+            .ok()
+            .and_then(|ls| Selector::from_label_selector(&ls).ok())
+    } else {
+        // A ReplicationController's selector is a plain map.
+        serde_json::from_value(sel.clone())
+            .ok()
+            .and_then(|m| Selector::from_map(&m).ok())
+    };
+    parsed.map(|s| s.to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests;
