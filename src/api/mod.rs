@@ -361,14 +361,14 @@ fn routes(state: Shared) -> Router {
         .route(
             "/api/v1/nodes/{name}",
             get(nodes::get_one)
-                .patch(node_write::patch)
-                .put(node_write::put),
+                .patch(node_write::write)
+                .put(node_write::write),
         )
         .route(
             "/api/v1/nodes/{name}/status",
             get(nodes::get_one)
-                .patch(node_write::patch_status)
-                .put(node_write::put_status),
+                .patch(node_write::write)
+                .put(node_write::write),
         )
         .route("/apis/skiff.dev/v1/images", get(images::list))
         .route("/apis/skiff.dev/v1/images/import", post(images::import))

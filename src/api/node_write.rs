@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::Taint;
 use serde_json::{Map, Value, json};
@@ -389,48 +389,25 @@ fn answer(r: Result<Value, ApiError>) -> Response {
     }
 }
 
-/// PATCH `/api/v1/nodes/{name}`.
-pub async fn patch(
+/// PATCH and PUT of `/api/v1/nodes/{name}` and `/api/v1/nodes/{name}/status`: one handler
+/// for the four routes, the method choosing patch or replace and the path the subresource
+/// (`{name}/status`, so a node named `status` is still the object).
+pub async fn write(
     State(s): State<Shared>,
     Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer(patch_node(&s, &name, q.as_deref(), &headers, &body, false))
-}
-
-/// PUT `/api/v1/nodes/{name}`.
-pub async fn put(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(put_node(&s, &name, q.as_deref(), &headers, &body, false))
-}
-
-/// PATCH `/api/v1/nodes/{name}/status`.
-pub async fn patch_status(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(patch_node(&s, &name, q.as_deref(), &headers, &body, true))
-}
-
-/// PUT `/api/v1/nodes/{name}/status`.
-pub async fn put_status(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(put_node(&s, &name, q.as_deref(), &headers, &body, true))
+    let status = uri.path().ends_with(&format!("/{name}/status"));
+    let q = q.as_deref();
+    answer(if method == Method::PUT {
+        put_node(&s, &name, q, &headers, &body, status)
+    } else {
+        patch_node(&s, &name, q, &headers, &body, status)
+    })
 }
 
 #[cfg(test)]
