@@ -389,6 +389,13 @@ fn answer(r: Result<Value, ApiError>) -> Response {
     }
 }
 
+/// Whether `path` is node `name`'s status subresource (`.../nodes/{name}/status`); a node
+/// may itself be named `status`.
+fn is_status(path: &str, name: &str) -> bool {
+    path.strip_suffix("/status")
+        .is_some_and(|rest| rest.ends_with(&format!("/nodes/{name}")))
+}
+
 /// PATCH and PUT of `/api/v1/nodes/{name}` and `/api/v1/nodes/{name}/status`: one handler
 /// for the four routes, the method choosing patch or replace and the path the subresource
 /// (`{name}/status`, so a node named `status` is still the object).
@@ -401,7 +408,7 @@ pub async fn write(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let status = uri.path().ends_with(&format!("/{name}/status"));
+    let status = is_status(uri.path(), &name);
     let q = q.as_deref();
     answer(if method == Method::PUT {
         put_node(&s, &name, q, &headers, &body, status)
@@ -413,6 +420,14 @@ pub async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_subresource_is_told_from_a_node_named_status() {
+        assert!(is_status("/api/v1/nodes/n1/status", "n1"));
+        assert!(!is_status("/api/v1/nodes/n1", "n1"));
+        assert!(!is_status("/api/v1/nodes/status", "status"));
+        assert!(is_status("/api/v1/nodes/status/status", "status"));
+    }
 
     #[test]
     fn cordon_adds_the_unschedulable_taint_and_client_conditions_follow_the_kubelets() {
