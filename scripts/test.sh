@@ -70,6 +70,8 @@ find_cargo || { failed+=(cargo); summary; }
 # separates build errors from test failures.
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -q -- -D warnings
+# Layers only point down (docs/architecture.md): no import cycle among top-level modules.
+step layers sh -c 'python3 scripts/module-cycles.py src --check && python3 scripts/module-cycles.py images/src --check'
 step build cargo build --workspace --bins || summary
 step tests cargo test --workspace --no-fail-fast -- --test-threads=2 --include-ignored
 step demo env SKIFF_PROFILE=debug bash scripts/demo.sh --no-wait

@@ -201,7 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .and_then(|_| crate::dns::gateway_of(&pod_cidr_for_dns));
     if let (Some(ip), Some(gateway)) = (config.cluster_dns, dns_gateway) {
         if crate::dns::in_range(ip, config.service_cluster_ip_range) {
-            controller = controller.with_kube_dns(crate::dns::service::KubeDns {
+            controller = controller.with_kube_dns(crate::service::kube_dns::KubeDns {
                 cluster_ip: ip,
                 endpoint: gateway,
             });
@@ -218,7 +218,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .collect();
         tokio::spawn(crate::dns::run(
             crate::dns::Settings {
-                listen: std::net::SocketAddr::new(gateway.into(), crate::dns::service::PORT),
+                listen: std::net::SocketAddr::new(gateway.into(), crate::service::kube_dns::PORT),
                 domain: config.cluster_domain.clone(),
                 resolv_conf: config.resolv_conf.clone(),
                 own,
@@ -414,7 +414,7 @@ fn lock_root(root: &std::path::Path) -> Result<std::fs::File, DaemonError> {
         path: path.clone(),
         source,
     };
-    crate::runtime::private::create_dir_all(root).map_err(err)?;
+    crate::util::private::create_dir_all(root).map_err(err)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -12,12 +12,15 @@ pub mod manifest;
 pub mod metrics;
 pub mod node;
 pub mod overlay;
+pub mod pki;
 pub mod pod;
 pub mod proxy;
-pub mod quantity;
+/// Moved into [`kube::quantity`]; the old path stays for existing imports.
+pub use kube::quantity;
 pub mod runtime;
 pub mod selector;
 pub mod service;
 pub mod serviceaccount;
 pub mod store;
 pub mod util;
+pub mod workloads;

@@ -112,7 +112,7 @@ fn check_label_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(p) = prefix {
-        crate::manifest::validate::check_dns1123_subdomain(p)
+        crate::kube::validation::check_dns1123_subdomain(p)
             .map_err(|e| format!("prefix part {e}"))?;
     }
     check_label_name(name)

@@ -17,7 +17,7 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::manifest::validate::check_dns1123_subdomain;
+use crate::kube::validation::check_dns1123_subdomain;
 
 /// Why a selector string or object was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -653,6 +653,22 @@ impl<'a> Parser<'a> {
             _ => Err(self.error(t, "a value, ',' or end of string")),
         }
     }
+}
+
+/// The selector of a workload as the Scale subresource prints it (`app=web`).
+pub fn workload_selector_text(v: &serde_json::Value) -> String {
+    let sel = &v["spec"]["selector"];
+    let parsed = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
+        serde_json::from_value(sel.clone())
+            .ok()
+            .and_then(|ls| Selector::from_label_selector(&ls).ok())
+    } else {
+        // A ReplicationController's selector is a plain map.
+        serde_json::from_value(sel.clone())
+            .ok()
+            .and_then(|m| Selector::from_map(&m).ok())
+    };
+    parsed.map(|s| s.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
-use crate::manifest::source::PodKey;
+use crate::kube::name::PodKey;
 
 /// Most events kept; older ones are dropped first, like the API server's TTL.
 const MAX_EVENTS: usize = 2000;
@@ -834,8 +834,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    crate::runtime::private::create_dir_all(dir)?;
-    let mode = crate::runtime::private::FILE_MODE;
+    crate::util::private::create_dir_all(dir)?;
+    let mode = crate::util::private::FILE_MODE;
     hostkit::atomic::write(path, data, mode, hostkit::atomic::Sync::Durable)
 }
 
@@ -1014,7 +1014,7 @@ impl Store {
     /// previous run's versions (it starts no lower than the clock in milliseconds).
     pub fn load_objects(&self, root: &Path) -> usize {
         let dir = root.join("objects");
-        if let Err(e) = crate::runtime::private::ensure_private(&dir) {
+        if let Err(e) = crate::util::private::ensure_private(&dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot prepare the object store");
         }
         let _ = self.objects_dir.set(dir.clone());
@@ -1289,6 +1289,17 @@ pub fn key_of(pod: &Pod) -> PodKey {
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+/// Env and volume resolution ([`crate::kube::env`]) read ConfigMaps and Secrets from here.
+impl crate::kube::env::Objects for Store {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap> {
+        Store::config_map(self, namespace, name)
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        Store::secret(self, namespace, name)
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Small helpers with no Kubernetes meaning, usable from every layer (the bottom of the
 //! import graph: nothing here imports the rest of the crate).
 
+pub mod private;
+
 /// Runs blocking filesystem and namespace work without stalling the other
 /// tasks of a worker thread (the pod start path does mounts, unshares and
 /// writes).

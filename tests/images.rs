@@ -67,43 +67,7 @@ impl Registry {
         let mut extra = String::new();
         let mut ca = None;
         if secure {
-            let ec = [
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-            ];
-            run(Command::new("openssl")
-                .args(["req", "-x509", "-days", "2", "-subj", "/CN=skiff test CA"])
-                .args(ec)
-                .arg("-keyout")
-                .arg(d.join("ca.key"))
-                .arg("-out")
-                .arg(d.join("ca.pem")));
-            run(Command::new("openssl")
-                .args(["req", "-subj", "/CN=127.0.0.1"])
-                .args(ec)
-                .arg("-keyout")
-                .arg(d.join("key.pem"))
-                .arg("-out")
-                .arg(d.join("req.csr")));
-            std::fs::write(
-                d.join("ext.cnf"),
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-            )
-            .unwrap();
-            run(Command::new("openssl")
-                .args(["x509", "-req", "-days", "2", "-set_serial", "2", "-in"])
-                .arg(d.join("req.csr"))
-                .arg("-CA")
-                .arg(d.join("ca.pem"))
-                .arg("-CAkey")
-                .arg(d.join("ca.key"))
-                .arg("-extfile")
-                .arg(d.join("ext.cnf"))
-                .arg("-out")
-                .arg(d.join("cert.pem")));
+            testkit::Certs::generate(d);
             let line = run(Command::new("htpasswd").args(["-Bbn", "user", "pass"]));
             std::fs::write(d.join("htpasswd"), line).unwrap();
             extra = format!(

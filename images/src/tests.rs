@@ -12,10 +12,6 @@ use tar::EntryType;
 use crate::digest::of_bytes;
 use crate::{Error, ImageStore, UnpackError};
 
-pub(crate) fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// One tar entry. Names are written raw, so tests can build hostile archives.
 pub(crate) enum E<'a> {
     Dir(&'a str, u32),
@@ -775,7 +771,7 @@ fn device_nodes_are_skipped() {
 #[test]
 #[ignore = "needs root"]
 fn whiteouts_become_overlay_whiteouts() {
-    assert!(is_root(), "needs root");
+    testkit::require_root();
     let root = tmp();
     let upper = layer_tar(&[
         E::Dir("etc/", 0o755),
@@ -825,7 +821,7 @@ fn whiteouts_become_overlay_whiteouts() {
 #[test]
 #[ignore = "needs root"]
 fn overlay_xattrs_from_archive_are_dropped() {
-    assert!(is_root(), "needs root");
+    testkit::require_root();
     let mut builder = tar::Builder::new(Vec::new());
     builder
         .append_pax_extensions([

@@ -202,14 +202,10 @@ fn loopback_up() -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     #[test]
     #[ignore = "needs root"]
     fn create_run_in_remove_netns() {
-        assert!(is_root(), "needs root");
+        testkit::require_root();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ns1");
         create(&path, Kind::Net, None).unwrap();
@@ -239,7 +235,7 @@ mod tests {
     #[test]
     #[ignore = "needs root"]
     fn uts_namespace_gets_hostname() {
-        assert!(is_root(), "needs root");
+        testkit::require_root();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("uts");
         create(&path, Kind::Uts, Some("pod-host")).unwrap();

@@ -19,8 +19,8 @@ use tower_service::Service;
 
 use super::write::{Kind, current, strategic_merge};
 use super::{ApiError, Shared};
-use crate::controller::hpa;
 use crate::manifest::workload::WorkloadKind;
+use crate::workloads::hpa;
 
 const V1_PREFIX: &str = "/apis/autoscaling/v1/";
 const V2_PREFIX: &str = "/apis/autoscaling/v2/";

@@ -16,17 +16,8 @@ const AGGREGATED_V2BETA1: &str =
 /// Read-only verbs, for every listed kind.
 const READ: &[&str] = &["get", "list"];
 
-/// Verbs of the kinds that accept writes (issue 10).
-const WRITE: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-];
-/// ... and watched (the store's per-kind history).
+/// Verbs of the kinds that accept writes (issue 10) and are watched (the store's per-kind
+/// history): the one list, sorted as the apiserver lists them, `watch` last.
 const WRITE_WATCH: &[&str] = &[
     "create",
     "delete",
@@ -37,6 +28,11 @@ const WRITE_WATCH: &[&str] = &[
     "update",
     "watch",
 ];
+/// The same without `watch`, for the kinds that are not watched.
+const WRITE: &[&str] = match WRITE_WATCH {
+    [write @ .., _watch] => write,
+    [] => &[],
+};
 /// Namespaces: no `deletecollection`, as on the apiserver.
 const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
@@ -605,6 +601,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, v.parse().unwrap());
         h
+    }
+
+    #[test]
+    fn write_verbs_are_the_watched_ones_without_watch() {
+        assert_eq!(WRITE_WATCH.last(), Some(&"watch"));
+        assert_eq!(WRITE, &WRITE_WATCH[..WRITE_WATCH.len() - 1]);
+        assert!(!WRITE.contains(&"watch"));
     }
 
     #[test]

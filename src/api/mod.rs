@@ -17,7 +17,8 @@ pub mod metrics;
 pub mod node_write;
 pub mod nodes;
 pub mod openapi;
-pub mod pki;
+/// Moved to [`crate::pki`] (service accounts and the CLI use it too); the old path stays.
+pub use crate::pki;
 mod pods;
 mod portforward;
 mod protobuf;
@@ -365,14 +366,14 @@ fn routes(state: Shared) -> Router {
         .route(
             "/api/v1/nodes/{name}",
             get(nodes::get_one)
-                .patch(node_write::patch)
-                .put(node_write::put),
+                .patch(node_write::write)
+                .put(node_write::write),
         )
         .route(
             "/api/v1/nodes/{name}/status",
             get(nodes::get_one)
-                .patch(node_write::patch_status)
-                .put(node_write::put_status),
+                .patch(node_write::write)
+                .put(node_write::write),
         )
         .route("/apis/skiff.dev/v1/images", get(images::list))
         .route("/apis/skiff.dev/v1/images/import", post(images::import))

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::Taint;
 use serde_json::{Map, Value, json};
@@ -389,53 +389,45 @@ fn answer(r: Result<Value, ApiError>) -> Response {
     }
 }
 
-/// PATCH `/api/v1/nodes/{name}`.
-pub async fn patch(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(patch_node(&s, &name, q.as_deref(), &headers, &body, false))
+/// Whether `path` is node `name`'s status subresource (`.../nodes/{name}/status`); a node
+/// may itself be named `status`.
+fn is_status(path: &str, name: &str) -> bool {
+    path.strip_suffix("/status")
+        .is_some_and(|rest| rest.ends_with(&format!("/nodes/{name}")))
 }
 
-/// PUT `/api/v1/nodes/{name}`.
-pub async fn put(
+/// PATCH and PUT of `/api/v1/nodes/{name}` and `/api/v1/nodes/{name}/status`: one handler
+/// for the four routes, the method choosing patch or replace and the path the subresource
+/// (`{name}/status`, so a node named `status` is still the object).
+pub async fn write(
     State(s): State<Shared>,
     Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer(put_node(&s, &name, q.as_deref(), &headers, &body, false))
-}
-
-/// PATCH `/api/v1/nodes/{name}/status`.
-pub async fn patch_status(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(patch_node(&s, &name, q.as_deref(), &headers, &body, true))
-}
-
-/// PUT `/api/v1/nodes/{name}/status`.
-pub async fn put_status(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(put_node(&s, &name, q.as_deref(), &headers, &body, true))
+    let status = is_status(uri.path(), &name);
+    let q = q.as_deref();
+    answer(if method == Method::PUT {
+        put_node(&s, &name, q, &headers, &body, status)
+    } else {
+        patch_node(&s, &name, q, &headers, &body, status)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_subresource_is_told_from_a_node_named_status() {
+        assert!(is_status("/api/v1/nodes/n1/status", "n1"));
+        assert!(!is_status("/api/v1/nodes/n1", "n1"));
+        assert!(!is_status("/api/v1/nodes/status", "status"));
+        assert!(is_status("/api/v1/nodes/status/status", "status"));
+    }
 
     #[test]
     fn cordon_adds_the_unschedulable_taint_and_client_conditions_follow_the_kubelets() {

@@ -668,7 +668,7 @@ fn admit(
         Kind::Namespace => {
             let mut n: Namespace = crate::manifest::parse::decode(v, mode, &mut warnings)
                 .map_err(|e| strict_error(kind, &e.message))?;
-            crate::manifest::validate::check_dns1123_label(&name).map_err(|e| {
+            crate::kube::validation::check_dns1123_label(&name).map_err(|e| {
                 invalid(
                     kind,
                     &name,
@@ -1999,21 +1999,9 @@ pub async fn merge_snapshots(
     }
 }
 
-/// The selector of a workload as the Scale subresource prints it (`app=web`).
-pub fn selector_text(v: &Value) -> String {
-    let sel = &v["spec"]["selector"];
-    let parsed = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
-        serde_json::from_value(sel.clone())
-            .ok()
-            .and_then(|ls| crate::selector::Selector::from_label_selector(&ls).ok())
-    } else {
-        // A ReplicationController's selector is a plain map.
-        serde_json::from_value(sel.clone())
-            .ok()
-            .and_then(|m| crate::selector::Selector::from_map(&m).ok())
-    };
-    parsed.map(|s| s.to_string()).unwrap_or_default()
-}
+/// Moved to [`crate::selector::workload_selector_text`] (tables print it too); the old path
+/// stays.
+pub use crate::selector::workload_selector_text as selector_text;
 
 /// A workload's `autoscaling/v1` Scale.
 fn scale_of(v: &Value) -> Value {

@@ -19,7 +19,7 @@ pub struct KubeconfigArgs {
 
 /// Prints the kubeconfig, with `--server` put in when given.
 pub fn run(args: KubeconfigArgs) -> Result<u8, Error> {
-    let path = crate::api::pki::kubeconfig_path(&args.root_dir);
+    let path = crate::pki::kubeconfig_path(&args.root_dir);
     let text = std::fs::read_to_string(&path).map_err(|source| Error::LocalFile {
         path: path.clone(),
         source: if source.kind() == std::io::ErrorKind::NotFound {

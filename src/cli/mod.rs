@@ -22,6 +22,7 @@ pub mod logs;
 pub mod print;
 pub mod pull;
 pub mod rmi;
+pub mod table;
 pub mod tabwriter;
 pub mod version;
 

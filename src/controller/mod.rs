@@ -1,16 +1,11 @@
-//! The workload controllers' decisions (issue #11), kept pure as the pod worker's `plan` is:
-//! what kube-controller-manager would do given the objects it sees. The loops that read the
-//! store and carry the decisions out build on these.
+//! The workload controllers' loops (issue #11): they read the store, run the pure decisions
+//! of [`crate::workloads`] (kept pure as the pod worker's `plan` is) and carry them out
+//! through the API's write path.
 
 pub mod autoscale;
 pub mod batch;
-pub mod cronjob;
 pub mod daemon;
-pub mod daemonset;
-pub mod deployment;
-pub mod event;
-mod field;
-pub mod hpa;
-pub mod job;
-pub mod replicaset;
 pub mod run;
+
+/// The pure decisions moved to [`crate::workloads`]; the old paths stay for existing imports.
+pub use crate::workloads::{cronjob, daemonset, deployment, event, hpa, job, replicaset};

@@ -15,7 +15,9 @@
 
 pub mod forward;
 pub mod records;
-pub mod service;
+/// Moved to [`crate::service::kube_dns`] (the service controller publishes it); the old path
+/// stays.
+pub use crate::service::kube_dns as service;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

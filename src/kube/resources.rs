@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::Container;
 
-use crate::quantity;
+use crate::kube::quantity;
 
 /// (cpu millicores, memory bytes), each if set.
 pub type CpuMemory = (Option<i64>, Option<i64>);

@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use super::parse::{FieldValidation, ManifestError, decode};
 use super::workload::validate_meta;
-use crate::controller::{cronjob, job};
+/// Moved into [`crate::kube::workload`]; the old path stays for existing imports.
+pub use crate::kube::workload::with_identity;
+use crate::workloads::{cronjob, job};
 
 /// The UID a Job without one yet is validated with (the selector it generates is dropped).
 const STAND_IN_UID: &str = "00000000-0000-0000-0000-000000000000";
@@ -74,21 +76,6 @@ pub fn check_cronjob(
         .unwrap_or_default();
     check_pod_template(&cj.metadata, &template, "spec.jobTemplate.spec.template").map_err(fail)?;
     Ok(cj)
-}
-
-/// What depends on the UID the store gives a manifest object: a Job's generated selector and
-/// the labels its pods carry.
-pub fn with_identity(plural: &str, v: &mut Value) {
-    if plural != "jobs" {
-        return;
-    }
-    let Ok(mut j) = serde_json::from_value::<Job>(v.clone()) else {
-        return;
-    };
-    job::generate_selector(&mut j);
-    if let Ok(done) = serde_json::to_value(&j) {
-        *v = done;
-    }
 }
 
 /// The template must make a valid pod (checked as one, errors under `path`); the batch kinds'

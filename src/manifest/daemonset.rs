@@ -8,6 +8,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::parse::{FieldValidation, ManifestError, decode};
 use super::workload::{check_selector, check_template, validate_meta};
+/// Moved into [`crate::kube::workload`] (the store sets it on manifest DaemonSets); the old
+/// paths stay for existing imports.
+pub use crate::kube::workload::{TEMPLATE_GENERATION, set_template_generation};
 
 fn fail(message: String) -> ManifestError {
     ManifestError {
@@ -55,39 +58,13 @@ pub fn check_daemonset(
         }
     }
     let strategy = serde_json::to_value(&spec.update_strategy).unwrap_or_default();
-    crate::controller::daemonset::validate_strategy(&strategy).map_err(fail)?;
+    crate::workloads::daemonset::validate_strategy(&strategy).map_err(fail)?;
     if strategy["type"] == "OnDelete" && !strategy["rollingUpdate"].is_null() {
         return Err(fail(
             "spec.updateStrategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'OnDelete'".into(),
         ));
     }
     Ok(ds)
-}
-
-/// The annotation with a DaemonSet's template generation (what its pods'
-/// `pod-template-generation` label says).
-pub const TEMPLATE_GENERATION: &str = "deprecated.daemonset.template.generation";
-
-/// Sets a DaemonSet's template generation as the apiserver does: 1 when created, one more
-/// whenever an update changes the template, whatever the client sent.
-pub fn set_template_generation(old: Option<&serde_json::Value>, new: &mut serde_json::Value) {
-    use crate::controller::daemonset::normalized;
-    let generation = match old {
-        None => 1,
-        Some(o) => {
-            let before = o["metadata"]["annotations"][TEMPLATE_GENERATION]
-                .as_str()
-                .and_then(|g| g.parse::<i64>().ok())
-                .unwrap_or(1);
-            let changed =
-                normalized(&o["spec"]["template"]) != normalized(&new["spec"]["template"]);
-            before + i64::from(changed)
-        }
-    };
-    if !new["metadata"]["annotations"].is_object() {
-        new["metadata"]["annotations"] = serde_json::json!({});
-    }
-    new["metadata"]["annotations"][TEMPLATE_GENERATION] = generation.to_string().into();
 }
 
 /// A ControllerRevision (made by the DaemonSet controller, or by a client).

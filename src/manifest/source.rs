@@ -16,8 +16,8 @@ use tracing::{debug, warn};
 
 use super::parse::{ManifestError, Object, ObjectRef, is_manifest_file, parse_file};
 
-/// `(namespace, name)` of a pod.
-pub type PodKey = (String, String);
+/// Moved into [`crate::kube::name`]; the old path stays for existing imports.
+pub use crate::kube::name::PodKey;
 
 /// A pod the directory asks for, with its UID derived from its content.
 #[derive(Debug, Clone)]

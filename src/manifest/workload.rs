@@ -160,7 +160,7 @@ pub fn check(
                 .as_ref()
                 .and_then(|s| s.rolling_update.as_ref())
             {
-                crate::controller::deployment::validate_rolling_update(
+                crate::workloads::deployment::validate_rolling_update(
                     ru.max_surge.as_ref(),
                     ru.max_unavailable.as_ref(),
                 )
@@ -276,8 +276,8 @@ pub fn check(
             let mut h: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
                 decode(v, mode, warnings)?;
             validate_meta(&h.metadata).map_err(fail)?;
-            crate::controller::hpa::defaults(&mut h);
-            if let Some(first) = crate::controller::hpa::validate(&h).into_iter().next() {
+            crate::workloads::hpa::defaults(&mut h);
+            if let Some(first) = crate::workloads::hpa::validate(&h).into_iter().next() {
                 return Err(fail(first));
             }
             serde_json::to_value(h)

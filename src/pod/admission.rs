@@ -5,169 +5,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
 
-/// Why a pod was refused: the pod's `status.reason` and the part of `status.message`
-/// after "Pod was rejected: ".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: String,
-    pub message: String,
-}
-
-/// The scheduler's (and kubelet's) node selection: every `nodeSelector` label, and one of
-/// the required affinity's terms.
-pub fn node_affinity(
-    pod: &Pod,
-    node_name: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), Refusal> {
-    let refuse = || Refusal {
-        reason: "NodeAffinity".into(),
-        message: "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
-            .into(),
-    };
-    let Some(spec) = &pod.spec else { return Ok(()) };
-    for (k, v) in spec.node_selector.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return Err(refuse());
-        }
-    }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    if let Some(sel) = required
-        && !sel
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node_name, labels))
-    {
-        return Err(refuse());
-    }
-    Ok(())
-}
-
-/// A term matches when all of its expressions and fields do; an empty term matches nothing.
-pub fn term_matches(
-    t: &NodeSelectorTerm,
-    node_name: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            // `metadata.name` is the only node field selectors may use (validated).
-            r.key == "metadata.name" && requirement_matches(r, Some(node_name))
-        })
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => !value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => match (
-            value.and_then(number),
-            values.first().and_then(|x| number(x)),
-        ) {
-            (Some(have), Some(want)) if r.operator == "Gt" => have > want,
-            (Some(have), Some(want)) => have < want,
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// Validates the required node affinity as the apiserver does; the error names the field.
-pub fn validate_node_affinity(pod: &Pod) -> Result<(), String> {
-    let Some(sel) = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-    else {
-        return Ok(());
-    };
-    let base = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms";
-    if sel.node_selector_terms.is_empty() {
-        return Err(format!(
-            "{base}: Required value: must have at least one node selector term"
-        ));
-    }
-    for (i, t) in sel.node_selector_terms.iter().enumerate() {
-        for (j, r) in t.match_expressions.iter().flatten().enumerate() {
-            check_requirement(r, &format!("{base}[{i}].matchExpressions[{j}]"))?;
-        }
-        for (j, r) in t.match_fields.iter().flatten().enumerate() {
-            let f = format!("{base}[{i}].matchFields[{j}]");
-            if r.key != "metadata.name" {
-                return Err(format!(
-                    "{f}.key: Invalid value: {:?}: not a valid field selector key",
-                    r.key
-                ));
-            }
-            if !["In", "NotIn"].contains(&r.operator.as_str()) {
-                return Err(format!(
-                    "{f}.operator: Invalid value: {:?}: not a valid selector operator",
-                    r.operator
-                ));
-            }
-            if r.values.as_ref().map_or(0, Vec::len) != 1 {
-                return Err(format!(
-                    "{f}.values: Required value: must be only one value when `operator` is 'In' or 'NotIn' for node field selector"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_requirement(r: &NodeSelectorRequirement, f: &str) -> Result<(), String> {
-    let n = r.values.as_ref().map_or(0, Vec::len);
-    match r.operator.as_str() {
-        "In" | "NotIn" if n == 0 => Err(format!(
-            "{f}.values: Required value: must be specified when `operator` is 'In' or 'NotIn'"
-        )),
-        "Exists" | "DoesNotExist" if n > 0 => Err(format!(
-            "{f}.values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
-        )),
-        "Gt" | "Lt" if n != 1 => Err(format!(
-            "{f}.values: Required value: must be specified single value when `operator` is 'Lt' or 'Gt'"
-        )),
-        "Gt" | "Lt"
-            if r.values
-                .as_ref()
-                .is_some_and(|v| v[0].parse::<i64>().is_err()) =>
-        {
-            Err(format!(
-                "{f}.values[0]: Invalid value: {:?}: must be an integer",
-                r.values.as_ref().map(|v| v[0].clone()).unwrap_or_default()
-            ))
-        }
-        "In" | "NotIn" | "Exists" | "DoesNotExist" | "Gt" | "Lt" => Ok(()),
-        other => Err(format!(
-            "{f}.operator: Unsupported value: {other:?}: supported values: \"DoesNotExist\", \"Exists\", \"Gt\", \"In\", \"Lt\", \"NotIn\""
-        )),
-    }
-}
+/// Moved into [`crate::kube::podspec`] (manifest validation uses them); the old paths stay
+/// for existing imports.
+pub use crate::kube::podspec::{
+    Refusal, is_extended, node_affinity, term_matches, validate_extended, validate_node_affinity,
+};
+/// Moved into [`crate::runtime::apparmor`], which applies profiles; the old paths stay.
+pub use crate::runtime::apparmor::{APPARMOR_ANNOTATION, host_apparmor_enabled};
 
 /// Extended resources (`example.com/dongle`): a name outside the `kubernetes.io` namespace
 /// with a domain, which only device plugins provide. skiff has none, so any request of one
@@ -199,16 +45,6 @@ pub fn extended_resources(pod: &Pod) -> Result<(), Refusal> {
     }
 }
 
-/// Whether `name` is an extended resource (the apiserver's `IsExtendedResourceName`).
-pub fn is_extended(name: &str) -> bool {
-    let Some((domain, _)) = name.split_once('/') else {
-        return false;
-    };
-    domain != "kubernetes.io"
-        && !domain.ends_with(".kubernetes.io")
-        && !name.starts_with("requests.")
-}
-
 /// A container's extended resource requests (a limit alone counts as the request).
 fn extended_requests(c: &Container) -> BTreeMap<String, i64> {
     let r = c.resources.clone().unwrap_or_default();
@@ -221,39 +57,6 @@ fn extended_requests(c: &Container) -> BTreeMap<String, i64> {
         }
     }
     out
-}
-
-/// Validates extended resources as the apiserver does: whole numbers, a limit always, and
-/// a request equal to it (they cannot be overcommitted).
-pub fn validate_extended(c: &Container, field: &str) -> Result<(), String> {
-    let r = c.resources.clone().unwrap_or_default();
-    for (which, m) in [("limits", &r.limits), ("requests", &r.requests)] {
-        for (k, q) in m.iter().flatten().filter(|(k, _)| is_extended(k)) {
-            if q.0.trim().parse::<u64>().is_err() {
-                return Err(format!(
-                    "{field}.resources.{which}[{k}]: Invalid value: {:?}: must be an integer",
-                    q.0
-                ));
-            }
-        }
-    }
-    for (k, q) in r.requests.iter().flatten().filter(|(k, _)| is_extended(k)) {
-        match r.limits.as_ref().and_then(|l| l.get(k)) {
-            None => {
-                return Err(format!(
-                    "{field}.resources.limits: Required value: Limit must be set for non overcommitable resources"
-                ));
-            }
-            Some(l) if l.0.trim().parse::<u64>().ok() != q.0.trim().parse::<u64>().ok() => {
-                return Err(format!(
-                    "{field}.resources.requests[{k}]: Invalid value: {:?}: must be equal to {k} limit of {}",
-                    q.0, l.0
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 /// Whether the pod asks for AppArmor at all (the kubelet's `isRequired`): any profile but
@@ -286,15 +89,6 @@ pub fn apparmor_required(pod: &Pod) -> bool {
         .any(|(k, v)| k.starts_with(APPARMOR_ANNOTATION) && v != "unconfined")
 }
 
-/// The beta annotation's prefix; the container name follows.
-pub const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
-
-/// Whether the host enforces AppArmor (the kernel module's `enabled` parameter).
-pub fn host_apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.starts_with('Y'))
-}
-
 /// The kubelet's AppArmor admission: a pod that asks for a profile is refused on a host
 /// without AppArmor rather than run unconfined.
 pub fn apparmor(pod: &Pod, host_enabled: bool) -> Result<(), Refusal> {
@@ -310,6 +104,8 @@ pub fn apparmor(pod: &Pod, host_enabled: bool) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::podspec::requirement_matches;
+    use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml_ng::from_str(yaml).unwrap()

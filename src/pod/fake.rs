@@ -319,7 +319,7 @@ impl PodRuntime for FakeRuntime {
     fn setup_volumes(
         &self,
         _pod: &Pod,
-        _cx: &crate::pod::env::EnvContext<'_>,
+        _cx: &crate::kube::env::EnvContext<'_>,
     ) -> Result<std::collections::BTreeMap<String, crate::runtime::volumes::Ready>, String> {
         Ok(Default::default())
     }

@@ -9,7 +9,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::worker::{self, Ctx, Msg};
-use crate::manifest::source::{PodKey, Snapshot, SourceError};
+use crate::kube::name::PodKey;
+use crate::manifest::source::{Snapshot, SourceError};
 use crate::store::{EventType, Involved};
 
 struct Entry {

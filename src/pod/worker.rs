@@ -18,8 +18,8 @@ use super::backoff::Backoff;
 use super::plan::{self, Action, PodState, RestartPolicy, RunState, SlotState};
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
+use crate::kube::name::PodKey;
 use crate::kube::reasons;
-use crate::manifest::source::PodKey;
 use crate::runtime::{
     ID_SCHEME, PendingNetwork, PodRuntime, Process, Sandbox, StartError, StartRequest,
 };
@@ -601,7 +601,7 @@ impl Worker {
                 .slots
                 .iter()
                 .all(|s| s.current.is_none() && s.last.is_none())
-            && !crate::pod::env::needs_pod_ip(&self.pod)
+            && !crate::kube::env::needs_pod_ip(&self.pod)
     }
 
     /// Writes `pod.json`; on failure schedules another try (see [`Worker::pod_saved`]).
@@ -829,14 +829,14 @@ impl Worker {
             .or_else(|| self.last_ip.clone())
     }
 
-    fn env_context(&self) -> crate::pod::env::EnvContext<'_> {
-        crate::pod::env::EnvContext {
+    fn env_context(&self) -> crate::kube::env::EnvContext<'_> {
+        crate::kube::env::EnvContext {
             service_env: &self.service_env,
             pod: &self.pod,
             pod_ip: self.last_ip.as_deref(),
             host_ip: self.host_ip.as_deref(),
             allocatable: crate::node::allocatable(),
-            store: &self.ctx.store,
+            store: &*self.ctx.store,
         }
     }
 
@@ -856,12 +856,14 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.enable_service_links)
             .unwrap_or(true);
-        self.service_env = if links {
+        let links = if links {
             crate::service::env::service_env(&self.ctx.store.services(Some(&self.key.0)))
         } else {
             Vec::new()
         };
-        env.extend(crate::pod::env::resolve(c, &self.env_context())?);
+        // The kubernetes Service's variables go to every pod, service links or not (the kubelet's).
+        self.service_env = crate::service::env::with_master(&links, &self.ctx.store);
+        env.extend(crate::kube::env::resolve(c, &self.env_context())?);
         Ok(env)
     }
 

@@ -6,7 +6,14 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use crate::pod::admission::APPARMOR_ANNOTATION;
+/// The beta annotation's prefix; the container name follows.
+pub const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+/// Whether the host enforces AppArmor (the kernel module's `enabled` parameter).
+pub fn host_apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.starts_with('Y'))
+}
 
 /// Runtime default profiles a host may have loaded (containerd's, then Docker's); skiff
 /// does not compile profiles itself.
@@ -101,7 +108,7 @@ pub fn for_container(pod: &Pod, c: &Container) -> Result<Option<String>, String>
     let Some(w) = wanted(pod, c)? else {
         return Ok(None);
     };
-    if !crate::pod::admission::host_apparmor_enabled() {
+    if !host_apparmor_enabled() {
         return Ok(None);
     }
     let list = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")

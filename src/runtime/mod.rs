@@ -24,7 +24,9 @@ pub mod network;
 pub mod pidfd;
 pub mod pidns;
 pub mod pod_cgroup;
-pub mod private;
+/// Moved into [`crate::util::private`] (the store and the service allocator use it too); the
+/// old path stays for existing imports.
+pub use crate::util::private;
 pub mod process;
 pub mod propagation;
 pub mod pty;
@@ -258,7 +260,7 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn setup_volumes(
         &self,
         pod: &Pod,
-        cx: &crate::pod::env::EnvContext<'_>,
+        cx: &crate::kube::env::EnvContext<'_>,
     ) -> Result<std::collections::BTreeMap<String, volumes::Ready>, String>;
     fn start<'a>(
         &'a self,
@@ -437,7 +439,7 @@ impl PodRuntime for Runtime {
     fn setup_volumes(
         &self,
         pod: &Pod,
-        cx: &crate::pod::env::EnvContext<'_>,
+        cx: &crate::kube::env::EnvContext<'_>,
     ) -> Result<std::collections::BTreeMap<String, volumes::Ready>, String> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let pod_dir = self.pod_dir(uid);
@@ -485,7 +487,7 @@ pub struct StartRequest<'a> {
     pub container: &'a Container,
     pub init: bool,
     pub restart: u32,
-    /// The container's environment, resolved (see `pod::env`).
+    /// The container's environment, resolved (see `kube::env`).
     pub env: Vec<(String, String)>,
     /// The pod's volumes, set up.
     pub volumes: &'a std::collections::BTreeMap<String, volumes::Ready>,

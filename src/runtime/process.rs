@@ -17,7 +17,7 @@ pub struct Process {
 /// Merges image defaults with the container spec.
 ///
 /// Kubernetes' rules: `command` replaces the image's Entrypoint (and drops its
-/// Cmd), `args` replaces Cmd; `env` (already resolved, see `pod::env`)
+/// Cmd), `args` replaces Cmd; `env` (already resolved, see `kube::env`)
 /// overrides the image's variables by name; `$(VAR)` in command and args
 /// expands from the container's variables (`$$` escapes), unknown references
 /// stay as written.

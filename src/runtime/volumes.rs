@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{
 };
 use nix::mount::{MsFlags, mount};
 
-use crate::pod::env::{EnvContext, field_value, resource_value};
+use crate::kube::env::{EnvContext, field_value, resource_value};
 
 /// Kubernetes' default file mode for configMap, secret and downwardAPI volumes.
 pub const DEFAULT_MODE: u32 = 0o644;
@@ -142,7 +142,7 @@ fn setup_one(
         return Ok(rw(path));
     }
     if let Some(pvc) = &v.persistent_volume_claim {
-        crate::manifest::validate::check_dns1123_subdomain(&pvc.claim_name)
+        crate::kube::validation::check_dns1123_subdomain(&pvc.claim_name)
             .map_err(|e| format!("claimName {:?}: {e}", pvc.claim_name))?;
         let dir = layout.pvc_dir.join(ns).join(&pvc.claim_name);
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;

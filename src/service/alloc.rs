@@ -43,7 +43,7 @@ impl Allocator {
 
     pub fn save(&self) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
-            crate::runtime::private::create_dir_all(dir)?;
+            crate::util::private::create_dir_all(dir)?;
         }
         let data = serde_json::to_vec_pretty(&self.by_service).unwrap_or_default();
         // Durable: a cluster IP handed out must not be handed out again after a power loss.

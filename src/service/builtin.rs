@@ -1,5 +1,5 @@
 //! Services skiffd keeps itself, `default/kubernetes` ([`super::master`]) and
-//! `kube-system/kube-dns` ([`crate::dns::service`]): a ClusterIP Service without a selector
+//! `kube-system/kube-dns` ([`kube_dns`]): a ClusterIP Service without a selector
 //! and its Endpoints, whose one address is on this node and listened on by skiffd, bound with
 //! `IP_FREEBIND` because that address (the pod network's gateway) appears only with the first
 //! pod's network.

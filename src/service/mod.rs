@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod builtin;
 pub mod env;
+pub mod kube_dns;
 pub mod master;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tracing::{info, warn};
 
 use self::alloc::Allocator;
-use crate::manifest::source::PodKey;
+use crate::kube::name::PodKey;
 use crate::proxy::{
     self, Conntrack, Endpoint, Iptables, Protocol, Proxier, ServicePort, ServicePortKey,
 };
@@ -50,7 +51,7 @@ pub struct Controller<I: Iptables, C: Conntrack> {
     /// A manifest's `default/kubernetes` was reported as not used.
     master_shadow_reported: bool,
     /// The cluster DNS's `kube-system/kube-dns` Service, when skiffd serves DNS.
-    kube_dns: Option<crate::dns::service::KubeDns>,
+    kube_dns: Option<kube_dns::KubeDns>,
     /// Bumped after every publication of the views (the DNS follows it).
     published: tokio::sync::watch::Sender<u64>,
 }
@@ -110,7 +111,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
     }
 
     /// Keeps the `kube-system/kube-dns` Service pointing at skiffd's resolver.
-    pub fn with_kube_dns(mut self, dns: crate::dns::service::KubeDns) -> Self {
+    pub fn with_kube_dns(mut self, dns: kube_dns::KubeDns) -> Self {
         self.kube_dns = Some(dns);
         self
     }
@@ -128,10 +129,7 @@ impl<I: Iptables, C: Conntrack> Controller<I, C> {
         manual: &mut BTreeMap<PodKey, Arc<Endpoints>>,
     ) {
         let Some(d) = self.kube_dns else { return };
-        let key: PodKey = (
-            crate::dns::service::NAMESPACE.into(),
-            crate::dns::service::NAME.into(),
-        );
+        let key: PodKey = (kube_dns::NAMESPACE.into(), kube_dns::NAME.into());
         desired.retain(|(k, _)| *k != key);
         desired.insert(0, (key.clone(), Arc::new(d.service())));
         manual.insert(key.clone(), Arc::new(d.endpoints()));

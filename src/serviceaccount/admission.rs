@@ -171,7 +171,7 @@ pub fn validate_token_projection(
     if p.path.is_empty() {
         return Err(format!("{field}.path: Required value"));
     }
-    crate::manifest::validate::check_local_path(&p.path, true)
+    crate::kube::validation::check_local_path(&p.path, true)
         .map_err(|e| format!("{field}.path: Invalid value: {:?}: {e}", p.path))?;
     let secs = p.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECONDS);
     if secs < MIN_EXPIRATION_SECONDS {

@@ -8,7 +8,7 @@ use axum::http::Method;
 use tracing::debug;
 
 use super::ServiceAccounts;
-use crate::api::pki::Tokens;
+use crate::pki::Tokens;
 use crate::store::Store;
 
 /// A user the API let in.

@@ -50,7 +50,7 @@ pub enum SaError {
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("the cluster CA: {0}")]
-    Ca(#[from] crate::api::pki::PkiError),
+    Ca(#[from] crate::pki::PkiError),
     #[error(transparent)]
     Jwt(#[from] JwtError),
 }
@@ -140,7 +140,7 @@ impl ServiceAccounts {
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(&dir))?;
-        let (ca_pem, _) = crate::api::pki::ca(&dir)?;
+        let (ca_pem, _) = crate::pki::ca(&dir)?;
         let key_path = dir.join("sa.key");
         let der = match std::fs::read_to_string(&key_path) {
             Ok(pem) => {

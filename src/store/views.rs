@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 
-use crate::manifest::source::PodKey;
+use crate::kube::name::PodKey;
 
 /// What the controller publishes for one Service.
 #[derive(Debug, Clone, Default)]

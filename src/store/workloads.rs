@@ -57,9 +57,9 @@ impl Store {
                 .filter(|c| !c.is_null())
                 .unwrap_or_else(|| Timestamp::now().to_string().into());
             meta.insert("creationTimestamp".into(), created);
-            crate::manifest::batch::with_identity(&key.0, &mut v);
+            crate::kube::workload::with_identity(&key.0, &mut v);
             if key.0 == "daemonsets" {
-                crate::manifest::daemonset::set_template_generation(prev, &mut v);
+                crate::kube::workload::set_template_generation(prev, &mut v);
             }
             let generation = match prev {
                 Some(p) if p["spec"] == v["spec"] => p["metadata"]["generation"].as_i64(),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
@@ -396,25 +396,13 @@ impl Lab {
     }
 
     /// Polls `f` every 100 ms until it returns Some; panics with the hosts' log tails on timeout.
-    pub fn wait_for<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.logs(25)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+        testkit::until(timeout, Duration::from_millis(100), f).unwrap_or_else(|_| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.logs(25)
+            )
+        })
     }
 
     pub fn logs(&self, lines: usize) -> String {

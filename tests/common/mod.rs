@@ -17,52 +17,9 @@ use serde_json::Value;
 
 pub const IMAGE: &str = "skiff.test/busybox:latest";
 
-/// Root-only tests are `#[ignore = "needs root"]`: `cargo test` lists them as ignored, and
-/// scripts/test.sh runs them as root with `--include-ignored`. Run without root they fail here
-/// rather than pass having tested nothing.
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root: run it as root (sudo scripts/test.sh runs every root test)"
-    );
-}
-
-fn random_suffix() -> String {
-    let mut buf = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A network namespace standing in for a host; deleted on drop.
-pub struct Host {
-    pub name: String,
-}
-
-impl Host {
-    pub fn new() -> Host {
-        let name = format!("skiff-t-{}", random_suffix());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add");
-        assert!(st.success(), "ip netns add {name} failed");
-        Host { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
+// The helpers not tied to the skiff binaries live in the workspace's `testkit` crate (a
+// dev-dependency); the old names stay for the tests written against them.
+pub use testkit::{Netns as Host, require_root};
 
 /// The test image (built once per test binary).
 pub fn test_image() -> &'static Path {
@@ -328,25 +285,13 @@ impl Node {
     }
 
     /// Polls `f` every 50 ms until it returns Some; panics with the daemon log on timeout.
-    pub fn wait_for<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n--- skiffd log (tail) ---\n{}",
-                    self.log_tail(60)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+        testkit::until(timeout, Duration::from_millis(50), f).unwrap_or_else(|_| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n--- skiffd log (tail) ---\n{}",
+                self.log_tail(60)
+            )
+        })
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

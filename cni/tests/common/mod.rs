@@ -15,19 +15,12 @@ use cni::Network;
 use cni::invoke::ProcessRunner;
 use serde_json::Value;
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Fails the calling test when not root. Root tests are `#[ignore = "needs root"]`;
-/// scripts/test.sh runs them as root with `--include-ignored`.
+/// Fails the calling test when not root ([`testkit::require_root`]). Root tests are
+/// `#[ignore = "needs root"]`; scripts/test.sh runs them as root with `--include-ignored`.
 #[macro_export]
 macro_rules! need_root {
     () => {
-        assert!(
-            common::is_root(),
-            "this test needs root: run it as root (sudo scripts/test.sh runs every root test)"
-        );
+        testkit::require_root();
     };
 }
 

@@ -103,46 +103,7 @@ impl Registry {
         if secure {
             // A CA and a server certificate it signs (webpki refuses a CA as the server's).
             let d = dir.path();
-            let (ca, ca_key) = (d.join("ca.pem"), d.join("ca.key"));
-            let (cert, key, csr, ext) = (
-                d.join("cert.pem"),
-                d.join("key.pem"),
-                d.join("req.csr"),
-                d.join("ext.cnf"),
-            );
-            let ec = [
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-            ];
-            run(Command::new("openssl")
-                .args(["req", "-x509", "-days", "2", "-subj", "/CN=skiff test CA"])
-                .args(ec)
-                .arg("-keyout")
-                .arg(&ca_key)
-                .arg("-out")
-                .arg(&ca));
-            run(Command::new("openssl")
-                .args(["req", "-subj", "/CN=127.0.0.1"])
-                .args(ec)
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&csr));
-            fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-            run(Command::new("openssl")
-                .args(["x509", "-req", "-days", "2", "-set_serial", "2", "-in"])
-                .arg(&csr)
-                .arg("-CA")
-                .arg(&ca)
-                .arg("-CAkey")
-                .arg(&ca_key)
-                .arg("-extfile")
-                .arg(&ext)
-                .arg("-out")
-                .arg(&cert));
+            let testkit::Certs { ca, cert, key, .. } = testkit::Certs::generate(d);
             let htpasswd = dir.path().join("htpasswd");
             let line = run(Command::new("htpasswd").args(["-Bbn", "user", "pass"]));
             fs::write(&htpasswd, line).unwrap();

@@ -38,8 +38,8 @@ pub fn sort_events(events: &mut [Event]) {
 
 /// Renders the `skiff get events` table (events should be sorted already).
 pub fn events_table(events: &[Event], all_namespaces: bool, now: Timestamp) -> String {
-    crate::api::table::render(
-        &crate::api::table::events(events, now),
+    super::super::table::render(
+        &super::super::table::events(events, now),
         all_namespaces,
         false,
     )

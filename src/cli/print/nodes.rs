@@ -43,7 +43,7 @@ pub fn node_roles(node: &Node) -> String {
 /// Renders the `skiff get nodes` table; `wide` adds kubectl's INTERNAL-IP, EXTERNAL-IP,
 /// OS-IMAGE, KERNEL-VERSION and CONTAINER-RUNTIME columns.
 pub fn nodes_table(nodes: &[Node], now: Timestamp, wide: bool) -> String {
-    crate::api::table::render(&crate::api::table::nodes(nodes, now), false, wide)
+    super::super::table::render(&super::super::table::nodes(nodes, now), false, wide)
 }
 
 #[cfg(test)]

@@ -214,8 +214,8 @@ pub struct PodTableOptions {
 /// Renders the `skiff get pods` table, header included.
 pub fn pods_table(pods: &[Pod], opts: PodTableOptions, now: Timestamp) -> String {
     // The API's Table columns: `skiff get` and `kubectl get` print the same.
-    crate::api::table::render(
-        &crate::api::table::pods(pods, now),
+    super::super::table::render(
+        &super::super::table::pods(pods, now),
         opts.all_namespaces,
         opts.wide,
     )

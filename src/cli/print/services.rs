@@ -31,8 +31,8 @@ pub fn services_table(
     wide: bool,
     now: Timestamp,
 ) -> String {
-    crate::api::table::render(
-        &crate::api::table::services(svcs, now),
+    super::super::table::render(
+        &super::super::table::services(svcs, now),
         all_namespaces,
         wide,
     )
@@ -62,8 +62,8 @@ pub fn endpoints_column(ep: &Endpoints) -> String {
 
 /// Renders `skiff get endpoints`.
 pub fn endpoints_table(eps: &[Endpoints], all_namespaces: bool, now: Timestamp) -> String {
-    crate::api::table::render(
-        &crate::api::table::endpoints(eps, now),
+    super::super::table::render(
+        &super::super::table::endpoints(eps, now),
         all_namespaces,
         false,
     )

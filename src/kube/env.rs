@@ -1,14 +1,23 @@
 //! A container's environment as the kubelet builds it: `envFrom` sources,
 //! then `env` with `valueFrom` (fieldRef, resourceFieldRef, configMapKeyRef,
-//! secretKeyRef) and `$(VAR)` expansion from what is defined before.
+//! secretKeyRef) and `$(VAR)` expansion from what is defined before; the downward API's
+//! field paths and resource fields (apimachinery's `pkg/fieldpath`), which downwardAPI
+//! volumes use too. ConfigMaps and Secrets come through [`Objects`], so this stays pure.
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
 
 use crate::kube::expand::expand;
-use crate::quantity;
-use crate::store::Store;
+use crate::kube::quantity;
+
+/// Where ConfigMaps and Secrets are looked up (the store implements it).
+pub trait Objects {
+    /// The ConfigMap `namespace/name`, if there is one.
+    fn config_map(&self, namespace: &str, name: &str) -> Option<ConfigMap>;
+    /// The Secret `namespace/name`, if there is one.
+    fn secret(&self, namespace: &str, name: &str) -> Option<Secret>;
+}
 
 /// What the values can come from.
 pub struct EnvContext<'a> {
@@ -17,8 +26,10 @@ pub struct EnvContext<'a> {
     pub host_ip: Option<&'a str>,
     /// Node allocatable (millicores, bytes): the value of an unset limit.
     pub allocatable: (i64, i64),
-    pub store: &'a Store,
-    /// Service variables (`{SVC}_SERVICE_HOST`...), lowest precedence.
+    /// ConfigMaps and Secrets (`envFrom`, `configMapKeyRef`, `secretKeyRef`, volumes).
+    pub store: &'a dyn Objects,
+    /// Service variables (`{SVC}_SERVICE_HOST`...), lowest precedence; the caller includes
+    /// the `kubernetes` Service's, which every pod gets, service links or not (the kubelet's).
     pub service_env: &'a [(String, String)],
 }
 
@@ -26,8 +37,7 @@ pub struct EnvContext<'a> {
 pub fn resolve(c: &Container, cx: &EnvContext<'_>) -> Result<Vec<(String, String)>, String> {
     let ns = cx.pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out: Vec<(String, String)> = Vec::new();
-    // The kubernetes Service's variables go to every pod, service links or not (the kubelet's).
-    let service_env = crate::service::env::with_master(cx.service_env, cx.store);
+    let service_env = cx.service_env;
     let mut defined: HashMap<String, String> = service_env.iter().cloned().collect();
     let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(slot) = out.iter_mut().find(|(n, _)| *n == k) {
@@ -76,7 +86,7 @@ pub fn resolve(c: &Container, cx: &EnvContext<'_>) -> Result<Vec<(String, String
         defined.insert(e.name.clone(), value.clone());
         set(&mut out, e.name.clone(), value);
     }
-    for (k, v) in &service_env {
+    for (k, v) in service_env {
         if !out.iter().any(|(n, _)| n == k) {
             out.push((k.clone(), v.clone()));
         }
@@ -317,6 +327,7 @@ pub fn resource_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use std::collections::BTreeMap;
 
     fn store() -> Store {

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 
-use crate::service::builtin::{Builtin, Port};
+use super::builtin::{Builtin, Port};
 
 /// Namespace and name of the DNS Service.
 pub const NAMESPACE: &str = "kube-system";

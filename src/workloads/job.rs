@@ -26,6 +26,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use super::event::Event;
 use super::field;
 use super::replicaset::{controller_of, is_active, pods_to_delete, ready_since};
+/// Moved into [`crate::kube::workload`] (the store applies them to manifest Jobs); the old
+/// paths stay for existing imports.
+pub use crate::kube::workload::{
+    CONTROLLER_UID, JOB_NAME, LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME, generate_selector,
+};
 use crate::selector::Selector;
 
 /// The finalizer that keeps a Job's finished pods until the controller has counted them.
@@ -36,12 +41,6 @@ pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
 /// Annotation with failures of an index that a pod failure policy ignored.
 pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
-/// The label the generated selector selects on.
-pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
-/// The label with the Job's name.
-pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
-const LEGACY_CONTROLLER_UID: &str = "controller-uid";
-const LEGACY_JOB_NAME: &str = "job-name";
 /// The variable an Indexed Job's containers find their index in.
 pub const COMPLETION_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 /// `backoffLimit` when unset.
@@ -1158,37 +1157,6 @@ pub fn defaults(job: &mut Job) {
     spec.manual_selector.get_or_insert(false);
 }
 
-/// The apiserver's generated selector (unless `manualSelector`): the template is labelled
-/// with the Job's uid and name (prefixed and legacy labels) and the selector matches the uid.
-pub fn generate_selector(job: &mut Job) {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let uid = job.metadata.uid.clone().unwrap_or_default();
-    let spec = job.spec.get_or_insert_with(Default::default);
-    if spec.manual_selector == Some(true) {
-        return;
-    }
-    let labels = spec
-        .template
-        .metadata
-        .get_or_insert_with(Default::default)
-        .labels
-        .get_or_insert_with(BTreeMap::new);
-    for (key, value) in [
-        (LEGACY_JOB_NAME, &name),
-        (JOB_NAME, &name),
-        (LEGACY_CONTROLLER_UID, &uid),
-        (CONTROLLER_UID, &uid),
-    ] {
-        labels.entry(key.into()).or_insert_with(|| value.clone());
-    }
-    spec.selector
-        .get_or_insert_with(Default::default)
-        .match_labels
-        .get_or_insert_with(BTreeMap::new)
-        .entry(CONTROLLER_UID.into())
-        .or_insert(uid);
-}
-
 /// A label selector as Go's `%#v` prints a `metav1.LabelSelector`, for error messages.
 pub fn selector_text(selector: Option<&LabelSelector>) -> String {
     let Some(s) = selector else {
@@ -1456,7 +1424,7 @@ pub fn validate(job: &Job) -> Vec<String> {
         && let Some(c) = spec.completions.filter(|c| *c > 0)
     {
         let host = format!("{name}-{}", c - 1);
-        if crate::manifest::validate::check_dns1123_label(&host).is_err() {
+        if crate::kube::validation::check_dns1123_label(&host).is_err() {
             errs.push(field::invalid(
                 "metadata.name",
                 field::quoted(&name),

@@ -19,6 +19,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use super::deployment::scaled;
+/// Moved into [`crate::kube::workload`]; the old path stays for existing imports.
+pub use crate::kube::workload::normalized;
 
 /// The label naming the revision (template hash) a daemon pod was made from.
 pub const HASH_LABEL: &str = "controller-revision-hash";
@@ -100,7 +102,7 @@ pub fn should_run(node: &NodeInfo, spec: &PodSpec) -> (bool, bool) {
         spec: Some(spec.clone()),
         ..Default::default()
     };
-    if crate::pod::admission::node_affinity(&pod, &node.name, &node.labels).is_err() {
+    if crate::kube::podspec::node_affinity(&pod, &node.name, &node.labels).is_err() {
         return (false, false);
     }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
@@ -154,25 +156,6 @@ pub fn revision_data(template: &Value) -> Value {
     }
     t["$patch"] = "replace".into();
     json!({"spec": {"template": t}})
-}
-
-/// Drops nulls and empty maps and lists: a template sent back by a client is the same one.
-pub fn normalized(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| (k.clone(), normalized(x)))
-                .filter(|(_, x)| match x {
-                    Value::Null => false,
-                    Value::Object(o) => !o.is_empty(),
-                    Value::Array(a) => !a.is_empty(),
-                    _ => true,
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(normalized).collect()),
-        other => other.clone(),
-    }
 }
 
 /// How a DaemonSet replaces its pods.
