@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, EventSource, Namespace, NamespaceSpec, NamespaceStatus, ObjectReference, Pod,
-    Secret,
+    PodCondition, PodStatus, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::Value;
@@ -138,6 +138,9 @@ struct Inner {
     /// The last [`POD_HISTORY`] pod changes, oldest first.
     pod_history: VecDeque<Arc<PodEvent>>,
     pods: BTreeMap<PodKey, Pod>,
+    /// Conditions clients set through `pods/status`, by pod UID: laid over every status the
+    /// pod's worker publishes (see [`crate::kube::pod_conditions`]).
+    client_conditions: BTreeMap<String, Vec<PodCondition>>,
     /// Why a named pod from the manifests is not running (shown in 404s).
     rejected: BTreeMap<PodKey, String>,
     config_maps: BTreeMap<PodKey, ConfigMap>,
@@ -279,12 +282,21 @@ impl Store {
             pod.metadata.deletion_timestamp = old.metadata.deletion_timestamp.clone();
             pod.metadata.deletion_grace_period_seconds = old.metadata.deletion_grace_period_seconds;
         }
+        let previous = inner
+            .pods
+            .get(&key)
+            .filter(|old| old.metadata.uid == pod.metadata.uid)
+            .and_then(|old| old.status.clone());
+        Self::lay_client_conditions(&inner, &mut pod, previous.as_ref());
         match inner.pods.get(&key) {
             Some(old) if same_pod(old, &pod) => {
                 pod.metadata.resource_version = old.metadata.resource_version.clone();
             }
             Some(old) if old.metadata.uid != pod.metadata.uid => {
                 let old = old.clone();
+                if let Some(u) = &old.metadata.uid {
+                    inner.client_conditions.remove(u);
+                }
                 self.record(&mut inner, WatchKind::Deleted, old);
                 self.record(&mut inner, WatchKind::Added, &mut pod);
             }
@@ -376,6 +388,54 @@ impl Store {
         })
     }
 
+    /// Lays the conditions clients set on `pod` (by its UID) over its status and holds
+    /// `Ready` False while a readiness gate is not True, as the kubelet does.
+    fn lay_client_conditions(inner: &Inner, pod: &mut Pod, previous: Option<&PodStatus>) {
+        let client = pod
+            .metadata
+            .uid
+            .as_ref()
+            .and_then(|u| inner.client_conditions.get(u))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        crate::kube::pod_conditions::merge(pod, client, &[], previous);
+    }
+
+    /// Replaces the conditions clients set on a pod (`pods/status` writes) if it still has
+    /// this UID; conditions of types no longer set go. Returns the pod as served after, or
+    /// `None` when the pod is gone or another UID has the name.
+    pub fn set_client_conditions(
+        &self,
+        key: &PodKey,
+        uid: &str,
+        conditions: Vec<PodCondition>,
+    ) -> Option<Pod> {
+        let mut inner = self.write();
+        let before = inner
+            .pods
+            .get(key)
+            .filter(|p| p.metadata.uid.as_deref() == Some(uid))?
+            .clone();
+        let old = inner
+            .client_conditions
+            .insert(uid.to_string(), conditions.clone())
+            .unwrap_or_default();
+        let dropped: Vec<String> = old
+            .into_iter()
+            .map(|c| c.type_)
+            .filter(|t| !conditions.iter().any(|c| &c.type_ == t))
+            .collect();
+        let mut pod = before.clone();
+        crate::kube::pod_conditions::merge(&mut pod, &conditions, &dropped, before.status.as_ref());
+        if !same_pod(&before, &pod) {
+            self.record(&mut inner, WatchKind::Modified, &mut pod);
+            inner.pods.insert(key.clone(), pod.clone());
+            drop(inner);
+            self.bump();
+        }
+        Some(pod)
+    }
+
     /// Removes a pod if it still has this UID.
     pub fn remove_pod(&self, key: &PodKey, uid: &str) {
         let mut inner = self.write();
@@ -385,6 +445,7 @@ impl Store {
             .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
         {
             if let Some(pod) = inner.pods.remove(key) {
+                inner.client_conditions.remove(uid);
                 self.record(&mut inner, WatchKind::Deleted, pod);
             }
             drop(inner);
@@ -403,10 +464,12 @@ impl Store {
         }
         let before = p.clone();
         f(p);
-        if same_pod(&before, p) {
+        let mut changed = p.clone();
+        Self::lay_client_conditions(&inner, &mut changed, before.status.as_ref());
+        if same_pod(&before, &changed) {
+            inner.pods.insert(key.clone(), before);
             return;
         }
-        let mut changed = p.clone();
         self.record(&mut inner, WatchKind::Modified, &mut changed);
         inner.pods.insert(key.clone(), changed);
         drop(inner);

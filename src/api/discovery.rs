@@ -173,6 +173,7 @@ pub const RESOURCES: &[Resource] = &[
         "PodPortForwardOptions",
         &["create", "get"],
     ),
+    sub("pods/status", "Pod", &["get", "patch", "update"]),
     Resource {
         verbs: WRITE_WATCH,
         ..res(
@@ -641,6 +642,7 @@ mod tests {
                 "pods/exec",
                 "pods/log",
                 "pods/portforward",
+                "pods/status",
                 "replicationcontrollers",
                 "replicationcontrollers/scale",
                 "replicationcontrollers/status",

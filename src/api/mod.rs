@@ -17,6 +17,7 @@ pub mod node_write;
 pub mod nodes;
 pub mod openapi;
 pub mod pki;
+mod pod_status;
 mod pods;
 mod portforward;
 mod protobuf;
@@ -274,6 +275,12 @@ fn routes(state: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}",
             get(pods::get_one).merge(write::item(Kind::Pod)),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/status",
+            get(pod_status::get)
+                .put(pod_status::put)
+                .patch(pod_status::patch),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
         .route(

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod expand;
+pub mod pod_conditions;
 pub mod reasons;
 pub mod resources;
 pub mod restart;
