@@ -548,9 +548,76 @@ impl Store {
 
     /// What the service controller computed. Does not wake watchers (the
     /// controller itself is one).
-    pub fn set_service_views(&self, views: Views) {
-        self.write().service_views = views;
+    pub fn set_service_views(&self, mut views: Views) {
+        let mut inner = self.write();
+        let old = std::mem::take(&mut inner.service_views);
+        views.services = self.version_views(&mut inner, "services", old.services, views.services);
+        views.endpoints =
+            self.version_views(&mut inner, "endpoints", old.endpoints, views.endpoints);
+        inner.service_views = views;
+        drop(inner);
         self.views_published.send_modify(|v| *v += 1);
+    }
+
+    /// Gives each published Service or Endpoints a resourceVersion and records its changes
+    /// for watchers: an unchanged object keeps its version; a changed one takes the version
+    /// it brings (an object written through the API) when that is newer and one of this
+    /// store's, else the next one.
+    fn version_views<T>(
+        &self,
+        inner: &mut Inner,
+        plural: &str,
+        old: BTreeMap<PodKey, T>,
+        new: BTreeMap<PodKey, T>,
+    ) -> BTreeMap<PodKey, T>
+    where
+        T: Clone + PartialEq + serde::Serialize + k8s_openapi::Metadata<Ty = ObjectMeta>,
+    {
+        let rv_of_meta = |o: &T| {
+            o.metadata()
+                .resource_version
+                .as_deref()
+                .and_then(|r| r.parse::<u64>().ok())
+        };
+        let mut out = BTreeMap::new();
+        for (key, mut obj) in new {
+            let prev = old.get(&key);
+            let brought = rv_of_meta(&obj);
+            let prev_rv = prev.and_then(rv_of_meta);
+            let same_content = prev.is_some_and(|p| {
+                let (mut a, mut b) = (p.clone(), obj.clone());
+                a.metadata_mut().resource_version = None;
+                b.metadata_mut().resource_version = None;
+                a == b
+            });
+            if same_content && (brought.is_none() || brought == prev_rv) {
+                obj.metadata_mut().resource_version = prev_rv.map(|r| r.to_string());
+                out.insert(key, obj);
+                continue;
+            }
+            let rv = match brought {
+                Some(b) if prev_rv.is_none_or(|p| b > p) && b <= inner.resource_version => b,
+                _ => Self::take_rv(inner),
+            };
+            obj.metadata_mut().resource_version = Some(rv.to_string());
+            let kind = if prev.is_some() {
+                WatchKind::Modified
+            } else {
+                WatchKind::Added
+            };
+            let v = serde_json::to_value(&obj).unwrap_or_default();
+            self.record_kind(inner, plural, kind, rv, v);
+            out.insert(key, obj);
+        }
+        for (key, obj) in old {
+            if !out.contains_key(&key) {
+                let rv = Self::take_rv(inner);
+                let mut v = serde_json::to_value(&obj).unwrap_or_default();
+                v["metadata"]["resourceVersion"] = rv.to_string().into();
+                self.record_kind(inner, plural, WatchKind::Deleted, rv, v);
+            }
+        }
+        out
     }
 
     /// Wakes after each publication of the service controller's views.
@@ -717,16 +784,20 @@ impl Store {
         let mut inner = self.write();
         inner.resource_version += 1;
         let rv = inner.resource_version;
-        if let Some(e) = inner.events.iter_mut().rev().find(|e| {
+        let repeat = inner.events.iter().rposition(|e| {
             e.reason.as_deref() == Some(reason)
                 && e.message.as_deref() == Some(message)
                 && e.involved_object.name.as_deref() == Some(obj.name.as_str())
                 && e.involved_object.namespace.as_deref() == Some(obj.namespace.as_str())
                 && e.involved_object.uid == obj.uid
-        }) {
+        });
+        if let Some(i) = repeat {
+            let e = &mut inner.events[i];
             e.count = Some(e.count.unwrap_or(1) + 1);
             e.last_timestamp = Some(now);
             e.metadata.resource_version = Some(rv.to_string());
+            let v = serde_json::to_value(&*e).unwrap_or_default();
+            self.record_kind(&mut inner, "events", WatchKind::Modified, rv, v);
         } else {
             inner.next_event += 1;
             let seq = inner.next_event;
@@ -766,14 +837,27 @@ impl Store {
             };
             let mut event = event;
             event.metadata.resource_version = Some(rv.to_string());
+            let v = serde_json::to_value(&event).unwrap_or_default();
+            self.record_kind(&mut inner, "events", WatchKind::Added, rv, v);
             inner.events.push(event);
             if inner.events.len() > MAX_EVENTS {
                 let extra = inner.events.len() - MAX_EVENTS;
-                inner.events.drain(..extra);
+                let dropped: Vec<Event> = inner.events.drain(..extra).collect();
+                for e in dropped {
+                    self.record_event_gone(&mut inner, e);
+                }
             }
         }
         drop(inner);
         self.bump();
+    }
+
+    /// Tells event watchers that an event went (expired, or pushed out by newer ones).
+    fn record_event_gone(&self, inner: &mut Inner, e: Event) {
+        let rv = Self::take_rv(inner);
+        let mut v = serde_json::to_value(&e).unwrap_or_default();
+        v["metadata"]["resourceVersion"] = rv.to_string().into();
+        self.record_kind(inner, "events", WatchKind::Deleted, rv, v);
     }
 
     /// Events, optionally of one namespace and one involved object name.

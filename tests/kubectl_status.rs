@@ -5,6 +5,12 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
 use common::{IMAGE, require_root};
 use serde_json::Value;
 
@@ -182,4 +188,192 @@ fn readiness_gates_follow_conditions_written_through_pods_status() {
     });
     let refused = api.fails(&["label", "pod", "static", "x=y"]);
     assert!(refused.contains("static.yaml"), "{refused}");
+}
+
+/// A child's stdout, line by line, through a channel (so the test can wait with a timeout).
+fn lines_of(child: &mut Child) -> Receiver<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line `f` accepts; the lines seen before it.
+fn wait_line(rx: &Receiver<String>, what: &str, f: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no {what} within 60 s; saw {seen:#?}"));
+        let done = f(&line);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// The Python client's `Watch` on one kind (tests/support/watch_kind.py).
+fn python_watch(api: &Api, kind: &str, name: &str) -> (Child, Receiver<Value>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/watch_kind.py");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", api.node.host.path().display()))
+        .arg("/usr/bin/python3")
+        .arg(&script)
+        .arg(&api.kubeconfig)
+        .args(["default", kind, name])
+        .env("HOME", api.node.dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let lines = lines_of(&mut child);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for l in lines {
+            if let Ok(v) = serde_json::from_str::<Value>(&l)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn next_event(rx: &Receiver<Value>, what: &str, f: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no {what} within 60 s; saw {seen:#?}"));
+        let done = f(&v);
+        seen.push(v);
+        if done {
+            return seen;
+        }
+    }
+}
+
+fn finish(mut child: Child, what: &str) {
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{what}: {err}");
+}
+
+/// Watches of Services and Endpoints (the Python client's `Watch`) and of Events
+/// (`kubectl get events -w`) see ADDED, MODIFIED and DELETED, with versions going forward;
+/// a watch resumed from a version replays what came after it.
+#[test]
+#[ignore = "needs root"]
+fn services_endpoints_and_events_are_watched() {
+    require_root();
+    let api = Api::start();
+    let (svc_child, svc) = python_watch(&api, "services", "web");
+    let (ep_child, eps) = python_watch(&api, "endpoints", "web");
+    // Both watches start with what exists: the API's own Service and its Endpoints.
+    next_event(&svc, "the kubernetes Service", |v| {
+        v["type"] == "ADDED" && v["name"] == "kubernetes"
+    });
+    next_event(&eps, "the kubernetes Endpoints", |v| {
+        v["type"] == "ADDED" && v["name"] == "kubernetes"
+    });
+    let mut events_child = api
+        .command(&["get", "events", "-w", "--watch-only"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = lines_of(&mut events_child);
+    let list: Value =
+        serde_json::from_str(&api.ok(&["get", "--raw", "/api/v1/namespaces/default/services"]))
+            .unwrap();
+    let before = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!before.is_empty(), "{list}");
+
+    api.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let added = next_event(&svc, "ADDED web", |v| {
+        v["type"] == "ADDED" && v["name"] == "web"
+    });
+    let web = added.last().unwrap();
+    assert!(
+        web["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty()),
+        "{web}"
+    );
+    next_event(&eps, "ADDED web endpoints", |v| {
+        v["type"] == "ADDED" && v["name"] == "web"
+    });
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  labels:\n    app: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [sh, -c, 'sleep 3600']\n"
+    );
+    let f = api.file("web-1.yaml", &pod);
+    api.ok(&["apply", "-f", &f]);
+    let running = api.node.wait_running("web-1");
+    let ip = running["status"]["podIP"].as_str().unwrap().to_string();
+    next_event(&eps, "MODIFIED web endpoints with the pod", |v| {
+        v["type"] == "MODIFIED" && v["name"] == "web" && v["ips"] == serde_json::json!([ip])
+    });
+    // kubectl's event watch sees the pod's events as the kubelet records them.
+    wait_line(&events, "a Started event of web-1", |l| {
+        l.contains("pod/web-1") && l.contains("Started")
+    });
+    api.ok(&["label", "service", "web", "tier=front"]);
+    next_event(&svc, "MODIFIED web", |v| {
+        v["type"] == "MODIFIED" && v["name"] == "web"
+    });
+    api.ok(&["delete", "service", "web"]);
+    let tail = next_event(&svc, "DELETED web", |v| {
+        v["type"] == "DELETED" && v["name"] == "web"
+    });
+    next_event(&eps, "DELETED web endpoints", |v| {
+        v["type"] == "DELETED" && v["name"] == "web"
+    });
+    finish(svc_child, "service watch");
+    finish(ep_child, "endpoints watch");
+    let _ = events_child.kill();
+    let _ = events_child.wait();
+    let rvs: Vec<u64> = tail
+        .iter()
+        .map(|v| v["rv"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{tail:?}");
+
+    // Resumed from the version before the Service was made: the same story again.
+    let replay = api.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/default/services?watch=1&resourceVersion={before}&timeoutSeconds=2"
+        ),
+    ]);
+    let kinds: Vec<String> = replay
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["object"]["metadata"]["name"] == "web")
+        .map(|v| v["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("ADDED"), "{replay}");
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("DELETED"),
+        "{replay}"
+    );
+    // The Table watch kubectl asks for also works (`kubectl get svc -w` prints rows).
+    let out = api.ok(&["get", "svc", "-w", "--request-timeout=3s"]);
+    assert!(out.contains("kubernetes"), "{out}");
 }

@@ -15,18 +15,10 @@ const AGGREGATED_V2BETA1: &str =
 
 /// Read-only verbs, for every listed kind.
 const READ: &[&str] = &["get", "list"];
+/// ... and watched.
+const READ_WATCH: &[&str] = &["get", "list", "watch"];
 
-/// Verbs of the kinds that accept writes (issue 10).
-const WRITE: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-];
-/// ... and watched (the store's per-kind history).
+/// Verbs of the kinds that accept writes and are watched (the store's per-kind history).
 const WRITE_WATCH: &[&str] = &[
     "create",
     "delete",
@@ -131,16 +123,22 @@ pub const RESOURCES: &[Resource] = &[
             &[],
         )
     },
-    res(
-        "",
-        "endpoints",
-        "endpoints",
-        "Endpoints",
-        true,
-        &["ep"],
-        &[],
-    ),
-    res("", "events", "event", "Event", true, &["ev"], &[]),
+    Resource {
+        verbs: READ_WATCH,
+        ..res(
+            "",
+            "endpoints",
+            "endpoints",
+            "Endpoints",
+            true,
+            &["ep"],
+            &[],
+        )
+    },
+    Resource {
+        verbs: READ_WATCH,
+        ..res("", "events", "event", "Event", true, &["ev"], &[])
+    },
     Resource {
         verbs: NAMESPACE_VERBS,
         ..res(
@@ -199,7 +197,7 @@ pub const RESOURCES: &[Resource] = &[
         ..res("", "secrets", "secret", "Secret", true, &[], &[])
     },
     Resource {
-        verbs: WRITE,
+        verbs: WRITE_WATCH,
         ..res(
             "",
             "services",

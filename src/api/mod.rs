@@ -25,6 +25,7 @@ mod services;
 mod spdy;
 pub mod table;
 mod watch;
+mod watches;
 pub mod write;
 
 use std::os::unix::fs::PermissionsExt;
@@ -294,6 +295,24 @@ fn routes(state: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/portforward",
             get(portforward::portforward).post(portforward::portforward),
+        )
+        .route("/api/v1/watch/events", watches::route(watches::EVENTS))
+        .route(
+            "/api/v1/watch/namespaces/{ns}/events",
+            watches::route(watches::EVENTS),
+        )
+        .route("/api/v1/watch/services", watches::route(watches::SERVICES))
+        .route(
+            "/api/v1/watch/namespaces/{ns}/services",
+            watches::route(watches::SERVICES),
+        )
+        .route(
+            "/api/v1/watch/endpoints",
+            watches::route(watches::ENDPOINTS),
+        )
+        .route(
+            "/api/v1/watch/namespaces/{ns}/endpoints",
+            watches::route(watches::ENDPOINTS),
         )
         .route("/api/v1/events", get(pods::events_all))
         .route("/api/v1/namespaces/{ns}/events", get(pods::events_ns))
