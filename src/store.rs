@@ -540,10 +540,12 @@ impl Store {
         BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>>,
     ) {
         let inner = self.read();
-        (
-            inner.desired_services.clone(),
-            inner.manual_endpoints.clone(),
-        )
+        // A manifest's Endpoints of the same name win: the file is their source of truth.
+        let mut manual = inner.manual_endpoints.clone();
+        for (key, e) in Self::api_endpoints(&inner) {
+            manual.entry(key).or_insert(e);
+        }
+        (inner.desired_services.clone(), manual)
     }
 
     /// What the service controller computed. Does not wake watchers (the
@@ -635,14 +637,40 @@ impl Store {
             .collect()
     }
 
+    /// The Endpoints as published by the service controller, and those made through the API
+    /// for which no Service exists (yet).
     pub fn endpoints(&self, namespace: Option<&str>) -> Vec<k8s_openapi::api::core::v1::Endpoints> {
-        self.read()
-            .service_views
-            .endpoints
+        let inner = self.read();
+        let views = &inner.service_views.endpoints;
+        let mut out: Vec<_> = views
             .iter()
             .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
             .map(|(_, s)| s.clone())
-            .collect()
+            .collect();
+        for ((plural, ns, name), v) in &inner.api_objects {
+            if plural == "endpoints"
+                && namespace.is_none_or(|n| n == ns)
+                && !views.contains_key(&(ns.clone(), name.clone()))
+                && let Ok(e) = serde_json::from_value(v.clone())
+            {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// Endpoints made through the API, as the service controller takes manual ones.
+    fn api_endpoints(
+        inner: &Inner,
+    ) -> impl Iterator<Item = (PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>)> + '_ {
+        inner
+            .api_objects
+            .iter()
+            .filter(|((plural, _, _), _)| plural == "endpoints")
+            .filter_map(|((_, ns, name), v)| {
+                let e = serde_json::from_value(v.clone()).ok()?;
+                Some(((ns.clone(), name.clone()), Arc::new(e)))
+            })
     }
 
     pub fn service_rejection(&self, namespace: &str, name: &str) -> Option<String> {
@@ -1112,6 +1140,7 @@ impl Store {
             "services",
             "configmaps",
             "secrets",
+            "endpoints",
             "deployments",
             "replicasets",
             "replicationcontrollers",

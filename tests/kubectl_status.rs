@@ -377,3 +377,101 @@ fn services_endpoints_and_events_are_watched() {
     let out = api.ok(&["get", "svc", "-w", "--request-timeout=3s"]);
     assert!(out.contains("kubernetes"), "{out}");
 }
+
+/// Endpoints of a Service without a selector, written through the API, feed the proxy: its
+/// rules DNAT the Service's virtual IP to the addresses they name, a patch moves them, a
+/// delete removes them. The Endpoints of a Service with a selector are the controller's (403 naming it).
+#[test]
+#[ignore = "needs root"]
+fn endpoints_written_for_a_selectorless_service_feed_the_proxy() {
+    require_root();
+    let api = Api::start();
+    let backend = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    command: [sh, -c, \"mkdir -p /www && echo {name} > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n"
+        )
+    };
+    let mut ips = Vec::new();
+    for name in ["back-a", "back-b"] {
+        let f = api.file(&format!("{name}.yaml"), &backend(name));
+        api.ok(&["apply", "-f", &f]);
+        let pod = api.node.wait_running(name);
+        ips.push(pod["status"]["podIP"].as_str().unwrap().to_string());
+    }
+    let svc = api.file(
+        "ext.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    api.ok(&["apply", "-f", &svc]);
+    let ep = format!(
+        "apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: ext\nsubsets:\n- addresses:\n  - ip: {}\n  ports:\n  - port: 8080\n",
+        ips[0]
+    );
+    let f = api.file("ext-ep.yaml", &ep);
+    api.ok(&["create", "-f", &f]);
+    let got = api.json(&["get", "endpoints", "ext"]);
+    assert_eq!(
+        got["subsets"][0]["addresses"][0]["ip"],
+        ips[0].as_str(),
+        "{got}"
+    );
+    assert_eq!(
+        got["metadata"]["annotations"]["skiff.dev/source"], "api",
+        "{got}"
+    );
+    let listed = api.ok(&["get", "endpoints"]);
+    assert!(listed.contains(&format!("{}:8080", ips[0])), "{listed}");
+    let vip: std::net::Ipv4Addr = api.json(&["get", "service", "ext"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The proxy's rules send the Service's virtual IP to the addresses written.
+    let nat = |a: &Api| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", a.node.host.path().display()))
+            .args(["iptables-save", "-t", "nat"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dnat_to = |ip: &str| format!("--to-destination {ip}:8080");
+    api.until("the proxy's DNAT to back-a", |a| {
+        let rules = nat(a);
+        rules.contains(&dnat_to(&ips[0])) && rules.contains(&vip.to_string())
+    });
+
+    // A merge patch moves the Service to back-b.
+    let patch = format!(
+        r#"{{"subsets":[{{"addresses":[{{"ip":"{}"}}],"ports":[{{"port":8080}}]}}]}}"#,
+        ips[1]
+    );
+    api.ok(&["patch", "endpoints", "ext", "--type=merge", "-p", &patch]);
+    api.until("the proxy's DNAT to back-b only", |a| {
+        let rules = nat(a);
+        rules.contains(&dnat_to(&ips[1])) && !rules.contains(&dnat_to(&ips[0]))
+    });
+    let bad = api.fails(&[
+        "patch",
+        "endpoints",
+        "ext",
+        "--type=merge",
+        "-p",
+        r#"{"subsets":[{"addresses":[{"ip":"not-an-ip"}],"ports":[{"port":8080}]}]}"#,
+    ]);
+    assert!(bad.contains("subsets[0].addresses[0].ip"), "{bad}");
+
+    // The Endpoints of a Service with a selector stay the controller's.
+    api.ok(&["create", "service", "clusterip", "sel", "--tcp=80:8080"]);
+    api.until("the controller's Endpoints of sel", |a| {
+        a.exists(&["get", "endpoints", "sel"])
+    });
+    let refused = api.fails(&["label", "endpoints", "sel", "x=y"]);
+    assert!(refused.contains("endpoints controller"), "{refused}");
+
+    api.ok(&["delete", "endpoints", "ext"]);
+    api.until("no DNAT left for ext", |a| {
+        !nat(a).contains(&dnat_to(&ips[1]))
+    });
+    assert!(!api.exists(&["get", "endpoints", "ext"]));
+}

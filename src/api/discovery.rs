@@ -18,6 +18,10 @@ const READ: &[&str] = &["get", "list"];
 /// ... and watched.
 const READ_WATCH: &[&str] = &["get", "list", "watch"];
 
+/// Endpoints: written for Services without a selector (no `deletecollection` yet).
+const ENDPOINTS_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 /// Verbs of the kinds that accept writes and are watched (the store's per-kind history).
 const WRITE_WATCH: &[&str] = &[
     "create",
@@ -124,7 +128,7 @@ pub const RESOURCES: &[Resource] = &[
         )
     },
     Resource {
-        verbs: READ_WATCH,
+        verbs: ENDPOINTS_VERBS,
         ..res(
             "",
             "endpoints",

@@ -4,6 +4,7 @@
 
 mod autoscaling_v1;
 pub mod discovery;
+mod endpoints_write;
 mod eviction;
 mod exec;
 mod exec_ws;
@@ -354,11 +355,14 @@ fn routes(state: Shared) -> Router {
         .route("/api/v1/endpoints", get(services::endpoints_all))
         .route(
             "/api/v1/namespaces/{ns}/endpoints",
-            get(services::endpoints_ns),
+            get(services::endpoints_ns).post(endpoints_write::create),
         )
         .route(
             "/api/v1/namespaces/{ns}/endpoints/{name}",
-            get(services::endpoints),
+            get(services::endpoints)
+                .put(endpoints_write::put)
+                .patch(endpoints_write::patch)
+                .delete(endpoints_write::delete),
         )
         .route(
             "/apis/discovery.k8s.io/v1/endpointslices",
