@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, EventSource, Namespace, NamespaceSpec, NamespaceStatus, ObjectReference, Pod,
-    Secret,
+    PodCondition, PodStatus, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::Value;
@@ -141,6 +141,9 @@ struct Inner {
     /// Pods whose worker is done but whose API object finalizers still hold: served, terminal,
     /// until the last finalizer goes ([`Store::release_held_pod`]).
     held_pods: BTreeSet<PodKey>,
+    /// Conditions clients set through `pods/status`, by pod UID: laid over every status the
+    /// pod's worker publishes (see [`crate::kube::pod_conditions`]).
+    client_conditions: BTreeMap<String, Vec<PodCondition>>,
     /// Why a named pod from the manifests is not running (shown in 404s).
     rejected: BTreeMap<PodKey, String>,
     config_maps: BTreeMap<PodKey, ConfigMap>,
@@ -282,12 +285,21 @@ impl Store {
             pod.metadata.deletion_timestamp = old.metadata.deletion_timestamp.clone();
             pod.metadata.deletion_grace_period_seconds = old.metadata.deletion_grace_period_seconds;
         }
+        let previous = inner
+            .pods
+            .get(&key)
+            .filter(|old| old.metadata.uid == pod.metadata.uid)
+            .and_then(|old| old.status.clone());
+        Self::lay_client_conditions(&inner, &mut pod, previous.as_ref());
         match inner.pods.get(&key) {
             Some(old) if same_pod(old, &pod) => {
                 pod.metadata.resource_version = old.metadata.resource_version.clone();
             }
             Some(old) if old.metadata.uid != pod.metadata.uid => {
                 let old = old.clone();
+                if let Some(u) = &old.metadata.uid {
+                    inner.client_conditions.remove(u);
+                }
                 self.record(&mut inner, WatchKind::Deleted, old);
                 self.record(&mut inner, WatchKind::Added, &mut pod);
             }
@@ -398,6 +410,54 @@ impl Store {
         })
     }
 
+    /// Lays the conditions clients set on `pod` (by its UID) over its status and holds
+    /// `Ready` False while a readiness gate is not True, as the kubelet does.
+    fn lay_client_conditions(inner: &Inner, pod: &mut Pod, previous: Option<&PodStatus>) {
+        let client = pod
+            .metadata
+            .uid
+            .as_ref()
+            .and_then(|u| inner.client_conditions.get(u))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        crate::kube::pod_conditions::merge(pod, client, &[], previous);
+    }
+
+    /// Replaces the conditions clients set on a pod (`pods/status` writes) if it still has
+    /// this UID; conditions of types no longer set go. Returns the pod as served after, or
+    /// `None` when the pod is gone or another UID has the name.
+    pub fn set_client_conditions(
+        &self,
+        key: &PodKey,
+        uid: &str,
+        conditions: Vec<PodCondition>,
+    ) -> Option<Pod> {
+        let mut inner = self.write();
+        let before = inner
+            .pods
+            .get(key)
+            .filter(|p| p.metadata.uid.as_deref() == Some(uid))?
+            .clone();
+        let old = inner
+            .client_conditions
+            .insert(uid.to_string(), conditions.clone())
+            .unwrap_or_default();
+        let dropped: Vec<String> = old
+            .into_iter()
+            .map(|c| c.type_)
+            .filter(|t| !conditions.iter().any(|c| &c.type_ == t))
+            .collect();
+        let mut pod = before.clone();
+        crate::kube::pod_conditions::merge(&mut pod, &conditions, &dropped, before.status.as_ref());
+        if !same_pod(&before, &pod) {
+            self.record(&mut inner, WatchKind::Modified, &mut pod);
+            inner.pods.insert(key.clone(), pod.clone());
+            drop(inner);
+            self.bump();
+        }
+        Some(pod)
+    }
+
     /// Removes a pod if it still has this UID.
     pub fn remove_pod(&self, key: &PodKey, uid: &str) {
         let mut inner = self.write();
@@ -427,6 +487,7 @@ impl Store {
             inner.pods.insert(key.clone(), pod);
             inner.held_pods.insert(key.clone());
         } else if let Some(pod) = inner.pods.remove(key) {
+            inner.client_conditions.remove(uid);
             self.record(&mut inner, WatchKind::Deleted, pod);
         }
         drop(inner);
@@ -447,6 +508,7 @@ impl Store {
             .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
             && let Some(pod) = inner.pods.remove(key)
         {
+            inner.client_conditions.remove(uid);
             self.record(&mut inner, WatchKind::Deleted, pod);
         }
         drop(inner);
@@ -464,10 +526,12 @@ impl Store {
         }
         let before = p.clone();
         f(p);
-        if same_pod(&before, p) {
+        let mut changed = p.clone();
+        Self::lay_client_conditions(&inner, &mut changed, before.status.as_ref());
+        if same_pod(&before, &changed) {
+            inner.pods.insert(key.clone(), before);
             return;
         }
-        let mut changed = p.clone();
         self.record(&mut inner, WatchKind::Modified, &mut changed);
         inner.pods.insert(key.clone(), changed);
         drop(inner);
@@ -538,17 +602,86 @@ impl Store {
         BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>>,
     ) {
         let inner = self.read();
-        (
-            inner.desired_services.clone(),
-            inner.manual_endpoints.clone(),
-        )
+        // A manifest's Endpoints of the same name win: the file is their source of truth.
+        let mut manual = inner.manual_endpoints.clone();
+        for (key, e) in Self::api_endpoints(&inner) {
+            manual.entry(key).or_insert(e);
+        }
+        (inner.desired_services.clone(), manual)
     }
 
     /// What the service controller computed. Does not wake watchers (the
     /// controller itself is one).
-    pub fn set_service_views(&self, views: Views) {
-        self.write().service_views = views;
+    pub fn set_service_views(&self, mut views: Views) {
+        let mut inner = self.write();
+        let old = std::mem::take(&mut inner.service_views);
+        views.services = self.version_views(&mut inner, "services", old.services, views.services);
+        views.endpoints =
+            self.version_views(&mut inner, "endpoints", old.endpoints, views.endpoints);
+        inner.service_views = views;
+        drop(inner);
         self.views_published.send_modify(|v| *v += 1);
+    }
+
+    /// Gives each published Service or Endpoints a resourceVersion and records its changes
+    /// for watchers: an unchanged object keeps its version; a changed one takes the version
+    /// it brings (an object written through the API) when that is newer and one of this
+    /// store's, else the next one.
+    fn version_views<T>(
+        &self,
+        inner: &mut Inner,
+        plural: &str,
+        old: BTreeMap<PodKey, T>,
+        new: BTreeMap<PodKey, T>,
+    ) -> BTreeMap<PodKey, T>
+    where
+        T: Clone + PartialEq + serde::Serialize + k8s_openapi::Metadata<Ty = ObjectMeta>,
+    {
+        let rv_of_meta = |o: &T| {
+            o.metadata()
+                .resource_version
+                .as_deref()
+                .and_then(|r| r.parse::<u64>().ok())
+        };
+        let mut out = BTreeMap::new();
+        for (key, mut obj) in new {
+            let prev = old.get(&key);
+            let brought = rv_of_meta(&obj);
+            let prev_rv = prev.and_then(rv_of_meta);
+            let same_content = prev.is_some_and(|p| {
+                let (mut a, mut b) = (p.clone(), obj.clone());
+                a.metadata_mut().resource_version = None;
+                b.metadata_mut().resource_version = None;
+                a == b
+            });
+            if same_content && (brought.is_none() || brought == prev_rv) {
+                obj.metadata_mut().resource_version = prev_rv.map(|r| r.to_string());
+                out.insert(key, obj);
+                continue;
+            }
+            let rv = match brought {
+                Some(b) if prev_rv.is_none_or(|p| b > p) && b <= inner.resource_version => b,
+                _ => Self::take_rv(inner),
+            };
+            obj.metadata_mut().resource_version = Some(rv.to_string());
+            let kind = if prev.is_some() {
+                WatchKind::Modified
+            } else {
+                WatchKind::Added
+            };
+            let v = serde_json::to_value(&obj).unwrap_or_default();
+            self.record_kind(inner, plural, kind, rv, v);
+            out.insert(key, obj);
+        }
+        for (key, obj) in old {
+            if !out.contains_key(&key) {
+                let rv = Self::take_rv(inner);
+                let mut v = serde_json::to_value(&obj).unwrap_or_default();
+                v["metadata"]["resourceVersion"] = rv.to_string().into();
+                self.record_kind(inner, plural, WatchKind::Deleted, rv, v);
+            }
+        }
+        out
     }
 
     /// Wakes after each publication of the service controller's views.
@@ -566,14 +699,40 @@ impl Store {
             .collect()
     }
 
+    /// The Endpoints as published by the service controller, and those made through the API
+    /// for which no Service exists (yet).
     pub fn endpoints(&self, namespace: Option<&str>) -> Vec<k8s_openapi::api::core::v1::Endpoints> {
-        self.read()
-            .service_views
-            .endpoints
+        let inner = self.read();
+        let views = &inner.service_views.endpoints;
+        let mut out: Vec<_> = views
             .iter()
             .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
             .map(|(_, s)| s.clone())
-            .collect()
+            .collect();
+        for ((plural, ns, name), v) in &inner.api_objects {
+            if plural == "endpoints"
+                && namespace.is_none_or(|n| n == ns)
+                && !views.contains_key(&(ns.clone(), name.clone()))
+                && let Ok(e) = serde_json::from_value(v.clone())
+            {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// Endpoints made through the API, as the service controller takes manual ones.
+    fn api_endpoints(
+        inner: &Inner,
+    ) -> impl Iterator<Item = (PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>)> + '_ {
+        inner
+            .api_objects
+            .iter()
+            .filter(|((plural, _, _), _)| plural == "endpoints")
+            .filter_map(|((_, ns, name), v)| {
+                let e = serde_json::from_value(v.clone()).ok()?;
+                Some(((ns.clone(), name.clone()), Arc::new(e)))
+            })
     }
 
     pub fn service_rejection(&self, namespace: &str, name: &str) -> Option<String> {
@@ -715,16 +874,20 @@ impl Store {
         let mut inner = self.write();
         inner.resource_version += 1;
         let rv = inner.resource_version;
-        if let Some(e) = inner.events.iter_mut().rev().find(|e| {
+        let repeat = inner.events.iter().rposition(|e| {
             e.reason.as_deref() == Some(reason)
                 && e.message.as_deref() == Some(message)
                 && e.involved_object.name.as_deref() == Some(obj.name.as_str())
                 && e.involved_object.namespace.as_deref() == Some(obj.namespace.as_str())
                 && e.involved_object.uid == obj.uid
-        }) {
+        });
+        if let Some(i) = repeat {
+            let e = &mut inner.events[i];
             e.count = Some(e.count.unwrap_or(1) + 1);
             e.last_timestamp = Some(now);
             e.metadata.resource_version = Some(rv.to_string());
+            let v = serde_json::to_value(&*e).unwrap_or_default();
+            self.record_kind(&mut inner, "events", WatchKind::Modified, rv, v);
         } else {
             inner.next_event += 1;
             let seq = inner.next_event;
@@ -764,14 +927,27 @@ impl Store {
             };
             let mut event = event;
             event.metadata.resource_version = Some(rv.to_string());
+            let v = serde_json::to_value(&event).unwrap_or_default();
+            self.record_kind(&mut inner, "events", WatchKind::Added, rv, v);
             inner.events.push(event);
             if inner.events.len() > MAX_EVENTS {
                 let extra = inner.events.len() - MAX_EVENTS;
-                inner.events.drain(..extra);
+                let dropped: Vec<Event> = inner.events.drain(..extra).collect();
+                for e in dropped {
+                    self.record_event_gone(&mut inner, e);
+                }
             }
         }
         drop(inner);
         self.bump();
+    }
+
+    /// Tells event watchers that an event went (expired, or pushed out by newer ones).
+    fn record_event_gone(&self, inner: &mut Inner, e: Event) {
+        let rv = Self::take_rv(inner);
+        let mut v = serde_json::to_value(&e).unwrap_or_default();
+        v["metadata"]["resourceVersion"] = rv.to_string().into();
+        self.record_kind(inner, "events", WatchKind::Deleted, rv, v);
     }
 
     /// Events, optionally of one namespace and one involved object name.
@@ -1026,6 +1202,7 @@ impl Store {
             "services",
             "configmaps",
             "secrets",
+            "endpoints",
             "deployments",
             "replicasets",
             "replicationcontrollers",

@@ -15,7 +15,13 @@ const AGGREGATED_V2BETA1: &str =
 
 /// Read-only verbs, for every listed kind.
 const READ: &[&str] = &["get", "list"];
+/// ... and watched.
+const READ_WATCH: &[&str] = &["get", "list", "watch"];
 
+/// Endpoints: written for Services without a selector (no `deletecollection` yet).
+const ENDPOINTS_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 /// Verbs of the kinds that accept writes (issue 10) and are watched (the store's per-kind
 /// history): the one list, sorted as the apiserver lists them, `watch` last.
 const WRITE_WATCH: &[&str] = &[
@@ -28,11 +34,6 @@ const WRITE_WATCH: &[&str] = &[
     "update",
     "watch",
 ];
-/// The same without `watch`, for the kinds that are not watched.
-const WRITE: &[&str] = match WRITE_WATCH {
-    [write @ .., _watch] => write,
-    [] => &[],
-};
 /// Namespaces: no `deletecollection`, as on the apiserver.
 const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
@@ -127,16 +128,22 @@ pub const RESOURCES: &[Resource] = &[
             &[],
         )
     },
-    res(
-        "",
-        "endpoints",
-        "endpoints",
-        "Endpoints",
-        true,
-        &["ep"],
-        &[],
-    ),
-    res("", "events", "event", "Event", true, &["ev"], &[]),
+    Resource {
+        verbs: ENDPOINTS_VERBS,
+        ..res(
+            "",
+            "endpoints",
+            "endpoints",
+            "Endpoints",
+            true,
+            &["ep"],
+            &[],
+        )
+    },
+    Resource {
+        verbs: READ_WATCH,
+        ..res("", "events", "event", "Event", true, &["ev"], &[])
+    },
     Resource {
         verbs: NAMESPACE_VERBS,
         ..res(
@@ -169,6 +176,7 @@ pub const RESOURCES: &[Resource] = &[
         "PodPortForwardOptions",
         &["create", "get"],
     ),
+    sub("pods/status", "Pod", &["get", "patch", "update"]),
     Resource {
         verbs: WRITE_WATCH,
         ..res(
@@ -194,7 +202,7 @@ pub const RESOURCES: &[Resource] = &[
         ..res("", "secrets", "secret", "Secret", true, &[], &[])
     },
     Resource {
-        verbs: WRITE,
+        verbs: WRITE_WATCH,
         ..res(
             "",
             "services",
@@ -604,13 +612,6 @@ mod tests {
     }
 
     #[test]
-    fn write_verbs_are_the_watched_ones_without_watch() {
-        assert_eq!(WRITE_WATCH.last(), Some(&"watch"));
-        assert_eq!(WRITE, &WRITE_WATCH[..WRITE_WATCH.len() - 1]);
-        assert!(!WRITE.contains(&"watch"));
-    }
-
-    #[test]
     fn kubectl_gets_aggregated_discovery_when_it_asks() {
         // What kubectl 1.33 sends for /api and /apis.
         let k = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
@@ -644,6 +645,7 @@ mod tests {
                 "pods/exec",
                 "pods/log",
                 "pods/portforward",
+                "pods/status",
                 "replicationcontrollers",
                 "replicationcontrollers/scale",
                 "replicationcontrollers/status",

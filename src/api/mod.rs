@@ -5,6 +5,7 @@
 mod attach;
 mod autoscaling_v1;
 pub mod discovery;
+mod endpoints_write;
 mod eviction;
 mod exec;
 mod exec_ws;
@@ -19,6 +20,7 @@ pub mod nodes;
 pub mod openapi;
 /// Moved to [`crate::pki`] (service accounts and the CLI use it too); the old path stays.
 pub use crate::pki;
+mod pod_status;
 mod pods;
 mod portforward;
 mod protobuf;
@@ -26,6 +28,7 @@ mod services;
 mod spdy;
 pub mod table;
 mod watch;
+mod watches;
 pub mod write;
 
 use std::os::unix::fs::PermissionsExt;
@@ -277,6 +280,12 @@ fn routes(state: Shared) -> Router {
             "/api/v1/namespaces/{ns}/pods/{name}",
             get(pods::get_one).merge(write::item(Kind::Pod)),
         )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/status",
+            get(pod_status::get)
+                .put(pod_status::put)
+                .patch(pod_status::patch),
+        )
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/eviction",
@@ -293,6 +302,24 @@ fn routes(state: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/portforward",
             get(portforward::portforward).post(portforward::portforward),
+        )
+        .route("/api/v1/watch/events", watches::route(watches::EVENTS))
+        .route(
+            "/api/v1/watch/namespaces/{ns}/events",
+            watches::route(watches::EVENTS),
+        )
+        .route("/api/v1/watch/services", watches::route(watches::SERVICES))
+        .route(
+            "/api/v1/watch/namespaces/{ns}/services",
+            watches::route(watches::SERVICES),
+        )
+        .route(
+            "/api/v1/watch/endpoints",
+            watches::route(watches::ENDPOINTS),
+        )
+        .route(
+            "/api/v1/watch/namespaces/{ns}/endpoints",
+            watches::route(watches::ENDPOINTS),
         )
         .route("/api/v1/events", get(pods::events_all))
         .route("/api/v1/namespaces/{ns}/events", get(pods::events_ns))
@@ -334,11 +361,14 @@ fn routes(state: Shared) -> Router {
         .route("/api/v1/endpoints", get(services::endpoints_all))
         .route(
             "/api/v1/namespaces/{ns}/endpoints",
-            get(services::endpoints_ns),
+            get(services::endpoints_ns).post(endpoints_write::create),
         )
         .route(
             "/api/v1/namespaces/{ns}/endpoints/{name}",
-            get(services::endpoints),
+            get(services::endpoints)
+                .put(endpoints_write::put)
+                .patch(endpoints_write::patch)
+                .delete(endpoints_write::delete),
         )
         .route(
             "/apis/discovery.k8s.io/v1/endpointslices",

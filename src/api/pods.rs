@@ -4,12 +4,12 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::{Value, json};
 
-use super::{ApiError, Shared};
+use super::{ApiError, Shared, watches};
 
 fn list(kind: &str, items: Vec<Value>) -> Json<Value> {
     Json(json!({
@@ -136,19 +136,29 @@ fn involved_name(q: &HashMap<String, String>) -> Option<String> {
 
 pub async fn events_all(
     State(s): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Json<Value> {
+) -> Response {
+    if watches::wanted(&uri) {
+        return watches::stream(&s, watches::EVENTS, &uri, &headers);
+    }
     let name = involved_name(&q);
     let items = s.store.list_events(None, name.as_deref());
-    list("EventList", items.iter().map(event_json).collect())
+    list("EventList", items.iter().map(event_json).collect()).into_response()
 }
 
 pub async fn events_ns(
     State(s): State<Shared>,
     Path(ns): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Json<Value> {
+) -> Response {
+    if watches::wanted(&uri) {
+        return watches::stream(&s, watches::EVENTS, &uri, &headers);
+    }
     let name = involved_name(&q);
     let items = s.store.list_events(Some(&ns), name.as_deref());
-    list("EventList", items.iter().map(event_json).collect())
+    list("EventList", items.iter().map(event_json).collect()).into_response()
 }

@@ -2,9 +2,12 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::Endpoints;
 use serde_json::{Value, json};
 
+use super::watches::{self, ENDPOINTS, SERVICES};
 use super::{ApiError, Shared};
 
 fn with_kind<T: serde::Serialize>(obj: &T, kind: &str, api_version: &str) -> Value {
@@ -16,13 +19,17 @@ fn with_kind<T: serde::Serialize>(obj: &T, kind: &str, api_version: &str) -> Val
     v
 }
 
-fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Json<Value> {
+fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Response {
     Json(
         json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": ""}, "items": items}),
     )
+    .into_response()
 }
 
-pub async fn services_all(State(s): State<Shared>) -> Json<Value> {
+pub async fn services_all(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+    if watches::wanted(&uri) {
+        return watches::stream(&s, SERVICES, &uri, &headers);
+    }
     list(
         "ServiceList",
         "v1",
@@ -34,7 +41,15 @@ pub async fn services_all(State(s): State<Shared>) -> Json<Value> {
     )
 }
 
-pub async fn services_ns(State(s): State<Shared>, Path(ns): Path<String>) -> Json<Value> {
+pub async fn services_ns(
+    State(s): State<Shared>,
+    Path(ns): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if watches::wanted(&uri) {
+        return watches::stream(&s, SERVICES, &uri, &headers);
+    }
     list(
         "ServiceList",
         "v1",
@@ -66,7 +81,10 @@ pub async fn service(
         })
 }
 
-pub async fn endpoints_all(State(s): State<Shared>) -> Json<Value> {
+pub async fn endpoints_all(State(s): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+    if watches::wanted(&uri) {
+        return watches::stream(&s, ENDPOINTS, &uri, &headers);
+    }
     list(
         "EndpointsList",
         "v1",
@@ -78,7 +96,15 @@ pub async fn endpoints_all(State(s): State<Shared>) -> Json<Value> {
     )
 }
 
-pub async fn endpoints_ns(State(s): State<Shared>, Path(ns): Path<String>) -> Json<Value> {
+pub async fn endpoints_ns(
+    State(s): State<Shared>,
+    Path(ns): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if watches::wanted(&uri) {
+        return watches::stream(&s, ENDPOINTS, &uri, &headers);
+    }
     list(
         "EndpointsList",
         "v1",
@@ -139,7 +165,7 @@ fn slice(ep: &Endpoints) -> Value {
     })
 }
 
-pub async fn slices_all(State(s): State<Shared>) -> Json<Value> {
+pub async fn slices_all(State(s): State<Shared>) -> Response {
     list(
         "EndpointSliceList",
         "discovery.k8s.io/v1",
@@ -147,7 +173,7 @@ pub async fn slices_all(State(s): State<Shared>) -> Json<Value> {
     )
 }
 
-pub async fn slices_ns(State(s): State<Shared>, Path(ns): Path<String>) -> Json<Value> {
+pub async fn slices_ns(State(s): State<Shared>, Path(ns): Path<String>) -> Response {
     list(
         "EndpointSliceList",
         "discovery.k8s.io/v1",

@@ -6,6 +6,7 @@ pub mod env;
 pub mod events;
 pub mod expand;
 pub mod name;
+pub mod pod_conditions;
 pub mod pod_resources;
 pub mod podspec;
 pub mod quantity;
