@@ -215,6 +215,9 @@ pub struct Store {
     views_published: watch::Sender<u64>,
     /// `<root-dir>/objects`, once [`Store::load_objects`] ran.
     objects_dir: OnceLock<PathBuf>,
+    /// Multi-host (`--etcd-endpoints`): controllers' pods are left unbound for the cluster
+    /// scheduler and only pods bound to this node run here.
+    clustered: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -254,11 +257,23 @@ impl Store {
             api_changed: watch::channel(0).0,
             views_published: watch::channel(0).0,
             objects_dir: OnceLock::new(),
+            clustered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+
+    /// Marks the store as one node's part of a multi-host cluster.
+    pub fn set_clustered(&self, on: bool) {
+        self.clustered
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this node is part of a multi-host cluster (see [`Store::set_clustered`]).
+    pub fn clustered(&self) -> bool {
+        self.clustered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A receiver that sees a new value after every change.

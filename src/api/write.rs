@@ -667,7 +667,13 @@ fn admit(
             serde_json::to_value(n).map_err(|e| ApiError::internal(e.to_string()))?
         }
         _ => {
+            // A controller's pod in a multi-host cluster waits for the cluster scheduler to
+            // bind it; every other pod runs on the node it was made on.
+            let for_scheduler = s.store.clustered()
+                && crate::cluster::controlled(&v)
+                && v["spec"]["nodeName"].as_str().is_none_or(|n| n.is_empty());
             if kind == Kind::Pod
+                && !for_scheduler
                 && let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut)
             {
                 spec.insert("nodeName".into(), s.store.node_name().into());
@@ -1639,6 +1645,10 @@ pub fn with_api_objects(mut snap: Snapshot, store: &Store) -> Snapshot {
         .collect();
     for ((_, ns, name), v) in store.api_objects("pods") {
         if !namespaces.contains(&ns) {
+            continue;
+        }
+        // Multi-host: a pod not (yet) bound to this node runs elsewhere, or nowhere yet.
+        if store.clustered() && v["spec"]["nodeName"].as_str() != Some(store.node_name()) {
             continue;
         }
         if let Ok(pod) = serde_json::from_value::<Pod>(v) {
