@@ -338,7 +338,7 @@ mod tests {
         let err = schedule(&p, &nodes, &[]).unwrap_err();
         assert!(
             err.0
-                .contains("2 node(s) didn't match Pod's node affinity/selector"),
+                .contains("3 node(s) didn't match Pod's node affinity/selector"),
             "{}",
             err.0
         );
