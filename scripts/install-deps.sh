@@ -16,7 +16,8 @@
 # Everything is installed without recommends, so podman's own helpers are named here: catatonit
 # (the init of a pod's infra container: `podman kube play` fails without it), and netavark +
 # aardvark-dns (podman's network, which the pod-start benchmark compares against).
-# The registry tests make a TLS registry with htpasswd auth: openssl and apache2-utils.
+# The registry tests make a TLS registry with htpasswd auth: openssl and apache2-utils; the
+# proxy test pulls through tinyproxy (run by the test itself, on a throwaway netns's loopback).
 # The API tests drive skiffd with a real client library too: python3-kubernetes.
 # The DNS tests and benchmark: dig (bind9-dnsutils), dnsperf, and dnsmasq-base (the benchmark's
 # peer; -base is the binary alone, without a service that would start on the host).
@@ -24,7 +25,7 @@ SKIFF_DEB_PACKAGES=(
     build-essential pkg-config libseccomp-dev
     busybox-static iproute2 util-linux curl python3
     runc podman catatonit netavark aardvark-dns conmon skopeo umoci etcd-server docker-registry
-    openssl apache2-utils python3-kubernetes
+    openssl apache2-utils python3-kubernetes tinyproxy
     containernetworking-plugins
     iperf3 iptables conntrack ethtool jq
     bind9-dnsutils dnsperf dnsmasq-base

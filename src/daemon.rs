@@ -15,7 +15,7 @@ use crate::pod::manager::{self, Manager};
 use crate::pod::worker::Ctx;
 use crate::runtime::network::{NetConfig, PodNetwork};
 use crate::runtime::{Runtime, pull};
-use crate::store::Store;
+use crate::store::{EventType, Involved, Store};
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,9 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: images::PullError,
     },
+    /// HTTPS_PROXY/HTTP_PROXY name a proxy pulls cannot use.
+    #[error("registry proxy: {0}")]
+    Proxy(images::PullError),
     #[error("joining the overlay: {0}")]
     Overlay(String),
     #[error("preparing the TLS API's keys under {root}/pki: {source}")]
@@ -405,11 +408,19 @@ fn image_service(
                 source,
             }
         })?;
+    // The proxy variables are read here, for pulls only: nothing else skiffd connects to
+    // (probes, etcd, the API's clients) goes through them.
+    let proxy = images::ProxyConfig::from_env();
+    proxy.check().map_err(DaemonError::Proxy)?;
+    if !proxy.is_empty() {
+        info!(?proxy, "registry pulls go through a proxy");
+    }
     let puller = images::Puller::new(
         runtime.images.clone(),
         images::PullerConfig {
             registries,
             docker_config: Some(config.image_credential_config.clone()),
+            proxy,
             ..images::PullerConfig::default()
         },
     );
@@ -454,4 +465,17 @@ fn lock_root(root: &std::path::Path) -> Result<std::fs::File, DaemonError> {
         return Err(err(e));
     }
     Ok(file)
+}
+
+/// Image pulls report to the store and read pull secrets and pods from it.
+impl pull::PullHost for Store {
+    fn event(&self, obj: &Involved, kind: EventType, reason: &str, message: &str) {
+        Store::event(self, obj, kind, reason, message);
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Option<k8s_openapi::api::core::v1::Secret> {
+        Store::secret(self, namespace, name)
+    }
+    fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
+        self.list_pods(None)
+    }
 }

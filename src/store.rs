@@ -76,32 +76,8 @@ pub struct Gone {
     pub oldest: u64,
 }
 
-/// What an event is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Involved {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub uid: Option<String>,
-}
-
-impl Involved {
-    pub fn pod(pod: &Pod) -> Self {
-        Involved {
-            kind: "Pod".into(),
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            uid: pod.metadata.uid.clone(),
-        }
-    }
-}
-
-/// Event type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
+// moved to kube/events.rs; re-exported for callers not yet updated
+pub use crate::kube::events::{EventType, Involved};
 
 /// The annotation saying where an object came from: `api`, or `manifest:<file>`.
 pub const SOURCE_ANNOTATION: &str = "skiff.dev/source";
@@ -128,7 +104,10 @@ const SELF_WATCHED: [&str; 9] = [
     "controllerrevisions",
 ];
 
+mod views;
 mod workloads;
+
+pub use views::Views;
 
 /// One change of any kind's object, at the resourceVersion it made.
 #[derive(Debug, Clone)]
@@ -165,7 +144,7 @@ struct Inner {
     secrets: BTreeMap<PodKey, Secret>,
     desired_services: BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Service>>,
     manual_endpoints: BTreeMap<PodKey, Arc<k8s_openapi::api::core::v1::Endpoints>>,
-    service_views: crate::service::Views,
+    service_views: Views,
     events: Vec<Event>,
     next_event: u64,
     /// Node conditions reported by skiffd's parts: type -> (status, reason, message, since).
@@ -521,7 +500,7 @@ impl Store {
 
     /// What the service controller computed. Does not wake watchers (the
     /// controller itself is one).
-    pub fn set_service_views(&self, views: crate::service::Views) {
+    pub fn set_service_views(&self, views: Views) {
         self.write().service_views = views;
         self.views_published.send_modify(|v| *v += 1);
     }
@@ -632,8 +611,17 @@ impl Store {
     /// The Node object's labels: the well-known ones and `--node-labels`, which win as with
     /// the kubelet.
     pub fn node_labels(&self) -> BTreeMap<String, String> {
-        let mut labels = crate::node::well_known_labels(&self.node_name);
-        labels.extend(self.read().node_labels.clone());
+        let inner = self.read();
+        // Labels clients set through the API (`kubectl label node`) come first: the kubelet's
+        // own win, as it puts them back on its Node object.
+        let key = ("nodes".to_string(), String::new(), self.node_name.clone());
+        let mut labels: BTreeMap<String, String> = inner
+            .api_objects
+            .get(&key)
+            .and_then(|o| serde_json::from_value(o["metadata"]["labels"].clone()).ok())
+            .unwrap_or_default();
+        labels.extend(crate::node::well_known_labels(&self.node_name));
+        labels.extend(inner.node_labels.clone());
         labels
     }
 
@@ -1000,6 +988,7 @@ impl Store {
             "cronjobs",
             "daemonsets",
             "controllerrevisions",
+            "nodes",
         ] {
             let base = dir.join(plural);
             let mut files = Vec::new();

@@ -971,3 +971,173 @@ fn sigkill_mid_pull_leaves_no_image_and_restart_cleans_up() {
     want_layers.sort();
     assert_eq!(dir_names(&store.join("layers")), want_layers);
 }
+
+// ---- Pulls through an HTTP proxy (HTTPS_PROXY / HTTP_PROXY / NO_PROXY) ----------------------
+
+/// A real `tinyproxy` on the node's loopback (a random port, a generated config and log in a
+/// temp dir); killed on drop.
+struct TinyProxy {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl TinyProxy {
+    fn start(node: &Node) -> TinyProxy {
+        let bin = Path::new("/usr/bin/tinyproxy");
+        assert!(
+            bin.exists(),
+            "tinyproxy missing (scripts/install-deps.sh installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-tinyproxy-")
+            .tempdir()
+            .unwrap();
+        let netns = node.host.path();
+        // A port the kernel hands out in the node's netns, free there once the probe closes.
+        let port = common::in_netns(&netns, || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free loopback port")
+        });
+        let log = dir.path().join("tinyproxy.log");
+        let config = dir.path().join("tinyproxy.conf");
+        // No ConnectPort lines: CONNECT is allowed to any port (the TLS registry's is 5443).
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 20\nAllow 127.0.0.1\nLogLevel Info\nLogFile \"{}\"\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg(bin)
+            .arg("-d")
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("starting tinyproxy");
+        let proxy = TinyProxy { dir, port, child };
+        node.wait_for("tinyproxy to listen", Duration::from_secs(10), || {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            common::in_netns(&netns, move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+            .then_some(())
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The request lines tinyproxy logged (`GET http://…`, `CONNECT host:port`).
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("tinyproxy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once("Request (file descriptor ").map(|(_, r)| r))
+            .filter_map(|r| r.split_once("): ").map(|(_, req)| req.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for TinyProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// skiffd with HTTP_PROXY and HTTPS_PROXY pulls from a plain registry through the proxy
+/// (requests forwarded in absolute form) and from a TLS one through a CONNECT tunnel (TLS end
+/// to end: the registry's CA still verifies); the proxy sees nothing else of skiffd's. Started
+/// again with NO_PROXY naming the registries' address, it pulls directly.
+#[test]
+#[ignore = "needs root and the registry tools"]
+fn pulls_go_through_the_http_proxy_unless_no_proxy_names_the_registry() {
+    ready();
+    let mut node = Node::new();
+    let plain = Registry::start(&node, false);
+    let tls = Registry::start(&node, true);
+    let proxy = TinyProxy::start(&node);
+    let registries = node.dir().join("registries.toml");
+    std::fs::write(
+        &registries,
+        format!(
+            "[registry.\"{}\"]\nca_file = \"{}\"\n",
+            tls.host(),
+            tls.ca.as_ref().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let credentials = node.dir().join("config.json");
+    std::fs::write(
+        &credentials,
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"dXNlcjpwYXNz\"}}}}}}",
+            tls.host()
+        ),
+    )
+    .unwrap();
+    node.extra_flags(&[
+        "--registries-config",
+        registries.to_str().unwrap(),
+        "--image-credential-config",
+        credentials.to_str().unwrap(),
+    ]);
+    node.daemon_env("HTTP_PROXY", &proxy.url());
+    node.daemon_env("https_proxy", &proxy.url());
+    node.start_daemon();
+    plain.push("team/app:1.0");
+    plain.push("team/app:2.0");
+    tls.push("team/app:1.0");
+    tls.push("team/app:2.0");
+
+    node.skiff_ok(&["pull", "-q", &format!("{}/team/app:1.0", plain.host())]);
+    node.skiff_ok(&["pull", "-q", &format!("{}/team/app:1.0", tls.host())]);
+    let through = proxy.requests();
+    let manifest = format!("GET http://{}/v2/team/app/manifests/1.0 ", plain.host());
+    assert!(
+        through.iter().any(|r| r.starts_with(&manifest)),
+        "no {manifest:?} in the proxy's log: {through:#?}"
+    );
+    let tunnel = format!("CONNECT {} ", tls.host());
+    assert!(
+        through.iter().any(|r| r.starts_with(&tunnel)),
+        "no {tunnel:?} in the proxy's log: {through:#?}"
+    );
+    // Only the pulls: every request names one of the two registries.
+    for r in &through {
+        assert!(
+            r.contains(&plain.host()) || r.contains(&tls.host()),
+            "the proxy saw {r:?}"
+        );
+    }
+
+    node.stop_daemon();
+    node.daemon_env("NO_PROXY", "example.com, 127.0.0.0/8");
+    node.start_daemon();
+    let seen = proxy.requests().len();
+    node.skiff_ok(&["pull", "-q", &format!("{}/team/app:2.0", plain.host())]);
+    node.skiff_ok(&["pull", "-q", &format!("{}/team/app:2.0", tls.host())]);
+    let after = proxy.requests();
+    assert_eq!(
+        after.len(),
+        seen,
+        "NO_PROXY pulls went through the proxy: {:#?}",
+        &after[seen..]
+    );
+    let listed = node.skiff_ok(&["images"]);
+    for host in [plain.host(), tls.host()] {
+        assert!(listed.contains(&format!("{host}/team/app")), "{listed}");
+    }
+}

@@ -52,6 +52,7 @@
 
 mod digest;
 mod export;
+mod fsutil;
 mod gc;
 mod layout;
 mod policy;
@@ -75,8 +76,8 @@ pub use crate::export::ExportFormat;
 pub use crate::gc::{DiskUsage, GcPolicy, PruneReport};
 pub use crate::policy::{InvalidPullPolicy, PolicyError, PullDecision, PullPolicy};
 pub use crate::pull::{
-    Credential, Credentials, LayerPhase, Progress, ProgressFn, PullError, PullOptions, Puller,
-    PullerConfig, RegistriesConfig, RegistryConfig, Timeouts, no_verify_config,
+    Credential, Credentials, LayerPhase, Progress, ProgressFn, ProxyConfig, PullError, PullOptions,
+    Puller, PullerConfig, RegistriesConfig, RegistryConfig, Timeouts, no_verify_config,
 };
 pub use crate::reference::{ReferenceError, normalize};
 pub use crate::store::ImageStore;

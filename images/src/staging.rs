@@ -16,7 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tracing::warn;
 
 use crate::Error;
-use crate::store::{remove_any, unique};
+use crate::fsutil::{remove_any, unique};
 
 const LOCK_FILE: &str = ".lock";
 

@@ -5,7 +5,6 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -59,18 +58,8 @@ pub(crate) struct Record {
     pub(crate) last_used: u64,
 }
 
-/// Unique-enough suffix for temporary names: pid, time and a counter.
-pub(crate) fn unique() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{}-{nanos:x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+// moved to fsutil.rs (breaks the store <-> staging cycle); re-exported for callers not yet updated
+pub(crate) use crate::fsutil::{fsync_dir, remove_any, unique};
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -81,21 +70,6 @@ impl Drop for TempDir {
             warn!(path = %self.0.display(), %err, "cannot remove staging directory");
         }
     }
-}
-
-pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-pub(crate) fn fsync_dir(path: &Path) -> Result<(), Error> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsync", path))
 }
 
 impl ImageStore {

@@ -17,9 +17,28 @@ const AGGREGATED_V2BETA1: &str =
 const READ: &[&str] = &["get", "list"];
 
 /// Verbs of the kinds that accept writes (issue 10).
-const WRITE: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
+const WRITE: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+];
 /// ... and watched (the store's per-kind history).
 const WRITE_WATCH: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+/// Namespaces: no `deletecollection`, as on the apiserver.
+const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
@@ -123,7 +142,7 @@ pub const RESOURCES: &[Resource] = &[
     ),
     res("", "events", "event", "Event", true, &["ev"], &[]),
     Resource {
-        verbs: WRITE_WATCH,
+        verbs: NAMESPACE_VERBS,
         ..res(
             "",
             "namespaces",
@@ -134,13 +153,19 @@ pub const RESOURCES: &[Resource] = &[
             &[],
         )
     },
-    res("", "nodes", "node", "Node", false, &["no"], &[]),
     Resource {
-        verbs: &[
-            "create", "delete", "get", "list", "patch", "update", "watch",
-        ],
+        verbs: &["get", "list", "patch", "update"],
+        ..res("", "nodes", "node", "Node", false, &["no"], &[])
+    },
+    Resource {
+        namespaced: false,
+        ..sub("nodes/status", "Node", &["get", "patch", "update"])
+    },
+    Resource {
+        verbs: WRITE_WATCH,
         ..res("", "pods", "pod", "Pod", true, &["po"], &["all"])
     },
+    sub("pods/eviction", "Eviction", &["create"]),
     sub("pods/exec", "PodExecOptions", &["create", "get"]),
     sub("pods/log", "Pod", &["get"]),
     sub(
@@ -420,6 +445,16 @@ pub async fn apis(headers: HeaderMap) -> Response {
     Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": items})).into_response()
 }
 
+/// The group and version of what a (sub)resource answers with: `/scale` answers an
+/// autoscaling/v1 Scale and `pods/eviction` takes a policy/v1 Eviction wherever they are.
+fn response_group_version(r: &Resource) -> (&'static str, &'static str) {
+    match r.kind {
+        "Scale" => ("autoscaling", "v1"),
+        "Eviction" => ("policy", "v1"),
+        _ => (r.group, r.version),
+    }
+}
+
 /// The APIResourceList of one group version, or `None` if not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let resources: Vec<Value> = RESOURCES
@@ -438,6 +473,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             }
             if !r.categories.is_empty() {
                 v["categories"] = json!(r.categories);
+            }
+            // kubectl drain finds the Eviction's group here (`CheckEvictionSupport`).
+            let (group, version) = response_group_version(r);
+            if (group, version) != (r.group, r.version) {
+                v["group"] = group.into();
+                v["version"] = version.into();
             }
             v
         })
@@ -526,11 +567,7 @@ fn resources_of(g: &str, version: &str) -> Vec<Value> {
                 .filter_map(|s| {
                     let (parent, name) = s.name.split_once('/')?;
                     (s.group == r.group && s.version == r.version && parent == r.name).then(|| {
-                        let (group, version) = if s.kind == "Scale" {
-                            ("autoscaling", "v1")
-                        } else {
-                            (s.group, s.version)
-                        };
+                        let (group, version) = response_group_version(s);
                         json!({
                             "subresource": name,
                             "responseKind": {"group": group, "version": version, "kind": s.kind},
@@ -598,7 +635,9 @@ mod tests {
                 "events",
                 "namespaces",
                 "nodes",
+                "nodes/status",
                 "pods",
+                "pods/eviction",
                 "pods/exec",
                 "pods/log",
                 "pods/portforward",
@@ -609,15 +648,27 @@ mod tests {
                 "services"
             ]
         );
-        let pods = &core["resources"][5];
+        let pods = &core["resources"][6];
         assert_eq!(pods["shortNames"], json!(["po"]));
         assert_eq!(
             pods["verbs"],
             json!([
-                "create", "delete", "get", "list", "patch", "update", "watch"
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch"
             ])
         );
         assert_eq!(pods["namespaced"], true);
+        let eviction = &core["resources"][7];
+        assert_eq!(
+            (&eviction["group"], &eviction["version"], &eviction["kind"]),
+            (&json!("policy"), &json!("v1"), &json!("Eviction"))
+        );
         assert!(resource_list("discovery.k8s.io", "v1").is_some());
         let apps = resource_list("apps", "v1").unwrap();
         assert_eq!(apps["resources"][0]["name"], "controllerrevisions");

@@ -4,6 +4,7 @@
 
 mod autoscaling_v1;
 pub mod discovery;
+mod eviction;
 mod exec;
 mod exec_ws;
 pub mod fields;
@@ -12,6 +13,7 @@ pub mod list;
 pub mod listen;
 mod logs;
 pub mod metrics;
+pub mod node_write;
 pub mod nodes;
 pub mod openapi;
 pub mod pki;
@@ -275,6 +277,10 @@ fn routes(state: Shared) -> Router {
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::log))
         .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/eviction",
+            post(eviction::evict),
+        )
+        .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
             post(exec::exec).get(exec::exec_get),
         )
@@ -351,7 +357,18 @@ fn routes(state: Shared) -> Router {
             get(metrics::pod),
         )
         .route("/api/v1/nodes", get(nodes::list))
-        .route("/api/v1/nodes/{name}", get(nodes::get_one))
+        .route(
+            "/api/v1/nodes/{name}",
+            get(nodes::get_one)
+                .patch(node_write::patch)
+                .put(node_write::put),
+        )
+        .route(
+            "/api/v1/nodes/{name}/status",
+            get(nodes::get_one)
+                .patch(node_write::patch_status)
+                .put(node_write::put_status),
+        )
         .route("/apis/skiff.dev/v1/images", get(images::list))
         .route("/apis/skiff.dev/v1/images/import", post(images::import))
         .route("/apis/skiff.dev/v1/images/pull", post(images::pull))

@@ -122,8 +122,17 @@ pub fn pressure_conditions(
     ]
 }
 
-/// This node as a Kubernetes `Node`.
+/// This node as a Kubernetes `Node`, with what clients set on it (labels, annotations,
+/// taints, cordon, their own conditions).
 pub fn node(s: &Shared) -> Value {
+    super::node_write::overlaid(
+        node_without_overlay(s),
+        super::node_write::overlay(&s.store).as_ref(),
+    )
+}
+
+/// This node as skiffd itself reports it (the kubelet's part of the object).
+pub fn node_without_overlay(s: &Shared) -> Value {
     let (kernel, arch) = uname();
     let arch = match arch.as_str() {
         "x86_64" => "amd64",

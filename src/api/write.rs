@@ -171,6 +171,11 @@ impl WriteOptions {
     }
 }
 
+/// Whether the query asks for a dry run (`dryRun=All`); a bad value is a 400.
+pub(super) fn dry_run(q: Option<&str>) -> Result<bool, ApiError> {
+    Ok(WriteOptions::parse(q)?.dry_run)
+}
+
 /// `(ns, name)` from the request path (`/api/v1/namespaces/{ns}/{plural}[/{name}]`,
 /// `/api/v1/namespaces[/{name}]`, `/api/v1/{plural}`).
 fn names(kind: Kind, uri: &Uri) -> (String, String) {
@@ -189,9 +194,9 @@ fn names(kind: Kind, uri: &Uri) -> (String, String) {
     }
 }
 
-/// POST on a collection.
+/// POST on a collection, and DELETE (`deletecollection`) for the namespaced kinds.
 pub fn collection(kind: Kind) -> MethodRouter<Shared> {
-    post(
+    let create = post(
         move |State(s): State<Shared>,
               uri: Uri,
               RawQuery(q): RawQuery,
@@ -201,7 +206,23 @@ pub fn collection(kind: Kind) -> MethodRouter<Shared> {
             let written = create(&Writer::of(&s), kind, &ns, q.as_deref(), &headers, &body);
             respond(served_service(&s, kind, q.as_deref(), written).await)
         },
-    )
+    );
+    if !kind.namespaced() {
+        // The apiserver has no deletecollection on namespaces either.
+        return create;
+    }
+    create.merge(delete(
+        move |State(s): State<Shared>, uri: Uri, RawQuery(q): RawQuery, body: Bytes| async move {
+            let (ns, _) = names(kind, &uri);
+            respond(remove_collection(
+                &Writer::of(&s),
+                kind,
+                &ns,
+                q.as_deref(),
+                &body,
+            ))
+        },
+    ))
 }
 
 /// PUT, PATCH and DELETE on one object.
@@ -634,6 +655,7 @@ fn admit(
             "skiff.dev/manifest",
             "kubernetes.io/config.source",
             "kubernetes.io/config.hash",
+            "kubernetes.io/config.mirror",
         ] {
             ann.remove(copied);
         }
@@ -1098,11 +1120,7 @@ fn patch_object(
     body: &[u8],
 ) -> Result<Written, ApiError> {
     let opts = WriteOptions::parse(q)?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let ct = ct.split(';').next().unwrap_or_default().trim().to_string();
+    let ct = patch_type(headers);
     if ct == "application/apply-patch+yaml" || ct == "application/apply-patch+cbor" {
         if ct.ends_with("cbor") {
             return Err(ApiError::unsupported_media(&ct));
@@ -1119,16 +1137,37 @@ fn patch_object(
     if let Some(o) = target.as_object_mut() {
         o.remove("status");
     }
-    match ct.as_str() {
+    apply_patch(&mut target, &ct, body)?;
+    // Only a patch that names a version is a precondition.
+    let requested_rv = target
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty() && patch_names_rv(body))
+        .map(String::from);
+    update_value(s, kind, ns, name, target, requested_rv, &opts, None)
+}
+
+/// The media type of a PATCH, without its parameters.
+pub(super) fn patch_type(headers: &HeaderMap) -> String {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    ct.split(';').next().unwrap_or_default().trim().to_string()
+}
+
+/// Applies a JSON, merge or strategic merge patch (`ct`, its media type) to `target`.
+pub(super) fn apply_patch(target: &mut Value, ct: &str, body: &[u8]) -> Result<(), ApiError> {
+    match ct {
         "application/merge-patch+json" => {
             let p: Value = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("invalid merge patch: {e}")))?;
-            json_patch::merge(&mut target, &p);
+            json_patch::merge(target, &p);
         }
         "application/json-patch+json" => {
             let p: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut target, &p).map_err(|e| {
+            json_patch::patch(target, &p).map_err(|e| {
                 ApiError::invalid(
                     format!("the server rejected our request due to an error in our request: {e}"),
                     json!({}),
@@ -1139,17 +1178,11 @@ fn patch_object(
             let p: Value = serde_json::from_slice(body).map_err(|e| {
                 ApiError::bad_request(format!("invalid strategic merge patch: {e}"))
             })?;
-            strategic_merge(&mut target, &p);
+            strategic_merge(target, &p);
         }
         other => return Err(ApiError::unsupported_media(other)),
     }
-    // Only a patch that names a version is a precondition.
-    let requested_rv = target
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .filter(|r| !r.is_empty() && patch_names_rv(body))
-        .map(String::from);
-    update_value(s, kind, ns, name, target, requested_rv, &opts, None)
+    Ok(())
 }
 
 fn patch_names_rv(body: &[u8]) -> bool {
@@ -1333,6 +1366,8 @@ fn merge_key(field: &str, item: &Value) -> Option<&'static str> {
         "volumeMounts" => Some("mountPath"),
         "volumeDevices" => Some("devicePath"),
         "hostAliases" => Some("ip"),
+        // Pod and node conditions (`patchMergeKey: type`).
+        "conditions" => Some("type"),
         "ports" if item.get("containerPort").is_some() => Some("containerPort"),
         "ports" => Some("port"),
         _ => None,
@@ -1485,7 +1520,22 @@ fn remove(
     if let Kind::Workload(_) = kind {
         let uid = cur["metadata"]["uid"].as_str().unwrap_or_default();
         match opts.propagation.unwrap_or(Propagation::Background) {
-            Propagation::Orphan => orphan_dependents(s, ns, uid),
+            Propagation::Orphan => {
+                // Marked as being deleted first (the apiserver's `orphan` finalizer): a
+                // controller then adopts nothing more, so a dependent released below cannot be
+                // claimed back before the owner is gone and then collected as garbage.
+                s.store
+                    .update_workload(&k, uid, |v| {
+                        v["metadata"]["deletionTimestamp"] =
+                            jiff::Timestamp::now().to_string().into();
+                        v["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+                        v["metadata"]["finalizers"] = json!(["orphan"]);
+                    })
+                    .map_err(|e| {
+                        ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural()))
+                    })?;
+                orphan_dependents(s, ns, uid)
+            }
             Propagation::Background => {}
             Propagation::Foreground => {
                 // Kept, being deleted, until the garbage collector has removed what it owns.
@@ -1564,6 +1614,83 @@ fn remove(
     Ok(Written {
         code: StatusCode::OK,
         body,
+        warnings,
+    })
+}
+
+/// Deletes a pod for an eviction (`pods/eviction`) with the eviction's DeleteOptions
+/// (`options`, JSON) and the query's `dryRun`; refused as any delete would be.
+pub(super) fn evict_pod(
+    s: &Shared,
+    ns: &str,
+    name: &str,
+    q: Option<&str>,
+    options: &Value,
+) -> Result<(), ApiError> {
+    let body = serde_json::to_vec(options).unwrap_or_default();
+    remove(&Writer::of(s), Kind::Pod, ns, name, q, &body).map(|_| ())
+}
+
+/// `deletecollection`: deletes every object of `kind` in `ns` that the `labelSelector` and
+/// `fieldSelector` select, each as a delete of its own (grace period, propagation and
+/// `dryRun` from the query or the DeleteOptions body). Objects their manifest file owns stay,
+/// with a warning naming the file; the answer is the list of what was (or would be) deleted.
+fn remove_collection(
+    s: &Writer,
+    kind: Kind,
+    ns: &str,
+    q: Option<&str>,
+    body: &[u8],
+) -> Result<Written, ApiError> {
+    // Checked first so that a bad option deletes nothing.
+    WriteOptions::parse(q)?;
+    let mut selected = json!({"items": list(s.store, kind, Some(ns))});
+    let query = super::list::ListQuery::parse(q)?;
+    let query = super::list::ListQuery {
+        limit: None,
+        continue_: None,
+        ..query
+    };
+    super::list::apply(
+        &mut selected,
+        kind.name(),
+        &query,
+        s.store.resource_version(),
+    )?;
+    let mut deleted = Vec::new();
+    let mut warnings = Vec::new();
+    for obj in selected["items"].as_array().into_iter().flatten() {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        if let Some(file) = manifest_source(obj) {
+            warnings.push(format!(
+                "{} {ns}/{name} stays: it is defined in the manifest file {file}",
+                kind.name()
+            ));
+            continue;
+        }
+        match remove(s, kind, ns, name, q, body) {
+            Ok(w) => {
+                warnings.extend(w.warnings);
+                // A pod answers with itself, terminating; the other kinds with a Status.
+                deleted.push(if w.body["kind"] == "Status" {
+                    obj.clone()
+                } else {
+                    w.body
+                });
+            }
+            // Gone meanwhile (another client, the garbage collector): nothing left to do.
+            Err(e) if e.reason() == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Written {
+        code: StatusCode::OK,
+        body: json!({
+            "kind": format!("{}List", kind.name()),
+            "apiVersion": kind.api_version(),
+            "metadata": {"resourceVersion": s.store.resource_version().to_string()},
+            "items": deleted,
+        }),
         warnings,
     })
 }

@@ -8,11 +8,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
-use tokio::task::JoinHandle;
+
+use crate::http1::{self, ConnTask};
 
 /// Failures of one request to skiffd.
 #[derive(Debug, thiserror::Error)]
@@ -266,16 +266,9 @@ impl Client {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http_err)?;
-        let conn = ConnTask(tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(?err, "connection to skiffd ended with an error");
-            }
-        }));
-        let response = sender.send_request(request).await.map_err(http_err)?;
-        Ok((response, conn))
+        let mut conn = http1::Conn::handshake(stream).await.map_err(http_err)?;
+        let response = conn.send(request).await.map_err(http_err)?;
+        Ok((response, conn.into_task()))
     }
 }
 
@@ -284,16 +277,6 @@ fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, ClientError
         path: path.to_owned(),
         source,
     })
-}
-
-/// Drives one HTTP connection; aborted when the response it serves is dropped.
-#[derive(Debug)]
-struct ConnTask(JoinHandle<()>);
-
-impl Drop for ConnTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The body of a successful answer, read chunk by chunk (logs, exec output).
@@ -483,7 +466,7 @@ mod tests {
                     Ok::<_, Infallible>(response)
                 });
                 let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
             });
         }

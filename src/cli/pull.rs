@@ -2,10 +2,10 @@
 //! plain lines otherwise.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::io::IsTerminal;
 
 use hyper::Method;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 
 use super::client::{Client, with_query};
@@ -50,8 +50,6 @@ pub struct LayerState {
     pub done: u64,
     pub total: u64,
     pub phase: String,
-    /// When the first byte was reported, and how many bytes had arrived then.
-    pub started: Option<(Instant, u64)>,
 }
 
 /// Runs `skiff pull`.
@@ -63,8 +61,7 @@ pub async fn run(client: &Client, args: PullArgs) -> Result<u8, Error> {
         out(&format!("Pulling {}\n", args.image))?;
     }
     let mut layers: BTreeMap<usize, LayerState> = BTreeMap::new();
-    let mut drawn = 0usize;
-    let mut last_draw: Option<Instant> = None;
+    let mut bars = tty.then(Bars::new);
     let mut buf = Vec::new();
     let mut result = None;
     while let Some(chunk) = stream
@@ -87,9 +84,6 @@ pub async fn run(client: &Client, args: PullArgs) -> Result<u8, Error> {
             };
             let entry = layers.entry(line.index).or_default();
             let changed = entry.phase != line.phase;
-            if entry.started.is_none() && line.phase == "downloading" {
-                entry.started = Some((Instant::now(), line.done));
-            }
             entry.layer = digest;
             entry.done = line.done;
             entry.total = line.total;
@@ -97,19 +91,15 @@ pub async fn run(client: &Client, args: PullArgs) -> Result<u8, Error> {
             if args.quiet {
                 continue;
             }
-            if tty {
-                let due = last_draw.is_none_or(|t| t.elapsed().as_millis() >= 100);
-                if changed || due {
-                    drawn = redraw(&layers, drawn)?;
-                    last_draw = Some(Instant::now());
-                }
+            if let Some(bars) = &mut bars {
+                bars.update(line.index, entry, changed);
             } else if changed {
                 out(&format!("{}\n", plain_line(entry)))?;
             }
         }
     }
-    if tty && !layers.is_empty() {
-        redraw(&layers, drawn)?;
+    if let Some(bars) = bars {
+        bars.end();
     }
     match result {
         Some(Line {
@@ -143,23 +133,73 @@ pub async fn run(client: &Client, args: PullArgs) -> Result<u8, Error> {
     }
 }
 
-/// Moves the cursor back over the previous drawing and writes one line per layer.
-fn redraw(layers: &BTreeMap<usize, LayerState>, drawn: usize) -> Result<usize, Error> {
-    let mut text = String::new();
-    if drawn > 0 {
-        text.push_str(&format!("\x1b[{drawn}A"));
+/// The terminal's display: a bar per layer, in the manifest's order, as wide as the terminal
+/// (indicatif reads its width at every draw) and redrawn at most 10 times a second.
+struct Bars {
+    multi: MultiProgress,
+    bars: BTreeMap<usize, ProgressBar>,
+    downloading: ProgressStyle,
+    status: ProgressStyle,
+}
+
+/// `abcdef012345: Downloading [=====>     ] 1.2MB/5.0MB 3.4MB/s`, docker's units.
+const DOWNLOADING: &str =
+    "{prefix}: {msg} [{wide_bar}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}";
+/// `abcdef012345: Pull complete`.
+const STATUS: &str = "{prefix}: {msg}";
+
+impl Bars {
+    fn new() -> Bars {
+        // The templates are constants, checked by a unit test.
+        let style = |t| ProgressStyle::with_template(t).expect("valid progress template");
+        Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout_with_hz(10)),
+            bars: BTreeMap::new(),
+            downloading: style(DOWNLOADING).progress_chars("=> "),
+            status: style(STATUS),
+        }
     }
-    for l in layers.values() {
-        text.push_str("\r\x1b[2K");
-        text.push_str(&bar_line(l, Instant::now()));
-        text.push('\n');
+
+    /// Shows `l`'s new state; `changed`: its phase differs from the last report's.
+    fn update(&mut self, index: usize, l: &LayerState, changed: bool) {
+        let bar = match self.bars.get(&index) {
+            Some(bar) => bar.clone(),
+            None => {
+                // Layers report in any order; their bars stay in the manifest's.
+                let position = self.bars.range(..index).count();
+                let bar = self.multi.insert(
+                    position,
+                    ProgressBar::new(l.total).with_style(self.status.clone()),
+                );
+                bar.set_prefix(short(&l.layer).to_owned());
+                self.bars.insert(index, bar.clone());
+                bar
+            }
+        };
+        if changed {
+            let style = if l.phase == "downloading" {
+                &self.downloading
+            } else {
+                &self.status
+            };
+            bar.set_style(style.clone());
+            bar.set_message(phase_text(&l.phase).to_owned());
+        }
+        bar.set_length(l.total);
+        bar.set_position(l.done);
+        if matches!(l.phase.as_str(), "done" | "cached") {
+            bar.finish();
+        }
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .map_err(Error::Output)?;
-    Ok(layers.len())
+
+    /// Leaves every bar as last drawn (a failed pull's too), before the result is printed.
+    fn end(self) {
+        for bar in self.bars.values() {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+        }
+    }
 }
 
 /// The short form of a layer digest, as docker prints it.
@@ -188,44 +228,6 @@ pub fn plain_line(l: &LayerState) -> String {
     }
 }
 
-/// A progress bar line: `abcdef012345: Downloading [=====>     ] 1.2MB/5.0MB 3.4MB/s`.
-pub fn bar_line(l: &LayerState, now: Instant) -> String {
-    let name = short(&l.layer);
-    if l.phase != "downloading" {
-        return format!("{name}: {}", phase_text(&l.phase));
-    }
-    const WIDTH: usize = 30;
-    let filled = if l.total > 0 {
-        ((l.done.min(l.total) as u128 * WIDTH as u128) / l.total as u128) as usize
-    } else {
-        0
-    };
-    let mut bar = "=".repeat(filled);
-    if filled < WIDTH {
-        bar.push('>');
-        bar.push_str(&" ".repeat(WIDTH - filled - 1));
-    }
-    let rate = match l.started {
-        Some((t, base)) => {
-            let secs = now.duration_since(t).as_secs_f64();
-            if secs > 0.2 {
-                format!(
-                    " {}/s",
-                    size(((l.done.saturating_sub(base)) as f64 / secs) as u64)
-                )
-            } else {
-                String::new()
-            }
-        }
-        None => String::new(),
-    };
-    format!(
-        "{name}: Downloading [{bar}] {}/{}{rate}",
-        size(l.done),
-        size(l.total)
-    )
-}
-
 /// Bytes in docker's units (powers of 1000).
 pub fn size(n: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
@@ -244,30 +246,25 @@ pub fn size(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
-    fn bar_and_plain_lines() {
-        let start = Instant::now();
+    fn plain_lines_and_sizes() {
         let l = LayerState {
             layer: "sha256:0123456789abcdef".into(),
             done: 2_500_000,
             total: 5_000_000,
             phase: "downloading".into(),
-            started: Some((start, 500_000)),
         };
-        assert_eq!(
-            bar_line(&l, start + Duration::from_secs(2)),
-            "0123456789ab: Downloading [===============>              ] 2.5MB/5.0MB 1.0MB/s"
-        );
         assert_eq!(plain_line(&l), "0123456789ab: Downloading 5.0MB");
-        let done = LayerState {
-            phase: "done".into(),
+        let unpacking = LayerState {
+            phase: "unpacking".into(),
             ..l.clone()
         };
-        assert_eq!(bar_line(&done, start), "0123456789ab: Pull complete");
+        assert_eq!(
+            plain_line(&unpacking),
+            "0123456789ab: Download complete, extracting"
+        );
         let cached = LayerState {
             phase: "cached".into(),
             ..l
@@ -275,5 +272,11 @@ mod tests {
         assert_eq!(plain_line(&cached), "0123456789ab: Already exists");
         assert_eq!(size(999), "999B");
         assert_eq!(size(1_234_567), "1.2MB");
+    }
+
+    #[test]
+    fn bar_templates_parse() {
+        assert!(ProgressStyle::with_template(DOWNLOADING).is_ok());
+        assert!(ProgressStyle::with_template(STATUS).is_ok());
     }
 }

@@ -7,16 +7,23 @@
 //! the garbage collector, as for the other kinds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use super::daemonset::{self as ds, Eligible, GENERATION_LABEL, HASH_LABEL, NodeInfo, PodInfo};
+use super::daemonset::{
+    self as ds, Eligible, FailedPodsBackoff, GENERATION_LABEL, HASH_LABEL, NodeInfo, PodInfo,
+};
 use crate::api::write::{Kind, Writer, internal};
 use crate::manifest::workload::WorkloadKind;
 use crate::store::{EventType, Involved, ObjKey, SOURCE_ANNOTATION, Store};
+
+/// The failed-pod backoff of every DaemonSet, kept across passes as the controller keeps it in
+/// memory (a restarted skiffd starts over at 1 s).
+static FAILED_PODS_BACKOFF: Mutex<FailedPodsBackoff> = Mutex::new(FailedPodsBackoff::new());
 
 const DAEMON_SET: WorkloadKind = WorkloadKind::DaemonSet;
 const REVISION: Kind = Kind::Workload(WorkloadKind::ControllerRevision);
@@ -27,7 +34,7 @@ pub fn cluster_nodes(store: &Store) -> Vec<NodeInfo> {
     let mut nodes = vec![NodeInfo {
         name: store.node_name().to_string(),
         labels: store.node_labels(),
-        taints: Vec::new(),
+        taints: crate::api::node_write::taints(store),
     }];
     for n in store.remote().nodes {
         let name = n["metadata"]["name"]
@@ -312,13 +319,30 @@ fn sync_daemon_set(w: &Writer, d: &Value, nodes: &[NodeInfo], now: Timestamp) {
     let eligible_owned = eligibility(nodes, &spec);
     let eligible = as_eligible(&eligible_owned);
     let strategy = ds::Strategy::of(&d["spec"]["updateStrategy"]);
+    let pods: Vec<PodInfo> = owned_pods(w, d).iter().map(pod_info).collect();
+    let uid = meta_str(d, "uid");
+    let mut backoff = FAILED_PODS_BACKOFF
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    backoff.gc(now);
+    let waiting: BTreeSet<String> = nodes
+        .iter()
+        .filter(|n| backoff.in_backoff(&FailedPodsBackoff::key(uid, &n.name), now))
+        .map(|n| n.name.clone())
+        .collect();
     let daemon = ds::Daemon {
         hash: &hash,
         strategy: &strategy,
+        backoff: &waiting,
         min_ready_seconds: d["spec"]["minReadySeconds"].as_i64().unwrap_or(0),
     };
-    let pods: Vec<PodInfo> = owned_pods(w, d).iter().map(pod_info).collect();
     let mut plan = ds::plan(&daemon, &eligible, &pods, now);
+    for (node, pod) in &plan.failed {
+        backoff.next(&FailedPodsBackoff::key(uid, node), now);
+        let msg = format!("Found failed daemon pod {ns}/{pod} on node {node}, will try to kill it");
+        event(w, d, EventType::Warning, "FailedDaemonPod", &msg);
+    }
+    drop(backoff);
     for gone in ds::orphaned_by_node(&eligible, &pods) {
         plan.delete.push(gone.to_string());
     }

@@ -8,9 +8,9 @@
 //! nothing for `OnDelete`) and the status. The loop in [`super::daemon`] reads the store and
 //! carries these out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{
     Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
     Taint, Toleration,
@@ -252,6 +252,9 @@ pub struct Plan {
     pub create: Vec<String>,
     /// Daemon pods to delete, by name.
     pub delete: Vec<String>,
+    /// The failed pods among them, with their nodes (for the backoff and the
+    /// `FailedDaemonPod` event).
+    pub failed: Vec<(String, String)>,
 }
 
 /// What the plan needs of a DaemonSet.
@@ -261,6 +264,56 @@ pub struct Daemon<'a> {
     pub hash: &'a str,
     pub strategy: &'a Strategy,
     pub min_ready_seconds: i64,
+    /// Nodes whose failed daemon pod is not to be deleted yet ([`FailedPodsBackoff`]).
+    pub backoff: &'a BTreeSet<String>,
+}
+
+/// The controller's `failedPodsBackoff`: a failed daemon pod is deleted (and so replaced) at
+/// once the first time, then only after a delay that doubles from 1 s up to 15 min per
+/// DaemonSet and node, so a pod the node keeps failing (admission, eviction) is not recreated
+/// in a tight loop. An entry untouched for twice the maximum starts over.
+#[derive(Debug, Default)]
+pub struct FailedPodsBackoff {
+    /// Key -> (current delay, when it was last raised).
+    entries: BTreeMap<String, (SignedDuration, Timestamp)>,
+}
+
+impl FailedPodsBackoff {
+    pub const fn new() -> Self {
+        FailedPodsBackoff {
+            entries: BTreeMap::new(),
+        }
+    }
+
+    pub const INITIAL: SignedDuration = SignedDuration::from_secs(1);
+    pub const MAX: SignedDuration = SignedDuration::from_secs(15 * 60);
+
+    /// The key of a DaemonSet's node (`failedPodsBackoffKey`).
+    pub fn key(ds_uid: &str, node: &str) -> String {
+        format!("{ds_uid}/{node}")
+    }
+
+    /// Whether `key` is still waiting since its last raise (`IsInBackOffSinceUpdate`).
+    pub fn in_backoff(&self, key: &str, now: Timestamp) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|(delay, at)| now.duration_since(*at) < *delay)
+    }
+
+    /// Records a deletion: the delay starts at [`Self::INITIAL`] and doubles up to [`Self::MAX`].
+    pub fn next(&mut self, key: &str, now: Timestamp) {
+        let delay = match self.entries.get(key) {
+            Some((d, at)) if now.duration_since(*at) <= Self::MAX * 2 => (*d * 2).min(Self::MAX),
+            _ => Self::INITIAL,
+        };
+        self.entries.insert(key.to_string(), (delay, now));
+    }
+
+    /// Drops the entries that have expired (`GC`).
+    pub fn gc(&mut self, now: Timestamp) {
+        self.entries
+            .retain(|_, (_, at)| now.duration_since(*at) <= Self::MAX * 2);
+    }
 }
 
 /// A node with its `(shouldRun, shouldContinueRunning)`.
@@ -294,16 +347,21 @@ pub fn plan(ds: &Daemon<'_>, nodes: &[Eligible<'_>], pods: &[PodInfo], now: Time
             out.create.push(node.to_string());
         } else if keep {
             let mut running = Vec::new();
+            let waiting = ds.backoff.contains(node);
             for p in here.iter().filter(|p| !p.deleting) {
                 if p.failed {
-                    out.delete.push(p.name.clone());
+                    if !waiting {
+                        out.delete.push(p.name.clone());
+                        out.failed.push((node.to_string(), p.name.clone()));
+                    }
                 } else {
                     running.push(*p);
                 }
             }
-            // A failed pod is replaced at once (the controller backs off; the next pass here
-            // sees it gone).
-            if run && running.is_empty() && here.iter().all(|p| p.failed && !p.deleting) {
+            // A failed pod is replaced in the same pass it is deleted; one kept for its
+            // backoff still holds the node.
+            if run && !waiting && running.is_empty() && here.iter().all(|p| p.failed && !p.deleting)
+            {
                 out.create.push(node.to_string());
             }
             if running.len() > 1 {
@@ -751,6 +809,17 @@ mod tests {
                 delete: &["f"],
             },
             Case {
+                what: "a failed pod in its backoff stays, and holds the node",
+                strategy: &rolling1,
+                nodes: &[("n2", true, true), ("backoff", true, true)],
+                pods: vec![PodInfo {
+                    failed: true,
+                    ..pod("g", "backoff", "h2", None)
+                }],
+                create: &["n2"],
+                delete: &[],
+            },
+            Case {
                 what: "rolling update: one old available pod at a time",
                 strategy: &rolling1,
                 nodes: nodes3,
@@ -836,10 +905,12 @@ mod tests {
             },
         ];
         for c in cases {
+            let backoff = BTreeSet::from(["backoff".to_string()]);
             let ds = Daemon {
                 hash: "h2",
                 strategy: c.strategy,
                 min_ready_seconds: 0,
+                backoff: &backoff,
             };
             let p = plan(&ds, c.nodes, &c.pods, t(100));
             assert_eq!(p.create, c.create, "{}: create", c.what);
@@ -854,6 +925,7 @@ mod tests {
             hash: "h2",
             strategy: &strategy,
             min_ready_seconds: 30,
+            backoff: &BTreeSet::new(),
         };
         let nodes: &[Eligible] = &[("n1", true, true), ("n2", true, true)];
         let pods = vec![
@@ -876,6 +948,7 @@ mod tests {
             hash: "h2",
             strategy: &strategy,
             min_ready_seconds: 0,
+            backoff: &BTreeSet::new(),
         };
         let nodes: &[Eligible] = &[("n1", true, true), ("n2", true, true), ("n3", false, false)];
         let pods = vec![
@@ -929,5 +1002,35 @@ mod tests {
             validate_strategy(&json!({"type": "Sometimes"})).unwrap_err(),
             "spec.updateStrategy: Unsupported value: \"Sometimes\": supported values: \"OnDelete\", \"RollingUpdate\""
         );
+    }
+
+    #[test]
+    fn failed_pod_backoff_doubles_to_its_maximum_and_starts_over_when_idle() {
+        let mut b = FailedPodsBackoff::new();
+        let k = FailedPodsBackoff::key("uid", "n1");
+        assert!(
+            !b.in_backoff(&k, t(0)),
+            "the first failure is handled at once"
+        );
+        b.next(&k, t(0));
+        assert!(b.in_backoff(&k, t(0)));
+        assert!(!b.in_backoff(&k, t(1)), "1 s first");
+        b.next(&k, t(1));
+        assert!(b.in_backoff(&k, t(2)));
+        assert!(!b.in_backoff(&k, t(3)), "then 2 s");
+        let mut at = 3;
+        for _ in 0..20 {
+            b.next(&k, t(at));
+            at += 15 * 60;
+        }
+        assert!(b.in_backoff(&k, t(at - 1)), "capped at 15 min");
+        assert!(!b.in_backoff(&k, t(at)));
+        b.next(&k, t(at + 31 * 60));
+        assert!(
+            !b.in_backoff(&k, t(at + 31 * 60 + 1)),
+            "idle for 30 min: 1 s again"
+        );
+        b.gc(t(at + 120 * 60));
+        assert!(b.entries.is_empty());
     }
 }

@@ -180,6 +180,13 @@ pub(crate) fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
     pods
 }
 
+/// Whether the owner `v` still exists with the same uid and is not being deleted.
+fn still_adopting(w: &Writer, kind: WorkloadKind, v: &Value) -> bool {
+    w.store
+        .workload(&obj_key(kind, v))
+        .is_some_and(|cur| cur["metadata"]["uid"] == v["metadata"]["uid"] && !deleting(&cur))
+}
+
 fn event(w: &Writer, kind: WorkloadKind, v: &Value, ty: EventType, reason: &str, msg: &str) {
     w.store.event(&involved(kind, v), ty, reason, msg);
 }
@@ -209,6 +216,11 @@ fn sync_replica_set(w: &Writer, kind: WorkloadKind, r: &Value, now: Timestamp) {
     let me = owner_ref(kind, r);
     let mut failure: Option<String> = None;
     for p in &plan.adopt {
+        // Read again just before adopting (the controller's `canAdopt`): an orphaning delete
+        // may have begun since this sync read the owner.
+        if !still_adopting(w, kind, r) {
+            break;
+        }
         let mut refs: Vec<Value> = pods
             .iter()
             .find(|x| x.metadata.name.as_deref() == Some(p))
@@ -499,7 +511,11 @@ fn sync_deployment(w: &Writer, d: &Value, now: Timestamp) {
                     );
                 }
             }
-            None if matches && !from_manifest(&r) && !deleting(&r) => {
+            None if matches
+                && !from_manifest(&r)
+                && !deleting(&r)
+                && still_adopting(w, WorkloadKind::Deployment, d) =>
+            {
                 let uid = meta_str(&r, "uid").to_string();
                 let me = owner_ref(WorkloadKind::Deployment, d);
                 if let Ok(Some(v)) =

@@ -316,6 +316,9 @@ impl DirSource {
             .get_or_insert_with(Default::default);
         ann.insert("kubernetes.io/config.source".into(), "file".into());
         ann.insert("kubernetes.io/config.hash".into(), hex[..32].to_string());
+        // A file's pod is a static pod; its API object is what the kubelet calls a mirror pod,
+        // which `kubectl drain` leaves alone (it cannot evict it).
+        ann.insert("kubernetes.io/config.mirror".into(), hex[..32].to_string());
         ann.insert("skiff.dev/manifest".into(), file.display().to_string());
         ann.insert(
             crate::store::SOURCE_ANNOTATION.into(),

@@ -266,7 +266,7 @@ fn validate_container(
         }
     }
     crate::pod::admission::validate_extended(c, field)?;
-    crate::runtime::resources::amounts(c).map_err(|e| {
+    crate::kube::resources::amounts(c).map_err(|e| {
         let e = e
             .strip_prefix(&format!("container {}: ", c.name))
             .unwrap_or(&e)

@@ -367,7 +367,7 @@ impl<R: Registry, D: DataPath> Agent<R, D> {
                 _ = ticker.tick() => {
                     // Rules someone flushed come back (flannel re-checks its rules too).
                     let (network, subnet) = (self.cfg.network, self.lease.subnet);
-                    if let Err(e) = crate::runtime::blocking(|| self.dp.masquerade(&network, &subnet)) {
+                    if let Err(e) = crate::util::blocking(|| self.dp.masquerade(&network, &subnet)) {
                         warn!(error = %e, "installing the overlay's masquerade rules");
                     }
                     match self.registry.renew(&self.lease).await {

@@ -10,11 +10,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+
+use crate::http1::{self, ConnTask};
 
 use super::lease::{
     self, Ipv4Net, LeaseAttrs, LeaseError, NetworkConfig, Pick, Resolved, subnet_key,
@@ -467,24 +467,17 @@ impl Client {
     /// A fresh HTTP/1.1 connection to an endpoint, driven by a task of its own.
     async fn open(&self, path: &'static str) -> Result<Conn, EtcdError> {
         let (stream, addr) = self.connect().await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let http = http1::Conn::handshake(stream)
             .await
             .map_err(|source| EtcdError::Http { path, source })?;
-        let task = ConnTask(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        Ok(Conn {
-            addr,
-            sender,
-            _task: task,
-        })
+        Ok(Conn { addr, http })
     }
 
     /// An idle kept-alive connection, if one is still open.
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.sender.is_ready() {
+            if c.http.is_reusable() {
                 return Some(c);
             }
         }
@@ -493,7 +486,7 @@ impl Client {
 
     /// Keep `c` for the next request (at most [`MAX_IDLE`] of them; the rest are closed).
     fn put_idle(&self, c: Conn) {
-        if c.sender.is_closed() {
+        if c.http.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -526,12 +519,8 @@ impl Client {
         body: &Value,
         token: Option<&str>,
     ) -> Result<(u16, Bytes), (bool, hyper::Error)> {
-        c.sender.ready().await.map_err(|e| (false, e))?;
-        let resp = c
-            .sender
-            .send_request(Self::request(&c.addr, path, body, token))
-            .await
-            .map_err(|e| (false, e))?;
+        let request = Self::request(&c.addr, path, body, token);
+        let resp = c.http.send(request).await.map_err(|e| (false, e))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
@@ -670,17 +659,13 @@ impl Client {
         let mut retried = false;
         loop {
             let token = self.token().await?;
-            let Conn {
-                addr,
-                mut sender,
-                _task,
-            } = self.open(path).await?;
-            let resp = sender
-                .send_request(Self::request(&addr, path, body, token.as_deref()))
+            let Conn { addr, mut http } = self.open(path).await?;
+            let resp = http
+                .send(Self::request(&addr, path, body, token.as_deref()))
                 .await
                 .map_err(|source| EtcdError::Http { path, source })?;
             if resp.status().is_success() {
-                return Ok((resp, _task));
+                return Ok((resp, http.into_task()));
             }
             let status = resp.status().as_u16();
             let bytes = resp
@@ -870,8 +855,7 @@ impl Client {
 /// One HTTP/1.1 connection to etcd.
 struct Conn {
     addr: String,
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    _task: ConnTask,
+    http: http1::Conn,
 }
 
 /// How many idle connections a client keeps for the next requests.
@@ -940,16 +924,6 @@ struct Auth {
     user: String,
     password: String,
     token: tokio::sync::Mutex<Option<String>>,
-}
-
-/// Owns the task driving one HTTP connection; aborted when dropped.
-#[derive(Debug)]
-struct ConnTask(JoinHandle<()>);
-
-impl Drop for ConnTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A running watch. Dropping it closes the stream.
@@ -1461,7 +1435,7 @@ pub(crate) mod tests {
             Cutter {
                 addr,
                 conns,
-                _accept: ConnTask(accept),
+                _accept: ConnTask::new(accept),
             }
         }
 

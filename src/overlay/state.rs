@@ -481,7 +481,7 @@ mod tests {
 
     use super::*;
     use crate::overlay::etcd::tests::Etcd;
-    use crate::service::Views;
+    use crate::store::Views;
 
     fn service(name: &str, ip: &str) -> Service {
         Service {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 
+use crate::kube::expand::expand;
 use crate::quantity;
-use crate::runtime::process::expand;
 use crate::store::Store;
 
 /// What the values can come from.

@@ -6,24 +6,10 @@
 
 use tokio::time::Instant;
 
-/// The pod's `restartPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
-    Always,
-    OnFailure,
-    Never,
-}
+use crate::kube::reasons;
 
-impl RestartPolicy {
-    /// The policy named in the spec (validated; anything else is the default, Always).
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "OnFailure" => RestartPolicy::OnFailure,
-            "Never" => RestartPolicy::Never,
-            _ => RestartPolicy::Always,
-        }
-    }
-}
+// moved to kube/restart.rs; re-exported for callers not yet updated
+pub use crate::kube::restart::RestartPolicy;
 
 /// A running container instance, as far as the plan cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,18 +66,14 @@ pub enum Action {
     Complete,
 }
 
-/// Whether a waiting reason is one that is not a crash (an image or config problem).
-fn waits_for_setup(reason: &str) -> bool {
-    reason.starts_with("Err") || reason.starts_with("Create") || reason == "InvalidImageName"
-}
-
 /// `Start`, or `BackOff` while the container's back-off lasts.
 pub fn start_or_back_off(i: usize, s: &SlotState, now: Instant) -> Action {
     match s.not_before {
         Some(at) if now < at => Action::BackOff {
             slot: i,
             until: at,
-            crash_loop: s.last_exit.is_some() && !s.waiting.as_deref().is_some_and(waits_for_setup),
+            crash_loop: s.last_exit.is_some()
+                && !s.waiting.as_deref().is_some_and(reasons::is_setup_error),
         },
         _ => Action::Start(i),
     }

@@ -18,6 +18,7 @@ use super::backoff::Backoff;
 use super::plan::{self, Action, PodState, RestartPolicy, RunState, SlotState};
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
+use crate::kube::reasons;
 use crate::manifest::source::PodKey;
 use crate::runtime::{
     ID_SCHEME, PendingNetwork, PodRuntime, Process, Sandbox, StartError, StartRequest,
@@ -348,7 +349,7 @@ impl Worker {
             .spec
             .as_ref()
             .and_then(|s| s.restart_policy.as_deref())
-            .unwrap_or("Always")
+            .unwrap_or(RestartPolicy::DEFAULT)
     }
 
     fn event(&self, kind: EventType, reason: &str, message: &str) {
@@ -791,7 +792,7 @@ impl Worker {
             "Back-off restarting failed container {} in pod {}_{}({})",
             slot.spec.name, self.key.1, self.key.0, self.uid
         );
-        self.slots[i].waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
+        self.slots[i].waiting = Some((reasons::CRASH_LOOP_BACK_OFF.into(), Some(msg)));
         self.event(EventType::Warning, "BackOff", &event);
     }
 
@@ -1113,7 +1114,7 @@ impl Worker {
                 );
             } else if self.slots[i].last.is_some() {
                 // Finished or backing off: start it again with the new image.
-                self.slots[i].waiting = Some(("ContainerCreating".into(), None));
+                self.slots[i].waiting = Some((reasons::CONTAINER_CREATING.into(), None));
                 self.slots[i].not_before = None;
             }
         }
@@ -1247,7 +1248,7 @@ impl Worker {
         if std::mem::take(&mut slot.changed) {
             // Started again at once with its new definition.
             slot.not_before = None;
-            slot.waiting = Some(("ContainerCreating".into(), None));
+            slot.waiting = Some((reasons::CONTAINER_CREATING.into(), None));
         }
         if let Some(old) = slot.last_id.replace(id.to_string()) {
             self.ctx.runtime.remove_container(&self.uid, &old);

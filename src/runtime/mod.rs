@@ -1448,17 +1448,8 @@ fn attach_in_background(
     pending
 }
 
-/// Runs blocking filesystem and namespace work without stalling the other
-/// tasks of a worker thread (the pod start path does mounts, unshares and
-/// writes).
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
+// moved to util.rs; re-exported for callers not yet updated
+pub(crate) use crate::util::blocking;
 
 /// `docker.io/library/busybox:latest` -> `docker.io/library/busybox`.
 fn repository_of(name: &str) -> &str {

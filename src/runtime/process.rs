@@ -111,39 +111,8 @@ pub fn exec_too_long(args: &[String], env: &[String], stack_limit: u64) -> Optio
     })
 }
 
-/// Kubernetes' `$(VAR)` expansion.
-pub fn expand(input: &str, vars: &HashMap<String, String>) -> String {
-    let bytes = input.as_bytes();
-    let mut out = String::with_capacity(input.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'$' && i + 1 < bytes.len() {
-            match bytes[i + 1] {
-                b'$' => {
-                    out.push('$');
-                    i += 2;
-                    continue;
-                }
-                b'(' => {
-                    if let Some(end) = input[i + 2..].find(')') {
-                        let name = &input[i + 2..i + 2 + end];
-                        match vars.get(name) {
-                            Some(v) => out.push_str(v),
-                            None => out.push_str(&input[i..i + 3 + end]),
-                        }
-                        i += 3 + end;
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-        }
-        let ch = input[i..].chars().next().unwrap_or('\0');
-        out.push(ch);
-        i += ch.len_utf8();
-    }
-    out
-}
+// moved to kube/expand.rs; re-exported for callers not yet updated
+pub use crate::kube::expand::expand;
 
 /// Resolves an image `User` (`uid`, `uid:gid`, `name`, `name:group`) against
 /// the container's `/etc/passwd` and `/etc/group` (their contents, read safely with

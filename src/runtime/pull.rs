@@ -15,13 +15,25 @@ use images::{
     Credentials, GcPolicy, Image, ImageStore, PruneReport, PullDecision, PullOptions, PullPolicy,
     Puller,
 };
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::StartError;
-use crate::store::{EventType, Involved, Store};
+use crate::kube::events::{EventType, Involved};
+
+/// What image pulls need from the rest of the node: a sink for their events, the pull
+/// secrets, and the pods whose images garbage collection keeps. The store implements it (in
+/// the daemon, the layer above both), so pulls do not depend on the store.
+pub trait PullHost: Send + Sync + 'static {
+    /// Records an event about `obj`.
+    fn event(&self, obj: &Involved, kind: EventType, reason: &str, message: &str);
+    /// The Secret `namespace/name`, if it exists.
+    fn secret(&self, namespace: &str, name: &str) -> Option<Secret>;
+    /// Every pod the node knows.
+    fn pods(&self) -> Vec<Pod>;
+}
 
 /// How long a container start waits for a pull before it reports [`PULLING`] and lets the
 /// pull finish in the background.
@@ -85,7 +97,7 @@ struct Entry {
 
 struct Shared {
     puller: Puller,
-    store: Arc<Store>,
+    store: Arc<dyn PullHost>,
     /// Pull state per `<pod uid>_<image>`, as the kubelet keys its back-off.
     entries: Mutex<HashMap<String, Entry>>,
     /// Image ids between lookup and container creation (not yet on disk), with a count.
@@ -149,7 +161,7 @@ impl ImageService {
     /// `resync` wakes the pod workers when a pull ends; `gc` requests a GC run.
     pub fn new(
         puller: Puller,
-        store: Arc<Store>,
+        store: Arc<dyn PullHost>,
         gc_policy: GcPolicy,
         resync: mpsc::UnboundedSender<()>,
         gc: mpsc::UnboundedSender<()>,
@@ -429,7 +441,7 @@ impl ImageService {
         let live: HashSet<String> = self
             .shared
             .store
-            .list_pods(None)
+            .pods()
             .into_iter()
             .filter_map(|p| p.metadata.uid)
             .collect();
@@ -444,7 +456,7 @@ impl ImageService {
     /// containers being created.
     fn keep(&self, container_images: &[String]) -> Result<HashSet<String>, images::Error> {
         let mut refs: Vec<String> = container_images.to_vec();
-        for p in self.shared.store.list_pods(None) {
+        for p in self.shared.store.pods() {
             let statuses = p.status.into_iter().flat_map(|s| {
                 s.container_statuses
                     .into_iter()

@@ -113,7 +113,7 @@ mod tests {
             endpoint: "10.244.0.1".parse().unwrap(),
             port: 6443,
         };
-        let mut views = crate::service::Views::default();
+        let mut views = crate::store::Views::default();
         views
             .services
             .insert(("default".into(), "kubernetes".into()), m.service());

@@ -24,18 +24,12 @@ use crate::manifest::source::PodKey;
 use crate::proxy::{
     self, Conntrack, Endpoint, Iptables, Protocol, Proxier, ServicePort, ServicePortKey,
 };
-use crate::runtime::blocking;
 use crate::selector::Selector;
 use crate::store::{EventType, Involved, Store};
+use crate::util::blocking;
 
-/// What the controller publishes for one Service.
-#[derive(Debug, Clone, Default)]
-pub struct Views {
-    pub services: BTreeMap<PodKey, Service>,
-    pub endpoints: BTreeMap<PodKey, Endpoints>,
-    /// Services refused (bad allocation), with the reason.
-    pub rejected: BTreeMap<PodKey, String>,
-}
+// moved to store/views.rs; re-exported for callers not yet updated
+pub use crate::store::Views;
 
 /// The controller.
 pub struct Controller<I: Iptables, C: Conntrack> {

@@ -112,6 +112,7 @@ pub struct Node {
     daemon: Option<Child>,
     log: PathBuf,
     flags: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -152,6 +153,7 @@ impl Node {
             log,
             dir,
             flags: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -166,6 +168,13 @@ impl Node {
     /// Extra skiffd flags (set before `start_daemon`).
     pub fn extra_flags(&mut self, flags: &[&str]) {
         self.flags.extend(flags.iter().map(|s| s.to_string()));
+    }
+
+    /// An environment variable for skiffd (set before `start_daemon`; replaces an earlier
+    /// value of the same name).
+    pub fn daemon_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     pub fn start_daemon(&mut self) {
@@ -198,6 +207,14 @@ impl Node {
             .arg(self.dir.path().join("cni/net.d"))
             .args(&self.flags)
             .args(self.default_gc_flags())
+            // The test machine's proxy settings stay out: a test that wants a proxy sets one.
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

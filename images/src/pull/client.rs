@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -25,49 +26,103 @@ use tracing::debug;
 
 use super::auth::{Credential, parse_challenge};
 use super::hosts::{Endpoint, TlsSettings};
+use super::proxy::{ForwardConnector, Proxies, Route};
 use super::{PullError, Timeouts};
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// A client for one route: the connector types differ, the requests do not.
+#[derive(Clone)]
+enum HttpClient {
+    Direct(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
+    Tunnel(Client<HttpsConnector<Tunnel<HttpConnector>>, Empty<Bytes>>),
+    Forward(Client<ForwardConnector, Empty<Bytes>>),
+}
+
+impl HttpClient {
+    fn request(&self, req: Request<Empty<Bytes>>) -> ResponseFuture {
+        match self {
+            HttpClient::Direct(c) => c.request(req),
+            HttpClient::Tunnel(c) => c.request(req),
+            HttpClient::Forward(c) => c.request(req),
+        }
+    }
+}
 
 const MAX_REDIRECTS: usize = 5;
 const USER_AGENT: &str = concat!("skiff/", env!("CARGO_PKG_VERSION"));
 
-/// Clients by TLS settings, created on first use.
+/// Clients by TLS settings and route, created on first use.
 pub(crate) struct Transport {
-    clients: Mutex<HashMap<TlsSettings, HttpClient>>,
+    clients: Mutex<HashMap<(TlsSettings, Route), HttpClient>>,
+    proxies: Proxies,
     pub(crate) timeouts: Timeouts,
 }
 
 impl Transport {
-    pub(crate) fn new(timeouts: Timeouts) -> Transport {
+    pub(crate) fn new(timeouts: Timeouts, proxies: Proxies) -> Transport {
         Transport {
             clients: Mutex::new(HashMap::new()),
+            proxies,
             timeouts,
         }
     }
 
-    fn client(&self, tls: &TlsSettings, authority: &str) -> Result<HttpClient, PullError> {
+    fn client(
+        &self,
+        tls: &TlsSettings,
+        route: &Route,
+        authority: &str,
+    ) -> Result<HttpClient, PullError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(tls) {
+        let key = (tls.clone(), route.clone());
+        if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let config = tls_config(tls).map_err(|reason| PullError::Tls {
-            authority: authority.to_owned(),
-            reason,
-        })?;
+        let tls_config = || {
+            tls_config(tls).map_err(|reason| PullError::Tls {
+                authority: authority.to_owned(),
+                reason,
+            })
+        };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(self.timeouts.connect));
         http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        clients.insert(tls.clone(), client.clone());
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(Duration::from_secs(30));
+            b
+        };
+        let client = match route {
+            Route::Direct => HttpClient::Direct(
+                builder().build(
+                    hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls_config()?)
+                        .https_or_http()
+                        .enable_http1()
+                        .wrap_connector(http),
+                ),
+            ),
+            Route::Tunnel(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri.clone(), http);
+                if let Some(auth) = &proxy.auth {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                HttpClient::Tunnel(
+                    builder().build(
+                        hyper_rustls::HttpsConnectorBuilder::new()
+                            .with_tls_config(tls_config()?)
+                            .https_only()
+                            .enable_http1()
+                            .wrap_connector(tunnel),
+                    ),
+                )
+            }
+            Route::Forward(proxy) => HttpClient::Forward(builder().build(ForwardConnector {
+                http,
+                proxy: proxy.uri.clone(),
+            })),
+        };
+        clients.insert(key, client.clone());
         Ok(client)
     }
 
@@ -83,8 +138,17 @@ impl Transport {
             reason: format!("invalid URL: {e}"),
         })?;
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let client = self.client(tls, &authority)?;
+        let route = self.proxies.route(&uri);
+        debug!(url, ?route, "registry request");
+        let client = self.client(tls, &route, &authority)?;
         let mut req = Request::get(uri).header(header::USER_AGENT, USER_AGENT);
+        if let Route::Forward(proxy) = &route
+            && let Some(auth) = &proxy.auth
+        {
+            // A forwarded request carries the proxy's credentials itself (a tunnel sends them
+            // once, with its CONNECT).
+            req = req.header(header::PROXY_AUTHORIZATION, auth.clone());
+        }
         for (name, value) in headers {
             req = req.header(name, value);
         }

@@ -17,6 +17,7 @@ mod client;
 
 pub use client::no_verify_config;
 mod hosts;
+mod proxy;
 mod registry;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use tracing::{debug, info, warn};
 
 pub use self::auth::{Credential, Credentials};
 pub use self::hosts::{RegistriesConfig, RegistryConfig};
+pub use self::proxy::ProxyConfig;
 use crate::reference::{Reference, ReferenceError};
 use crate::{Image, ImageStore};
 
@@ -68,6 +70,8 @@ pub struct PullerConfig {
     pub retries: u32,
     /// Layers downloaded at the same time.
     pub max_concurrent_downloads: usize,
+    /// The HTTP proxy for registries (none by default; skiffd takes it from the environment).
+    pub proxy: ProxyConfig,
 }
 
 impl Default for PullerConfig {
@@ -79,6 +83,7 @@ impl Default for PullerConfig {
             timeouts: Timeouts::default(),
             retries: 5,
             max_concurrent_downloads: 3,
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -305,7 +310,10 @@ impl Drop for InFlightGuard<'_> {
 impl Puller {
     /// A puller storing into `store`.
     pub fn new(store: ImageStore, config: PullerConfig) -> Puller {
-        let transport = Arc::new(client::Transport::new(config.timeouts.clone()));
+        let transport = Arc::new(client::Transport::new(
+            config.timeouts.clone(),
+            proxy::Proxies::new(&config.proxy),
+        ));
         Puller {
             store,
             config: Arc::new(config),
