@@ -197,6 +197,9 @@ pub struct Store {
     /// Multi-host (`--etcd-endpoints`): controllers' pods are left unbound for the cluster
     /// scheduler and only pods bound to this node run here.
     clustered: std::sync::atomic::AtomicBool,
+    /// Multi-host: the node the controllers' lease names, as the cluster mirror last read it
+    /// (this node's own name only once it acts as leader).
+    cluster_leader: std::sync::Mutex<Option<String>>,
 }
 
 impl Store {
@@ -237,6 +240,7 @@ impl Store {
             views_published: watch::channel(0).0,
             objects_dir: OnceLock::new(),
             clustered: std::sync::atomic::AtomicBool::new(false),
+            cluster_leader: std::sync::Mutex::new(None),
         }
     }
 
@@ -253,6 +257,22 @@ impl Store {
     /// Whether this node is part of a multi-host cluster (see [`Store::set_clustered`]).
     pub fn clustered(&self) -> bool {
         self.clustered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records which node leads the cluster's controllers (`None`: unknown, or no leader).
+    pub fn set_cluster_leader(&self, node: Option<String>) {
+        *self
+            .cluster_leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = node;
+    }
+
+    /// The node that leads the cluster's controllers (see [`Store::set_cluster_leader`]).
+    pub fn cluster_leader(&self) -> Option<String> {
+        self.cluster_leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A receiver that sees a new value after every change.

@@ -65,6 +65,31 @@ fn with_remote(mut pods: Vec<Pod>, s: &Shared, ns: Option<&str>) -> Vec<Pod> {
             pods.push(p);
         }
     }
+    // Pods the scheduler has not bound yet: Pending, without a node, on every node's list.
+    let unbound = if s.store.clustered() {
+        s.store.api_objects("pods")
+    } else {
+        Vec::new()
+    };
+    for ((_, pns, _), v) in unbound {
+        if ns.is_some_and(|n| n != pns) || !v["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+        {
+            continue;
+        }
+        let Ok(mut p) = serde_json::from_value::<Pod>(v) else {
+            continue;
+        };
+        if pods.iter().any(|x| {
+            x.metadata.namespace == p.metadata.namespace && x.metadata.name == p.metadata.name
+        }) {
+            continue;
+        }
+        p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+        pods.push(p);
+    }
     pods
 }
 

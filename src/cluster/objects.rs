@@ -105,6 +105,7 @@ impl Mirror {
                 }
                 self.import().await.map(drop)
             };
+            self.note_leader().await;
             if let Err(e) = r {
                 debug!(error = %e, "cluster objects: etcd pass failed");
                 if matches!(e, EtcdError::Watch(_)) && self.exported.take().is_some() {
@@ -133,6 +134,25 @@ impl Mirror {
         self.schedule();
         self.evict();
         self.export().await
+    }
+
+    /// Tells the store which node leads: this one once it acts (its store is the cluster's),
+    /// else the node the lease names.
+    async fn note_leader(&self) {
+        let leader = if self.exported.is_some() {
+            Some(self.node.clone())
+        } else {
+            let key = super::leader::key(&self.s.prefix);
+            match self.s.client.range(&key, false).await {
+                Ok((kvs, _)) => kvs
+                    .into_iter()
+                    .find(|kv| kv.key == key)
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                    .filter(|n| *n != self.node),
+                Err(_) => None,
+            }
+        };
+        self.s.store.set_cluster_leader(leader);
     }
 
     fn key_of(&self, k: &ObjKey) -> String {
@@ -333,13 +353,14 @@ impl Mirror {
         let mut names = BTreeSet::new();
         let mut out = Vec::new();
         for (k, v) in pods {
+            // An unbound pod the API shows here is not this node's (not counted below).
+            names.insert((k.1.clone(), k.2.clone()));
             let Some(node) = v["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
                 continue;
             };
             let Ok(pod) = serde_json::from_value::<Pod>(v.clone()) else {
                 continue;
             };
-            names.insert((k.1.clone(), k.2.clone()));
             out.push(Bound {
                 node: node.to_string(),
                 requests: scheduler::requests(&pod),
