@@ -426,7 +426,15 @@ fn with_kind(mut v: Value, kind: Kind) -> Value {
 /// The object as served now (a pod with its status, a Service with its cluster IP).
 pub fn current(store: &Store, kind: Kind, ns: &str, name: &str) -> Option<Value> {
     let v = match kind {
-        Kind::Pod => serde_json::to_value(store.get_pod(ns, name)?).ok()?,
+        Kind::Pod => match store.get_pod(ns, name) {
+            Some(p) => serde_json::to_value(p).ok()?,
+            // Multi-host: a controller's pod bound to another node (or to none yet) is only
+            // the cluster's object here; the leader deletes or rewrites it through that.
+            None if store.clustered() => {
+                store.api_object(&("pods".into(), ns.into(), name.into()))?
+            }
+            None => return None,
+        },
         Kind::Service => {
             let served = store
                 .services(Some(ns))
