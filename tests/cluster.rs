@@ -66,6 +66,36 @@ impl Drop for KeepLogs<'_> {
     }
 }
 
+/// The pods of a skiffd killed for good: their processes are killed on drop (nobody else
+/// stops them, and the lab's sweep cannot tell them by their root).
+struct DeadPods(Vec<String>);
+
+impl Drop for DeadPods {
+    fn drop(&mut self) {
+        for uid in &self.0 {
+            for base in ["/sys/fs/cgroup/pids/skiff", "/sys/fs/cgroup/skiff"] {
+                kill_cgroup(&PathBuf::from(base).join(format!("pod{uid}")));
+            }
+        }
+    }
+}
+
+/// SIGKILLs every process in the cgroup `dir` and below.
+fn kill_cgroup(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_cgroup(&e.path());
+        }
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).output();
+    }
+}
+
 fn leader(lab: &Lab) -> Option<String> {
     let key = format!("{PREFIX}/leader/controllers");
     lab.etcd_range(&key)
@@ -146,6 +176,7 @@ fn the_elected_leader_spreads_places_and_replaces_pods_over_three_hosts() {
     let t0 = Instant::now();
     let lab = Lab::up(3, &["--ttl", "10", "--flags", "--pod-eviction-timeout 10s"]);
     let _keep = KeepLogs(&lab);
+    let mut dead_pods = DeadPods(Vec::new());
     lab.wait_meshed(&["h1", "h2", "h3"], Duration::from_secs(60));
     let hosts = ["h1", "h2", "h3"];
     let lh = wait_leader(&lab, &hosts, None, Duration::from_secs(60));
@@ -242,7 +273,17 @@ fn the_elected_leader_spreads_places_and_replaces_pods_over_three_hosts() {
     });
     eprintln!("spread, cordon and DaemonSet after {:?}", t0.elapsed());
 
-    // The leader's skiffd dies for good.
+    // The leader's skiffd dies for good (its pods are killed at the end).
+    let (ok, out) = kubectl(&lab, lh, &["get", "pods", "-o", "json"]);
+    assert!(ok, "{out}");
+    let listed: Value = serde_json::from_str(&out).expect("pod list JSON");
+    dead_pods.0 = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["spec"]["nodeName"].as_str() == Some(lab.node_name(lh).as_str()))
+        .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
+        .collect();
     let pid_file = PathBuf::from("/run/skiff-lab")
         .join(&lab.name)
         .join(lh)
