@@ -113,6 +113,9 @@ pub struct Flags {
     /// TTL of this node's subnet lease in etcd, in seconds; a node gone that long loses its subnet and routes [default: 60].
     #[arg(long)]
     pub subnet_lease_ttl: Option<u64>,
+    /// Multi-host: how long a node may be gone from etcd before the leader replaces its pods elsewhere (kube-controller-manager's --pod-eviction-timeout). A duration like 5m, 30s [default: 5m].
+    #[arg(long)]
+    pub pod_eviction_timeout: Option<String>,
     /// The underlay interface for VXLAN [default: the default route's].
     #[arg(long)]
     pub iface: Option<String>,
@@ -226,6 +229,8 @@ pub struct FileConfig {
     pub etcd_password_file: Option<PathBuf>,
     /// Subnet lease TTL, seconds.
     pub subnet_lease_ttl: Option<u64>,
+    /// Pod eviction timeout of a node gone from the cluster (duration).
+    pub pod_eviction_timeout: Option<String>,
     /// Underlay interface.
     pub iface: Option<String>,
     /// Public (underlay) address.
@@ -333,6 +338,8 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub prefix: String,
     pub subnet_lease_ttl: Duration,
+    /// How long a node may be gone before its pods are replaced elsewhere.
+    pub pod_eviction_timeout: Duration,
     pub iface: Option<String>,
     pub public_ip: Option<std::net::Ipv4Addr>,
     pub vxlan_tx_checksum_off: bool,
@@ -461,6 +468,14 @@ impl Config {
                         .unwrap_or(60)
                         .max(1),
                 ),
+                pod_eviction_timeout: parse_duration(
+                    "--pod-eviction-timeout",
+                    flags
+                        .pod_eviction_timeout
+                        .or(file.pod_eviction_timeout)
+                        .as_deref()
+                        .unwrap_or("5m"),
+                )?,
                 iface: flags.iface.or(file.iface),
                 public_ip: flags.public_ip.or(file.public_ip),
                 vxlan_tx_checksum_off: flags.vxlan_tx_checksum_off

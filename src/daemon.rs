@@ -69,6 +69,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         resolv_conf: config.resolv_conf.clone(),
     });
     let store = Arc::new(Store::new(config.node_name.clone()));
+    store.set_clustered(config.etcd.is_some());
     store.set_node_labels(config.node_labels.clone());
     // Objects made through the API (issue 10), before the pod manager's first snapshot.
     let loaded = store.load_objects(&config.root_dir);
@@ -253,10 +254,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let metrics = crate::api::metrics::Sampler::new(config.metric_resolution);
     let metrics_task = tokio::spawn(metrics.clone().run(store.clone()));
+    // Multi-host: the elected leader runs the controllers (issue 11).
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let (acting_tx, acting_rx) = watch::channel(false);
     let controllers = tokio::spawn(crate::controller::run::run(
         store.clone(),
         resync_tx.clone(),
         metrics.clone(),
+        config.etcd.is_some().then_some(acting_rx),
     ));
     let state = Arc::new(ApiState {
         store: store.clone(),
@@ -276,6 +281,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Arc::new(move || api::nodes::node(&st)),
         );
         tokio::spawn(cluster.run(stopped(stop_rx.clone())))
+    });
+    let control_plane = config.etcd.as_ref().map(|etcd| {
+        let client = etcd.client().expect("endpoints checked by the config");
+        let elector = crate::cluster::leader::Elector::new(
+            client.clone(),
+            &etcd.prefix,
+            &config.node_name,
+            crate::cluster::leader::TTL,
+        );
+        let st = state.clone();
+        let mirror = crate::cluster::objects::Mirror::new(crate::cluster::objects::Settings {
+            client,
+            prefix: etcd.prefix.clone(),
+            store: store.clone(),
+            resync: state.resync.clone(),
+            local_node: Arc::new(move || api::nodes::node(&st)),
+            eviction_timeout: etcd.pod_eviction_timeout,
+        });
+        (
+            tokio::spawn(elector.run(leader_tx, stopped(stop_rx.clone()))),
+            tokio::spawn(mirror.run(leader_rx, acting_tx, stopped(stop_rx.clone()))),
+        )
     });
     let socket = config.socket_path();
     // The TLS API for kubectl (issue 10): keys and tokens under <root-dir>/pki.
@@ -345,6 +372,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = image_gc.await;
     for t in [overlay_task, cluster_task, dns_task].into_iter().flatten() {
         let _ = t.await;
+    }
+    if let Some((elector, mirror)) = control_plane {
+        let _ = elector.await;
+        let _ = mirror.await;
     }
     if let Some(res) = api_failed {
         let err = match res {

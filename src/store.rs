@@ -200,6 +200,12 @@ pub struct Store {
     views_published: watch::Sender<u64>,
     /// `<root-dir>/objects`, once [`Store::load_objects`] ran.
     objects_dir: OnceLock<PathBuf>,
+    /// Multi-host (`--etcd-endpoints`): controllers' pods are left unbound for the cluster
+    /// scheduler and only pods bound to this node run here.
+    clustered: std::sync::atomic::AtomicBool,
+    /// Multi-host: the node the controllers' lease names, as the cluster mirror last read it
+    /// (this node's own name only once it acts as leader).
+    cluster_leader: std::sync::Mutex<Option<String>>,
 }
 
 impl Store {
@@ -239,11 +245,40 @@ impl Store {
             api_changed: watch::channel(0).0,
             views_published: watch::channel(0).0,
             objects_dir: OnceLock::new(),
+            clustered: std::sync::atomic::AtomicBool::new(false),
+            cluster_leader: std::sync::Mutex::new(None),
         }
     }
 
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+
+    /// Marks the store as one node's part of a multi-host cluster.
+    pub fn set_clustered(&self, on: bool) {
+        self.clustered
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this node is part of a multi-host cluster (see [`Store::set_clustered`]).
+    pub fn clustered(&self) -> bool {
+        self.clustered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records which node leads the cluster's controllers (`None`: unknown, or no leader).
+    pub fn set_cluster_leader(&self, node: Option<String>) {
+        *self
+            .cluster_leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = node;
+    }
+
+    /// The node that leads the cluster's controllers (see [`Store::set_cluster_leader`]).
+    pub fn cluster_leader(&self) -> Option<String> {
+        self.cluster_leader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A receiver that sees a new value after every change.

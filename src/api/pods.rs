@@ -49,6 +49,50 @@ fn filtered(pods: Vec<Pod>, q: &HashMap<String, String>) -> Result<Vec<Value>, A
         .collect())
 }
 
+/// Multi-host: the pods other nodes run (as they published them in etcd) join this node's
+/// in a list, so `kubectl get pods -o wide` on any node shows the cluster's pods with their
+/// node. Empty on a single node.
+fn with_remote(mut pods: Vec<Pod>, s: &Shared, ns: Option<&str>) -> Vec<Pod> {
+    for p in s.store.remote().pods {
+        let pns = p.metadata.namespace.as_deref();
+        if ns.is_some_and(|n| Some(n) != pns) {
+            continue;
+        }
+        if !pods
+            .iter()
+            .any(|x| x.metadata.namespace.as_deref() == pns && x.metadata.name == p.metadata.name)
+        {
+            pods.push(p);
+        }
+    }
+    // Pods the scheduler has not bound yet: Pending, without a node, on every node's list.
+    let unbound = if s.store.clustered() {
+        s.store.api_objects("pods")
+    } else {
+        Vec::new()
+    };
+    for ((_, pns, _), v) in unbound {
+        if ns.is_some_and(|n| n != pns) || !v["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+        {
+            continue;
+        }
+        let Ok(mut p) = serde_json::from_value::<Pod>(v) else {
+            continue;
+        };
+        if pods.iter().any(|x| {
+            x.metadata.namespace == p.metadata.namespace && x.metadata.name == p.metadata.name
+        }) {
+            continue;
+        }
+        p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+        pods.push(p);
+    }
+    pods
+}
+
 pub async fn list_all(
     State(s): State<Shared>,
     RawQuery(raw): RawQuery,
@@ -59,6 +103,7 @@ pub async fn list_all(
         return super::watch::pods(&s, None, raw.as_deref(), &headers);
     }
     let (pods, rv) = s.store.list_pods_at(None);
+    let pods = with_remote(pods, &s, None);
     Ok(list_at("PodList", filtered(pods, &q)?, rv).into_response())
 }
 
@@ -73,6 +118,7 @@ pub async fn list_ns(
         return super::watch::pods(&s, Some(ns), raw.as_deref(), &headers);
     }
     let (pods, rv) = s.store.list_pods_at(Some(&ns));
+    let pods = with_remote(pods, &s, Some(&ns));
     Ok(list_at("PodList", filtered(pods, &q)?, rv).into_response())
 }
 

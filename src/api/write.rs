@@ -203,7 +203,8 @@ pub fn collection(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, _) = names(kind, &uri);
-            let written = create(&Writer::of(&s), kind, &ns, q.as_deref(), &headers, &body);
+            let written = crate::cluster::leader_only(&s.store, kind, &ns, None)
+                .and_then(|()| create(&Writer::of(&s), kind, &ns, q.as_deref(), &headers, &body));
             respond(served_service(&s, kind, q.as_deref(), written).await)
         },
     );
@@ -214,13 +215,11 @@ pub fn collection(kind: Kind) -> MethodRouter<Shared> {
     create.merge(delete(
         move |State(s): State<Shared>, uri: Uri, RawQuery(q): RawQuery, body: Bytes| async move {
             let (ns, _) = names(kind, &uri);
-            respond(remove_collection(
-                &Writer::of(&s),
-                kind,
-                &ns,
-                q.as_deref(),
-                &body,
-            ))
+            respond(
+                crate::cluster::leader_only(&s.store, kind, &ns, None).and_then(|()| {
+                    remove_collection(&Writer::of(&s), kind, &ns, q.as_deref(), &body)
+                }),
+            )
         },
     ))
 }
@@ -235,7 +234,8 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
             let w = Writer::of(&s);
-            let written = update(&w, kind, &ns, &name, q.as_deref(), &headers, &body);
+            let written = crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+                .and_then(|()| update(&w, kind, &ns, &name, q.as_deref(), &headers, &body));
             respond(served_service(&s, kind, q.as_deref(), written).await)
         },
     )
@@ -247,21 +247,18 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
             let w = Writer::of(&s);
-            let written = patch_object(&w, kind, &ns, &name, q.as_deref(), &headers, &body);
+            let written = crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+                .and_then(|()| patch_object(&w, kind, &ns, &name, q.as_deref(), &headers, &body));
             respond(served_service(&s, kind, q.as_deref(), written).await)
         },
     ))
     .merge(delete(
         move |State(s): State<Shared>, uri: Uri, RawQuery(q): RawQuery, body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
-            respond(remove(
-                &Writer::of(&s),
-                kind,
-                &ns,
-                &name,
-                q.as_deref(),
-                &body,
-            ))
+            respond(
+                crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+                    .and_then(|()| remove(&Writer::of(&s), kind, &ns, &name, q.as_deref(), &body)),
+            )
         },
     ))
 }
@@ -429,7 +426,15 @@ fn with_kind(mut v: Value, kind: Kind) -> Value {
 /// The object as served now (a pod with its status, a Service with its cluster IP).
 pub fn current(store: &Store, kind: Kind, ns: &str, name: &str) -> Option<Value> {
     let v = match kind {
-        Kind::Pod => serde_json::to_value(store.get_pod(ns, name)?).ok()?,
+        Kind::Pod => match store.get_pod(ns, name) {
+            Some(p) => serde_json::to_value(p).ok()?,
+            // Multi-host: a controller's pod bound to another node (or to none yet) is only
+            // the cluster's object here; the leader deletes or rewrites it through that.
+            None if store.clustered() => {
+                store.api_object(&("pods".into(), ns.into(), name.into()))?
+            }
+            None => return None,
+        },
         Kind::Service => {
             let served = store
                 .services(Some(ns))
@@ -689,7 +694,12 @@ fn admit(
             serde_json::to_value(n).map_err(|e| ApiError::internal(e.to_string()))?
         }
         _ => {
+            // A controller's pod in a multi-host cluster keeps the node its controller bound
+            // it to (a DaemonSet's) or waits for the cluster scheduler to bind it; every
+            // other pod runs on the node it was made on.
+            let for_cluster = s.store.clustered() && crate::cluster::controlled(&v);
             if kind == Kind::Pod
+                && !for_cluster
                 && let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut)
             {
                 spec.insert("nodeName".into(), s.store.node_name().into());
@@ -843,6 +853,14 @@ fn serve(s: &Writer, kind: Kind, stored: &Value, created: bool) {
             let Ok(pod) = serde_json::from_value::<Pod>(stored.clone()) else {
                 return;
             };
+            // Multi-host: a pod waiting for the scheduler, or bound to another node, is not
+            // this node's to show as its own (the pod lists add it from the cluster's copy).
+            let elsewhere = s.store.clustered()
+                && pod.spec.as_ref().and_then(|p| p.node_name.as_deref())
+                    != Some(s.store.node_name());
+            if created && elsewhere {
+                return;
+            }
             if created {
                 let mut shown = pod;
                 shown.status = Some(k8s_openapi::api::core::v1::PodStatus {
@@ -1940,8 +1958,11 @@ pub fn with_api_objects(mut snap: Snapshot, store: &Store) -> Snapshot {
         if !namespaces.contains(&ns) {
             continue;
         }
-        // A pod being deleted but held by its finalizers is no longer to run.
-        if being_deleted(&v) {
+        // A pod being deleted but held by its finalizers is no longer to run; in a cluster
+        // (multi-host), a pod not (yet) bound to this node runs elsewhere, or nowhere yet.
+        if being_deleted(&v)
+            || (store.clustered() && v["spec"]["nodeName"].as_str() != Some(store.node_name()))
+        {
             continue;
         }
         if let Ok(pod) = serde_json::from_value::<Pod>(v) {
@@ -2037,7 +2058,8 @@ pub fn scale(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
-            let r = parse_body(&headers, &body)
+            let r = crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+                .and_then(|()| parse_body(&headers, &body))
                 .and_then(|v| rescale(&Writer::of(&s), kind, &ns, &name, q.as_deref(), v));
             respond(r)
         },
@@ -2051,6 +2073,7 @@ pub fn scale(kind: Kind) -> MethodRouter<Shared> {
             let (ns, name) = names(kind, &uri);
             let w = Writer::of(&s);
             let r = (|| {
+                crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))?;
                 let cur =
                     current(w.store, kind, &ns, &name).ok_or_else(|| not_found(kind, &name))?;
                 let mut target = scale_of(&cur);

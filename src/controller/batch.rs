@@ -64,7 +64,7 @@ fn from_manifest(v: &Value) -> bool {
 
 /// The pods a Job may own: those made through the API in its namespace.
 fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
-    store
+    let mut pods: Vec<Pod> = store
         .list_pods(Some(ns))
         .into_iter()
         .filter(|p| {
@@ -74,7 +74,9 @@ fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
                 .and_then(|a| a.get(SOURCE_ANNOTATION))
                 .is_some_and(|s| s.starts_with("manifest:"))
         })
-        .collect()
+        .collect();
+    pods.extend(crate::cluster::elsewhere_pods(store, ns));
+    pods
 }
 
 /// Records `e` on the object, unless it got the same event within [`EVENT_QUIET`].

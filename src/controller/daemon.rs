@@ -28,15 +28,29 @@ static FAILED_PODS_BACKOFF: Mutex<FailedPodsBackoff> = Mutex::new(FailedPodsBack
 const DAEMON_SET: WorkloadKind = WorkloadKind::DaemonSet;
 const REVISION: Kind = Kind::Workload(WorkloadKind::ControllerRevision);
 
-/// The nodes DaemonSets place pods on. Today a skiffd runs the pods bound to its own node, so
-/// this is the local node (its `--node-labels` and well-known labels); a cluster scheduler
-/// extends it to every node of the cluster.
+/// The nodes DaemonSets place pods on: this node (its `--node-labels` and well-known labels)
+/// and, in a multi-host cluster, every other node published in etcd (its labels and taints).
 pub fn cluster_nodes(store: &Store) -> Vec<NodeInfo> {
-    vec![NodeInfo {
+    let mut nodes = vec![NodeInfo {
         name: store.node_name().to_string(),
         labels: store.node_labels(),
         taints: crate::api::node_write::taints(store),
-    }]
+    }];
+    for n in store.remote().nodes {
+        let name = n["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() || nodes.iter().any(|x| x.name == name) {
+            continue;
+        }
+        nodes.push(NodeInfo {
+            name,
+            labels: serde_json::from_value(n["metadata"]["labels"].clone()).unwrap_or_default(),
+            taints: serde_json::from_value(n["spec"]["taints"].clone()).unwrap_or_default(),
+        });
+    }
+    nodes
 }
 
 /// One pass over every DaemonSet.

@@ -41,11 +41,13 @@ const NOT_COPIED: [&str; 6] = [
 const PERIOD: Duration = Duration::from_secs(1);
 
 /// Runs the controllers until the store's sender goes away; the HPAs read pod usage from
-/// `sampler`.
+/// `sampler`. In a multi-host cluster `acting` says when this node is the elected leader
+/// (with the cluster's objects in its store): the controllers pass only then.
 pub async fn run(
     store: Arc<Store>,
     resync: tokio::sync::mpsc::UnboundedSender<()>,
     sampler: Arc<crate::api::metrics::Sampler>,
+    mut acting: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
     let memory = Arc::new(std::sync::Mutex::new(super::autoscale::Memory::default()));
     let mut changed = store.subscribe();
@@ -57,6 +59,11 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         changed.borrow_and_update();
+        if let Some(rx) = acting.as_mut()
+            && !*rx.borrow_and_update()
+        {
+            continue;
+        }
         let (st, tx) = (store.clone(), resync.clone());
         let (sampler, memory) = (sampler.clone(), memory.clone());
         let pass = tokio::task::spawn_blocking(move || {
@@ -155,9 +162,10 @@ pub(crate) fn selector_for(kind: WorkloadKind, v: &Value) -> Option<Selector> {
 }
 
 /// The pods a controller may own: those made through the API (a static pod belongs to its
-/// file) in the namespace.
+/// file) in the namespace; in a multi-host cluster also those running on other nodes or
+/// waiting for the scheduler.
 pub(crate) fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
-    store
+    let mut pods: Vec<Pod> = store
         .list_pods(Some(ns))
         .into_iter()
         .filter(|p| {
@@ -167,7 +175,9 @@ pub(crate) fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
                 .and_then(|a| a.get(SOURCE_ANNOTATION))
                 .is_some_and(|s| s.starts_with("manifest:"))
         })
-        .collect()
+        .collect();
+    pods.extend(crate::cluster::elsewhere_pods(store, ns));
+    pods
 }
 
 /// Whether the owner `v` still exists with the same uid and is not being deleted.

@@ -79,6 +79,9 @@ pub fn endpoint_pod(pod: &Pod, node: &str) -> Pod {
             uid: pod.metadata.uid.clone(),
             labels: pod.metadata.labels.clone(),
             deletion_timestamp: pod.metadata.deletion_timestamp.clone(),
+            // For the cluster's pod lists on the other nodes (issue 11).
+            creation_timestamp: pod.metadata.creation_timestamp.clone(),
+            owner_references: pod.metadata.owner_references.clone(),
             ..Default::default()
         },
         spec: Some(PodSpec {
@@ -103,9 +106,16 @@ pub fn endpoint_pod(pod: &Pod, node: &str) -> Pod {
         status: Some(PodStatus {
             phase: status.and_then(|s| s.phase.clone()),
             pod_ip: status.and_then(|s| s.pod_ip.clone()),
+            container_statuses: status.and_then(|s| s.container_statuses.clone()),
+            start_time: status.and_then(|s| s.start_time.clone()),
             conditions: Some(vec![PodCondition {
                 type_: "Ready".into(),
                 status: if ready { "True" } else { "False" }.into(),
+                // minReadySeconds of the leader's controllers counts from here.
+                last_transition_time: status
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                    .and_then(|c| c.last_transition_time.clone()),
                 ..Default::default()
             }]),
             ..Default::default()
