@@ -96,6 +96,20 @@ fn kill_cgroup(dir: &std::path::Path) {
     }
 }
 
+/// How many processes the cgroup `dir` and those below it hold.
+fn procs_in(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let below: usize = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| procs_in(&e.path()))
+        .sum();
+    let here = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    below + here.split_whitespace().count()
+}
+
 fn leader(lab: &Lab) -> Option<String> {
     let key = format!("{PREFIX}/leader/controllers");
     lab.etcd_range(&key)
@@ -169,6 +183,8 @@ fn wait_leader<'a>(lab: &Lab, hosts: &[&'a str], not: Option<&str>, timeout: Dur
         .expect("the leader is a lab node")
 }
 
+/// The whole life of a 3-node cluster: spread, cordon, DaemonSet, leader failover, eviction of
+/// a dead node's pods, and the dead node coming back without running its evicted pods again.
 #[test]
 #[ignore = "needs root"]
 fn the_elected_leader_spreads_places_and_replaces_pods_over_three_hosts() {
@@ -355,10 +371,40 @@ fn the_elected_leader_spreads_places_and_replaces_pods_over_three_hosts() {
             .then_some(())
         },
     );
+    // The dead node comes back: its skiffd removes the pods evicted while it was away (never
+    // two copies of a pod), and the DaemonSet takes it again.
+    lab.lab_ok(&["start", lh]);
+    lab.wait_for(
+        "the returned node's evicted pods stopped",
+        Duration::from_secs(90),
+        || {
+            let left: usize = dead_pods
+                .0
+                .iter()
+                .map(|uid| {
+                    ["/sys/fs/cgroup/pids/skiff", "/sys/fs/cgroup/skiff"]
+                        .iter()
+                        .map(|base| procs_in(&PathBuf::from(base).join(format!("pod{uid}"))))
+                        .sum::<usize>()
+                })
+                .sum();
+            (left == 0).then_some(())
+        },
+    );
+    lab.wait_for(
+        "an agent pod on each of the three nodes again",
+        Duration::from_secs(90),
+        || {
+            let pods = running(&lab, nh, "app=agent");
+            (pods.len() == 3 && per_node(&pods).len() == 3).then_some(())
+        },
+    );
+    let web = running(&lab, nh, "app=web");
+    assert_eq!(web.len(), 12, "web pods after the node came back: {web:?}");
     // The workloads go, so that the lab's `down` finds the live hosts without pods.
     let (ok, out) = kubectl(&lab, nh, &["delete", "deployment,daemonset", "--all"]);
     assert!(ok, "{out}");
-    for h in &others {
+    for h in &hosts {
         lab.wait_for(
             &format!("{h}: no pods left"),
             Duration::from_secs(60),

@@ -56,6 +56,8 @@ pub struct Mirror {
     exported: Option<BTreeMap<String, Vec<u8>>>,
     /// The objects this node took from etcd.
     imported: BTreeSet<ObjKey>,
+    /// Whether `imported` took in what the store had from before this run.
+    seeded: bool,
     /// Nodes the leader's pods are bound to that are gone from etcd, since when.
     missing: BTreeMap<String, Instant>,
     /// The last scheduling failure reported per pod (reported again when it changes).
@@ -70,6 +72,7 @@ impl Mirror {
             s,
             exported: None,
             imported: BTreeSet::new(),
+            seeded: false,
             missing: BTreeMap::new(),
             unschedulable: BTreeMap::new(),
         }
@@ -168,13 +171,22 @@ impl Mirror {
 
     /// What of this node's store belongs in etcd, key -> value.
     fn wanted(&self) -> BTreeMap<String, Vec<u8>> {
-        let mut out = BTreeMap::new();
+        self.wanted_keys()
+            .into_iter()
+            .map(|(k, v)| (self.key_of(&k), encode(&v)))
+            .collect()
+    }
+
+    /// The objects of this node's store that are the cluster's (a controller's pods, not a
+    /// client's pod made on this node).
+    fn wanted_keys(&self) -> Vec<(ObjKey, Value)> {
+        let mut out = Vec::new();
         for plural in kinds() {
             for (k, v) in self.s.store.api_objects(plural) {
                 if plural == "pods" && !super::controlled(&v) {
                     continue;
                 }
-                out.insert(self.key_of(&k), encode(&v));
+                out.push((k, v));
             }
         }
         out
@@ -183,6 +195,16 @@ impl Mirror {
     /// Brings this node's store in line with etcd; returns what etcd holds.
     async fn import(&mut self) -> Result<BTreeMap<String, Vec<u8>>, EtcdError> {
         let (kvs, _) = self.s.client.range(&self.root, true).await?;
+        if !self.seeded && !kvs.is_empty() {
+            // What this node's store kept on disk from before (it may have led, then died):
+            // etcd is the cluster's truth, so what is not there any more goes, and a pod that
+            // was evicted while the node was away is stopped, never run twice. (An empty
+            // registry is a new cluster: the first leader's own objects seed it.)
+            self.seeded = true;
+            for (k, _) in self.wanted_keys() {
+                self.imported.insert(k);
+            }
+        }
         let held: BTreeMap<String, Vec<u8>> =
             kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let mut pods_changed = false;
