@@ -368,25 +368,9 @@ impl Set {
     }
 }
 
-/// Drops nulls and empty maps and lists, recursively: a template sent back by a client
-/// (`resources: {}` from kubectl's rollback) is the same template (semantic equality).
-fn normalized(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| (k.clone(), normalized(x)))
-                .filter(|(_, x)| match x {
-                    Value::Null => false,
-                    Value::Object(o) => !o.is_empty(),
-                    Value::Array(a) => !a.is_empty(),
-                    _ => true,
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(normalized).collect()),
-        other => other.clone(),
-    }
-}
+// Templates compare without nulls and empty maps and lists: one sent back by a client
+// (`resources: {}` from kubectl's rollback) is the same template (semantic equality).
+use crate::kube::workload::normalized;
 
 /// A ReplicaSet's template without its `pod-template-hash` label, to compare with its
 /// Deployment's (the controller's `EqualIgnoreHash`).
