@@ -17,6 +17,8 @@ pub const TTL: Duration = Duration::from_secs(15);
 
 /// How often a candidate tries to take the key.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a stopping leader waits for etcd to take its lease back.
+const REVOKE_WAIT: Duration = Duration::from_secs(2);
 
 /// The leader key under `prefix`.
 pub fn key(prefix: &str) -> String {
@@ -72,7 +74,9 @@ impl Elector {
                         _ = &mut shutdown => true,
                     };
                     leader.send_replace(false);
-                    let _ = self.client.revoke(lease).await;
+                    // Handing the lease back lets another node lead at once; an etcd out of
+                    // reach must not hold up the shutdown (the lease then runs out by itself).
+                    let _ = tokio::time::timeout(REVOKE_WAIT, self.client.revoke(lease)).await;
                     if stop {
                         break;
                     }

@@ -99,16 +99,24 @@ impl Mirror {
             }
             changes.borrow_and_update();
             let leads = *leader.borrow_and_update();
-            let r = if leads {
-                self.lead(&acting).await
-            } else {
-                if self.exported.take().is_some() {
-                    acting.send_replace(false);
-                    self.missing.clear();
-                }
-                self.import().await.map(drop)
+            // A pass waits on etcd, which may be out of reach: a shutdown does not wait for it.
+            let pass = async {
+                let r = if leads {
+                    self.lead(&acting).await
+                } else {
+                    if self.exported.take().is_some() {
+                        acting.send_replace(false);
+                        self.missing.clear();
+                    }
+                    self.import().await.map(drop)
+                };
+                self.note_leader().await;
+                r
             };
-            self.note_leader().await;
+            let r = tokio::select! {
+                r = pass => r,
+                _ = &mut shutdown => break,
+            };
             if let Err(e) = r {
                 debug!(error = %e, "cluster objects: etcd pass failed");
                 if matches!(e, EtcdError::Watch(_)) && self.exported.take().is_some() {
