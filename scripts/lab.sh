@@ -183,7 +183,7 @@ find_image() {
 
 check_tools() {
     local t missing=()
-    for t in ip nsenter setsid curl; do command -v "$t" >/dev/null || missing+=("$t"); done
+    for t in ip nsenter setsid curl jq; do command -v "$t" >/dev/null || missing+=("$t"); done
     ((overlay)) && { command -v etcd >/dev/null || missing+=("etcd (Debian package etcd-server)"); }
     ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (sudo scripts/install-deps.sh installs them)"
 }
@@ -315,14 +315,20 @@ import_image() {
     on "$1" image import "$image" >/dev/null || die "$1: skiff image import $image failed"
 }
 
-# pods_listed HOST: "namespace/name" per pod skiffd lists; "?" when it cannot answer.
-pods_listed() {
+# own_pods HOST EXPR: the jq EXPR of each pod bound to HOST's node; fails when skiffd does not
+# answer. In a cluster every node lists the cluster's pods; only its own are its to stop (and
+# to sweep).
+own_pods() {
     local out
-    out=$(on "$1" get pods -A 2>/dev/null) || { echo "?"; return; }
-    awk 'NR > 1 && NF > 1 {print $1 "/" $2}' <<<"$out"
+    out=$(on "$1" get pods -A -o json 2>/dev/null) || return 1
+    jq -r --arg node "$(host_ns "$1")" ".items[] | select(.spec.nodeName == \$node) | $2" <<<"$out"
 }
 
-pod_uids() { on "$1" get pods -A -o json 2>/dev/null | sed -n 's/.*"uid": *"\([^"]*\)".*/\1/p'; }
+# pods_listed HOST: "namespace/name" per pod of HOST that skiffd lists; "?" when it cannot
+# answer.
+pods_listed() { own_pods "$1" '.metadata.namespace + "/" + .metadata.name' || echo "?"; }
+
+pod_uids() { own_pods "$1" .metadata.uid; }
 
 # stop_hosts [--keep-pods] HOST...: removes the hosts' manifests and waits until their pods are
 # gone (all hosts at once), then SIGTERMs their skiffds. Returns 1 when skiff misbehaved.
@@ -365,7 +371,7 @@ stop_hosts() {
 # sweep DIR... -- HOST...: removes what is left of pods under the DIRs (processes, mounts) and
 # the cgroups of the HOSTs' pods, loudly; returns 1 when anything was found.
 sweep() {
-    local rc=0 p cmd root d pids=() mounts uid h dirs=()
+    local rc=0 p cmd root d pids=() mounts uid h i dirs=()
     while (($#)) && [[ $1 != -- ]]; do dirs+=("$1"); shift; done
     (($#)) && shift
     for p in /proc/[0-9]*; do
@@ -400,6 +406,17 @@ sweep() {
             for d in /sys/fs/cgroup/skiff/pod"$uid" /sys/fs/cgroup/*/skiff/pod"$uid"; do
                 [[ -d $d ]] || continue
                 loud "left over cgroup $d (removing it)"
+                # The containers of a skiffd that was killed: their root is their own, so the
+                # process scan above cannot tell them; their pod's cgroup can.
+                mapfile -t pids < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
+                if ((${#pids[@]})); then
+                    loud "  killing its processes: ${pids[*]}"
+                    kill -KILL "${pids[@]}" 2>/dev/null || true
+                    for ((i = 0; i < 50; i++)); do
+                        [[ -z $(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null) ]] && break
+                        sleep 0.1
+                    done
+                fi
                 find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
                 rc=1
             done
