@@ -104,6 +104,7 @@ const SELF_WATCHED: [&str; 9] = [
     "controllerrevisions",
 ];
 
+mod cluster;
 mod views;
 mod workloads;
 

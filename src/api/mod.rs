@@ -11,6 +11,7 @@ mod exec;
 mod exec_ws;
 pub mod fields;
 mod images;
+mod leader_only;
 pub mod list;
 pub mod listen;
 mod logs;

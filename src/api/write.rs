@@ -203,7 +203,7 @@ pub fn collection(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, _) = names(kind, &uri);
-            let written = crate::cluster::leader_only(&s.store, kind, &ns, None)
+            let written = super::leader_only::leader_only(&s.store, kind, &ns, None)
                 .and_then(|()| create(&Writer::of(&s), kind, &ns, q.as_deref(), &headers, &body));
             respond(served_service(&s, kind, q.as_deref(), written).await)
         },
@@ -216,7 +216,7 @@ pub fn collection(kind: Kind) -> MethodRouter<Shared> {
         move |State(s): State<Shared>, uri: Uri, RawQuery(q): RawQuery, body: Bytes| async move {
             let (ns, _) = names(kind, &uri);
             respond(
-                crate::cluster::leader_only(&s.store, kind, &ns, None).and_then(|()| {
+                super::leader_only::leader_only(&s.store, kind, &ns, None).and_then(|()| {
                     remove_collection(&Writer::of(&s), kind, &ns, q.as_deref(), &body)
                 }),
             )
@@ -234,7 +234,7 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
             let w = Writer::of(&s);
-            let written = crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+            let written = super::leader_only::leader_only(&s.store, kind, &ns, Some(&name))
                 .and_then(|()| update(&w, kind, &ns, &name, q.as_deref(), &headers, &body));
             respond(served_service(&s, kind, q.as_deref(), written).await)
         },
@@ -247,7 +247,7 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
             let w = Writer::of(&s);
-            let written = crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+            let written = super::leader_only::leader_only(&s.store, kind, &ns, Some(&name))
                 .and_then(|()| patch_object(&w, kind, &ns, &name, q.as_deref(), &headers, &body));
             respond(served_service(&s, kind, q.as_deref(), written).await)
         },
@@ -256,7 +256,7 @@ pub fn item(kind: Kind) -> MethodRouter<Shared> {
         move |State(s): State<Shared>, uri: Uri, RawQuery(q): RawQuery, body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
             respond(
-                crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+                super::leader_only::leader_only(&s.store, kind, &ns, Some(&name))
                     .and_then(|()| remove(&Writer::of(&s), kind, &ns, &name, q.as_deref(), &body)),
             )
         },
@@ -697,7 +697,7 @@ fn admit(
             // A controller's pod in a multi-host cluster keeps the node its controller bound
             // it to (a DaemonSet's) or waits for the cluster scheduler to bind it; every
             // other pod runs on the node it was made on.
-            let for_cluster = s.store.clustered() && crate::cluster::controlled(&v);
+            let for_cluster = s.store.clustered() && crate::kube::workload::controlled(&v);
             if kind == Kind::Pod
                 && !for_cluster
                 && let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut)
@@ -2058,7 +2058,7 @@ pub fn scale(kind: Kind) -> MethodRouter<Shared> {
               headers: HeaderMap,
               body: Bytes| async move {
             let (ns, name) = names(kind, &uri);
-            let r = crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))
+            let r = super::leader_only::leader_only(&s.store, kind, &ns, Some(&name))
                 .and_then(|()| parse_body(&headers, &body))
                 .and_then(|v| rescale(&Writer::of(&s), kind, &ns, &name, q.as_deref(), v));
             respond(r)
@@ -2073,7 +2073,7 @@ pub fn scale(kind: Kind) -> MethodRouter<Shared> {
             let (ns, name) = names(kind, &uri);
             let w = Writer::of(&s);
             let r = (|| {
-                crate::cluster::leader_only(&s.store, kind, &ns, Some(&name))?;
+                super::leader_only::leader_only(&s.store, kind, &ns, Some(&name))?;
                 let cur =
                     current(w.store, kind, &ns, &name).ok_or_else(|| not_found(kind, &name))?;
                 let mut target = scale_of(&cur);

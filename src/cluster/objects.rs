@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::scheduler::{self, Bound, Resources};
 use crate::api::write::{Kind, Writer, internal};
+use crate::kube::workload::controlled;
 use crate::manifest::workload::WorkloadKind;
 use crate::overlay::etcd::{Client, EtcdError, Op};
 use crate::store::{EventType, Involved, ObjKey, Store};
@@ -191,7 +192,7 @@ impl Mirror {
         let mut out = Vec::new();
         for plural in kinds() {
             for (k, v) in self.s.store.api_objects(plural) {
-                if plural == "pods" && !super::controlled(&v) {
+                if plural == "pods" && !controlled(&v) {
                     continue;
                 }
                 out.push((k, v));
@@ -424,7 +425,7 @@ impl Mirror {
             let Some(node) = v["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
                 continue;
             };
-            if present.contains(node) || !super::controlled(&v) {
+            if present.contains(node) || !controlled(&v) {
                 continue;
             }
             let since = *self.missing.entry(node.to_string()).or_insert_with(|| {

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Taint};
 
-use crate::controller::daemonset::tolerates;
 use crate::pod::admission::{node_affinity, term_matches};
+use crate::workloads::daemonset::tolerates;
 
 /// CPU (millicores), memory (bytes) and pods.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

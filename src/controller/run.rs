@@ -176,7 +176,7 @@ pub(crate) fn api_pods(store: &Store, ns: &str) -> Vec<Pod> {
                 .is_some_and(|s| s.starts_with("manifest:"))
         })
         .collect();
-    pods.extend(crate::cluster::elsewhere_pods(store, ns));
+    pods.extend(store.elsewhere_pods(ns));
     pods
 }
 

@@ -105,3 +105,10 @@ pub fn set_template_generation(old: Option<&serde_json::Value>, new: &mut serde_
     }
     new["metadata"]["annotations"][TEMPLATE_GENERATION] = generation.to_string().into();
 }
+
+/// Whether an object has a controller owner reference (a controller made it).
+pub fn controlled(v: &Value) -> bool {
+    v["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true))
+}
