@@ -330,6 +330,22 @@ pods_listed() { own_pods "$1" '.metadata.namespace + "/" + .metadata.name' || ec
 
 pod_uids() { own_pods "$1" .metadata.uid; }
 
+# api_delete_all HOST: deletes what was made through HOST's API, workloads first (their pods go
+# with them), then pods, as `kubectl delete --all` would. In a cluster only the leader takes the
+# cluster's objects; the others refuse them (403), which is fine: every host is asked.
+api_delete_all() {
+    local sock ns kind
+    sock=$(host_sock "$1")
+    for ns in $(curl -sf --unix-socket "$sock" http://skiff/api/v1/namespaces |
+        jq -r '.items[].metadata.name' 2>/dev/null); do
+        for kind in apis/apps/v1/namespaces/"$ns"/{deployments,daemonsets,replicasets} \
+            apis/batch/v1/namespaces/"$ns"/{cronjobs,jobs} \
+            api/v1/namespaces/"$ns"/{replicationcontrollers,pods}; do
+            curl -s --unix-socket "$sock" -X DELETE "http://skiff/$kind" >/dev/null || true
+        done
+    done
+}
+
 # stop_hosts [--keep-pods] HOST...: removes the hosts' manifests and waits until their pods are
 # gone (all hosts at once), then SIGTERMs their skiffds. Returns 1 when skiff misbehaved.
 stop_hosts() {
@@ -514,6 +530,9 @@ cmd_down() {
         return 0
     fi
     say "lab $name: stopping pods and skiffds"
+    for h in $(hosts); do
+        [[ -n $(skiffd_pid "$h") ]] && api_delete_all "$h"
+    done
     # shellcheck disable=SC2046
     stop_hosts $(hosts) || rc=1
     stop_etcd

@@ -161,7 +161,7 @@ fn the_elected_leader_spreads_places_and_replaces_pods_over_three_hosts() {
     require_root();
     let t0 = Instant::now();
     let lab = Lab::up(3, &["--ttl", "10", "--flags", "--pod-eviction-timeout 10s"]);
-    let _keep = KeepLogs(&lab);
+    let keep_logs = KeepLogs(&lab);
     lab.wait_meshed(&["h1", "h2", "h3"], Duration::from_secs(60));
     let hosts = ["h1", "h2", "h3"];
     let lh = wait_leader(&lab, &hosts, None, Duration::from_secs(60));
@@ -374,19 +374,9 @@ fn the_elected_leader_spreads_places_and_replaces_pods_over_three_hosts() {
         Duration::from_secs(30),
         || (running(&lab, nh, "app=web").len() == 12).then_some(()),
     );
-    // The workloads go, so that the lab's `down` finds the live hosts without pods.
-    let (ok, out) = kubectl(&lab, nh, &["delete", "deployment,daemonset", "--all"]);
-    assert!(ok, "{out}");
-    for h in &hosts {
-        lab.wait_for(
-            &format!("{h}: no pods left"),
-            Duration::from_secs(60),
-            || {
-                let (ok, out) = kubectl(&lab, h, &["get", "pods", "-o", "json"]);
-                let v: Value = serde_json::from_str(&out).unwrap_or_default();
-                (ok && v["items"].as_array().is_some_and(Vec::is_empty)).then_some(())
-            },
-        );
-    }
+    // `lab.sh down` deletes what was made through the API (on the leader: the workloads, their
+    // pods with them) and must find nothing left behind on any host.
+    drop(keep_logs);
+    lab.down_checked();
     eprintln!("done after {:?}", t0.elapsed());
 }
