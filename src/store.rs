@@ -1,7 +1,7 @@
 //! The in-process object store: pods with their status and the event stream.
 //! Workers write status here; the API reads from it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -140,8 +140,8 @@ struct Inner {
     pod_history: VecDeque<Arc<PodEvent>>,
     pods: BTreeMap<PodKey, Pod>,
     /// Pods whose worker is done but whose API object finalizers still hold: served, terminal,
-    /// until the last finalizer goes ([`Store::release_held_pod`]).
-    held_pods: BTreeSet<PodKey>,
+    /// until the last finalizer goes (see [`Store::delete_api_object`]), with their UIDs.
+    held_pods: BTreeMap<PodKey, String>,
     /// Conditions clients set through `pods/status`, by pod UID: laid over every status the
     /// pod's worker publishes (see [`crate::kube::pod_conditions`]).
     client_conditions: BTreeMap<String, Vec<PodCondition>>,
@@ -325,17 +325,15 @@ impl Store {
             .pods
             .get(&key)
             .filter(|old| old.metadata.uid == pod.metadata.uid)
-            .and_then(|old| old.status.clone());
-        Self::lay_client_conditions(&inner, &mut pod, previous.as_ref());
+            .and_then(|old| old.status.as_ref());
+        Self::lay_client_conditions(&inner, &mut pod, previous);
         match inner.pods.get(&key) {
             Some(old) if same_pod(old, &pod) => {
                 pod.metadata.resource_version = old.metadata.resource_version.clone();
             }
             Some(old) if old.metadata.uid != pod.metadata.uid => {
                 let old = old.clone();
-                if let Some(u) = &old.metadata.uid {
-                    inner.client_conditions.remove(u);
-                }
+                Self::forget_pod(&mut inner, &key);
                 self.record(&mut inner, WatchKind::Deleted, old);
                 self.record(&mut inner, WatchKind::Added, &mut pod);
             }
@@ -521,51 +519,44 @@ impl Store {
             }
             self.record(&mut inner, WatchKind::Modified, &mut pod);
             inner.pods.insert(key.clone(), pod);
-            inner.held_pods.insert(key.clone());
-        } else if let Some(pod) = inner.pods.remove(key) {
-            inner.client_conditions.remove(uid);
-            self.record(&mut inner, WatchKind::Deleted, pod);
+            inner.held_pods.insert(key.clone(), uid.to_string());
+        } else {
+            self.drop_pod(&mut inner, key);
         }
         drop(inner);
         self.bump();
     }
 
-    /// Removes a pod kept for its finalizers ([`Store::remove_pod`]) once its API object is
-    /// gone. A pod whose worker is still stopping it is left to the worker, which removes it
-    /// when done, since nothing holds it any more.
-    pub fn release_held_pod(&self, key: &PodKey, uid: &str) {
-        let mut inner = self.write();
-        if !inner.held_pods.remove(key) {
-            return;
+    /// Removes a served pod and what the store keeps beside it (under the write lock).
+    fn drop_pod(&self, inner: &mut Inner, key: &PodKey) {
+        Self::forget_pod(inner, key);
+        if let Some(pod) = inner.pods.remove(key) {
+            self.record(inner, WatchKind::Deleted, pod);
         }
-        if inner
-            .pods
-            .get(key)
-            .is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
-            && let Some(pod) = inner.pods.remove(key)
-        {
-            inner.client_conditions.remove(uid);
-            self.record(&mut inner, WatchKind::Deleted, pod);
+    }
+
+    /// Forgets what the store keeps beside the served pod under `key`: its client conditions
+    /// and its being held by finalizers.
+    fn forget_pod(inner: &mut Inner, key: &PodKey) {
+        inner.held_pods.remove(key);
+        if let Some(uid) = inner.pods.get(key).and_then(|p| p.metadata.uid.clone()) {
+            inner.client_conditions.remove(&uid);
         }
-        drop(inner);
-        self.bump();
     }
 
     /// Changes a stored pod in place if it still has this UID.
     pub fn update_pod(&self, key: &PodKey, uid: &str, f: impl FnOnce(&mut Pod)) {
         let mut inner = self.write();
-        let Some(p) = inner.pods.get_mut(key) else {
+        let Some(p) = inner.pods.get(key) else {
             return;
         };
         if p.metadata.uid.as_deref() != Some(uid) {
             return;
         }
-        let before = p.clone();
-        f(p);
         let mut changed = p.clone();
-        Self::lay_client_conditions(&inner, &mut changed, before.status.as_ref());
-        if same_pod(&before, &changed) {
-            inner.pods.insert(key.clone(), before);
+        f(&mut changed);
+        Self::lay_client_conditions(&inner, &mut changed, p.status.as_ref());
+        if same_pod(p, &changed) {
             return;
         }
         self.record(&mut inner, WatchKind::Modified, &mut changed);
@@ -1392,6 +1383,15 @@ impl Store {
             remove_durable(&object_path(dir, key))?;
         }
         let old = inner.api_objects.remove(key);
+        // A pod its finalizers held, and whose worker is done, goes with its object (a pod
+        // still stopping is its worker's to remove, since nothing holds it any more).
+        let pod_key = (key.1.clone(), key.2.clone());
+        if key.0 == "pods"
+            && let Some(uid) = old.as_ref().and_then(|o| o["metadata"]["uid"].as_str())
+            && inner.held_pods.get(&pod_key).map(String::as_str) == Some(uid)
+        {
+            self.drop_pod(&mut inner, &pod_key);
+        }
         if SELF_WATCHED.contains(&key.0.as_str())
             && let Some(o) = &old
         {
@@ -1569,13 +1569,13 @@ mod tests {
         let s = Store::new("n");
         let key = ("default".to_string(), "a".to_string());
         let api = ("pods".to_string(), "default".to_string(), "a".to_string());
+        let object = |uid: &str, finalizers: &[&str]| {
+            serde_json::json!({"metadata": {"name": "a", "namespace": "default", "uid": uid,
+                "finalizers": finalizers}})
+        };
         s.put_pod(pod("a", "1"), false);
-        s.put_api_object(
-            api.clone(),
-            serde_json::json!({"metadata": {"name": "a", "namespace": "default", "uid": "1",
-                "finalizers": ["example.com/hold"]}}),
-        )
-        .unwrap();
+        s.put_api_object(api.clone(), object("1", &["example.com/hold"]))
+            .unwrap();
         // The worker is done: the pod stays, terminal.
         s.remove_pod(&key, "1");
         let got = s
@@ -1584,14 +1584,15 @@ mod tests {
         assert_eq!(got.status.unwrap().phase.as_deref(), Some("Failed"));
         // Its API object goes with the last finalizer: so does the pod.
         s.delete_api_object(&api).unwrap();
-        s.release_held_pod(&key, "1");
         assert!(s.get_pod("default", "a").is_none());
-        // Without finalizers the worker's removal is final, and a release does nothing more.
+        // A pod whose worker still runs is not taken by its object's deletion: its worker
+        // removes it when done.
         s.put_pod(pod("a", "2"), true);
-        s.release_held_pod(&key, "2");
+        s.put_api_object(api.clone(), object("2", &[])).unwrap();
+        s.delete_api_object(&api).unwrap();
         assert!(
             s.get_pod("default", "a").is_some(),
-            "released a pod nothing held"
+            "removed a pod nothing held"
         );
         s.remove_pod(&key, "2");
         assert!(s.get_pod("default", "a").is_none());

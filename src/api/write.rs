@@ -1108,7 +1108,7 @@ fn update_value(
         .map_err(|e| ApiError::internal(format!("storing {} {name:?}: {e}", kind.plural())))?;
     serve(s, kind, &stored, false);
     if being_deleted(&stored) && finalizers(&stored).is_empty() {
-        finish_delete(s, kind, ns, name, &stored)?;
+        finish_delete(s, kind, ns, name)?;
         return Ok(Written {
             code: StatusCode::OK,
             body: stored,
@@ -1201,60 +1201,62 @@ fn add_finalizer(v: &mut Value, f: &str) {
     set_finalizers(v, &list);
 }
 
-/// Marks an object held by finalizers as being deleted (`deletionTimestamp`, and the grace
-/// period for a pod, whose worker then stops it) and returns it as now served.
+/// Marks an object its finalizers hold as being deleted (`deletionTimestamp`, and the grace
+/// period for a pod, whose worker then stops it) and returns it as now served; `None` when no
+/// finalizer holds it (then it is deleted at once). The check and the mark are one change under
+/// the store's lock, so a finalizer removed meanwhile is never taken back.
 fn mark_deleted(
     s: &Writer,
     kind: Kind,
     ns: &str,
     name: &str,
     grace: i64,
-) -> Result<Value, ApiError> {
+) -> Result<Option<Value>, ApiError> {
     let k = key(kind, ns, name);
-    let Some(mut v) = s.store.api_object(&k) else {
-        return Err(not_found(kind, name));
+    let Some(uid) = s
+        .store
+        .api_object(&k)
+        .and_then(|v| v["metadata"]["uid"].as_str().map(String::from))
+    else {
+        return Ok(None);
     };
-    if being_deleted(&v) {
-        return Ok(current(s.store, kind, ns, name).unwrap_or(v));
-    }
     let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
-    v["metadata"]["deletionTimestamp"] = at.to_string().into();
-    v["metadata"]["deletionGracePeriodSeconds"] = grace.into();
     let stored = s
         .store
-        .put_api_object(k, v)
+        .update_workload(&k, &uid, |v| {
+            if !finalizers(v).is_empty() && !being_deleted(v) {
+                v["metadata"]["deletionTimestamp"] = at.to_string().into();
+                v["metadata"]["deletionGracePeriodSeconds"] = grace.into();
+            }
+        })
         .map_err(|e| ApiError::internal(format!("deleting {} {name:?}: {e}", kind.plural())))?;
+    let Some(stored) = stored.filter(|v| !finalizers(v).is_empty()) else {
+        return Ok(None);
+    };
     serve(s, kind, &stored, false);
     if kind == Kind::Pod {
-        let uid = stored["metadata"]["uid"].as_str().unwrap_or_default();
         s.store
-            .update_pod(&(ns.to_string(), name.to_string()), uid, |p| {
-                p.metadata.deletion_timestamp =
-                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
-                p.metadata.deletion_grace_period_seconds = Some(grace);
+            .update_pod(&(ns.to_string(), name.to_string()), &uid, |p| {
+                if p.metadata.deletion_timestamp.is_none() {
+                    p.metadata.deletion_timestamp =
+                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+                    p.metadata.deletion_grace_period_seconds = Some(grace);
+                }
             });
     }
-    Ok(current(s.store, kind, ns, name).unwrap_or(stored))
+    Ok(Some(current(s.store, kind, ns, name).unwrap_or(stored)))
 }
 
 /// The last finalizer of an object being deleted is gone: the object goes, and with it what
 /// serves it (a held pod stays until its worker is done).
-fn finish_delete(
-    s: &Writer,
-    kind: Kind,
-    ns: &str,
-    name: &str,
-    stored: &Value,
-) -> Result<(), ApiError> {
+fn finish_delete(s: &Writer, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
     s.store
         .delete_api_object(&key(kind, ns, name))
         .map_err(|e| ApiError::internal(format!("removing {} {name:?}: {e}", kind.plural())))?;
     let k = (ns.to_string(), name.to_string());
     match kind {
-        Kind::Pod => {
-            let uid = stored["metadata"]["uid"].as_str().unwrap_or_default();
-            s.store.release_held_pod(&k, uid);
-        }
+        // A held pod goes with its object (`Store::delete_api_object`).
+        Kind::Pod => {}
         Kind::ConfigMap | Kind::Secret => s.store.serve_config(kind.plural(), k, None),
         Kind::Service => s.store.serve_service(k, None),
         Kind::Namespace | Kind::Workload(_) => {}
@@ -1736,12 +1738,8 @@ fn remove(
     });
     // Finalizers (a client's) hold the object: it is only marked, and goes when the last one
     // is removed (`finish_delete`).
-    if s.store
-        .api_object(&k)
-        .is_some_and(|v| !finalizers(&v).is_empty())
-    {
-        let grace = if kind == Kind::Pod { grace } else { 0 };
-        let body = mark_deleted(s, kind, ns, name, grace)?;
+    let held_grace = if kind == Kind::Pod { grace } else { 0 };
+    if let Some(body) = mark_deleted(s, kind, ns, name, held_grace)? {
         return Ok(Written {
             code: StatusCode::OK,
             body,
@@ -2272,7 +2270,7 @@ pub mod internal {
             .put_api_object(k, v)
             .map_err(|e| ApiError::internal(format!("storing {} {name:?}: {e}", kind.plural())))?;
         if being_deleted(&stored) && list.is_empty() {
-            finish_delete(s, kind, ns, name, &stored)?;
+            finish_delete(s, kind, ns, name)?;
         }
         Ok(())
     }

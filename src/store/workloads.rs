@@ -139,7 +139,8 @@ impl Store {
     /// replicas) if it still has `uid`; returns it as stored, or `None` if it is gone. The
     /// change and its resourceVersion happen under the store's lock, so a controller's
     /// read-modify-write never loses a write made meanwhile through the API. A changed spec
-    /// bumps `metadata.generation`.
+    /// bumps `metadata.generation`. Any other object made through the API is changed the same
+    /// way (the API's mark of a deletion its finalizers hold).
     pub fn update_workload(
         &self,
         key: &ObjKey,
