@@ -45,7 +45,7 @@ pub enum DaemonError {
     #[error("preparing the TLS API's keys under {root}/pki: {source}")]
     Pki {
         root: std::path::PathBuf,
-        source: crate::api::pki::PkiError,
+        source: crate::pki::PkiError,
     },
     #[error("preparing the service account signing key under {root}/pki: {source}")]
     ServiceAccounts {
@@ -309,10 +309,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tls = match config.api_listen {
         Some(addr) => {
             let internal_ip = store.node_network().1;
-            let mut sans = api::pki::sans(&config.node_name, addr, internal_ip.as_deref());
+            let mut sans = crate::pki::sans(&config.node_name, addr, internal_ip.as_deref());
             sans.extend(master.iter().flat_map(|(m, _)| m.sans()));
-            let server = api::pki::server_url(addr);
-            let pki = api::pki::ensure(&config.root_dir, &config.node_name, &sans, &server)
+            let server = crate::pki::server_url(addr);
+            let pki = crate::pki::ensure(&config.root_dir, &config.node_name, &sans, &server)
                 .map_err(|source| DaemonError::Pki {
                     root: config.root_dir.clone(),
                     source,

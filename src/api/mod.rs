@@ -19,8 +19,6 @@ pub mod metrics;
 pub mod node_write;
 pub mod nodes;
 pub mod openapi;
-/// Moved to [`crate::pki`] (service accounts and the CLI use it too); the old path stays.
-pub use crate::pki;
 mod pod_status;
 mod pods;
 mod portforward;
@@ -431,7 +429,7 @@ fn routes(state: Shared) -> Router {
 /// The TLS listener's address and credentials.
 pub struct TlsListen {
     pub addr: std::net::SocketAddr,
-    pub pki: pki::Pki,
+    pub pki: crate::pki::Pki,
     /// Where pods reach the API when `addr` does not cover it (see `service::master`).
     pub advertised: Option<std::net::SocketAddr>,
     /// Verifies service account tokens.

@@ -2018,10 +2018,6 @@ pub async fn merge_snapshots(
     }
 }
 
-/// Moved to [`crate::selector::workload_selector_text`] (tables print it too); the old path
-/// stays.
-pub use crate::selector::workload_selector_text as selector_text;
-
 /// A workload's `autoscaling/v1` Scale.
 fn scale_of(v: &Value) -> Value {
     let m = &v["metadata"];
@@ -2035,7 +2031,7 @@ fn scale_of(v: &Value) -> Value {
         "spec": {"replicas": v["spec"]["replicas"].as_i64().unwrap_or(1)},
         "status": {
             "replicas": v["status"]["replicas"].as_i64().unwrap_or(0),
-            "selector": selector_text(v),
+            "selector": crate::selector::workload_selector_text(v),
         },
     })
 }

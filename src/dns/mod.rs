@@ -15,9 +15,6 @@
 
 pub mod forward;
 pub mod records;
-/// Moved to [`crate::service::kube_dns`] (the service controller publishes it); the old path
-/// stays.
-pub use crate::service::kube_dns as service;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -452,8 +449,8 @@ pub async fn run(
             // On the Service pods resolve through, so `skiff describe` and events show it.
             let obj = crate::store::Involved {
                 kind: "Service".into(),
-                namespace: service::NAMESPACE.into(),
-                name: service::NAME.into(),
+                namespace: crate::service::kube_dns::NAMESPACE.into(),
+                name: crate::service::kube_dns::NAME.into(),
                 uid: None,
             };
             store.event(

@@ -3,8 +3,6 @@
 
 pub mod admission;
 pub mod backoff;
-/// Moved into [`crate::kube::env`] (pure); the old path stays for existing imports.
-pub use crate::kube::env;
 #[cfg(test)]
 pub mod fake;
 pub mod grpc_health;

@@ -8,8 +8,7 @@ use tokio::time::Instant;
 
 use crate::kube::reasons;
 
-// moved to kube/restart.rs; re-exported for callers not yet updated
-pub use crate::kube::restart::RestartPolicy;
+use crate::kube::restart::RestartPolicy;
 
 /// A running container instance, as far as the plan cares.
 #[derive(Debug, Clone, PartialEq, Eq)]

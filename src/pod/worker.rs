@@ -15,11 +15,12 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::plan::{self, Action, PodState, RestartPolicy, RunState, SlotState};
+use super::plan::{self, Action, PodState, RunState, SlotState};
 use super::probe;
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use crate::kube::name::PodKey;
 use crate::kube::reasons;
+use crate::kube::restart::RestartPolicy;
 use crate::runtime::{
     ID_SCHEME, PendingNetwork, PodRuntime, Process, Sandbox, StartError, StartRequest,
 };

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Pod;
 
 use super::resources::Cgroup;
-/// Moved into [`crate::kube::pod_resources`] (manifest validation uses them); the old paths
-/// stay for existing imports.
-pub use crate::kube::pod_resources::{Amounts, pod_amounts, validate};
+use crate::kube::pod_resources::pod_amounts;
 
 /// The pod cgroup's values: shares from the requests, quota and memory limit from the limits.
 pub fn values(pod: &Pod) -> Option<Cgroup> {
@@ -85,6 +83,7 @@ pub fn apply(base: &Path, uid: &str, pod: &Pod) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::pod_resources::validate;
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml_ng::from_str(yaml).unwrap()

@@ -12,8 +12,7 @@ pub struct Cgroup {
     pub pids_limit: Option<i64>,
 }
 
-// moved to kube/resources.rs; re-exported for callers not yet updated
-pub use crate::kube::resources::{CpuMemory, amounts};
+use crate::kube::resources::amounts;
 
 /// The container's cgroup values, as the kubelet computes them.
 pub fn cgroup(c: &Container, pids_limit: Option<i64>) -> Result<Cgroup, String> {
@@ -41,7 +40,7 @@ pub fn qos_class(pod: &Pod) -> &'static str {
         return "BestEffort";
     };
     // With pod-level resources, they alone decide (Guaranteed: both limits, requests equal).
-    if let Some(((rc, rm), (lc, lm))) = super::pod_cgroup::pod_amounts(pod) {
+    if let Some(((rc, rm), (lc, lm))) = crate::kube::pod_resources::pod_amounts(pod) {
         return if lc.is_some() && lm.is_some() && rc == lc && rm == lm {
             "Guaranteed"
         } else {
@@ -110,7 +109,7 @@ pub fn pod_requests(pod: &Pod) -> (i64, i64) {
     cpu = (cpu + side_cpu).max(init_cpu);
     mem = (mem + side_mem).max(init_mem);
     // Pod-level requests, where set, are what the pod asks for.
-    if let Some(((pc, pm), _)) = super::pod_cgroup::pod_amounts(pod) {
+    if let Some(((pc, pm), _)) = crate::kube::pod_resources::pod_amounts(pod) {
         cpu = pc.unwrap_or(cpu);
         mem = pm.unwrap_or(mem);
     }
