@@ -17,56 +17,36 @@ use skiff::proxy::{
     ServicePort, ServicePortKey, cleanup,
 };
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root: run it as root (sudo scripts/test.sh runs every root test)"
-    );
-}
+use testkit::require_root;
 
-fn random_suffix() -> String {
-    let mut buf = [0u8; 4];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A named network namespace, deleted on drop (also when a test fails).
-struct Netns {
-    name: String,
-}
+/// The test's host: a throwaway network namespace (testkit's, deleted on drop) with its
+/// loopback up, and commands run inside it.
+struct Netns(testkit::Netns);
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!("skiff-px-{}", random_suffix());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
+        let host = Netns(testkit::Netns::new());
+        host.exec(&["ip", "link", "set", "lo", "up"]);
+        host
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        self.0.path()
+    }
+
+    fn name(&self) -> &str {
+        &self.0.name
     }
 
     /// Runs a command inside the namespace; panics on failure.
     fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", &self.name];
+        let mut full = vec!["netns", "exec", self.name()];
         full.extend_from_slice(args);
         run("ip", &full)
     }
 
     fn save(&self, save_cmd: &str) -> String {
         self.exec(&[save_cmd])
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -260,14 +240,14 @@ fn cluster_ip_reaches_a_listener_in_large_cluster_mode() {
 fn reach_through_cluster_ip(bulk: usize) {
     let host = Netns::new();
     let pod = Netns::new();
-    let suffix = random_suffix();
+    let suffix = testkit::random_suffix();
     let (host_if, pod_if) = (format!("spxh{suffix}"), format!("spxp{suffix}"));
     // The veth pair is created inside the "host" namespace, never on the
     // real host, then one end is moved to the "pod".
     host.exec(&[
         "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if,
     ]);
-    host.exec(&["ip", "link", "set", &pod_if, "netns", &pod.name]);
+    host.exec(&["ip", "link", "set", &pod_if, "netns", pod.name()]);
     host.exec(&["ip", "addr", "add", "10.244.1.1/24", "dev", &host_if]);
     host.exec(&["ip", "link", "set", &host_if, "up"]);
     // Locally generated packets are routed before OUTPUT's DNAT: the VIP

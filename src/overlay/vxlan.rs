@@ -434,36 +434,20 @@ mod tests {
         use std::net::{SocketAddr, TcpListener, TcpStream};
         use std::path::PathBuf;
         use std::process::Command;
-        use std::sync::atomic::{AtomicU32, Ordering};
         use std::time::Duration;
 
         use super::*;
 
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-
-        /// A named netns (`ip netns add`), deleted on drop.
-        struct Netns {
-            name: String,
-        }
+        /// A throwaway netns standing in for a host (testkit's, deleted on drop).
+        struct Netns(testkit::Netns);
 
         impl Netns {
-            fn new(tag: &str) -> Netns {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .subsec_nanos();
-                let name = format!(
-                    "skv{}-{:x}{}-{tag}",
-                    std::process::id() % 10000,
-                    nanos % 0xffff,
-                    SEQ.fetch_add(1, Ordering::Relaxed)
-                );
-                ip(&["netns", "add", &name]);
-                Netns { name }
+            fn new() -> Netns {
+                Netns(testkit::Netns::new())
             }
 
             fn path(&self) -> PathBuf {
-                PathBuf::from("/run/netns").join(&self.name)
+                self.0.path()
             }
 
             fn dp(&self) -> NetlinkDataPath {
@@ -473,7 +457,7 @@ mod tests {
             /// `ip -j ARGS` inside this netns, parsed: an independent view of the kernel.
             fn json(&self, prog: &str, args: &[&str]) -> serde_json::Value {
                 let out = Command::new(prog)
-                    .args(["-n", &self.name, "-j"])
+                    .args(["-n", &self.0.name, "-j"])
                     .args(args)
                     .output()
                     .unwrap();
@@ -482,7 +466,7 @@ mod tests {
             }
 
             fn ip(&self, args: &[&str]) {
-                let mut all = vec!["-n", self.name.as_str()];
+                let mut all = vec!["-n", self.0.name.as_str()];
                 all.extend_from_slice(args);
                 ip(&all);
             }
@@ -501,14 +485,6 @@ mod tests {
             }
         }
 
-        impl Drop for Netns {
-            fn drop(&mut self) {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", &self.name])
-                    .status();
-            }
-        }
-
         fn ip(args: &[&str]) {
             let out = Command::new("ip").args(args).output().unwrap();
             assert!(
@@ -522,10 +498,7 @@ mod tests {
         /// These tests are `#[ignore = "needs root"]` (scripts/test.sh runs them as root with
         /// `--include-ignored`); without root or the tools they fail rather than pass.
         fn require_root_and_tools() {
-            assert!(
-                nix::unistd::Uid::effective().is_root(),
-                "the overlay data-path tests need root"
-            );
+            testkit::require_root();
             assert!(
                 CommandRunner::host().has("ip") && CommandRunner::host().has("nsenter"),
                 "ip or nsenter is missing (the test builds its hosts with them)"
@@ -598,9 +571,9 @@ mod tests {
         #[ignore = "needs root"]
         fn two_hosts_reach_each_other_over_the_overlay() {
             require_root_and_tools();
-            let (a, b) = (Netns::new("a"), Netns::new("b"));
+            let (a, b) = (Netns::new(), Netns::new());
             a.ip(&[
-                "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &b.name,
+                "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &b.0.name,
             ]);
             let (pa, pb) = (
                 Ipv4Addr::new(192, 168, 77, 1),
@@ -679,7 +652,7 @@ mod tests {
         #[ignore = "needs root"]
         fn netlink_entries_listed_removed_and_a_different_vtep_replaced() {
             require_root_and_tools();
-            let ns = Netns::new("n");
+            let ns = Netns::new();
             ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
             ns.ip(&["link", "set", "up1", "up"]);
             let public = Ipv4Addr::new(192, 168, 78, 1);

@@ -6,7 +6,6 @@
 //!   when run without root.
 //! - [`Netns`]: a throwaway named network namespace, deleted on drop.
 //! - [`Certs`]: a test CA and a server certificate it signs, made with `openssl`.
-//! - [`tempdir`]: a temporary directory with a recognisable prefix.
 //! - [`until`]: polling a condition instead of sleeping.
 
 use std::path::{Path, PathBuf};
@@ -75,14 +74,6 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
-}
-
-/// A temporary directory `<prefix><random>` under the system's temp dir, removed on drop.
-pub fn tempdir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("creating a temporary directory")
 }
 
 /// Polls `f` every `every` until it returns `Some`; `Err` with how long it waited when
@@ -200,7 +191,7 @@ mod tests {
 
     #[test]
     fn certificates_are_made_and_signed_by_the_ca() {
-        let d = tempdir("testkit-certs-");
+        let d = tempfile::tempdir().unwrap();
         let c = Certs::generate(d.path());
         let out = Command::new("openssl")
             .args(["verify", "-CAfile"])

@@ -19,7 +19,7 @@ pub const IMAGE: &str = "skiff.test/busybox:latest";
 
 // The helpers not tied to the skiff binaries live in the workspace's `testkit` crate (a
 // dev-dependency); the old names stay for the tests written against them.
-pub use testkit::{Netns as Host, require_root};
+pub use testkit::{Netns, require_root};
 
 /// The test image (built once per test binary).
 pub fn test_image() -> &'static Path {
@@ -61,7 +61,7 @@ pub fn ensure_cni_plugins() {
 
 /// One skiff node: a host netns, temp dirs and a skiffd.
 pub struct Node {
-    pub host: Host,
+    pub host: Netns,
     dir: tempfile::TempDir,
     pub manifests: PathBuf,
     pub root: PathBuf,
@@ -91,7 +91,7 @@ impl Node {
 
     /// A node whose daemon is not started yet.
     pub fn new() -> Node {
-        let host = Host::new();
+        let host = Netns::new();
         let dir = tempfile::Builder::new()
             .prefix("skiff-test-")
             .tempdir()
